@@ -1,0 +1,69 @@
+# Snakeport: the two commands are `make demo` and `make test`.
+# Both install what a fresh Debian machine lacks (Erlang/Elixir via apt-get, a virtualenv
+# with the worker), then run. `make bench` runs the benchmarks (not part of `make test`).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.snakeport-installed
+export SNAKEPORT_PYTHON := $(VPY)
+# Keep Mix from asking for Hex (unreachable here); the Mix projects have no Hex deps.
+export MIX_HOME ?= $(CURDIR)/.mix
+export HEX_OFFLINE := 1
+
+.PHONY: all test demo bench setup tools venv test-python test-harness test-sample clean
+
+all: test
+
+setup: tools venv
+
+## tools: Erlang/OTP and Elixir from Debian's packages when `erl`, `escript` or `mix` are missing.
+tools:
+	@if command -v erl >/dev/null && command -v escript >/dev/null && command -v mix >/dev/null; then \
+	  echo "==> erl and mix found: $$(command -v erl), $$(command -v mix)"; \
+	else \
+	  echo "==> erl/mix missing: installing Debian's erlang-nox and elixir with apt-get"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	  elif command -v sudo >/dev/null; then SUDO="sudo"; \
+	  else echo "error: Erlang/Elixir are missing and I am not root (no sudo either)."; \
+	       echo "       install them yourself: apt-get install erlang-nox elixir"; exit 1; fi; \
+	  if ! command -v apt-get >/dev/null; then \
+	    echo "error: Erlang/Elixir are missing and this is not a Debian-like system (no apt-get)."; \
+	    echo "       install Erlang/OTP >= 25 and Elixir >= 1.14, then rerun."; exit 1; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq erlang-nox erlang-dev elixir >/dev/null || \
+	    { echo "error: apt-get could not install erlang-nox/elixir (see above)"; exit 1; }; \
+	fi
+
+## venv: .venv with the worker installed (editable) and its test extra.
+venv: $(STAMP)
+
+$(STAMP): setup.cfg setup.py
+	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
+	  echo "==> python3 venv support missing: installing python3-venv"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; fi
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+test: setup test-python test-harness test-sample
+
+test-python: venv
+	$(VPY) -m pytest -q
+
+test-harness: setup
+	cd elixir_harness && MIX_ENV=test mix test
+
+test-sample: setup
+	cd mix_sample && MIX_ENV=test mix test
+
+demo: setup
+	cd mix_sample && mix run demo.exs
+
+bench: setup
+	$(MAKE) -C bench all
+
+clean:
+	rm -rf $(VENV) .mix elixir_harness/_build mix_sample/_build mix_sample/deps
