@@ -1,0 +1,19 @@
+defmodule MixSample.Application do
+  @moduledoc """
+  Starts the Snakeport harness in this app's supervision tree, as a user's app would.
+
+  The harness options come from `config :snakeport, ...` (config/config.exs and
+  config/runtime.exs): the Python interpreter, the extra `python_path` holding
+  `python/sample_model.py`, the pool size, the call timeout and the session store limits.
+  """
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    children = [
+      {Snakeport, Application.get_all_env(:snakeport)}
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: MixSample.Supervisor)
+  end
+end

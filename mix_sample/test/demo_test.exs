@@ -1,0 +1,22 @@
+defmodule MixSample.DemoTest do
+  use ExUnit.Case, async: false
+  import ExUnit.CaptureIO
+
+  test "MixSample.run/0 goes through all four parts against the real worker" do
+    output = capture_io(fn -> assert :ok = MixSample.run() end)
+
+    for heading <- [
+          "1. Auto-session",
+          "2. Shared session",
+          "3. Releasing",
+          "4. Owner death",
+          "Done"
+        ] do
+      assert output =~ heading
+    end
+
+    assert output =~ "[1.0, 3.0, 6.0]"
+    assert output =~ ":ref_released"
+    assert output =~ ~r/worker stats: refs held in Python\s+=> 0/
+  end
+end
