@@ -43,6 +43,7 @@ defmodule MixSample do
 
     show("math.sqrt(2)", Snakeport.call!("math", "sqrt", [2]))
     show("statistics.mean([1, 2, 3, 4])", Snakeport.call!("statistics", "mean", [[1, 2, 3, 4]]))
+
     show(
       "builtins.sorted([3, 1, 2], reverse: true)",
       Snakeport.call!("builtins", "sorted", [[3, 1, 2]], kwargs: %{reverse: true})

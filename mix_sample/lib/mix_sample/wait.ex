@@ -12,7 +12,7 @@ defmodule MixSample.Wait do
   Calls `fun` until it returns `{:ok, value}`; returns `{:ok, value, elapsed_ms}`, or
   `{:timeout, last}` (the last non-ok result) once `timeout_ms` has passed.
   """
-  @spec until((-> {:ok, term} | term), non_neg_integer, pos_integer) ::
+  @spec until((() -> {:ok, term} | term), non_neg_integer, pos_integer) ::
           {:ok, term, non_neg_integer} | {:timeout, term}
   def until(fun, timeout_ms \\ 5_000, interval_ms \\ 10) do
     started = System.monotonic_time(:millisecond)
