@@ -11,4 +11,6 @@ __version__ = "0.1.0"
 #: Version of the wire protocol in docs/PROTOCOL.md; stated in the ready frame.
 PROTOCOL_VERSION = 1
 
-__all__ = ["__version__", "PROTOCOL_VERSION"]
+from snakeport.errors import Cancelled  # noqa: E402  (re-exported: user code may catch it)
+
+__all__ = ["__version__", "PROTOCOL_VERSION", "Cancelled"]

@@ -13,6 +13,7 @@ __all__ = [
     "EncodeError",
     "FrameTooLarge",
     "RequestError",
+    "Cancelled",
 ]
 
 
@@ -73,3 +74,13 @@ class RequestError(SnakeportError):
         self.reason = reason
         self.message = message
         self.details = details or {}
+
+
+class Cancelled(BaseException):
+    """Raised inside a running call when the VM cancels it (``{cancel, Id, TargetId}``).
+
+    It derives from :class:`BaseException`, not :class:`Exception`, so that user code's
+    ``except Exception:`` does not swallow it. The worker raises it asynchronously in the
+    thread that runs the call, at the call's next bytecode; a call blocked in C code sees it
+    when it returns to Python.
+    """

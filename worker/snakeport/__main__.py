@@ -1,0 +1,182 @@
+"""Command line of the worker: ``python -m snakeport [options]`` (or ``snakeport-worker``).
+
+The VM starts it as a Port with ``{packet, 4}`` framing; see ``docs/PROTOCOL.md``. The
+worker writes only frames to its stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from typing import NoReturn, Sequence
+
+from snakeport import PROTOCOL_VERSION, __version__
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got: {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got: {text!r}")
+    return int(value) if value.is_integer() else value
+
+
+def _frame_limit(text: str) -> int:
+    value = _positive_int(text)
+    if value > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError("a {packet, 4} frame holds at most 4294967295 bytes")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the worker's argument parser.
+
+    Returns:
+        The parser; ``--help`` documents every option.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m snakeport",
+        description=(
+            "Snakeport worker: run Python calls for an Erlang/Elixir VM that drives this "
+            "process as a Port ({packet, 4} frames of External Term Format on stdin/stdout, "
+            f"protocol version {PROTOCOL_VERSION}). Logs go to stderr."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"snakeport {__version__}")
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=_frame_limit,
+        default=256 * 1024 * 1024,
+        metavar="N",
+        help="largest frame accepted, in bytes; larger ones are skipped and answered with a "
+        "frame_too_large error",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="executor threads running call/method/getattr/setattr (control requests are "
+        "always answered at once by the frame-reading thread)",
+    )
+    parser.add_argument(
+        "--default-max-refs",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="max_refs of a session that does not state one",
+    )
+    parser.add_argument(
+        "--default-ttl-seconds",
+        type=_positive_number,
+        default=3600,
+        metavar="SECONDS",
+        help="ttl_seconds of a session that does not state one: refs idle for longer are "
+        "released by the sweep",
+    )
+    parser.add_argument(
+        "--sweep-interval",
+        type=_positive_number,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the TTL sweep runs (it runs even when the worker is idle)",
+    )
+    parser.add_argument(
+        "--max-tombstones",
+        type=_non_negative_int,
+        default=100_000,
+        metavar="N",
+        help="how many released/evicted/pruned ref ids are remembered so that their later "
+        "use fails with ref_released rather than ref_not_found (0: none)",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=_positive_int,
+        default=512,
+        metavar="N",
+        help="deepest term nesting decoded from the VM, and marshalled back as data "
+        "(deeper parts of a result become refs)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default="WARNING",
+        help="stderr log level",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> "Config":  # noqa: F821 - imported lazily
+    """Build the server's :class:`~snakeport._server.Config` from parsed arguments.
+
+    Args:
+        args: The result of :func:`build_parser`'s ``parse_args``.
+
+    Returns:
+        The configuration.
+    """
+    from snakeport._server import Config
+
+    return Config(
+        max_frame_bytes=args.max_frame_bytes,
+        threads=args.threads,
+        default_max_refs=args.default_max_refs,
+        default_ttl_seconds=args.default_ttl_seconds,
+        sweep_interval=args.sweep_interval,
+        max_tombstones=args.max_tombstones,
+        max_depth=args.max_depth,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Parse the command line and run the worker until stdin EOF or ``shutdown``.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Raises:
+        SystemExit: For ``--help``, ``--version`` and invalid options (before any frame).
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level,
+        format="snakeport[%(process)d] %(levelname)s %(threadName)s: %(message)s",
+    )
+    from snakeport._server import run
+
+    run(config_from_args(args))
+
+
+if __name__ == "__main__":
+    main()

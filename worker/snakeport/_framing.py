@@ -1,0 +1,309 @@
+"""I/O-free splitter for ``{packet, 4}`` frames (a 4-byte big-endian length, then the payload).
+
+The splitter never reads or writes anything itself (h11 style). Bytes go in either with
+:meth:`FrameSplitter.feed` (convenient: any bytes-like object, any size) or with the
+zero-copy pair :meth:`FrameSplitter.get_buffer` / :meth:`FrameSplitter.buffer_updated`
+(the caller reads straight into the returned buffer, e.g. with ``os.readv``). Events come
+out of :meth:`FrameSplitter.next_event`:
+
+- ``bytes`` or ``bytearray``: one complete frame payload (a large payload is a
+  ``bytearray`` the caller's reads were written into directly, without further copies);
+- :class:`Oversized`: a frame whose declared length exceeds ``max_frame_bytes``; it carries
+  the first ``head_bytes`` of the payload (enough for ``etf.decode_head`` to recover
+  ``{Op, Id}``); the rest of that frame is skipped, never buffered;
+- ``None``: more bytes are needed.
+
+Example::
+
+    splitter = FrameSplitter(max_frame_bytes=1 << 20)
+    splitter.feed(b"\\x00\\x00\\x00\\x02hi")
+    assert splitter.next_event() == b"hi"
+    assert splitter.next_event() is None
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import NamedTuple, Union
+
+__all__ = ["FrameSplitter", "Oversized", "Event", "encode_header", "HEADER_SIZE"]
+
+#: Size of the ``{packet, 4}`` length prefix.
+HEADER_SIZE = 4
+
+_HEADER = struct.Struct(">I")
+_unpack_header = _HEADER.unpack_from
+
+#: Largest length a ``{packet, 4}`` header can state.
+_MAX_PACKET = 0xFFFFFFFF
+
+
+class Oversized(NamedTuple):
+    """A frame larger than the limit; its payload is skipped.
+
+    Attributes:
+        size: The length the frame's header declared.
+        limit: The configured ``max_frame_bytes``.
+        head: The first bytes of the payload (at most ``head_bytes``), for ``decode_head``.
+    """
+
+    size: int
+    limit: int
+    head: bytes
+
+
+#: What :meth:`FrameSplitter.next_event` returns.
+Event = Union[bytes, bytearray, Oversized, None]
+
+
+def encode_header(size: int) -> bytes:
+    """Return the 4-byte ``{packet, 4}`` header for a payload of ``size`` bytes.
+
+    Args:
+        size: Payload length in bytes.
+
+    Returns:
+        The big-endian 4-byte length.
+
+    Raises:
+        ValueError: ``size`` does not fit in 32 bits.
+    """
+    if not 0 <= size <= _MAX_PACKET:
+        raise ValueError(f"a {{packet, 4}} frame cannot hold {size} bytes")
+    return _HEADER.pack(size)
+
+
+class FrameSplitter:
+    """Splits a byte stream into ``{packet, 4}`` frames, skipping oversized ones.
+
+    Args:
+        max_frame_bytes: Largest accepted payload; larger frames become :class:`Oversized`.
+        head_bytes: How many leading payload bytes an :class:`Oversized` event keeps.
+        buffer_size: Size of the internal buffer for small frames and reads; payloads of at
+            least ``large_threshold`` bytes get a buffer of their own instead.
+        large_threshold: Payloads at least this long are assembled in a dedicated
+            ``bytearray`` (returned as is, no copy). Must be at most ``buffer_size - 4``.
+
+    Raises:
+        ValueError: A limit is not a positive integer or the sizes are inconsistent.
+    """
+
+    __slots__ = (
+        "max_frame_bytes",
+        "head_bytes",
+        "_cap",
+        "_large_threshold",
+        "_buf",
+        "_mv",
+        "_r",
+        "_w",
+        "_large",
+        "_large_filled",
+        "_skip_remaining",
+        "_skip_size",
+        "_skip_head",
+        "_skip_head_target",
+        "_skip_reported",
+        "_pending",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_frame_bytes: int,
+        head_bytes: int = 256,
+        buffer_size: int = 256 * 1024,
+        large_threshold: int = 64 * 1024,
+    ) -> None:
+        for name, value in (
+            ("max_frame_bytes", max_frame_bytes),
+            ("head_bytes", head_bytes),
+            ("buffer_size", buffer_size),
+            ("large_threshold", large_threshold),
+        ):
+            if type(value) is not int or value <= 0:
+                raise ValueError(f"expected {name} to be a positive integer, got: {value!r}")
+        if large_threshold > buffer_size - HEADER_SIZE:
+            raise ValueError(
+                f"expected large_threshold ({large_threshold}) to be at most "
+                f"buffer_size - 4 ({buffer_size - HEADER_SIZE})"
+            )
+        self.max_frame_bytes = max_frame_bytes
+        self.head_bytes = head_bytes
+        self._cap = buffer_size
+        self._large_threshold = large_threshold
+        # Fixed-size buffer: never resized, so memoryviews into it stay valid.
+        self._buf = bytearray(buffer_size)
+        self._mv = memoryview(self._buf)
+        self._r = 0  # start of unconsumed bytes in _buf
+        self._w = 0  # end of valid bytes in _buf
+        self._large: bytearray | None = None
+        self._large_filled = 0
+        self._skip_remaining = 0
+        self._skip_size = 0
+        self._skip_head = bytearray()
+        self._skip_head_target = 0
+        self._skip_reported = True
+        self._pending: deque[memoryview] = deque()
+
+    # ----------------------------------------------------------------- input
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes to the stream (copied; any size; empty input is ignored).
+
+        Args:
+            data: The next bytes of the stream.
+        """
+        if data:
+            if type(data) is not bytes:
+                data = bytes(data)
+            self._pending.append(memoryview(data))
+
+    def get_buffer(self) -> memoryview:
+        """Return a writable buffer for the next bytes of the stream (zero-copy input).
+
+        Write up to ``len(buffer)`` bytes into it, then call :meth:`buffer_updated` with the
+        count, then drain :meth:`next_event` until it returns ``None`` before asking for
+        another buffer. The buffer is only valid until the next call on the splitter.
+
+        Returns:
+            A non-empty writable memoryview.
+
+        Raises:
+            RuntimeError: Bytes given to :meth:`feed` are still waiting to be processed.
+        """
+        if self._pending:
+            raise RuntimeError("drain next_event() after feed() before using get_buffer()")
+        large = self._large
+        if large is not None:
+            return memoryview(large)[self._large_filled :]
+        return self._tail()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record that ``nbytes`` bytes were written into the last :meth:`get_buffer` buffer.
+
+        Args:
+            nbytes: How many bytes were written (0 is allowed and does nothing).
+
+        Raises:
+            ValueError: ``nbytes`` is negative.
+        """
+        if nbytes < 0:
+            raise ValueError(f"expected nbytes to be >= 0, got: {nbytes}")
+        if self._large is not None:
+            self._large_filled += nbytes
+        else:
+            self._w += nbytes
+
+    @property
+    def has_partial_frame(self) -> bool:
+        """Whether bytes of an incomplete frame were received (e.g. truncated at EOF)."""
+        return bool(
+            self._pending or self._w > self._r or self._large is not None or self._skip_remaining
+        )
+
+    # ---------------------------------------------------------------- output
+
+    def next_event(self) -> Event:
+        """Return the next complete frame, an :class:`Oversized` notice, or ``None``.
+
+        Returns:
+            A payload (``bytes``, or ``bytearray`` for large frames), an :class:`Oversized`
+            event, or ``None`` when more input is needed.
+        """
+        while True:
+            event = self._step()
+            if event is not None or not self._pending:
+                return event
+            self._pump()
+
+    # -------------------------------------------------------------- internal
+
+    def _tail(self) -> memoryview:
+        """Make room at the end of ``_buf`` and return the free region."""
+        r, w, cap = self._r, self._w, self._cap
+        if r == w:
+            self._r = self._w = r = w = 0
+        elif cap - r < self._large_threshold + HEADER_SIZE:
+            # Move the partial frame to the front so that any small frame fits.
+            n = w - r
+            self._buf[0:n] = self._mv[r:w]
+            self._r, self._w = 0, n
+            w = n
+        return self._mv[w:]
+
+    def _pump(self) -> None:
+        """Move fed bytes into the active buffer (as many as fit)."""
+        pending = self._pending
+        while pending:
+            if self._large is not None:
+                target = memoryview(self._large)[self._large_filled :]
+            else:
+                target = self._tail()
+            if not target:  # cannot happen when events are drained in between
+                raise RuntimeError("frame splitter buffer is full")
+            chunk = pending[0]
+            n = min(len(chunk), len(target))
+            target[:n] = chunk[:n]
+            self.buffer_updated(n)
+            if n == len(chunk):
+                pending.popleft()
+            else:
+                pending[0] = chunk[n:]
+            # One chunk at a time: the caller's loop steps the state machine in between.
+            return
+
+    def _step(self) -> Event:
+        """Advance the state machine over the buffered bytes; return one event or None."""
+        large = self._large
+        if large is not None:
+            if self._large_filled < len(large):
+                return None
+            self._large = None
+            self._large_filled = 0
+            return large
+
+        if self._skip_remaining:
+            avail = self._w - self._r
+            if not avail:
+                return None
+            take = min(avail, self._skip_remaining)
+            need = self._skip_head_target - len(self._skip_head)
+            if need > 0:
+                self._skip_head += self._mv[self._r : self._r + min(take, need)]
+            self._r += take
+            self._skip_remaining -= take
+            if not self._skip_reported and len(self._skip_head) >= self._skip_head_target:
+                self._skip_reported = True
+                head = bytes(self._skip_head)
+                self._skip_head = bytearray()
+                return Oversized(self._skip_size, self.max_frame_bytes, head)
+            if self._skip_remaining:
+                return None
+
+        r = self._r
+        avail = self._w - r
+        if avail < HEADER_SIZE:
+            return None
+        (size,) = _unpack_header(self._buf, r)
+        if size > self.max_frame_bytes:
+            self._r = r + HEADER_SIZE
+            self._skip_size = size
+            self._skip_remaining = size
+            self._skip_head_target = min(size, self.head_bytes)
+            self._skip_head = bytearray()
+            self._skip_reported = False
+            return self._step()
+        end = r + HEADER_SIZE + size
+        if end <= self._w:
+            self._r = end
+            return bytes(self._mv[r + HEADER_SIZE : end])
+        if size >= self._large_threshold:
+            large = bytearray(size)
+            have = avail - HEADER_SIZE
+            large[:have] = self._mv[r + HEADER_SIZE : self._w]
+            self._r = self._w
+            self._large = large
+            self._large_filled = have
+        return None

@@ -1,0 +1,431 @@
+"""The worker process: protocol fds, reader loop, executor, writer, sweep and watchdog.
+
+Everything that touches a file descriptor or a thread lives here; request handling itself is
+in :mod:`snakeport._dispatch` and framing in :mod:`snakeport._framing`.
+
+Threads:
+
+- the main thread reads frames (:meth:`Server.serve`), answers control requests at once and
+  hands Python operations to the executor;
+- ``--threads`` executor threads run calls (``ThreadPoolExecutor``);
+- a sweep thread prunes refs past their TTL every ``--sweep-interval`` seconds;
+- a watchdog thread ends the process when the parent process dies.
+
+Every thread writes its own frames through one :class:`FrameWriter`, which batches frames
+queued while another thread is writing into a single ``os.writev``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import logging
+import os
+import stat
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from snakeport import etf
+from snakeport._dispatch import Dispatcher, Job, TagContext, error_reply, protocol_error_event
+from snakeport._framing import FrameSplitter, Oversized, encode_header
+from snakeport._sessions import SessionTable
+from snakeport.errors import DecodeError
+
+__all__ = ["Config", "Server", "FrameWriter", "claim_stdio", "grow_pipe", "F_SETPIPE_SZ"]
+
+log = logging.getLogger("snakeport")
+
+#: ``fcntl`` command that sets a pipe's capacity (Linux).
+F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+#: Capacity requested for the protocol pipes.
+PIPE_SIZE = 1 << 20
+
+#: Most buffers one ``writev`` call takes (Linux ``IOV_MAX``).
+_IOV_MAX = 1024
+
+#: How often the watchdog looks at the parent pid (seconds).
+_WATCHDOG_INTERVAL = 0.2
+
+#: How long ``shutdown`` waits for cancelled calls to reply before exiting (seconds).
+_SHUTDOWN_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The worker's settings (the CLI options).
+
+    Attributes:
+        max_frame_bytes: Largest accepted frame payload.
+        threads: Executor size.
+        default_max_refs: ``max_refs`` of sessions that do not state one.
+        default_ttl_seconds: ``ttl_seconds`` of sessions that do not state one.
+        sweep_interval: Seconds between TTL sweeps.
+        max_tombstones: Released ref ids remembered for ``ref_released`` errors.
+        max_depth: Deepest term nesting decoded, and marshalled as data.
+    """
+
+    max_frame_bytes: int = 256 * 1024 * 1024
+    threads: int = 1
+    default_max_refs: int = 10_000
+    default_ttl_seconds: float = 3600
+    sweep_interval: float = 1.0
+    max_tombstones: int = 100_000
+    max_depth: int = 512
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
+def _exit(status: int) -> NoReturn:
+    """Flush stderr/stdout and end the process now, without joining any thread."""
+    logging.shutdown()
+    _flush_stdio()
+    os._exit(status)
+
+
+def claim_stdio() -> tuple[int, int]:
+    """Keep private copies of fds 0 and 1 for frames; point fd 1 at stderr, fd 0 at /dev/null.
+
+    After this, ``print()``, C code writing to fd 1 and child processes write to stderr and
+    read an empty stdin, so nothing can corrupt or steal a frame. ``sys.stdout`` becomes a
+    line-buffered writer on the new fd 1, ``sys.stdin`` reads ``/dev/null``.
+
+    Returns:
+        ``(in_fd, out_fd)``: the private, non-inheritable protocol fds.
+    """
+    _flush_stdio()
+    in_fd = os.dup(0)
+    out_fd = os.dup(1)
+    try:
+        os.dup2(2, 1)
+    except OSError:  # no stderr: send fd 1 to /dev/null instead
+        null_out = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null_out, 1)
+        os.close(null_out)
+    null_in = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_in, 0)
+    os.close(null_in)
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+        write_through=True,
+    )
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    return in_fd, out_fd
+
+
+def grow_pipe(fd: int, size: int = PIPE_SIZE) -> bool:
+    """Raise a pipe's capacity with ``F_SETPIPE_SZ`` when ``fd`` is a pipe and it is allowed.
+
+    Args:
+        fd: A file descriptor.
+        size: The capacity wanted, in bytes.
+
+    Returns:
+        Whether the capacity was set.
+    """
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+    except OSError:  # EPERM above /proc/sys/fs/pipe-max-size, EBUSY, not Linux, ...
+        return False
+    return True
+
+
+class FrameWriter:
+    """Writes ``{packet, 4}`` frames to one fd from any thread.
+
+    A thread that finds the fd busy queues its frames and returns; the thread that is
+    writing sends everything queued meanwhile with one ``os.writev``. Headers and payloads
+    go out as separate buffers, so large payloads are never copied.
+
+    Args:
+        fd: The protocol output fd.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[Any] = []
+
+    def send(self, payloads: list[bytes]) -> None:
+        """Send frames (payloads without headers), in order, as one batch.
+
+        Args:
+            payloads: The encoded terms.
+        """
+        bufs = []
+        for payload in payloads:
+            bufs.append(encode_header(len(payload)))
+            bufs.append(payload)
+        with self._queue_lock:
+            self._queue.extend(bufs)
+        self._drain(blocking=False)
+
+    def flush(self) -> None:
+        """Wait until every queued frame is written."""
+        self._drain(blocking=True)
+
+    def _drain(self, *, blocking: bool) -> None:
+        while True:
+            if not self._write_lock.acquire(blocking):
+                return  # the writing thread will send our frames
+            try:
+                while True:
+                    with self._queue_lock:
+                        bufs = self._queue
+                        if not bufs:
+                            break
+                        self._queue = []
+                    self._writev(bufs)
+            finally:
+                self._write_lock.release()
+            # Frames queued after our last look, by a thread that saw us writing.
+            with self._queue_lock:
+                if not self._queue:
+                    return
+            blocking = False
+
+    def _writev(self, bufs: list[Any]) -> None:
+        fd = self._fd
+        try:
+            while bufs:
+                batch = bufs[:_IOV_MAX] if len(bufs) > _IOV_MAX else bufs
+                written = os.writev(fd, batch)
+                i = 0
+                n = len(batch)
+                while i < n and written >= len(batch[i]):
+                    written -= len(batch[i])
+                    i += 1
+                if i < n and written:
+                    rest = memoryview(batch[i])[written:]
+                    bufs = [rest, *bufs[i + 1 :]]
+                else:
+                    bufs = bufs[i:]
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):
+                log.warning("protocol output closed (%s); exiting", exc)
+                _exit(0)
+            raise
+
+
+class Server:
+    """One worker process: owns the protocol fds and the threads.
+
+    Args:
+        config: The settings.
+        in_fd: Protocol input fd (frames from the VM).
+        out_fd: Protocol output fd (frames to the VM).
+    """
+
+    def __init__(self, config: Config, in_fd: int, out_fd: int) -> None:
+        self.config = config
+        self._in_fd = in_fd
+        self._writer = FrameWriter(out_fd)
+        self.table = SessionTable(
+            default_max_refs=config.default_max_refs,
+            default_ttl_seconds=config.default_ttl_seconds,
+            max_tombstones=config.max_tombstones,
+        )
+        self.dispatcher = Dispatcher(
+            self.table,
+            max_depth=config.max_depth,
+            max_frame_bytes=config.max_frame_bytes,
+            threads=config.threads,
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.threads, thread_name_prefix="snakeport-call"
+        )
+        self._stop = threading.Event()
+        self._parent = os.getppid()
+        # Jobs handed to the executor whose frames are not sent yet (for shutdown).
+        self._active = 0
+        self._active_cv = threading.Condition()
+        self._default = self.dispatcher.encode_default
+        self._max_depth = config.max_depth
+
+    # ------------------------------------------------------------------ output
+
+    def send(self, terms: list) -> None:
+        """Encode terms and send them as one batch of frames.
+
+        A reply that cannot be encoded is replaced by a ``not_encodable`` error reply; an
+        event that cannot be encoded is dropped with a log line.
+
+        Args:
+            terms: Reply and event terms.
+        """
+        encode = etf.encode
+        default = self._default
+        payloads = []
+        for term in terms:
+            try:
+                payloads.append(encode(term, default=default))
+            except Exception as exc:  # noqa: BLE001 - EncodeError, RecursionError, ...
+                replacement = self._unencodable(term, exc)
+                if replacement is not None:
+                    payloads.append(encode(replacement))
+        if payloads:
+            self._writer.send(payloads)
+
+    @staticmethod
+    def _unencodable(term: Any, exc: Exception) -> Any:
+        if type(term) is tuple and len(term) == 4 and term[0] == "reply" and type(term[1]) is int:
+            return error_reply(term[1], "not_encodable", f"the result cannot be encoded: {exc}")
+        log.error("dropping an event that cannot be encoded: %s", exc)
+        return None
+
+    # ------------------------------------------------------------------- input
+
+    def serve(self) -> NoReturn:
+        """Send the ready frame, start the threads and serve frames until EOF or shutdown."""
+        self.send([self.dispatcher.ready_term()])
+        threading.Thread(target=self._sweep_loop, name="snakeport-sweep", daemon=True).start()
+        threading.Thread(target=self._watchdog, name="snakeport-watchdog", daemon=True).start()
+        splitter = FrameSplitter(max_frame_bytes=self.config.max_frame_bytes)
+        readv = os.readv
+        fd = self._in_fd
+        handle = self._handle
+        dispatcher = self.dispatcher
+        while True:
+            buf = splitter.get_buffer()
+            try:
+                n = readv(fd, [buf])
+            except OSError as exc:
+                log.warning("protocol input failed (%s); exiting", exc)
+                n = 0
+            del buf
+            if not n:
+                self._on_eof(splitter.has_partial_frame)
+            splitter.buffer_updated(n)
+            out: list = []
+            while True:
+                event = splitter.next_event()
+                if event is None:
+                    break
+                handle(event, out)
+            if out:
+                self.send(out)
+            if dispatcher.shutting_down:
+                self._on_shutdown(splitter)
+
+    def _handle(self, event: Any, out: list) -> None:
+        """Handle one frame; control replies are appended to ``out``, jobs submitted."""
+        if type(event) is Oversized:
+            self.dispatcher.requests += 1
+            out.append(
+                self._undecodable(
+                    event.head,
+                    "frame_too_large",
+                    f"frame of {event.size} bytes exceeds the limit of {event.limit} bytes",
+                )
+            )
+            return
+        ctx = TagContext()
+        try:
+            term = etf.decode(event, tagged=ctx, max_depth=self._max_depth)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
+            self.dispatcher.requests += 1
+            out.append(self._undecodable(event, "decode_error", f"invalid frame: {exc}"))
+            return
+        result = self.dispatcher.receive(term, ctx)
+        if type(result) is list:
+            out.extend(result)
+        else:
+            with self._active_cv:
+                self._active += 1
+            self._executor.submit(self._run, result)
+
+    @staticmethod
+    def _undecodable(data: Any, reason: str, message: str) -> tuple:
+        """Error reply for ``{Op, Id, ...}`` read from a frame's first bytes, else an event."""
+        try:
+            head = etf.decode_head(data, 2)
+        except (DecodeError, Exception):  # noqa: BLE001
+            head = None
+        if head is not None and len(head) == 2:
+            request_id = head[1]
+            if type(request_id) is int and request_id >= 0:
+                return error_reply(request_id, reason, message)
+        return protocol_error_event(reason, message)
+
+    def _run(self, job: Job) -> None:
+        """Executor task: run one job and send its frames."""
+        try:
+            terms = self.dispatcher.run_job(job)
+            if terms:
+                self.send(terms)
+        except BaseException:  # noqa: BLE001 - keep the executor thread alive
+            log.exception("request %s failed inside the worker", job.request_id)
+            self.send([error_reply(job.request_id, "python_error", "internal worker error")])
+        finally:
+            with self._active_cv:
+                self._active -= 1
+                self._active_cv.notify_all()
+
+    # ---------------------------------------------------------------- lifetime
+
+    def _on_eof(self, partial: bool) -> NoReturn:
+        if partial:
+            log.warning("protocol input closed in the middle of a frame")
+        log.info("protocol input closed; exiting")
+        self._stop.set()
+        self._writer.flush()
+        _exit(0)
+
+    def _on_shutdown(self, splitter: FrameSplitter) -> NoReturn:
+        log.info("shutdown requested; cancelling %d calls", self.dispatcher.in_flight)
+        self.send(self.dispatcher.cancel_all())
+        with self._active_cv:
+            self._active_cv.wait_for(lambda: self._active == 0, _SHUTDOWN_GRACE)
+        self._stop.set()
+        self._writer.flush()
+        _exit(0)
+
+    def _sweep_loop(self) -> None:
+        interval = self.config.sweep_interval
+        while not self._stop.wait(interval):
+            try:
+                events = self.dispatcher.sweep()
+                if events:
+                    self.send(events)
+            except Exception:  # noqa: BLE001 - never let the sweep die
+                log.exception("TTL sweep failed")
+
+    def _watchdog(self) -> None:
+        parent = self._parent
+        while not self._stop.wait(_WATCHDOG_INTERVAL):
+            if os.getppid() != parent:
+                log.warning("parent process %d is gone; exiting", parent)
+                _exit(0)
+
+
+def run(config: Config) -> NoReturn:
+    """Take over stdio, start a :class:`Server` and serve until EOF or ``shutdown``.
+
+    Args:
+        config: The settings.
+    """
+    in_fd, out_fd = claim_stdio()
+    grow_pipe(in_fd)
+    grow_pipe(out_fd)
+    # Let the frame-reading thread take the GIL from a busy call within about a millisecond.
+    sys.setswitchinterval(0.001)
+    server = Server(config, in_fd, out_fd)
+    server.serve()

@@ -1,0 +1,549 @@
+"""Session and ref tables of the worker (I/O-free, thread-safe).
+
+One :class:`SessionTable` holds every session of the worker. A session keeps its refs in
+least-recently-used order (an ``OrderedDict`` whose front is the LRU ref), so that both the
+TTL sweep and ``evict_lru`` overflow only look at the front. Ref ids are unique within the
+worker; a worker-wide index maps a live ref id to its session, and a bounded tombstone table
+remembers why recently dropped refs are gone (``released``, ``evicted``, ``ttl``,
+``session_released``) so that late uses fail with ``ref_released`` instead of
+``ref_not_found``.
+
+All public methods take one lock (:attr:`SessionTable.lock`), so the frame-reading thread,
+the executor threads and the sweep thread may call them concurrently. Objects dropped from
+the table are released after the lock is let go, so that a slow ``__del__`` never holds it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Iterable, NamedTuple
+
+from snakeport.errors import RequestError
+from snakeport.types import Atom
+
+__all__ = [
+    "SessionTable",
+    "Session",
+    "SessionInfo",
+    "RefHandle",
+    "OVERFLOW_POLICIES",
+    "CAUSE_RELEASED",
+    "CAUSE_EVICTED",
+    "CAUSE_TTL",
+    "CAUSE_SESSION_RELEASED",
+]
+
+#: The overflow policies of ``open_session``.
+OVERFLOW_POLICIES = ("error", "evict_lru")
+
+#: Tombstone causes (``details.cause`` of ``ref_released``).
+CAUSE_RELEASED = Atom("released")
+CAUSE_EVICTED = Atom("evicted")
+CAUSE_TTL = Atom("ttl")
+CAUSE_SESSION_RELEASED = Atom("session_released")
+
+_UNSET: Any = object()
+
+
+class RefHandle:
+    """A ``{'$snakeport_ref', Session, RefId, Type}`` term received from the VM.
+
+    The decoder turns each ref term into a handle; the dispatcher resolves handles to their
+    objects with :meth:`SessionTable.resolve` once the request's session is known.
+
+    Attributes:
+        session: The session id written in the term.
+        ref_id: The ref id written in the term.
+        type_name: The type name written in the term.
+        term: The original tuple (sent back unchanged if the handle is echoed).
+        obj: The resolved object (set by :meth:`SessionTable.resolve`).
+    """
+
+    __slots__ = ("session", "ref_id", "type_name", "term", "obj")
+
+    def __init__(self, session: str | bytes, ref_id: int, type_name: Any, term: tuple) -> None:
+        self.session = session
+        self.ref_id = ref_id
+        self.type_name = type_name
+        self.term = term
+        self.obj: Any = None
+
+    def __repr__(self) -> str:
+        return f"RefHandle({self.session!r}, {self.ref_id!r}, {self.type_name!r})"
+
+
+class _Entry:
+    """One live ref: the object, its type name and its last access (monotonic seconds)."""
+
+    __slots__ = ("obj", "last_access")
+
+    def __init__(self, obj: Any, last_access: float) -> None:
+        self.obj = obj
+        self.last_access = last_access
+
+
+class SessionInfo(NamedTuple):
+    """A snapshot of one session (what ``session_info`` reports).
+
+    Attributes:
+        session: Session id.
+        refs: Number of live refs.
+        max_refs: Ref limit.
+        ttl_seconds: Idle time after which a ref is pruned.
+        tags: The session's tags (any term).
+        overflow: ``"error"`` or ``"evict_lru"``.
+        created_at: Creation time, Unix milliseconds.
+        last_access: Last use, Unix milliseconds.
+    """
+
+    session: str | bytes
+    refs: int
+    max_refs: int
+    ttl_seconds: int | float
+    tags: Any
+    overflow: str
+    created_at: int
+    last_access: int
+
+
+class Session:
+    """One session: its refs in LRU order plus its limits and tags.
+
+    Attributes:
+        session_id: The id (a ``str``, or ``bytes`` when it is not valid UTF-8).
+        refs: ``ref_id -> _Entry``, least recently used first.
+        max_refs: Most refs the session may hold.
+        ttl_seconds: Refs idle for longer are pruned by the sweep.
+        tags: Any term, kept and returned as is.
+        overflow: ``"error"`` or ``"evict_lru"``.
+        created_at: Creation time (Unix seconds).
+        last_access: Last use (Unix seconds).
+        released: Set when the session is released; results of calls still running for
+            it are then dropped instead of stored.
+    """
+
+    __slots__ = (
+        "session_id",
+        "refs",
+        "max_refs",
+        "ttl_seconds",
+        "tags",
+        "overflow",
+        "created_at",
+        "last_access",
+        "released",
+    )
+
+    def __init__(
+        self, session_id: str | bytes, max_refs: int, ttl_seconds: float, now: float
+    ) -> None:
+        self.session_id = session_id
+        self.refs: OrderedDict[int, _Entry] = OrderedDict()
+        self.max_refs = max_refs
+        self.ttl_seconds = ttl_seconds
+        self.tags: Any = None
+        self.overflow = "error"
+        self.created_at = now
+        self.last_access = now
+        self.released = False
+
+    def info(self) -> SessionInfo:
+        """Return a :class:`SessionInfo` snapshot (call with the table's lock held)."""
+        return SessionInfo(
+            self.session_id,
+            len(self.refs),
+            self.max_refs,
+            self.ttl_seconds,
+            self.tags,
+            self.overflow,
+            int(self.created_at * 1000),
+            int(self.last_access * 1000),
+        )
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if type(value) is not int or value <= 0:
+        raise RequestError("bad_request", f"expected {name} to be a positive integer, got: {value!r}")
+    return value
+
+
+def _positive_number(name: str, value: Any) -> int | float:
+    if type(value) not in (int, float) or not value > 0 or not math.isfinite(value):
+        raise RequestError("bad_request", f"expected {name} to be a positive number, got: {value!r}")
+    return value
+
+
+class SessionTable:
+    """Every session and ref of the worker, behind one lock.
+
+    Args:
+        default_max_refs: ``max_refs`` of sessions that do not state one.
+        default_ttl_seconds: ``ttl_seconds`` of sessions that do not state one.
+        max_tombstones: How many dropped ref ids to remember for ``ref_released`` errors
+            (0 disables tombstones).
+        monotonic: Clock for TTLs (seconds); injectable for tests.
+        wall: Clock for ``created_at``/``last_access`` (Unix seconds); injectable for tests.
+
+    Raises:
+        ValueError: A limit is out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        default_max_refs: int = 10_000,
+        default_ttl_seconds: float = 3600,
+        max_tombstones: int = 100_000,
+        monotonic: Any = time.monotonic,
+        wall: Any = time.time,
+    ) -> None:
+        if type(default_max_refs) is not int or default_max_refs <= 0:
+            raise ValueError(f"expected default_max_refs to be a positive integer, got: {default_max_refs!r}")
+        if type(default_ttl_seconds) not in (int, float) or not default_ttl_seconds > 0:
+            raise ValueError(f"expected default_ttl_seconds to be a positive number, got: {default_ttl_seconds!r}")
+        if type(max_tombstones) is not int or max_tombstones < 0:
+            raise ValueError(f"expected max_tombstones to be a non-negative integer, got: {max_tombstones!r}")
+        self.default_max_refs = default_max_refs
+        self.default_ttl_seconds = default_ttl_seconds
+        self.max_tombstones = max_tombstones
+        self._monotonic = monotonic
+        self._wall = wall
+        #: The one lock around every table below.
+        self.lock = threading.Lock()
+        self._sessions: dict[str | bytes, Session] = {}
+        # ref id -> session holding it (live refs only); ids are unique within the worker.
+        self._owner: dict[int, Session] = {}
+        # ref id -> (session id, cause) for recently dropped refs, oldest first.
+        self._tombstones: OrderedDict[int, tuple[str | bytes, Atom]] = OrderedDict()
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------- sessions
+
+    def new_ref_id(self) -> int:
+        """Reserve a fresh ref id (unique within the worker; thread-safe).
+
+        Returns:
+            A positive integer never returned before.
+        """
+        return next(self._ids)
+
+    def open_session(
+        self,
+        session_id: str | bytes,
+        *,
+        max_refs: Any = _UNSET,
+        ttl_seconds: Any = _UNSET,
+        tags: Any = _UNSET,
+        overflow: Any = _UNSET,
+    ) -> tuple[SessionInfo, list[int]]:
+        """Create a session, or update the limits/tags of an existing one.
+
+        Lowering ``max_refs`` below the current ref count of an ``evict_lru`` session evicts
+        its least recently used refs; under ``error`` existing refs are kept.
+
+        Args:
+            session_id: The session id.
+            max_refs: Positive integer (optional).
+            ttl_seconds: Positive number (optional).
+            tags: Any term (optional).
+            overflow: ``"error"`` or ``"evict_lru"`` (optional).
+
+        Returns:
+            The session's info and the ids of refs evicted by a lowered ``max_refs``.
+
+        Raises:
+            RequestError: ``bad_request`` for an invalid option.
+        """
+        if max_refs is not _UNSET:
+            _positive_int("max_refs", max_refs)
+        if ttl_seconds is not _UNSET:
+            _positive_number("ttl_seconds", ttl_seconds)
+        if overflow is not _UNSET and overflow not in OVERFLOW_POLICIES:
+            raise RequestError(
+                "bad_request", f"expected overflow to be error or evict_lru, got: {overflow!r}"
+            )
+        dropped: list[_Entry] = []
+        with self.lock:
+            session = self._get_or_create(session_id)
+            if max_refs is not _UNSET:
+                session.max_refs = max_refs
+            if ttl_seconds is not _UNSET:
+                session.ttl_seconds = ttl_seconds
+            if tags is not _UNSET:
+                session.tags = tags
+            if overflow is not _UNSET:
+                session.overflow = str(overflow)
+            evicted: list[int] = []
+            if session.overflow == "evict_lru":
+                excess = len(session.refs) - session.max_refs
+                if excess > 0:
+                    evicted = self._drop_lru(session, excess, CAUSE_EVICTED, dropped)
+            info = session.info()
+        del dropped
+        return info, evicted
+
+    def ensure_session(self, session_id: str | bytes) -> Session:
+        """Return the session, creating it with the defaults when it does not exist.
+
+        Args:
+            session_id: The session id.
+
+        Returns:
+            The session (its last access refreshed).
+        """
+        with self.lock:
+            return self._get_or_create(session_id)
+
+    def session_info(self, session_id: str | bytes) -> SessionInfo:
+        """Describe one session.
+
+        Args:
+            session_id: The session id.
+
+        Returns:
+            The session's info.
+
+        Raises:
+            RequestError: ``session_not_found``.
+        """
+        with self.lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise _session_not_found(session_id)
+            return session.info()
+
+    def release_session(self, session_id: str | bytes) -> int:
+        """Release every ref of the session and forget it (idempotent).
+
+        Args:
+            session_id: The session id.
+
+        Returns:
+            How many refs were released (0 for an unknown session).
+        """
+        with self.lock:
+            session = self._sessions.pop(session_id, None)
+            if session is None:
+                return 0
+            session.released = True
+            refs = session.refs
+            session.refs = OrderedDict()
+            owner = self._owner
+            for ref_id in refs:
+                del owner[ref_id]
+                self._tombstone(ref_id, session_id, CAUSE_SESSION_RELEASED)
+        count = len(refs)
+        del refs  # objects freed here, outside the lock
+        return count
+
+    def counts(self) -> tuple[int, int]:
+        """Return ``(sessions, refs)`` of the whole worker."""
+        with self.lock:
+            return len(self._sessions), len(self._owner)
+
+    # ----------------------------------------------------------------- refs
+
+    def resolve(self, session_id: str | bytes, handles: Iterable[RefHandle]) -> None:
+        """Check that every handle is a live ref of the session and set ``handle.obj``.
+
+        Nothing is touched unless every handle passes, so a rejected request serves nothing.
+        On success each ref's last access (and the session's) is refreshed.
+
+        Args:
+            session_id: The session of the request.
+            handles: The ref terms found in the request.
+
+        Raises:
+            RequestError: ``session_mismatch`` (the term names another session, or the id
+                belongs to another session), ``ref_released`` (with ``details.cause``) or
+                ``ref_not_found``.
+        """
+        with self.lock:
+            owner = self._owner
+            for handle in handles:
+                ref_id = handle.ref_id
+                if handle.session != session_id:
+                    raise _mismatch(ref_id)
+                session = owner.get(ref_id)
+                if session is not None:
+                    if session.session_id != session_id:
+                        raise _mismatch(ref_id)
+                    continue
+                tomb = self._tombstones.get(ref_id)
+                if tomb is not None:
+                    if tomb[0] != session_id:
+                        raise _mismatch(ref_id)
+                    raise RequestError(
+                        "ref_released",
+                        f"ref {ref_id} was released ({tomb[1]})",
+                        details={"ref_id": ref_id, "cause": tomb[1]},
+                    )
+                raise RequestError(
+                    "ref_not_found",
+                    f"no ref {ref_id} was issued to this session",
+                    details={"ref_id": ref_id},
+                )
+            now = self._monotonic()
+            for handle in handles:
+                session = owner[handle.ref_id]
+                entry = session.refs[handle.ref_id]
+                session.refs.move_to_end(handle.ref_id)
+                entry.last_access = now
+                handle.obj = entry.obj
+                session.last_access = self._wall()
+
+    def store(self, session: Session, new: list[tuple[int, Any]]) -> list[int]:
+        """Add objects to a session as refs, all or nothing.
+
+        Args:
+            session: The session (as returned by :meth:`ensure_session`).
+            new: ``(ref_id, obj)`` pairs, ids from :meth:`new_ref_id`.
+
+        Returns:
+            The ids of refs evicted to make room (``evict_lru`` policy), oldest first.
+
+        Raises:
+            RequestError: ``max_refs_exceeded`` (nothing stored, nothing evicted; also under
+                ``evict_lru`` when the new objects alone exceed ``max_refs``), or
+                ``session_not_found`` when the session was released meanwhile.
+        """
+        dropped: list[_Entry] = []
+        with self.lock:
+            if session.released:
+                raise RequestError(
+                    "session_not_found",
+                    f"session {session.session_id!r} was released while the request ran",
+                )
+            refs = session.refs
+            excess = len(refs) + len(new) - session.max_refs
+            evicted: list[int] = []
+            if excess > 0:
+                if session.overflow != "evict_lru" or len(new) > session.max_refs:
+                    raise RequestError(
+                        "max_refs_exceeded",
+                        f"session {session.session_id!r} holds {len(refs)} of {session.max_refs}"
+                        f" refs; {len(new)} more do not fit",
+                        details={"limit": session.max_refs, "refs": len(refs)},
+                    )
+                evicted = self._drop_lru(session, excess, CAUSE_EVICTED, dropped)
+            now = self._monotonic()
+            owner = self._owner
+            for ref_id, obj in new:
+                refs[ref_id] = _Entry(obj, now)
+                owner[ref_id] = session
+            session.last_access = self._wall()
+        del dropped
+        return evicted
+
+    def release_ref(self, session_id: str | bytes, handle: RefHandle) -> bool:
+        """Release one ref (idempotent).
+
+        Args:
+            session_id: The session of the request.
+            handle: The ref term.
+
+        Returns:
+            ``True`` when the ref was live and is now released, ``False`` when it was gone.
+
+        Raises:
+            RequestError: ``session_not_found`` (unknown session) or ``session_mismatch``.
+        """
+        with self.lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise _session_not_found(session_id)
+            ref_id = handle.ref_id
+            if handle.session != session_id:
+                raise _mismatch(ref_id)
+            holder = self._owner.get(ref_id)
+            if holder is None:
+                tomb = self._tombstones.get(ref_id)
+                if tomb is not None and tomb[0] != session_id:
+                    raise _mismatch(ref_id)
+                return False
+            if holder is not session:
+                raise _mismatch(ref_id)
+            entry = session.refs.pop(ref_id)
+            del self._owner[ref_id]
+            self._tombstone(ref_id, session_id, CAUSE_RELEASED)
+            session.last_access = self._wall()
+        del entry
+        return True
+
+    def sweep(self) -> list[tuple[str | bytes, list[int]]]:
+        """Release refs not accessed within their session's TTL.
+
+        Returns:
+            ``(session_id, ref_ids)`` for each session that lost refs.
+        """
+        pruned: list[tuple[str | bytes, list[int]]] = []
+        dropped: list[_Entry] = []
+        with self.lock:
+            now = self._monotonic()
+            for session in self._sessions.values():
+                refs = session.refs
+                if not refs:
+                    continue
+                cutoff = now - session.ttl_seconds
+                ids: list[int] = []
+                # LRU order is last-access order: stop at the first fresh ref.
+                for ref_id, entry in refs.items():
+                    if entry.last_access > cutoff:
+                        break
+                    ids.append(ref_id)
+                if ids:
+                    for ref_id in ids:
+                        dropped.append(refs.pop(ref_id))
+                        del self._owner[ref_id]
+                        self._tombstone(ref_id, session.session_id, CAUSE_TTL)
+                    pruned.append((session.session_id, ids))
+        del dropped
+        return pruned
+
+    # ------------------------------------------------------------- internal
+
+    def _get_or_create(self, session_id: str | bytes) -> Session:
+        session = self._sessions.get(session_id)
+        now = self._wall()
+        if session is None:
+            session = Session(session_id, self.default_max_refs, self.default_ttl_seconds, now)
+            self._sessions[session_id] = session
+        else:
+            session.last_access = now
+        return session
+
+    def _drop_lru(self, session: Session, count: int, cause: Atom, dropped: list[_Entry]) -> list[int]:
+        ids: list[int] = []
+        refs = session.refs
+        owner = self._owner
+        for _ in range(min(count, len(refs))):
+            ref_id, entry = refs.popitem(last=False)
+            dropped.append(entry)
+            del owner[ref_id]
+            self._tombstone(ref_id, session.session_id, cause)
+            ids.append(ref_id)
+        return ids
+
+    def _tombstone(self, ref_id: int, session_id: str | bytes, cause: Atom) -> None:
+        if not self.max_tombstones:
+            return
+        tombs = self._tombstones
+        tombs[ref_id] = (session_id, cause)
+        if len(tombs) > self.max_tombstones:
+            tombs.popitem(last=False)
+
+
+def _mismatch(ref_id: int) -> RequestError:
+    return RequestError(
+        "session_mismatch",
+        f"ref {ref_id} belongs to another session; refs are only served in their own session",
+        details={"ref_id": ref_id},
+    )
+
+
+def _session_not_found(session_id: str | bytes) -> RequestError:
+    return RequestError("session_not_found", f"no session {session_id!r}")
