@@ -1,0 +1,1224 @@
+"""Erlang External Term Format codec: bytes in, terms out; terms in, bytes out. No I/O.
+
+Decoding takes a whole ``term_to_binary/1`` result (version byte 131 first, compressed terms
+accepted) and returns a Python value; encoding does the reverse. The decoder is table-driven
+(``_LEAF_DECODERS``: tag byte -> decoder function for every non-container tag) and
+non-recursive (containers are handled with an explicit stack), so nesting is bounded only by
+``max_depth``, never by Python's recursion limit.
+
+Mapping
+-------
+
+=================================  ===================================  ==================================
+Erlang term (tags)                 decodes to                           encoded from
+=================================  ===================================  ==================================
+integer (97, 98, 110, 111)         ``int``                              ``int`` (and subclasses, not bool)
+float (70, old 99)                 ``float``                            ``float``; ``inf``/``-inf``/``nan``
+                                                                        become the atoms ``infinity``,
+                                                                        ``neg_infinity``, ``nan``
+``true`` / ``false``               ``bool``                             ``bool``
+``nil``                            ``None``                             ``None``
+other atom (100, 115, 118, 119)    :class:`~snakeport.types.Atom`       ``Atom`` (118/119; more than 255
+                                   (``undefined`` too)                  characters: ``EncodeError``)
+binary (109)                       ``str`` if valid UTF-8, else         ``str`` (UTF-8), ``bytes``,
+                                   ``bytes``                            ``bytearray``, ``memoryview``
+bitstring (77)                     ``BitBinary``                        ``BitBinary``
+``[]`` (106), list (108)           ``list``                             ``list``
+charlist (107)                     ``list`` of ``int``                  (a list of ints encodes as 108)
+improper list (108, tail not [])   ``ImproperList(elements, tail)``     ``ImproperList``
+tuple (104, 105)                   ``tuple``                            ``tuple`` and subclasses
+                                                                        (``namedtuple``)
+map (116)                          ``dict``; ``ErlMap`` when a key is   ``dict`` (and subclasses),
+                                   unhashable or keys collide           ``ErlMap``
+pid (103, 88)                      ``Pid``                              ``Pid`` (byte-identical)
+port (102, 89, 120)                ``Port``                             ``Port`` (byte-identical)
+reference (101, 114, 90)           ``Reference``                        ``Reference`` (byte-identical)
+fun (112)                          ``Fun``                              ``Fun`` (byte-identical)
+external fun (113)                 ``Export``                           ``Export`` (byte-identical)
+local format (121)                 ``LocalTerm``                        ``LocalTerm`` (byte-identical)
+compressed (80)                    the decompressed term                ``encode(..., compressed=level)``
+=================================  ===================================  ==================================
+
+``Atom`` compares equal to the ``str`` of its name (fast dict lookups; see
+:mod:`snakeport.types`), so maps whose keys collide in Python (``a`` and ``<<"a">>``, ``1``
+and ``1.0``, ``1`` and ``true``, ``0.0`` and ``-0.0``) or have unhashable keys (lists, maps)
+decode to :class:`~snakeport.types.ErlMap`, which encodes back to the same map. Sets are not
+special here: they go through ``encode``'s ``default`` hook like any other unknown object.
+
+Errors and limits
+-----------------
+
+Decoding arbitrary bytes raises only :class:`~snakeport.errors.DecodeError` (with ``data``
+and ``offset``): every length is checked against the remaining bytes before anything is
+allocated, and stray ``IndexError``/``struct.error``/``MemoryError`` are converted at the
+boundary. Exceptions raised by a ``tagged`` or ``default`` hook propagate unchanged.
+Encoding an unsupported object without ``default``, a too deep (or cyclic) value, a lone
+surrogate or a too long atom raises :class:`~snakeport.errors.EncodeError`.
+
+Limits are keyword-only and validated (``ValueError``): ``max_depth`` (container nesting,
+default :data:`DEFAULT_MAX_DEPTH`) and, for decoding, ``max_size`` (input and decompressed
+bytes, default :data:`DEFAULT_MAX_SIZE`).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from itertools import chain
+from typing import Any, Callable, NoReturn, Union
+
+from . import _etf_tags as T
+from .errors import DecodeError, EncodeError
+from .types import (
+    Atom,
+    BitBinary,
+    ErlMap,
+    Export,
+    Fun,
+    ImproperList,
+    LocalTerm,
+    OpaqueTerm,
+    Pid,
+    Port,
+    Reference,
+    _atom_ext,
+)
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_SIZE",
+    "TAGGED_PREFIX",
+    "Decoder",
+    "Encoder",
+    "decode",
+    "decode_head",
+    "encode",
+]
+
+#: Default nesting limit: containers inside containers, the outermost counting as 1. Kept
+#: well below Python's default recursion limit so that recursive walkers of decoded terms
+#: (in the worker) stay safe; the codec itself never recurses.
+DEFAULT_MAX_DEPTH = 512
+#: Default size limit for decoding: input bytes and declared/actual decompressed bytes.
+DEFAULT_MAX_SIZE = 256 * 1024 * 1024
+#: Tuples whose first element is an atom with this prefix are handed to ``tagged``.
+TAGGED_PREFIX = "$snakeport_"
+
+Buffer = Union[bytes, bytearray, memoryview]
+TaggedHook = Callable[[tuple], Any]
+DefaultHook = Callable[[Any], Any]
+
+_TAGGED_BYTES = TAGGED_PREFIX.encode("ascii")
+_u8x2 = struct.Struct(">BB").unpack_from
+_u16 = struct.Struct(">H").unpack_from
+_u32 = struct.Struct(">I").unpack_from
+_i32 = struct.Struct(">i").unpack_from
+_f64 = struct.Struct(">d").unpack_from
+_u32x2 = struct.Struct(">II").unpack_from
+_u32x3 = struct.Struct(">III").unpack_from
+_u64_u32 = struct.Struct(">QI").unpack_from
+_u32_u8 = struct.Struct(">IB").unpack_from
+_u32x2_u8 = struct.Struct(">IIB").unpack_from
+_u8_u32 = struct.Struct(">BI").unpack_from
+_pack_tag_u32 = struct.Struct(">BI").pack
+_pack_tag_i32 = struct.Struct(">Bi").pack
+_pack_tag_f64 = struct.Struct(">Bd").pack
+_pack_big_hdr = struct.Struct(">BIB").pack
+
+_FLOAT_TEXT = re.compile(rb"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+# Container kinds of the decoder's explicit stack.
+_ROOT, _TUPLE, _LIST, _LIST_TAIL, _MAP = range(5)
+
+#: Decoded atoms, keyed by their complete encoding (tag, length and text), so that a cache
+#: hit needs no bounds check: a truncated slice is never a complete valid key.
+_ATOMS: dict[bytes, Any] = {}
+_ATOM_CACHE_MAX = 4096
+_SPECIAL_ATOMS: dict[str, Any] = {"true": True, "false": False, "nil": None}
+_MISS = object()
+
+
+class _HookFailure(Exception):
+    """Carries an exception raised by a user hook through the decoder's boundary."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+
+def _fail(message: str, data: bytes, offset: int) -> NoReturn:
+    raise DecodeError(f"{message} at byte {offset}", data=data, offset=offset)
+
+
+def _truncated(data: bytes, offset: int) -> NoReturn:
+    _fail("unexpected end of data", data, offset)
+
+
+# ---------------------------------------------------------------------------------------
+# Leaf decoders. Each takes (data, pos) with pos just after the tag byte and returns
+# (value, pos after the term). They validate every length before slicing.
+# ---------------------------------------------------------------------------------------
+
+
+def _atom_at(data: bytes, pos: int) -> tuple[Any, int]:
+    """Decode the atom whose tag is at ``pos`` (any of the four atom tags), via the cache."""
+    tag = data[pos]
+    if tag == T.SMALL_ATOM_UTF8_EXT or tag == T.SMALL_ATOM_EXT:
+        start = pos + 2
+        end = start + data[pos + 1]
+    elif tag == T.ATOM_UTF8_EXT or tag == T.ATOM_EXT:
+        start = pos + 3
+        end = start + _u16(data, pos + 1)[0]
+    else:
+        _fail(f"expected an atom, found tag {tag}", data, pos)
+    key = data[pos:end]
+    value = _ATOMS.get(key, _MISS)
+    if value is not _MISS:
+        return value, end
+    if end > len(data):
+        _truncated(data, len(data))
+    text = data[start:end]
+    if tag >= T.ATOM_UTF8_EXT:
+        try:
+            name = text.decode("utf-8")
+        except UnicodeDecodeError:
+            _fail("atom text is not valid UTF-8", data, start)
+    else:
+        name = text.decode("latin-1")
+    if len(name) > 255:
+        _fail(f"atom of {len(name)} characters exceeds 255", data, pos)
+    value = _SPECIAL_ATOMS.get(name, _MISS)
+    if value is _MISS:
+        value = Atom(name)
+    if len(_ATOMS) >= _ATOM_CACHE_MAX:
+        _ATOMS.clear()
+    _ATOMS[key] = value
+    return value, end
+
+
+def _atom_name_at(data: bytes, pos: int) -> tuple[Atom, int]:
+    """Decode an atom at ``pos`` as an :class:`Atom` even for ``true``/``false``/``nil``."""
+    value, end = _atom_at(data, pos)
+    if value.__class__ is not Atom:
+        value = Atom("nil" if value is None else ("true" if value else "false"))
+    return value, end
+
+
+def _dec_atom(data: bytes, pos: int) -> tuple[Any, int]:
+    return _atom_at(data, pos - 1)
+
+
+def _dec_small_int(data: bytes, pos: int) -> tuple[int, int]:
+    return data[pos], pos + 1
+
+
+def _dec_int(data: bytes, pos: int) -> tuple[int, int]:
+    return _i32(data, pos)[0], pos + 4
+
+
+def _big(data: bytes, n: int, pos: int) -> tuple[int, int]:
+    sign = data[pos]
+    start = pos + 1
+    end = start + n
+    if end > len(data):
+        _truncated(data, len(data))
+    if sign > 1:
+        _fail(f"invalid bignum sign byte {sign}", data, pos)
+    value = int.from_bytes(data[start:end], "little")
+    return (-value if sign else value), end
+
+
+def _dec_small_big(data: bytes, pos: int) -> tuple[int, int]:
+    return _big(data, data[pos], pos + 1)
+
+
+def _dec_large_big(data: bytes, pos: int) -> tuple[int, int]:
+    return _big(data, _u32(data, pos)[0], pos + 4)
+
+
+def _dec_new_float(data: bytes, pos: int) -> tuple[float, int]:
+    value = _f64(data, pos)[0]
+    if value - value != 0.0:
+        _fail("NEW_FLOAT_EXT is not finite", data, pos)
+    return value, pos + 8
+
+
+def _dec_old_float(data: bytes, pos: int) -> tuple[float, int]:
+    end = pos + 31
+    if end > len(data):
+        _truncated(data, len(data))
+    text = data[pos:end].rstrip(b"\x00")
+    if not _FLOAT_TEXT.fullmatch(text):
+        _fail("FLOAT_EXT text is not a number", data, pos)
+    value = float(text)
+    if value - value != 0.0:
+        _fail("FLOAT_EXT is not finite", data, pos)
+    return value, end
+
+
+def _dec_nil(data: bytes, pos: int) -> tuple[list[Any], int]:
+    return [], pos
+
+
+def _dec_string(data: bytes, pos: int) -> tuple[list[int], int]:
+    start = pos + 2
+    end = start + _u16(data, pos)[0]
+    if end > len(data):
+        _truncated(data, len(data))
+    return list(data[start:end]), end
+
+
+def _dec_binary(data: bytes, pos: int) -> tuple[Any, int]:
+    start = pos + 4
+    end = start + _u32(data, pos)[0]
+    if end > len(data):
+        _truncated(data, len(data))
+    raw = data[start:end]
+    try:
+        return raw.decode("utf-8"), end
+    except UnicodeDecodeError:
+        return raw, end
+
+
+def _dec_bit_binary(data: bytes, pos: int) -> tuple[BitBinary, int]:
+    size, bits = _u32_u8(data, pos)
+    start = pos + 5
+    end = start + size
+    if end > len(data):
+        _truncated(data, len(data))
+    if size == 0 or not 1 <= bits <= 8:
+        _fail(f"invalid BIT_BINARY_EXT ({size} bytes, {bits} bits in the last)", data, pos)
+    return BitBinary(data[start:end], bits, raw=data[pos - 1 : end]), end
+
+
+def _dec_pid(data: bytes, pos: int) -> tuple[Pid, int]:
+    node, p = _atom_name_at(data, pos)
+    pid_id, serial, creation = _u32x2_u8(data, p)
+    end = p + 9
+    return Pid(node, pid_id, serial, creation, raw=data[pos - 1 : end]), end
+
+
+def _dec_new_pid(data: bytes, pos: int) -> tuple[Pid, int]:
+    node, p = _atom_name_at(data, pos)
+    pid_id, serial, creation = _u32x3(data, p)
+    end = p + 12
+    return Pid(node, pid_id, serial, creation, raw=data[pos - 1 : end]), end
+
+
+def _dec_port(data: bytes, pos: int) -> tuple[Port, int]:
+    node, p = _atom_name_at(data, pos)
+    port_id, creation = _u32_u8(data, p)
+    end = p + 5
+    return Port(node, port_id, creation, raw=data[pos - 1 : end]), end
+
+
+def _dec_new_port(data: bytes, pos: int) -> tuple[Port, int]:
+    node, p = _atom_name_at(data, pos)
+    port_id, creation = _u32x2(data, p)
+    end = p + 8
+    return Port(node, port_id, creation, raw=data[pos - 1 : end]), end
+
+
+def _dec_v4_port(data: bytes, pos: int) -> tuple[Port, int]:
+    node, p = _atom_name_at(data, pos)
+    port_id, creation = _u64_u32(data, p)
+    end = p + 12
+    return Port(node, port_id, creation, raw=data[pos - 1 : end]), end
+
+
+def _dec_reference(data: bytes, pos: int) -> tuple[Reference, int]:
+    node, p = _atom_name_at(data, pos)
+    ref_id, creation = _u32_u8(data, p)
+    end = p + 5
+    return Reference(node, creation, (ref_id,), raw=data[pos - 1 : end]), end
+
+
+def _ref_ids(data: bytes, count: int, pos: int) -> tuple[tuple[int, ...], int]:
+    end = pos + 4 * count
+    if end > len(data):
+        _truncated(data, len(data))
+    return struct.unpack_from(f">{count}I", data, pos), end
+
+
+def _dec_new_reference(data: bytes, pos: int) -> tuple[Reference, int]:
+    count = _u16(data, pos)[0]
+    if not 1 <= count <= 5:
+        _fail(f"reference with {count} ID words (expected 1..5)", data, pos)
+    node, p = _atom_name_at(data, pos + 2)
+    creation = data[p]
+    ids, end = _ref_ids(data, count, p + 1)
+    return Reference(node, creation, ids, raw=data[pos - 1 : end]), end
+
+
+def _dec_newer_reference(data: bytes, pos: int) -> tuple[Reference, int]:
+    count = _u16(data, pos)[0]
+    if not 1 <= count <= 5:
+        _fail(f"reference with {count} ID words (expected 1..5)", data, pos)
+    node, p = _atom_name_at(data, pos + 2)
+    creation = _u32(data, p)[0]
+    ids, end = _ref_ids(data, count, p + 4)
+    return Reference(node, creation, ids, raw=data[pos - 1 : end]), end
+
+
+def _dec_export(data: bytes, pos: int) -> tuple[Export, int]:
+    module, p = _atom_name_at(data, pos)
+    function, p = _atom_name_at(data, p)
+    if data[p] != T.SMALL_INTEGER_EXT:
+        _fail("EXPORT_EXT arity is not a SMALL_INTEGER_EXT", data, p)
+    arity = data[p + 1]
+    end = p + 2
+    return Export(module, function, arity, raw=data[pos - 1 : end]), end
+
+
+def _dec_new_fun(data: bytes, pos: int) -> tuple[Fun, int]:
+    size = _u32(data, pos)[0]
+    start = pos - 1
+    end = pos + size
+    # Size counts itself; the fixed part (Size, Arity, Uniq, Index, NumFree) is 29 bytes,
+    # then Module, OldIndex, OldUniq and Pid take at least 2 + 2 + 2 + 15 bytes.
+    if size < 29 + 21:
+        _fail(f"NEW_FUN_EXT size {size} is too small", data, pos)
+    if end > len(data):
+        _truncated(data, len(data))
+    arity = data[pos + 4]
+    uniq = data[pos + 5 : pos + 21]
+    index, num_free = _u32x2(data, pos + 21)
+    module, p = _atom_name_at(data, pos + 29)
+    for _ in range(2):  # OldIndex, OldUniq: integers
+        tag = data[p]
+        if tag == T.SMALL_INTEGER_EXT:
+            p += 2
+        elif tag == T.INTEGER_EXT:
+            p += 5
+        else:
+            _fail("NEW_FUN_EXT OldIndex/OldUniq is not an integer", data, p)
+    tag = data[p]
+    if tag == T.NEW_PID_EXT:
+        _, p = _dec_new_pid(data, p + 1)
+    elif tag == T.PID_EXT:
+        _, p = _dec_pid(data, p + 1)
+    else:
+        _fail("NEW_FUN_EXT Pid is not a pid", data, p)
+    if p + num_free > end:
+        _fail("NEW_FUN_EXT size does not fit its fields", data, pos)
+    fun = Fun(data[start:end], module=module, arity=arity, index=index, uniq=uniq, num_free=num_free)
+    return fun, end
+
+
+def _dec_local(data: bytes, pos: int) -> tuple[LocalTerm, int]:
+    # The spec leaves the bytes after the tag unspecified: the term runs to the end.
+    return LocalTerm(data[pos - 1 :]), len(data)
+
+
+#: Tag byte -> decoder for every tag that is not a container (tuples, lists and maps are
+#: handled by the explicit stack in ``_decode_term``).
+_LEAF_DECODERS: list[Callable[[bytes, int], tuple[Any, int]] | None] = [None] * 256
+for _tag, _fn in (
+    (T.SMALL_INTEGER_EXT, _dec_small_int),
+    (T.INTEGER_EXT, _dec_int),
+    (T.SMALL_BIG_EXT, _dec_small_big),
+    (T.LARGE_BIG_EXT, _dec_large_big),
+    (T.NEW_FLOAT_EXT, _dec_new_float),
+    (T.FLOAT_EXT, _dec_old_float),
+    (T.ATOM_EXT, _dec_atom),
+    (T.SMALL_ATOM_EXT, _dec_atom),
+    (T.ATOM_UTF8_EXT, _dec_atom),
+    (T.SMALL_ATOM_UTF8_EXT, _dec_atom),
+    (T.NIL_EXT, _dec_nil),
+    (T.STRING_EXT, _dec_string),
+    (T.BINARY_EXT, _dec_binary),
+    (T.BIT_BINARY_EXT, _dec_bit_binary),
+    (T.PID_EXT, _dec_pid),
+    (T.NEW_PID_EXT, _dec_new_pid),
+    (T.PORT_EXT, _dec_port),
+    (T.NEW_PORT_EXT, _dec_new_port),
+    (T.V4_PORT_EXT, _dec_v4_port),
+    (T.REFERENCE_EXT, _dec_reference),
+    (T.NEW_REFERENCE_EXT, _dec_new_reference),
+    (T.NEWER_REFERENCE_EXT, _dec_newer_reference),
+    (T.EXPORT_EXT, _dec_export),
+    (T.NEW_FUN_EXT, _dec_new_fun),
+    (T.LOCAL_EXT, _dec_local),
+):
+    _LEAF_DECODERS[_tag] = _fn
+del _tag, _fn
+
+
+def _finish_improper(items: list[Any], tail: Any, data: bytes, pos: int) -> Any:
+    """Build the value of a LIST_EXT whose tail is not NIL_EXT."""
+    if tail.__class__ is list:  # [a | [b, c]] is the proper list [a, b, c]
+        items.extend(tail)
+        return items
+    if not items:
+        _fail("LIST_EXT with no elements and a non-empty tail", data, pos)
+    return ImproperList(items, tail)
+
+
+def _decode_term(
+    data: bytes,
+    pos: int,
+    max_depth: int,
+    tagged: TaggedHook | None,
+    _leaf: list[Any] = _LEAF_DECODERS,
+    _atoms: dict[bytes, Any] = _ATOMS,
+    _u32: Callable[..., tuple[int]] = _u32,
+    _f64: Callable[..., tuple[float]] = _f64,
+    _Atom: type = Atom,
+    _MISS: object = _MISS,
+) -> tuple[Any, int]:
+    """Decode the one term starting at ``pos``.
+
+    Non-recursive: each open container is a frame ``(kind, items, remaining)`` on ``stack``;
+    the current frame lives in local variables. The most frequent tags are decoded inline,
+    the other leaves through ``_LEAF_DECODERS``.
+
+    Args:
+        data: The buffer.
+        pos: Offset of the term's tag byte.
+        max_depth: Maximum container nesting.
+        tagged: Hook for ``$snakeport_`` tuples, or None.
+
+    Returns:
+        ``(value, offset after the term)``.
+
+    Raises:
+        DecodeError: Invalid data (IndexError/struct.error mean truncation; the caller
+            converts them).
+    """
+    stack: list[tuple[int, list[Any], int]] = []
+    push = stack.append
+    kind = _ROOT
+    items: list[Any] = []
+    append = items.append
+    remaining = 1
+    while True:
+        while remaining:
+            remaining -= 1
+            tag = data[pos]
+            if tag == 119:  # SMALL_ATOM_UTF8_EXT
+                end = pos + 2 + data[pos + 1]
+                value = _atoms.get(data[pos:end], _MISS)
+                if value is _MISS:
+                    value, end = _atom_at(data, pos)
+                append(value)
+                pos = end
+            elif tag == 97:  # SMALL_INTEGER_EXT
+                append(data[pos + 1])
+                pos += 2
+            elif tag == 109:  # BINARY_EXT
+                start = pos + 5
+                end = start + _u32(data, pos + 1)[0]
+                if end > len(data):
+                    _truncated(data, len(data))
+                raw = data[start:end]
+                try:
+                    append(raw.decode())
+                except UnicodeDecodeError:
+                    append(raw)
+                pos = end
+            elif tag == 104:  # SMALL_TUPLE_EXT
+                count = data[pos + 1]
+                pos += 2
+                if count:
+                    push((kind, items, remaining))
+                    if len(stack) > max_depth:
+                        _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 2)
+                    kind = _TUPLE
+                    items = []
+                    append = items.append
+                    remaining = count
+                else:
+                    append(())
+            elif tag == 70:  # NEW_FLOAT_EXT
+                value = _f64(data, pos + 1)[0]
+                if value - value != 0.0:
+                    _fail("NEW_FLOAT_EXT is not finite", data, pos)
+                append(value)
+                pos += 9
+            elif tag == 108:  # LIST_EXT
+                count = _u32(data, pos + 1)[0]
+                pos += 5
+                if count >= len(data) - pos:  # each element and the tail take >= 1 byte
+                    _fail(f"LIST_EXT of {count} elements exceeds the data", data, pos - 5)
+                push((kind, items, remaining))
+                if len(stack) > max_depth:
+                    _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
+                kind = _LIST
+                items = []
+                append = items.append
+                remaining = count
+            elif tag == 106:  # NIL_EXT
+                append([])
+                pos += 1
+            elif tag == 116:  # MAP_EXT
+                count = _u32(data, pos + 1)[0]
+                pos += 5
+                if count:
+                    if count > (len(data) - pos) // 2:
+                        _fail(f"MAP_EXT of {count} pairs exceeds the data", data, pos - 5)
+                    push((kind, items, remaining))
+                    if len(stack) > max_depth:
+                        _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
+                    kind = _MAP
+                    items = []
+                    append = items.append
+                    remaining = 2 * count
+                else:
+                    append({})
+            elif tag == 105:  # LARGE_TUPLE_EXT
+                count = _u32(data, pos + 1)[0]
+                pos += 5
+                if count > len(data) - pos:
+                    _fail(f"LARGE_TUPLE_EXT of {count} elements exceeds the data", data, pos - 5)
+                if count:
+                    push((kind, items, remaining))
+                    if len(stack) > max_depth:
+                        _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
+                    kind = _TUPLE
+                    items = []
+                    append = items.append
+                    remaining = count
+                else:
+                    append(())
+            else:
+                decoder = _leaf[tag]
+                if decoder is None:
+                    name = T.TAG_NAMES.get(tag)
+                    what = f"{name} (tag {tag}) is not allowed here" if name else f"unknown tag {tag}"
+                    _fail(what, data, pos)
+                value, pos = decoder(data, pos + 1)
+                append(value)
+        # The current frame is complete.
+        if kind == _TUPLE:
+            value = tuple(items)
+            if tagged is not None:
+                first = items[0]
+                if first.__class__ is _Atom and first.startswith("$snakeport_"):
+                    try:
+                        value = tagged(value)
+                    except BaseException as exc:
+                        raise _HookFailure(exc) from None
+        elif kind == _LIST:
+            if data[pos] == 106:  # NIL_EXT tail: a proper list
+                pos += 1
+                value = items
+            else:  # decode the tail as one more item of this frame
+                kind = _LIST_TAIL
+                remaining = 1
+                continue
+        elif kind == _MAP:
+            it = iter(items)
+            try:
+                value = dict(zip(it, it))
+            except TypeError:  # an unhashable key
+                value = ErlMap._from_flat(items)
+            else:
+                if 2 * len(value) != len(items):  # keys that collide in Python
+                    value = ErlMap._from_flat(items)
+        elif kind == _LIST_TAIL:
+            value = _finish_improper(items, items.pop(), data, pos)
+        else:  # _ROOT
+            return items[0], pos
+        kind, items, remaining = stack.pop()
+        append = items.append
+        append(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding entry points
+# ---------------------------------------------------------------------------------------
+
+
+def _as_bytes(data: Buffer) -> bytes:
+    if data.__class__ is bytes:
+        return data  # type: ignore[return-value]
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"expected bytes, bytearray or memoryview, got: {type(data).__name__}")
+
+
+def _inflate(data: bytes, max_size: int, *, partial: bool = False) -> bytes:
+    """Decompress a COMPRESSED term (``data[1] == 80``) into ``Tag Data`` bytes.
+
+    The declared size is checked against ``max_size`` before inflating, and zlib is never
+    allowed to produce more than the declared size (plus one byte to detect a lie).
+    With ``partial``, a truncated stream yields what could be inflated.
+    """
+    if len(data) < 6:
+        _truncated(data, len(data))
+    declared = _u32(data, 2)[0]
+    if declared > max_size:
+        _fail(f"declared uncompressed size {declared} exceeds max_size={max_size}", data, 2)
+    if declared == 0:
+        _fail("declared uncompressed size is 0", data, 2)
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(memoryview(data)[6:], declared + 1)
+    except zlib.error as exc:
+        if partial:
+            return b""
+        _fail(f"invalid zlib data ({exc})", data, 6)
+    if partial:
+        return out[:declared]
+    if len(out) != declared or not inflater.eof:
+        _fail(f"compressed data does not inflate to the declared {declared} bytes", data, 6)
+    if inflater.unused_data or inflater.unconsumed_tail:
+        _fail("trailing bytes after the compressed data", data, len(data) - len(inflater.unused_data))
+    return out
+
+
+def _convert_stray(exc: BaseException, data: bytes) -> DecodeError:
+    """Turn an exception raised while decoding untrusted bytes into a DecodeError."""
+    if isinstance(exc, (IndexError, struct.error)):
+        return DecodeError(f"unexpected end of data at byte {len(data)}", data=data, offset=len(data))
+    if isinstance(exc, MemoryError):
+        return DecodeError("term too large to decode in memory", data=data, offset=None)
+    return DecodeError(f"invalid term ({type(exc).__name__}: {exc})", data=data, offset=None)
+
+
+_STRAY = (IndexError, struct.error, MemoryError, RecursionError, ValueError, TypeError, OverflowError)
+
+
+def _decode(data: Buffer, max_depth: int, max_size: int, tagged: TaggedHook | None) -> Any:
+    if data.__class__ is not bytes:
+        data = _as_bytes(data)
+    size = len(data)
+    if size > max_size:
+        raise DecodeError(f"input of {size} bytes exceeds max_size={max_size}", data=data, offset=0)
+    if size < 2 or data[0] != 131:
+        if size == 0:
+            raise DecodeError("empty input", data=data, offset=0)
+        if data[0] != 131:
+            raise DecodeError(f"expected version byte 131, found {data[0]}", data=data, offset=0)
+        raise DecodeError("unexpected end of data at byte 1", data=data, offset=1)
+    pos = 1
+    if data[1] == 80:
+        data = _inflate(data, max_size)  # type: ignore[arg-type]
+        pos = 0
+    if tagged is not None and _TAGGED_BYTES not in data:
+        tagged = None  # no tagged tuple can be present: skip the per-tuple check
+    try:
+        value, pos = _decode_term(data, pos, max_depth, tagged)  # type: ignore[arg-type]
+    except DecodeError:
+        raise
+    except _HookFailure as failure:
+        raise failure.exc from None
+    except _STRAY as exc:
+        raise _convert_stray(exc, data) from None  # type: ignore[arg-type]
+    if pos != len(data):
+        raise DecodeError(f"{len(data) - pos} trailing bytes after the term at byte {pos}", data=data, offset=pos)
+    return value
+
+
+def _decode_head(data: Buffer, count: int, max_depth: int, max_size: int) -> tuple[Any, ...]:
+    if type(count) is not int or count < 0:
+        raise ValueError(f"expected count to be a non-negative integer, got: {count!r}")
+    data = _as_bytes(data)
+    if len(data) < 2 or data[0] != 131:
+        raise DecodeError("not an External Term Format frame", data=data, offset=0)
+    pos = 1
+    try:
+        if data[1] == 80:
+            data = _inflate(data, max_size, partial=True)
+            pos = 0
+        tag = data[pos]
+        if tag == T.SMALL_TUPLE_EXT:
+            arity = data[pos + 1]
+            pos += 2
+        elif tag == T.LARGE_TUPLE_EXT:
+            arity = _u32(data, pos + 1)[0]
+            pos += 5
+        else:
+            _fail(f"expected a tuple, found tag {tag}", data, pos)
+        if arity < count:
+            _fail(f"tuple of {arity} elements has fewer than {count}", data, pos)
+        elements = []
+        for _ in range(count):
+            value, pos = _decode_term(data, pos, max(max_depth - 1, 0), None)
+            elements.append(value)
+    except DecodeError:
+        raise
+    except _STRAY as exc:
+        raise _convert_stray(exc, data) from None
+    return tuple(elements)
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------
+
+
+class _Close:
+    """Stack marker: a tuple, map or improper list ends here (depth goes back up)."""
+
+    __slots__ = ()
+
+
+class _CloseList:
+    """Stack marker: a proper list ends here; emit NIL_EXT (and go back up)."""
+
+    __slots__ = ()
+
+
+_CLOSE = _Close()
+_CLOSE_LIST = _CloseList()
+
+_SMALL_INTS = [bytes((T.SMALL_INTEGER_EXT, i)) for i in range(256)]
+_SMALL_TUPLES = [bytes((T.SMALL_TUPLE_EXT, i)) for i in range(256)]
+_TRUE = _atom_ext("true")
+_FALSE = _atom_ext("false")
+_NIL = _atom_ext("nil")
+_INFINITY = _atom_ext("infinity")
+_NEG_INFINITY = _atom_ext("neg_infinity")
+_NAN = _atom_ext("nan")
+_NIL_EXT = bytes((T.NIL_EXT,))
+_EMPTY_MAP = _pack_tag_u32(T.MAP_EXT, 0)
+
+#: Encoded atoms, keyed by Atom (only ever looked up with an Atom).
+_ATOM_BYTES: dict[Atom, bytes] = {}
+
+_ENCODABLE = (str, int, float, bytes, bytearray, memoryview, tuple, list, dict, ErlMap, ImproperList, OpaqueTerm, type(None))
+_MAX_DEFAULT_CHAIN = 32
+
+
+def _encode_atom(atom: Atom) -> bytes:
+    encoded = _atom_ext(atom)
+    if len(_ATOM_BYTES) >= _ATOM_CACHE_MAX:
+        _ATOM_BYTES.clear()
+    _ATOM_BYTES[atom] = encoded
+    return encoded
+
+
+def _encode_big(value: int) -> bytes:
+    sign = 0
+    if value < 0:
+        sign = 1
+        value = -value
+    n = (value.bit_length() + 7) // 8
+    digits = value.to_bytes(n, "little")
+    if n < 256:
+        return bytes((T.SMALL_BIG_EXT, n, sign)) + digits
+    return _pack_big_hdr(T.LARGE_BIG_EXT, n, sign) + digits
+
+
+def _encode_float(value: float) -> bytes:
+    if value - value == 0.0:
+        return _pack_tag_f64(T.NEW_FLOAT_EXT, value)
+    if value != value:
+        return _NAN
+    return _INFINITY if value > 0 else _NEG_INFINITY
+
+
+def _too_deep(obj: Any, max_depth: int) -> NoReturn:
+    raise EncodeError(
+        f"term nested deeper than max_depth={max_depth} (or it contains a reference cycle)", value=obj
+    )
+
+
+def _encode_into(
+    term: Any,
+    out: list[bytes],
+    default: DefaultHook | None,
+    max_depth: int,
+    _small_ints: list[bytes] = _SMALL_INTS,
+    _small_tuples: list[bytes] = _SMALL_TUPLES,
+    _atom_bytes: dict[Atom, bytes] = _ATOM_BYTES,
+    _Atom: type = Atom,
+    _Close: type = _Close,
+    _CloseList: type = _CloseList,
+    _pack_tag_u32: Callable[..., bytes] = _pack_tag_u32,
+    _pack_tag_i32: Callable[..., bytes] = _pack_tag_i32,
+) -> None:
+    """Append the encoding of ``term`` (without version byte) to ``out``.
+
+    Non-recursive: pending values are popped from ``stack``; containers push their elements
+    in reverse, after a marker that ends them.
+    """
+    app = out.append
+    stack = [term]
+    pop = stack.pop
+    push = stack.append
+    extend = stack.extend
+    depth = 0
+    while stack:
+        obj = pop()
+        cls = obj.__class__
+        if cls is str:
+            try:
+                encoded = obj.encode()
+            except UnicodeEncodeError as exc:
+                raise EncodeError(f"string is not encodable as UTF-8: {exc}", value=obj) from None
+            app(_pack_tag_u32(109, len(encoded)))
+            app(encoded)
+        elif cls is int:
+            if 0 <= obj <= 255:
+                app(_small_ints[obj])
+            elif -2147483648 <= obj <= 2147483647:
+                app(_pack_tag_i32(98, obj))
+            else:
+                app(_encode_big(obj))
+        elif cls is _Atom:
+            encoded = _atom_bytes.get(obj)
+            if encoded is None:
+                encoded = _encode_atom(obj)
+            app(encoded)
+        elif cls is _Close:
+            depth -= 1
+        elif cls is _CloseList:
+            app(b"j")
+            depth -= 1
+        elif cls is tuple:
+            n = len(obj)
+            app(_small_tuples[n] if n < 256 else _pack_tag_u32(105, n))
+            if n:
+                depth += 1
+                if depth > max_depth:
+                    _too_deep(obj, max_depth)
+                push(_CLOSE)
+                extend(reversed(obj))
+        elif cls is list:
+            n = len(obj)
+            if n:
+                app(_pack_tag_u32(108, n))
+                depth += 1
+                if depth > max_depth:
+                    _too_deep(obj, max_depth)
+                push(_CLOSE_LIST)
+                extend(reversed(obj))
+            else:
+                app(b"j")
+        elif cls is dict:
+            n = len(obj)
+            app(_pack_tag_u32(116, n))
+            if n:
+                depth += 1
+                if depth > max_depth:
+                    _too_deep(obj, max_depth)
+                push(_CLOSE)
+                flat = list(chain.from_iterable(obj.items()))
+                flat.reverse()
+                extend(flat)
+        elif cls is float:
+            app(_encode_float(obj))
+        elif cls is bool:
+            app(_TRUE if obj else _FALSE)
+        elif obj is None:
+            app(_NIL)
+        elif cls is bytes:
+            app(_pack_tag_u32(109, len(obj)))
+            app(obj)
+        # Rarer types and subclasses.
+        elif isinstance(obj, OpaqueTerm):
+            app(obj.raw)
+        elif cls is ErlMap:
+            n = len(obj)
+            app(_pack_tag_u32(116, n))
+            if n:
+                depth += 1
+                if depth > max_depth:
+                    _too_deep(obj, max_depth)
+                push(_CLOSE)
+                flat = list(chain.from_iterable(obj.pairs))
+                flat.reverse()
+                extend(flat)
+        elif cls is ImproperList:
+            app(_pack_tag_u32(108, len(obj.elements)))
+            depth += 1
+            if depth > max_depth:
+                _too_deep(obj, max_depth)
+            push(_CLOSE)
+            push(obj.tail)
+            extend(reversed(obj.elements))
+        elif isinstance(obj, (bytearray, memoryview, bytes)):
+            encoded = bytes(obj)
+            app(_pack_tag_u32(109, len(encoded)))
+            app(encoded)
+        elif isinstance(obj, _Atom):
+            push(_Atom(str.__str__(obj)))
+        elif isinstance(obj, int):
+            push(int.__int__(obj))
+        elif isinstance(obj, float):
+            push(float.__float__(obj))
+        elif isinstance(obj, str):
+            push(str.__str__(obj))
+        elif isinstance(obj, tuple):
+            push(tuple(obj))
+        elif isinstance(obj, list):
+            push(list(obj))
+        elif isinstance(obj, dict):
+            push(dict(obj.items()))
+        elif isinstance(obj, ErlMap):
+            push(ErlMap(obj.pairs))
+        elif default is None:
+            raise EncodeError(f"cannot encode an object of type {cls.__module__}.{cls.__qualname__}", value=obj)
+        else:
+            replacement = obj
+            for _ in range(_MAX_DEFAULT_CHAIN):
+                replacement = default(replacement)
+                if isinstance(replacement, _ENCODABLE):
+                    break
+            else:
+                raise EncodeError(
+                    f"default() returned no encodable value for an object of type {cls.__qualname__}",
+                    value=obj,
+                )
+            push(replacement)
+
+
+def _encode(term: Any, default: DefaultHook | None, max_depth: int, compressed: int) -> bytes:
+    out = [b"\x83"]
+    _encode_into(term, out, default, max_depth)
+    if compressed:
+        body = b"".join(out[1:])
+        packed = zlib.compress(body, compressed)
+        if len(packed) + 4 < len(body):
+            return b"\x83P" + len(body).to_bytes(4, "big") + packed
+        return b"\x83" + body
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------
+
+
+def _check_limit(name: str, value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"expected {name} to be a positive integer, got: {value!r}")
+    return value
+
+
+def _check_hook(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ValueError(f"expected {name} to be callable or None, got: {value!r}")
+
+
+def _check_level(value: object) -> int:
+    if type(value) is bool:
+        return 6 if value else 0
+    if type(value) is not int or not 0 <= value <= 9:
+        raise ValueError(f"expected compressed to be a bool or an integer in 0..9, got: {value!r}")
+    return value
+
+
+class Decoder:
+    """A decoder holding validated limits and an optional ``tagged`` hook.
+
+    Attributes:
+        max_depth: Maximum container nesting.
+        max_size: Maximum input size and decompressed size, in bytes.
+        tagged: Hook for tuples whose first element is an atom starting with ``$snakeport_``.
+    """
+
+    __slots__ = ("max_depth", "max_size", "tagged")
+
+    def __init__(
+        self,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_size: int = DEFAULT_MAX_SIZE,
+        tagged: TaggedHook | None = None,
+    ) -> None:
+        """Create a decoder.
+
+        Args:
+            max_depth: Maximum container nesting (positive integer).
+            max_size: Maximum input and decompressed size in bytes (positive integer).
+            tagged: Called with each decoded tuple whose first element is an ``Atom``
+                starting with ``$snakeport_``; its return value replaces the tuple.
+
+        Raises:
+            ValueError: A limit is not a positive integer, or ``tagged`` is not callable.
+        """
+        self.max_depth = _check_limit("max_depth", max_depth)
+        self.max_size = _check_limit("max_size", max_size)
+        _check_hook("tagged", tagged)
+        self.tagged = tagged
+
+    def decode(self, data: Buffer) -> Any:
+        """Decode one whole term (see :func:`decode`).
+
+        Args:
+            data: ``term_to_binary`` output: version byte 131, then the term.
+
+        Returns:
+            The Python value.
+
+        Raises:
+            DecodeError: The bytes are not exactly one valid term within the limits.
+            TypeError: ``data`` is not bytes, bytearray or memoryview.
+        """
+        return _decode(data, self.max_depth, self.max_size, self.tagged)
+
+    def decode_head(self, data: Buffer, count: int) -> tuple[Any, ...]:
+        """Decode the first ``count`` elements of a top-level tuple (see :func:`decode_head`).
+
+        Args:
+            data: A frame or a prefix of one.
+            count: How many leading elements to decode.
+
+        Returns:
+            A tuple of ``count`` values.
+
+        Raises:
+            DecodeError: They cannot be decoded.
+            ValueError: ``count`` is negative.
+        """
+        return _decode_head(data, count, self.max_depth, self.max_size)
+
+
+class Encoder:
+    """An encoder holding a validated depth limit, a ``default`` hook and a compression level.
+
+    Attributes:
+        max_depth: Maximum container nesting.
+        default: Hook returning an encodable replacement for an unsupported object.
+        compressed: zlib level 1..9 for the COMPRESSED format, 0 for none.
+    """
+
+    __slots__ = ("max_depth", "default", "compressed")
+
+    def __init__(
+        self,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        default: DefaultHook | None = None,
+        compressed: int | bool = 0,
+    ) -> None:
+        """Create an encoder.
+
+        Args:
+            max_depth: Maximum container nesting (positive integer).
+            default: Called with an object the codec cannot encode; must return an encodable
+                replacement (called again, at most 32 times in a row, while it does not).
+            compressed: zlib level 0..9 (``True`` means 6); the compressed form is used only
+                when it is smaller, like ``term_to_binary(T, [compressed])``.
+
+        Raises:
+            ValueError: An option is invalid.
+        """
+        self.max_depth = _check_limit("max_depth", max_depth)
+        _check_hook("default", default)
+        self.default = default
+        self.compressed = _check_level(compressed)
+
+    def encode(self, term: Any) -> bytes:
+        """Encode a term (see :func:`encode`).
+
+        Args:
+            term: The value.
+
+        Returns:
+            ``term_to_binary``-style bytes.
+
+        Raises:
+            EncodeError: The value (or a part of it) cannot be encoded.
+        """
+        return _encode(term, self.default, self.max_depth, self.compressed)
+
+
+def decode(
+    data: Buffer,
+    *,
+    tagged: TaggedHook | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> Any:
+    """Decode one whole External Term Format term.
+
+    Args:
+        data: ``term_to_binary`` output (version byte 131, then the term, possibly
+            compressed); bytes, bytearray or memoryview (the latter two are copied once).
+        tagged: Called with each decoded tuple whose first element is an ``Atom`` starting
+            with ``$snakeport_``; its return value replaces the tuple. When the input does not
+            contain that prefix at all, the hook costs nothing.
+        max_depth: Maximum container nesting.
+        max_size: Maximum input size and decompressed size, in bytes.
+
+    Returns:
+        The Python value (see the mapping table in the module docstring).
+
+    Raises:
+        DecodeError: The bytes are not exactly one valid term within the limits (trailing
+            bytes included). Exceptions raised by ``tagged`` propagate unchanged.
+        TypeError: ``data`` is not bytes, bytearray or memoryview.
+        ValueError: A limit is invalid.
+    """
+    if max_depth is not DEFAULT_MAX_DEPTH:
+        _check_limit("max_depth", max_depth)
+    if max_size is not DEFAULT_MAX_SIZE:
+        _check_limit("max_size", max_size)
+    if tagged is not None and not callable(tagged):
+        _check_hook("tagged", tagged)
+    return _decode(data, max_depth, max_size, tagged)
+
+
+def decode_head(
+    data: Buffer,
+    count: int,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> tuple[Any, ...]:
+    """Decode only the first ``count`` elements of a top-level tuple.
+
+    Meant for frames that are too large, truncated or malformed further on: it reads the
+    ``{Op, Id, ...}`` of a request from a prefix of the frame. What follows the decoded
+    elements is not looked at (a compressed frame is inflated as far as its bytes go).
+
+    Args:
+        data: A frame or a prefix of one, starting with the version byte.
+        count: How many leading elements to decode (0 or more).
+        max_depth: Maximum container nesting (the tuple counts as 1).
+        max_size: Maximum decompressed size for a compressed frame.
+
+    Returns:
+        A tuple of the first ``count`` elements.
+
+    Raises:
+        DecodeError: ``data`` does not start with a tuple of at least ``count`` elements that
+            can be decoded from the bytes present.
+        ValueError: ``count`` is negative or a limit is invalid.
+    """
+    if max_depth is not DEFAULT_MAX_DEPTH:
+        _check_limit("max_depth", max_depth)
+    if max_size is not DEFAULT_MAX_SIZE:
+        _check_limit("max_size", max_size)
+    return _decode_head(data, count, max_depth, max_size)
+
+
+def encode(
+    term: Any,
+    *,
+    default: DefaultHook | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    compressed: int | bool = 0,
+) -> bytes:
+    """Encode a Python value as an External Term Format term (``term_to_binary`` style).
+
+    Args:
+        term: The value (see the mapping table in the module docstring).
+        default: Called with an object the codec cannot encode; must return an encodable
+            replacement term (like ``json``'s ``default``). Without it such an object raises
+            ``EncodeError``. Exceptions it raises propagate unchanged.
+        max_depth: Maximum container nesting; deeper values (and reference cycles) raise
+            ``EncodeError``.
+        compressed: zlib level 0..9 (``True`` means 6), used only when it makes the term
+            smaller.
+
+    Returns:
+        The bytes, starting with the version byte 131.
+
+    Raises:
+        EncodeError: The value (or a part of it) cannot be encoded; ``value`` holds the
+            offending object.
+        ValueError: An option is invalid.
+    """
+    if max_depth is not DEFAULT_MAX_DEPTH:
+        _check_limit("max_depth", max_depth)
+    if compressed:
+        compressed = _check_level(compressed)
+    if default is not None and not callable(default):
+        _check_hook("default", default)
+    return _encode(term, default, max_depth, compressed)
