@@ -955,15 +955,18 @@ class Dispatcher:
         mode = job.mode
         t = type(result)
         if mode == _REF:
-            ref_id = self.table.new_ref_id()
-            evicted = self.table.store(job.session, [(ref_id, result)])
+            ref_id = self.table.existing_ref(job.session, result)
+            evicted: list[int] = []
+            if ref_id is None:
+                ref_id = self.table.new_ref_id()
+                evicted = self.table.store(job.session, [(ref_id, result)])
             reply = (REPLY, rid, OK, (REF_TAG, job.session.session_id, ref_id, type_name(t)))
             if evicted:
                 return [_evicted_event(job.session.session_id, evicted), reply]
             return [reply]
         if t in _DATA:
             return [(REPLY, rid, OK, result)]
-        marshal = _Marshal(self.table, job.session.session_id, mode == _AUTO, self.max_depth)
+        marshal = _Marshal(self.table, job.session, mode == _AUTO, self.max_depth)
         value = marshal.convert(result, 0)
         if not marshal.new:
             return [(REPLY, rid, OK, value)]
@@ -977,11 +980,12 @@ class Dispatcher:
 class _Marshal:
     """Turns one result into a term: data stays data, other objects become new refs."""
 
-    __slots__ = ("table", "sid", "auto", "max_depth", "seen", "new", "path")
+    __slots__ = ("table", "session", "sid", "auto", "max_depth", "seen", "new", "path")
 
-    def __init__(self, table: SessionTable, sid: str | bytes, auto: bool, max_depth: int) -> None:
+    def __init__(self, table: SessionTable, session: Session, auto: bool, max_depth: int) -> None:
         self.table = table
-        self.sid = sid
+        self.session = session
+        self.sid = session.session_id
         self.auto = auto
         self.max_depth = max_depth
         self.seen: dict[int, tuple] = {}
@@ -989,7 +993,7 @@ class _Marshal:
         self.path: set[int] = set()
 
     def leaf(self, obj: Any, why: str = "") -> tuple:
-        """Return the ref term for ``obj`` (one ref per object per result)."""
+        """Return the ref term for ``obj``: its existing ref in the session, or a new one."""
         if not self.auto:
             name = type_name(type(obj))
             raise RequestError(
@@ -1000,10 +1004,12 @@ class _Marshal:
         key = id(obj)
         ref = self.seen.get(key)
         if ref is None:
-            ref_id = self.table.new_ref_id()
+            ref_id = self.table.existing_ref(self.session, obj)
+            if ref_id is None:
+                ref_id = self.table.new_ref_id()
+                self.new.append((ref_id, obj))
             ref = (REF_TAG, self.sid, ref_id, type_name(type(obj)))
             self.seen[key] = ref
-            self.new.append((ref_id, obj))
         return ref
 
     def convert(self, value: Any, depth: int) -> Any:

@@ -259,6 +259,7 @@ class Server:
         self._active_cv = threading.Condition()
         self._default = self.dispatcher.encode_default
         self._max_depth = config.max_depth
+        self._max_size = config.max_frame_bytes
 
     # ------------------------------------------------------------------ output
 
@@ -339,7 +340,7 @@ class Server:
             return
         ctx = TagContext()
         try:
-            term = etf.decode(event, tagged=ctx, max_depth=self._max_depth)
+            term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             self.dispatcher.requests += 1
             out.append(self._undecodable(event, "decode_error", f"invalid frame: {exc}"))

@@ -124,6 +124,8 @@ class Session:
         last_access: Last use (Unix seconds).
         released: Set when the session is released; results of calls still running for
             it are then dropped instead of stored.
+        by_object: ``id(obj) -> ref_id`` of the live refs, so that an object the session
+            already holds is returned as its existing ref.
     """
 
     __slots__ = (
@@ -136,6 +138,7 @@ class Session:
         "created_at",
         "last_access",
         "released",
+        "by_object",
     )
 
     def __init__(
@@ -150,6 +153,8 @@ class Session:
         self.created_at = now
         self.last_access = now
         self.released = False
+        # id(obj) -> ref id of every live ref (the object is alive, so its id is unique).
+        self.by_object: dict[int, int] = {}
 
     def info(self) -> SessionInfo:
         """Return a :class:`SessionInfo` snapshot (call with the table's lock held)."""
@@ -332,6 +337,7 @@ class SessionTable:
             session.released = True
             refs = session.refs
             session.refs = OrderedDict()
+            session.by_object = {}
             owner = self._owner
             for ref_id in refs:
                 del owner[ref_id]
@@ -432,12 +438,35 @@ class SessionTable:
                 evicted = self._drop_lru(session, excess, CAUSE_EVICTED, dropped)
             now = self._monotonic()
             owner = self._owner
+            by_object = session.by_object
             for ref_id, obj in new:
                 refs[ref_id] = _Entry(obj, now)
                 owner[ref_id] = session
+                by_object[id(obj)] = ref_id
             session.last_access = self._wall()
         del dropped
         return evicted
+
+    def existing_ref(self, session: Session, obj: Any) -> int | None:
+        """Return the id of the session's live ref to ``obj`` (refreshing it), if any.
+
+        Args:
+            session: The session.
+            obj: Any object.
+
+        Returns:
+            The ref id, or ``None`` when the session holds no ref to this very object.
+        """
+        with self.lock:
+            ref_id = session.by_object.get(id(obj))
+            if ref_id is None:
+                return None
+            entry = session.refs.get(ref_id)
+            if entry is None or entry.obj is not obj:  # pragma: no cover - defensive
+                return None
+            session.refs.move_to_end(ref_id)
+            entry.last_access = self._monotonic()
+            return ref_id
 
     def release_ref(self, session_id: str | bytes, handle: RefHandle) -> bool:
         """Release one ref (idempotent).
@@ -469,6 +498,7 @@ class SessionTable:
                 raise _mismatch(ref_id)
             entry = session.refs.pop(ref_id)
             del self._owner[ref_id]
+            session.by_object.pop(id(entry.obj), None)
             self._tombstone(ref_id, session_id, CAUSE_RELEASED)
             session.last_access = self._wall()
         del entry
@@ -497,7 +527,9 @@ class SessionTable:
                     ids.append(ref_id)
                 if ids:
                     for ref_id in ids:
-                        dropped.append(refs.pop(ref_id))
+                        entry = refs.pop(ref_id)
+                        dropped.append(entry)
+                        session.by_object.pop(id(entry.obj), None)
                         del self._owner[ref_id]
                         self._tombstone(ref_id, session.session_id, CAUSE_TTL)
                     pruned.append((session.session_id, ids))
@@ -523,6 +555,7 @@ class SessionTable:
         for _ in range(min(count, len(refs))):
             ref_id, entry = refs.popitem(last=False)
             dropped.append(entry)
+            session.by_object.pop(id(entry.obj), None)
             del owner[ref_id]
             self._tombstone(ref_id, session.session_id, cause)
             ids.append(ref_id)

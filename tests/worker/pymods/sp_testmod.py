@@ -1,0 +1,78 @@
+"""Helpers the worker tests call inside the worker (on PYTHONPATH via tests/worker/pymods)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+
+class Box:
+    """A plain object: travels as a ref."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+    def same(self, other):
+        return other is self
+
+
+def identity(x):
+    return x
+
+
+def size(x):
+    return len(x)
+
+
+def kinds(*args, **kwargs):
+    """Python type names of the arguments, as the worker saw them."""
+    return [type(a).__name__ for a in args] + sorted(f"{k}={type(v).__name__}" for k, v in kwargs.items())
+
+
+def boxes(n):
+    return [Box(i) for i in range(n)]
+
+
+def mixed():
+    box = Box(1)
+    return {"n": 1, "box": box, "again": box, "items": [1, "two", Box(3)], "set": {1, 2}}
+
+
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+    return "slept"
+
+
+def spin(seconds=60.0):
+    """Busy Python loop (cancellable at any bytecode); swallows Exception on purpose."""
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        try:
+            n += 1
+        except Exception:  # noqa: BLE001 - Cancelled is a BaseException and gets through
+            pass
+    return n
+
+
+def noisy():
+    """Write to stdout three ways; none of it may reach the protocol channel."""
+    print("print() from a call", flush=True)
+    sys.stdout.write("sys.stdout.write\n")
+    os.write(1, b"os.write(1) from a call\n")
+    subprocess.run(["echo", "subprocess echo"], check=True)
+    subprocess.run([sys.executable, "-c", "import sys; print(sys.stdin.read() == '')"], check=True)
+    return "quiet"
+
+
+def read_stdin():
+    return sys.stdin.read()

@@ -1,0 +1,342 @@
+"""Unit tests of the I/O-free dispatcher: plain terms in, reply/event terms out."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from snakeport import Cancelled
+from snakeport._dispatch import Dispatcher, Job, TagContext, resolve_tagged
+from snakeport._sessions import SessionTable
+from snakeport.types import Atom, ErlMap
+
+sys.path.insert(0, str(Path(__file__).parent / "pymods"))
+
+
+A = Atom
+REF = A("$snakeport_ref")
+
+
+class Harness:
+    def __init__(self, **table_kw) -> None:
+        self.table = SessionTable(**table_kw)
+        self.d = Dispatcher(self.table, max_depth=8)
+        self.ids = iter(range(1, 1_000_000))
+
+    def outcome(self, op: str, *fields):
+        term = (A(op), next(self.ids), *fields)
+        ctx = TagContext()
+        return self.d.receive(resolve_tagged(term, ctx), ctx)
+
+    def run(self, op: str, *fields) -> list:
+        out = self.outcome(op, *fields)
+        if isinstance(out, Job):
+            return self.d.run_job(out)
+        return out
+
+    def reply(self, op: str, *fields):
+        (reply,) = [t for t in self.run(op, *fields) if t[0] == "reply"]
+        return reply
+
+    def ok(self, op: str, *fields):
+        reply = self.reply(op, *fields)
+        assert reply[2] == "ok", reply
+        return reply[3]
+
+    def err(self, op: str, *fields) -> dict:
+        reply = self.reply(op, *fields)
+        assert reply[2] == "error", reply
+        return reply[3]
+
+    def call(self, fn: str, args=(), kwargs=None, opts=None, module="sp_testmod", session="s"):
+        return self.ok("call", session, module, fn, list(args), kwargs or {}, opts or {})
+
+    def call_err(self, fn: str, args=(), kwargs=None, opts=None, module="sp_testmod", session="s"):
+        return self.err("call", session, module, fn, list(args), kwargs or {}, opts or {})
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def test_ping_and_ready(h) -> None:
+    assert h.ok("ping") == "pong"
+    ready = h.d.ready_term()
+    assert ready[0] == "snakeport_ready" and ready[1] == 1
+    assert set(ready[2]) == {"pid", "python", "snakeport", "max_frame_bytes", "threads", "default_max_refs", "default_ttl_seconds"}
+
+
+def test_stdlib_calls(h) -> None:
+    assert h.call("add", [2, 3], module="operator") == 5
+    assert h.call("sqrt", [16], module="math") == 4.0
+    assert h.ok("call", "s", "os.path", "join", ["a", "b"], {}, {}) == "a/b"
+    assert h.ok("call", "s", A("builtins"), A("sorted"), [[3, 1, 2]], {A("reverse"): True}, {}) == [3, 2, 1]
+
+
+def test_dotted_function_path(h) -> None:
+    value = h.ok("call", "s", "pathlib", "Path.cwd", [], {}, {})
+    assert value[0] == REF and value[3] == "pathlib.PosixPath"
+
+
+def test_plain_data_is_returned_as_is(h) -> None:
+    data = [1, 2.5, "x", b"\xff", None, True, A("atom"), (1, [2, {"k": "v"}])]
+    assert h.call("identity", [data]) == data
+    assert h.table.counts()[1] == 0
+
+
+def test_auto_marshalling_keeps_data_and_refs_leaves(h) -> None:
+    value = h.call("mixed")
+    box = value["box"]
+    assert box[0] == REF and box[1] == "s" and box[3] == "sp_testmod.Box"
+    assert value["again"] == box  # one object, one ref
+    assert value["n"] == 1
+    assert value["items"][:2] == [1, "two"] and value["items"][2][0] == REF
+    assert value["set"] == (A("$snakeport_set"), [1, 2])
+    assert h.table.counts() == (1, 2)
+
+
+def test_dict_subclasses_and_other_objects_become_refs(h) -> None:
+    counter = h.ok("call", "s", "collections", "Counter", ["abca"], {}, {})
+    assert counter[0] == REF and counter[3] == "collections.Counter"
+    assert h.ok("method", "s", counter, "most_common", [1], {}, {}) == [("a", 2)]
+
+
+def test_non_data_dict_keys_become_refs(h) -> None:
+    out = h.ok("call", "s", "builtins", "eval", ["{__import__('sp_testmod').Box(): 1, frozenset({1}): 2}"], {}, {})
+    assert isinstance(out, ErlMap)
+    keys = list(out)
+    assert keys[0][0] == REF and keys[1] == (A("$snakeport_set"), [1])
+
+
+def test_result_modes(h) -> None:
+    ref = h.call("identity", [[1, 2]], opts={A("result"): A("ref")})
+    assert ref[0] == REF and ref[3] == "builtins.list"
+    err = h.call_err("boxes", [1], opts={A("result"): A("value")})
+    assert err[A("reason")] == "not_encodable" and err[A("details")] == {A("type"): "sp_testmod.Box"}
+    assert h.table.counts()[1] == 1
+    assert h.call("identity", [[1]], opts={A("result"): A("value")}) == [1]
+    assert h.call_err("identity", [1], opts={A("result"): A("bogus")})[A("reason")] == "bad_request"
+
+
+def test_cyclic_and_deep_results_become_refs(h) -> None:
+    cyc = h.ok("call", "s", "builtins", "eval", ["(lambda l: (l.append(l), l)[1])([1])"], {}, {})
+    assert cyc[0] == 1 and cyc[1][0] == REF and cyc[1][3] == "builtins.list"
+    deep = h.ok("call", "s", "builtins", "eval", ["[[[[[[[[[[[1, object()]]]]]]]]]]]"], {}, {})
+    inner = deep
+    for _ in range(8):
+        inner = inner[0]
+    assert inner[0] == REF
+
+
+def test_refs_in_args_resolve_to_objects(h) -> None:
+    box = h.call("Box", [7])
+    assert h.ok("method", "s", box, "get", [], {}, {}) == 7
+    assert h.ok("method", "s", box, "same", [box], {}, {}) is True
+    assert h.ok("method", "s", box, "same", [], {"other": box}, {}) is True
+    # An object the session already holds comes back as its existing ref.
+    assert h.call("identity", [[box, {"k": box}]]) == [box, {"k": box}]
+    assert h.table.counts()[1] == 1
+    kinds = h.call("kinds", [(A("$snakeport_bytes"), "abc"), "abc", (A("$snakeport_set"), [1, 2]), box])
+    assert kinds == ["bytes", "str", "set", "Box"]
+
+
+def test_getattr_and_setattr(h) -> None:
+    assert h.ok("getattr", "s", (A("module"), "math"), "pi", {}) == pytest.approx(3.14159, rel=1e-5)
+    assert h.ok("getattr", "s", (A("module"), "os"), "path.sep", {}) == "/"
+    box = h.call("Box", [1])
+    assert h.ok("setattr", "s", box, "value", [1, 2], {}) is None
+    assert h.ok("getattr", "s", box, "value", {}) == [1, 2]
+    other = h.call("Box", [2])
+    h.ok("setattr", "s", box, "value", other, {})
+    # other is held already: the same ref comes back
+    assert h.ok("method", "s", box, "get", [], {}, {}) == other
+    err = h.err("getattr", "s", box, "missing", {})
+    assert err[A("reason")] == "attribute_error" and err[A("type")] == "builtins.AttributeError"
+    err = h.err("setattr", "s", h.ok("call", "s", "builtins", "object", [], {}, {}), "x", 1, {})
+    assert err[A("reason")] == "attribute_error"
+
+
+def test_import_and_attribute_errors(h) -> None:
+    err = h.call_err("x", module="no_such_module_xyz")
+    assert err[A("reason")] == "import_error" and err[A("type")] == "builtins.ModuleNotFoundError"
+    err = h.call_err("no_such_function")
+    assert err[A("reason")] == "attribute_error"
+
+
+def test_python_error_has_type_message_and_user_traceback(h) -> None:
+    err = h.call_err("fail", ["bad thing"])
+    assert err[A("reason")] == "python_error"
+    assert err[A("type")] == "builtins.ValueError"
+    assert err[A("message")] == "bad thing"
+    tb = err[A("traceback")]
+    assert tb[0].startswith("Traceback") and tb[-1] == "ValueError: bad thing"
+    assert any("sp_testmod.py" in line and "fail" in line for line in tb)
+    assert not any("_dispatch.py" in line for line in tb)
+    assert err[A("details")] == {}
+
+
+def test_session_isolation(h) -> None:
+    box = h.call("Box", [1], session="a")
+    h.ok("open_session", "b", {})
+    for fields in [
+        ("method", "b", box, "get", [], {}, {}),
+        ("call", "b", "sp_testmod", "identity", [box], {}, {}),
+        ("getattr", "b", box, "value", {}),
+        ("setattr", "b", box, "value", 2, {}),
+        ("release_ref", "b", box),
+    ]:
+        assert h.err(*fields)[A("reason")] == "session_mismatch"
+    forged = (REF, "b", box[2], box[3])
+    assert h.err("method", "b", forged, "get", [], {}, {})[A("reason")] == "session_mismatch"
+    assert h.ok("getattr", "a", box, "value", {}) == 1
+
+
+def test_release_and_session_lifecycle(h) -> None:
+    info = h.ok("open_session", "s", {A("max_refs"): 5, A("ttl_seconds"): 60, A("tags"): [A("t")], A("overflow"): A("evict_lru")})
+    assert info[A("max_refs")] == 5 and info[A("overflow")] == "evict_lru" and info[A("tags")] == ["t"]
+    box = h.call("Box", [1])
+    assert h.ok("session_info", "s")[A("refs")] == 1
+    assert h.ok("release_ref", "s", box) == {A("released"): True}
+    assert h.ok("release_ref", "s", box) == {A("released"): False}
+    err = h.err("method", "s", box, "get", [], {}, {})
+    assert err[A("reason")] == "ref_released" and err[A("details")][A("cause")] == "released"
+    h.call("boxes", [2])
+    assert h.ok("release_session", "s") == {A("released"): 2}
+    assert h.ok("release_session", "s") == {A("released"): 0}
+    assert h.err("session_info", "s")[A("reason")] == "session_not_found"
+    err = h.err("method", "s", (REF, "s", 10_000, "x.Y"), "get", [], {}, {})
+    assert err[A("reason")] == "ref_not_found"
+    # A failed request does not re-create the released session.
+    assert h.err("session_info", "s")[A("reason")] == "session_not_found"
+
+
+def test_overflow_policies_through_calls(h) -> None:
+    h.ok("open_session", "s", {A("max_refs"): 2})
+    kept = h.call("boxes", [2])
+    err = h.call_err("boxes", [1])
+    assert err[A("reason")] == "max_refs_exceeded" and err[A("details")] == {A("limit"): 2, A("refs"): 2}
+    assert h.ok("method", "s", kept[0], "get", [], {}, {}) == 0
+    h.ok("open_session", "s", {A("overflow"): A("evict_lru")})
+    out = h.run("call", "s", "sp_testmod", "boxes", [1], {}, {})
+    event, reply = out
+    assert event[:3] == (A("event"), A("refs_evicted"), {A("count"): 1})
+    assert event[3] == {A("session"): "s", A("reason"): A("overflow"), A("ref_ids"): [kept[1][2]]}  # kept[0] was used last
+    assert reply[2] == "ok"
+
+
+def test_sweep_events() -> None:
+    h = Harness(default_ttl_seconds=0.01)
+    box = h.call("Box", [1])
+    deadline = time.monotonic() + 5
+    events = []
+    while not events and time.monotonic() < deadline:
+        events = h.d.sweep()
+    assert events == [(A("event"), A("refs_pruned"), {A("count"): 1}, {A("session"): "s", A("reason"): A("ttl"), A("ref_ids"): [box[2]]})]
+    assert h.err("getattr", "s", box, "value", {})[A("details")][A("cause")] == "ttl"
+
+
+@pytest.mark.parametrize(
+    "term",
+    [
+        (A("ping"), 1, 2),
+        (A("call"), 1, "s", "m"),
+        (A("call"), 1, 5, "m", "f", [], {}, {}),
+        (A("call"), 1, "s", "m", "f", "notalist", {}, {}),
+        (A("call"), 1, "s", "m", "f", [], {1: 2}, {}),
+        (A("call"), 1, "s", "m", "f", [], {}, []),
+        (A("method"), 1, "s", "notaref", "f", [], {}, {}),
+        (A("getattr"), 1, "s", (A("other"), "m"), "x", {}),
+        (A("open_session"), 1, "s", {A("overflow"): A("drop")}),
+        (A("open_session"), 1, "s", {A("max_refs"): -1}),
+        (A("cancel"), 1, "x"),
+        (A("frobnicate"), 1),
+        ("ping", 1),
+        (A("call"), 1, "s", "m", "f", [(REF, "s", 0, "x")], {}, {}),
+        (A("call"), 1, "s", "m", "f", [(A("$snakeport_set"), [[1]])], {}, {}),
+        (A("call"), 1, "s", "m", "f", [(A("$snakeport_bytes"), 1)], {}, {}),
+    ],
+)
+def test_bad_requests_get_bad_request_replies(h, term) -> None:
+    ctx = TagContext()
+    (reply,) = h.d.receive(resolve_tagged(term, ctx), ctx)
+    assert reply[:3] == (A("reply"), 1, A("error"))
+    assert reply[3][A("reason")] == "bad_request", reply
+
+
+@pytest.mark.parametrize("term", [[1, 2], (A("ping"),), (A("ping"), -1), (A("ping"), "1"), 42])
+def test_unattributable_terms_give_protocol_error_events(h, term) -> None:
+    (event,) = h.d.receive(term)
+    assert event[:3] == (A("event"), A("protocol_error"), {})
+    assert event[3][A("reason")] == "bad_request"
+
+
+def test_cancel_queued_job_replies_once(h) -> None:
+    job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
+    assert isinstance(job, Job)
+    assert h.d.in_flight == 1
+    out = h.run("cancel", job.request_id)
+    assert out[0][:3] == (A("reply"), job.request_id, A("error")) and out[0][3][A("reason")] == "cancelled"
+    assert out[1][3] == {A("cancelled"): True}
+    assert h.d.run_job(job) == []
+    assert h.d.in_flight == 0
+    assert h.ok("cancel", job.request_id) == {A("cancelled"): False}
+
+
+def test_cancel_running_job_interrupts_python_code(h) -> None:
+    job = h.outcome("call", "s", "sp_testmod", "spin", [30], {}, {})
+    result = []
+    thread = threading.Thread(target=lambda: result.append(h.d.run_job(job)))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while job.state == 0 and time.monotonic() < deadline:  # wait until it runs
+        time.sleep(0.001)
+    assert h.ok("cancel", job.request_id) == {A("cancelled"): True}
+    thread.join(5)
+    assert not thread.is_alive()
+    (reply,) = result[0]
+    assert reply[3][A("reason")] == "cancelled"
+    assert h.d.in_flight == 0
+
+
+def test_cancel_racing_with_completion_never_leaks_an_exception() -> None:
+    h = Harness()
+    for _ in range(200):
+        job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
+        result = []
+
+        def target(job=job):
+            try:
+                result.append(h.d.run_job(job))
+                time.sleep(0.0005)  # a pending Cancelled would surface here
+                result.append("clean")
+            except Cancelled:  # pragma: no cover - the bug this test guards against
+                result.append("leaked")
+
+        t = threading.Thread(target=target)
+        t.start()
+        h.run("cancel", job.request_id)
+        t.join(5)
+        assert result[-1] == "clean"
+        replies = result[0]
+        assert len(replies) == 1 and replies[0][1] == job.request_id
+        # Either it finished first (ok) or the cancel won (cancelled); never both.
+        assert replies[0][2] == "ok" or replies[0][3][A("reason")] == "cancelled"
+
+
+def test_shutdown_rejects_later_calls(h) -> None:
+    assert h.ok("shutdown") == "ok"
+    assert h.call_err("identity", [1])[A("reason")] == "shutting_down"
+    assert h.ok("ping") == "pong"
+
+
+def test_stats(h) -> None:
+    h.call("Box", [1])
+    stats = h.ok("stats")
+    assert stats[A("sessions")] == 1 and stats[A("refs")] == 1
+    assert stats[A("rss_bytes")] > 1_000_000 and stats[A("in_flight")] == 0
+    assert stats[A("requests")] == 2 and stats[A("threads")] == 1

@@ -1,0 +1,156 @@
+"""Unit tests of the I/O-free {packet, 4} frame splitter."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snakeport._framing import FrameSplitter, Oversized, encode_header
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def drain(splitter: FrameSplitter) -> list:
+    events = []
+    while (event := splitter.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def small_splitter(**kw) -> FrameSplitter:
+    opts = dict(max_frame_bytes=40, head_bytes=6, buffer_size=32, large_threshold=16)
+    opts.update(kw)
+    return FrameSplitter(**opts)
+
+
+PAYLOADS = [b"", b"a", b"hello", b"x" * 15, b"y" * 16, b"z" * 28, b"w" * 40, b"q" * 41, b"big" * 30, b"end"]
+
+
+def expected(payloads: list[bytes], limit: int = 40, head: int = 6) -> list:
+    out = []
+    for p in payloads:
+        out.append(p if len(p) <= limit else Oversized(len(p), limit, p[:head]))
+    return out
+
+
+def test_whole_stream_at_once() -> None:
+    s = small_splitter()
+    s.feed(b"".join(frame(p) for p in PAYLOADS))
+    assert [bytes(e) if not isinstance(e, Oversized) else e for e in drain(s)] == expected(PAYLOADS)
+    assert not s.has_partial_frame
+
+
+def test_split_at_every_byte() -> None:
+    data = b"".join(frame(p) for p in PAYLOADS)
+    for cut in range(len(data) + 1):
+        s = small_splitter()
+        s.feed(data[:cut])
+        events = drain(s)
+        s.feed(data[cut:])
+        events += drain(s)
+        assert [bytes(e) if not isinstance(e, Oversized) else e for e in events] == expected(PAYLOADS), cut
+
+
+def test_byte_by_byte() -> None:
+    data = b"".join(frame(p) for p in PAYLOADS)
+    s = small_splitter()
+    events = []
+    for i in range(len(data)):
+        s.feed(data[i : i + 1])
+        events += drain(s)
+    assert [bytes(e) if not isinstance(e, Oversized) else e for e in events] == expected(PAYLOADS)
+
+
+def test_trailing_partial_frame_is_kept() -> None:
+    s = small_splitter()
+    s.feed(frame(b"abc") + b"\x00\x00\x00\x05ab")
+    assert drain(s) == [b"abc"]
+    assert s.has_partial_frame
+    s.feed(b"cde")
+    assert drain(s) == [b"abcde"]
+    assert not s.has_partial_frame
+
+
+def test_zero_copy_buffer_api_large_frame_is_the_read_buffer() -> None:
+    s = FrameSplitter(max_frame_bytes=1 << 20)
+    payload = os.urandom(300_000)
+    stream = memoryview(frame(payload) + frame(b"after"))
+    events = []
+    while stream:
+        buf = s.get_buffer()
+        n = min(len(buf), len(stream), 70_000)
+        buf[:n] = stream[:n]
+        s.buffer_updated(n)
+        stream = stream[n:]
+        events += drain(s)
+    assert len(events) == 2
+    assert isinstance(events[0], bytearray) and events[0] == payload
+    assert events[1] == b"after"
+
+
+def test_oversized_frame_is_skipped_and_reported_once_with_its_head() -> None:
+    s = FrameSplitter(max_frame_bytes=100, head_bytes=8)
+    big = bytes(range(256)) * 4
+    s.feed(frame(big)[:50])
+    assert drain(s) == [Oversized(1024, 100, big[:8])]
+    s.feed(frame(big)[50:] + frame(b"next"))
+    assert drain(s) == [b"next"]
+
+
+def test_oversized_head_shorter_than_head_bytes_is_impossible_but_small_limit_works() -> None:
+    s = FrameSplitter(max_frame_bytes=1, head_bytes=256)
+    s.feed(frame(b"ab") + frame(b"c"))
+    assert drain(s) == [Oversized(2, 1, b"ab"), b"c"]
+
+
+def test_get_buffer_refuses_while_fed_bytes_wait() -> None:
+    s = small_splitter()
+    s.feed(frame(b"x" * 30) * 3)
+    with pytest.raises(RuntimeError):
+        s.get_buffer()
+    assert len(drain(s)) == 3
+    assert len(s.get_buffer()) > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_frame_bytes": 0},
+        {"max_frame_bytes": 10, "head_bytes": 0},
+        {"max_frame_bytes": 10, "buffer_size": 16, "large_threshold": 13},
+        {"max_frame_bytes": True},
+    ],
+)
+def test_limits_are_validated(kw) -> None:
+    with pytest.raises(ValueError):
+        FrameSplitter(**kw)
+
+
+def test_encode_header() -> None:
+    assert encode_header(258) == b"\x00\x00\x01\x02"
+    with pytest.raises(ValueError):
+        encode_header(1 << 32)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=60), max_size=12),
+    cuts=st.lists(st.integers(min_value=1, max_value=50), max_size=40),
+)
+def test_any_chunking_gives_the_same_frames(payloads: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(frame(p) for p in payloads)
+    s = small_splitter()
+    events, pos = [], 0
+    for cut in cuts:
+        s.feed(data[pos : pos + cut])
+        pos += cut
+        events += drain(s)
+    s.feed(data[pos:])
+    events += drain(s)
+    assert [bytes(e) if not isinstance(e, Oversized) else e for e in events] == expected(payloads)
