@@ -1,0 +1,111 @@
+defmodule Snakeport.Error do
+  @moduledoc """
+  The one error type of Snakeport: every `{:error, _}` carries a `%Snakeport.Error{}`, and
+  every `!` function raises that same struct.
+
+  Fields:
+
+    * `:reason` - an atom saying what went wrong (see below).
+    * `:message` - a human-readable explanation.
+    * `:python_type` - the qualified Python exception type (`"builtins.ZeroDivisionError"`)
+      when Python raised, else `nil`.
+    * `:traceback` - the formatted Python traceback lines (`[]` when none).
+    * `:details` - a map with extra data (e.g. `%{limit: 10000}`), `%{}` when none.
+
+  Reasons reported by the Python worker: `:python_error`, `:ref_not_found`, `:ref_released`,
+  `:session_mismatch`, `:session_not_found`, `:max_refs_exceeded`, `:bad_request`,
+  `:frame_too_large`, `:decode_error`, `:not_encodable`, `:cancelled`, `:import_error`,
+  `:attribute_error`, `:shutting_down`.
+
+  Reasons raised by the harness: `:timeout` (the call took longer than its timeout; the
+  worker was asked to cancel it), `:worker_exited` (the worker process died while the request
+  was in flight), `:session_lost` (the session lived on a worker that has since died, so its
+  refs are gone), `:session_quota_exceeded` (the session store is full), `:unsafe_term` (the
+  reply names an atom this VM does not know; atoms are never created from worker output),
+  `:protocol_error`, `:no_workers`, `:not_started`, `:worker_start_failed`.
+
+  ## Examples
+
+      iex> error = %Snakeport.Error{reason: :timeout, message: "call timed out after 100 ms"}
+      iex> Exception.message(error)
+      "timeout: call timed out after 100 ms"
+
+      iex> error = %Snakeport.Error{
+      ...>   reason: :python_error,
+      ...>   message: "division by zero",
+      ...>   python_type: "builtins.ZeroDivisionError"
+      ...> }
+      iex> Exception.message(error)
+      "builtins.ZeroDivisionError: division by zero"
+  """
+
+  @type reason :: atom()
+
+  @type t :: %__MODULE__{
+          reason: reason(),
+          message: String.t(),
+          python_type: String.t() | nil,
+          traceback: [String.t()],
+          details: map()
+        }
+
+  defexception reason: :error, message: "", python_type: nil, traceback: [], details: %{}
+
+  @doc """
+  Formats the error: `"Type: message"` (plus the Python traceback, when there is one) for a
+  Python exception, `"reason: message"` otherwise.
+  """
+  @impl true
+  @spec message(t()) :: String.t()
+  def message(%__MODULE__{python_type: type, message: message, traceback: tb})
+      when is_binary(type) do
+    head = "#{type}: #{message}"
+
+    case tb do
+      [_ | _] -> head <> "\n\nPython traceback (most recent call last):\n" <> format_tb(tb)
+      _ -> head
+    end
+  end
+
+  def message(%__MODULE__{reason: reason, message: message}), do: "#{reason}: #{message}"
+
+  defp format_tb(lines) do
+    lines
+    |> Enum.map(&to_string/1)
+    |> Enum.reject(&String.starts_with?(&1, "Traceback (most recent call last)"))
+    |> Enum.join()
+    |> String.trim_trailing()
+  end
+
+  @doc false
+  @spec new(reason(), String.t(), map()) :: t()
+  def new(reason, message, details \\ %{}) when is_atom(reason) and is_binary(message) do
+    %__MODULE__{reason: reason, message: message, details: details}
+  end
+
+  @doc false
+  # Builds the struct from the worker's error map; tolerant of missing or odd fields.
+  @spec from_wire(term()) :: t()
+  def from_wire(%{} = map) do
+    reason = Map.get(map, :reason)
+    type = Map.get(map, :type)
+    tb = Map.get(map, :traceback)
+    details = Map.get(map, :details)
+
+    %__MODULE__{
+      reason: if(is_atom(reason) and reason != nil, do: reason, else: :protocol_error),
+      message: text(Map.get(map, :message)),
+      python_type: if(is_binary(type), do: type, else: nil),
+      traceback: if(is_list(tb), do: Enum.filter(tb, &is_binary/1), else: []),
+      details: if(is_map(details), do: details, else: %{})
+    }
+  end
+
+  def from_wire(other) do
+    new(:protocol_error, "the worker sent a malformed error: #{inspect(other, limit: 20)}")
+  end
+
+  defp text(message) when is_binary(message), do: message
+  defp text(nil), do: ""
+  defp text(other), do: inspect(other)
+end

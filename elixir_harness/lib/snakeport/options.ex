@@ -1,0 +1,320 @@
+defmodule Snakeport.Options do
+  @moduledoc false
+  # Validation of the options of `Snakeport.start_link/1` (defaults come from
+  # `config :snakeport, ...`), and the preflight check of the Python interpreter.
+
+  alias Snakeport.{Error, Protocol}
+
+  @keys [
+    :python,
+    :python_path,
+    :pool_size,
+    :env,
+    :call_timeout,
+    :session_store,
+    :worker_args,
+    :max_frame_bytes,
+    :threads,
+    :startup_timeout
+  ]
+
+  @store_defaults [
+    default_ttl: 3600,
+    max_sessions: 10_000,
+    cleanup_interval: 60_000,
+    strict_mode: false
+  ]
+
+  # Where the worker's sources live when this harness is used from the Snakeport repository.
+  @repo_root Path.expand("../../..", __DIR__)
+  @worker_source if File.exists?(Path.join(@repo_root, "setup.cfg")),
+                   do: @repo_root,
+                   else: "snakeport"
+
+  @type config :: %{
+          python: String.t(),
+          python_path: [String.t()],
+          pool_size: pos_integer(),
+          env: [{String.t(), String.t() | nil}],
+          call_timeout: timeout(),
+          session_store: %{
+            default_ttl: pos_integer(),
+            max_sessions: pos_integer(),
+            cleanup_interval: pos_integer(),
+            strict_mode: boolean()
+          },
+          worker_args: [String.t()],
+          max_frame_bytes: pos_integer() | nil,
+          threads: pos_integer() | nil,
+          startup_timeout: pos_integer()
+        }
+
+  @doc false
+  def keys, do: @keys
+
+  @doc false
+  # Merges `config :snakeport, ...` under `opts` and validates the result. Raises
+  # ArgumentError with a message naming the bad option.
+  @spec validate!(keyword()) :: config()
+  def validate!(opts) when is_list(opts) do
+    app = Application.get_all_env(:snakeport) |> Keyword.take(@keys)
+
+    store =
+      Keyword.merge(
+        keyword!(:session_store, app[:session_store] || []),
+        keyword!(:session_store, opts[:session_store] || [])
+      )
+
+    opts =
+      app
+      |> Keyword.merge(opts)
+      |> Keyword.put(:session_store, store)
+      |> Keyword.validate!(
+        python: nil,
+        python_path: [],
+        pool_size: nil,
+        env: [],
+        call_timeout: 60_000,
+        session_store: [],
+        worker_args: [],
+        max_frame_bytes: nil,
+        threads: nil,
+        startup_timeout: 30_000
+      )
+
+    store = Keyword.validate!(opts[:session_store], @store_defaults)
+
+    %{
+      python: python!(opts[:python]),
+      python_path: python_path!(opts[:python_path]),
+      pool_size: pos_integer!(:pool_size, opts[:pool_size] || System.schedulers_online()),
+      env: env!(opts[:env]),
+      call_timeout: timeout!(:call_timeout, opts[:call_timeout]),
+      session_store: %{
+        default_ttl: pos_integer!(:default_ttl, store[:default_ttl]),
+        max_sessions: pos_integer!(:max_sessions, store[:max_sessions]),
+        cleanup_interval: pos_integer!(:cleanup_interval, store[:cleanup_interval]),
+        strict_mode: boolean!(:strict_mode, store[:strict_mode])
+      },
+      worker_args: strings!(:worker_args, opts[:worker_args]),
+      max_frame_bytes: optional_pos_integer!(:max_frame_bytes, opts[:max_frame_bytes]),
+      threads: optional_pos_integer!(:threads, opts[:threads]),
+      startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout])
+    }
+  end
+
+  def validate!(other),
+    do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(other)}")
+
+  defp keyword!(key, value) do
+    if Keyword.keyword?(value), do: value, else: invalid!(key, "a keyword list", value)
+  end
+
+  defp python!(nil) do
+    case System.get_env("SNAKEPORT_PYTHON") do
+      python when is_binary(python) and python != "" -> python
+      _ -> "python3"
+    end
+  end
+
+  defp python!(python) when is_binary(python) and python != "", do: python
+  defp python!(other), do: invalid!(:python, "a non-empty string", other)
+
+  defp python_path!(paths) when is_list(paths) do
+    Enum.map(paths, fn
+      path when is_binary(path) -> Path.expand(path)
+      _ -> invalid!(:python_path, "a list of directories (strings)", paths)
+    end)
+  end
+
+  defp python_path!(other), do: invalid!(:python_path, "a list of directories (strings)", other)
+
+  defp env!(env) when is_list(env) or is_map(env) do
+    Enum.map(env, fn
+      {key, value}
+      when (is_binary(key) or is_atom(key)) and (is_binary(value) or is_nil(value)) ->
+        {to_string(key), value}
+
+      _ ->
+        invalid!(:env, "a map or list of {name, value} strings (value nil unsets)", env)
+    end)
+  end
+
+  defp env!(other), do: invalid!(:env, "a map or list of {name, value} strings", other)
+
+  defp strings!(key, list) when is_list(list) do
+    if Enum.all?(list, &is_binary/1), do: list, else: invalid!(key, "a list of strings", list)
+  end
+
+  defp strings!(key, other), do: invalid!(key, "a list of strings", other)
+
+  @doc false
+  def pos_integer!(_key, value) when is_integer(value) and value > 0, do: value
+  def pos_integer!(key, value), do: invalid!(key, "a positive integer", value)
+
+  defp optional_pos_integer!(_key, nil), do: nil
+  defp optional_pos_integer!(key, value), do: pos_integer!(key, value)
+
+  defp timeout!(_key, :infinity), do: :infinity
+  defp timeout!(_key, value) when is_integer(value) and value > 0, do: value
+  defp timeout!(key, value), do: invalid!(key, "a positive integer or :infinity", value)
+
+  defp boolean!(_key, value) when is_boolean(value), do: value
+  defp boolean!(key, value), do: invalid!(key, "a boolean", value)
+
+  @doc false
+  @spec invalid!(atom(), String.t(), term()) :: no_return()
+  def invalid!(key, expected, value) do
+    raise ArgumentError, "expected #{inspect(key)} to be #{expected}, got: #{inspect(value)}"
+  end
+
+  ## Preflight -----------------------------------------------------------------------------
+
+  @doc false
+  # Resolves the interpreter to an absolute path and checks, with one short
+  # `python -c "import snakeport"`, that the worker package is installed and speaks our
+  # protocol version. Errors say what to do.
+  @spec preflight(config()) :: {:ok, config()} | {:error, Error.t()}
+  def preflight(config) do
+    with {:ok, exe} <- find_python(config.python),
+         config = %{config | python: exe},
+         :ok <- probe(config) do
+      {:ok, config}
+    end
+  end
+
+  defp find_python(python) do
+    found =
+      if String.contains?(python, "/") do
+        path = Path.expand(python)
+        if File.regular?(path), do: path
+      else
+        System.find_executable(python)
+      end
+
+    if found do
+      {:ok, found}
+    else
+      {:error,
+       Error.new(
+         :worker_start_failed,
+         "cannot start the Python worker: no Python interpreter found at #{inspect(python)}. " <>
+           "Set the :python option (or the SNAKEPORT_PYTHON environment variable) to an " <>
+           "interpreter where the snakeport worker is installed (#{install_hint("<python>")}).",
+         %{python: python}
+       )}
+    end
+  end
+
+  @probe "import sys, snakeport; sys.stdout.write('snakeport-protocol=%d' % snakeport.PROTOCOL_VERSION)"
+
+  defp probe(config) do
+    try do
+      System.cmd(config.python, ["-c", @probe], env: system_env(config), stderr_to_stdout: true)
+    rescue
+      e in ErlangError -> {inspect(e.original), :spawn_failed}
+    end
+    |> case do
+      {out, 0} ->
+        case Regex.run(~r/snakeport-protocol=(\d+)/, out) do
+          [_, v] ->
+            if String.to_integer(v) == Protocol.version() do
+              :ok
+            else
+              {:error, version_mismatch(config.python, String.to_integer(v))}
+            end
+
+          _ ->
+            {:error,
+             start_failed(config.python, "unexpected probe output: #{String.slice(out, 0, 500)}")}
+        end
+
+      {out, status} ->
+        if out =~ "No module named" and out =~ "snakeport" do
+          {:error,
+           Error.new(
+             :worker_start_failed,
+             "cannot start the Python worker: the snakeport package is not installed in " <>
+               "#{config.python} (#{last_line(out)}). Install the worker into that " <>
+               "interpreter: #{install_hint(config.python)}, or set :python / " <>
+               "SNAKEPORT_PYTHON to an interpreter that has it.",
+             %{python: config.python, output: out}
+           )}
+        else
+          {:error,
+           start_failed(
+             config.python,
+             "exited with #{inspect(status)}: #{String.slice(out, 0, 2000)}"
+           )}
+        end
+    end
+  end
+
+  @doc false
+  def version_mismatch(python, version) do
+    Error.new(
+      :worker_start_failed,
+      "cannot start the Python worker: protocol version mismatch: this harness speaks " <>
+        "protocol #{Protocol.version()}, the snakeport package in #{python} speaks protocol " <>
+        "#{inspect(version)}. Install matching versions of the harness and the worker " <>
+        "(#{install_hint(python)}).",
+      %{python: python, harness_protocol: Protocol.version(), worker_protocol: version}
+    )
+  end
+
+  defp start_failed(python, what) do
+    Error.new(
+      :worker_start_failed,
+      "cannot start the Python worker: `#{python} -c \"import snakeport\"` #{what}. " <>
+        "Check that #{python} runs and that the worker is installed (#{install_hint(python)}).",
+      %{python: python}
+    )
+  end
+
+  defp last_line(out), do: out |> String.trim() |> String.split("\n") |> List.last()
+
+  @doc false
+  def install_hint(python) do
+    "#{python} -m pip install #{@worker_source}"
+  end
+
+  ## Environment -----------------------------------------------------------------------------
+
+  @doc false
+  # The worker's extra environment, for System.cmd/3 (binaries; nil unsets).
+  @spec system_env(config()) :: [{String.t(), String.t() | nil}]
+  def system_env(%{python_path: paths, env: env}) do
+    user = Map.new(env)
+
+    python_path =
+      case paths do
+        [] ->
+          []
+
+        _ ->
+          existing = Map.get(user, "PYTHONPATH", System.get_env("PYTHONPATH"))
+          [{"PYTHONPATH", Enum.join(paths ++ List.wrap(existing), ":")}]
+      end
+
+    Enum.reject(env, fn {k, _} -> k == "PYTHONPATH" and paths != [] end) ++ python_path
+  end
+
+  @doc false
+  # The same environment for open_port/2 (charlists; false unsets).
+  @spec port_env(config()) :: [{charlist(), charlist() | false}]
+  def port_env(config) do
+    for {k, v} <- system_env(config),
+        do: {String.to_charlist(k), if(v, do: String.to_charlist(v), else: false)}
+  end
+
+  @doc false
+  # Command-line flags of `python -m snakeport`.
+  @spec worker_flags(config()) :: [String.t()]
+  def worker_flags(config) do
+    flag(config.max_frame_bytes, "--max-frame-bytes") ++
+      flag(config.threads, "--threads") ++ config.worker_args
+  end
+
+  defp flag(nil, _name), do: []
+  defp flag(value, name), do: [name, Integer.to_string(value)]
+end

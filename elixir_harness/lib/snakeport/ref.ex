@@ -1,0 +1,53 @@
+defmodule Snakeport.Ref do
+  @moduledoc """
+  A Python object held by a worker on behalf of a session.
+
+  Results that cannot travel as plain data (class instances, functions, file objects, ...)
+  come back as refs. Pass a ref to `Snakeport.method/4`, `Snakeport.get_attr/3`,
+  `Snakeport.set_attr/4`, or inside the arguments of any call (also nested in lists, tuples
+  and maps): the worker resolves it to its object.
+
+  Fields:
+
+    * `:session_id` - the session that holds the object; the ref is only valid there.
+    * `:id` - the ref id, unique within the worker.
+    * `:type` - the object's qualified Python type, e.g. `"collections.Counter"`.
+    * `:worker` - the index of the worker that holds the object.
+
+  A ref is plain data: it can be sent to other processes, which may use it after adopting its
+  session (see `Snakeport.SessionContext`). It stays valid until it is released with
+  `Snakeport.release_ref/1`, its session is released (last owner dead, explicit release,
+  TTL), or the worker evicts or prunes it.
+
+  Inspecting a ref never talks to Python:
+
+      iex> %Snakeport.Ref{session_id: "s-1", id: 12, type: "builtins.dict", worker: 0}
+      #Snakeport.Ref<builtins.dict 12 @ "s-1">
+  """
+
+  @enforce_keys [:session_id, :id, :type]
+  defstruct [:session_id, :id, :type, worker: nil]
+
+  @type t :: %__MODULE__{
+          session_id: String.t(),
+          id: pos_integer(),
+          type: String.t(),
+          worker: non_neg_integer() | nil
+        }
+
+  defimpl Inspect do
+    import Inspect.Algebra
+
+    def inspect(%{session_id: session, id: id, type: type}, opts) do
+      concat([
+        "#Snakeport.Ref<",
+        to_string(type),
+        " ",
+        to_string(id),
+        " @ ",
+        to_doc(session, opts),
+        ">"
+      ])
+    end
+  end
+end

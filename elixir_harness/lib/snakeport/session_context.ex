@@ -1,0 +1,180 @@
+defmodule Snakeport.SessionContext do
+  @moduledoc """
+  Scoped session context for Python calls.
+
+  Sessions control the lifecycle of Python object references (refs). Each session is
+  isolated: a ref of one session is rejected in another (`:session_mismatch`).
+
+  ## Automatic vs explicit sessions
+
+  A process that calls Python without a session context gets its own **auto-session**,
+  released when that process dies. Use an explicit session when you need
+
+    * several processes to use the same Python objects,
+    * refs that outlive a single process,
+    * control over limits (`:max_refs`, `:ttl_seconds`) or cleanup timing.
+
+  ## Usage
+
+      # Explicit session with a chosen id: other processes may adopt it.
+      Snakeport.SessionContext.with_session([session_id: "my-session"], fn ->
+        {:ok, counter} = Snakeport.call("collections", "Counter", [["a", "b", "a"]], result: :ref)
+        counter
+      end)
+
+      # Scoped session with a generated id.
+      Snakeport.SessionContext.with_session(fn ->
+        {:ok, buf} = Snakeport.call("io", "StringIO", [])
+        {:ok, _} = Snakeport.method(buf, "write", ["hello"])
+        Snakeport.method!(buf, "getvalue", [])
+      end)
+
+  ## Ownership and cleanup
+
+  Every process that adopts a session id - in `with_session/2`, or by using it in a call
+  (the `:session` option, or a ref of that session) - becomes one of its **owners**. The
+  session, and every Python object it holds, is released in the worker:
+
+    * when its **last** owner process dies;
+    * when `Snakeport.release_session/1` is called;
+    * when it has not been used for `ttl_seconds`.
+
+  `with_session/2` does not release the session when the function returns (other processes
+  may be using it); it restores the previous context.
+
+  ## Sharing refs across processes
+
+      # Process A
+      session_id = "shared-" <> Integer.to_string(System.unique_integer([:positive]))
+      SessionContext.with_session([session_id: session_id], fn ->
+        {:ok, model} = Snakeport.call("my_models", "load", [])
+        send(process_b, {:model, session_id, model})
+      end)
+
+      # Process B adopts the same session, so the session lives while A or B lives.
+      receive do
+        {:model, session_id, model} ->
+          SessionContext.with_session([session_id: session_id], fn ->
+            Snakeport.method(model, "predict", [[1.0, 2.0]])
+          end)
+      end
+
+  ## Options
+
+    * `:session_id` - the session id (default: generated).
+    * `:max_refs` - maximum live refs in the session (default: 10_000); beyond it a call
+      that would create more fails with `:max_refs_exceeded`.
+    * `:ttl_seconds` - the session (and each of its refs) is released after this many
+      seconds without use (default: 3600).
+    * `:tags` - a map of metadata for debugging (default: `%{}`), also stored by the worker.
+
+  A session's limits are fixed by the process that creates it; later adopters share it as is.
+  """
+
+  alias Snakeport.Options
+
+  @enforce_keys [:session_id]
+  defstruct [
+    :session_id,
+    :owner_pid,
+    max_refs: 10_000,
+    ttl_seconds: 3600,
+    tags: %{},
+    created_at: nil
+  ]
+
+  @type t :: %__MODULE__{
+          session_id: String.t(),
+          owner_pid: pid(),
+          max_refs: pos_integer(),
+          ttl_seconds: pos_integer(),
+          tags: map(),
+          created_at: integer()
+        }
+
+  @key :"$snakeport_session_context"
+
+  @doc """
+  Creates a new session context (it is not made current, and not registered yet).
+
+  Raises `ArgumentError` on invalid options.
+
+      iex> ctx = Snakeport.SessionContext.create(session_id: "doc-session", max_refs: 5)
+      iex> {ctx.session_id, ctx.max_refs, ctx.ttl_seconds, ctx.owner_pid == self()}
+      {"doc-session", 5, 3600, true}
+
+      iex> Snakeport.SessionContext.create(max_refs: -1)
+      ** (ArgumentError) expected :max_refs to be a positive integer, got: -1
+  """
+  @spec create(keyword()) :: t()
+  def create(opts \\ []) do
+    opts =
+      Keyword.validate!(opts, session_id: nil, max_refs: 10_000, ttl_seconds: 3600, tags: %{})
+
+    session_id =
+      case opts[:session_id] do
+        nil -> "session-" <> Integer.to_string(System.unique_integer([:positive]))
+        id when is_binary(id) and id != "" -> id
+        other -> Options.invalid!(:session_id, "a non-empty string", other)
+      end
+
+    tags = opts[:tags]
+    if not is_map(tags), do: Options.invalid!(:tags, "a map", tags)
+
+    %__MODULE__{
+      session_id: session_id,
+      owner_pid: self(),
+      max_refs: Options.pos_integer!(:max_refs, opts[:max_refs]),
+      ttl_seconds: Options.pos_integer!(:ttl_seconds, opts[:ttl_seconds]),
+      tags: tags,
+      created_at: System.system_time(:millisecond)
+    }
+  end
+
+  @doc """
+  Gets the current session context from the process dictionary (`nil` when none).
+  """
+  @spec current() :: t() | nil
+  def current, do: Process.get(@key)
+
+  @doc """
+  Sets the current session context in the process dictionary; returns the previous one.
+  """
+  @spec put_current(t()) :: t() | nil
+  def put_current(%__MODULE__{} = ctx), do: Process.put(@key, ctx)
+
+  @doc """
+  Clears the current session context; returns the one that was current.
+  """
+  @spec clear_current() :: t() | nil
+  def clear_current, do: Process.delete(@key)
+
+  @doc """
+  Runs `fun` within a new session with a generated id. See `with_session/2`.
+  """
+  @spec with_session((() -> result)) :: result when result: term()
+  def with_session(fun) when is_function(fun, 0), do: with_session([], fun)
+
+  @doc """
+  Runs `fun` within the session described by `opts` (see the module doc for the options).
+
+  The calling process adopts the session at once (it becomes an owner, and the session is
+  created if it does not exist), then `fun` runs with the session as the current context;
+  the previous context is restored afterwards. The session is released when its last
+  owner dies, on `Snakeport.release_session/1`, or after its TTL.
+  """
+  @spec with_session(keyword(), (() -> result)) :: result when result: term()
+  def with_session(opts, fun) when is_list(opts) and is_function(fun, 0) do
+    ctx = create(opts)
+    # Adopt now, so that this process owns the session even before its first call. An
+    # error here (e.g. the quota) is reported again by the calls made inside `fun`.
+    _ = Snakeport.Sessions.checkout(ctx, nil)
+    previous = put_current(ctx)
+
+    try do
+      fun.()
+    after
+      if previous, do: put_current(previous), else: clear_current()
+    end
+  end
+end

@@ -1,0 +1,168 @@
+defmodule Snakeport.Telemetry do
+  @moduledoc """
+  Snakeport's events, and a small built-in handler API to observe them.
+
+  Every event is emitted through `:telemetry.execute/3` when the `:telemetry` library is
+  loaded in the VM, and always through the handlers attached here with `attach/4` or
+  `attach_many/4` (same shape as `:telemetry`'s: a 4-arity function receiving the event
+  name, measurements, metadata and the handler's config). A handler that raises is detached
+  and the failure is logged, as `:telemetry` does. Handlers run in the process that emits
+  the event; keep them short.
+
+  ## Events
+
+  | Event | Measurements | Metadata |
+  |---|---|---|
+  | `[:snakeport, :call, :start]` | `system_time`, `monotonic_time` | `op`, `module`, `function`, `name`, `session_id`, `worker` |
+  | `[:snakeport, :call, :stop]` | `duration` (native units), `monotonic_time` | as `:start` |
+  | `[:snakeport, :call, :exception]` | `duration`, `monotonic_time` | as `:start`, plus `kind: :error`, `reason` (the `%Snakeport.Error{}`) |
+  | `[:snakeport, :session, :created]` | `current_sessions` | `session_id`, `worker`, `tags`, `auto` |
+  | `[:snakeport, :session, :released]` | `remaining_sessions` | `session_id`, `worker`, `reason`, `lost` |
+  | `[:snakeport, :session, :pruned]` | `count`, `remaining_sessions` | `reason` (`:ttl`, `:owner_down`, `:explicit`, `:overflow`), `session_ids`, `table_name` |
+  | `[:snakeport, :session, :accumulation_warning]` | `current_sessions`, `max_sessions`, `utilization` (percent) | `reason` (`:threshold_warning`, `:quota_exceeded`), `strict_mode` |
+  | `[:snakeport, :session, :lost]` | `count` | `worker`, `session_ids` |
+  | `[:snakeport, :worker, :started]` | `system_time` | `worker`, `os_pid`, `python`, `snakeport` |
+  | `[:snakeport, :worker, :exited]` | `system_time` | `worker`, `os_pid`, `reason` |
+  | `[:snakeport, :worker, :refs_pruned]` | `count` | `session`, `reason: :ttl`, `ref_ids`, `worker`, `os_pid` |
+  | `[:snakeport, :worker, :refs_evicted]` | `count` | `session`, `reason: :overflow`, `ref_ids`, `worker`, `os_pid` |
+  | `[:snakeport, :worker, :warning]` | `%{}` | `message`, ..., `worker`, `os_pid` |
+  | `[:snakeport, :worker, :protocol_error]` | `%{}` | `reason`, `message`, `worker`, `os_pid` |
+
+  Every `[:snakeport, :call, :start]` is followed by exactly one `:stop` (the call returned
+  `{:ok, _}`) or `:exception` (it returned or raised a `%Snakeport.Error{}`).
+
+  ## Example
+
+      iex> test_pid = self()
+      iex> :ok = Snakeport.Telemetry.attach("doc-handler", [:my, :event], fn event, m, meta, cfg ->
+      ...>   send(test_pid, {event, m, meta, cfg})
+      ...> end, :my_config)
+      iex> Snakeport.Telemetry.execute([:my, :event], %{count: 1}, %{reason: :demo})
+      :ok
+      iex> receive do msg -> msg end
+      {[:my, :event], %{count: 1}, %{reason: :demo}, :my_config}
+      iex> Snakeport.Telemetry.detach("doc-handler")
+      :ok
+  """
+
+  require Logger
+
+  @table __MODULE__
+  @telemetry_key {__MODULE__, :telemetry_loaded?}
+
+  @compile {:no_warn_undefined, :telemetry}
+
+  @type handler_id :: term()
+  @type event_name :: [atom(), ...]
+  @type handler_function :: (event_name(), map(), map(), term() -> any())
+
+  @doc """
+  Attaches `fun` to `event_name` under `handler_id`.
+
+  Returns `{:error, :already_exists}` when a handler with that id is attached.
+  """
+  @spec attach(handler_id(), event_name(), handler_function(), term()) ::
+          :ok | {:error, :already_exists}
+  def attach(handler_id, event_name, fun, config \\ nil) do
+    attach_many(handler_id, [event_name], fun, config)
+  end
+
+  @doc """
+  Attaches `fun` to each event of `event_names` under one `handler_id`.
+  """
+  @spec attach_many(handler_id(), [event_name()], handler_function(), term()) ::
+          :ok | {:error, :already_exists}
+  def attach_many(handler_id, event_names, fun, config \\ nil)
+      when is_list(event_names) and is_function(fun, 4) do
+    Enum.each(event_names, fn
+      [_ | _] = name ->
+        if not Enum.all?(name, &is_atom/1) do
+          raise ArgumentError, "expected an event name (a list of atoms), got: #{inspect(name)}"
+        end
+
+      other ->
+        raise ArgumentError, "expected an event name (a list of atoms), got: #{inspect(other)}"
+    end)
+
+    if :ets.match(@table, {:_, handler_id, :_, :_}) != [] do
+      {:error, :already_exists}
+    else
+      :ets.insert(@table, Enum.map(event_names, &{&1, handler_id, fun, config}))
+      :ok
+    end
+  end
+
+  @doc """
+  Detaches the handler `handler_id` from every event.
+  """
+  @spec detach(handler_id()) :: :ok | {:error, :not_found}
+  def detach(handler_id) do
+    if :ets.match(@table, {:_, handler_id, :_, :_}) == [] do
+      {:error, :not_found}
+    else
+      :ets.match_delete(@table, {:_, handler_id, :_, :_})
+      :ok
+    end
+  end
+
+  @doc """
+  Lists the handlers attached through this module whose event name starts with `prefix`.
+  """
+  @spec list_handlers([atom()]) :: [%{id: handler_id(), event_name: event_name(), config: term()}]
+  def list_handlers(prefix \\ []) when is_list(prefix) do
+    for {event, id, _fun, config} <- :ets.tab2list(@table),
+        List.starts_with?(event, prefix),
+        do: %{id: id, event_name: event, config: config}
+  end
+
+  @doc """
+  Emits an event: through `:telemetry` when it is loaded, and to the handlers attached here.
+  """
+  @spec execute(event_name(), map(), map()) :: :ok
+  def execute(event_name, measurements, metadata) do
+    if telemetry_loaded?() do
+      :telemetry.execute(event_name, measurements, metadata)
+    end
+
+    handlers =
+      try do
+        :ets.lookup(@table, event_name)
+      rescue
+        ArgumentError -> []
+      end
+
+    Enum.each(handlers, fn {_, id, fun, config} ->
+      try do
+        fun.(event_name, measurements, metadata, config)
+      catch
+        kind, reason ->
+          detach(id)
+
+          Logger.error(
+            "Snakeport.Telemetry handler #{inspect(id)} failed on #{inspect(event_name)} " <>
+              "and was detached: " <> Exception.format(kind, reason, __STACKTRACE__)
+          )
+      end
+    end)
+  end
+
+  # Cached in :persistent_term: written once per VM, read on every event.
+  defp telemetry_loaded? do
+    case :persistent_term.get(@telemetry_key, nil) do
+      nil ->
+        loaded = Code.ensure_loaded?(:telemetry) and function_exported?(:telemetry, :execute, 3)
+        :persistent_term.put(@telemetry_key, loaded)
+        loaded
+
+      loaded ->
+        loaded
+    end
+  end
+
+  @doc false
+  # Called by the application's supervisor in its init: the supervisor owns the table.
+  def create_table do
+    :ets.new(@table, [:named_table, :public, :duplicate_bag, read_concurrency: true])
+    :ok
+  end
+end
