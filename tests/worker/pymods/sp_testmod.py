@@ -76,3 +76,10 @@ def noisy():
 
 def read_stdin():
     return sys.stdin.read()
+
+
+def spin_flagged(path, seconds=60.0):
+    """Create ``path`` (so the test knows the call is running), then spin."""
+    with open(path, "w") as f:
+        f.write("running")
+    return spin(seconds)
