@@ -6,7 +6,10 @@
 - Opaque terms (:class:`Pid`, :class:`Port`, :class:`Reference`, :class:`Fun`,
   :class:`Export`, :class:`BitBinary`, :class:`LocalTerm`): immutable, hashable values that
   keep the exact bytes of their encoding, so that they encode back byte-identically. Two
-  opaque values are equal when they are of the same type and their encodings are identical.
+  opaque values are equal when they are of the same type and denote the same term: pids,
+  ports, references and exports compare their parsed fields (so an old ``PID_EXT`` equals
+  the ``NEW_PID_EXT`` the VM would write for it, and a Latin-1 node atom equals its UTF-8
+  form), bit binaries their data and bit count, funs and local terms their bytes.
 
 **Atom equality.** ``Atom`` keeps ``str`` equality and hashing: ``Atom("ok") == "ok"`` and
 ``{"ok": 1}[Atom("ok")] == 1``. This keeps dictionary lookups at C speed and lets the worker
@@ -138,7 +141,7 @@ def term_key(term: Any) -> Hashable:
     if isinstance(term, (dict, ErlMap)):
         return ("m", frozenset((term_key(k), term_key(v)) for k, v in term.items()))
     if isinstance(term, OpaqueTerm):
-        return ("o", type(term).__name__, term.raw)
+        return ("o", type(term).__name__, term._identity())
     try:
         hash(term)
     except TypeError:
@@ -344,7 +347,8 @@ class ImproperList:
 class OpaqueTerm:
     """Base of the opaque terms: immutable values that keep their exact encoding.
 
-    Equal when of the same type with identical encodings; hashable.
+    Equal when of the same type with equal identities (:meth:`_identity`: the encoding
+    itself unless a subclass parses fields that identify the term); hashable.
     """
 
     __slots__ = ("_raw",)
@@ -371,13 +375,17 @@ class OpaqueTerm:
         """The term's encoding: tag byte and data (no version byte)."""
         return self._raw
 
+    def _identity(self) -> tuple[Any, ...]:
+        """What identifies the term for ``==`` and ``hash``."""
+        return (self._raw,)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OpaqueTerm):
             return NotImplemented
-        return type(self) is type(other) and self._raw == other._raw
+        return type(self) is type(other) and self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self._raw))
+        return hash((type(self).__name__, self._identity()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(raw={self._raw!r})"
@@ -439,6 +447,9 @@ class Pid(OpaqueTerm):
         object.__setattr__(self, "serial", serial)
         object.__setattr__(self, "creation", creation)
 
+    def _identity(self) -> tuple[Any, ...]:
+        return (str(self.node), self.id, self.serial, self.creation)
+
     def __repr__(self) -> str:
         return f"Pid({str(self.node)!r}, {self.id}, {self.serial}, {self.creation})"
 
@@ -482,6 +493,9 @@ class Port(OpaqueTerm):
         object.__setattr__(self, "node", _as_atom(node))
         object.__setattr__(self, "id", id)
         object.__setattr__(self, "creation", creation)
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (str(self.node), self.id, self.creation)
 
     def __repr__(self) -> str:
         return f"Port({str(self.node)!r}, {self.id}, {self.creation})"
@@ -531,6 +545,9 @@ class Reference(OpaqueTerm):
         object.__setattr__(self, "node", _as_atom(node))
         object.__setattr__(self, "creation", creation)
         object.__setattr__(self, "ids", words)
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (str(self.node), self.creation, self.ids)
 
     def __repr__(self) -> str:
         return f"Reference({str(self.node)!r}, {self.creation}, {list(self.ids)!r})"
@@ -618,6 +635,9 @@ class Export(OpaqueTerm):
         object.__setattr__(self, "function", _as_atom(function))
         object.__setattr__(self, "arity", arity)
 
+    def _identity(self) -> tuple[Any, ...]:
+        return (str(self.module), str(self.function), self.arity)
+
     def __repr__(self) -> str:
         return f"Export({str(self.module)!r}, {str(self.function)!r}, {self.arity})"
 
@@ -656,6 +676,9 @@ class BitBinary(OpaqueTerm):
         super().__init__(raw)
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "bits", bits)
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (self.data, self.bits)
 
     def __repr__(self) -> str:
         return f"BitBinary({self.data!r}, bits={self.bits})"
