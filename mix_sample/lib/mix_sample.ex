@@ -71,18 +71,19 @@ defmodule MixSample do
     parent = self()
 
     # Process B waits for the ref, adopts the session, predicts, then stays alive as an
-    # owner until told to stop.
+    # owner, predicting on request, until told to stop.
     b =
       spawn(fn ->
         receive do
           {:model, session_id, ref} ->
-            result =
+            predict = fn ->
               SessionContext.with_session([session_id: session_id], fn ->
                 Snakeport.method(ref, "predict", [@xs])
               end)
+            end
 
-            send(parent, {:b_predicted, self(), result})
-            hold_until_stopped()
+            send(parent, {:b_predicted, self(), predict.()})
+            serve(predict)
         end
       end)
 
@@ -149,28 +150,65 @@ defmodule MixSample do
   defp owner_death(%{session_id: session_id, a: a, b: b}) do
     heading("4. Owner death releases the session in Python")
 
-    show("session_info refs (A and B alive)", session_refs(session_id))
+    # Observe the harness's release events (the built-in telemetry handler API).
+    demo = self()
+    handler_id = {__MODULE__, :released, demo}
 
-    stop_and_wait(a)
-    line("process A exited (monitor :DOWN received)")
-    show("session_info refs (B still owns it)", session_refs(session_id))
+    :ok =
+      Snakeport.Telemetry.attach(
+        handler_id,
+        [:snakeport, :session, :released],
+        fn _event, _measurements, meta, pid -> send(pid, {:session_released, meta}) end,
+        demo
+      )
 
-    stop_and_wait(b)
-    line("process B exited (monitor :DOWN received)")
+    try do
+      show("session_info refs (A and B alive)", session_refs(session_id))
 
-    {:ok, info, ms} = wait_released(session_id)
-    show("session_info after the last owner died (#{ms} ms)", info)
+      stop_and_wait(a)
+      line("process A exited (its monitor's :DOWN received)")
+      send(b, {:again, self()})
+      {:ok, prediction} = receive_or_raise({:b_predicted, b}, "process B did not predict")
+      show("B: model.predict(#{inspect(@xs)}) after A died", prediction)
+      show("session_info refs (B still owns it)", session_refs(session_id))
 
-    # An auto-session: a Task that loads a model and exits.
-    task = Task.async(fn -> Snakeport.call!("sample_model", "load", []) end)
-    task_ref = Task.await(task)
-    line("a Task loaded #{inspect(task_ref)} in its auto-session, then exited")
-    {:ok, info, ms} = wait_released(task_ref.session_id)
-    show("session_info of the Task's auto-session (#{ms} ms)", info)
+      stop_and_wait(b)
+      line("process B exited (its monitor's :DOWN received)")
+      show("telemetry [:snakeport, :session, :released]", await_released_event(session_id))
+      show("session_info", Snakeport.session_info(session_id) |> brief())
+      show_python_refs()
 
-    {:ok, total, _ms} = MixSample.Wait.until(fn -> zero(total_refs()) end)
-    show("worker stats: refs held in Python", total)
-    show("sample_model.live_models()", Snakeport.call!("sample_model", "live_models", []))
+      # An auto-session: a Task that loads a model, returns the ref and exits.
+      task_ref = Task.async(fn -> Snakeport.call!("sample_model", "load", []) end) |> Task.await()
+      line("a Task loaded #{inspect(task_ref)} in its auto-session, then exited")
+
+      show(
+        "  telemetry [:snakeport, :session, :released]",
+        await_released_event(task_ref.session_id)
+      )
+
+      show_python_refs()
+      show("sample_model.live_models()", Snakeport.call!("sample_model", "live_models", []))
+    after
+      Snakeport.Telemetry.detach(handler_id)
+    end
+  end
+
+  defp await_released_event(session_id) do
+    receive do
+      {:session_released, %{session_id: ^session_id} = meta} -> Map.take(meta, [:reason])
+    after
+      5_000 -> raise "no release event for session #{session_id}"
+    end
+  end
+
+  # The harness forgets a session at once and tells its worker to release it (an
+  # asynchronous message): poll the worker's own ref count, with a deadline.
+  defp show_python_refs do
+    case wait_python_refs(0) do
+      {:ok, 0, ms} -> show("  Python: refs held by the worker (#{ms} ms)", 0)
+      {:timeout, n} -> raise "the worker still holds #{inspect(n)} refs"
+    end
   end
 
   # ---------------------------------------------------------------------------------
@@ -203,15 +241,32 @@ defmodule MixSample do
   defp sum_refs(workers), do: workers |> Enum.map(&Map.fetch!(&1, :refs)) |> Enum.sum()
 
   @doc """
-  Polls (bounded) until `session_id` is released in the worker or holds no refs.
-  Returns `{:ok, :released | 0, elapsed_ms}` or `{:timeout, last}`.
+  Polls (bounded) until the worker(s) hold exactly `expected` refs in all.
+  Returns `{:ok, expected, elapsed_ms}` or `{:timeout, last_count}`.
+  """
+  def wait_python_refs(expected, timeout_ms \\ 5_000) do
+    MixSample.Wait.until(
+      fn ->
+        case total_refs() do
+          ^expected -> {:ok, expected}
+          n -> n
+        end
+      end,
+      timeout_ms
+    )
+  end
+
+  @doc """
+  Polls (bounded) until the harness no longer knows `session_id` (`session_info/1`
+  answers `session_not_found`). The harness then tells the worker to release the session's
+  objects; check that with `wait_python_refs/2`.
+  Returns `{:ok, :released, elapsed_ms}` or `{:timeout, last}`.
   """
   def wait_released(session_id, timeout_ms \\ 5_000) do
     MixSample.Wait.until(
       fn ->
         case session_refs(session_id) do
           :released -> {:ok, :released}
-          0 -> {:ok, 0}
           other -> other
         end
       end,
@@ -231,15 +286,23 @@ defmodule MixSample do
     end
   end
 
+  defp serve(predict) do
+    receive do
+      {:again, from} ->
+        send(from, {:b_predicted, self(), predict.()})
+        serve(predict)
+
+      :stop ->
+        :ok
+    end
+  end
+
   @doc false
   def hold_until_stopped do
     receive do
       :stop -> :ok
     end
   end
-
-  defp zero(0), do: {:ok, 0}
-  defp zero(n), do: n
 
   defp receive_or_raise({tag, pid}, message) do
     receive do
@@ -249,15 +312,22 @@ defmodule MixSample do
     end
   end
 
-  defp brief({:error, %Snakeport.Error{reason: reason, message: message}}),
-    do: {:error, reason, message}
+  # `{:error, reason}`, plus the cause when the error names one (e.g. why a ref is gone).
+  defp brief({:error, %Snakeport.Error{reason: reason, details: %{cause: cause}}}),
+    do: {:error, reason, cause: cause}
+
+  defp brief({:error, %Snakeport.Error{reason: reason}}), do: {:error, reason}
 
   defp brief(other), do: other
 
   defp worker_line do
-    case Snakeport.stats() do
-      {:ok, stats} -> line("worker stats: #{inspect(stats)}")
-      other -> line("worker stats: #{inspect(other)}")
+    stats = Snakeport.stats!()
+
+    for w <- stats.workers do
+      line(
+        "worker #{w.index}: Python #{w[:python]}, snakeport #{w[:snakeport]}, " <>
+          "OS pid #{w.os_pid} (pool of #{stats.pool_size})"
+      )
     end
   end
 
@@ -269,6 +339,6 @@ defmodule MixSample do
   defp line(text), do: IO.puts(text)
 
   defp show(label, value) do
-    IO.puts(String.pad_trailing(label, 44) <> " => " <> inspect(value, pretty: false, limit: 20))
+    IO.puts(String.pad_trailing(label, 46) <> " => " <> inspect(value, pretty: false, limit: 20))
   end
 end

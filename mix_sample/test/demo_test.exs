@@ -17,6 +17,8 @@ defmodule MixSample.DemoTest do
 
     assert output =~ "[1.0, 3.0, 6.0]"
     assert output =~ ":ref_released"
-    assert output =~ ~r/worker stats: refs held in Python\s+=> 0/
+    assert output =~ "%{reason: :owner_down}"
+    assert output =~ ~r/Python: refs held by the worker.*=> 0/
+    assert output =~ ~r/live_models\(\)\s+=> 0/
   end
 end

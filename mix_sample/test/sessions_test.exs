@@ -3,7 +3,9 @@ defmodule MixSample.SessionsTest do
   use ExUnit.Case, async: false
 
   alias Snakeport.SessionContext
-  import MixSample, only: [session_refs: 1, wait_released: 1, stop_and_wait: 1, total_refs: 0]
+
+  import MixSample,
+    only: [session_refs: 1, wait_released: 1, wait_python_refs: 1, stop_and_wait: 1]
 
   @xs [0.0, 1.0, 2.5]
   @expected [1.0, 3.0, 6.0]
@@ -41,6 +43,29 @@ defmodule MixSample.SessionsTest do
     result
   end
 
+  # The harness forgot the session, and the worker holds no refs any more. (The test
+  # processes hold none by then, and refs of earlier tests drain as their processes exit.)
+  defp assert_released_in_python(session_id) do
+    assert {:ok, :released, _ms} = wait_released(session_id)
+    assert {:ok, 0, _ms} = wait_python_refs(0)
+  end
+
+  # Forwards the harness's [:snakeport, :session, :released] events to the test process.
+  defp observe_releases do
+    test = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      Snakeport.Telemetry.attach(
+        id,
+        [:snakeport, :session, :released],
+        fn _event, _measurements, meta, pid -> send(pid, {:released, meta}) end,
+        test
+      )
+
+    on_exit(fn -> Snakeport.Telemetry.detach(id) end)
+  end
+
   defp shared_id, do: "shared-#{System.unique_integer([:positive])}"
 
   defp load_in(session_id) do
@@ -69,16 +94,23 @@ defmodule MixSample.SessionsTest do
       # Another process gets another auto-session.
       {pid, other} = start_owner(fn -> Snakeport.call!("sample_model", "load", []) end)
       assert other.session_id != ref.session_id
+      assert session_refs(other.session_id) == 1
+
+      assert :ok = Snakeport.release_ref(ref)
       stop_and_wait(pid)
-      assert {:ok, _, _} = wait_released(other.session_id)
+      assert_released_in_python(other.session_id)
     end
 
     test "an auto-session is released in Python when its process dies" do
+      observe_releases()
       {pid, ref} = start_owner(fn -> Snakeport.call!("sample_model", "load", []) end)
       assert session_refs(ref.session_id) == 1
+      assert {:ok, %{auto: true, owners: [^pid]}} = Snakeport.session_info(ref.session_id)
 
       stop_and_wait(pid)
-      assert {:ok, _released_or_zero, _ms} = wait_released(ref.session_id)
+      session_id = ref.session_id
+      assert_receive {:released, %{session_id: ^session_id, reason: :owner_down}}, 5_000
+      assert_released_in_python(session_id)
     end
   end
 
@@ -119,10 +151,11 @@ defmodule MixSample.SessionsTest do
 
       stop_and_wait(a)
       stop_and_wait(b)
-      assert {:ok, _, _} = wait_released(session_id)
+      assert_released_in_python(session_id)
     end
 
     test "owner death: the session outlives its first owner, is released with the last" do
+      observe_releases()
       session_id = shared_id()
       {a, ref} = start_owner(fn -> load_in(session_id) end)
 
@@ -141,8 +174,10 @@ defmodule MixSample.SessionsTest do
       assert session_refs(session_id) == 1
 
       # B exits too: no owner is left, the harness releases the session in Python.
+      refute_received {:released, %{session_id: ^session_id}}
       stop_and_wait(b)
-      assert {:ok, _released_or_zero, _ms} = wait_released(session_id)
+      assert_receive {:released, %{session_id: ^session_id, reason: :owner_down}}, 5_000
+      assert_released_in_python(session_id)
     end
 
     test "a ref of one session is rejected in another session" do
@@ -154,7 +189,7 @@ defmodule MixSample.SessionsTest do
                end)
 
       stop_and_wait(owner)
-      assert {:ok, _, _} = wait_released(ref.session_id)
+      assert_released_in_python(ref.session_id)
     end
   end
 
@@ -181,8 +216,10 @@ defmodule MixSample.SessionsTest do
         end)
 
       assert session_refs(session_id) == 2
-      assert {:ok, _} = Snakeport.release_session(session_id)
+      assert {:ok, 2} = Snakeport.release_session(session_id)
       assert session_refs(session_id) == :released
+      # Idempotent.
+      assert {:ok, 0} = Snakeport.release_session(session_id)
 
       for m <- [m1, m2] do
         assert {:error, %Snakeport.Error{reason: :ref_released}} =
@@ -212,18 +249,12 @@ defmodule MixSample.SessionsTest do
         end
 
       {auto, _} = start_owner(fn -> Snakeport.call!("sample_model", "load", []) end)
-      assert total_refs() >= 4
+      assert MixSample.total_refs() >= 4
 
       Enum.each([auto | owners], &stop_and_wait/1)
 
       # Earlier tests' processes are gone as well, so everything must drain to zero.
-      assert {:ok, 0, _ms} =
-               MixSample.Wait.until(fn ->
-                 case total_refs() do
-                   0 -> {:ok, 0}
-                   n -> n
-                 end
-               end)
+      assert {:ok, 0, _ms} = wait_python_refs(0)
 
       # ...and Python really freed the objects (nothing else holds a TinyModel).
       assert {:ok, 0, _ms} =

@@ -10,8 +10,10 @@ defmodule MixSample.Application do
 
   @impl true
   def start(_type, _args) do
+    # Options given here override `config :snakeport, ...`; this app sets everything in
+    # config, so the child spec needs none.
     children = [
-      {Snakeport, Application.get_all_env(:snakeport)}
+      {Snakeport, []}
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: MixSample.Supervisor)
