@@ -29,6 +29,9 @@ defmodule Snakeport.Worker do
           max_frame_bytes: pos_integer()
         }
 
+  # How long an orderly stop waits for the Python process to exit after `shutdown`.
+  @shutdown_wait 2_000
+
   @type handle :: {reference(), non_neg_integer(), entry()}
 
   ## Caller side ---------------------------------------------------------------------------
@@ -296,8 +299,20 @@ defmodule Snakeport.Worker do
   @impl true
   def terminate(reason, state) do
     Pool.unregister(state.entry)
-    # Closing the port closes the worker's stdin: it exits on EOF (and its watchdog ends it
-    # if the VM itself is gone).
+
+    # An orderly stop (supervisor shutdown): ask the worker to shut down and give it a
+    # moment to exit by itself. In every case closing the port closes the worker's stdin,
+    # which ends it (and its watchdog ends it if the VM itself is gone).
+    if state.exit_status == nil and orderly?(reason) do
+      cast(state.entry, &Protocol.encode({:shutdown, &1}))
+
+      receive do
+        {port, {:exit_status, _}} when port == state.port -> :ok
+      after
+        @shutdown_wait -> :ok
+      end
+    end
+
     close(state.port)
 
     Telemetry.execute([:snakeport, :worker, :exited], %{system_time: System.system_time()}, %{
@@ -308,6 +323,8 @@ defmodule Snakeport.Worker do
 
     :ok
   end
+
+  defp orderly?(reason), do: reason in [:normal, :shutdown] or match?({:shutdown, _}, reason)
 
   defp close(port) do
     Port.close(port)

@@ -1,0 +1,232 @@
+defmodule Snakeport.CallsTest do
+  use Snakeport.Case, async: false
+
+  @mod "snakeport_harness_testmod"
+
+  describe "calls in the auto-session" do
+    test "operator.add, module and function as strings or atoms" do
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      assert {:ok, 3} = Snakeport.call(:operator, :add, [1, 2])
+      assert 7 = Snakeport.call!("operator", "add", [3, 4])
+      assert {:ok, 8.0} = Snakeport.call("math", "pow", [2, 3])
+      assert {:ok, "/"} = Snakeport.call("os.path", "join", ["/"])
+    end
+
+    test "kwargs as keyword list or map, dotted function paths, module attributes" do
+      assert {:ok, [3, 2, 1]} =
+               Snakeport.call("builtins", "sorted", [[3, 1, 2]], kwargs: [reverse: true])
+
+      assert {:ok, [3, 2, 1]} =
+               Snakeport.call("builtins", "sorted", [[3, 1, 2]], kwargs: %{"reverse" => true})
+
+      assert {:ok, "3.5"} = Snakeport.call("builtins", "str", [3.5])
+      assert {:ok, pi} = Snakeport.get_attr("math", "pi")
+      assert_in_delta pi, 3.14159, 1.0e-5
+      assert {:ok, "{\"a\": 1}"} = Snakeport.call("json", "dumps", [%{"a" => 1}])
+      assert {:ok, true} = Snakeport.call("os.path", "isabs", ["/tmp"])
+    end
+
+    test "each process gets its own auto-session" do
+      {:ok, r1} = Snakeport.call(@mod, "Box", [1])
+      {:ok, r2} = Task.async(fn -> Snakeport.call(@mod, "Box", [2]) end) |> Task.await()
+      assert r1.session_id != r2.session_id
+      assert String.starts_with?(r1.session_id, "auto-")
+    end
+  end
+
+  describe "values" do
+    test "Elixir <-> Python round trips" do
+      values = [
+        1,
+        -5,
+        2 ** 100,
+        1.5,
+        "text é",
+        true,
+        false,
+        nil,
+        :ok,
+        [1, [2, 3]],
+        {1, "two", 3.0},
+        %{"a" => 1, 2 => [3]},
+        %{atom_key: 1}
+      ]
+
+      for value <- values do
+        assert {:ok, ^value} = Snakeport.call(@mod, "echo", [value])
+      end
+    end
+
+    test "bytes, sets, non-UTF-8 binaries" do
+      assert {:ok, "abc"} = Snakeport.call(@mod, "echo", [Snakeport.bytes("abc")])
+      assert {:ok, %Ref{} = bytes_type} = Snakeport.get_attr("builtins", "bytes")
+
+      assert {:ok, true} =
+               Snakeport.call("builtins", "isinstance", [Snakeport.bytes("abc"), bytes_type])
+
+      assert {:ok, false} = Snakeport.call("builtins", "isinstance", ["abc", bytes_type])
+      assert {:ok, <<255, 0>>} = Snakeport.call(@mod, "echo", [<<255, 0>>])
+      assert {:ok, %MapSet{} = set} = Snakeport.call("builtins", "set", [[1, 2, 2]])
+      assert set == MapSet.new([1, 2])
+      assert {:ok, 3} = Snakeport.call("builtins", "len", [MapSet.new([1, 2, 3])])
+      assert {:ok, %MapSet{}} = Snakeport.call("builtins", "frozenset", [["a"]])
+    end
+
+    test "large binaries travel both ways" do
+      big = :binary.copy(<<1, 2, 3, 255>>, 262_144)
+      assert {:ok, 1_048_576} = Snakeport.call("builtins", "len", [Snakeport.bytes(big)])
+      assert {:ok, ^big} = Snakeport.call(@mod, "echo", [big])
+      assert {:ok, ^big} = Snakeport.call(@mod, "echo", [], kwargs: [value: Snakeport.bytes(big)])
+      assert {:ok, [^big, 1]} = Snakeport.call(@mod, "echo", [[big, 1]])
+    end
+  end
+
+  describe "refs" do
+    test "collections.Counter and io.StringIO held as refs, used through methods" do
+      assert {:ok, %Ref{type: "collections.Counter"} = counter} =
+               Snakeport.call("collections", "Counter", [["a", "b", "a"]], result: :ref)
+
+      assert {:ok, [{"a", 2}]} = Snakeport.method(counter, "most_common", [1])
+      assert {:ok, nil} = Snakeport.method(counter, "update", [["b", "b"]])
+      assert {:ok, [{"b", 3}]} = Snakeport.method(counter, :most_common, [1])
+
+      assert {:ok, %Ref{type: "_io.StringIO"} = buf} = Snakeport.call("io", "StringIO", [])
+      assert {:ok, 5} = Snakeport.method(buf, "write", ["hello"])
+      assert {:ok, 6} = Snakeport.method(buf, "write", [" world"])
+      assert {:ok, "hello world"} = Snakeport.method!(buf, "getvalue", []) |> then(&{:ok, &1})
+      assert inspect(buf) =~ ~r/^#Snakeport.Ref<_io.StringIO \d+ @ "auto-\d+">$/
+    end
+
+    test "refs as arguments, nested in containers, and attributes" do
+      {:ok, a} = Snakeport.call(@mod, "Box", [1])
+      {:ok, b} = Snakeport.call(@mod, "Box", [2])
+      {:ok, c} = Snakeport.method(a, "add", [b])
+      assert {:ok, 3} = Snakeport.method(c, "get")
+      assert {:ok, 3} = Snakeport.get_attr(c, "value")
+      assert :ok = Snakeport.set_attr(c, "value", 10)
+      assert {:ok, 10} = Snakeport.get_attr(c, "value")
+
+      assert {:ok, [%Ref{} = x, %{"k" => %Ref{} = y}]} =
+               Snakeport.call(@mod, "echo", [[a, %{"k" => b}]])
+
+      assert x.id == a.id and y.id == b.id
+      assert {:ok, 2} = Snakeport.call("builtins", "len", [[a, b]])
+    end
+
+    test "result: :value refuses objects, result: :ref wraps data" do
+      assert {:error, %Error{reason: :not_encodable}} =
+               Snakeport.call(@mod, "Box", [1], result: :value)
+
+      assert {:ok, %Ref{type: "builtins.list"}} =
+               Snakeport.call(@mod, "echo", [[1, 2]], result: :ref)
+
+      assert {:ok, %Ref{type: "types.SimpleNamespace"} = ns} =
+               Snakeport.call(@mod, "namespace", [], kwargs: [a: 1])
+
+      assert {:ok, 1} = Snakeport.get_attr(ns, "a")
+    end
+
+    test "release_ref, then the ref fails with :ref_released; release is idempotent" do
+      {:ok, ref} = Snakeport.call(@mod, "Box", [1])
+      assert python_refs() == 1
+      assert :ok = Snakeport.release_ref(ref)
+      assert python_refs() == 0
+      assert {:error, %Error{reason: :ref_released}} = Snakeport.method(ref, "get")
+      assert :ok = Snakeport.release_ref(ref)
+      assert :ok = Snakeport.release_ref!(ref)
+    end
+  end
+
+  describe "errors" do
+    test "a Python exception becomes %Snakeport.Error{} with type, message and traceback" do
+      assert {:error, %Error{reason: :python_error} = error} =
+               Snakeport.call("operator", "truediv", [1, 0])
+
+      assert error.python_type == "builtins.ZeroDivisionError"
+      assert error.message =~ "division by zero"
+      assert Exception.message(error) =~ "builtins.ZeroDivisionError: division by zero"
+
+      assert {:error, %Error{reason: :python_error} = error} =
+               Snakeport.call(@mod, "nested_fail", [3])
+
+      assert error.python_type == "builtins.KeyError"
+      assert Enum.any?(error.traceback, &(&1 =~ "nested_fail"))
+      assert Exception.message(error) =~ "Python traceback"
+
+      error = assert_raise Error, fn -> Snakeport.call!(@mod, "fail", ["boom"]) end
+      assert error.python_type == "builtins.ValueError"
+      assert error.message == "boom"
+    end
+
+    test "import and attribute errors" do
+      assert {:error, %Error{reason: :import_error}} =
+               Snakeport.call("no_such_module_xyz", "f", [])
+
+      assert {:error, %Error{reason: :attribute_error}} =
+               Snakeport.call("math", "no_such_function", [])
+    end
+
+    test "bad options raise ArgumentError" do
+      assert_raise ArgumentError, ~r/expected :result to be :auto, :ref or :value/, fn ->
+        Snakeport.call("math", "sqrt", [1], result: :maybe)
+      end
+
+      assert_raise ArgumentError, ~r/unknown keys \[:kwargs\]/, fn ->
+        Snakeport.get_attr("math", "pi", kwargs: [])
+      end
+    end
+  end
+
+  describe "timeouts" do
+    test "a call that times out returns :timeout, is cancelled, and the worker still serves" do
+      started = System.monotonic_time(:millisecond)
+      assert {:error, %Error{reason: :timeout}} = Snakeport.call(@mod, "spin", [30], timeout: 200)
+      assert System.monotonic_time(:millisecond) - started < 2_000
+
+      # The worker was told to cancel: the next call does not wait 30 s behind it.
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], timeout: 5_000)
+
+      # The cancelled call's late reply never reaches the caller's mailbox.
+      assert {:ok, 0} = Snakeport.call(@mod, "echo", [0])
+      assert {:messages, []} = Process.info(self(), :messages)
+    end
+
+    @tag snakeport: [threads: 2]
+    test "with two executor threads, a call stuck in C code does not block the others" do
+      assert {:error, %Error{reason: :timeout}} = Snakeport.call(@mod, "sleep", [3], timeout: 100)
+      started = System.monotonic_time(:millisecond)
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], timeout: 5_000)
+      assert System.monotonic_time(:millisecond) - started < 2_000
+    end
+  end
+
+  describe "the protocol channel" do
+    test "print() and writes to fd 1 inside Python do not disturb anything" do
+      assert {:ok, nil} = Snakeport.call("builtins", "print", ["hello from builtins.print"])
+      assert {:ok, "x"} = Snakeport.call(@mod, "noisy", ["x"])
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      assert {:messages, []} = Process.info(self(), :messages)
+    end
+
+    test "atoms from the worker are never created: an unknown one fails the call cleanly" do
+      name = "snakeport_never_seen_atom_#{System.unique_integer([:positive])}_xyz"
+      assert_raise ArgumentError, fn -> :erlang.binary_to_existing_atom(name, :utf8) end
+
+      assert {:error, %Error{reason: :unsafe_term, message: message}} =
+               Snakeport.call(@mod, "make_atom", [name])
+
+      assert message =~ "atom"
+      assert_raise ArgumentError, fn -> :erlang.binary_to_existing_atom(name, :utf8) end
+
+      # Known atoms decode; the worker keeps serving.
+      assert {:ok, :ok} = Snakeport.call(@mod, "make_atom", ["ok"])
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+    end
+
+    test "every protocol atom exists before any frame is decoded" do
+      for atom <- Snakeport.Protocol.atoms() do
+        assert :erlang.binary_to_existing_atom(Atom.to_string(atom), :utf8) == atom
+      end
+    end
+  end
+end

@@ -1,0 +1,367 @@
+defmodule Snakeport.SessionsTest do
+  use Snakeport.Case, async: false
+
+  import ExUnit.CaptureLog
+
+  @mod "snakeport_harness_testmod"
+
+  defp shared_id, do: "shared-#{System.unique_integer([:positive])}"
+
+  defp box_in(session_id, value \\ 1) do
+    SessionContext.with_session([session_id: session_id], fn ->
+      Snakeport.call!(@mod, "Box", [value])
+    end)
+  end
+
+  describe "owners" do
+    test "an auto-session's Python objects are released when its process dies" do
+      {pid, ref} = start_owner(fn -> Snakeport.call!(@mod, "Box", [1]) end)
+      assert %Ref{} = ref
+
+      assert {:ok, %{refs: 1, owners: [^pid], auto: true}} =
+               Snakeport.session_info(ref.session_id)
+
+      assert python_refs() == 1
+
+      stop(pid)
+      eventually(fn -> python_refs() == 0 end)
+      assert released?(ref.session_id)
+      assert harness_sessions() == 0
+    end
+
+    test "a shared session stays alive until its LAST owner dies" do
+      session_id = shared_id()
+      {a, ref} = start_owner(fn -> box_in(session_id) end)
+
+      use_ref = fn ->
+        SessionContext.with_session([session_id: session_id], fn ->
+          Snakeport.method(ref, "get")
+        end)
+      end
+
+      {b, {:ok, 1}} = start_owner(use_ref)
+      {:ok, info} = Snakeport.session_info(session_id)
+      assert Enum.sort(info.owners) == Enum.sort([a, b])
+      assert info.refs == 1
+
+      # A dies: B still owns the session, the object is still there and usable.
+      stop(a)
+      eventually(fn -> match?({:ok, %{owners: [^b]}}, Snakeport.session_info(session_id)) end)
+      assert {:ok, 1} = run_in(b, use_ref)
+      assert {:ok, %{refs: 1}} = Snakeport.session_info(session_id)
+
+      # B dies too: the session is released in Python.
+      stop(b)
+      eventually(fn -> released?(session_id) end)
+      assert python_refs() == 0
+    end
+
+    test "using a ref without a context adopts the ref's session" do
+      {a, ref} = start_owner(fn -> Snakeport.call!(@mod, "Box", [5]) end)
+      # This process has no context: the ref's session (A's auto-session) is adopted.
+      assert {:ok, 5} = Snakeport.method(ref, "get")
+      stop(a)
+      # This process still owns it, so it lives on.
+      assert {:ok, 5} = Snakeport.method(ref, "get")
+      assert {:ok, %{owners: [owner]}} = Snakeport.session_info(ref.session_id)
+      assert owner == self()
+    end
+
+    test "isolation: a ref of one session is rejected in another" do
+      {owner, ref} = start_owner(fn -> box_in(shared_id()) end)
+
+      assert {:error, %Error{reason: :session_mismatch, message: message}} =
+               SessionContext.with_session([session_id: shared_id()], fn ->
+                 Snakeport.method(ref, "get")
+               end)
+
+      assert message =~ ref.session_id
+
+      # A ref passed as an argument is rejected by the worker as well.
+      assert {:error, %Error{reason: :session_mismatch}} =
+               SessionContext.with_session(fn -> Snakeport.call(@mod, "echo", [ref]) end)
+
+      assert {:error, %Error{reason: :session_mismatch}} =
+               Snakeport.call(@mod, "echo", [ref], session: shared_id())
+
+      stop(owner)
+    end
+
+    test "with_session/1 generates an id, restores the previous context, current/put/clear" do
+      assert SessionContext.current() == nil
+      outer = SessionContext.create(session_id: "outer-#{System.unique_integer([:positive])}")
+      assert nil == SessionContext.put_current(outer)
+
+      inner_id =
+        SessionContext.with_session(fn ->
+          ctx = SessionContext.current()
+          assert ctx.session_id != outer.session_id
+          {:ok, ref} = Snakeport.call(@mod, "Box", [1])
+          assert ref.session_id == ctx.session_id
+          ctx.session_id
+        end)
+
+      assert SessionContext.current() == outer
+      {:ok, ref} = Snakeport.call(@mod, "Box", [1])
+      assert ref.session_id == outer.session_id
+      assert SessionContext.clear_current() == outer
+      assert SessionContext.current() == nil
+      assert {:ok, %{owners: [me]}} = Snakeport.session_info(inner_id)
+      assert me == self()
+    end
+
+    test "session options reach the worker: max_refs is enforced per session, tags kept" do
+      SessionContext.with_session([max_refs: 2, tags: %{user: "u1"}], fn ->
+        {:ok, _} = Snakeport.call(@mod, "Box", [1])
+        {:ok, _} = Snakeport.call(@mod, "Box", [2])
+
+        assert {:error, %Error{reason: :max_refs_exceeded, details: %{limit: 2}}} =
+                 Snakeport.call(@mod, "Box", [3])
+
+        ctx = SessionContext.current()
+
+        assert {:ok, %{refs: 2, max_refs: 2, tags: %{user: "u1"}, python: py}} =
+                 Snakeport.session_info(ctx)
+
+        assert py.max_refs == 2 and py.tags == %{user: "u1"}
+      end)
+
+      # Other sessions are not affected.
+      assert {:ok, %Ref{}} = Snakeport.call(@mod, "Box", [4])
+    end
+  end
+
+  describe "release" do
+    test "release_session releases the objects in Python at once; its refs then fail" do
+      {session_id, r1, r2} =
+        SessionContext.with_session(fn ->
+          r1 = Snakeport.call!(@mod, "Box", [1])
+          r2 = Snakeport.call!(@mod, "Box", [2])
+          {r1.session_id, r1, r2}
+        end)
+
+      assert {:ok, %{refs: 2}} = Snakeport.session_info(session_id)
+      assert {:ok, 2} = Snakeport.release_session(session_id)
+      assert released?(session_id)
+      assert python_refs() == 0
+
+      for ref <- [r1, r2] do
+        assert {:error, %Error{reason: :ref_released}} = Snakeport.method(ref, "get")
+      end
+
+      # Idempotent.
+      assert {:ok, 0} = Snakeport.release_session(session_id)
+      assert 0 = Snakeport.release_session!(session_id)
+    end
+
+    test "after an explicit release, the id can be used again: a new empty session" do
+      session_id = shared_id()
+      ref = box_in(session_id)
+      assert {:ok, 1} = Snakeport.release_session(session_id)
+
+      SessionContext.with_session([session_id: session_id], fn ->
+        assert {:error, %Error{reason: reason}} = Snakeport.method(ref, "get")
+        assert reason in [:ref_released, :ref_not_found]
+        assert {:ok, %Ref{}} = Snakeport.call(@mod, "Box", [1])
+      end)
+
+      assert {:ok, %{refs: 1}} = Snakeport.session_info(session_id)
+    end
+  end
+
+  describe "TTL" do
+    @tag snakeport: [session_store: [cleanup_interval: 50]]
+    test "a session unused for its TTL is released in Python" do
+      capture_events([[:snakeport, :session, :pruned]])
+      session_id = shared_id()
+
+      {owner, ref} =
+        start_owner(fn ->
+          SessionContext.with_session([session_id: session_id, ttl_seconds: 1], fn ->
+            Snakeport.call!(@mod, "Box", [1])
+          end)
+        end)
+
+      assert {:ok, %{refs: 1}} = Snakeport.session_info(session_id)
+      # The owner is alive, but the session is idle: the sweep releases it.
+      assert_receive {:event, [:snakeport, :session, :pruned], %{count: 1},
+                      %{reason: :ttl, session_ids: [^session_id]}},
+                     5_000
+
+      assert released?(session_id)
+      eventually(fn -> python_refs() == 0 end)
+
+      assert {:error, %Error{reason: :ref_released}} =
+               run_in(owner, fn -> Snakeport.method(ref, "get") end)
+
+      stop(owner)
+    end
+
+    @tag snakeport: [session_store: [cleanup_interval: 50, default_ttl: 1]]
+    test "auto-sessions use the store's default_ttl, and a used session is kept" do
+      {:ok, ref} = Snakeport.call(@mod, "Box", [1])
+      deadline = System.monotonic_time(:millisecond) + 1_500
+
+      # Keep using it past its TTL: it stays.
+      Stream.repeatedly(fn -> Snakeport.method(ref, "get") end)
+      |> Enum.take_while(fn result ->
+        assert {:ok, 1} = result
+
+        receive do
+        after
+          100 -> System.monotonic_time(:millisecond) < deadline
+        end
+      end)
+
+      assert {:ok, %{ttl_seconds: 1, refs: 1}} = Snakeport.session_info(ref.session_id)
+
+      # Stop using it: it goes.
+      eventually(fn -> released?(ref.session_id) end, 5_000)
+      eventually(fn -> python_refs() == 0 end)
+    end
+  end
+
+  describe "quota" do
+    @tag snakeport: [session_store: [max_sessions: 2]]
+    test "beyond max_sessions a new session is refused with :session_quota_exceeded" do
+      capture_events([[:snakeport, :session, :accumulation_warning]])
+      {:ok, _} = Snakeport.call(@mod, "Box", [1])
+      {owner, {:ok, _}} = start_owner(fn -> Snakeport.call(@mod, "Box", [1]) end)
+
+      assert {:error, %Error{reason: :session_quota_exceeded, details: %{max_sessions: 2}}} =
+               SessionContext.with_session(fn -> Snakeport.call(@mod, "Box", [1]) end)
+
+      assert_receive {:event, _, %{current_sessions: 2, max_sessions: 2, utilization: 100.0},
+                      %{reason: :quota_exceeded, strict_mode: false}}
+
+      # Existing sessions keep working; when one goes, there is room again.
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      stop(owner)
+      eventually(fn -> harness_sessions() == 1 end)
+
+      assert {:ok, %Ref{}} =
+               SessionContext.with_session(fn -> Snakeport.call(@mod, "Box", [1]) end)
+    end
+
+    @tag snakeport: [session_store: [max_sessions: 4, strict_mode: true]]
+    test "strict mode logs loud warnings above 80% of the quota" do
+      capture_events([[:snakeport, :session, :accumulation_warning]])
+
+      log =
+        capture_log(fn ->
+          for _ <- 1..3,
+              do:
+                SessionContext.with_session(fn -> Snakeport.call!("operator", "add", [1, 2]) end)
+
+          refute_received {:event, _, _, _}
+          SessionContext.with_session(fn -> Snakeport.call!("operator", "add", [1, 2]) end)
+
+          assert_receive {:event, _, %{current_sessions: 4, max_sessions: 4, utilization: 100.0},
+                          %{reason: :threshold_warning, strict_mode: true}}
+
+          assert {:error, %Error{reason: :session_quota_exceeded}} =
+                   SessionContext.with_session(fn -> Snakeport.call("operator", "add", [1, 2]) end)
+        end)
+
+      assert log =~ "[warning]"
+      assert log =~ "session accumulation: 4 of 4 sessions"
+      assert log =~ "cannot create session"
+    end
+  end
+
+  describe "events" do
+    test "session, call and worker events reach attached handlers" do
+      capture_events([
+        [:snakeport, :session, :created],
+        [:snakeport, :session, :released],
+        [:snakeport, :session, :pruned],
+        [:snakeport, :call, :start],
+        [:snakeport, :call, :stop],
+        [:snakeport, :call, :exception]
+      ])
+
+      {pid, ref} = start_owner(fn -> Snakeport.call!(@mod, "Box", [1]) end)
+      sid = ref.session_id
+
+      assert_receive {:event, [:snakeport, :session, :created], %{current_sessions: 1},
+                      %{session_id: ^sid, worker: 0, auto: true}}
+
+      assert_receive {:event, [:snakeport, :call, :start], %{system_time: _},
+                      %{op: :call, module: @mod, function: "Box", session_id: ^sid}}
+
+      assert_receive {:event, [:snakeport, :call, :stop], %{duration: d}, %{session_id: ^sid}}
+      assert is_integer(d) and d > 0
+
+      {:error, _} = run_in(pid, fn -> Snakeport.call(@mod, "fail", ["x"]) end)
+
+      assert_receive {:event, [:snakeport, :call, :exception], %{duration: _},
+                      %{kind: :error, reason: %Error{python_type: "builtins.ValueError"}}}
+
+      stop(pid)
+
+      assert_receive {:event, [:snakeport, :session, :released], %{remaining_sessions: 0},
+                      %{session_id: ^sid, reason: :owner_down}}
+
+      assert_receive {:event, [:snakeport, :session, :pruned], %{count: 1, remaining_sessions: 0},
+                      %{reason: :owner_down, session_ids: [^sid]}}
+
+      {:ok, ref} = Snakeport.call(@mod, "Box", [1])
+      {:ok, _} = Snakeport.release_session(ref.session_id)
+
+      assert_receive {:event, [:snakeport, :session, :pruned], %{count: 1},
+                      %{reason: :explicit, session_ids: [_]}}
+    end
+
+    @tag snakeport: [session_store: [cleanup_interval: 50]]
+    test "the worker's own events become telemetry (refs pruned by the worker's TTL sweep)" do
+      capture_events([[:snakeport, :worker, :refs_pruned]])
+
+      # The harness sweep releases idle sessions; the worker prunes idle refs on its own.
+      # Keep the session busy (plain calls) while its ref stays unused.
+      SessionContext.with_session([ttl_seconds: 1], fn ->
+        {:ok, ref} = Snakeport.call(@mod, "Box", [1])
+        sid = ref.session_id
+
+        ids =
+          eventually(fn ->
+            {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+
+            receive do
+              {:event, [:snakeport, :worker, :refs_pruned], %{count: 1},
+               %{session: ^sid, reason: :ttl, ref_ids: ids, worker: 0}} ->
+                ids
+            after
+              100 -> nil
+            end
+          end)
+
+        assert ref.id in ids
+
+        assert {:error, %Error{reason: :ref_released, details: %{cause: :ttl}}} =
+                 Snakeport.method(ref, "get")
+
+        assert {:ok, %{refs: 0}} = Snakeport.session_info(sid)
+      end)
+    end
+
+    test "a handler that raises is detached and logged" do
+      parent = self()
+
+      :ok =
+        Snakeport.Telemetry.attach(:bad_handler, [:snakeport, :test, :event], fn _, _, _, _ ->
+          send(parent, :called)
+          raise "handler bug"
+        end)
+
+      log =
+        capture_log(fn -> Snakeport.Telemetry.execute([:snakeport, :test, :event], %{}, %{}) end)
+
+      assert_received :called
+      assert log =~ "handler bug"
+      assert Snakeport.Telemetry.list_handlers([:snakeport, :test]) == []
+      Snakeport.Telemetry.execute([:snakeport, :test, :event], %{}, %{})
+      refute_received :called
+      assert {:error, :not_found} = Snakeport.Telemetry.detach(:bad_handler)
+    end
+  end
+end

@@ -1,0 +1,221 @@
+defmodule Snakeport.WorkersTest do
+  use Snakeport.Case, async: false
+
+  @mod "snakeport_harness_testmod"
+
+  defp worker_stats(index) do
+    {:ok, %{workers: workers}} = Snakeport.stats()
+    Enum.find(workers, &(&1.index == index))
+  end
+
+  describe "pool" do
+    @tag snakeport: [pool_size: 2]
+    test "stats: aggregate and per worker" do
+      assert {:ok, stats} = Snakeport.stats()
+      assert %{pool_size: 2, sessions: 0, refs: 0, workers: [w0, w1]} = stats
+      assert %{index: 0, status: :up, os_pid: p0, threads: 1} = w0
+      assert %{index: 1, status: :up, os_pid: p1} = w1
+      assert is_integer(p0) and is_integer(p1) and p0 != p1
+      assert Snakeport.stats!() |> Map.has_key?(:in_flight)
+    end
+
+    @tag snakeport: [pool_size: 2]
+    test "a session is pinned to the least-loaded worker for its whole life" do
+      {a, ra} = start_owner(fn -> Snakeport.call!(@mod, "Box", [1]) end)
+      {b, rb} = start_owner(fn -> Snakeport.call!(@mod, "Box", [2]) end)
+      assert {ra.worker, rb.worker} == {0, 1}
+
+      for _ <- 1..5 do
+        assert %Ref{worker: 0} = run_in(a, fn -> Snakeport.call!(@mod, "Box", [1]) end)
+        assert %Ref{worker: 1} = run_in(b, fn -> Snakeport.call!(@mod, "Box", [1]) end)
+      end
+
+      assert %{harness_sessions: 1, refs: 6} = worker_stats(0)
+      assert %{harness_sessions: 1, refs: 6} = worker_stats(1)
+      stop(a)
+      stop(b)
+      eventually(fn -> python_refs() == 0 end)
+    end
+  end
+
+  describe "worker death" do
+    @tag snakeport: [pool_size: 2]
+    test "killing the Python process mid-call: :worker_exited at once, restart, sessions of other workers intact" do
+      capture_events([
+        [:snakeport, :worker, :exited],
+        [:snakeport, :worker, :started],
+        [:snakeport, :session, :lost]
+      ])
+
+      {a, ref_a} = start_owner(fn -> box_in("victim-#{System.unique_integer([:positive])}") end)
+      {b, ref_b} = start_owner(fn -> box_in("survivor-#{System.unique_integer([:positive])}") end)
+      assert {ref_a.worker, ref_b.worker} == {0, 1}
+      %{os_pid: victim_os_pid} = worker_stats(0)
+
+      # A long call in flight on worker 0 (60 s timeout).
+      caller =
+        Task.async(fn ->
+          run_in(a, fn ->
+            Snakeport.call(@mod, "spin", [60], timeout: 60_000, session: ref_a.session_id)
+          end)
+        end)
+
+      eventually(fn -> worker_stats(0).in_flight == 1 end)
+
+      started = System.monotonic_time(:millisecond)
+      {_, 0} = System.cmd("kill", ["-9", Integer.to_string(victim_os_pid)])
+
+      assert {:error, %Error{reason: :worker_exited, details: %{exit_status: 137}}} =
+               Task.await(caller, 5_000)
+
+      assert System.monotonic_time(:millisecond) - started < 2_000
+
+      assert_receive {:event, [:snakeport, :worker, :exited], _,
+                      %{worker: 0, os_pid: ^victim_os_pid}},
+                     5_000
+
+      assert_receive {:event, [:snakeport, :worker, :started], _,
+                      %{worker: 0, os_pid: new_os_pid}},
+                     10_000
+
+      assert new_os_pid != victim_os_pid
+
+      assert_receive {:event, [:snakeport, :session, :lost], %{count: 1},
+                      %{worker: 0, session_ids: [lost_id]}},
+                     5_000
+
+      assert lost_id == ref_a.session_id
+
+      # The other worker's session is untouched.
+      assert {:ok, 1} = run_in(b, fn -> Snakeport.method(ref_b, "get") end)
+      assert %{status: :up, refs: 1} = worker_stats(1)
+
+      # The killed worker's session is lost: its refs and its calls say so.
+      assert {:error, %Error{reason: :session_lost}} =
+               run_in(a, fn -> Snakeport.method(ref_a, "get") end)
+
+      assert {:error, %Error{reason: :session_lost}} =
+               run_in(a, fn ->
+                 SessionContext.with_session([session_id: ref_a.session_id], fn ->
+                   Snakeport.call(@mod, "Box", [1])
+                 end)
+               end)
+
+      assert {:ok, %{lost: true, refs: 0}} = Snakeport.session_info(ref_a.session_id)
+
+      # Releasing a lost session clears it; the id then starts afresh on a live worker.
+      assert {:ok, 0} = Snakeport.release_session(ref_a.session_id)
+
+      assert {:ok, %Ref{}} =
+               run_in(a, fn ->
+                 SessionContext.with_session([session_id: ref_a.session_id], fn ->
+                   Snakeport.call(@mod, "Box", [1])
+                 end)
+               end)
+
+      # New auto-sessions work on the restarted worker too.
+      assert %{status: :up, os_pid: ^new_os_pid} = worker_stats(0)
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      stop(a)
+      stop(b)
+    end
+
+    test "callers learn of a worker stop at once, and a new worker takes over" do
+      %{os_pid: os_pid} = worker_stats(0)
+      parent = self()
+
+      callers =
+        for i <- 1..5 do
+          spawn(fn ->
+            send(
+              parent,
+              {:result, i, Snakeport.call(@mod, "spin", [60], timeout: 60_000, session: "s#{i}")}
+            )
+          end)
+        end
+
+      eventually(fn -> worker_stats(0).in_flight >= 1 end)
+      {_, 0} = System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+      for i <- 1..length(callers) do
+        assert_receive {:result, ^i, {:error, %Error{reason: reason}}}, 5_000
+        # Calls already written to the dead port: :worker_exited; calls of sessions whose
+        # worker was gone before they were sent: :session_lost.
+        assert reason in [:worker_exited, :session_lost]
+      end
+
+      eventually(fn ->
+        match?(%{status: :up}, worker_stats(0)) and worker_stats(0).os_pid != os_pid
+      end)
+
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+    end
+
+    test "the Python process ends when the harness stops" do
+      %{os_pid: os_pid} = worker_stats(0)
+      :ok = stop_supervised(Snakeport)
+      # After an orderly stop the worker has exited: `kill -0` finds no such process.
+      eventually(fn ->
+        match?(
+          {_, 1},
+          System.cmd("kill", ["-0", Integer.to_string(os_pid)], stderr_to_stdout: true)
+        )
+      end)
+    end
+  end
+
+  describe "concurrency" do
+    @tag snakeport: [pool_size: 2], timeout: 120_000
+    test "200 processes x 50 calls each" do
+      results =
+        1..200
+        |> Enum.map(fn p ->
+          Task.async(fn ->
+            for i <- 1..50 do
+              {:ok, sum} = Snakeport.call("operator", "add", [p, i])
+              sum
+            end
+          end)
+        end)
+        |> Task.await_many(60_000)
+
+      for {sums, p} <- Enum.with_index(results, 1) do
+        assert sums == Enum.map(1..50, &(&1 + p))
+      end
+
+      # The 200 auto-sessions die with their tasks.
+      eventually(fn -> harness_sessions() == 0 end, 10_000)
+      eventually(fn -> match?({:ok, %{python_sessions: 0, refs: 0}}, Snakeport.stats()) end)
+    end
+
+    @tag timeout: 120_000
+    test "64 concurrent callers on one worker, with refs, in one shared session" do
+      session_id = "many-#{System.unique_integer([:positive])}"
+
+      counter =
+        SessionContext.with_session([session_id: session_id], fn ->
+          Snakeport.call!("collections", "Counter", [], result: :ref)
+        end)
+
+      1..64
+      |> Enum.map(fn n ->
+        Task.async(fn ->
+          SessionContext.with_session([session_id: session_id], fn ->
+            for _ <- 1..20,
+                do: {:ok, nil} = Snakeport.method(counter, "update", [["k#{rem(n, 4)}"]])
+          end)
+        end)
+      end)
+      |> Task.await_many(60_000)
+
+      assert {:ok, counts} = Snakeport.call("builtins", "dict", [counter], session: session_id)
+      assert counts == %{"k0" => 320, "k1" => 320, "k2" => 320, "k3" => 320}
+    end
+  end
+
+  defp box_in(session_id) do
+    SessionContext.with_session([session_id: session_id], fn ->
+      Snakeport.call!(@mod, "Box", [1])
+    end)
+  end
+end
