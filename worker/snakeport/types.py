@@ -180,7 +180,9 @@ class ErlMap(Mapping[Any, Any]):
     :func:`term_key`: ``m[1]`` and ``m[1.0]`` find different pairs, ``m["a"]`` finds the
     binary key and ``m[Atom("a")]`` the atom key. Iteration yields keys in pair order;
     ``items()``/``values()`` follow the pairs. Equality with another ``ErlMap`` or a ``dict``
-    ignores order (keys compared exactly, values with ``==``). Hashable (by its keys).
+    is equality of Erlang maps: pair order is ignored, keys and values are compared exactly
+    by :func:`term_key` (so ``"a"`` equals ``b"a"``, ``1`` differs from ``1.0``). Hashable
+    (by its keys).
     """
 
     __slots__ = ("_pairs", "_index")
@@ -267,7 +269,7 @@ class ErlMap(Mapping[Any, Any]):
             if key not in theirs:
                 return False
             other_value = theirs[key]
-            if not (other_value is value or other_value == value):
+            if not (other_value is value or term_key(other_value) == term_key(value)):
                 return False
         return True
 

@@ -1,0 +1,346 @@
+"""Term types, the worker's hooks (default, tagged), decode_head and encoder conveniences."""
+
+from __future__ import annotations
+
+import copy
+import enum
+import pickle
+from collections import OrderedDict, namedtuple
+from typing import Any
+
+import pytest
+
+from snakeport import _etf_tags as T
+from snakeport.errors import DecodeError, EncodeError
+from snakeport.etf import Decoder, Encoder, decode, decode_head, encode
+from snakeport.types import (
+    Atom,
+    BitBinary,
+    ErlMap,
+    Export,
+    ImproperList,
+    LocalTerm,
+    Pid,
+    Port,
+    Reference,
+    term_key,
+)
+
+# -- Atom ---------------------------------------------------------------------------------
+
+
+def test_atoms_compare_like_their_names_but_keep_their_type() -> None:
+    ok = decode(encode(Atom("ok")))
+    assert type(ok) is Atom and ok == "ok" and hash(ok) == hash("ok")
+    assert {"ok": 1}[ok] == 1 and repr(ok) == "Atom('ok')"
+    # ... which never confuses the codec: the type decides the encoding.
+    assert encode(Atom("ok")) != encode("ok")
+    assert type(decode(encode("ok"))) is str
+    assert decode(encode(Atom("undefined"))) == Atom("undefined")
+    assert decode(encode([Atom("true"), Atom("false"), Atom("nil")])) == [True, False, None]
+
+
+def test_a_map_with_an_atom_and_a_binary_of_the_same_name(erl: Any) -> None:
+    data = erl.term('#{a => atom, <<"a">> => binary}')
+    value = decode(data)
+    assert isinstance(value, ErlMap) and len(value) == 2
+    assert value[Atom("a")] == "atom" and value["a"] == "binary" and value[b"a"] == "binary"
+    assert erl.equal(encode(value), data)
+
+
+# -- ErlMap -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [(1, "int"), (1.0, "float")],
+        [(1, "int"), (True, "atom")],
+        [(0.0, "plus"), (-0.0, "minus")],  # distinct keys since OTP 27
+        [([1, 2], "list"), ({Atom("k"): 1}, "map"), ((1, [2]), "tuple with a list")],
+        [(ErlMap([(1, 2), (1.0, 3)]), "an ErlMap key is hashable"), ((1,), "so this is a dict")],
+    ],
+)
+def test_maps_python_cannot_hold_decode_to_erlmap_and_encode_back(pairs: list[tuple[Any, Any]]) -> None:
+    erl_map = ErlMap(pairs)
+    data = encode(erl_map)
+    value = decode(data)
+    assert value == erl_map
+    assert type(value) is (dict if pairs[0][1].startswith("an ErlMap key") else ErlMap)
+    assert encode(value) == data
+    for key, expected in pairs:
+        assert value[key] == expected and key in value and value.get(key) == expected
+
+
+def test_erlmap_is_a_read_only_ordered_mapping() -> None:
+    m = ErlMap([(1, "a"), (1.0, "b"), ([2], "c")])
+    assert list(m) == [1, 1.0, [2]] and len(m) == 3
+    assert list(m.items()) == [(1, "a"), (1.0, "b"), ([2], "c")]
+    assert list(m.values()) == ["a", "b", "c"]
+    assert m[1] == "a" and m[1.0] == "b" and m[[2]] == "c"
+    assert 2 not in m and m.get(2) is None and True not in m
+    with pytest.raises(KeyError):
+        m[3]
+    with pytest.raises(AttributeError):
+        m.pairs = ()  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        m[5] = 1  # type: ignore[index]
+    # Equality ignores order and compares keys and values as Erlang terms.
+    assert m == ErlMap([([2], "c"), (1.0, "b"), (1, b"a")])
+    assert m != ErlMap([(1, "a"), (1.0, "b")])
+    assert ErlMap([(1, "a")]) == {1: "a"} and ErlMap([(1, "a")]) != {1.0: "a"}
+    assert hash(m) == hash(ErlMap(reversed(m.pairs)))
+    assert {m: 1}[ErlMap(m.pairs)] == 1
+    assert pickle.loads(pickle.dumps(m)) == m and copy.deepcopy(m) == m
+    assert repr(ErlMap([(1, 2)])) == "ErlMap([(1, 2)])"
+    with pytest.raises(ValueError):
+        ErlMap([(1, 2, 3)])  # type: ignore[list-item]
+
+
+def test_term_key_tells_erlang_terms_apart() -> None:
+    assert term_key(1) != term_key(1.0) != term_key(True)
+    assert term_key(0.0) != term_key(-0.0)
+    assert term_key("a") == term_key(b"a") == term_key(bytearray(b"a")) != term_key(Atom("a"))
+    assert term_key(True) == term_key(Atom("true")) and term_key(None) == term_key(Atom("nil"))
+    assert term_key(float("inf")) == term_key(Atom("infinity"))
+    assert term_key({1: 2, 3: 4}) == term_key(ErlMap([(3, 4), (1, 2)]))
+    assert term_key([1]) != term_key((1,))
+
+
+# -- ImproperList -------------------------------------------------------------------------
+
+
+def test_improper_lists(erl: Any) -> None:
+    value = decode(erl.term("[1, 2 | three]"))
+    assert value == ImproperList([1, 2], Atom("three"))
+    assert value.elements == (1, 2) and value.tail == "three"
+    assert hash(value) == hash(ImproperList((1, 2), Atom("three")))
+    assert repr(value) == "ImproperList([1, 2], Atom('three'))"
+    assert ImproperList([1], ImproperList([2], 3)) == ImproperList([1, 2], 3)
+    for bad_tail in ([], [1]):
+        with pytest.raises(ValueError):
+            ImproperList([1], bad_tail)
+    with pytest.raises(ValueError):
+        ImproperList([], 1)
+    with pytest.raises(AttributeError):
+        value.tail = 1  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(value)) == value
+    # A list whose tail is itself a list (forged bytes) is the proper list the VM sees.
+    data = bytes((131, T.LIST_EXT, 0, 0, 0, 1, T.SMALL_INTEGER_EXT, 1, T.STRING_EXT, 0, 1, 2))
+    assert decode(data) == [1, 2] and erl.equal_expr(data, "[1, 2]")
+
+
+# -- opaque terms -------------------------------------------------------------------------
+
+
+def test_opaque_terms_are_immutable_hashable_values(erl: Any) -> None:
+    values = [decode(erl.term(e)) for e in ("self()", "make_ref()", "hd(erlang:ports())", "fun() -> ok end")]
+    values += [BitBinary(b"\x80", 1), Export("m", "f", 0), LocalTerm(b"y\x00")]
+    for value in values:
+        with pytest.raises(AttributeError):
+            value.node = "x"
+        assert value == copy.copy(value) == pickle.loads(pickle.dumps(value))
+        assert len({value, copy.deepcopy(value)}) == 1
+        assert repr(value).startswith(type(value).__name__)
+    assert len(set(values)) == len(values)
+
+
+def test_opaque_constructors_make_terms_the_vm_accepts(erl: Any) -> None:
+    cases = [
+        (Pid("nonode@nohost", 9, 0, 0), 'list_to_pid("<0.9.0>")'),
+        (Export("lists", "map", 2), "fun lists:map/2"),
+        (BitBinary(b"\x20", 3), "<<1:3>>"),
+    ]
+    for value, expression in cases:
+        assert erl.equal_expr(encode(value), expression), value
+    for value in (Port("other@host", 3, 1), Port("other@host", 2**40, 1), Reference("other@host", 1, [1, 2, 3])):
+        assert erl.accepts(encode(value)), value
+        assert decode(erl.roundtrip(encode(value))) == value
+    with pytest.raises(ValueError):
+        Pid("n", -1, 0, 0)
+    with pytest.raises(ValueError):
+        Reference("n", 0, [])
+    with pytest.raises(ValueError):
+        BitBinary(b"\x00", 0)
+    with pytest.raises(TypeError):
+        LocalTerm("text")  # type: ignore[arg-type]
+
+
+# -- encoder conveniences -----------------------------------------------------------------
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Name(str):
+    pass
+
+
+class Ratio(float):
+    pass
+
+
+def test_subclasses_encode_as_their_base_types(erl: Any) -> None:
+    Point = namedtuple("Point", "x y")
+    value = [Point(1, 2), Color.RED, Name("n"), Ratio(0.5), OrderedDict(a=1), bytearray(b"b")]
+    data = encode(value)
+    assert erl.equal_expr(data, '[{1, 2}, 1, <<"n">>, 0.5, #{<<"a">> => 1}, <<"b">>]')
+    assert decode(data) == [(1, 2), 1, "n", 0.5, {"a": 1}, "b"]
+
+
+def test_special_floats_become_atoms(erl: Any) -> None:
+    data = encode([float("inf"), float("-inf"), float("nan")])
+    assert erl.equal_expr(data, "[infinity, neg_infinity, nan]")
+    assert decode(data) == [Atom("infinity"), Atom("neg_infinity"), Atom("nan")]
+
+
+def test_strings_that_are_not_utf8_encodable() -> None:
+    for value in ("\ud800", ["ok", "x\udfff"], Atom("\ud800")):
+        with pytest.raises(EncodeError) as info:
+            encode(value)
+        assert "\ud800" in info.value.value or "x\udfff" in info.value.value
+
+
+# -- the default hook ---------------------------------------------------------------------
+
+
+class Opaque:
+    pass
+
+
+def test_unknown_objects_raise_encode_error_without_default() -> None:
+    obj = Opaque()
+    with pytest.raises(EncodeError) as info:
+        encode({"k": [obj]})
+    assert info.value.value is obj
+    for value in ({1, 2}, frozenset(), object(), 1j):
+        with pytest.raises(EncodeError):
+            encode(value)
+
+
+def test_default_replaces_unknown_objects(erl: Any) -> None:
+    seen: list[Any] = []
+
+    def default(obj: Any) -> Any:
+        seen.append(obj)
+        if isinstance(obj, (set, frozenset)):
+            return (Atom("$snakeport_set"), sorted(obj))
+        return (Atom("$snakeport_ref"), "s1", len(seen), f"{type(obj).__module__}.{type(obj).__qualname__}")
+
+    obj = Opaque()
+    data = encode({"a": {3, 1, 2}, "b": [obj, Opaque()]}, default=default)
+    assert erl.equal_expr(
+        data,
+        "#{<<\"a\">> => {'$snakeport_set', [1, 2, 3]}, <<\"b\">> => ["
+        "{'$snakeport_ref', <<\"s1\">>, 2, <<\"test_etf_types.Opaque\">>}, "
+        "{'$snakeport_ref', <<\"s1\">>, 3, <<\"test_etf_types.Opaque\">>}]}",
+    )
+    assert seen[1] is obj
+    assert Encoder(default=default).encode({1}) == encode((Atom("$snakeport_set"), [1]))
+
+
+def test_default_chains_are_bounded_and_errors_propagate() -> None:
+    calls = []
+
+    def stubborn(obj: Any) -> Any:
+        calls.append(obj)
+        return Opaque()
+
+    with pytest.raises(EncodeError, match="default"):
+        encode(Opaque(), default=stubborn)
+    assert 1 < len(calls) <= 32
+    replies = iter([Opaque(), Opaque(), 7])  # default is asked again until it gives data
+    assert encode(Opaque(), default=lambda obj: next(replies)) == encode(7)
+
+    def broken(obj: Any) -> Any:
+        raise KeyError("from the hook")
+
+    with pytest.raises(KeyError, match="from the hook"):
+        encode([Opaque()], default=broken)
+
+
+# -- the tagged hook ----------------------------------------------------------------------
+
+
+def test_tagged_tuples_are_replaced(erl: Any) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def tagged(t: tuple[Any, ...]) -> Any:
+        seen.append(t)
+        if t[0] == "$snakeport_bytes":
+            return t[1].encode() if isinstance(t[1], str) else t[1]
+        if t[0] == "$snakeport_set":
+            return frozenset(t[1])
+        return ("resolved", t[2])
+
+    data = erl.term(
+        "{call, 1, [{'$snakeport_bytes', <<\"abc\">>}, {'$snakeport_set', [1, 2]}],"
+        " #{{'$snakeport_ref', <<\"s\">>, 7, <<\"t\">>} => {'$snakeport_ref', <<\"s\">>, 8, <<\"t\">>}},"
+        " {<<\"$snakeport_not_an_atom\">>}, {'$snakeport_bytes', {'$snakeport_set', []}}}"
+    )
+    value = decode(data, tagged=tagged)
+    assert value[2] == [b"abc", frozenset({1, 2})]
+    assert value[3] == {("resolved", 7): ("resolved", 8)}
+    assert value[4] == ("$snakeport_not_an_atom",)
+    assert value[5] == frozenset()  # inner tuples first, then the outer one
+    assert len(seen) == 6
+    assert Decoder(tagged=tagged).decode(data) == value
+    # Without the hook, the tuples stay as they are.
+    assert decode(data)[2][0] == (Atom("$snakeport_bytes"), "abc")
+
+
+def test_tagged_is_not_called_without_the_prefix() -> None:
+    def tagged(t: tuple[Any, ...]) -> Any:
+        raise AssertionError("called")
+
+    assert decode(encode((Atom("snakeport_x"), (Atom("call"), 1))), tagged=tagged) == ("snakeport_x", ("call", 1))
+    compressed = encode([(Atom("$snakeport_set"), [])] * 50, compressed=9)
+    assert compressed[1] == T.COMPRESSED
+    with pytest.raises(AssertionError, match="called"):
+        decode(compressed, tagged=tagged)
+
+
+def test_tagged_errors_propagate_unchanged() -> None:
+    def tagged(t: tuple[Any, ...]) -> Any:
+        raise IndexError("hook bug")
+
+    with pytest.raises(IndexError, match="hook bug"):
+        decode(encode((Atom("$snakeport_ref"), "s", 1, "t")), tagged=tagged)
+
+
+# -- decode_head --------------------------------------------------------------------------
+
+
+def test_decode_head_reads_the_first_elements_of_a_damaged_frame() -> None:
+    frame = encode((Atom("call"), 42, "session", "mod", "fun", list(range(1000)), {}, {}))
+    assert decode_head(frame, 2) == (Atom("call"), 42)
+    assert decode_head(frame, 0) == ()
+    assert decode_head(frame, 8) == decode(frame)
+    assert Decoder().decode_head(frame, 3) == (Atom("call"), 42, "session")
+    truncated = frame[:60]
+    with pytest.raises(DecodeError):
+        decode(truncated)
+    assert decode_head(truncated, 4) == (Atom("call"), 42, "session", "mod")
+    with pytest.raises(DecodeError):
+        decode_head(truncated, 6)  # the sixth element is cut off
+    garbage = frame[:30] + b"\xee" * 10
+    assert decode_head(garbage, 2) == (Atom("call"), 42)
+    big = encode((Atom("call"), 7, "x" * 100_000), compressed=1)
+    assert big[1] == T.COMPRESSED and decode_head(big[:40], 2) == (Atom("call"), 7)
+    large_tuple = encode(tuple(range(300)))
+    assert decode_head(large_tuple[:20], 3) == (0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x83", b"\x83a\x01", encode([1, 2]), encode((1,)), b"\x84h\x02a\x01a\x02", b"\x83h\x02\xee"],
+)
+def test_decode_head_raises_decode_error_when_it_cannot(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_head(data, 2)
+
+
+def test_decode_head_count_is_validated() -> None:
+    with pytest.raises(ValueError):
+        decode_head(encode((1,)), -1)
