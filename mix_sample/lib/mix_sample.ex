@@ -111,6 +111,7 @@ defmodule MixSample do
     show("  model.predict(#{inspect(@xs)})", prediction)
 
     show("session_info refs", session_refs(session_id))
+    show("session_info owners (A and B)", Snakeport.session_info!(session_id).owners)
     show("sample_model.load_count()", Snakeport.call!("sample_model", "load_count", []))
     line("  -> the expensive fit ran once; the module-level cache lives as long as the worker")
 
@@ -138,7 +139,7 @@ defmodule MixSample do
     line("with_session/1 (generated id #{inspect(session_id)}) loaded two models")
     show("session_info refs", session_refs(session_id))
     show("release_session(#{inspect(session_id)})", Snakeport.release_session(session_id))
-    show("session_info after release_session", session_refs(session_id))
+    show("session_info refs after release_session", session_refs(session_id))
     show("m1.predict after release_session", Snakeport.method(m1, "predict", [@xs]) |> brief())
     show("m2.describe after release_session", Snakeport.method(m2, "describe", []) |> brief())
   end

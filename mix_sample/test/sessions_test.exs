@@ -180,6 +180,27 @@ defmodule MixSample.SessionsTest do
       assert_released_in_python(session_id)
     end
 
+    test "if every owner exits before B adopts the session, B's use fails with :ref_released" do
+      session_id = shared_id()
+      {a, ref} = start_owner(fn -> load_in(session_id) end)
+      stop_and_wait(a)
+      assert_released_in_python(session_id)
+
+      # B adopts the id: that is a new, empty session; A's model is gone.
+      {b, result} =
+        start_owner(fn ->
+          SessionContext.with_session([session_id: session_id], fn ->
+            Snakeport.method(ref, "predict", [@xs])
+          end)
+        end)
+
+      assert {:error,
+              %Snakeport.Error{reason: :ref_released, details: %{cause: :session_released}}} =
+               result
+
+      stop_and_wait(b)
+    end
+
     test "a ref of one session is rejected in another session" do
       {owner, ref} = start_owner(fn -> load_in(shared_id()) end)
 
