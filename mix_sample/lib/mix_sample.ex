@@ -113,7 +113,10 @@ defmodule MixSample do
     show("session_info refs", session_refs(session_id))
     show("session_info owners (A and B)", Snakeport.session_info!(session_id).owners)
     show("sample_model.load_count()", Snakeport.call!("sample_model", "load_count", []))
-    line("  -> the expensive fit ran once; the module-level cache lives as long as the worker")
+
+    line(
+      "  -> the expensive fit ran once in this worker; its module-level cache lives as long as the worker"
+    )
 
     %{session_id: session_id, a: a, b: b, ref: ref}
   end
@@ -207,7 +210,7 @@ defmodule MixSample do
   # asynchronous message): poll the worker's own ref count, with a deadline.
   defp show_python_refs do
     case wait_python_refs(0) do
-      {:ok, 0, ms} -> show("  Python: refs held by the worker (#{ms} ms)", 0)
+      {:ok, 0, ms} -> show("  Python: refs held by the worker(s) (#{ms} ms)", 0)
       {:timeout, n} -> raise "the worker still holds #{inspect(n)} refs"
     end
   end
@@ -228,18 +231,8 @@ defmodule MixSample do
     end
   end
 
-  @doc "Total refs held by the worker(s), from `Snakeport.stats/0`."
-  def total_refs do
-    case Snakeport.stats() do
-      {:ok, %{refs: n}} when is_integer(n) -> n
-      {:ok, %{workers: workers}} when is_list(workers) -> sum_refs(workers)
-      {:ok, workers} when is_list(workers) -> sum_refs(workers)
-      %{refs: n} when is_integer(n) -> n
-      other -> raise "unexpected Snakeport.stats() result: #{inspect(other)}"
-    end
-  end
-
-  defp sum_refs(workers), do: workers |> Enum.map(&Map.fetch!(&1, :refs)) |> Enum.sum()
+  @doc "Total refs held in Python by all workers (the workers' own count, via `Snakeport.stats/0`)."
+  def total_refs, do: Snakeport.stats!().refs
 
   @doc """
   Polls (bounded) until the worker(s) hold exactly `expected` refs in all.
