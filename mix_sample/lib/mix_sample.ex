@@ -114,9 +114,7 @@ defmodule MixSample do
     show("session_info owners (A and B)", Snakeport.session_info!(session_id).owners)
     show("sample_model.load_count()", Snakeport.call!("sample_model", "load_count", []))
 
-    line(
-      "  -> the expensive fit ran once in this worker; its module-level cache lives as long as the worker"
-    )
+    line("  -> the fit ran once in this worker: module-level caches live as long as the worker")
 
     %{session_id: session_id, a: a, b: b, ref: ref}
   end
