@@ -15,8 +15,9 @@ defmodule Snakeport.Sessions do
   #   monitors the workers it pinned sessions to; when one dies its sessions are marked
   #   lost (their refs died with the Python process).
   #
-  # Callers cache "I already own this session" in their process dictionary as the
-  # session's `token`, so that steady-state calls never message this process.
+  # A second public ETS table holds one `{{session_id, pid}}` row per owner, so that a
+  # caller can check "I already own this session" with one lookup: steady-state calls
+  # never message this process.
 
   use GenServer
   require Logger
@@ -24,7 +25,7 @@ defmodule Snakeport.Sessions do
   alias Snakeport.{Error, Pool, Protocol, SessionContext, Telemetry, Worker}
 
   @table __MODULE__
-  @owner_key :"$snakeport_owner"
+  @owners Snakeport.Sessions.Owners
   @auto_key :"$snakeport_auto_session"
   # A caller refreshes last_access at most this often (ms): keeps hot calls write-free.
   @touch_granularity 100
@@ -32,7 +33,6 @@ defmodule Snakeport.Sessions do
 
   @type info :: %{
           id: String.t(),
-          token: reference(),
           worker: Worker.entry(),
           index: non_neg_integer(),
           pid: pid(),
@@ -97,7 +97,7 @@ defmodule Snakeport.Sessions do
     case :ets.lookup(@table, id) do
       [{^id, info, last, lost, _ttl}] ->
         cond do
-          Process.get({@owner_key, id}) !== info.token -> adopt(id, limits, create)
+          not :ets.member(@owners, {id, self()}) -> adopt(id, limits, create)
           lost -> {:error, lost_error(info)}
           true -> touch(id, last) && {:ok, info}
         end
@@ -118,8 +118,6 @@ defmodule Snakeport.Sessions do
   defp adopt(id, limits, create) do
     case GenServer.call(__MODULE__, {:adopt, id, self(), limits, create}, @call_timeout) do
       {:ok, info, lost, created} ->
-        Process.put({@owner_key, id}, info.token)
-
         if created do
           # Sent by the caller, before its own request: the worker sees them in this order.
           opts = %{max_refs: info.max_refs, ttl_seconds: info.ttl_seconds, tags: info.tags}
@@ -211,6 +209,14 @@ defmodule Snakeport.Sessions do
       write_concurrency: true
     ])
 
+    :ets.new(@owners, [
+      :named_table,
+      :public,
+      :set,
+      read_concurrency: true,
+      write_concurrency: true
+    ])
+
     store = config.session_store
     schedule_sweep(store.cleanup_interval)
     {:ok, %{store: store, owners: %{}, monitors: %{}, workers: %{}}}
@@ -268,6 +274,7 @@ defmodule Snakeport.Sessions do
     case Map.pop(state.monitors, mref) do
       {{:owner, id, pid}, monitors} ->
         state = %{state | monitors: monitors}
+        :ets.delete(@owners, {id, pid})
         owners = state.owners |> Map.get(id, %{}) |> Map.delete(pid)
 
         if map_size(owners) == 0 do
@@ -336,7 +343,6 @@ defmodule Snakeport.Sessions do
 
         info = %{
           id: id,
-          token: make_ref(),
           worker: entry,
           index: entry.index,
           pid: entry.pid,
@@ -414,6 +420,7 @@ defmodule Snakeport.Sessions do
       state
     else
       mref = Process.monitor(pid)
+      :ets.insert(@owners, {{id, pid}})
 
       %{
         state
@@ -459,8 +466,9 @@ defmodule Snakeport.Sessions do
         # Demonitor with :flush: a :DOWN already queued for these owners is discarded, so it
         # cannot later be taken for an owner of a new session with the same id.
         monitors =
-          Enum.reduce(owners, state.monitors, fn {_pid, mref}, acc ->
+          Enum.reduce(owners, state.monitors, fn {pid, mref}, acc ->
             Process.demonitor(mref, [:flush])
+            :ets.delete(@owners, {id, pid})
             Map.delete(acc, mref)
           end)
 

@@ -218,11 +218,17 @@ defmodule Snakeport.Worker do
           other ->
             close(port)
 
+            what =
+              case other do
+                :error -> "names atoms this harness does not know, or is not valid ETF"
+                {:ok, term} -> "is #{inspect(term, limit: 10)}"
+              end
+
             {:error,
              Error.new(
                :worker_start_failed,
-               "protocol error: the first frame of `#{config.python} -m snakeport` is not a " <>
-                 "{snakeport_ready, Version, Info} frame (decoded: #{inspect(other, limit: 10)}). " <>
+               "protocol error: the first frame of `#{config.python} -m snakeport` should be " <>
+                 "{snakeport_ready, Version, Info} but #{what}. " <>
                  "Install a worker matching this harness (#{Options.install_hint(config.python)})."
              )}
         end
