@@ -19,6 +19,7 @@ import ctypes
 import importlib
 import os
 import platform
+import sys
 import threading
 import time
 import traceback
@@ -125,6 +126,7 @@ _DATA: frozenset[type] = frozenset(
 _issuperset = _DATA.issuperset
 
 _THIS_FILE = __file__
+_modules = sys.modules
 
 # Job states.
 _QUEUED, _RUNNING, _DONE, _CANCELLED = 0, 1, 2, 3
@@ -441,6 +443,9 @@ def _arity(term: tuple, n: int) -> None:
 
 
 def _import(module: str) -> Any:
+    found = _modules.get(module)
+    if found is not None and not getattr(getattr(found, "__spec__", None), "_initializing", False):
+        return found  # fast path: imported already and fully initialised
     try:
         return importlib.import_module(module)
     except BaseException as exc:  # noqa: BLE001 - any failure of the import is import_error
@@ -533,6 +538,7 @@ class Dispatcher:
         # Lock for job states and the in-flight table; its condition signals "a job ended".
         self._jlock = threading.Lock()
         self._job_done = threading.Condition(self._jlock)
+        self._idle_waiters = 0
         self._jobs: dict[int, Job] = {}
         self._handlers: dict[Atom, Callable[[tuple, int, TagContext | None], Outcome]] = {
             Atom("call"): self._op_call,
@@ -668,7 +674,11 @@ class Dispatcher:
             Whether the worker became idle in time.
         """
         with self._job_done:
-            return self._job_done.wait_for(lambda: not self._jobs, timeout)
+            self._idle_waiters += 1
+            try:
+                return self._job_done.wait_for(lambda: not self._jobs, timeout)
+            finally:
+                self._idle_waiters -= 1
 
     @property
     def in_flight(self) -> int:
@@ -914,7 +924,8 @@ class Dispatcher:
         if job.state == _QUEUED:
             job.state = _CANCELLED
             self._jobs.pop(job.request_id, None)
-            self._job_done.notify_all()
+            if self._idle_waiters:
+                self._job_done.notify_all()
             return True
         if job.state == _RUNNING and not job.cancel_sent:
             job.cancel_sent = True
@@ -930,7 +941,8 @@ class Dispatcher:
                         job.state = _DONE
                         if self._jobs.get(job.request_id) is job:
                             del self._jobs[job.request_id]
-                        self._job_done.notify_all()
+                        if self._idle_waiters:
+                            self._job_done.notify_all()
                     if job.cancel_sent:
                         # No new exception can be set now (state is DONE); drop a pending one.
                         self._interrupt(job.thread, None)

@@ -5,9 +5,17 @@ in :mod:`snakeport._dispatch` and framing in :mod:`snakeport._framing`.
 
 Threads:
 
-- the main thread reads frames (:meth:`Server.serve`), answers control requests at once and
-  hands Python operations to the executor;
-- ``--threads`` executor threads run calls (``ThreadPoolExecutor``);
+- two *loop threads* (the main thread and one more) share the frame-reading role; the one
+  that holds it reads frames, answers control requests at once, and runs a Python operation
+  itself ("inline") when no other call is executing, which saves a thread hand-off (tens of
+  microseconds) per call. The other one stands by: when it sees the reader busy in the same
+  inline call for ``_TAKEOVER_POLL`` seconds, it takes the reading role over, so control
+  requests are still answered within a few milliseconds during a long call. The reader that
+  lost the role finishes its call and becomes the stand-by;
+- with ``--threads N`` > 1, a ``ThreadPoolExecutor`` of N threads runs the calls that cannot
+  run inline (another call is executing, or more frames are already buffered). At most N
+  calls execute at once; the rest wait in arrival order and are started by the thread whose
+  call ends;
 - a sweep thread prunes refs past their TTL every ``--sweep-interval`` seconds;
 - a watchdog thread ends the process when the parent process dies.
 
@@ -23,18 +31,20 @@ import io
 import logging
 import os
 import stat
+import struct
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from snakeport import etf
 from snakeport._dispatch import Dispatcher, Job, TagContext, error_reply, protocol_error_event
-from snakeport._framing import FrameSplitter, Oversized, encode_header
+from snakeport._framing import FrameSplitter, Oversized
 from snakeport._sessions import SessionTable
-from snakeport.errors import DecodeError
+from snakeport.errors import EncodeError
 
 __all__ = ["Config", "Server", "FrameWriter", "claim_stdio", "grow_pipe", "F_SETPIPE_SZ"]
 
@@ -42,6 +52,11 @@ log = logging.getLogger("snakeport")
 
 #: ``fcntl`` command that sets a pipe's capacity (Linux).
 F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+_pack_header = struct.Struct(">I").pack
+
+#: Largest payload a ``{packet, 4}`` frame can carry.
+_MAX_PACKET = 0xFFFFFFFF
 
 #: Capacity requested for the protocol pipes.
 PIPE_SIZE = 1 << 20
@@ -54,6 +69,13 @@ _WATCHDOG_INTERVAL = 0.2
 
 #: How long ``shutdown`` waits for cancelled calls to reply before exiting (seconds).
 _SHUTDOWN_GRACE = 2.0
+
+#: The stand-by loop thread looks at the reader this often (seconds); a call running inline
+#: for this long gets the reading role taken over.
+_TAKEOVER_POLL = 0.002
+
+#: After this many looks without an inline call, the stand-by sleeps until woken.
+_STANDBY_DEEP_AFTER = 100
 
 
 @dataclass(frozen=True)
@@ -172,8 +194,21 @@ class FrameWriter:
         """
         bufs = []
         for payload in payloads:
-            bufs.append(encode_header(len(payload)))
+            bufs.append(_pack_header(len(payload)))
             bufs.append(payload)
+        if self._write_lock.acquire(False):
+            # Fast path: nobody is writing; send what others queued, then ours, at once.
+            try:
+                if self._queue:
+                    with self._queue_lock:
+                        bufs[:0] = self._queue
+                        self._queue = []
+                self._writev(bufs)
+            finally:
+                self._write_lock.release()
+            if self._queue:
+                self._drain(blocking=False)
+            return
         with self._queue_lock:
             self._queue.extend(bufs)
         self._drain(blocking=False)
@@ -249,17 +284,28 @@ class Server:
             max_frame_bytes=config.max_frame_bytes,
             threads=config.threads,
         )
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.threads, thread_name_prefix="snakeport-call"
+        self._threads = config.threads
+        self._pool = (
+            ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="snakeport-call")
+            if config.threads > 1
+            else None
         )
+        self._splitter = FrameSplitter(max_frame_bytes=config.max_frame_bytes)
         self._stop = threading.Event()
         self._parent = os.getppid()
-        # Jobs handed to the executor whose frames are not sent yet (for shutdown).
-        self._active = 0
-        self._active_cv = threading.Condition()
         self._default = self.dispatcher.encode_default
         self._max_depth = config.max_depth
         self._max_size = config.max_frame_bytes
+        # Scheduling state, guarded by _sched (see the module docstring).
+        self._sched = threading.Condition()
+        self._reader = 0  # ident of the loop thread that holds the reading role
+        self._inline_seq = 0  # bumped each time the reader starts a call inline
+        self._inline_active = False
+        self._standby_deep = False
+        self._running = 0  # calls executing (inline or on the pool)
+        self._pending: deque[Job] = deque()  # calls waiting for a free slot, in order
+        self._draining = False  # set by shutdown: job ends notify _drained
+        self._drained = threading.Condition(self._sched)
 
     # ------------------------------------------------------------------ output
 
@@ -277,7 +323,10 @@ class Server:
         payloads = []
         for term in terms:
             try:
-                payloads.append(encode(term, default=default))
+                payload = encode(term, default=default)
+                if len(payload) > _MAX_PACKET:
+                    raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
+                payloads.append(payload)
             except Exception as exc:  # noqa: BLE001 - EncodeError, RecursionError, ...
                 replacement = self._unencodable(term, exc)
                 if replacement is not None:
@@ -299,12 +348,72 @@ class Server:
         self.send([self.dispatcher.ready_term()])
         threading.Thread(target=self._sweep_loop, name="snakeport-sweep", daemon=True).start()
         threading.Thread(target=self._watchdog, name="snakeport-watchdog", daemon=True).start()
-        splitter = FrameSplitter(max_frame_bytes=self.config.max_frame_bytes)
+        self._reader = threading.get_ident()
+        threading.Thread(target=self._loop, name="snakeport-loop", daemon=True).start()
+        self._loop()
+        raise AssertionError("unreachable")  # pragma: no cover - _loop never returns
+
+    def _loop(self) -> NoReturn:
+        """A loop thread: read frames while holding the reading role, else stand by."""
+        me = threading.get_ident()
+        while True:
+            if self._reader == me:
+                self._read_frames()
+            else:
+                self._standby(me)
+
+    def _standby(self, me: int) -> None:
+        """Wait until the reader is stuck in an inline call, then take the reading role."""
+        seen = -1
+        idle = 0
+        with self._sched:
+            while True:
+                if self._inline_active:
+                    seq = self._inline_seq
+                    if seq == seen:  # the same call has run for a whole poll: take over
+                        self._reader = me
+                        return
+                    seen = seq
+                    idle = 0
+                else:
+                    seen = -1
+                    idle += 1
+                if idle > _STANDBY_DEEP_AFTER:
+                    self._standby_deep = True
+                    self._sched.wait()
+                    self._standby_deep = False
+                    idle = 0
+                else:
+                    self._sched.wait(_TAKEOVER_POLL)
+
+    def _read_frames(self) -> None:
+        """Read and handle frames while this thread holds the reading role.
+
+        Returns when the role was taken over during an inline call.
+        """
+        me = threading.get_ident()
+        splitter = self._splitter
         readv = os.readv
         fd = self._in_fd
         handle = self._handle
         dispatcher = self.dispatcher
         while True:
+            out: list = []
+            while True:
+                event = splitter.next_event()
+                if event is None:
+                    break
+                job = handle(event, out)
+                if job is not None and self._place(job):
+                    if out:
+                        self.send(out)
+                        out = []
+                    if not self._run_inline(job, me):
+                        return  # another loop thread reads now
+            if out:
+                self.send(out)
+            if dispatcher.shutting_down:
+                self._on_shutdown()
             buf = splitter.get_buffer()
             try:
                 n = readv(fd, [buf])
@@ -315,19 +424,9 @@ class Server:
             if not n:
                 self._on_eof(splitter.has_partial_frame)
             splitter.buffer_updated(n)
-            out: list = []
-            while True:
-                event = splitter.next_event()
-                if event is None:
-                    break
-                handle(event, out)
-            if out:
-                self.send(out)
-            if dispatcher.shutting_down:
-                self._on_shutdown(splitter)
 
-    def _handle(self, event: Any, out: list) -> None:
-        """Handle one frame; control replies are appended to ``out``, jobs submitted."""
+    def _handle(self, event: Any, out: list) -> Job | None:
+        """Handle one frame: control replies are appended to ``out``; a job is returned."""
         if type(event) is Oversized:
             self.dispatcher.requests += 1
             out.append(
@@ -337,28 +436,26 @@ class Server:
                     f"frame of {event.size} bytes exceeds the limit of {event.limit} bytes",
                 )
             )
-            return
+            return None
         ctx = TagContext()
         try:
             term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             self.dispatcher.requests += 1
             out.append(self._undecodable(event, "decode_error", f"invalid frame: {exc}"))
-            return
+            return None
         result = self.dispatcher.receive(term, ctx)
         if type(result) is list:
             out.extend(result)
-        else:
-            with self._active_cv:
-                self._active += 1
-            self._executor.submit(self._run, result)
+            return None
+        return result
 
     @staticmethod
     def _undecodable(data: Any, reason: str, message: str) -> tuple:
         """Error reply for ``{Op, Id, ...}`` read from a frame's first bytes, else an event."""
         try:
             head = etf.decode_head(data, 2)
-        except (DecodeError, Exception):  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - DecodeError or anything else: no id
             head = None
         if head is not None and len(head) == 2:
             request_id = head[1]
@@ -366,19 +463,65 @@ class Server:
                 return error_reply(request_id, reason, message)
         return protocol_error_event(reason, message)
 
+    # -------------------------------------------------------------- scheduling
+
+    def _place(self, job: Job) -> bool:
+        """Start, submit or queue a job; return True when the reader must run it inline."""
+        with self._sched:
+            if self._running >= self._threads or self._pending:
+                self._pending.append(job)
+                return False
+            self._running += 1
+            pool = self._pool
+            if pool is None or (self._running == 1 and not self._splitter.has_partial_frame):
+                self._inline_seq += 1
+                self._inline_active = True
+                if self._standby_deep:
+                    self._sched.notify_all()
+                return True
+        pool.submit(self._pool_task, job)
+        return False
+
+    def _run_inline(self, job: Job, me: int) -> bool:
+        """Run a job (and queued ones) on the reader; return whether it still reads."""
+        while True:
+            self._run(job)
+            with self._sched:
+                self._inline_active = False
+                next_job = self._job_ended_locked()
+                still_reader = self._reader == me
+                if next_job is not None and still_reader:
+                    self._inline_seq += 1
+                    self._inline_active = True
+            if next_job is None:
+                return still_reader
+            job = next_job
+
+    def _pool_task(self, job: Job | None) -> None:
+        """Executor task: run a job, then queued ones while there are any."""
+        while job is not None:
+            self._run(job)
+            with self._sched:
+                job = self._job_ended_locked()
+
+    def _job_ended_locked(self) -> Job | None:
+        """Account for an ended job (``_sched`` held); return the next queued job to run."""
+        if self._pending:
+            return self._pending.popleft()  # keeps the slot
+        self._running -= 1
+        if self._draining:
+            self._drained.notify_all()
+        return None
+
     def _run(self, job: Job) -> None:
-        """Executor task: run one job and send its frames."""
+        """Run one job on this thread and send its frames."""
         try:
             terms = self.dispatcher.run_job(job)
             if terms:
                 self.send(terms)
-        except BaseException:  # noqa: BLE001 - keep the executor thread alive
+        except Exception:  # noqa: BLE001 - keep the thread serving
             log.exception("request %s failed inside the worker", job.request_id)
             self.send([error_reply(job.request_id, "python_error", "internal worker error")])
-        finally:
-            with self._active_cv:
-                self._active -= 1
-                self._active_cv.notify_all()
 
     # ---------------------------------------------------------------- lifetime
 
@@ -390,11 +533,13 @@ class Server:
         self._writer.flush()
         _exit(0)
 
-    def _on_shutdown(self, splitter: FrameSplitter) -> NoReturn:
+    def _on_shutdown(self) -> NoReturn:
         log.info("shutdown requested; cancelling %d calls", self.dispatcher.in_flight)
+        with self._sched:
+            self._draining = True
         self.send(self.dispatcher.cancel_all())
-        with self._active_cv:
-            self._active_cv.wait_for(lambda: self._active == 0, _SHUTDOWN_GRACE)
+        with self._sched:
+            self._drained.wait_for(lambda: self._running == 0, _SHUTDOWN_GRACE)
         self._stop.set()
         self._writer.flush()
         _exit(0)
