@@ -352,3 +352,15 @@ def test_worker_exits_when_its_parent_dies() -> None:
         parent.stdout.close()
         for fd in (in_w, out_r, out_w):
             os.close(fd)
+
+
+def test_many_control_requests_during_a_gil_holding_call(worker, tmp_path) -> None:
+    flag = str(tmp_path / "running")
+    call = worker.request("call", "s1", "sp_testmod", "spin_flagged", [flag, 60], {}, {})
+    wait_running(flag)
+    for _ in range(20):
+        assert worker.ok("ping") == "pong"
+    assert worker.ok("stats")[A("in_flight")] == 1
+    assert call not in worker.replies
+    worker.ok("cancel", call)
+    assert reason(worker.wait(call)[3]) == "cancelled"

@@ -130,6 +130,11 @@ def claim_stdio() -> tuple[int, int]:
     _flush_stdio()
     in_fd = os.dup(0)
     out_fd = os.dup(1)
+    for fd in (in_fd, out_fd):  # the reader and the writer expect blocking I/O
+        try:
+            os.set_blocking(fd, True)
+        except OSError:  # pragma: no cover - not settable on this kind of fd
+            pass
     try:
         os.dup2(2, 1)
     except OSError:  # no stderr: send fd 1 to /dev/null instead
