@@ -35,7 +35,7 @@ defmodule Snakeport do
 
       {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
       {:ok, counter} = Snakeport.call("collections", "Counter", [["a", "b", "a"]], result: :ref)
-      {:ok, [["a", 2]]} = Snakeport.method(counter, "most_common", [1])
+      {:ok, [{"a", 2}]} = Snakeport.method(counter, "most_common", [1])
 
   Every function returns `{:ok, value}` or `{:error, %Snakeport.Error{}}`; the `!` variants
   return the value or raise the error. Python objects that cannot travel as data come back

@@ -274,10 +274,8 @@ defmodule Snakeport.Protocol do
 
   defp walk_out(%MapSet{} = set), do: {:"$snakeport_set", Enum.map(set, &walk_out/1)}
 
-  defp walk_out(%_{} = struct) do
-    # Other structs travel as maps (their :__struct__ key included).
-    struct |> Map.from_struct() |> Map.put(:__struct__, struct.__struct__) |> walk_out_map()
-  end
+  # Other structs travel as maps (their :__struct__ key included).
+  defp walk_out(%_{} = struct), do: walk_out_map(struct)
 
   defp walk_out(map) when is_map(map), do: walk_out_map(map)
   defp walk_out(list) when is_list(list), do: walk_out_list(list)
@@ -287,7 +285,9 @@ defmodule Snakeport.Protocol do
 
   defp walk_out(other), do: other
 
-  defp walk_out_map(map), do: Map.new(map, fn {k, v} -> {walk_out(k), walk_out(v)} end)
+  # :maps.fold, not Map.new/Enum: the map may be a struct (or carry a :__struct__ key).
+  defp walk_out_map(map),
+    do: :maps.fold(fn k, v, acc -> Map.put(acc, walk_out(k), walk_out(v)) end, %{}, map)
 
   defp walk_out_list([h | t]), do: [walk_out(h) | walk_out_list(t)]
   defp walk_out_list([]), do: []
@@ -299,7 +299,7 @@ defmodule Snakeport.Protocol do
   defp ref_session(%_{} = struct), do: struct |> Map.from_struct() |> ref_session()
 
   defp ref_session(map) when is_map(map),
-    do: Enum.find_value(map, fn {k, v} -> ref_session(k) || ref_session(v) end)
+    do: map |> :maps.to_list() |> Enum.find_value(fn {k, v} -> ref_session(k) || ref_session(v) end)
 
   defp ref_session([h | t]), do: ref_session(h) || ref_session(t)
   defp ref_session(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> ref_session()
@@ -326,7 +326,7 @@ defmodule Snakeport.Protocol do
   defp walk_in(list, w) when is_list(list), do: walk_in_list(list, w)
 
   defp walk_in(map, w) when is_map(map),
-    do: Map.new(map, fn {k, v} -> {walk_in(k, w), walk_in(v, w)} end)
+    do: :maps.fold(fn k, v, acc -> Map.put(acc, walk_in(k, w), walk_in(v, w)) end, %{}, map)
 
   defp walk_in(tuple, w) when is_tuple(tuple),
     do: tuple |> Tuple.to_list() |> Enum.map(&walk_in(&1, w)) |> List.to_tuple()

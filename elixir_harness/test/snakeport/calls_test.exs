@@ -35,7 +35,7 @@ defmodule Snakeport.CallsTest do
   end
 
   describe "values" do
-    test "Elixir <-> Python round trips" do
+    test "Elixir <-> Python round trips (structs travel as maps and come back as structs)" do
       values = [
         1,
         -5,
@@ -49,7 +49,12 @@ defmodule Snakeport.CallsTest do
         [1, [2, 3]],
         {1, "two", 3.0},
         %{"a" => 1, 2 => [3]},
-        %{atom_key: 1}
+        %{atom_key: 1},
+        [1 | 2],
+        ~c"chars",
+        self(),
+        make_ref(),
+        URI.parse("https://example.org/x")
       ]
 
       for value <- values do
