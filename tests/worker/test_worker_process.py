@@ -364,3 +364,14 @@ def test_many_control_requests_during_a_gil_holding_call(worker, tmp_path) -> No
     assert call not in worker.replies
     worker.ok("cancel", call)
     assert reason(worker.wait(call)[3]) == "cancelled"
+
+
+def test_calls_never_run_on_the_main_thread(worker, tmp_path) -> None:
+    assert worker.call("sp_testmod", "on_main_thread") is False
+    flag = str(tmp_path / "running")
+    call = worker.request("call", "s1", "sp_testmod", "spin_flagged", [flag, 60], {}, {})
+    wait_running(flag)
+    assert worker.ok("ping") == "pong"  # the stand-by thread reads now
+    worker.ok("cancel", call)
+    assert reason(worker.wait(call)[3]) == "cancelled"
+    assert worker.call("sp_testmod", "on_main_thread") is False

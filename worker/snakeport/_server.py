@@ -5,7 +5,7 @@ in :mod:`snakeport._dispatch` and framing in :mod:`snakeport._framing`.
 
 Threads:
 
-- two *loop threads* (the main thread and one more) share the frame-reading role; the one
+- two *loop threads* share the frame-reading role (the main thread only waits); the one
   that holds it reads frames, answers control requests at once, and runs a Python operation
   itself ("inline") when no other call is executing, which saves a thread hand-off (tens of
   microseconds) per call. The other one stands by: when it sees the reader busy in the same
@@ -353,14 +353,27 @@ class Server:
         self.send([self.dispatcher.ready_term()])
         threading.Thread(target=self._sweep_loop, name="snakeport-sweep", daemon=True).start()
         threading.Thread(target=self._watchdog, name="snakeport-watchdog", daemon=True).start()
-        self._reader = threading.get_ident()
-        threading.Thread(target=self._loop, name="snakeport-loop", daemon=True).start()
-        self._loop()
-        raise AssertionError("unreachable")  # pragma: no cover - _loop never returns
+        # Two loop threads share the reading role; the first one starts as the reader. Calls
+        # never run on the main thread (as with an executor), which only waits here: every
+        # exit goes through os._exit.
+        first = threading.Thread(target=self._loop, name="snakeport-loop-1", daemon=True)
+        with self._sched:
+            first.start()
+            self._reader = first.ident  # type: ignore[assignment]
+        threading.Thread(target=self._loop, name="snakeport-loop-2", daemon=True).start()
+        try:
+            while True:
+                self._stop.wait()
+                time.sleep(3600)  # pragma: no cover - _stop is set right before os._exit
+        except KeyboardInterrupt:
+            log.warning("interrupted (SIGINT); exiting")
+            _exit(130)
 
     def _loop(self) -> NoReturn:
         """A loop thread: read frames while holding the reading role, else stand by."""
         me = threading.get_ident()
+        with self._sched:  # serve() publishes the first reader under this lock
+            pass
         while True:
             if self._reader == me:
                 self._read_frames()

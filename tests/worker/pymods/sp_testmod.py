@@ -83,3 +83,9 @@ def spin_flagged(path, seconds=60.0):
     with open(path, "w") as f:
         f.write("running")
     return spin(seconds)
+
+
+def on_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
