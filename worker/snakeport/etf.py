@@ -128,9 +128,6 @@ _pack_big_hdr = struct.Struct(">BIB").pack
 
 _FLOAT_TEXT = re.compile(rb"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
-# Container kinds of the decoder's explicit stack.
-_ROOT, _TUPLE, _LIST, _LIST_TAIL, _MAP = range(5)
-
 #: Decoded atoms, keyed by their complete encoding (tag, length and text), so that a cache
 #: hit needs no bounds check: a truncated slice is never a complete valid key.
 _ATOMS: dict[bytes, Any] = {}
@@ -463,6 +460,7 @@ def _decode_term(
     _leaf: list[Any] = _LEAF_DECODERS,
     _atoms: dict[bytes, Any] = _ATOMS,
     _u32: Callable[..., tuple[int]] = _u32,
+    _i32: Callable[..., tuple[int]] = _i32,
     _f64: Callable[..., tuple[float]] = _f64,
     _Atom: type = Atom,
     _MISS: object = _MISS,
@@ -471,7 +469,8 @@ def _decode_term(
 
     Non-recursive: each open container is a frame ``(kind, items, remaining)`` on ``stack``;
     the current frame lives in local variables. The most frequent tags are decoded inline,
-    the other leaves through ``_LEAF_DECODERS``.
+    the other leaves through ``_LEAF_DECODERS``. Frame kinds are literal ints for speed:
+    0 root, 1 tuple, 2 list elements, 3 list tail, 4 map.
 
     Args:
         data: The buffer.
@@ -487,8 +486,7 @@ def _decode_term(
             converts them).
     """
     stack: list[tuple[int, list[Any], int]] = []
-    push = stack.append
-    kind = _ROOT
+    kind = 0
     items: list[Any] = []
     append = items.append
     remaining = 1
@@ -521,15 +519,18 @@ def _decode_term(
                 count = data[pos + 1]
                 pos += 2
                 if count:
-                    push((kind, items, remaining))
+                    stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 2)
-                    kind = _TUPLE
+                    kind = 1
                     items = []
                     append = items.append
                     remaining = count
                 else:
                     append(())
+            elif tag == 98:  # INTEGER_EXT
+                append(_i32(data, pos + 1)[0])
+                pos += 5
             elif tag == 70:  # NEW_FLOAT_EXT
                 value = _f64(data, pos + 1)[0]
                 if value - value != 0.0:
@@ -541,10 +542,10 @@ def _decode_term(
                 pos += 5
                 if count >= len(data) - pos:  # each element and the tail take >= 1 byte
                     _fail(f"LIST_EXT of {count} elements exceeds the data", data, pos - 5)
-                push((kind, items, remaining))
+                stack.append((kind, items, remaining))
                 if len(stack) > max_depth:
                     _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
-                kind = _LIST
+                kind = 2
                 items = []
                 append = items.append
                 remaining = count
@@ -557,10 +558,10 @@ def _decode_term(
                 if count:
                     if count > (len(data) - pos) // 2:
                         _fail(f"MAP_EXT of {count} pairs exceeds the data", data, pos - 5)
-                    push((kind, items, remaining))
+                    stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
-                    kind = _MAP
+                    kind = 4
                     items = []
                     append = items.append
                     remaining = 2 * count
@@ -572,10 +573,10 @@ def _decode_term(
                 if count > len(data) - pos:
                     _fail(f"LARGE_TUPLE_EXT of {count} elements exceeds the data", data, pos - 5)
                 if count:
-                    push((kind, items, remaining))
+                    stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
-                    kind = _TUPLE
+                    kind = 1
                     items = []
                     append = items.append
                     remaining = count
@@ -590,7 +591,7 @@ def _decode_term(
                 value, pos = decoder(data, pos + 1)
                 append(value)
         # The current frame is complete.
-        if kind == _TUPLE:
+        if kind == 1:  # tuple
             value = tuple(items)
             if tagged is not None:
                 first = items[0]
@@ -599,15 +600,15 @@ def _decode_term(
                         value = tagged(value)
                     except BaseException as exc:
                         raise _HookFailure(exc) from None
-        elif kind == _LIST:
-            if data[pos] == 106:  # NIL_EXT tail: a proper list
+        elif kind == 2:  # list elements done: now the tail
+            if data[pos] == 106:  # NIL_EXT: a proper list
                 pos += 1
                 value = items
             else:  # decode the tail as one more item of this frame
-                kind = _LIST_TAIL
+                kind = 3
                 remaining = 1
                 continue
-        elif kind == _MAP:
+        elif kind == 4:  # map
             it = iter(items)
             try:
                 value = dict(zip(it, it))
@@ -616,9 +617,9 @@ def _decode_term(
             else:
                 if 2 * len(value) != len(items):  # keys that collide in Python
                     value = ErlMap._from_flat(items)
-        elif kind == _LIST_TAIL:
+        elif kind == 3:  # improper list
             value = _finish_improper(items, items.pop(), data, pos)
-        else:  # _ROOT
+        else:  # root
             return items[0], pos
         kind, items, remaining = stack.pop()
         append = items.append
@@ -680,35 +681,13 @@ def _convert_stray(exc: BaseException, data: bytes) -> DecodeError:
 _STRAY = (IndexError, struct.error, MemoryError, RecursionError, ValueError, TypeError, OverflowError)
 
 
-def _decode(data: Buffer, max_depth: int, max_size: int, tagged: TaggedHook | None) -> Any:
-    if data.__class__ is not bytes:
-        data = _as_bytes(data)
-    size = len(data)
-    if size > max_size:
-        raise DecodeError(f"input of {size} bytes exceeds max_size={max_size}", data=data, offset=0)
-    if size < 2 or data[0] != 131:
-        if size == 0:
-            raise DecodeError("empty input", data=data, offset=0)
-        if data[0] != 131:
-            raise DecodeError(f"expected version byte 131, found {data[0]}", data=data, offset=0)
-        raise DecodeError("unexpected end of data at byte 1", data=data, offset=1)
-    pos = 1
-    if data[1] == 80:
-        data = _inflate(data, max_size)  # type: ignore[arg-type]
-        pos = 0
-    if tagged is not None and _TAGGED_BYTES not in data:
-        tagged = None  # no tagged tuple can be present: skip the per-tuple check
-    try:
-        value, pos = _decode_term(data, pos, max_depth, tagged)  # type: ignore[arg-type]
-    except DecodeError:
-        raise
-    except _HookFailure as failure:
-        raise failure.exc from None
-    except _STRAY as exc:
-        raise _convert_stray(exc, data) from None  # type: ignore[arg-type]
-    if pos != len(data):
-        raise DecodeError(f"{len(data) - pos} trailing bytes after the term at byte {pos}", data=data, offset=pos)
-    return value
+def _bad_start(data: bytes) -> NoReturn:
+    """Raise the DecodeError for input shorter than 2 bytes or without the version byte."""
+    if not data:
+        raise DecodeError("empty input", data=data, offset=0)
+    if data[0] != 131:
+        raise DecodeError(f"expected version byte 131, found {data[0]}", data=data, offset=0)
+    raise DecodeError("unexpected end of data at byte 1", data=data, offset=1)
 
 
 def _decode_head(data: Buffer, count: int, max_depth: int, max_size: int) -> tuple[Any, ...]:
@@ -749,21 +728,6 @@ def _decode_head(data: Buffer, count: int, max_depth: int, max_size: int) -> tup
 # ---------------------------------------------------------------------------------------
 
 
-class _Close:
-    """Stack marker: a tuple, map or improper list ends here (depth goes back up)."""
-
-    __slots__ = ()
-
-
-class _CloseList:
-    """Stack marker: a proper list ends here; emit NIL_EXT (and go back up)."""
-
-    __slots__ = ()
-
-
-_CLOSE = _Close()
-_CLOSE_LIST = _CloseList()
-
 _SMALL_INTS = [bytes((T.SMALL_INTEGER_EXT, i)) for i in range(256)]
 _SMALL_TUPLES = [bytes((T.SMALL_TUPLE_EXT, i)) for i in range(256)]
 _TRUE = _atom_ext("true")
@@ -773,7 +737,6 @@ _INFINITY = _atom_ext("infinity")
 _NEG_INFINITY = _atom_ext("neg_infinity")
 _NAN = _atom_ext("nan")
 _NIL_EXT = bytes((T.NIL_EXT,))
-_EMPTY_MAP = _pack_tag_u32(T.MAP_EXT, 0)
 
 #: Encoded atoms, keyed by Atom (only ever looked up with an Atom).
 _ATOM_BYTES: dict[Atom, bytes] = {}
@@ -816,6 +779,43 @@ def _too_deep(obj: Any, max_depth: int) -> NoReturn:
     )
 
 
+def _replace(obj: Any, default: DefaultHook | None) -> Any:
+    """Return an encodable stand-in for an object of no directly supported type.
+
+    Subclasses of the supported types become their base type; anything else goes through
+    ``default`` (asked again while it returns something unsupported, at most 32 times).
+    """
+    if isinstance(obj, Atom):
+        return Atom(str.__str__(obj))
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, tuple):
+        return tuple(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, dict):
+        return dict(obj.items())
+    if isinstance(obj, ErlMap):
+        return ErlMap(obj.pairs)
+    if default is None:
+        cls = type(obj)
+        raise EncodeError(f"cannot encode an object of type {cls.__module__}.{cls.__qualname__}", value=obj)
+    replacement = obj
+    for _ in range(_MAX_DEFAULT_CHAIN):
+        replacement = default(replacement)
+        if isinstance(replacement, _ENCODABLE):
+            return replacement
+    raise EncodeError(
+        f"default() returned no encodable value for an object of type {type(obj).__qualname__}", value=obj
+    )
+
+
 def _encode_into(
     term: Any,
     out: list[bytes],
@@ -825,157 +825,123 @@ def _encode_into(
     _small_tuples: list[bytes] = _SMALL_TUPLES,
     _atom_bytes: dict[Atom, bytes] = _ATOM_BYTES,
     _Atom: type = Atom,
-    _Close: type = _Close,
-    _CloseList: type = _CloseList,
     _pack_tag_u32: Callable[..., bytes] = _pack_tag_u32,
     _pack_tag_i32: Callable[..., bytes] = _pack_tag_i32,
+    _pack_tag_f64: Callable[..., bytes] = _pack_tag_f64,
+    _chain: Callable[..., Any] = chain.from_iterable,
 ) -> None:
     """Append the encoding of ``term`` (without version byte) to ``out``.
 
-    Non-recursive: pending values are popped from ``stack``; containers push their elements
-    in reverse, after a marker that ends them.
+    Non-recursive: the values still to encode are iterators; ``it`` is the current one and
+    ``stack`` holds the suspended outer ones with the bytes that close them (``b"j"`` for a
+    proper list, ``None`` for a stand-in from :func:`_replace`, which adds no nesting).
     """
     app = out.append
-    stack = [term]
-    pop = stack.pop
-    push = stack.append
-    extend = stack.extend
-    depth = 0
-    while stack:
-        obj = pop()
-        cls = obj.__class__
-        if cls is str:
-            try:
-                encoded = obj.encode()
-            except UnicodeEncodeError as exc:
-                raise EncodeError(f"string is not encodable as UTF-8: {exc}", value=obj) from None
-            app(_pack_tag_u32(109, len(encoded)))
-            app(encoded)
-        elif cls is int:
-            if 0 <= obj <= 255:
-                app(_small_ints[obj])
-            elif -2147483648 <= obj <= 2147483647:
-                app(_pack_tag_i32(98, obj))
-            else:
-                app(_encode_big(obj))
-        elif cls is _Atom:
-            encoded = _atom_bytes.get(obj)
-            if encoded is None:
-                encoded = _encode_atom(obj)
-            app(encoded)
-        elif cls is _Close:
-            depth -= 1
-        elif cls is _CloseList:
-            app(b"j")
-            depth -= 1
-        elif cls is tuple:
-            n = len(obj)
-            app(_small_tuples[n] if n < 256 else _pack_tag_u32(105, n))
-            if n:
-                depth += 1
-                if depth > max_depth:
-                    _too_deep(obj, max_depth)
-                push(_CLOSE)
-                extend(reversed(obj))
-        elif cls is list:
-            n = len(obj)
-            if n:
-                app(_pack_tag_u32(108, n))
-                depth += 1
-                if depth > max_depth:
-                    _too_deep(obj, max_depth)
-                push(_CLOSE_LIST)
-                extend(reversed(obj))
-            else:
-                app(b"j")
-        elif cls is dict:
-            n = len(obj)
-            app(_pack_tag_u32(116, n))
-            if n:
-                depth += 1
-                if depth > max_depth:
-                    _too_deep(obj, max_depth)
-                push(_CLOSE)
-                flat = list(chain.from_iterable(obj.items()))
-                flat.reverse()
-                extend(flat)
-        elif cls is float:
-            app(_encode_float(obj))
-        elif cls is bool:
-            app(_TRUE if obj else _FALSE)
-        elif obj is None:
-            app(_NIL)
-        elif cls is bytes:
-            app(_pack_tag_u32(109, len(obj)))
-            app(obj)
-        # Rarer types and subclasses.
-        elif isinstance(obj, OpaqueTerm):
-            app(obj.raw)
-        elif cls is ErlMap:
-            n = len(obj)
-            app(_pack_tag_u32(116, n))
-            if n:
-                depth += 1
-                if depth > max_depth:
-                    _too_deep(obj, max_depth)
-                push(_CLOSE)
-                flat = list(chain.from_iterable(obj.pairs))
-                flat.reverse()
-                extend(flat)
-        elif cls is ImproperList:
-            app(_pack_tag_u32(108, len(obj.elements)))
-            depth += 1
-            if depth > max_depth:
-                _too_deep(obj, max_depth)
-            push(_CLOSE)
-            push(obj.tail)
-            extend(reversed(obj.elements))
-        elif isinstance(obj, (bytearray, memoryview, bytes)):
-            encoded = bytes(obj)
-            app(_pack_tag_u32(109, len(encoded)))
-            app(encoded)
-        elif isinstance(obj, _Atom):
-            push(_Atom(str.__str__(obj)))
-        elif isinstance(obj, int):
-            push(int.__int__(obj))
-        elif isinstance(obj, float):
-            push(float.__float__(obj))
-        elif isinstance(obj, str):
-            push(str.__str__(obj))
-        elif isinstance(obj, tuple):
-            push(tuple(obj))
-        elif isinstance(obj, list):
-            push(list(obj))
-        elif isinstance(obj, dict):
-            push(dict(obj.items()))
-        elif isinstance(obj, ErlMap):
-            push(ErlMap(obj.pairs))
-        elif default is None:
-            raise EncodeError(f"cannot encode an object of type {cls.__module__}.{cls.__qualname__}", value=obj)
-        else:
-            replacement = obj
-            for _ in range(_MAX_DEFAULT_CHAIN):
-                replacement = default(replacement)
-                if isinstance(replacement, _ENCODABLE):
+    stack: list[tuple[Any, bytes | None]] = []
+    it: Any = iter((term,))
+    close: bytes | None = b""
+    stand_ins = 0  # frames on the stack that are stand-ins, not containers
+    while True:
+        for obj in it:
+            cls = obj.__class__
+            if cls is str:
+                try:
+                    encoded = obj.encode()
+                except UnicodeEncodeError as exc:
+                    raise EncodeError(f"string is not encodable as UTF-8: {exc}", value=obj) from None
+                app(_pack_tag_u32(109, len(encoded)))
+                app(encoded)
+            elif cls is _Atom:
+                encoded = _atom_bytes.get(obj)
+                if encoded is None:
+                    encoded = _encode_atom(obj)
+                app(encoded)
+            elif cls is int:
+                if 0 <= obj <= 255:
+                    app(_small_ints[obj])
+                elif -2147483648 <= obj <= 2147483647:
+                    app(_pack_tag_i32(98, obj))
+                else:
+                    app(_encode_big(obj))
+            elif cls is tuple:
+                n = len(obj)
+                if n:
+                    app(_small_tuples[n] if n < 256 else _pack_tag_u32(105, n))
+                    stack.append((it, close))
+                    if len(stack) - stand_ins > max_depth:
+                        _too_deep(obj, max_depth)
+                    it = iter(obj)
+                    close = b""
                     break
+                app(b"h\x00")
+            elif cls is float:
+                if obj - obj == 0.0:
+                    app(_pack_tag_f64(70, obj))
+                else:
+                    app(_encode_float(obj))
+            elif cls is list:
+                n = len(obj)
+                if n:
+                    app(_pack_tag_u32(108, n))
+                    stack.append((it, close))
+                    if len(stack) - stand_ins > max_depth:
+                        _too_deep(obj, max_depth)
+                    it = iter(obj)
+                    close = b"j"
+                    break
+                app(b"j")
+            elif cls is dict:
+                n = len(obj)
+                app(_pack_tag_u32(116, n))
+                if n:
+                    stack.append((it, close))
+                    if len(stack) - stand_ins > max_depth:
+                        _too_deep(obj, max_depth)
+                    it = _chain(obj.items())
+                    close = b""
+                    break
+            elif cls is bool:
+                app(_TRUE if obj else _FALSE)
+            elif obj is None:
+                app(_NIL)
+            elif cls is bytes:
+                app(_pack_tag_u32(109, len(obj)))
+                app(obj)
+            elif isinstance(obj, OpaqueTerm):
+                app(obj.raw)
+            elif cls is ErlMap:
+                n = len(obj)
+                app(_pack_tag_u32(116, n))
+                if n:
+                    stack.append((it, close))
+                    if len(stack) - stand_ins > max_depth:
+                        _too_deep(obj, max_depth)
+                    it = _chain(obj.pairs)
+                    close = b""
+                    break
+            elif cls is ImproperList:
+                elements = obj.elements
+                app(_pack_tag_u32(108, len(elements)))
+                stack.append((it, close))
+                if len(stack) - stand_ins > max_depth:
+                    _too_deep(obj, max_depth)
+                it = chain(elements, (obj.tail,))
+                close = b""
+                break
             else:
-                raise EncodeError(
-                    f"default() returned no encodable value for an object of type {cls.__qualname__}",
-                    value=obj,
-                )
-            push(replacement)
-
-
-def _encode(term: Any, default: DefaultHook | None, max_depth: int, compressed: int) -> bytes:
-    out = [b"\x83"]
-    _encode_into(term, out, default, max_depth)
-    if compressed:
-        body = b"".join(out[1:])
-        packed = zlib.compress(body, compressed)
-        if len(packed) + 4 < len(body):
-            return b"\x83P" + len(body).to_bytes(4, "big") + packed
-        return b"\x83" + body
-    return b"".join(out)
+                stack.append((it, close))
+                stand_ins += 1
+                it = iter((_replace(obj, default),))
+                close = None
+                break
+        else:  # `it` is exhausted: close it and resume the outer iterator
+            if close:
+                app(close)
+            elif close is None:
+                stand_ins -= 1
+            if not stack:
+                return
+            it, close = stack.pop()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1049,7 +1015,7 @@ class Decoder:
             DecodeError: The bytes are not exactly one valid term within the limits.
             TypeError: ``data`` is not bytes, bytearray or memoryview.
         """
-        return _decode(data, self.max_depth, self.max_size, self.tagged)
+        return decode(data, tagged=self.tagged, max_depth=self.max_depth, max_size=self.max_size)
 
     def decode_head(self, data: Buffer, count: int) -> tuple[Any, ...]:
         """Decode the first ``count`` elements of a top-level tuple (see :func:`decode_head`).
@@ -1115,7 +1081,7 @@ class Encoder:
         Raises:
             EncodeError: The value (or a part of it) cannot be encoded.
         """
-        return _encode(term, self.default, self.max_depth, self.compressed)
+        return encode(term, default=self.default, max_depth=self.max_depth, compressed=self.compressed)
 
 
 def decode(
@@ -1149,9 +1115,32 @@ def decode(
         _check_limit("max_depth", max_depth)
     if max_size is not DEFAULT_MAX_SIZE:
         _check_limit("max_size", max_size)
-    if tagged is not None and not callable(tagged):
-        _check_hook("tagged", tagged)
-    return _decode(data, max_depth, max_size, tagged)
+    if data.__class__ is not bytes:
+        data = _as_bytes(data)
+    size = len(data)
+    if size > max_size:
+        raise DecodeError(f"input of {size} bytes exceeds max_size={max_size}", data=data, offset=0)
+    if size < 2 or data[0] != 131:
+        _bad_start(data)  # type: ignore[arg-type]
+    pos = 1
+    if data[1] == 80:
+        data = _inflate(data, max_size)  # type: ignore[arg-type]
+        pos = 0
+    if tagged is not None and _TAGGED_BYTES not in data:
+        if not callable(tagged):
+            _check_hook("tagged", tagged)
+        tagged = None  # no tagged tuple can be present: skip the per-tuple check
+    try:
+        value, pos = _decode_term(data, pos, max_depth, tagged)  # type: ignore[arg-type]
+    except DecodeError:
+        raise
+    except _HookFailure as failure:
+        raise failure.exc from None
+    except _STRAY as exc:
+        raise _convert_stray(exc, data) from None  # type: ignore[arg-type]
+    if pos != len(data):
+        raise DecodeError(f"{len(data) - pos} trailing bytes after the term at byte {pos}", data=data, offset=pos)
+    return value
 
 
 def decode_head(
@@ -1217,8 +1206,15 @@ def encode(
     """
     if max_depth is not DEFAULT_MAX_DEPTH:
         _check_limit("max_depth", max_depth)
-    if compressed:
-        compressed = _check_level(compressed)
     if default is not None and not callable(default):
         _check_hook("default", default)
-    return _encode(term, default, max_depth, compressed)
+    out = [b"\x83"]
+    _encode_into(term, out, default, max_depth)
+    if compressed:
+        level = _check_level(compressed)
+        body = b"".join(out[1:])
+        packed = zlib.compress(body, level)
+        if len(packed) + 4 < len(body):
+            return b"\x83P" + len(body).to_bytes(4, "big") + packed
+        return b"\x83" + body
+    return b"".join(out)
