@@ -340,3 +340,18 @@ def test_stats(h) -> None:
     assert stats[A("sessions")] == 1 and stats[A("refs")] == 1
     assert stats[A("rss_bytes")] > 1_000_000 and stats[A("in_flight")] == 0
     assert stats[A("requests")] == 2 and stats[A("threads")] == 1
+
+
+def test_fill_warning_once_per_crossing(h) -> None:
+    h.ok("open_session", "w", {A("max_refs"): 5})
+    assert len(h.run("call", "w", "sp_testmod", "boxes", [3], {}, {})) == 1  # 3 of 5: no warning
+    out = h.run("call", "w", "sp_testmod", "boxes", [1], {}, {})  # 4 of 5 = 80%
+    warning, reply = out
+    assert warning[:3] == (A("event"), A("warning"), {})
+    assert warning[3][A("session")] == "w" and warning[3][A("refs")] == 4 and warning[3][A("max_refs")] == 5
+    assert "4 of its 5" in warning[3][A("message")]
+    assert reply[2] == "ok"
+    assert len(h.run("call", "w", "sp_testmod", "boxes", [1], {}, {})) == 1  # already warned
+    h.ok("release_session", "w")
+    h.ok("open_session", "w", {A("max_refs"): 5})
+    assert len(h.run("call", "w", "sp_testmod", "boxes", [4], {}, {})) == 2  # a new session warns again

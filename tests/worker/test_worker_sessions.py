@@ -240,3 +240,18 @@ def test_constructor_validates() -> None:
         SessionTable(default_ttl_seconds=0)
     with pytest.raises(ValueError):
         SessionTable(max_tombstones=-1)
+
+
+def test_fill_warning_rearms_below_the_threshold(table) -> None:
+    table.open_session("s", max_refs=5)
+    session = table.ensure_session("s")
+    ids = new_refs(table, "s", [1, 2, 3])
+    assert table.fill_warning(session) is None
+    ids += new_refs(table, "s", [4])
+    assert table.fill_warning(session) == (4, 5)
+    assert table.fill_warning(session) is None
+    table.release_ref("s", handle("s", ids[0]))
+    table.release_ref("s", handle("s", ids[1]))
+    assert table.fill_warning(session) is None  # 2 of 5: re-armed
+    new_refs(table, "s", [5, 6])
+    assert table.fill_warning(session) == (4, 5)

@@ -51,6 +51,7 @@ __all__ = [
     "type_name",
     "error_reply",
     "protocol_error_event",
+    "warning_event",
     "async_raise",
     "REF_TAG",
     "SET_TAG",
@@ -966,27 +967,40 @@ class Dispatcher:
         rid = job.request_id
         mode = job.mode
         t = type(result)
+        session = job.session
         if mode == _REF:
-            ref_id = self.table.existing_ref(job.session, result)
-            evicted: list[int] = []
+            ref_id = self.table.existing_ref(session, result)
             if ref_id is None:
                 ref_id = self.table.new_ref_id()
-                evicted = self.table.store(job.session, [(ref_id, result)])
-            reply = (REPLY, rid, OK, (REF_TAG, job.session.session_id, ref_id, type_name(t)))
-            if evicted:
-                return [_evicted_event(job.session.session_id, evicted), reply]
-            return [reply]
+                return self._stored(session, [(ref_id, result)], (REPLY, rid, OK, (REF_TAG, session.session_id, ref_id, type_name(t))))
+            return [(REPLY, rid, OK, (REF_TAG, session.session_id, ref_id, type_name(t)))]
         if t in _DATA:
             return [(REPLY, rid, OK, result)]
-        marshal = _Marshal(self.table, job.session, mode == _AUTO, self.max_depth)
+        marshal = _Marshal(self.table, session, mode == _AUTO, self.max_depth)
         value = marshal.convert(result, 0)
         if not marshal.new:
             return [(REPLY, rid, OK, value)]
-        evicted = self.table.store(job.session, marshal.new)
-        reply = (REPLY, rid, OK, value)
+        return self._stored(session, marshal.new, (REPLY, rid, OK, value))
+
+    def _stored(self, session: Session, new: list[tuple[int, Any]], reply: tuple) -> list:
+        """Store a result's new refs; return the reply preceded by any events."""
+        evicted = self.table.store(session, new)
+        out = []
         if evicted:
-            return [_evicted_event(job.session.session_id, evicted), reply]
-        return [reply]
+            out.append(_evicted_event(session.session_id, evicted))
+        fill = self.table.fill_warning(session)
+        if fill is not None:
+            refs, limit = fill
+            out.append(
+                warning_event(
+                    f"session {session.session_id!r} holds {refs} of its {limit} refs",
+                    session=session.session_id,
+                    refs=refs,
+                    max_refs=limit,
+                )
+            )
+        out.append(reply)
+        return out
 
 
 class _Marshal:

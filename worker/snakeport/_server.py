@@ -41,7 +41,14 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from snakeport import etf
-from snakeport._dispatch import Dispatcher, Job, TagContext, error_reply, protocol_error_event
+from snakeport._dispatch import (
+    Dispatcher,
+    Job,
+    TagContext,
+    error_reply,
+    protocol_error_event,
+    warning_event,
+)
 from snakeport._framing import FrameSplitter, Oversized
 from snakeport._sessions import SessionTable
 from snakeport.errors import EncodeError
@@ -557,7 +564,17 @@ class Server:
             self._draining = True
         self.send(self.dispatcher.cancel_all())
         with self._sched:
-            self._drained.wait_for(lambda: self._running == 0, _SHUTDOWN_GRACE)
+            idle = self._drained.wait_for(lambda: self._running == 0, _SHUTDOWN_GRACE)
+            running = self._running
+        if not idle:
+            self.send(
+                [
+                    warning_event(
+                        f"exiting with {running} calls still running (blocked outside Python?)",
+                        running=running,
+                    )
+                ]
+            )
         self._stop.set()
         self._writer.flush()
         _exit(0)

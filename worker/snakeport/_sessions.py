@@ -31,11 +31,15 @@ __all__ = [
     "SessionInfo",
     "RefHandle",
     "OVERFLOW_POLICIES",
+    "WARN_FILL",
     "CAUSE_RELEASED",
     "CAUSE_EVICTED",
     "CAUSE_TTL",
     "CAUSE_SESSION_RELEASED",
 ]
+
+#: Fill ratio of ``max_refs`` at which a session's ``warning`` event is given.
+WARN_FILL = 0.8
 
 #: The overflow policies of ``open_session``.
 OVERFLOW_POLICIES = ("error", "evict_lru")
@@ -126,6 +130,8 @@ class Session:
             it are then dropped instead of stored.
         by_object: ``id(obj) -> ref_id`` of the live refs, so that an object the session
             already holds is returned as its existing ref.
+        warned: Whether the fill warning was given since the session last went below
+            :data:`WARN_FILL`.
     """
 
     __slots__ = (
@@ -139,6 +145,7 @@ class Session:
         "last_access",
         "released",
         "by_object",
+        "warned",
     )
 
     def __init__(
@@ -155,6 +162,7 @@ class Session:
         self.released = False
         # id(obj) -> ref id of every live ref (the object is alive, so its id is unique).
         self.by_object: dict[int, int] = {}
+        self.warned = False
 
     def info(self) -> SessionInfo:
         """Return a :class:`SessionInfo` snapshot (call with the table's lock held)."""
@@ -467,6 +475,28 @@ class SessionTable:
             session.refs.move_to_end(ref_id)
             entry.last_access = self._monotonic()
             return ref_id
+
+    def fill_warning(self, session: Session) -> tuple[int, int] | None:
+        """Report once when a session reaches :data:`WARN_FILL` of its ``max_refs``.
+
+        The warning is re-armed when the session is seen below the threshold again.
+
+        Args:
+            session: The session.
+
+        Returns:
+            ``(refs, max_refs)`` the first time the session is seen at or above the
+            threshold, else ``None``.
+        """
+        with self.lock:
+            refs = len(session.refs)
+            if refs < WARN_FILL * session.max_refs:
+                session.warned = False
+                return None
+            if session.warned or session.released:
+                return None
+            session.warned = True
+            return refs, session.max_refs
 
     def release_ref(self, session_id: str | bytes, handle: RefHandle) -> bool:
         """Release one ref (idempotent).
