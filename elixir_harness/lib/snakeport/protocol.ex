@@ -299,7 +299,8 @@ defmodule Snakeport.Protocol do
   defp ref_session(%_{} = struct), do: struct |> Map.from_struct() |> ref_session()
 
   defp ref_session(map) when is_map(map),
-    do: map |> :maps.to_list() |> Enum.find_value(fn {k, v} -> ref_session(k) || ref_session(v) end)
+    do:
+      map |> :maps.to_list() |> Enum.find_value(fn {k, v} -> ref_session(k) || ref_session(v) end)
 
   defp ref_session([h | t]), do: ref_session(h) || ref_session(t)
   defp ref_session(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> ref_session()

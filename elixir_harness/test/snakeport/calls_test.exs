@@ -86,6 +86,14 @@ defmodule Snakeport.CallsTest do
     end
   end
 
+  @tag snakeport: [max_frame_bytes: 4096]
+  test "a request above the worker's frame limit is refused before it is sent" do
+    assert {:error, %Error{reason: :frame_too_large, details: %{limit: 4096}}} =
+             Snakeport.call(@mod, "echo", [:binary.copy("x", 5000)])
+
+    assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+  end
+
   describe "refs" do
     test "collections.Counter and io.StringIO held as refs, used through methods" do
       assert {:ok, %Ref{type: "collections.Counter"} = counter} =
