@@ -375,3 +375,17 @@ def test_calls_never_run_on_the_main_thread(worker, tmp_path) -> None:
     worker.ok("cancel", call)
     assert reason(worker.wait(call)[3]) == "cancelled"
     assert worker.call("sp_testmod", "on_main_thread") is False
+
+
+def test_logs_go_to_stderr_with_levels(make_worker) -> None:
+    w = make_worker("--log-level", "info")
+    assert w.ok("ping") == "pong"
+    assert w.close() == 0
+    assert "INFO" in w.stderr and "protocol input closed" in w.stderr
+
+
+def test_compressed_requests_are_accepted(worker) -> None:
+    rid = worker.new_id()
+    term = (A("call"), rid, "s1", "sp_testmod", "identity", ["z" * 10_000], {}, {})
+    worker.send_frame(etf.encode(term, compressed=6))
+    assert worker.wait(rid)[3] == "z" * 10_000

@@ -124,6 +124,12 @@ def _exit(status: int) -> NoReturn:
     os._exit(status)
 
 
+def _fatal(what: str) -> NoReturn:
+    """Log the current exception and end the process with status 1."""
+    log.critical("%s; exiting", what, exc_info=True)
+    _exit(1)
+
+
 def claim_stdio() -> tuple[int, int]:
     """Keep private copies of fds 0 and 1 for frames; point fd 1 at stderr, fd 0 at /dev/null.
 
@@ -381,11 +387,14 @@ class Server:
         me = threading.get_ident()
         with self._sched:  # serve() publishes the first reader under this lock
             pass
-        while True:
-            if self._reader == me:
-                self._read_frames()
-            else:
-                self._standby(me)
+        try:
+            while True:
+                if self._reader == me:
+                    self._read_frames()
+                else:
+                    self._standby(me)
+        except BaseException:  # noqa: BLE001 - a broken loop thread cannot be recovered
+            _fatal("the frame loop failed")
 
     def _standby(self, me: int) -> None:
         """Wait until the reader is stuck in an inline call, then take the reading role."""
@@ -524,10 +533,13 @@ class Server:
 
     def _pool_task(self, job: Job | None) -> None:
         """Executor task: run a job, then queued ones while there are any."""
-        while job is not None:
-            self._run(job)
-            with self._sched:
-                job = self._job_ended_locked()
+        try:
+            while job is not None:
+                self._run(job)
+                with self._sched:
+                    job = self._job_ended_locked()
+        except BaseException:  # noqa: BLE001 - the slot accounting would be lost
+            _fatal("a call thread failed")
 
     def _job_ended_locked(self) -> Job | None:
         """Account for an ended job (``_sched`` held); return the next queued job to run."""
@@ -542,11 +554,11 @@ class Server:
         """Run one job on this thread and send its frames."""
         try:
             terms = self.dispatcher.run_job(job)
-            if terms:
-                self.send(terms)
-        except Exception:  # noqa: BLE001 - keep the thread serving
+        except Exception as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
             log.exception("request %s failed inside the worker", job.request_id)
-            self.send([error_reply(job.request_id, "python_error", "internal worker error")])
+            terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
+        if terms:
+            self.send(terms)
 
     # ---------------------------------------------------------------- lifetime
 
