@@ -107,6 +107,25 @@ class Config:
     max_tombstones: int = 100_000
     max_depth: int = 512
 
+    def __post_init__(self) -> None:
+        """Validate the limits.
+
+        Raises:
+            ValueError: A limit is out of range.
+        """
+        for name in ("max_frame_bytes", "threads", "default_max_refs", "max_depth"):
+            value = getattr(self, name)
+            if type(value) is not int or value <= 0:
+                raise ValueError(f"expected {name} to be a positive integer, got: {value!r}")
+        if self.max_frame_bytes > _MAX_PACKET:
+            raise ValueError(f"expected max_frame_bytes to be at most {_MAX_PACKET}, got: {self.max_frame_bytes}")
+        if type(self.max_tombstones) is not int or self.max_tombstones < 0:
+            raise ValueError(f"expected max_tombstones to be a non-negative integer, got: {self.max_tombstones!r}")
+        for name in ("default_ttl_seconds", "sweep_interval"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not 0 < value < float("inf"):
+                raise ValueError(f"expected {name} to be a positive number, got: {value!r}")
+
 
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
