@@ -92,6 +92,8 @@ defmodule Snakeport.Protocol do
     :protocol_error,
     :count,
     :ref_ids,
+    # warning event context
+    :running,
     # session info and stats
     :created_at,
     :last_access,

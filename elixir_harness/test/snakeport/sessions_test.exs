@@ -111,19 +111,25 @@ defmodule Snakeport.SessionsTest do
     end
 
     test "session options reach the worker: max_refs is enforced per session, tags kept" do
-      SessionContext.with_session([max_refs: 2, tags: %{user: "u1"}], fn ->
-        {:ok, _} = Snakeport.call(@mod, "Box", [1])
-        {:ok, _} = Snakeport.call(@mod, "Box", [2])
+      capture_events([[:snakeport, :worker, :warning]])
 
-        assert {:error, %Error{reason: :max_refs_exceeded, details: %{limit: 2}}} =
-                 Snakeport.call(@mod, "Box", [3])
+      SessionContext.with_session([max_refs: 5, tags: %{user: "u1"}], fn ->
+        sid = SessionContext.current().session_id
+        for i <- 1..5, do: {:ok, %Ref{}} = Snakeport.call(@mod, "Box", [i])
+
+        # The worker warns at 80% of max_refs; the event reaches telemetry.
+        assert_received {:event, [:snakeport, :worker, :warning], _,
+                         %{session: ^sid, refs: 4, max_refs: 5, message: _, worker: 0}}
+
+        assert {:error, %Error{reason: :max_refs_exceeded, details: %{limit: 5}}} =
+                 Snakeport.call(@mod, "Box", [6])
 
         ctx = SessionContext.current()
 
-        assert {:ok, %{refs: 2, max_refs: 2, tags: %{user: "u1"}, python: py}} =
+        assert {:ok, %{refs: 5, max_refs: 5, tags: %{user: "u1"}, python: py}} =
                  Snakeport.session_info(ctx)
 
-        assert py.max_refs == 2 and py.tags == %{user: "u1"}
+        assert py.max_refs == 5 and py.tags == %{user: "u1"}
       end)
 
       # Other sessions are not affected.
