@@ -355,3 +355,22 @@ def test_fill_warning_once_per_crossing(h) -> None:
     h.ok("release_session", "w")
     h.ok("open_session", "w", {A("max_refs"): 5})
     assert len(h.run("call", "w", "sp_testmod", "boxes", [4], {}, {})) == 2  # a new session warns again
+
+
+def test_unhashable_resolved_ref_in_a_set_is_a_bad_request(h) -> None:
+    lst = h.ok("call", "s", "builtins", "list", [[1]], {}, {A("result"): A("ref")})
+    err = h.err("call", "s", "sp_testmod", "kinds", [(A("$snakeport_set"), [lst])], {}, {})
+    assert err[A("reason")] == "bad_request" and "unhashable" in err[A("message")]
+    assert h.ok("ping") == "pong"
+
+
+def test_refs_inside_erlmaps_and_improper_lists_resolve(h) -> None:
+    from snakeport.types import ImproperList
+
+    box = h.call("Box", [1])
+    m = ErlMap([([1], box)])
+    assert h.call("erl_inner", [m, ImproperList([box], box)]) == ["Box", "Box", "Box"]
+    il = ImproperList([box], box)
+    assert h.call("identity", [m]) == m  # the same object comes back as the same ref
+    assert h.call("identity", [il]) == il
+    assert h.table.counts()[1] == 1

@@ -120,8 +120,6 @@ _DATA: frozenset[type] = frozenset(
         Export,
         BitBinary,
         LocalTerm,
-        ImproperList,
-        ErlMap,
     }
 )
 _issuperset = _DATA.issuperset
@@ -364,6 +362,10 @@ def resolve_tagged(term: Any, hook: Callable[[tuple], Any]) -> Any:
         return [resolve_tagged(x, hook) for x in term]
     if t is dict:
         return {resolve_tagged(k, hook): resolve_tagged(v, hook) for k, v in term.items()}
+    if t is ErlMap:
+        return ErlMap((resolve_tagged(k, hook), resolve_tagged(v, hook)) for k, v in term.items())
+    if t is ImproperList:
+        return ImproperList([resolve_tagged(x, hook) for x in term.elements], resolve_tagged(term.tail, hook))
     return term
 
 
@@ -380,6 +382,10 @@ def _substitute(term: Any) -> Any:
         return {_substitute(k): _substitute(v) for k, v in term.items()}
     if t is set:
         return {_substitute(x) for x in term}
+    if t is ErlMap:
+        return ErlMap((_substitute(k), _substitute(v)) for k, v in term.items())
+    if t is ImproperList:
+        return ImproperList([_substitute(x) for x in term.elements], _substitute(term.tail))
     return term
 
 
@@ -601,6 +607,8 @@ class Dispatcher:
             return handler(term, request_id, ctx)
         except RequestError as err:
             return [_request_error_reply(request_id, err)]
+        except Exception as exc:  # noqa: BLE001 - e.g. a resolved ref that is not hashable
+            return [error_reply(request_id, "bad_request", f"invalid request: {_safe_str(exc)}", type_=type_name(type(exc)))]
 
     def run_job(self, job: Job) -> list:
         """Run a job on the current thread and return the terms to send.
@@ -1073,8 +1081,15 @@ class _Marshal:
                 return dict(pairs)
             except TypeError:  # a converted key is unhashable (e.g. a frozenset key)
                 return ErlMap(pairs)
+        if t is ErlMap or t is ImproperList:
+            if depth >= self.max_depth:
+                return self.leaf(value, "the result is nested too deeply")
+            depth += 1
+            if t is ErlMap:
+                return ErlMap([(self.convert(k, depth), self.convert(v, depth)) for k, v in value.items()])
+            elements = [self.convert(x, depth) for x in value.elements]
+            return ImproperList(elements, self.convert(value.tail, depth))
         if t is set or t is frozenset:
-            key = id(value)
             if depth >= self.max_depth:
                 return self.leaf(value, "the result is nested too deeply")
             depth += 1

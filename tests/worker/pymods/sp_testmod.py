@@ -89,3 +89,8 @@ def on_main_thread():
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def erl_inner(m, il):
+    """Types inside an ErlMap and an ImproperList argument."""
+    return [type(m.pairs[0][1]).__name__, type(il.elements[0]).__name__, type(il.tail).__name__]
