@@ -294,7 +294,7 @@ defmodule Snakeport.Worker do
   # The port closed without an exit status (port driver failure): same as an exit.
   def handle_info({:EXIT, port, reason}, %{port: port} = state) do
     Logger.error("Snakeport worker #{state.index}: port closed (#{inspect(reason)})")
-    {:stop, {:shutdown, {:port_closed, reason}}, state}
+    {:stop, {:shutdown, {:port_closed, reason}}, %{state | exit_status: :port_closed}}
   end
 
   def handle_info(msg, state) do
