@@ -374,3 +374,46 @@ def test_refs_inside_erlmaps_and_improper_lists_resolve(h) -> None:
     assert h.call("identity", [m]) == m  # the same object comes back as the same ref
     assert h.call("identity", [il]) == il
     assert h.table.counts()[1] == 1
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_leaf = st.one_of(
+    st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=5), st.binary(max_size=5), st.booleans(), st.none(),
+    st.sampled_from([A("x"), A("module"), A("auto"), A("ref"), A("value"), A("error"), A("evict_lru"), A("result")]),
+)
+_term = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.one_of(st.text(max_size=3), st.sampled_from([A("max_refs"), A("ttl_seconds"), A("overflow"), A("tags"), A("result")])), inner, max_size=3),
+        st.builds(lambda s, i, t: (REF, s, i, t), st.sampled_from(["s", "t", b"\xff"]), st.integers(-1, 5), inner),
+        st.builds(lambda x: (A("$snakeport_set"), x), inner),
+        st.builds(lambda x: (A("$snakeport_bytes"), x), inner),
+    ),
+    max_leaves=12,
+)
+_ops = st.sampled_from(
+    [A(op) for op in ("call", "method", "getattr", "setattr", "open_session", "release_ref", "release_session", "session_info", "stats", "ping", "cancel", "nope")]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(op=_ops, rid=st.one_of(st.integers(-2, 10), st.text(max_size=2)), fields=st.lists(_term, max_size=7))
+def test_receive_never_raises_on_any_term(op, rid, fields) -> None:
+    h = Harness()
+    h.call("Box", [1])  # ref 1 in session "s"
+    ctx = TagContext()
+    term = resolve_tagged((op, rid, *fields), ctx)
+    out = h.d.receive(term, ctx)
+    if isinstance(out, Job):
+        with h.d._jlock:  # not run: arbitrary callables are not called here
+            h.d._jobs.pop(out.request_id, None)
+        return
+    assert isinstance(out, list) and out
+    for t in out:
+        assert t[0] in ("reply", "event")
+        if t[0] == "reply":
+            assert t[1] == rid

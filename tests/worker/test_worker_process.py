@@ -389,3 +389,34 @@ def test_compressed_requests_are_accepted(worker) -> None:
     term = (A("call"), rid, "s1", "sp_testmod", "identity", ["z" * 10_000], {}, {})
     worker.send_frame(etf.encode(term, compressed=6))
     assert worker.wait(rid)[3] == "z" * 10_000
+
+
+def test_random_and_truncated_frames_never_stop_the_worker(worker) -> None:
+    import random
+
+    rng = random.Random(1234)
+    valid = etf.encode((A("call"), 5, "s1", "sp_testmod", "identity", [[1, 2.5, "x", {"k": (1, 2)}]], {}, {}))
+    for i in range(300):
+        kind = i % 3
+        if kind == 0:
+            frame = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        elif kind == 1:
+            frame = valid[: rng.randrange(1, len(valid))]
+        else:
+            frame = bytearray(valid)
+            frame[rng.randrange(1, len(frame))] = rng.randrange(256)
+            frame = bytes(frame)
+        worker.send_frame(frame)
+    ping = 10_000
+    worker.send((A("ping"), ping))
+    answers = 0
+    while True:  # read raw: the mutated frames may carry any ids, even repeated ones
+        term = worker.recv_frame()
+        assert term[0] in ("reply", "event"), term
+        if term[0] == "reply" and term[1] == ping and term[3] == "pong":
+            break
+        answers += 1
+    assert answers >= 250  # nearly every bad frame was answered (a few mutations stay valid)
+    worker._next_id = ping + 1
+    assert worker.call("operator", "add", [1, 2]) == 3
+    assert worker.proc.poll() is None
