@@ -11,7 +11,7 @@ import time
 
 import psutil
 import pytest
-from conftest import A, Worker, worker_env
+from sp_client import A, worker_env
 
 from snakeport import etf
 
