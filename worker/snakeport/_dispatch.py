@@ -512,7 +512,7 @@ class Dispatcher:
         max_depth: Deepest container nesting marshalled as data; deeper parts become refs
             (``result => auto``) or fail with ``not_encodable`` (``result => value``).
         max_frame_bytes: Stated in the ready frame.
-        threads: Executor size, stated in the ready frame and in ``stats``.
+        threads: How many calls run at once, stated in the ready frame and in ``stats``.
         interrupt: ``interrupt(thread_ident, exc_or_None)`` raises or clears an asynchronous
             exception in a thread (default :func:`async_raise`).
 
@@ -542,10 +542,8 @@ class Dispatcher:
         self.shutting_down = False
         self._started = time.monotonic()
         self._process: psutil.Process | None = None
-        # Lock for job states and the in-flight table; its condition signals "a job ended".
+        # Lock for job states and the in-flight table.
         self._jlock = threading.Lock()
-        self._job_done = threading.Condition(self._jlock)
-        self._idle_waiters = 0
         self._jobs: dict[int, Job] = {}
         self._handlers: dict[Atom, Callable[[tuple, int, TagContext | None], Outcome]] = {
             Atom("call"): self._op_call,
@@ -672,22 +670,6 @@ class Dispatcher:
                 if self._cancel_locked(job):
                     out.append(_cancelled_reply(job.request_id))
         return out
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no job is queued or running.
-
-        Args:
-            timeout: Seconds to wait at most.
-
-        Returns:
-            Whether the worker became idle in time.
-        """
-        with self._job_done:
-            self._idle_waiters += 1
-            try:
-                return self._job_done.wait_for(lambda: not self._jobs, timeout)
-            finally:
-                self._idle_waiters -= 1
 
     @property
     def in_flight(self) -> int:
@@ -933,8 +915,6 @@ class Dispatcher:
         if job.state == _QUEUED:
             job.state = _CANCELLED
             self._jobs.pop(job.request_id, None)
-            if self._idle_waiters:
-                self._job_done.notify_all()
             return True
         if job.state == _RUNNING and not job.cancel_sent:
             job.cancel_sent = True
@@ -950,8 +930,6 @@ class Dispatcher:
                         job.state = _DONE
                         if self._jobs.get(job.request_id) is job:
                             del self._jobs[job.request_id]
-                        if self._idle_waiters:
-                            self._job_done.notify_all()
                     if job.cancel_sent:
                         # No new exception can be set now (state is DONE); drop a pending one.
                         self._interrupt(job.thread, None)
