@@ -459,6 +459,7 @@ def _decode_term(
     tagged: TaggedHook | None,
     _leaf: list[Any] = _LEAF_DECODERS,
     _atoms: dict[bytes, Any] = _ATOMS,
+    _u16: Callable[..., tuple[int]] = _u16,
     _u32: Callable[..., tuple[int]] = _u32,
     _i32: Callable[..., tuple[int]] = _i32,
     _f64: Callable[..., tuple[float]] = _f64,
@@ -485,6 +486,7 @@ def _decode_term(
         DecodeError: Invalid data (IndexError/struct.error mean truncation; the caller
             converts them).
     """
+    size = len(data)
     stack: list[tuple[int, list[Any], int]] = []
     kind = 0
     items: list[Any] = []
@@ -507,8 +509,8 @@ def _decode_term(
             elif tag == 109:  # BINARY_EXT
                 start = pos + 5
                 end = start + _u32(data, pos + 1)[0]
-                if end > len(data):
-                    _truncated(data, len(data))
+                if end > size:
+                    _truncated(data, size)
                 raw = data[start:end]
                 try:
                     append(raw.decode())
@@ -540,7 +542,7 @@ def _decode_term(
             elif tag == 108:  # LIST_EXT
                 count = _u32(data, pos + 1)[0]
                 pos += 5
-                if count >= len(data) - pos:  # each element and the tail take >= 1 byte
+                if count >= size - pos:  # each element and the tail take >= 1 byte
                     _fail(f"LIST_EXT of {count} elements exceeds the data", data, pos - 5)
                 stack.append((kind, items, remaining))
                 if len(stack) > max_depth:
@@ -556,7 +558,7 @@ def _decode_term(
                 count = _u32(data, pos + 1)[0]
                 pos += 5
                 if count:
-                    if count > (len(data) - pos) // 2:
+                    if count > (size - pos) // 2:
                         _fail(f"MAP_EXT of {count} pairs exceeds the data", data, pos - 5)
                     stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
@@ -570,7 +572,7 @@ def _decode_term(
             elif tag == 105:  # LARGE_TUPLE_EXT
                 count = _u32(data, pos + 1)[0]
                 pos += 5
-                if count > len(data) - pos:
+                if count > size - pos:
                     _fail(f"LARGE_TUPLE_EXT of {count} elements exceeds the data", data, pos - 5)
                 if count:
                     stack.append((kind, items, remaining))
@@ -582,6 +584,26 @@ def _decode_term(
                     remaining = count
                 else:
                     append(())
+            elif tag == 107:  # STRING_EXT: how the VM writes lists of small integers
+                start = pos + 3
+                end = start + _u16(data, pos + 1)[0]
+                if end > size:
+                    _truncated(data, size)
+                append(list(data[start:end]))
+                pos = end
+            elif tag == 110:  # SMALL_BIG_EXT
+                start = pos + 3
+                end = start + data[pos + 1]
+                if end > size:
+                    _truncated(data, size)
+                value = int.from_bytes(data[start:end], "little")
+                sign = data[pos + 2]
+                if sign:
+                    if sign != 1:
+                        _fail(f"invalid bignum sign byte {sign}", data, pos + 2)
+                    value = -value
+                append(value)
+                pos = end
             else:
                 decoder = _leaf[tag]
                 if decoder is None:
@@ -609,14 +631,16 @@ def _decode_term(
                 remaining = 1
                 continue
         elif kind == 4:  # map
-            it = iter(items)
             try:
-                value = dict(zip(it, it))
+                if len(items) == 2:  # one pair: a literal is much cheaper than dict(zip())
+                    value = {items[0]: items[1]}
+                else:
+                    it = iter(items)
+                    value = dict(zip(it, it))
+                    if 2 * len(value) != len(items):  # keys that collide in Python
+                        value = ErlMap._from_flat(items)
             except TypeError:  # an unhashable key
                 value = ErlMap._from_flat(items)
-            else:
-                if 2 * len(value) != len(items):  # keys that collide in Python
-                    value = ErlMap._from_flat(items)
         elif kind == 3:  # improper list
             value = _finish_improper(items, items.pop(), data, pos)
         else:  # root

@@ -1,0 +1,200 @@
+"""Benchmark of the snakeport ETF codec against in-run baselines.
+
+Run from the repository root:
+
+    .venv/bin/python bench/bench_codec.py            # full run (about a minute)
+    .venv/bin/python bench/bench_codec.py --quick    # fewer repeats
+
+Baselines, measured in the same process on the same bytes when installed (they are bench-only
+and not dependencies of the project: ``.venv/bin/pip install erlpack erlang-py``):
+
+- ``erlpack`` (Discord's Cython/C++ ETF codec): ``erlpack.unpack`` / ``erlpack.pack``;
+- ``erlang_py`` (pure-Python ETF codec, module ``erlang``): ``binary_to_term`` /
+  ``term_to_binary``;
+- ``pickle`` and ``marshal`` of the equivalent Python value (C, not ETF): a speed-of-light
+  reference for what the interpreter can do.
+
+Each figure is the best (minimum) mean time per call over several repeats, which is the most
+stable statistic on a shared machine; the median is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import marshal
+import pickle
+import platform
+import statistics
+import sys
+import timeit
+from typing import Any, Callable
+
+from snakeport.etf import decode, encode
+from snakeport.types import Atom
+
+try:
+    import erlpack
+except ImportError:  # bench-only baseline
+    erlpack = None
+try:
+    import erlang as erlang_py
+except ImportError:  # bench-only baseline
+    erlang_py = None
+
+
+def map100() -> dict[str, list[Any]]:
+    """A map of 100 binary keys -> lists of ints, floats, tuples and atoms (~1,500 values)."""
+    term: dict[str, list[Any]] = {}
+    for i in range(100):
+        term[f"key_{i}"] = [
+            i,
+            i * 1000,
+            1e6 + i,
+            -i * 100_000,
+            3.25 * i,
+            (Atom("ok"), i),
+            Atom("error"),
+            True,
+            (i, 2.5, Atom("x")),
+            12_345_678_901_234,
+            [i, i + 1, i + 2],
+            (Atom("point"), float(i), float(-i)),
+        ]
+    return term
+
+
+def request() -> tuple[Any, ...]:
+    """A ``call`` request as the harness sends it."""
+    return (
+        Atom("call"),
+        12345,
+        "session-1",
+        "math",
+        "sqrt",
+        [2.0],
+        {},
+        {Atom("result"): Atom("auto")},
+    )
+
+
+def reply() -> tuple[Any, ...]:
+    """A small ``reply`` frame as the worker sends it."""
+    return (Atom("reply"), 12345, Atom("ok"), 1.4142135623730951)
+
+
+def plain(value: Any) -> Any:
+    """The value with atoms as plain ``str`` (marshal handles only built-in types)."""
+    if isinstance(value, Atom):
+        return str(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value
+
+
+class Bench:
+    """Candidates timed round-robin, so that a slow spell of a shared machine hits all alike."""
+
+    def __init__(self, repeat: int, target_seconds: float) -> None:
+        self.repeat = repeat
+        self.target = target_seconds
+        self.rows: list[tuple[str, str, timeit.Timer, int]] = []
+
+    def add(self, group: str, name: str, fn: Callable[[], Any]) -> None:
+        timer = timeit.Timer(fn)
+        number, elapsed = timer.autorange()
+        number = max(1, int(number * self.target / max(elapsed, 1e-9)))
+        self.rows.append((group, name, timer, number))
+
+    def run(self) -> dict[str, tuple[float, float]]:
+        """Return name -> (best, median) seconds per call."""
+        samples: dict[str, list[float]] = {name: [] for _, name, _, _ in self.rows}
+        for _ in range(self.repeat):
+            for _, name, timer, number in self.rows:
+                samples[name].append(timer.timeit(number) / number)
+        return {name: (min(times), statistics.median(times)) for name, times in samples.items()}
+
+
+def fmt(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:8.3f} ms"
+    return f"{seconds * 1e6:8.3f} us"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter repeats")
+    args = parser.parse_args()
+    repeat, target = (5, 0.05) if args.quick else (15, 0.2)
+
+    print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {platform.machine()}")
+    print(f"erlpack: {'yes' if erlpack else 'not installed'}, erlang_py: {'yes' if erlang_py else 'not installed'}")
+    bench = Bench(repeat, target)
+
+    big = map100()
+    big_bytes = encode(big)
+    big_value = decode(big_bytes)
+    group = f"map100: {len(big_bytes)} bytes of ETF"
+    bench.add(group, "snakeport decode", lambda: decode(big_bytes))
+    if erlpack:
+        bench.add(group, "erlpack unpack", lambda: erlpack.unpack(big_bytes))
+    if erlang_py:
+        bench.add(group, "erlang_py binary_to_term", lambda: erlang_py.binary_to_term(big_bytes))
+    big_pickle = pickle.dumps(big_value, protocol=pickle.HIGHEST_PROTOCOL)
+    bench.add(group, "pickle loads", lambda: pickle.loads(big_pickle))
+    big_marshal = marshal.dumps(plain(big_value))
+    bench.add(group, "marshal loads", lambda: marshal.loads(big_marshal))
+    bench.add(group, "snakeport encode", lambda: encode(big_value))
+    if erlpack:
+        erlpack_value = erlpack.unpack(big_bytes)
+        bench.add(group, "erlpack pack", lambda: erlpack.pack(erlpack_value))
+    if erlang_py:
+        erlang_value = erlang_py.binary_to_term(big_bytes)
+        bench.add(group, "erlang_py term_to_binary", lambda: erlang_py.term_to_binary(erlang_value))
+    bench.add(group, "pickle dumps", lambda: pickle.dumps(big_value, protocol=pickle.HIGHEST_PROTOCOL))
+
+    req_bytes = encode(request())
+    rep = reply()
+    group = f"request/reply: {len(req_bytes)}-byte call request, {len(encode(rep))}-byte reply"
+    bench.add(group, "snakeport decode request", lambda: decode(req_bytes))
+    bench.add(group, "snakeport encode reply", lambda: encode(rep))
+
+    def round_trip() -> bytes:
+        decode(req_bytes)
+        return encode(rep)
+
+    bench.add(group, "snakeport decode request + encode reply", round_trip)
+    if erlpack:
+        bench.add(group, "erlpack unpack request", lambda: erlpack.unpack(req_bytes))
+    if erlang_py:
+        bench.add(group, "erlang_py binary_to_term request", lambda: erlang_py.binary_to_term(req_bytes))
+
+    results = bench.run()
+    current = None
+    for group, name, _, _ in bench.rows:
+        if group != current:
+            print(f"\n{group}")
+            current = group
+        best, median = results[name]
+        print(f"  {name:42s} {fmt(best)}   (median {fmt(median)})")
+
+    def ratio(label: str, theirs: str, ours: str) -> None:
+        if theirs in results:
+            print(f"  {label:46s} {results[theirs][0] / results[ours][0]:6.2f}x")
+
+    print("\nratios of best times (> 1: snakeport is faster)")
+    ratio("map100 decode vs erlpack unpack (C)", "erlpack unpack", "snakeport decode")
+    ratio("map100 decode vs erlang_py (pure Python)", "erlang_py binary_to_term", "snakeport decode")
+    ratio("map100 decode vs pickle loads (C, not ETF)", "pickle loads", "snakeport decode")
+    ratio("map100 encode vs erlpack pack (C)", "erlpack pack", "snakeport encode")
+    ratio("map100 encode vs erlang_py (pure Python)", "erlang_py term_to_binary", "snakeport encode")
+    ratio("request decode vs erlpack unpack (C)", "erlpack unpack request", "snakeport decode request")
+    ratio("request decode vs erlang_py (pure Python)", "erlang_py binary_to_term request", "snakeport decode request")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
