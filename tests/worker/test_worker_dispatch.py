@@ -417,3 +417,24 @@ def test_receive_never_raises_on_any_term(op, rid, fields) -> None:
         assert t[0] in ("reply", "event")
         if t[0] == "reply":
             assert t[1] == rid
+
+
+def test_a_finished_job_keeps_no_arguments_alive(h) -> None:
+    import gc
+    import weakref
+
+    from snakeport._sessions import RefHandle
+
+    box = h.call("Box", [1])
+    handle = RefHandle("s", box[2], box[3], box)
+    h.table.resolve("s", [handle])
+    alive = weakref.ref(handle.obj)
+    del handle
+    job = h.outcome("call", "s", "sp_testmod", "identity", [box], {}, {A("result"): A("value")})
+    h.ok("release_ref", "s", box)  # now only the queued job holds the Box
+    gc.collect()
+    assert alive() is not None
+    (reply,) = h.d.run_job(job)
+    assert reply[3][A("reason")] == "not_encodable"
+    gc.collect()
+    assert job.fn is None and alive() is None  # the Job object lives on; its arguments do not

@@ -479,7 +479,8 @@ class Job:
     Attributes:
         request_id: The request's id.
         session: The request's session.
-        fn: Runs the operation and returns its raw result.
+        fn: Runs the operation and returns its raw result (dropped when it starts, so that
+            the job keeps no argument alive past its request).
         mode: How to marshal the result (auto, ref or value).
         state: Queued, running, done or cancelled.
         thread: ``threading.get_ident()`` of the thread running it.
@@ -491,7 +492,7 @@ class Job:
     def __init__(self, request_id: int, session: Session, fn: Callable[[], Any], mode: int) -> None:
         self.request_id = request_id
         self.session = session
-        self.fn = fn
+        self.fn: Callable[[], Any] | None = fn
         self.mode = mode
         self.state = _QUEUED
         self.thread = 0
@@ -637,7 +638,10 @@ class Dispatcher:
                                 return []
                             job.state = _RUNNING
                             job.thread = threading.get_ident()
-                        result = job.fn()
+                        fn = job.fn
+                        job.fn = None  # the job keeps no argument alive past its request
+                        result = fn()
+                        del fn
                 except Cancelled:
                     cancelled = True
                 except BaseException as exc:  # noqa: BLE001 - user code may raise anything
