@@ -420,3 +420,10 @@ def test_random_and_truncated_frames_never_stop_the_worker(worker) -> None:
     worker._next_id = ping + 1
     assert worker.call("operator", "add", [1, 2]) == 3
     assert worker.proc.poll() is None
+
+
+def test_unencodable_result_releases_its_new_refs(worker) -> None:
+    err = worker.error("call", "s1", "sp_testmod", "box_and_surrogate", [], {}, {})
+    assert reason(err) == "not_encodable"
+    assert worker.ok("stats")[A("refs")] == 0
+    assert worker.call("operator", "add", [1, 2]) == 3

@@ -485,9 +485,10 @@ class Job:
         state: Queued, running, done or cancelled.
         thread: ``threading.get_ident()`` of the thread running it.
         cancel_sent: Whether ``Cancelled`` was raised (or is pending) in that thread.
+        new_refs: Ids of the refs its result added to the session.
     """
 
-    __slots__ = ("request_id", "session", "fn", "mode", "state", "thread", "cancel_sent")
+    __slots__ = ("request_id", "session", "fn", "mode", "state", "thread", "cancel_sent", "new_refs")
 
     def __init__(self, request_id: int, session: Session, fn: Callable[[], Any], mode: int) -> None:
         self.request_id = request_id
@@ -497,6 +498,7 @@ class Job:
         self.state = _QUEUED
         self.thread = 0
         self.cancel_sent = False
+        self.new_refs: list[int] = []
 
     def __repr__(self) -> str:
         return f"Job(id={self.request_id}, state={self.state})"
@@ -661,6 +663,18 @@ class Dispatcher:
             return self._marshal_result(job, result)
         except RequestError as err:
             return [_request_error_reply(request_id, err)]
+
+    def unsent(self, job: Job) -> int:
+        """Release the new refs of a job whose reply could not be sent (e.g. not encodable).
+
+        Args:
+            job: The job.
+
+        Returns:
+            How many refs were released.
+        """
+        ids, job.new_refs = job.new_refs, []
+        return self.table.discard(job.session, ids) if ids else 0
 
     def cancel_all(self) -> list:
         """Cancel every queued and running job (for ``shutdown``).
@@ -962,7 +976,8 @@ class Dispatcher:
             ref_id = self.table.existing_ref(session, result)
             if ref_id is None:
                 ref_id = self.table.new_ref_id()
-                return self._stored(session, [(ref_id, result)], (REPLY, rid, OK, (REF_TAG, session.session_id, ref_id, type_name(t))))
+                reply = (REPLY, rid, OK, (REF_TAG, session.session_id, ref_id, type_name(t)))
+                return self._stored(job, [(ref_id, result)], reply)
             return [(REPLY, rid, OK, (REF_TAG, session.session_id, ref_id, type_name(t)))]
         if t in _DATA:
             return [(REPLY, rid, OK, result)]
@@ -970,11 +985,13 @@ class Dispatcher:
         value = marshal.convert(result, 0)
         if not marshal.new:
             return [(REPLY, rid, OK, value)]
-        return self._stored(session, marshal.new, (REPLY, rid, OK, value))
+        return self._stored(job, marshal.new, (REPLY, rid, OK, value))
 
-    def _stored(self, session: Session, new: list[tuple[int, Any]], reply: tuple) -> list:
+    def _stored(self, job: Job, new: list[tuple[int, Any]], reply: tuple) -> list:
         """Store a result's new refs; return the reply preceded by any events."""
+        session = job.session
         evicted = self.table.store(session, new)
+        job.new_refs = [ref_id for ref_id, _ in new]
         out = []
         if evicted:
             out.append(_evicted_event(session.session_id, evicted))

@@ -346,14 +346,16 @@ class Server:
 
     # ------------------------------------------------------------------ output
 
-    def send(self, terms: list) -> None:
+    def send(self, terms: list, job: Job | None = None) -> None:
         """Encode terms and send them as one batch of frames.
 
-        A reply that cannot be encoded is replaced by a ``not_encodable`` error reply; an
-        event that cannot be encoded is dropped with a log line.
+        A reply that cannot be encoded is replaced by a ``not_encodable`` error reply (and the
+        refs its result added are released); an event that cannot be encoded is dropped with
+        a log line.
 
         Args:
             terms: Reply and event terms.
+            job: The job whose terms these are, if any.
         """
         encode = etf.encode
         default = self._default
@@ -367,6 +369,8 @@ class Server:
             except Exception as exc:  # noqa: BLE001 - EncodeError, RecursionError, ...
                 replacement = self._unencodable(term, exc)
                 if replacement is not None:
+                    if job is not None:
+                        self.dispatcher.unsent(job)
                     payloads.append(encode(replacement))
         if payloads:
             self._writer.send(payloads)
@@ -577,7 +581,7 @@ class Server:
             log.exception("request %s failed inside the worker", job.request_id)
             terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
         if terms:
-            self.send(terms)
+            self.send(terms, job)
 
     # ---------------------------------------------------------------- lifetime
 

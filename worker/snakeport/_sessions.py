@@ -498,6 +498,30 @@ class SessionTable:
             session.warned = True
             return refs, session.max_refs
 
+    def discard(self, session: Session, ref_ids: Iterable[int]) -> int:
+        """Release refs by id (e.g. the new refs of a reply that could not be sent).
+
+        Args:
+            session: The session holding them.
+            ref_ids: Ref ids; ids that are not live refs of the session are skipped.
+
+        Returns:
+            How many refs were released.
+        """
+        dropped: list[_Entry] = []
+        with self.lock:
+            for ref_id in ref_ids:
+                entry = session.refs.pop(ref_id, None)
+                if entry is None:
+                    continue
+                dropped.append(entry)
+                session.by_object.pop(id(entry.obj), None)
+                del self._owner[ref_id]
+                self._tombstone(ref_id, session.session_id, CAUSE_RELEASED)
+        count = len(dropped)
+        del dropped
+        return count
+
     def release_ref(self, session_id: str | bytes, handle: RefHandle) -> bool:
         """Release one ref (idempotent).
 

@@ -94,3 +94,8 @@ def on_main_thread():
 def erl_inner(m, il):
     """Types inside an ErlMap and an ImproperList argument."""
     return [type(m.pairs[0][1]).__name__, type(il.elements[0]).__name__, type(il.tail).__name__]
+
+
+def box_and_surrogate():
+    """A result with a new object and a string the codec cannot encode."""
+    return [Box(1), "bad \udc80 string"]
