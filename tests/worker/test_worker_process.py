@@ -427,3 +427,28 @@ def test_unencodable_result_releases_its_new_refs(worker) -> None:
     assert reason(err) == "not_encodable"
     assert worker.ok("stats")[A("refs")] == 0
     assert worker.call("operator", "add", [1, 2]) == 3
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_cancel_storm_gives_exactly_one_reply_per_request(make_worker, threads) -> None:
+    w = make_worker("--threads", threads)
+    calls, cancels = [], []
+    for i in range(150):
+        rid = w.request("call", "s1", "sp_testmod", "spin", [0.002 * (i % 3)], {}, {})
+        calls.append(rid)
+        if i % 2:
+            cancels.append(w.request("cancel", rid))
+    outcomes = set()
+    for rid in calls:
+        reply = w.wait(rid)
+        if reply[2] == "ok":
+            outcomes.add("ok")
+        else:
+            assert reason(reply[3]) == "cancelled", reply
+            outcomes.add("cancelled")
+    for rid in cancels:
+        assert w.wait(rid)[2] == "ok"
+    assert outcomes == {"ok", "cancelled"}
+    assert w.ok("stats")[A("in_flight")] == 0
+    assert w.call("operator", "add", [1, 2]) == 3  # every thread survived
+    assert sorted(w.replies) == list(range(1, w._next_id))  # one reply each, none twice
