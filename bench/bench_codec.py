@@ -27,7 +27,8 @@ import platform
 import statistics
 import sys
 import timeit
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from snakeport.etf import decode, encode
 from snakeport.types import Atom

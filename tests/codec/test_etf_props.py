@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from snakeport.etf import decode, encode
 from snakeport.types import Atom, ErlMap, ImproperList, term_key
 

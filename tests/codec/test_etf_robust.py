@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from snakeport import _etf_tags as T
 from snakeport.errors import DecodeError, EncodeError
 from snakeport.etf import DEFAULT_MAX_DEPTH, Decoder, Encoder, decode, decode_head, encode
@@ -300,7 +299,8 @@ def test_atom_length_limits() -> None:
 
 
 def test_empty_values() -> None:
-    for value, data in (("", b"\x83m\x00\x00\x00\x00"), ([], b"\x83j"), ((), b"\x83h\x00"), ({}, b"\x83t\x00\x00\x00\x00")):
+    empties = (("", b"\x83m\x00\x00\x00\x00"), ([], b"\x83j"), ((), b"\x83h\x00"), ({}, b"\x83t\x00\x00\x00\x00"))
+    for value, data in empties:
         assert encode(value) == data
         assert decode(data) == value and type(decode(data)) is type(value)
     assert decode(b"\x83i\x00\x00\x00\x00") == ()
@@ -365,3 +365,51 @@ def test_limits_are_validated(bad: Any) -> None:
         Decoder(tagged=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="callable"):
         encode(1, default=42)  # type: ignore[arg-type]
+
+
+def test_the_leaf_table_decodes_like_the_whole_decoder(corpus: list[bytes]) -> None:
+    # The main loop decodes the most frequent tags inline; the table must agree with it.
+    from snakeport.etf import _LEAF_DECODERS
+
+    seen = set()
+    extra = [encode(12345), encode(1.5), encode(Atom("x")), encode("bin"), encode(2**70), b"\x83j"]
+    for data in corpus + extra:
+        decoder = _LEAF_DECODERS[data[1]]
+        if decoder is None:
+            continue
+        seen.add(data[1])
+        value, end = decoder(data, 2)
+        assert end == len(data) and (value == decode(data) or value != value)
+    assert seen >= {tag for tag, fn in enumerate(_LEAF_DECODERS) if fn is not None} - {T.LOCAL_EXT}
+
+
+def test_atom_caches_stay_bounded() -> None:
+    from snakeport import etf
+
+    atoms = [Atom(f"atom_{i}") for i in range(etf._ATOM_CACHE_MAX + 10)]
+    assert decode(encode(atoms)) == atoms
+    assert len(etf._ATOMS) <= etf._ATOM_CACHE_MAX and len(etf._ATOM_BYTES) <= etf._ATOM_CACHE_MAX
+    assert decode(encode([Atom("ok"), True])) == [Atom("ok"), True]
+
+
+def test_node_names_that_are_special_atoms_stay_atoms() -> None:
+    data = bytes((131, T.NEW_PID_EXT, T.SMALL_ATOM_UTF8_EXT, 4)) + b"true" + struct.pack(">III", 1, 2, 3)
+    pid = decode(data)
+    assert pid.node == "true" and type(pid.node) is Atom and encode(pid) == data
+
+
+def test_more_limits_and_conversions() -> None:
+    with pytest.raises(DecodeError, match="max_depth"):
+        decode(encode((tuple(range(300)),)), max_depth=1)
+    with pytest.raises(DecodeError, match="not finite"):
+        decode(bytes((131, T.FLOAT_EXT)) + b"1e999".ljust(31, b"\x00"))
+    with pytest.raises(ValueError, match="callable"):
+        decode(encode(1), tagged="nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive integer"):
+        decode_head(encode((1,)), 1, max_size=0)
+    for deep in (ErlMap([(1, [[2]])]), ImproperList([[[1]]], 2), {"a": {"b": {"c": 1}}}):
+        with pytest.raises(EncodeError, match="max_depth"):
+            encode(deep, max_depth=2)
+    # compressed=True means level 6; incompressible data stays uncompressed.
+    assert decode(encode("a" * 1000, compressed=True)) == "a" * 1000
+    assert encode(b"\x01", compressed=9) == encode(b"\x01")

@@ -9,7 +9,6 @@ from collections import OrderedDict, namedtuple
 from typing import Any
 
 import pytest
-
 from snakeport import _etf_tags as T
 from snakeport.errors import DecodeError, EncodeError
 from snakeport.etf import Decoder, Encoder, decode, decode_head, encode
@@ -344,3 +343,27 @@ def test_decode_head_raises_decode_error_when_it_cannot(data: bytes) -> None:
 def test_decode_head_count_is_validated() -> None:
     with pytest.raises(ValueError):
         decode_head(encode((1,)), -1)
+
+
+def test_more_subclasses_encode_as_their_base_types() -> None:
+    class MyAtom(Atom):
+        pass
+
+    class MyList(list):  # type: ignore[type-arg]
+        pass
+
+    class MyMap(ErlMap):
+        pass
+
+    value = [MyAtom("a"), MyList([1]), MyMap([(1, 2), (1.0, 3)]), memoryview(b"ab")[::-1]]
+    assert decode(encode(value)) == [Atom("a"), [1], ErlMap([(1, 2), (1.0, 3)]), "ba"]
+    assert encode(MyAtom("a")) == encode(Atom("a"))
+
+
+def test_comparisons_with_other_types() -> None:
+    assert ErlMap([(1, 2)]) != [(1, 2)] and ImproperList([1], 2) != (1, 2)
+    assert Pid("n", 1, 2, 3) != "n" and Pid("n", 1, 2, 3) != Port("n", 1, 3)
+    with pytest.raises(ValueError):
+        BitBinary(b"", 1)
+    with pytest.raises(ValueError):
+        ErlMap(5)  # type: ignore[arg-type]

@@ -6,7 +6,6 @@ import struct
 from typing import Any
 
 import pytest
-
 from snakeport import _etf_tags as T
 from snakeport.etf import decode, encode
 from snakeport.types import (

@@ -65,8 +65,9 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from itertools import chain
-from typing import Any, Callable, NoReturn, Union
+from typing import Any, NoReturn
 
 from . import _etf_tags as T
 from .errors import DecodeError, EncodeError
@@ -105,12 +106,11 @@ DEFAULT_MAX_SIZE = 256 * 1024 * 1024
 #: Tuples whose first element is an atom with this prefix are handed to ``tagged``.
 TAGGED_PREFIX = "$snakeport_"
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 TaggedHook = Callable[[tuple], Any]
 DefaultHook = Callable[[Any], Any]
 
 _TAGGED_BYTES = TAGGED_PREFIX.encode("ascii")
-_u8x2 = struct.Struct(">BB").unpack_from
 _u16 = struct.Struct(">H").unpack_from
 _u32 = struct.Struct(">I").unpack_from
 _i32 = struct.Struct(">i").unpack_from
@@ -120,7 +120,6 @@ _u32x3 = struct.Struct(">III").unpack_from
 _u64_u32 = struct.Struct(">QI").unpack_from
 _u32_u8 = struct.Struct(">IB").unpack_from
 _u32x2_u8 = struct.Struct(">IIB").unpack_from
-_u8_u32 = struct.Struct(">BI").unpack_from
 _pack_tag_u32 = struct.Struct(">BI").pack
 _pack_tag_i32 = struct.Struct(">Bi").pack
 _pack_tag_f64 = struct.Struct(">Bd").pack
@@ -463,7 +462,7 @@ def _decode_term(
     _u32: Callable[..., tuple[int]] = _u32,
     _i32: Callable[..., tuple[int]] = _i32,
     _f64: Callable[..., tuple[float]] = _f64,
-    _Atom: type = Atom,
+    _Atom: type[Atom] = Atom,
     _MISS: object = _MISS,
 ) -> tuple[Any, int]:
     """Decode the one term starting at ``pos``.
@@ -760,12 +759,13 @@ _NIL = _atom_ext("nil")
 _INFINITY = _atom_ext("infinity")
 _NEG_INFINITY = _atom_ext("neg_infinity")
 _NAN = _atom_ext("nan")
-_NIL_EXT = bytes((T.NIL_EXT,))
 
 #: Encoded atoms, keyed by Atom (only ever looked up with an Atom).
 _ATOM_BYTES: dict[Atom, bytes] = {}
 
-_ENCODABLE = (str, int, float, bytes, bytearray, memoryview, tuple, list, dict, ErlMap, ImproperList, OpaqueTerm, type(None))
+_ENCODABLE = (
+    str, int, float, bytes, bytearray, memoryview, tuple, list, dict, ErlMap, ImproperList, OpaqueTerm, type(None)
+)
 _MAX_DEFAULT_CHAIN = 32
 
 
@@ -1150,10 +1150,11 @@ def decode(
     if data[1] == 80:
         data = _inflate(data, max_size)  # type: ignore[arg-type]
         pos = 0
-    if tagged is not None and _TAGGED_BYTES not in data:
+    if tagged is not None:
         if not callable(tagged):
             _check_hook("tagged", tagged)
-        tagged = None  # no tagged tuple can be present: skip the per-tuple check
+        if _TAGGED_BYTES not in data:
+            tagged = None  # no tagged tuple can be present: skip the per-tuple check
     try:
         value, pos = _decode_term(data, pos, max_depth, tagged)  # type: ignore[arg-type]
     except DecodeError:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
-from typing import Any, Hashable, NoReturn
+from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from typing import Any, NoReturn
 
 from . import _etf_tags as T
 from .errors import EncodeError
