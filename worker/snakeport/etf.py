@@ -2,9 +2,10 @@
 
 Decoding takes a whole ``term_to_binary/1`` result (version byte 131 first, compressed terms
 accepted) and returns a Python value; encoding does the reverse. The decoder is table-driven
-(``_LEAF_DECODERS``: tag byte -> decoder function for every non-container tag) and
-non-recursive (containers are handled with an explicit stack), so nesting is bounded only by
-``max_depth``, never by Python's recursion limit.
+(``_LEAF_DECODERS``: tag byte -> decoder function for every non-container tag; the most
+frequent tags are also decoded inline in the main loop) and non-recursive (containers are
+handled with an explicit stack), so nesting is bounded only by ``max_depth``, never by
+Python's recursion limit. The encoder is non-recursive too.
 
 Mapping
 -------
@@ -35,9 +36,12 @@ port (102, 89, 120)                ``Port``                             ``Port``
 reference (101, 114, 90)           ``Reference``                        ``Reference`` (byte-identical)
 fun (112)                          ``Fun``                              ``Fun`` (byte-identical)
 external fun (113)                 ``Export``                           ``Export`` (byte-identical)
-local format (121)                 ``LocalTerm``                        ``LocalTerm`` (byte-identical)
+local format (121)                 ``LocalTerm`` (all remaining bytes)  ``LocalTerm`` (byte-identical)
 compressed (80)                    the decompressed term                ``encode(..., compressed=level)``
 =================================  ===================================  ==================================
+
+Subclasses of the supported types (``IntEnum``, ``namedtuple``, ``OrderedDict``, a ``str`` or
+``float`` subclass, ...) encode as their base type without consulting ``default``.
 
 ``Atom`` compares equal to the ``str`` of its name (fast dict lookups; see
 :mod:`snakeport.types`), so maps whose keys collide in Python (``a`` and ``<<"a">>``, ``1``
