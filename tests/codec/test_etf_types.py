@@ -365,5 +365,12 @@ def test_comparisons_with_other_types() -> None:
     assert Pid("n", 1, 2, 3) != "n" and Pid("n", 1, 2, 3) != Port("n", 1, 3)
     with pytest.raises(ValueError):
         BitBinary(b"", 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         ErlMap(5)  # type: ignore[arg-type]
+
+    def failing_pairs() -> Any:
+        yield (1, 2)
+        raise ValueError("from the generator")
+
+    with pytest.raises(ValueError, match="from the generator"):
+        ErlMap(failing_pairs())

@@ -53,7 +53,7 @@ Errors and limits
 -----------------
 
 Decoding arbitrary bytes raises only :class:`~snakeport.errors.DecodeError` (with ``data``
-and ``offset``): every length is checked against the remaining bytes before anything is
+and ``offset``; for a compressed term they refer to the inflated bytes): every length is checked against the remaining bytes before anything is
 allocated, and stray ``IndexError``/``struct.error``/``MemoryError`` are converted at the
 boundary. Exceptions raised by a ``tagged`` or ``default`` hook propagate unchanged.
 Encoding an unsupported object without ``default``, a too deep (or cyclic) value, a lone

@@ -200,11 +200,14 @@ class ErlMap(Mapping[Any, Any]):
         Raises:
             ValueError: An item is not a pair.
         """
-        try:
-            checked = tuple((k, v) for k, v in pairs)
-        except (TypeError, ValueError):
-            raise ValueError("expected an iterable of (key, value) pairs") from None
-        object.__setattr__(self, "_pairs", checked)
+        checked = []
+        for item in pairs:  # errors raised by the iterable itself propagate unchanged
+            try:
+                key, value = item
+            except (TypeError, ValueError):
+                raise ValueError(f"expected (key, value) pairs, got: {item!r}") from None
+            checked.append((key, value))
+        object.__setattr__(self, "_pairs", tuple(checked))
         object.__setattr__(self, "_index", None)
 
     @classmethod
