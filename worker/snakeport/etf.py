@@ -658,10 +658,18 @@ def _decode_term(
 # ---------------------------------------------------------------------------------------
 
 
-def _as_bytes(data: Buffer) -> bytes:
+def _as_bytes(data: Buffer, max_size: int | None = None) -> bytes:
+    """Return ``data`` as bytes, copying a bytearray or memoryview once.
+
+    With ``max_size``, a larger buffer is refused before it is copied.
+    """
     if data.__class__ is bytes:
         return data  # type: ignore[return-value]
     if isinstance(data, (bytes, bytearray, memoryview)):
+        if max_size is not None:
+            size = data.nbytes if isinstance(data, memoryview) else len(data)
+            if size > max_size:
+                raise DecodeError(f"input of {size} bytes exceeds max_size={max_size}", data=None, offset=0)
         return bytes(data)
     raise TypeError(f"expected bytes, bytearray or memoryview, got: {type(data).__name__}")
 
@@ -687,6 +695,8 @@ def _inflate(data: bytes, max_size: int, *, partial: bool = False) -> bytes:
         if partial:
             return b""
         _fail(f"invalid zlib data ({exc})", data, 6)
+    except MemoryError:
+        _fail(f"no memory to inflate {declared} bytes", data, 6)
     if partial:
         return out[:declared]
     if len(out) != declared or not inflater.eof:
@@ -1144,7 +1154,7 @@ def decode(
     if max_size is not DEFAULT_MAX_SIZE:
         _check_limit("max_size", max_size)
     if data.__class__ is not bytes:
-        data = _as_bytes(data)
+        data = _as_bytes(data, max_size)
     size = len(data)
     if size > max_size:
         raise DecodeError(f"input of {size} bytes exceeds max_size={max_size}", data=data, offset=0)
