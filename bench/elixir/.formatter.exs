@@ -1,0 +1,1 @@
+[inputs: ["mix.exs", "bench.exs", "{config,lib}/**/*.{ex,exs}"], line_length: 100]

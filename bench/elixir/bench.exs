@@ -1,0 +1,171 @@
+# The Snakeport benchmark suite: `mix run bench.exs [--codec CODEC_OUTPUT] [--out RESULTS.md]`
+# (run by `make bench`). Every round measures the floor (bench/floor_echo.py behind a Port)
+# and Snakeport back to back; bench/RESULTS.md gets the medians and the per-round ratios.
+# Environment: SNAKEPORT_PYTHON (interpreter with the worker), BENCH_ROUNDS (default 5).
+
+alias Bench.{Floor, Snake, Stats}
+
+{args, _, _} = OptionParser.parse(System.argv(), strict: [codec: :string, out: :string])
+out = args[:out] || Path.expand("../RESULTS.md", __DIR__)
+python = System.get_env("SNAKEPORT_PYTHON") || Path.expand("../../.venv/bin/python", __DIR__)
+rounds = max(3, String.to_integer(System.get_env("BENCH_ROUNDS", "5")))
+
+n = %{
+  seq: 20_000,
+  callers: 64,
+  per_caller: 300,
+  floor_per_caller: 1_000,
+  window: 128_000,
+  mib1: 100,
+  mib16: 8,
+  churn: 10_000,
+  refs: 10_000,
+  cold: 5
+}
+
+# The floor frames are as long as Snakeport's request for operator.add.
+frame = :erlang.term_to_binary({:call, 1234, "auto-1234", "operator", "add", [1, 2], %{}, %{}})
+mib1 = :rand.bytes(1_048_576)
+mib16 = :rand.bytes(16 * 1_048_576)
+
+load = fn -> File.read!("/proc/loadavg") |> String.split() |> Enum.take(3) |> Enum.join(" ") end
+load_before = load.()
+suite_t0 = Stats.now()
+
+one_round = fn round ->
+  IO.puts("round #{round}/#{rounds}")
+
+  # 5. Cold starts, interleaved, each the median of n.cold samples (a pause between them
+  # lets the previous interpreter exit).
+  cold =
+    for _ <- 1..n.cold do
+      floor = Floor.cold_start(python)
+      Process.sleep(30)
+      {ready, ping} = Snake.cold_start(python)
+      Process.sleep(30)
+      pass = Snake.python_pass(python)
+      Process.sleep(30)
+      %{cold_floor: floor, cold_ready: ready, cold_ping: ping, cold_pass: pass}
+    end
+
+  cold = Map.new(hd(cold), fn {k, _} -> {k, Stats.median(Enum.map(cold, & &1[k]))} end)
+
+  port = Floor.open(python)
+  api_start = Snake.start(python, pool_size: 1)
+  rss_idle = Snake.rss()
+
+  # 4. and 5. 10k refs held by a process that gets killed (first: RSS of a fresh worker).
+  {rss_refs, release_ms} = Snake.release_latency(n.refs)
+
+  # Warm-up (code loading, first session, Python imports).
+  Floor.sequential(port, 500, frame)
+  Snake.sequential(500)
+
+  # 1. Sequential.
+  seq_floor = Floor.sequential(port, n.seq, frame)
+  seq = Snake.sequential(n.seq)
+
+  # 2. 64 callers, one worker.
+  c64_floor = Floor.callers(port, n.callers, n.floor_per_caller, frame)
+  c64_window = Floor.window(port, n.window, n.callers, frame)
+  c64 = Snake.concurrent(n.callers, n.per_caller)
+
+  # 3. Binary echo.
+  echo1_floor = Floor.echo(port, mib1, n.mib1)
+  echo1 = Snake.echo(mib1, n.mib1)
+  echo16_floor = Floor.echo(port, mib16, n.mib16)
+  echo16 = Snake.echo(mib16, n.mib16)
+
+  # 4. Ref churn.
+  churn = Snake.churn(n.churn)
+  versions = Snake.versions()
+  Snake.stop()
+
+  # 2. 64 callers on the default pool.
+  Snake.start(python, [])
+  pool = Snake.concurrent(n.callers, n.per_caller)
+  Snake.stop()
+  Floor.close(port)
+
+  figures =
+    Map.merge(cold, %{
+      api_start: api_start,
+      rss_idle: rss_idle / 1.0e6,
+      rss_refs: rss_refs / 1.0e6,
+      seq_rate: seq.rate,
+      seq_rate_floor: seq_floor.rate,
+      seq_p50: seq.p50_us,
+      seq_p50_floor: seq_floor.p50_us,
+      seq_p99: seq.p99_us,
+      seq_p99_floor: seq_floor.p99_us,
+      c64: c64,
+      c64_floor: c64_floor,
+      c64_window: c64_window,
+      pool: pool,
+      echo1: echo1,
+      echo1_floor: echo1_floor,
+      echo16: echo16,
+      echo16_floor: echo16_floor,
+      churn: churn,
+      release_ms: release_ms
+    })
+
+  IO.inspect(figures, label: "round #{round}", limit: :infinity)
+  {figures, versions}
+end
+
+# One untimed cold start first: the first interpreter start pays for cold file caches.
+Floor.cold_start(python)
+Snake.cold_start(python)
+
+results = for r <- 1..rounds, do: one_round.(r)
+figures = Enum.map(results, &elem(&1, 0))
+versions = results |> hd() |> elem(1)
+
+codec =
+  with path when is_binary(path) <- args[:codec],
+       {:ok, text} <- File.read(path) do
+    case Regex.run(
+           ~r/decode request \+ encode reply\s+([\d.]+) us\s+\(median\s+([\d.]+) us\)/,
+           text
+         ) do
+      [_, best, med] -> %{text: text, best: String.to_float(best), median: String.to_float(med)}
+      nil -> %{text: text}
+    end
+  else
+    _ -> nil
+  end
+
+cpu =
+  File.read!("/proc/cpuinfo")
+  |> String.split("\n")
+  |> Enum.find_value(
+    "unknown",
+    &(String.starts_with?(&1, "model name") &&
+        &1 |> String.split(":", parts: 2) |> List.last() |> String.trim())
+  )
+
+{uname, 0} = System.cmd("uname", ["-a"])
+
+meta = %{
+  date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_string(),
+  command: System.get_env("BENCH_COMMAND", "mix run bench.exs"),
+  rounds: rounds,
+  suite_s: round(Stats.to_s(Stats.now() - suite_t0)),
+  uname: String.trim(uname),
+  cpu: cpu,
+  nproc: System.schedulers_online(),
+  load_before: load_before,
+  load_after: load.(),
+  python: versions.python,
+  snakeport: versions.snakeport,
+  otp: System.otp_release(),
+  erts: :erlang.system_info(:version),
+  elixir: System.version(),
+  pool_size: System.schedulers_online(),
+  counts: inspect(n)
+}
+
+Bench.Report.write(out, figures, meta, codec)
+IO.puts(out |> File.read!() |> String.split("## Every round") |> hd())
+IO.puts("wrote #{out}")

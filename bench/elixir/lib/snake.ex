@@ -1,0 +1,149 @@
+defmodule Bench.Snake do
+  @moduledoc "Snakeport measured through its public API (plus a raw-Port cold start)."
+
+  alias Bench.Stats
+  alias Snakeport.SessionContext
+
+  @helpers Path.expand("../../python", __DIR__)
+
+  def opts(python, extra), do: Keyword.merge([python: python, python_path: [@helpers]], extra)
+
+  @doc "Starts an instance (not linked to the caller); ms from start to the first call's reply."
+  def start(python, extra) do
+    t0 = Stats.now()
+    {:ok, pid} = Snakeport.start_link(opts(python, extra))
+    Process.unlink(pid)
+    add()
+    Stats.to_ms(Stats.now() - t0)
+  end
+
+  def stop, do: Supervisor.stop(Snakeport.Supervisor)
+
+  def add, do: {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+
+  def sequential(n), do: Stats.sequential(n, &add/0)
+
+  @doc "`callers` processes calling operator.add; each has its own (auto) session."
+  def concurrent(callers, per_caller),
+    do: Stats.concurrent(callers, per_caller, fn _ -> add() end, warmup: fn _ -> add() end)
+
+  @doc "Echoes `bin` (as Python bytes) through `bench_helpers.identity` `n` times. MiB/s."
+  def echo(bin, n) do
+    size = byte_size(bin)
+    arg = Snakeport.bytes(bin)
+    t0 = Stats.now()
+
+    for _ <- 1..n do
+      {:ok, reply} = Snakeport.call("bench_helpers", "identity", [arg])
+      ^size = byte_size(reply)
+    end
+
+    n * size / 1_048_576 / Stats.to_s(Stats.now() - t0)
+  end
+
+  @doc "Creates a ref, calls a method on it, releases it; `n` times, in a fresh process. Refs/s."
+  def churn(n) do
+    in_process(fn ->
+      t0 = Stats.now()
+
+      for i <- 1..n do
+        {:ok, ref} = Snakeport.call("bench_helpers", "Box", [i])
+        {:ok, ^i} = Snakeport.method(ref, "get")
+        :ok = Snakeport.release_ref(ref)
+      end
+
+      n / Stats.to_s(Stats.now() - t0)
+    end)
+  end
+
+  @doc """
+  A process with its own session creates `n` refs (one call returning a list of `n`
+  objects) and holds them. Returns the worker's RSS then (bytes) and the ms from killing
+  that process until `Snakeport.stats/0` reports 0 refs.
+  """
+  def release_latency(n) do
+    parent = self()
+
+    holder =
+      spawn(fn ->
+        SessionContext.with_session([max_refs: n], fn ->
+          {:ok, refs} = Snakeport.call("bench_helpers", "make_objects", [n])
+          ^n = length(refs)
+          send(parent, {:holding, self()})
+          Process.sleep(:infinity)
+        end)
+      end)
+
+    receive do: ({:holding, ^holder} -> :ok)
+    ^n = refs()
+    rss = rss()
+    t0 = Stats.now()
+    Process.exit(holder, :kill)
+    :ok = poll_refs_zero(t0 + System.convert_time_unit(10, :second, :native))
+    {rss, Stats.to_ms(Stats.now() - t0)}
+  end
+
+  defp poll_refs_zero(deadline) do
+    cond do
+      refs() == 0 -> :ok
+      Stats.now() > deadline -> raise "refs still held 10 s after their owner died"
+      true -> poll_refs_zero(deadline)
+    end
+  end
+
+  def refs, do: Snakeport.stats!().refs
+  def rss, do: Snakeport.stats!().rss_bytes
+
+  def versions do
+    [w | _] = Snakeport.stats!().workers
+    %{python: w.python, snakeport: w.snakeport}
+  end
+
+  @doc """
+  Cold start of `python -m snakeport` opened as a raw Port with the worker's options: ms from
+  `Port.open` to the ready frame and to the reply of a `ping` sent once it is ready.
+  """
+  def cold_start(python) do
+    t0 = Stats.now()
+
+    port =
+      Port.open({:spawn_executable, python}, [
+        {:packet, 4},
+        :binary,
+        :exit_status,
+        :use_stdio,
+        :hide,
+        {:args, ["-m", "snakeport"]},
+        {:env, [{~c"PYTHONPATH", String.to_charlist(@helpers)}]}
+      ])
+
+    {:snakeport_ready, 1, _} =
+      receive(do: ({^port, {:data, ready}} -> :erlang.binary_to_term(ready)))
+
+    t_ready = Stats.now()
+    Port.command(port, :erlang.term_to_binary({:ping, 1}))
+
+    {:reply, 1, :ok, :pong} =
+      receive(do: ({^port, {:data, reply}} -> :erlang.binary_to_term(reply)))
+
+    t_ping = Stats.now()
+    Bench.Floor.close(port)
+    {Stats.to_ms(t_ready - t0), Stats.to_ms(t_ping - t0)}
+  end
+
+  @doc "ms for `python -c pass` opened as a Port, to its exit status."
+  def python_pass(python) do
+    t0 = Stats.now()
+
+    port =
+      Port.open({:spawn_executable, python}, [:binary, :exit_status, :hide, {:args, ["-c", "pass"]}])
+
+    receive do: ({^port, {:exit_status, 0}} -> :ok)
+    Stats.to_ms(Stats.now() - t0)
+  end
+
+  defp in_process(fun) do
+    task = Task.async(fun)
+    Task.await(task, :infinity)
+  end
+end
