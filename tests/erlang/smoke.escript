@@ -31,8 +31,14 @@ run(Python, PyPath) ->
     {snakeport_ready, 1, #{pid := OsPid, max_frame_bytes := MaxFrame, threads := 1}} = recv(Port),
     step("ready", {OsPid, MaxFrame}),
 
+    %% Sessions exist only once opened: a call naming another session creates nothing.
+    #{reason := session_not_found, details := #{session := <<"s">>}} =
+        err(Port, {call, 20, <<"s">>, <<"operator">>, <<"add">>, [1, 2], #{}, #{}}),
+    step("unopened session", session_not_found),
+
     #{session := <<"s">>, refs := 0, overflow := error} =
         ok(Port, {open_session, 1, <<"s">>, #{tags => [smoke]}}),
+    #{session := <<"other">>} = ok(Port, {open_session, 21, <<"other">>, #{}}),
     step("open_session", ok),
 
     3 = ok(Port, {call, 2, <<"s">>, <<"operator">>, <<"add">>, [1, 2], #{}, #{}}),
@@ -68,6 +74,12 @@ run(Python, PyPath) ->
     Bin = crypto_free_random(1 bsl 20),
     Bin = ok(Port, {call, 11, <<"s">>, <<"copy">>, <<"copy">>, [{'$snakeport_bytes', Bin}], #{}, #{}}),
     step("1 MiB binary round trip", byte_size(Bin)),
+
+    %% A call that crosses release_session fails and does not bring the session back.
+    #{released := 0} = ok(Port, {release_session, 22, <<"other">>}),
+    #{reason := session_not_found, details := #{cause := session_released}} =
+        err(Port, {call, 23, <<"other">>, <<"operator">>, <<"add">>, [1, 2], #{}, #{}}),
+    step("released session", session_not_found),
 
     pong = ok(Port, {ping, 12}),
     #{sessions := 1, refs := 0, pid := OsPid} = ok(Port, {stats, 13}),

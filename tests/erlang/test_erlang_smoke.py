@@ -27,6 +27,8 @@ def test_escript_smoke() -> None:
     assert proc.returncode == 0, output
     for line in [
         "ready:",
+        "unopened session: session_not_found",
+        "open_session: ok",
         "call operator.add: 3",
         "call collections.Counter: {'$snakeport_ref',<<\"s\">>,",
         "method most_common: ok",
@@ -35,6 +37,8 @@ def test_escript_smoke() -> None:
         "released ref: ref_released",
         "python error: ok",
         "1 MiB binary round trip: 1048576",
+        "released session: session_not_found",
+        "ping and stats: ok",
         "shutdown: exit_status_0",
     ]:
         assert line in output, output

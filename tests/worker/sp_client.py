@@ -37,11 +37,15 @@ def worker_env() -> dict[str, str]:
 class Worker:
     """The real worker as a subprocess, spoken to with {packet, 4} ETF frames.
 
+    Sessions are never created implicitly by the worker: like the harness, the client opens
+    its default session ``"s1"`` with ``open_session`` right after the ready frame.
+
     Args:
         *flags: Extra command line options.
+        sessions: Sessions to open at start.
     """
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, sessions: tuple[str, ...] = ("s1",)) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "snakeport", *flags],
             stdin=subprocess.PIPE,
@@ -56,6 +60,8 @@ class Worker:
         self.order: list[int] = []  # reply ids in arrival order
         self.stderr = ""
         self.ready = self.recv_frame()
+        for sid in sessions:
+            self.ok("open_session", sid, {})
 
     # --- raw frames
 

@@ -22,10 +22,14 @@ REF = A("$snakeport_ref")
 
 
 class Harness:
-    def __init__(self, **table_kw) -> None:
+    """The dispatcher with session ``"s"`` opened (sessions are never created implicitly)."""
+
+    def __init__(self, sessions=("s",), **table_kw) -> None:
         self.table = SessionTable(**table_kw)
         self.d = Dispatcher(self.table, max_depth=8)
         self.ids = iter(range(1, 1_000_000))
+        for sid in sessions:
+            self.ok("open_session", sid, {})
 
     def outcome(self, op: str, *fields):
         term = (A(op), next(self.ids), *fields)
@@ -181,6 +185,7 @@ def test_python_error_has_type_message_and_user_traceback(h) -> None:
 
 
 def test_session_isolation(h) -> None:
+    h.ok("open_session", "a", {})
     box = h.call("Box", [1], session="a")
     h.ok("open_session", "b", {})
     for fields in [
@@ -209,10 +214,78 @@ def test_release_and_session_lifecycle(h) -> None:
     assert h.ok("release_session", "s") == {A("released"): 2}
     assert h.ok("release_session", "s") == {A("released"): 0}
     assert h.err("session_info", "s")[A("reason")] == "session_not_found"
+    # Python operations on the released session fail and re-create nothing.
+    released = {A("session"): "s", A("cause"): A("session_released")}
+    for fields in [
+        ("method", "s", (REF, "s", 10_000, "x.Y"), "get", [], {}, {}),
+        ("call", "s", "sp_testmod", "Box", [1], {}, {}),
+        ("getattr", "s", (A("module"), "math"), "pi", {}),
+        ("setattr", "s", box, "value", 1, {}),
+    ]:
+        err = h.err(*fields)
+        assert err[A("reason")] == "session_not_found" and err[A("details")] == released, fields
+    assert h.err("session_info", "s")[A("reason")] == "session_not_found"
+    assert h.table.counts() == (0, 0)
+    # Opened again, it is a new, empty session.
+    assert h.ok("open_session", "s", {})[A("refs")] == 0
     err = h.err("method", "s", (REF, "s", 10_000, "x.Y"), "get", [], {}, {})
     assert err[A("reason")] == "ref_not_found"
-    # A failed request does not re-create the released session.
-    assert h.err("session_info", "s")[A("reason")] == "session_not_found"
+
+
+def test_sessions_are_never_created_implicitly(h) -> None:
+    never = {A("session"): "n"}
+    box = h.call("Box", [1])
+    for fields in [
+        ("call", "n", "sp_testmod", "Box", [1], {}, {}),
+        ("getattr", "n", (A("module"), "math"), "pi", {}),
+        ("method", "n", (REF, "n", 10_000, "x.Y"), "get", [], {}, {}),
+        ("setattr", "n", (REF, "n", 10_000, "x.Y"), "value", 1, {}),
+        ("session_info", "n"),
+        ("release_ref", "n", (REF, "n", 1, "x.Y")),
+    ]:
+        err = h.err(*fields)
+        assert err[A("reason")] == "session_not_found" and err[A("details")] == never, fields
+    # The session check comes first: a ref of another session does not change the answer.
+    assert h.err("method", "n", box, "get", [], {}, {})[A("reason")] == "session_not_found"
+    assert h.ok("release_session", "n") == {A("released"): 0}
+    assert h.table.counts() == (1, 1)
+    assert h.ok("stats")[A("sessions")] == 1
+
+
+def test_call_crossing_release_session_creates_nothing(h) -> None:
+    # The harness released the session while one of its calls was on the wire: the call
+    # arrives after release_session and must not bring the session back.
+    h.call("boxes", [3])
+    assert h.ok("release_session", "s") == {A("released"): 3}
+    err = h.call_err("Box", [1])
+    assert err[A("reason")] == "session_not_found"
+    assert err[A("details")] == {A("session"): "s", A("cause"): A("session_released")}
+    stats = h.ok("stats")
+    assert (stats[A("sessions")], stats[A("refs")], stats[A("in_flight")]) == (0, 0, 0)
+
+
+def test_session_tombstones_are_bounded() -> None:
+    h = Harness(sessions=("a", "b", "c"), max_tombstones=2)
+    for sid in ("a", "b", "c"):
+        h.ok("release_session", sid)
+    # "a" is forgotten: plain never-opened; "b" and "c" are remembered as released.
+    assert h.call_err("Box", session="a")[A("details")] == {A("session"): "a"}
+    for sid in ("b", "c"):
+        assert h.call_err("Box", session=sid)[A("details")][A("cause")] == "session_released"
+    h.ok("open_session", "b", {})  # opened again: no longer a tombstone
+    h.ok("release_session", "b")
+    assert h.call_err("Box", session="b")[A("details")][A("cause")] == "session_released"
+    assert Harness(sessions=("z",), max_tombstones=0).ok("release_session", "z") == {A("released"): 0}
+
+
+def test_queued_call_whose_session_is_released_stores_nothing(h) -> None:
+    job = h.outcome("call", "s", "sp_testmod", "boxes", [2], {}, {})
+    assert isinstance(job, Job)
+    h.ok("release_session", "s")
+    (reply,) = h.d.run_job(job)
+    err = reply[3]
+    assert err[A("reason")] == "session_not_found" and err[A("details")][A("cause")] == "session_released"
+    assert h.table.counts() == (0, 0)
 
 
 def test_overflow_policies_through_calls(h) -> None:
@@ -331,6 +404,7 @@ def test_cancel_racing_with_completion_never_leaks_an_exception() -> None:
 def test_shutdown_rejects_later_calls(h) -> None:
     assert h.ok("shutdown") == "ok"
     assert h.call_err("identity", [1])[A("reason")] == "shutting_down"
+    assert h.call_err("identity", [1], session="never")[A("reason")] == "shutting_down"
     assert h.ok("ping") == "pong"
 
 
@@ -339,7 +413,7 @@ def test_stats(h) -> None:
     stats = h.ok("stats")
     assert stats[A("sessions")] == 1 and stats[A("refs")] == 1
     assert stats[A("rss_bytes")] > 1_000_000 and stats[A("in_flight")] == 0
-    assert stats[A("requests")] == 2 and stats[A("threads")] == 1
+    assert stats[A("requests")] == 3 and stats[A("threads")] == 1  # open_session, call, stats
 
 
 def test_fill_warning_once_per_crossing(h) -> None:

@@ -103,11 +103,28 @@ def test_session_isolation_release_and_info(worker) -> None:
     assert reason(err) == "ref_released" and err[A("details")][A("cause")] == "released"
     worker.call("sp_testmod", "boxes", [3], session="a")
     stats = worker.ok("stats")
-    assert stats[A("sessions")] == 2 and stats[A("refs")] == 3 and stats[A("pid")] == worker.proc.pid
+    assert stats[A("sessions")] == 3 and stats[A("refs")] == 3 and stats[A("pid")] == worker.proc.pid  # s1, a, b
     assert stats[A("rss_bytes")] > 0 and stats[A("uptime_ms")] >= 0 and stats[A("requests")] >= 10
     assert worker.ok("release_session", "a") == {A("released"): 3}
     assert reason(worker.error("session_info", "a")) == "session_not_found"
     assert worker.ok("stats")[A("refs")] == 0
+
+
+def test_release_session_crossing_a_call_creates_nothing(worker) -> None:
+    worker.call("sp_testmod", "boxes", [3])
+    # The harness releases the session while a call naming it is on the wire: the call
+    # arrives after release_session and fails instead of re-creating the session.
+    release = worker.request("release_session", "s1")
+    call = worker.request("call", "s1", "sp_testmod", "Box", [1], {}, {})
+    assert worker.wait(release)[3] == {A("released"): 3}
+    err = worker.wait(call)[3]
+    assert reason(err) == "session_not_found"
+    assert err[A("details")] == {A("session"): "s1", A("cause"): A("session_released")}
+    for fields in [("getattr", "s1", (A("module"), "math"), "pi", {}), ("call", "never", "math", "sqrt", [4], {}, {})]:
+        assert reason(worker.error(*fields)) == "session_not_found"
+    stats = worker.ok("stats")
+    assert (stats[A("sessions")], stats[A("refs")]) == (0, 0)
+    assert reason(worker.error("session_info", "s1")) == "session_not_found"
 
 
 def test_python_exception_reply(worker) -> None:

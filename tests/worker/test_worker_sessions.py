@@ -23,7 +23,9 @@ def handle(session, ref_id) -> RefHandle:
 
 
 def new_refs(table: SessionTable, sid, objs) -> list[int]:
-    session = table.ensure_session(sid)
+    """Open the session (or keep it as it is) and store ``objs`` in it as new refs."""
+    table.open_session(sid)
+    session = table.checkout(sid)
     pairs = [(table.new_ref_id(), o) for o in objs]
     table.store(session, pairs)
     return [rid for rid, _ in pairs]
@@ -105,7 +107,7 @@ def test_tombstones_are_bounded(table) -> None:
         ids += new_refs(table, "s", [1, 2])
         table.release_session("s")
     # 6 dropped, 4 remembered: the oldest two are forgotten.
-    table.ensure_session("s")
+    table.open_session("s")
     for rid in ids[:2]:
         with pytest.raises(RequestError) as e:
             table.resolve("s", [handle("s", rid)])
@@ -118,7 +120,7 @@ def test_tombstones_are_bounded(table) -> None:
 
 def test_overflow_error_drops_the_new_objects_only(table) -> None:
     ids = new_refs(table, "s", [1, 2])
-    session = table.ensure_session("s")
+    session = table.checkout("s")
     with pytest.raises(RequestError) as e:
         table.store(session, [(table.new_ref_id(), 3), (table.new_ref_id(), 4)])
     assert reason(e) == "max_refs_exceeded" and e.value.details == {"limit": 3, "refs": 2}
@@ -131,7 +133,7 @@ def test_overflow_evict_lru_evicts_least_recently_used(table) -> None:
     table.open_session("s", overflow="evict_lru")
     ids = new_refs(table, "s", ["a", "b", "c"])
     table.resolve("s", [handle("s", ids[0])])  # "a" is now the most recently used
-    session = table.ensure_session("s")
+    session = table.checkout("s")
     evicted = table.store(session, [(table.new_ref_id(), "d"), (table.new_ref_id(), "e")])
     assert evicted == [ids[1], ids[2]]
     with pytest.raises(RequestError) as e:
@@ -168,7 +170,7 @@ def test_ttl_sweep_prunes_idle_refs_only(table, clock) -> None:
 
 def test_release_session_and_late_store(table) -> None:
     new_refs(table, "s", [1, 2])
-    session = table.ensure_session("s")
+    session = table.checkout("s")
     assert table.release_session("s") == 2
     assert table.release_session("s") == 0
     with pytest.raises(RequestError) as e:
@@ -244,7 +246,7 @@ def test_constructor_validates() -> None:
 
 def test_fill_warning_rearms_below_the_threshold(table) -> None:
     table.open_session("s", max_refs=5)
-    session = table.ensure_session("s")
+    session = table.checkout("s")
     ids = new_refs(table, "s", [1, 2, 3])
     assert table.fill_warning(session) is None
     ids += new_refs(table, "s", [4])
@@ -255,3 +257,45 @@ def test_fill_warning_rearms_below_the_threshold(table) -> None:
     assert table.fill_warning(session) is None  # 2 of 5: re-armed
     new_refs(table, "s", [5, 6])
     assert table.fill_warning(session) == (4, 5)
+
+
+def test_sessions_are_only_created_by_open_session(table) -> None:
+    for fn in (table.checkout, table.session_info):
+        with pytest.raises(RequestError) as e:
+            fn("s")
+        assert reason(e) == "session_not_found" and e.value.details == {"session": "s"}
+    with pytest.raises(RequestError) as e:
+        table.checkout("s", [handle("s", 1)])
+    assert reason(e) == "session_not_found"
+    assert table.counts() == (0, 0)
+    table.open_session("s")
+    assert table.checkout("s").session_id == "s"
+    assert table.counts() == (1, 0)
+
+
+def test_released_session_is_remembered_not_recreated(table) -> None:
+    ids = new_refs(table, "s", [1])
+    table.release_session("s")
+    with pytest.raises(RequestError) as e:
+        table.checkout("s", [handle("s", ids[0])])
+    assert reason(e) == "session_not_found"
+    assert e.value.details == {"session": "s", "cause": "session_released"}
+    with pytest.raises(RequestError) as e:
+        table.release_ref("s", handle("s", ids[0]))
+    assert e.value.details["cause"] == "session_released"
+    assert table.counts() == (0, 0)
+    # Opening it again gives a new, empty session; its old refs stay released.
+    table.open_session("s")
+    with pytest.raises(RequestError) as e:
+        table.checkout("s", [handle("s", ids[0])])
+    assert reason(e) == "ref_released" and e.value.details["cause"] == "session_released"
+    with pytest.raises(RequestError) as e:
+        table.checkout("t")
+    assert e.value.details == {"session": "t"}
+
+
+def test_checkout_resolves_refs(table) -> None:
+    ids = new_refs(table, "s", ["a"])
+    h = handle("s", ids[0])
+    session = table.checkout("s", [h])
+    assert h.obj == "a" and session.session_id == "s"

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=100_000,
         metavar="N",
         help="how many released/evicted/pruned ref ids are remembered so that their later "
-        "use fails with ref_released rather than ref_not_found (0: none)",
+        "use fails with ref_released rather than ref_not_found, and how many released "
+        "session ids, so that session_not_found says cause => session_released (0: none)",
     )
     parser.add_argument(
         "--max-depth",

@@ -740,15 +740,16 @@ class Dispatcher:
         args = _args(term[5])
         kwargs = _kwargs(term[6])
         mode = _mode(term[7])
-        if ctx is not None and ctx.handles:
-            self.table.resolve(sid, ctx.handles)
+        handles = ctx.handles if ctx is not None else ()
+        session = self._checkout(sid, handles)
+        if handles:
             args = _substitute(args)
             kwargs = _substitute(kwargs)
 
         def fn() -> Any:
             return _lookup(_import(module), function)(*args, **kwargs)
 
-        return self._job(rid, sid, fn, mode)
+        return self._job(rid, session, fn, mode)
 
     def _op_method(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         _arity(term, 8)
@@ -761,7 +762,7 @@ class Dispatcher:
         kwargs = _kwargs(term[6])
         mode = _mode(term[7])
         handles = ctx.handles if ctx is not None else [target]
-        self.table.resolve(sid, handles)
+        session = self._checkout(sid, handles)
         obj = target.obj
         if len(handles) > 1:
             args = _substitute(args)
@@ -770,7 +771,7 @@ class Dispatcher:
         def fn() -> Any:
             return _lookup(obj, name)(*args, **kwargs)
 
-        return self._job(rid, sid, fn, mode)
+        return self._job(rid, session, fn, mode)
 
     def _op_getattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         _arity(term, 6)
@@ -779,7 +780,7 @@ class Dispatcher:
         name = _name(term[4], "Name")
         mode = _mode(term[5])
         if type(target) is RefHandle:
-            self.table.resolve(sid, (target,))
+            session = self._checkout(sid, (target,))
             obj = target.obj
 
             def fn() -> Any:
@@ -787,13 +788,14 @@ class Dispatcher:
 
         elif type(target) is tuple and len(target) == 2 and target[0] == MODULE and type(target[0]) is Atom:
             module = _name(target[1], "ModuleName")
+            session = self._checkout(sid, ())
 
             def fn() -> Any:
                 return _lookup(_import(module), name)
 
         else:
             raise _bad(f"expected Target to be a ref term or {{module, Name}}, got: {_short(target)}")
-        return self._job(rid, sid, fn, mode)
+        return self._job(rid, session, fn, mode)
 
     def _op_setattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         _arity(term, 7)
@@ -805,7 +807,7 @@ class Dispatcher:
         value = term[5]
         _mode(term[6])
         handles = ctx.handles if ctx is not None else [target]
-        self.table.resolve(sid, handles)
+        session = self._checkout(sid, handles)
         obj = target.obj
         if len(handles) > 1:
             value = _substitute(value)
@@ -819,12 +821,21 @@ class Dispatcher:
                 raise _Failure("attribute_error", exc) from None
             return None
 
-        return self._job(rid, sid, fn, _VALUE)
+        return self._job(rid, session, fn, _VALUE)
 
-    def _job(self, rid: int, sid: str | bytes, fn: Callable[[], Any], mode: int) -> Outcome:
+    def _checkout(self, sid: str | bytes, handles: Any) -> Session:
+        """The open session of a Python operation, with its ref terms resolved.
+
+        Raises:
+            RequestError: ``shutting_down``, ``session_not_found`` (never opened or
+                released: nothing is created), or a ref error.
+        """
         if self.shutting_down:
-            return [error_reply(rid, "shutting_down", "the worker is shutting down")]
-        job = Job(rid, self.table.ensure_session(sid), fn, mode)
+            raise RequestError("shutting_down", "the worker is shutting down")
+        return self.table.checkout(sid, handles)
+
+    def _job(self, rid: int, session: Session, fn: Callable[[], Any], mode: int) -> Job:
+        job = Job(rid, session, fn, mode)
         with self._jlock:
             self._jobs[rid] = job
         return job

@@ -8,6 +8,10 @@ remembers why recently dropped refs are gone (``released``, ``evicted``, ``ttl``
 ``session_released``) so that late uses fail with ``ref_released`` instead of
 ``ref_not_found``.
 
+Sessions exist only between ``open_session`` and ``release_session``: nothing here creates a
+session implicitly. A request naming any other session fails with ``session_not_found``
+(with ``cause => session_released`` for the last ``max_tombstones`` released sessions).
+
 All public methods take one lock (:attr:`SessionTable.lock`), so the frame-reading thread,
 the executor threads and the sweep thread may call them concurrently. Objects dropped from
 the table are released after the lock is let go, so that a slow ``__del__`` never holds it.
@@ -196,8 +200,9 @@ class SessionTable:
     Args:
         default_max_refs: ``max_refs`` of sessions that do not state one.
         default_ttl_seconds: ``ttl_seconds`` of sessions that do not state one.
-        max_tombstones: How many dropped ref ids to remember for ``ref_released`` errors
-            (0 disables tombstones).
+        max_tombstones: How many dropped ref ids to remember for ``ref_released`` errors,
+            and (separately) how many released session ids for ``session_not_found`` errors
+            with ``cause => session_released`` (0 disables tombstones).
         monotonic: Clock for TTLs (seconds); injectable for tests.
         wall: Clock for ``created_at``/``last_access`` (Unix seconds); injectable for tests.
 
@@ -232,6 +237,8 @@ class SessionTable:
         self._owner: dict[int, Session] = {}
         # ref id -> (session id, cause) for recently dropped refs, oldest first.
         self._tombstones: OrderedDict[int, tuple[str | bytes, Atom]] = OrderedDict()
+        # Ids of recently released sessions (not open again), oldest first.
+        self._released_sessions: OrderedDict[str | bytes, None] = OrderedDict()
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------- sessions
@@ -281,7 +288,14 @@ class SessionTable:
             )
         dropped: list[_Entry] = []
         with self.lock:
-            session = self._get_or_create(session_id)
+            session = self._sessions.get(session_id)
+            now = self._wall()
+            if session is None:
+                session = Session(session_id, self.default_max_refs, self.default_ttl_seconds, now)
+                self._sessions[session_id] = session
+                self._released_sessions.pop(session_id, None)
+            else:
+                session.last_access = now
             if max_refs is not _UNSET:
                 session.max_refs = max_refs
             if ttl_seconds is not _UNSET:
@@ -299,17 +313,30 @@ class SessionTable:
         del dropped
         return info, evicted
 
-    def ensure_session(self, session_id: str | bytes) -> Session:
-        """Return the session, creating it with the defaults when it does not exist.
+    def checkout(self, session_id: str | bytes, handles: Iterable[RefHandle] = ()) -> Session:
+        """Return an open session and resolve the request's ref terms in it, atomically.
+
+        Nothing is created: the session must have been opened with :meth:`open_session`.
+        See :meth:`resolve` for the handles.
 
         Args:
-            session_id: The session id.
+            session_id: The session of the request.
+            handles: The ref terms found in the request.
 
         Returns:
             The session (its last access refreshed).
+
+        Raises:
+            RequestError: ``session_not_found`` (never opened, or released), or the errors
+                of :meth:`resolve`.
         """
         with self.lock:
-            return self._get_or_create(session_id)
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise self._not_found_locked(session_id)
+            self._resolve_locked(session_id, handles)
+            session.last_access = self._wall()
+            return session
 
     def session_info(self, session_id: str | bytes) -> SessionInfo:
         """Describe one session.
@@ -326,7 +353,7 @@ class SessionTable:
         with self.lock:
             session = self._sessions.get(session_id)
             if session is None:
-                raise _session_not_found(session_id)
+                raise self._not_found_locked(session_id)
             return session.info()
 
     def release_session(self, session_id: str | bytes) -> int:
@@ -343,6 +370,7 @@ class SessionTable:
             if session is None:
                 return 0
             session.released = True
+            self._session_tombstone(session_id)
             refs = session.refs
             session.refs = OrderedDict()
             session.by_object = {}
@@ -377,44 +405,49 @@ class SessionTable:
                 ``ref_not_found``.
         """
         with self.lock:
-            owner = self._owner
-            for handle in handles:
-                ref_id = handle.ref_id
-                if handle.session != session_id:
+            self._resolve_locked(session_id, handles)
+
+    def _resolve_locked(self, session_id: str | bytes, handles: Iterable[RefHandle]) -> None:
+        if not handles:
+            return
+        owner = self._owner
+        for handle in handles:
+            ref_id = handle.ref_id
+            if handle.session != session_id:
+                raise _mismatch(ref_id)
+            session = owner.get(ref_id)
+            if session is not None:
+                if session.session_id != session_id:
                     raise _mismatch(ref_id)
-                session = owner.get(ref_id)
-                if session is not None:
-                    if session.session_id != session_id:
-                        raise _mismatch(ref_id)
-                    continue
-                tomb = self._tombstones.get(ref_id)
-                if tomb is not None:
-                    if tomb[0] != session_id:
-                        raise _mismatch(ref_id)
-                    raise RequestError(
-                        "ref_released",
-                        f"ref {ref_id} was released ({tomb[1]})",
-                        details={"ref_id": ref_id, "cause": tomb[1]},
-                    )
+                continue
+            tomb = self._tombstones.get(ref_id)
+            if tomb is not None:
+                if tomb[0] != session_id:
+                    raise _mismatch(ref_id)
                 raise RequestError(
-                    "ref_not_found",
-                    f"no ref {ref_id} was issued to this session",
-                    details={"ref_id": ref_id},
+                    "ref_released",
+                    f"ref {ref_id} was released ({tomb[1]})",
+                    details={"ref_id": ref_id, "cause": tomb[1]},
                 )
-            now = self._monotonic()
-            for handle in handles:
-                session = owner[handle.ref_id]
-                entry = session.refs[handle.ref_id]
-                session.refs.move_to_end(handle.ref_id)
-                entry.last_access = now
-                handle.obj = entry.obj
-                session.last_access = self._wall()
+            raise RequestError(
+                "ref_not_found",
+                f"no ref {ref_id} was issued to this session",
+                details={"ref_id": ref_id},
+            )
+        now = self._monotonic()
+        for handle in handles:
+            session = owner[handle.ref_id]
+            entry = session.refs[handle.ref_id]
+            session.refs.move_to_end(handle.ref_id)
+            entry.last_access = now
+            handle.obj = entry.obj
+            session.last_access = self._wall()
 
     def store(self, session: Session, new: list[tuple[int, Any]]) -> list[int]:
         """Add objects to a session as refs, all or nothing.
 
         Args:
-            session: The session (as returned by :meth:`ensure_session`).
+            session: The session (as returned by :meth:`checkout`).
             new: ``(ref_id, obj)`` pairs, ids from :meth:`new_ref_id`.
 
         Returns:
@@ -431,6 +464,7 @@ class SessionTable:
                 raise RequestError(
                     "session_not_found",
                     f"session {session.session_id!r} was released while the request ran",
+                    details={"session": session.session_id, "cause": CAUSE_SESSION_RELEASED},
                 )
             refs = session.refs
             excess = len(refs) + len(new) - session.max_refs
@@ -538,7 +572,7 @@ class SessionTable:
         with self.lock:
             session = self._sessions.get(session_id)
             if session is None:
-                raise _session_not_found(session_id)
+                raise self._not_found_locked(session_id)
             ref_id = handle.ref_id
             if handle.session != session_id:
                 raise _mismatch(ref_id)
@@ -592,15 +626,27 @@ class SessionTable:
 
     # ------------------------------------------------------------- internal
 
-    def _get_or_create(self, session_id: str | bytes) -> Session:
-        session = self._sessions.get(session_id)
-        now = self._wall()
-        if session is None:
-            session = Session(session_id, self.default_max_refs, self.default_ttl_seconds, now)
-            self._sessions[session_id] = session
-        else:
-            session.last_access = now
-        return session
+    def _not_found_locked(self, session_id: str | bytes) -> RequestError:
+        if session_id in self._released_sessions:
+            return RequestError(
+                "session_not_found",
+                f"session {session_id!r} was released",
+                details={"session": session_id, "cause": CAUSE_SESSION_RELEASED},
+            )
+        return RequestError(
+            "session_not_found",
+            f"no session {session_id!r} (sessions must be opened with open_session)",
+            details={"session": session_id},
+        )
+
+    def _session_tombstone(self, session_id: str | bytes) -> None:
+        if not self.max_tombstones:
+            return
+        released = self._released_sessions
+        released[session_id] = None
+        released.move_to_end(session_id)
+        if len(released) > self.max_tombstones:
+            released.popitem(last=False)
 
     def _drop_lru(self, session: Session, count: int, cause: Atom, dropped: list[_Entry]) -> list[int]:
         ids: list[int] = []
@@ -630,7 +676,3 @@ def _mismatch(ref_id: int) -> RequestError:
         f"ref {ref_id} belongs to another session; refs are only served in their own session",
         details={"ref_id": ref_id},
     )
-
-
-def _session_not_found(session_id: str | bytes) -> RequestError:
-    return RequestError("session_not_found", f"no session {session_id!r}")

@@ -114,8 +114,20 @@ defmodule Snakeport.Client do
                &Protocol.encode(build.(&1, session.id)),
                parsed.timeout
              ) do
-          {:ok, frame} -> Protocol.decode_reply(frame, session.index)
-          {:error, reason} -> {:error, transport_error(reason, session, parsed.timeout)}
+          {:ok, frame} ->
+            case Protocol.decode_reply(frame, session.index) do
+              {:error, %Error{reason: :session_not_found}} = error ->
+                # The session is not open in the worker: re-open it there if the harness
+                # still has it; the error goes to the caller either way.
+                Sessions.reopen(session.id)
+                error
+
+              decoded ->
+                decoded
+            end
+
+          {:error, reason} ->
+            {:error, transport_error(reason, session, parsed.timeout)}
         end
 
       stop = System.monotonic_time()

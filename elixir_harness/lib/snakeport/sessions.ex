@@ -10,6 +10,11 @@ defmodule Snakeport.Sessions do
   #   `monitors` maps a monitor ref to `{:owner, session_id, pid}`, `owners` maps a session
   #   to `%{pid => monitor_ref}`. When the last owner dies the session is released in
   #   Python (a `release_session` request to its worker), not just forgotten.
+  # * The worker serves only sessions it was told to open (docs/PROTOCOL.md): this process
+  #   sends `open_session` before a new row becomes visible and `release_session` after a
+  #   row is removed, so every request that found the row reaches the worker in between.
+  #   A request answered `session_not_found` while the row exists gets the session opened
+  #   again (reopen/1).
   # * A sweep every `cleanup_interval` releases sessions idle for longer than their TTL.
   # * Each session is pinned to one worker, the least loaded at creation. This process
   #   monitors the workers it pinned sessions to; when one dies its sessions are marked
@@ -117,13 +122,7 @@ defmodule Snakeport.Sessions do
 
   defp adopt(id, limits, create) do
     case GenServer.call(__MODULE__, {:adopt, id, self(), limits, create}, @call_timeout) do
-      {:ok, info, lost, created} ->
-        if created do
-          # Sent by the caller, before its own request: the worker sees them in this order.
-          opts = %{max_refs: info.max_refs, ttl_seconds: info.ttl_seconds, tags: info.tags}
-          Worker.cast(info.worker, &Protocol.encode({:open_session, &1, id, opts}))
-        end
-
+      {:ok, info, lost, _created} ->
         if lost, do: {:error, lost_error(info)}, else: {:ok, info}
 
       {:error, :not_found} ->
@@ -140,6 +139,22 @@ defmodule Snakeport.Sessions do
     end
   catch
     :exit, _ -> {:error, not_started()}
+  end
+
+  @doc false
+  # Called when the worker answered a request of session `id` with :session_not_found. The
+  # worker only knows opened sessions, so this means the session is not open there: either
+  # the harness released it too (the request crossed its release_session: nothing to do,
+  # the caller gets the error), or the worker lost it while the harness still has the row
+  # (e.g. Snakeport.release_session/1 of an older session with the same id reached the
+  # worker after the new one's open_session). In that case the session is opened again in
+  # the worker (with empty refs), so that the harness never believes in a session that the
+  # worker does not have; the failed request is not retried.
+  @spec reopen(String.t()) :: :ok | :not_found
+  def reopen(id) do
+    GenServer.call(__MODULE__, {:reopen, id}, @call_timeout)
+  catch
+    :exit, _ -> :not_found
   end
 
   @doc false
@@ -234,6 +249,17 @@ defmodule Snakeport.Sessions do
 
       [] ->
         create(state, id, pid, limits, create == :auto)
+    end
+  end
+
+  def handle_call({:reopen, id}, _from, state) do
+    case :ets.lookup(@table, id) do
+      [{^id, info, _last, false, _ttl}] ->
+        open_in_worker(info)
+        {:reply, :ok, state}
+
+      _ ->
+        {:reply, :not_found, state}
     end
   end
 
@@ -354,6 +380,10 @@ defmodule Snakeport.Sessions do
         }
 
         ttl_ms = info.ttl_seconds * 1000
+        # The worker only serves opened sessions: open it before the row becomes visible,
+        # so that any request of any process that finds the row reaches the worker after
+        # this open_session (both go through the same port, this one first).
+        open_in_worker(info)
         :ets.insert(@table, {id, info, System.monotonic_time(:millisecond), false, ttl_ms})
         state = state |> add_owner(id, pid) |> add_load(entry)
         current = count + 1
@@ -374,6 +404,11 @@ defmodule Snakeport.Sessions do
 
         {:reply, {:error, error}, state}
     end
+  end
+
+  defp open_in_worker(info) do
+    opts = %{max_refs: info.max_refs, ttl_seconds: info.ttl_seconds, tags: info.tags}
+    Worker.cast(info.worker, &Protocol.encode({:open_session, &1, info.id, opts}))
   end
 
   defp accumulation(state, current, reason) do

@@ -175,6 +175,81 @@ defmodule Snakeport.SessionsTest do
     end
   end
 
+  describe "sessions in the worker (the worker serves only sessions it was told to open)" do
+    test "a call that crosses release_session fails with :session_not_found, creates nothing" do
+      session_id = shared_id()
+      box_in(session_id)
+      {:ok, info, false} = Snakeport.Sessions.lookup(session_id)
+      assert {:ok, 1} = Snakeport.release_session(session_id)
+
+      # The request a caller had already sent when the release overtook it.
+      crossing = &{:call, &1, session_id, "operator", "add", [1, 2], %{}, %{}}
+
+      assert {:error,
+              %Error{
+                reason: :session_not_found,
+                details: %{session: ^session_id, cause: :session_released}
+              }} = Snakeport.Client.worker_request(info.worker, crossing, 5_000)
+
+      assert {:ok, %{sessions: 0, python_sessions: 0, refs: 0}} = Snakeport.stats()
+    end
+
+    test "a session the worker lost is surfaced as an error, then opened again" do
+      session_id = shared_id()
+      ref = box_in(session_id, 7)
+      {:ok, info, false} = Snakeport.Sessions.lookup(session_id)
+
+      # Release it in the worker behind the harness's back (as a late release_session of an
+      # older session with the same id would): the harness row is still there.
+      release = &{:release_session, &1, session_id}
+      assert {:ok, %{released: 1}} = Snakeport.Client.worker_request(info.worker, release, 5_000)
+
+      SessionContext.with_session([session_id: session_id], fn ->
+        assert {:error, %Error{reason: :session_not_found, details: %{session: ^session_id}}} =
+                 Snakeport.call(@mod, "Box", [1])
+
+        # The harness opened it again in the worker: a new, empty session.
+        assert {:ok, %{python: %{session: ^session_id, refs: 0}}} =
+                 Snakeport.session_info(session_id)
+
+        assert {:ok, %Ref{}} = Snakeport.call(@mod, "Box", [2])
+
+        assert {:error, %Error{reason: :ref_released, details: %{cause: :session_released}}} =
+                 Snakeport.method(ref, "get")
+      end)
+
+      assert {:ok, %{sessions: 1, python_sessions: 1, refs: 1}} = Snakeport.stats()
+    end
+
+    # A stress check of the ordering: the session store sends open_session before the new
+    # session becomes visible to other processes, so none of their calls can reach the
+    # worker first (the race window is narrow: this is a regression guard, not a proof).
+    @tag snakeport: [threads: 4]
+    test "processes that start using a new shared session at once never beat its open_session" do
+      for _ <- 1..40 do
+        session_id = shared_id()
+        go = make_ref()
+
+        tasks =
+          for i <- 1..4 do
+            Task.async(fn ->
+              receive do
+                ^go -> :ok
+              end
+
+              SessionContext.with_session([session_id: session_id], fn ->
+                Snakeport.call("operator", "add", [i, 1])
+              end)
+            end)
+          end
+
+        Enum.each(tasks, &send(&1.pid, go))
+        results = Enum.map(tasks, &Task.await/1)
+        assert results == [{:ok, 2}, {:ok, 3}, {:ok, 4}, {:ok, 5}]
+      end
+    end
+  end
+
   describe "TTL" do
     @tag snakeport: [session_store: [cleanup_interval: 50]]
     test "a session unused for its TTL is released in Python" do
