@@ -324,20 +324,48 @@ def test_stdin_eof_exits_0_even_with_a_call_running(worker) -> None:
     assert call not in worker.replies
 
 
+def test_closed_protocol_output_ends_the_worker_quietly(make_worker) -> None:
+    # The VM halted: the worker's next frame hits a closed pipe. A normal end of life: status
+    # 0 and nothing on stderr at the default log level (INFO shows it).
+    for flags, expected in [((), ""), (("--log-level", "info"), "protocol output closed")]:
+        w = make_worker(*flags)
+        assert w.ok("ping") == "pong"
+        w.proc.stdout.close()
+        w.send((A("ping"), 99))
+        assert w.proc.wait(10) == 0
+        stderr = w.stderr_text()
+        if expected:
+            assert expected in stderr and "INFO" in stderr and "WARNING" not in stderr, stderr
+        else:
+            assert stderr == ""
+
+
+def test_closed_protocol_input_ends_the_worker_quietly(worker) -> None:
+    assert worker.call("operator", "add", [1, 2]) == 3
+    assert worker.close() == 0
+    assert worker.stderr == ""
+
+
 _PARENT = r"""
 import subprocess, sys, time
-worker = subprocess.Popen([sys.executable, "-m", "snakeport"], stdin=0, stdout=int(sys.argv[1]))
+with open(sys.argv[2], "wb") as err:
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "snakeport", *sys.argv[3:]], stdin=0, stdout=int(sys.argv[1]), stderr=err
+    )
 print(worker.pid, flush=True)
 time.sleep(600)
 """
 
 
-def test_worker_exits_when_its_parent_dies() -> None:
-    # The test keeps both protocol pipes open, so only the watchdog can end the worker.
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+def test_worker_exits_when_its_parent_dies(tmp_path, level) -> None:
+    # The test keeps both protocol pipes open, so only the watchdog can end the worker. The
+    # VM being gone is a normal end of life: nothing on stderr at the default level.
+    stderr_path = tmp_path / "stderr"
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT, str(out_w)],
+        [sys.executable, "-c", _PARENT, str(out_w), str(stderr_path), "--log-level", level],
         stdin=in_r,
         stdout=subprocess.PIPE,
         env=worker_env(),
@@ -361,6 +389,11 @@ def test_worker_exits_when_its_parent_dies() -> None:
                 break
             assert time.monotonic() < deadline, "the worker outlived its parent"
             time.sleep(0.02)
+        stderr = stderr_path.read_text()
+        if level == "INFO":
+            assert "INFO" in stderr and "parent process" in stderr and "WARNING" not in stderr, stderr
+        else:
+            assert stderr == ""
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -291,8 +291,13 @@ class FrameWriter:
                 else:
                     bufs = bufs[i:]
         except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):
-                log.warning("protocol output closed (%s); exiting", exc)
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                # The VM closed its end (it halted or closed the port): a normal end of life,
+                # silent at the default log level.
+                log.info("protocol output closed (%s); exiting", exc)
+                _exit(0)
+            if exc.errno == errno.EBADF:
+                log.warning("protocol output fd is not valid (%s); exiting", exc)
                 _exit(0)
             raise
 
@@ -628,7 +633,9 @@ class Server:
         parent = self._parent
         while not self._stop.wait(_WATCHDOG_INTERVAL):
             if os.getppid() != parent:
-                log.warning("parent process %d is gone; exiting", parent)
+                # The VM is gone (halted or killed): a normal end of life, silent at the
+                # default log level.
+                log.info("parent process %d is gone; exiting", parent)
                 _exit(0)
 
 
