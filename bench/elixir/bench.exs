@@ -10,18 +10,33 @@ out = args[:out] || Path.expand("../RESULTS.md", __DIR__)
 python = System.get_env("SNAKEPORT_PYTHON") || Path.expand("../../.venv/bin/python", __DIR__)
 rounds = max(3, String.to_integer(System.get_env("BENCH_ROUNDS", "5")))
 
+# Per round. seq: batches of seq_batch calls; c64: alternations of 64 callers x per_caller
+# calls (the floor's callers make floor_per_caller calls each: it is faster); mib1/mib16:
+# single round trips, alternated.
 n = %{
-  seq: 20_000,
+  seq_batches: 10,
+  seq_batch: 1_000,
+  c64_batches: 4,
   callers: 64,
-  per_caller: 300,
-  floor_per_caller: 1_000,
-  window: 128_000,
-  mib1: 100,
-  mib16: 8,
+  per_caller: 100,
+  floor_per_caller: 300,
+  mib1: 30,
+  mib16: 3,
   churn: 10_000,
   refs: 10_000,
   cold: 5
 }
+
+# Every Python process gets a bytecode cache (bench/out/pycache), as a `pip install`ed
+# worker has; this environment may set PYTHONDONTWRITEBYTECODE (and the worker here is an
+# editable install), which would make every worker start compile its sources.
+pycache = Path.expand("../out/pycache", __DIR__)
+env = [{"PYTHONDONTWRITEBYTECODE", nil}, {"PYTHONPYCACHEPREFIX", pycache}]
+
+port_env = [
+  {~c"PYTHONDONTWRITEBYTECODE", false},
+  {~c"PYTHONPYCACHEPREFIX", String.to_charlist(pycache)}
+]
 
 # The floor frames are as long as Snakeport's request for operator.add.
 frame = :erlang.term_to_binary({:call, 1234, "auto-1234", "operator", "add", [1, 2], %{}, %{}})
@@ -35,77 +50,100 @@ suite_t0 = Stats.now()
 one_round = fn round ->
   IO.puts("round #{round}/#{rounds}")
 
-  # 5. Cold starts, interleaved, each the median of n.cold samples (a pause between them
-  # lets the previous interpreter exit).
+  # 5. Cold starts, interleaved; medians of n.cold samples (a pause between them lets the
+  # previous interpreter exit).
   cold =
     for _ <- 1..n.cold do
-      floor = Floor.cold_start(python)
+      floor = Floor.cold_start(python, port_env)
       Process.sleep(30)
-      {ready, ping} = Snake.cold_start(python)
+      {ready, ping} = Snake.cold_start(python, port_env)
       Process.sleep(30)
-      pass = Snake.python_pass(python)
+      pass = Snake.python_pass(python, port_env)
       Process.sleep(30)
       %{cold_floor: floor, cold_ready: ready, cold_ping: ping, cold_pass: pass}
     end
 
   cold = Map.new(hd(cold), fn {k, _} -> {k, Stats.median(Enum.map(cold, & &1[k]))} end)
 
-  port = Floor.open(python)
-  api_start = Snake.start(python, pool_size: 1)
+  port = Floor.open(python, port_env)
+  api_start = Snake.start(python, env, pool_size: 1)
   rss_idle = Snake.rss()
 
   # 4. and 5. 10k refs held by a process that gets killed (first: RSS of a fresh worker).
   {rss_refs, release_ms} = Snake.release_latency(n.refs)
 
-  # Warm-up (code loading, first session, Python imports).
+  # Warm-up (code loading, Python imports).
   Floor.sequential(port, 500, frame)
   Snake.sequential(500)
 
   # 1. Sequential.
-  seq_floor = Floor.sequential(port, n.seq, frame)
-  seq = Snake.sequential(n.seq)
+  seq =
+    Stats.alternate(n.seq_batches,
+      floor: fn -> Floor.sequential(port, n.seq_batch, frame) end,
+      snake: fn -> Snake.sequential(n.seq_batch) end
+    )
 
   # 2. 64 callers, one worker.
-  c64_floor = Floor.callers(port, n.callers, n.floor_per_caller, frame)
-  c64_window = Floor.window(port, n.window, n.callers, frame)
-  c64 = Snake.concurrent(n.callers, n.per_caller)
+  c64 =
+    Stats.alternate(n.c64_batches,
+      floor: fn -> Floor.callers(port, n.callers, n.floor_per_caller, frame) end,
+      window: fn -> Floor.window(port, n.callers * n.floor_per_caller, n.callers, frame) end,
+      snake: fn -> Snake.concurrent(n.callers, n.per_caller) end
+    )
 
   # 3. Binary echo.
-  echo1_floor = Floor.echo(port, mib1, n.mib1)
-  echo1 = Snake.echo(mib1, n.mib1)
-  echo16_floor = Floor.echo(port, mib16, n.mib16)
-  echo16 = Snake.echo(mib16, n.mib16)
+  echo1 =
+    Stats.alternate(n.mib1,
+      floor: fn -> Floor.echo(port, mib1, 1) end,
+      snake: fn -> Snake.echo(mib1, 1) end
+    )
+
+  echo16 =
+    Stats.alternate(n.mib16,
+      floor: fn -> Floor.echo(port, mib16, 1) end,
+      snake: fn -> Snake.echo(mib16, 1) end
+    )
 
   # 4. Ref churn.
-  churn = Snake.churn(n.churn)
+  churn = Stats.rate([Snake.churn(n.churn)])
   versions = Snake.versions()
   Snake.stop()
 
   # 2. 64 callers on the default pool.
-  Snake.start(python, [])
-  pool = Snake.concurrent(n.callers, n.per_caller)
+  Snake.start(python, env, [])
+
+  pool =
+    Stats.alternate(n.c64_batches,
+      floor: fn -> Floor.callers(port, n.callers, n.floor_per_caller, frame) end,
+      snake: fn -> Snake.concurrent(n.callers, n.per_caller) end
+    )
+
   Snake.stop()
   Floor.close(port)
+
+  seq_floor = Stats.latency(seq.floor)
+  seq_snake = Stats.latency(seq.snake)
 
   figures =
     Map.merge(cold, %{
       api_start: api_start,
       rss_idle: rss_idle / 1.0e6,
       rss_refs: rss_refs / 1.0e6,
-      seq_rate: seq.rate,
-      seq_rate_floor: seq_floor.rate,
-      seq_p50: seq.p50_us,
+      seq_rate: Stats.rate(seq.snake),
+      seq_rate_floor: Stats.rate(seq.floor),
+      seq_p50: seq_snake.p50_us,
       seq_p50_floor: seq_floor.p50_us,
-      seq_p99: seq.p99_us,
+      seq_p99: seq_snake.p99_us,
       seq_p99_floor: seq_floor.p99_us,
-      c64: c64,
-      c64_floor: c64_floor,
-      c64_window: c64_window,
-      pool: pool,
-      echo1: echo1,
-      echo1_floor: echo1_floor,
-      echo16: echo16,
-      echo16_floor: echo16_floor,
+      c64: Stats.rate(c64.snake),
+      c64_floor: Stats.rate(c64.floor),
+      c64_window: Stats.rate(c64.window),
+      pool: Stats.rate(pool.snake),
+      pool_floor: Stats.rate(pool.floor),
+      echo1: Stats.rate(echo1.snake),
+      echo1_floor: Stats.rate(echo1.floor),
+      echo16: Stats.rate(echo16.snake),
+      echo16_floor: Stats.rate(echo16.floor),
       churn: churn,
       release_ms: release_ms
     })
@@ -115,8 +153,8 @@ one_round = fn round ->
 end
 
 # One untimed cold start first: the first interpreter start pays for cold file caches.
-Floor.cold_start(python)
-Snake.cold_start(python)
+Floor.cold_start(python, port_env)
+Snake.cold_start(python, port_env)
 
 results = for r <- 1..rounds, do: one_round.(r)
 figures = Enum.map(results, &elem(&1, 0))

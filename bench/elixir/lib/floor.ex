@@ -2,14 +2,14 @@ defmodule Bench.Floor do
   @moduledoc """
   The floor: `bench/floor_echo.py` (echoes `{packet, 4}` frames, no decoding, default pipes)
   opened as a Port with the options Snakeport.Worker uses for its worker Port. The calling
-  process is the port owner.
+  process is the port owner. Each function returns a batch (see `Bench.Stats`).
   """
 
   alias Bench.Stats
 
   @script Path.expand("../../floor_echo.py", __DIR__)
 
-  def open(python) do
+  def open(python, env \\ []) do
     Port.open({:spawn_executable, python}, [
       {:packet, 4},
       :binary,
@@ -17,7 +17,7 @@ defmodule Bench.Floor do
       :use_stdio,
       :hide,
       {:args, [@script]},
-      {:env, []}
+      {:env, env}
     ])
   end
 
@@ -32,14 +32,14 @@ defmodule Bench.Floor do
     receive do: ({^port, {:data, reply}} -> reply)
   end
 
-  @doc "One process, one frame in flight: like `Bench.Stats.sequential/2`."
+  @doc "One process, one frame in flight."
   def sequential(port, n, frame), do: Stats.sequential(n, fn -> roundtrip(port, frame) end)
 
   @doc """
   `callers` processes, each writing its frames itself with `Port.command/2` and waiting for
   its echo, which this process (the port owner) routes back by the caller index carried in
   the first two bytes of the frame: Snakeport's transport (callers write, the owner routes
-  raw reply frames) without its work. Calls per second.
+  raw reply frames) without its work.
   """
   def callers(port, callers, per_caller, frame) do
     Stats.concurrent(
@@ -55,12 +55,12 @@ defmodule Bench.Floor do
     )
   end
 
-  @doc "A window of `depth` frames kept in flight by this one process. Frames per second."
+  @doc "A window of `depth` frames kept in flight by this one process, `total` frames in all."
   def window(port, total, depth, frame) do
     t0 = Stats.now()
     for _ <- 1..depth, do: Port.command(port, frame)
     window_loop(port, frame, total - depth, total)
-    total / Stats.to_s(Stats.now() - t0)
+    {total, Stats.now() - t0, []}
   end
 
   defp window_loop(_port, _frame, _to_send, 0), do: :ok
@@ -73,23 +73,16 @@ defmodule Bench.Floor do
     end
   end
 
-  @doc "Echoes `bin` `n` times, one at a time. MiB per second (payload size / round trip)."
+  @doc "Echoes `bin` `n` times, one at a time (amount: MiB of payload)."
   def echo(port, bin, n) do
-    t0 = Stats.now()
-
     size = byte_size(bin)
-
-    for _ <- 1..n do
-      ^size = byte_size(roundtrip(port, bin))
-    end
-
-    n * byte_size(bin) / 1_048_576 / Stats.to_s(Stats.now() - t0)
+    Stats.repeat(n, size / 1_048_576, fn -> ^size = byte_size(roundtrip(port, bin)) end)
   end
 
   @doc "Cold start: ms from Port open to the first echo."
-  def cold_start(python) do
+  def cold_start(python, env) do
     t0 = Stats.now()
-    port = open(python)
+    port = open(python, env)
     "hello" = roundtrip(port, "hello")
     ms = Stats.to_ms(Stats.now() - t0)
     close(port)

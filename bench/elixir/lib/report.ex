@@ -12,7 +12,7 @@ defmodule Bench.Report do
     {"1. Sequential latency p99", :seq_p99, :seq_p99_floor, "µs", nil},
     {"2. 64 callers, one worker", :c64, :c64_floor, "calls/s", {:ratio_min, 0.21}},
     {"2. 64 callers, one worker, vs the pipelined floor window", :c64, :c64_window, "calls/s", nil},
-    {"2. 64 callers, default pool", :pool, :c64_floor, "calls/s", nil},
+    {"2. 64 callers, default pool", :pool, :pool_floor, "calls/s", nil},
     {"3. 1 MiB binary echo", :echo1, :echo1_floor, "MiB/s", {:ratio_min, 2.5}},
     {"3. 16 MiB binary echo", :echo16, :echo16_floor, "MiB/s", nil},
     {"4. Ref churn: create + method + release", :churn, nil, "refs/s", nil},

@@ -1,17 +1,19 @@
 defmodule Bench.Snake do
-  @moduledoc "Snakeport measured through its public API (plus a raw-Port cold start)."
+  @moduledoc """
+  Snakeport measured through its public API (plus a raw-Port cold start). The measuring
+  functions return batches (see `Bench.Stats`).
+  """
 
   alias Bench.Stats
   alias Snakeport.SessionContext
 
   @helpers Path.expand("../../python", __DIR__)
 
-  def opts(python, extra), do: Keyword.merge([python: python, python_path: [@helpers]], extra)
-
   @doc "Starts an instance (not linked to the caller); ms from start to the first call's reply."
-  def start(python, extra) do
+  def start(python, env, extra) do
     t0 = Stats.now()
-    {:ok, pid} = Snakeport.start_link(opts(python, extra))
+    opts = Keyword.merge([python: python, python_path: [@helpers], env: env], extra)
+    {:ok, pid} = Snakeport.start_link(opts)
     Process.unlink(pid)
     add()
     Stats.to_ms(Stats.now() - t0)
@@ -27,33 +29,30 @@ defmodule Bench.Snake do
   def concurrent(callers, per_caller),
     do: Stats.concurrent(callers, per_caller, fn _ -> add() end, warmup: fn _ -> add() end)
 
-  @doc "Echoes `bin` (as Python bytes) through `bench_helpers.identity` `n` times. MiB/s."
+  @doc "Echoes `bin` (as Python bytes) through `bench_helpers.identity` `n` times (MiB)."
   def echo(bin, n) do
     size = byte_size(bin)
     arg = Snakeport.bytes(bin)
-    t0 = Stats.now()
 
-    for _ <- 1..n do
+    Stats.repeat(n, size / 1_048_576, fn ->
       {:ok, reply} = Snakeport.call("bench_helpers", "identity", [arg])
       ^size = byte_size(reply)
-    end
-
-    n * size / 1_048_576 / Stats.to_s(Stats.now() - t0)
+    end)
   end
 
-  @doc "Creates a ref, calls a method on it, releases it; `n` times, in a fresh process. Refs/s."
+  @doc "Creates a ref, calls a method on it, releases it; `n` times, in a fresh process."
   def churn(n) do
-    in_process(fn ->
-      t0 = Stats.now()
+    task =
+      Task.async(fn ->
+        Stats.repeat(n, 1, fn ->
+          i = :erlang.unique_integer([:positive])
+          {:ok, ref} = Snakeport.call("bench_helpers", "Box", [i])
+          {:ok, ^i} = Snakeport.method(ref, "get")
+          :ok = Snakeport.release_ref(ref)
+        end)
+      end)
 
-      for i <- 1..n do
-        {:ok, ref} = Snakeport.call("bench_helpers", "Box", [i])
-        {:ok, ^i} = Snakeport.method(ref, "get")
-        :ok = Snakeport.release_ref(ref)
-      end
-
-      n / Stats.to_s(Stats.now() - t0)
-    end)
+    Task.await(task, :infinity)
   end
 
   @doc """
@@ -103,7 +102,7 @@ defmodule Bench.Snake do
   Cold start of `python -m snakeport` opened as a raw Port with the worker's options: ms from
   `Port.open` to the ready frame and to the reply of a `ping` sent once it is ready.
   """
-  def cold_start(python) do
+  def cold_start(python, env) do
     t0 = Stats.now()
 
     port =
@@ -114,7 +113,7 @@ defmodule Bench.Snake do
         :use_stdio,
         :hide,
         {:args, ["-m", "snakeport"]},
-        {:env, [{~c"PYTHONPATH", String.to_charlist(@helpers)}]}
+        {:env, [{~c"PYTHONPATH", String.to_charlist(@helpers)} | env]}
       ])
 
     {:snakeport_ready, 1, _} =
@@ -132,18 +131,19 @@ defmodule Bench.Snake do
   end
 
   @doc "ms for `python -c pass` opened as a Port, to its exit status."
-  def python_pass(python) do
+  def python_pass(python, env) do
     t0 = Stats.now()
 
     port =
-      Port.open({:spawn_executable, python}, [:binary, :exit_status, :hide, {:args, ["-c", "pass"]}])
+      Port.open({:spawn_executable, python}, [
+        :binary,
+        :exit_status,
+        :hide,
+        {:args, ["-c", "pass"]},
+        {:env, env}
+      ])
 
     receive do: ({^port, {:exit_status, 0}} -> :ok)
     Stats.to_ms(Stats.now() - t0)
-  end
-
-  defp in_process(fun) do
-    task = Task.async(fun)
-    Task.await(task, :infinity)
   end
 end

@@ -1,0 +1,287 @@
+# Profiling aids for the misses of bench.exs (not run by `make bench`; see ../README.md):
+#
+#   mix run profile.exs decompose [ROUNDS]  wall and CPU µs per request of each layer: floor,
+#                                           raw worker, harness + fake worker, full Snakeport
+#   mix run profile.exs harness             CPU µs of each step of Snakeport.call/4, no I/O
+#   mix run profile.exs eprof [c64] [fake]  :eprof of the caller(s) and the worker process
+#   mix run profile.exs pyspy MODE          py-spy record of the worker under load (MODE: seq,
+#                                           c64, echo1 on a raw worker; api_seq through the API);
+#                                           PYSPY_FLAGS adds flags (e.g. --gil); collapsed stacks
+#                                           in ../out/pyspy-MODE.txt (../profile/pyspy_summary.py
+#                                           summarises them); PERF=1: `perf record -g` instead
+#                                           (../out/perf-MODE.data)
+#
+# "raw worker": `python -m snakeport` behind a Port driven with pre-encoded requests, no
+# harness. "harness + fake": Snakeport's public API in front of ../profile/fake_worker, which
+# answers without decoding, so that only the harness's own costs remain. Run the VM with
+# other flags through ELIXIR_ERL_OPTIONS (e.g. "+S 1", "+sbwt very_long").
+
+alias Bench.{Floor, Snake, Stats}
+
+python = System.get_env("SNAKEPORT_PYTHON") || Path.expand("../../.venv/bin/python", __DIR__)
+fake = Path.expand("../profile/fake_worker", __DIR__)
+out_dir = Path.expand("../out", __DIR__)
+File.mkdir_p!(out_dir)
+pycache = Path.join(out_dir, "pycache")
+env = [{"PYTHONDONTWRITEBYTECODE", nil}, {"PYTHONPYCACHEPREFIX", pycache}]
+port_env = for {k, v} <- env, do: {String.to_charlist(k), v && String.to_charlist(v)}
+port_env = Enum.map(port_env, fn {k, nil} -> {k, false}; kv -> kv end)
+
+defmodule Raw do
+  @moduledoc "The worker behind a Port, without the harness."
+
+  def open(python, env) do
+    helpers = String.to_charlist(Path.expand("../python", __DIR__))
+
+    port =
+      Port.open({:spawn_executable, python}, [
+        {:packet, 4},
+        :binary,
+        :exit_status,
+        :use_stdio,
+        :hide,
+        {:args, ["-m", "snakeport"]},
+        {:env, [{~c"PYTHONPATH", helpers} | env]}
+      ])
+
+    receive do: ({^port, {:data, _ready}} -> :ok)
+    frame = :erlang.term_to_binary({:open_session, 0, "s", %{}})
+    {:reply, 0, :ok, _} = :erlang.binary_to_term(Floor.roundtrip(port, frame))
+    port
+  end
+
+  def call(m, f, args), do: :erlang.term_to_binary({:call, 1, "s", m, f, args, %{}, %{}})
+  def os_pid(port), do: port |> Port.info(:os_pid) |> elem(1)
+
+  def echo(port, bin, n) do
+    frame = call("bench_helpers", "identity", [{:"$snakeport_bytes", bin}])
+    Stats.repeat(n, byte_size(bin) / 1_048_576, fn -> Floor.roundtrip(port, frame) end)
+  end
+end
+
+add = Raw.call("operator", "add", [1, 2])
+floor_frame = :erlang.term_to_binary({:call, 1234, "auto-1234", "operator", "add", [1, 2], %{}, %{}})
+mib1 = :rand.bytes(1_048_576)
+
+# CPU time (ns) of all threads of an OS process, from /proc/PID/task/*/schedstat.
+cpu_ns = fn os_pid ->
+  Path.wildcard("/proc/#{os_pid}/task/*/schedstat")
+  |> Enum.map(fn f ->
+    case File.read(f) do
+      {:ok, text} -> text |> String.split() |> hd() |> String.to_integer()
+      _ -> 0
+    end
+  end)
+  |> Enum.sum()
+end
+
+beam = System.pid()
+
+# Wraps a batch function: {wall µs, BEAM CPU µs, Python CPU µs} per request (or per MiB).
+measured = fn py_pid, batch ->
+  fn ->
+    b0 = cpu_ns.(beam)
+    p0 = cpu_ns.(py_pid)
+    {amount, elapsed, _} = batch.()
+    b = (cpu_ns.(beam) - b0) / 1000
+    p = (cpu_ns.(py_pid) - p0) / 1000
+    {Stats.to_us(elapsed) / amount, b / amount, p / amount}
+  end
+end
+
+worker_os_pid = fn -> hd(Snakeport.Pool.entries()).os_pid end
+
+case System.argv() do
+  ["decompose" | rest] ->
+    rounds = String.to_integer(List.first(rest) || "3")
+    floor = Floor.open(python, port_env)
+    raw = Raw.open(python, port_env)
+    fp = Raw.os_pid(floor)
+    rp = Raw.os_pid(raw)
+
+    # Each phase: one Snakeport instance (fake worker, or the real one) measured in turn
+    # with the floor and the raw worker.
+    phase = fn label, extra ->
+      Snake.start(python, env, [pool_size: 1] ++ extra)
+      wp = worker_os_pid.()
+      Floor.sequential(floor, 500, floor_frame)
+      Floor.sequential(raw, 500, add)
+      Snake.sequential(500)
+
+      seq =
+        Stats.alternate(10,
+          "seq floor": measured.(fp, fn -> Floor.sequential(floor, 500, floor_frame) end),
+          "seq floor routed": measured.(fp, fn -> Floor.callers(floor, 1, 500, floor_frame) end),
+          "seq raw worker": measured.(rp, fn -> Floor.sequential(raw, 500, add) end),
+          "seq #{label}": measured.(wp, fn -> Snake.sequential(500) end)
+        )
+
+      c64 =
+        Stats.alternate(3,
+          "64 floor callers": measured.(fp, fn -> Floor.callers(floor, 64, 300, floor_frame) end),
+          "64 floor window": measured.(fp, fn -> Floor.window(floor, 19_200, 64, floor_frame) end),
+          "64 raw worker window": measured.(rp, fn -> Floor.window(raw, 6_400, 64, add) end),
+          "64 #{label} callers": measured.(wp, fn -> Snake.concurrent(64, 100) end)
+        )
+
+      echo =
+        Stats.alternate(20,
+          "1MiB floor": measured.(fp, fn -> Floor.echo(floor, mib1, 1) end),
+          "1MiB raw worker": measured.(rp, fn -> Raw.echo(raw, mib1, 1) end),
+          "1MiB #{label}": measured.(wp, fn -> Snake.echo(mib1, 1) end)
+        )
+
+      Snake.stop()
+      seq |> Map.merge(c64) |> Map.merge(echo)
+    end
+
+    all =
+      for r <- 1..rounds, label <- ["harness+fake", "full"], reduce: %{} do
+        acc ->
+          IO.puts("round #{r}: #{label}")
+          extra = if label == "full", do: [], else: [python_path: [fake]]
+          Map.merge(acc, phase.(label, extra), fn _, a, b -> a ++ b end)
+      end
+
+    IO.puts("\nmedians over all batches; µs per request (1MiB: per MiB round trip)")
+    IO.puts(String.pad_trailing("", 26) <> "    wall  BEAM CPU  Python CPU")
+
+    for name <- all |> Map.keys() |> Enum.sort() do
+      cols =
+        for i <- 0..2 do
+          all[name] |> Enum.map(&elem(&1, i)) |> Stats.median() |> Float.round(1)
+        end
+
+      IO.puts(
+        String.pad_trailing("#{name}", 26) <>
+          Enum.map_join(Enum.zip(cols, [8, 10, 12]), fn {v, w} -> String.pad_leading("#{v}", w) end)
+      )
+    end
+
+  ["harness" | _] ->
+    # The CPU cost of each step of Snakeport.call/4 in the caller (and the routing in the
+    # worker process), timed in a loop without any I/O. Uses harness internals, read-only.
+    alias Snakeport.{Client, Protocol, Sessions, Telemetry}
+    Snake.start(python, env, pool_size: 1, python_path: [fake])
+    [entry] = Snakeport.Pool.entries()
+    {:ok, session} = Sessions.checkout(nil, nil)
+    request = {:call, 123, session.id, "operator", "add", [1, 2], %{}, %{}}
+    reply = :erlang.term_to_binary({:reply, 123, :ok, 3})
+    reply1 = :erlang.term_to_binary({:reply, 123, :ok, mib1})
+    meta = %{op: :call, module: "operator", function: "add"}
+    n = 200_000
+
+    # Results are dropped (Enum.each), so that no GC of kept results is timed.
+    time = fn label, n, fun ->
+      fun.()
+      {us, _} = :timer.tc(fn -> Enum.each(1..n, fn _ -> fun.() end) end)
+      {label, us / n}
+    end
+
+    rows = [
+      time.("loop overhead", n, fn -> :ok end),
+      time.("Snakeport.call: names, Client.parse_opts, Protocol.to_wire", n, fn ->
+        Protocol.name("operator")
+        Protocol.name("add")
+        Client.parse_opts([], [:kwargs, :session, :timeout, :result])
+        Protocol.to_wire({[1, 2], %{}})
+      end),
+      time.("Sessions.checkout (2 ETS lookups, SessionContext.current)", n, fn ->
+        Sessions.checkout(nil, nil)
+      end),
+      time.("Client.run: meta merge, clocks, 2 Telemetry.execute", n, fn ->
+        meta2 = Map.merge(meta, %{session_id: session.id, worker: 0})
+        start = System.monotonic_time()
+        m = %{system_time: System.system_time(), monotonic_time: start}
+        Telemetry.execute([:snakeport, :call, :start], m, meta2)
+        stop = System.monotonic_time()
+        m = %{duration: stop - start, monotonic_time: stop}
+        Telemetry.execute([:snakeport, :call, :stop], m, meta2)
+      end),
+      time.("Protocol.encode (external_size + term_to_binary)", n, fn ->
+        Protocol.encode(request)
+      end),
+      time.("Worker: id, monitor alias, ETS insert / take, demonitor", n, fn ->
+        id = :atomics.add_get(entry.counter, 1, 1)
+        mref = :erlang.monitor(:process, entry.pid, [{:alias, :demonitor}])
+        :ets.insert(entry.pending, {id, mref})
+        :ets.take(entry.pending, id)
+        Process.demonitor(mref, [:flush])
+      end),
+      time.("Worker.route: Protocol.frame_kind", n, fn -> Protocol.frame_kind(reply) end),
+      time.("Protocol.decode_reply (binary_to_term :safe, binary.match)", n, fn ->
+        Protocol.decode_reply(reply, 0)
+      end),
+      time.("1 MiB reply: Protocol.decode_reply", 300, fn -> Protocol.decode_reply(reply1, 0) end),
+      time.("1 MiB reply: binary_to_term(:safe) alone", 300, fn ->
+        :erlang.binary_to_term(reply1, [:safe])
+      end),
+      time.("1 MiB reply: :binary.match(frame, \"$snakeport_\") alone", 300, fn ->
+        :binary.match(reply1, "$snakeport_")
+      end)
+    ]
+
+    Snake.stop()
+
+    for {label, us} <- rows,
+        do: IO.puts(String.pad_leading(:erlang.float_to_binary(us, decimals: 2), 8) <> " µs  " <> label)
+
+  ["eprof" | rest] ->
+    # eprof [seq|c64] [fake]: the callers (and the processes they spawn) and the worker process.
+    extra = if "fake" in rest, do: [python_path: [fake]], else: []
+    Snake.start(python, env, [pool_size: 1] ++ extra)
+    Snake.sequential(2_000)
+    [%{pid: worker}] = Snakeport.Pool.entries()
+    :eprof.start()
+    :eprof.start_profiling([self(), worker])
+    if "c64" in rest, do: Snake.concurrent(64, 300), else: Snake.sequential(20_000)
+    :eprof.stop_profiling()
+    :eprof.log(Path.join(out_dir, "eprof.txt"))
+    :eprof.analyze(:total, sort: :time)
+    Snake.stop()
+
+  ["pyspy", mode] ->
+    duration = 8
+    file = Path.join(out_dir, "pyspy-#{mode}.txt")
+    pyspy = Path.join(Path.dirname(python), "py-spy")
+
+    {os_pid, load, cleanup} =
+      case mode do
+        "api_" <> _ ->
+          Snake.start(python, env, pool_size: 1)
+          {worker_os_pid.(), fn -> Snake.sequential(500) end, &Snake.stop/0}
+
+        _ ->
+          raw = Raw.open(python, port_env)
+
+          load =
+            case mode do
+              "seq" -> fn -> Floor.sequential(raw, 2_000, add) end
+              "c64" -> fn -> Floor.window(raw, 6_400, 64, add) end
+              "echo1" -> fn -> Raw.echo(raw, mib1, 20) end
+            end
+
+          {Raw.os_pid(raw), load, fn -> Floor.close(raw) end}
+      end
+
+    profiler =
+      Task.async(fn ->
+        if System.get_env("PERF") do
+          perf_file = Path.join(out_dir, "perf-#{mode}.data")
+          args = ~w(record -F 1999 -g -p #{os_pid} -o #{perf_file} -- sleep #{duration})
+          System.cmd("perf", args, stderr_to_stdout: true)
+        else
+          flags = String.split(System.get_env("PYSPY_FLAGS", ""))
+          args = ~w(record --format raw -r 2000 -d #{duration} -p #{os_pid} -o #{file}) ++ flags
+          System.cmd(pyspy, args, stderr_to_stdout: true)
+        end
+      end)
+
+    Process.sleep(1_000)
+    deadline = Stats.now() + System.convert_time_unit(duration, :second, :native)
+    count = Stream.repeatedly(load) |> Enum.take_while(fn _ -> Stats.now() < deadline end)
+    {out, _} = Task.await(profiler, 30_000)
+    cleanup.()
+    IO.puts(out)
+    IO.puts("#{length(count)} load batches")
+end

@@ -1,0 +1,98 @@
+"""CPU cost of one request inside the worker, without pipes, threads or the VM (profiling aid).
+
+Drives the worker's own pieces (snakeport._server.Server, its splitter, codec and dispatcher)
+in one thread on the request the harness sends for ``Snakeport.call("operator", "add", [1, 2])``
+and prints the µs per request of each stage and of the whole in-process path; the reply frame
+goes to a pipe that is drained after every request (that read is timed apart). Uses private
+worker APIs: adjust when they change.
+
+    .venv/bin/python bench/profile/worker_path.py
+"""
+
+import os
+import statistics
+import struct
+import threading
+import timeit
+
+from snakeport import etf
+from snakeport._dispatch import TagContext
+from snakeport._server import Config, Server
+from snakeport.types import Atom
+
+A = Atom
+REQUEST = (A("call"), 7, "auto-1", "operator", "add", [1, 2], {}, {})
+OPEN = (A("open_session"), 1, "auto-1", {})
+
+
+def main() -> None:
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    server = Server(Config(), in_r, out_w)
+    server._reader = threading.get_ident()
+    server._handle(etf.encode(OPEN), [])
+    frame = etf.encode(REQUEST)
+    header = struct.pack(">I", len(frame))
+    me = threading.get_ident()
+    splitter = server._splitter
+    dispatcher = server.dispatcher
+    default = dispatcher.encode_default
+    reply = (A("reply"), 7, A("ok"), 3)
+    reply_frame = struct.pack(">I", len(etf.encode(reply))) + etf.encode(reply)
+
+    def whole() -> None:
+        # What _read_frames does for one frame, minus the blocking readv.
+        splitter.feed(header + frame)
+        out: list = []
+        job = server._handle(splitter.next_event(), out)
+        splitter.next_event()
+        if server._place(job):
+            server._run_inline(job, me)
+        os.read(out_r, 65536)
+
+    def split() -> None:
+        splitter.feed(header + frame)
+        splitter.next_event()
+        splitter.next_event()
+
+    def decode() -> None:
+        etf.decode(frame, tagged=TagContext(), max_depth=512, max_size=1 << 28)
+
+    term = etf.decode(frame, tagged=TagContext())
+
+    def receive_and_run() -> None:
+        dispatcher.run_job(dispatcher.receive(term, TagContext()))
+
+    def encode() -> None:
+        etf.encode(reply, default=default)
+
+    def pipe_write_read() -> None:
+        os.writev(out_w, [reply_frame[:4], reply_frame[4:]])
+        os.read(out_r, 65536)
+
+    def call_only() -> None:
+        import operator
+
+        operator.add(1, 2)
+
+    stages = [
+        ("whole in-process path (split+decode+dispatch+place+run+encode+writev+drain)", whole),
+        ("  FrameSplitter feed/next_event", split),
+        ("  etf.decode request (TagContext)", decode),
+        ("  Dispatcher.receive + run_job (includes the call)", receive_and_run),
+        ("  etf.encode reply", encode),
+        ("  os.writev reply + os.read drain (syscalls)", pipe_write_read),
+        ("  operator.add(1, 2) itself", call_only),
+    ]
+    for name, fn in stages:
+        fn()
+        timer = timeit.Timer(fn)
+        number = 20_000
+        runs = [timer.timeit(number) / number * 1e6 for _ in range(7)]
+        print(f"{min(runs):7.2f} µs best  {statistics.median(runs):7.2f} µs median   {name}")
+    for fd in (in_r, in_w, out_r, out_w):
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    main()
