@@ -488,7 +488,7 @@ def test_cancel_storm_gives_exactly_one_reply_per_request(make_worker, threads) 
     w = make_worker("--threads", threads)
     calls, cancels = [], []
     for i in range(150):
-        rid = w.request("call", "s1", "sp_testmod", "spin", [0.002 * (i % 3)], {}, {})
+        rid = w.request("call", "s1", "sp_testmod", "spin", [(0, 0.002, 0.02)[i % 3]], {}, {})
         calls.append(rid)
         if i % 2:
             cancels.append(w.request("cancel", rid))
