@@ -56,47 +56,101 @@ __all__ = [
     "REF_TAG",
     "SET_TAG",
     "BYTES_TAG",
+    "EMITTED_ATOMS",
 ]
 
 # --------------------------------------------------------------------------- atoms
 
-REPLY = Atom("reply")
-OK = Atom("ok")
-ERROR = Atom("error")
-EVENT = Atom("event")
-PONG = Atom("pong")
-READY = Atom("snakeport_ready")
-REF_TAG = Atom("$snakeport_ref")
-SET_TAG = Atom("$snakeport_set")
-BYTES_TAG = Atom("$snakeport_bytes")
-MODULE = Atom("module")
+#: Every atom the worker puts in its output on its own: ready frame, replies, errors, events,
+#: reasons, causes, detail and context keys, session info and stats keys, policy names and
+#: the atoms the codec uses for Python values. The VM decodes worker output with
+#: ``binary_to_term(_, [safe])``, so each one must already exist there; the same list is in
+#: ``docs/PROTOCOL.md`` (*Atoms the worker emits*) and in the harness, and tests keep the three
+#: equal. Atoms that travel as user data (sent by the VM, or ``Atom`` values that a call
+#: returns) are not part of it. The builders below refuse any other atom (an ``assert``: a
+#: development-time check).
+EMITTED_ATOMS: frozenset[str] = frozenset(
+    {
+        # envelopes and plain replies
+        "snakeport_ready", "reply", "event", "ok", "error", "pong",
+        # ready frame Info keys
+        "pid", "python", "snakeport", "max_frame_bytes", "threads", "default_max_refs",
+        "default_ttl_seconds",
+        # error map keys
+        "reason", "message", "type", "traceback", "details",
+        # error reasons
+        "python_error", "ref_not_found", "ref_released", "session_mismatch", "session_not_found",
+        "max_refs_exceeded", "bad_request", "frame_too_large", "decode_error", "not_encodable",
+        "cancelled", "import_error", "attribute_error", "shutting_down",
+        # error detail keys
+        "ref_id", "cause", "limit", "refs", "session",
+        # causes (details.cause)
+        "released", "evicted", "ttl", "session_released",
+        # event names
+        "refs_pruned", "refs_evicted", "warning", "protocol_error",
+        # event measurement and metadata keys, warning context keys (plus some above)
+        "count", "ref_ids", "max_refs", "running",
+        # event reasons (plus ttl and some reasons above)
+        "overflow",
+        # session info keys (plus some above) and overflow policies (error, evict_lru); the
+        # reply keys of release_ref, release_session and cancel are released and cancelled
+        "ttl_seconds", "tags", "created_at", "last_access", "evict_lru",
+        # stats keys
+        "sessions", "rss_bytes", "uptime_ms", "in_flight", "requests",
+        # values: booleans, None, non-finite floats, reserved tags
+        "true", "false", "nil", "infinity", "neg_infinity", "nan", "$snakeport_ref",
+        "$snakeport_set",
+    }
+)
 
-_A_REASON = Atom("reason")
-_A_MESSAGE = Atom("message")
-_A_TYPE = Atom("type")
-_A_TRACEBACK = Atom("traceback")
-_A_DETAILS = Atom("details")
-_A_RESULT = Atom("result")
+
+def _emit(name: str) -> Atom:
+    """The atom ``name``, which the worker may emit (it must be in :data:`EMITTED_ATOMS`)."""
+    assert name in EMITTED_ATOMS, (
+        f"the worker must not emit the atom {name!r}: the VM decodes with [safe] and may not "
+        "know it; add it to EMITTED_ATOMS, docs/PROTOCOL.md and the harness first"
+    )
+    return Atom(name)
+
+
+REPLY = _emit("reply")
+OK = _emit("ok")
+ERROR = _emit("error")
+EVENT = _emit("event")
+PONG = _emit("pong")
+READY = _emit("snakeport_ready")
+REF_TAG = _emit("$snakeport_ref")
+SET_TAG = _emit("$snakeport_set")
+BYTES_TAG = Atom("$snakeport_bytes")  # VM -> worker only
+MODULE = Atom("module")  # request only
+
+_A_REASON = _emit("reason")
+_A_MESSAGE = _emit("message")
+_A_TYPE = _emit("type")
+_A_TRACEBACK = _emit("traceback")
+_A_DETAILS = _emit("details")
+_A_RESULT = Atom("result")  # request options only
 _A_AUTO = Atom("auto")
 _A_REF = Atom("ref")
 _A_VALUE = Atom("value")
-_A_COUNT = Atom("count")
-_A_SESSION = Atom("session")
-_A_REF_IDS = Atom("ref_ids")
-_A_RELEASED = Atom("released")
-_A_CANCELLED = Atom("cancelled")
-_A_REFS_PRUNED = Atom("refs_pruned")
-_A_REFS_EVICTED = Atom("refs_evicted")
-_A_TTL = Atom("ttl")
-_A_OVERFLOW = Atom("overflow")
-_A_PROTOCOL_ERROR = Atom("protocol_error")
-_A_WARNING = Atom("warning")
-_A_MAX_REFS = Atom("max_refs")
-_A_TTL_SECONDS = Atom("ttl_seconds")
-_A_TAGS = Atom("tags")
-_OVERFLOW_VALUES = {Atom("error"): "error", Atom("evict_lru"): "evict_lru"}
+_A_COUNT = _emit("count")
+_A_SESSION = _emit("session")
+_A_REF_IDS = _emit("ref_ids")
+_A_RELEASED = _emit("released")
+_A_CANCELLED = _emit("cancelled")
+_A_REFS_PRUNED = _emit("refs_pruned")
+_A_REFS_EVICTED = _emit("refs_evicted")
+_A_TTL = _emit("ttl")
+_A_OVERFLOW = _emit("overflow")
+_A_PROTOCOL_ERROR = _emit("protocol_error")
+_A_WARNING = _emit("warning")
+_A_MAX_REFS = _emit("max_refs")
+_A_TTL_SECONDS = _emit("ttl_seconds")
+_A_TAGS = _emit("tags")
+_OVERFLOW_VALUES = {_emit("error"): "error", _emit("evict_lru"): "evict_lru"}
+_OVERFLOW_ATOMS = {name: atom for atom, name in _OVERFLOW_VALUES.items()}
 
-_INFO_KEYS = tuple(Atom(k) for k in SessionInfo._fields)
+_INFO_KEYS = tuple(_emit(k) for k in SessionInfo._fields)
 
 # Result modes.
 _AUTO, _REF, _VALUE = 0, 1, 2
@@ -162,7 +216,18 @@ def async_raise(thread_ident: int, exc: type[BaseException] | None) -> None:
 
 
 def _details_term(details: dict) -> dict:
-    return {Atom(k) if type(k) is str else k: v for k, v in details.items()}
+    """Details/context with atom keys; keys and atom values must be in :data:`EMITTED_ATOMS`."""
+    out = {}
+    for key, value in details.items():
+        t = type(key)
+        if t is str:
+            key = _emit(key)
+        elif t is Atom:
+            _emit(str.__str__(key))
+        if type(value) is Atom:
+            _emit(str.__str__(value))
+        out[key] = value
+    return out
 
 
 def error_reply(
@@ -186,13 +251,17 @@ def error_reply(
 
     Returns:
         The reply term.
+
+    Raises:
+        AssertionError: ``reason``, a detail key or an atom detail value is not in
+            :data:`EMITTED_ATOMS`.
     """
     return (
         REPLY,
         request_id,
         ERROR,
         {
-            _A_REASON: Atom(reason),
+            _A_REASON: _emit(reason),
             _A_MESSAGE: message,
             _A_TYPE: type_,
             _A_TRACEBACK: traceback_lines or [],
@@ -225,7 +294,7 @@ def protocol_error_event(reason: str, message: str) -> tuple:
     Returns:
         The event term.
     """
-    return (EVENT, _A_PROTOCOL_ERROR, {}, {_A_REASON: Atom(reason), _A_MESSAGE: message})
+    return (EVENT, _A_PROTOCOL_ERROR, {}, {_A_REASON: _emit(reason), _A_MESSAGE: message})
 
 
 def warning_event(message: str, **context: Any) -> tuple:
@@ -237,6 +306,9 @@ def warning_event(message: str, **context: Any) -> tuple:
 
     Returns:
         The event term.
+
+    Raises:
+        AssertionError: A context key or an atom value is not in :data:`EMITTED_ATOMS`.
     """
     meta = {_A_MESSAGE: message}
     meta.update(_details_term(context))
@@ -571,13 +643,13 @@ class Dispatcher:
             READY,
             PROTOCOL_VERSION,
             {
-                Atom("pid"): os.getpid(),
-                Atom("python"): platform.python_version(),
-                Atom("snakeport"): __version__,
-                Atom("max_frame_bytes"): self.max_frame_bytes,
-                Atom("threads"): self.threads,
-                Atom("default_max_refs"): self.table.default_max_refs,
-                Atom("default_ttl_seconds"): self.table.default_ttl_seconds,
+                _emit("pid"): os.getpid(),
+                _emit("python"): platform.python_version(),
+                _emit("snakeport"): __version__,
+                _emit("max_frame_bytes"): self.max_frame_bytes,
+                _emit("threads"): self.threads,
+                _emit("default_max_refs"): self.table.default_max_refs,
+                _emit("default_ttl_seconds"): self.table.default_ttl_seconds,
             },
         )
 
@@ -902,14 +974,14 @@ class Dispatcher:
                 rid,
                 OK,
                 {
-                    Atom("sessions"): sessions,
-                    Atom("refs"): refs,
-                    Atom("rss_bytes"): rss,
-                    Atom("uptime_ms"): int((time.monotonic() - self._started) * 1000),
-                    Atom("pid"): os.getpid(),
-                    Atom("threads"): self.threads,
-                    Atom("in_flight"): len(self._jobs),
-                    Atom("requests"): self.requests,
+                    _emit("sessions"): sessions,
+                    _emit("refs"): refs,
+                    _emit("rss_bytes"): rss,
+                    _emit("uptime_ms"): int((time.monotonic() - self._started) * 1000),
+                    _emit("pid"): os.getpid(),
+                    _emit("threads"): self.threads,
+                    _emit("in_flight"): len(self._jobs),
+                    _emit("requests"): self.requests,
                 },
             )
         ]
@@ -1128,7 +1200,7 @@ def _evicted_event(sid: str | bytes, ids: list[int]) -> tuple:
 
 def _info_term(info: SessionInfo) -> dict:
     term = dict(zip(_INFO_KEYS, info))
-    term[_A_OVERFLOW] = Atom(info.overflow)
+    term[_A_OVERFLOW] = _OVERFLOW_ATOMS[info.overflow]
     return term
 
 

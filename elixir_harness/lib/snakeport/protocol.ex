@@ -6,7 +6,8 @@ defmodule Snakeport.Protocol do
   # Decoding rule: every frame from the worker is decoded with `binary_to_term(_, [:safe])`,
   # so worker output can never create an atom. Every atom the protocol itself uses is
   # listed in @atoms below: this module is loaded when the application starts, which puts
-  # them in the atom table before the first frame arrives.
+  # them in the atom table before the first frame arrives. It must include every atom of
+  # docs/PROTOCOL.md "Atoms the worker emits" (test/snakeport/protocol_atoms_test.exs).
 
   alias Snakeport.{Error, Ref}
 
