@@ -512,3 +512,71 @@ def test_a_finished_job_keeps_no_arguments_alive(h) -> None:
     assert reply[3][A("reason")] == "not_encodable"
     gc.collect()
     assert job.fn is None and alive() is None  # the Job object lives on; its arguments do not
+
+
+def test_cancel_waits_while_the_thread_is_inside_importlib() -> None:
+    """A cancel is held back while the target is in import machinery, then delivered."""
+    busy = threading.Event()
+    busy.set()
+    sent = []
+    h = Harness()
+    h.d = Dispatcher(
+        h.table,
+        max_depth=8,
+        interrupt=lambda tid, exc: sent.append(exc),
+        uninterruptible=lambda tid: busy.is_set(),
+        defer_interval=0.001,
+    )
+    job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
+    job.state, job.thread = 1, threading.get_ident()  # as run_job marks a running job
+    assert h.ok("cancel", job.request_id) == {A("cancelled"): True}
+    assert job.cancel_deferred and not job.cancel_sent
+    # The deferral thread polls under the dispatcher's lock; it cannot send while busy.
+    with h.d._jlock:
+        assert sent == []
+    busy.clear()
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sent == [Cancelled] and job.cancel_sent
+
+
+def test_in_import_machinery_sees_a_thread_waiting_on_a_module_lock(tmp_path) -> None:
+    """The innermost frame decides: a module body is interruptible, a module lock is not."""
+    from snakeport._dispatch import in_import_machinery
+
+    (tmp_path / "sp_slow_import.py").write_text(
+        "import threading\nGATE = threading.Event()\nimport sp_gate\nsp_gate.entered.set()\n"
+        "sp_gate.release.wait(10)\n"
+    )
+    import types as _types
+
+    gate = _types.ModuleType("sp_gate")
+    gate.entered, gate.release = threading.Event(), threading.Event()
+    sys.modules["sp_gate"] = gate
+    sys.path.insert(0, str(tmp_path))
+    idents = {}
+
+    def importer(name):
+        idents[name] = threading.get_ident()
+        __import__("sp_slow_import")
+
+    first = threading.Thread(target=importer, args=("first",))
+    second = threading.Thread(target=importer, args=("second",))
+    try:
+        first.start()
+        assert gate.entered.wait(10)
+        second.start()
+        deadline = time.monotonic() + 10
+        while not in_import_machinery(idents.get("second", 0)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert in_import_machinery(idents["second"])  # blocked on the module lock
+        assert not in_import_machinery(idents["first"])  # running the module body
+        assert not in_import_machinery(threading.get_ident())
+    finally:
+        gate.release.set()
+        first.join(10)
+        second.join(10)
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("sp_slow_import", None)
+        sys.modules.pop("sp_gate", None)

@@ -212,6 +212,31 @@ def async_raise(thread_ident: int, exc: type[BaseException] | None) -> None:
     )
 
 
+#: Code that must not be interrupted by an asynchronous exception: importlib keeps its
+#: module locks in Python code, and ``Cancelled`` raised inside it can leave a module lock
+#: held forever, deadlocking every later import of that module.
+_UNINTERRUPTIBLE_FILES = frozenset(
+    {"<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>"}
+)
+
+
+def in_import_machinery(thread_ident: int) -> bool:
+    """Tell whether a thread is executing importlib's own code (unsafe to interrupt now).
+
+    Only the innermost Python frame counts: a module body that runs under an import is
+    ordinary code, and an exception raised there unwinds through importlib's cleanup
+    normally. What must not be hit is importlib's lock bookkeeping itself.
+
+    Args:
+        thread_ident: ``threading.get_ident()`` of the thread.
+
+    Returns:
+        True when the thread's innermost frame belongs to importlib's bootstrap code.
+    """
+    frame = sys._current_frames().get(thread_ident)
+    return frame is not None and frame.f_code.co_filename in _UNINTERRUPTIBLE_FILES
+
+
 # ----------------------------------------------------------------- error terms
 
 
@@ -557,10 +582,21 @@ class Job:
         state: Queued, running, done or cancelled.
         thread: ``threading.get_ident()`` of the thread running it.
         cancel_sent: Whether ``Cancelled`` was raised (or is pending) in that thread.
+        cancel_deferred: Whether a cancel waits for the thread to leave an import.
         new_refs: Ids of the refs its result added to the session.
     """
 
-    __slots__ = ("request_id", "session", "fn", "mode", "state", "thread", "cancel_sent", "new_refs")
+    __slots__ = (
+        "request_id",
+        "session",
+        "fn",
+        "mode",
+        "state",
+        "thread",
+        "cancel_sent",
+        "cancel_deferred",
+        "new_refs",
+    )
 
     def __init__(self, request_id: int, session: Session, fn: Callable[[], Any], mode: int) -> None:
         self.request_id = request_id
@@ -570,6 +606,7 @@ class Job:
         self.state = _QUEUED
         self.thread = 0
         self.cancel_sent = False
+        self.cancel_deferred = False
         self.new_refs: list[int] = []
 
     def __repr__(self) -> str:
@@ -603,6 +640,8 @@ class Dispatcher:
         max_frame_bytes: int = 256 * 1024 * 1024,
         threads: int = 1,
         interrupt: Callable[[int, type[BaseException] | None], None] = async_raise,
+        uninterruptible: Callable[[int], bool] = in_import_machinery,
+        defer_interval: float = 0.002,
     ) -> None:
         if type(max_depth) is not int or max_depth <= 0:
             raise ValueError(f"expected max_depth to be a positive integer, got: {max_depth!r}")
@@ -611,6 +650,8 @@ class Dispatcher:
         self.max_frame_bytes = max_frame_bytes
         self.threads = threads
         self._interrupt = interrupt
+        self._uninterruptible = uninterruptible
+        self._defer_interval = defer_interval
         #: Requests received so far (``stats``).
         self.requests = 0
         #: Set by ``shutdown``; later Python operations fail with ``shutting_down``.
@@ -1017,10 +1058,30 @@ class Dispatcher:
             job.state = _CANCELLED
             self._jobs.pop(job.request_id, None)
             return True
-        if job.state == _RUNNING and not job.cancel_sent:
-            job.cancel_sent = True
-            self._interrupt(job.thread, Cancelled)
+        if job.state == _RUNNING and not job.cancel_sent and not job.cancel_deferred:
+            if self._uninterruptible(job.thread):
+                # Inside an import: interrupting now could leave a module lock held. Retry
+                # from a short-lived thread until the import is over or the job ends.
+                job.cancel_deferred = True
+                threading.Thread(
+                    target=self._deferred_cancel, args=(job,), name="snakeport-cancel", daemon=True
+                ).start()
+            else:
+                job.cancel_sent = True
+                self._interrupt(job.thread, Cancelled)
         return False
+
+    def _deferred_cancel(self, job: Job) -> None:
+        """Interrupt ``job`` as soon as its thread has left the import machinery."""
+        while True:
+            time.sleep(self._defer_interval)
+            with self._jlock:
+                if job.state != _RUNNING:
+                    return
+                if not self._uninterruptible(job.thread):
+                    job.cancel_sent = True
+                    self._interrupt(job.thread, Cancelled)
+                    return
 
     def _finish(self, job: Job) -> None:
         """Leave the cancellable state, clearing a ``Cancelled`` that is still pending."""
