@@ -1,25 +1,23 @@
 # The Snakeport benchmark suite: `mix run bench.exs [--codec CODEC_OUTPUT] [--out RESULTS.md]`
 # (run by `make bench`). Every round measures the floor (bench/floor_echo.py behind a Port)
 # and Snakeport back to back; bench/RESULTS.md gets the medians and the per-round ratios.
-# Environment: SNAKEPORT_PYTHON (interpreter with the worker), BENCH_ROUNDS (default 5).
+# Environment: SNAKEPORT_PYTHON (interpreter with the worker), BENCH_ROUNDS (default 7).
 
 alias Bench.{Floor, Snake, Stats}
 
 {args, _, _} = OptionParser.parse(System.argv(), strict: [codec: :string, out: :string])
 out = args[:out] || Path.expand("../RESULTS.md", __DIR__)
 python = System.get_env("SNAKEPORT_PYTHON") || Path.expand("../../.venv/bin/python", __DIR__)
-rounds = max(3, String.to_integer(System.get_env("BENCH_ROUNDS", "5")))
+rounds = max(3, String.to_integer(System.get_env("BENCH_ROUNDS", "7")))
 
-# Per round. seq: batches of seq_batch calls; c64: alternations of 64 callers x per_caller
-# calls (the floor's callers make floor_per_caller calls each: it is faster); mib1/mib16:
-# single round trips, alternated.
+# Counts per round. Each measurement is one steady block per side (floor, then Snakeport),
+# after an untimed warm-up block of its own: short alternating batches would let one side
+# run on CPUs that the other one has just woken up (see README.md, "Noise").
 n = %{
-  seq_batches: 10,
-  seq_batch: 1_000,
-  c64_batches: 4,
+  seq: 10_000,
   callers: 64,
-  per_caller: 100,
-  floor_per_caller: 300,
+  per_caller: 150,
+  floor_per_caller: 500,
   mib1: 30,
   mib16: 3,
   churn: 10_000,
@@ -72,37 +70,29 @@ one_round = fn round ->
   # 4. and 5. 10k refs held by a process that gets killed (first: RSS of a fresh worker).
   {rss_refs, release_ms} = Snake.release_latency(n.refs)
 
-  # Warm-up (code loading, Python imports).
-  Floor.sequential(port, 500, frame)
-  Snake.sequential(500)
+  # A warm-up block (untimed), then the measured one.
+  twice = fn fun, warmup_arg, arg ->
+    fun.(warmup_arg)
+    fun.(arg)
+  end
 
   # 1. Sequential.
-  seq =
-    Stats.alternate(n.seq_batches,
-      floor: fn -> Floor.sequential(port, n.seq_batch, frame) end,
-      snake: fn -> Snake.sequential(n.seq_batch) end
-    )
+  seq_floor = twice.(&Floor.sequential(port, &1, frame), 1_000, n.seq)
+  seq = twice.(&Snake.sequential/1, 1_000, n.seq)
 
   # 2. 64 callers, one worker.
-  c64 =
-    Stats.alternate(n.c64_batches,
-      floor: fn -> Floor.callers(port, n.callers, n.floor_per_caller, frame) end,
-      window: fn -> Floor.window(port, n.callers * n.floor_per_caller, n.callers, frame) end,
-      snake: fn -> Snake.concurrent(n.callers, n.per_caller) end
-    )
+  c64_floor = twice.(&Floor.callers(port, n.callers, &1, frame), 50, n.floor_per_caller)
+
+  c64_window =
+    twice.(&Floor.window(port, &1, n.callers, frame), 3_200, n.callers * n.floor_per_caller)
+
+  c64 = twice.(&Snake.concurrent(n.callers, &1), 20, n.per_caller)
 
   # 3. Binary echo.
-  echo1 =
-    Stats.alternate(n.mib1,
-      floor: fn -> Floor.echo(port, mib1, 1) end,
-      snake: fn -> Snake.echo(mib1, 1) end
-    )
-
-  echo16 =
-    Stats.alternate(n.mib16,
-      floor: fn -> Floor.echo(port, mib16, 1) end,
-      snake: fn -> Snake.echo(mib16, 1) end
-    )
+  echo1_floor = twice.(&Floor.echo(port, mib1, &1), 5, n.mib1)
+  echo1 = twice.(&Snake.echo(mib1, &1), 5, n.mib1)
+  echo16_floor = twice.(&Floor.echo(port, mib16, &1), 1, n.mib16)
+  echo16 = twice.(&Snake.echo(mib16, &1), 1, n.mib16)
 
   # 4. Ref churn.
   churn = Stats.rate([Snake.churn(n.churn)])
@@ -112,38 +102,34 @@ one_round = fn round ->
   # 2. 64 callers on the default pool.
   Snake.start(python, env, [])
 
-  pool =
-    Stats.alternate(n.c64_batches,
-      floor: fn -> Floor.callers(port, n.callers, n.floor_per_caller, frame) end,
-      snake: fn -> Snake.concurrent(n.callers, n.per_caller) end
-    )
-
+  pool_floor = twice.(&Floor.callers(port, n.callers, &1, frame), 50, n.floor_per_caller)
+  pool = twice.(&Snake.concurrent(n.callers, &1), 20, n.per_caller)
   Snake.stop()
   Floor.close(port)
 
-  seq_floor = Stats.latency(seq.floor)
-  seq_snake = Stats.latency(seq.snake)
+  lat_floor = Stats.latency([seq_floor])
+  lat = Stats.latency([seq])
 
   figures =
     Map.merge(cold, %{
       api_start: api_start,
       rss_idle: rss_idle / 1.0e6,
       rss_refs: rss_refs / 1.0e6,
-      seq_rate: Stats.rate(seq.snake),
-      seq_rate_floor: Stats.rate(seq.floor),
-      seq_p50: seq_snake.p50_us,
-      seq_p50_floor: seq_floor.p50_us,
-      seq_p99: seq_snake.p99_us,
-      seq_p99_floor: seq_floor.p99_us,
-      c64: Stats.rate(c64.snake),
-      c64_floor: Stats.rate(c64.floor),
-      c64_window: Stats.rate(c64.window),
-      pool: Stats.rate(pool.snake),
-      pool_floor: Stats.rate(pool.floor),
-      echo1: Stats.rate(echo1.snake),
-      echo1_floor: Stats.rate(echo1.floor),
-      echo16: Stats.rate(echo16.snake),
-      echo16_floor: Stats.rate(echo16.floor),
+      seq_rate: Stats.rate([seq]),
+      seq_rate_floor: Stats.rate([seq_floor]),
+      seq_p50: lat.p50_us,
+      seq_p50_floor: lat_floor.p50_us,
+      seq_p99: lat.p99_us,
+      seq_p99_floor: lat_floor.p99_us,
+      c64: Stats.rate([c64]),
+      c64_floor: Stats.rate([c64_floor]),
+      c64_window: Stats.rate([c64_window]),
+      pool: Stats.rate([pool]),
+      pool_floor: Stats.rate([pool_floor]),
+      echo1: Stats.rate([echo1]),
+      echo1_floor: Stats.rate([echo1_floor]),
+      echo16: Stats.rate([echo16]),
+      echo16_floor: Stats.rate([echo16_floor]),
       churn: churn,
       release_ms: release_ms
     })

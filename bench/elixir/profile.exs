@@ -3,6 +3,7 @@
 #   mix run profile.exs decompose [ROUNDS]  wall and CPU µs per request of each layer: floor,
 #                                           raw worker, harness + fake worker, full Snakeport
 #   mix run profile.exs harness             CPU µs of each step of Snakeport.call/4, no I/O
+#   mix run profile.exs malloc              1 MiB echo, raw worker with glibc malloc defaults / tuned
 #   mix run profile.exs eprof [c64] [fake]  :eprof of the caller(s) and the worker process
 #   mix run profile.exs pyspy MODE          py-spy record of the worker under load (MODE: seq,
 #                                           c64, echo1 on a raw worker; api_seq through the API);
@@ -100,7 +101,7 @@ case System.argv() do
     rp = Raw.os_pid(raw)
 
     # Each phase: one Snakeport instance (fake worker, or the real one) measured in turn
-    # with the floor and the raw worker.
+    # with the floor and the raw worker, in blocks long enough to be steady.
     phase = fn label, extra ->
       Snake.start(python, env, [pool_size: 1] ++ extra)
       wp = worker_os_pid.()
@@ -109,11 +110,11 @@ case System.argv() do
       Snake.sequential(500)
 
       seq =
-        Stats.alternate(10,
-          "seq floor": measured.(fp, fn -> Floor.sequential(floor, 500, floor_frame) end),
-          "seq floor routed": measured.(fp, fn -> Floor.callers(floor, 1, 500, floor_frame) end),
-          "seq raw worker": measured.(rp, fn -> Floor.sequential(raw, 500, add) end),
-          "seq #{label}": measured.(wp, fn -> Snake.sequential(500) end)
+        Stats.alternate(3,
+          "seq floor": measured.(fp, fn -> Floor.sequential(floor, 4_000, floor_frame) end),
+          "seq floor routed": measured.(fp, fn -> Floor.callers(floor, 1, 4_000, floor_frame) end),
+          "seq raw worker": measured.(rp, fn -> Floor.sequential(raw, 4_000, add) end),
+          "seq #{label}": measured.(wp, fn -> Snake.sequential(4_000) end)
         )
 
       c64 =
@@ -125,10 +126,10 @@ case System.argv() do
         )
 
       echo =
-        Stats.alternate(20,
-          "1MiB floor": measured.(fp, fn -> Floor.echo(floor, mib1, 1) end),
-          "1MiB raw worker": measured.(rp, fn -> Raw.echo(raw, mib1, 1) end),
-          "1MiB #{label}": measured.(wp, fn -> Snake.echo(mib1, 1) end)
+        Stats.alternate(3,
+          "1MiB floor": measured.(fp, fn -> Floor.echo(floor, mib1, 15) end),
+          "1MiB raw worker": measured.(rp, fn -> Raw.echo(raw, mib1, 15) end),
+          "1MiB #{label}": measured.(wp, fn -> Snake.echo(mib1, 15) end)
         )
 
       Snake.stop()
@@ -156,6 +157,33 @@ case System.argv() do
         String.pad_trailing("#{name}", 26) <>
           Enum.map_join(Enum.zip(cols, [8, 10, 12]), fn {v, w} -> String.pad_leading("#{v}", w) end)
       )
+    end
+
+  ["malloc" | _] ->
+    # 1 MiB echo on two raw workers: glibc's defaults, and glibc told to keep freed memory
+    # (no trimming, no mmap per large block), which removes the page faults of fresh buffers.
+    keep = [
+      {~c"MALLOC_TRIM_THRESHOLD_", ~c"268435456"},
+      {~c"MALLOC_MMAP_THRESHOLD_", ~c"268435456"},
+      {~c"MALLOC_TOP_PAD_", ~c"67108864"}
+    ]
+
+    floor = Floor.open(python, port_env)
+    plain = Raw.open(python, port_env)
+    kept = Raw.open(python, keep ++ port_env)
+
+    rows =
+      Stats.alternate(5,
+        "1MiB floor": measured.(Raw.os_pid(floor), fn -> Floor.echo(floor, mib1, 10) end),
+        "1MiB raw worker, glibc defaults": measured.(Raw.os_pid(plain), fn -> Raw.echo(plain, mib1, 10) end),
+        "1MiB raw worker, MALLOC_* kept": measured.(Raw.os_pid(kept), fn -> Raw.echo(kept, mib1, 10) end)
+      )
+
+    IO.puts("µs per 1 MiB round trip (medians): wall, BEAM CPU, Python CPU")
+
+    for {name, batches} <- Enum.sort(rows) do
+      cols = for i <- 0..2, do: batches |> Enum.map(&elem(&1, i)) |> Stats.median() |> round()
+      IO.puts("#{name}: #{inspect(cols)}")
     end
 
   ["harness" | _] ->

@@ -63,6 +63,20 @@ def main() -> None:
     def receive_and_run() -> None:
         dispatcher.run_job(dispatcher.receive(term, TagContext()))
 
+    def handle_only() -> None:
+        dispatcher.run_job(server._handle(frame, []))
+
+    writer = server._writer
+    reply_payload = etf.encode(reply)
+
+    def server_send() -> None:
+        server.send([reply])
+        os.read(out_r, 65536)
+
+    def writer_send() -> None:
+        writer.send([reply_payload])
+        os.read(out_r, 65536)
+
     def encode() -> None:
         etf.encode(reply, default=default)
 
@@ -79,7 +93,10 @@ def main() -> None:
         ("whole in-process path (split+decode+dispatch+place+run+encode+writev+drain)", whole),
         ("  FrameSplitter feed/next_event", split),
         ("  etf.decode request (TagContext)", decode),
+        ("  Server._handle (decode + Dispatcher.receive) + run_job", handle_only),
         ("  Dispatcher.receive + run_job (includes the call)", receive_and_run),
+        ("  Server.send (encode + FrameWriter.send + writev) + read drain", server_send),
+        ("  FrameWriter.send (locks, header, writev) + read drain", writer_send),
         ("  etf.encode reply", encode),
         ("  os.writev reply + os.read drain (syscalls)", pipe_write_read),
         ("  operator.add(1, 2) itself", call_only),

@@ -1,8 +1,8 @@
 defmodule Bench.Stats do
   @moduledoc """
-  Timing helpers. A measurement is a list of *batches* `{amount, elapsed_native, latencies}`
-  (amount: calls, or MiB for echoes); `alternate/2` runs the batches of several variants in
-  turn, so that a slow spell of the shared machine hits the floor and Snakeport alike.
+  Timing helpers. A measurement is a *batch* `{amount, elapsed_native, latencies}` (amount:
+  calls, or MiB for echoes); `rate/1` and `latency/1` combine lists of batches, and
+  `alternate/2` (used by profile.exs) runs the batches of several variants in turn.
   """
 
   def now, do: System.monotonic_time()
