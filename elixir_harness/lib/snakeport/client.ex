@@ -6,6 +6,11 @@ defmodule Snakeport.Client do
   alias Snakeport.{Error, Protocol, Ref, Sessions, Telemetry, Worker}
 
   @config_key {Snakeport, :config}
+  @call_events [
+    [:snakeport, :call, :start],
+    [:snakeport, :call, :stop],
+    [:snakeport, :call, :exception]
+  ]
 
   @type parsed :: %{
           kwargs: map(),
@@ -99,56 +104,68 @@ defmodule Snakeport.Client do
 
     with {:ok, session} <- Sessions.checkout(parsed.session, ref_session),
          :ok <- check_target(target, session) do
-      meta = Map.merge(meta, %{session_id: session.id, worker: session.index})
-      start = System.monotonic_time()
+      # Without a handler for the call events (and without :telemetry) no clock is read and
+      # no measurement or metadata map is built.
+      if Telemetry.listening?(@call_events) do
+        run_observed(meta, parsed, session, build)
+      else
+        exchange(parsed, session, build)
+      end
+    end
+  end
 
-      Telemetry.execute(
-        [:snakeport, :call, :start],
-        %{system_time: System.system_time(), monotonic_time: start},
-        meta
-      )
+  defp run_observed(meta, parsed, session, build) do
+    meta = Map.merge(meta, %{session_id: session.id, worker: session.index})
+    start = System.monotonic_time()
 
-      result =
-        case Worker.request(
-               session.worker,
-               &Protocol.encode(build.(&1, session.id)),
-               parsed.timeout
-             ) do
-          {:ok, frame} ->
-            case Protocol.decode_reply(frame, session.index) do
-              {:error, %Error{reason: :session_not_found}} = error ->
-                # The session is not open in the worker: re-open it there if the harness
-                # still has it; the error goes to the caller either way.
-                Sessions.reopen(session.id)
-                error
+    Telemetry.execute(
+      [:snakeport, :call, :start],
+      %{system_time: System.system_time(), monotonic_time: start},
+      meta
+    )
 
-              decoded ->
-                decoded
-            end
+    result = exchange(parsed, session, build)
+    stop = System.monotonic_time()
 
-          {:error, reason} ->
-            {:error, transport_error(reason, session, parsed.timeout)}
+    case result do
+      {:ok, _} ->
+        Telemetry.execute(
+          [:snakeport, :call, :stop],
+          %{duration: stop - start, monotonic_time: stop},
+          meta
+        )
+
+      {:error, error} ->
+        Telemetry.execute(
+          [:snakeport, :call, :exception],
+          %{duration: stop - start, monotonic_time: stop},
+          Map.merge(meta, %{kind: :error, reason: error})
+        )
+    end
+
+    result
+  end
+
+  defp exchange(parsed, session, build) do
+    case Worker.request(
+           session.worker,
+           &Protocol.encode(build.(&1, session.id)),
+           parsed.timeout
+         ) do
+      {:ok, frame} ->
+        case Protocol.decode_reply(frame, session.index) do
+          {:error, %Error{reason: :session_not_found}} = error ->
+            # The session is not open in the worker: re-open it there if the harness
+            # still has it; the error goes to the caller either way.
+            Sessions.reopen(session.id)
+            error
+
+          decoded ->
+            decoded
         end
 
-      stop = System.monotonic_time()
-
-      case result do
-        {:ok, _} ->
-          Telemetry.execute(
-            [:snakeport, :call, :stop],
-            %{duration: stop - start, monotonic_time: stop},
-            meta
-          )
-
-        {:error, error} ->
-          Telemetry.execute(
-            [:snakeport, :call, :exception],
-            %{duration: stop - start, monotonic_time: stop},
-            Map.merge(meta, %{kind: :error, reason: error})
-          )
-      end
-
-      result
+      {:error, reason} ->
+        {:error, transport_error(reason, session, parsed.timeout)}
     end
   end
 

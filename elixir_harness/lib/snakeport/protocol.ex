@@ -309,17 +309,55 @@ defmodule Snakeport.Protocol do
   defp ref_session(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> ref_session()
   defp ref_session(_), do: nil
 
+  # Below this many bytes a reply frame is scanned for the reserved prefix (cheap for small
+  # frames); above it the decoded term is checked instead, whose cost grows with the number
+  # of terms, not with the size of the binaries in it (a 1 MiB binary is one term).
+  @scan_limit 4_096
+
   @doc false
-  # Wire -> Elixir. `frame` is the raw reply: the walk only runs when it mentions a
+  # Wire -> Elixir. `frame` is the raw reply: the walk only runs when the value holds a
   # reserved tag at all.
   @spec from_wire(term(), binary(), non_neg_integer() | nil) :: term()
+  def from_wire(value, _frame, _worker)
+      when is_binary(value) or is_number(value) or is_atom(value),
+      do: value
+
   def from_wire(value, frame, worker) do
-    if is_binary(frame) and :binary.match(frame, "$snakeport_") == :nomatch do
-      value
-    else
-      walk_in(value, worker)
+    cond do
+      is_binary(frame) and byte_size(frame) < @scan_limit and
+          :binary.match(frame, "$snakeport_") == :nomatch ->
+        value
+
+      is_binary(frame) and byte_size(frame) >= @scan_limit and not tagged?(value) ->
+        value
+
+      true ->
+        walk_in(value, worker)
     end
   end
+
+  # Allocation-free: does the term hold a {:"$snakeport_ref", ...} or {:"$snakeport_set", _}
+  # tuple anywhere? (Over-approximates like the scan: any tuple starting with those atoms.)
+  defp tagged?(term) when is_tuple(term) and tuple_size(term) > 0 do
+    case elem(term, 0) do
+      tag when tag in [:"$snakeport_ref", :"$snakeport_set"] -> true
+      _ -> tuple_tagged?(term, tuple_size(term))
+    end
+  end
+
+  defp tagged?(term) when is_list(term), do: list_tagged?(term)
+
+  defp tagged?(term) when is_map(term),
+    do: :maps.fold(fn k, v, acc -> acc or tagged?(k) or tagged?(v) end, false, term)
+
+  defp tagged?(_), do: false
+
+  defp list_tagged?([h | t]), do: tagged?(h) or list_tagged?(t)
+  defp list_tagged?([]), do: false
+  defp list_tagged?(improper_tail), do: tagged?(improper_tail)
+
+  defp tuple_tagged?(_t, 0), do: false
+  defp tuple_tagged?(t, i), do: tagged?(elem(t, i - 1)) or tuple_tagged?(t, i - 1)
 
   defp walk_in({:"$snakeport_ref", s, id, type}, w) when is_binary(s) and is_integer(id),
     do: %Ref{session_id: s, id: id, type: type, worker: w}

@@ -88,6 +88,7 @@ defmodule Snakeport.Telemetry do
       {:error, :already_exists}
     else
       :ets.insert(@table, Enum.map(event_names, &{&1, handler_id, fun, config}))
+      Enum.each(event_names, &sync_listened/1)
       :ok
     end
   end
@@ -100,7 +101,9 @@ defmodule Snakeport.Telemetry do
     if :ets.match(@table, {:_, handler_id, :_, :_}) == [] do
       {:error, :not_found}
     else
+      events = :ets.match(@table, {:"$1", handler_id, :_, :_})
       :ets.match_delete(@table, {:_, handler_id, :_, :_})
+      Enum.each(events, fn [event] -> sync_listened(event) end)
       :ok
     end
   end
@@ -144,6 +147,31 @@ defmodule Snakeport.Telemetry do
           )
       end
     end)
+  end
+
+  @doc false
+  # True when an event of `events` (a list of event names) would reach a handler: one is
+  # attached here, or `:telemetry` is loaded (it has its own handlers). Lets hot paths skip
+  # clocks and measurement maps when nobody listens. Two :persistent_term reads per event.
+  @spec listening?([event_name()]) :: boolean()
+  def listening?(events) do
+    telemetry_loaded?() or Enum.any?(events, &:persistent_term.get({__MODULE__, &1}, false))
+  end
+
+  # Keeps the :persistent_term flag of `event` ("has a handler here") in line with the
+  # table. Written on attach/detach only; booleans are immediates, so replacing one does
+  # not trigger the global GC of a persistent_term update. Re-checked after each write, so
+  # that concurrent attach/detach calls settle on the table's final state.
+  defp sync_listened(event) do
+    key = {__MODULE__, event}
+    want = :ets.member(@table, event)
+
+    if :persistent_term.get(key, false) != want do
+      :persistent_term.put(key, want)
+      sync_listened(event)
+    end
+
+    :ok
   end
 
   # Cached in :persistent_term: written once per VM, read on every event.

@@ -351,6 +351,19 @@ defmodule Snakeport.SessionsTest do
   end
 
   describe "events" do
+    test "a call event handler attached to one event only gets it; detached, nothing" do
+      me = self()
+      handler = fn event, m, meta, _ -> send(me, {:only_stop, event, m, meta}) end
+      :ok = Snakeport.Telemetry.attach("only-stop", [:snakeport, :call, :stop], handler)
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      assert_receive {:only_stop, [:snakeport, :call, :stop], %{duration: d}, %{op: :call}}
+      assert is_integer(d)
+      :ok = Snakeport.Telemetry.detach("only-stop")
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      refute_received {:only_stop, _, _, _}
+      refute Snakeport.Telemetry.listening?([[:snakeport, :call, :stop]])
+    end
+
     test "session, call and worker events reach attached handlers" do
       capture_events([
         [:snakeport, :session, :created],
