@@ -206,6 +206,48 @@ def grow_pipe(fd: int, size: int = PIPE_SIZE) -> bool:
     return True
 
 
+#: glibc ``mallopt`` parameters (malloc.h) and the values set by :func:`tune_malloc`.
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+_KEEP_FREED = 256 * 1024 * 1024
+_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit
+
+_malloc_tuned = False
+
+
+def tune_malloc() -> bool:
+    """Tell glibc to keep freed memory instead of returning it to the kernel at once.
+
+    Large frames (megabytes) are otherwise served from fresh ``mmap``/heap pages for every
+    request, and the page faults of those pages cost more than the copies themselves. Called
+    once, when the first large frame arrives (so small-only workers do not import ctypes).
+    Does nothing outside glibc; failures are ignored.
+
+    Returns:
+        Whether the settings were applied.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return False
+    _malloc_tuned = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        mallopt.restype = ctypes.c_int
+        ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        ok = mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED) and ok
+        ok = mallopt(_M_TOP_PAD, 16 * 1024 * 1024) and ok
+        return bool(ok)
+    except Exception:  # noqa: BLE001 - not glibc, no ctypes, ...: keep the defaults
+        return False
+
+
 class FrameWriter:
     """Writes ``{packet, 4}`` frames to one fd from any thread.
 
@@ -499,6 +541,8 @@ class Server:
                 )
             )
             return None
+        if event.__class__ is bytearray and not _malloc_tuned:  # the first large frame
+            tune_malloc()
         ctx = TagContext()
         try:
             term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
