@@ -6,11 +6,6 @@ defmodule Snakeport.Client do
   alias Snakeport.{Error, Protocol, Ref, Sessions, Telemetry, Worker}
 
   @config_key {Snakeport, :config}
-  @call_events [
-    [:snakeport, :call, :start],
-    [:snakeport, :call, :stop],
-    [:snakeport, :call, :exception]
-  ]
 
   @type parsed :: %{
           kwargs: map(),
@@ -106,7 +101,7 @@ defmodule Snakeport.Client do
          :ok <- check_target(target, session) do
       # Without a handler for the call events (and without :telemetry) no clock is read and
       # no measurement or metadata map is built.
-      if Telemetry.listening?(@call_events) do
+      if Telemetry.listening?([:snakeport, :call]) do
         run_observed(meta, parsed, session, build)
       else
         exchange(parsed, session, build)

@@ -150,29 +150,31 @@ defmodule Snakeport.Telemetry do
   end
 
   @doc false
-  # True when an event of `events` (a list of event names) would reach a handler: one is
+  # True when an event whose name starts with `[a, b]` would reach a handler: one is
   # attached here, or `:telemetry` is loaded (it has its own handlers). Lets hot paths skip
-  # clocks and measurement maps when nobody listens. Two :persistent_term reads per event.
-  @spec listening?([event_name()]) :: boolean()
-  def listening?(events) do
-    telemetry_loaded?() or Enum.any?(events, &:persistent_term.get({__MODULE__, &1}, false))
+  # clocks and measurement maps when nobody listens: two :persistent_term reads.
+  @spec listening?([atom()]) :: boolean()
+  def listening?([a, b]) do
+    telemetry_loaded?() or :persistent_term.get({__MODULE__, a, b}, false)
   end
 
-  # Keeps the :persistent_term flag of `event` ("has a handler here") in line with the
-  # table. Written on attach/detach only; booleans are immediates, so replacing one does
-  # not trigger the global GC of a persistent_term update. Re-checked after each write, so
-  # that concurrent attach/detach calls settle on the table's final state.
-  defp sync_listened(event) do
-    key = {__MODULE__, event}
-    want = :ets.member(@table, event)
+  # Keeps the :persistent_term flag of the event's two-atom prefix ("has a handler here")
+  # in line with the table. Written on attach/detach only; booleans are immediates, so
+  # replacing one does not trigger the global GC of a persistent_term update. Re-checked
+  # after each write, so that concurrent attach/detach calls settle on the table's state.
+  defp sync_listened([a, b | _]) do
+    key = {__MODULE__, a, b}
+    want = :ets.match(@table, {[a, b | :_], :_, :_, :_}, 1) != :"$end_of_table"
 
     if :persistent_term.get(key, false) != want do
       :persistent_term.put(key, want)
-      sync_listened(event)
+      sync_listened([a, b])
     end
 
     :ok
   end
+
+  defp sync_listened(_shorter), do: :ok
 
   # Cached in :persistent_term: written once per VM, read on every event.
   defp telemetry_loaded? do

@@ -361,7 +361,7 @@ defmodule Snakeport.SessionsTest do
       :ok = Snakeport.Telemetry.detach("only-stop")
       assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
       refute_received {:only_stop, _, _, _}
-      refute Snakeport.Telemetry.listening?([[:snakeport, :call, :stop]])
+      refute Snakeport.Telemetry.listening?([:snakeport, :call])
     end
 
     test "session, call and worker events reach attached handlers" do
