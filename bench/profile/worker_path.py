@@ -48,6 +48,7 @@ def main() -> None:
         splitter.next_event()
         if server._place(job):
             server._run_inline(job, me)
+        server._flush_held()  # what _read_frames does once the read's frames are handled
         os.read(out_r, 65536)
 
     def split() -> None:

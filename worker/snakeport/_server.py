@@ -390,6 +390,11 @@ class Server:
         self._pending: deque[Job] = deque()  # calls waiting for a free slot, in order
         self._draining = False  # set by shutdown: job ends notify _drained
         self._drained = threading.Condition(self._sched)
+        # Payloads of inline calls' replies, held while the reader still has buffered frames
+        # to handle, so that one writev sends them all (guarded by _sched). Sent when the
+        # buffered frames are handled, when the reader role changes hands, or by the stand-by
+        # thread when an inline call runs for a whole poll (bounded like control requests).
+        self._held: list = []
 
     # ------------------------------------------------------------------ output
 
@@ -404,9 +409,16 @@ class Server:
             terms: Reply and event terms.
             job: The job whose terms these are, if any.
         """
+        payloads = self._encode(terms, job)
+        if payloads:
+            self._writer.send(payloads)
+
+    def _encode(self, terms: list, job: Job | None = None, payloads: list | None = None) -> list:
+        """Encode terms into frame payloads (appended to ``payloads``); see :meth:`send`."""
         encode = etf.encode
         default = self._default
-        payloads = []
+        if payloads is None:
+            payloads = []
         for term in terms:
             try:
                 payload = encode(term, default=default)
@@ -419,8 +431,17 @@ class Server:
                     if job is not None:
                         self.dispatcher.unsent(job)
                     payloads.append(encode(replacement))
-        if payloads:
-            self._writer.send(payloads)
+        return payloads
+
+    def _flush_held(self, terms: list | None = None) -> None:
+        """Send ``terms`` and the replies held back by inline calls, with one ``writev``."""
+        with self._sched:
+            held = self._held
+            self._held = []
+        if terms:
+            held = self._encode(terms, None, held)
+        if held:
+            self._writer.send(held)
 
     @staticmethod
     def _unencodable(term: Any, exc: Exception) -> Any:
@@ -472,6 +493,15 @@ class Server:
         idle = 0
         with self._sched:
             while True:
+                if self._held:  # replies held behind an inline call: send them now
+                    held = self._held
+                    self._held = []
+                    self._sched.release()
+                    try:
+                        self._writer.send(held)
+                    finally:
+                        self._sched.acquire()
+                    continue
                 if self._inline_active:
                     seq = self._inline_seq
                     if seq == seen:  # the same call has run for a whole poll: take over
@@ -513,9 +543,10 @@ class Server:
                         self.send(out)
                         out = []
                     if not self._run_inline(job, me):
+                        self._flush_held()
                         return  # another loop thread reads now
-            if out:
-                self.send(out)
+            if out or self._held:
+                self._flush_held(out)
             if dispatcher.shutting_down:
                 self._on_shutdown()
             buf = splitter.get_buffer()
@@ -591,17 +622,31 @@ class Server:
     def _run_inline(self, job: Job, me: int) -> bool:
         """Run a job (and queued ones) on the reader; return whether it still reads."""
         while True:
-            self._run(job)
+            payloads = self._run(job, False)
             with self._sched:
-                self._inline_active = False
-                next_job = self._job_ended_locked()
-                still_reader = self._reader == me
-                if next_job is not None and still_reader:
-                    self._inline_seq += 1
-                    self._inline_active = True
+                if payloads and self._reader == me and not self._draining:
+                    self._held.extend(payloads)  # sent with the rest of the read's replies
+                    payloads = None
+                if not payloads:
+                    next_job, still_reader = self._inline_ended_locked(me)
+            if payloads:
+                # No longer the reader, or shutting down: send before the slot is freed.
+                self._writer.send(payloads)
+                with self._sched:
+                    next_job, still_reader = self._inline_ended_locked(me)
             if next_job is None:
                 return still_reader
             job = next_job
+
+    def _inline_ended_locked(self, me: int) -> tuple[Job | None, bool]:
+        """Account for an ended inline job (``_sched`` held): ``(next job, still reader)``."""
+        self._inline_active = False
+        next_job = self._job_ended_locked()
+        still_reader = self._reader == me
+        if next_job is not None and still_reader:
+            self._inline_seq += 1
+            self._inline_active = True
+        return next_job, still_reader
 
     def _pool_task(self, job: Job | None) -> None:
         """Executor task: run a job, then queued ones while there are any."""
@@ -622,15 +667,19 @@ class Server:
             self._drained.notify_all()
         return None
 
-    def _run(self, job: Job) -> None:
-        """Run one job on this thread and send its frames."""
+    def _run(self, job: Job, send: bool = True) -> list | None:
+        """Run one job on this thread and send its frames (or, without ``send``, return them)."""
         try:
             terms = self.dispatcher.run_job(job)
         except Exception as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
             log.exception("request %s failed inside the worker", job.request_id)
             terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
-        if terms:
+        if not terms:
+            return None
+        if send:
             self.send(terms, job)
+            return None
+        return self._encode(terms, job)
 
     # ---------------------------------------------------------------- lifetime
 
@@ -639,6 +688,7 @@ class Server:
             log.warning("protocol input closed in the middle of a frame")
         log.info("protocol input closed; exiting")
         self._stop.set()
+        self._flush_held()
         self._writer.flush()
         _exit(0)
 
@@ -646,7 +696,7 @@ class Server:
         log.info("shutdown requested; cancelling %d calls", self.dispatcher.in_flight)
         with self._sched:
             self._draining = True
-        self.send(self.dispatcher.cancel_all())
+        self._flush_held(self.dispatcher.cancel_all())
         with self._sched:
             idle = self._drained.wait_for(lambda: self._running == 0, _SHUTDOWN_GRACE)
             running = self._running
