@@ -215,7 +215,29 @@ defmodule Snakeport.Protocol do
   @doc false
   # Decodes a reply frame in the caller's process. `worker` is the worker index put in refs.
   @spec decode_reply(binary(), non_neg_integer() | nil) :: {:ok, term()} | {:error, Error.t()}
-  def decode_reply(frame, worker) do
+  # Fast paths, exact matches of whole frames: `{reply, Id, ok, Binary}` (a sub-binary of
+  # the frame: a large payload is not copied) and `{reply, Id, ok, SmallInt}`, as the worker
+  # writes them (SMALL_ATOM_UTF8_EXT atoms, SMALL_INTEGER_EXT/INTEGER_EXT id). Anything
+  # else takes the general path.
+  def decode_reply(<<131, 104, 4, 119, 5, "reply", rest::binary>> = frame, worker) do
+    case rest do
+      <<97, _id, 119, 2, "ok", tail::binary>> -> fast_value(tail, frame, worker)
+      <<98, _id::32, 119, 2, "ok", tail::binary>> -> fast_value(tail, frame, worker)
+      _ -> decode_reply_term(frame, worker)
+    end
+  end
+
+  def decode_reply(frame, worker), do: decode_reply_term(frame, worker)
+
+  defp fast_value(<<109, len::32, payload::binary>>, _frame, _worker)
+       when byte_size(payload) == len,
+       do: {:ok, payload}
+
+  defp fast_value(<<97, n>>, _frame, _worker), do: {:ok, n}
+  defp fast_value(<<98, n::signed-32>>, _frame, _worker), do: {:ok, n}
+  defp fast_value(_tail, frame, worker), do: decode_reply_term(frame, worker)
+
+  defp decode_reply_term(frame, worker) do
     case safe_decode(frame) do
       {:ok, {:reply, _id, :ok, value}} ->
         {:ok, from_wire(value, frame, worker)}

@@ -1,5 +1,6 @@
 defmodule Snakeport.ProtocolDecodeTest do
   use ExUnit.Case, async: true
+  import Bitwise
 
   alias Snakeport.{Protocol, Ref}
 
@@ -28,6 +29,52 @@ defmodule Snakeport.ProtocolDecodeTest do
       ref = %Ref{session_id: "s1", id: 5, type: "Box", worker: 0}
       assert {:ok, %{ref => pad}} == Protocol.decode_reply(reply(value), 0)
     end
+  end
+
+  test "the fast paths agree with binary_to_term on every encoding of ids and values" do
+    for id <- [0, 7, 255, 256, 70_000, 2_147_483_647, 2_147_483_648, 1 <<< 70],
+        value <- [
+          "",
+          "abc",
+          @big,
+          0,
+          255,
+          256,
+          -1,
+          -2_147_483_648,
+          2_147_483_647,
+          1 <<< 40,
+          1.5,
+          [],
+          [1],
+          {},
+          %{}
+        ] do
+      frame = :erlang.term_to_binary({:reply, id, :ok, value})
+      assert {:ok, got} = Protocol.decode_reply(frame, 0)
+      assert got === value
+      # The same with atoms as SMALL_ATOM_UTF8_EXT, as the worker writes them.
+      frame = :erlang.term_to_binary({:reply, id, :ok, value}, minor_version: 2)
+      assert {:ok, got} = Protocol.decode_reply(frame, 0)
+      assert got === value
+    end
+
+    # Trailing bytes (ignored by binary_to_term) or a truncated frame: the general path.
+    frame = :erlang.term_to_binary({:reply, 1, :ok, "abc"}, minor_version: 2)
+    assert {:ok, "abc"} = Protocol.decode_reply(frame <> "x", 0)
+
+    assert {:error, %Snakeport.Error{}} =
+             Protocol.decode_reply(binary_part(frame, 0, byte_size(frame) - 1), 0)
+
+    assert {:error, %Snakeport.Error{reason: r}} =
+             Protocol.decode_reply(
+               :erlang.term_to_binary({:reply, 1, :error, %{reason: :cancelled, message: "m"}},
+                 minor_version: 2
+               ),
+               0
+             )
+
+    assert r == :cancelled
   end
 
   test "values without tags come back as they are, whatever their size" do
