@@ -42,6 +42,8 @@ from typing import Any, NoReturn
 
 from snakeport import etf
 from snakeport._dispatch import (
+    OK,
+    REPLY,
     Dispatcher,
     Job,
     TagContext,
@@ -248,6 +250,59 @@ def tune_malloc() -> bool:
         return False
 
 
+_pack_tag_u32 = struct.Struct(">BI").pack
+_pack_tag_i32 = struct.Struct(">Bi").pack
+_SMALL_INTS = [bytes((97, i)) for i in range(256)]
+#: ``131, SMALL_TUPLE_EXT 4, reply`` and the ``ok`` atom, as etf.encode writes them.
+_REPLY_HEAD = b"\x83h\x04" + etf.encode(REPLY)[1:]
+_OK_BYTES = etf.encode(OK)[1:]
+_TRUE_BYTES = etf.encode(True)[1:]
+_FALSE_BYTES = etf.encode(False)[1:]
+_NIL_BYTES = etf.encode(None)[1:]
+
+
+def _int_bytes(value: int) -> bytes | None:
+    if 0 <= value <= 255:
+        return _SMALL_INTS[value]
+    if -2147483648 <= value <= 2147483647:
+        return _pack_tag_i32(98, value)
+    return None
+
+
+def encode_ok_reply(term: tuple) -> bytes | None:
+    """``etf.encode`` of ``{reply, Id, ok, Value}`` for a scalar Value, else ``None``.
+
+    The common reply of a call, written without the general encoder's machinery; the same
+    bytes as ``etf.encode(term)`` (the tests compare them).
+    """
+    rid = term[1]
+    if rid.__class__ is not int:
+        return None
+    rid_b = _int_bytes(rid)
+    if rid_b is None:
+        return None
+    value = term[3]
+    cls = value.__class__
+    if cls is int:
+        value_b = _int_bytes(value)
+        if value_b is None:
+            return None
+        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, value_b))
+    if cls is str:
+        try:
+            encoded = value.encode()
+        except UnicodeEncodeError:
+            return None
+        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _pack_tag_u32(109, len(encoded)), encoded))
+    if cls is bytes:
+        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _pack_tag_u32(109, len(value)), value))
+    if value is None:
+        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _NIL_BYTES))
+    if cls is bool:
+        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _TRUE_BYTES if value else _FALSE_BYTES))
+    return None
+
+
 class FrameWriter:
     """Writes ``{packet, 4}`` frames to one fd from any thread.
 
@@ -381,7 +436,8 @@ class Server:
         self._max_depth = config.max_depth
         self._max_size = config.max_frame_bytes
         # Scheduling state, guarded by _sched (see the module docstring).
-        self._sched = threading.Condition()
+        self._sched_lock = threading.RLock()  # entered directly on the hot paths
+        self._sched = threading.Condition(self._sched_lock)
         self._reader = 0  # ident of the loop thread that holds the reading role
         self._inline_seq = 0  # bumped each time the reader starts a call inline
         self._inline_active = False
@@ -420,6 +476,11 @@ class Server:
         if payloads is None:
             payloads = []
         for term in terms:
+            if term.__class__ is tuple and len(term) == 4 and term[0] is REPLY and term[2] is OK:
+                payload = encode_ok_reply(term)
+                if payload is not None and len(payload) <= _MAX_PACKET:
+                    payloads.append(payload)
+                    continue
             try:
                 payload = encode(term, default=default)
                 if len(payload) > _MAX_PACKET:
@@ -435,7 +496,7 @@ class Server:
 
     def _flush_held(self, terms: list | None = None) -> None:
         """Send ``terms`` and the replies held back by inline calls, with one ``writev``."""
-        with self._sched:
+        with self._sched_lock:
             held = self._held
             self._held = []
         if terms:
@@ -604,7 +665,7 @@ class Server:
 
     def _place(self, job: Job) -> bool:
         """Start, submit or queue a job; return True when the reader must run it inline."""
-        with self._sched:
+        with self._sched_lock:
             if self._running >= self._threads or self._pending:
                 self._pending.append(job)
                 return False
@@ -623,7 +684,7 @@ class Server:
         """Run a job (and queued ones) on the reader; return whether it still reads."""
         while True:
             payloads = self._run(job, False)
-            with self._sched:
+            with self._sched_lock:
                 if payloads and self._reader == me and not self._draining:
                     self._held.extend(payloads)  # sent with the rest of the read's replies
                     payloads = None
@@ -632,7 +693,7 @@ class Server:
             if payloads:
                 # No longer the reader, or shutting down: send before the slot is freed.
                 self._writer.send(payloads)
-                with self._sched:
+                with self._sched_lock:
                     next_job, still_reader = self._inline_ended_locked(me)
             if next_job is None:
                 return still_reader
@@ -653,7 +714,7 @@ class Server:
         try:
             while job is not None:
                 self._run(job)
-                with self._sched:
+                with self._sched_lock:
                     job = self._job_ended_locked()
         except BaseException:  # noqa: BLE001 - the slot accounting would be lost
             _fatal("a call thread failed")
