@@ -32,6 +32,7 @@ defmodule Snakeport.Sessions do
   @table __MODULE__
   @owners Snakeport.Sessions.Owners
   @auto_key :"$snakeport_auto_session"
+  @owned_key :"$snakeport_owned_session"
   # A caller refreshes last_access at most this often (ms): keeps hot calls write-free.
   @touch_granularity 100
   @call_timeout 60_000
@@ -45,7 +46,8 @@ defmodule Snakeport.Sessions do
           ttl_seconds: pos_integer(),
           tags: term(),
           created_at: integer(),
-          auto: boolean()
+          auto: boolean(),
+          gen: pos_integer()
         }
 
   ## Caller side ---------------------------------------------------------------------------
@@ -102,7 +104,7 @@ defmodule Snakeport.Sessions do
     case :ets.lookup(@table, id) do
       [{^id, info, last, lost, _ttl}] ->
         cond do
-          not :ets.member(@owners, {id, self()}) -> adopt(id, limits, create)
+          not owner?(id, info) -> adopt(id, limits, create)
           lost -> {:error, lost_error(info)}
           true -> touch(id, last) && {:ok, info}
         end
@@ -114,6 +116,26 @@ defmodule Snakeport.Sessions do
     ArgumentError -> {:error, not_started()}
   end
 
+  # Whether the caller owns the session of this row. The caller's last owned session is
+  # cached in its process dictionary as {id, gen} (`gen` is unique per created session):
+  # owner rows are only added by the process's own adopt, and removed only when the
+  # session is dropped (a new session with that id has a new gen) or the process dies, so
+  # a row with the cached gen is still owned. Otherwise one lookup of the owners table.
+  defp owner?(id, %{gen: gen}) do
+    case Process.get(@owned_key) do
+      {^id, ^gen} ->
+        true
+
+      _ ->
+        :ets.member(@owners, {id, self()}) and remember_owned(id, gen)
+    end
+  end
+
+  defp remember_owned(id, gen) do
+    Process.put(@owned_key, {id, gen})
+    true
+  end
+
   defp touch(id, last) do
     now = System.monotonic_time(:millisecond)
     if now - last >= @touch_granularity, do: :ets.update_element(@table, id, {3, now})
@@ -123,6 +145,8 @@ defmodule Snakeport.Sessions do
   defp adopt(id, limits, create) do
     case GenServer.call(__MODULE__, {:adopt, id, self(), limits, create}, @call_timeout) do
       {:ok, info, lost, _created} ->
+        remember_owned(id, info.gen)
+
         if lost, do: {:error, lost_error(info)}, else: {:ok, info}
 
       {:error, :not_found} ->
@@ -376,7 +400,8 @@ defmodule Snakeport.Sessions do
           ttl_seconds: Map.get(limits, :ttl_seconds, state.store.default_ttl),
           tags: Map.get(limits, :tags, %{}),
           created_at: System.system_time(:millisecond),
-          auto: auto
+          auto: auto,
+          gen: System.unique_integer([:positive, :monotonic])
         }
 
         ttl_ms = info.ttl_seconds * 1000

@@ -350,6 +350,31 @@ defmodule Snakeport.SessionsTest do
     end
   end
 
+  describe "ownership after re-creation" do
+    test "a session released and created again by another process is adopted again" do
+      sid = "recreated-#{System.unique_integer([:positive])}"
+      me = self()
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], session: sid)
+      assert {:ok, %{owners: [^me]}} = Snakeport.session_info(sid)
+      assert {:ok, _} = Snakeport.release_session(sid)
+
+      other =
+        spawn(fn ->
+          {:ok, 3} = Snakeport.call("operator", "add", [1, 2], session: sid)
+          send(me, :created)
+          receive do: (:stop -> :ok)
+        end)
+
+      assert_receive :created, 5_000
+      assert {:ok, %{owners: [^other]}} = Snakeport.session_info(sid)
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], session: sid)
+      assert {:ok, %{owners: owners}} = Snakeport.session_info(sid)
+      assert Enum.sort(owners) == Enum.sort([me, other])
+      send(other, :stop)
+      {:ok, _} = Snakeport.release_session(sid)
+    end
+  end
+
   describe "events" do
     test "a call event handler attached to one event only gets it; detached, nothing" do
       me = self()
