@@ -846,13 +846,30 @@ class Dispatcher:
     # ------------------------------------------------------------- Python ops
 
     def _op_call(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
-        _arity(term, 8)
-        sid = _session_id(term[2])
-        module = _name(term[3], "Module")
-        function = _name(term[4], "Function")
-        args = _args(term[5])
-        kwargs = _kwargs(term[6])
-        mode = _mode(term[7])
+        if len(term) == 8:
+            _, _, sid, module, function, args, kwargs, opts = term
+        else:
+            sid = module = function = args = kwargs = opts = None
+        st = sid.__class__
+        if (
+            (st is str or st is bytes)
+            and module.__class__ is str
+            and function.__class__ is str
+            and args.__class__ is list
+            and kwargs.__class__ is dict
+            and not kwargs
+            and opts.__class__ is dict
+            and not opts
+        ):
+            mode = _AUTO  # the common request, valid as is: what the checks below would give
+        else:
+            _arity(term, 8)
+            sid = _session_id(term[2])
+            module = _name(term[3], "Module")
+            function = _name(term[4], "Function")
+            args = _args(term[5])
+            kwargs = _kwargs(term[6])
+            mode = _mode(term[7])
         handles = ctx.handles if ctx is not None else ()
         session = self._checkout(sid, handles)
         if handles:

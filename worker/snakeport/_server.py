@@ -327,8 +327,11 @@ class FrameWriter:
             payloads: The encoded terms.
         """
         bufs = []
+        total = 0
         for payload in payloads:
-            bufs.append(_pack_header(len(payload)))
+            n = len(payload)
+            total += n + 4
+            bufs.append(_pack_header(n))
             bufs.append(payload)
         if self._write_lock.acquire(False):
             # Fast path: nobody is writing; send what others queued, then ours, at once.
@@ -337,7 +340,8 @@ class FrameWriter:
                     with self._queue_lock:
                         bufs[:0] = self._queue
                         self._queue = []
-                self._writev(bufs)
+                    total = -1
+                self._writev(bufs, total)
             finally:
                 self._write_lock.release()
             if self._queue:
@@ -371,12 +375,15 @@ class FrameWriter:
                     return
             blocking = False
 
-    def _writev(self, bufs: list[Any]) -> None:
+    def _writev(self, bufs: list[Any], total: int = -1) -> None:
+        """Write every buffer (``total``: their byte count when known, else -1)."""
         fd = self._fd
         try:
             while bufs:
                 batch = bufs[:_IOV_MAX] if len(bufs) > _IOV_MAX else bufs
                 written = os.writev(fd, batch)
+                if written == total and batch is bufs:
+                    return  # all written at once (the common case)
                 i = 0
                 n = len(batch)
                 while i < n and written >= len(batch[i]):
