@@ -25,7 +25,6 @@ import time
 import traceback
 from typing import Any, Callable, Union
 
-import psutil
 
 from snakeport import PROTOCOL_VERSION, __version__
 from snakeport._sessions import RefHandle, Session, SessionInfo, SessionTable
@@ -1020,6 +1019,8 @@ class Dispatcher:
     def _op_stats(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         _arity(term, 2)
         sessions, refs = self.table.counts()
+        import psutil  # imported on the first stats request only: ~20 ms of start-up otherwise
+
         if self._process is None:
             self._process = psutil.Process()
         try:
