@@ -194,8 +194,8 @@ case System.argv() do
     [entry] = Snakeport.Pool.entries()
     {:ok, session} = Sessions.checkout(nil, nil)
     request = {:call, 123, session.id, "operator", "add", [1, 2], %{}, %{}}
-    reply = :erlang.term_to_binary({:reply, 123, :ok, 3})
-    reply1 = :erlang.term_to_binary({:reply, 123, :ok, mib1})
+    reply = :erlang.term_to_binary({:reply, 123, :ok, 3}, minor_version: 2)
+    reply1 = :erlang.term_to_binary({:reply, 123, :ok, mib1}, minor_version: 2)
     meta = %{op: :call, module: "operator", function: "add"}
     n = 200_000
 
@@ -225,6 +225,9 @@ case System.argv() do
         stop = System.monotonic_time()
         m = %{duration: stop - start, monotonic_time: stop}
         Telemetry.execute([:snakeport, :call, :stop], m, meta2)
+      end),
+      time.("Client.run telemetry when nobody listens: Telemetry.listening?", n, fn ->
+        Telemetry.listening?([:snakeport, :call])
       end),
       time.("Protocol.encode (external_size + term_to_binary)", n, fn ->
         Protocol.encode(request)
