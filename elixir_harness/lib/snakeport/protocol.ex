@@ -216,7 +216,7 @@ defmodule Snakeport.Protocol do
   # Decodes a reply frame in the caller's process. `worker` is the worker index put in refs.
   @spec decode_reply(binary(), non_neg_integer() | nil) :: {:ok, term()} | {:error, Error.t()}
   # Fast paths, exact matches of whole frames: `{reply, Id, ok, Binary}` (a sub-binary of
-  # the frame: a large payload is not copied) and `{reply, Id, ok, SmallInt}`, as the worker
+  # the frame: a large payload is not copied) and `{reply, Id, ok, Int32|Float|nil|true|false}`, as the worker
   # writes them (SMALL_ATOM_UTF8_EXT atoms, SMALL_INTEGER_EXT/INTEGER_EXT id). Anything
   # else takes the general path.
   def decode_reply(<<131, 104, 4, 119, 5, "reply", rest::binary>> = frame, worker) do
@@ -235,6 +235,11 @@ defmodule Snakeport.Protocol do
 
   defp fast_value(<<97, n>>, _frame, _worker), do: {:ok, n}
   defp fast_value(<<98, n::signed-32>>, _frame, _worker), do: {:ok, n}
+  # NEW_FLOAT_EXT (a NaN or infinity does not match and takes the general path).
+  defp fast_value(<<70, f::float-64>>, _frame, _worker), do: {:ok, f}
+  defp fast_value(<<119, 3, "nil">>, _frame, _worker), do: {:ok, nil}
+  defp fast_value(<<119, 4, "true">>, _frame, _worker), do: {:ok, true}
+  defp fast_value(<<119, 5, "false">>, _frame, _worker), do: {:ok, false}
   defp fast_value(_tail, frame, worker), do: decode_reply_term(frame, worker)
 
   defp decode_reply_term(frame, worker) do

@@ -45,6 +45,12 @@ defmodule Snakeport.ProtocolDecodeTest do
           2_147_483_647,
           1 <<< 40,
           1.5,
+          -0.0,
+          1.0e300,
+          nil,
+          true,
+          false,
+          :ok,
           [],
           [1],
           {},
@@ -75,6 +81,13 @@ defmodule Snakeport.ProtocolDecodeTest do
              )
 
     assert r == :cancelled
+  end
+
+  test "a NaN or infinity float on the wire is an error, as binary_to_term has it" do
+    for bits <- [<<0x7FF8::16, 0::48>>, <<0x7FF0::16, 0::48>>] do
+      frame = <<131, 104, 4, 119, 5, "reply", 97, 1, 119, 2, "ok", 70>> <> bits
+      assert {:error, %Snakeport.Error{reason: :unsafe_term}} = Protocol.decode_reply(frame, 0)
+    end
   end
 
   test "values without tags come back as they are, whatever their size" do
