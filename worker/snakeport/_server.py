@@ -270,6 +270,19 @@ _FALSE_BYTES = etf.encode(False)[1:]
 _NIL_BYTES = etf.encode(None)[1:]
 
 
+#: Binaries at least this long leave a reply as their own ``writev`` buffer.
+_SEGMENT_BYTES = 64 * 1024
+
+
+class _Segments(tuple):
+    """A frame payload given as consecutive buffers (never joined: large binaries)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:  # the payload's byte count, as for bytes
+        return sum(map(len, tuple.__iter__(self)))
+
+
 def _int_bytes(value: int) -> bytes | None:
     if 0 <= value <= 255:
         return _SMALL_INTS[value]
@@ -304,7 +317,10 @@ def encode_ok_reply(term: tuple) -> bytes | None:
             return None
         return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _pack_tag_u32(109, len(encoded)), encoded))
     if cls is bytes:
-        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _pack_tag_u32(109, len(value)), value))
+        head = b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _pack_tag_u32(109, len(value))))
+        if len(value) >= _SEGMENT_BYTES:
+            return _Segments((head, value))  # written as two buffers: the binary is not copied
+        return head + value
     if value is None:
         return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _NIL_BYTES))
     if cls is bool:
@@ -341,7 +357,10 @@ class FrameWriter:
             n = len(payload)
             total += n + 4
             bufs.append(_pack_header(n))
-            bufs.append(payload)
+            if payload.__class__ is _Segments:
+                bufs.extend(tuple.__iter__(payload))
+            else:
+                bufs.append(payload)
         if self._write_lock.acquire(False):
             # Fast path: nobody is writing; send what others queued, then ours, at once.
             try:
