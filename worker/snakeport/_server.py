@@ -259,6 +259,7 @@ def tune_malloc() -> bool:
         return False
 
 
+_TAGGED_BYTES = etf.TAGGED_PREFIX.encode("ascii")
 _pack_tag_u32 = struct.Struct(">BI").pack
 _pack_tag_i32 = struct.Struct(">Bi").pack
 _SMALL_INTS = [bytes((97, i)) for i in range(256)]
@@ -470,8 +471,11 @@ class Server:
         self._stop = threading.Event()
         self._parent = os.getppid()
         self._default = self.dispatcher.encode_default
-        self._max_depth = config.max_depth
-        self._max_size = config.max_frame_bytes
+        # The codec skips its limit checks when given its own default objects.
+        self._max_depth = etf.DEFAULT_MAX_DEPTH if config.max_depth == etf.DEFAULT_MAX_DEPTH else config.max_depth
+        self._max_size = (
+            etf.DEFAULT_MAX_SIZE if config.max_frame_bytes == etf.DEFAULT_MAX_SIZE else config.max_frame_bytes
+        )
         # Scheduling state, guarded by _sched (see the module docstring).
         self._sched_lock = threading.RLock()  # entered directly on the hot paths
         self._sched = threading.Condition(self._sched_lock)
@@ -672,7 +676,11 @@ class Server:
             return None
         if event.__class__ is bytearray and not _malloc_tuned:  # the first large frame
             tune_malloc()
-        ctx = TagContext()
+        # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
+        if len(event) > 1 and event[1] != 80 and _TAGGED_BYTES not in event:
+            ctx = None
+        else:
+            ctx = TagContext()
         try:
             term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
