@@ -1223,6 +1223,62 @@ def decode_head(
     return _decode_head(data, count, max_depth, max_size)
 
 
+def _encode_flat_tuple(
+    term: tuple,
+    _Atom: type = Atom,
+    _atom_bytes: dict = _ATOM_BYTES,
+    _small_ints: list = _SMALL_INTS,
+    _pack_tag_i32: Callable[..., bytes] = _pack_tag_i32,
+    _pack_tag_u32: Callable[..., bytes] = _pack_tag_u32,
+    _pack_tag_f64: Callable[..., bytes] = _pack_tag_f64,
+) -> bytes | None:
+    """``encode`` of a small tuple of common scalars (replies, events), or ``None``.
+
+    Gives the same bytes as the general encoder; anything else (a container, a cache miss,
+    an unusual value) returns ``None`` and goes through :func:`_encode_into`.
+    """
+    n = len(term)
+    if not 0 < n < 256:
+        return None
+    parts = [b"\x83h", _small_ints[n][1:]]
+    app = parts.append
+    for obj in term:
+        cls = obj.__class__
+        if cls is _Atom:
+            encoded = _atom_bytes.get(obj)
+            if encoded is None:
+                return None
+            app(encoded)
+        elif cls is int:
+            if 0 <= obj <= 255:
+                app(_small_ints[obj])
+            elif -2147483648 <= obj <= 2147483647:
+                app(_pack_tag_i32(98, obj))
+            else:
+                return None
+        elif cls is str:
+            try:
+                encoded = obj.encode()
+            except UnicodeEncodeError:
+                return None
+            app(_pack_tag_u32(109, len(encoded)))
+            app(encoded)
+        elif cls is float:
+            if obj - obj != 0.0:
+                return None
+            app(_pack_tag_f64(70, obj))
+        elif cls is bytes:
+            app(_pack_tag_u32(109, len(obj)))
+            app(obj)
+        elif obj is None:
+            app(_NIL)
+        elif cls is bool:
+            app(_TRUE if obj else _FALSE)
+        else:
+            return None
+    return b"".join(parts)
+
+
 def encode(
     term: Any,
     *,
@@ -1254,6 +1310,10 @@ def encode(
         _check_limit("max_depth", max_depth)
     if default is not None and not callable(default):
         _check_hook("default", default)
+    if term.__class__ is tuple and not compressed:
+        flat = _encode_flat_tuple(term)
+        if flat is not None:
+            return flat
     out = [b"\x83"]
     _encode_into(term, out, default, max_depth)
     if compressed:
