@@ -509,13 +509,6 @@ def _decode_term(
             elif tag == 97:  # SMALL_INTEGER_EXT
                 append(data[pos + 1])
                 pos += 2
-            elif tag == 100:  # ATOM_EXT: how OTP 25 and older write atoms
-                end = pos + 3 + (data[pos + 1] << 8 | data[pos + 2])
-                value = _atoms.get(data[pos:end], _MISS)
-                if value is _MISS:
-                    value, end = _atom_at(data, pos)
-                append(value)
-                pos = end
             elif tag == 109:  # BINARY_EXT
                 start = pos + 5
                 end = start + _u32(data, pos + 1)[0]
@@ -540,6 +533,13 @@ def _decode_term(
                     remaining = count
                 else:
                     append(())
+            elif tag == 100:  # ATOM_EXT: how OTP 25 and older write atoms
+                end = pos + 3 + (data[pos + 1] << 8 | data[pos + 2])
+                value = _atoms.get(data[pos:end], _MISS)
+                if value is _MISS:
+                    value, end = _atom_at(data, pos)
+                append(value)
+                pos = end
             elif tag == 98:  # INTEGER_EXT
                 append(_i32(data, pos + 1)[0])
                 pos += 5
