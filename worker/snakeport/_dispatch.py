@@ -559,6 +559,8 @@ def _import(module: str) -> Any:
 
 def _lookup(obj: Any, path: str) -> Any:
     try:
+        if "." not in path:  # the common case: one attribute
+            return getattr(obj, path)
         for part in path.split("."):
             obj = getattr(obj, part)
     except AttributeError as exc:
