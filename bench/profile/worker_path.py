@@ -23,6 +23,12 @@ from snakeport.types import Atom
 A = Atom
 REQUEST = (A("call"), 7, "auto-1", "operator", "add", [1, 2], {}, {})
 OPEN = (A("open_session"), 1, "auto-1", {})
+#: term_to_binary({call, 7, <<"auto-1">>, <<"operator">>, <<"add">>, [1, 2], #{}, #{}}), OTP 25.
+OTP25_REQUEST = bytes.fromhex(
+    "8368086400046361"
+    "6c6c61076d000000066175746f2d316d000000086f70657261746f726d00000003616464"
+    "6b00020102740000000074000000 00".replace(" ", "")
+)
 
 
 def main() -> None:
@@ -31,7 +37,10 @@ def main() -> None:
     server = Server(Config(), in_r, out_w)
     server._reader = threading.get_ident()
     server._handle(etf.encode(OPEN), [])
-    frame = etf.encode(REQUEST)
+    # The bytes OTP 25's term_to_binary gives (atoms as ATOM_EXT, [1, 2] as STRING_EXT),
+    # not etf.encode's (SMALL_ATOM_UTF8_EXT): the worker's decoder takes other branches.
+    frame = OTP25_REQUEST
+    assert etf.decode(frame) == REQUEST
     header = struct.pack(">I", len(frame))
     me = threading.get_ident()
     splitter = server._splitter
