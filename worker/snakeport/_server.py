@@ -676,8 +676,9 @@ class Server:
             return None
         if event.__class__ is bytearray and not _malloc_tuned:  # the first large frame
             tune_malloc()
-        # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
-        if len(event) > 1 and event[1] != 80 and _TAGGED_BYTES not in event:
+        # No TagContext when no tagged tuple can be in a small frame (not compressed, no
+        # prefix); large frames (bytearray) are scanned once, by the codec.
+        if event.__class__ is bytes and len(event) > 1 and event[1] != 80 and _TAGGED_BYTES not in event:
             ctx = None
         else:
             ctx = TagContext()
