@@ -506,3 +506,24 @@ def test_cancel_storm_gives_exactly_one_reply_per_request(make_worker, threads) 
     assert w.ok("stats")[A("in_flight")] == 0
     assert w.call("operator", "add", [1, 2]) == 3  # every thread survived
     assert sorted(w.replies) == list(range(1, w._next_id))  # one reply each, none twice
+
+
+@pytest.mark.parametrize("size", [100 << 10, 1 << 20, 8 << 20])
+def test_tagged_terms_resolve_in_frames_larger_than_the_tag_scan(worker, size) -> None:
+    # Frames above the codec's 64 KiB tag-scan bound (and above the splitter's buffer, so
+    # both the bytes and the bytearray paths): refs, bytes and sets must still resolve,
+    # before and after the large binary, with the session checks.
+    blob = os.urandom(size)
+    box = worker.call("sp_testmod", "Box", [7])
+    args = [box, blob, (A("$snakeport_bytes"), "x"), (A("$snakeport_set"), [1]), box]
+    assert worker.call("sp_testmod", "kinds", args) == ["Box", "bytes", "bytes", "set", "Box"]
+    assert worker.ok("method", "s1", box, "same", [box], {}, {}) is True
+    assert worker.call("sp_testmod", "kinds", [blob], {"b": box}) == ["bytes", "b=Box"]
+    assert worker.call("sp_testmod", "identity", [[blob, box]]) == [blob, box]
+    worker.ok("open_session", "other", {})
+    err = worker.error("call", "other", "sp_testmod", "identity", [blob, box], {}, {})
+    assert reason(err) == "session_mismatch"
+    err = worker.error("call", "s1", "sp_testmod", "identity", [blob, (REF, "s1", 99999, "x.Y")], {}, {})
+    assert reason(err) == "ref_not_found"
+    err = worker.error("call", "s1", "sp_testmod", "identity", [blob, (A("$snakeport_set"), 5)], {}, {})
+    assert reason(err) == "bad_request"
