@@ -313,11 +313,14 @@ defmodule Snakeport do
     timeout = Client.config().call_timeout
 
     case Sessions.release(session_id) do
-      {:ok, _info, true} ->
+      {:ok, _info, :lost} ->
         {:ok, 0}
 
-      {:ok, info, false} ->
-        release_in(info.worker, session_id, timeout)
+      {:ok, info, {:reply, frame}} ->
+        released(Protocol.decode_reply(frame, info.index))
+
+      {:ok, _info, {:error, reason}} ->
+        released({:error, Client.transport_error(reason, nil, timeout)})
 
       :not_found ->
         # Not known here; make sure no worker keeps it either (idempotent in Python).
@@ -334,13 +337,13 @@ defmodule Snakeport do
   end
 
   defp release_in(entry, session_id, timeout) do
-    case Client.worker_request(entry, &{:release_session, &1, session_id}, timeout) do
-      {:ok, %{released: n}} when is_integer(n) -> {:ok, n}
-      {:ok, _} -> {:ok, 0}
-      {:error, %Error{reason: :worker_exited}} -> {:ok, 0}
-      error -> error
-    end
+    released(Client.worker_request(entry, &{:release_session, &1, session_id}, timeout))
   end
+
+  defp released({:ok, %{released: n}}) when is_integer(n), do: {:ok, n}
+  defp released({:ok, _}), do: {:ok, 0}
+  defp released({:error, %Error{reason: :worker_exited}}), do: {:ok, 0}
+  defp released(error), do: error
 
   @doc """
   Like `release_session/1`, but returns the count or raises `Snakeport.Error`.

@@ -194,8 +194,14 @@ defmodule Snakeport.Sessions do
   end
 
   @doc false
-  # Forgets the session now (event reason :explicit). The caller then releases it in Python.
-  @spec release(String.t()) :: {:ok, info(), boolean()} | :not_found | {:error, Error.t()}
+  # Forgets the session now (event reason :explicit) and releases it in Python: this process
+  # writes the `release_session` request in the same step as it drops the row, so that the
+  # release happens even if the caller dies meanwhile. Returns the worker's reply frame,
+  # `:lost` (the worker had died before) or `{:error, reason}` (it died before answering).
+  @spec release(String.t()) ::
+          {:ok, info(), {:reply, binary()} | :lost | {:error, term()}}
+          | :not_found
+          | {:error, Error.t()}
   def release(id), do: call({:release, id})
 
   @doc false
@@ -258,7 +264,7 @@ defmodule Snakeport.Sessions do
 
     store = config.session_store
     schedule_sweep(store.cleanup_interval)
-    {:ok, %{store: store, owners: %{}, monitors: %{}, workers: %{}}}
+    {:ok, %{store: store, owners: %{}, monitors: %{}, workers: %{}, releases: %{}}}
   end
 
   @impl true
@@ -287,14 +293,26 @@ defmodule Snakeport.Sessions do
     end
   end
 
-  def handle_call({:release, id}, _from, state) do
+  def handle_call({:release, id}, from, state) do
     case drop(state, id, :explicit, false) do
       {nil, state} ->
         {:reply, :not_found, state}
 
-      {{info, lost}, state} ->
+      {{info, true}, state} ->
         pruned(state, :explicit, [id])
-        {:reply, {:ok, info, lost}, state}
+        {:reply, {:ok, info, :lost}, state}
+
+      {{info, false}, state} ->
+        pruned(state, :explicit, [id])
+        # The reply (or the worker's :DOWN) comes to this process and is passed on to the
+        # caller; this process never waits for it.
+        case Worker.send_request(info.worker, &Protocol.encode({:release_session, &1, id})) do
+          {:ok, {mref, _request_id, _entry}} ->
+            {:noreply, %{state | releases: Map.put(state.releases, mref, {from, info})}}
+
+          {:error, reason} ->
+            {:reply, {:ok, info, {:error, reason}}, state}
+        end
     end
   end
 
@@ -319,6 +337,23 @@ defmodule Snakeport.Sessions do
   end
 
   @impl true
+  # The worker's reply to a release_session sent by handle_call({:release, _}).
+  def handle_info({mref, frame}, %{releases: releases} = state)
+      when is_map_key(releases, mref) do
+    Process.demonitor(mref, [:flush])
+    {{from, info}, releases} = Map.pop(releases, mref)
+    GenServer.reply(from, {:ok, info, {:reply, frame}})
+    {:noreply, %{state | releases: releases}}
+  end
+
+  # The worker of a release_session in flight died before it answered.
+  def handle_info({:DOWN, mref, :process, _pid, reason}, %{releases: releases} = state)
+      when is_map_key(releases, mref) do
+    {{from, info}, releases} = Map.pop(releases, mref)
+    GenServer.reply(from, {:ok, info, {:error, {:down, reason}}})
+    {:noreply, %{state | releases: releases}}
+  end
+
   # An owner or a worker died.
   def handle_info({:DOWN, mref, :process, _pid, _reason}, state) do
     case Map.pop(state.monitors, mref) do

@@ -160,6 +160,38 @@ defmodule Snakeport.SessionsTest do
       assert 0 = Snakeport.release_session!(session_id)
     end
 
+    test "a caller killed during release_session still gets the session released in Python" do
+      session_id = shared_id()
+      {owner, _ref} = start_owner(fn -> box_in(session_id) end)
+      assert python_refs() == 1
+
+      # The handler runs in the session store while it handles the release: the caller
+      # dies right after the harness forgot the session, before it could say more.
+      test_pid = self()
+
+      caller =
+        spawn(fn ->
+          receive do
+            :go -> send(test_pid, {:result, Snakeport.release_session(session_id)})
+          end
+        end)
+
+      id = {:kill_caller, make_ref()}
+
+      :ok =
+        Snakeport.Telemetry.attach(id, [:snakeport, :session, :pruned], fn _, _, meta, _ ->
+          if meta.reason == :explicit, do: Process.exit(caller, :kill)
+        end)
+
+      on_exit(fn -> Snakeport.Telemetry.detach(id) end)
+      send(caller, :go)
+      eventually(fn -> not Process.alive?(caller) end)
+      refute_received {:result, _}
+      assert released?(session_id)
+      eventually(fn -> python_refs() == 0 end)
+      stop(owner)
+    end
+
     test "after an explicit release, the id can be used again: a new empty session" do
       session_id = shared_id()
       ref = box_in(session_id)
