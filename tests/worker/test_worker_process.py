@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import subprocess
 import sys
 import time
+from typing import Any
 
 import psutil
 import pytest
@@ -527,3 +529,62 @@ def test_tagged_terms_resolve_in_frames_larger_than_the_tag_scan(worker, size) -
     assert reason(err) == "ref_not_found"
     err = worker.error("call", "s1", "sp_testmod", "identity", [blob, (A("$snakeport_set"), 5)], {}, {})
     assert reason(err) == "bad_request"
+
+
+def _raw_reply(w, rid: int, max_depth: int) -> Any:
+    """Read frames up to the reply to ``rid``, decoding with a depth limit of our own."""
+    while True:
+        (n,) = struct.unpack(">I", w._read_exact(4))
+        term = etf.decode(w._read_exact(n), max_depth=max_depth)
+        if term[0] == "reply" and term[1] == rid:
+            return term
+
+
+def _unnest(value: Any) -> tuple[int, Any]:
+    """``(levels, innermost)`` of nested one-element lists or $snakeport_set terms."""
+    levels = 0
+    while True:
+        if type(value) is list and len(value) == 1:
+            value = value[0]
+        elif type(value) is tuple and len(value) == 2 and value[0] == A("$snakeport_set"):
+            value = value[1][0]
+        else:
+            return levels, value
+        levels += 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "kind", "n", "depth"),
+    [
+        ((), "list", 600, 512),
+        ((), "list", 513, 512),
+        ((), "frozenset", 600, 512),
+        (("--max-depth", "3000"), "list", 4000, 3000),
+    ],
+)
+def test_results_nested_deeper_than_max_depth_become_refs_there(make_worker, flags, kind, n, depth) -> None:
+    # PROTOCOL.md: containers nested deeper than --max-depth become refs at that point; the
+    # reply itself must still encode (a set travels as two levels, {'$snakeport_set', List}).
+    w = make_worker(*flags)
+    rid = w.request("call", "s1", "sp_testmod", "nest", [n, kind], {}, {})
+    reply = _raw_reply(w, rid, 4 * depth + 10)
+    assert reply[2] == "ok", reply
+    levels, inner = _unnest(reply[3])
+    assert levels == depth
+    assert inner[0] == REF and inner[3] == ("builtins.list" if kind == "list" else "builtins.frozenset")
+    assert w.call("operator", "add", [1, 2]) == 3
+
+
+def test_refs_resolve_in_arguments_nested_to_max_depth(make_worker) -> None:
+    # Decoded arguments may nest to --max-depth; refs deep inside them still resolve.
+    w = make_worker("--max-depth", "3000")
+    box = w.call("sp_testmod", "Box", [7])
+    deep = box
+    for _ in range(2900):
+        deep = [deep]
+    rid = w.new_id()
+    w.send_frame(etf.encode((A("call"), rid, "s1", "sp_testmod", "identity", [deep], {}, {}), max_depth=4000))
+    reply = _raw_reply(w, rid, 4000)
+    assert reply[2] == "ok", reply
+    levels, inner = _unnest(reply[3])
+    assert levels == 2900 and inner == box

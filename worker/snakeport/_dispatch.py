@@ -1215,7 +1215,7 @@ class _Marshal:
         if t in _DATA:
             return value
         if t is list or t is tuple:
-            if _issuperset(map(type, value)):
+            if depth < self.max_depth and _issuperset(map(type, value)):
                 return value
             key = id(value)
             if depth >= self.max_depth or key in self.path:
@@ -1229,7 +1229,7 @@ class _Marshal:
             self.path.discard(key)
             return out if t is list else tuple(out)
         if t is dict:
-            if _issuperset(map(type, value)) and _issuperset(map(type, value.values())):
+            if depth < self.max_depth and _issuperset(map(type, value)) and _issuperset(map(type, value.values())):
                 return value
             key = id(value)
             if depth >= self.max_depth or key in self.path:

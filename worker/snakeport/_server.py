@@ -476,6 +476,9 @@ class Server:
         self._max_size = (
             etf.DEFAULT_MAX_SIZE if config.max_frame_bytes == etf.DEFAULT_MAX_SIZE else config.max_frame_bytes
         )
+        # Outgoing terms nest deeper than --max-depth: the reply envelope, a ref term where
+        # the marshalling stopped, and two levels per set ({'$snakeport_set', List}).
+        self._encode_depth = 2 * config.max_depth + 2
         # Scheduling state, guarded by _sched (see the module docstring).
         self._sched_lock = threading.RLock()  # entered directly on the hot paths
         self._sched = threading.Condition(self._sched_lock)
@@ -514,6 +517,7 @@ class Server:
         """Encode terms into frame payloads (appended to ``payloads``); see :meth:`send`."""
         encode = etf.encode
         default = self._default
+        encode_depth = self._encode_depth
         if payloads is None:
             payloads = []
         for term in terms:
@@ -523,7 +527,7 @@ class Server:
                     payloads.append(payload)
                     continue
             try:
-                payload = encode(term, default=default)
+                payload = encode(term, default=default, max_depth=encode_depth)
                 if len(payload) > _MAX_PACKET:
                     raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
                 payloads.append(payload)
@@ -851,5 +855,7 @@ def run(config: Config) -> NoReturn:
     grow_pipe(out_fd)
     # Let the frame-reading thread take the GIL from a busy call within about a millisecond.
     sys.setswitchinterval(0.001)
+    # Results (and arguments holding refs) are walked recursively down to --max-depth.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * config.max_depth + 1000))
     server = Server(config, in_fd, out_fd)
     server.serve()

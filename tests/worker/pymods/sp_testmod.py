@@ -99,3 +99,11 @@ def erl_inner(m, il):
 def box_and_surrogate():
     """A result with a new object and a string the codec cannot encode."""
     return [Box(1), "bad \udc80 string"]
+
+
+def nest(n, kind="list", leaf=1):
+    """``n`` nested containers (``list`` or ``frozenset``) around ``leaf``."""
+    value = leaf
+    for _ in range(n):
+        value = [value] if kind == "list" else frozenset([value])
+    return value
