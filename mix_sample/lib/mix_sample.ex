@@ -21,6 +21,7 @@ defmodule MixSample do
   @xs [0.0, 1.0, 2.5]
 
   @doc "Runs the whole demo, printing each step. Raises if a step does not behave."
+  @spec run() :: :ok
   def run do
     heading("Snakeport mix sample")
     worker_line()
@@ -221,6 +222,7 @@ defmodule MixSample do
   Number of refs the worker holds for `session_id`, or `:released` when the session is
   gone (`session_info/1` answers `session_not_found`).
   """
+  @spec session_refs(String.t()) :: non_neg_integer() | :released | {:error, atom()}
   def session_refs(session_id) do
     case Snakeport.session_info(session_id) do
       {:ok, %{refs: n}} -> n
@@ -230,12 +232,15 @@ defmodule MixSample do
   end
 
   @doc "Total refs held in Python by all workers (the workers' own count, via `Snakeport.stats/0`)."
+  @spec total_refs() :: non_neg_integer()
   def total_refs, do: Snakeport.stats!().refs
 
   @doc """
   Polls (bounded) until the worker(s) hold exactly `expected` refs in all.
   Returns `{:ok, expected, elapsed_ms}` or `{:timeout, last_count}`.
   """
+  @spec wait_python_refs(non_neg_integer(), non_neg_integer()) ::
+          {:ok, non_neg_integer(), non_neg_integer()} | {:timeout, term()}
   def wait_python_refs(expected, timeout_ms \\ 5_000) do
     MixSample.Wait.until(
       fn ->
@@ -254,6 +259,8 @@ defmodule MixSample do
   objects; check that with `wait_python_refs/2`.
   Returns `{:ok, :released, elapsed_ms}` or `{:timeout, last}`.
   """
+  @spec wait_released(String.t(), non_neg_integer()) ::
+          {:ok, :released, non_neg_integer()} | {:timeout, term()}
   def wait_released(session_id, timeout_ms \\ 5_000) do
     MixSample.Wait.until(
       fn ->
@@ -267,6 +274,7 @@ defmodule MixSample do
   end
 
   @doc "Stops a demo/test owner process and waits for its `:DOWN`."
+  @spec stop_and_wait(pid(), timeout()) :: :ok
   def stop_and_wait(pid, timeout_ms \\ 5_000) do
     mref = Process.monitor(pid)
     send(pid, :stop)
