@@ -580,3 +580,36 @@ def test_in_import_machinery_sees_a_thread_waiting_on_a_module_lock(tmp_path) ->
         sys.path.remove(str(tmp_path))
         sys.modules.pop("sp_slow_import", None)
         sys.modules.pop("sp_gate", None)
+
+
+def test_a_deferred_cancel_answered_true_still_makes_the_reply_cancelled() -> None:
+    """PROTOCOL.md: cancelled => true means the target's reply is ``cancelled``, even when the
+    call ends while the cancel is still held back (its thread never left importlib)."""
+    gate = threading.Event()
+    entered = threading.Event()
+    h = Harness()
+    h.d = Dispatcher(
+        h.table,
+        max_depth=8,
+        interrupt=lambda tid, exc: None,
+        uninterruptible=lambda tid: True,  # inside import machinery until the call ends
+        defer_interval=0.001,
+    )
+    job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
+    fn = job.fn
+
+    def blocking():
+        entered.set()
+        gate.wait(5)
+        return fn()
+
+    job.fn = blocking
+    replies = []
+    runner = threading.Thread(target=lambda: replies.extend(h.d.run_job(job)))
+    runner.start()
+    assert entered.wait(5)
+    assert h.ok("cancel", job.request_id) == {A("cancelled"): True}
+    gate.set()
+    runner.join(5)
+    (reply,) = replies
+    assert reply[2] == "error" and reply[3][A("reason")] == "cancelled", reply

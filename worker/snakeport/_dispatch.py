@@ -767,7 +767,9 @@ class Dispatcher:
             except Cancelled:
                 cancelled = True
         request_id = job.request_id
-        if cancelled or job.cancel_sent:
+        # A cancel answered ``cancelled => true`` makes the reply ``cancelled``, also when it
+        # was still held back (the thread never left importlib) when the call ended.
+        if cancelled or job.cancel_sent or job.cancel_deferred:
             return [_cancelled_reply(request_id)]
         if failure is not None:
             reply = self._failure_reply(request_id, failure)
