@@ -83,6 +83,89 @@ defmodule Snakeport.ProtocolDecodeTest do
     assert r == :cancelled
   end
 
+  # What the general path (binary_to_term with [:safe]) makes of a frame, for scalar values.
+  defp reference_decode(frame) do
+    case :erlang.binary_to_term(frame, [:safe]) do
+      {:reply, _, :ok, v} when is_binary(v) or is_number(v) or is_atom(v) -> {:ok, v}
+      {:reply, _, :ok, _} -> :other
+      _ -> :error
+    end
+  rescue
+    ArgumentError -> :error
+  end
+
+  defp fast_decode(frame) do
+    case Protocol.decode_reply(frame, 0) do
+      {:ok, v} when is_binary(v) or is_number(v) or is_atom(v) -> {:ok, v}
+      {:ok, _} -> :other
+      {:error, %Snakeport.Error{}} -> :error
+    end
+  end
+
+  test "crafted frames: every byte changed, truncated or extended, agrees with binary_to_term" do
+    values = ["", "abc", :binary.copy("y", 300), 0, 7, 255, 256, -1, 1.5, nil, true, false]
+
+    for value <- values,
+        minor <- [1, 2],
+        id <- [3, 300],
+        frame = :erlang.term_to_binary({:reply, id, :ok, value}, minor_version: minor),
+        pos <- 0..(byte_size(frame) - 1),
+        <<pre::binary-size(pos), orig, post::binary>> = frame,
+        byte <-
+          Enum.uniq([
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            70,
+            97,
+            98,
+            100,
+            104,
+            109,
+            115,
+            118,
+            119,
+            255,
+            rem(orig + 1, 256),
+            rem(orig + 255, 256)
+          ]) do
+      mutated = <<pre::binary, byte, post::binary>>
+      assert fast_decode(mutated) === reference_decode(mutated), inspect(mutated)
+    end
+
+    for value <- values,
+        frame = :erlang.term_to_binary({:reply, 3, :ok, value}, minor_version: 2),
+        n <- 0..byte_size(frame),
+        crafted <- [binary_part(frame, 0, n), frame <> <<0>>, frame <> <<97, 1, 2>>] do
+      assert fast_decode(crafted) === reference_decode(crafted), inspect(crafted)
+    end
+
+    # nil/true/false in every atom encoding (ATOM_EXT, SMALL_ATOM_EXT, ATOM_UTF8_EXT,
+    # SMALL_ATOM_UTF8_EXT) decode to the same value.
+    head = <<131, 104, 4, 119, 5, "reply", 97, 1, 119, 2, "ok">>
+
+    for name <- ["nil", "true", "false"],
+        enc <- [
+          <<100, 0, byte_size(name)>>,
+          <<115, byte_size(name)>>,
+          <<118, 0, byte_size(name)>>,
+          <<119, byte_size(name)>>
+        ] do
+      assert {:ok, String.to_existing_atom(name)} == Protocol.decode_reply(head <> enc <> name, 0)
+    end
+  end
+
+  test "a large binary result is a sub-binary of the frame (not copied)" do
+    payload = :binary.copy("z", 100_000)
+    frame = :erlang.term_to_binary({:reply, 9, :ok, payload}, minor_version: 2)
+    assert {:ok, ^payload} = got = Protocol.decode_reply(frame, 0)
+    {:ok, bin} = got
+    assert :binary.referenced_byte_size(bin) == byte_size(frame)
+  end
+
   test "a NaN or infinity float on the wire is an error, as binary_to_term has it" do
     for bits <- [<<0x7FF8::16, 0::48>>, <<0x7FF0::16, 0::48>>] do
       frame = <<131, 104, 4, 119, 5, "reply", 97, 1, 119, 2, "ok", 70>> <> bits
