@@ -300,6 +300,28 @@ def test_tagged_is_not_called_without_the_prefix() -> None:
         decode(compressed, tagged=tagged)
 
 
+@pytest.mark.parametrize("pad", [1, 64 * 1024 - 200, 64 * 1024, 1 << 20])
+def test_tagged_is_called_in_inputs_of_any_size(pad: int) -> None:
+    # Inputs above 64 KiB are not scanned for the prefix: the hook must still see every
+    # tagged tuple, before and after a large binary, bytes/bytearray/memoryview alike.
+    seen = []
+
+    def tagged(t: tuple[Any, ...]) -> Any:
+        seen.append(t[0])
+        return ("hooked", t[0])
+
+    ref = (Atom("$snakeport_ref"), "s", 1, "t")
+    term = [ref, b"\xff" * pad, (Atom("$snakeport_bytes"), "x"), [(Atom("$snakeport_set"), [ref])]]
+    data = encode(term)
+    for buf in (data, bytearray(data), memoryview(data)):
+        seen.clear()
+        value = decode(buf, tagged=tagged)
+        assert value[0] == ("hooked", "$snakeport_ref") and value[1] == b"\xff" * pad
+        assert value[2] == ("hooked", "$snakeport_bytes")
+        assert value[3] == [("hooked", "$snakeport_set")]
+        assert seen == ["$snakeport_ref", "$snakeport_bytes", "$snakeport_ref", "$snakeport_set"]
+
+
 def test_tagged_errors_propagate_unchanged() -> None:
     def tagged(t: tuple[Any, ...]) -> Any:
         raise IndexError("hook bug")

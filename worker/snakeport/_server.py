@@ -680,8 +680,9 @@ class Server:
             return None
         if event.__class__ is bytearray and not _malloc_tuned:  # the first large frame
             tune_malloc()
-        # No TagContext when no tagged tuple can be in a small frame (not compressed, no
-        # prefix); large frames (bytearray) are scanned once, by the codec.
+        # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
+        # Large frames (bytearray) are not scanned, here or by the codec (above 64 KiB): the
+        # codec then checks each decoded tuple's first element instead.
         if event.__class__ is bytes and len(event) > 1 and event[1] != 80 and _TAGGED_BYTES not in event:
             ctx = None
         else:

@@ -1144,8 +1144,9 @@ def decode(
         data: ``term_to_binary`` output (version byte 131, then the term, possibly
             compressed); bytes, bytearray or memoryview (the latter two are copied once).
         tagged: Called with each decoded tuple whose first element is an ``Atom`` starting
-            with ``$snakeport_``; its return value replaces the tuple. When the input does not
-            contain that prefix at all, the hook costs nothing.
+            with ``$snakeport_``; its return value replaces the tuple. When an input of at
+            most 64 KiB does not contain that prefix at all, the hook costs nothing (larger
+            inputs are not scanned: each tuple's first element is checked).
         max_depth: Maximum container nesting.
         max_size: Maximum input size and decompressed size, in bytes.
 
