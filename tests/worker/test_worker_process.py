@@ -588,3 +588,8 @@ def test_refs_resolve_in_arguments_nested_to_max_depth(make_worker) -> None:
     assert reply[2] == "ok", reply
     levels, inner = _unnest(reply[3])
     assert levels == 2900 and inner == box
+
+
+def test_a_huge_max_depth_is_accepted(make_worker) -> None:
+    w = make_worker("--max-depth", "2000000000")
+    assert w.call("operator", "add", [1, 2]) == 3

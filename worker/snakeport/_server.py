@@ -84,6 +84,9 @@ _TAKEOVER_POLL = 0.002
 #: After this many looks without an inline call, the stand-by sleeps until woken.
 _STANDBY_DEEP_AFTER = 100
 
+#: Highest recursion limit set for a large ``--max-depth``.
+_MAX_RECURSION = 20_000
+
 
 class _ConfigFields(NamedTuple):
     max_frame_bytes: int = 256 * 1024 * 1024
@@ -856,7 +859,8 @@ def run(config: Config) -> NoReturn:
     grow_pipe(out_fd)
     # Let the frame-reading thread take the GIL from a busy call within about a millisecond.
     sys.setswitchinterval(0.001)
-    # Results (and arguments holding refs) are walked recursively down to --max-depth.
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2 * config.max_depth + 1000))
+    # Results (and arguments holding refs) are walked recursively down to --max-depth
+    # (bounded: a C int, and C code recursing that deep would overflow the thread's stack).
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), min(2 * config.max_depth + 1000, _MAX_RECURSION)))
     server = Server(config, in_fd, out_fd)
     server.serve()
