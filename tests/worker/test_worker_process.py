@@ -593,3 +593,17 @@ def test_refs_resolve_in_arguments_nested_to_max_depth(make_worker) -> None:
 def test_a_huge_max_depth_is_accepted(make_worker) -> None:
     w = make_worker("--max-depth", "2000000000")
     assert w.call("operator", "add", [1, 2]) == 3
+
+
+def test_session_tags_come_back_as_they_were_sent(worker) -> None:
+    # PROTOCOL.md: tags are any term, kept and returned as is, reserved forms included.
+    box = worker.call("sp_testmod", "Box", [1])
+    tags = {
+        A("b"): (A("$snakeport_bytes"), "x"),
+        A("s"): (A("$snakeport_set"), [3, 1, 3]),
+        A("nested"): [(A("$snakeport_set"), [(A("$snakeport_bytes"), b"\xfe\xff")])],
+        A("ref"): box,
+        A("plain"): [b"\xfe\xff", "x"],
+    }
+    assert worker.ok("open_session", "t", {A("tags"): tags})[A("tags")] == tags
+    assert worker.ok("session_info", "t")[A("tags")] == tags

@@ -384,13 +384,17 @@ class TagContext:
     Attributes:
         handles: The :class:`RefHandle` of every ref term in the frame, in order.
         error: Message of the first malformed tagged term, or ``None``.
+        originals: ``id(replacement) -> (replacement, tagged tuple)`` of each converted
+            ``$snakeport_bytes`` and ``$snakeport_set`` term (``None`` until one is), for
+            :meth:`restore`.
     """
 
-    __slots__ = ("handles", "error")
+    __slots__ = ("handles", "error", "originals")
 
     def __init__(self) -> None:
         self.handles: list[RefHandle] = []
         self.error: str | None = None
+        self.originals: dict[int, tuple] | None = None
 
     def __call__(self, term: tuple) -> Any:
         """Return the replacement for one tagged tuple.
@@ -416,14 +420,14 @@ class TagContext:
                 value = term[1]
                 t = type(value)
                 if t is bytes:
-                    return value
+                    return self._converted(value, term)
                 if t is str:
-                    return value.encode("utf-8")
+                    return self._converted(value.encode("utf-8"), term)
             self._fail("expected {'$snakeport_bytes', Binary}")
         elif tag == SET_TAG:
             if n == 2 and type(term[1]) is list:
                 try:
-                    return set(term[1])
+                    return self._converted(set(term[1]), term)
                 except TypeError as exc:
                     self._fail(f"a $snakeport_set element is not hashable: {exc}")
             else:
@@ -433,6 +437,49 @@ class TagContext:
     def _fail(self, message: str) -> None:
         if self.error is None:
             self.error = message
+
+    def _converted(self, value: Any, term: tuple) -> Any:
+        originals = self.originals
+        if originals is None:
+            originals = self.originals = {}
+        originals[id(value)] = (value, term)
+        return value
+
+    def restore(self, term: Any) -> Any:
+        """Return ``term`` with converted bytes and sets put back as their tagged tuples.
+
+        For values kept "as is" (session ``tags``); ref handles need nothing (they encode
+        as their own term).
+
+        Args:
+            term: A part of the term decoded with this context.
+
+        Returns:
+            The term as the VM sent it.
+        """
+        originals = self.originals
+        if not originals:
+            return term
+        found = originals.get(id(term))
+        if found is not None and found[0] is term:
+            tag, inner = found[1]
+            # A set's list may hold converted terms; a binary is a leaf.
+            return (tag, self.restore(inner)) if tag == SET_TAG else (tag, inner)
+        t = type(term)
+        if t is list:
+            return [self.restore(x) for x in term]
+        if t is tuple:
+            return tuple([self.restore(x) for x in term])
+        if t is dict:
+            try:
+                return {self.restore(k): self.restore(v) for k, v in term.items()}
+            except TypeError:  # a restored key is unhashable
+                return ErlMap((self.restore(k), self.restore(v)) for k, v in term.items())
+        if t is ErlMap:
+            return ErlMap((self.restore(k), self.restore(v)) for k, v in term.items())
+        if t is ImproperList:
+            return ImproperList([self.restore(x) for x in term.elements], self.restore(term.tail))
+        return term
 
 
 def resolve_tagged(term: Any, hook: Callable[[tuple], Any]) -> Any:
@@ -988,7 +1035,7 @@ class Dispatcher:
             elif key == _A_TTL_SECONDS:
                 kw["ttl_seconds"] = value
             elif key == _A_TAGS:
-                kw["tags"] = value
+                kw["tags"] = ctx.restore(value) if ctx is not None else value
             elif key == _A_OVERFLOW:
                 policy = _OVERFLOW_VALUES.get(value) if type(value) is Atom else None
                 if policy is None:
