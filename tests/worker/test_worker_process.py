@@ -607,3 +607,12 @@ def test_session_tags_come_back_as_they_were_sent(worker) -> None:
     }
     assert worker.ok("open_session", "t", {A("tags"): tags})[A("tags")] == tags
     assert worker.ok("session_info", "t")[A("tags")] == tags
+
+
+def test_python_errors_with_lone_surrogates_stay_python_errors(worker) -> None:
+    # The reason is python_error (PROTOCOL.md), whatever the exception's text holds.
+    code = "def f():\n    raise ValueError('bad ' + chr(0xdc80))\nf()"
+    err = worker.error("call", "s1", "builtins", "exec", [code], {}, {})
+    assert reason(err) == "python_error" and err[A("type")] == "builtins.ValueError"
+    assert err[A("message")] == "bad \\udc80"
+    assert err[A("traceback")][-1] == "ValueError: bad \\udc80"

@@ -339,9 +339,18 @@ def warning_event(message: str, **context: Any) -> tuple:
     return (EVENT, _A_WARNING, {}, meta)
 
 
+def _encodable_text(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\udc80``), so that it can travel as UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def _safe_str(exc: BaseException) -> str:
     try:
-        text = str(exc)
+        text = _encodable_text(str(exc))
     except BaseException:  # noqa: BLE001 - a broken __str__ must not break the reply
         text = ""
     return text or type(exc).__qualname__
@@ -356,7 +365,7 @@ def _format_traceback(exc: BaseException) -> list[str]:
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:  # noqa: BLE001
         return [f"{type_name(type(exc))}: <traceback could not be formatted>"]
-    return text.splitlines()
+    return _encodable_text(text).splitlines()
 
 
 class _Failure(RequestError):
