@@ -54,6 +54,13 @@ defmodule Snakeport do
 
   A ref used in another session than its own fails with `:session_mismatch`.
 
+  When a worker dies, its sessions are **lost** (calls in flight return `:worker_exited`
+  at once). A lost auto-session does not block its process: the process's next call that
+  does not use the lost session's refs runs in a new auto-session on a live worker, and
+  only those refs answer `:session_lost`. A lost explicit session (the `:session` option,
+  a context, a shared id) answers `:session_lost` to every call until
+  `release_session/1`, so that its owners learn their objects are gone.
+
   ## Call options
 
     * `:kwargs` - keyword arguments, a keyword list or a map (`%{"key" => v}` for names

@@ -22,7 +22,10 @@ defmodule Snakeport.Error do
   was in flight), `:session_lost` (the session lived on a worker that has since died, so its
   refs are gone), `:session_quota_exceeded` (the session store is full), `:unsafe_term` (the
   reply names an atom this VM does not know; atoms are never created from worker output),
-  `:protocol_error`, `:no_workers`, `:not_started`, `:worker_start_failed`.
+  `:protocol_error`, `:no_workers`, `:not_started`, `:worker_start_failed`,
+  `:session_store_exited` (the session store crashed during the call; it is restarted).
+  `:timeout` is also returned when the session store itself does not answer in time (the
+  message names it).
 
   ## Examples
 

@@ -42,6 +42,18 @@ defmodule Snakeport.SessionContext do
   `with_session/2` does not release the session when the function returns (other processes
   may be using it); it restores the previous context.
 
+  ## When a worker dies
+
+  Each session is pinned to one worker; when that worker dies its sessions are **lost**
+  (calls in flight return `:worker_exited`). The two kinds then differ:
+
+    * a lost **auto-session** does not block its process: its next call that does not use
+      the lost session's refs runs in a new auto-session on a live worker; the old refs
+      answer `:session_lost`;
+    * a lost **explicit** session answers `:session_lost` to every call and every ref
+      until `Snakeport.release_session/1`: its owners must learn that its objects are gone.
+      After the release the id starts afresh.
+
   ## Sharing refs across processes
 
       # Process A

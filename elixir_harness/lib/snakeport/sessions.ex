@@ -18,7 +18,13 @@ defmodule Snakeport.Sessions do
   # * A sweep every `cleanup_interval` releases sessions idle for longer than their TTL.
   # * Each session is pinned to one worker, the least loaded at creation. This process
   #   monitors the workers it pinned sessions to; when one dies its sessions are marked
-  #   lost (their refs died with the Python process).
+  #   lost (their refs died with the Python process). A lost row stays (until its owners
+  #   die, its TTL passes or it is released) so that its refs answer :session_lost rather
+  #   than :ref_released; lost rows do not count against `max_sessions`. An explicit lost
+  #   session keeps answering :session_lost until Snakeport.release_session/1 (its owners
+  #   must learn that its objects are gone). A lost AUTO-session does not block its
+  #   process: the process's next call that does not use its refs gets a new auto-session
+  #   (renew_auto/1), and only the old refs answer :session_lost.
   #
   # A second public ETS table holds one `{{session_id, pid}}` row per owner, so that a
   # caller can check "I already own this session" with one lookup: steady-state calls
@@ -59,7 +65,7 @@ defmodule Snakeport.Sessions do
   #   2. else the process's current SessionContext;
   #   3. else the session of the refs the request uses (only if that session still exists:
   #      a released one answers :ref_released instead of being re-created);
-  #   4. else the process's auto-session.
+  #   4. else the process's auto-session; when that was lost (its worker died), a new one.
   @spec checkout(String.t() | SessionContext.t() | nil, String.t() | nil) ::
           {:ok, info()} | {:error, Error.t()}
   def checkout(explicit, ref_session) do
@@ -67,8 +73,31 @@ defmodule Snakeport.Sessions do
       explicit != nil -> ensure(explicit, true)
       ctx = SessionContext.current() -> ensure(ctx, true)
       ref_session != nil -> ensure(ref_session, false)
-      true -> ensure(auto_id(), :auto)
+      true -> auto()
     end
+  end
+
+  # The process's auto-session. A lost one (its worker died: marked lost by this store, or
+  # its worker process already dead while the store has not yet handled the :DOWN) is
+  # replaced by a new auto-session on a live worker; the lost row is kept for its refs.
+  defp auto do
+    id = auto_id()
+
+    case ensure(id, :auto) do
+      {:ok, %{pid: wpid}} = ok ->
+        if Process.alive?(wpid), do: ok, else: renew_auto(id)
+
+      {:error, %Error{reason: :session_lost, details: %{session: ^id}}} ->
+        renew_auto(id)
+
+      other ->
+        other
+    end
+  end
+
+  defp renew_auto(old_id) do
+    if Process.get(@auto_key) == old_id, do: Process.delete(@auto_key)
+    ensure(auto_id(), :auto)
   end
 
   @doc false
@@ -162,7 +191,7 @@ defmodule Snakeport.Sessions do
         {:error, error}
     end
   catch
-    :exit, _ -> {:error, not_started()}
+    :exit, reason -> {:error, exit_error(reason)}
   end
 
   @doc false
@@ -218,8 +247,33 @@ defmodule Snakeport.Sessions do
   defp call(request) do
     GenServer.call(__MODULE__, request, @call_timeout)
   catch
-    :exit, _ -> {:error, not_started()}
+    :exit, reason -> {:error, exit_error(reason)}
   end
+
+  # The error for an exit of a GenServer.call to this process. Only a store that is not
+  # running (or stopped during the call) means "not started"; a timeout is a timeout.
+  defp exit_error({:timeout, _}) do
+    Error.new(
+      :timeout,
+      "the session store (#{inspect(__MODULE__)}) did not answer within #{@call_timeout} ms",
+      %{timeout: @call_timeout, server: __MODULE__}
+    )
+  end
+
+  defp exit_error({reason, _}) when reason in [:noproc, :normal, :shutdown], do: not_started()
+  defp exit_error({{:shutdown, _}, _}), do: not_started()
+  defp exit_error({{:nodedown, _}, _}), do: not_started()
+
+  defp exit_error({reason, _}) do
+    Error.new(
+      :session_store_exited,
+      "the session store (#{inspect(__MODULE__)}) exited during the call " <>
+        "(#{inspect(reason)}); Snakeport is restarting it",
+      %{reason: reason}
+    )
+  end
+
+  defp exit_error(reason), do: exit_error({reason, nil})
 
   @doc false
   def not_started do
@@ -231,10 +285,15 @@ defmodule Snakeport.Sessions do
 
   @doc false
   def lost_error(info) do
+    next =
+      if info.auto,
+        do: "Its refs are gone; its process's other calls run in a new auto-session.",
+        else: "Call Snakeport.release_session/1 to start it afresh."
+
     Error.new(
       :session_lost,
       "session #{inspect(info.id)} was lost: its worker (#{info.index}) exited, and its " <>
-        "Python objects with it. Call Snakeport.release_session/1 to start it afresh.",
+        "Python objects with it. " <> next,
       %{session: info.id, worker: info.index}
     )
   end
@@ -264,7 +323,8 @@ defmodule Snakeport.Sessions do
 
     store = config.session_store
     schedule_sweep(store.cleanup_interval)
-    {:ok, %{store: store, owners: %{}, monitors: %{}, workers: %{}, releases: %{}}}
+    # `lost`: how many rows are lost (they do not count against max_sessions).
+    {:ok, %{store: store, owners: %{}, monitors: %{}, workers: %{}, releases: %{}, lost: 0}}
   end
 
   @impl true
@@ -405,7 +465,8 @@ defmodule Snakeport.Sessions do
 
   defp create(state, id, pid, limits, auto) do
     %{max_sessions: max, strict_mode: strict} = state.store
-    count = :ets.info(@table, :size)
+    # Live sessions: lost rows hold no Python objects and must not keep new ones out.
+    count = :ets.info(@table, :size) - state.lost
 
     cond do
       count >= max ->
@@ -414,7 +475,7 @@ defmodule Snakeport.Sessions do
         error =
           Error.new(
             :session_quota_exceeded,
-            "cannot create session #{inspect(id)}: the session store holds #{count} sessions, " <>
+            "cannot create session #{inspect(id)}: the session store holds #{count} live sessions, " <>
               "its limit (session_store: [max_sessions: #{max}]). Release sessions you no " <>
               "longer need, or raise the limit.",
             %{max_sessions: max, current_sessions: count}
@@ -568,7 +629,9 @@ defmodule Snakeport.Sessions do
           end)
 
         state = %{state | owners: all_owners, monitors: monitors}
-        state = if lost, do: state, else: sub_load(state, info.pid)
+
+        state =
+          if lost, do: %{state | lost: max(state.lost - 1, 0)}, else: sub_load(state, info.pid)
 
         if notify and not lost do
           Worker.cast(info.worker, &Protocol.encode({:release_session, &1, id}))
@@ -607,6 +670,6 @@ defmodule Snakeport.Sessions do
       })
     end
 
-    %{state | workers: workers}
+    %{state | workers: workers, lost: state.lost + length(ids)}
   end
 end

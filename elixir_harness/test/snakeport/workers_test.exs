@@ -120,6 +120,64 @@ defmodule Snakeport.WorkersTest do
       stop(b)
     end
 
+    # max_sessions: 1 - the lost row, kept for its refs, does not count against the quota.
+    @tag snakeport: [session_store: [max_sessions: 1]]
+    test "a lost auto-session does not lock its process out: the next plain call gets a new auto-session, the old refs answer :session_lost" do
+      capture_events([[:snakeport, :worker, :started], [:snakeport, :session, :lost]])
+
+      {a, box} = start_owner(fn -> Snakeport.call!(@mod, "Box", [7]) end)
+      old_id = box.session_id
+
+      assert {:ok, %{auto: true, owners: [^a], os_pid: victim_os_pid}} =
+               Snakeport.session_info(old_id)
+
+      # A long call of `a` in flight in its auto-session.
+      send(a, {:run, fn -> Snakeport.call(@mod, "spin", [60], timeout: 60_000) end, self()})
+      eventually(fn -> worker_stats(0).in_flight == 1 end)
+      {_, 0} = System.cmd("kill", ["-9", Integer.to_string(victim_os_pid)])
+
+      # The caller in flight learns at once.
+      assert_receive {:ran, ^a, {:error, %Error{reason: :worker_exited}}}, 5_000
+
+      assert_receive {:event, [:snakeport, :session, :lost], _, %{session_ids: [^old_id]}},
+                     5_000
+
+      assert_receive {:event, [:snakeport, :worker, :started], _, %{os_pid: new_os_pid}}, 10_000
+      assert new_os_pid != victim_os_pid
+
+      # The same process's next plain calls run in a new auto-session on the live worker.
+      assert {:ok, 3} = run_in(a, fn -> Snakeport.call("operator", "add", [1, 2]) end)
+
+      assert {:ok, %Ref{session_id: new_id} = box2} =
+               run_in(a, fn -> Snakeport.call(@mod, "Box", [2]) end)
+
+      assert new_id != old_id
+      assert "auto-" <> _ = new_id
+
+      assert {:ok, %{auto: true, lost: false, owners: [^a], os_pid: ^new_os_pid, refs: 1}} =
+               Snakeport.session_info(new_id)
+
+      assert {:ok, 2} = run_in(a, fn -> Snakeport.method(box2, "get") end)
+
+      # The old session's refs still say what happened to them, as a target or an argument,
+      # in the owner or in another process.
+      assert {:error, %Error{reason: :session_lost, details: %{session: ^old_id}}} =
+               run_in(a, fn -> Snakeport.method(box, "get") end)
+
+      assert {:error, %Error{reason: :session_lost}} =
+               run_in(a, fn -> Snakeport.call(@mod, "echo", [box]) end)
+
+      assert {:error, %Error{reason: :session_lost}} =
+               Task.await(Task.async(fn -> Snakeport.method(box, "get") end))
+
+      assert {:ok, %{lost: true}} = Snakeport.session_info(old_id)
+
+      # Both sessions end with their owners.
+      stop(a)
+      eventually(fn -> released?(old_id) and released?(new_id) end)
+      eventually(fn -> python_refs() == 0 end)
+    end
+
     test "callers learn of a worker stop at once, and a new worker takes over" do
       %{os_pid: os_pid} = worker_stats(0)
       parent = self()
