@@ -35,15 +35,7 @@ defmodule Raw do
     helpers = String.to_charlist(Path.expand("../python", __DIR__))
 
     port =
-      Port.open({:spawn_executable, python}, [
-        {:packet, 4},
-        :binary,
-        :exit_status,
-        :use_stdio,
-        :hide,
-        {:args, ["-m", "snakeport"]},
-        {:env, [{~c"PYTHONPATH", helpers} | env]}
-      ])
+      Bench.PacketPort.open(python, ["-m", "snakeport"], [{~c"PYTHONPATH", helpers} | env])
 
     receive do: ({^port, {:data, _ready}} -> :ok)
     frame = :erlang.term_to_binary({:open_session, 0, "s", %{}})

@@ -10,15 +10,7 @@ defmodule Bench.Floor do
   @script Path.expand("../../floor_echo.py", __DIR__)
 
   def open(python, env \\ []) do
-    Port.open({:spawn_executable, python}, [
-      {:packet, 4},
-      :binary,
-      :exit_status,
-      :use_stdio,
-      :hide,
-      {:args, [@script]},
-      {:env, env}
-    ])
+    Bench.PacketPort.open(python, [@script], env)
   end
 
   def close(port) do

@@ -106,14 +106,8 @@ defmodule Bench.Snake do
     t0 = Stats.now()
 
     port =
-      Port.open({:spawn_executable, python}, [
-        {:packet, 4},
-        :binary,
-        :exit_status,
-        :use_stdio,
-        :hide,
-        {:args, ["-m", "snakeport"]},
-        {:env, [{~c"PYTHONPATH", String.to_charlist(@helpers)} | env]}
+      Bench.PacketPort.open(python, ["-m", "snakeport"], [
+        {~c"PYTHONPATH", String.to_charlist(@helpers)} | env
       ])
 
     {:snakeport_ready, 1, _} =
