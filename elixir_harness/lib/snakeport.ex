@@ -25,6 +25,10 @@ defmodule Snakeport do
       loud warnings above 80% of `:max_sessions`, default `false`).
     * `:max_frame_bytes`, `:threads` - passed to the worker (`--max-frame-bytes`,
       `--threads`); `:worker_args` - more worker command-line arguments.
+    * `:spin_us` - microseconds a worker polls for the next request before it sleeps
+      (`--spin-us`, worker default `200`; `0` never polls). Saves the wake-up of a sleeping
+      thread (tens of µs on a virtual machine) on busy request streams, at the cost of up to
+      that much CPU time after each batch of requests; an idle worker uses none.
     * `:startup_timeout` - ms to wait for a worker's ready frame (default `30_000`).
 
   A worker that cannot start (no interpreter, worker package missing, protocol version

@@ -44,6 +44,7 @@ def test_help_documents_every_option() -> None:
         "--max-tombstones",
         "--log-level",
         "--max-depth",
+        "--spin-us",
     ]:
         assert option in out
     assert "268435456" in out and "WARNING" in out
@@ -246,6 +247,25 @@ def test_large_binaries_round_trip(worker, size) -> None:
     reply = worker.wait(rid)
     assert reply[2] == "ok" and reply[3] == blob
     assert worker.call("sp_testmod", "size", [blob[:1000]]) == 1000
+
+
+@pytest.mark.parametrize("spin", ["0", "200", "1000000"])
+def test_the_reader_spins_only_after_frames_then_sleeps(make_worker, spin) -> None:
+    w = make_worker("--spin-us", spin)
+    for i in range(100):
+        assert w.call("operator", "add", [i, 1]) == i + 1
+    # Idle (even after a one-second spin window): the process stops using CPU. Bounded poll:
+    # a window of 0.2 s with less than 20 ms of CPU time (sweep and watchdog wake-ups).
+    proc = psutil.Process(w.proc.pid)
+    deadline = time.monotonic() + 10.0
+    while True:
+        before = sum(proc.cpu_times()[:2])
+        time.sleep(0.2)
+        used = sum(proc.cpu_times()[:2]) - before
+        if used < 0.02:
+            break
+        assert time.monotonic() < deadline, f"the idle worker keeps using CPU ({used:.3f} s per 0.2 s)"
+    assert w.call("operator", "add", [1, 2]) == 3
 
 
 def test_pipelined_requests_all_get_one_reply(worker) -> None:

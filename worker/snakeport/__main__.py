@@ -62,6 +62,13 @@ def _frame_limit(text: str) -> int:
     return value
 
 
+def _spin(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected at most 1000000 microseconds (a second), got: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the worker's argument parser.
 
@@ -134,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(deeper parts of a result become refs)",
     )
     parser.add_argument(
+        "--spin-us",
+        type=_spin,
+        default=200,
+        metavar="N",
+        help="before waiting for the next frame, poll for it this many microseconds (0: "
+        "never); saves the wake-up of a sleeping thread on busy request streams, at the "
+        "cost of CPU time after each batch of frames",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
@@ -162,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> "Config":  # noqa: F821 - impo
         sweep_interval=args.sweep_interval,
         max_tombstones=args.max_tombstones,
         max_depth=args.max_depth,
+        spin_us=args.spin_us,
     )
 
 

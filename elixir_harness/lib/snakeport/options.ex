@@ -15,6 +15,7 @@ defmodule Snakeport.Options do
     :worker_args,
     :max_frame_bytes,
     :threads,
+    :spin_us,
     :startup_timeout
   ]
 
@@ -46,6 +47,7 @@ defmodule Snakeport.Options do
           worker_args: [String.t()],
           max_frame_bytes: pos_integer() | nil,
           threads: pos_integer() | nil,
+          spin_us: non_neg_integer() | nil,
           startup_timeout: pos_integer()
         }
 
@@ -79,6 +81,7 @@ defmodule Snakeport.Options do
         worker_args: [],
         max_frame_bytes: nil,
         threads: nil,
+        spin_us: nil,
         startup_timeout: 30_000
       )
 
@@ -99,6 +102,7 @@ defmodule Snakeport.Options do
       worker_args: strings!(:worker_args, opts[:worker_args]),
       max_frame_bytes: optional_pos_integer!(:max_frame_bytes, opts[:max_frame_bytes]),
       threads: optional_pos_integer!(:threads, opts[:threads]),
+      spin_us: spin_us!(opts[:spin_us]),
       startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout])
     }
   end
@@ -154,6 +158,13 @@ defmodule Snakeport.Options do
 
   defp optional_pos_integer!(_key, nil), do: nil
   defp optional_pos_integer!(key, value), do: pos_integer!(key, value)
+
+  # The worker's --spin-us accepts 0..1_000_000 (a second).
+  defp spin_us!(nil), do: nil
+  defp spin_us!(us) when is_integer(us) and us in 0..1_000_000, do: us
+
+  defp spin_us!(other),
+    do: invalid!(:spin_us, "an integer from 0 to 1_000_000 (microseconds)", other)
 
   defp timeout!(_key, :infinity), do: :infinity
   defp timeout!(_key, value) when is_integer(value) and value > 0, do: value
@@ -312,7 +323,8 @@ defmodule Snakeport.Options do
   @spec worker_flags(config()) :: [String.t()]
   def worker_flags(config) do
     flag(config.max_frame_bytes, "--max-frame-bytes") ++
-      flag(config.threads, "--threads") ++ config.worker_args
+      flag(config.threads, "--threads") ++
+      flag(config.spin_us, "--spin-us") ++ config.worker_args
   end
 
   defp flag(nil, _name), do: []

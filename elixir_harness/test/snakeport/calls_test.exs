@@ -214,6 +214,15 @@ defmodule Snakeport.CallsTest do
   end
 
   describe "the protocol channel" do
+    @tag snakeport: [spin_us: 0]
+    test "a worker that never polls before reading (spin_us: 0) serves sequential and concurrent calls" do
+      for i <- 1..50, do: assert({:ok, ^i} = Snakeport.call("operator", "add", [i, 0]))
+
+      1..32
+      |> Task.async_stream(&Snakeport.call("operator", "mul", [&1, 2]), max_concurrency: 32)
+      |> Enum.each(fn {:ok, {:ok, n}} -> assert rem(n, 2) == 0 end)
+    end
+
     test "print() and writes to fd 1 inside Python do not disturb anything" do
       assert {:ok, nil} = Snakeport.call("builtins", "print", ["hello from builtins.print"])
       assert {:ok, "x"} = Snakeport.call(@mod, "noisy", ["x"])

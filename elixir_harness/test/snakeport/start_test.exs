@@ -23,7 +23,9 @@ defmodule Snakeport.StartTest do
              "expected :max_sessions to be a positive integer, got: 0"},
             {[session_store: [strict_mode: :yes]],
              "expected :strict_mode to be a boolean, got: :yes"},
-            {[threads: 1.5], "expected :threads to be a positive integer, got: 1.5"}
+            {[threads: 1.5], "expected :threads to be a positive integer, got: 1.5"},
+            {[spin_us: -1],
+             "expected :spin_us to be an integer from 0 to 1_000_000 (microseconds), got: -1"}
           ] do
         assert_raise ArgumentError, message, fn ->
           Snakeport.start_link([python: python()] ++ opts)
@@ -54,6 +56,16 @@ defmodule Snakeport.StartTest do
              }
 
       assert Snakeport.Options.validate!(pool_size: 1).pool_size == 1
+    end
+
+    test "worker options become worker flags; unset ones keep the worker's defaults" do
+      config =
+        Snakeport.Options.validate!(threads: 2, spin_us: 0, worker_args: ["--max-depth", "9"])
+
+      assert Snakeport.Options.worker_flags(config) ==
+               ["--threads", "2", "--spin-us", "0", "--max-depth", "9"]
+
+      assert Snakeport.Options.worker_flags(Snakeport.Options.validate!([])) == []
     end
 
     test "session context options are validated" do
