@@ -66,6 +66,7 @@ bytes, default :data:`DEFAULT_MAX_SIZE`).
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import zlib
@@ -155,6 +156,13 @@ def _fail(message: str, data: bytes, offset: int) -> NoReturn:
 
 def _truncated(data: bytes, offset: int) -> NoReturn:
     _fail("unexpected end of data", data, offset)
+
+
+def _bad_tag(data: bytes, pos: int) -> NoReturn:
+    """Raise the DecodeError for a tag that has no decoder (unknown, or not a term here)."""
+    tag = data[pos]
+    name = T.TAG_NAMES.get(tag)
+    _fail(f"{name} (tag {tag}) is not allowed here" if name else f"unknown tag {tag}", data, pos)
 
 
 # ---------------------------------------------------------------------------------------
@@ -414,7 +422,7 @@ def _dec_local(data: bytes, pos: int) -> tuple[LocalTerm, int]:
 
 
 #: Tag byte -> decoder for every tag that is not a container (tuples, lists and maps are
-#: handled by the explicit stack in ``_decode_term``).
+#: handled by the explicit stack in ``_py_decode_term`` and in the C accelerator).
 _LEAF_DECODERS: list[Callable[[bytes, int], tuple[Any, int]] | None] = [None] * 256
 for _tag, _fn in (
     (T.SMALL_INTEGER_EXT, _dec_small_int),
@@ -457,7 +465,7 @@ def _finish_improper(items: list[Any], tail: Any, data: bytes, pos: int) -> Any:
     return ImproperList(items, tail)
 
 
-def _decode_term(
+def _py_decode_term(
     data: bytes,
     pos: int,
     max_depth: int,
@@ -471,7 +479,7 @@ def _decode_term(
     _Atom: type[Atom] = Atom,
     _MISS: object = _MISS,
 ) -> tuple[Any, int]:
-    """Decode the one term starting at ``pos``.
+    """Decode the one term starting at ``pos`` (the pure-Python ``_decode_term``).
 
     Non-recursive: each open container is a frame ``(kind, items, remaining)`` on ``stack``;
     the current frame lives in local variables. The most frequent tags are decoded inline,
@@ -619,9 +627,7 @@ def _decode_term(
             else:
                 decoder = _leaf[tag]
                 if decoder is None:
-                    name = T.TAG_NAMES.get(tag)
-                    what = f"{name} (tag {tag}) is not allowed here" if name else f"unknown tag {tag}"
-                    _fail(what, data, pos)
+                    _bad_tag(data, pos)
                 value, pos = decoder(data, pos + 1)
                 append(value)
         # The current frame is complete.
@@ -876,18 +882,22 @@ def _encode_into(
     _pack_tag_i32: Callable[..., bytes] = _pack_tag_i32,
     _pack_tag_f64: Callable[..., bytes] = _pack_tag_f64,
     _chain: Callable[..., Any] = chain.from_iterable,
+    *,
+    depth: int = 0,
 ) -> None:
     """Append the encoding of ``term`` (without version byte) to ``out``.
 
     Non-recursive: the values still to encode are iterators; ``it`` is the current one and
     ``stack`` holds the suspended outer ones with the bytes that close them (``b"j"`` for a
     proper list, ``None`` for a stand-in from :func:`_replace`, which adds no nesting).
+    ``depth`` is the number of containers already open around ``term`` (the C encoder hands
+    sub-terms over with it, see :func:`_encode_part`).
     """
     app = out.append
     stack: list[tuple[Any, bytes | None]] = []
     it: Any = iter((term,))
     close: bytes | None = b""
-    stand_ins = 0  # frames on the stack that are stand-ins, not containers
+    stand_ins = -depth  # frames on the stack that are stand-ins, not containers (less depth)
     while True:
         for obj in it:
             cls = obj.__class__
@@ -989,6 +999,27 @@ def _encode_into(
             if not stack:
                 return
             it, close = stack.pop()
+
+
+def _encode_part(obj: Any, default: DefaultHook | None, max_depth: int, depth: int) -> bytes:
+    """Encode one sub-term for the C encoder: what it does not handle natively.
+
+    Args:
+        obj: The sub-term (an ``ErlMap``, ``ImproperList``, opaque term, subclass, big int,
+            non-finite float, unsupported object, ...).
+        default: The ``default`` hook of the ``encode`` call, or None.
+        max_depth: The ``max_depth`` of the ``encode`` call.
+        depth: Containers already open around ``obj``.
+
+    Returns:
+        The encoding of ``obj`` (no version byte).
+
+    Raises:
+        EncodeError: As :func:`encode`; exceptions of ``default`` propagate unchanged.
+    """
+    out: list[bytes] = []
+    _encode_into(obj, out, default, max_depth, depth=depth)
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1315,17 +1346,80 @@ def encode(
         _check_limit("max_depth", max_depth)
     if default is not None and not callable(default):
         _check_hook("default", default)
-    if term.__class__ is tuple and not compressed:
-        flat = _encode_flat_tuple(term)
-        if flat is not None:
-            return flat
-    out = [b"\x83"]
-    _encode_into(term, out, default, max_depth)
-    if compressed:
-        level = _check_level(compressed)
+    if _c_encode is not None:
+        data = _c_encode(term, default, max_depth)
+        if not compressed:
+            return data
+        body = data[1:]
+    else:
+        if term.__class__ is tuple and not compressed:
+            flat = _encode_flat_tuple(term)
+            if flat is not None:
+                return flat
+        out = [b"\x83"]
+        _encode_into(term, out, default, max_depth)
+        if not compressed:
+            return b"".join(out)
         body = b"".join(out[1:])
-        packed = zlib.compress(body, level)
-        if len(packed) + 4 < len(body):
-            return b"\x83P" + len(body).to_bytes(4, "big") + packed
-        return b"\x83" + body
-    return b"".join(out)
+    level = _check_level(compressed)
+    packed = zlib.compress(body, level)
+    if len(packed) + 4 < len(body):
+        return b"\x83P" + len(body).to_bytes(4, "big") + packed
+    return b"\x83" + body
+
+
+# ---------------------------------------------------------------------------------------
+# The C accelerator (snakeport._cetf), when it is built and not disabled
+# ---------------------------------------------------------------------------------------
+
+#: Set to a non-empty value other than ``0`` to use the pure-Python codec (read at import).
+_PURE_PYTHON_ENV = "SNAKEPORT_PURE_PYTHON"
+
+_cetf: Any
+if os.environ.get(_PURE_PYTHON_ENV, "") not in ("", "0"):
+    _cetf = None
+else:
+    try:
+        from . import _cetf
+    except ImportError:  # not built (no compiler at install time): the pure-Python codec
+        _cetf = None
+    else:
+        _cetf._setup(
+            Atom, _LEAF_DECODERS, _atom_at, _finish_improper, ErlMap._from_flat, _HookFailure, _fail,
+            _truncated, _bad_tag, _ATOM_BYTES, _encode_atom, _encode_part, _too_deep, TAGGED_PREFIX,
+        )
+
+#: The term decoder in use: ``_cetf.decode_term`` or ``_py_decode_term`` (same contract).
+_decode_term: Callable[[bytes, int, int, TaggedHook | None], tuple[Any, int]] = _py_decode_term
+#: ``_cetf.encode`` when the C encoder is in use, else None.
+_c_encode: Callable[[Any, DefaultHook | None, int], bytes] | None = None
+
+
+def _set_accelerated(enabled: bool) -> bool:
+    """Use the C accelerator (``True``) or the pure-Python codec (``False``); for tests and
+    benchmarks.
+
+    Args:
+        enabled: Which implementation ``decode``, ``decode_head`` and ``encode`` use from now.
+
+    Returns:
+        Whether the C accelerator was in use before.
+
+    Raises:
+        RuntimeError: ``enabled`` is true but ``snakeport._cetf`` is not available.
+    """
+    global _decode_term, _c_encode
+    previous = _c_encode is not None
+    if enabled:
+        if _cetf is None:
+            raise RuntimeError("snakeport._cetf is not available (not built, or disabled by SNAKEPORT_PURE_PYTHON)")
+        _decode_term = _cetf.decode_term
+        _c_encode = _cetf.encode
+    else:
+        _decode_term = _py_decode_term
+        _c_encode = None
+    return previous
+
+
+if _cetf is not None:
+    _set_accelerated(True)

@@ -1,0 +1,1321 @@
+/* snakeport._cetf: optional C accelerator of snakeport.etf (like msgpack._cmsgpack).
+ *
+ * Two functions replace the hot loops of the pure-Python codec, which stays the reference
+ * and the fallback:
+ *
+ *   decode_term(data: bytes, pos: int, max_depth: int, tagged) -> (value, end)
+ *       same contract as etf._py_decode_term (the caller checks the version byte, inflates
+ *       compressed terms, rejects trailing bytes and converts stray exceptions);
+ *   encode(term, default, max_depth) -> bytes
+ *       the term with its version byte, as etf._encode_into would write it.
+ *
+ * Both are non-recursive (explicit stacks, bounded by max_depth). Containers and the frequent
+ * leaves are handled here; every rare case calls back into etf.py (handed over once by
+ * _setup()): the leaf decoders of the other tags, _atom_at on an atom-cache miss (it
+ * validates and raises), _fail/_truncated for errors (same messages and offsets as the Python
+ * loop), and _encode_part for objects the encoder does not handle natively (subclasses,
+ * ErlMap, ImproperList, opaque terms, large ints, inf/nan, the default hook, ...).
+ *
+ * Every length is checked against the remaining bytes before it is used.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Tag bytes (OTP "External Term Format"; names as in snakeport._etf_tags). */
+#define NEW_FLOAT_EXT 70
+#define SMALL_INTEGER_EXT 97
+#define INTEGER_EXT 98
+#define ATOM_EXT 100
+#define SMALL_TUPLE_EXT 104
+#define LARGE_TUPLE_EXT 105
+#define NIL_EXT 106
+#define STRING_EXT 107
+#define LIST_EXT 108
+#define BINARY_EXT 109
+#define SMALL_BIG_EXT 110
+#define SMALL_ATOM_EXT 115
+#define MAP_EXT 116
+#define ATOM_UTF8_EXT 118
+#define SMALL_ATOM_UTF8_EXT 119
+
+/* Objects of etf.py, set once by _setup() (strong references, never released). */
+static PyTypeObject *AtomType;
+static PyObject *LeafDecoders;   /* tuple of 256: tag -> fn(data, pos) -> (value, end), or None */
+static PyObject *AtomAt;         /* _atom_at(data, pos) -> (value, end) */
+static PyObject *FinishImproper; /* _finish_improper(items, tail, data, pos) -> value */
+static PyObject *ErlMapFromFlat; /* ErlMap._from_flat(flat_list) -> ErlMap */
+static PyObject *HookFailure;    /* _HookFailure(exc): carries a tagged-hook exception */
+static PyObject *Fail;           /* _fail(message, data, offset): raises DecodeError */
+static PyObject *Truncated;      /* _truncated(data, offset): raises DecodeError */
+static PyObject *BadTag;         /* _bad_tag(data, pos): raises DecodeError */
+static PyObject *AtomBytes;      /* dict Atom -> encoded bytes (etf._ATOM_BYTES) */
+static PyObject *EncodeAtom;     /* _encode_atom(atom) -> bytes (fills AtomBytes) */
+static PyObject *EncodePart;     /* _encode_part(obj, default, max_depth, depth) -> bytes */
+static PyObject *TooDeep;        /* _too_deep(obj, max_depth): raises EncodeError */
+static PyObject *TaggedPrefix;   /* "$snakeport_" */
+
+#define READY() (AtomType != NULL)
+
+/* ------------------------------------------------------------------------------------- */
+/* Helpers                                                                                */
+/* ------------------------------------------------------------------------------------- */
+
+static inline uint32_t
+be16(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 8) | p[1];
+}
+
+static inline uint32_t
+be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline double
+be_double(const unsigned char *p)
+{
+    uint64_t bits = 0;
+    double value;
+    for (int i = 0; i < 8; i++) {
+        bits = (bits << 8) | p[i];
+    }
+    memcpy(&value, &bits, 8);
+    return value;
+}
+
+/* Call fn(*args) and discard the result; always returns NULL (fn is expected to raise). */
+static PyObject *
+call_raise(PyObject *fn, PyObject *const *args, size_t nargs)
+{
+    PyObject *r = PyObject_Vectorcall(fn, args, nargs, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_SystemError, "snakeport._cetf: an error helper returned");
+    }
+    return NULL;
+}
+
+/* Raise DecodeError("<message> at byte <offset>") through etf._fail. */
+static PyObject *
+fail(PyObject *data, Py_ssize_t offset, const char *fmt, ...)
+{
+    va_list va;
+    va_start(va, fmt);
+    PyObject *message = PyUnicode_FromFormatV(fmt, va);
+    va_end(va);
+    if (message == NULL) {
+        return NULL;
+    }
+    PyObject *off = PyLong_FromSsize_t(offset);
+    if (off == NULL) {
+        Py_DECREF(message);
+        return NULL;
+    }
+    PyObject *args[3] = {message, data, off};
+    call_raise(Fail, args, 3);
+    Py_DECREF(message);
+    Py_DECREF(off);
+    return NULL;
+}
+
+static PyObject *
+truncated(PyObject *data, Py_ssize_t offset)
+{
+    PyObject *off = PyLong_FromSsize_t(offset);
+    if (off == NULL) {
+        return NULL;
+    }
+    PyObject *args[2] = {data, off};
+    call_raise(Truncated, args, 2);
+    Py_DECREF(off);
+    return NULL;
+}
+
+/* fn(data, pos) -> (value, end): the Python leaf decoders and _atom_at. */
+static PyObject *
+call_leaf(PyObject *fn, PyObject *data, Py_ssize_t pos, Py_ssize_t *end)
+{
+    PyObject *p = PyLong_FromSsize_t(pos);
+    if (p == NULL) {
+        return NULL;
+    }
+    PyObject *args[2] = {data, p};
+    PyObject *r = PyObject_Vectorcall(fn, args, 2, NULL);
+    Py_DECREF(p);
+    if (r == NULL) {
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(r) || PyTuple_GET_SIZE(r) != 2) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_SystemError, "snakeport._cetf: a leaf decoder returned no (value, end)");
+        return NULL;
+    }
+    *end = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 1));
+    if (*end == -1 && PyErr_Occurred()) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyObject *value = PyTuple_GET_ITEM(r, 0);
+    Py_INCREF(value);
+    Py_DECREF(r);
+    return value;
+}
+
+/* A Python int limit as a Py_ssize_t, huge values clamped (they cannot be reached anyway). */
+static int
+as_limit(PyObject *obj, Py_ssize_t *out)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow > 0 || v > PY_SSIZE_T_MAX) {
+        v = PY_SSIZE_T_MAX;
+    }
+    else if (overflow < 0 || v < 0) {
+        v = 0;
+    }
+    *out = (Py_ssize_t)v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* Atom cache: direct-mapped, keyed by an atom's complete encoding (tag, length, text), so  */
+/* a hit needs no validation (a truncated slice is never a complete valid key).             */
+/* ------------------------------------------------------------------------------------- */
+
+#define ATOM_CACHE_SIZE 1024 /* a power of two */
+
+typedef struct {
+    PyObject *key;   /* bytes */
+    PyObject *value; /* Atom, True, False or None */
+} AtomEntry;
+
+static AtomEntry atom_cache[ATOM_CACHE_SIZE];
+
+static inline uint32_t
+fnv1a(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 16777619u;
+    }
+    return h;
+}
+
+/* The atom whose tag (any of the four atom tags) is at *pos; advances *pos. */
+static PyObject *
+decode_atom(PyObject *data, const unsigned char *buf, Py_ssize_t size, Py_ssize_t *pos)
+{
+    Py_ssize_t p = *pos, keylen, end;
+    unsigned char tag = buf[p];
+    if (tag == SMALL_ATOM_UTF8_EXT || tag == SMALL_ATOM_EXT) {
+        if (p + 1 >= size) {
+            return truncated(data, size);
+        }
+        keylen = 2 + (Py_ssize_t)buf[p + 1];
+    }
+    else {
+        if (p + 2 >= size) {
+            return truncated(data, size);
+        }
+        keylen = 3 + (Py_ssize_t)be16(buf + p + 1);
+    }
+    AtomEntry *entry = NULL;
+    if (p + keylen <= size) {
+        entry = &atom_cache[fnv1a(buf + p, keylen) & (ATOM_CACHE_SIZE - 1)];
+        if (entry->key != NULL && PyBytes_GET_SIZE(entry->key) == keylen &&
+            memcmp(PyBytes_AS_STRING(entry->key), buf + p, keylen) == 0) {
+            *pos = p + keylen;
+            Py_INCREF(entry->value);
+            return entry->value;
+        }
+    }
+    /* Miss: etf._atom_at validates (UTF-8, length, truncation) and raises like Python. */
+    PyObject *value = call_leaf(AtomAt, data, p, &end);
+    if (value == NULL) {
+        return NULL;
+    }
+    if (entry != NULL && end == p + keylen) {
+        PyObject *key = PyBytes_FromStringAndSize((const char *)buf + p, keylen);
+        if (key == NULL) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        PyObject *old_key = entry->key, *old_value = entry->value;
+        entry->key = key;
+        Py_INCREF(value);
+        entry->value = value;
+        Py_XDECREF(old_key);
+        Py_XDECREF(old_value);
+    }
+    *pos = end;
+    return value;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* Decoding                                                                               */
+/* ------------------------------------------------------------------------------------- */
+
+/* Frame kinds, as in etf._py_decode_term. */
+enum { K_ROOT = 0, K_TUPLE = 1, K_LIST = 2, K_TAIL = 3, K_MAP = 4 };
+
+typedef struct {
+    int kind;
+    Py_ssize_t base;      /* index in the value stack of the frame's first item */
+    Py_ssize_t remaining; /* items still to decode */
+} Frame;
+
+typedef struct {
+    PyObject **values; /* decoded values not yet in a container (strong references) */
+    Py_ssize_t nvalues, values_cap;
+    Frame *frames;
+    Py_ssize_t nframes, frames_cap;
+    PyObject *values_inline[64];
+    Frame frames_inline[16];
+} DecodeStack;
+
+static int
+push_value(DecodeStack *s, PyObject *value)
+{
+    if (s->nvalues == s->values_cap) {
+        Py_ssize_t cap = s->values_cap * 2;
+        PyObject **grown;
+        if (s->values == s->values_inline) {
+            grown = PyMem_New(PyObject *, cap);
+            if (grown != NULL) {
+                memcpy(grown, s->values, s->nvalues * sizeof(PyObject *));
+            }
+        }
+        else {
+            grown = PyMem_Resize(s->values, PyObject *, cap);
+        }
+        if (grown == NULL) {
+            Py_DECREF(value);
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->values = grown;
+        s->values_cap = cap;
+    }
+    s->values[s->nvalues++] = value;
+    return 0;
+}
+
+static Frame *
+push_frame(DecodeStack *s)
+{
+    if (s->nframes == s->frames_cap) {
+        Py_ssize_t cap = s->frames_cap * 2;
+        Frame *grown;
+        if (s->frames == s->frames_inline) {
+            grown = PyMem_New(Frame, cap);
+            if (grown != NULL) {
+                memcpy(grown, s->frames, s->nframes * sizeof(Frame));
+            }
+        }
+        else {
+            grown = PyMem_Resize(s->frames, Frame, cap);
+        }
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        s->frames = grown;
+        s->frames_cap = cap;
+    }
+    return &s->frames[s->nframes++];
+}
+
+static void
+free_stack(DecodeStack *s)
+{
+    for (Py_ssize_t i = 0; i < s->nvalues; i++) {
+        Py_DECREF(s->values[i]);
+    }
+    if (s->values != s->values_inline) {
+        PyMem_Free(s->values);
+    }
+    if (s->frames != s->frames_inline) {
+        PyMem_Free(s->frames);
+    }
+}
+
+/* A list of the values from index `base` on (moved out of the stack). */
+static PyObject *
+take_list(DecodeStack *s, Py_ssize_t base)
+{
+    Py_ssize_t n = s->nvalues - base;
+    PyObject *list = PyList_New(n);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyList_SET_ITEM(list, i, s->values[base + i]);
+    }
+    s->nvalues = base;
+    return list;
+}
+
+static PyObject *
+take_tuple(DecodeStack *s, Py_ssize_t base)
+{
+    Py_ssize_t n = s->nvalues - base;
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(tuple, i, s->values[base + i]);
+    }
+    s->nvalues = base;
+    return tuple;
+}
+
+/* The map of the 2n values from `base` on: a dict, or an ErlMap (colliding/unhashable keys). */
+static PyObject *
+take_map(DecodeStack *s, Py_ssize_t base)
+{
+    Py_ssize_t n = s->nvalues - base;
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i += 2) {
+        if (PyDict_SetItem(dict, s->values[base + i], s->values[base + i + 1]) < 0) {
+            Py_DECREF(dict);
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            goto erlmap;
+        }
+    }
+    if (2 * PyDict_GET_SIZE(dict) == n) {
+        for (Py_ssize_t i = base; i < s->nvalues; i++) {
+            Py_DECREF(s->values[i]);
+        }
+        s->nvalues = base;
+        return dict;
+    }
+    Py_DECREF(dict);
+erlmap:;
+    PyObject *flat = take_list(s, base);
+    if (flat == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_CallOneArg(ErlMapFromFlat, flat);
+    Py_DECREF(flat);
+    return value;
+}
+
+/* Call tagged(tuple); an exception it raises is wrapped in _HookFailure (see etf.decode). */
+static PyObject *
+call_tagged(PyObject *tagged, PyObject *tuple)
+{
+    PyObject *value = PyObject_CallOneArg(tagged, tuple);
+    if (value != NULL) {
+        return value;
+    }
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL && exc != NULL) {
+        PyException_SetTraceback(exc, tb);
+    }
+    PyObject *failure = exc ? PyObject_CallOneArg(HookFailure, exc) : NULL;
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    if (failure != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(failure), failure);
+        Py_DECREF(failure);
+    }
+    return NULL;
+}
+
+#define TRUNCATED() do { truncated(data, size); goto error; } while (0)
+
+/* Open a container frame, failing as the Python loop does when nesting exceeds max_depth. */
+#define OPEN(KIND, COUNT, TAGPOS)                                                        \
+    do {                                                                                 \
+        if (s.nframes > max_depth) { /* frames include the root */                      \
+            fail(data, (TAGPOS), "nesting deeper than max_depth=%S", max_depth_obj);     \
+            goto error;                                                                  \
+        }                                                                                \
+        Frame *nf = push_frame(&s);                                                      \
+        if (nf == NULL) {                                                                \
+            goto error;                                                                  \
+        }                                                                                \
+        nf->kind = (KIND);                                                               \
+        nf->base = s.nvalues;                                                            \
+        nf->remaining = (COUNT);                                                         \
+        f = nf;                                                                          \
+    } while (0)
+
+static PyObject *
+cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decode_term(data, pos, max_depth, tagged)");
+        return NULL;
+    }
+    if (!READY()) {
+        PyErr_SetString(PyExc_RuntimeError, "snakeport._cetf: _setup() was not called");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "decode_term: data must be bytes");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *max_depth_obj = args[2];
+    Py_ssize_t max_depth;
+    if (as_limit(max_depth_obj, &max_depth) < 0) {
+        return NULL;
+    }
+    PyObject *tagged = args[3] == Py_None ? NULL : args[3];
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    const Py_ssize_t size = PyBytes_GET_SIZE(data);
+    if (pos < 0 || pos > size) {
+        PyErr_SetString(PyExc_ValueError, "decode_term: pos out of range");
+        return NULL;
+    }
+
+    DecodeStack s;
+    s.values = s.values_inline;
+    s.nvalues = 0;
+    s.values_cap = (Py_ssize_t)(sizeof(s.values_inline) / sizeof(s.values_inline[0]));
+    s.frames = s.frames_inline;
+    s.nframes = 0;
+    s.frames_cap = (Py_ssize_t)(sizeof(s.frames_inline) / sizeof(s.frames_inline[0]));
+    Frame *f = push_frame(&s); /* the root: one value, no nesting */
+    f->kind = K_ROOT;
+    f->base = 0;
+    f->remaining = 1;
+
+    PyObject *value;
+    for (;;) {
+        while (f->remaining) {
+            f->remaining--;
+            if (pos >= size) {
+                TRUNCATED();
+            }
+            unsigned char tag = buf[pos];
+            uint32_t count;
+            switch (tag) {
+            case SMALL_ATOM_UTF8_EXT:
+            case ATOM_EXT:
+            case ATOM_UTF8_EXT:
+            case SMALL_ATOM_EXT:
+                value = decode_atom(data, buf, size, &pos);
+                if (value == NULL) {
+                    goto error;
+                }
+                break;
+            case SMALL_INTEGER_EXT:
+                if (pos + 2 > size) {
+                    TRUNCATED();
+                }
+                value = PyLong_FromLong(buf[pos + 1]);
+                pos += 2;
+                break;
+            case INTEGER_EXT:
+                if (pos + 5 > size) {
+                    TRUNCATED();
+                }
+                value = PyLong_FromLong((long)(int32_t)be32(buf + pos + 1));
+                pos += 5;
+                break;
+            case NEW_FLOAT_EXT: {
+                if (pos + 9 > size) {
+                    TRUNCATED();
+                }
+                double d = be_double(buf + pos + 1);
+                if (!isfinite(d)) {
+                    fail(data, pos, "NEW_FLOAT_EXT is not finite");
+                    goto error;
+                }
+                value = PyFloat_FromDouble(d);
+                pos += 9;
+                break;
+            }
+            case BINARY_EXT: {
+                if (pos + 5 > size) {
+                    TRUNCATED();
+                }
+                Py_ssize_t n = (Py_ssize_t)be32(buf + pos + 1);
+                Py_ssize_t start = pos + 5;
+                if (n > size - start) {
+                    TRUNCATED();
+                }
+                value = PyUnicode_DecodeUTF8((const char *)buf + start, n, NULL);
+                if (value == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                        goto error;
+                    }
+                    PyErr_Clear();
+                    value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                }
+                pos = start + n;
+                break;
+            }
+            case SMALL_TUPLE_EXT:
+                if (pos + 2 > size) {
+                    TRUNCATED();
+                }
+                count = buf[pos + 1];
+                pos += 2;
+                if (count) {
+                    OPEN(K_TUPLE, count, pos - 2);
+                    continue;
+                }
+                value = PyTuple_New(0);
+                break;
+            case LARGE_TUPLE_EXT:
+                if (pos + 5 > size) {
+                    TRUNCATED();
+                }
+                count = be32(buf + pos + 1);
+                pos += 5;
+                if ((Py_ssize_t)count > size - pos) {
+                    fail(data, pos - 5, "LARGE_TUPLE_EXT of %lu elements exceeds the data", (unsigned long)count);
+                    goto error;
+                }
+                if (count) {
+                    OPEN(K_TUPLE, count, pos - 5);
+                    continue;
+                }
+                value = PyTuple_New(0);
+                break;
+            case LIST_EXT:
+                if (pos + 5 > size) {
+                    TRUNCATED();
+                }
+                count = be32(buf + pos + 1);
+                pos += 5;
+                if ((Py_ssize_t)count >= size - pos) { /* each element and the tail take >= 1 byte */
+                    fail(data, pos - 5, "LIST_EXT of %lu elements exceeds the data", (unsigned long)count);
+                    goto error;
+                }
+                OPEN(K_LIST, count, pos - 5);
+                continue;
+            case NIL_EXT:
+                value = PyList_New(0);
+                pos += 1;
+                break;
+            case MAP_EXT:
+                if (pos + 5 > size) {
+                    TRUNCATED();
+                }
+                count = be32(buf + pos + 1);
+                pos += 5;
+                if (count) {
+                    if ((Py_ssize_t)count > (size - pos) / 2) {
+                        fail(data, pos - 5, "MAP_EXT of %lu pairs exceeds the data", (unsigned long)count);
+                        goto error;
+                    }
+                    OPEN(K_MAP, 2 * (Py_ssize_t)count, pos - 5);
+                    continue;
+                }
+                value = PyDict_New();
+                break;
+            case STRING_EXT: {
+                if (pos + 3 > size) {
+                    TRUNCATED();
+                }
+                Py_ssize_t n = (Py_ssize_t)be16(buf + pos + 1);
+                Py_ssize_t start = pos + 3;
+                if (n > size - start) {
+                    TRUNCATED();
+                }
+                value = PyList_New(n);
+                if (value == NULL) {
+                    goto error;
+                }
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    PyList_SET_ITEM(value, i, PyLong_FromLong(buf[start + i])); /* cached small ints */
+                }
+                pos = start + n;
+                break;
+            }
+            case SMALL_BIG_EXT: {
+                if (pos + 2 > size) {
+                    TRUNCATED();
+                }
+                Py_ssize_t n = buf[pos + 1];
+                Py_ssize_t start = pos + 3;
+                if (start + n > size) {
+                    TRUNCATED();
+                }
+                unsigned char sign = buf[pos + 2];
+                if (sign > 1) {
+                    fail(data, pos + 2, "invalid bignum sign byte %d", (int)sign);
+                    goto error;
+                }
+                if (n <= 8) {
+                    uint64_t magnitude = 0;
+                    for (Py_ssize_t i = n; i-- > 0;) {
+                        magnitude = (magnitude << 8) | buf[start + i];
+                    }
+                    if (sign && magnitude <= (uint64_t)INT64_MAX) {
+                        value = PyLong_FromLongLong(-(long long)magnitude);
+                    }
+                    else if (sign) {
+                        PyObject *positive = PyLong_FromUnsignedLongLong(magnitude);
+                        value = positive ? PyNumber_Negative(positive) : NULL;
+                        Py_XDECREF(positive);
+                    }
+                    else {
+                        value = PyLong_FromUnsignedLongLong(magnitude);
+                    }
+                    pos = start + n;
+                    break;
+                }
+                Py_ssize_t end;
+                value = call_leaf(PyTuple_GET_ITEM(LeafDecoders, tag), data, pos + 1, &end);
+                pos = end;
+                break;
+            }
+            default: {
+                PyObject *decoder = PyTuple_GET_ITEM(LeafDecoders, tag);
+                if (decoder == Py_None) {
+                    PyObject *p = PyLong_FromSsize_t(pos);
+                    if (p != NULL) {
+                        PyObject *bad_args[2] = {data, p};
+                        call_raise(BadTag, bad_args, 2);
+                        Py_DECREF(p);
+                    }
+                    goto error;
+                }
+                Py_ssize_t end;
+                value = call_leaf(decoder, data, pos + 1, &end);
+                pos = end;
+                break;
+            }
+            }
+            if (value == NULL || push_value(&s, value) < 0) {
+                goto error;
+            }
+        }
+        /* The current frame is complete. */
+        switch (f->kind) {
+        case K_TUPLE:
+            value = take_tuple(&s, f->base);
+            if (value == NULL) {
+                goto error;
+            }
+            if (tagged != NULL) {
+                PyObject *first = PyTuple_GET_ITEM(value, 0);
+                if (Py_TYPE(first) == AtomType &&
+                    PyUnicode_Tailmatch(first, TaggedPrefix, 0, PY_SSIZE_T_MAX, -1) == 1) {
+                    PyObject *replaced = call_tagged(tagged, value);
+                    Py_DECREF(value);
+                    if (replaced == NULL) {
+                        goto error;
+                    }
+                    value = replaced;
+                }
+            }
+            break;
+        case K_LIST:
+            if (pos >= size) {
+                TRUNCATED();
+            }
+            if (buf[pos] != NIL_EXT) { /* decode the tail as one more item of this frame */
+                f->kind = K_TAIL;
+                f->remaining = 1;
+                continue;
+            }
+            pos += 1;
+            value = take_list(&s, f->base);
+            if (value == NULL) {
+                goto error;
+            }
+            break;
+        case K_TAIL: {
+            PyObject *tail = s.values[--s.nvalues];
+            PyObject *items = take_list(&s, f->base);
+            if (items == NULL) {
+                Py_DECREF(tail);
+                goto error;
+            }
+            PyObject *p = PyLong_FromSsize_t(pos);
+            if (p == NULL) {
+                Py_DECREF(tail);
+                Py_DECREF(items);
+                goto error;
+            }
+            PyObject *fin_args[4] = {items, tail, data, p};
+            value = PyObject_Vectorcall(FinishImproper, fin_args, 4, NULL);
+            Py_DECREF(tail);
+            Py_DECREF(items);
+            Py_DECREF(p);
+            if (value == NULL) {
+                goto error;
+            }
+            break;
+        }
+        case K_MAP:
+            value = take_map(&s, f->base);
+            if (value == NULL) {
+                goto error;
+            }
+            break;
+        default: { /* the root */
+            value = s.values[0];
+            s.nvalues = 0;
+            free_stack(&s);
+            PyObject *end = PyLong_FromSsize_t(pos);
+            if (end == NULL) {
+                Py_DECREF(value);
+                return NULL;
+            }
+            PyObject *result = PyTuple_Pack(2, value, end);
+            Py_DECREF(value);
+            Py_DECREF(end);
+            return result;
+        }
+        }
+        s.nframes--;
+        f = &s.frames[s.nframes - 1];
+        if (push_value(&s, value) < 0) {
+            goto error;
+        }
+    }
+error:
+    free_stack(&s);
+    return NULL;
+}
+
+#undef OPEN
+#undef TRUNCATED
+
+/* ------------------------------------------------------------------------------------- */
+/* Encoding                                                                               */
+/* ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    unsigned char *p;
+    Py_ssize_t len, cap;
+    unsigned char inline_[512];
+} Out;
+
+static int
+out_grow(Out *o, Py_ssize_t extra)
+{
+    if (extra > PY_SSIZE_T_MAX / 2 - o->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t cap = o->cap;
+    while (cap < o->len + extra) {
+        cap *= 2;
+    }
+    unsigned char *grown;
+    if (o->p == o->inline_) {
+        grown = PyMem_Malloc(cap);
+        if (grown != NULL) {
+            memcpy(grown, o->p, o->len);
+        }
+    }
+    else {
+        grown = PyMem_Realloc(o->p, cap);
+    }
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->p = grown;
+    o->cap = cap;
+    return 0;
+}
+
+static inline int
+out_reserve(Out *o, Py_ssize_t extra)
+{
+    return (o->len + extra <= o->cap) ? 0 : out_grow(o, extra);
+}
+
+static inline void
+put_u8(Out *o, unsigned v)
+{
+    o->p[o->len++] = (unsigned char)v;
+}
+
+static inline void
+put_u32(Out *o, uint32_t v)
+{
+    unsigned char *p = o->p + o->len;
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+    o->len += 4;
+}
+
+static int
+out_write(Out *o, const void *data, Py_ssize_t n)
+{
+    if (out_reserve(o, n) < 0) {
+        return -1;
+    }
+    memcpy(o->p + o->len, data, n);
+    o->len += n;
+    return 0;
+}
+
+static int
+out_bytes_obj(Out *o, PyObject *bytes)
+{
+    if (!PyBytes_Check(bytes)) {
+        PyErr_SetString(PyExc_SystemError, "snakeport._cetf: an encoder helper returned no bytes");
+        return -1;
+    }
+    return out_write(o, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+/* Container frame of the encoder: the object (strong reference) and where we are in it. */
+enum { E_TUPLE = 1, E_LIST = 2, E_DICT = 3 };
+
+typedef struct {
+    int kind;
+    PyObject *obj;
+    Py_ssize_t index;  /* next item (tuple, list) or PyDict_Next position */
+    Py_ssize_t size;   /* dict size when entered (iteration fails if it changes) */
+    PyObject *pending; /* dict: the value to encode after its key (strong reference) */
+} EFrame;
+
+#define U32_MAX_LEN ((Py_ssize_t)0xFFFFFFFFLL)
+
+static const unsigned char ATOM_TRUE[] = {SMALL_ATOM_UTF8_EXT, 4, 't', 'r', 'u', 'e'};
+static const unsigned char ATOM_FALSE[] = {SMALL_ATOM_UTF8_EXT, 5, 'f', 'a', 'l', 's', 'e'};
+static const unsigned char ATOM_NIL[] = {SMALL_ATOM_UTF8_EXT, 3, 'n', 'i', 'l'};
+
+/* Encode obj through etf._encode_part (everything not handled natively). */
+static int
+encode_part(Out *o, PyObject *obj, PyObject *deflt, PyObject *max_depth_obj, Py_ssize_t depth)
+{
+    PyObject *d = PyLong_FromSsize_t(depth);
+    if (d == NULL) {
+        return -1;
+    }
+    PyObject *args[4] = {obj, deflt, max_depth_obj, d};
+    PyObject *bytes = PyObject_Vectorcall(EncodePart, args, 4, NULL);
+    Py_DECREF(d);
+    if (bytes == NULL) {
+        return -1;
+    }
+    int r = out_bytes_obj(o, bytes);
+    Py_DECREF(bytes);
+    return r;
+}
+
+static PyObject *
+cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encode(term, default, max_depth)");
+        return NULL;
+    }
+    if (!READY()) {
+        PyErr_SetString(PyExc_RuntimeError, "snakeport._cetf: _setup() was not called");
+        return NULL;
+    }
+    PyObject *deflt = args[1];
+    PyObject *max_depth_obj = args[2];
+    Py_ssize_t max_depth;
+    if (as_limit(max_depth_obj, &max_depth) < 0) {
+        return NULL;
+    }
+
+    Out o;
+    o.p = o.inline_;
+    o.len = 0;
+    o.cap = sizeof(o.inline_);
+    put_u8(&o, 131);
+
+    EFrame frames_inline[16];
+    EFrame *frames = frames_inline;
+    Py_ssize_t nframes = 0, frames_cap = 16;
+
+    PyObject *obj = args[0];
+    Py_INCREF(obj);
+    for (;;) {
+        /* Encode obj (a strong reference, released below unless a frame took it). */
+        PyTypeObject *cls = Py_TYPE(obj);
+        int pushed = 0;
+        if (out_reserve(&o, 16) < 0) {
+            goto error;
+        }
+        if (cls == &PyUnicode_Type) {
+            if (PyUnicode_READY(obj) < 0) {
+                goto error;
+            }
+            if (PyUnicode_IS_ASCII(obj)) {
+                Py_ssize_t n = PyUnicode_GET_LENGTH(obj);
+                if (n > U32_MAX_LEN) {
+                    goto slow;
+                }
+                put_u8(&o, BINARY_EXT);
+                put_u32(&o, (uint32_t)n);
+                if (out_write(&o, PyUnicode_DATA(obj), n) < 0) {
+                    goto error;
+                }
+            }
+            else {
+                PyObject *utf8 = PyUnicode_AsUTF8String(obj);
+                if (utf8 == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                        goto error;
+                    }
+                    PyErr_Clear(); /* lone surrogates: let Python raise its EncodeError */
+                    goto slow;
+                }
+                Py_ssize_t n = PyBytes_GET_SIZE(utf8);
+                if (n > U32_MAX_LEN) {
+                    Py_DECREF(utf8);
+                    goto slow;
+                }
+                put_u8(&o, BINARY_EXT);
+                put_u32(&o, (uint32_t)n);
+                int r = out_write(&o, PyBytes_AS_STRING(utf8), n);
+                Py_DECREF(utf8);
+                if (r < 0) {
+                    goto error;
+                }
+            }
+        }
+        else if (cls == AtomType) {
+            PyObject *encoded = PyDict_GetItemWithError(AtomBytes, obj); /* borrowed */
+            if (encoded != NULL) {
+                if (out_bytes_obj(&o, encoded) < 0) {
+                    goto error;
+                }
+            }
+            else {
+                if (PyErr_Occurred()) {
+                    goto error;
+                }
+                encoded = PyObject_CallOneArg(EncodeAtom, obj);
+                if (encoded == NULL) {
+                    goto error;
+                }
+                int r = out_bytes_obj(&o, encoded);
+                Py_DECREF(encoded);
+                if (r < 0) {
+                    goto error;
+                }
+            }
+        }
+        else if (cls == &PyLong_Type) {
+            int overflow;
+            long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+            if (v == -1 && PyErr_Occurred()) {
+                goto error;
+            }
+            if (overflow) {
+                goto slow;
+            }
+            if (v >= 0 && v <= 255) {
+                put_u8(&o, SMALL_INTEGER_EXT);
+                put_u8(&o, (unsigned)v);
+            }
+            else if (v >= INT32_MIN && v <= INT32_MAX) {
+                put_u8(&o, INTEGER_EXT);
+                put_u32(&o, (uint32_t)(int32_t)v);
+            }
+            else {
+                uint64_t m = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+                unsigned n = 0;
+                unsigned char digits[8];
+                while (m) {
+                    digits[n++] = (unsigned char)m;
+                    m >>= 8;
+                }
+                put_u8(&o, SMALL_BIG_EXT);
+                put_u8(&o, n);
+                put_u8(&o, v < 0);
+                memcpy(o.p + o.len, digits, n);
+                o.len += n;
+            }
+        }
+        else if (cls == &PyTuple_Type) {
+            Py_ssize_t n = PyTuple_GET_SIZE(obj);
+            if (n > U32_MAX_LEN) {
+                goto slow;
+            }
+            if (n < 256) {
+                put_u8(&o, SMALL_TUPLE_EXT);
+                put_u8(&o, (unsigned)n);
+            }
+            else {
+                put_u8(&o, LARGE_TUPLE_EXT);
+                put_u32(&o, (uint32_t)n);
+            }
+            pushed = n > 0 ? E_TUPLE : 0;
+        }
+        else if (cls == &PyFloat_Type) {
+            double d = PyFloat_AS_DOUBLE(obj);
+            if (!isfinite(d)) {
+                goto slow;
+            }
+            uint64_t bits;
+            memcpy(&bits, &d, 8);
+            put_u8(&o, NEW_FLOAT_EXT);
+            put_u32(&o, (uint32_t)(bits >> 32));
+            put_u32(&o, (uint32_t)bits);
+        }
+        else if (cls == &PyList_Type) {
+            Py_ssize_t n = PyList_GET_SIZE(obj);
+            if (n > U32_MAX_LEN) {
+                goto slow;
+            }
+            if (n == 0) {
+                put_u8(&o, NIL_EXT);
+            }
+            else {
+                put_u8(&o, LIST_EXT);
+                put_u32(&o, (uint32_t)n);
+                pushed = E_LIST;
+            }
+        }
+        else if (cls == &PyDict_Type) {
+            Py_ssize_t n = PyDict_GET_SIZE(obj);
+            if (n > U32_MAX_LEN) {
+                goto slow;
+            }
+            put_u8(&o, MAP_EXT);
+            put_u32(&o, (uint32_t)n);
+            pushed = n > 0 ? E_DICT : 0;
+        }
+        else if (obj == Py_True) {
+            memcpy(o.p + o.len, ATOM_TRUE, sizeof(ATOM_TRUE));
+            o.len += sizeof(ATOM_TRUE);
+        }
+        else if (obj == Py_False) {
+            memcpy(o.p + o.len, ATOM_FALSE, sizeof(ATOM_FALSE));
+            o.len += sizeof(ATOM_FALSE);
+        }
+        else if (obj == Py_None) {
+            memcpy(o.p + o.len, ATOM_NIL, sizeof(ATOM_NIL));
+            o.len += sizeof(ATOM_NIL);
+        }
+        else if (cls == &PyBytes_Type) {
+            Py_ssize_t n = PyBytes_GET_SIZE(obj);
+            if (n > U32_MAX_LEN) {
+                goto slow;
+            }
+            put_u8(&o, BINARY_EXT);
+            put_u32(&o, (uint32_t)n);
+            if (out_write(&o, PyBytes_AS_STRING(obj), n) < 0) {
+                goto error;
+            }
+        }
+        else {
+        slow:
+            if (encode_part(&o, obj, deflt, max_depth_obj, nframes) < 0) {
+                goto error;
+            }
+        }
+
+        if (pushed) {
+            if (nframes + 1 > max_depth) {
+                PyObject *too_args[2] = {obj, max_depth_obj};
+                call_raise(TooDeep, too_args, 2);
+                goto error;
+            }
+            if (nframes == frames_cap) {
+                Py_ssize_t cap = frames_cap * 2;
+                EFrame *grown;
+                if (frames == frames_inline) {
+                    grown = PyMem_New(EFrame, cap);
+                    if (grown != NULL) {
+                        memcpy(grown, frames, nframes * sizeof(EFrame));
+                    }
+                }
+                else {
+                    grown = PyMem_Resize(frames, EFrame, cap);
+                }
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    goto error;
+                }
+                frames = grown;
+                frames_cap = cap;
+            }
+            EFrame *nf = &frames[nframes++];
+            nf->kind = pushed;
+            nf->obj = obj; /* the frame takes our reference */
+            nf->index = 0;
+            nf->size = pushed == E_DICT ? PyDict_GET_SIZE(obj) : 0;
+            nf->pending = NULL;
+        }
+        else {
+            Py_DECREF(obj);
+        }
+        obj = NULL;
+
+        /* Find the next object (a new reference): the next item of the innermost container. */
+        while (nframes > 0) {
+            EFrame *fr = &frames[nframes - 1];
+            if (fr->kind == E_TUPLE) {
+                if (fr->index < PyTuple_GET_SIZE(fr->obj)) {
+                    obj = PyTuple_GET_ITEM(fr->obj, fr->index++);
+                    Py_INCREF(obj);
+                    break;
+                }
+            }
+            else if (fr->kind == E_LIST) {
+                /* Like Python's list iterator: the current length counts (a hook may change it). */
+                if (fr->index < PyList_GET_SIZE(fr->obj)) {
+                    obj = PyList_GET_ITEM(fr->obj, fr->index++);
+                    Py_INCREF(obj);
+                    break;
+                }
+                if (out_reserve(&o, 1) < 0) {
+                    goto error;
+                }
+                put_u8(&o, NIL_EXT);
+            }
+            else {
+                if (fr->pending != NULL) {
+                    obj = fr->pending; /* the frame's reference passes to obj */
+                    fr->pending = NULL;
+                    break;
+                }
+                if (PyDict_GET_SIZE(fr->obj) != fr->size) {
+                    PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+                    goto error;
+                }
+                PyObject *key, *val;
+                if (PyDict_Next(fr->obj, &fr->index, &key, &val)) {
+                    Py_INCREF(val);
+                    fr->pending = val;
+                    Py_INCREF(key);
+                    obj = key;
+                    break;
+                }
+            }
+            nframes--;
+            Py_DECREF(fr->obj);
+        }
+        if (obj == NULL) {
+            break; /* all done */
+        }
+    }
+
+    PyObject *result = PyBytes_FromStringAndSize((const char *)o.p, o.len);
+    if (o.p != o.inline_) {
+        PyMem_Free(o.p);
+    }
+    if (frames != frames_inline) {
+        PyMem_Free(frames);
+    }
+    return result;
+
+error:
+    Py_XDECREF(obj);
+    while (nframes > 0) {
+        nframes--;
+        Py_XDECREF(frames[nframes].pending);
+        Py_DECREF(frames[nframes].obj);
+    }
+    if (frames != frames_inline) {
+        PyMem_Free(frames);
+    }
+    if (o.p != o.inline_) {
+        PyMem_Free(o.p);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* Module                                                                                 */
+/* ------------------------------------------------------------------------------------- */
+
+static PyObject *
+cetf_setup(PyObject *module, PyObject *args)
+{
+    PyObject *atom_type, *leaf_decoders;
+    PyObject *objs[12];
+    if (!PyArg_ParseTuple(args, "O!OOOOOOOOO!OOOU:_setup", &PyType_Type, &atom_type, &leaf_decoders,
+                          &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6],
+                          &PyDict_Type, &objs[7], &objs[8], &objs[9], &objs[10], &objs[11])) {
+        return NULL;
+    }
+    PyObject *table = PySequence_Tuple(leaf_decoders);
+    if (table == NULL) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(table) != 256) {
+        Py_DECREF(table);
+        PyErr_SetString(PyExc_ValueError, "_setup: the leaf decoder table must have 256 entries");
+        return NULL;
+    }
+    if (READY()) {
+        Py_DECREF(table);
+        Py_RETURN_NONE; /* a re-import of etf.py: keep the first set */
+    }
+    for (int i = 0; i < 12; i++) {
+        Py_INCREF(objs[i]);
+    }
+    Py_INCREF(atom_type);
+    LeafDecoders = table;
+    AtomAt = objs[0];
+    FinishImproper = objs[1];
+    ErlMapFromFlat = objs[2];
+    HookFailure = objs[3];
+    Fail = objs[4];
+    Truncated = objs[5];
+    BadTag = objs[6];
+    AtomBytes = objs[7];
+    EncodeAtom = objs[8];
+    EncodePart = objs[9];
+    TooDeep = objs[10];
+    TaggedPrefix = objs[11];
+    AtomType = (PyTypeObject *)atom_type;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef cetf_methods[] = {
+    {"_setup", (PyCFunction)cetf_setup, METH_VARARGS,
+     "_setup(Atom, leaf_decoders, atom_at, finish_improper, erlmap_from_flat, hook_failure, fail,\n"
+     "       truncated, bad_tag, atom_bytes, encode_atom, encode_part, too_deep, tagged_prefix)\n"
+     "--\n\nHand over the helpers of snakeport.etf (called once, by etf.py)."},
+    {"decode_term", (PyCFunction)(void (*)(void))cetf_decode_term, METH_FASTCALL,
+     "decode_term(data, pos, max_depth, tagged)\n--\n\n"
+     "Decode the term at pos of data (bytes); return (value, end). See etf._py_decode_term."},
+    {"encode", (PyCFunction)(void (*)(void))cetf_encode, METH_FASTCALL,
+     "encode(term, default, max_depth)\n--\n\n"
+     "Return the External Term Format bytes of term, version byte first. See etf.encode."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef cetf_module = {
+    PyModuleDef_HEAD_INIT,
+    "snakeport._cetf",
+    "C accelerator of snakeport.etf (decode_term, encode); etf.py falls back to pure Python.",
+    -1,
+    cetf_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__cetf(void)
+{
+    return PyModule_Create(&cetf_module);
+}
