@@ -99,6 +99,11 @@ one_round = fn round ->
   versions = Snake.versions()
   Snake.stop()
 
+  # 1. Sequential again, with a worker that never polls before it blocks (`spin_us: 0`).
+  Snake.start(python, env, pool_size: 1, spin_us: 0)
+  seq_nospin = twice.(&Snake.sequential/1, 1_000, n.seq)
+  Snake.stop()
+
   # 2. 64 callers on the default pool.
   Snake.start(python, env, [])
 
@@ -121,6 +126,7 @@ one_round = fn round ->
       seq_p50_floor: lat_floor.p50_us,
       seq_p99: lat.p99_us,
       seq_p99_floor: lat_floor.p99_us,
+      seq_nospin_rate: Stats.rate([seq_nospin]),
       c64: Stats.rate([c64]),
       c64_floor: Stats.rate([c64_floor]),
       c64_window: Stats.rate([c64_window]),

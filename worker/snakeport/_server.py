@@ -23,8 +23,9 @@ Before the reader blocks in ``readv`` for the next frame, it polls the input for
 ``--spin-us`` microseconds (when no call is executing). A blocked thread on a virtual machine
 pays tens of microseconds to be woken when its vCPU went idle meanwhile; a request that
 arrives within the spin window skips that, which is most of a sequential caller's round trip.
-The cost is CPU time: at most one spin window after each batch of frames, none while idle
-(``--spin-us 0`` turns it off). The BEAM's schedulers do the same (``+sbwt``).
+The cost is CPU time, mostly time that would be idle otherwise (it yields between polls):
+at most one spin window after each batch of frames, none while idle (``--spin-us 0`` turns it
+off). The BEAM's schedulers do the same (``+sbwt``).
 
 Every thread writes its own frames through one :class:`FrameWriter`, which batches frames
 queued while another thread is writing into a single ``os.writev``.
@@ -94,6 +95,9 @@ _STANDBY_DEEP_AFTER = 100
 
 #: Longest accepted ``--spin-us`` (a second: longer spins only burn CPU).
 _MAX_SPIN_US = 1_000_000
+
+#: ``sched_yield`` where the OS has it (every POSIX system), else a no-op.
+_sched_yield = getattr(os, "sched_yield", lambda: None)
 
 #: Highest recursion limit set for a large ``--max-depth``.
 _MAX_RECURSION = 20_000
@@ -700,16 +704,20 @@ class Server:
     def _spin_until_readable(self, seconds: float) -> None:
         """Poll the protocol input until it is readable or ``seconds`` have passed.
 
-        Each poll is a syscall without timeout, which releases the GIL.
+        Between polls the thread gives its CPU to any other runnable thread or process
+        (``sched_yield``), so the spin mostly takes CPU time that would be idle otherwise;
+        both calls release the GIL.
         """
         poll = self._poll
         if poll(0):
             return
         clock = time.perf_counter
         deadline = clock() + seconds
+        yield_cpu = _sched_yield
         while not poll(0):
             if clock() > deadline:
                 return
+            yield_cpu()
 
     def _handle(self, event: Any, out: list) -> Job | None:
         """Handle one frame: control replies are appended to ``out``; a job is returned."""

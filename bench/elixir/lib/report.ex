@@ -10,6 +10,8 @@ defmodule Bench.Report do
      {:ratio_min, 0.85}},
     {"1. Sequential latency p50", :seq_p50, :seq_p50_floor, "µs", nil},
     {"1. Sequential latency p99", :seq_p99, :seq_p99_floor, "µs", nil},
+    {"1. Sequential, worker started with `spin_us: 0` (no polling before a blocking read)",
+     :seq_nospin_rate, :seq_rate_floor, "calls/s", nil},
     {"2. 64 callers, one worker", :c64, :c64_floor, "calls/s", {:ratio_min, 0.21}},
     {"2. 64 callers, one worker, vs the pipelined floor window", :c64, :c64_window, "calls/s", nil},
     {"2. 64 callers, default pool", :pool, :pool_floor, "calls/s", nil},
