@@ -1,4 +1,11 @@
-"""Fixtures of the codec tests: one real Erlang VM per test session.
+"""Fixtures of the codec tests: one real Erlang VM per test session; both codec paths.
+
+Every test module here runs twice, once with the C accelerator (``snakeport._cetf``) and
+once with the pure-Python codec (the autouse, module-scoped ``codec_path`` fixture, ids
+``[c]`` and ``[python]``), unless it sets ``BOTH_CODEC_PATHS = False`` (the tests that
+compare the two paths switch themselves). Without the extension (not built, or
+``SNAKEPORT_PURE_PYTHON=1``) only ``[python]`` runs; ``test_etf_accel.py`` then fails unless
+the variable was set on purpose.
 
 The ``erl`` fixture starts ``erl -noshell -noinput`` running a small loop that reads
 ``{packet, 4}`` frames from its stdin (``open_port({fd, 0, 1}, ...)``) and answers each on
@@ -19,6 +26,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from snakeport import etf
 
 _ERL_LOOP = r"""
 logger:remove_handler(default),
@@ -174,3 +182,27 @@ def erl() -> Iterator[ErlHelper]:
         raise
     yield helper
     helper.close()
+
+
+#: The implementations a module runs against: the C accelerator when it is importable.
+CODEC_PATHS = ["c", "python"] if etf._cetf is not None else ["python"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test module of this directory against both codec paths (see above)."""
+    if "codec_path" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_CODEC_PATHS", True):
+        metafunc.parametrize("codec_path", CODEC_PATHS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def codec_path(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Switch ``snakeport.etf`` to the C (``"c"``) or pure-Python (``"python"``) codec."""
+    path = getattr(request, "param", None)
+    if path is None:
+        yield None
+        return
+    previous = etf._set_accelerated(path == "c")
+    try:
+        yield path
+    finally:
+        etf._set_accelerated(previous)
