@@ -36,13 +36,33 @@ tools:
 	    { echo "error: apt-get could not install erlang-nox/elixir (see above)"; exit 1; }; \
 	fi
 
-## venv: .venv with the worker installed (editable) and its test extra.
+## venv: .venv with the worker installed (editable, the C accelerator of the codec built in
+## place) and its test extra. A C compiler and the Python headers come from Debian's gcc and
+## python3-dev when missing (not needed with SNAKEPORT_PURE_PYTHON=1: pure-Python codec).
 venv: $(STAMP)
 
-$(STAMP): setup.cfg setup.py
+$(STAMP): setup.cfg setup.py worker/snakeport/_cetf.c
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "==> python3 venv support missing: installing python3-venv"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; fi
+	@if [ -n "$$SNAKEPORT_PURE_PYTHON" ] && [ "$$SNAKEPORT_PURE_PYTHON" != 0 ]; then \
+	  echo "==> SNAKEPORT_PURE_PYTHON is set: the codec's C accelerator is not needed"; \
+	elif command -v cc >/dev/null && \
+	     $(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+	  echo "==> C compiler and Python headers found: $$(command -v cc)"; \
+	else \
+	  echo "==> C compiler or Python headers missing: installing Debian's gcc and python3-dev with apt-get"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	  elif command -v sudo >/dev/null; then SUDO="sudo"; \
+	  else echo "error: the codec's C accelerator needs a C compiler and the Python headers, and I am not root (no sudo either)."; \
+	       echo "       install them yourself (apt-get install gcc python3-dev), or set SNAKEPORT_PURE_PYTHON=1"; exit 1; fi; \
+	  if ! command -v apt-get >/dev/null; then \
+	    echo "error: no C compiler or Python headers, and this is not a Debian-like system (no apt-get)."; \
+	    echo "       install a C compiler and the headers of $(PYTHON), or set SNAKEPORT_PURE_PYTHON=1"; exit 1; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gcc python3-dev >/dev/null || \
+	    { echo "error: apt-get could not install gcc/python3-dev (see above)"; exit 1; }; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
@@ -66,4 +86,4 @@ bench: setup
 	$(MAKE) -C bench all
 
 clean:
-	rm -rf $(VENV) .mix elixir_harness/_build mix_sample/_build mix_sample/deps
+	rm -rf $(VENV) .mix elixir_harness/_build mix_sample/_build mix_sample/deps build worker/snakeport/*.so
