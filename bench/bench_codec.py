@@ -16,6 +16,10 @@ and not dependencies of the project: ``.venv/bin/pip install erlpack erlang-py``
 
 Each figure is the best (minimum) mean time per call over several repeats, which is the most
 stable statistic on a shared machine; the median is printed too.
+
+The snakeport rows are timed twice: ``[C]`` with the C accelerator ``snakeport._cetf`` (when it
+is built) and ``[Python]`` with the pure-Python codec, switched in-process with
+``etf._set_accelerated``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+from snakeport import etf
 from snakeport.etf import decode, encode
 from snakeport.types import Atom
 
@@ -102,21 +107,35 @@ class Bench:
     def __init__(self, repeat: int, target_seconds: float) -> None:
         self.repeat = repeat
         self.target = target_seconds
-        self.rows: list[tuple[str, str, timeit.Timer, int]] = []
+        self.rows: list[tuple[str, str, timeit.Timer, int, bool | None]] = []
 
-    def add(self, group: str, name: str, fn: Callable[[], Any]) -> None:
+    def add(self, group: str, name: str, fn: Callable[[], Any], accelerated: bool | None = None) -> None:
+        """Add a candidate; ``accelerated`` selects the snakeport codec path it runs with."""
+        if accelerated is not None:
+            etf._set_accelerated(accelerated)
         timer = timeit.Timer(fn)
         number, elapsed = timer.autorange()
         number = max(1, int(number * self.target / max(elapsed, 1e-9)))
-        self.rows.append((group, name, timer, number))
+        self.rows.append((group, name, timer, number, accelerated))
+
+    def add_snakeport(self, group: str, name: str, fn: Callable[[], Any]) -> None:
+        """Add a snakeport candidate once per available codec path: ``[C]`` and ``[Python]``."""
+        for accelerated, label in PATHS:
+            self.add(group, f"{name} [{label}]", fn, accelerated)
 
     def run(self) -> dict[str, tuple[float, float]]:
         """Return name -> (best, median) seconds per call."""
-        samples: dict[str, list[float]] = {name: [] for _, name, _, _ in self.rows}
+        samples: dict[str, list[float]] = {name: [] for _, name, _, _, _ in self.rows}
         for _ in range(self.repeat):
-            for _, name, timer, number in self.rows:
+            for _, name, timer, number, accelerated in self.rows:
+                if accelerated is not None:
+                    etf._set_accelerated(accelerated)
                 samples[name].append(timer.timeit(number) / number)
         return {name: (min(times), statistics.median(times)) for name, times in samples.items()}
+
+
+#: The snakeport codec paths to time: the C accelerator when built, and pure Python.
+PATHS = ([(True, "C")] if etf._cetf is not None else []) + [(False, "Python")]
 
 
 def fmt(seconds: float) -> str:
@@ -133,13 +152,14 @@ def main() -> None:
 
     print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {platform.machine()}")
     print(f"erlpack: {'yes' if erlpack else 'not installed'}, erlang_py: {'yes' if erlang_py else 'not installed'}")
+    print(f"snakeport._cetf: {'built' if etf._cetf is not None else 'not available (pure Python only)'}")
     bench = Bench(repeat, target)
 
     big = map100()
     big_bytes = encode(big)
     big_value = decode(big_bytes)
     group = f"map100: {len(big_bytes)} bytes of ETF"
-    bench.add(group, "snakeport decode", lambda: decode(big_bytes))
+    bench.add_snakeport(group, "snakeport decode", lambda: decode(big_bytes))
     if erlpack:
         bench.add(group, "erlpack unpack", lambda: erlpack.unpack(big_bytes))
     if erlang_py:
@@ -148,7 +168,7 @@ def main() -> None:
     bench.add(group, "pickle loads", lambda: pickle.loads(big_pickle))
     big_marshal = marshal.dumps(plain(big_value))
     bench.add(group, "marshal loads", lambda: marshal.loads(big_marshal))
-    bench.add(group, "snakeport encode", lambda: encode(big_value))
+    bench.add_snakeport(group, "snakeport encode", lambda: encode(big_value))
     if erlpack:
         erlpack_value = erlpack.unpack(big_bytes)
         bench.add(group, "erlpack pack", lambda: erlpack.pack(erlpack_value))
@@ -160,40 +180,57 @@ def main() -> None:
     req_bytes = encode(request())
     rep = reply()
     group = f"request/reply: {len(req_bytes)}-byte call request, {len(encode(rep))}-byte reply"
-    bench.add(group, "snakeport decode request", lambda: decode(req_bytes))
-    bench.add(group, "snakeport encode reply", lambda: encode(rep))
+    bench.add_snakeport(group, "snakeport decode request", lambda: decode(req_bytes))
+    bench.add_snakeport(group, "snakeport encode reply", lambda: encode(rep))
 
     def round_trip() -> bytes:
         decode(req_bytes)
         return encode(rep)
 
-    bench.add(group, "snakeport decode request + encode reply", round_trip)
+    bench.add_snakeport(group, "snakeport decode request + encode reply", round_trip)
     if erlpack:
         bench.add(group, "erlpack unpack request", lambda: erlpack.unpack(req_bytes))
     if erlang_py:
         bench.add(group, "erlang_py binary_to_term request", lambda: erlang_py.binary_to_term(req_bytes))
 
     results = bench.run()
+    etf._set_accelerated(PATHS[0][0])
     current = None
-    for group, name, _, _ in bench.rows:
+    for group, name, _, _, _ in bench.rows:
         if group != current:
             print(f"\n{group}")
             current = group
         best, median = results[name]
-        print(f"  {name:42s} {fmt(best)}   (median {fmt(median)})")
+        print(f"  {name:51s} {fmt(best)}   (median {fmt(median)})")
 
     def ratio(label: str, theirs: str, ours: str) -> None:
-        if theirs in results:
-            print(f"  {label:46s} {results[theirs][0] / results[ours][0]:6.2f}x")
+        if theirs in results and ours in results:
+            print(f"  {label:58s} {results[theirs][0] / results[ours][0]:7.2f}x")
 
-    print("\nratios of best times (> 1: snakeport is faster)")
-    ratio("map100 decode vs erlpack unpack (C)", "erlpack unpack", "snakeport decode")
-    ratio("map100 decode vs erlang_py (pure Python)", "erlang_py binary_to_term", "snakeport decode")
-    ratio("map100 decode vs pickle loads (C, not ETF)", "pickle loads", "snakeport decode")
-    ratio("map100 encode vs erlpack pack (C)", "erlpack pack", "snakeport encode")
-    ratio("map100 encode vs erlang_py (pure Python)", "erlang_py term_to_binary", "snakeport encode")
-    ratio("request decode vs erlpack unpack (C)", "erlpack unpack request", "snakeport decode request")
-    ratio("request decode vs erlang_py (pure Python)", "erlang_py binary_to_term request", "snakeport decode request")
+    for _, label in PATHS:
+        print(f"\nratios of best times, snakeport [{label}] (> 1: snakeport is faster)")
+        ratio("map100 decode vs erlpack unpack (C)", "erlpack unpack", f"snakeport decode [{label}]")
+        ratio("map100 decode vs erlang_py (pure Python)", "erlang_py binary_to_term", f"snakeport decode [{label}]")
+        ratio("map100 decode vs pickle loads (C, not ETF)", "pickle loads", f"snakeport decode [{label}]")
+        ratio("map100 encode vs erlpack pack (C)", "erlpack pack", f"snakeport encode [{label}]")
+        ratio("map100 encode vs erlang_py (pure Python)", "erlang_py term_to_binary", f"snakeport encode [{label}]")
+        ratio("map100 encode vs pickle dumps (C, not ETF)", "pickle dumps", f"snakeport encode [{label}]")
+        ratio("request decode vs erlpack unpack (C)", "erlpack unpack request", f"snakeport decode request [{label}]")
+        ratio(
+            "request decode vs erlang_py (pure Python)",
+            "erlang_py binary_to_term request",
+            f"snakeport decode request [{label}]",
+        )
+    if len(PATHS) == 2:
+        print("\nC accelerator vs pure Python (ratios of best times)")
+        for name in (
+            "snakeport decode",
+            "snakeport encode",
+            "snakeport decode request",
+            "snakeport encode reply",
+            "snakeport decode request + encode reply",
+        ):
+            ratio(name, f"{name} [Python]", f"{name} [C]")
     sys.stdout.flush()
 
 
