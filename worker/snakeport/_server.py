@@ -285,16 +285,6 @@ def tune_malloc() -> bool:
 
 
 _TAGGED_BYTES = etf.TAGGED_PREFIX.encode("ascii")
-_pack_tag_u32 = struct.Struct(">BI").pack
-_pack_tag_i32 = struct.Struct(">Bi").pack
-_SMALL_INTS = [bytes((97, i)) for i in range(256)]
-#: ``131, SMALL_TUPLE_EXT 4, reply`` and the ``ok`` atom, as etf.encode writes them.
-_REPLY_HEAD = b"\x83h\x04" + etf.encode(REPLY)[1:]
-_OK_BYTES = etf.encode(OK)[1:]
-_TRUE_BYTES = etf.encode(True)[1:]
-_FALSE_BYTES = etf.encode(False)[1:]
-_NIL_BYTES = etf.encode(None)[1:]
-
 
 #: Binaries at least this long leave a reply as their own ``writev`` buffer.
 _SEGMENT_BYTES = 64 * 1024
@@ -309,49 +299,22 @@ class _Segments(tuple):
         return sum(map(len, tuple.__iter__(self)))
 
 
-def _int_bytes(value: int) -> bytes | None:
-    if 0 <= value <= 255:
-        return _SMALL_INTS[value]
-    if -2147483648 <= value <= 2147483647:
-        return _pack_tag_i32(98, value)
-    return None
+def segmented_reply(term: tuple) -> _Segments | None:
+    """``etf.encode`` of ``{reply, Id, ok, Binary}`` as two buffers, for a large Binary.
 
+    The envelope is encoded by the codec; the binary follows as its own buffer, so a result
+    of megabytes is written without being copied into the frame. The buffers joined are the
+    bytes of ``etf.encode(term)`` (the tests compare them).
 
-def encode_ok_reply(term: tuple) -> bytes | None:
-    """``etf.encode`` of ``{reply, Id, ok, Value}`` for a scalar Value, else ``None``.
-
-    The common reply of a call, written without the general encoder's machinery; the same
-    bytes as ``etf.encode(term)`` (the tests compare them).
+    Returns:
+        The payload, or ``None`` when the value is not ``bytes`` of at least 64 KiB.
     """
-    rid = term[1]
-    if rid.__class__ is not int:
-        return None
-    rid_b = _int_bytes(rid)
-    if rid_b is None:
-        return None
     value = term[3]
-    cls = value.__class__
-    if cls is int:
-        value_b = _int_bytes(value)
-        if value_b is None:
-            return None
-        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, value_b))
-    if cls is str:
-        try:
-            encoded = value.encode()
-        except UnicodeEncodeError:
-            return None
-        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _pack_tag_u32(109, len(encoded)), encoded))
-    if cls is bytes:
-        head = b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _pack_tag_u32(109, len(value))))
-        if len(value) >= _SEGMENT_BYTES:
-            return _Segments((head, value))  # written as two buffers: the binary is not copied
-        return head + value
-    if value is None:
-        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _NIL_BYTES))
-    if cls is bool:
-        return b"".join((_REPLY_HEAD, rid_b, _OK_BYTES, _TRUE_BYTES if value else _FALSE_BYTES))
-    return None
+    if value.__class__ is not bytes or len(value) < _SEGMENT_BYTES:
+        return None
+    # An empty binary encodes as BINARY_EXT with length 0: replace the length.
+    envelope = etf.encode((term[0], term[1], term[2], b""))
+    return _Segments((envelope[:-4], len(value).to_bytes(4, "big"), value))
 
 
 class FrameWriter:
@@ -554,7 +517,7 @@ class Server:
             payloads = []
         for term in terms:
             if term.__class__ is tuple and len(term) == 4 and term[0] is REPLY and term[2] is OK:
-                payload = encode_ok_reply(term)
+                payload = segmented_reply(term)
                 if payload is not None and len(payload) <= _MAX_PACKET:
                     payloads.append(payload)
                     continue
