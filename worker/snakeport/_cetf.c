@@ -959,9 +959,11 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         }
         if (cls == &PyUnicode_Type) {
+#if PY_VERSION_HEX < 0x030C0000
             if (PyUnicode_READY(obj) < 0) {
                 goto error;
             }
+#endif
             if (PyUnicode_IS_ASCII(obj)) {
                 Py_ssize_t n = PyUnicode_GET_LENGTH(obj);
                 if (n > U32_MAX_LEN) {

@@ -7,6 +7,13 @@ frequent tags are also decoded inline in the main loop) and non-recursive (conta
 handled with an explicit stack), so nesting is bounded only by ``max_depth``, never by
 Python's recursion limit. The encoder is non-recursive too.
 
+When the optional C extension ``snakeport._cetf`` is built (``pip install`` compiles it when
+a C compiler and the Python headers are present), ``decode``, ``decode_head`` and ``encode``
+run their loops in C, like ``msgpack._cmsgpack``: containers and the frequent leaves are
+handled there, rare tags, errors and unusual objects go back to this module's functions, so
+values, bytes and exceptions are those of the pure-Python codec, which stays the fallback and
+the reference. Setting ``SNAKEPORT_PURE_PYTHON=1`` before the import disables the C path.
+
 Mapping
 -------
 
