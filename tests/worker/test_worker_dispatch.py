@@ -613,3 +613,31 @@ def test_a_deferred_cancel_answered_true_still_makes_the_reply_cancelled() -> No
     runner.join(5)
     (reply,) = replies
     assert reply[2] == "error" and reply[3][A("reason")] == "cancelled", reply
+
+
+def test_concurrent_calls_returning_one_new_object_give_it_one_ref() -> None:
+    # Two call threads (as with --threads 2): both calls return the same object at the same
+    # moment, many times. A tiny switch interval makes the threads interleave inside the
+    # marshalling, where finding "no ref yet" and storing a new one must not be split.
+    h = Harness()
+    h.d = Dispatcher(h.table, max_depth=8, threads=2)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for i in range(1000):
+            jobs = [h.outcome("call", "s", "sp_testmod", "shared_after_barrier", [i], {}, {}) for _ in range(2)]
+            out: list = [None, None]
+
+            def run(k: int) -> None:
+                out[k] = h.d.run_job(jobs[k])
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ids = {terms[-1][3][2] for terms in out}
+            assert len(ids) == 1, f"iteration {i}: one object got refs {ids}"
+    finally:
+        sys.setswitchinterval(interval)
+    assert h.table.session_info("s").refs == 1000

@@ -718,6 +718,8 @@ class Dispatcher:
         # Lock for job states and the in-flight table.
         self._jlock = threading.Lock()
         self._jobs: dict[int, Job] = {}
+        # Held while a result's refs are found and stored (only with several call threads).
+        self._marshal_lock = threading.Lock() if threads > 1 else None
         self._handlers: dict[Atom, Callable[[tuple, int, TagContext | None], Outcome]] = {
             Atom("call"): self._op_call,
             Atom("method"): self._op_method,
@@ -1190,6 +1192,15 @@ class Dispatcher:
         )
 
     def _marshal_result(self, job: Job, result: Any) -> list:
+        if self._marshal_lock is None:
+            return self._marshal_locked(job, result)
+        # With several call threads, two calls returning the same new object must not both
+        # find it without a ref and give it one each: finding and storing refs is serialised
+        # (it holds the GIL anyway).
+        with self._marshal_lock:
+            return self._marshal_locked(job, result)
+
+    def _marshal_locked(self, job: Job, result: Any) -> list:
         rid = job.request_id
         mode = job.mode
         t = type(result)

@@ -107,3 +107,15 @@ def nest(n, kind="list", leaf=1):
     for _ in range(n):
         value = [value] if kind == "list" else frozenset([value])
     return value
+
+
+_SHARED_BARRIERS: dict = {}
+
+
+def shared_after_barrier(key, parties=2):
+    """Return one object per ``key``, after ``parties`` calls have all reached this point."""
+    import threading
+
+    barrier, obj = _SHARED_BARRIERS.setdefault(key, (threading.Barrier(parties), object()))
+    barrier.wait(timeout=10)
+    return obj
