@@ -72,7 +72,8 @@ defmodule Snakeport do
     * `:session` - see above.
     * `:timeout` - ms (default: `:call_timeout`). On timeout the call returns
       `{:error, %Snakeport.Error{reason: :timeout}}`, the worker is asked to cancel it, and
-      its late reply is dropped.
+      its late reply is dropped. The same bound applies to the session store's answer
+      when the call has to adopt its session first.
     * `:result` - `:auto` (default: data travels as data, other objects become refs),
       `:ref` (the whole result is one ref), `:value` (fail with `:not_encodable` rather
       than return refs).

@@ -97,7 +97,7 @@ defmodule Snakeport.Client do
   def run(meta, parsed, target, ref_session, build) do
     ref_session = if target, do: target.session_id, else: ref_session
 
-    with {:ok, session} <- Sessions.checkout(parsed.session, ref_session),
+    with {:ok, session} <- Sessions.checkout(parsed.session, ref_session, parsed.timeout),
          :ok <- check_target(target, session) do
       # Without a handler for the call events (and without :telemetry) no clock is read and
       # no measurement or metadata map is built.

@@ -66,38 +66,41 @@ defmodule Snakeport.Sessions do
   #   3. else the session of the refs the request uses (only if that session still exists:
   #      a released one answers :ref_released instead of being re-created);
   #   4. else the process's auto-session; when that was lost (its worker died), a new one.
-  @spec checkout(String.t() | SessionContext.t() | nil, String.t() | nil) ::
+  #
+  # `timeout` bounds the wait for the session store when the session has to be adopted (the
+  # call's own timeout: the store's answer is part of the call).
+  @spec checkout(String.t() | SessionContext.t() | nil, String.t() | nil, timeout()) ::
           {:ok, info()} | {:error, Error.t()}
-  def checkout(explicit, ref_session) do
+  def checkout(explicit, ref_session, timeout \\ @call_timeout) do
     cond do
-      explicit != nil -> ensure(explicit, true)
-      ctx = SessionContext.current() -> ensure(ctx, true)
-      ref_session != nil -> ensure(ref_session, false)
-      true -> auto()
+      explicit != nil -> ensure(explicit, true, timeout)
+      ctx = SessionContext.current() -> ensure(ctx, true, timeout)
+      ref_session != nil -> ensure(ref_session, false, timeout)
+      true -> auto(timeout)
     end
   end
 
   # The process's auto-session. A lost one (its worker died: marked lost by this store, or
   # its worker process already dead while the store has not yet handled the :DOWN) is
   # replaced by a new auto-session on a live worker; the lost row is kept for its refs.
-  defp auto do
+  defp auto(timeout) do
     id = auto_id()
 
-    case ensure(id, :auto) do
+    case ensure(id, :auto, timeout) do
       {:ok, %{pid: wpid}} = ok ->
-        if Process.alive?(wpid), do: ok, else: renew_auto(id)
+        if Process.alive?(wpid), do: ok, else: renew_auto(id, timeout)
 
       {:error, %Error{reason: :session_lost, details: %{session: ^id}}} ->
-        renew_auto(id)
+        renew_auto(id, timeout)
 
       other ->
         other
     end
   end
 
-  defp renew_auto(old_id) do
+  defp renew_auto(old_id, timeout) do
     if Process.get(@auto_key) == old_id, do: Process.delete(@auto_key)
-    ensure(auto_id(), :auto)
+    ensure(auto_id(), :auto, timeout)
   end
 
   @doc false
@@ -115,13 +118,14 @@ defmodule Snakeport.Sessions do
     end
   end
 
-  defp ensure(%SessionContext{session_id: id} = ctx, create) do
-    fast(id, %{max_refs: ctx.max_refs, ttl_seconds: ctx.ttl_seconds, tags: ctx.tags}, create)
+  defp ensure(%SessionContext{session_id: id} = ctx, create, timeout) do
+    limits = %{max_refs: ctx.max_refs, ttl_seconds: ctx.ttl_seconds, tags: ctx.tags}
+    fast(id, limits, create, timeout)
   end
 
-  defp ensure(id, create) when is_binary(id), do: fast(id, nil, create)
+  defp ensure(id, create, timeout) when is_binary(id), do: fast(id, nil, create, timeout)
 
-  defp ensure(other, _create) do
+  defp ensure(other, _create, _timeout) do
     {:error,
      Error.new(
        :bad_argument,
@@ -129,17 +133,17 @@ defmodule Snakeport.Sessions do
      )}
   end
 
-  defp fast(id, limits, create) do
+  defp fast(id, limits, create, timeout) do
     case :ets.lookup(@table, id) do
       [{^id, info, last, lost, _ttl}] ->
         cond do
-          not owner?(id, info) -> adopt(id, limits, create)
+          not owner?(id, info) -> adopt(id, limits, create, timeout)
           lost -> {:error, lost_error(info)}
           true -> touch(id, last) && {:ok, info}
         end
 
       [] ->
-        adopt(id, limits, create)
+        adopt(id, limits, create, timeout)
     end
   rescue
     ArgumentError -> {:error, not_started()}
@@ -171,8 +175,8 @@ defmodule Snakeport.Sessions do
     true
   end
 
-  defp adopt(id, limits, create) do
-    case GenServer.call(__MODULE__, {:adopt, id, self(), limits, create}, @call_timeout) do
+  defp adopt(id, limits, create, timeout) do
+    case GenServer.call(__MODULE__, {:adopt, id, self(), limits, create}, timeout) do
       {:ok, info, lost, _created} ->
         remember_owned(id, info.gen)
 
@@ -191,7 +195,7 @@ defmodule Snakeport.Sessions do
         {:error, error}
     end
   catch
-    :exit, reason -> {:error, exit_error(reason)}
+    :exit, reason -> {:error, exit_error(reason, timeout)}
   end
 
   @doc false
@@ -247,24 +251,24 @@ defmodule Snakeport.Sessions do
   defp call(request) do
     GenServer.call(__MODULE__, request, @call_timeout)
   catch
-    :exit, reason -> {:error, exit_error(reason)}
+    :exit, reason -> {:error, exit_error(reason, @call_timeout)}
   end
 
   # The error for an exit of a GenServer.call to this process. Only a store that is not
   # running (or stopped during the call) means "not started"; a timeout is a timeout.
-  defp exit_error({:timeout, _}) do
+  defp exit_error({:timeout, _}, timeout) do
     Error.new(
       :timeout,
-      "the session store (#{inspect(__MODULE__)}) did not answer within #{@call_timeout} ms",
-      %{timeout: @call_timeout, server: __MODULE__}
+      "the session store (#{inspect(__MODULE__)}) did not answer within #{timeout} ms",
+      %{timeout: timeout, server: __MODULE__}
     )
   end
 
-  defp exit_error({reason, _}) when reason in [:noproc, :normal, :shutdown], do: not_started()
-  defp exit_error({{:shutdown, _}, _}), do: not_started()
-  defp exit_error({{:nodedown, _}, _}), do: not_started()
+  defp exit_error({reason, _}, _) when reason in [:noproc, :normal, :shutdown], do: not_started()
+  defp exit_error({{:shutdown, _}, _}, _), do: not_started()
+  defp exit_error({{:nodedown, _}, _}, _), do: not_started()
 
-  defp exit_error({reason, _}) do
+  defp exit_error({reason, _}, _timeout) do
     Error.new(
       :session_store_exited,
       "the session store (#{inspect(__MODULE__)}) exited during the call " <>
@@ -273,7 +277,7 @@ defmodule Snakeport.Sessions do
     )
   end
 
-  defp exit_error(reason), do: exit_error({reason, nil})
+  defp exit_error(reason, timeout), do: exit_error({reason, nil}, timeout)
 
   @doc false
   def not_started do

@@ -334,6 +334,28 @@ defmodule Snakeport.SessionsTest do
     end
   end
 
+  describe "the session store's answer is part of the call" do
+    test "a call whose session must be adopted times out with its own timeout when the store is stuck" do
+      :ok = :sys.suspend(Snakeport.Sessions)
+
+      try do
+        # A new process has no session yet: its call has to ask the (suspended) store.
+        task = Task.async(fn -> Snakeport.call("operator", "add", [1, 2], timeout: 100) end)
+
+        assert {:error, %Error{reason: :timeout, details: %{timeout: 100}} = error} =
+                 Task.await(task, 5_000)
+
+        assert error.message =~ "session store"
+      after
+        :ok = :sys.resume(Snakeport.Sessions)
+      end
+
+      # The store answers again; the late adoption of the dead task's session is undone.
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      eventually(fn -> harness_sessions() == 1 end)
+    end
+  end
+
   describe "quota" do
     @tag snakeport: [session_store: [max_sessions: 2]]
     test "beyond max_sessions a new session is refused with :session_quota_exceeded" do
