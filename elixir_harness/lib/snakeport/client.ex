@@ -101,15 +101,18 @@ defmodule Snakeport.Client do
          :ok <- check_target(target, session) do
       # Without a handler for the call events (and without :telemetry) no clock is read and
       # no measurement or metadata map is built.
+      # A call without refs in the process's own auto-session may move to a new one.
+      renewable = ref_session == nil
+
       if Telemetry.listening?([:snakeport, :call]) do
-        run_observed(meta, parsed, session, build)
+        run_observed(meta, parsed, session, build, renewable)
       else
-        exchange(parsed, session, build)
+        exchange(parsed, session, build, renewable)
       end
     end
   end
 
-  defp run_observed(meta, parsed, session, build) do
+  defp run_observed(meta, parsed, session, build, renewable) do
     meta = Map.merge(meta, %{session_id: session.id, worker: session.index})
     start = System.monotonic_time()
 
@@ -119,7 +122,7 @@ defmodule Snakeport.Client do
       meta
     )
 
-    result = exchange(parsed, session, build)
+    result = exchange(parsed, session, build, renewable)
     stop = System.monotonic_time()
 
     case result do
@@ -141,7 +144,7 @@ defmodule Snakeport.Client do
     result
   end
 
-  defp exchange(parsed, session, build) do
+  defp exchange(parsed, session, build, renewable) do
     case Worker.request(
            session.worker,
            &Protocol.encode(build.(&1, session.id)),
@@ -157,6 +160,18 @@ defmodule Snakeport.Client do
 
           decoded ->
             decoded
+        end
+
+      # The request could not be written: the auto-session's worker is gone, and the store
+      # has not marked the session lost yet. Nothing ran: retry once in a new auto-session.
+      {:error, reason} when reason in [:noproc, :port_closed] and renewable ->
+        if Sessions.own_auto?(session.id) do
+          case Sessions.renew_auto(session.id, parsed.timeout) do
+            {:ok, renewed} -> exchange(parsed, renewed, build, false)
+            error -> error
+          end
+        else
+          {:error, transport_error(reason, session, parsed.timeout)}
         end
 
       {:error, reason} ->

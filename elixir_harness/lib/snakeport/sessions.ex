@@ -80,16 +80,14 @@ defmodule Snakeport.Sessions do
     end
   end
 
-  # The process's auto-session. A lost one (its worker died: marked lost by this store, or
-  # its worker process already dead while the store has not yet handled the :DOWN) is
-  # replaced by a new auto-session on a live worker; the lost row is kept for its refs.
+  # The process's auto-session. A lost one (its worker died and this store marked it lost)
+  # is replaced by a new auto-session on a live worker; the lost row is kept for its refs.
+  # (A worker that died before the store handled its :DOWN is found by the request itself,
+  # which cannot be written: the caller then renews the session with renew_auto/2.)
   defp auto(timeout) do
     id = auto_id()
 
     case ensure(id, :auto, timeout) do
-      {:ok, %{pid: wpid}} = ok ->
-        if Process.alive?(wpid), do: ok, else: renew_auto(id, timeout)
-
       {:error, %Error{reason: :session_lost, details: %{session: ^id}}} ->
         renew_auto(id, timeout)
 
@@ -98,7 +96,15 @@ defmodule Snakeport.Sessions do
     end
   end
 
-  defp renew_auto(old_id, timeout) do
+  @doc false
+  # Whether `id` is the calling process's auto-session.
+  @spec own_auto?(String.t()) :: boolean()
+  def own_auto?(id), do: Process.get(@auto_key) == id
+
+  @doc false
+  # Replaces the process's auto-session `old_id` (lost with its worker) by a new one.
+  @spec renew_auto(String.t(), timeout()) :: {:ok, info()} | {:error, Error.t()}
+  def renew_auto(old_id, timeout) do
     if Process.get(@auto_key) == old_id, do: Process.delete(@auto_key)
     ensure(auto_id(), :auto, timeout)
   end

@@ -120,6 +120,33 @@ defmodule Snakeport.WorkersTest do
       stop(b)
     end
 
+    test "a worker that died before the session store noticed: the next plain call moves to a new auto-session" do
+      capture_events([[:snakeport, :worker, :started]])
+      {a, {:ok, 3}} = start_owner(fn -> Snakeport.call("operator", "add", [1, 2]) end)
+      [%{pid: worker_pid}] = Snakeport.Pool.entries()
+      old_id = run_in(a, &Snakeport.Sessions.auto_id/0)
+
+      # The store does not see the worker die (suspended), so `a`'s auto-session row is not
+      # marked lost: the call itself finds the worker gone.
+      :ok = :sys.suspend(Snakeport.Sessions)
+
+      try do
+        mref = Process.monitor(worker_pid)
+        Process.exit(worker_pid, :kill)
+        assert_receive {:DOWN, ^mref, :process, ^worker_pid, :killed}
+        assert_receive {:event, [:snakeport, :worker, :started], _, _}, 10_000
+        send(a, {:run, fn -> Snakeport.call("operator", "add", [2, 3]) end, self()})
+      after
+        :ok = :sys.resume(Snakeport.Sessions)
+      end
+
+      assert_receive {:ran, ^a, {:ok, 5}}, 10_000
+      new_id = run_in(a, &Snakeport.Sessions.auto_id/0)
+      assert new_id != old_id
+      assert {:ok, %{auto: true, lost: false, owners: [^a]}} = Snakeport.session_info(new_id)
+      stop(a)
+    end
+
     # max_sessions: 1 - the lost row, kept for its refs, does not count against the quota.
     @tag snakeport: [session_store: [max_sessions: 1]]
     test "a lost auto-session does not lock its process out: the next plain call gets a new auto-session, the old refs answer :session_lost" do
