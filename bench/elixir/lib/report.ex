@@ -78,9 +78,9 @@ defmodule Bench.Report do
 
     codec_row =
       case codec do
-        %{best: best, median: med} ->
+        %{best: best, median: med, impl: impl} ->
           row(
-            "6. Codec: decode request + encode reply (median of its rounds; best #{best} µs)",
+            "6. Codec [#{impl}]: decode request + encode reply (median of its rounds; best #{best} µs)",
             "#{med} µs",
             "—",
             "—",
