@@ -16,6 +16,7 @@ import random
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -131,6 +132,8 @@ def check_decode(data: bytes, **options: Any) -> None:
 
         options["tagged"] = tagged
     assert_same(*on_both(lambda: etf.decode(data, **options)))
+    # A bytearray: the C path reads it in place, the Python path decodes a bytes copy.
+    assert_same(*on_both(lambda: etf.decode(bytearray(data), **options)))
     assert strict(calls[True], calls[False])
     assert_same(*on_both(lambda: etf.decode_head(data, 2)))
 
@@ -358,6 +361,40 @@ def test_hook_calls_and_errors_are_the_same() -> None:
 # ---------------------------------------------------------------------------------------
 # Encoding edge cases
 # ---------------------------------------------------------------------------------------
+
+
+@needs_c
+def test_a_bytearray_is_decoded_in_place() -> None:
+    blob = bytes(range(256)) * (32 * 1024) + b"\xff"  # 8 MiB, not UTF-8: stays bytes
+    frame = bytearray(etf.encode((Atom("call"), 1, blob)))
+
+    def peak_of_decode() -> int:
+        tracemalloc.start()
+        try:
+            assert etf.decode(frame) == (Atom("call"), 1, blob)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    c, py = on_both(peak_of_decode)
+    # The pure-Python path copies the 8 MiB frame to bytes first; the C path does not.
+    assert c[0] == py[0] == "ok"
+    assert py[1] - c[1] > len(frame) - (1 << 20), (c, py)
+
+
+@needs_c
+def test_a_hook_cannot_resize_the_bytearray_being_decoded() -> None:
+    frame = bytearray(etf.encode([(Atom("$snakeport_x"), 1), "after"]))
+    before = bytes(frame)
+
+    def hook(term: tuple) -> Any:
+        frame.clear()  # the C decoder holds a buffer export: BufferError
+        return term
+
+    with pytest.raises(BufferError):
+        etf.decode(frame, tagged=hook)
+    assert frame == before
+    assert etf.decode(frame) == [(Atom("$snakeport_x"), 1), "after"]
 
 
 @needs_c

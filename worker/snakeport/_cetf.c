@@ -3,9 +3,10 @@
  * Two functions replace the hot loops of the pure-Python codec, which stays the reference
  * and the fallback:
  *
- *   decode_term(data: bytes, pos: int, max_depth: int, tagged) -> (value, end)
+ *   decode_term(data: bytes | bytearray, pos: int, max_depth: int, tagged) -> (value, end)
  *       same contract as etf._py_decode_term (the caller checks the version byte, inflates
- *       compressed terms, rejects trailing bytes and converts stray exceptions);
+ *       compressed terms, rejects trailing bytes and converts stray exceptions); a
+ *       bytearray (a large frame of the worker) is read in place, not copied;
  *   encode(term, default, max_depth) -> bytes
  *       the term with its version byte, as etf._encode_into would write it.
  *
@@ -100,10 +101,35 @@ call_raise(PyObject *fn, PyObject *const *args, size_t nargs)
     return NULL;
 }
 
+/* The input of one decode_term call. The Python helpers (leaf decoders, error helpers)
+ * take bytes: the input itself when it is bytes; for a bytearray, which is decoded in
+ * place, a copy made the first time a helper needs one (rare tags, atom cache misses,
+ * errors). */
+typedef struct {
+    PyObject *bytes; /* NULL until needed for a bytearray; owned when `owned` */
+    int owned;
+    const unsigned char *buf;
+    Py_ssize_t size;
+} Src;
+
+static PyObject *
+src_bytes(Src *src)
+{
+    if (src->bytes == NULL) {
+        src->bytes = PyBytes_FromStringAndSize((const char *)src->buf, src->size);
+        src->owned = 1;
+    }
+    return src->bytes;
+}
+
 /* Raise DecodeError("<message> at byte <offset>") through etf._fail. */
 static PyObject *
-fail(PyObject *data, Py_ssize_t offset, const char *fmt, ...)
+fail(Src *src, Py_ssize_t offset, const char *fmt, ...)
 {
+    PyObject *data = src_bytes(src);
+    if (data == NULL) {
+        return NULL;
+    }
     va_list va;
     va_start(va, fmt);
     PyObject *message = PyUnicode_FromFormatV(fmt, va);
@@ -124,8 +150,12 @@ fail(PyObject *data, Py_ssize_t offset, const char *fmt, ...)
 }
 
 static PyObject *
-truncated(PyObject *data, Py_ssize_t offset)
+truncated(Src *src, Py_ssize_t offset)
 {
+    PyObject *data = src_bytes(src);
+    if (data == NULL) {
+        return NULL;
+    }
     PyObject *off = PyLong_FromSsize_t(offset);
     if (off == NULL) {
         return NULL;
@@ -138,7 +168,7 @@ truncated(PyObject *data, Py_ssize_t offset)
 
 /* fn(data, pos) -> (value, end): the Python leaf decoders and _atom_at. */
 static PyObject *
-call_leaf(PyObject *fn, PyObject *data, Py_ssize_t pos, Py_ssize_t *end)
+call_leaf_on(PyObject *fn, PyObject *data, Py_ssize_t pos, Py_ssize_t *end)
 {
     PyObject *p = PyLong_FromSsize_t(pos);
     if (p == NULL) {
@@ -164,6 +194,16 @@ call_leaf(PyObject *fn, PyObject *data, Py_ssize_t pos, Py_ssize_t *end)
     Py_INCREF(value);
     Py_DECREF(r);
     return value;
+}
+
+static PyObject *
+call_leaf(PyObject *fn, Src *src, Py_ssize_t pos, Py_ssize_t *end)
+{
+    PyObject *data = src_bytes(src);
+    if (data == NULL) {
+        return NULL;
+    }
+    return call_leaf_on(fn, data, pos, end);
 }
 
 /* A Python int limit as a Py_ssize_t, huge values clamped (they cannot be reached anyway). */
@@ -211,7 +251,7 @@ fnv1a(const unsigned char *p, Py_ssize_t n)
 
 /* The atom whose tag (any of the four atom tags) is at *pos; advances *pos. */
 static PyObject *
-decode_atom(PyObject *data, const unsigned char *buf, Py_ssize_t size, Py_ssize_t *pos)
+decode_atom(Src *data, const unsigned char *buf, Py_ssize_t size, Py_ssize_t *pos)
 {
     Py_ssize_t p = *pos, keylen, end;
     unsigned char tag = buf[p];
@@ -237,8 +277,28 @@ decode_atom(PyObject *data, const unsigned char *buf, Py_ssize_t size, Py_ssize_
             return entry->value;
         }
     }
-    /* Miss: etf._atom_at validates (UTF-8, length, truncation) and raises like Python. */
-    PyObject *value = call_leaf(AtomAt, data, p, &end);
+    /* Miss: etf._atom_at validates (UTF-8, length, truncation) and raises like Python. A
+     * bytearray not copied yet is not copied for this: _atom_at gets the atom's own bytes,
+     * and only if that fails, the whole input (for the error's offset and data). */
+    PyObject *value = NULL;
+    if (data->bytes == NULL) {
+        Py_ssize_t take = keylen < size - p ? keylen : size - p;
+        PyObject *piece = PyBytes_FromStringAndSize((const char *)buf + p, take);
+        if (piece == NULL) {
+            return NULL;
+        }
+        value = call_leaf_on(AtomAt, piece, 0, &end);
+        Py_DECREF(piece);
+        if (value != NULL) {
+            end += p;
+        }
+        else {
+            PyErr_Clear();
+        }
+    }
+    if (value == NULL) {
+        value = call_leaf(AtomAt, data, p, &end);
+    }
     if (value == NULL) {
         return NULL;
     }
@@ -470,9 +530,9 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "snakeport._cetf: _setup() was not called");
         return NULL;
     }
-    PyObject *data = args[0];
-    if (!PyBytes_CheckExact(data)) {
-        PyErr_SetString(PyExc_TypeError, "decode_term: data must be bytes");
+    PyObject *input = args[0];
+    if (!PyBytes_CheckExact(input) && !PyByteArray_CheckExact(input)) {
+        PyErr_SetString(PyExc_TypeError, "decode_term: data must be bytes or bytearray");
         return NULL;
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
@@ -485,12 +545,33 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *tagged = args[3] == Py_None ? NULL : args[3];
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
-    const Py_ssize_t size = PyBytes_GET_SIZE(data);
-    if (pos < 0 || pos > size) {
+    Py_ssize_t insize = PyBytes_CheckExact(input) ? PyBytes_GET_SIZE(input) : PyByteArray_GET_SIZE(input);
+    if (pos < 0 || pos > insize) {
         PyErr_SetString(PyExc_ValueError, "decode_term: pos out of range");
         return NULL;
     }
+    Src src = {NULL, 0, NULL, 0};
+    Src *data = &src;
+    /* A bytearray is read in place; the export keeps it from being resized meanwhile (a
+     * hook that tries gets BufferError). */
+    Py_buffer view;
+    int have_view = 0;
+    if (PyBytes_CheckExact(input)) {
+        src.bytes = input;
+        src.buf = (const unsigned char *)PyBytes_AS_STRING(input);
+        src.size = PyBytes_GET_SIZE(input);
+    }
+    else {
+        if (PyObject_GetBuffer(input, &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        have_view = 1;
+        src.buf = (const unsigned char *)view.buf;
+        src.size = view.len;
+    }
+    const unsigned char *buf = src.buf;
+    const Py_ssize_t size = src.size;
+    PyObject *result = NULL;
 
     DecodeStack s;
     s.values = s.values_inline;
@@ -690,9 +771,10 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             default: {
                 PyObject *decoder = PyTuple_GET_ITEM(LeafDecoders, tag);
                 if (decoder == Py_None) {
-                    PyObject *p = PyLong_FromSsize_t(pos);
+                    PyObject *bytes = src_bytes(data);
+                    PyObject *p = bytes ? PyLong_FromSsize_t(pos) : NULL;
                     if (p != NULL) {
-                        PyObject *bad_args[2] = {data, p};
+                        PyObject *bad_args[2] = {bytes, p};
                         call_raise(BadTag, bad_args, 2);
                         Py_DECREF(p);
                     }
@@ -750,13 +832,14 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 Py_DECREF(tail);
                 goto error;
             }
-            PyObject *p = PyLong_FromSsize_t(pos);
+            PyObject *bytes = src_bytes(data);
+            PyObject *p = bytes ? PyLong_FromSsize_t(pos) : NULL;
             if (p == NULL) {
                 Py_DECREF(tail);
                 Py_DECREF(items);
                 goto error;
             }
-            PyObject *fin_args[4] = {items, tail, data, p};
+            PyObject *fin_args[4] = {items, tail, bytes, p};
             value = PyObject_Vectorcall(FinishImproper, fin_args, 4, NULL);
             Py_DECREF(tail);
             Py_DECREF(items);
@@ -777,14 +860,12 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             s.nvalues = 0;
             free_stack(&s);
             PyObject *end = PyLong_FromSsize_t(pos);
-            if (end == NULL) {
-                Py_DECREF(value);
-                return NULL;
+            if (end != NULL) {
+                result = PyTuple_Pack(2, value, end);
+                Py_DECREF(end);
             }
-            PyObject *result = PyTuple_Pack(2, value, end);
             Py_DECREF(value);
-            Py_DECREF(end);
-            return result;
+            goto done;
         }
         }
         s.nframes--;
@@ -795,7 +876,14 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 error:
     free_stack(&s);
-    return NULL;
+done:
+    if (have_view) {
+        PyBuffer_Release(&view);
+    }
+    if (src.owned) {
+        Py_XDECREF(src.bytes);
+    }
+    return result;
 }
 
 #undef OPEN
@@ -1297,7 +1385,8 @@ static PyMethodDef cetf_methods[] = {
      "--\n\nHand over the helpers of snakeport.etf (called once, by etf.py)."},
     {"decode_term", (PyCFunction)(void (*)(void))cetf_decode_term, METH_FASTCALL,
      "decode_term(data, pos, max_depth, tagged)\n--\n\n"
-     "Decode the term at pos of data (bytes); return (value, end). See etf._py_decode_term."},
+     "Decode the term at pos of data (bytes, or a bytearray read in place); return (value, end).\n"
+     "See etf._py_decode_term."},
     {"encode", (PyCFunction)(void (*)(void))cetf_encode, METH_FASTCALL,
      "encode(term, default, max_depth)\n--\n\n"
      "Return the External Term Format bytes of term, version byte first. See etf.encode."},

@@ -1180,7 +1180,8 @@ def decode(
 
     Args:
         data: ``term_to_binary`` output (version byte 131, then the term, possibly
-            compressed); bytes, bytearray or memoryview (the latter two are copied once).
+            compressed); bytes, bytearray or memoryview (a memoryview is copied once, a
+            bytearray too unless the C accelerator reads it in place).
         tagged: Called with each decoded tuple whose first element is an ``Atom`` starting
             with ``$snakeport_``; its return value replaces the tuple. When an input of at
             most 64 KiB does not contain that prefix at all, the hook costs nothing (larger
@@ -1202,7 +1203,15 @@ def decode(
     if max_size is not DEFAULT_MAX_SIZE:
         _check_limit("max_size", max_size)
     if data.__class__ is not bytes:
-        data = _as_bytes(data, max_size)
+        if data.__class__ is bytearray and _decode_term is not _py_decode_term:
+            # The C decoder reads a bytearray in place (a large frame is not copied); the
+            # rare paths below work on bytes, as the pure-Python codec does.
+            if len(data) > max_size:
+                _as_bytes(data, max_size)  # raises the max_size error
+            if len(data) < 2 or data[0] != 131 or data[1] == 80:
+                data = bytes(data)
+        else:
+            data = _as_bytes(data, max_size)
     size = len(data)
     if size > max_size:
         raise DecodeError(f"input of {size} bytes exceeds max_size={max_size}", data=data, offset=0)
@@ -1226,9 +1235,11 @@ def decode(
     except _HookFailure as failure:
         raise failure.exc from None
     except _STRAY as exc:
-        raise _convert_stray(exc, data) from None  # type: ignore[arg-type]
+        raise _convert_stray(exc, bytes(data)) from None  # type: ignore[arg-type]
     if pos != len(data):
-        raise DecodeError(f"{len(data) - pos} trailing bytes after the term at byte {pos}", data=data, offset=pos)
+        raise DecodeError(
+            f"{len(data) - pos} trailing bytes after the term at byte {pos}", data=bytes(data), offset=pos
+        )
     return value
 
 
