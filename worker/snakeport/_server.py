@@ -23,9 +23,10 @@ Before the reader blocks in ``readv`` for the next frame, it polls the input for
 ``--spin-us`` microseconds (when no call is executing). A blocked thread on a virtual machine
 pays tens of microseconds to be woken when its vCPU went idle meanwhile; a request that
 arrives within the spin window skips that, which is most of a sequential caller's round trip.
-The cost is CPU time, mostly time that would be idle otherwise (it yields between polls):
-at most one spin window after each batch of frames, none while idle (``--spin-us 0`` turns it
-off). The BEAM's schedulers do the same (``+sbwt``).
+The cost is CPU time, and only time that would be idle otherwise: the thread yields its CPU
+between polls and stops spinning as soon as another task took the CPU meanwhile (then the CPU
+is busy and a wake-up is cheap). At most one spin window follows each batch of frames, none
+while idle (``--spin-us 0`` turns it off). The BEAM's schedulers do the same (``+sbwt``).
 
 Every thread writes its own frames through one :class:`FrameWriter`, which batches frames
 queued while another thread is writing into a single ``os.writev``.
@@ -95,6 +96,9 @@ _STANDBY_DEEP_AFTER = 100
 
 #: Longest accepted ``--spin-us`` (a second: longer spins only burn CPU).
 _MAX_SPIN_US = 1_000_000
+
+#: A spin step (poll + yield) longer than this means another task ran on the CPU (s).
+_YIELD_BUSY = 50e-6
 
 #: ``sched_yield`` where the OS has it (every POSIX system), else a no-op.
 _sched_yield = getattr(os, "sched_yield", lambda: None)
@@ -668,19 +672,24 @@ class Server:
         """Poll the protocol input until it is readable or ``seconds`` have passed.
 
         Between polls the thread gives its CPU to any other runnable thread or process
-        (``sched_yield``), so the spin mostly takes CPU time that would be idle otherwise;
-        both calls release the GIL.
+        (``sched_yield``), and it stops as soon as one took it (a step longer than
+        ``_YIELD_BUSY``), so the spin only takes CPU time that would be idle otherwise; both
+        calls release the GIL.
         """
         poll = self._poll
         if poll(0):
             return
         clock = time.perf_counter
-        deadline = clock() + seconds
+        now = clock()
+        deadline = now + seconds
         yield_cpu = _sched_yield
         while not poll(0):
-            if clock() > deadline:
+            if now > deadline:
                 return
             yield_cpu()
+            before, now = now, clock()
+            if now - before > _YIELD_BUSY:
+                return  # another task ran meanwhile: this CPU is not idle, sleep instead
 
     def _handle(self, event: Any, out: list) -> Job | None:
         """Handle one frame: control replies are appended to ``out``; a job is returned."""
