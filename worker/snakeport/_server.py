@@ -98,7 +98,7 @@ _STANDBY_DEEP_AFTER = 100
 _MAX_SPIN_US = 1_000_000
 
 #: A spin step (poll + yield) longer than this means another task ran on the CPU (s).
-_YIELD_BUSY = 50e-6
+_YIELD_BUSY = 10e-6
 
 #: ``sched_yield`` where the OS has it (every POSIX system), else a no-op.
 _sched_yield = getattr(os, "sched_yield", lambda: None)
