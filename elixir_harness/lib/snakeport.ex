@@ -29,8 +29,8 @@ defmodule Snakeport do
       (`--spin-us`, worker default `200`; `0` never polls). Saves the wake-up of a sleeping
       thread (tens of µs on a virtual machine) on busy request streams, at the cost of up to
       that much CPU time after each batch of requests; an idle worker uses none. The worker
-      stops polling when another task takes its CPU, but where the CPUs are kept busy by
-      other programs, `0` can still be faster (as `+sbwt none` can be for the BEAM).
+      stops polling when another task takes its CPU, and pauses it while other programs
+      keep the CPU busy.
     * `:startup_timeout` - ms to wait for a worker's ready frame (default `30_000`).
 
   A worker that cannot start (no interpreter, worker package missing, protocol version

@@ -25,8 +25,10 @@ pays tens of microseconds to be woken when its vCPU went idle meanwhile; a reque
 arrives within the spin window skips that, which is most of a sequential caller's round trip.
 The cost is CPU time, and only time that would be idle otherwise: the thread yields its CPU
 between polls and stops spinning as soon as another task took the CPU meanwhile (then the CPU
-is busy and a wake-up is cheap). At most one spin window follows each batch of frames, none
-while idle (``--spin-us 0`` turns it off). The BEAM's schedulers do the same (``+sbwt``).
+is busy and a wake-up is cheap); when most spins end that way (other programs keep the CPU
+busy), it does not spin at all for ``_SPIN_BACKOFF``, then tries again. At most one spin
+window follows each batch of frames, none while idle (``--spin-us 0`` turns it off). The
+BEAM's schedulers do the same (``+sbwt``).
 
 Every thread writes its own frames through one :class:`FrameWriter`, which batches frames
 queued while another thread is writing into a single ``os.writev``.
@@ -99,6 +101,9 @@ _MAX_SPIN_US = 1_000_000
 
 #: A spin step (poll + yield) longer than this means another task ran on the CPU (s).
 _YIELD_BUSY = 10e-6
+
+#: How long the reader stops spinning when most spins found the CPU busy (seconds).
+_SPIN_BACKOFF = 0.1
 
 #: ``sched_yield`` where the OS has it (every POSIX system), else a no-op.
 _sched_yield = getattr(os, "sched_yield", lambda: None)
@@ -494,6 +499,8 @@ class Server:
             poller = select.poll()
             poller.register(in_fd, select.POLLIN)
             self._poll = poller.poll
+        self._spin_busy = 0.0  # moving average: spins that ended on a busy CPU
+        self._spin_resume = 0.0  # perf_counter() time before which the reader does not spin
 
     # ------------------------------------------------------------------ output
 
@@ -681,15 +688,25 @@ class Server:
             return
         clock = time.perf_counter
         now = clock()
+        if now < self._spin_resume:
+            return  # backing off: most recent spins found the CPU busy
         deadline = now + seconds
         yield_cpu = _sched_yield
+        busy = 0.0
         while not poll(0):
             if now > deadline:
-                return
+                break
             yield_cpu()
             before, now = now, clock()
             if now - before > _YIELD_BUSY:
-                return  # another task ran meanwhile: this CPU is not idle, sleep instead
+                busy = 1.0  # another task ran meanwhile: this CPU is not idle, sleep instead
+                break
+        # When most spins find the CPU busy (other programs keep it so), a yield costs more
+        # than the wake-up it saves: stop spinning for a while, then try again.
+        average = self._spin_busy = 0.9 * self._spin_busy + 0.1 * busy
+        if average > 0.5:
+            self._spin_busy = 0.0
+            self._spin_resume = now + _SPIN_BACKOFF
 
     def _handle(self, event: Any, out: list) -> Job | None:
         """Handle one frame: control replies are appended to ``out``; a job is returned."""
