@@ -18,22 +18,28 @@ all: test
 
 setup: tools venv
 
+# $(call apt_install,PACKAGES,WHAT,HINT): shell commands that install Debian PACKAGES with
+# apt-get (as root, or with sudo), or stop with a message naming WHAT is missing and HINT.
+define apt_install
+if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+elif command -v sudo >/dev/null; then SUDO="sudo"; \
+else echo "error: $(2) missing and I am not root (no sudo either)."; \
+     echo "       install them yourself (apt-get install $(1)); $(3)"; exit 1; fi; \
+if ! command -v apt-get >/dev/null; then \
+  echo "error: $(2) missing and this is not a Debian-like system (no apt-get)."; \
+  echo "       $(3)"; exit 1; fi; \
+$$SUDO apt-get update -qq && \
+DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(1) >/dev/null || \
+  { echo "error: apt-get could not install $(1) (see above)"; exit 1; }
+endef
+
 ## tools: Erlang/OTP and Elixir from Debian's packages when `erl`, `escript` or `mix` are missing.
 tools:
 	@if command -v erl >/dev/null && command -v escript >/dev/null && command -v mix >/dev/null; then \
 	  echo "==> erl and mix found: $$(command -v erl), $$(command -v mix)"; \
 	else \
 	  echo "==> erl/mix missing: installing Debian's erlang-nox and elixir with apt-get"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; \
-	  elif command -v sudo >/dev/null; then SUDO="sudo"; \
-	  else echo "error: Erlang/Elixir are missing and I am not root (no sudo either)."; \
-	       echo "       install them yourself: apt-get install erlang-nox elixir"; exit 1; fi; \
-	  if ! command -v apt-get >/dev/null; then \
-	    echo "error: Erlang/Elixir are missing and this is not a Debian-like system (no apt-get)."; \
-	    echo "       install Erlang/OTP >= 25 and Elixir >= 1.14, then rerun."; exit 1; fi; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq erlang-nox erlang-dev elixir >/dev/null || \
-	    { echo "error: apt-get could not install erlang-nox/elixir (see above)"; exit 1; }; \
+	  $(call apt_install,erlang-nox erlang-dev elixir,Erlang/Elixir are,install Erlang/OTP >= 25 and Elixir >= 1.14 then rerun.); \
 	fi
 
 ## venv: .venv with the worker installed (editable, the C accelerator of the codec built in
@@ -44,7 +50,8 @@ venv: $(STAMP)
 $(STAMP): setup.cfg setup.py worker/snakeport/_cetf.c
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "==> python3 venv support missing: installing python3-venv"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; fi
+	  $(call apt_install,python3-venv,Python's venv module is,install venv support for $(PYTHON) then rerun.); \
+	fi
 	@if [ -n "$$SNAKEPORT_PURE_PYTHON" ] && [ "$$SNAKEPORT_PURE_PYTHON" != 0 ]; then \
 	  echo "==> SNAKEPORT_PURE_PYTHON is set: the codec's C accelerator is not needed"; \
 	elif command -v cc >/dev/null && \
@@ -52,16 +59,7 @@ $(STAMP): setup.cfg setup.py worker/snakeport/_cetf.c
 	  echo "==> C compiler and Python headers found: $$(command -v cc)"; \
 	else \
 	  echo "==> C compiler or Python headers missing: installing Debian's gcc and python3-dev with apt-get"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; \
-	  elif command -v sudo >/dev/null; then SUDO="sudo"; \
-	  else echo "error: the codec's C accelerator needs a C compiler and the Python headers, and I am not root (no sudo either)."; \
-	       echo "       install them yourself (apt-get install gcc python3-dev), or set SNAKEPORT_PURE_PYTHON=1"; exit 1; fi; \
-	  if ! command -v apt-get >/dev/null; then \
-	    echo "error: no C compiler or Python headers, and this is not a Debian-like system (no apt-get)."; \
-	    echo "       install a C compiler and the headers of $(PYTHON), or set SNAKEPORT_PURE_PYTHON=1"; exit 1; fi; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gcc python3-dev >/dev/null || \
-	    { echo "error: apt-get could not install gcc/python3-dev (see above)"; exit 1; }; \
+	  $(call apt_install,gcc python3-dev,a C compiler or the Python headers are,install a C compiler and the headers of $(PYTHON) or set SNAKEPORT_PURE_PYTHON=1 (pure-Python codec).); \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
