@@ -475,7 +475,7 @@ class Server:
         )
         # Outgoing terms nest deeper than --max-depth: the reply envelope, a ref term where
         # the marshalling stopped, and two levels per set ({'$snakeport_set', List}).
-        self._encode_depth = 2 * config.max_depth + 2
+        self._encoder = etf.Encoder(max_depth=2 * config.max_depth + 2, default=self._default)
         # Scheduling state, guarded by _sched (see the module docstring).
         self._sched_lock = threading.RLock()  # entered directly on the hot paths
         self._sched = threading.Condition(self._sched_lock)
@@ -521,19 +521,24 @@ class Server:
 
     def _encode(self, terms: list, job: Job | None = None, payloads: list | None = None) -> list:
         """Encode terms into frame payloads (appended to ``payloads``); see :meth:`send`."""
-        encode = etf.encode
-        default = self._default
-        encode_depth = self._encode_depth
+        encode = self._encoder.encode
         if payloads is None:
             payloads = []
         for term in terms:
-            if term.__class__ is tuple and len(term) == 4 and term[0] is REPLY and term[2] is OK:
+            if (
+                term.__class__ is tuple
+                and len(term) == 4
+                and term[3].__class__ is bytes
+                and len(term[3]) >= _SEGMENT_BYTES
+                and term[0] is REPLY
+                and term[2] is OK
+            ):
                 payload = segmented_reply(term)
                 if payload is not None and len(payload) <= _MAX_PACKET:
                     payloads.append(payload)
                     continue
             try:
-                payload = encode(term, default=default, max_depth=encode_depth)
+                payload = encode(term)
                 if len(payload) > _MAX_PACKET:
                     raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
                 payloads.append(payload)

@@ -1166,6 +1166,8 @@ class Encoder:
         Raises:
             EncodeError: The value (or a part of it) cannot be encoded.
         """
+        if _c_encode is not None and not self.compressed:
+            return _c_encode(term, self.default, self.max_depth)  # options validated once
         return encode(term, default=self.default, max_depth=self.max_depth, compressed=self.compressed)
 
 
