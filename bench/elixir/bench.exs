@@ -12,14 +12,16 @@ rounds = max(3, String.to_integer(System.get_env("BENCH_ROUNDS", "7")))
 
 # Counts per round. Each measurement is one steady block per side (floor, then Snakeport),
 # after an untimed warm-up block of its own: short alternating batches would let one side
-# run on CPUs that the other one has just woken up (see README.md, "Noise").
+# run on CPUs that the other one has just woken up (see README.md, "Noise"). Blocks last
+# about 0.1-0.5 s: shorter ones (30 ms for the 1 MiB echo) let one hiccup of the machine
+# move a round's ratio by 20%.
 n = %{
   seq: 10_000,
   callers: 64,
-  per_caller: 150,
-  floor_per_caller: 500,
-  mib1: 30,
-  mib16: 3,
+  per_caller: 600,
+  floor_per_caller: 2_000,
+  mib1: 120,
+  mib16: 8,
   churn: 10_000,
   refs: 10_000,
   cold: 5
