@@ -471,3 +471,15 @@ def test_compressed_input_alike() -> None:
     check_decode(b"\x83P" + (len(body) + 1).to_bytes(4, "big") + packed)
     check_decode(good, max_size=len(body) - 1)
     check_encode(term_key, default=lambda obj: "fn")
+
+
+@needs_c
+@SETTINGS
+@given(term=terms, max_depth=st.integers(1, 6), compressed=st.sampled_from([0, 6]))
+def test_an_encoder_gives_the_bytes_of_encode_with_its_options(term: Any, max_depth: int, compressed: int) -> None:
+    # Encoder.encode calls the C encoder directly (options validated once); same outcome as
+    # encode() with the same options, on both paths.
+    encoder = etf.Encoder(max_depth=max_depth, default=default, compressed=compressed)
+    c, py = on_both(lambda: encoder.encode(term))
+    assert_same(c, py)
+    assert_same(c, outcome(lambda: etf.encode(term, default=default, max_depth=max_depth, compressed=compressed)))
