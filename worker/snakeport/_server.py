@@ -23,7 +23,7 @@ Before the reader blocks in ``readv`` for the next frame, it polls the input for
 ``--spin-us`` microseconds (when no call is executing). A blocked thread on a virtual machine
 pays tens of microseconds to be woken when its vCPU went idle meanwhile; a request that
 arrives within the spin window skips that, which is most of a sequential caller's round trip.
-The cost is CPU time, and only time that would be idle otherwise: the thread yields its CPU
+The cost is CPU time, mostly time that would be idle otherwise: the thread yields its CPU
 between polls and stops spinning as soon as another task took the CPU meanwhile (then the CPU
 is busy and a wake-up is cheap); when most spins end that way (other programs keep the CPU
 busy), it does not spin at all for ``_SPIN_BACKOFF``, then tries again. At most one spin
@@ -685,8 +685,8 @@ class Server:
 
         Between polls the thread gives its CPU to any other runnable thread or process
         (``sched_yield``), and it stops as soon as one took it (a step longer than
-        ``_YIELD_BUSY``), so the spin only takes CPU time that would be idle otherwise; both
-        calls release the GIL.
+        ``_YIELD_BUSY``), so the spin mostly takes CPU time that would be idle otherwise;
+        both calls release the GIL.
         """
         poll = self._poll
         if poll(0):
