@@ -5,7 +5,7 @@ defmodule Snakeport do
 
   ## Starting
 
-  Put Snakeport in your supervision tree (one instance per VM, registered under fixed names):
+  Put Snakeport in your supervision tree:
 
       children = [
         {Snakeport, python: "/path/to/venv/bin/python", pool_size: 2}
@@ -13,16 +13,20 @@ defmodule Snakeport do
 
   Options not given default to `config :snakeport, ...`, then to:
 
+    * `:name` - the instance name (default `Snakeport`, see *Instances*).
     * `:python` - the interpreter where the `snakeport` worker package is installed
       (default: `$SNAKEPORT_PYTHON`, else `"python3"` from `$PATH`).
     * `:python_path` - extra directories for the worker's `PYTHONPATH` (default `[]`).
     * `:pool_size` - number of workers (default `System.schedulers_online/0`).
     * `:env` - extra environment variables for the workers, `{name, value}` (nil unsets).
     * `:call_timeout` - default timeout of a call in ms (default `60_000`).
-    * `:session_store` - keyword list: `:default_ttl` (seconds an auto-session or a session
-      adopted by id lives unused, default `3600`), `:max_sessions` (default `10_000`),
-      `:cleanup_interval` (ms between TTL sweeps, default `60_000`), `:strict_mode` (log
-      loud warnings above 80% of `:max_sessions`, default `false`).
+    * `:session_store` - keyword list: `:default_ttl` (seconds a session that does not
+      state its `:ttl_seconds` lives unused, default `3600`), `:default_max_refs` (refs a
+      session that does not state its `:max_refs` may hold, default `10_000`), both passed
+      to the workers (`--default-ttl-seconds`, `--default-max-refs`) and applied by them;
+      `:max_sessions` (default `10_000`), `:cleanup_interval` (ms between TTL sweeps,
+      default `60_000`), `:strict_mode` (log loud warnings above 80% of `:max_sessions`,
+      default `false`).
     * `:max_frame_bytes`, `:threads` - passed to the worker (`--max-frame-bytes`,
       `--threads`); `:worker_args` - more worker command-line arguments.
     * `:spin_us` - microseconds a worker polls for the next request before it sleeps
@@ -33,9 +37,44 @@ defmodule Snakeport do
       keep the CPU busy.
     * `:startup_timeout` - ms to wait for a worker's ready frame (default `30_000`).
 
-  A worker that cannot start (no interpreter, worker package missing, protocol version
+  The workers start in parallel and `start_link/1` returns once all of them are ready. A
+  worker that cannot start (no interpreter, worker package missing, protocol version
   mismatch, no ready frame in time) makes `start_link/1` fail with a
   `%Snakeport.Error{reason: :worker_start_failed}` whose message says what to do.
+
+  A worker that dies later is restarted by its supervisor. While it starts again, its
+  sessions are lost (their calls answer `:session_lost`, see below), new sessions go to
+  the other workers, and when no worker is ready at all a call that needs a new session
+  returns `:no_workers`; calls never wait for a worker to start.
+
+  ## Instances
+
+  Several independent instances can run in one VM, each with its own supervisor, workers,
+  session store and options (say, one pool on your ML virtualenv and one on another
+  interpreter). Start each under its own `:name`:
+
+      children = [
+        {Snakeport, python: "/usr/bin/python3"},
+        {Snakeport, name: MyApp.ML, python: "/opt/ml/bin/python", pool_size: 4, threads: 4}
+      ]
+
+  Every function that talks to an instance takes the option `:instance` (default
+  `Snakeport`, the instance started without `:name`, so that code written for one instance
+  runs unchanged):
+
+      Snakeport.call("math", "sqrt", [2], instance: MyApp.ML)
+      Snakeport.stats(instance: MyApp.ML)
+      Snakeport.SessionContext.with_session([instance: MyApp.ML], fn ->
+        Snakeport.call("my_models", "load", [], instance: MyApp.ML)
+      end)
+
+  Refs and `Snakeport.SessionContext`s remember their instance: `method(ref, ...)`,
+  `get_attr(ref, ...)`, `release_ref(ref)` and calls with `session: ctx` go to it without
+  the option. Sessions, auto-sessions and current contexts are per instance, and every
+  telemetry event names its instance (metadata `:instance`). A ref or context of one
+  instance used in a request to another (as target, `:session` or argument) fails with
+  `:instance_mismatch`: its ids mean nothing there. The application's
+  `config :snakeport, ...` applies to every instance; start options override it.
 
   ## Calling
 
@@ -60,22 +99,27 @@ defmodule Snakeport do
 
   A ref used in another session than its own fails with `:session_mismatch`.
 
+  A session's first use creates it, and its worker must acknowledge it: the call waits for
+  the worker to open it, and a session the worker refuses to open (say, `:tags` it cannot
+  decode) is not created: the call returns the worker's error (`:bad_request`).
+
   When a worker dies, its sessions are **lost** (calls in flight return `:worker_exited`
   at once). A lost auto-session does not block its process: the process's next call that
   does not use the lost session's refs runs in a new auto-session on a live worker, and
   only those refs answer `:session_lost`. A lost explicit session (the `:session` option,
   a context, a shared id) answers `:session_lost` to every call until
-  `release_session/1`, so that its owners learn their objects are gone.
+  `release_session/2`, so that its owners learn their objects are gone.
 
   ## Call options
 
     * `:kwargs` - keyword arguments, a keyword list or a map (`%{"key" => v}` for names
       that are not atoms).
+    * `:instance` - the instance to call (see *Instances*).
     * `:session` - see above.
     * `:timeout` - ms (default: `:call_timeout`). On timeout the call returns
       `{:error, %Snakeport.Error{reason: :timeout}}`, the worker is asked to cancel it, and
       its late reply is dropped. The same bound applies to the session store's answer
-      when the call has to adopt its session first.
+      when the call has to adopt (or create) its session first.
     * `:result` - `:auto` (default: data travels as data, other objects become refs),
       `:ref` (the whole result is one ref), `:value` (fail with `:not_encodable` rather
       than return refs).
@@ -83,31 +127,31 @@ defmodule Snakeport do
 
   require Logger
 
-  alias Snakeport.{Client, Error, Options, Pool, Protocol, Ref, SessionContext, Sessions}
+  alias Snakeport.{Client, Error, Options, Ref, SessionContext, Sessions, Stats}
 
   @type name :: String.t() | atom()
   @type session :: String.t() | SessionContext.t()
   @type call_opts :: [
           kwargs: keyword() | map(),
+          instance: atom(),
           session: session(),
           timeout: timeout(),
           result: :auto | :ref | :value
         ]
+  @type instance_opts :: [instance: atom(), timeout: timeout()]
   @type result :: {:ok, term()} | {:error, Error.t()}
-
-  @call_keys [:kwargs, :session, :timeout, :result]
-  @attr_keys [:session, :timeout, :result]
-  @set_keys [:session, :timeout]
 
   ## Starting ------------------------------------------------------------------------------
 
   @doc """
-  The child specification of the harness, for a supervision tree: `{Snakeport, opts}`.
+  The child specification of an instance, for a supervision tree: `{Snakeport, opts}`.
+  Its id is the instance name (`Snakeport` without `:name`), so that several instances
+  can share a supervisor.
   """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
-  def child_spec(opts) do
+  def child_spec(opts) when is_list(opts) do
     %{
-      id: __MODULE__,
+      id: Keyword.get(opts, :name, __MODULE__),
       start: {__MODULE__, :start_link, [opts]},
       type: :supervisor,
       shutdown: :infinity
@@ -115,9 +159,10 @@ defmodule Snakeport do
   end
 
   @doc """
-  Starts the harness: the session store and `:pool_size` workers (see the module doc for
-  the options). Raises `ArgumentError` on invalid options; returns
-  `{:error, %Snakeport.Error{reason: :worker_start_failed}}` when the worker cannot start.
+  Starts an instance: its session store and `:pool_size` workers (see the module doc for
+  the options), returning once every worker is ready. Raises `ArgumentError` on invalid
+  options; returns `{:error, %Snakeport.Error{reason: :worker_start_failed}}` when a worker
+  cannot start.
   """
   @spec start_link(keyword()) :: Supervisor.on_start() | {:error, Error.t()}
   def start_link(opts \\ []) do
@@ -164,17 +209,8 @@ defmodule Snakeport do
   a dotted attribute path (`"Path.home"`). See the module doc for `opts`.
   """
   @spec call(name(), name(), list(), call_opts()) :: result()
-  def call(module, function, args \\ [], opts \\ []) when is_list(args) do
-    module = Protocol.name(module)
-    function = Protocol.name(function)
-    parsed = Client.parse_opts(opts, @call_keys)
-    {{args, kwargs}, ref_session} = Protocol.to_wire({args, parsed.kwargs})
-    meta = %{op: :call, module: module, function: function}
-
-    Client.run(meta, parsed, nil, ref_session, fn id, session ->
-      {:call, id, session, module, function, args, kwargs, parsed.req_opts}
-    end)
-  end
+  def call(module, function, args \\ [], opts \\ []) when is_list(args),
+    do: Client.call(module, function, args, opts)
 
   @doc """
   Like `call/4`, but returns the value or raises `Snakeport.Error`.
@@ -184,20 +220,12 @@ defmodule Snakeport do
     do: unwrap!(call(module, function, args, opts))
 
   @doc """
-  Calls the method `name` of the object behind `ref`: `obj.name(*args, **kwargs)`.
+  Calls the method `name` of the object behind `ref`: `obj.name(*args, **kwargs)`, in the
+  ref's instance.
   """
   @spec method(Ref.t(), name(), list(), call_opts()) :: result()
-  def method(%Ref{} = ref, name, args \\ [], opts \\ []) when is_list(args) do
-    name = Protocol.name(name)
-    parsed = Client.parse_opts(opts, @call_keys)
-    {{args, kwargs}, _} = Protocol.to_wire({args, parsed.kwargs})
-    wire = ref_to_wire(ref)
-    meta = %{op: :method, name: name, type: ref.type}
-
-    Client.run(meta, parsed, ref, nil, fn id, session ->
-      {:method, id, session, wire, name, args, kwargs, parsed.req_opts}
-    end)
-  end
+  def method(%Ref{} = ref, name, args \\ [], opts \\ []) when is_list(args),
+    do: Client.method(ref, name, args, opts)
 
   @doc """
   Like `method/4`, but returns the value or raises `Snakeport.Error`.
@@ -209,30 +237,10 @@ defmodule Snakeport do
   Reads the attribute `name` (a dotted path is allowed) of a ref's object, or of a module
   when given a module name (`Snakeport.get_attr("math", "pi")`).
 
-  Options: `:session`, `:timeout`, `:result`.
+  Options: `:instance`, `:session`, `:timeout`, `:result`.
   """
   @spec get_attr(Ref.t() | name(), name(), keyword()) :: result()
-  def get_attr(ref_or_module, name, opts \\ [])
-
-  def get_attr(%Ref{} = ref, name, opts) do
-    name = Protocol.name(name)
-    parsed = Client.parse_opts(opts, @attr_keys)
-    wire = ref_to_wire(ref)
-
-    Client.run(%{op: :getattr, name: name, type: ref.type}, parsed, ref, nil, fn id, session ->
-      {:getattr, id, session, wire, name, parsed.req_opts}
-    end)
-  end
-
-  def get_attr(module, name, opts) do
-    module = Protocol.name(module)
-    name = Protocol.name(name)
-    parsed = Client.parse_opts(opts, @attr_keys)
-
-    Client.run(%{op: :getattr, module: module, name: name}, parsed, nil, nil, fn id, session ->
-      {:getattr, id, session, {:module, module}, name, parsed.req_opts}
-    end)
-  end
+  def get_attr(ref_or_module, name, opts \\ []), do: Client.get_attr(ref_or_module, name, opts)
 
   @doc """
   Like `get_attr/3`, but returns the value or raises `Snakeport.Error`.
@@ -243,23 +251,10 @@ defmodule Snakeport do
   @doc """
   Sets the attribute `name` of a ref's object: `setattr(obj, name, value)`.
 
-  Options: `:session`, `:timeout`.
+  Options: `:instance`, `:session`, `:timeout`.
   """
   @spec set_attr(Ref.t(), name(), term(), keyword()) :: :ok | {:error, Error.t()}
-  def set_attr(%Ref{} = ref, name, value, opts \\ []) do
-    name = Protocol.name(name)
-    parsed = Client.parse_opts(opts, @set_keys)
-    {value, _} = Protocol.to_wire(value)
-    wire = ref_to_wire(ref)
-
-    Client.run(%{op: :setattr, name: name, type: ref.type}, parsed, ref, nil, fn id, session ->
-      {:setattr, id, session, wire, name, value, %{}}
-    end)
-    |> case do
-      {:ok, _} -> :ok
-      error -> error
-    end
-  end
+  def set_attr(%Ref{} = ref, name, value, opts \\ []), do: Client.set_attr(ref, name, value, opts)
 
   @doc """
   Like `set_attr/4`, but returns `:ok` or raises `Snakeport.Error`.
@@ -272,98 +267,48 @@ defmodule Snakeport do
   @doc """
   Releases one ref in its worker (idempotent: releasing a released ref, or a ref of a
   released or lost session, returns `:ok`). Later uses of the ref fail with `:ref_released`.
+
+  Options: `:timeout`, `:instance` (the ref's own instance; another one is an error).
   """
-  @spec release_ref(Ref.t()) :: :ok | {:error, Error.t()}
-  def release_ref(%Ref{session_id: sid} = ref) do
-    case Sessions.lookup(sid) do
-      {:ok, info, false} ->
-        wire = ref_to_wire(ref)
-
-        case Client.worker_request(
-               info.worker,
-               &{:release_ref, &1, sid, wire},
-               Client.config().call_timeout
-             ) do
-          {:ok, _} ->
-            :ok
-
-          {:error, %Error{reason: reason}} when reason in [:session_not_found, :ref_not_found] ->
-            :ok
-
-          {:error, %Error{reason: :worker_exited}} ->
-            :ok
-
-          error ->
-            error
-        end
-
-      {:ok, _info, true} ->
-        :ok
-
-      :not_found ->
-        :ok
-
-      {:error, _} = error ->
-        error
-    end
+  @spec release_ref(Ref.t(), instance_opts()) :: :ok | {:error, Error.t()}
+  def release_ref(%Ref{} = ref, opts \\ []) do
+    with {:ok, inst, timeout} <- Client.admin(opts, ref),
+         do: Sessions.release_ref(inst, ref, timeout)
   end
 
   @doc """
-  Like `release_ref/1`, but raises `Snakeport.Error` on failure.
+  Like `release_ref/2`, but raises `Snakeport.Error` on failure.
   """
-  @spec release_ref!(Ref.t()) :: :ok
-  def release_ref!(ref), do: unwrap!(release_ref(ref))
+  @spec release_ref!(Ref.t(), instance_opts()) :: :ok
+  def release_ref!(ref, opts \\ []), do: unwrap!(release_ref(ref, opts))
 
   @doc """
   Releases a session now: the harness forgets it and its worker releases every object it
   holds. Returns `{:ok, count}`, the number of refs released in Python. Idempotent: an
   unknown session returns `{:ok, 0}`. Later uses of its refs fail with `:ref_released`;
   a later call naming the session id creates a new, empty session.
+
+  Options: `:instance` (a context's own instance needs none), `:timeout`.
   """
-  @spec release_session(session()) :: {:ok, non_neg_integer()} | {:error, Error.t()}
-  def release_session(%SessionContext{session_id: id}), do: release_session(id)
+  @spec release_session(session(), instance_opts()) ::
+          {:ok, non_neg_integer()} | {:error, Error.t()}
+  def release_session(session, opts \\ [])
 
-  def release_session(session_id) when is_binary(session_id) do
-    timeout = Client.config().call_timeout
-
-    case Sessions.release(session_id) do
-      {:ok, _info, :lost} ->
-        {:ok, 0}
-
-      {:ok, info, {:reply, frame}} ->
-        released(Protocol.decode_reply(frame, info.index))
-
-      {:ok, _info, {:error, reason}} ->
-        released({:error, Client.transport_error(reason, nil, timeout)})
-
-      :not_found ->
-        # Not known here; make sure no worker keeps it either (idempotent in Python).
-        Pool.entries()
-        |> Enum.map(&release_in(&1, session_id, timeout))
-        |> Enum.reduce({:ok, 0}, fn
-          {:ok, n}, {:ok, total} -> {:ok, total + n}
-          _, acc -> acc
-        end)
-
-      {:error, _} = error ->
-        error
-    end
+  def release_session(%SessionContext{session_id: id} = ctx, opts) do
+    with {:ok, inst, timeout} <- Client.admin(opts, ctx),
+         do: Sessions.release_session(inst, id, timeout)
   end
 
-  defp release_in(entry, session_id, timeout) do
-    released(Client.worker_request(entry, &{:release_session, &1, session_id}, timeout))
+  def release_session(session_id, opts) when is_binary(session_id) do
+    with {:ok, inst, timeout} <- Client.admin(opts, nil),
+         do: Sessions.release_session(inst, session_id, timeout)
   end
-
-  defp released({:ok, %{released: n}}) when is_integer(n), do: {:ok, n}
-  defp released({:ok, _}), do: {:ok, 0}
-  defp released({:error, %Error{reason: :worker_exited}}), do: {:ok, 0}
-  defp released(error), do: error
 
   @doc """
-  Like `release_session/1`, but returns the count or raises `Snakeport.Error`.
+  Like `release_session/2`, but returns the count or raises `Snakeport.Error`.
   """
-  @spec release_session!(session()) :: non_neg_integer()
-  def release_session!(session), do: unwrap!(release_session(session))
+  @spec release_session!(session(), instance_opts()) :: non_neg_integer()
+  def release_session!(session, opts \\ []), do: unwrap!(release_session(session, opts))
 
   ## Values --------------------------------------------------------------------------------
 
@@ -380,159 +325,59 @@ defmodule Snakeport do
   ## Introspection ----------------------------------------------------------------------------
 
   @doc """
-  Describes the harness and each worker.
+  Describes an instance and each of its workers.
 
-  Returns `{:ok, stats}` where `stats` has the aggregates `:sessions` (sessions known to the
-  harness), `:python_sessions`, `:refs` (refs held in Python, all workers), `:in_flight`,
-  `:requests`, `:rss_bytes`, `:pool_size`, and `:workers`: one map per worker with `:index`,
-  `:status` (`:up` or `:down`), `:os_pid`, `:harness_sessions` and the worker's own stats
-  (`:sessions`, `:refs`, `:rss_bytes`, `:uptime_ms`, `:threads`, `:in_flight`, `:requests`).
+  Returns `{:ok, stats}` where `stats` has `:instance`, the aggregates `:sessions`
+  (sessions known to the harness), `:python_sessions`, `:refs` (refs held in Python, all
+  workers), `:in_flight`, `:requests`, `:rss_bytes`, `:pool_size`, and `:workers`: one map
+  per worker with `:index`, `:status` (`:up` or `:down`), `:os_pid`, `:harness_sessions`
+  and the worker's own stats (`:sessions`, `:refs`, `:rss_bytes`, `:uptime_ms`, `:threads`,
+  `:in_flight`, `:requests`).
+
+  Options: `:instance`, `:timeout` (for each worker's answer).
   """
-  @spec stats() :: {:ok, map()} | {:error, Error.t()}
-  def stats do
-    with {:ok, total, per_worker} <- Sessions.counts() do
-      timeout = Client.config().call_timeout
-      infos = Pool.infos()
-
-      pending =
-        for {entry, info} <- infos do
-          {entry, info, Snakeport.Worker.send_request(entry, &Protocol.encode({:stats, &1}))}
-        end
-
-      up =
-        for {entry, info, sent} <- pending, into: %{} do
-          base = %{
-            index: entry.index,
-            os_pid: entry.os_pid,
-            status: :up,
-            python: Map.get(info, :python),
-            snakeport: Map.get(info, :snakeport),
-            harness_sessions: Map.get(per_worker, entry.pid, 0)
-          }
-
-          stats =
-            with {:ok, handle} <- sent,
-                 {:ok, frame} <- Snakeport.Worker.await(handle, timeout),
-                 {:ok, %{} = stats} <- Protocol.decode_reply(frame, entry.index) do
-              Map.merge(stats, base)
-            else
-              _ -> Map.merge(base, %{status: :down, sessions: 0, refs: 0})
-            end
-
-          {entry.index, stats}
-        end
-
-      pool_size = max(Client.config().pool_size, map_size(up))
-
-      workers =
-        for index <- 0..(pool_size - 1)//1 do
-          Map.get(up, index, %{
-            index: index,
-            status: :down,
-            os_pid: nil,
-            sessions: 0,
-            refs: 0,
-            harness_sessions: 0
-          })
-        end
-
-      sum = fn key -> workers |> Enum.map(&(Map.get(&1, key) || 0)) |> Enum.sum() end
-
-      {:ok,
-       %{
-         pool_size: pool_size,
-         sessions: total,
-         python_sessions: sum.(:sessions),
-         refs: sum.(:refs),
-         in_flight: sum.(:in_flight),
-         requests: sum.(:requests),
-         rss_bytes: sum.(:rss_bytes),
-         workers: workers
-       }}
-    end
+  @spec stats(instance_opts()) :: {:ok, map()} | {:error, Error.t()}
+  def stats(opts \\ []) do
+    with {:ok, inst, timeout} <- Client.admin(opts, nil), do: Stats.collect(inst, timeout)
   end
 
   @doc """
-  Like `stats/0`, but returns the map or raises `Snakeport.Error`.
+  Like `stats/1`, but returns the map or raises `Snakeport.Error`.
   """
-  @spec stats!() :: map()
-  def stats!, do: unwrap!(stats())
+  @spec stats!(instance_opts()) :: map()
+  def stats!(opts \\ []), do: unwrap!(stats(opts))
 
   @doc """
-  Describes one session: `:session_id`, `:worker` (index), `:os_pid`, `:owners` (pids),
-  `:max_refs`, `:ttl_seconds`, `:tags`, `:created_at` and `:last_access` (Unix ms), `:auto`,
-  `:lost`, `:refs` (refs held in Python) and `:python` (the worker's own description).
+  Describes one session: `:session_id`, `:instance`, `:worker` (index), `:os_pid`,
+  `:owners` (pids), `:max_refs`, `:ttl_seconds` and `:tags` (as the worker acknowledged
+  them when it opened the session: `:tags` is `nil` when none were given), `:created_at`
+  and `:last_access` (Unix ms), `:auto`, `:lost`, `:refs` (refs held in Python) and
+  `:python` (the worker's own description).
 
   Returns `{:error, %Snakeport.Error{reason: :session_not_found}}` for a session the
   harness does not know (never created, or released). Does not adopt the session.
+
+  Options: `:instance` (a context's own instance needs none), `:timeout`.
   """
-  @spec session_info(session()) :: {:ok, map()} | {:error, Error.t()}
-  def session_info(%SessionContext{session_id: id}), do: session_info(id)
+  @spec session_info(session(), instance_opts()) :: {:ok, map()} | {:error, Error.t()}
+  def session_info(session, opts \\ [])
 
-  def session_info(session_id) when is_binary(session_id) do
-    case Sessions.describe(session_id) do
-      {:ok, info, owners, last_access, lost} ->
-        base = %{
-          session_id: session_id,
-          worker: info.index,
-          os_pid: info.worker.os_pid,
-          owners: owners,
-          max_refs: info.max_refs,
-          ttl_seconds: info.ttl_seconds,
-          tags: info.tags,
-          created_at: info.created_at,
-          last_access: last_access,
-          auto: info.auto,
-          lost: lost
-        }
+  def session_info(%SessionContext{session_id: id} = ctx, opts) do
+    with {:ok, inst, timeout} <- Client.admin(opts, ctx), do: Sessions.info(inst, id, timeout)
+  end
 
-        if lost do
-          {:ok, Map.merge(base, %{refs: 0, python: nil})}
-        else
-          request = &{:session_info, &1, session_id}
-
-          case Client.worker_request(info.worker, request, Client.config().call_timeout) do
-            {:ok, %{} = py} ->
-              {:ok, Map.merge(base, %{refs: Map.get(py, :refs, 0), python: py})}
-
-            {:error, %Error{reason: :session_not_found}} ->
-              {:ok, Map.merge(base, %{refs: 0, python: nil})}
-
-            {:error, %Error{reason: :worker_exited}} ->
-              {:ok, Map.merge(base, %{refs: 0, python: nil, lost: true})}
-
-            {:ok, other} ->
-              {:error, Error.new(:protocol_error, "malformed session info: #{inspect(other)}")}
-
-            error ->
-              error
-          end
-        end
-
-      :not_found ->
-        {:error,
-         Error.new(
-           :session_not_found,
-           "no session #{inspect(session_id)} (never created, or released)",
-           %{
-             session: session_id
-           }
-         )}
-
-      {:error, _} = error ->
-        error
-    end
+  def session_info(session_id, opts) when is_binary(session_id) do
+    with {:ok, inst, timeout} <- Client.admin(opts, nil),
+         do: Sessions.info(inst, session_id, timeout)
   end
 
   @doc """
-  Like `session_info/1`, but returns the map or raises `Snakeport.Error`.
+  Like `session_info/2`, but returns the map or raises `Snakeport.Error`.
   """
-  @spec session_info!(session()) :: map()
-  def session_info!(session), do: unwrap!(session_info(session))
+  @spec session_info!(session(), instance_opts()) :: map()
+  def session_info!(session, opts \\ []), do: unwrap!(session_info(session, opts))
 
   ## Helpers ---------------------------------------------------------------------------------
-
-  defp ref_to_wire(%Ref{session_id: s, id: id, type: type}), do: {:"$snakeport_ref", s, id, type}
 
   defp unwrap!(:ok), do: :ok
   defp unwrap!({:ok, value}), do: value

@@ -1,119 +1,222 @@
 defmodule Snakeport.Client do
   @moduledoc false
-  # The call path, run in the caller's process: option parsing, session checkout, one
-  # request through Snakeport.Worker (no process hop on the way out), telemetry, decoding.
+  # The call path, run in the caller's process: option parsing (which instance, which
+  # session, which timeout), the instance's configuration (one :persistent_term read),
+  # session checkout, the request through Snakeport.Worker (no process hop on the way out),
+  # telemetry, decoding.
+  #
+  # Which instance a request goes to: the `:instance` option; else the instance of the ref
+  # the operation applies to, or of the `:session` context given; else `Snakeport`. A ref
+  # or context of another instance (as target, as `:session`, or among the arguments)
+  # fails the request with :instance_mismatch.
 
-  alias Snakeport.{Error, Protocol, Ref, Sessions, Telemetry, Worker}
+  alias Snakeport.{
+    Error,
+    Instance,
+    Options,
+    Protocol,
+    Ref,
+    SessionContext,
+    Sessions,
+    Telemetry,
+    Worker
+  }
 
-  @config_key {Snakeport, :config}
+  @call_keys [:kwargs, :session, :timeout, :result, :instance]
+  @attr_keys [:session, :timeout, :result, :instance]
+  @set_keys [:session, :timeout, :instance]
 
   @type parsed :: %{
           kwargs: map(),
-          session: String.t() | Snakeport.SessionContext.t() | nil,
+          session: String.t() | SessionContext.t() | nil,
           timeout: timeout(),
           req_opts: map()
         }
 
-  @doc false
-  @spec config() :: map()
-  def config, do: :persistent_term.get(@config_key, %{call_timeout: 60_000, pool_size: 0})
+  @type result :: {:ok, term()} | {:error, Error.t()}
+
+  ## Operations ------------------------------------------------------------------------------
 
   @doc false
-  def put_config(config) do
-    value = %{call_timeout: config.call_timeout, pool_size: config.pool_size}
-    # persistent_term writes are expensive for the whole VM: only write on change.
-    if :persistent_term.get(@config_key, nil) != value,
-      do: :persistent_term.put(@config_key, value)
+  @spec call(String.t() | atom(), String.t() | atom(), list(), keyword()) :: result()
+  def call(module, function, args, opts) do
+    module = Protocol.name(module)
+    function = Protocol.name(function)
 
-    :ok
+    with {:ok, inst, parsed} <- parse(opts, @call_keys, nil),
+         {:ok, {args, kwargs}, ref_session} <- Protocol.to_wire({args, parsed.kwargs}, inst.name) do
+      request = Protocol.call(module, function, args, kwargs, parsed.req_opts)
+      meta = %{op: :call, module: module, function: function}
+      run(inst, meta, parsed, nil, ref_session, request)
+    end
   end
 
   @doc false
-  # Parses the options of call/method/get_attr/set_attr. `allowed` lists the valid keys.
-  @spec parse_opts(keyword(), [atom()]) :: parsed()
-  def parse_opts([], _allowed),
-    do: %{kwargs: %{}, session: nil, timeout: config().call_timeout, req_opts: %{}}
+  @spec method(Ref.t(), String.t() | atom(), list(), keyword()) :: result()
+  def method(%Ref{} = ref, name, args, opts) do
+    name = Protocol.name(name)
 
-  def parse_opts(opts, allowed) when is_list(opts) do
-    defaults = [kwargs: %{}, session: nil, timeout: nil, result: :auto]
+    with {:ok, inst, parsed} <- parse(opts, @call_keys, ref),
+         {:ok, {args, kwargs}, _} <- Protocol.to_wire({args, parsed.kwargs}, inst.name) do
+      request = Protocol.method(Protocol.ref(ref), name, args, kwargs, parsed.req_opts)
+      run(inst, %{op: :method, name: name, type: ref.type}, parsed, ref, nil, request)
+    end
+  end
+
+  @doc false
+  @spec get_attr(Ref.t() | String.t() | atom(), String.t() | atom(), keyword()) :: result()
+  def get_attr(%Ref{} = ref, name, opts) do
+    name = Protocol.name(name)
+
+    with {:ok, inst, parsed} <- parse(opts, @attr_keys, ref) do
+      request = Protocol.getattr(Protocol.ref(ref), name, parsed.req_opts)
+      run(inst, %{op: :getattr, name: name, type: ref.type}, parsed, ref, nil, request)
+    end
+  end
+
+  def get_attr(module, name, opts) do
+    module = Protocol.name(module)
+    name = Protocol.name(name)
+
+    with {:ok, inst, parsed} <- parse(opts, @attr_keys, nil) do
+      request = Protocol.getattr(Protocol.module_target(module), name, parsed.req_opts)
+      run(inst, %{op: :getattr, module: module, name: name}, parsed, nil, nil, request)
+    end
+  end
+
+  @doc false
+  @spec set_attr(Ref.t(), String.t() | atom(), term(), keyword()) :: :ok | {:error, Error.t()}
+  def set_attr(%Ref{} = ref, name, value, opts) do
+    name = Protocol.name(name)
+
+    with {:ok, inst, parsed} <- parse(opts, @set_keys, ref),
+         {:ok, value, _} <- Protocol.to_wire(value, inst.name),
+         request = Protocol.setattr(Protocol.ref(ref), name, value, %{}),
+         meta = %{op: :setattr, name: name, type: ref.type},
+         {:ok, _} <- run(inst, meta, parsed, ref, nil, request) do
+      :ok
+    end
+  end
+
+  ## Options ---------------------------------------------------------------------------------
+
+  # The instance and the parsed options. `owner` is the ref the operation applies to (nil).
+  defp parse([], _allowed, owner) do
+    with {:ok, inst} <- Instance.fetch(instance_of(owner)) do
+      {:ok, inst, %{kwargs: %{}, session: nil, timeout: inst.call_timeout, req_opts: %{}}}
+    end
+  end
+
+  defp parse(opts, allowed, owner) when is_list(opts) do
+    defaults = [kwargs: %{}, session: nil, timeout: nil, result: :auto, instance: nil]
     opts = Keyword.validate!(opts, Keyword.take(defaults, allowed))
+    session = session!(opts[:session])
+    kwargs = kwargs!(Keyword.get(opts, :kwargs, %{}))
+    req_opts = result!(Keyword.get(opts, :result, :auto))
 
-    %{
-      kwargs: kwargs!(Keyword.get(opts, :kwargs, %{})),
-      session: session!(opts[:session]),
-      timeout: timeout!(opts[:timeout]),
-      req_opts: result!(Keyword.get(opts, :result, :auto))
-    }
+    with {:ok, name} <- resolve(instance!(opts[:instance]), [owner, session]),
+         {:ok, inst} <- Instance.fetch(name) do
+      timeout = timeout!(opts[:timeout], inst)
+      {:ok, inst, %{kwargs: kwargs, session: session, timeout: timeout, req_opts: req_opts}}
+    end
   end
 
-  def parse_opts(other, _allowed),
+  defp parse(other, _allowed, _owner),
     do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(other)}")
+
+  @doc false
+  # The instance and the timeout of release_ref/release_session/session_info/stats.
+  # `owner` is the ref or session context the request is about (nil).
+  @spec admin(keyword(), Ref.t() | SessionContext.t() | nil) ::
+          {:ok, Instance.t(), timeout()} | {:error, Error.t()}
+  def admin(opts, owner) when is_list(opts) do
+    opts = Keyword.validate!(opts, timeout: nil, instance: nil)
+
+    with {:ok, name} <- resolve(instance!(opts[:instance]), [owner]),
+         {:ok, inst} <- Instance.fetch(name) do
+      {:ok, inst, timeout!(opts[:timeout], inst)}
+    end
+  end
+
+  def admin(other, _owner),
+    do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(other)}")
+
+  defp instance_of(%{instance: name}), do: name
+  defp instance_of(_), do: Snakeport
+
+  # The instance named by the :instance option, else by the first owner (a ref or a
+  # session context) given; every owner must belong to it.
+  defp resolve(given, owners) do
+    owners = Enum.filter(owners, &match?(%{instance: _}, &1))
+    name = given || Enum.find_value(owners, Snakeport, & &1.instance)
+
+    case Enum.find(owners, &(&1.instance != name)) do
+      nil -> {:ok, name}
+      owner -> {:error, Instance.mismatch_error(owner, name)}
+    end
+  end
+
+  defp instance!(nil), do: nil
+  defp instance!(name), do: Options.name!(:instance, name)
 
   defp kwargs!(map) when is_map(map) and not is_struct(map), do: map
 
   defp kwargs!(list) when is_list(list) do
     if Keyword.keyword?(list),
       do: Map.new(list),
-      else: Snakeport.Options.invalid!(:kwargs, "a keyword list or a map", list)
+      else: Options.invalid!(:kwargs, "a keyword list or a map", list)
   end
 
-  defp kwargs!(other), do: Snakeport.Options.invalid!(:kwargs, "a keyword list or a map", other)
+  defp kwargs!(other), do: Options.invalid!(:kwargs, "a keyword list or a map", other)
 
   defp session!(nil), do: nil
   defp session!(id) when is_binary(id) and id != "", do: id
-  defp session!(%Snakeport.SessionContext{} = ctx), do: ctx
+  defp session!(%SessionContext{} = ctx), do: ctx
 
   defp session!(other),
     do:
-      Snakeport.Options.invalid!(
+      Options.invalid!(
         :session,
         "a session id (string) or a %Snakeport.SessionContext{}",
         other
       )
 
-  defp timeout!(nil), do: config().call_timeout
-  defp timeout!(:infinity), do: :infinity
-  defp timeout!(t) when is_integer(t) and t >= 0, do: t
+  defp timeout!(nil, inst), do: inst.call_timeout
+  defp timeout!(:infinity, _inst), do: :infinity
+  defp timeout!(t, _inst) when is_integer(t) and t >= 0, do: t
 
-  defp timeout!(other),
-    do: Snakeport.Options.invalid!(:timeout, "a non-negative integer or :infinity", other)
+  defp timeout!(other, _inst),
+    do: Options.invalid!(:timeout, "a non-negative integer or :infinity", other)
 
   defp result!(:auto), do: %{}
   defp result!(mode) when mode in [:ref, :value], do: %{result: mode}
-  defp result!(other), do: Snakeport.Options.invalid!(:result, ":auto, :ref or :value", other)
+  defp result!(other), do: Options.invalid!(:result, ":auto, :ref or :value", other)
 
-  @doc false
+  ## The exchange ---------------------------------------------------------------------------
+
   # Runs one session-bound request. `target` is the ref the operation is applied to (or
-  # nil); `ref_session` the session of the first ref in the arguments (or nil); `build`
-  # gets the request id and the session id and returns the request tuple.
-  @spec run(
-          map(),
-          parsed(),
-          Ref.t() | nil,
-          String.t() | nil,
-          (non_neg_integer(), String.t() -> tuple())
-        ) ::
-          {:ok, term()} | {:error, Error.t()}
-  def run(meta, parsed, target, ref_session, build) do
+  # nil); `ref_session` the session of the first ref in the arguments (or nil); `request`
+  # the Snakeport.Protocol request, which gets its id and session when it is sent.
+  defp run(inst, meta, parsed, target, ref_session, request) do
     ref_session = if target, do: target.session_id, else: ref_session
 
-    with {:ok, session} <- Sessions.checkout(parsed.session, ref_session, parsed.timeout),
+    with {:ok, session} <- Sessions.checkout(inst, parsed.session, ref_session, parsed.timeout),
          :ok <- check_target(target, session) do
-      # Without a handler for the call events (and without :telemetry) no clock is read and
-      # no measurement or metadata map is built.
       # A call without refs in the process's own auto-session may move to a new one.
       renewable = ref_session == nil
 
+      # Without a handler for the call events (and without :telemetry) no clock is read and
+      # no measurement or metadata map is built.
       if Telemetry.listening?([:snakeport, :call]) do
-        run_observed(meta, parsed, session, build, renewable)
+        run_observed(inst, meta, parsed, session, request, renewable)
       else
-        exchange(parsed, session, build, renewable)
+        exchange(inst, parsed, session, request, renewable)
       end
     end
   end
 
-  defp run_observed(meta, parsed, session, build, renewable) do
-    meta = Map.merge(meta, %{session_id: session.id, worker: session.index})
+  defp run_observed(inst, meta, parsed, session, request, renewable) do
+    meta = Map.merge(meta, %{instance: inst.name, session_id: session.id, worker: session.index})
     start = System.monotonic_time()
 
     Telemetry.execute(
@@ -122,7 +225,7 @@ defmodule Snakeport.Client do
       meta
     )
 
-    result = exchange(parsed, session, build, renewable)
+    result = exchange(inst, parsed, session, request, renewable)
     stop = System.monotonic_time()
 
     case result do
@@ -144,18 +247,14 @@ defmodule Snakeport.Client do
     result
   end
 
-  defp exchange(parsed, session, build, renewable) do
-    case Worker.request(
-           session.worker,
-           &Protocol.encode(build.(&1, session.id)),
-           parsed.timeout
-         ) do
+  defp exchange(inst, parsed, session, request, renewable) do
+    case Worker.request(session.worker, request, session.id, parsed.timeout) do
       {:ok, frame} ->
-        case Protocol.decode_reply(frame, session.index) do
+        case Protocol.decode_reply(frame, inst.name, session.index) do
           {:error, %Error{reason: :session_not_found}} = error ->
             # The session is not open in the worker: re-open it there if the harness
             # still has it; the error goes to the caller either way.
-            Sessions.reopen(session.id)
+            Sessions.reopen(inst, session, parsed.timeout)
             error
 
           decoded ->
@@ -165,9 +264,9 @@ defmodule Snakeport.Client do
       # The request could not be written: the auto-session's worker is gone, and the store
       # has not marked the session lost yet. Nothing ran: retry once in a new auto-session.
       {:error, reason} when reason in [:noproc, :port_closed] and renewable ->
-        if Sessions.own_auto?(session.id) do
-          case Sessions.renew_auto(session.id, parsed.timeout) do
-            {:ok, renewed} -> exchange(parsed, renewed, build, false)
+        if Sessions.own_auto?(inst.name, session.id) do
+          case Sessions.renew_auto(inst, session.id, parsed.timeout) do
+            {:ok, renewed} -> exchange(inst, parsed, renewed, request, false)
             error -> error
           end
         else
@@ -194,19 +293,36 @@ defmodule Snakeport.Client do
      )}
   end
 
+  ## Requests outside the call path ------------------------------------------------------------
+
   @doc false
-  # A request that is not about a session (stats): nothing is lost, a dead worker exited.
-  @spec worker_request(Worker.entry(), (non_neg_integer() -> tuple()), timeout()) ::
-          {:ok, term()} | {:error, Error.t()}
-  def worker_request(entry, build, timeout) do
-    case Worker.request(entry, &Protocol.encode(build.(&1)), timeout) do
-      {:ok, frame} -> Protocol.decode_reply(frame, entry.index)
+  # Sends `request` (for session `session`, nil when it is not about one) to the worker of
+  # `entry`, waits up to `timeout` for the reply and decodes it. A worker that is gone or
+  # dies meanwhile gives :worker_exited (no session is marked lost here).
+  @spec worker_request(Worker.entry(), Protocol.request(), String.t() | nil, timeout()) ::
+          result()
+  def worker_request(entry, request, session, timeout) do
+    case Worker.send_request(entry, request, session) do
+      {:ok, handle} -> await_reply(entry, handle, timeout)
       {:error, reason} -> {:error, transport_error(reason, nil, timeout)}
     end
   end
 
   @doc false
-  @spec transport_error(term(), Sessions.info() | nil, timeout()) :: Error.t()
+  # Waits for and decodes the reply of a request sent with Worker.send_request/3 (so that
+  # several requests can be in flight at once).
+  @spec await_reply(Worker.entry(), Worker.handle(), timeout()) :: result()
+  def await_reply(entry, handle, timeout) do
+    case Worker.await(handle, timeout) do
+      {:ok, frame} -> Protocol.decode_reply(frame, entry.instance, entry.index)
+      {:error, reason} -> {:error, transport_error(reason, nil, timeout)}
+    end
+  end
+
+  @doc false
+  # The error for a request that could not be written or answered: `session` is the
+  # session it ran in (nil when it was not about one), `timeout` the bound it had.
+  @spec transport_error(term(), Sessions.info() | nil, timeout() | nil) :: Error.t()
   def transport_error(:noproc, %{} = session, _timeout), do: Sessions.lost_error(session)
   def transport_error({:down, :noproc}, %{} = session, _timeout), do: Sessions.lost_error(session)
 

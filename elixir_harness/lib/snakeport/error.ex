@@ -13,19 +13,24 @@ defmodule Snakeport.Error do
     * `:details` - a map with extra data (e.g. `%{limit: 10000}`), `%{}` when none.
 
   Reasons reported by the Python worker: `:python_error`, `:ref_not_found`, `:ref_released`,
-  `:session_mismatch`, `:session_not_found`, `:max_refs_exceeded`, `:bad_request`,
-  `:frame_too_large`, `:decode_error`, `:not_encodable`, `:cancelled`, `:import_error`,
-  `:attribute_error`, `:shutting_down`.
+  `:session_mismatch`, `:session_not_found`, `:max_refs_exceeded`, `:bad_request` (also
+  when the worker refuses to open a session, e.g. tags it cannot decode), `:frame_too_large`,
+  `:decode_error`, `:not_encodable`, `:cancelled`, `:import_error`, `:attribute_error`,
+  `:shutting_down`.
 
   Reasons raised by the harness: `:timeout` (the call took longer than its timeout; the
   worker was asked to cancel it), `:worker_exited` (the worker process died while the request
   was in flight), `:session_lost` (the session lived on a worker that has since died, so its
   refs are gone), `:session_quota_exceeded` (the session store is full), `:unsafe_term` (the
   reply names an atom this VM does not know; atoms are never created from worker output),
-  `:protocol_error`, `:no_workers`, `:not_started`, `:worker_start_failed`,
-  `:session_store_exited` (the session store crashed during the call; it is restarted).
-  `:timeout` is also returned when the session store itself does not answer in time (the
-  message names it).
+  `:protocol_error` (a malformed reply), `:no_workers` (no worker is running: they are
+  starting or restarting), `:not_started` (the instance is not running),
+  `:worker_start_failed`, `:session_store_exited` (the session store crashed during the
+  call; it is restarted), `:bad_argument` (a `:session` that is neither a session id nor a
+  `%Snakeport.SessionContext{}`), `:instance_mismatch` (a ref or session context of one
+  Snakeport instance used in a request to another), `:frame_too_large` (a request above the
+  worker's frame limit, refused before it is sent). `:timeout` is also returned when the
+  session store itself does not answer in time (the message names it).
 
   ## Examples
 
@@ -54,9 +59,30 @@ defmodule Snakeport.Error do
 
   defexception reason: :error, message: "", python_type: nil, traceback: [], details: %{}
 
-  @doc """
-  Formats the error: `"Type: message"` (plus the Python traceback, when there is one) for a
-  Python exception, `"reason: message"` otherwise.
+  @doc ~S"""
+  Formats the error: `"Type: message"` for a Python exception, followed by its traceback
+  as Python prints it (one line per line), `"reason: message"` otherwise.
+
+      iex> error = %Snakeport.Error{
+      ...>   reason: :python_error,
+      ...>   message: "3",
+      ...>   python_type: "builtins.KeyError",
+      ...>   traceback: [
+      ...>     "Traceback (most recent call last):",
+      ...>     "  File \"m.py\", line 2, in f",
+      ...>     "    return d[k]",
+      ...>     "KeyError: 3"
+      ...>   ]
+      ...> }
+      iex> Exception.message(error) |> String.split("\n")
+      [
+        "builtins.KeyError: 3",
+        "",
+        "Traceback (most recent call last):",
+        "  File \"m.py\", line 2, in f",
+        "    return d[k]",
+        "KeyError: 3"
+      ]
   """
   @impl true
   @spec message(t()) :: String.t()
@@ -65,19 +91,19 @@ defmodule Snakeport.Error do
     head = "#{type}: #{message}"
 
     case tb do
-      [_ | _] -> head <> "\n\nPython traceback (most recent call last):\n" <> format_tb(tb)
+      [_ | _] -> head <> "\n\n" <> format_tb(tb)
       _ -> head
     end
   end
 
   def message(%__MODULE__{reason: reason, message: message}), do: "#{reason}: #{message}"
 
+  # The worker sends the traceback's lines without their line ends; a line that has one
+  # (as the chunks of Python's traceback.format_exception do) is not doubled.
   defp format_tb(lines) do
     lines
-    |> Enum.map(&to_string/1)
-    |> Enum.reject(&String.starts_with?(&1, "Traceback (most recent call last)"))
-    |> Enum.join()
-    |> String.trim_trailing()
+    |> Enum.map(&(&1 |> to_string() |> String.trim_trailing("\n")))
+    |> Enum.join("\n")
   end
 
   @doc false

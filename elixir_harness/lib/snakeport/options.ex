@@ -1,9 +1,10 @@
 defmodule Snakeport.Options do
   @moduledoc false
   # Validation of the options of `Snakeport.start_link/1` (defaults come from
-  # `config :snakeport, ...`), and the preflight check of the Python interpreter.
+  # `config :snakeport, ...`, then from Snakeport.Defaults), the preflight check of the
+  # Python interpreter, and the worker's command line and environment.
 
-  alias Snakeport.{Error, Protocol}
+  alias Snakeport.{Defaults, Error, Protocol}
 
   @keys [
     :python,
@@ -19,13 +20,6 @@ defmodule Snakeport.Options do
     :startup_timeout
   ]
 
-  @store_defaults [
-    default_ttl: 3600,
-    max_sessions: 10_000,
-    cleanup_interval: 60_000,
-    strict_mode: false
-  ]
-
   # Where the worker's sources live when this harness is used from the Snakeport repository.
   @repo_root Path.expand("../../..", __DIR__)
   @worker_source if File.exists?(Path.join(@repo_root, "setup.cfg")),
@@ -33,6 +27,7 @@ defmodule Snakeport.Options do
                    else: "snakeport"
 
   @type config :: %{
+          name: atom(),
           python: String.t(),
           python_path: [String.t()],
           pool_size: pos_integer(),
@@ -40,6 +35,7 @@ defmodule Snakeport.Options do
           call_timeout: timeout(),
           session_store: %{
             default_ttl: pos_integer(),
+            default_max_refs: pos_integer(),
             max_sessions: pos_integer(),
             cleanup_interval: pos_integer(),
             strict_mode: boolean()
@@ -56,9 +52,11 @@ defmodule Snakeport.Options do
 
   @doc false
   # Merges `config :snakeport, ...` under `opts` and validates the result. Raises
-  # ArgumentError with a message naming the bad option.
+  # ArgumentError with a message naming the bad option. The instance `:name` is a start
+  # option only (the application's config applies to every instance).
   @spec validate!(keyword()) :: config()
   def validate!(opts) when is_list(opts) do
+    {name, opts} = Keyword.pop(opts, :name, Snakeport)
     app = Application.get_all_env(:snakeport) |> Keyword.take(@keys)
 
     store =
@@ -76,25 +74,27 @@ defmodule Snakeport.Options do
         python_path: [],
         pool_size: nil,
         env: [],
-        call_timeout: 60_000,
+        call_timeout: Defaults.call_timeout(),
         session_store: [],
         worker_args: [],
         max_frame_bytes: nil,
         threads: nil,
         spin_us: nil,
-        startup_timeout: 30_000
+        startup_timeout: Defaults.startup_timeout()
       )
 
-    store = Keyword.validate!(opts[:session_store], @store_defaults)
+    store = Keyword.validate!(opts[:session_store], store_defaults())
 
     %{
+      name: name!(:name, name),
       python: python!(opts[:python]),
       python_path: python_path!(opts[:python_path]),
-      pool_size: pos_integer!(:pool_size, opts[:pool_size] || System.schedulers_online()),
+      pool_size: pos_integer!(:pool_size, opts[:pool_size] || Defaults.pool_size()),
       env: env!(opts[:env]),
       call_timeout: timeout!(:call_timeout, opts[:call_timeout]),
       session_store: %{
         default_ttl: pos_integer!(:default_ttl, store[:default_ttl]),
+        default_max_refs: pos_integer!(:default_max_refs, store[:default_max_refs]),
         max_sessions: pos_integer!(:max_sessions, store[:max_sessions]),
         cleanup_interval: pos_integer!(:cleanup_interval, store[:cleanup_interval]),
         strict_mode: boolean!(:strict_mode, store[:strict_mode])
@@ -109,6 +109,21 @@ defmodule Snakeport.Options do
 
   def validate!(other),
     do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(other)}")
+
+  defp store_defaults do
+    [
+      default_ttl: Defaults.ttl_seconds(),
+      default_max_refs: Defaults.max_refs(),
+      max_sessions: Defaults.max_sessions(),
+      cleanup_interval: Defaults.cleanup_interval(),
+      strict_mode: Defaults.strict_mode()
+    ]
+  end
+
+  @doc false
+  # An instance name (option `key`): an atom; module-like names such as MyApp.ML read best.
+  def name!(_key, name) when is_atom(name) and name not in [nil, true, false], do: name
+  def name!(key, other), do: invalid!(key, "an atom (a Snakeport instance name)", other)
 
   defp keyword!(key, value) do
     if Keyword.keyword?(value), do: value, else: invalid!(key, "a keyword list", value)
@@ -319,10 +334,14 @@ defmodule Snakeport.Options do
   end
 
   @doc false
-  # Command-line flags of `python -m snakeport`.
+  # Command-line flags of `python -m snakeport`. The session defaults always come from the
+  # instance's config (so that a session opened without limits gets them from the worker);
+  # :worker_args come last, so that they can override any flag.
   @spec worker_flags(config()) :: [String.t()]
   def worker_flags(config) do
-    flag(config.max_frame_bytes, "--max-frame-bytes") ++
+    flag(config.session_store.default_max_refs, "--default-max-refs") ++
+      flag(config.session_store.default_ttl, "--default-ttl-seconds") ++
+      flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
       flag(config.spin_us, "--spin-us") ++ config.worker_args
   end

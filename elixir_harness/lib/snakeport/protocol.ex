@@ -1,7 +1,9 @@
 defmodule Snakeport.Protocol do
   @moduledoc false
-  # The wire contract of docs/PROTOCOL.md (version 1): request encoding, reply and event
-  # decoding, and the translation between wire terms and Elixir terms (refs, sets, bytes).
+  # The wire contract of docs/PROTOCOL.md (version 1), and the only module that knows the
+  # shape of a frame: one builder per request and its encoding, reply and event decoding,
+  # the shapes of the ok values (session info, release counts, stats), and the translation
+  # between wire terms and Elixir terms (refs, sets, bytes).
   #
   # Decoding rule: every frame from the worker is decoded with `binary_to_term(_, [:safe])`,
   # so worker output can never create an atom. Every atom the protocol itself uses is
@@ -126,12 +128,94 @@ defmodule Snakeport.Protocol do
   def atoms, do: @atoms
 
   ## Requests ------------------------------------------------------------------------------
+  #
+  # One builder per request of docs/PROTOCOL.md. A request is built without its id (and
+  # session): encode/3 fills them in when it is sent, since the id comes from the worker's
+  # counter at that moment and a call retried in a new auto-session is sent again with the
+  # new session id. Nothing outside this module writes a request tuple.
+
+  @typedoc "A request of docs/PROTOCOL.md whose id (and session) encode/3 fills in."
+  @type request :: tuple()
 
   @doc false
-  # Encodes a request tuple. Returns a binary for ordinary requests and iodata (sharing
-  # the caller's big binaries) when arguments are large.
-  @spec encode(tuple()) :: iodata()
-  def encode(request) when is_tuple(request) do
+  # `module.function(*args, **kwargs)`.
+  @spec call(String.t(), String.t(), list(), map(), map()) :: request()
+  def call(module, function, args, kwargs, opts),
+    do: {:call, nil, nil, module, function, args, kwargs, opts}
+
+  @doc false
+  # `getattr(obj, name)(*args, **kwargs)` on the object of the wire ref `ref`.
+  @spec method(tuple(), String.t(), list(), map(), map()) :: request()
+  def method(ref, name, args, kwargs, opts),
+    do: {:method, nil, nil, ref, name, args, kwargs, opts}
+
+  @doc false
+  # An attribute of a wire ref's object, or of a module (target module_target/1).
+  @spec getattr(tuple(), String.t(), map()) :: request()
+  def getattr(target, name, opts), do: {:getattr, nil, nil, target, name, opts}
+
+  @doc false
+  # The getattr target naming a module.
+  @spec module_target(String.t()) :: tuple()
+  def module_target(module), do: {:module, module}
+
+  @doc false
+  # `setattr(obj, name, value)`.
+  @spec setattr(tuple(), String.t(), term(), map()) :: request()
+  def setattr(ref, name, value, opts), do: {:setattr, nil, nil, ref, name, value, opts}
+
+  @doc false
+  # Creates the session (or updates the limits it names). `opts` holds only the limits the
+  # caller chose (max_refs, ttl_seconds, tags): the worker's defaults fill in the rest.
+  @spec open_session(map()) :: request()
+  def open_session(opts), do: {:open_session, nil, nil, opts}
+
+  @doc false
+  @spec release_ref(tuple()) :: request()
+  def release_ref(ref), do: {:release_ref, nil, nil, ref}
+
+  @doc false
+  @spec release_session() :: request()
+  def release_session, do: {:release_session, nil, nil}
+
+  @doc false
+  @spec session_info() :: request()
+  def session_info, do: {:session_info, nil, nil}
+
+  @doc false
+  @spec stats() :: request()
+  def stats, do: {:stats, nil}
+
+  @doc false
+  @spec ping() :: request()
+  def ping, do: {:ping, nil}
+
+  @doc false
+  # Interrupts the request `target`.
+  @spec cancel(non_neg_integer()) :: request()
+  def cancel(target), do: {:cancel, nil, target}
+
+  @doc false
+  @spec shutdown() :: request()
+  def shutdown, do: {:shutdown, nil}
+
+  @doc false
+  # The wire term of a ref (`{'$snakeport_ref', Session, RefId, Type}`).
+  @spec ref(Ref.t()) :: tuple()
+  def ref(%Ref{session_id: s, id: id, type: type}), do: {:"$snakeport_ref", s, id, type}
+
+  @doc false
+  # Encodes `request` with the request id `id` and, for a request about a session, the
+  # session id. Returns a binary for ordinary requests and iodata (sharing the caller's
+  # big binaries) when arguments are large.
+  @spec encode(request(), non_neg_integer(), String.t() | nil) :: iodata()
+  def encode(request, id, nil), do: encode_term(:erlang.setelement(2, request, id))
+
+  # Descending literal indexes: the compiler copies the tuple once.
+  def encode(request, id, session),
+    do: encode_term(:erlang.setelement(2, :erlang.setelement(3, request, session), id))
+
+  defp encode_term(request) do
     if :erlang.external_size(request) < @splice_threshold do
       :erlang.term_to_binary(request)
     else
@@ -183,26 +267,74 @@ defmodule Snakeport.Protocol do
   ## Frames from the worker ----------------------------------------------------------------
 
   @doc false
-  # Classifies a frame by its first bytes without decoding it: `{:reply, id}`, `:event`,
-  # or `:unknown` (then the caller falls back to a full, safe decode). The worker writes
-  # atoms as SMALL_ATOM_UTF8_EXT (119); the other atom encodings are accepted too.
-  @spec frame_kind(binary()) :: {:reply, non_neg_integer()} | :event | :unknown
-  def frame_kind(<<131, 104, 4, 119, 5, "reply", rest::binary>>), do: reply_id(rest)
-  def frame_kind(<<131, 104, 4, 118, 0, 5, "reply", rest::binary>>), do: reply_id(rest)
-  def frame_kind(<<131, 104, 4, 115, 5, "reply", rest::binary>>), do: reply_id(rest)
-  def frame_kind(<<131, 104, 4, 100, 0, 5, "reply", rest::binary>>), do: reply_id(rest)
+  # Classifies a frame by its first bytes without decoding it: `{:reply, id}` or `:event`.
+  # The worker writes atoms as SMALL_ATOM_UTF8_EXT (119); the other atom encodings are
+  # accepted too. A frame whose first bytes are not such a header is decoded whole (safely):
+  # `{:unexpected, reason, message}` when it is neither a reply nor an event.
+  @spec frame_kind(binary()) ::
+          {:reply, non_neg_integer()} | :event | {:unexpected, atom(), String.t()}
+  def frame_kind(<<131, 104, 4, 119, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
+  def frame_kind(<<131, 104, 4, 118, 0, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
+  def frame_kind(<<131, 104, 4, 115, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
+  def frame_kind(<<131, 104, 4, 100, 0, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
   def frame_kind(<<131, 104, 4, 119, 5, "event", _::binary>>), do: :event
   def frame_kind(<<131, 104, 4, 118, 0, 5, "event", _::binary>>), do: :event
-  def frame_kind(_), do: :unknown
+  def frame_kind(frame), do: classify(frame)
+
+  defp classify(frame) do
+    case safe_decode(frame) do
+      {:ok, {:reply, id, _, _}} when is_integer(id) and id >= 0 ->
+        {:reply, id}
+
+      {:ok, {:event, _, _, _}} ->
+        :event
+
+      {:ok, other} ->
+        {:unexpected, :unexpected_frame, "unexpected frame: #{inspect(other, limit: 10)}"}
+
+      :error ->
+        {:unexpected, :unsafe_term, "a frame could not be decoded safely"}
+    end
+  end
 
   # SMALL_INTEGER_EXT, INTEGER_EXT, SMALL_BIG_EXT (non-negative).
-  defp reply_id(<<97, id, _::binary>>), do: {:reply, id}
-  defp reply_id(<<98, id::signed-32, _::binary>>) when id >= 0, do: {:reply, id}
+  defp reply_id(<<97, id, _::binary>>, _frame), do: {:reply, id}
+  defp reply_id(<<98, id::signed-32, _::binary>>, _frame) when id >= 0, do: {:reply, id}
 
-  defp reply_id(<<110, n, 0, digits::binary-size(n), _::binary>>),
+  defp reply_id(<<110, n, 0, digits::binary-size(n), _::binary>>, _frame),
     do: {:reply, :binary.decode_unsigned(digits, :little)}
 
-  defp reply_id(_), do: :unknown
+  defp reply_id(_, frame), do: classify(frame)
+
+  @doc false
+  # The ready frame `{snakeport_ready, Version, Info}`: `{:ok, version, info}`, or
+  # `{:error, what}` describing what came instead.
+  @spec decode_ready(binary()) :: {:ok, term(), map()} | {:error, String.t()}
+  def decode_ready(frame) do
+    case safe_decode(frame) do
+      {:ok, {:snakeport_ready, version, info}} when is_map(info) -> {:ok, version, info}
+      {:ok, term} -> {:error, "is #{inspect(term, limit: 10)}"}
+      :error -> {:error, "names atoms this harness does not know, or is not valid ETF"}
+    end
+  end
+
+  @doc false
+  # An event frame `{event, Name, Measurements, Metadata}`.
+  @spec decode_event(binary()) ::
+          {:ok, atom(), map(), map()} | {:error, atom(), String.t()}
+  def decode_event(frame) do
+    case safe_decode(frame) do
+      {:ok, {:event, name, measurements, metadata}}
+      when is_atom(name) and is_map(measurements) and is_map(metadata) ->
+        {:ok, name, measurements, metadata}
+
+      {:ok, other} ->
+        {:error, :malformed_event, "malformed event: #{inspect(other, limit: 10)}"}
+
+      :error ->
+        {:error, :unsafe_term, "an event could not be decoded safely (unknown atom?)"}
+    end
+  end
 
   @doc false
   @spec safe_decode(binary()) :: {:ok, term()} | :error
@@ -213,39 +345,43 @@ defmodule Snakeport.Protocol do
   end
 
   @doc false
-  # Decodes a reply frame in the caller's process. `worker` is the worker index put in refs.
-  @spec decode_reply(binary(), non_neg_integer() | nil) :: {:ok, term()} | {:error, Error.t()}
+  # Decodes a reply frame in the caller's process. `instance` and `worker` (the worker's
+  # index) go into the refs of the value.
+  @spec decode_reply(binary(), atom(), non_neg_integer() | nil) ::
+          {:ok, term()} | {:error, Error.t()}
   # Fast paths, exact matches of whole frames: `{reply, Id, ok, Binary}` (a sub-binary of
-  # the frame: a large payload is not copied) and `{reply, Id, ok, Int32|Float|nil|true|false}`, as the worker
-  # writes them (SMALL_ATOM_UTF8_EXT atoms, SMALL_INTEGER_EXT/INTEGER_EXT id). Anything
-  # else takes the general path.
-  def decode_reply(<<131, 104, 4, 119, 5, "reply", rest::binary>> = frame, worker) do
+  # the frame: a large payload is not copied) and `{reply, Id, ok, Int32|Float|nil|true|false}`,
+  # as the worker writes them (SMALL_ATOM_UTF8_EXT atoms, SMALL_INTEGER_EXT/INTEGER_EXT id).
+  # Anything else takes the general path.
+  def decode_reply(<<131, 104, 4, 119, 5, "reply", rest::binary>> = frame, instance, worker) do
     case rest do
-      <<97, _id, 119, 2, "ok", tail::binary>> -> fast_value(tail, frame, worker)
-      <<98, _id::32, 119, 2, "ok", tail::binary>> -> fast_value(tail, frame, worker)
-      _ -> decode_reply_term(frame, worker)
+      <<97, _id, 119, 2, "ok", tail::binary>> -> fast_value(tail, frame, instance, worker)
+      <<98, _id::32, 119, 2, "ok", tail::binary>> -> fast_value(tail, frame, instance, worker)
+      _ -> decode_reply_term(frame, instance, worker)
     end
   end
 
-  def decode_reply(frame, worker), do: decode_reply_term(frame, worker)
+  def decode_reply(frame, instance, worker), do: decode_reply_term(frame, instance, worker)
 
-  defp fast_value(<<109, len::32, payload::binary>>, _frame, _worker)
+  defp fast_value(<<109, len::32, payload::binary>>, _frame, _instance, _worker)
        when byte_size(payload) == len,
        do: {:ok, payload}
 
-  defp fast_value(<<97, n>>, _frame, _worker), do: {:ok, n}
-  defp fast_value(<<98, n::signed-32>>, _frame, _worker), do: {:ok, n}
+  defp fast_value(<<97, n>>, _frame, _instance, _worker), do: {:ok, n}
+  defp fast_value(<<98, n::signed-32>>, _frame, _instance, _worker), do: {:ok, n}
   # NEW_FLOAT_EXT (a NaN or infinity does not match and takes the general path).
-  defp fast_value(<<70, f::float-64>>, _frame, _worker), do: {:ok, f}
-  defp fast_value(<<119, 3, "nil">>, _frame, _worker), do: {:ok, nil}
-  defp fast_value(<<119, 4, "true">>, _frame, _worker), do: {:ok, true}
-  defp fast_value(<<119, 5, "false">>, _frame, _worker), do: {:ok, false}
-  defp fast_value(_tail, frame, worker), do: decode_reply_term(frame, worker)
+  defp fast_value(<<70, f::float-64>>, _frame, _instance, _worker), do: {:ok, f}
+  defp fast_value(<<119, 3, "nil">>, _frame, _instance, _worker), do: {:ok, nil}
+  defp fast_value(<<119, 4, "true">>, _frame, _instance, _worker), do: {:ok, true}
+  defp fast_value(<<119, 5, "false">>, _frame, _instance, _worker), do: {:ok, false}
 
-  defp decode_reply_term(frame, worker) do
+  defp fast_value(_tail, frame, instance, worker),
+    do: decode_reply_term(frame, instance, worker)
+
+  defp decode_reply_term(frame, instance, worker) do
     case safe_decode(frame) do
       {:ok, {:reply, _id, :ok, value}} ->
-        {:ok, from_wire(value, frame, worker)}
+        {:ok, from_wire(value, frame, instance, worker)}
 
       {:ok, {:reply, _id, :error, error}} ->
         {:error, Error.from_wire(error)}
@@ -269,18 +405,88 @@ defmodule Snakeport.Protocol do
     end
   end
 
+  ## Reply shapes ------------------------------------------------------------------------------
+
+  @doc false
+  # The outcome of a reply frame nobody waits for (its caller timed out, or it answers a
+  # cancel or shutdown): `:ok`, or the error it carries. An `ok` value is not decoded.
+  @spec reply_outcome(binary()) :: :ok | {:error, Error.t()}
+  def reply_outcome(<<131, 104, 4, 119, 5, "reply", rest::binary>> = frame) do
+    case rest do
+      <<97, _id, 119, 2, "ok", _::binary>> -> :ok
+      <<98, _id::32, 119, 2, "ok", _::binary>> -> :ok
+      _ -> outcome(decode_reply_term(frame, nil, nil))
+    end
+  end
+
+  def reply_outcome(frame), do: outcome(decode_reply_term(frame, nil, nil))
+
+  defp outcome({:ok, _}), do: :ok
+  defp outcome({:error, _} = error), do: error
+
+  @doc false
+  # The refs count of a decoded `release_session` reply.
+  @spec released_count({:ok, term()} | {:error, Error.t()}) ::
+          {:ok, non_neg_integer()} | {:error, Error.t()}
+  def released_count({:ok, %{released: n}}) when is_integer(n) and n >= 0, do: {:ok, n}
+  def released_count({:ok, other}), do: {:error, malformed(:release_session, other)}
+  def released_count({:error, _} = error), do: error
+
+  @doc false
+  # Whether a decoded `release_ref` reply released the ref.
+  @spec released_ref({:ok, term()} | {:error, Error.t()}) ::
+          {:ok, boolean()} | {:error, Error.t()}
+  def released_ref({:ok, %{released: released}}) when is_boolean(released), do: {:ok, released}
+  def released_ref({:ok, other}), do: {:error, malformed(:release_ref, other)}
+  def released_ref({:error, _} = error), do: error
+
+  @doc false
+  # The session info map of a decoded `open_session` or `session_info` reply: `session`,
+  # `refs`, `max_refs`, `ttl_seconds` (integer or float), `tags`, `overflow`, `created_at`,
+  # `last_access`.
+  @spec session_info_map(atom(), {:ok, term()} | {:error, Error.t()}) ::
+          {:ok, map()} | {:error, Error.t()}
+  def session_info_map(
+        _op,
+        {:ok, %{session: s, refs: refs, max_refs: max_refs, ttl_seconds: ttl} = info}
+      )
+      when is_binary(s) and is_integer(refs) and is_integer(max_refs) and max_refs > 0 and
+             is_number(ttl) and ttl > 0,
+      do: {:ok, info}
+
+  def session_info_map(op, {:ok, other}), do: {:error, malformed(op, other)}
+  def session_info_map(_op, {:error, _} = error), do: error
+
+  @doc false
+  # The stats map of a decoded `stats` reply.
+  @spec stats_map({:ok, term()} | {:error, Error.t()}) :: {:ok, map()} | {:error, Error.t()}
+  def stats_map({:ok, %{} = stats}) when not is_struct(stats), do: {:ok, stats}
+  def stats_map({:ok, other}), do: {:error, malformed(:stats, other)}
+  def stats_map({:error, _} = error), do: error
+
+  defp malformed(op, value) do
+    Error.new(
+      :protocol_error,
+      "malformed #{op} reply from the worker: #{inspect(value, limit: 10)}"
+    )
+  end
+
   ## Wire <-> Elixir -------------------------------------------------------------------------
 
   @doc false
-  # Elixir -> wire: %Ref{} -> ref tuple, MapSet -> set tuple (anywhere in the term).
-  # Returns the wire term and the session of the first ref found (nil when none).
-  @spec to_wire(term()) :: {term(), String.t() | nil}
-  def to_wire(term) do
+  # Elixir -> wire: %Ref{} -> ref tuple, MapSet -> set tuple (anywhere in the term), for a
+  # request to `instance`. Returns the wire term and the session of the first ref found
+  # (nil when none), or an :instance_mismatch error for a ref of another instance (its ref
+  # id could name another object there).
+  @spec to_wire(term(), atom()) :: {:ok, term(), String.t() | nil} | {:error, Error.t()}
+  def to_wire(term, instance) do
     if special?(term) do
-      {walk_out(term), ref_session(term)}
+      {:ok, walk_out(term, instance), ref_session(term)}
     else
-      {term, nil}
+      {:ok, term, nil}
     end
+  catch
+    {:instance_mismatch, ref} -> {:error, Snakeport.Instance.mismatch_error(ref, instance)}
   end
 
   # Allocation-free check whether the term needs translating.
@@ -300,28 +506,29 @@ defmodule Snakeport.Protocol do
   defp tuple_special?(_t, 0), do: false
   defp tuple_special?(t, i), do: special?(elem(t, i - 1)) or tuple_special?(t, i - 1)
 
-  defp walk_out(%Ref{session_id: s, id: id, type: type}), do: {:"$snakeport_ref", s, id, type}
+  defp walk_out(%Ref{instance: instance} = ref, instance), do: ref(ref)
+  defp walk_out(%Ref{} = ref, _instance), do: throw({:instance_mismatch, ref})
 
-  defp walk_out(%MapSet{} = set), do: {:"$snakeport_set", Enum.map(set, &walk_out/1)}
+  defp walk_out(%MapSet{} = set, i), do: {:"$snakeport_set", Enum.map(set, &walk_out(&1, i))}
 
   # Other structs travel as maps (their :__struct__ key included).
-  defp walk_out(%_{} = struct), do: walk_out_map(struct)
+  defp walk_out(%_{} = struct, i), do: walk_out_map(struct, i)
 
-  defp walk_out(map) when is_map(map), do: walk_out_map(map)
-  defp walk_out(list) when is_list(list), do: walk_out_list(list)
+  defp walk_out(map, i) when is_map(map), do: walk_out_map(map, i)
+  defp walk_out(list, i) when is_list(list), do: walk_out_list(list, i)
 
-  defp walk_out(tuple) when is_tuple(tuple),
-    do: tuple |> Tuple.to_list() |> Enum.map(&walk_out/1) |> List.to_tuple()
+  defp walk_out(tuple, i) when is_tuple(tuple),
+    do: tuple |> Tuple.to_list() |> Enum.map(&walk_out(&1, i)) |> List.to_tuple()
 
-  defp walk_out(other), do: other
+  defp walk_out(other, _i), do: other
 
   # :maps.fold, not Map.new/Enum: the map may be a struct (or carry a :__struct__ key).
-  defp walk_out_map(map),
-    do: :maps.fold(fn k, v, acc -> Map.put(acc, walk_out(k), walk_out(v)) end, %{}, map)
+  defp walk_out_map(map, i),
+    do: :maps.fold(fn k, v, acc -> Map.put(acc, walk_out(k, i), walk_out(v, i)) end, %{}, map)
 
-  defp walk_out_list([h | t]), do: [walk_out(h) | walk_out_list(t)]
-  defp walk_out_list([]), do: []
-  defp walk_out_list(tail), do: walk_out(tail)
+  defp walk_out_list([h | t], i), do: [walk_out(h, i) | walk_out_list(t, i)]
+  defp walk_out_list([], _i), do: []
+  defp walk_out_list(tail, i), do: walk_out(tail, i)
 
   # The session of the first ref in the term, or nil.
   defp ref_session(%Ref{session_id: s}), do: s
@@ -343,13 +550,13 @@ defmodule Snakeport.Protocol do
 
   @doc false
   # Wire -> Elixir. `frame` is the raw reply: the walk only runs when the value holds a
-  # reserved tag at all.
-  @spec from_wire(term(), binary(), non_neg_integer() | nil) :: term()
-  def from_wire(value, _frame, _worker)
+  # reserved tag at all. Refs get `instance` and the worker index `worker`.
+  @spec from_wire(term(), binary(), atom(), non_neg_integer() | nil) :: term()
+  def from_wire(value, _frame, _instance, _worker)
       when is_binary(value) or is_number(value) or is_atom(value),
       do: value
 
-  def from_wire(value, frame, worker) do
+  def from_wire(value, frame, instance, worker) do
     cond do
       is_binary(frame) and byte_size(frame) < @scan_limit and
           :binary.match(frame, "$snakeport_") == :nomatch ->
@@ -359,7 +566,7 @@ defmodule Snakeport.Protocol do
         value
 
       true ->
-        walk_in(value, worker)
+        walk_in(value, {instance, worker})
     end
   end
 
@@ -386,8 +593,9 @@ defmodule Snakeport.Protocol do
   defp tuple_tagged?(_t, 0), do: false
   defp tuple_tagged?(t, i), do: tagged?(elem(t, i - 1)) or tuple_tagged?(t, i - 1)
 
-  defp walk_in({:"$snakeport_ref", s, id, type}, w) when is_binary(s) and is_integer(id),
-    do: %Ref{session_id: s, id: id, type: type, worker: w}
+  defp walk_in({:"$snakeport_ref", s, id, type}, {instance, worker})
+       when is_binary(s) and is_integer(id),
+       do: %Ref{session_id: s, id: id, type: type, worker: worker, instance: instance}
 
   defp walk_in({:"$snakeport_set", list}, w) when is_list(list),
     do: MapSet.new(list, &walk_in(&1, w))

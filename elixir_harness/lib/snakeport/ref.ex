@@ -13,32 +13,39 @@ defmodule Snakeport.Ref do
     * `:id` - the ref id, unique within the worker.
     * `:type` - the object's qualified Python type, e.g. `"collections.Counter"`.
     * `:worker` - the index of the worker that holds the object.
+    * `:instance` - the Snakeport instance of that worker (`Snakeport` unless the instance
+      was started with `:name`). Calls on a ref go to its instance; a ref used in a
+      request to another instance fails with `:instance_mismatch`.
 
   A ref is plain data: it can be sent to other processes, which may use it after adopting its
   session (see `Snakeport.SessionContext`). It stays valid until it is released with
-  `Snakeport.release_ref/1`, its session is released (last owner dead, explicit release,
+  `Snakeport.release_ref/2`, its session is released (last owner dead, explicit release,
   TTL), or the worker evicts or prunes it.
 
-  Inspecting a ref never talks to Python:
+  Inspecting a ref never talks to Python (the instance is shown unless it is `Snakeport`):
 
       iex> %Snakeport.Ref{session_id: "s-1", id: 12, type: "builtins.dict", worker: 0}
       #Snakeport.Ref<builtins.dict 12 @ "s-1">
+
+      iex> %Snakeport.Ref{session_id: "s-1", id: 12, type: "builtins.dict", instance: MyApp.ML}
+      #Snakeport.Ref<builtins.dict 12 @ "s-1" in MyApp.ML>
   """
 
   @enforce_keys [:session_id, :id, :type]
-  defstruct [:session_id, :id, :type, worker: nil]
+  defstruct [:session_id, :id, :type, worker: nil, instance: Snakeport]
 
   @type t :: %__MODULE__{
           session_id: String.t(),
           id: pos_integer(),
           type: String.t(),
-          worker: non_neg_integer() | nil
+          worker: non_neg_integer() | nil,
+          instance: atom()
         }
 
   defimpl Inspect do
     import Inspect.Algebra
 
-    def inspect(%{session_id: session, id: id, type: type}, opts) do
+    def inspect(%{session_id: session, id: id, type: type, instance: instance}, opts) do
       concat([
         "#Snakeport.Ref<",
         to_string(type),
@@ -46,6 +53,7 @@ defmodule Snakeport.Ref do
         to_string(id),
         " @ ",
         to_doc(session, opts),
+        if(instance == Snakeport, do: "", else: " in " <> Kernel.inspect(instance)),
         ">"
       ])
     end

@@ -36,7 +36,7 @@ defmodule Snakeport.SessionContext do
   session, and every Python object it holds, is released in the worker:
 
     * when its **last** owner process dies;
-    * when `Snakeport.release_session/1` is called;
+    * when `Snakeport.release_session/2` is called;
     * when it has not been used for `ttl_seconds`.
 
   `with_session/2` does not release the session when the function returns (other processes
@@ -51,7 +51,7 @@ defmodule Snakeport.SessionContext do
       the lost session's refs runs in a new auto-session on a live worker; the old refs
       answer `:session_lost`;
     * a lost **explicit** session answers `:session_lost` to every call and every ref
-      until `Snakeport.release_session/1`: its owners must learn that its objects are gone.
+      until `Snakeport.release_session/2`: its owners must learn that its objects are gone.
       After the release the id starts afresh.
 
   ## Sharing refs across processes
@@ -71,26 +71,49 @@ defmodule Snakeport.SessionContext do
           end)
       end
 
+  ## Instances
+
+  A context belongs to one Snakeport instance (`:instance`, default `Snakeport`): its
+  session lives there, `with_session/2` makes it the process's current context **of that
+  instance**, and each instance has its own current context. Calls pick an instance with
+  their `:instance` option (see `Snakeport`), so calls inside `with_session/2` for another
+  instance than `Snakeport` name it too:
+
+      SessionContext.with_session([instance: MyApp.ML], fn ->
+        Snakeport.call("my_models", "load", [], instance: MyApp.ML)
+      end)
+
+  Passing the context itself as `session: ctx` (or to `Snakeport.release_session/2` and
+  `Snakeport.session_info/2`) needs no `:instance`: the context remembers it.
+
   ## Options
 
     * `:session_id` - the session id (default: generated).
-    * `:max_refs` - maximum live refs in the session (default: 10_000); beyond it a call
+    * `:instance` - the Snakeport instance the session lives in (default: `Snakeport`).
+    * `:max_refs` - maximum live refs in the session (default: the instance's
+      `session_store: [default_max_refs: ...]`, 10_000 unless configured); beyond it a call
       that would create more fails with `:max_refs_exceeded`.
     * `:ttl_seconds` - the session (and each of its refs) is released after this many
-      seconds without use (default: 3600).
+      seconds without use (default: the instance's `session_store: [default_ttl: ...]`,
+      3600 unless configured).
     * `:tags` - a map of metadata for debugging (default: `%{}`), also stored by the worker.
 
-  A session's limits are fixed by the process that creates it; later adopters share it as is.
+  `nil` limits mean "the instance's default": the worker applies it when the session is
+  opened, and `Snakeport.session_info/2` reports the value in force. A session's limits are
+  fixed by the process that creates it; later adopters share it as is. A session the worker
+  refuses to open (e.g. tags it cannot decode) is not created: the calls that needed it
+  return the worker's error.
   """
 
-  alias Snakeport.Options
+  alias Snakeport.{Client, Options, Sessions}
 
   @enforce_keys [:session_id]
   defstruct [
     :session_id,
     :owner_pid,
-    max_refs: 10_000,
-    ttl_seconds: 3600,
+    instance: Snakeport,
+    max_refs: nil,
+    ttl_seconds: nil,
     tags: %{},
     created_at: nil
   ]
@@ -98,13 +121,15 @@ defmodule Snakeport.SessionContext do
   @type t :: %__MODULE__{
           session_id: String.t(),
           owner_pid: pid(),
-          max_refs: pos_integer(),
-          ttl_seconds: pos_integer(),
+          instance: atom(),
+          max_refs: pos_integer() | nil,
+          ttl_seconds: pos_integer() | nil,
           tags: map(),
           created_at: integer()
         }
 
-  @key :"$snakeport_session_context"
+  # The process's current contexts: %{instance => context}.
+  @key :"$snakeport_session_contexts"
 
   @doc """
   Creates a new session context (it is not made current, and not registered yet).
@@ -112,8 +137,8 @@ defmodule Snakeport.SessionContext do
   Raises `ArgumentError` on invalid options.
 
       iex> ctx = Snakeport.SessionContext.create(session_id: "doc-session", max_refs: 5)
-      iex> {ctx.session_id, ctx.max_refs, ctx.ttl_seconds, ctx.owner_pid == self()}
-      {"doc-session", 5, 3600, true}
+      iex> {ctx.session_id, ctx.instance, ctx.max_refs, ctx.ttl_seconds, ctx.owner_pid == self()}
+      {"doc-session", Snakeport, 5, nil, true}
 
       iex> Snakeport.SessionContext.create(max_refs: -1)
       ** (ArgumentError) expected :max_refs to be a positive integer, got: -1
@@ -121,7 +146,13 @@ defmodule Snakeport.SessionContext do
   @spec create(keyword()) :: t()
   def create(opts \\ []) do
     opts =
-      Keyword.validate!(opts, session_id: nil, max_refs: 10_000, ttl_seconds: 3600, tags: %{})
+      Keyword.validate!(opts,
+        session_id: nil,
+        instance: Snakeport,
+        max_refs: nil,
+        ttl_seconds: nil,
+        tags: %{}
+      )
 
     session_id =
       case opts[:session_id] do
@@ -136,30 +167,48 @@ defmodule Snakeport.SessionContext do
     %__MODULE__{
       session_id: session_id,
       owner_pid: self(),
-      max_refs: Options.pos_integer!(:max_refs, opts[:max_refs]),
-      ttl_seconds: Options.pos_integer!(:ttl_seconds, opts[:ttl_seconds]),
+      instance: Options.name!(:instance, opts[:instance]),
+      max_refs: optional_pos_integer!(:max_refs, opts[:max_refs]),
+      ttl_seconds: optional_pos_integer!(:ttl_seconds, opts[:ttl_seconds]),
       tags: tags,
       created_at: System.system_time(:millisecond)
     }
   end
 
-  @doc """
-  Gets the current session context from the process dictionary (`nil` when none).
-  """
-  @spec current() :: t() | nil
-  def current, do: Process.get(@key)
+  defp optional_pos_integer!(_key, nil), do: nil
+  defp optional_pos_integer!(key, value), do: Options.pos_integer!(key, value)
 
   @doc """
-  Sets the current session context in the process dictionary; returns the previous one.
+  Gets the process's current session context of `instance` (`nil` when none).
+  """
+  @spec current(atom()) :: t() | nil
+  def current(instance \\ Snakeport) do
+    case Process.get(@key) do
+      %{^instance => ctx} -> ctx
+      _ -> nil
+    end
+  end
+
+  @doc """
+  Makes `ctx` the current session context of its instance; returns the previous one.
   """
   @spec put_current(t()) :: t() | nil
-  def put_current(%__MODULE__{} = ctx), do: Process.put(@key, ctx)
+  def put_current(%__MODULE__{instance: instance} = ctx) do
+    contexts = Process.get(@key) || %{}
+    Process.put(@key, Map.put(contexts, instance, ctx))
+    Map.get(contexts, instance)
+  end
 
   @doc """
-  Clears the current session context; returns the one that was current.
+  Clears the current session context of `instance`; returns the one that was current.
   """
-  @spec clear_current() :: t() | nil
-  def clear_current, do: Process.delete(@key)
+  @spec clear_current(atom()) :: t() | nil
+  def clear_current(instance \\ Snakeport) do
+    contexts = Process.get(@key) || %{}
+    {ctx, rest} = Map.pop(contexts, instance)
+    if rest == %{}, do: Process.delete(@key), else: Process.put(@key, rest)
+    ctx
+  end
 
   @doc """
   Runs `fun` within a new session with a generated id. See `with_session/2`.
@@ -171,22 +220,27 @@ defmodule Snakeport.SessionContext do
   Runs `fun` within the session described by `opts` (see the module doc for the options).
 
   The calling process adopts the session at once (it becomes an owner, and the session is
-  created if it does not exist), then `fun` runs with the session as the current context;
-  the previous context is restored afterwards. The session is released when its last
-  owner dies, on `Snakeport.release_session/1`, or after its TTL.
+  created if it does not exist), then `fun` runs with the session as the current context
+  of its instance; the previous context is restored afterwards. The session is released
+  when its last owner dies, on `Snakeport.release_session/2`, or after its TTL.
   """
   @spec with_session(keyword(), (() -> result)) :: result when result: term()
   def with_session(opts, fun) when is_list(opts) and is_function(fun, 0) do
     ctx = create(opts)
+
     # Adopt now, so that this process owns the session even before its first call. An
-    # error here (e.g. the quota) is reported again by the calls made inside `fun`.
-    _ = Snakeport.Sessions.checkout(ctx, nil)
+    # error here (e.g. the quota, or an instance that is not running) is reported again by
+    # the calls made inside `fun`.
+    with {:ok, inst, timeout} <- Client.admin([], ctx) do
+      Sessions.checkout(inst, ctx, nil, timeout)
+    end
+
     previous = put_current(ctx)
 
     try do
       fun.()
     after
-      if previous, do: put_current(previous), else: clear_current()
+      if previous, do: put_current(previous), else: clear_current(ctx.instance)
     end
   end
 end

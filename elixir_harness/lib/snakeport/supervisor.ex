@@ -1,28 +1,45 @@
 defmodule Snakeport.Supervisor do
   @moduledoc false
-  # The harness's supervision tree, started by `Snakeport.start_link/1`:
+  # The supervision tree of one instance, started by `Snakeport.start_link/1`. Its processes
+  # and tables are named after the instance (Snakeport.Instance.names/1); for the default
+  # instance `Snakeport`:
   #
   #   Snakeport.Supervisor (rest_for_one)
-  #   ├── Snakeport.Pool              worker registry (ETS), monitors workers
-  #   ├── Snakeport.Sessions          session store (ETS), owners' monitors, TTL sweep
-  #   └── Snakeport.WorkerSupervisor  (one_for_one)
-  #       └── Snakeport.Worker 0..pool_size-1, one Port (`python -m snakeport`) each
+  #   ├── Snakeport.Instance          the instance's :persistent_term entry (names, config)
+  #   ├── Snakeport.Pool              worker registry (ETS), monitors workers, start gate
+  #   ├── Snakeport.Sessions.Server   session store (ETS), owners' monitors, TTL sweep
+  #   ├── Snakeport.WorkerSupervisor  (one_for_one)
+  #   │   └── Snakeport.Worker 0..pool_size-1, one Port (`python -m snakeport`) each,
+  #   │       each linked to its Snakeport.Courier once ready
+  #   └── (start gate: Snakeport.Pool.await_start/2, temporary, no process)
+  #
+  # The workers do their handshakes in parallel; the start gate, run by this supervisor
+  # while it starts, returns once every worker is ready, or fails the start with the first
+  # worker's %Snakeport.Error{} (Snakeport.start_link/1 returns it).
   #
   # rest_for_one: if the session store restarts, the workers restart too, so that no
-  # Python session outlives its record. Shutdown runs in reverse: ports close first.
+  # Python session outlives its record. Shutdown runs in reverse: ports close first, the
+  # instance's :persistent_term entry goes last.
 
   use Supervisor
 
+  alias Snakeport.Instance
+
   @doc false
-  def start_link(config), do: Supervisor.start_link(__MODULE__, config, name: __MODULE__)
+  def start_link(config) do
+    names = Instance.names(config.name)
+    Supervisor.start_link(__MODULE__, {names, config}, name: names.supervisor)
+  end
 
   @impl true
-  def init(config) do
-    :ok = Snakeport.Client.put_config(config)
-    workers = for index <- 0..(config.pool_size - 1), do: {Snakeport.Worker, {index, config}}
+  def init({names, config}) do
+    arg = %{names: names, config: config}
+
+    workers =
+      for index <- 0..(config.pool_size - 1), do: {Snakeport.Worker, {index, names, config}}
 
     worker_sup = %{
-      id: Snakeport.WorkerSupervisor,
+      id: :worker_supervisor,
       type: :supervisor,
       start:
         {Supervisor, :start_link,
@@ -30,7 +47,7 @@ defmodule Snakeport.Supervisor do
            workers,
            [
              strategy: :one_for_one,
-             name: Snakeport.WorkerSupervisor,
+             name: names.worker_supervisor,
              max_restarts: max(3, 2 * config.pool_size),
              max_seconds: 5
            ]
@@ -38,9 +55,15 @@ defmodule Snakeport.Supervisor do
     }
 
     children = [
-      {Snakeport.Pool, config},
-      {Snakeport.Sessions, config},
-      worker_sup
+      {Snakeport.Instance, config},
+      {Snakeport.Pool, arg},
+      {Snakeport.Sessions.Server, arg},
+      worker_sup,
+      %{
+        id: :start_gate,
+        start: {Snakeport.Pool, :await_start, [names, config]},
+        restart: :temporary
+      }
     ]
 
     Supervisor.init(children, strategy: :rest_for_one)

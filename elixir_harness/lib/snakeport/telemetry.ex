@@ -11,18 +11,26 @@ defmodule Snakeport.Telemetry do
 
   ## Events
 
-  | Event | Measurements | Metadata |
+  The handler table is global to the VM: a handler attached to an event sees it for every
+  Snakeport instance. Every event's metadata has `instance`, the name of the instance that
+  emitted it (`Snakeport` unless it was started with `:name`); filter on it to observe one.
+
+  | Event | Measurements | Metadata (besides `instance`) |
   |---|---|---|
   | `[:snakeport, :call, :start]` | `system_time`, `monotonic_time` | `op`, `module`, `function`, `name`, `session_id`, `worker` |
   | `[:snakeport, :call, :stop]` | `duration` (native units), `monotonic_time` | as `:start` |
   | `[:snakeport, :call, :exception]` | `duration`, `monotonic_time` | as `:start`, plus `kind: :error`, `reason` (the `%Snakeport.Error{}`) |
   | `[:snakeport, :session, :created]` | `current_sessions` | `session_id`, `worker`, `tags`, `auto` |
+  | `[:snakeport, :session, :open_failed]` | `%{}` | `session_id`, `worker`, `error` (the worker refused to open the session, or died first), `reopen` |
   | `[:snakeport, :session, :released]` | `remaining_sessions` | `session_id`, `worker`, `reason`, `lost` |
-  | `[:snakeport, :session, :pruned]` | `count`, `remaining_sessions` | `reason` (`:ttl`, `:owner_down`, `:explicit`, `:overflow`), `session_ids`, `table_name` |
+  | `[:snakeport, :session, :closed]` | `refs` (refs the worker released with the session) | `session_id`, `worker`, `reason` |
+  | `[:snakeport, :session, :close_failed]` | `%{}` | `session_id`, `worker`, `reason`, `error` |
+  | `[:snakeport, :session, :pruned]` | `count`, `remaining_sessions` | `reason` (`:ttl`, `:owner_down`, `:explicit`), `session_ids`, `table_name` |
   | `[:snakeport, :session, :accumulation_warning]` | `current_sessions`, `max_sessions`, `utilization` (percent) | `reason` (`:threshold_warning`, `:quota_exceeded`), `strict_mode` |
   | `[:snakeport, :session, :lost]` | `count` | `worker`, `session_ids` |
   | `[:snakeport, :worker, :started]` | `system_time` | `worker`, `os_pid`, `python`, `snakeport` |
   | `[:snakeport, :worker, :exited]` | `system_time` | `worker`, `os_pid`, `reason` |
+  | `[:snakeport, :worker, :reply_dropped]` | `%{}` | `worker`, `os_pid`, `request_id`, `outcome` (`:ok` or `:error`), `error` (the `%Snakeport.Error{}`, or `nil`) |
   | `[:snakeport, :worker, :refs_pruned]` | `count` | `session`, `reason: :ttl`, `ref_ids`, `worker`, `os_pid` |
   | `[:snakeport, :worker, :refs_evicted]` | `count` | `session`, `reason: :overflow`, `ref_ids`, `worker`, `os_pid` |
   | `[:snakeport, :worker, :warning]` | `%{}` | `message`, ..., `worker`, `os_pid` |
@@ -30,6 +38,13 @@ defmodule Snakeport.Telemetry do
 
   Every `[:snakeport, :call, :start]` is followed by exactly one `:stop` (the call returned
   `{:ok, _}`) or `:exception` (it returned or raised a `%Snakeport.Error{}`).
+
+  No reply of a worker is thrown away unseen. `:released` says the harness forgot a session
+  (its owners died, it was released, or its TTL passed); the worker's answer to the
+  `release_session` that follows is `:closed` (with the count of refs it released) or
+  `:close_failed`. `:reply_dropped` is a reply nobody waits for any more: the late reply
+  of a call that timed out, and the replies to the `cancel` sent after a timeout and to the
+  `shutdown` sent when a worker stops.
 
   ## Example
 

@@ -2,6 +2,14 @@ defmodule Snakeport.Worker do
   @moduledoc false
   # Owns one Port running `python -m snakeport`.
   #
+  # Start: init/1 opens the port (an interpreter that cannot be spawned fails at once) and
+  # returns; the handshake (waiting up to :startup_timeout for the ready frame) runs in
+  # handle_continue/2, so that the worker supervisor never waits for Python and the workers
+  # of a pool start in parallel. The worker becomes visible (registered in Snakeport.Pool,
+  # where the session store picks workers for new sessions) only once it is ready. A failed
+  # handshake is reported to the Pool, which fails the instance's start when it happens
+  # during it, then stops the worker (its supervisor restarts it).
+  #
   # The call path has no hop through this process on the way out: the caller registers
   # `{request_id, alias}` in this worker's public `pending` ETS table, encodes the request
   # itself and writes it with `Port.command/2` (any process may command a port). The port
@@ -12,38 +20,44 @@ defmodule Snakeport.Worker do
   # The alias is the caller's monitor of this process (`{:alias, :demonitor}`, as in
   # gen_server calls): when this process stops, every caller in flight gets its `:DOWN` at
   # once, and a caller that timed out deactivates the alias, so that a late reply can never
-  # reach its mailbox.
+  # reach its mailbox. A reply that finds no entry in `pending` (the late reply of a call
+  # that timed out, the replies to `cancel` and `shutdown`) is not lost silently: it
+  # becomes a [:snakeport, :worker, :reply_dropped] event.
+  #
+  # Each ready worker links one Snakeport.Courier, which writes the session store's
+  # requests to this port, so that the store itself never writes to a port.
 
   use GenServer
   require Logger
 
-  alias Snakeport.{Error, Options, Pool, Protocol, Telemetry}
+  alias Snakeport.{Courier, Defaults, Error, Options, Pool, Protocol, Telemetry}
 
   @type entry :: %{
+          instance: atom(),
           index: non_neg_integer(),
           pid: pid(),
           port: port(),
           pending: :ets.tid(),
           counter: :atomics.atomics_ref(),
           os_pid: non_neg_integer() | nil,
-          max_frame_bytes: pos_integer()
+          max_frame_bytes: pos_integer(),
+          courier: pid() | nil
         }
 
-  # How long an orderly stop waits for the Python process to exit after `shutdown`.
-  @shutdown_wait 2_000
-
   @type handle :: {reference(), non_neg_integer(), entry()}
+
+  @shutdown_wait Defaults.shutdown_wait()
 
   ## Caller side ---------------------------------------------------------------------------
 
   @doc false
-  # Sends one request and registers the caller for its reply. `build` gets the request id
-  # and returns the encoded request (iodata).
-  @spec send_request(entry(), (non_neg_integer() -> iodata())) ::
+  # Sends one request (a Snakeport.Protocol builder's result; `session` is its session id,
+  # nil for a request that is not about a session) and registers the caller for its reply.
+  @spec send_request(entry(), Protocol.request(), String.t() | nil) ::
           {:ok, handle()} | {:error, term()}
-  def send_request(%{} = entry, build) do
+  def send_request(%{} = entry, request, session) do
     id = next_id(entry)
-    payload = build.(id)
+    payload = Protocol.encode(request, id, session)
     size = IO.iodata_length(payload)
 
     if size > entry.max_frame_bytes do
@@ -67,7 +81,7 @@ defmodule Snakeport.Worker do
   end
 
   @doc false
-  # Waits for the reply frame of a request sent with send_request/2.
+  # Waits for the reply frame of a request sent with send_request/3.
   @spec await(handle(), timeout()) :: {:ok, binary()} | {:error, term()}
   def await({mref, id, entry}, timeout) do
     receive do
@@ -94,20 +108,21 @@ defmodule Snakeport.Worker do
   end
 
   @doc false
-  @spec request(entry(), (non_neg_integer() -> iodata()), timeout()) ::
+  @spec request(entry(), Protocol.request(), String.t() | nil, timeout()) ::
           {:ok, binary()} | {:error, term()}
-  def request(entry, build, timeout) do
-    case send_request(entry, build) do
+  def request(entry, request, session, timeout) do
+    case send_request(entry, request, session) do
       {:ok, handle} -> await(handle, timeout)
       error -> error
     end
   end
 
   @doc false
-  # Sends a request whose reply nobody waits for (the worker drops it as unregistered).
-  @spec cast(entry(), (non_neg_integer() -> iodata())) :: :ok
-  def cast(entry, build) do
-    Port.command(entry.port, build.(next_id(entry)))
+  # Sends a request whose reply nobody waits for (`cancel`, `shutdown`): its reply becomes
+  # a :reply_dropped event.
+  @spec cast(entry(), Protocol.request()) :: :ok
+  def cast(entry, request) do
+    Port.command(entry.port, Protocol.encode(request, next_id(entry), nil))
     :ok
   rescue
     ArgumentError -> :ok
@@ -116,9 +131,7 @@ defmodule Snakeport.Worker do
   @doc false
   # Asks the worker to interrupt request `target`; its reply (and the target's) is dropped.
   @spec cancel(entry(), non_neg_integer()) :: :ok
-  def cancel(entry, target) do
-    cast(entry, &Protocol.encode({:cancel, &1, target}))
-  end
+  def cancel(entry, target), do: cast(entry, Protocol.cancel(target))
 
   defp next_id(%{counter: counter}), do: :atomics.add_get(counter, 1, 1)
 
@@ -131,51 +144,83 @@ defmodule Snakeport.Worker do
   ## Server side ---------------------------------------------------------------------------
 
   @doc false
-  def child_spec({index, config}) do
+  def child_spec({index, names, config}) do
     %{
       id: {__MODULE__, index},
-      start: {__MODULE__, :start_link, [{index, config}]},
+      start: {__MODULE__, :start_link, [{index, names, config}]},
       restart: :permanent,
-      shutdown: 5_000
+      shutdown: Defaults.worker_shutdown()
     }
   end
 
   @doc false
-  def start_link({index, config}), do: GenServer.start_link(__MODULE__, {index, config})
+  def start_link(arg), do: GenServer.start_link(__MODULE__, arg)
 
   @impl true
-  def init({index, config}) do
+  def init({index, names, config}) do
     Process.flag(:trap_exit, true)
 
-    pending = :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true])
-    counter = :atomics.new(1, signed: false)
+    case open_port(config) do
+      {:ok, port} ->
+        state = %{
+          names: names,
+          index: index,
+          config: config,
+          port: port,
+          pending: :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true]),
+          entry: nil,
+          exit_status: nil
+        }
 
-    with {:ok, port} <- open_port(config),
-         {:ok, info} <- await_ready(port, config) do
-      entry = %{
-        index: index,
-        pid: self(),
-        port: port,
-        pending: pending,
-        counter: counter,
-        os_pid: info_os_pid(port, info),
-        max_frame_bytes: positive(Map.get(info, :max_frame_bytes), 256 * 1024 * 1024)
-      }
+        {:ok, state, {:continue, :handshake}}
 
-      :ok = Pool.register(entry, info)
-
-      Telemetry.execute([:snakeport, :worker, :started], %{system_time: System.system_time()}, %{
-        worker: index,
-        os_pid: entry.os_pid,
-        python: Map.get(info, :python),
-        snakeport: Map.get(info, :snakeport)
-      })
-
-      {:ok, %{index: index, port: port, entry: entry, info: info, exit_status: nil}}
-    else
       {:error, %Error{} = error} ->
         Logger.error("Snakeport worker #{index}: " <> error.message)
         {:stop, {:shutdown, error}}
+    end
+  end
+
+  @impl true
+  def handle_continue(:handshake, state) do
+    case await_ready(state.port, state.config) do
+      {:ok, info} ->
+        entry = %{
+          instance: state.names.name,
+          index: state.index,
+          pid: self(),
+          port: state.port,
+          pending: state.pending,
+          counter: :atomics.new(1, signed: false),
+          os_pid: info_os_pid(state.port, info),
+          max_frame_bytes: positive(Map.get(info, :max_frame_bytes), Defaults.max_frame_bytes()),
+          courier: nil
+        }
+
+        {:ok, courier} = Courier.start_link(entry)
+        entry = %{entry | courier: courier}
+        :ok = Pool.register(state.names.pool, entry, info)
+
+        Telemetry.execute(
+          [:snakeport, :worker, :started],
+          %{system_time: System.system_time()},
+          %{
+            instance: entry.instance,
+            worker: entry.index,
+            os_pid: entry.os_pid,
+            python: Map.get(info, :python),
+            snakeport: Map.get(info, :snakeport)
+          }
+        )
+
+        {:noreply, %{state | entry: entry}}
+
+      {:error, %Error{} = error} ->
+        Logger.error("Snakeport worker #{state.index}: " <> error.message)
+        Pool.start_failed(state.names.pool, state.index, error)
+        {:stop, {:shutdown, error}, state}
+
+      {:exit, reason} ->
+        {:stop, reason, state}
     end
   end
 
@@ -206,8 +251,8 @@ defmodule Snakeport.Worker do
   defp await_ready(port, config) do
     receive do
       {^port, {:data, frame}} ->
-        case Protocol.safe_decode(frame) do
-          {:ok, {:snakeport_ready, version, info}} when is_map(info) ->
+        case Protocol.decode_ready(frame) do
+          {:ok, version, info} ->
             if version == Protocol.version() do
               {:ok, info}
             else
@@ -215,14 +260,8 @@ defmodule Snakeport.Worker do
               {:error, Options.version_mismatch(config.python, version)}
             end
 
-          other ->
+          {:error, what} ->
             close(port)
-
-            what =
-              case other do
-                :error -> "names atoms this harness does not know, or is not valid ETF"
-                {:ok, term} -> "is #{inspect(term, limit: 10)}"
-              end
 
             {:error,
              Error.new(
@@ -242,6 +281,20 @@ defmodule Snakeport.Worker do
              "interpreter: #{Options.install_hint(config.python)}.",
            %{exit_status: status}
          )}
+
+      {:EXIT, ^port, reason} ->
+        {:error,
+         Error.new(
+           :worker_start_failed,
+           "the port of `#{config.python} -m snakeport` closed before its ready frame " <>
+             "(#{inspect(reason)})",
+           %{reason: reason}
+         )}
+
+      # Our supervisor stops us (the only other process linked to us yet): do not make it
+      # wait for the handshake.
+      {:EXIT, _parent, reason} ->
+        {:exit, reason}
     after
       config.startup_timeout ->
         close(port)
@@ -271,12 +324,7 @@ defmodule Snakeport.Worker do
   # A frame from Python: a reply goes straight to the process that sent the request, an
   # event becomes telemetry.
   def handle_info({port, {:data, frame}}, %{port: port} = state) do
-    case Protocol.frame_kind(frame) do
-      {:reply, id} -> route(state, id, frame)
-      :event -> event(state, frame)
-      :unknown -> fallback(state, frame)
-    end
-
+    frame(state, frame)
     {:noreply, state}
   end
 
@@ -297,37 +345,60 @@ defmodule Snakeport.Worker do
     {:stop, {:shutdown, {:port_closed, reason}}, %{state | exit_status: :port_closed}}
   end
 
+  # The courier died: the session store can no longer reach this worker; restart both.
+  def handle_info({:EXIT, courier, reason}, %{entry: %{courier: courier}} = state) do
+    Logger.error("Snakeport worker #{state.index}: its courier exited (#{inspect(reason)})")
+    {:stop, {:shutdown, {:courier_exited, reason}}, state}
+  end
+
   def handle_info(msg, state) do
     Logger.debug("Snakeport worker #{state.index}: unexpected message #{inspect(msg, limit: 10)}")
     {:noreply, state}
   end
 
   @impl true
+  def terminate(reason, %{entry: nil} = state) do
+    # The handshake did not complete: nothing was registered.
+    _ = reason
+    close(state.port)
+    :ok
+  end
+
   def terminate(reason, state) do
-    Pool.unregister(state.entry)
+    Pool.unregister(state.names.pool_table, state.entry)
 
     # An orderly stop (supervisor shutdown): ask the worker to shut down and give it a
-    # moment to exit by itself. In every case closing the port closes the worker's stdin,
-    # which ends it (and its watchdog ends it if the VM itself is gone).
+    # moment to exit by itself, still routing the replies it sends meanwhile. In every case
+    # closing the port closes the worker's stdin, which ends it (and its watchdog ends it
+    # if the VM itself is gone).
     if state.exit_status == nil and orderly?(reason) do
-      cast(state.entry, &Protocol.encode({:shutdown, &1}))
-
-      receive do
-        {port, {:exit_status, _}} when port == state.port -> :ok
-      after
-        @shutdown_wait -> :ok
-      end
+      cast(state.entry, Protocol.shutdown())
+      drain(state, System.monotonic_time(:millisecond) + @shutdown_wait)
     end
 
     close(state.port)
 
     Telemetry.execute([:snakeport, :worker, :exited], %{system_time: System.system_time()}, %{
+      instance: state.entry.instance,
       worker: state.index,
       os_pid: state.entry.os_pid,
       reason: reason
     })
 
     :ok
+  end
+
+  defp drain(%{port: port} = state, deadline) do
+    receive do
+      {^port, {:data, frame}} ->
+        frame(state, frame)
+        drain(state, deadline)
+
+      {^port, {:exit_status, _}} ->
+        :ok
+    after
+      max(deadline - System.monotonic_time(:millisecond), 0) -> :ok
+    end
   end
 
   defp orderly?(reason), do: reason in [:normal, :shutdown] or match?({:shutdown, _}, reason)
@@ -338,51 +409,59 @@ defmodule Snakeport.Worker do
     ArgumentError -> true
   end
 
+  defp frame(state, frame) do
+    case Protocol.frame_kind(frame) do
+      {:reply, id} -> route(state, id, frame)
+      :event -> event(state, frame)
+      {:unexpected, reason, message} -> protocol_error(state, reason, message)
+    end
+  end
+
   defp route(state, id, frame) do
-    case :ets.take(state.entry.pending, id) do
+    case :ets.take(state.pending, id) do
       [{^id, reply_to}] -> :erlang.send(reply_to, {reply_to, frame})
       # The caller timed out (and cancelled), or nobody waits for this reply (cast/2).
-      [] -> :ok
+      [] -> dropped(state, id, frame)
+    end
+  end
+
+  defp dropped(state, id, frame) do
+    if Telemetry.listening?([:snakeport, :worker]) do
+      {outcome, error} =
+        case Protocol.reply_outcome(frame) do
+          :ok -> {:ok, nil}
+          {:error, error} -> {:error, error}
+        end
+
+      Telemetry.execute([:snakeport, :worker, :reply_dropped], %{}, %{
+        instance: state.entry.instance,
+        worker: state.index,
+        os_pid: state.entry.os_pid,
+        request_id: id,
+        outcome: outcome,
+        error: error
+      })
     end
   end
 
   defp event(state, frame) do
-    case Protocol.safe_decode(frame) do
-      {:ok, {:event, name, measurements, metadata}}
-      when is_atom(name) and is_map(measurements) and is_map(metadata) ->
-        meta = Map.merge(metadata, %{worker: state.index, os_pid: state.entry.os_pid})
+    case Protocol.decode_event(frame) do
+      {:ok, name, measurements, metadata} ->
+        meta =
+          Map.merge(metadata, %{
+            instance: state.entry.instance,
+            worker: state.index,
+            os_pid: state.entry.os_pid
+          })
+
         Telemetry.execute([:snakeport, :worker, name], measurements, meta)
 
         if name == :protocol_error do
           Logger.warning("Snakeport worker #{state.index} protocol error: #{inspect(metadata)}")
         end
 
-      {:ok, other} ->
-        protocol_error(state, :malformed_event, "malformed event: #{inspect(other, limit: 10)}")
-
-      :error ->
-        protocol_error(
-          state,
-          :unsafe_term,
-          "an event could not be decoded safely (unknown atom?)"
-        )
-    end
-  end
-
-  # A frame whose first bytes are not a recognised reply/event header: decode it whole.
-  defp fallback(state, frame) do
-    case Protocol.safe_decode(frame) do
-      {:ok, {:reply, id, _, _}} when is_integer(id) ->
-        route(state, id, frame)
-
-      {:ok, {:event, _, _, _}} ->
-        event(state, frame)
-
-      {:ok, other} ->
-        protocol_error(state, :unexpected_frame, "unexpected frame: #{inspect(other, limit: 10)}")
-
-      :error ->
-        protocol_error(state, :unsafe_term, "a frame could not be decoded safely")
+      {:error, reason, message} ->
+        protocol_error(state, reason, message)
     end
   end
 
@@ -390,6 +469,7 @@ defmodule Snakeport.Worker do
     Logger.warning("Snakeport worker #{state.index}: #{message}")
 
     Telemetry.execute([:snakeport, :worker, :protocol_error], %{}, %{
+      instance: state.entry.instance,
       reason: reason,
       message: message,
       worker: state.index,

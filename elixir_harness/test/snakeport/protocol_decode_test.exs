@@ -17,17 +17,21 @@ defmodule Snakeport.ProtocolDecodeTest do
         :set => {:"$snakeport_set", [1, 2]}
       }
 
-      assert {:ok, decoded} = Protocol.decode_reply(reply(value), 3)
+      assert {:ok, decoded} = Protocol.decode_reply(reply(value), Snakeport, 3)
       assert decoded["pad"] == pad
       assert [1, {:ok, [%Ref{session_id: "s1", id: 5, type: "Box", worker: 3}]}] = decoded["list"]
       assert decoded[:set] == MapSet.new([1, 2])
 
+      # Refs remember the instance whose worker sent them.
+      assert {:ok, %{"list" => [1, {:ok, [%Ref{instance: Other, worker: 3}]}]}} =
+               Protocol.decode_reply(reply(value), Other, 3)
+
       # Improper list tail and map keys.
       value = [pad | @wire_ref]
-      assert {:ok, [^pad | %Ref{id: 5}]} = Protocol.decode_reply(reply(value), 0)
+      assert {:ok, [^pad | %Ref{id: 5}]} = Protocol.decode_reply(reply(value), Snakeport, 0)
       value = %{@wire_ref => pad}
       ref = %Ref{session_id: "s1", id: 5, type: "Box", worker: 0}
-      assert {:ok, %{ref => pad}} == Protocol.decode_reply(reply(value), 0)
+      assert {:ok, %{ref => pad}} == Protocol.decode_reply(reply(value), Snakeport, 0)
     end
   end
 
@@ -57,26 +61,27 @@ defmodule Snakeport.ProtocolDecodeTest do
           %{}
         ] do
       frame = :erlang.term_to_binary({:reply, id, :ok, value})
-      assert {:ok, got} = Protocol.decode_reply(frame, 0)
+      assert {:ok, got} = Protocol.decode_reply(frame, Snakeport, 0)
       assert got === value
       # The same with atoms as SMALL_ATOM_UTF8_EXT, as the worker writes them.
       frame = :erlang.term_to_binary({:reply, id, :ok, value}, minor_version: 2)
-      assert {:ok, got} = Protocol.decode_reply(frame, 0)
+      assert {:ok, got} = Protocol.decode_reply(frame, Snakeport, 0)
       assert got === value
     end
 
     # Trailing bytes (ignored by binary_to_term) or a truncated frame: the general path.
     frame = :erlang.term_to_binary({:reply, 1, :ok, "abc"}, minor_version: 2)
-    assert {:ok, "abc"} = Protocol.decode_reply(frame <> "x", 0)
+    assert {:ok, "abc"} = Protocol.decode_reply(frame <> "x", Snakeport, 0)
 
     assert {:error, %Snakeport.Error{}} =
-             Protocol.decode_reply(binary_part(frame, 0, byte_size(frame) - 1), 0)
+             Protocol.decode_reply(binary_part(frame, 0, byte_size(frame) - 1), Snakeport, 0)
 
     assert {:error, %Snakeport.Error{reason: r}} =
              Protocol.decode_reply(
                :erlang.term_to_binary({:reply, 1, :error, %{reason: :cancelled, message: "m"}},
                  minor_version: 2
                ),
+               Snakeport,
                0
              )
 
@@ -95,7 +100,7 @@ defmodule Snakeport.ProtocolDecodeTest do
   end
 
   defp fast_decode(frame) do
-    case Protocol.decode_reply(frame, 0) do
+    case Protocol.decode_reply(frame, Snakeport, 0) do
       {:ok, v} when is_binary(v) or is_number(v) or is_atom(v) -> {:ok, v}
       {:ok, _} -> :other
       {:error, %Snakeport.Error{}} -> :error
@@ -154,14 +159,15 @@ defmodule Snakeport.ProtocolDecodeTest do
           <<118, 0, byte_size(name)>>,
           <<119, byte_size(name)>>
         ] do
-      assert {:ok, String.to_existing_atom(name)} == Protocol.decode_reply(head <> enc <> name, 0)
+      assert {:ok, String.to_existing_atom(name)} ==
+               Protocol.decode_reply(head <> enc <> name, Snakeport, 0)
     end
   end
 
   test "a large binary result is a sub-binary of the frame (not copied)" do
     payload = :binary.copy("z", 100_000)
     frame = :erlang.term_to_binary({:reply, 9, :ok, payload}, minor_version: 2)
-    assert {:ok, ^payload} = got = Protocol.decode_reply(frame, 0)
+    assert {:ok, ^payload} = got = Protocol.decode_reply(frame, Snakeport, 0)
     {:ok, bin} = got
     assert :binary.referenced_byte_size(bin) == byte_size(frame)
   end
@@ -169,7 +175,9 @@ defmodule Snakeport.ProtocolDecodeTest do
   test "a NaN or infinity float on the wire is an error, as binary_to_term has it" do
     for bits <- [<<0x7FF8::16, 0::48>>, <<0x7FF0::16, 0::48>>] do
       frame = <<131, 104, 4, 119, 5, "reply", 97, 1, 119, 2, "ok", 70>> <> bits
-      assert {:error, %Snakeport.Error{reason: :unsafe_term}} = Protocol.decode_reply(frame, 0)
+
+      assert {:error, %Snakeport.Error{reason: :unsafe_term}} =
+               Protocol.decode_reply(frame, Snakeport, 0)
     end
   end
 
@@ -185,7 +193,55 @@ defmodule Snakeport.ProtocolDecodeTest do
           {"$snakeport_ref", "s", 1, "t"},
           {@big}
         ] do
-      assert {:ok, ^value} = Protocol.decode_reply(reply(value), 0)
+      assert {:ok, ^value} = Protocol.decode_reply(reply(value), Snakeport, 0)
+    end
+  end
+
+  describe "requests" do
+    test "each builder encodes the request of docs/PROTOCOL.md, with its id and session" do
+      ref = %Ref{session_id: "s", id: 4, type: "T"}
+      wire = {:"$snakeport_ref", "s", 4, "T"}
+
+      for {request, session, expected} <- [
+            {Protocol.call("m", "f", [1], %{k: 2}, %{result: :ref}), "s",
+             {:call, 9, "s", "m", "f", [1], %{k: 2}, %{result: :ref}}},
+            {Protocol.method(Protocol.ref(ref), "n", [], %{}, %{}), "s",
+             {:method, 9, "s", wire, "n", [], %{}, %{}}},
+            {Protocol.getattr(Protocol.module_target("math"), "pi", %{}), "s",
+             {:getattr, 9, "s", {:module, "math"}, "pi", %{}}},
+            {Protocol.setattr(wire, "x", 1, %{}), "s", {:setattr, 9, "s", wire, "x", 1, %{}}},
+            {Protocol.open_session(%{max_refs: 5}), "s", {:open_session, 9, "s", %{max_refs: 5}}},
+            {Protocol.release_ref(wire), "s", {:release_ref, 9, "s", wire}},
+            {Protocol.release_session(), "s", {:release_session, 9, "s"}},
+            {Protocol.session_info(), "s", {:session_info, 9, "s"}},
+            {Protocol.stats(), nil, {:stats, 9}},
+            {Protocol.ping(), nil, {:ping, 9}},
+            {Protocol.cancel(3), nil, {:cancel, 9, 3}},
+            {Protocol.shutdown(), nil, {:shutdown, 9}}
+          ] do
+        encoded = request |> Protocol.encode(9, session) |> IO.iodata_to_binary()
+        assert :erlang.binary_to_term(encoded) == expected
+      end
+
+      # Large arguments are spliced in as iodata, to the same bytes.
+      big = :binary.copy("b", 100_000)
+      request = Protocol.call("m", "f", [big, Snakeport.bytes(big)], %{k: big}, %{})
+      encoded = Protocol.encode(request, 1, "s")
+      assert is_list(encoded)
+
+      assert :erlang.binary_to_term(IO.iodata_to_binary(encoded)) ==
+               {:call, 1, "s", "m", "f", [big, {:"$snakeport_bytes", big}], %{k: big}, %{}}
+    end
+
+    test "refs of another instance are refused, not sent" do
+      ref = %Ref{session_id: "s", id: 4, type: "T", instance: Other}
+
+      assert {:ok, {:"$snakeport_ref", "s", 4, "T"}, "s"} = Protocol.to_wire(ref, Other)
+
+      assert {:error, %Snakeport.Error{reason: :instance_mismatch, message: message}} =
+               Protocol.to_wire([1, %{k: {ref}}], Snakeport)
+
+      assert message =~ "instance: Other"
     end
   end
 end

@@ -25,7 +25,11 @@ defmodule Snakeport.StartTest do
              "expected :strict_mode to be a boolean, got: :yes"},
             {[threads: 1.5], "expected :threads to be a positive integer, got: 1.5"},
             {[spin_us: -1],
-             "expected :spin_us to be an integer from 0 to 1_000_000 (microseconds), got: -1"}
+             "expected :spin_us to be an integer from 0 to 1_000_000 (microseconds), got: -1"},
+            {[name: "ml"],
+             "expected :name to be an atom (a Snakeport instance name), got: \"ml\""},
+            {[session_store: [default_max_refs: 0]],
+             "expected :default_max_refs to be a positive integer, got: 0"}
           ] do
         assert_raise ArgumentError, message, fn ->
           Snakeport.start_link([python: python()] ++ opts)
@@ -50,6 +54,7 @@ defmodule Snakeport.StartTest do
 
       assert config.session_store == %{
                default_ttl: 3600,
+               default_max_refs: 10_000,
                max_sessions: 7,
                cleanup_interval: 60_000,
                strict_mode: true
@@ -58,14 +63,21 @@ defmodule Snakeport.StartTest do
       assert Snakeport.Options.validate!(pool_size: 1).pool_size == 1
     end
 
-    test "worker options become worker flags; unset ones keep the worker's defaults" do
+    test "worker options become worker flags: the session defaults always, the others when set" do
       config =
-        Snakeport.Options.validate!(threads: 2, spin_us: 0, worker_args: ["--max-depth", "9"])
+        Snakeport.Options.validate!(
+          threads: 2,
+          spin_us: 0,
+          session_store: [default_max_refs: 50, default_ttl: 60],
+          worker_args: ["--max-depth", "9"]
+        )
 
       assert Snakeport.Options.worker_flags(config) ==
-               ["--threads", "2", "--spin-us", "0", "--max-depth", "9"]
+               ["--default-max-refs", "50", "--default-ttl-seconds", "60"] ++
+                 ["--threads", "2", "--spin-us", "0", "--max-depth", "9"]
 
-      assert Snakeport.Options.worker_flags(Snakeport.Options.validate!([])) == []
+      assert Snakeport.Options.worker_flags(Snakeport.Options.validate!([])) ==
+               ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"]
     end
 
     test "session context options are validated" do
@@ -76,6 +88,10 @@ defmodule Snakeport.StartTest do
       assert_raise ArgumentError, "expected :tags to be a map, got: [:a]", fn ->
         SessionContext.create(tags: [:a])
       end
+
+      assert_raise ArgumentError,
+                   "expected :instance to be an atom (a Snakeport instance name), got: \"x\"",
+                   fn -> SessionContext.create(instance: "x") end
     end
   end
 
@@ -158,15 +174,74 @@ defmodule Snakeport.StartTest do
     end
   end
 
+  describe "the workers' start" do
+    # The handshakes run in the workers' own processes (handle_continue), so the worker
+    # supervisor is up and answers while Python starts; the instance's start waits for all
+    # of them, and fails with the first failure. Checked against workers that never send
+    # their ready frame: before, the worker supervisor was blocked in the first worker's
+    # init until its :startup_timeout passed.
+    test "do not block the worker supervisor; the instance's start waits for them" do
+      name = :"start_test_#{System.unique_integer([:positive])}"
+      worker_sup = Snakeport.Instance.names(name).worker_supervisor
+      parent = self()
+
+      capture_log(fn ->
+        spawn(fn ->
+          Process.flag(:trap_exit, true)
+
+          result =
+            Snakeport.start_link(
+              name: name,
+              python: python(),
+              pool_size: 3,
+              python_path: [Path.join(python_dir(), "fake_silent")],
+              startup_timeout: 3_000
+            )
+
+          send(parent, {:started, result})
+        end)
+
+        # Well before the startup timeout: the supervisor is there, every worker started.
+        sup = eventually(fn -> Process.whereis(worker_sup) end, 1_500)
+        children = Supervisor.which_children(sup)
+        assert length(children) == 3
+        assert Enum.all?(children, fn {_, pid, :worker, _} -> is_pid(pid) end)
+        # ...and none is ready: the start has not returned.
+        refute_received {:started, _}
+
+        assert_receive {:started,
+                        {:error, %Error{reason: :worker_start_failed, message: message}}},
+                       10_000
+
+        assert message =~ "sent no ready frame within 3000 ms"
+        # The failed start left nothing running.
+        assert Process.whereis(worker_sup) == nil
+      end)
+    end
+  end
+
   test "calls before Snakeport is started return :not_started" do
     assert {:error, %Error{reason: :not_started}} = Snakeport.call("operator", "add", [1, 2])
     assert {:error, %Error{reason: :not_started}} = Snakeport.stats()
+
+    assert {:error, %Error{reason: :not_started, message: message}} =
+             Snakeport.call("operator", "add", [1, 2], instance: NotStarted)
+
+    assert message =~ "NotStarted"
   end
 
-  test "{Snakeport, opts} starts under a supervisor, one instance with fixed names" do
+  test "{Snakeport, opts} without :name is the instance Snakeport: existing code runs unchanged" do
     pid = start_supervised!({Snakeport, base_opts()})
     assert Process.whereis(Snakeport.Supervisor) == pid
     assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+    assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], instance: Snakeport)
+    assert {:ok, %Ref{instance: Snakeport} = ref} = Snakeport.call("collections", "Counter", [])
+    assert {:ok, %{}} = Snakeport.call("builtins", "dict", [ref])
+
+    assert {:ok, 3} =
+             SessionContext.with_session(fn -> Snakeport.call("operator", "add", [1, 2]) end)
+
+    assert {:ok, %{instance: Snakeport, sessions: 2}} = Snakeport.stats()
     assert {:error, {:already_started, ^pid}} = Snakeport.start_link(base_opts())
   end
 end

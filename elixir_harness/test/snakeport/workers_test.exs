@@ -1,51 +1,57 @@
 defmodule Snakeport.WorkersTest do
-  use Snakeport.Case, async: false
+  use Snakeport.Case, async: true
 
   @mod "snakeport_harness_testmod"
 
   defp worker_stats(index) do
-    {:ok, %{workers: workers}} = Snakeport.stats()
+    {:ok, %{workers: workers}} = Snakeport.stats(instance: @instance)
     Enum.find(workers, &(&1.index == index))
   end
 
   describe "pool" do
     @tag snakeport: [pool_size: 2]
     test "stats: aggregate and per worker" do
-      assert {:ok, stats} = Snakeport.stats()
+      assert {:ok, stats} = Snakeport.stats(instance: @instance)
       assert %{pool_size: 2, sessions: 0, refs: 0, workers: [w0, w1]} = stats
       assert %{index: 0, status: :up, os_pid: p0, threads: 1} = w0
       assert %{index: 1, status: :up, os_pid: p1} = w1
       assert is_integer(p0) and is_integer(p1) and p0 != p1
-      assert Snakeport.stats!() |> Map.has_key?(:in_flight)
+      assert Snakeport.stats!(instance: @instance) |> Map.has_key?(:in_flight)
     end
 
     @tag snakeport: [pool_size: 2]
     test "a session is pinned to the least-loaded worker for its whole life" do
-      {a, ra} = start_owner(fn -> Snakeport.call!(@mod, "Box", [1]) end)
-      {b, rb} = start_owner(fn -> Snakeport.call!(@mod, "Box", [2]) end)
+      {a, ra} = start_owner(fn -> Snakeport.call!(@mod, "Box", [1], instance: @instance) end)
+      {b, rb} = start_owner(fn -> Snakeport.call!(@mod, "Box", [2], instance: @instance) end)
       assert {ra.worker, rb.worker} == {0, 1}
 
       for _ <- 1..5 do
-        assert %Ref{worker: 0} = run_in(a, fn -> Snakeport.call!(@mod, "Box", [1]) end)
-        assert %Ref{worker: 1} = run_in(b, fn -> Snakeport.call!(@mod, "Box", [1]) end)
+        assert %Ref{worker: 0} =
+                 run_in(a, fn -> Snakeport.call!(@mod, "Box", [1], instance: @instance) end)
+
+        assert %Ref{worker: 1} =
+                 run_in(b, fn -> Snakeport.call!(@mod, "Box", [1], instance: @instance) end)
       end
 
       assert %{harness_sessions: 1, refs: 6} = worker_stats(0)
       assert %{harness_sessions: 1, refs: 6} = worker_stats(1)
       stop(a)
       stop(b)
-      eventually(fn -> python_refs() == 0 end)
+      eventually(fn -> python_refs(@instance) == 0 end)
     end
   end
 
   describe "worker death" do
     @tag snakeport: [pool_size: 2]
     test "killing the Python process mid-call: :worker_exited at once, restart, sessions of other workers intact" do
-      capture_events([
-        [:snakeport, :worker, :exited],
-        [:snakeport, :worker, :started],
-        [:snakeport, :session, :lost]
-      ])
+      capture_events(
+        [
+          [:snakeport, :worker, :exited],
+          [:snakeport, :worker, :started],
+          [:snakeport, :session, :lost]
+        ],
+        @instance
+      )
 
       {a, ref_a} = start_owner(fn -> box_in("victim-#{System.unique_integer([:positive])}") end)
       {b, ref_b} = start_owner(fn -> box_in("survivor-#{System.unique_integer([:positive])}") end)
@@ -56,7 +62,11 @@ defmodule Snakeport.WorkersTest do
       caller =
         Task.async(fn ->
           run_in(a, fn ->
-            Snakeport.call(@mod, "spin", [60], timeout: 60_000, session: ref_a.session_id)
+            Snakeport.call(@mod, "spin", [60],
+              timeout: 60_000,
+              session: ref_a.session_id,
+              instance: @instance
+            )
           end)
         end)
 
@@ -96,70 +106,92 @@ defmodule Snakeport.WorkersTest do
 
       assert {:error, %Error{reason: :session_lost}} =
                run_in(a, fn ->
-                 SessionContext.with_session([session_id: ref_a.session_id], fn ->
-                   Snakeport.call(@mod, "Box", [1])
-                 end)
+                 SessionContext.with_session(
+                   [instance: @instance, session_id: ref_a.session_id],
+                   fn ->
+                     Snakeport.call(@mod, "Box", [1], instance: @instance)
+                   end
+                 )
                end)
 
-      assert {:ok, %{lost: true, refs: 0}} = Snakeport.session_info(ref_a.session_id)
+      assert {:ok, %{lost: true, refs: 0}} =
+               Snakeport.session_info(ref_a.session_id, instance: @instance)
 
       # Releasing a lost session clears it; the id then starts afresh on a live worker.
-      assert {:ok, 0} = Snakeport.release_session(ref_a.session_id)
+      assert {:ok, 0} = Snakeport.release_session(ref_a.session_id, instance: @instance)
 
       assert {:ok, %Ref{}} =
                run_in(a, fn ->
-                 SessionContext.with_session([session_id: ref_a.session_id], fn ->
-                   Snakeport.call(@mod, "Box", [1])
-                 end)
+                 SessionContext.with_session(
+                   [instance: @instance, session_id: ref_a.session_id],
+                   fn ->
+                     Snakeport.call(@mod, "Box", [1], instance: @instance)
+                   end
+                 )
                end)
 
       # New auto-sessions work on the restarted worker too.
       assert %{status: :up, os_pid: ^new_os_pid} = worker_stats(0)
-      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], instance: @instance)
       stop(a)
       stop(b)
     end
 
     test "a worker that died before the session store noticed: the next plain call moves to a new auto-session" do
-      capture_events([[:snakeport, :worker, :started]])
-      {a, {:ok, 3}} = start_owner(fn -> Snakeport.call("operator", "add", [1, 2]) end)
-      [%{pid: worker_pid}] = Snakeport.Pool.entries()
-      old_id = run_in(a, &Snakeport.Sessions.auto_id/0)
+      capture_events([[:snakeport, :worker, :started]], @instance)
+
+      {a, {:ok, 3}} =
+        start_owner(fn -> Snakeport.call("operator", "add", [1, 2], instance: @instance) end)
+
+      [%{pid: worker_pid}] = workers(@instance)
+      old_id = run_in(a, fn -> Snakeport.Sessions.auto_id(@instance) end)
 
       # The store does not see the worker die (suspended), so `a`'s auto-session row is not
       # marked lost: the call itself finds the worker gone.
-      :ok = :sys.suspend(Snakeport.Sessions)
+      :ok = :sys.suspend(store(@instance))
 
       try do
         mref = Process.monitor(worker_pid)
         Process.exit(worker_pid, :kill)
         assert_receive {:DOWN, ^mref, :process, ^worker_pid, :killed}
         assert_receive {:event, [:snakeport, :worker, :started], _, _}, 10_000
-        send(a, {:run, fn -> Snakeport.call("operator", "add", [2, 3]) end, self()})
+
+        send(
+          a,
+          {:run, fn -> Snakeport.call("operator", "add", [2, 3], instance: @instance) end, self()}
+        )
       after
-        :ok = :sys.resume(Snakeport.Sessions)
+        :ok = :sys.resume(store(@instance))
       end
 
       assert_receive {:ran, ^a, {:ok, 5}}, 10_000
-      new_id = run_in(a, &Snakeport.Sessions.auto_id/0)
+      new_id = run_in(a, fn -> Snakeport.Sessions.auto_id(@instance) end)
       assert new_id != old_id
-      assert {:ok, %{auto: true, lost: false, owners: [^a]}} = Snakeport.session_info(new_id)
+
+      assert {:ok, %{auto: true, lost: false, owners: [^a]}} =
+               Snakeport.session_info(new_id, instance: @instance)
+
       stop(a)
     end
 
     # max_sessions: 1 - the lost row, kept for its refs, does not count against the quota.
     @tag snakeport: [session_store: [max_sessions: 1]]
     test "a lost auto-session does not lock its process out: the next plain call gets a new auto-session, the old refs answer :session_lost" do
-      capture_events([[:snakeport, :worker, :started], [:snakeport, :session, :lost]])
+      capture_events([[:snakeport, :worker, :started], [:snakeport, :session, :lost]], @instance)
 
-      {a, box} = start_owner(fn -> Snakeport.call!(@mod, "Box", [7]) end)
+      {a, box} = start_owner(fn -> Snakeport.call!(@mod, "Box", [7], instance: @instance) end)
       old_id = box.session_id
 
       assert {:ok, %{auto: true, owners: [^a], os_pid: victim_os_pid}} =
-               Snakeport.session_info(old_id)
+               Snakeport.session_info(old_id, instance: @instance)
 
       # A long call of `a` in flight in its auto-session.
-      send(a, {:run, fn -> Snakeport.call(@mod, "spin", [60], timeout: 60_000) end, self()})
+      send(
+        a,
+        {:run, fn -> Snakeport.call(@mod, "spin", [60], timeout: 60_000, instance: @instance) end,
+         self()}
+      )
+
       eventually(fn -> worker_stats(0).in_flight == 1 end)
       {_, 0} = System.cmd("kill", ["-9", Integer.to_string(victim_os_pid)])
 
@@ -173,16 +205,17 @@ defmodule Snakeport.WorkersTest do
       assert new_os_pid != victim_os_pid
 
       # The same process's next plain calls run in a new auto-session on the live worker.
-      assert {:ok, 3} = run_in(a, fn -> Snakeport.call("operator", "add", [1, 2]) end)
+      assert {:ok, 3} =
+               run_in(a, fn -> Snakeport.call("operator", "add", [1, 2], instance: @instance) end)
 
       assert {:ok, %Ref{session_id: new_id} = box2} =
-               run_in(a, fn -> Snakeport.call(@mod, "Box", [2]) end)
+               run_in(a, fn -> Snakeport.call(@mod, "Box", [2], instance: @instance) end)
 
       assert new_id != old_id
       assert "auto-" <> _ = new_id
 
       assert {:ok, %{auto: true, lost: false, owners: [^a], os_pid: ^new_os_pid, refs: 1}} =
-               Snakeport.session_info(new_id)
+               Snakeport.session_info(new_id, instance: @instance)
 
       assert {:ok, 2} = run_in(a, fn -> Snakeport.method(box2, "get") end)
 
@@ -192,17 +225,17 @@ defmodule Snakeport.WorkersTest do
                run_in(a, fn -> Snakeport.method(box, "get") end)
 
       assert {:error, %Error{reason: :session_lost}} =
-               run_in(a, fn -> Snakeport.call(@mod, "echo", [box]) end)
+               run_in(a, fn -> Snakeport.call(@mod, "echo", [box], instance: @instance) end)
 
       assert {:error, %Error{reason: :session_lost}} =
                Task.await(Task.async(fn -> Snakeport.method(box, "get") end))
 
-      assert {:ok, %{lost: true}} = Snakeport.session_info(old_id)
+      assert {:ok, %{lost: true}} = Snakeport.session_info(old_id, instance: @instance)
 
       # Both sessions end with their owners.
       stop(a)
-      eventually(fn -> released?(old_id) and released?(new_id) end)
-      eventually(fn -> python_refs() == 0 end)
+      eventually(fn -> released?(old_id, @instance) and released?(new_id, @instance) end)
+      eventually(fn -> python_refs(@instance) == 0 end)
     end
 
     test "callers learn of a worker stop at once, and a new worker takes over" do
@@ -214,7 +247,12 @@ defmodule Snakeport.WorkersTest do
           spawn(fn ->
             send(
               parent,
-              {:result, i, Snakeport.call(@mod, "spin", [60], timeout: 60_000, session: "s#{i}")}
+              {:result, i,
+               Snakeport.call(@mod, "spin", [60],
+                 timeout: 60_000,
+                 session: "s#{i}",
+                 instance: @instance
+               )}
             )
           end)
         end
@@ -233,12 +271,14 @@ defmodule Snakeport.WorkersTest do
         match?(%{status: :up}, worker_stats(0)) and worker_stats(0).os_pid != os_pid
       end)
 
-      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], instance: @instance)
     end
 
-    test "the Python process ends when the harness stops" do
+    test "the Python process ends when the harness stops; its answer to shutdown is seen" do
+      capture_events([[:snakeport, :worker, :reply_dropped]], @instance)
       %{os_pid: os_pid} = worker_stats(0)
-      :ok = stop_supervised(Snakeport)
+      :ok = stop_supervised(@instance)
+      assert_received {:event, [:snakeport, :worker, :reply_dropped], _, %{outcome: :ok}}
       # After an orderly stop the worker has exited: `kill -0` finds no such process.
       eventually(fn ->
         match?(
@@ -257,7 +297,7 @@ defmodule Snakeport.WorkersTest do
         |> Enum.map(fn p ->
           Task.async(fn ->
             for i <- 1..50 do
-              {:ok, sum} = Snakeport.call("operator", "add", [p, i])
+              {:ok, sum} = Snakeport.call("operator", "add", [p, i], instance: @instance)
               sum
             end
           end)
@@ -269,8 +309,11 @@ defmodule Snakeport.WorkersTest do
       end
 
       # The 200 auto-sessions die with their tasks.
-      eventually(fn -> harness_sessions() == 0 end, 10_000)
-      eventually(fn -> match?({:ok, %{python_sessions: 0, refs: 0}}, Snakeport.stats()) end)
+      eventually(fn -> harness_sessions(@instance) == 0 end, 10_000)
+
+      eventually(fn ->
+        match?({:ok, %{python_sessions: 0, refs: 0}}, Snakeport.stats(instance: @instance))
+      end)
     end
 
     @tag timeout: 120_000
@@ -278,14 +321,14 @@ defmodule Snakeport.WorkersTest do
       session_id = "many-#{System.unique_integer([:positive])}"
 
       counter =
-        SessionContext.with_session([session_id: session_id], fn ->
-          Snakeport.call!("collections", "Counter", [], result: :ref)
+        SessionContext.with_session([instance: @instance, session_id: session_id], fn ->
+          Snakeport.call!("collections", "Counter", [], result: :ref, instance: @instance)
         end)
 
       1..64
       |> Enum.map(fn n ->
         Task.async(fn ->
-          SessionContext.with_session([session_id: session_id], fn ->
+          SessionContext.with_session([instance: @instance, session_id: session_id], fn ->
             for _ <- 1..20,
                 do: {:ok, nil} = Snakeport.method(counter, "update", [["k#{rem(n, 4)}"]])
           end)
@@ -293,14 +336,19 @@ defmodule Snakeport.WorkersTest do
       end)
       |> Task.await_many(60_000)
 
-      assert {:ok, counts} = Snakeport.call("builtins", "dict", [counter], session: session_id)
+      assert {:ok, counts} =
+               Snakeport.call("builtins", "dict", [counter],
+                 session: session_id,
+                 instance: @instance
+               )
+
       assert counts == %{"k0" => 320, "k1" => 320, "k2" => 320, "k3" => 320}
     end
   end
 
   defp box_in(session_id) do
-    SessionContext.with_session([session_id: session_id], fn ->
-      Snakeport.call!(@mod, "Box", [1])
+    SessionContext.with_session([instance: @instance, session_id: session_id], fn ->
+      Snakeport.call!(@mod, "Box", [1], instance: @instance)
     end)
   end
 end

@@ -3,9 +3,16 @@ defmodule Snakeport.Case do
   Case template of the harness tests: starts a fresh Snakeport instance (real Python
   workers) for every test, under the test supervisor.
 
+  The instance is named after the test module (`@instance` in the module, `:instance` in
+  the test context), so that modules run concurrently (`async: true`), each with its own
+  instance; the tests of a module run one after the other, each with a new instance.
+
   Options of the instance come from the `:snakeport` tag (`@moduletag snakeport: [...]` or
   `@tag snakeport: [...]`), merged over `pool_size: 1` and the test interpreter, with
   `test/python` on the worker's `PYTHONPATH`. Tag a test `snakeport: false` to start none.
+
+  The telemetry handler table is global: `capture_events/2` forwards only the events of
+  one instance.
   """
 
   use ExUnit.CaseTemplate
@@ -16,6 +23,7 @@ defmodule Snakeport.Case do
     quote do
       import Snakeport.Case
       alias Snakeport.{Error, Ref, SessionContext}
+      @instance __MODULE__
     end
   end
 
@@ -25,8 +33,9 @@ defmodule Snakeport.Case do
         :ok
 
       opts ->
-        start_supervised!({Snakeport, Keyword.merge(base_opts(), opts)})
-        :ok
+        name = context.module
+        start_supervised!({Snakeport, Keyword.merge(base_opts(), [name: name] ++ opts)})
+        {:ok, instance: name}
     end
   end
 
@@ -70,22 +79,37 @@ defmodule Snakeport.Case do
     end
   end
 
-  @doc "Refs held in Python by all workers."
-  def python_refs do
-    {:ok, %{refs: refs}} = Snakeport.stats()
+  @doc "Refs held in Python by all workers of `instance`."
+  def python_refs(instance) do
+    {:ok, %{refs: refs}} = Snakeport.stats(instance: instance)
     refs
   end
 
-  @doc "Sessions known to the harness."
-  def harness_sessions do
-    {:ok, %{sessions: n}} = Snakeport.stats()
+  @doc "Sessions known to the harness in `instance`."
+  def harness_sessions(instance) do
+    {:ok, %{sessions: n}} = Snakeport.stats(instance: instance)
     n
   end
 
-  @doc "True when `session_id` is unknown to the harness (released)."
-  def released?(session_id) do
-    match?({:error, %Error{reason: :session_not_found}}, Snakeport.session_info(session_id))
+  @doc "True when `session_id` is unknown to the harness of `instance` (released)."
+  def released?(session_id, instance) do
+    match?(
+      {:error, %Error{reason: :session_not_found}},
+      Snakeport.session_info(session_id, instance: instance)
+    )
   end
+
+  @doc "The running instance's names and configuration (Snakeport.Instance)."
+  def inst(instance) do
+    {:ok, inst} = Snakeport.Instance.fetch(instance)
+    inst
+  end
+
+  @doc "The entries of the ready workers of `instance`."
+  def workers(instance), do: Snakeport.Pool.entries(inst(instance).pool_table)
+
+  @doc "The session store process of `instance`."
+  def store(instance), do: inst(instance).server
 
   @doc """
   Starts a process that runs `fun`, reports its result, then serves `run_in/2` requests
@@ -142,16 +166,16 @@ defmodule Snakeport.Case do
   end
 
   @doc """
-  Attaches a handler forwarding `events` to the calling process as
+  Attaches a handler forwarding `events` of `instance` to the calling process as
   `{:event, name, measurements, metadata}`; detached when the test ends.
   """
-  def capture_events(events) do
+  def capture_events(events, instance) do
     parent = self()
     id = {:test_handler, make_ref()}
 
     :ok =
       Snakeport.Telemetry.attach_many(id, events, fn name, m, meta, _ ->
-        send(parent, {:event, name, m, meta})
+        if meta[:instance] == instance, do: send(parent, {:event, name, m, meta})
       end)
 
     ExUnit.Callbacks.on_exit(fn -> Snakeport.Telemetry.detach(id) end)

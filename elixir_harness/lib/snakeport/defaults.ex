@@ -1,0 +1,79 @@
+defmodule Snakeport.Defaults do
+  @moduledoc false
+  # Every default and limit of the harness, in one place. Options (lib/snakeport/options.ex)
+  # fall back to these; internal modules read the rest at compile time (`@x Defaults.x()`),
+  # so that none is written twice.
+  #
+  # The worker's own session defaults (`--default-max-refs`, `--default-ttl-seconds`) are
+  # not copied here: the harness passes `session_store: [default_max_refs, default_ttl]`
+  # to every worker it starts, and a session opened without explicit limits gets them from
+  # the worker, whose acknowledgement is what the harness records.
+
+  ## Start options ----------------------------------------------------------------------------
+
+  @doc false
+  # ms a call waits for its reply (option :call_timeout).
+  def call_timeout, do: 60_000
+
+  @doc false
+  # ms to wait for a worker's ready frame (option :startup_timeout).
+  def startup_timeout, do: 30_000
+
+  @doc false
+  # Workers per instance (option :pool_size).
+  def pool_size, do: System.schedulers_online()
+
+  @doc false
+  # `max_refs` of a session that does not state one (session_store: [default_max_refs]).
+  def max_refs, do: 10_000
+
+  @doc false
+  # Seconds a session (and each of its refs) lives unused, when it does not state a TTL
+  # (session_store: [default_ttl]).
+  def ttl_seconds, do: 3600
+
+  @doc false
+  # Live sessions per instance (session_store: [max_sessions]).
+  def max_sessions, do: 10_000
+
+  @doc false
+  # ms between two TTL sweeps of the session store (session_store: [cleanup_interval]).
+  def cleanup_interval, do: 60_000
+
+  @doc false
+  # Loud warnings above `accumulation_threshold/0` of max_sessions (session_store: [strict_mode]).
+  def strict_mode, do: false
+
+  ## Internal limits ---------------------------------------------------------------------------
+
+  @doc false
+  # The largest request a worker accepts when its ready frame does not say (the worker's own
+  # default for --max-frame-bytes: 256 MiB).
+  def max_frame_bytes, do: 256 * 1024 * 1024
+
+  @doc false
+  # ms the session store may take to answer a request that is not part of a call (release,
+  # describe, counts): calls bound the store's answer by their own timeout instead.
+  def store_timeout, do: 60_000
+
+  @doc false
+  # A caller refreshes its session's last_access at most this often (ms): hot calls stay
+  # write-free.
+  def touch_granularity, do: 100
+
+  @doc false
+  # Percent of max_sessions above which the store emits accumulation warnings.
+  def accumulation_threshold, do: 80
+
+  @doc false
+  # ms an orderly stop waits for the Python process to exit after `shutdown`.
+  def shutdown_wait, do: 2_000
+
+  @doc false
+  # ms a worker's supervisor waits for the worker to stop.
+  def worker_shutdown, do: 5_000
+
+  @doc false
+  # ms the instance's start waits beyond :startup_timeout for every worker to report.
+  def startup_margin, do: 5_000
+end

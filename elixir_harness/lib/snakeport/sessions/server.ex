@@ -1,0 +1,628 @@
+defmodule Snakeport.Sessions.Server do
+  @moduledoc false
+  # The session store of one instance (a GenServer; Snakeport.Sessions is its caller side).
+  # The harness is the authority on which sessions exist.
+  #
+  # * A public ETS table `{session_id, info, last_access, lost?, ttl_ms}` that callers read
+  #   on every call (and whose `last_access` they refresh themselves); every other write goes
+  #   through this process. A second public table holds one `{{session_id, pid}}` row per
+  #   owner, so that a caller can check "I already own this session" with one lookup:
+  #   steady-state calls never message this process.
+  # * Owners: every process that adopts a session (uses it in a call, or in
+  #   `SessionContext.with_session/2`) is monitored. Monitors are kept both ways:
+  #   `monitors` maps a monitor ref to `{:owner, session_id, pid}`, `owners` maps a session
+  #   to `%{pid => monitor_ref}`. When the last owner dies the session is released in
+  #   Python (a `release_session` request to its worker), not just forgotten.
+  # * This process never writes to a port (one busy port would stall every session of the
+  #   instance): it sends its requests to the worker's Snakeport.Courier, which writes them
+  #   in the order this process sent them and sends the decoded replies back here
+  #   (`courier` maps each request's tag to what it was for). Nothing here ever waits for a
+  #   worker: callers waiting for an answer that depends on a reply get it (GenServer.reply)
+  #   when the reply arrives.
+  # * Opening is acknowledged. A new session is first `opening` (not in the table): the
+  #   worker is asked to open it with the limits its creator chose (the worker's defaults,
+  #   which the harness passes to it, fill in the rest), and every process that adopts the
+  #   id meanwhile waits. When the worker's session info comes back, the row (with the
+  #   limits the worker reports) becomes visible and the waiters become owners; when the
+  #   worker refuses (e.g. tags it cannot decode) or dies, the waiters get the error and
+  #   nothing remains. So a row exists only for a session its worker has opened, and every
+  #   request that finds the row reaches the worker after the open_session.
+  # * A session is released in the worker after its row is removed, so every request that
+  #   found the row was written to the port before the release (a request that lost the
+  #   race with the removal fails with session_not_found and creates nothing). The count
+  #   the worker answers becomes a [:snakeport, :session, :closed] event (and the answer of
+  #   Snakeport.release_session/2); an error becomes [:snakeport, :session, :close_failed].
+  # * A request answered `session_not_found` while the row exists gets the session opened
+  #   again (reopen, with the limits recorded for it).
+  # * A sweep every `cleanup_interval` releases sessions idle for longer than their TTL.
+  # * Each session is pinned to one worker, the least loaded at creation. This process
+  #   monitors the workers it pinned sessions to; when one dies its sessions are marked
+  #   lost (their refs died with the Python process). A lost row stays (until its owners
+  #   die, its TTL passes or it is released) so that its refs answer :session_lost rather
+  #   than :ref_released; lost rows do not count against `max_sessions`. An explicit lost
+  #   session keeps answering :session_lost until Snakeport.release_session/2 (its owners
+  #   must learn that its objects are gone). A lost AUTO-session does not block its
+  #   process: the process's next call that does not use its refs gets a new auto-session
+  #   (Snakeport.Sessions.renew_auto/3), and only the old refs answer :session_lost.
+
+  use GenServer
+  require Logger
+
+  alias Snakeport.{Client, Courier, Defaults, Error, Pool, Protocol, Telemetry}
+
+  @threshold Defaults.accumulation_threshold()
+
+  @type info :: %{
+          id: String.t(),
+          worker: Snakeport.Worker.entry(),
+          index: non_neg_integer(),
+          pid: pid(),
+          max_refs: pos_integer(),
+          ttl_seconds: number(),
+          tags: term(),
+          created_at: integer(),
+          auto: boolean(),
+          gen: pos_integer()
+        }
+
+  ## Requests (the messages of this process stay in this module) ------------------------------
+
+  @doc false
+  def start_link(%{names: names} = arg),
+    do: GenServer.start_link(__MODULE__, arg, name: names.server)
+
+  @doc false
+  # Makes `pid` an owner of session `id`, creating the session when `create` allows it
+  # (true, or :auto for an auto-session). `limits` (nil for none) are the creator's.
+  # Replies {:ok, info, lost?} or {:error, :not_found | %Error{}}.
+  def adopt(server, id, pid, limits, create, timeout),
+    do: GenServer.call(server, {:adopt, id, pid, limits, create}, timeout)
+
+  @doc false
+  # Opens session `id` (of generation `gen`) again in its worker; replies once the worker
+  # answered: :ok, {:error, %Error{}}, or :not_found (no such row any more).
+  def reopen(server, id, gen, timeout), do: GenServer.call(server, {:reopen, id, gen}, timeout)
+
+  @doc false
+  # Forgets session `id` now and releases it in Python. Replies {:ok, refs_released},
+  # {:error, %Error{}} or :not_found.
+  def release(server, id, timeout), do: GenServer.call(server, {:release, id}, timeout)
+
+  @doc false
+  # {:ok, info, owners, last_access_system_ms, lost?} or :not_found.
+  def describe(server, id, timeout), do: GenServer.call(server, {:describe, id}, timeout)
+
+  @doc false
+  # {:ok, sessions, %{worker_pid => sessions}}.
+  def counts(server, timeout), do: GenServer.call(server, :counts, timeout)
+
+  ## Server ----------------------------------------------------------------------------------
+
+  @impl true
+  def init(%{names: names, config: config}) do
+    for table <- [names.sessions, names.owners] do
+      :ets.new(table, [
+        :named_table,
+        :public,
+        :set,
+        read_concurrency: true,
+        write_concurrency: true
+      ])
+    end
+
+    store = config.session_store
+    schedule_sweep(store.cleanup_interval)
+
+    {:ok,
+     %{
+       instance: names.name,
+       table: names.sessions,
+       owners_table: names.owners,
+       pool_table: names.pool_table,
+       store: store,
+       # session id => %{pid => monitor ref}
+       owners: %{},
+       # monitor ref => {:owner, session id, pid} | {:worker, worker pid, index}
+       monitors: %{},
+       # worker pid => {monitor ref, sessions pinned to it}
+       workers: %{},
+       # session id => the session being opened (see open/6)
+       opening: %{},
+       # courier tag => {:open, id} | {:reopen, id, index, from}
+       #   | {:release, id, index, reason, froms}
+       courier: %{},
+       # how many rows are lost (they do not count against max_sessions)
+       lost: 0
+     }}
+  end
+
+  @impl true
+  def handle_call({:adopt, id, pid, limits, create}, from, state) do
+    case :ets.lookup(state.table, id) do
+      [{^id, info, _last, lost, _ttl}] ->
+        :ets.update_element(state.table, id, {3, System.monotonic_time(:millisecond)})
+        {:reply, {:ok, info, lost}, add_owner(state, id, pid)}
+
+      [] ->
+        case state.opening do
+          %{^id => opening} ->
+            # Being opened: wait with its creator (its limits stand).
+            opening = %{opening | waiters: [{from, pid} | opening.waiters]}
+            {:noreply, %{state | opening: Map.put(state.opening, id, opening)}}
+
+          %{} when create == false ->
+            {:reply, {:error, :not_found}, state}
+
+          %{} ->
+            open(state, id, from, pid, limits, create == :auto)
+        end
+    end
+  end
+
+  def handle_call({:reopen, id, gen}, from, state) do
+    case :ets.lookup(state.table, id) do
+      [{^id, %{gen: ^gen} = info, _last, false, _ttl}] ->
+        limits = %{max_refs: info.max_refs, ttl_seconds: info.ttl_seconds, tags: info.tags}
+
+        tag =
+          Courier.request(info.worker.courier, Protocol.open_session(session_opts(limits)), id)
+
+        {:noreply, put_courier(state, tag, {:reopen, id, info.index, from})}
+
+      _ ->
+        {:reply, :not_found, state}
+    end
+  end
+
+  def handle_call({:release, id}, from, state) do
+    case drop(state, id, :explicit) do
+      {{info, false}, state} ->
+        pruned(state, :explicit, [id])
+        {:noreply, release(state, info, :explicit, [from])}
+
+      {{_info, true}, state} ->
+        pruned(state, :explicit, [id])
+        {:reply, {:ok, 0}, state}
+
+      {nil, %{opening: %{^id => opening}} = state} ->
+        # Released while being opened: released as soon as it is open.
+        opening = %{opening | releasers: [from | opening.releasers]}
+        {:noreply, %{state | opening: Map.put(state.opening, id, opening)}}
+
+      {nil, state} ->
+        {:reply, :not_found, state}
+    end
+  end
+
+  def handle_call({:describe, id}, _from, state) do
+    case :ets.lookup(state.table, id) do
+      [{^id, info, last, lost, _}] ->
+        owners = state.owners |> Map.get(id, %{}) |> Map.keys()
+
+        last_system =
+          System.system_time(:millisecond) - (System.monotonic_time(:millisecond) - last)
+
+        {:reply, {:ok, info, owners, last_system, lost}, state}
+
+      [] ->
+        {:reply, :not_found, state}
+    end
+  end
+
+  def handle_call(:counts, _from, state) do
+    per_worker = Map.new(state.workers, fn {pid, {_mref, count}} -> {pid, count} end)
+    {:reply, {:ok, :ets.info(state.table, :size), per_worker}, state}
+  end
+
+  @impl true
+  # A courier's answer to one of our requests (see Snakeport.Courier).
+  def handle_info({tag, result}, %{courier: courier} = state) when is_map_key(courier, tag) do
+    Process.demonitor(tag, [:flush])
+    {what, courier} = Map.pop(courier, tag)
+    {:noreply, answered(%{state | courier: courier}, what, result)}
+  end
+
+  # A courier died (with its worker) before it answered.
+  def handle_info({:DOWN, tag, :process, _pid, reason}, %{courier: courier} = state)
+      when is_map_key(courier, tag) do
+    {what, courier} = Map.pop(courier, tag)
+    error = Client.transport_error({:down, reason}, nil, nil)
+    {:noreply, answered(%{state | courier: courier}, what, {:error, error})}
+  end
+
+  # An owner or a worker died.
+  def handle_info({:DOWN, mref, :process, _pid, _reason}, state) do
+    case Map.pop(state.monitors, mref) do
+      {{:owner, id, pid}, monitors} ->
+        state = %{state | monitors: monitors}
+        :ets.delete(state.owners_table, {id, pid})
+        owners = state.owners |> Map.get(id, %{}) |> Map.delete(pid)
+
+        if map_size(owners) == 0 do
+          state =
+            case drop(state, id, :owner_down) do
+              {{info, false}, state} -> release(state, info, :owner_down, [])
+              {_, state} -> state
+            end
+
+          pruned(state, :owner_down, [id])
+          {:noreply, state}
+        else
+          {:noreply, %{state | owners: Map.put(state.owners, id, owners)}}
+        end
+
+      {{:worker, wpid, index}, monitors} ->
+        {:noreply, worker_down(%{state | monitors: monitors}, wpid, index)}
+
+      {nil, _} ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info(:sweep, state) do
+    now = System.monotonic_time(:millisecond)
+
+    expired =
+      :ets.select(state.table, [
+        {{:"$1", :_, :"$2", :_, :"$3"}, [{:<, {:+, :"$2", :"$3"}, now}], [:"$1"]}
+      ])
+
+    {released, state} =
+      Enum.reduce(expired, {[], state}, fn id, {acc, state} ->
+        case drop(state, id, :ttl) do
+          {nil, state} -> {acc, state}
+          {{info, false}, state} -> {[id | acc], release(state, info, :ttl, [])}
+          {{_info, true}, state} -> {[id | acc], state}
+        end
+      end)
+
+    if released != [], do: pruned(state, :ttl, Enum.reverse(released))
+    schedule_sweep(state.store.cleanup_interval)
+    {:noreply, state}
+  end
+
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  defp schedule_sweep(interval), do: Process.send_after(self(), :sweep, interval)
+
+  ## Opening -----------------------------------------------------------------------------------
+
+  defp open(state, id, from, pid, limits, auto) do
+    %{max_sessions: max, strict_mode: strict} = state.store
+    # Live sessions, those being opened included: lost rows hold no Python objects and must
+    # not keep new ones out.
+    count = live_count(state)
+
+    cond do
+      count >= max ->
+        accumulation(state, count, :quota_exceeded)
+
+        error =
+          Error.new(
+            :session_quota_exceeded,
+            "cannot create session #{inspect(id)}: the session store holds #{count} live sessions, " <>
+              "its limit (session_store: [max_sessions: #{max}]). Release sessions you no " <>
+              "longer need, or raise the limit.",
+            %{max_sessions: max, current_sessions: count}
+          )
+
+        if strict, do: Logger.warning("[Snakeport] " <> error.message)
+        {:reply, {:error, error}, state}
+
+      entry = pick_worker(state) ->
+        request = Protocol.open_session(session_opts(limits))
+        tag = Courier.request(entry.courier, request, id)
+
+        opening = %{
+          entry: entry,
+          auto: auto,
+          gen: System.unique_integer([:positive, :monotonic]),
+          waiters: [{from, pid}],
+          releasers: []
+        }
+
+        state = %{state | opening: Map.put(state.opening, id, opening)}
+        {:noreply, state |> put_courier(tag, {:open, id}) |> add_load(entry)}
+
+      true ->
+        error =
+          Error.new(:no_workers, "no Python worker is running (they are starting or restarting)")
+
+        {:reply, {:error, error}, state}
+    end
+  end
+
+  # Only the limits a caller chose: the worker's defaults (from the instance's config) fill
+  # in the others, and its answer says which apply.
+  defp session_opts(nil), do: %{}
+
+  defp session_opts(limits) do
+    for {key, value} <- limits, value != nil, into: %{}, do: {key, value}
+  end
+
+  defp opened(state, id, py) do
+    {opening, state} = pop_opening(state, id)
+    %{entry: entry, auto: auto} = opening
+
+    info = %{
+      id: id,
+      worker: entry,
+      index: entry.index,
+      pid: entry.pid,
+      max_refs: py.max_refs,
+      ttl_seconds: py.ttl_seconds,
+      tags: Map.get(py, :tags),
+      created_at: System.system_time(:millisecond),
+      auto: auto,
+      gen: opening.gen
+    }
+
+    ttl_ms = round(info.ttl_seconds * 1000)
+    :ets.insert(state.table, {id, info, System.monotonic_time(:millisecond), false, ttl_ms})
+    waiters = Enum.reverse(opening.waiters)
+    state = Enum.reduce(waiters, state, fn {_from, pid}, state -> add_owner(state, id, pid) end)
+    current = live_count(state)
+
+    Telemetry.execute([:snakeport, :session, :created], %{current_sessions: current}, %{
+      instance: state.instance,
+      session_id: id,
+      worker: entry.index,
+      tags: info.tags,
+      auto: auto
+    })
+
+    if current * 100 > state.store.max_sessions * @threshold,
+      do: accumulation(state, current, :threshold_warning)
+
+    Enum.each(waiters, fn {from, _pid} -> GenServer.reply(from, {:ok, info, false}) end)
+
+    # Snakeport.release_session/2 was called meanwhile: release it now.
+    case opening.releasers do
+      [] ->
+        state
+
+      froms ->
+        {{info, false}, state} = drop(state, id, :explicit)
+        pruned(state, :explicit, [id])
+        release(state, info, :explicit, froms)
+    end
+  end
+
+  defp open_failed(state, id, %Error{} = error) do
+    {opening, state} = pop_opening(state, id)
+    state = sub_load(state, opening.entry.pid)
+
+    error = %{
+      error
+      | message:
+          "the worker (#{opening.entry.index}) did not open session #{inspect(id)}: " <>
+            error.message
+    }
+
+    open_failed_event(state, id, opening.entry.index, error, false)
+    Enum.each(opening.waiters, fn {from, _pid} -> GenServer.reply(from, {:error, error}) end)
+    Enum.each(opening.releasers, &GenServer.reply(&1, {:ok, 0}))
+    state
+  end
+
+  defp open_failed_event(state, id, index, error, reopen) do
+    Logger.warning("[Snakeport] " <> error.message)
+
+    Telemetry.execute([:snakeport, :session, :open_failed], %{}, %{
+      instance: state.instance,
+      session_id: id,
+      worker: index,
+      reopen: reopen,
+      error: error
+    })
+  end
+
+  defp pop_opening(state, id) do
+    {opening, all} = Map.pop!(state.opening, id)
+    {opening, %{state | opening: all}}
+  end
+
+  defp live_count(state), do: :ets.info(state.table, :size) - state.lost + map_size(state.opening)
+
+  ## Answers of the couriers --------------------------------------------------------------------
+
+  defp answered(state, {:open, id}, result) do
+    case Protocol.session_info_map(:open_session, result) do
+      {:ok, py} -> opened(state, id, py)
+      {:error, error} -> open_failed(state, id, error)
+    end
+  end
+
+  defp answered(state, {:reopen, id, index, from}, result) do
+    case Protocol.session_info_map(:open_session, result) do
+      {:ok, _py} ->
+        GenServer.reply(from, :ok)
+
+      {:error, error} ->
+        message = "the worker (#{index}) did not open session #{inspect(id)} again: "
+        error = %{error | message: message <> error.message}
+        open_failed_event(state, id, index, error, true)
+        GenServer.reply(from, {:error, error})
+    end
+
+    state
+  end
+
+  defp answered(state, {:release, id, index, reason, froms}, result) do
+    meta = %{instance: state.instance, session_id: id, worker: index, reason: reason}
+
+    case Protocol.released_count(result) do
+      {:ok, n} ->
+        Telemetry.execute([:snakeport, :session, :closed], %{refs: n}, meta)
+        Enum.each(froms, &GenServer.reply(&1, {:ok, n}))
+
+      {:error, error} ->
+        Telemetry.execute(
+          [:snakeport, :session, :close_failed],
+          %{},
+          Map.put(meta, :error, error)
+        )
+
+        # A worker that died took the session's objects with it: nothing is left to release.
+        reply = if error.reason == :worker_exited, do: {:ok, 0}, else: {:error, error}
+        Enum.each(froms, &GenServer.reply(&1, reply))
+    end
+
+    state
+  end
+
+  defp put_courier(state, tag, what), do: %{state | courier: Map.put(state.courier, tag, what)}
+
+  # Releases a dropped session in its worker, through its courier; `froms` get the count.
+  defp release(state, info, reason, froms) do
+    tag = Courier.request(info.worker.courier, Protocol.release_session(), info.id)
+    put_courier(state, tag, {:release, info.id, info.index, reason, froms})
+  end
+
+  ## Sessions, owners, workers ----------------------------------------------------------------
+
+  defp accumulation(state, current, reason) do
+    %{max_sessions: max, strict_mode: strict} = state.store
+    utilization = Float.round(current * 100 / max, 2)
+
+    Telemetry.execute(
+      [:snakeport, :session, :accumulation_warning],
+      %{current_sessions: current, max_sessions: max, utilization: utilization},
+      %{instance: state.instance, reason: reason, strict_mode: strict}
+    )
+
+    if strict and reason == :threshold_warning do
+      Logger.warning(
+        "[Snakeport] session accumulation: #{current} of #{max} sessions in use " <>
+          "(#{utilization}%, above #{@threshold}%). Sessions are released when their last " <>
+          "owner process dies, on Snakeport.release_session/2, or after their TTL; check " <>
+          "for long-lived processes that keep adopting new sessions."
+      )
+    end
+  end
+
+  # The least-loaded live worker: fewest sessions, then fewest requests in flight.
+  defp pick_worker(state) do
+    state.pool_table
+    |> Pool.entries()
+    |> Enum.filter(&Process.alive?(&1.pid))
+    |> Enum.min_by(
+      fn entry ->
+        load = state.workers |> Map.get(entry.pid, {nil, 0}) |> elem(1)
+        {load, pending_size(entry), entry.index}
+      end,
+      fn -> nil end
+    )
+  end
+
+  defp pending_size(entry) do
+    :ets.info(entry.pending, :size) || 0
+  end
+
+  defp add_owner(state, id, pid) do
+    owners = Map.get(state.owners, id, %{})
+
+    if Map.has_key?(owners, pid) do
+      state
+    else
+      mref = Process.monitor(pid)
+      :ets.insert(state.owners_table, {{id, pid}})
+
+      %{
+        state
+        | owners: Map.put(state.owners, id, Map.put(owners, pid, mref)),
+          monitors: Map.put(state.monitors, mref, {:owner, id, pid})
+      }
+    end
+  end
+
+  defp add_load(state, %{pid: wpid, index: index}) do
+    case state.workers do
+      %{^wpid => {mref, n}} ->
+        %{state | workers: Map.put(state.workers, wpid, {mref, n + 1})}
+
+      %{} ->
+        mref = Process.monitor(wpid)
+
+        %{
+          state
+          | workers: Map.put(state.workers, wpid, {mref, 1}),
+            monitors: Map.put(state.monitors, mref, {:worker, wpid, index})
+        }
+    end
+  end
+
+  defp sub_load(state, wpid) do
+    case state.workers do
+      %{^wpid => {mref, n}} ->
+        %{state | workers: Map.put(state.workers, wpid, {mref, max(n - 1, 0)})}
+
+      %{} ->
+        state
+    end
+  end
+
+  # Removes a session: its row, its owners' monitors, its worker load. The caller releases
+  # it in its worker (release/4) unless it was lost. Returns {{info, lost?} | nil, state}.
+  defp drop(state, id, reason) do
+    case :ets.take(state.table, id) do
+      [{^id, info, _last, lost, _ttl}] ->
+        {owners, all_owners} = Map.pop(state.owners, id, %{})
+
+        # Demonitor with :flush: a :DOWN already queued for these owners is discarded, so it
+        # cannot later be taken for an owner of a new session with the same id.
+        monitors =
+          Enum.reduce(owners, state.monitors, fn {pid, mref}, acc ->
+            Process.demonitor(mref, [:flush])
+            :ets.delete(state.owners_table, {id, pid})
+            Map.delete(acc, mref)
+          end)
+
+        state = %{state | owners: all_owners, monitors: monitors}
+
+        state =
+          if lost, do: %{state | lost: max(state.lost - 1, 0)}, else: sub_load(state, info.pid)
+
+        Telemetry.execute(
+          [:snakeport, :session, :released],
+          %{remaining_sessions: :ets.info(state.table, :size)},
+          %{
+            instance: state.instance,
+            session_id: id,
+            worker: info.index,
+            reason: reason,
+            lost: lost
+          }
+        )
+
+        {{info, lost}, state}
+
+      [] ->
+        {nil, state}
+    end
+  end
+
+  defp pruned(state, reason, ids) do
+    Telemetry.execute(
+      [:snakeport, :session, :pruned],
+      %{count: length(ids), remaining_sessions: :ets.info(state.table, :size)},
+      %{instance: state.instance, reason: reason, session_ids: ids, table_name: state.table}
+    )
+  end
+
+  defp worker_down(state, wpid, index) do
+    {_, workers} = Map.pop(state.workers, wpid)
+    ids = :ets.select(state.table, [{{:"$1", %{pid: wpid}, :_, false, :_}, [], [:"$1"]}])
+    Enum.each(ids, &:ets.update_element(state.table, &1, {4, true}))
+
+    if ids != [] do
+      Telemetry.execute([:snakeport, :session, :lost], %{count: length(ids)}, %{
+        instance: state.instance,
+        worker: index,
+        session_ids: ids
+      })
+    end
+
+    %{state | workers: workers, lost: state.lost + length(ids)}
+  end
+end
