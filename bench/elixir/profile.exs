@@ -82,7 +82,13 @@ measured = fn py_pid, batch ->
   end
 end
 
-worker_os_pid = fn -> hd(Snakeport.Pool.entries()).os_pid end
+# The default instance's ready workers (harness internals, read-only).
+pool_entries = fn ->
+  {:ok, inst} = Snakeport.Instance.fetch(Snakeport)
+  Snakeport.Pool.entries(inst.pool_table)
+end
+
+worker_os_pid = fn -> hd(pool_entries.()).os_pid end
 
 case System.argv() do
   ["decompose" | rest] ->
@@ -181,11 +187,12 @@ case System.argv() do
   ["harness" | _] ->
     # The CPU cost of each step of Snakeport.call/4 in the caller (and the routing in the
     # worker process), timed in a loop without any I/O. Uses harness internals, read-only.
-    alias Snakeport.{Client, Protocol, Sessions, Telemetry}
+    alias Snakeport.{Instance, Protocol, Sessions, Telemetry}
     Snake.start(python, env, pool_size: 1, python_path: [fake])
-    [entry] = Snakeport.Pool.entries()
-    {:ok, session} = Sessions.checkout(nil, nil)
-    request = {:call, 123, session.id, "operator", "add", [1, 2], %{}, %{}}
+    [entry] = pool_entries.()
+    {:ok, inst} = Instance.fetch(Snakeport)
+    {:ok, session} = Sessions.checkout(inst, nil, nil, 5_000)
+    request = Protocol.call("operator", "add", [1, 2], %{}, %{})
     reply = :erlang.term_to_binary({:reply, 123, :ok, 3}, minor_version: 2)
     reply1 = :erlang.term_to_binary({:reply, 123, :ok, mib1}, minor_version: 2)
     meta = %{op: :call, module: "operator", function: "add"}
@@ -200,17 +207,18 @@ case System.argv() do
 
     rows = [
       time.("loop overhead", n, fn -> :ok end),
-      time.("Snakeport.call: names, Client.parse_opts, Protocol.to_wire", n, fn ->
+      time.("Snakeport.call: names, Instance.fetch, Protocol.to_wire, Protocol.call", n, fn ->
         Protocol.name("operator")
         Protocol.name("add")
-        Client.parse_opts([], [:kwargs, :session, :timeout, :result])
-        Protocol.to_wire({[1, 2], %{}})
+        {:ok, _} = Instance.fetch(Snakeport)
+        {:ok, {args, kwargs}, nil} = Protocol.to_wire({[1, 2], %{}}, Snakeport)
+        Protocol.call("operator", "add", args, kwargs, %{})
       end),
       time.("Sessions.checkout (2 ETS lookups, SessionContext.current)", n, fn ->
-        Sessions.checkout(nil, nil)
+        Sessions.checkout(inst, nil, nil, 5_000)
       end),
       time.("Client.run: meta merge, clocks, 2 Telemetry.execute", n, fn ->
-        meta2 = Map.merge(meta, %{session_id: session.id, worker: 0})
+        meta2 = Map.merge(meta, %{instance: Snakeport, session_id: session.id, worker: 0})
         start = System.monotonic_time()
         m = %{system_time: System.system_time(), monotonic_time: start}
         Telemetry.execute([:snakeport, :call, :start], m, meta2)
@@ -221,8 +229,8 @@ case System.argv() do
       time.("Client.run telemetry when nobody listens: Telemetry.listening?", n, fn ->
         Telemetry.listening?([:snakeport, :call])
       end),
-      time.("Protocol.encode (external_size + term_to_binary)", n, fn ->
-        Protocol.encode(request)
+      time.("Protocol.encode (id and session, external_size, term_to_binary)", n, fn ->
+        Protocol.encode(request, 123, session.id)
       end),
       time.("Worker: id, monitor alias, ETS insert / take, demonitor", n, fn ->
         id = :atomics.add_get(entry.counter, 1, 1)
@@ -233,9 +241,9 @@ case System.argv() do
       end),
       time.("Worker.route: Protocol.frame_kind", n, fn -> Protocol.frame_kind(reply) end),
       time.("Protocol.decode_reply (binary_to_term :safe, binary.match)", n, fn ->
-        Protocol.decode_reply(reply, 0)
+        Protocol.decode_reply(reply, Snakeport, 0)
       end),
-      time.("1 MiB reply: Protocol.decode_reply", 300, fn -> Protocol.decode_reply(reply1, 0) end),
+      time.("1 MiB reply: Protocol.decode_reply", 300, fn -> Protocol.decode_reply(reply1, Snakeport, 0) end),
       time.("1 MiB reply: binary_to_term(:safe) alone", 300, fn ->
         :erlang.binary_to_term(reply1, [:safe])
       end),
@@ -254,7 +262,7 @@ case System.argv() do
     extra = if "fake" in rest, do: [python_path: [fake]], else: []
     Snake.start(python, env, [pool_size: 1] ++ extra)
     Snake.sequential(2_000)
-    [%{pid: worker}] = Snakeport.Pool.entries()
+    [%{pid: worker}] = pool_entries.()
     :eprof.start()
     :eprof.start_profiling([self(), worker])
     if "c64" in rest, do: Snake.concurrent(64, 300), else: Snake.sequential(20_000)
