@@ -2,16 +2,19 @@ defmodule MixSample do
   @moduledoc """
   A small app that calls Python through Snakeport, the way a user's app would.
 
-  `run/0` walks through four things and prints what happens:
+  `run/0` walks through five things and prints what happens:
 
     1. **Auto-session** - plain calls from a process that never opened a session.
     2. **Shared session** - SnakeBridge's `SessionContext` example: process A loads a
        model into session `"shared-<unique>"` and sends the ref to process B, which adopts
        the same session and calls `predict` with it.
-    3. **Releasing** - `release_ref/1` and `release_session/1`, and the error a later use
+    3. **Releasing** - `release_ref/2` and `release_session/2`, and the error a later use
        of a released ref returns.
     4. **Owner death** - when A and then B exit, the harness releases the session in
-       Python: `session_info/1` and the worker's ref count go back to zero.
+       Python: `session_info/2` and the worker's ref count go back to zero.
+    5. **A second instance** - `MixSample.Threaded` (started with `threads: 4` beside the
+       default instance, see `MixSample.Application`): its own workers and sessions, refs
+       that remember it, and four calls that run at once there.
 
   Run it with `mix run demo.exs` (see README.md).
   """
@@ -19,6 +22,7 @@ defmodule MixSample do
   alias Snakeport.SessionContext
 
   @xs [0.0, 1.0, 2.5]
+  @threaded MixSample.Threaded
 
   @doc "Runs the whole demo, printing each step. Raises if a step does not behave."
   @spec run() :: :ok
@@ -30,6 +34,7 @@ defmodule MixSample do
     shared = shared_session()
     releasing(model)
     owner_death(shared)
+    second_instance()
 
     heading("Done")
     :ok
@@ -197,6 +202,52 @@ defmodule MixSample do
     end
   end
 
+  # ---------------------------------------------------------------------------------
+  # 5. A second instance
+  # ---------------------------------------------------------------------------------
+
+  defp second_instance do
+    heading("5. A second instance: #{inspect(@threaded)}, started with threads: 4")
+
+    for instance <- [Snakeport, @threaded] do
+      %{workers: [worker | _]} = Snakeport.stats!(instance: instance)
+      show("#{inspect(instance)}: worker threads, OS pid", {worker.threads, worker.os_pid})
+    end
+
+    model = Snakeport.call!("sample_model", "load", [], instance: @threaded)
+    show("sample_model.load() in #{inspect(@threaded)}", model)
+    line("  -> the ref remembers its instance: method/4 needs no :instance")
+    show("model.predict(#{inspect(@xs)})", Snakeport.method!(model, "predict", [@xs]))
+
+    show(
+      "the ref used with instance: Snakeport",
+      Snakeport.method(model, "predict", [@xs], instance: Snakeport) |> brief()
+    )
+
+    for instance <- [Snakeport, @threaded] do
+      show("4 concurrent time.sleep(0.2) in #{inspect(instance)}, ms", sleeps(instance))
+    end
+
+    line("  -> one thread runs them one after the other, four threads at once")
+    show("release_session (#{inspect(@threaded)})", release_threaded(model.session_id))
+  end
+
+  # ms for four processes each sleeping 0.2 s in Python, in `instance`.
+  defp sleeps(instance) do
+    started = System.monotonic_time(:millisecond)
+
+    1..4
+    |> Enum.map(fn _ ->
+      Task.async(fn -> Snakeport.call!("time", "sleep", [0.2], instance: instance) end)
+    end)
+    |> Task.await_many(10_000)
+
+    System.monotonic_time(:millisecond) - started
+  end
+
+  defp release_threaded(session_id),
+    do: Snakeport.release_session(session_id, instance: @threaded)
+
   defp await_released_event(session_id) do
     receive do
       {:session_released, %{session_id: ^session_id} = meta} -> Map.take(meta, [:reason])
@@ -220,7 +271,7 @@ defmodule MixSample do
 
   @doc """
   Number of refs the worker holds for `session_id`, or `:released` when the session is
-  gone (`session_info/1` answers `session_not_found`).
+  gone (`session_info/2` answers `session_not_found`).
   """
   @spec session_refs(String.t()) :: non_neg_integer() | :released | {:error, atom()}
   def session_refs(session_id) do
@@ -231,7 +282,7 @@ defmodule MixSample do
     end
   end
 
-  @doc "Total refs held in Python by all workers (the workers' own count, via `Snakeport.stats/0`)."
+  @doc "Total refs held in Python by all workers (the workers' own count, via `Snakeport.stats/1`)."
   @spec total_refs() :: non_neg_integer()
   def total_refs, do: Snakeport.stats!().refs
 
@@ -254,7 +305,7 @@ defmodule MixSample do
   end
 
   @doc """
-  Polls (bounded) until the harness no longer knows `session_id` (`session_info/1`
+  Polls (bounded) until the harness no longer knows `session_id` (`session_info/2`
   answers `session_not_found`). The harness then tells the worker to release the session's
   objects; check that with `wait_python_refs/2`.
   Returns `{:ok, :released, elapsed_ms}` or `{:timeout, last}`.

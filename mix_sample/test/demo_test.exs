@@ -2,7 +2,7 @@ defmodule MixSample.DemoTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureIO
 
-  test "MixSample.run/0 goes through all four parts against the real worker" do
+  test "MixSample.run/0 goes through all five parts against the real worker" do
     output = capture_io(fn -> assert :ok = MixSample.run() end)
 
     for heading <- [
@@ -10,6 +10,7 @@ defmodule MixSample.DemoTest do
           "2. Shared session",
           "3. Releasing",
           "4. Owner death",
+          "5. A second instance",
           "Done"
         ] do
       assert output =~ heading
@@ -20,5 +21,8 @@ defmodule MixSample.DemoTest do
     assert output =~ "%{reason: :owner_down}"
     assert output =~ ~r/Python: refs held by the worker.*=> 0/
     assert output =~ ~r/live_models\(\)\s+=> 0/
+    assert output =~ ~r/MixSample.Threaded: worker threads, OS pid\s+=> \{4, \d+\}/
+    assert output =~ ~r/the ref used with instance: Snakeport\s+=> \{:error, :instance_mismatch\}/
+    assert output =~ ~r/release_session \(MixSample.Threaded\)\s+=> \{:ok, 1\}/
   end
 end

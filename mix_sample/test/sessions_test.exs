@@ -287,4 +287,44 @@ defmodule MixSample.SessionsTest do
                end)
     end
   end
+
+  describe "a second instance (MixSample.Threaded, threads: 4)" do
+    @threaded MixSample.Threaded
+
+    test "runs beside the default one: its own workers and sessions; its refs remember it" do
+      assert %{workers: [%{threads: 4, os_pid: threaded_pid}]} =
+               Snakeport.stats!(instance: @threaded)
+
+      assert %{workers: [%{threads: 1, os_pid: default_pid}]} = Snakeport.stats!()
+      assert threaded_pid != default_pid
+
+      {pid, ref} =
+        start_owner(fn -> Snakeport.call!("sample_model", "load", [], instance: @threaded) end)
+
+      assert %Snakeport.Ref{instance: @threaded} = ref
+
+      assert {:ok, %{instance: @threaded, refs: 1}} =
+               Snakeport.session_info(ref.session_id, instance: @threaded)
+
+      # The default instance knows nothing of that session.
+      assert session_refs(ref.session_id) == :released
+
+      # method/4 on the ref goes to its instance; another instance refuses it.
+      assert {:ok, @expected} = run_in(pid, fn -> Snakeport.method(ref, "predict", [@xs]) end)
+
+      assert {:error, %Snakeport.Error{reason: :instance_mismatch}} =
+               run_in(pid, fn -> Snakeport.method(ref, "predict", [@xs], instance: Snakeport) end)
+
+      # Its sessions end with their owners, as in the default instance.
+      stop_and_wait(pid)
+
+      assert {:ok, :released, _} =
+               MixSample.Wait.until(fn ->
+                 case Snakeport.session_info(ref.session_id, instance: @threaded) do
+                   {:error, %Snakeport.Error{reason: :session_not_found}} -> {:ok, :released}
+                   other -> other
+                 end
+               end)
+    end
+  end
 end

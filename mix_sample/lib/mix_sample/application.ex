@@ -1,10 +1,16 @@
 defmodule MixSample.Application do
   @moduledoc """
-  Starts the Snakeport harness in this app's supervision tree, as a user's app would.
+  Starts two Snakeport instances in this app's supervision tree, as a user's app would.
 
   The harness options come from `config :snakeport, ...` (config/config.exs and
   config/runtime.exs): the Python interpreter, the extra `python_path` holding
   `python/sample_model.py`, the pool size, the call timeout and the session store limits.
+  They apply to both instances:
+
+    * `Snakeport`, the default instance (no `:name`): what `Snakeport.call/4` and friends
+      use when no `:instance` is given;
+    * `MixSample.Threaded` (`threads: 4`): a second, independent instance whose workers run
+      four calls at once; calls name it with `instance: MixSample.Threaded`.
   """
   use Application
 
@@ -13,7 +19,8 @@ defmodule MixSample.Application do
     # Options given here override `config :snakeport, ...`; this app sets everything in
     # config, so the child spec needs none.
     children = [
-      {Snakeport, []}
+      {Snakeport, []},
+      {Snakeport, name: MixSample.Threaded, threads: 4}
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: MixSample.Supervisor)
