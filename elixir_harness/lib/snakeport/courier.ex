@@ -16,6 +16,7 @@ defmodule Snakeport.Courier do
   # `{:DOWN, tag, ...}` instead.
 
   use GenServer
+  require Logger
 
   alias Snakeport.{Client, Protocol, Worker}
 
@@ -63,5 +64,10 @@ defmodule Snakeport.Courier do
     {tag, pending} = Map.pop(pending, mref)
     send(tag, {tag, {:error, Client.transport_error({:down, reason}, nil, nil)}})
     {:noreply, %{state | pending: pending}}
+  end
+
+  def handle_info(msg, state) do
+    Logger.debug("Snakeport courier: unexpected message #{inspect(msg, limit: 10)}")
+    {:noreply, state}
   end
 end
