@@ -8,65 +8,36 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from snakeport import PROTOCOL_VERSION, __version__
+from snakeport import _limits as limits
+from snakeport._limits import Limit
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _checked(
-    convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
-) -> Callable[[str], Any]:
-    """An argparse ``type`` that converts the text and checks the value.
+def _option(limit: Limit) -> Callable[[str], Any]:
+    """The argparse ``type`` of an option: :meth:`Limit.parse` with argparse's error type.
 
     Args:
-        convert: Parses the text (``int``, ``float``); its ``ValueError`` means bad input.
-        ok: Tells whether the parsed value is acceptable.
-        expected: What a good value is, for the message ("expected X, got: 'text'").
+        limit: The option's rule (in :mod:`snakeport._limits`).
 
     Returns:
-        The ``type`` callable; it raises ``argparse.ArgumentTypeError`` on bad input.
+        A callable that converts the text or raises ``argparse.ArgumentTypeError``.
     """
 
     def parse(text: str) -> Any:
         try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got: {text!r}")
-        return value
+            return limit.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
+    parse.__name__ = limit.name
     return parse
-
-
-_positive_int = _checked(int, lambda v: v > 0, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
-
-
-def _positive_number(text: str) -> int | float:
-    value = _positive_float(text)
-    return int(value) if value.is_integer() else value
-
-
-def _frame_limit(text: str) -> int:
-    value = _positive_int(text)
-    if value > 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError("a {packet, 4} frame holds at most 4294967295 bytes")
-    return value
-
-
-def _spin(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected at most 1000000 microseconds (a second), got: {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,46 +58,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"snakeport {__version__}")
     parser.add_argument(
         "--max-frame-bytes",
-        type=_frame_limit,
-        default=256 * 1024 * 1024,
+        type=_option(limits.MAX_FRAME_BYTES),
+        default=limits.MAX_FRAME_BYTES.default,
         metavar="N",
         help="largest frame accepted, in bytes; larger ones are skipped and answered with a "
         "frame_too_large error",
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
-        default=1,
+        type=_option(limits.THREADS),
+        default=limits.THREADS.default,
         metavar="N",
         help="executor threads running call/method/getattr/setattr (control requests are "
         "always answered at once by the frame-reading thread)",
     )
     parser.add_argument(
         "--default-max-refs",
-        type=_positive_int,
-        default=10_000,
+        type=_option(limits.MAX_REFS),
+        default=limits.MAX_REFS.default,
         metavar="N",
         help="max_refs of a session that does not state one",
     )
     parser.add_argument(
         "--default-ttl-seconds",
-        type=_positive_number,
-        default=3600,
+        type=_option(limits.TTL_SECONDS),
+        default=limits.TTL_SECONDS.default,
         metavar="SECONDS",
         help="ttl_seconds of a session that does not state one: refs idle for longer are "
         "released by the sweep",
     )
     parser.add_argument(
         "--sweep-interval",
-        type=_positive_number,
-        default=1.0,
+        type=_option(limits.SWEEP_INTERVAL),
+        default=limits.SWEEP_INTERVAL.default,
         metavar="SECONDS",
         help="how often the TTL sweep runs (it runs even when the worker is idle)",
     )
     parser.add_argument(
         "--max-tombstones",
-        type=_non_negative_int,
-        default=100_000,
+        type=_option(limits.MAX_TOMBSTONES),
+        default=limits.MAX_TOMBSTONES.default,
         metavar="N",
         help="how many released/evicted/pruned ref ids are remembered so that their later "
         "use fails with ref_released rather than ref_not_found, and how many released "
@@ -134,16 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-depth",
-        type=_positive_int,
-        default=512,
+        type=_option(limits.MAX_DEPTH),
+        default=limits.MAX_DEPTH.default,
         metavar="N",
         help="deepest term nesting decoded from the VM, and marshalled back as data "
         "(deeper parts of a result become refs)",
     )
     parser.add_argument(
         "--spin-us",
-        type=_spin,
-        default=200,
+        type=_option(limits.SPIN_US),
+        default=limits.SPIN_US.default,
         metavar="N",
         help="before waiting for the next frame, poll for it this many microseconds (0: "
         "never); saves the wake-up of a sleeping thread on busy request streams, at the "

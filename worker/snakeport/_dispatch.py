@@ -27,6 +27,7 @@ from typing import Any, Callable, Union
 
 
 from snakeport import PROTOCOL_VERSION, __version__
+from snakeport import _limits as limits
 from snakeport._sessions import RefHandle, Session, SessionInfo, SessionTable
 from snakeport.errors import Cancelled, EncodeError, RequestError
 from snakeport.types import (
@@ -686,26 +687,24 @@ class Dispatcher:
             exception in a thread (default :func:`async_raise`).
 
     Raises:
-        ValueError: ``max_depth`` is not a positive integer.
+        ValueError: A limit is out of range (the rules of :mod:`snakeport._limits`).
     """
 
     def __init__(
         self,
         table: SessionTable,
         *,
-        max_depth: int = 512,
-        max_frame_bytes: int = 256 * 1024 * 1024,
-        threads: int = 1,
+        max_depth: int = limits.MAX_DEPTH.default,
+        max_frame_bytes: int = limits.MAX_FRAME_BYTES.default,
+        threads: int = limits.THREADS.default,
         interrupt: Callable[[int, type[BaseException] | None], None] = async_raise,
         uninterruptible: Callable[[int], bool] = in_import_machinery,
-        defer_interval: float = 0.002,
+        defer_interval: float = limits.CANCEL_RETRY_INTERVAL,
     ) -> None:
-        if type(max_depth) is not int or max_depth <= 0:
-            raise ValueError(f"expected max_depth to be a positive integer, got: {max_depth!r}")
         self.table = table
-        self.max_depth = max_depth
-        self.max_frame_bytes = max_frame_bytes
-        self.threads = threads
+        self.max_depth = limits.MAX_DEPTH.check(max_depth)
+        self.max_frame_bytes = limits.MAX_FRAME_BYTES.check(max_frame_bytes)
+        self.threads = limits.THREADS.check(threads)
         self._interrupt = interrupt
         self._uninterruptible = uninterruptible
         self._defer_interval = defer_interval

@@ -27,6 +27,8 @@ import struct
 from collections import deque
 from typing import NamedTuple, Union
 
+from snakeport import _limits
+
 __all__ = ["FrameSplitter", "Oversized", "Event", "encode_header", "HEADER_SIZE"]
 
 #: Size of the ``{packet, 4}`` length prefix.
@@ -36,7 +38,7 @@ _HEADER = struct.Struct(">I")
 _unpack_header = _HEADER.unpack_from
 
 #: Largest length a ``{packet, 4}`` header can state.
-_MAX_PACKET = 0xFFFFFFFF
+_MAX_PACKET = _limits.MAX_PACKET
 
 
 class Oversized(NamedTuple):
@@ -78,7 +80,8 @@ class FrameSplitter:
     """Splits a byte stream into ``{packet, 4}`` frames, skipping oversized ones.
 
     Args:
-        max_frame_bytes: Largest accepted payload; larger frames become :class:`Oversized`.
+        max_frame_bytes: Largest accepted payload (1 to 4294967295); larger frames become
+            :class:`Oversized`.
         head_bytes: How many leading payload bytes an :class:`Oversized` event keeps.
         buffer_size: Size of the internal buffer for small frames and reads; payloads of at
             least ``large_threshold`` bytes get a buffer of their own instead.
@@ -111,19 +114,18 @@ class FrameSplitter:
     def __init__(
         self,
         *,
-        max_frame_bytes: int,
+        max_frame_bytes: int = _limits.MAX_FRAME_BYTES.default,
         head_bytes: int = 256,
         buffer_size: int = 256 * 1024,
         large_threshold: int = 64 * 1024,
     ) -> None:
+        _limits.MAX_FRAME_BYTES.check(max_frame_bytes)
         for name, value in (
-            ("max_frame_bytes", max_frame_bytes),
             ("head_bytes", head_bytes),
             ("buffer_size", buffer_size),
             ("large_threshold", large_threshold),
         ):
-            if type(value) is not int or value <= 0:
-                raise ValueError(f"expected {name} to be a positive integer, got: {value!r}")
+            _limits.positive_int(name, value)
         if large_threshold > buffer_size - HEADER_SIZE:
             raise ValueError(
                 f"expected large_threshold ({large_threshold}) to be at most "

@@ -9,7 +9,7 @@ Threads:
   that holds it reads frames, answers control requests at once, and runs a Python operation
   itself ("inline") when no other call is executing, which saves a thread hand-off (tens of
   microseconds) per call. The other one stands by: when it sees the reader busy in the same
-  inline call for ``_TAKEOVER_POLL`` seconds, it takes the reading role over, so control
+  inline call for ``TAKEOVER_POLL`` seconds, it takes the reading role over, so control
   requests are still answered within a few milliseconds during a long call. The reader that
   lost the role finishes its call and becomes the stand-by;
 - with ``--threads N`` > 1, a ``ThreadPoolExecutor`` of N threads runs the calls that cannot
@@ -50,6 +50,7 @@ import time
 from collections import deque
 from typing import Any, NamedTuple, NoReturn
 
+from snakeport import _limits as limits
 from snakeport import etf
 from snakeport._dispatch import (
     OK,
@@ -75,7 +76,7 @@ F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _pack_header = struct.Struct(">I").pack
 
 #: Largest payload a ``{packet, 4}`` frame can carry.
-_MAX_PACKET = 0xFFFFFFFF
+_MAX_PACKET = limits.MAX_PACKET
 
 #: Capacity requested for the protocol pipes.
 PIPE_SIZE = 1 << 20
@@ -83,21 +84,8 @@ PIPE_SIZE = 1 << 20
 #: Most buffers one ``writev`` call takes (Linux ``IOV_MAX``).
 _IOV_MAX = 1024
 
-#: How often the watchdog looks at the parent pid (seconds).
-_WATCHDOG_INTERVAL = 0.2
-
-#: How long ``shutdown`` waits for cancelled calls to reply before exiting (seconds).
-_SHUTDOWN_GRACE = 2.0
-
-#: The stand-by loop thread looks at the reader this often (seconds); a call running inline
-#: for this long gets the reading role taken over.
-_TAKEOVER_POLL = 0.002
-
 #: After this many looks without an inline call, the stand-by sleeps until woken.
 _STANDBY_DEEP_AFTER = 100
-
-#: Longest accepted ``--spin-us`` (a second: longer spins only burn CPU).
-_MAX_SPIN_US = 1_000_000
 
 #: A spin step (poll + yield) longer than this means another task ran on the CPU (s).
 _YIELD_BUSY = 10e-6
@@ -108,30 +96,41 @@ _SPIN_BACKOFF = 0.1
 #: ``sched_yield`` where the OS has it (every POSIX system), else a no-op.
 _sched_yield = getattr(os, "sched_yield", lambda: None)
 
-#: Highest recursion limit set for a large ``--max-depth``.
-_MAX_RECURSION = 20_000
-
 
 class _ConfigFields(NamedTuple):
-    max_frame_bytes: int = 256 * 1024 * 1024
-    threads: int = 1
-    default_max_refs: int = 10_000
-    default_ttl_seconds: float = 3600
-    sweep_interval: float = 1.0
-    max_tombstones: int = 100_000
-    max_depth: int = 512
-    spin_us: int = 200
+    max_frame_bytes: int = limits.MAX_FRAME_BYTES.default
+    threads: int = limits.THREADS.default
+    default_max_refs: int = limits.MAX_REFS.default
+    default_ttl_seconds: float = limits.TTL_SECONDS.default
+    sweep_interval: float = limits.SWEEP_INTERVAL.default
+    max_tombstones: int = limits.MAX_TOMBSTONES.default
+    max_depth: int = limits.MAX_DEPTH.default
+    spin_us: int = limits.SPIN_US.default
+
+
+#: The rule of each Config field, in field order.
+_CONFIG_LIMITS = (
+    limits.MAX_FRAME_BYTES,
+    limits.THREADS,
+    limits.MAX_REFS,
+    limits.TTL_SECONDS,
+    limits.SWEEP_INTERVAL,
+    limits.MAX_TOMBSTONES,
+    limits.MAX_DEPTH,
+    limits.SPIN_US,
+)
 
 
 class Config(_ConfigFields):
-    """The worker's settings (the CLI options); immutable.
+    """The worker's settings (the CLI options); immutable, validated at construction.
 
     A NamedTuple rather than a dataclass: ``dataclasses`` (with ``inspect`` and ``ast``)
-    costs ~10 ms of the worker's start.
+    costs ~10 ms of the worker's start. Defaults and rules are those of
+    :mod:`snakeport._limits`.
 
     Attributes:
         max_frame_bytes: Largest accepted frame payload.
-        threads: Executor size.
+        threads: How many calls execute at once.
         default_max_refs: ``max_refs`` of sessions that do not state one.
         default_ttl_seconds: ``ttl_seconds`` of sessions that do not state one.
         sweep_interval: Seconds between TTL sweeps.
@@ -139,37 +138,18 @@ class Config(_ConfigFields):
         max_depth: Deepest term nesting decoded, and marshalled as data.
         spin_us: How long the reader polls for the next frame before it blocks
             (microseconds; 0: never).
+
+    Raises:
+        ValueError: A setting is out of range.
     """
 
     __slots__ = ()
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Config:
         self = super().__new__(cls, *args, **kwargs)
-        self._validate()
+        for name, limit, value in zip(self._fields, _CONFIG_LIMITS, self):
+            limit.check(value, name)
         return self
-
-    def _validate(self) -> None:
-        """Validate the limits.
-
-        Raises:
-            ValueError: A limit is out of range.
-        """
-        for name in ("max_frame_bytes", "threads", "default_max_refs", "max_depth"):
-            value = getattr(self, name)
-            if type(value) is not int or value <= 0:
-                raise ValueError(f"expected {name} to be a positive integer, got: {value!r}")
-        if self.max_frame_bytes > _MAX_PACKET:
-            raise ValueError(f"expected max_frame_bytes to be at most {_MAX_PACKET}, got: {self.max_frame_bytes}")
-        for name in ("max_tombstones", "spin_us"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 0:
-                raise ValueError(f"expected {name} to be a non-negative integer, got: {value!r}")
-        if self.spin_us > _MAX_SPIN_US:
-            raise ValueError(f"expected spin_us to be at most {_MAX_SPIN_US}, got: {self.spin_us}")
-        for name in ("default_ttl_seconds", "sweep_interval"):
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not 0 < value < float("inf"):
-                raise ValueError(f"expected {name} to be a positive number, got: {value!r}")
 
 
 def _flush_stdio() -> None:
@@ -635,7 +615,7 @@ class Server:
                     self._standby_deep = False
                     idle = 0
                 else:
-                    self._sched.wait(_TAKEOVER_POLL)
+                    self._sched.wait(limits.TAKEOVER_POLL)
 
     def _read_frames(self) -> None:
         """Read and handle frames while this thread holds the reading role.
@@ -857,7 +837,7 @@ class Server:
             self._draining = True
         self._flush_held(self.dispatcher.cancel_all())
         with self._sched:
-            idle = self._drained.wait_for(lambda: self._running == 0, _SHUTDOWN_GRACE)
+            idle = self._drained.wait_for(lambda: self._running == 0, limits.SHUTDOWN_GRACE)
             running = self._running
         if not idle:
             self.send(
@@ -884,7 +864,7 @@ class Server:
 
     def _watchdog(self) -> None:
         parent = self._parent
-        while not self._stop.wait(_WATCHDOG_INTERVAL):
+        while not self._stop.wait(limits.WATCHDOG_INTERVAL):
             if os.getppid() != parent:
                 # The VM is gone (halted or killed): a normal end of life, silent at the
                 # default log level.
@@ -905,6 +885,6 @@ def run(config: Config) -> NoReturn:
     sys.setswitchinterval(0.001)
     # Results (and arguments holding refs) are walked recursively down to --max-depth
     # (bounded: a C int, and C code recursing that deep would overflow the thread's stack).
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), min(2 * config.max_depth + 1000, _MAX_RECURSION)))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), min(2 * config.max_depth + 1000, limits.MAX_RECURSION)))
     server = Server(config, in_fd, out_fd)
     server.serve()

@@ -20,12 +20,13 @@ the table are released after the lock is let go, so that a slow ``__del__`` neve
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 import time
 from collections import OrderedDict
 from typing import Any, Iterable, NamedTuple
 
+from snakeport import _limits as limits
+from snakeport._limits import Limit
 from snakeport.errors import RequestError
 from snakeport.types import Atom
 
@@ -182,15 +183,14 @@ class Session:
         )
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if type(value) is not int or value <= 0:
-        raise RequestError("bad_request", f"expected {name} to be a positive integer, got: {value!r}")
-    return value
+def _session_option(limit: Limit, value: Any) -> Any:
+    """Check an ``open_session`` option with its rule in :mod:`snakeport._limits`.
 
-
-def _positive_number(name: str, value: Any) -> int | float:
-    if type(value) not in (int, float) or not value > 0 or not math.isfinite(value):
-        raise RequestError("bad_request", f"expected {name} to be a positive number, got: {value!r}")
+    Raises:
+        RequestError: ``bad_request`` with the rule's message.
+    """
+    if not limit.ok(value):
+        raise RequestError("bad_request", f"expected {limit.name} to be {limit.what}, got: {value!r}")
     return value
 
 
@@ -213,21 +213,15 @@ class SessionTable:
     def __init__(
         self,
         *,
-        default_max_refs: int = 10_000,
-        default_ttl_seconds: float = 3600,
-        max_tombstones: int = 100_000,
+        default_max_refs: int = limits.MAX_REFS.default,
+        default_ttl_seconds: float = limits.TTL_SECONDS.default,
+        max_tombstones: int = limits.MAX_TOMBSTONES.default,
         monotonic: Any = time.monotonic,
         wall: Any = time.time,
     ) -> None:
-        if type(default_max_refs) is not int or default_max_refs <= 0:
-            raise ValueError(f"expected default_max_refs to be a positive integer, got: {default_max_refs!r}")
-        if type(default_ttl_seconds) not in (int, float) or not default_ttl_seconds > 0:
-            raise ValueError(f"expected default_ttl_seconds to be a positive number, got: {default_ttl_seconds!r}")
-        if type(max_tombstones) is not int or max_tombstones < 0:
-            raise ValueError(f"expected max_tombstones to be a non-negative integer, got: {max_tombstones!r}")
-        self.default_max_refs = default_max_refs
-        self.default_ttl_seconds = default_ttl_seconds
-        self.max_tombstones = max_tombstones
+        self.default_max_refs = limits.MAX_REFS.check(default_max_refs, "default_max_refs")
+        self.default_ttl_seconds = limits.TTL_SECONDS.check(default_ttl_seconds, "default_ttl_seconds")
+        self.max_tombstones = limits.MAX_TOMBSTONES.check(max_tombstones)
         self._monotonic = monotonic
         self._wall = wall
         #: The one lock around every table below.
@@ -279,9 +273,9 @@ class SessionTable:
             RequestError: ``bad_request`` for an invalid option.
         """
         if max_refs is not _UNSET:
-            _positive_int("max_refs", max_refs)
+            _session_option(limits.MAX_REFS, max_refs)
         if ttl_seconds is not _UNSET:
-            _positive_number("ttl_seconds", ttl_seconds)
+            _session_option(limits.TTL_SECONDS, ttl_seconds)
         if overflow is not _UNSET and overflow not in OVERFLOW_POLICIES:
             raise RequestError(
                 "bad_request", f"expected overflow to be error or evict_lru, got: {overflow!r}"

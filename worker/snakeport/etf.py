@@ -82,6 +82,7 @@ from itertools import chain
 from typing import Any, NoReturn
 
 from . import _etf_tags as T
+from . import _limits
 from .errors import DecodeError, EncodeError
 from .types import (
     Atom,
@@ -111,10 +112,11 @@ __all__ = [
 
 #: Default nesting limit: containers inside containers, the outermost counting as 1. Kept
 #: well below Python's default recursion limit so that recursive walkers of decoded terms
-#: (in the worker) stay safe; the codec itself never recurses.
-DEFAULT_MAX_DEPTH = 512
+#: (in the worker) stay safe; the codec itself never recurses. The worker's ``max_depth``.
+DEFAULT_MAX_DEPTH: int = _limits.MAX_DEPTH.default
 #: Default size limit for decoding: input bytes and declared/actual decompressed bytes.
-DEFAULT_MAX_SIZE = 256 * 1024 * 1024
+#: The worker's ``max_frame_bytes``.
+DEFAULT_MAX_SIZE: int = _limits.MAX_FRAME_BYTES.default
 #: Tuples whose first element is an atom with this prefix are handed to ``tagged``.
 TAGGED_PREFIX = "$snakeport_"
 
@@ -1034,10 +1036,8 @@ def _encode_part(obj: Any, default: DefaultHook | None, max_depth: int, depth: i
 # ---------------------------------------------------------------------------------------
 
 
-def _check_limit(name: str, value: object) -> int:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"expected {name} to be a positive integer, got: {value!r}")
-    return value
+#: Checks ``max_depth`` and ``max_size``: a positive integer (``ValueError`` otherwise).
+_check_limit = _limits.positive_int
 
 
 def _check_hook(name: str, value: object) -> None:

@@ -1,0 +1,209 @@
+"""Every default, limit and timing of the worker, and the one validation of each (I/O-free).
+
+The command line (``__main__``), :class:`~snakeport._server.Config`, the session table,
+the dispatcher, the codec (``etf``) and the frame splitter all read their defaults and
+bounds here, and check values with the :class:`Limit` rules here, so that a default or a
+bound is written once and every entry point refuses the same values with the same words
+("expected max_refs to be a positive integer, got: -1"). Only the command line turns text
+into values (:meth:`Limit.parse`); everything else checks Python values (:meth:`Limit.check`).
+
+Settings (the worker's options; each a :class:`Limit` with its default):
+
+========================  ==============================  =============================
+Limit                     default                         accepted values
+========================  ==============================  =============================
+:data:`MAX_FRAME_BYTES`   268435456 (256 MiB)             integer 1 .. :data:`MAX_PACKET`
+:data:`THREADS`           1                               positive integer
+:data:`MAX_REFS`          10000                           positive integer
+:data:`TTL_SECONDS`       3600                            positive finite number
+:data:`SWEEP_INTERVAL`    1.0                             positive finite number
+:data:`MAX_TOMBSTONES`    100000                          non-negative integer
+:data:`MAX_DEPTH`         512                             positive integer
+:data:`SPIN_US`           200                             integer 0 .. 1000000
+========================  ==============================  =============================
+
+``MAX_REFS`` and ``TTL_SECONDS`` are both the rule of a session's ``max_refs`` and
+``ttl_seconds`` (``open_session``) and of the worker's defaults for them
+(``--default-max-refs``, ``--default-ttl-seconds``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+__all__ = [
+    "Limit",
+    "positive_int",
+    "MAX_PACKET",
+    "MAX_FRAME_BYTES",
+    "THREADS",
+    "MAX_REFS",
+    "TTL_SECONDS",
+    "SWEEP_INTERVAL",
+    "MAX_TOMBSTONES",
+    "MAX_DEPTH",
+    "SPIN_US",
+    "WATCHDOG_INTERVAL",
+    "SHUTDOWN_GRACE",
+    "TAKEOVER_POLL",
+    "CANCEL_RETRY_INTERVAL",
+    "MAX_RECURSION",
+]
+
+#: Largest payload a ``{packet, 4}`` frame can carry (its length is 32 bits).
+MAX_PACKET = 0xFFFFFFFF
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is not an integer here
+
+
+def _is_number(value: Any) -> bool:
+    t = type(value)
+    return (t is int or t is float) and math.isfinite(value)
+
+
+class Limit(NamedTuple):
+    """One setting: its name, its default and the values it accepts.
+
+    Attributes:
+        name: The keyword (``max_refs``); messages use it unless told another name.
+        default: The default value.
+        integer: Whether only ``int`` is accepted (else ``int`` or finite ``float``).
+        low: Smallest accepted value (an integer limit), or ``0`` exclusive (a number).
+        high: Largest accepted value, or ``None``.
+        what: The accepted values in words, for messages ("a positive integer").
+    """
+
+    name: str
+    default: Any
+    integer: bool
+    low: int
+    high: int | None
+    what: str
+
+    def ok(self, value: Any) -> bool:
+        """Tell whether ``value`` is accepted.
+
+        Args:
+            value: Any Python value.
+
+        Returns:
+            True when the value follows the rule (``bool`` is never accepted).
+        """
+        if self.integer:
+            return _is_int(value) and value >= self.low and (self.high is None or value <= self.high)
+        return _is_number(value) and value > 0 and (self.high is None or value <= self.high)
+
+    def check(self, value: Any, name: str | None = None) -> Any:
+        """Return ``value`` when it is accepted.
+
+        Args:
+            value: The value to check.
+            name: The name for the message (default: :attr:`name`).
+
+        Returns:
+            ``value``.
+
+        Raises:
+            ValueError: ``expected <name> to be <what>, got: <value!r>``.
+        """
+        if not self.ok(value):
+            raise ValueError(f"expected {name or self.name} to be {self.what}, got: {value!r}")
+        return value
+
+    def parse(self, text: str) -> Any:
+        """Convert command-line text and check it.
+
+        Numbers that are whole come back as ``int`` (``"3600"`` is ``3600``, ``"0.5"`` is
+        ``0.5``).
+
+        Args:
+            text: The option's text.
+
+        Returns:
+            The value.
+
+        Raises:
+            ValueError: ``expected <what>, got: <text!r>``.
+        """
+        value: Any
+        try:
+            if self.integer:
+                value = int(text)
+            else:
+                value = float(text)
+                if math.isfinite(value) and value.is_integer():
+                    value = int(value)
+        except ValueError:
+            value = None
+        if not self.ok(value):
+            raise ValueError(f"expected {self.what}, got: {text!r}")
+        return value
+
+
+def _int_limit(name: str, default: int, low: int, high: int | None = None, what: str = "") -> Limit:
+    if not what:
+        what = {0: "a non-negative integer", 1: "a positive integer"}[low] if high is None else (
+            f"an integer from {low} to {high}"
+        )
+    return Limit(name, default, True, low, high, what)
+
+
+def _number_limit(name: str, default: int | float) -> Limit:
+    return Limit(name, default, False, 0, None, "a positive number")
+
+
+#: Largest frame payload accepted; larger frames are skipped and answered ``frame_too_large``.
+#: Also the codec's default ``max_size`` (input and decompressed bytes).
+MAX_FRAME_BYTES = _int_limit("max_frame_bytes", 256 * 1024 * 1024, 1, MAX_PACKET)
+#: How many calls execute at once (``--threads``).
+THREADS = _int_limit("threads", 1, 1)
+#: Refs a session may hold (a session's ``max_refs``, ``--default-max-refs``).
+MAX_REFS = _int_limit("max_refs", 10_000, 1)
+#: Seconds a ref may stay unused before the sweep drops it (``ttl_seconds``).
+TTL_SECONDS = _number_limit("ttl_seconds", 3600)
+#: Seconds between two TTL sweeps.
+SWEEP_INTERVAL = _number_limit("sweep_interval", 1.0)
+#: Released ref ids (and, apart, released session ids) remembered for precise errors.
+MAX_TOMBSTONES = _int_limit("max_tombstones", 100_000, 0)
+#: Deepest container nesting decoded, and marshalled back as data; the codec's default.
+MAX_DEPTH = _int_limit("max_depth", 512, 1)
+#: Microseconds the reader polls for the next frame before it blocks (0: never; a second
+#: at most: longer spins only burn CPU).
+SPIN_US = _int_limit("spin_us", 200, 0, 1_000_000)
+
+_POSITIVE_INT = _int_limit("value", 1, 1)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """Check a positive integer option that has no setting of its own (codec, splitter sizes).
+
+    Args:
+        name: The option's name, for the message.
+        value: The value.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: ``expected <name> to be a positive integer, got: <value!r>``.
+    """
+    return _POSITIVE_INT.check(value, name)
+
+
+# ------------------------------------------------------------- timings (not options)
+
+#: How often the watchdog looks at the parent pid (seconds).
+WATCHDOG_INTERVAL = 0.2
+#: How long ``shutdown`` waits for cancelled calls to end before the process exits (seconds).
+SHUTDOWN_GRACE = 2.0
+#: How often the stand-by loop thread looks at the reader (seconds): a call running inline
+#: for this long has the reading role taken over, so control requests stay answered.
+TAKEOVER_POLL = 0.002
+#: How often a cancel held back by an import is retried (seconds).
+CANCEL_RETRY_INTERVAL = 0.002
+#: Highest recursion limit set for a large ``max_depth`` (results are walked recursively;
+#: C code recursing deeper would overflow a thread's stack).
+MAX_RECURSION = 20_000
