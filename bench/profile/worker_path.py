@@ -16,7 +16,7 @@ import threading
 import timeit
 
 from snakeport import etf
-from snakeport._dispatch import TagContext
+from snakeport._tagged import TagContext, encode_default
 from snakeport._server import Config, Server
 from snakeport.types import Atom
 
@@ -45,7 +45,7 @@ def main() -> None:
     me = threading.get_ident()
     splitter = server._splitter
     dispatcher = server.dispatcher
-    default = dispatcher.encode_default
+    default = encode_default
     reply = (A("reply"), 7, A("ok"), 3)
     reply_frame = struct.pack(">I", len(etf.encode(reply))) + etf.encode(reply)
 

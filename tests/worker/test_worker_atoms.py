@@ -16,7 +16,7 @@ import pytest
 from sp_client import A
 
 from snakeport import etf
-from snakeport._dispatch import EMITTED_ATOMS, error_reply, protocol_error_event, warning_event
+from snakeport._protocol import EMITTED_ATOMS, error_reply, protocol_error_event, warning_event
 from snakeport.types import Atom, ErlMap, ImproperList
 
 PROTOCOL_MD = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"

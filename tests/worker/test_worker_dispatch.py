@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from snakeport import Cancelled
-from snakeport._dispatch import Dispatcher, Job, TagContext, resolve_tagged
+from snakeport._dispatch import Dispatcher
+from snakeport._jobs import Job, Jobs
+from snakeport._tagged import TagContext, resolve_tagged
 from snakeport._sessions import SessionTable
 from snakeport.types import Atom, ErlMap
 
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent / "pymods"))
 
 A = Atom
 REF = A("$snakeport_ref")
+RSS = 123_456_789  # what the Harness's rss function reports (the server passes psutil's)
 
 
 class Harness:
@@ -26,7 +29,7 @@ class Harness:
 
     def __init__(self, sessions=("s",), **table_kw) -> None:
         self.table = SessionTable(**table_kw)
-        self.d = Dispatcher(self.table, max_depth=8)
+        self.d = Dispatcher(self.table, max_depth=8, rss=lambda: RSS)
         self.ids = iter(range(1, 1_000_000))
         for sid in sessions:
             self.ok("open_session", sid, {})
@@ -180,7 +183,8 @@ def test_python_error_has_type_message_and_user_traceback(h) -> None:
     tb = err[A("traceback")]
     assert tb[0].startswith("Traceback") and tb[-1] == "ValueError: bad thing"
     assert any("sp_testmod.py" in line and "fail" in line for line in tb)
-    assert not any("_dispatch.py" in line for line in tb)
+    worker_dir = str(Path(sys.modules["snakeport"].__file__).parent)
+    assert not any(worker_dir in line for line in tb)  # none of the worker's own frames
     assert err[A("details")] == {}
 
 
@@ -412,7 +416,7 @@ def test_stats(h) -> None:
     h.call("Box", [1])
     stats = h.ok("stats")
     assert stats[A("sessions")] == 1 and stats[A("refs")] == 1
-    assert stats[A("rss_bytes")] > 1_000_000 and stats[A("in_flight")] == 0
+    assert stats[A("rss_bytes")] == RSS and stats[A("in_flight")] == 0
     assert stats[A("requests")] == 3 and stats[A("threads")] == 1  # open_session, call, stats
 
 
@@ -483,8 +487,8 @@ def test_receive_never_raises_on_any_term(op, rid, fields) -> None:
     term = resolve_tagged((op, rid, *fields), ctx)
     out = h.d.receive(term, ctx)
     if isinstance(out, Job):
-        with h.d._jlock:  # not run: arbitrary callables are not called here
-            h.d._jobs.pop(out.request_id, None)
+        # Not run (arbitrary callables are not called here): cancelled while queued.
+        assert h.d.jobs.cancel(out.request_id) == (True, True) and h.d.in_flight == 0
         return
     assert isinstance(out, list) and out
     for t in out:
@@ -523,16 +527,18 @@ def test_cancel_waits_while_the_thread_is_inside_importlib() -> None:
     h.d = Dispatcher(
         h.table,
         max_depth=8,
-        interrupt=lambda tid, exc: sent.append(exc),
-        uninterruptible=lambda tid: busy.is_set(),
-        defer_interval=0.001,
+        jobs=Jobs(
+            interrupt=lambda tid, exc: sent.append(exc),
+            uninterruptible=lambda tid: busy.is_set(),
+            retry_interval=0.001,
+        ),
     )
     job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
     job.state, job.thread = 1, threading.get_ident()  # as run_job marks a running job
     assert h.ok("cancel", job.request_id) == {A("cancelled"): True}
     assert job.cancel_deferred and not job.cancel_sent
-    # The deferral thread polls under the dispatcher's lock; it cannot send while busy.
-    with h.d._jlock:
+    # The deferral thread polls under the jobs' lock; it cannot send while busy.
+    with h.d.jobs.lock:
         assert sent == []
     busy.clear()
     deadline = time.monotonic() + 5
@@ -543,7 +549,7 @@ def test_cancel_waits_while_the_thread_is_inside_importlib() -> None:
 
 def test_in_import_machinery_sees_a_thread_waiting_on_a_module_lock(tmp_path) -> None:
     """The innermost frame decides: a module body is interruptible, a module lock is not."""
-    from snakeport._dispatch import in_import_machinery
+    from snakeport._jobs import in_import_machinery
 
     (tmp_path / "sp_slow_import.py").write_text(
         "import threading\nGATE = threading.Event()\nimport sp_gate\nsp_gate.entered.set()\n"
@@ -591,9 +597,11 @@ def test_a_deferred_cancel_answered_true_still_makes_the_reply_cancelled() -> No
     h.d = Dispatcher(
         h.table,
         max_depth=8,
-        interrupt=lambda tid, exc: None,
-        uninterruptible=lambda tid: True,  # inside import machinery until the call ends
-        defer_interval=0.001,
+        jobs=Jobs(
+            interrupt=lambda tid, exc: None,
+            uninterruptible=lambda tid: True,  # inside import machinery until the call ends
+            retry_interval=0.001,
+        ),
     )
     job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
     fn = job.fn

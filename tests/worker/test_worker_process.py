@@ -179,6 +179,27 @@ def test_overflow_policies(worker) -> None:
     assert worker.ok("method", "l", newer, "get", [], {}, {}) == 9
 
 
+def test_evict_lru_never_evicts_a_ref_the_reply_returns(worker) -> None:
+    # max_refs 2, refs 1 and 2 held, a call returning [object of ref 1, new, new]: the reply
+    # cannot hold 3 refs, and evicting ref 1 (the old behaviour: refs 2 and 1 evicted, then
+    # ref 1 returned dead) must not happen. Finding ref 1 and storing the new ones is one
+    # step of the session table, which pins what the reply returns.
+    worker.ok("open_session", "p", {A("max_refs"): 2, A("overflow"): A("evict_lru")})
+    held = worker.call("sp_testmod", "boxes", [2], session="p")
+    err = worker.error("call", "p", "sp_testmod", "with_boxes", [held[0], 2], {}, {})
+    assert reason(err) == "max_refs_exceeded" and err[A("details")] == {A("limit"): 2, A("refs"): 2}
+    assert [worker.ok("method", "p", r, "get", [], {}, {}) for r in held] == [0, 1]  # nothing evicted
+    # When the reply fits, the LRU ref that it does not return is the one evicted.
+    worker.ok("method", "p", held[1], "get", [], {}, {})  # held[0] is now the LRU ref
+    out = worker.call("sp_testmod", "with_boxes", [held[0], 1], session="p")
+    assert out[0] == held[0]
+    event = worker.wait_event("refs_evicted")
+    assert event[3][A("ref_ids")] == [held[1][2]]
+    assert worker.ok("method", "p", out[0], "get", [], {}, {}) == 0
+    assert worker.ok("session_info", "p")[A("refs")] == 2
+    assert not [e for e in worker.events if e[1] == "refs_evicted"]
+
+
 # --------------------------------------------------------------------- channel
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from snakeport._sessions import RefHandle, SessionTable
+from snakeport._sessions import RefHandle, SessionTable, StoredResult
 from snakeport.errors import RequestError
 
 
@@ -22,13 +22,17 @@ def handle(session, ref_id) -> RefHandle:
     return RefHandle(session, ref_id, "x.Y", ("$snakeport_ref", session, ref_id, "x.Y"))
 
 
+def store(table: SessionTable, session, objs) -> StoredResult:
+    """``store_result`` of a result that is the list of ``objs``, each as a ref."""
+    return table.store_result(session, lambda ref_id_of: [ref_id_of(o) for o in objs])
+
+
 def new_refs(table: SessionTable, sid, objs) -> list[int]:
     """Open the session (or keep it as it is) and store ``objs`` in it as new refs."""
     table.open_session(sid)
-    session = table.checkout(sid)
-    pairs = [(table.new_ref_id(), o) for o in objs]
-    table.store(session, pairs)
-    return [rid for rid, _ in pairs]
+    stored = store(table, table.checkout(sid), objs)
+    assert stored.new_ref_ids == stored.value
+    return stored.value
 
 
 def reason(exc_info) -> str:
@@ -122,7 +126,7 @@ def test_overflow_error_drops_the_new_objects_only(table) -> None:
     ids = new_refs(table, "s", [1, 2])
     session = table.checkout("s")
     with pytest.raises(RequestError) as e:
-        table.store(session, [(table.new_ref_id(), 3), (table.new_ref_id(), 4)])
+        store(table, session, [3, 4])
     assert reason(e) == "max_refs_exceeded" and e.value.details == {"limit": 3, "refs": 2}
     hs = [handle("s", i) for i in ids]
     table.resolve("s", hs)
@@ -134,14 +138,14 @@ def test_overflow_evict_lru_evicts_least_recently_used(table) -> None:
     ids = new_refs(table, "s", ["a", "b", "c"])
     table.resolve("s", [handle("s", ids[0])])  # "a" is now the most recently used
     session = table.checkout("s")
-    evicted = table.store(session, [(table.new_ref_id(), "d"), (table.new_ref_id(), "e")])
+    evicted = store(table, session, ["d", "e"]).evicted
     assert evicted == [ids[1], ids[2]]
     with pytest.raises(RequestError) as e:
         table.resolve("s", [handle("s", ids[1])])
     assert reason(e) == "ref_released" and e.value.details["cause"] == "evicted"
     # More new objects than max_refs: refused, nothing evicted.
     with pytest.raises(RequestError) as e:
-        table.store(session, [(table.new_ref_id(), i) for i in range(4)])
+        store(table, session, [object() for _ in range(4)])
     assert reason(e) == "max_refs_exceeded"
     assert table.session_info("s").refs == 3
 
@@ -177,9 +181,10 @@ def test_release_session_and_late_store(table) -> None:
         table.session_info("s")
     assert reason(e) == "session_not_found"
     with pytest.raises(RequestError) as e:
-        table.store(session, [(table.new_ref_id(), 1)])
+        store(table, session, [1])
     assert reason(e) == "session_not_found"
     assert table.counts() == (0, 0)
+    assert store(table, session, []) == ([], [], [], None)  # no ref in the result: no error
 
 
 @pytest.mark.parametrize(
@@ -247,16 +252,53 @@ def test_constructor_validates() -> None:
 def test_fill_warning_rearms_below_the_threshold(table) -> None:
     table.open_session("s", max_refs=5)
     session = table.checkout("s")
-    ids = new_refs(table, "s", [1, 2, 3])
-    assert table.fill_warning(session) is None
-    ids += new_refs(table, "s", [4])
-    assert table.fill_warning(session) == (4, 5)
-    assert table.fill_warning(session) is None
-    table.release_ref("s", handle("s", ids[0]))
-    table.release_ref("s", handle("s", ids[1]))
-    assert table.fill_warning(session) is None  # 2 of 5: re-armed
-    new_refs(table, "s", [5, 6])
-    assert table.fill_warning(session) == (4, 5)
+    first = store(table, session, [1, 2, 3])
+    assert first.fill is None  # 3 of 5
+    assert store(table, session, [4]).fill == (4, 5)  # 4 of 5 = 80%
+    assert store(table, session, [5]).fill is None  # warned already
+    for rid in first.new_ref_ids:
+        table.release_ref("s", handle("s", rid))
+    assert store(table, session, [6]).fill is None  # 3 of 5: re-armed
+    assert store(table, session, [7]).fill == (4, 5)
+
+
+def test_store_result_pins_the_refs_it_returns(table) -> None:
+    # max_refs 2 under evict_lru, refs a and b held, a result [a, new, new]: evicting b and
+    # then a (the least recently used once the new ones are in) would return a dead ref.
+    table.open_session("s", max_refs=2, overflow="evict_lru")
+    a, b = object(), object()
+    ids = new_refs(table, "s", [a, b])
+    session = table.checkout("s")
+    with pytest.raises(RequestError) as e:
+        store(table, session, [a, object(), object()])
+    assert reason(e) == "max_refs_exceeded" and e.value.details == {"limit": 2, "refs": 2}
+    hs = [handle("s", i) for i in ids]
+    table.resolve("s", hs)  # nothing was evicted
+    assert [h.obj for h in hs] == [a, b]
+    # b is now the least recently used; [b, new] fits by evicting a, never b.
+    stored = store(table, session, [b, "new"])
+    assert stored.value == [ids[1], stored.new_ref_ids[0]] and stored.evicted == [ids[0]]
+    table.resolve("s", [handle("s", ids[1])])
+
+
+def test_store_result_is_one_step_of_the_table(table) -> None:
+    # The lookups of existing refs, the build of the value and the store happen under the
+    # table's one lock: no release and no sweep can drop a returned ref in between.
+    a = object()
+    (rid,) = new_refs(table, "s", [a])
+    session = table.checkout("s")
+    seen = []
+
+    def build(ref_id_of):
+        seen.append(table.lock.locked())
+        value = [ref_id_of(a), ref_id_of("new")]
+        seen.append(table.lock.locked())
+        return value
+
+    stored = table.store_result(session, build)
+    assert seen == [True, True] and not table.lock.locked()
+    assert stored.value[0] == rid and stored.new_ref_ids == stored.value[1:]
+    assert table.session_info("s").refs == 2
 
 
 def test_sessions_are_only_created_by_open_session(table) -> None:

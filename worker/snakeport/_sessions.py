@@ -23,7 +23,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from snakeport import _limits as limits
 from snakeport._limits import Limit
@@ -35,6 +35,7 @@ __all__ = [
     "Session",
     "SessionInfo",
     "RefHandle",
+    "StoredResult",
     "OVERFLOW_POLICIES",
     "WARN_FILL",
     "CAUSE_RELEASED",
@@ -56,6 +57,26 @@ CAUSE_TTL = Atom("ttl")
 CAUSE_SESSION_RELEASED = Atom("session_released")
 
 _UNSET: Any = object()
+
+#: ``ref_id_of(obj) -> ref_id``, given to the ``build`` function of
+#: :meth:`SessionTable.store_result`.
+RefIdOf = Callable[[Any], int]
+
+
+class StoredResult(NamedTuple):
+    """What :meth:`SessionTable.store_result` returns.
+
+    Attributes:
+        value: What ``build`` returned.
+        new_ref_ids: The ids of the refs stored for it (empty when none).
+        evicted: The ids of the refs evicted to make room, oldest first.
+        fill: ``(refs, max_refs)`` when the session just reached its fill threshold.
+    """
+
+    value: Any
+    new_ref_ids: list[int]
+    evicted: list[int]
+    fill: tuple[int, int] | None
 
 
 class RefHandle:
@@ -134,7 +155,10 @@ class Session:
         released: Set when the session is released; results of calls still running for
             it are then dropped instead of stored.
         by_object: ``id(obj) -> ref_id`` of the live refs, so that an object the session
-            already holds is returned as its existing ref.
+            already holds is returned as its existing ref. Invariant: its values are
+            exactly the keys of ``refs`` (every removal from ``refs`` removes the entry
+            here), so an id found here is a live ref whose object is alive, and no other
+            object can have that id.
         warned: Whether the fill warning was given since the session last went below
             :data:`WARN_FILL`.
     """
@@ -236,14 +260,6 @@ class SessionTable:
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------- sessions
-
-    def new_ref_id(self) -> int:
-        """Reserve a fresh ref id (unique within the worker; thread-safe).
-
-        Returns:
-            A positive integer never returned before.
-        """
-        return next(self._ids)
 
     def open_session(
         self,
@@ -437,94 +453,107 @@ class SessionTable:
             handle.obj = entry.obj
             session.last_access = self._wall()
 
-    def store(self, session: Session, new: list[tuple[int, Any]]) -> list[int]:
-        """Add objects to a session as refs, all or nothing.
+    def store_result(self, session: Session, build: Callable[[RefIdOf], Any]) -> StoredResult:
+        """Give the objects of one reply their refs, in one atomic step of the table.
+
+        ``build`` makes the reply's value; for each object that must travel as a ref it
+        calls ``ref_id_of(obj)`` once per object, which returns the session's existing ref
+        to that very object (refreshed, and *pinned*: this step never evicts it), or a new
+        id. When
+        ``build`` returns, the new objects are stored, evicting least recently used refs
+        that are not pinned when the session's policy is ``evict_lru``, or nothing is
+        stored at all. The table's lock is held from the first lookup to the last store,
+        so neither the sweep nor a release can drop a ref that the reply returns in
+        between: every ref in the value is live when this returns.
+
+        ``build`` runs under the lock: it must not call the table, and it must not run
+        user code (the marshalling only walks built-in containers and reads type names).
 
         Args:
             session: The session (as returned by :meth:`checkout`).
-            new: ``(ref_id, obj)`` pairs, ids from :meth:`new_ref_id`.
+            build: Makes the value, given ``ref_id_of``.
 
         Returns:
-            The ids of refs evicted to make room (``evict_lru`` policy), oldest first.
+            The value, the new ref ids, the evicted ref ids (oldest first) and the fill
+            warning ``(refs, max_refs)`` when this store brought the session to
+            :data:`WARN_FILL` of its ``max_refs`` (once per crossing), else ``None``.
 
         Raises:
-            RequestError: ``max_refs_exceeded`` (nothing stored, nothing evicted; also under
-                ``evict_lru`` when the new objects alone exceed ``max_refs``), or
-                ``session_not_found`` when the session was released meanwhile.
+            RequestError: ``max_refs_exceeded`` (nothing stored, nothing evicted): the new
+                refs do not fit under ``error``, or, under ``evict_lru``, the new refs and
+                the pinned ones together exceed ``max_refs``; ``session_not_found`` when
+                the session was released meanwhile and the value holds a ref. Errors of
+                ``build`` propagate (nothing stored).
         """
         dropped: list[_Entry] = []
         with self.lock:
+            refs = session.refs
+            by_object = session.by_object
+            ids = self._ids
+            pinned: set[int] = set()
+            new: list[tuple[int, Any]] = []
+            now = self._monotonic()
+
+            def ref_id_of(obj: Any) -> int:
+                ref_id = by_object.get(id(obj))
+                if ref_id is None:
+                    ref_id = next(ids)
+                    new.append((ref_id, obj))
+                    return ref_id
+                refs.move_to_end(ref_id)  # pinned refs sit at the MRU end
+                refs[ref_id].last_access = now
+                pinned.add(ref_id)
+                return ref_id
+
+            value = build(ref_id_of)
+            if not new:
+                if pinned:
+                    session.last_access = self._wall()
+                return StoredResult(value, [], [], None)
             if session.released:
                 raise RequestError(
                     "session_not_found",
                     f"session {session.session_id!r} was released while the request ran",
                     details={"session": session.session_id, "cause": CAUSE_SESSION_RELEASED},
                 )
-            refs = session.refs
-            excess = len(refs) + len(new) - session.max_refs
+            held = len(refs)
+            limit = session.max_refs
+            excess = held + len(new) - limit
             evicted: list[int] = []
             if excess > 0:
-                if session.overflow != "evict_lru" or len(new) > session.max_refs:
+                if session.overflow != "evict_lru" or len(new) + len(pinned) > limit:
+                    also = f" and the result returns {len(pinned)} of those" if pinned else ""
                     raise RequestError(
                         "max_refs_exceeded",
-                        f"session {session.session_id!r} holds {len(refs)} of {session.max_refs}"
-                        f" refs; {len(new)} more do not fit",
-                        details={"limit": session.max_refs, "refs": len(refs)},
+                        f"session {session.session_id!r} holds {held} of {limit} refs{also};"
+                        f" {len(new)} more do not fit",
+                        details={"limit": limit, "refs": held},
                     )
+                # The pinned refs are the last len(pinned) in LRU order (each was moved to
+                # the end when found) and excess <= held - len(pinned) (checked above), so
+                # the front `excess` refs dropped here are never pinned.
                 evicted = self._drop_lru(session, excess, CAUSE_EVICTED, dropped)
-            now = self._monotonic()
             owner = self._owner
-            by_object = session.by_object
             for ref_id, obj in new:
                 refs[ref_id] = _Entry(obj, now)
                 owner[ref_id] = session
                 by_object[id(obj)] = ref_id
             session.last_access = self._wall()
+            fill = self._fill_warning_locked(session)
         del dropped
-        return evicted
+        return StoredResult(value, [ref_id for ref_id, _ in new], evicted, fill)
 
-    def existing_ref(self, session: Session, obj: Any) -> int | None:
-        """Return the id of the session's live ref to ``obj`` (refreshing it), if any.
-
-        Args:
-            session: The session.
-            obj: Any object.
-
-        Returns:
-            The ref id, or ``None`` when the session holds no ref to this very object.
-        """
-        with self.lock:
-            ref_id = session.by_object.get(id(obj))
-            if ref_id is None:
-                return None
-            entry = session.refs.get(ref_id)
-            if entry is None or entry.obj is not obj:  # pragma: no cover - defensive
-                return None
-            session.refs.move_to_end(ref_id)
-            entry.last_access = self._monotonic()
-            return ref_id
-
-    def fill_warning(self, session: Session) -> tuple[int, int] | None:
-        """Report once when a session reaches :data:`WARN_FILL` of its ``max_refs``.
-
-        The warning is re-armed when the session is seen below the threshold again.
-
-        Args:
-            session: The session.
-
-        Returns:
-            ``(refs, max_refs)`` the first time the session is seen at or above the
-            threshold, else ``None``.
-        """
-        with self.lock:
-            refs = len(session.refs)
-            if refs < WARN_FILL * session.max_refs:
-                session.warned = False
-                return None
-            if session.warned or session.released:
-                return None
-            session.warned = True
-            return refs, session.max_refs
+    def _fill_warning_locked(self, session: Session) -> tuple[int, int] | None:
+        """``(refs, max_refs)`` the first time the session is seen at or above
+        :data:`WARN_FILL` of its ``max_refs``; re-armed when seen below it again."""
+        refs = len(session.refs)
+        if refs < WARN_FILL * session.max_refs:
+            session.warned = False
+            return None
+        if session.warned:
+            return None
+        session.warned = True
+        return refs, session.max_refs
 
     def discard(self, session: Session, ref_ids: Iterable[int]) -> int:
         """Release refs by id (e.g. the new refs of a reply that could not be sent).

@@ -38,6 +38,11 @@ def boxes(n):
     return [Box(i) for i in range(n)]
 
 
+def with_boxes(first, n):
+    """``first`` (an object the caller holds as a ref, say), then ``n`` new boxes."""
+    return [first] + boxes(n)
+
+
 def mixed():
     box = Box(1)
     return {"n": 1, "box": box, "again": box, "items": [1, "two", Box(3)], "set": {1, 2}}

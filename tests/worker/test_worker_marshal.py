@@ -1,0 +1,103 @@
+"""Unit tests of result marshalling (snakeport._marshal) and request validation
+(snakeport._requests): plain Python values in, terms or RequestErrors out."""
+
+from __future__ import annotations
+
+import pytest
+
+from snakeport import _requests as R
+from snakeport._marshal import marshal
+from snakeport._protocol import REF_TAG, SET_TAG
+from snakeport._sessions import SessionTable
+from snakeport.errors import RequestError
+from snakeport.types import Atom, ErlMap, ImproperList
+
+
+class Box:
+    pass
+
+
+@pytest.fixture
+def table() -> SessionTable:
+    t = SessionTable()
+    t.open_session("s")
+    return t
+
+
+def run(table: SessionTable, result, mode=R.AUTO, max_depth=8):
+    return marshal(table, table.checkout("s"), result, mode, max_depth)
+
+
+def test_data_stays_data_and_stores_nothing(table) -> None:
+    data = [1, 2.5, "x", b"\xff", None, True, Atom("a"), (1, [2, {"k": ["v"]}]), ErlMap([([1], 2)])]
+    stored = run(table, data)
+    assert stored.value == data and stored.new_ref_ids == [] and stored.evicted == []
+    assert run(table, {1, 2}).value == (SET_TAG, [1, 2])
+    assert run(table, ImproperList([1], 2)).value == ImproperList([1], 2)
+    assert table.counts() == (1, 0)
+
+
+def test_objects_become_refs_one_per_object(table) -> None:
+    box = Box()
+    stored = run(table, {"a": box, "b": [box, Box()]})
+    ref = stored.value["a"]
+    assert ref[0] == REF_TAG and ref[1] == "s" and ref[3] == f"{__name__}.Box"
+    assert stored.value["b"][0] == ref and stored.value["b"][1][2] != ref[2]
+    assert stored.new_ref_ids == [ref[2], stored.value["b"][1][2]]
+    # Returned again later: the same ref, nothing new.
+    again = run(table, [1, box])
+    assert again.value == [1, ref] and again.new_ref_ids == []
+    assert table.counts() == (1, 2)
+
+
+def test_result_modes(table) -> None:
+    stored = run(table, [1, 2], mode=R.REF)
+    assert stored.value[0] == REF_TAG and stored.value[3] == "builtins.list" and len(stored.new_ref_ids) == 1
+    with pytest.raises(RequestError) as e:
+        run(table, [1, Box()], mode=R.VALUE)
+    assert e.value.reason == "not_encodable" and e.value.details == {"type": f"{__name__}.Box"}
+    assert run(table, {"k": [1]}, mode=R.VALUE).value == {"k": [1]}
+    assert table.counts() == (1, 1)
+
+
+def test_too_deep_and_cyclic_containers_become_refs(table) -> None:
+    cyclic: list = [1]
+    cyclic.append(cyclic)
+    value = run(table, cyclic).value
+    assert value[0] == 1 and value[1][0] == REF_TAG and value[1][3] == "builtins.list"
+    deep = run(table, [[[[1]]]], max_depth=2).value
+    assert deep[0][0][0] == REF_TAG
+    with pytest.raises(RequestError) as e:
+        run(table, [[[[1]]]], mode=R.VALUE, max_depth=2)
+    assert e.value.reason == "not_encodable"
+
+
+def test_a_walk_that_meets_an_object_late_starts_again_inside_the_table(table) -> None:
+    # Data first, an object at the end: the walk without the table stops there and the
+    # whole result is walked again under the table's lock; the value is the same as if.
+    result = [list(range(5)), {"k": (1, 2)}, Box()]
+    stored = run(table, result)
+    assert stored.value[:2] == result[:2] and stored.value[2][0] == REF_TAG
+    assert len(stored.new_ref_ids) == 1
+
+
+def test_request_fields_are_checked_with_clear_messages() -> None:
+    assert R.session_id("s") == "s" and R.session_id(b"\xff") == b"\xff"
+    assert R.name(Atom("f"), "Function") == "f" and type(R.name(Atom("f"), "Function")) is str
+    assert R.kwargs({Atom("a"): 1, "b": 2}) == {"a": 1, "b": 2}
+    assert R.mode({}) == R.AUTO and R.mode({Atom("result"): Atom("value")}) == R.VALUE
+    restored = R.session_options({Atom("max_refs"): 3, Atom("tags"): [1], Atom("overflow"): Atom("evict_lru")}, list)
+    assert restored == {"max_refs": 3, "tags": [1], "overflow": "evict_lru"}
+    for call, message in [
+        (lambda: R.session_id(5), "expected the session id to be a binary, got: 5"),
+        (lambda: R.name(1, "Module"), "expected Module to be a binary or an atom, got: 1"),
+        (lambda: R.args("x"), "expected Args to be a list, got: 'x'"),
+        (lambda: R.kwargs({1: 2}), "expected Kwargs keys to be binaries or atoms, got: 1"),
+        (lambda: R.mode({Atom("result"): Atom("x")}), "expected result to be auto, ref or value, got: Atom('x')"),
+        (lambda: R.session_options([], list), "expected SessionOpts to be a map, got: []"),
+        (lambda: R.session_options({Atom("overflow"): Atom("drop")}, list), "expected overflow to be error or evict_lru"),
+        (lambda: R.arity((Atom("ping"), 1, 2), 2), "expected ping to be a tuple of 2 elements, got 3"),
+    ]:
+        with pytest.raises(RequestError) as e:
+            call()
+        assert e.value.reason == "bad_request" and e.value.message.startswith(message), e.value.message

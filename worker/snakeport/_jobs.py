@@ -1,0 +1,421 @@
+"""Jobs and cancellation: running a Python operation on a thread, and interrupting it.
+
+Not I/O-free, on purpose: this is where user code runs (imports, attribute lookups, the
+call itself), where ``Cancelled`` is raised in another thread with ctypes
+(``PyThreadState_SetAsyncExc``), and where a short-lived thread retries a cancel held back
+by an import. The op handlers (:mod:`snakeport._dispatch`) build each :class:`Job`; the
+scheduler decides on which thread :meth:`Jobs.run` runs it.
+
+A job's life: ``QUEUED`` (registered, waiting for a thread) -> ``RUNNING`` (the user code
+runs; ``Cancelled`` may strike at any bytecode) -> one final state, set under the lock when
+the code is over: ``DONE`` (a result), ``FAILED`` (an exception), ``INTERRUPTED`` (cancelled
+while running, or a cancel answered ``cancelled => true`` was still held back) or
+``CANCELLED`` (cancelled while queued; its ``cancelled`` reply was given by the cancel).
+Only the final states leave the in-flight table, so ``in_flight`` counts queued and running
+jobs. Exactly one reply comes of every job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from snakeport import _limits as limits
+from snakeport._protocol import encodable_text, error_reply, safe_str, type_name
+from snakeport._sessions import Session
+from snakeport.errors import Cancelled, RequestError
+
+__all__ = [
+    "Job",
+    "Jobs",
+    "Failure",
+    "QUEUED",
+    "RUNNING",
+    "DONE",
+    "FAILED",
+    "INTERRUPTED",
+    "CANCELLED",
+    "async_raise",
+    "in_import_machinery",
+    "import_module",
+    "lookup",
+    "format_traceback",
+    "failure_reply",
+]
+
+# Job states (see the module docstring).
+QUEUED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = 0, 1, 2, 3, 4, 5
+
+#: Leading traceback frames in these files are the worker's own (left out of replies).
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+_modules = sys.modules
+
+
+class Job:
+    """One Python operation (``call``, ``method``, ``getattr``, ``setattr``) and its state.
+
+    Attributes:
+        request_id: The request's id.
+        session: The request's session.
+        fn: Runs the operation and returns its raw result (dropped when it starts, so that
+            the job keeps no argument alive past its request).
+        mode: How to marshal the result (auto, ref or value; see :mod:`snakeport._requests`).
+        state: One of the states of the module docstring.
+        thread: ``threading.get_ident()`` of the thread running it.
+        failure: The exception it raised (state ``FAILED``), until the reply is built.
+        cancel_sent: Whether ``Cancelled`` was raised (or is pending) in that thread.
+        cancel_deferred: Whether a cancel waits for the thread to leave an import.
+        new_refs: Ids of the refs its result added to the session.
+    """
+
+    __slots__ = (
+        "request_id",
+        "session",
+        "fn",
+        "mode",
+        "state",
+        "thread",
+        "failure",
+        "cancel_sent",
+        "cancel_deferred",
+        "new_refs",
+    )
+
+    def __init__(self, request_id: int, session: Session, fn: Callable[[], Any], mode: int) -> None:
+        self.request_id = request_id
+        self.session = session
+        self.fn: Callable[[], Any] | None = fn
+        self.mode = mode
+        self.state = QUEUED
+        self.thread = 0
+        self.failure: BaseException | None = None
+        self.cancel_sent = False
+        self.cancel_deferred = False
+        self.new_refs: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.request_id}, state={self.state})"
+
+
+def async_raise(thread_ident: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in another Python thread at its next bytecode (``None`` clears it).
+
+    Args:
+        thread_ident: ``threading.get_ident()`` of the target thread.
+        exc: Exception class to raise, or ``None`` to clear a pending one.
+    """
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_ident), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+#: Code that must not be interrupted by an asynchronous exception: importlib keeps its
+#: module locks in Python code, and ``Cancelled`` raised inside it can leave a module lock
+#: held forever, deadlocking every later import of that module.
+_UNINTERRUPTIBLE_FILES = frozenset(
+    {"<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>"}
+)
+
+
+def in_import_machinery(thread_ident: int) -> bool:
+    """Tell whether a thread is executing importlib's own code (unsafe to interrupt now).
+
+    Only the innermost Python frame counts: a module body that runs under an import is
+    ordinary code, and an exception raised there unwinds through importlib's cleanup
+    normally. What must not be hit is importlib's lock bookkeeping itself.
+
+    Args:
+        thread_ident: ``threading.get_ident()`` of the thread.
+
+    Returns:
+        True when the thread's innermost frame belongs to importlib's bootstrap code.
+    """
+    frame = sys._current_frames().get(thread_ident)
+    return frame is not None and frame.f_code.co_filename in _UNINTERRUPTIBLE_FILES
+
+
+# ------------------------------------------------------- what a job's code calls
+
+
+class Failure(RequestError):
+    """A request error caused by a Python exception (``import_error``, ``attribute_error``).
+
+    Attributes:
+        cause: The exception; its type and traceback go into the error reply.
+    """
+
+    def __init__(self, reason: str, cause: BaseException) -> None:
+        super().__init__(reason, safe_str(cause))
+        self.cause = cause
+
+
+def import_module(module: str) -> Any:
+    """Import a module for a call (runs the module's code on its first import).
+
+    Args:
+        module: The dotted module name.
+
+    Returns:
+        The module.
+
+    Raises:
+        Failure: ``import_error``, whatever the import raised (except ``Cancelled``).
+    """
+    found = _modules.get(module)
+    if found is not None and not getattr(getattr(found, "__spec__", None), "_initializing", False):
+        return found  # fast path: imported already and fully initialised
+    try:
+        return importlib.import_module(module)
+    except BaseException as exc:  # noqa: BLE001 - any failure of the import is import_error
+        if isinstance(exc, Cancelled):
+            raise
+        raise Failure("import_error", exc) from None
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """Follow a dotted attribute path (``"Path.cwd"``) from ``obj``.
+
+    Args:
+        obj: A module or any object.
+        path: Attribute names joined with dots.
+
+    Returns:
+        The attribute.
+
+    Raises:
+        Failure: ``attribute_error``.
+    """
+    try:
+        if "." not in path:  # the common case: one attribute
+            return getattr(obj, path)
+        for part in path.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise Failure("attribute_error", exc) from None
+    return obj
+
+
+def format_traceback(exc: BaseException) -> list[str]:
+    """Format ``exc`` with its traceback, leaving out the worker's own leading frames.
+
+    Reads source lines (``linecache``) and may run the exception's ``__str__``; never raises.
+
+    Args:
+        exc: The exception.
+
+    Returns:
+        The lines, as Python prints them.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:  # noqa: BLE001
+        return [f"{type_name(type(exc))}: <traceback could not be formatted>"]
+    return encodable_text(text).splitlines()
+
+
+def failure_reply(request_id: int, exc: BaseException) -> tuple:
+    """Build the error reply of a job whose code raised ``exc``.
+
+    Args:
+        request_id: The job's request id.
+        exc: A :class:`Failure` (its reason, with the cause's type and traceback), or any
+            other exception (``python_error``).
+
+    Returns:
+        The reply term.
+    """
+    if type(exc) is Failure:
+        cause = exc.cause
+        return error_reply(
+            request_id,
+            exc.reason,
+            exc.message,
+            type_=type_name(type(cause)),
+            traceback_lines=format_traceback(cause),
+            details=exc.details,
+        )
+    return error_reply(
+        request_id,
+        "python_error",
+        safe_str(exc),
+        type_=type_name(type(exc)),
+        traceback_lines=format_traceback(exc),
+    )
+
+
+# ------------------------------------------------------------------- the jobs
+
+
+class Jobs:
+    """The jobs in flight (queued or running): running them, cancelling them.
+
+    One lock (:attr:`lock`) guards every job's state and the in-flight table; it is never
+    held while user code runs, and no other lock is taken while it is held.
+
+    Args:
+        interrupt: ``interrupt(thread_ident, exc_or_None)`` raises or clears an
+            asynchronous exception in a thread (default :func:`async_raise`).
+        uninterruptible: Tells whether a thread must not be interrupted now (default
+            :func:`in_import_machinery`).
+        retry_interval: Seconds between two tries of a cancel held back by an import.
+    """
+
+    def __init__(
+        self,
+        *,
+        interrupt: Callable[[int, type[BaseException] | None], None] = async_raise,
+        uninterruptible: Callable[[int], bool] = in_import_machinery,
+        retry_interval: float = limits.CANCEL_RETRY_INTERVAL,
+    ) -> None:
+        self._interrupt = interrupt
+        self._uninterruptible = uninterruptible
+        self._retry_interval = retry_interval
+        #: Guards job states and :attr:`_jobs`.
+        self.lock = threading.Lock()
+        self._jobs: dict[int, Job] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs queued or running."""
+        return len(self._jobs)
+
+    def add(self, job: Job) -> Job:
+        """Register a new (queued) job.
+
+        Args:
+            job: The job.
+
+        Returns:
+            The job.
+        """
+        with self.lock:
+            self._jobs[job.request_id] = job
+        return job
+
+    def run(self, job: Job) -> Any:
+        """Run a job's code on the current thread and leave it in a final state.
+
+        ``Cancelled`` may strike at any bytecode from the moment the job is ``RUNNING``
+        until its final state is set; every such point is inside this method's loop, and a
+        pending one is cleared before it returns, so nothing leaks to the caller.
+
+        Args:
+            job: A registered job (each job runs at most once).
+
+        Returns:
+            The code's result when the final state is ``DONE``; else ``None`` (the state
+            says why; ``FAILED`` leaves the exception in ``job.failure``).
+        """
+        result: Any = None
+        interrupted = False
+        started = False
+        lock = self.lock
+        while True:
+            try:
+                try:
+                    if not started:
+                        started = True
+                        with lock:
+                            if job.state != QUEUED:  # cancelled while queued: already answered
+                                return None
+                            job.state = RUNNING
+                            job.thread = threading.get_ident()
+                        fn = job.fn
+                        job.fn = None  # the job keeps no argument alive past its request
+                        result = fn()  # type: ignore[misc]
+                        del fn
+                except Cancelled:
+                    interrupted = True
+                except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+                    job.failure = exc
+                with lock:
+                    if job.state == RUNNING:
+                        # A cancel answered ``cancelled => true`` makes the reply
+                        # ``cancelled``, also when it was still held back (the thread never
+                        # left importlib) when the code ended.
+                        if interrupted or job.cancel_sent or job.cancel_deferred:
+                            job.state = INTERRUPTED
+                        elif job.failure is not None:
+                            job.state = FAILED
+                        else:
+                            job.state = DONE
+                        if self._jobs.get(job.request_id) is job:
+                            del self._jobs[job.request_id]
+                    if job.cancel_sent:
+                        # No new exception can be set now (final state); drop a pending one.
+                        self._interrupt(job.thread, None)
+                return result if job.state == DONE else None
+            except Cancelled:
+                # Raised between the code's end and the final state: try again.
+                interrupted = True
+
+    def cancel(self, request_id: int) -> tuple[bool, bool]:
+        """Cancel a job in flight.
+
+        A queued job is cancelled at once; a running one gets ``Cancelled`` raised in its
+        thread (held back while the thread is inside importlib, then retried).
+
+        Args:
+            request_id: The job's request id.
+
+        Returns:
+            ``(found, was_queued)``: whether the job was in flight, and whether it was
+            still queued (its ``cancelled`` reply is then the caller's to send).
+        """
+        with self.lock:
+            job = self._jobs.get(request_id)
+            if job is None:
+                return False, False
+            return True, self._cancel_locked(job)
+
+    def cancel_all(self) -> list[int]:
+        """Cancel every job in flight (for ``shutdown``).
+
+        Returns:
+            The request ids of the jobs that were still queued (the caller sends their
+            ``cancelled`` replies; running ones reply when they end).
+        """
+        with self.lock:
+            return [job.request_id for job in list(self._jobs.values()) if self._cancel_locked(job)]
+
+    def _cancel_locked(self, job: Job) -> bool:
+        """Cancel one job (lock held); return True when it was still queued."""
+        if job.state == QUEUED:
+            job.state = CANCELLED
+            del self._jobs[job.request_id]
+            return True
+        if job.state == RUNNING and not job.cancel_sent and not job.cancel_deferred:
+            if self._uninterruptible(job.thread):
+                # Inside an import: interrupting now could leave a module lock held. Retry
+                # from a short-lived thread until the import is over or the job ends.
+                job.cancel_deferred = True
+                threading.Thread(
+                    target=self._deferred_cancel, args=(job,), name="snakeport-cancel", daemon=True
+                ).start()
+            else:
+                job.cancel_sent = True
+                self._interrupt(job.thread, Cancelled)
+        return False
+
+    def _deferred_cancel(self, job: Job) -> None:
+        """Interrupt ``job`` as soon as its thread has left the import machinery."""
+        while True:
+            time.sleep(self._retry_interval)
+            with self.lock:
+                if job.state != RUNNING:
+                    return
+                if not self._uninterruptible(job.thread):
+                    job.cancel_sent = True
+                    self._interrupt(job.thread, Cancelled)
+                    return
+

@@ -1,0 +1,442 @@
+"""The wire vocabulary: the atoms the worker emits and the builders of its reply and event terms.
+
+I/O-free: plain Python terms in and out (no threads, no file descriptors, no user code).
+Every atom the worker puts in a frame on its own comes from :data:`EMITTED_ATOMS` through
+:func:`emit`; the atoms it only reads (request fields and options) are named here too, so
+that ``docs/PROTOCOL.md`` has one Python counterpart. The shapes are those of
+``docs/PROTOCOL.md``: replies ``{reply, Id, ok, Value}`` / ``{reply, Id, error, ErrorMap}``,
+events ``{event, Name, Measurements, Metadata}`` and the ready frame.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+from snakeport import PROTOCOL_VERSION, __version__
+from snakeport._sessions import SessionInfo
+from snakeport.errors import RequestError
+from snakeport.types import Atom
+
+__all__ = [
+    "EMITTED_ATOMS",
+    "emit",
+    "type_name",
+    "encodable_text",
+    "safe_str",
+    "error_reply",
+    "request_error_reply",
+    "cancelled_reply",
+    "protocol_error_event",
+    "warning_event",
+    "fill_warning_event",
+    "evicted_event",
+    "pruned_event",
+    "info_term",
+    "ready_term",
+    "stats_term",
+    "OVERFLOW_POLICIES",
+    "REPLY",
+    "OK",
+    "ERROR",
+    "EVENT",
+    "PONG",
+    "READY",
+    "REF_TAG",
+    "SET_TAG",
+    "BYTES_TAG",
+    "MODULE",
+]
+
+#: Every atom the worker puts in its output on its own: ready frame, replies, errors, events,
+#: reasons, causes, detail and context keys, session info and stats keys, policy names and
+#: the atoms the codec uses for Python values. The VM decodes worker output with
+#: ``binary_to_term(_, [safe])``, so each one must already exist there; the same list is in
+#: ``docs/PROTOCOL.md`` (*Atoms the worker emits*) and in the harness, and tests keep the three
+#: equal. Atoms that travel as user data (sent by the VM, or ``Atom`` values that a call
+#: returns) are not part of it. The builders here refuse any other atom (an ``assert``: a
+#: development-time check).
+EMITTED_ATOMS: frozenset[str] = frozenset(
+    {
+        # envelopes and plain replies
+        "snakeport_ready", "reply", "event", "ok", "error", "pong",
+        # ready frame Info keys
+        "pid", "python", "snakeport", "max_frame_bytes", "threads", "default_max_refs",
+        "default_ttl_seconds",
+        # error map keys
+        "reason", "message", "type", "traceback", "details",
+        # error reasons
+        "python_error", "ref_not_found", "ref_released", "session_mismatch", "session_not_found",
+        "max_refs_exceeded", "bad_request", "frame_too_large", "decode_error", "not_encodable",
+        "cancelled", "import_error", "attribute_error", "shutting_down",
+        # error detail keys
+        "ref_id", "cause", "limit", "refs", "session",
+        # causes (details.cause)
+        "released", "evicted", "ttl", "session_released",
+        # event names
+        "refs_pruned", "refs_evicted", "warning", "protocol_error",
+        # event measurement and metadata keys, warning context keys (plus some above)
+        "count", "ref_ids", "max_refs", "running",
+        # event reasons (plus ttl and some reasons above)
+        "overflow",
+        # session info keys (plus some above) and overflow policies (error, evict_lru); the
+        # reply keys of release_ref, release_session and cancel are released and cancelled
+        "ttl_seconds", "tags", "created_at", "last_access", "evict_lru",
+        # stats keys
+        "sessions", "rss_bytes", "uptime_ms", "in_flight", "requests",
+        # values: booleans, None, non-finite floats, reserved tags
+        "true", "false", "nil", "infinity", "neg_infinity", "nan", "$snakeport_ref",
+        "$snakeport_set",
+    }
+)
+
+
+def emit(name: str) -> Atom:
+    """Return the atom ``name``, which the worker may emit.
+
+    Args:
+        name: The atom's text.
+
+    Returns:
+        The :class:`~snakeport.types.Atom`.
+
+    Raises:
+        AssertionError: ``name`` is not in :data:`EMITTED_ATOMS`.
+    """
+    assert name in EMITTED_ATOMS, (
+        f"the worker must not emit the atom {name!r}: the VM decodes with [safe] and may not "
+        "know it; add it to EMITTED_ATOMS, docs/PROTOCOL.md and the harness first"
+    )
+    return Atom(name)
+
+
+# Envelopes, values and reserved tags.
+REPLY = emit("reply")
+OK = emit("ok")
+ERROR = emit("error")
+EVENT = emit("event")
+PONG = emit("pong")
+READY = emit("snakeport_ready")
+REF_TAG = emit("$snakeport_ref")
+SET_TAG = emit("$snakeport_set")
+
+# Atoms the worker only reads (VM -> worker): never emitted, so not in EMITTED_ATOMS.
+BYTES_TAG = Atom("$snakeport_bytes")
+MODULE = Atom("module")  # getattr's {module, Name} target
+A_RESULT = Atom("result")  # Opts key of the Python operations
+A_AUTO = Atom("auto")
+A_REF = Atom("ref")
+A_VALUE = Atom("value")
+
+# Keys and values of replies and events (also read as open_session options).
+A_REASON = emit("reason")
+A_MESSAGE = emit("message")
+A_TYPE = emit("type")
+A_TRACEBACK = emit("traceback")
+A_DETAILS = emit("details")
+A_COUNT = emit("count")
+A_SESSION = emit("session")
+A_REF_IDS = emit("ref_ids")
+A_RELEASED = emit("released")
+A_CANCELLED = emit("cancelled")
+A_REFS_PRUNED = emit("refs_pruned")
+A_REFS_EVICTED = emit("refs_evicted")
+A_TTL = emit("ttl")
+A_OVERFLOW = emit("overflow")
+A_PROTOCOL_ERROR = emit("protocol_error")
+A_WARNING = emit("warning")
+A_MAX_REFS = emit("max_refs")
+A_TTL_SECONDS = emit("ttl_seconds")
+A_TAGS = emit("tags")
+
+#: Overflow policy atom -> the session table's policy name, and back.
+OVERFLOW_POLICIES: dict[Atom, str] = {emit("error"): "error", emit("evict_lru"): "evict_lru"}
+_OVERFLOW_ATOMS = {name: atom for atom, name in OVERFLOW_POLICIES.items()}
+
+_INFO_KEYS = tuple(emit(k) for k in SessionInfo._fields)
+
+
+def type_name(tp: type) -> str:
+    """Return ``"module.QualName"`` of a type (the ``Type`` of ref terms and error maps).
+
+    Args:
+        tp: A type.
+
+    Returns:
+        The qualified name, e.g. ``"collections.Counter"``.
+    """
+    return f"{tp.__module__}.{tp.__qualname__}"
+
+
+def encodable_text(text: str) -> str:
+    """Return ``text`` with lone surrogates escaped (``\\udc80``), so that it travels as UTF-8.
+
+    Args:
+        text: Any ``str``.
+
+    Returns:
+        ``text`` itself when it encodes as UTF-8, else its escaped copy.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def safe_str(exc: BaseException) -> str:
+    """Return an exception's message for an error map; never raises.
+
+    Args:
+        exc: The exception (its ``__str__`` may be anyone's code, and may fail).
+
+    Returns:
+        ``str(exc)`` made encodable, or the type's name when that is empty or fails.
+    """
+    try:
+        text = encodable_text(str(exc))
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not break the reply
+        text = ""
+    return text or type(exc).__qualname__
+
+
+# ----------------------------------------------------------------- error terms
+
+
+def _details_term(details: dict) -> dict:
+    """Details/context with atom keys; keys and atom values must be in :data:`EMITTED_ATOMS`."""
+    out = {}
+    for key, value in details.items():
+        t = type(key)
+        if t is str:
+            key = emit(key)
+        elif t is Atom:
+            emit(str.__str__(key))
+        if type(value) is Atom:
+            emit(str.__str__(value))
+        out[key] = value
+    return out
+
+
+def error_reply(
+    request_id: int,
+    reason: str,
+    message: str,
+    *,
+    type_: str | None = None,
+    traceback_lines: list[str] | None = None,
+    details: dict | None = None,
+) -> tuple:
+    """Build ``{reply, Id, error, ErrorMap}``.
+
+    Args:
+        request_id: The request id.
+        reason: The reason atom's text.
+        message: Human readable message.
+        type_: Qualified Python exception type, or ``None``.
+        traceback_lines: Formatted traceback lines (``[]`` when none).
+        details: Extra data (keys become atoms).
+
+    Returns:
+        The reply term.
+
+    Raises:
+        AssertionError: ``reason``, a detail key or an atom detail value is not in
+            :data:`EMITTED_ATOMS`.
+    """
+    return (
+        REPLY,
+        request_id,
+        ERROR,
+        {
+            A_REASON: emit(reason),
+            A_MESSAGE: message,
+            A_TYPE: type_,
+            A_TRACEBACK: traceback_lines or [],
+            A_DETAILS: _details_term(details) if details else {},
+        },
+    )
+
+
+def request_error_reply(request_id: int, err: RequestError) -> tuple:
+    """Build the error reply of a :class:`~snakeport.errors.RequestError` (reason, details).
+
+    Args:
+        request_id: The request id.
+        err: The error.
+
+    Returns:
+        The reply term.
+    """
+    return error_reply(request_id, err.reason, err.message, details=err.details)
+
+
+def cancelled_reply(request_id: int) -> tuple:
+    """Build the ``cancelled`` error reply of a cancelled call.
+
+    Args:
+        request_id: The call's request id.
+
+    Returns:
+        The reply term.
+    """
+    return error_reply(request_id, "cancelled", "the call was cancelled")
+
+
+def protocol_error_event(reason: str, message: str) -> tuple:
+    """Build ``{event, protocol_error, #{}, #{reason, message}}``.
+
+    Args:
+        reason: The reason atom's text (``decode_error``, ``frame_too_large``, ...).
+        message: Human readable message.
+
+    Returns:
+        The event term.
+    """
+    return (EVENT, A_PROTOCOL_ERROR, {}, {A_REASON: emit(reason), A_MESSAGE: message})
+
+
+def warning_event(message: str, **context: Any) -> tuple:
+    """Build ``{event, warning, #{}, #{message => Message, ...context}}``.
+
+    Args:
+        message: Human readable message.
+        **context: Extra metadata (keys become atoms).
+
+    Returns:
+        The event term.
+
+    Raises:
+        AssertionError: A context key or an atom value is not in :data:`EMITTED_ATOMS`.
+    """
+    meta = {A_MESSAGE: message}
+    meta.update(_details_term(context))
+    return (EVENT, A_WARNING, {}, meta)
+
+
+def fill_warning_event(session_id: str | bytes, refs: int, limit: int) -> tuple:
+    """Build the ``warning`` event of a session that reached its fill threshold.
+
+    Args:
+        session_id: The session.
+        refs: Refs it holds.
+        limit: Its ``max_refs``.
+
+    Returns:
+        The event term.
+    """
+    return warning_event(
+        f"session {session_id!r} holds {refs} of its {limit} refs",
+        session=session_id,
+        refs=refs,
+        max_refs=limit,
+    )
+
+
+def evicted_event(session_id: str | bytes, ref_ids: list[int]) -> tuple:
+    """Build ``{event, refs_evicted, #{count}, #{session, reason => overflow, ref_ids}}``.
+
+    Args:
+        session_id: The session that lost refs.
+        ref_ids: The evicted ref ids, oldest first.
+
+    Returns:
+        The event term.
+    """
+    return (
+        EVENT,
+        A_REFS_EVICTED,
+        {A_COUNT: len(ref_ids)},
+        {A_SESSION: session_id, A_REASON: A_OVERFLOW, A_REF_IDS: ref_ids},
+    )
+
+
+def pruned_event(session_id: str | bytes, ref_ids: list[int]) -> tuple:
+    """Build ``{event, refs_pruned, #{count}, #{session, reason => ttl, ref_ids}}``.
+
+    Args:
+        session_id: The session that lost refs.
+        ref_ids: The pruned ref ids.
+
+    Returns:
+        The event term.
+    """
+    return (
+        EVENT,
+        A_REFS_PRUNED,
+        {A_COUNT: len(ref_ids)},
+        {A_SESSION: session_id, A_REASON: A_TTL, A_REF_IDS: ref_ids},
+    )
+
+
+def info_term(info: SessionInfo) -> dict:
+    """Build the ``SessionInfo`` map of ``open_session`` and ``session_info`` replies.
+
+    Args:
+        info: The session table's snapshot.
+
+    Returns:
+        The map.
+    """
+    term = dict(zip(_INFO_KEYS, info))
+    term[A_OVERFLOW] = _OVERFLOW_ATOMS[info.overflow]
+    return term
+
+
+def ready_term(
+    *, max_frame_bytes: int, threads: int, default_max_refs: int, default_ttl_seconds: int | float
+) -> tuple:
+    """Build the ready frame's term, ``{snakeport_ready, Version, Info}``.
+
+    Args:
+        max_frame_bytes: The worker's frame limit.
+        threads: How many calls run at once.
+        default_max_refs: ``max_refs`` of sessions that do not state one.
+        default_ttl_seconds: ``ttl_seconds`` of sessions that do not state one.
+
+    Returns:
+        The term.
+    """
+    return (
+        READY,
+        PROTOCOL_VERSION,
+        {
+            emit("pid"): os.getpid(),
+            emit("python"): platform.python_version(),
+            emit("snakeport"): __version__,
+            emit("max_frame_bytes"): max_frame_bytes,
+            emit("threads"): threads,
+            emit("default_max_refs"): default_max_refs,
+            emit("default_ttl_seconds"): default_ttl_seconds,
+        },
+    )
+
+
+def stats_term(
+    *, sessions: int, refs: int, rss_bytes: int, uptime_ms: int, threads: int, in_flight: int, requests: int
+) -> dict:
+    """Build the ``Stats`` map of the ``stats`` reply.
+
+    Args:
+        sessions: Open sessions.
+        refs: Live refs, all sessions.
+        rss_bytes: The process's resident set size.
+        uptime_ms: Milliseconds since the worker started.
+        threads: How many calls run at once.
+        in_flight: Calls queued or running.
+        requests: Requests received so far.
+
+    Returns:
+        The map.
+    """
+    return {
+        emit("sessions"): sessions,
+        emit("refs"): refs,
+        emit("rss_bytes"): rss_bytes,
+        emit("uptime_ms"): uptime_ms,
+        emit("pid"): os.getpid(),
+        emit("threads"): threads,
+        emit("in_flight"): in_flight,
+        emit("requests"): requests,
+    }

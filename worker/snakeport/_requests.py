@@ -1,0 +1,208 @@
+"""Request validation: the checks of each request field, failing with ``bad_request``.
+
+I/O-free: decoded terms in, validated Python values out (no threads, no file descriptors,
+no user code: the values checked here are decoded terms, never the user's objects). Each
+checker returns the field as the op handlers use it, or raises
+:class:`~snakeport.errors.RequestError` ``bad_request`` with a message in the form
+"expected X to be ..., got: ...". The field layouts are those of ``docs/PROTOCOL.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from snakeport._protocol import (
+    A_AUTO,
+    A_MAX_REFS,
+    A_OVERFLOW,
+    A_REF,
+    A_RESULT,
+    A_TAGS,
+    A_TTL_SECONDS,
+    A_VALUE,
+    OVERFLOW_POLICIES,
+)
+from snakeport.errors import RequestError
+from snakeport.types import Atom
+
+__all__ = [
+    "AUTO",
+    "REF",
+    "VALUE",
+    "bad",
+    "short",
+    "arity",
+    "session_id",
+    "name",
+    "args",
+    "kwargs",
+    "mode",
+    "session_options",
+]
+
+#: Result modes (the ``result`` option of the Python operations).
+AUTO, REF, VALUE = 0, 1, 2
+_MODES = {A_AUTO: AUTO, A_REF: REF, A_VALUE: VALUE}
+
+
+def bad(message: str) -> RequestError:
+    """Return the ``bad_request`` error with ``message`` (for the caller to raise).
+
+    Args:
+        message: What was wrong.
+
+    Returns:
+        The error.
+    """
+    return RequestError("bad_request", message)
+
+
+def short(value: Any, limit: int = 200) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for messages.
+
+    Args:
+        value: A decoded term.
+        limit: Longest text returned (plus ``...``).
+
+    Returns:
+        The text.
+    """
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def arity(term: tuple, n: int) -> None:
+    """Check that a request tuple has ``n`` elements.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if len(term) != n:
+        raise bad(f"expected {term[0]} to be a tuple of {n} elements, got {len(term)}")
+
+
+def session_id(value: Any) -> str | bytes:
+    """Check a session id: a binary (``str``, or ``bytes`` when not UTF-8).
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    t = type(value)
+    if t is str or t is bytes:
+        return value
+    raise bad(f"expected the session id to be a binary, got: {value!r}")
+
+
+def name(value: Any, what: str) -> str:
+    """Check a module, function or attribute name: a binary or an atom.
+
+    Args:
+        value: The field.
+        what: Its name in the message (``Module``, ``Name``, ...).
+
+    Returns:
+        The name as ``str``.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    t = type(value)
+    if t is str:
+        return value
+    if t is Atom:
+        return str.__str__(value)
+    raise bad(f"expected {what} to be a binary or an atom, got: {value!r}")
+
+
+def args(value: Any) -> list:
+    """Check positional arguments: a list.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if type(value) is list:
+        return value
+    raise bad(f"expected Args to be a list, got: {value!r}")
+
+
+def kwargs(value: Any) -> dict:
+    """Check keyword arguments: a map with binary or atom keys.
+
+    Returns:
+        A dict with ``str`` keys.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if type(value) is not dict:
+        raise bad(f"expected Kwargs to be a map, got: {value!r}")
+    if not value:
+        return value
+    out = {}
+    for key, item in value.items():
+        t = type(key)
+        if t is str:
+            out[key] = item
+        elif t is Atom:
+            out[str.__str__(key)] = item
+        else:
+            raise bad(f"expected Kwargs keys to be binaries or atoms, got: {key!r}")
+    return out
+
+
+def mode(opts: Any) -> int:
+    """Check the ``Opts`` map of a Python operation and return its result mode.
+
+    Returns:
+        :data:`AUTO` (the default), :data:`REF` or :data:`VALUE`.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if type(opts) is not dict:
+        raise bad(f"expected Opts to be a map, got: {opts!r}")
+    if not opts:
+        return AUTO
+    found = opts.get(A_RESULT, A_AUTO)
+    if type(found) is Atom:
+        value = _MODES.get(found)
+        if value is not None:
+            return value
+    raise bad(f"expected result to be auto, ref or value, got: {found!r}")
+
+
+def session_options(opts: Any, restore: Callable[[Any], Any]) -> dict[str, Any]:
+    """Check the ``SessionOpts`` map of ``open_session``; return the session table's keywords.
+
+    Only the form is checked here; the values of ``max_refs`` and ``ttl_seconds`` are checked
+    by the session table (the rules of :mod:`snakeport._limits`). Unknown keys are ignored.
+
+    Args:
+        opts: The map.
+        restore: Puts converted tagged terms back in ``tags`` (``TagContext.restore``).
+
+    Returns:
+        ``max_refs``, ``ttl_seconds``, ``tags`` and ``overflow`` as far as they were given.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if type(opts) is not dict:
+        raise bad(f"expected SessionOpts to be a map, got: {short(opts)}")
+    kw: dict[str, Any] = {}
+    for key, value in opts.items():
+        if key == A_MAX_REFS:
+            kw["max_refs"] = value
+        elif key == A_TTL_SECONDS:
+            kw["ttl_seconds"] = value
+        elif key == A_TAGS:
+            kw["tags"] = restore(value)
+        elif key == A_OVERFLOW:
+            policy = OVERFLOW_POLICIES.get(value) if type(value) is Atom else None
+            if policy is None:
+                raise bad(f"expected overflow to be error or evict_lru, got: {short(value)}")
+            kw["overflow"] = policy
+    return kw
