@@ -1,8 +1,8 @@
 """CPU cost of one request inside the worker, without pipes, threads or the VM (profiling aid).
 
-Drives the worker's own pieces (snakeport._server.Server, its splitter, codec and dispatcher)
-in one thread on the request the harness sends for ``Snakeport.call("operator", "add", [1, 2])``
-and prints the µs per request of each stage and of the whole in-process path; the reply frame
+Drives the worker's own pieces (snakeport._server.Server: its splitter, codec, dispatcher,
+scheduler and writer) in one thread on the request the harness sends for
+``Snakeport.call("operator", "add", [1, 2])`` and prints the µs per request of each stage and of the whole in-process path; the reply frame
 goes to a pipe that is drained after every request (that read is timed apart). Uses private
 worker APIs: adjust when they change.
 
@@ -35,7 +35,8 @@ def main() -> None:
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     server = Server(Config(), in_r, out_w)
-    server._reader = threading.get_ident()
+    sched = server._sched
+    sched.reader = threading.get_ident()
     server._handle(etf.encode(OPEN), [])
     # The bytes OTP 25's term_to_binary gives (atoms as ATOM_EXT, [1, 2] as STRING_EXT),
     # not etf.encode's (SMALL_ATOM_UTF8_EXT): the worker's decoder takes other branches.
@@ -55,9 +56,9 @@ def main() -> None:
         out: list = []
         job = server._handle(splitter.next_event(), out)
         splitter.next_event()
-        if server._place(job):
-            server._run_inline(job, me)
-        server._flush_held()  # what _read_frames does once the read's frames are handled
+        if sched.place(job):
+            sched.run_inline(job, me)
+        sched.flush_held()  # what _read_frames does once the read's frames are handled
         os.read(out_r, 65536)
 
     def split() -> None:

@@ -657,36 +657,3 @@ def test_python_errors_with_lone_surrogates_stay_python_errors(worker) -> None:
     assert reason(err) == "python_error" and err[A("type")] == "builtins.ValueError"
     assert err[A("message")] == "bad \\udc80"
     assert err[A("traceback")][-1] == "ValueError: bad \\udc80"
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
-def test_the_reader_stops_spinning_on_a_cpu_that_another_program_keeps_busy() -> None:
-    # A CPU hog pinned to the same CPU as this thread: every yield of the spin hands the CPU
-    # over, so spins end "busy" and, after a few, the reader backs off (no spinning at all).
-    from snakeport._server import _SPIN_BACKOFF, Config, Server
-
-    cpu = min(os.sched_getaffinity(0))
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    hog = subprocess.Popen(
-        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
-    )
-    previous = os.sched_getaffinity(0)
-    try:
-        os.sched_setaffinity(0, {cpu})
-        server = Server(Config(spin_us=5000), in_r, out_w)
-        deadline = time.monotonic() + 10.0
-        while time.perf_counter() >= server._spin_resume:
-            assert time.monotonic() < deadline, "the reader never backed off"
-            server._spin_until_readable(0.005)
-        resume = server._spin_resume
-        assert resume - time.perf_counter() <= _SPIN_BACKOFF
-        assert server._spin_busy == 0.0  # the average starts afresh after the back-off
-        server._spin_until_readable(0.005)  # backing off: returns before spinning
-        assert (server._spin_resume, server._spin_busy) == (resume, 0.0) or time.perf_counter() >= resume
-    finally:
-        os.sched_setaffinity(0, previous)
-        hog.kill()
-        hog.wait()
-        for fd in (in_r, in_w, out_r, out_w):
-            os.close(fd)

@@ -4,7 +4,7 @@ import pytest
 
 from snakeport import etf
 from snakeport._protocol import OK, REPLY
-from snakeport._server import segmented_reply
+from snakeport._writer import segmented_reply
 
 IDS = [0, 7, 255, 256, 2**31 - 1, 2**31, 2**64]
 

@@ -1,94 +1,63 @@
-"""The worker process: protocol fds, reader loop, executor, writer, sweep and watchdog.
+"""The server: wires the worker's pieces together and runs its frame loop and its threads.
 
-Everything that touches a file descriptor or a thread lives here; request handling itself is
-in :mod:`snakeport._dispatch` and framing in :mod:`snakeport._framing`.
+Everything that reads the protocol input or starts a thread of the worker is reached from
+here; each concern lives in its own module:
 
-Threads:
+- :mod:`snakeport._framing` splits the input into frames, :mod:`snakeport.etf` decodes and
+  encodes terms, :mod:`snakeport._dispatch` handles requests (with :mod:`snakeport._jobs`
+  running the calls), :mod:`snakeport._sessions` keeps sessions and refs;
+- :mod:`snakeport._scheduler` places each call (inline on the reader, on a call thread, or
+  queued) and owns the two loop threads that share the reading role and the call pool;
+- :mod:`snakeport._spin` decides how long the reader polls before it blocks in ``readv``;
+- :mod:`snakeport._writer` writes frames from any thread, batching them into one ``writev``;
+- :mod:`snakeport._process` takes the protocol fds from stdio and ends the process.
 
-- two *loop threads* share the frame-reading role (the main thread only waits); the one
-  that holds it reads frames, answers control requests at once, and runs a Python operation
-  itself ("inline") when no other call is executing, which saves a thread hand-off (tens of
-  microseconds) per call. The other one stands by: when it sees the reader busy in the same
-  inline call for ``TAKEOVER_POLL`` seconds, it takes the reading role over, so control
-  requests are still answered within a few milliseconds during a long call. The reader that
-  lost the role finishes its call and becomes the stand-by;
-- with ``--threads N`` > 1, a ``ThreadPoolExecutor`` of N threads runs the calls that cannot
-  run inline (another call is executing, or more frames are already buffered). At most N
-  calls execute at once; the rest wait in arrival order and are started by the thread whose
-  call ends;
-- a sweep thread prunes refs past their TTL every ``--sweep-interval`` seconds;
-- a watchdog thread ends the process when the parent process dies.
+Threads: the two loop threads (the reader runs :meth:`Server._read_frames`), the call pool
+(``--threads`` > 1), a sweep thread that prunes refs past their TTL every
+``--sweep-interval`` seconds, a watchdog thread that ends the process when the parent dies,
+and a short-lived thread per cancel held back by an import. The main thread only waits.
 
-Before the reader blocks in ``readv`` for the next frame, it polls the input for up to
-``--spin-us`` microseconds (when no call is executing). A blocked thread on a virtual machine
-pays tens of microseconds to be woken when its vCPU went idle meanwhile; a request that
-arrives within the spin window skips that, which is most of a sequential caller's round trip.
-The cost is CPU time, mostly time that would be idle otherwise: the thread yields its CPU
-between polls and stops spinning as soon as another task took the CPU meanwhile (then the CPU
-is busy and a wake-up is cheap); when most spins end that way (other programs keep the CPU
-busy), it does not spin at all for ``_SPIN_BACKOFF``, then tries again. At most one spin
-window follows each batch of frames, none while idle (``--spin-us 0`` turns it off). The
-BEAM's schedulers do the same (``+sbwt``).
-
-Every thread writes its own frames through one :class:`FrameWriter`, which batches frames
-queued while another thread is writing into a single ``os.writev``.
+Locks, each with one name: ``Scheduler.lock`` (scheduling state), ``Jobs.lock`` (job
+states), ``SessionTable.lock`` (sessions and refs), ``FrameWriter._write_lock`` and
+``FrameWriter._queue_lock``. No thread ever holds two of them at once, except the writer's
+pair, always taken in that order (``_write_lock``, then ``_queue_lock``): the scheduler
+calls out (run a job, encode, send, submit) only after letting its lock go, the jobs'
+lock is never held around user code or the table, and the table's lock is held around
+the marshalling walk only, which takes no lock. So no lock order can deadlock.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import io
 import logging
 import os
-import select
-import stat
-import struct
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any, NamedTuple, NoReturn
 
 from snakeport import _limits as limits
+from snakeport import _process as process
 from snakeport import etf
 from snakeport._dispatch import Dispatcher
+from snakeport._framing import FrameSplitter, Oversized
 from snakeport._jobs import Job
 from snakeport._protocol import OK, REPLY, error_reply, protocol_error_event, warning_event
-from snakeport._tagged import TagContext, encode_default
-from snakeport._framing import FrameSplitter, Oversized
+from snakeport._scheduler import Scheduler
 from snakeport._sessions import SessionTable
+from snakeport._spin import SpinPolicy
+from snakeport._tagged import TagContext, encode_default
+from snakeport._writer import SEGMENT_BYTES, FrameWriter, segmented_reply
 from snakeport.errors import EncodeError
 
-__all__ = ["Config", "Server", "FrameWriter", "claim_stdio", "grow_pipe", "F_SETPIPE_SZ"]
+__all__ = ["Config", "Server", "run"]
 
 log = logging.getLogger("snakeport")
-
-#: ``fcntl`` command that sets a pipe's capacity (Linux).
-F_SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-
-_pack_header = struct.Struct(">I").pack
 
 #: Largest payload a ``{packet, 4}`` frame can carry.
 _MAX_PACKET = limits.MAX_PACKET
 
-#: Capacity requested for the protocol pipes.
-PIPE_SIZE = 1 << 20
-
-#: Most buffers one ``writev`` call takes (Linux ``IOV_MAX``).
-_IOV_MAX = 1024
-
-#: After this many looks without an inline call, the stand-by sleeps until woken.
-_STANDBY_DEEP_AFTER = 100
-
-#: A spin step (poll + yield) longer than this means another task ran on the CPU (s).
-_YIELD_BUSY = 10e-6
-
-#: How long the reader stops spinning when most spins found the CPU busy (seconds).
-_SPIN_BACKOFF = 0.1
-
-#: ``sched_yield`` where the OS has it (every POSIX system), else a no-op.
-_sched_yield = getattr(os, "sched_yield", lambda: None)
+_TAGGED_BYTES = etf.TAGGED_PREFIX.encode("ascii")
 
 
 class _ConfigFields(NamedTuple):
@@ -146,288 +115,18 @@ class Config(_ConfigFields):
         return self
 
 
-_process: Any = None
-
-
-def rss_bytes() -> int:
-    """Return this process's resident set size in bytes (0 when it cannot be read).
-
-    ``psutil`` is imported on the first call only (the first ``stats`` request): it costs
-    ~20 ms of the worker's start otherwise.
-    """
-    global _process
-    import psutil
-
-    try:
-        if _process is None:
-            _process = psutil.Process()
-        return _process.memory_info().rss
-    except psutil.Error:  # pragma: no cover - /proc unreadable
-        return 0
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:  # noqa: BLE001 - exiting anyway
-            pass
-
-
-def _exit(status: int) -> NoReturn:
-    """Flush stderr/stdout and end the process now, without joining any thread."""
-    logging.shutdown()
-    _flush_stdio()
-    os._exit(status)
-
-
-def _fatal(what: str) -> NoReturn:
-    """Log the current exception and end the process with status 1."""
-    log.critical("%s; exiting", what, exc_info=True)
-    _exit(1)
-
-
-def claim_stdio() -> tuple[int, int]:
-    """Keep private copies of fds 0 and 1 for frames; point fd 1 at stderr, fd 0 at /dev/null.
-
-    After this, ``print()``, C code writing to fd 1 and child processes write to stderr and
-    read an empty stdin, so nothing can corrupt or steal a frame. ``sys.stdout`` becomes a
-    line-buffered writer on the new fd 1, ``sys.stdin`` reads ``/dev/null``.
-
-    Returns:
-        ``(in_fd, out_fd)``: the private, non-inheritable protocol fds.
-    """
-    _flush_stdio()
-    in_fd = os.dup(0)
-    out_fd = os.dup(1)
-    for fd in (in_fd, out_fd):  # the reader and the writer expect blocking I/O
-        try:
-            os.set_blocking(fd, True)
-        except OSError:  # pragma: no cover - not settable on this kind of fd
-            pass
-    try:
-        os.dup2(2, 1)
-    except OSError:  # no stderr: send fd 1 to /dev/null instead
-        null_out = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null_out, 1)
-        os.close(null_out)
-    null_in = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null_in, 0)
-    os.close(null_in)
-    sys.stdout = io.TextIOWrapper(
-        io.FileIO(1, "w", closefd=False),
-        encoding="utf-8",
-        errors="backslashreplace",
-        line_buffering=True,
-        write_through=True,
-    )
-    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
-    return in_fd, out_fd
-
-
-def grow_pipe(fd: int, size: int = PIPE_SIZE) -> bool:
-    """Raise a pipe's capacity with ``F_SETPIPE_SZ`` when ``fd`` is a pipe and it is allowed.
-
-    Args:
-        fd: A file descriptor.
-        size: The capacity wanted, in bytes.
-
-    Returns:
-        Whether the capacity was set.
-    """
-    try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            return False
-        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
-    except OSError:  # EPERM above /proc/sys/fs/pipe-max-size, EBUSY, not Linux, ...
-        return False
-    return True
-
-
-#: glibc ``mallopt`` parameters (malloc.h) and the values set by :func:`tune_malloc`.
-_M_TRIM_THRESHOLD = -1
-_M_TOP_PAD = -2
-_M_MMAP_THRESHOLD = -3
-_KEEP_FREED = 256 * 1024 * 1024
-_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit
-
-_malloc_tuned = False
-
-
-def tune_malloc() -> bool:
-    """Tell glibc to keep freed memory instead of returning it to the kernel at once.
-
-    Large frames (megabytes) are otherwise served from fresh ``mmap``/heap pages for every
-    request, and the page faults of those pages cost more than the copies themselves. Called
-    once, when the first large frame arrives (so small-only workers do not import ctypes).
-    Does nothing outside glibc; failures are ignored.
-
-    Returns:
-        Whether the settings were applied.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return False
-    _malloc_tuned = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-        if not hasattr(libc, "gnu_get_libc_version"):
-            return False
-        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-        mallopt.restype = ctypes.c_int
-        ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        ok = mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED) and ok
-        ok = mallopt(_M_TOP_PAD, 16 * 1024 * 1024) and ok
-        return bool(ok)
-    except Exception:  # noqa: BLE001 - not glibc, no ctypes, ...: keep the defaults
-        return False
-
-
-_TAGGED_BYTES = etf.TAGGED_PREFIX.encode("ascii")
-
-#: Binaries at least this long leave a reply as their own ``writev`` buffer.
-_SEGMENT_BYTES = 64 * 1024
-
-
-class _Segments(tuple):
-    """A frame payload given as consecutive buffers (never joined: large binaries)."""
-
-    __slots__ = ()
-
-    def __len__(self) -> int:  # the payload's byte count, as for bytes
-        return sum(map(len, tuple.__iter__(self)))
-
-
-def segmented_reply(term: tuple) -> _Segments | None:
-    """``etf.encode`` of ``{reply, Id, ok, Binary}`` as two buffers, for a large Binary.
-
-    The envelope is encoded by the codec; the binary follows as its own buffer, so a result
-    of megabytes is written without being copied into the frame. The buffers joined are the
-    bytes of ``etf.encode(term)`` (the tests compare them).
-
-    Returns:
-        The payload, or ``None`` when the value is not ``bytes`` of at least 64 KiB.
-    """
-    value = term[3]
-    if value.__class__ is not bytes or len(value) < _SEGMENT_BYTES:
-        return None
-    # An empty binary encodes as BINARY_EXT with length 0: replace the length.
-    envelope = etf.encode((term[0], term[1], term[2], b""))
-    return _Segments((envelope[:-4], len(value).to_bytes(4, "big"), value))
-
-
-class FrameWriter:
-    """Writes ``{packet, 4}`` frames to one fd from any thread.
-
-    A thread that finds the fd busy queues its frames and returns; the thread that is
-    writing sends everything queued meanwhile with one ``os.writev``. Headers and payloads
-    go out as separate buffers, so large payloads are never copied.
-
-    Args:
-        fd: The protocol output fd.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._write_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[Any] = []
-
-    def send(self, payloads: list[bytes]) -> None:
-        """Send frames (payloads without headers), in order, as one batch.
-
-        Args:
-            payloads: The encoded terms.
-        """
-        bufs = []
-        total = 0
-        for payload in payloads:
-            n = len(payload)
-            total += n + 4
-            bufs.append(_pack_header(n))
-            if payload.__class__ is _Segments:
-                bufs.extend(tuple.__iter__(payload))
-            else:
-                bufs.append(payload)
-        if self._write_lock.acquire(False):
-            # Fast path: nobody is writing; send what others queued, then ours, at once.
-            try:
-                if self._queue:
-                    with self._queue_lock:
-                        bufs[:0] = self._queue
-                        self._queue = []
-                    total = -1
-                self._writev(bufs, total)
-            finally:
-                self._write_lock.release()
-            if self._queue:
-                self._drain(blocking=False)
-            return
-        with self._queue_lock:
-            self._queue.extend(bufs)
-        self._drain(blocking=False)
-
-    def flush(self) -> None:
-        """Wait until every queued frame is written."""
-        self._drain(blocking=True)
-
-    def _drain(self, *, blocking: bool) -> None:
-        while True:
-            if not self._write_lock.acquire(blocking):
-                return  # the writing thread will send our frames
-            try:
-                while True:
-                    with self._queue_lock:
-                        bufs = self._queue
-                        if not bufs:
-                            break
-                        self._queue = []
-                    self._writev(bufs)
-            finally:
-                self._write_lock.release()
-            # Frames queued after our last look, by a thread that saw us writing.
-            with self._queue_lock:
-                if not self._queue:
-                    return
-            blocking = False
-
-    def _writev(self, bufs: list[Any], total: int = -1) -> None:
-        """Write every buffer (``total``: their byte count when known, else -1)."""
-        fd = self._fd
-        try:
-            while bufs:
-                batch = bufs[:_IOV_MAX] if len(bufs) > _IOV_MAX else bufs
-                written = os.writev(fd, batch)
-                if written == total and batch is bufs:
-                    return  # all written at once (the common case)
-                i = 0
-                n = len(batch)
-                while i < n and written >= len(batch[i]):
-                    written -= len(batch[i])
-                    i += 1
-                if i < n and written:
-                    rest = memoryview(batch[i])[written:]
-                    bufs = [rest, *bufs[i + 1 :]]
-                else:
-                    bufs = bufs[i:]
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
-                # The VM closed its end (it halted or closed the port): a normal end of life,
-                # silent at the default log level.
-                log.info("protocol output closed (%s); exiting", exc)
-                _exit(0)
-            if exc.errno == errno.EBADF:
-                log.warning("protocol output fd is not valid (%s); exiting", exc)
-                _exit(0)
-            raise
+def _output_closed(exc: OSError) -> NoReturn:
+    """The writer's ``on_closed``: the VM closed its end, or the fd is gone; exit."""
+    if exc.errno == errno.EBADF:
+        log.warning("protocol output fd is not valid (%s); exiting", exc)
+    else:
+        # The VM halted or closed the port: a normal end of life, silent by default.
+        log.info("protocol output closed (%s); exiting", exc)
+    process.exit_now(0)
 
 
 class Server:
-    """One worker process: owns the protocol fds and the threads.
+    """One worker process: owns the protocol fds, the pieces and the threads.
 
     Args:
         config: The settings.
@@ -438,7 +137,7 @@ class Server:
     def __init__(self, config: Config, in_fd: int, out_fd: int) -> None:
         self.config = config
         self._in_fd = in_fd
-        self._writer = FrameWriter(out_fd)
+        self._writer = FrameWriter(out_fd, on_closed=_output_closed)
         self.table = SessionTable(
             default_max_refs=config.default_max_refs,
             default_ttl_seconds=config.default_ttl_seconds,
@@ -449,20 +148,20 @@ class Server:
             max_depth=config.max_depth,
             max_frame_bytes=config.max_frame_bytes,
             threads=config.threads,
-            rss=rss_bytes,
-        )
-        self._threads = config.threads
-        if config.threads > 1:
-            from concurrent.futures import ThreadPoolExecutor  # not imported by 1-thread workers
-        self._pool = (
-            ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="snakeport-call")
-            if config.threads > 1
-            else None
+            rss=process.rss_bytes,
         )
         self._splitter = FrameSplitter(max_frame_bytes=config.max_frame_bytes)
+        self._sched = Scheduler(
+            threads=config.threads,
+            execute=self._execute,
+            send=self._writer.send,
+            encode=self._encode,
+            more_input=lambda: self._splitter.has_partial_frame,
+            fatal=process.fatal,
+        )
+        self._spin = SpinPolicy(in_fd, spin_us=config.spin_us) if config.spin_us else None
         self._stop = threading.Event()
         self._parent = os.getppid()
-        self._default = encode_default
         # The codec skips its limit checks when given its own default objects.
         self._max_depth = etf.DEFAULT_MAX_DEPTH if config.max_depth == etf.DEFAULT_MAX_DEPTH else config.max_depth
         self._max_size = (
@@ -470,32 +169,7 @@ class Server:
         )
         # Outgoing terms nest deeper than --max-depth: the reply envelope, a ref term where
         # the marshalling stopped, and two levels per set ({'$snakeport_set', List}).
-        self._encoder = etf.Encoder(max_depth=2 * config.max_depth + 2, default=self._default)
-        # Scheduling state, guarded by _sched (see the module docstring).
-        self._sched_lock = threading.RLock()  # entered directly on the hot paths
-        self._sched = threading.Condition(self._sched_lock)
-        self._reader = 0  # ident of the loop thread that holds the reading role
-        self._inline_seq = 0  # bumped each time the reader starts a call inline
-        self._inline_active = False
-        self._standby_deep = False
-        self._running = 0  # calls executing (inline or on the pool)
-        self._pending: deque[Job] = deque()  # calls waiting for a free slot, in order
-        self._draining = False  # set by shutdown: job ends notify _drained
-        self._drained = threading.Condition(self._sched)
-        # Payloads of inline calls' replies, held while the reader still has buffered frames
-        # to handle, so that one writev sends them all (guarded by _sched). Sent when the
-        # buffered frames are handled, when the reader role changes hands, or by the stand-by
-        # thread when an inline call runs for a whole poll (bounded like control requests).
-        self._held: list = []
-        # Polling before a blocking read (see the module docstring).
-        self._spin = config.spin_us / 1e6
-        self._poll: Any = None
-        if config.spin_us:
-            poller = select.poll()
-            poller.register(in_fd, select.POLLIN)
-            self._poll = poller.poll
-        self._spin_busy = 0.0  # moving average: spins that ended on a busy CPU
-        self._spin_resume = 0.0  # perf_counter() time before which the reader does not spin
+        self._encoder = etf.Encoder(max_depth=2 * config.max_depth + 2, default=encode_default)
 
     # ------------------------------------------------------------------ output
 
@@ -524,7 +198,7 @@ class Server:
                 term.__class__ is tuple
                 and len(term) == 4
                 and term[3].__class__ is bytes
-                and len(term[3]) >= _SEGMENT_BYTES
+                and len(term[3]) >= SEGMENT_BYTES
                 and term[0] is REPLY
                 and term[2] is OK
             ):
@@ -545,22 +219,24 @@ class Server:
                     payloads.append(encode(replacement))
         return payloads
 
-    def _flush_held(self, terms: list | None = None) -> None:
-        """Send ``terms`` and the replies held back by inline calls, with one ``writev``."""
-        with self._sched_lock:
-            held = self._held
-            self._held = []
-        if terms:
-            held = self._encode(terms, None, held)
-        if held:
-            self._writer.send(held)
-
     @staticmethod
     def _unencodable(term: Any, exc: Exception) -> Any:
         if type(term) is tuple and len(term) == 4 and term[0] == "reply" and type(term[1]) is int:
             return error_reply(term[1], "not_encodable", f"the result cannot be encoded: {exc}")
         log.error("dropping an event that cannot be encoded: %s", exc)
         return None
+
+    def _execute(self, job: Job) -> list | None:
+        """Run one job on this thread; return its encoded frames (the scheduler's
+        ``execute``)."""
+        try:
+            terms = self.dispatcher.run_job(job)
+        except Exception as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
+            log.exception("request %s failed inside the worker", job.request_id)
+            terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
+        if not terms:
+            return None
+        return self._encode(terms, job)
 
     # ------------------------------------------------------------------- input
 
@@ -569,68 +245,16 @@ class Server:
         self.send([self.dispatcher.ready_term()])
         threading.Thread(target=self._sweep_loop, name="snakeport-sweep", daemon=True).start()
         threading.Thread(target=self._watchdog, name="snakeport-watchdog", daemon=True).start()
-        # Two loop threads share the reading role; the first one starts as the reader. Calls
-        # never run on the main thread (as with an executor), which only waits here: every
-        # exit goes through os._exit.
-        first = threading.Thread(target=self._loop, name="snakeport-loop-1", daemon=True)
-        with self._sched:
-            first.start()
-            self._reader = first.ident  # type: ignore[assignment]
-        threading.Thread(target=self._loop, name="snakeport-loop-2", daemon=True).start()
+        # Calls never run on the main thread (as with an executor), which only waits here:
+        # every exit goes through os._exit.
+        self._sched.start(self._read_frames)
         try:
             while True:
                 self._stop.wait()
                 time.sleep(3600)  # pragma: no cover - _stop is set right before os._exit
         except KeyboardInterrupt:
             log.warning("interrupted (SIGINT); exiting")
-            _exit(130)
-
-    def _loop(self) -> NoReturn:
-        """A loop thread: read frames while holding the reading role, else stand by."""
-        me = threading.get_ident()
-        with self._sched:  # serve() publishes the first reader under this lock
-            pass
-        try:
-            while True:
-                if self._reader == me:
-                    self._read_frames()
-                else:
-                    self._standby(me)
-        except BaseException:  # noqa: BLE001 - a broken loop thread cannot be recovered
-            _fatal("the frame loop failed")
-
-    def _standby(self, me: int) -> None:
-        """Wait until the reader is stuck in an inline call, then take the reading role."""
-        seen = -1
-        idle = 0
-        with self._sched:
-            while True:
-                if self._held:  # replies held behind an inline call: send them now
-                    held = self._held
-                    self._held = []
-                    self._sched.release()
-                    try:
-                        self._writer.send(held)
-                    finally:
-                        self._sched.acquire()
-                    continue
-                if self._inline_active:
-                    seq = self._inline_seq
-                    if seq == seen:  # the same call has run for a whole poll: take over
-                        self._reader = me
-                        return
-                    seen = seq
-                    idle = 0
-                else:
-                    seen = -1
-                    idle += 1
-                if idle > _STANDBY_DEEP_AFTER:
-                    self._standby_deep = True
-                    self._sched.wait()
-                    self._standby_deep = False
-                    idle = 0
-                else:
-                    self._sched.wait(limits.TAKEOVER_POLL)
+            process.exit_now(130)
 
     def _read_frames(self) -> None:
         """Read and handle frames while this thread holds the reading role.
@@ -643,7 +267,11 @@ class Server:
         fd = self._in_fd
         handle = self._handle
         dispatcher = self.dispatcher
-        spin = self._spin
+        sched = self._sched
+        place = sched.place
+        run_inline = sched.run_inline
+        flush_held = sched.flush_held
+        spin = self._spin.wait if self._spin is not None else None
         while True:
             out: list = []
             while True:
@@ -651,19 +279,19 @@ class Server:
                 if event is None:
                     break
                 job = handle(event, out)
-                if job is not None and self._place(job):
+                if job is not None and place(job):
                     if out:
                         self.send(out)
                         out = []
-                    if not self._run_inline(job, me):
-                        self._flush_held()
+                    if not run_inline(job, me):
+                        flush_held()
                         return  # another loop thread reads now
-            if out or self._held:
-                self._flush_held(out)
+            if out or sched.held:
+                flush_held(out)
             if dispatcher.shutting_down:
                 self._on_shutdown()
-            if spin and not self._running:  # (a call on the pool would compete for the GIL)
-                self._spin_until_readable(spin)
+            if spin is not None and not sched.running:  # (a call on the pool would compete for the GIL)
+                spin()
             buf = splitter.get_buffer()
             try:
                 n = readv(fd, [buf])
@@ -674,39 +302,6 @@ class Server:
             if not n:
                 self._on_eof(splitter.has_partial_frame)
             splitter.buffer_updated(n)
-
-    def _spin_until_readable(self, seconds: float) -> None:
-        """Poll the protocol input until it is readable or ``seconds`` have passed.
-
-        Between polls the thread gives its CPU to any other runnable thread or process
-        (``sched_yield``), and it stops as soon as one took it (a step longer than
-        ``_YIELD_BUSY``), so the spin mostly takes CPU time that would be idle otherwise;
-        both calls release the GIL.
-        """
-        poll = self._poll
-        if poll(0):
-            return
-        clock = time.perf_counter
-        now = clock()
-        if now < self._spin_resume:
-            return  # backing off: most recent spins found the CPU busy
-        deadline = now + seconds
-        yield_cpu = _sched_yield
-        busy = 0.0
-        while not poll(0):
-            if now > deadline:
-                break
-            yield_cpu()
-            before, now = now, clock()
-            if now - before > _YIELD_BUSY:
-                busy = 1.0  # another task ran meanwhile: this CPU is not idle, sleep instead
-                break
-        # When most spins find the CPU busy (other programs keep it so), a yield costs more
-        # than the wake-up it saves: stop spinning for a while, then try again.
-        average = self._spin_busy = 0.9 * self._spin_busy + 0.1 * busy
-        if average > 0.5:
-            self._spin_busy = 0.0
-            self._spin_resume = now + _SPIN_BACKOFF
 
     def _handle(self, event: Any, out: list) -> Job | None:
         """Handle one frame: control replies are appended to ``out``; a job is returned."""
@@ -720,8 +315,8 @@ class Server:
                 )
             )
             return None
-        if event.__class__ is bytearray and not _malloc_tuned:  # the first large frame
-            tune_malloc()
+        if event.__class__ is bytearray and not process.malloc_tuned:  # the first large frame
+            process.tune_malloc()
         # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
         # Large frames (bytearray) are not scanned, here or by the codec (above 64 KiB): the
         # codec then checks each decoded tuple's first element instead.
@@ -754,87 +349,6 @@ class Server:
                 return error_reply(request_id, reason, message)
         return protocol_error_event(reason, message)
 
-    # -------------------------------------------------------------- scheduling
-
-    def _place(self, job: Job) -> bool:
-        """Start, submit or queue a job; return True when the reader must run it inline."""
-        with self._sched_lock:
-            if self._running >= self._threads or self._pending:
-                self._pending.append(job)
-                return False
-            self._running += 1
-            pool = self._pool
-            if pool is None or (self._running == 1 and not self._splitter.has_partial_frame):
-                self._inline_seq += 1
-                self._inline_active = True
-                if self._standby_deep:
-                    self._sched.notify_all()
-                return True
-        pool.submit(self._pool_task, job)
-        return False
-
-    def _run_inline(self, job: Job, me: int) -> bool:
-        """Run a job (and queued ones) on the reader; return whether it still reads."""
-        while True:
-            payloads = self._run(job, False)
-            with self._sched_lock:
-                if payloads and self._reader == me and not self._draining:
-                    self._held.extend(payloads)  # sent with the rest of the read's replies
-                    payloads = None
-                if not payloads:
-                    next_job, still_reader = self._inline_ended_locked(me)
-            if payloads:
-                # No longer the reader, or shutting down: send before the slot is freed.
-                self._writer.send(payloads)
-                with self._sched_lock:
-                    next_job, still_reader = self._inline_ended_locked(me)
-            if next_job is None:
-                return still_reader
-            job = next_job
-
-    def _inline_ended_locked(self, me: int) -> tuple[Job | None, bool]:
-        """Account for an ended inline job (``_sched`` held): ``(next job, still reader)``."""
-        self._inline_active = False
-        next_job = self._job_ended_locked()
-        still_reader = self._reader == me
-        if next_job is not None and still_reader:
-            self._inline_seq += 1
-            self._inline_active = True
-        return next_job, still_reader
-
-    def _pool_task(self, job: Job | None) -> None:
-        """Executor task: run a job, then queued ones while there are any."""
-        try:
-            while job is not None:
-                self._run(job)
-                with self._sched_lock:
-                    job = self._job_ended_locked()
-        except BaseException:  # noqa: BLE001 - the slot accounting would be lost
-            _fatal("a call thread failed")
-
-    def _job_ended_locked(self) -> Job | None:
-        """Account for an ended job (``_sched`` held); return the next queued job to run."""
-        if self._pending:
-            return self._pending.popleft()  # keeps the slot
-        self._running -= 1
-        if self._draining:
-            self._drained.notify_all()
-        return None
-
-    def _run(self, job: Job, send: bool = True) -> list | None:
-        """Run one job on this thread and send its frames (or, without ``send``, return them)."""
-        try:
-            terms = self.dispatcher.run_job(job)
-        except Exception as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
-            log.exception("request %s failed inside the worker", job.request_id)
-            terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
-        if not terms:
-            return None
-        if send:
-            self.send(terms, job)
-            return None
-        return self._encode(terms, job)
-
     # ---------------------------------------------------------------- lifetime
 
     def _on_eof(self, partial: bool) -> NoReturn:
@@ -842,19 +356,14 @@ class Server:
             log.warning("protocol input closed in the middle of a frame")
         log.info("protocol input closed; exiting")
         self._stop.set()
-        self._flush_held()
+        self._sched.flush_held()
         self._writer.flush()
-        _exit(0)
+        process.exit_now(0)
 
     def _on_shutdown(self) -> NoReturn:
         log.info("shutdown requested; cancelling %d calls", self.dispatcher.in_flight)
-        with self._sched:
-            self._draining = True
-        self._flush_held(self.dispatcher.cancel_all())
-        with self._sched:
-            idle = self._drained.wait_for(lambda: self._running == 0, limits.SHUTDOWN_GRACE)
-            running = self._running
-        if not idle:
+        running = self._sched.drain(self.dispatcher.cancel_all(), limits.SHUTDOWN_GRACE)
+        if running:
             self.send(
                 [
                     warning_event(
@@ -865,7 +374,7 @@ class Server:
             )
         self._stop.set()
         self._writer.flush()
-        _exit(0)
+        process.exit_now(0)
 
     def _sweep_loop(self) -> None:
         interval = self.config.sweep_interval
@@ -884,7 +393,7 @@ class Server:
                 # The VM is gone (halted or killed): a normal end of life, silent at the
                 # default log level.
                 log.info("parent process %d is gone; exiting", parent)
-                _exit(0)
+                process.exit_now(0)
 
 
 def run(config: Config) -> NoReturn:
@@ -893,9 +402,9 @@ def run(config: Config) -> NoReturn:
     Args:
         config: The settings.
     """
-    in_fd, out_fd = claim_stdio()
-    grow_pipe(in_fd)
-    grow_pipe(out_fd)
+    in_fd, out_fd = process.claim_stdio()
+    process.grow_pipe(in_fd)
+    process.grow_pipe(out_fd)
     # Let the frame-reading thread take the GIL from a busy call within about a millisecond.
     sys.setswitchinterval(0.001)
     # Results (and arguments holding refs) are walked recursively down to --max-depth

@@ -1,0 +1,170 @@
+"""The frame writer: ``{packet, 4}`` frames to the protocol output fd, from any thread.
+
+Every thread that has frames to send (the reader, the stand-by loop thread, call threads,
+the sweep) calls :meth:`FrameWriter.send`. A thread that finds the fd busy queues its frames
+and returns at once; the thread that is writing sends everything queued meanwhile with one
+``os.writev``. Headers and payloads go out as separate buffers, and a large binary reply is
+given as :func:`segmented_reply` buffers, so large payloads are never copied.
+
+Locks: ``_write_lock`` (held by the one thread inside ``os.writev``) and ``_queue_lock``
+(the queue of frames waiting); when both are held, ``_write_lock`` was taken first. No other
+lock is taken while either is held.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+from typing import Any, Callable
+
+from snakeport import etf
+
+__all__ = ["FrameWriter", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
+
+_pack_header = struct.Struct(">I").pack
+
+#: Most buffers one ``writev`` call takes (Linux ``IOV_MAX``).
+IOV_MAX = 1024
+
+#: Binaries at least this long leave a reply as their own ``writev`` buffer.
+SEGMENT_BYTES = 64 * 1024
+
+#: ``errno`` values that mean the reading end is gone (the VM halted or closed the port).
+_CLOSED = (errno.EPIPE, errno.ECONNRESET, errno.EBADF)
+
+
+class _Segments(tuple):
+    """A frame payload given as consecutive buffers (never joined: large binaries)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:  # the payload's byte count, as for bytes
+        return sum(map(len, tuple.__iter__(self)))
+
+
+def segmented_reply(term: tuple) -> _Segments | None:
+    """``etf.encode`` of ``{reply, Id, ok, Binary}`` as buffers, for a large Binary.
+
+    The envelope is encoded by the codec; the binary follows as its own buffer, so a result
+    of megabytes is written without being copied into the frame. The buffers joined are the
+    bytes of ``etf.encode(term)`` (the tests compare them).
+
+    Args:
+        term: A reply term ``(reply, Id, ok, Value)``.
+
+    Returns:
+        The payload, or ``None`` when the value is not ``bytes`` of at least
+        :data:`SEGMENT_BYTES`.
+    """
+    value = term[3]
+    if value.__class__ is not bytes or len(value) < SEGMENT_BYTES:
+        return None
+    # An empty binary encodes as BINARY_EXT with length 0: replace the length.
+    envelope = etf.encode((term[0], term[1], term[2], b""))
+    return _Segments((envelope[:-4], len(value).to_bytes(4, "big"), value))
+
+
+class FrameWriter:
+    """Writes ``{packet, 4}`` frames to one fd from any thread (see the module docstring).
+
+    Args:
+        fd: The protocol output fd (blocking).
+        on_closed: Called with the ``OSError`` when the fd's reader is gone (``EPIPE``,
+            ``ECONNRESET``) or the fd is invalid (``EBADF``); the worker's ends the process.
+            Without it, the error propagates to the sending thread.
+    """
+
+    def __init__(self, fd: int, *, on_closed: Callable[[OSError], Any] | None = None) -> None:
+        self._fd = fd
+        self._on_closed = on_closed
+        self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[Any] = []
+
+    def send(self, payloads: list[Any]) -> None:
+        """Send frames (payloads without headers), in order, as one batch.
+
+        Frames sent by one thread arrive in the order sent; frames of different threads
+        never interleave inside a frame. Returns once the frames are written, or queued for
+        the thread that is writing.
+
+        Args:
+            payloads: The encoded terms (``bytes`` or :func:`segmented_reply` buffers).
+        """
+        bufs = []
+        total = 0
+        for payload in payloads:
+            n = len(payload)
+            total += n + 4
+            bufs.append(_pack_header(n))
+            if payload.__class__ is _Segments:
+                bufs.extend(tuple.__iter__(payload))
+            else:
+                bufs.append(payload)
+        if self._write_lock.acquire(False):
+            # Fast path: nobody is writing; send what others queued, then ours, at once.
+            try:
+                if self._queue:
+                    with self._queue_lock:
+                        bufs[:0] = self._queue
+                        self._queue = []
+                    total = -1
+                self._writev(bufs, total)
+            finally:
+                self._write_lock.release()
+            if self._queue:
+                self._drain(blocking=False)
+            return
+        with self._queue_lock:
+            self._queue.extend(bufs)
+        self._drain(blocking=False)
+
+    def flush(self) -> None:
+        """Wait until every queued frame is written."""
+        self._drain(blocking=True)
+
+    def _drain(self, *, blocking: bool) -> None:
+        while True:
+            if not self._write_lock.acquire(blocking):
+                return  # the writing thread will send our frames
+            try:
+                while True:
+                    with self._queue_lock:
+                        bufs = self._queue
+                        if not bufs:
+                            break
+                        self._queue = []
+                    self._writev(bufs)
+            finally:
+                self._write_lock.release()
+            # Frames queued after our last look, by a thread that saw us writing.
+            with self._queue_lock:
+                if not self._queue:
+                    return
+            blocking = False
+
+    def _writev(self, bufs: list[Any], total: int = -1) -> None:
+        """Write every buffer (``total``: their byte count when known, else -1)."""
+        fd = self._fd
+        try:
+            while bufs:
+                batch = bufs[:IOV_MAX] if len(bufs) > IOV_MAX else bufs
+                written = os.writev(fd, batch)
+                if written == total and batch is bufs:
+                    return  # all written at once (the common case)
+                i = 0
+                n = len(batch)
+                while i < n and written >= len(batch[i]):
+                    written -= len(batch[i])
+                    i += 1
+                if i < n and written:
+                    rest = memoryview(batch[i])[written:]
+                    bufs = [rest, *bufs[i + 1 :]]
+                else:
+                    bufs = bufs[i:]
+        except OSError as exc:
+            if exc.errno in _CLOSED and self._on_closed is not None:
+                self._on_closed(exc)
+            raise
