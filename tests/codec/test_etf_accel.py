@@ -13,12 +13,15 @@ import importlib.util
 import math
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
 import tracemalloc
+import types
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +65,37 @@ def test_the_environment_variable_selects_the_path(value: str, accelerated: bool
     code = "from snakeport import etf; print(etf._c_encode is not None, etf._decode_term is not etf._py_decode_term)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [str(accelerated)] * 2
+
+
+def test_the_c_tag_defines_equal_etf_tags() -> None:
+    # _cetf.c names its tag bytes with #defines; they must be the values of _etf_tags.
+    source = (Path(__file__).resolve().parents[2] / "worker" / "snakeport" / "_cetf.c").read_text()
+    defines = dict(re.findall(r"^#define ([A-Z0-9_]+_EXT) (\d+)\b", source, re.M))
+    assert len(defines) >= 10, "no tag #defines found in _cetf.c"
+    assert {name: int(value) for name, value in defines.items()} == {name: getattr(T, name) for name in defines}
+
+
+@needs_c
+def test_the_c_accelerator_looks_its_helpers_up_by_name() -> None:
+    # _setup(etf) reads each helper from the module by name and checks its kind, so a
+    # rename in etf.py fails at import with the helper's name (here: on a copy of etf).
+    import snakeport._cetf as cetf
+
+    names = ["Atom", "_LEAF_DECODERS", "_atom_at", "_finish_improper", "ErlMap", "_HookFailure", "_fail",
+             "_truncated", "_bad_tag", "_ATOM_BYTES", "_encode_atom", "_encode_part", "_too_deep", "TAGGED_PREFIX"]
+    complete = {name: getattr(etf, name) for name in names}
+    assert cetf._setup(types.SimpleNamespace(**complete)) is None  # already set up: a no-op
+    for missing in names:
+        module = types.SimpleNamespace(**{k: v for k, v in complete.items() if k != missing})
+        with pytest.raises(AttributeError, match=f"snakeport.etf has no {missing}"):
+            cetf._setup(module)
+    for name, wrong in [("_ATOM_BYTES", []), ("_LEAF_DECODERS", [None] * 255), ("_fail", 1), ("Atom", str()),
+                        ("TAGGED_PREFIX", b"$snakeport_")]:
+        with pytest.raises(TypeError, match=f"snakeport.etf.{name} is not"):
+            cetf._setup(types.SimpleNamespace(**{**complete, name: wrong}))
+    with pytest.raises(AttributeError, match="ErlMap._from_flat"):
+        cetf._setup(types.SimpleNamespace(**{**complete, "ErlMap": object()}))
+    assert etf.decode(etf.encode([Atom("ok"), 2**70, ErlMap([([1], 2)])])) == [Atom("ok"), 2**70, ErlMap([([1], 2)])]
 
 
 # ---------------------------------------------------------------------------------------

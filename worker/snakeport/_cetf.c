@@ -11,8 +11,8 @@
  *       the term with its version byte, as etf._encode_into would write it.
  *
  * Both are non-recursive (explicit stacks, bounded by max_depth). Containers and the frequent
- * leaves are handled here; every rare case calls back into etf.py (handed over once by
- * _setup()): the leaf decoders of the other tags, _atom_at on an atom-cache miss (it
+ * leaves are handled here; every rare case calls back into etf.py (looked up by name once,
+ * by _setup()): the leaf decoders of the other tags, _atom_at on an atom-cache miss (it
  * validates and raises), _fail/_truncated for errors (same messages and offsets as the Python
  * loop), and _encode_part for objects the encoder does not handle natively (subclasses,
  * ErlMap, ImproperList, opaque terms, large ints, inf/nan, the default hook, ...).
@@ -43,7 +43,8 @@
 #define ATOM_UTF8_EXT 118
 #define SMALL_ATOM_UTF8_EXT 119
 
-/* Objects of etf.py, set once by _setup() (strong references, never released). */
+/* Objects of etf.py, looked up by name by _setup() (HELPERS below) at etf's first import
+ * (strong references, never released). */
 static PyTypeObject *AtomType;
 static PyObject *LeafDecoders;   /* tuple of 256: tag -> fn(data, pos) -> (value, end), or None */
 static PyObject *AtomAt;         /* _atom_at(data, pos) -> (value, end) */
@@ -1334,55 +1335,135 @@ error:
 /* Module                                                                                 */
 /* ------------------------------------------------------------------------------------- */
 
+/* The helpers _setup() looks up in snakeport.etf, by name (a dotted name is an attribute
+ * of an attribute). A rename in etf.py makes the import of snakeport.etf fail with an
+ * AttributeError that names the helper, instead of handing over the wrong object. */
+enum { H_TYPE, H_TABLE, H_CALLABLE, H_DICT, H_STR };
+
+static const struct {
+    PyObject **slot;
+    const char *name;
+    int kind;
+} HELPERS[] = {
+    {(PyObject **)&AtomType, "Atom", H_TYPE},
+    {&LeafDecoders, "_LEAF_DECODERS", H_TABLE},
+    {&AtomAt, "_atom_at", H_CALLABLE},
+    {&FinishImproper, "_finish_improper", H_CALLABLE},
+    {&ErlMapFromFlat, "ErlMap._from_flat", H_CALLABLE},
+    {&HookFailure, "_HookFailure", H_CALLABLE},
+    {&Fail, "_fail", H_CALLABLE},
+    {&Truncated, "_truncated", H_CALLABLE},
+    {&BadTag, "_bad_tag", H_CALLABLE},
+    {&AtomBytes, "_ATOM_BYTES", H_DICT},
+    {&EncodeAtom, "_encode_atom", H_CALLABLE},
+    {&EncodePart, "_encode_part", H_CALLABLE},
+    {&TooDeep, "_too_deep", H_CALLABLE},
+    {&TaggedPrefix, "TAGGED_PREFIX", H_STR},
+};
+#define N_HELPERS ((int)(sizeof(HELPERS) / sizeof(HELPERS[0])))
+
+/* etf.<name> (dotted), checked to be of the expected kind; NULL with an error set. */
 static PyObject *
-cetf_setup(PyObject *module, PyObject *args)
+helper(PyObject *etf, const char *name, int kind)
 {
-    PyObject *atom_type, *leaf_decoders;
-    PyObject *objs[12];
-    if (!PyArg_ParseTuple(args, "O!OOOOOOOOO!OOOU:_setup", &PyType_Type, &atom_type, &leaf_decoders,
-                          &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6],
-                          &PyDict_Type, &objs[7], &objs[8], &objs[9], &objs[10], &objs[11])) {
+    PyObject *obj = etf;
+    Py_INCREF(obj);
+    const char *p = name;
+    while (1) {
+        const char *dot = strchr(p, '.');
+        PyObject *attr_name = dot ? PyUnicode_FromStringAndSize(p, dot - p) : PyUnicode_FromString(p);
+        if (attr_name == NULL) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        PyObject *next = PyObject_GetAttr(obj, attr_name);
+        Py_DECREF(attr_name);
+        Py_DECREF(obj);
+        if (next == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_AttributeError,
+                             "snakeport._cetf: snakeport.etf has no %s (renamed? _cetf.c looks its helpers "
+                             "up by name in _setup)",
+                             name);
+            }
+            return NULL;
+        }
+        obj = next;
+        if (dot == NULL) {
+            break;
+        }
+        p = dot + 1;
+    }
+    int ok;
+    const char *expected;
+    switch (kind) {
+    case H_TYPE:
+        ok = PyType_Check(obj);
+        expected = "a type";
+        break;
+    case H_DICT:
+        ok = PyDict_CheckExact(obj);
+        expected = "a dict";
+        break;
+    case H_STR:
+        ok = PyUnicode_Check(obj);
+        expected = "a str";
+        break;
+    case H_TABLE: {
+        PyObject *table = PySequence_Tuple(obj);
+        Py_DECREF(obj);
+        if (table == NULL) {
+            return NULL;
+        }
+        obj = table;
+        ok = PyTuple_GET_SIZE(table) == 256;
+        expected = "a table of 256 entries";
+        break;
+    }
+    default:
+        ok = PyCallable_Check(obj);
+        expected = "callable";
+        break;
+    }
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "snakeport._cetf: snakeport.etf.%s is not %s", name, expected);
+        Py_DECREF(obj);
         return NULL;
     }
-    PyObject *table = PySequence_Tuple(leaf_decoders);
-    if (table == NULL) {
-        return NULL;
+    return obj;
+}
+
+static PyObject *
+cetf_setup(PyObject *module, PyObject *etf)
+{
+    PyObject *found[N_HELPERS];
+    for (int i = 0; i < N_HELPERS; i++) {
+        found[i] = helper(etf, HELPERS[i].name, HELPERS[i].kind);
+        if (found[i] == NULL) {
+            while (i-- > 0) {
+                Py_DECREF(found[i]);
+            }
+            return NULL;
+        }
     }
-    if (PyTuple_GET_SIZE(table) != 256) {
-        Py_DECREF(table);
-        PyErr_SetString(PyExc_ValueError, "_setup: the leaf decoder table must have 256 entries");
-        return NULL;
+    int ready = READY(); /* set by an earlier import of etf.py: keep that set */
+    for (int i = 0; i < N_HELPERS; i++) {
+        if (ready) {
+            Py_DECREF(found[i]);
+        }
+        else {
+            *HELPERS[i].slot = found[i]; /* strong references, never released */
+        }
     }
-    if (READY()) {
-        Py_DECREF(table);
-        Py_RETURN_NONE; /* a re-import of etf.py: keep the first set */
-    }
-    for (int i = 0; i < 12; i++) {
-        Py_INCREF(objs[i]);
-    }
-    Py_INCREF(atom_type);
-    LeafDecoders = table;
-    AtomAt = objs[0];
-    FinishImproper = objs[1];
-    ErlMapFromFlat = objs[2];
-    HookFailure = objs[3];
-    Fail = objs[4];
-    Truncated = objs[5];
-    BadTag = objs[6];
-    AtomBytes = objs[7];
-    EncodeAtom = objs[8];
-    EncodePart = objs[9];
-    TooDeep = objs[10];
-    TaggedPrefix = objs[11];
-    AtomType = (PyTypeObject *)atom_type;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef cetf_methods[] = {
-    {"_setup", (PyCFunction)cetf_setup, METH_VARARGS,
-     "_setup(Atom, leaf_decoders, atom_at, finish_improper, erlmap_from_flat, hook_failure, fail,\n"
-     "       truncated, bad_tag, atom_bytes, encode_atom, encode_part, too_deep, tagged_prefix)\n"
-     "--\n\nHand over the helpers of snakeport.etf (called once, by etf.py)."},
+    {"_setup", (PyCFunction)cetf_setup, METH_O,
+     "_setup(etf)\n--\n\n"
+     "Look up the helpers of the module snakeport.etf by name (called by etf.py at import);\n"
+     "AttributeError or TypeError names a helper that is missing or of the wrong kind."},
     {"decode_term", (PyCFunction)(void (*)(void))cetf_decode_term, METH_FASTCALL,
      "decode_term(data, pos, max_depth, tagged)\n--\n\n"
      "Decode the term at pos of data (bytes, or a bytearray read in place); return (value, end).\n"

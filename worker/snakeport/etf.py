@@ -76,6 +76,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import sys
 import zlib
 from collections.abc import Callable
 from itertools import chain
@@ -228,14 +229,6 @@ def _dec_atom(data: bytes, pos: int) -> tuple[Any, int]:
     return _atom_at(data, pos - 1)
 
 
-def _dec_small_int(data: bytes, pos: int) -> tuple[int, int]:
-    return data[pos], pos + 1
-
-
-def _dec_int(data: bytes, pos: int) -> tuple[int, int]:
-    return _i32(data, pos)[0], pos + 4
-
-
 def _big(data: bytes, n: int, pos: int) -> tuple[int, int]:
     sign = data[pos]
     start = pos + 1
@@ -256,13 +249,6 @@ def _dec_large_big(data: bytes, pos: int) -> tuple[int, int]:
     return _big(data, _u32(data, pos)[0], pos + 4)
 
 
-def _dec_new_float(data: bytes, pos: int) -> tuple[float, int]:
-    value = _f64(data, pos)[0]
-    if value - value != 0.0:
-        _fail("NEW_FLOAT_EXT is not finite", data, pos)
-    return value, pos + 8
-
-
 def _dec_old_float(data: bytes, pos: int) -> tuple[float, int]:
     end = pos + 31
     if end > len(data):
@@ -274,30 +260,6 @@ def _dec_old_float(data: bytes, pos: int) -> tuple[float, int]:
     if value - value != 0.0:
         _fail("FLOAT_EXT is not finite", data, pos)
     return value, end
-
-
-def _dec_nil(data: bytes, pos: int) -> tuple[list[Any], int]:
-    return [], pos
-
-
-def _dec_string(data: bytes, pos: int) -> tuple[list[int], int]:
-    start = pos + 2
-    end = start + _u16(data, pos)[0]
-    if end > len(data):
-        _truncated(data, len(data))
-    return list(data[start:end]), end
-
-
-def _dec_binary(data: bytes, pos: int) -> tuple[Any, int]:
-    start = pos + 4
-    end = start + _u32(data, pos)[0]
-    if end > len(data):
-        _truncated(data, len(data))
-    raw = data[start:end]
-    try:
-        return raw.decode("utf-8"), end
-    except UnicodeDecodeError:
-        return raw, end
 
 
 def _dec_bit_binary(data: bytes, pos: int) -> tuple[BitBinary, int]:
@@ -430,23 +392,19 @@ def _dec_local(data: bytes, pos: int) -> tuple[LocalTerm, int]:
     return LocalTerm(data[pos - 1 :]), len(data)
 
 
-#: Tag byte -> decoder for every tag that is not a container (tuples, lists and maps are
-#: handled by the explicit stack in ``_py_decode_term`` and in the C accelerator).
+#: Tag byte -> decoder for every leaf tag that a decode loop hands over (containers are
+#: handled by the explicit stack in ``_py_decode_term`` and in the C accelerator). Both loops
+#: decode SMALL_INTEGER_EXT, INTEGER_EXT, NEW_FLOAT_EXT, NIL_EXT, STRING_EXT, BINARY_EXT,
+#: ATOM_EXT and SMALL_ATOM_UTF8_EXT inline (an atom-cache miss calls ``_atom_at``), so those
+#: tags have no entry; SMALL_BIG_EXT has one for the C loop (more than 8 digit bytes),
+#: ATOM_UTF8_EXT and SMALL_ATOM_EXT for the Python loop.
 _LEAF_DECODERS: list[Callable[[bytes, int], tuple[Any, int]] | None] = [None] * 256
 for _tag, _fn in (
-    (T.SMALL_INTEGER_EXT, _dec_small_int),
-    (T.INTEGER_EXT, _dec_int),
     (T.SMALL_BIG_EXT, _dec_small_big),
     (T.LARGE_BIG_EXT, _dec_large_big),
-    (T.NEW_FLOAT_EXT, _dec_new_float),
     (T.FLOAT_EXT, _dec_old_float),
-    (T.ATOM_EXT, _dec_atom),
     (T.SMALL_ATOM_EXT, _dec_atom),
     (T.ATOM_UTF8_EXT, _dec_atom),
-    (T.SMALL_ATOM_UTF8_EXT, _dec_atom),
-    (T.NIL_EXT, _dec_nil),
-    (T.STRING_EXT, _dec_string),
-    (T.BINARY_EXT, _dec_binary),
     (T.BIT_BINARY_EXT, _dec_bit_binary),
     (T.PID_EXT, _dec_pid),
     (T.NEW_PID_EXT, _dec_new_pid),
@@ -1404,10 +1362,8 @@ else:
     except ImportError:  # not built (no compiler at install time): the pure-Python codec
         _cetf = None
     else:
-        _cetf._setup(
-            Atom, _LEAF_DECODERS, _atom_at, _finish_improper, ErlMap._from_flat, _HookFailure, _fail,
-            _truncated, _bad_tag, _ATOM_BYTES, _encode_atom, _encode_part, _too_deep, TAGGED_PREFIX,
-        )
+        # The accelerator looks its helpers up here by name: a rename fails at this import.
+        _cetf._setup(sys.modules[__name__])
 
 #: The term decoder in use: ``_cetf.decode_term`` or ``_py_decode_term`` (same contract).
 _decode_term: Callable[[bytes, int, int, TaggedHook | None], tuple[Any, int]] = _py_decode_term
