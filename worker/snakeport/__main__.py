@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_option(limits.THREADS),
         default=limits.THREADS.default,
         metavar="N",
-        help="executor threads running call/method/getattr/setattr (control requests are "
-        "always answered at once by the frame-reading thread)",
+        help="how many call/method/getattr/setattr run at once: a lone call runs on the "
+        "frame-reading thread, more on a pool of N threads (control requests are always "
+        "answered at once by the frame-reading thread)",
     )
     parser.add_argument(
         "--default-max-refs",

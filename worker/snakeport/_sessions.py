@@ -13,8 +13,11 @@ session implicitly. A request naming any other session fails with ``session_not_
 (with ``cause => session_released`` for the last ``max_tombstones`` released sessions).
 
 All public methods take one lock (:attr:`SessionTable.lock`), so the frame-reading thread,
-the executor threads and the sweep thread may call them concurrently. Objects dropped from
-the table are released after the lock is let go, so that a slow ``__del__`` never holds it.
+the call threads and the sweep thread may call them concurrently; no other lock is taken
+while it is held. A reply's refs are found and stored in one step under it
+(:meth:`SessionTable.store_result`), so a ref that a reply returns is live when the reply
+is built. Objects dropped from the table are released after the lock is let go, so that a
+slow ``__del__`` never holds it.
 """
 
 from __future__ import annotations
@@ -82,8 +85,9 @@ class StoredResult(NamedTuple):
 class RefHandle:
     """A ``{'$snakeport_ref', Session, RefId, Type}`` term received from the VM.
 
-    The decoder turns each ref term into a handle; the dispatcher resolves handles to their
-    objects with :meth:`SessionTable.resolve` once the request's session is known.
+    The decoder turns each ref term into a handle (``_tagged.TagContext``); the session
+    table checks and resolves the handles of a request to their objects with
+    :meth:`SessionTable.checkout` once the request's session is known.
 
     Attributes:
         session: The session id written in the term.

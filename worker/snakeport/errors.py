@@ -1,8 +1,12 @@
 """The one exception hierarchy of the snakeport package.
 
-Every error that snakeport raises on purpose derives from :class:`SnakeportError`.
-The codec's rule: decoding arbitrary bytes raises only :class:`DecodeError`
-(never ``IndexError``, ``struct.error``, ``RecursionError`` or ``MemoryError``).
+Every error that snakeport raises on purpose derives from :class:`SnakeportError`, with one
+exception by design: :class:`Cancelled`, which the worker raises inside a running call, is
+a ``BaseException`` and not an ``Exception``, so that user code's ``except Exception:``
+does not swallow it. The codec's rule: decoding arbitrary bytes raises only
+:class:`DecodeError` (never ``IndexError``, ``struct.error``, ``RecursionError`` or
+``MemoryError``). A frame over the size limit is not an exception: the frame splitter
+reports it as an event (``_framing.Oversized``) and the worker answers ``frame_too_large``.
 """
 
 from __future__ import annotations
@@ -11,14 +15,13 @@ __all__ = [
     "SnakeportError",
     "DecodeError",
     "EncodeError",
-    "FrameTooLarge",
     "RequestError",
     "Cancelled",
 ]
 
 
 class SnakeportError(Exception):
-    """Base class of every error raised by snakeport."""
+    """Base class of every error raised by snakeport (:class:`Cancelled` aside)."""
 
 
 class DecodeError(SnakeportError, ValueError):
@@ -47,22 +50,11 @@ class EncodeError(SnakeportError, TypeError):
         self.value = value
 
 
-class FrameTooLarge(SnakeportError, ValueError):
-    """A frame's declared length exceeds the configured maximum.
-
-    Attributes:
-        size: The declared size in bytes.
-        limit: The configured maximum in bytes.
-    """
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes")
-        self.size = size
-        self.limit = limit
-
-
 class RequestError(SnakeportError):
     """A request failed in a way that is reported to the VM as an error reply.
+
+    Raised and caught inside the worker (the reasons are those of ``docs/PROTOCOL.md``);
+    :class:`snakeport._jobs.Failure` adds the Python exception that caused it.
 
     Attributes:
         reason: The protocol reason atom text (``"ref_not_found"``, ``"bad_request"``, ...).
