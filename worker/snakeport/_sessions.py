@@ -217,9 +217,10 @@ def _session_option(limit: Limit, value: Any) -> Any:
     Raises:
         RequestError: ``bad_request`` with the rule's message.
     """
-    if not limit.ok(value):
-        raise RequestError("bad_request", f"expected {limit.name} to be {limit.what}, got: {value!r}")
-    return value
+    try:
+        return limit.check(value)
+    except ValueError as exc:
+        raise RequestError("bad_request", str(exc)) from None
 
 
 class SessionTable:
