@@ -62,6 +62,17 @@ def _frame_limit(text: str) -> int:
     return value
 
 
+def _depth(text: str) -> int:
+    from snakeport.etf import MAX_DECODE_DEPTH
+
+    value = _positive_int(text)
+    if value > MAX_DECODE_DEPTH:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_DECODE_DEPTH} (deeper terms could overflow the C stack), got: {text!r}"
+        )
+    return value
+
+
 def _spin(text: str) -> int:
     value = _non_negative_int(text)
     if value > 1_000_000:
@@ -75,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser; ``--help`` documents every option.
     """
+    from snakeport.etf import MAX_DECODE_DEPTH  # (the worker imports the codec anyway)
+
     parser = argparse.ArgumentParser(
         prog="python -m snakeport",
         description=(
@@ -134,11 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-depth",
-        type=_positive_int,
+        type=_depth,
         default=512,
         metavar="N",
         help="deepest term nesting decoded from the VM, and marshalled back as data "
-        "(deeper parts of a result become refs)",
+        f"(deeper parts of a result become refs); at most {MAX_DECODE_DEPTH}: CPython hashes "
+        "nested tuples recursively in C, and deeper map keys could overflow a thread's stack",
     )
     parser.add_argument(
         "--spin-us",
