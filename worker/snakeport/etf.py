@@ -177,8 +177,9 @@ DEFAULT_MAX_DEPTH = 512
 #: Largest ``max_depth`` accepted for decoding. CPython hashes nested tuples recursively in C
 #: with no depth guard (a map key that is a deep tuple), about 64 bytes of C stack per level:
 #: 10,000 levels take under 1 MiB, safe on any thread (8 MiB stacks by default on Linux);
-#: 150,000 levels overflow the stack (SIGSEGV). Guarded recursions (repr, ==, pickle) at
-#: this depth stay under the worker's recursion limit. Encoding is not limited this way.
+#: 150,000 levels overflow the stack (SIGSEGV). The recursions CPython does guard (repr, ==,
+#: pickle: under 200 bytes per level) stop at the recursion limit, which the worker keeps at
+#: most 20,000. Encoding (a loop) is not limited this way.
 MAX_DECODE_DEPTH = 10_000
 #: Default size limit for decoding: input bytes and declared/actual decompressed bytes.
 DEFAULT_MAX_SIZE = 256 * 1024 * 1024
