@@ -12,7 +12,7 @@ export SNAKEPORT_PYTHON := $(VPY)
 export MIX_HOME ?= $(CURDIR)/.mix
 export HEX_OFFLINE := 1
 
-.PHONY: all test demo bench setup tools venv test-python test-harness test-sample clean
+.PHONY: all test demo bench fuzz setup tools venv test-python test-harness test-sample clean
 
 all: test
 
@@ -82,6 +82,13 @@ demo: setup
 
 bench: setup
 	$(MAKE) -C bench all
+
+## fuzz: FUZZ_SECONDS (default 60) of seeded random inputs against both codec paths (the C
+## accelerator and the pure-Python codec must agree; decoding must stay within its memory
+## budget). A finding exits 1 and is saved in fuzz-findings/. `make test` runs 2 seconds.
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	$(VPY) tests/codec/fuzz_etf.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .mix elixir_harness/_build mix_sample/_build mix_sample/deps build worker/snakeport/*.so

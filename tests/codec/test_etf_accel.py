@@ -82,7 +82,8 @@ def test_the_c_accelerator_looks_its_helpers_up_by_name() -> None:
     import snakeport._cetf as cetf
 
     names = ["Atom", "_LEAF_DECODERS", "_atom_at", "_finish_improper", "ErlMap", "_HookFailure", "_fail",
-             "_truncated", "_bad_tag", "_ATOM_BYTES", "_encode_atom", "_encode_part", "_too_deep", "TAGGED_PREFIX"]
+             "_truncated", "_bad_tag", "_ATOM_BYTES", "_encode_atom", "_encode_part", "_too_deep", "TAGGED_PREFIX",
+             "_over_budget", "_tagged_cost", "_changed", "_COSTS"]
     complete = {name: getattr(etf, name) for name in names}
     assert cetf._setup(types.SimpleNamespace(**complete)) is None  # already set up: a no-op
     for missing in names:
@@ -90,7 +91,7 @@ def test_the_c_accelerator_looks_its_helpers_up_by_name() -> None:
         with pytest.raises(AttributeError, match=f"snakeport.etf has no {missing}"):
             cetf._setup(module)
     for name, wrong in [("_ATOM_BYTES", []), ("_LEAF_DECODERS", [None] * 255), ("_fail", 1), ("Atom", str()),
-                        ("TAGGED_PREFIX", b"$snakeport_")]:
+                        ("TAGGED_PREFIX", b"$snakeport_"), ("_COSTS", (1,) * 9), ("_COSTS", (1,) * 9 + (-1,))]:
         with pytest.raises(TypeError, match=f"snakeport.etf.{name} is not"):
             cetf._setup(types.SimpleNamespace(**{**complete, name: wrong}))
     with pytest.raises(AttributeError, match="ErlMap._from_flat"):
@@ -248,8 +249,8 @@ def test_random_terms_encode_alike(term: Any, max_depth: int) -> None:
 
 @needs_c
 @SETTINGS
-@given(term=terms, max_depth=st.integers(1, 6))
-def test_random_terms_decode_alike(term: Any, max_depth: int) -> None:
+@given(term=terms, max_depth=st.integers(1, 6), max_memory=st.integers(1, 6000))
+def test_random_terms_decode_alike(term: Any, max_depth: int, max_memory: int) -> None:
     try:
         data = etf.encode(term, default=lambda obj: "stand-in")
     except EncodeError:
@@ -258,6 +259,8 @@ def test_random_terms_decode_alike(term: Any, max_depth: int) -> None:
     check_decode(data, hook=True)
     check_decode(data, max_depth=max_depth, hook=True)
     check_decode(etf.encode(term, default=lambda obj: "stand-in", compressed=1), hook=True)
+    # The memory budget: the same charges in the same order (the same byte, message).
+    check_decode(data, max_memory=max_memory, hook=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,6 +296,34 @@ CORPUS = [
     bytes((131, T.BINARY_EXT, 0, 0, 0, 3, 0xED, 0xA0, 0x80)),  # a UTF-8 surrogate: bytes
     etf.encode(list(range(300)), compressed=9),
 ]
+
+
+BUDGET_TERMS = [
+    [[]] * 40, [{}] * 20, [(1,)] * 30, [{Atom("id"): i} for i in range(12)], [Atom(f"a{i % 7}") for i in range(40)],
+    ["\xe9" * 10, "\u0101" * 10, "\U0001f600" * 5, "abc" * 10, b"\xff" * 9, ""], [ErlMap([([], 1)])] * 5,
+    ErlMap([(1, 1), (1.0, 2)] * 3), ImproperList([1, 2], Atom("t")), 
+    [BitBinary(b"\xe0", 3), Export("m", "f", 1)] * 3, {i: str(i) for i in range(12)},
+    [2**70, -(2**100), 1.5, 100000, 2**64] * 5, [(Atom("$snakeport_x"), 1), (Atom("$snakeport_raise"),)] * 2,
+    [[1, [2, [3]]]] * 5, "\u0101" * 300 + "\U0001f600",
+]
+
+
+@needs_c
+@pytest.mark.parametrize("index", range(len(BUDGET_TERMS) + len(CORPUS)))
+def test_every_budget_fails_alike(index: int) -> None:
+    # Every budget from nothing to enough: both paths accept, or refuse at the same byte.
+    if index < len(BUDGET_TERMS):
+        data = etf.encode(BUDGET_TERMS[index])
+    else:
+        data = CORPUS[index - len(BUDGET_TERMS)]
+    refused = 0
+    for max_memory in range(1, 6000, 3):
+        c, py = on_both(lambda: etf.decode(data, max_memory=max_memory, tagged=lambda t: {len(t)}))
+        assert_same(c, py)
+        refused += c[0] == "error"
+        assert_same(*on_both(lambda: etf.decode(bytearray(data), max_memory=max_memory)))
+    assert refused
+    assert_same(*on_both(lambda: etf.decode(data)))
 
 
 @needs_c
@@ -468,20 +499,32 @@ def test_default_hook_is_called_alike() -> None:
 
 
 @needs_c
-def test_dict_changed_by_default_hook_fails_alike() -> None:
-    target: dict[Any, Any] = {}
+@pytest.mark.parametrize("change", ["grow", "shrink"])
+def test_containers_changed_by_the_default_hook_are_encoded_as_they_were_alike(change: str) -> None:
+    # Each list and dict is encoded as it was when the encoder reached it (issue 13): a hook
+    # (or another thread) changing them meanwhile never makes the header disagree with the
+    # elements. Before the fix the list gave a frame with a wrong count (the VM then reads
+    # an improper list from the trailing bytes) and the dict a RuntimeError.
+    items: list[Any] = []
+    mapping: dict[Any, Any] = {}
 
-    def grow(obj: Any) -> Any:
-        target[len(target) + 100] = 1
+    def hook(obj: Any) -> Any:
+        if change == "grow":
+            items.extend([7, 8])
+            mapping[len(mapping) + 100] = 1
+        else:
+            items.clear()
+            mapping.clear()
         return 0
 
     for accelerated in (True, False):
-        target.clear()
-        target.update({1: Unknown(), 2: 3})
         previous = etf._set_accelerated(accelerated)
         try:
-            with pytest.raises(RuntimeError, match="changed size"):
-                etf.encode(target, default=grow)
+            items[:] = [1, Unknown(), 2, 3]
+            assert etf.encode((items, 5), default=hook) == etf.encode(([1, 0, 2, 3], 5))
+            mapping.clear()
+            mapping.update({1: Unknown(), 2: [3], 4: 5})
+            assert etf.encode([mapping, 6], default=hook) == etf.encode([{1: 0, 2: [3], 4: 5}, 6])
         finally:
             etf._set_accelerated(previous)
 

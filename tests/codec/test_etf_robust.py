@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from snakeport import _etf_tags as T
 from snakeport.errors import DecodeError, EncodeError
-from snakeport.etf import DEFAULT_MAX_DEPTH, Decoder, Encoder, decode, decode_head, encode
+from snakeport.etf import DEFAULT_MAX_DEPTH, MAX_DECODE_DEPTH, Decoder, Encoder, decode, decode_head, encode
 from snakeport.types import Atom, BitBinary, ErlMap, Export, ImproperList, LocalTerm
 
 NODE = bytes((T.SMALL_ATOM_UTF8_EXT, 10)) + b"other@host"
@@ -240,13 +240,21 @@ def test_nesting_up_to_max_depth(kind: str) -> None:
 
 
 def test_very_deep_nesting_never_hits_the_recursion_limit() -> None:
-    depth = 200_000
+    # Decoding goes as deep as MAX_DECODE_DEPTH (10 times the default recursion limit);
+    # encoding has no upper bound (both are loops, not recursions).
     for kind in ("list", "tuple", "map"):
-        data = nested(kind, depth)
-        value = decode(data, max_depth=depth)
-        assert encode(value, max_depth=depth) == data
+        data = nested(kind, MAX_DECODE_DEPTH)
+        value = decode(data, max_depth=MAX_DECODE_DEPTH)
+        assert encode(value, max_depth=MAX_DECODE_DEPTH) == data
         with pytest.raises(EncodeError, match="max_depth"):
             encode(value)
+    depth = 200_000
+    value: Any = 0
+    for _ in range(depth):
+        value = (value,)
+    assert encode(value, max_depth=depth) == nested("tuple", depth)
+    with pytest.raises(EncodeError, match="max_depth"):
+        encode(value, max_depth=depth - 1)
 
 
 def test_encoding_cycles_and_deep_values_raise_encode_error() -> None:
@@ -362,7 +370,7 @@ def test_limits_are_validated(bad: Any) -> None:
         lambda: decode_head(data, 1, max_depth=bad),
         lambda: encode(1, max_depth=bad),
     ):
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(ValueError, match="positive integer|an integer from 1 to"):
             call()
     with pytest.raises(ValueError, match="compressed"):
         encode(1, compressed=10)

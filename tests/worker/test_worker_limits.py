@@ -23,7 +23,7 @@ CASES = [
     (limits.TTL_SECONDS, [0.001, 1, 3600, 1e9], [0, -1, math.inf, math.nan, True, "5"]),
     (limits.SWEEP_INTERVAL, [0.01, 2], [0.0, math.inf, -0.5]),
     (limits.MAX_TOMBSTONES, [0, 1, 100_000], [-1, 0.0, False]),
-    (limits.MAX_DEPTH, [1, 2_000_000_000], [0, 512.0]),
+    (limits.MAX_DEPTH, [1, 10_000], [0, 512.0, 10_001]),
     (limits.SPIN_US, [0, 200, 1_000_000], [-1, 1_000_001, 0.5]),
 ]
 
@@ -92,5 +92,5 @@ def test_every_entry_point_refuses_with_the_same_words(capsys) -> None:
         FrameSplitter(max_frame_bytes=1 << 32)
     with pytest.raises(ValueError, match="^expected max_frame_bytes to be an integer from 1 to 4294967295"):
         Dispatcher(table, max_frame_bytes=0)
-    with pytest.raises(ValueError, match="^expected max_depth to be a positive integer, got: 0$"):
+    with pytest.raises(ValueError, match="^expected max_depth to be an integer from 1 to 10000, got: 0$"):
         etf.decode(etf.encode(1), max_depth=0)

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser; ``--help`` documents every option.
     """
+
     parser = argparse.ArgumentParser(
         prog="python -m snakeport",
         description=(
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.MAX_DEPTH.default,
         metavar="N",
         help="deepest term nesting decoded from the VM, and marshalled back as data "
-        "(deeper parts of a result become refs)",
+        f"(deeper parts of a result become refs); at most {limits.MAX_DEPTH.high}: CPython hashes "
+        "nested tuples recursively in C, and deeper map keys could overflow a thread's stack",
     )
     parser.add_argument(
         "--spin-us",

@@ -3,12 +3,19 @@
  * Two functions replace the hot loops of the pure-Python codec, which stays the reference
  * and the fallback:
  *
- *   decode_term(data: bytes | bytearray, pos: int, max_depth: int, tagged) -> (value, end)
+ *   decode_term(data: bytes | bytearray, pos: int, max_depth: int, tagged, budget: int)
+ *       -> (value, end)
  *       same contract as etf._py_decode_term (the caller checks the version byte, inflates
  *       compressed terms, rejects trailing bytes and converts stray exceptions); a
- *       bytearray (a large frame of the worker) is read in place, not copied;
+ *       bytearray (a large frame of the worker) is read in place, not copied. Memory is
+ *       charged against `budget` exactly as the Python loop charges it (same amounts, same
+ *       order, same offsets: the costs come from etf._COSTS), and atoms are deduplicated
+ *       per call the same way (a table of the atoms seen, keyed by their encoding);
  *   encode(term, default, max_depth) -> bytes
- *       the term with its version byte, as etf._encode_into would write it.
+ *       the term with its version byte, as etf._encode_into would write it. Like the
+ *       Python encoder, it encodes each list and dict as it was when it reached it: before
+ *       any call into Python code (which may let another thread run, or is a default hook
+ *       that changes the containers), the lists and dicts still open are copied.
  *
  * Both are non-recursive (explicit stacks, bounded by max_depth). Containers and the frequent
  * leaves are handled here; every rare case calls back into etf.py (looked up by name once,
@@ -59,6 +66,14 @@ static PyObject *EncodeAtom;     /* _encode_atom(atom) -> bytes (fills AtomBytes
 static PyObject *EncodePart;     /* _encode_part(obj, default, max_depth, depth) -> bytes */
 static PyObject *TooDeep;        /* _too_deep(obj, max_depth): raises EncodeError */
 static PyObject *TaggedPrefix;   /* "$snakeport_" */
+static PyObject *OverBudget;     /* _over_budget(data, offset, budget): raises DecodeError */
+static PyObject *TaggedCost;     /* _tagged_cost(value, term) -> int */
+static PyObject *Changed;        /* _changed(obj): raises EncodeError */
+static PyObject *CostTable;      /* _COSTS: the 10 per-value costs of the budget (see etf.py) */
+
+/* Memory costs of decoded values (etf._COSTS; see "Memory budget" in etf.py). */
+static long long COST_SLOT, COST_CONTAINER, COST_NUMBER, COST_BINARY, COST_ATOM, COST_MAP,
+    COST_MAP_PAIR, COST_ERLMAP_PAIR, COST_IMPROPER, COST_OTHER;
 
 #define READY() (AtomType != NULL)
 
@@ -88,6 +103,18 @@ be_double(const unsigned char *p)
     }
     memcpy(&value, &bits, 8);
     return value;
+}
+
+/* CPython's `kind` (bytes per character) of the str of n bytes of valid UTF-8: 4 when a lead
+ * byte of U+10000 and above is present, 2 for U+0100..U+FFFF, else 1 (etf._text_kind). */
+static int
+text_kind(const unsigned char *p, Py_ssize_t n)
+{
+    unsigned char high = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        high = p[i] > high ? p[i] : high;
+    }
+    return high >= 0xF0 ? 4 : high >= 0xC4 ? 2 : 1;
 }
 
 /* Call fn(*args) and discard the result; always returns NULL (fn is expected to raise). */
@@ -250,38 +277,166 @@ fnv1a(const unsigned char *p, Py_ssize_t n)
     return h;
 }
 
-/* The atom whose tag (any of the four atom tags) is at *pos; advances *pos. */
-static PyObject *
-decode_atom(Src *data, const unsigned char *buf, Py_ssize_t size, Py_ssize_t *pos)
+/* The atoms of one decode_term call, keyed by their encoding in the input (which does not
+ * change during the call): a repeated atom is the same object and is charged once, as in
+ * etf._py_decode_term's `seen` dict. Open addressing, linear probing, a power-of-two size. */
+typedef struct {
+    PyObject *value; /* strong reference; NULL: empty slot */
+    Py_ssize_t off, len;
+    uint32_t hash;
+} SeenAtom;
+
+typedef struct {
+    SeenAtom *slots;
+    Py_ssize_t cap, used;
+    SeenAtom inline_[16];
+} SeenTable;
+
+static void
+seen_init(SeenTable *t)
 {
-    Py_ssize_t p = *pos, keylen, end;
+    memset(t->inline_, 0, sizeof(t->inline_));
+    t->slots = t->inline_;
+    t->cap = (Py_ssize_t)(sizeof(t->inline_) / sizeof(t->inline_[0]));
+    t->used = 0;
+}
+
+static void
+seen_free(SeenTable *t)
+{
+    for (Py_ssize_t i = 0; i < t->cap; i++) {
+        Py_XDECREF(t->slots[i].value);
+    }
+    if (t->slots != t->inline_) {
+        PyMem_Free(t->slots);
+    }
+}
+
+static PyObject * /* borrowed */
+seen_get(SeenTable *t, const unsigned char *buf, Py_ssize_t off, Py_ssize_t len, uint32_t hash)
+{
+    Py_ssize_t mask = t->cap - 1;
+    for (Py_ssize_t i = hash & mask;; i = (i + 1) & mask) {
+        SeenAtom *e = &t->slots[i];
+        if (e->value == NULL) {
+            return NULL;
+        }
+        if (e->hash == hash && e->len == len && memcmp(buf + e->off, buf + off, len) == 0) {
+            return e->value;
+        }
+    }
+}
+
+/* Add an atom not in the table yet (takes a new reference to value). */
+static int
+seen_add(SeenTable *t, Py_ssize_t off, Py_ssize_t len, uint32_t hash, PyObject *value)
+{
+    if (2 * (t->used + 1) > t->cap) {
+        Py_ssize_t cap = 2 * t->cap;
+        SeenAtom *grown = PyMem_Calloc(cap, sizeof(SeenAtom));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < t->cap; i++) {
+            SeenAtom *e = &t->slots[i];
+            if (e->value != NULL) {
+                Py_ssize_t j = e->hash & (cap - 1);
+                while (grown[j].value != NULL) {
+                    j = (j + 1) & (cap - 1);
+                }
+                grown[j] = *e;
+            }
+        }
+        if (t->slots != t->inline_) {
+            PyMem_Free(t->slots);
+        }
+        t->slots = grown;
+        t->cap = cap;
+    }
+    Py_ssize_t mask = t->cap - 1;
+    Py_ssize_t i = hash & mask;
+    while (t->slots[i].value != NULL) {
+        i = (i + 1) & mask;
+    }
+    Py_INCREF(value);
+    t->slots[i].value = value;
+    t->slots[i].off = off;
+    t->slots[i].len = len;
+    t->slots[i].hash = hash;
+    t->used++;
+    return 0;
+}
+
+/* Raise DecodeError("decoding needs more than the memory budget ...") through etf. */
+static PyObject *
+over_budget(Src *src, Py_ssize_t offset, PyObject *budget)
+{
+    PyObject *data = src_bytes(src);
+    if (data == NULL) {
+        return NULL;
+    }
+    PyObject *off = PyLong_FromSsize_t(offset);
+    if (off == NULL) {
+        return NULL;
+    }
+    PyObject *args[3] = {data, off, budget};
+    call_raise(OverBudget, args, 3);
+    Py_DECREF(off);
+    return NULL;
+}
+
+/* The memory left for a decode_term call and its total (for the error message). */
+typedef struct {
+    long long left;
+    PyObject *total; /* the budget argument (borrowed) */
+} Budget;
+
+/* The atom whose tag (any of the four atom tags) is at *pos; advances *pos. The first
+ * occurrence of an encoding in the call is charged and remembered in `seen`. */
+static PyObject *
+decode_atom(Src *data, const unsigned char *buf, Py_ssize_t size, Py_ssize_t *pos, SeenTable *seen,
+            Budget *budget)
+{
+    Py_ssize_t p = *pos, keylen, header, end;
     unsigned char tag = buf[p];
     if (tag == SMALL_ATOM_UTF8_EXT || tag == SMALL_ATOM_EXT) {
         if (p + 1 >= size) {
             return truncated(data, size);
         }
+        header = 2;
         keylen = 2 + (Py_ssize_t)buf[p + 1];
     }
     else {
         if (p + 2 >= size) {
             return truncated(data, size);
         }
+        header = 3;
         keylen = 3 + (Py_ssize_t)be16(buf + p + 1);
     }
     AtomEntry *entry = NULL;
+    uint32_t hash = 0;
+    PyObject *value = NULL;
     if (p + keylen <= size) {
-        entry = &atom_cache[fnv1a(buf + p, keylen) & (ATOM_CACHE_SIZE - 1)];
+        hash = fnv1a(buf + p, keylen);
+        value = seen_get(seen, buf, p, keylen, hash);
+        if (value != NULL) { /* seen in this term: the same object, no charge */
+            *pos = p + keylen;
+            Py_INCREF(value);
+            return value;
+        }
+        entry = &atom_cache[hash & (ATOM_CACHE_SIZE - 1)];
         if (entry->key != NULL && PyBytes_GET_SIZE(entry->key) == keylen &&
             memcmp(PyBytes_AS_STRING(entry->key), buf + p, keylen) == 0) {
-            *pos = p + keylen;
-            Py_INCREF(entry->value);
-            return entry->value;
+            value = entry->value;
+            Py_INCREF(value);
+            end = p + keylen;
+            goto first;
         }
     }
     /* Miss: etf._atom_at validates (UTF-8, length, truncation) and raises like Python. A
      * bytearray not copied yet is not copied for this: _atom_at gets the atom's own bytes,
      * and only if that fails, the whole input (for the error's offset and data). */
-    PyObject *value = NULL;
     if (data->bytes == NULL) {
         Py_ssize_t take = keylen < size - p ? keylen : size - p;
         PyObject *piece = PyBytes_FromStringAndSize((const char *)buf + p, take);
@@ -315,6 +470,16 @@ decode_atom(Src *data, const unsigned char *buf, Py_ssize_t size, Py_ssize_t *po
         entry->value = value;
         Py_XDECREF(old_key);
         Py_XDECREF(old_value);
+    }
+first:
+    budget->left -= COST_ATOM + 4 * (long long)(end - p - header);
+    if (budget->left < 0) {
+        Py_DECREF(value);
+        return over_budget(data, p, budget->total);
+    }
+    if (end == p + keylen && seen_add(seen, p, keylen, hash, value) < 0) {
+        Py_DECREF(value);
+        return NULL;
     }
     *pos = end;
     return value;
@@ -439,9 +604,10 @@ take_tuple(DecodeStack *s, Py_ssize_t base)
     return tuple;
 }
 
-/* The map of the 2n values from `base` on: a dict, or an ErlMap (colliding/unhashable keys). */
+/* The map of the 2n values from `base` on: a dict, or an ErlMap (colliding/unhashable keys),
+ * which is charged before it is made (as in etf._py_decode_term). */
 static PyObject *
-take_map(DecodeStack *s, Py_ssize_t base)
+take_map(DecodeStack *s, Py_ssize_t base, Src *data, Py_ssize_t pos, Budget *budget)
 {
     Py_ssize_t n = s->nvalues - base;
     PyObject *dict = PyDict_New();
@@ -466,7 +632,11 @@ take_map(DecodeStack *s, Py_ssize_t base)
         return dict;
     }
     Py_DECREF(dict);
-erlmap:;
+erlmap:
+    budget->left -= COST_CONTAINER + COST_ERLMAP_PAIR / 2 * (long long)n;
+    if (budget->left < 0) {
+        return over_budget(data, pos, budget->total);
+    }
     PyObject *flat = take_list(s, base);
     if (flat == NULL) {
         return NULL;
@@ -503,13 +673,25 @@ call_tagged(PyObject *tagged, PyObject *tuple)
 
 #define TRUNCATED() do { truncated(data, size); goto error; } while (0)
 
-/* Open a container frame, failing as the Python loop does when nesting exceeds max_depth. */
-#define OPEN(KIND, COUNT, TAGPOS)                                                        \
+/* Charge COST bytes of memory for the value whose tag is at TAGPOS (see etf.py). */
+#define CHARGE(COST, TAGPOS)                                                             \
+    do {                                                                                 \
+        budget.left -= (COST);                                                           \
+        if (budget.left < 0) {                                                           \
+            over_budget(data, (TAGPOS), budget.total);                                   \
+            goto error;                                                                  \
+        }                                                                                \
+    } while (0)
+
+/* Open a container frame, failing as the Python loop does when nesting exceeds max_depth,
+ * then when the container (COST) does not fit in the budget. */
+#define OPEN(KIND, COUNT, TAGPOS, COST)                                                  \
     do {                                                                                 \
         if (s.nframes > max_depth) { /* frames include the root */                      \
             fail(data, (TAGPOS), "nesting deeper than max_depth=%S", max_depth_obj);     \
             goto error;                                                                  \
         }                                                                                \
+        CHARGE(COST, TAGPOS);                                                            \
         Frame *nf = push_frame(&s);                                                      \
         if (nf == NULL) {                                                                \
             goto error;                                                                  \
@@ -523,8 +705,8 @@ call_tagged(PyObject *tagged, PyObject *tuple)
 static PyObject *
 cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "decode_term(data, pos, max_depth, tagged)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "decode_term(data, pos, max_depth, tagged, budget)");
         return NULL;
     }
     if (!READY()) {
@@ -546,6 +728,11 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *tagged = args[3] == Py_None ? NULL : args[3];
+    Py_ssize_t budget_limit;
+    if (as_limit(args[4], &budget_limit) < 0) {
+        return NULL;
+    }
+    Budget budget = {(long long)budget_limit, args[4]};
     Py_ssize_t insize = PyBytes_CheckExact(input) ? PyBytes_GET_SIZE(input) : PyByteArray_GET_SIZE(input);
     if (pos < 0 || pos > insize) {
         PyErr_SetString(PyExc_ValueError, "decode_term: pos out of range");
@@ -585,6 +772,8 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     f->kind = K_ROOT;
     f->base = 0;
     f->remaining = 1;
+    SeenTable seen;
+    seen_init(&seen);
 
     PyObject *value;
     for (;;) {
@@ -600,7 +789,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             case ATOM_EXT:
             case ATOM_UTF8_EXT:
             case SMALL_ATOM_EXT:
-                value = decode_atom(data, buf, size, &pos);
+                value = decode_atom(data, buf, size, &pos, &seen, &budget);
                 if (value == NULL) {
                     goto error;
                 }
@@ -616,6 +805,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (pos + 5 > size) {
                     TRUNCATED();
                 }
+                CHARGE(COST_NUMBER, pos);
                 value = PyLong_FromLong((long)(int32_t)be32(buf + pos + 1));
                 pos += 5;
                 break;
@@ -628,6 +818,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     fail(data, pos, "NEW_FLOAT_EXT is not finite");
                     goto error;
                 }
+                CHARGE(COST_NUMBER, pos);
                 value = PyFloat_FromDouble(d);
                 pos += 9;
                 break;
@@ -641,6 +832,13 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (n > size - start) {
                     TRUNCATED();
                 }
+                /* Checked before the str is made: up to 4 bytes per character. */
+                long long cost = COST_BINARY + n;
+                if (cost + 3 * (long long)n > budget.left &&
+                    cost + (long long)(text_kind(buf + start, n) - 1) * n > budget.left) {
+                    over_budget(data, pos, budget.total);
+                    goto error;
+                }
                 value = PyUnicode_DecodeUTF8((const char *)buf + start, n, NULL);
                 if (value == NULL) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
@@ -649,6 +847,10 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     PyErr_Clear();
                     value = PyBytes_FromStringAndSize((const char *)buf + start, n);
                 }
+                else if (PyUnicode_GET_LENGTH(value) != n) { /* not ASCII */
+                    cost += (long long)(PyUnicode_KIND(value) - 1) * n;
+                }
+                budget.left -= cost;
                 pos = start + n;
                 break;
             }
@@ -659,7 +861,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 count = buf[pos + 1];
                 pos += 2;
                 if (count) {
-                    OPEN(K_TUPLE, count, pos - 2);
+                    OPEN(K_TUPLE, count, pos - 2, COST_CONTAINER + COST_SLOT * (long long)count);
                     continue;
                 }
                 value = PyTuple_New(0);
@@ -675,7 +877,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     goto error;
                 }
                 if (count) {
-                    OPEN(K_TUPLE, count, pos - 5);
+                    OPEN(K_TUPLE, count, pos - 5, COST_CONTAINER + COST_SLOT * (long long)count);
                     continue;
                 }
                 value = PyTuple_New(0);
@@ -690,9 +892,10 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     fail(data, pos - 5, "LIST_EXT of %lu elements exceeds the data", (unsigned long)count);
                     goto error;
                 }
-                OPEN(K_LIST, count, pos - 5);
+                OPEN(K_LIST, count, pos - 5, COST_CONTAINER + COST_SLOT * (long long)count);
                 continue;
             case NIL_EXT:
+                CHARGE(COST_CONTAINER, pos);
                 value = PyList_New(0);
                 pos += 1;
                 break;
@@ -707,9 +910,12 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         fail(data, pos - 5, "MAP_EXT of %lu pairs exceeds the data", (unsigned long)count);
                         goto error;
                     }
-                    OPEN(K_MAP, 2 * (Py_ssize_t)count, pos - 5);
+                    OPEN(K_MAP, 2 * (Py_ssize_t)count, pos - 5,
+                         COST_MAP + 2 * COST_SLOT * (long long)count +
+                             (count > 5 ? COST_MAP_PAIR * ((long long)count - 5) : 0));
                     continue;
                 }
+                CHARGE(COST_CONTAINER, pos - 5);
                 value = PyDict_New();
                 break;
             case STRING_EXT: {
@@ -721,6 +927,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (n > size - start) {
                     TRUNCATED();
                 }
+                CHARGE(COST_CONTAINER + 8 * (long long)n, pos);
                 value = PyList_New(n);
                 if (value == NULL) {
                     goto error;
@@ -745,6 +952,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     fail(data, pos + 2, "invalid bignum sign byte %d", (int)sign);
                     goto error;
                 }
+                CHARGE(COST_NUMBER + 2 * (long long)n, pos);
                 if (n <= 8) {
                     uint64_t magnitude = 0;
                     for (Py_ssize_t i = n; i-- > 0;) {
@@ -783,6 +991,15 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
                 Py_ssize_t end;
                 value = call_leaf(decoder, data, pos + 1, &end);
+                if (value == NULL) {
+                    goto error;
+                }
+                budget.left -= COST_OTHER + 2 * (long long)(end - pos);
+                if (budget.left < 0) {
+                    Py_DECREF(value);
+                    over_budget(data, pos, budget.total);
+                    goto error;
+                }
                 pos = end;
                 break;
             }
@@ -803,11 +1020,26 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (Py_TYPE(first) == AtomType &&
                     PyUnicode_Tailmatch(first, TaggedPrefix, 0, PY_SSIZE_T_MAX, -1) == 1) {
                     PyObject *replaced = call_tagged(tagged, value);
-                    Py_DECREF(value);
                     if (replaced == NULL) {
+                        Py_DECREF(value);
                         goto error;
                     }
+                    PyObject *cost_args[2] = {replaced, value};
+                    PyObject *cost = PyObject_Vectorcall(TaggedCost, cost_args, 2, NULL);
+                    Py_DECREF(value);
                     value = replaced;
+                    long long c = cost ? PyLong_AsLongLong(cost) : -1;
+                    Py_XDECREF(cost);
+                    if (c == -1 && PyErr_Occurred()) {
+                        Py_DECREF(value);
+                        goto error;
+                    }
+                    budget.left -= c;
+                    if (budget.left < 0) {
+                        Py_DECREF(value);
+                        over_budget(data, pos, budget.total);
+                        goto error;
+                    }
                 }
             }
             break;
@@ -828,6 +1060,12 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         case K_TAIL: {
             PyObject *tail = s.values[--s.nvalues];
+            budget.left -= COST_IMPROPER + 8 * (long long)(s.nvalues - f->base);
+            if (budget.left < 0) {
+                Py_DECREF(tail);
+                over_budget(data, pos, budget.total);
+                goto error;
+            }
             PyObject *items = take_list(&s, f->base);
             if (items == NULL) {
                 Py_DECREF(tail);
@@ -851,7 +1089,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         case K_MAP:
-            value = take_map(&s, f->base);
+            value = take_map(&s, f->base, data, pos, &budget);
             if (value == NULL) {
                 goto error;
             }
@@ -860,6 +1098,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             value = s.values[0];
             s.nvalues = 0;
             free_stack(&s);
+            seen_free(&seen);
             PyObject *end = PyLong_FromSsize_t(pos);
             if (end != NULL) {
                 result = PyTuple_Pack(2, value, end);
@@ -877,6 +1116,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 error:
     free_stack(&s);
+    seen_free(&seen);
 done:
     if (have_view) {
         PyBuffer_Release(&view);
@@ -888,6 +1128,7 @@ done:
 }
 
 #undef OPEN
+#undef CHARGE
 #undef TRUNCATED
 
 /* ------------------------------------------------------------------------------------- */
@@ -974,16 +1215,99 @@ out_bytes_obj(Out *o, PyObject *bytes)
     return out_write(o, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
 }
 
-/* Container frame of the encoder: the object (strong reference) and where we are in it. */
-enum { E_TUPLE = 1, E_LIST = 2, E_DICT = 3 };
+/* Container frame of the encoder: the object (strong reference) and where we are in it.
+ * E_PAIRS is a dict frame after snapshot_frames(): a list of the keys and values left. */
+enum { E_TUPLE = 1, E_LIST = 2, E_DICT = 3, E_PAIRS = 4 };
 
 typedef struct {
     int kind;
     PyObject *obj;
-    Py_ssize_t index;  /* next item (tuple, list) or PyDict_Next position */
-    Py_ssize_t size;   /* dict size when entered (iteration fails if it changes) */
+    Py_ssize_t index;  /* next item (tuple, list, pairs) or PyDict_Next position */
+    Py_ssize_t size;   /* list: elements (its header), dict: pairs (its header) */
+    Py_ssize_t taken;  /* dict: pairs taken so far */
     PyObject *pending; /* dict: the value to encode after its key (strong reference) */
 } EFrame;
+
+/* Raise the EncodeError of a list or dict that changed size while it was encoded. */
+static int
+changed(PyObject *obj)
+{
+    call_raise(Changed, &obj, 1);
+    return -1;
+}
+
+/* Replace each list and dict frame from `from` on by a copy of what is left of it (the
+ * frames opened since the last call into Python code: nothing could change them since).
+ * Called before each call into Python code, which can change them (a default hook, or
+ * another thread taking the GIL): what is encoded is what they held when the encoder
+ * reached them, as in the Python encoder (which copies each list and dict it enters). */
+static int
+snapshot_frames(EFrame *frames, Py_ssize_t from, Py_ssize_t nframes)
+{
+    for (Py_ssize_t i = from; i < nframes; i++) {
+        EFrame *fr = &frames[i];
+        if (fr->kind == E_LIST) {
+            Py_ssize_t n = fr->size - fr->index;
+            PyObject *copy = PyList_New(n);
+            if (copy == NULL) {
+                return -1;
+            }
+            if (PyList_GET_SIZE(fr->obj) != fr->size) { /* (only a finalizer run by the GC) */
+                Py_DECREF(copy);
+                return changed(fr->obj);
+            }
+            for (Py_ssize_t j = 0; j < n; j++) {
+                PyObject *item = PyList_GET_ITEM(fr->obj, fr->index + j);
+                Py_INCREF(item);
+                PyList_SET_ITEM(copy, j, item);
+            }
+            Py_DECREF(fr->obj);
+            fr->obj = copy;
+            fr->index = 0;
+            fr->size = n;
+        }
+        else if (fr->kind == E_DICT) {
+            Py_ssize_t n = 2 * (fr->size - fr->taken) + (fr->pending != NULL);
+            PyObject *flat = PyList_New(n);
+            if (flat == NULL) {
+                return -1;
+            }
+            Py_ssize_t j = 0;
+            if (fr->pending != NULL) {
+                PyList_SET_ITEM(flat, j++, fr->pending); /* the frame's reference passes on */
+                fr->pending = NULL;
+            }
+            PyObject *key, *val;
+            while (PyDict_GET_SIZE(fr->obj) == fr->size && j + 2 <= n &&
+                   PyDict_Next(fr->obj, &fr->index, &key, &val)) {
+                Py_INCREF(key);
+                PyList_SET_ITEM(flat, j++, key);
+                Py_INCREF(val);
+                PyList_SET_ITEM(flat, j++, val);
+            }
+            if (j != n || PyDict_GET_SIZE(fr->obj) != fr->size) {
+                Py_DECREF(flat); /* (unset items are NULL: list_dealloc skips them) */
+                return changed(fr->obj);
+            }
+            Py_DECREF(fr->obj);
+            fr->obj = flat;
+            fr->kind = E_PAIRS;
+            fr->index = 0;
+        }
+    }
+    return 0;
+}
+
+/* Before a call into Python code: snapshot the frames opened since the last one. */
+#define BEFORE_PYTHON()                                                                  \
+    do {                                                                                 \
+        if (nsnapped < nframes) {                                                        \
+            if (snapshot_frames(frames, nsnapped, nframes) < 0) {                        \
+                goto error;                                                              \
+            }                                                                            \
+            nsnapped = nframes;                                                          \
+        }                                                                                \
+    } while (0)
 
 #define U32_MAX_LEN ((Py_ssize_t)0xFFFFFFFFLL)
 
@@ -1037,6 +1361,7 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     EFrame frames_inline[16];
     EFrame *frames = frames_inline;
     Py_ssize_t nframes = 0, frames_cap = 16;
+    Py_ssize_t nsnapped = 0; /* frames below this one hold snapshots (or tuples) */
 
     PyObject *obj = args[0];
     Py_INCREF(obj);
@@ -1098,6 +1423,7 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (PyErr_Occurred()) {
                     goto error;
                 }
+                BEFORE_PYTHON();
                 encoded = PyObject_CallOneArg(EncodeAtom, obj);
                 if (encoded == NULL) {
                     goto error;
@@ -1215,6 +1541,7 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         else {
         slow:
+            BEFORE_PYTHON();
             if (encode_part(&o, obj, deflt, max_depth_obj, nframes) < 0) {
                 goto error;
             }
@@ -1249,7 +1576,8 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             nf->kind = pushed;
             nf->obj = obj; /* the frame takes our reference */
             nf->index = 0;
-            nf->size = pushed == E_DICT ? PyDict_GET_SIZE(obj) : 0;
+            nf->size = pushed == E_DICT ? PyDict_GET_SIZE(obj) : pushed == E_LIST ? PyList_GET_SIZE(obj) : 0;
+            nf->taken = 0;
             nf->pending = NULL;
         }
         else {
@@ -1268,16 +1596,32 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             else if (fr->kind == E_LIST) {
-                /* Like Python's list iterator: the current length counts (a hook may change it). */
-                if (fr->index < PyList_GET_SIZE(fr->obj)) {
+                /* Exactly the `size` elements of the header (the list cannot change unless
+                 * Python code ran, and then it was copied first: these checks are a guard). */
+                if (fr->index < fr->size) {
+                    if (fr->index >= PyList_GET_SIZE(fr->obj)) {
+                        changed(fr->obj);
+                        goto error;
+                    }
                     obj = PyList_GET_ITEM(fr->obj, fr->index++);
                     Py_INCREF(obj);
                     break;
+                }
+                if (PyList_GET_SIZE(fr->obj) != fr->size) {
+                    changed(fr->obj);
+                    goto error;
                 }
                 if (out_reserve(&o, 1) < 0) {
                     goto error;
                 }
                 put_u8(&o, NIL_EXT);
+            }
+            else if (fr->kind == E_PAIRS) {
+                if (fr->index < PyList_GET_SIZE(fr->obj)) {
+                    obj = PyList_GET_ITEM(fr->obj, fr->index++);
+                    Py_INCREF(obj);
+                    break;
+                }
             }
             else {
                 if (fr->pending != NULL) {
@@ -1286,19 +1630,27 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     break;
                 }
                 if (PyDict_GET_SIZE(fr->obj) != fr->size) {
-                    PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+                    changed(fr->obj);
                     goto error;
                 }
                 PyObject *key, *val;
-                if (PyDict_Next(fr->obj, &fr->index, &key, &val)) {
+                if (fr->taken < fr->size && PyDict_Next(fr->obj, &fr->index, &key, &val)) {
+                    fr->taken++;
                     Py_INCREF(val);
                     fr->pending = val;
                     Py_INCREF(key);
                     obj = key;
                     break;
                 }
+                if (fr->taken != fr->size) {
+                    changed(fr->obj);
+                    goto error;
+                }
             }
             nframes--;
+            if (nsnapped > nframes) {
+                nsnapped = nframes;
+            }
             Py_DECREF(fr->obj);
         }
         if (obj == NULL) {
@@ -1331,6 +1683,8 @@ error:
     return NULL;
 }
 
+#undef BEFORE_PYTHON
+
 /* ------------------------------------------------------------------------------------- */
 /* Module                                                                                 */
 /* ------------------------------------------------------------------------------------- */
@@ -1338,7 +1692,7 @@ error:
 /* The helpers _setup() looks up in snakeport.etf, by name (a dotted name is an attribute
  * of an attribute). A rename in etf.py makes the import of snakeport.etf fail with an
  * AttributeError that names the helper, instead of handing over the wrong object. */
-enum { H_TYPE, H_TABLE, H_CALLABLE, H_DICT, H_STR };
+enum { H_TYPE, H_TABLE, H_CALLABLE, H_DICT, H_STR, H_COSTS };
 
 static const struct {
     PyObject **slot;
@@ -1359,6 +1713,10 @@ static const struct {
     {&EncodePart, "_encode_part", H_CALLABLE},
     {&TooDeep, "_too_deep", H_CALLABLE},
     {&TaggedPrefix, "TAGGED_PREFIX", H_STR},
+    {&OverBudget, "_over_budget", H_CALLABLE},
+    {&TaggedCost, "_tagged_cost", H_CALLABLE},
+    {&Changed, "_changed", H_CALLABLE},
+    {&CostTable, "_COSTS", H_COSTS},
 };
 #define N_HELPERS ((int)(sizeof(HELPERS) / sizeof(HELPERS[0])))
 
@@ -1410,6 +1768,18 @@ helper(PyObject *etf, const char *name, int kind)
         ok = PyUnicode_Check(obj);
         expected = "a str";
         break;
+    case H_COSTS:
+        ok = PyTuple_CheckExact(obj) && PyTuple_GET_SIZE(obj) == 10;
+        for (Py_ssize_t i = 0; ok && i < 10; i++) {
+            PyObject *cost = PyTuple_GET_ITEM(obj, i);
+            long long value = PyLong_Check(cost) ? PyLong_AsLongLong(cost) : -1;
+            if (value == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+            }
+            ok = value >= 0 && value <= (1 << 20);
+        }
+        expected = "a tuple of 10 costs, each an integer from 0 to 2**20";
+        break;
     case H_TABLE: {
         PyObject *table = PySequence_Tuple(obj);
         Py_DECREF(obj);
@@ -1456,6 +1826,14 @@ cetf_setup(PyObject *module, PyObject *etf)
             *HELPERS[i].slot = found[i]; /* strong references, never released */
         }
     }
+    if (!ready) {
+        long long *costs[10] = {&COST_SLOT,     &COST_CONTAINER,   &COST_NUMBER,      &COST_BINARY,
+                                &COST_ATOM,     &COST_MAP,         &COST_MAP_PAIR,    &COST_ERLMAP_PAIR,
+                                &COST_IMPROPER, &COST_OTHER};
+        for (Py_ssize_t i = 0; i < 10; i++) {
+            *costs[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(CostTable, i)); /* checked above */
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -1465,7 +1843,7 @@ static PyMethodDef cetf_methods[] = {
      "Look up the helpers of the module snakeport.etf by name (called by etf.py at import);\n"
      "AttributeError or TypeError names a helper that is missing or of the wrong kind."},
     {"decode_term", (PyCFunction)(void (*)(void))cetf_decode_term, METH_FASTCALL,
-     "decode_term(data, pos, max_depth, tagged)\n--\n\n"
+     "decode_term(data, pos, max_depth, tagged, budget)\n--\n\n"
      "Decode the term at pos of data (bytes, or a bytearray read in place); return (value, end).\n"
      "See etf._py_decode_term."},
     {"encode", (PyCFunction)(void (*)(void))cetf_encode, METH_FASTCALL,

@@ -8,6 +8,11 @@ out of :meth:`FrameSplitter.next_event`:
 
 - ``bytes`` or ``bytearray``: one complete frame payload (a large payload is a
   ``bytearray`` the caller's reads were written into directly, without further copies);
+  the memory of a large payload is allocated as its bytes arrive, never all at once from
+  its header: first ``large_chunk`` bytes, then 4 times more each time they are filled (a
+  payload of at most ``large_chunk`` bytes is one allocation; a larger one is moved at most
+  once per growth, e.g. 2 moves for 16 MiB), so a header alone costs at most
+  ``large_chunk`` bytes whatever length it declares;
 - :class:`Oversized`: a frame whose declared length exceeds ``max_frame_bytes``; it carries
   the first ``head_bytes`` of the payload (enough for ``etf.decode_head`` to recover
   ``{Op, Id}``); the rest of that frame is skipped, never buffered;
@@ -39,6 +44,9 @@ _unpack_header = _HEADER.unpack_from
 
 #: Largest length a ``{packet, 4}`` header can state.
 _MAX_PACKET = _limits.MAX_PACKET
+
+#: First allocation for a large payload: a 1 MiB binary with its request envelope fits.
+_LARGE_CHUNK = 1024 * 1024 + 64 * 1024
 
 
 class Oversized(NamedTuple):
@@ -87,6 +95,8 @@ class FrameSplitter:
             least ``large_threshold`` bytes get a buffer of their own instead.
         large_threshold: Payloads at least this long are assembled in a dedicated
             ``bytearray`` (returned as is, no copy). Must be at most ``buffer_size - 4``.
+        large_chunk: First allocation for such a payload (at least ``large_threshold``);
+            it grows 4 times each time it is full until it holds the whole payload.
 
     Raises:
         ValueError: A limit is not a positive integer or the sizes are inconsistent.
@@ -101,7 +111,9 @@ class FrameSplitter:
         "_mv",
         "_r",
         "_w",
+        "_large_chunk",
         "_large",
+        "_large_size",
         "_large_filled",
         "_skip_remaining",
         "_skip_size",
@@ -118,18 +130,24 @@ class FrameSplitter:
         head_bytes: int = 256,
         buffer_size: int = 256 * 1024,
         large_threshold: int = 64 * 1024,
+        large_chunk: int = _LARGE_CHUNK,
     ) -> None:
         _limits.MAX_FRAME_BYTES.check(max_frame_bytes)
         for name, value in (
             ("head_bytes", head_bytes),
             ("buffer_size", buffer_size),
             ("large_threshold", large_threshold),
+            ("large_chunk", large_chunk),
         ):
             _limits.positive_int(name, value)
         if large_threshold > buffer_size - HEADER_SIZE:
             raise ValueError(
                 f"expected large_threshold ({large_threshold}) to be at most "
                 f"buffer_size - 4 ({buffer_size - HEADER_SIZE})"
+            )
+        if large_chunk < large_threshold:
+            raise ValueError(
+                f"expected large_chunk ({large_chunk}) to be at least large_threshold ({large_threshold})"
             )
         self.max_frame_bytes = max_frame_bytes
         self.head_bytes = head_bytes
@@ -140,7 +158,9 @@ class FrameSplitter:
         self._mv = memoryview(self._buf)
         self._r = 0  # start of unconsumed bytes in _buf
         self._w = 0  # end of valid bytes in _buf
-        self._large: bytearray | None = None
+        self._large_chunk = large_chunk
+        self._large: bytearray | None = None  # the payload being assembled (len: allocated)
+        self._large_size = 0  # its declared length
         self._large_filled = 0
         self._skip_remaining = 0
         self._skip_size = 0
@@ -179,6 +199,8 @@ class FrameSplitter:
             raise RuntimeError("drain next_event() after feed() before using get_buffer()")
         large = self._large
         if large is not None:
+            if self._large_filled == len(large):
+                large = self._grow()
             return memoryview(large)[self._large_filled :]
         return self._tail()
 
@@ -235,12 +257,28 @@ class FrameSplitter:
             w = n
         return self._mv[w:]
 
+    def _grow(self) -> bytearray:
+        """Make the full payload buffer 4 times larger (at most the declared size).
+
+        A new buffer and a copy rather than a resize: the caller may still hold a view of the
+        old one (``get_buffer``), which would make a resize fail.
+        """
+        old = self._large
+        assert old is not None
+        grown = bytearray(min(self._large_size, 4 * len(old)))
+        grown[: len(old)] = old
+        self._large = grown
+        return grown
+
     def _pump(self) -> None:
         """Move fed bytes into the active buffer (as many as fit)."""
         pending = self._pending
         while pending:
             if self._large is not None:
-                target = memoryview(self._large)[self._large_filled :]
+                large = self._large
+                if self._large_filled == len(large):
+                    large = self._grow()
+                target = memoryview(large)[self._large_filled :]
             else:
                 target = self._tail()
             if not target:  # cannot happen when events are drained in between
@@ -260,7 +298,7 @@ class FrameSplitter:
         """Advance the state machine over the buffered bytes; return one event or None."""
         large = self._large
         if large is not None:
-            if self._large_filled < len(large):
+            if self._large_filled < self._large_size:
                 return None
             self._large = None
             self._large_filled = 0
@@ -302,10 +340,11 @@ class FrameSplitter:
             self._r = end
             return bytes(self._mv[r + HEADER_SIZE : end])
         if size >= self._large_threshold:
-            large = bytearray(size)
             have = avail - HEADER_SIZE
+            large = bytearray(min(size, max(have, self._large_chunk)))
             large[:have] = self._mv[r + HEADER_SIZE : self._w]
             self._r = self._w
             self._large = large
+            self._large_size = size
             self._large_filled = have
         return None

@@ -18,7 +18,7 @@ Limit                     default                         accepted values
 :data:`TTL_SECONDS`       3600                            positive finite number
 :data:`SWEEP_INTERVAL`    1.0                             positive finite number
 :data:`MAX_TOMBSTONES`    100000                          non-negative integer
-:data:`MAX_DEPTH`         512                             positive integer
+:data:`MAX_DEPTH`         512                             integer 1 .. 10000     
 :data:`SPIN_US`           200                             integer 0 .. 1000000
 ========================  ==============================  =============================
 
@@ -169,7 +169,9 @@ SWEEP_INTERVAL = _number_limit("sweep_interval", 1.0)
 #: Released ref ids (and, apart, released session ids) remembered for precise errors.
 MAX_TOMBSTONES = _int_limit("max_tombstones", 100_000, 0)
 #: Deepest container nesting decoded, and marshalled back as data; the codec's default.
-MAX_DEPTH = _int_limit("max_depth", 512, 1)
+#: At most 10,000: CPython hashes a nested tuple (a map key) recursively in C without a
+#: guard, and deeper keys could overflow a thread's C stack (see ``etf.MAX_DECODE_DEPTH``).
+MAX_DEPTH = _int_limit("max_depth", 512, 1, 10_000)
 #: Microseconds the reader polls for the next frame before it blocks (0: never; a second
 #: at most: longer spins only burn CPU).
 SPIN_US = _int_limit("spin_us", 200, 0, 1_000_000)

@@ -336,11 +336,11 @@ class Server:
             return None
         return result
 
-    @staticmethod
-    def _undecodable(data: Any, reason: str, message: str) -> tuple:
+    def _undecodable(self, data: Any, reason: str, message: str) -> tuple:
         """Error reply for ``{Op, Id, ...}`` read from a frame's first bytes, else an event."""
         try:
-            head = etf.decode_head(data, 2)
+            # The configured limits; a compressed frame is inflated only as far as {Op, Id.
+            head = etf.decode_head(data, 2, max_depth=self._max_depth, max_size=self._max_size)
         except Exception:  # noqa: BLE001 - DecodeError or anything else: no id
             head = None
         if head is not None and len(head) == 2:

@@ -60,15 +60,73 @@ Errors and limits
 -----------------
 
 Decoding arbitrary bytes raises only :class:`~snakeport.errors.DecodeError` (with ``data``
-and ``offset``; for a compressed term they refer to the inflated bytes): every length is checked against the remaining bytes before anything is
-allocated, and stray ``IndexError``/``struct.error``/``MemoryError`` are converted at the
-boundary. Exceptions raised by a ``tagged`` or ``default`` hook propagate unchanged.
-Encoding an unsupported object without ``default``, a too deep (or cyclic) value, a lone
-surrogate or a too long atom raises :class:`~snakeport.errors.EncodeError`.
+and ``offset``; for a compressed term they refer to the inflated bytes): every length is
+checked against the remaining bytes before anything is allocated, and stray
+``IndexError``/``struct.error``/``MemoryError`` are converted at the boundary. Exceptions
+raised by a ``tagged`` or ``default`` hook propagate unchanged. Encoding an unsupported
+object without ``default``, a too deep (or cyclic) value, a lone surrogate or a too long atom
+raises :class:`~snakeport.errors.EncodeError`. Each list and dict is encoded as it was when
+the encoder reached it (a snapshot): another thread (or a ``default`` hook) changing it
+meanwhile never makes its header disagree with its elements.
 
-Limits are keyword-only and validated (``ValueError``): ``max_depth`` (container nesting,
-default :data:`DEFAULT_MAX_DEPTH`) and, for decoding, ``max_size`` (input and decompressed
-bytes, default :data:`DEFAULT_MAX_SIZE`).
+Limits are keyword-only and validated at construction or call (``ValueError``):
+
+- ``max_depth``: container nesting, default :data:`DEFAULT_MAX_DEPTH`; for decoding at most
+  :data:`MAX_DECODE_DEPTH` (10,000), because CPython hashes a nested tuple (a map key)
+  recursively in C without a depth guard and a much deeper key overflows the C stack of the
+  thread hashing it. The encoder (a loop) has no upper bound.
+- ``max_size`` (decoding): input bytes, and declared and actual decompressed bytes, default
+  :data:`DEFAULT_MAX_SIZE`.
+- ``max_expansion`` and ``max_memory`` (decoding): the memory budget, below.
+
+Memory budget
+-------------
+
+Size limits alone do not bound memory: one byte (``[]``) decodes to a 64-byte list, so a
+31 KiB compressed frame of ``[]`` made 2.6 GiB of objects. Each decode therefore has a budget:
+
+    budget = min(max_memory, max_expansion * input bytes + 1 MiB)
+
+with ``input bytes`` the size of ``data`` as given (compressed, for a compressed term),
+``max_expansion`` :data:`DEFAULT_MAX_EXPANSION` (32) by default and ``max_memory``
+``2 * max_size + 64 MiB`` by default (576 MiB with the default ``max_size``). A frame of
+under 1 MiB may thus use at most 33 MiB for its values; one at the 256 MiB default frame
+limit at most 576 MiB (with the frame itself, under 4 times the frame limit).
+
+Decoding charges every value's memory against the budget before making it, as an upper
+bound of what CPython 3.10-3.13 allocate (object, GC header, allocator rounding, its slot in
+the container and in the decoder's stack) and fails with ``DecodeError("decoding needs more
+than the memory budget of N bytes at byte P")`` when the budget would be exceeded. The
+charges (bytes; ``n`` is an element count or a byte length):
+
+=============================================  ===============================================
+compressed term                                declared size + 48 KiB (zlib), before inflating
+tuple, list (n elements); ``[]``; ``#{}``      64 + 16 n; 64; 64
+map (n pairs)                                  224 + 32 n + 112 per pair beyond 5; an ErlMap
+                                               (colliding or unhashable keys) 64 + 72 n more
+int beyond a byte (INTEGER_EXT), float         32
+SMALL_BIG_EXT of n bytes                       32 + 2 n
+binary of n bytes                              80 + n x (1, 2 or 4: the width of the str's
+                                               widest character; 1 for bytes), checked
+                                               before the str is made
+charlist (STRING_EXT) of n bytes               64 + 8 n
+atom                                           256 + 4 x its text bytes, the first time its
+                                               encoding occurs in the term; then nothing (a
+                                               repeated atom is the same object)
+improper list (n elements)                     64 + 8 n
+every other term (pid, port, reference,        256 + 2 x its encoded size, once decoded
+fun, export, LOCAL_EXT, LARGE_BIG, FLOAT_EXT,
+BIT_BINARY)
+what the ``tagged`` hook returns               its ``sys.getsizeof`` (nothing for the tuple
+                                               itself)
+=============================================  ===============================================
+
+So ``[]`` costs 80 bytes per input byte and is refused in bulk (a list of a million ``[]``
+exceeds a 1 MiB frame's 33 MiB), while ordinary data stays within 32 per byte: floats cost 5
+per byte, integers 8-10, strings 7-16, ``{ok, N}`` tuples 14-16, records as maps about 13,
+one-key maps 25 (the most expensive ordinary shape). A term compressed better than about
+30:1 (its inflated bytes count too) is refused: send it uncompressed. Both codec paths charge the same amounts in the same
+order, so they refuse at the same byte with the same message.
 """
 
 from __future__ import annotations
@@ -102,7 +160,9 @@ from .types import (
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_EXPANSION",
     "DEFAULT_MAX_SIZE",
+    "MAX_DECODE_DEPTH",
     "TAGGED_PREFIX",
     "Decoder",
     "Encoder",
@@ -115,9 +175,24 @@ __all__ = [
 #: well below Python's default recursion limit so that recursive walkers of decoded terms
 #: (in the worker) stay safe; the codec itself never recurses. The worker's ``max_depth``.
 DEFAULT_MAX_DEPTH: int = _limits.MAX_DEPTH.default
+#: Largest ``max_depth`` accepted for decoding (the worker's bound on ``--max-depth``).
+#: CPython hashes nested tuples recursively in C with no depth guard (a map key that is a
+#: deep tuple), about 64 bytes of C stack per level: 10,000 levels take under 1 MiB, safe on
+#: any thread (8 MiB stacks by default on Linux); 150,000 levels overflow the stack
+#: (SIGSEGV). The recursions CPython does guard (repr, ==, pickle: under 200 bytes per level)
+#: stop at the recursion limit, which the worker keeps at most 20,000. Encoding (a loop) is
+#: not limited this way.
+MAX_DECODE_DEPTH: int = _limits.MAX_DEPTH.high
 #: Default size limit for decoding: input bytes and declared/actual decompressed bytes.
 #: The worker's ``max_frame_bytes``.
 DEFAULT_MAX_SIZE: int = _limits.MAX_FRAME_BYTES.default
+#: Default memory budget of a decode per input byte (see "Memory budget" above).
+DEFAULT_MAX_EXPANSION = 32
+#: Budget every decode gets on top of ``max_expansion`` per input byte (small terms).
+_BUDGET_FLOOR = 1024 * 1024
+#: ``max_memory`` when not given: ``2 * max_size + _MEMORY_SLACK``.
+_MEMORY_SLACK = 64 * 1024 * 1024
+_DEFAULT_MAX_MEMORY = 2 * DEFAULT_MAX_SIZE + _MEMORY_SLACK
 #: Tuples whose first element is an atom with this prefix are handed to ``tagged``.
 TAGGED_PREFIX = "$snakeport_"
 
@@ -150,6 +225,72 @@ _ATOMS: dict[bytes, Any] = {}
 _ATOM_CACHE_MAX = 4096
 _SPECIAL_ATOMS: dict[str, Any] = {"true": True, "false": False, "nil": None}
 _MISS = object()
+
+# Memory charged per decoded value, in bytes (see "Memory budget" in the module docstring).
+# Upper bounds of what CPython 3.10-3.13 allocate (object, GC header, allocator rounding) plus
+# the value's slot in its container and in the decoder's transient stack. The C accelerator
+# gets these numbers from _setup(); _py_decode_term writes them as literals (speed), and
+# test_etf_accel's budget tests check that both paths charge the same at the same bytes.
+#: Each element of a tuple, list or map (pointer in the container + transient stack).
+_COST_SLOT = 16
+#: A non-empty tuple or list object, an empty list (``[]``), an empty map (``#{}``).
+_COST_CONTAINER = 64
+#: An int that is not a small cached one (INTEGER_EXT), a float; SMALL_BIG adds 2 per byte.
+_COST_NUMBER = 32
+#: A binary: str/bytes object overhead, plus ``kind`` bytes per input byte (1, 2 or 4: the
+#: widest character of the str; ``bytes`` count 1).
+_COST_BINARY = 80
+#: The first occurrence of an atom's encoding in a term (later ones are the same object),
+#: plus 4 per byte of its text; the decoder keeps a table of the atoms seen so far.
+_COST_ATOM = 256
+#: A map of 1 to 5 pairs (dict object and its smallest table); each pair beyond 5 adds
+#: ``_COST_MAP_PAIR``. A map that becomes an ErlMap adds ``_COST_CONTAINER`` and
+#: ``_COST_ERLMAP_PAIR`` per pair (pair tuples; the failed dict may still be alive).
+_COST_MAP = 224
+_COST_MAP_PAIR = 112
+_COST_ERLMAP_PAIR = 72
+#: An improper list (ImproperList object and its elements tuple): this plus 8 per element.
+_COST_IMPROPER = 64
+#: Every other term (decoded by the leaf decoders: pids, ports, references, funs, exports,
+#: LOCAL_EXT, LARGE_BIG, FLOAT_EXT, BIT_BINARY): this plus 2 per byte of its encoding,
+#: charged once it is decoded (they copy their own bytes).
+_COST_OTHER = 256
+#: Compressed terms: the inflated bytes plus this (zlib's state and its 32 KiB window),
+#: charged before inflating.
+_COST_INFLATE = 48 * 1024
+_COSTS = (
+    _COST_SLOT, _COST_CONTAINER, _COST_NUMBER, _COST_BINARY, _COST_ATOM, _COST_MAP, _COST_MAP_PAIR,
+    _COST_ERLMAP_PAIR, _COST_IMPROPER, _COST_OTHER,
+)
+
+# Bytes from which a valid UTF-8 binary decodes to a str of 2 (lead bytes of U+0100..U+FFFF)
+# or 4 (lead bytes of U+10000 and above) bytes per character: CPython's ``kind``.
+_WIDE2 = re.compile(b"[\xc4-\xff]").search
+_WIDE4 = re.compile(b"[\xf0-\xff]").search
+
+
+def _text_kind(data: bytes, start: int, end: int) -> int:
+    """The ``kind`` (1, 2 or 4 bytes per character) of ``data[start:end].decode()``.
+
+    Exact for valid UTF-8 (what CPython's ``PyUnicode_KIND`` of the decoded str is); for
+    other bytes, the kind their high bytes would suggest.
+    """
+    if _WIDE4(data, start, end) is not None:
+        return 4
+    return 2 if _WIDE2(data, start, end) is not None else 1
+
+
+def _over_budget(data: bytes, pos: int, budget: int) -> NoReturn:
+    _fail(f"decoding needs more than the memory budget of {budget} bytes", data, pos)
+
+
+def _tagged_cost(value: Any, term: tuple) -> int:
+    """Memory charged for what the ``tagged`` hook returned for ``term``.
+
+    Its own size (``sys.getsizeof``: a set or bytes it made; 0 when the hook returned the
+    tuple itself, already charged). Both codec paths call this, so they charge the same.
+    """
+    return 0 if value is term else sys.getsizeof(value, 0)
 
 
 class _HookFailure(Exception):
@@ -437,6 +578,7 @@ def _py_decode_term(
     pos: int,
     max_depth: int,
     tagged: TaggedHook | None,
+    budget: int,
     _leaf: list[Any] = _LEAF_DECODERS,
     _atoms: dict[bytes, Any] = _ATOMS,
     _u16: Callable[..., tuple[int]] = _u16,
@@ -453,20 +595,30 @@ def _py_decode_term(
     the other leaves through ``_LEAF_DECODERS``. Frame kinds are literal ints for speed:
     0 root, 1 tuple, 2 list elements, 3 list tail, 4 map.
 
+    Memory is charged against ``budget`` as described in the module docstring ("Memory
+    budget"), always after the bytes of a value were validated and before its objects are
+    made (except for the rare leaves, charged once decoded): the C accelerator charges the
+    same amounts in the same order, so both fail at the same byte with the same message.
+    Atoms are looked up first in ``seen``, the atoms of this term by their encoding: a
+    repeated atom is the same object and costs nothing more.
+
     Args:
         data: The buffer.
         pos: Offset of the term's tag byte.
         max_depth: Maximum container nesting.
         tagged: Hook for ``$snakeport_`` tuples, or None.
+        budget: Bytes of memory the decoded values may use.
 
     Returns:
         ``(value, offset after the term)``.
 
     Raises:
-        DecodeError: Invalid data (IndexError/struct.error mean truncation; the caller
-            converts them).
+        DecodeError: Invalid data, or over budget (IndexError/struct.error mean truncation;
+            the caller converts them).
     """
     size = len(data)
+    left = budget
+    seen: dict[bytes, Any] = {}
     stack: list[tuple[int, list[Any], int]] = []
     kind = 0
     items: list[Any] = []
@@ -478,9 +630,16 @@ def _py_decode_term(
             tag = data[pos]
             if tag == 119:  # SMALL_ATOM_UTF8_EXT
                 end = pos + 2 + data[pos + 1]
-                value = _atoms.get(data[pos:end], _MISS)
+                key = data[pos:end]
+                value = seen.get(key, _MISS)
                 if value is _MISS:
-                    value, end = _atom_at(data, pos)
+                    value = _atoms.get(key, _MISS)
+                    if value is _MISS:
+                        value, end = _atom_at(data, pos)
+                    left -= 256 + 4 * (end - pos - 2)  # _COST_ATOM
+                    if left < 0:
+                        _over_budget(data, pos, budget)
+                    seen[key] = value
                 append(value)
                 pos = end
             elif tag == 97:  # SMALL_INTEGER_EXT
@@ -488,14 +647,23 @@ def _py_decode_term(
                 pos += 2
             elif tag == 109:  # BINARY_EXT
                 start = pos + 5
-                end = start + _u32(data, pos + 1)[0]
+                n = _u32(data, pos + 1)[0]
+                end = start + n
                 if end > size:
                     _truncated(data, size)
+                cost = 80 + n  # _COST_BINARY
+                if cost + 3 * n > left and cost + (_text_kind(data, start, end) - 1) * n > left:
+                    _over_budget(data, pos, budget)
                 raw = data[start:end]
                 try:
-                    append(raw.decode())
+                    value = raw.decode()
                 except UnicodeDecodeError:
-                    append(raw)
+                    value = raw
+                else:
+                    if len(value) != n:  # not ASCII: 1, 2 or 4 bytes per character
+                        cost += (_text_kind(data, start, end) - 1) * n
+                left -= cost
+                append(value)
                 pos = end
             elif tag == 104:  # SMALL_TUPLE_EXT
                 count = data[pos + 1]
@@ -504,6 +672,9 @@ def _py_decode_term(
                     stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 2)
+                    left -= 64 + 16 * count  # _COST_CONTAINER, _COST_SLOT
+                    if left < 0:
+                        _over_budget(data, pos - 2, budget)
                     kind = 1
                     items = []
                     append = items.append
@@ -512,18 +683,32 @@ def _py_decode_term(
                     append(())
             elif tag == 100:  # ATOM_EXT: how OTP 25 and older write atoms
                 end = pos + 3 + (data[pos + 1] << 8 | data[pos + 2])
-                value = _atoms.get(data[pos:end], _MISS)
+                key = data[pos:end]
+                value = seen.get(key, _MISS)
                 if value is _MISS:
-                    value, end = _atom_at(data, pos)
+                    value = _atoms.get(key, _MISS)
+                    if value is _MISS:
+                        value, end = _atom_at(data, pos)
+                    left -= 256 + 4 * (end - pos - 3)
+                    if left < 0:
+                        _over_budget(data, pos, budget)
+                    seen[key] = value
                 append(value)
                 pos = end
             elif tag == 98:  # INTEGER_EXT
-                append(_i32(data, pos + 1)[0])
+                value = _i32(data, pos + 1)[0]
+                left -= 32  # _COST_NUMBER
+                if left < 0:
+                    _over_budget(data, pos, budget)
+                append(value)
                 pos += 5
             elif tag == 70:  # NEW_FLOAT_EXT
                 value = _f64(data, pos + 1)[0]
                 if value - value != 0.0:
                     _fail("NEW_FLOAT_EXT is not finite", data, pos)
+                left -= 32
+                if left < 0:
+                    _over_budget(data, pos, budget)
                 append(value)
                 pos += 9
             elif tag == 108:  # LIST_EXT
@@ -534,11 +719,17 @@ def _py_decode_term(
                 stack.append((kind, items, remaining))
                 if len(stack) > max_depth:
                     _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
+                left -= 64 + 16 * count
+                if left < 0:
+                    _over_budget(data, pos - 5, budget)
                 kind = 2
                 items = []
                 append = items.append
                 remaining = count
             elif tag == 106:  # NIL_EXT
+                left -= 64
+                if left < 0:
+                    _over_budget(data, pos, budget)
                 append([])
                 pos += 1
             elif tag == 116:  # MAP_EXT
@@ -550,11 +741,18 @@ def _py_decode_term(
                     stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
+                    # _COST_MAP, 2 slots per pair, _COST_MAP_PAIR per pair beyond 5
+                    left -= 224 + 32 * count + (112 * (count - 5) if count > 5 else 0)
+                    if left < 0:
+                        _over_budget(data, pos - 5, budget)
                     kind = 4
                     items = []
                     append = items.append
                     remaining = 2 * count
                 else:
+                    left -= 64
+                    if left < 0:
+                        _over_budget(data, pos - 5, budget)
                     append({})
             elif tag == 105:  # LARGE_TUPLE_EXT
                 count = _u32(data, pos + 1)[0]
@@ -565,6 +763,9 @@ def _py_decode_term(
                     stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
+                    left -= 64 + 16 * count
+                    if left < 0:
+                        _over_budget(data, pos - 5, budget)
                     kind = 1
                     items = []
                     append = items.append
@@ -573,14 +774,19 @@ def _py_decode_term(
                     append(())
             elif tag == 107:  # STRING_EXT: how the VM writes lists of small integers
                 start = pos + 3
-                end = start + _u16(data, pos + 1)[0]
+                n = _u16(data, pos + 1)[0]
+                end = start + n
                 if end > size:
                     _truncated(data, size)
+                left -= 64 + 8 * n
+                if left < 0:
+                    _over_budget(data, pos, budget)
                 append(list(data[start:end]))
                 pos = end
             elif tag == 110:  # SMALL_BIG_EXT
                 start = pos + 3
-                end = start + data[pos + 1]
+                n = data[pos + 1]
+                end = start + n
                 if end > size:
                     _truncated(data, size)
                 value = int.from_bytes(data[start:end], "little")
@@ -589,24 +795,50 @@ def _py_decode_term(
                     if sign != 1:
                         _fail(f"invalid bignum sign byte {sign}", data, pos + 2)
                     value = -value
+                left -= 32 + 2 * n
+                if left < 0:
+                    _over_budget(data, pos, budget)
+                append(value)
+                pos = end
+            elif tag == 115 or tag == 118:  # SMALL_ATOM_EXT, ATOM_UTF8_EXT (rare)
+                header = 2 if tag == 115 else 3
+                end = pos + header + (data[pos + 1] if tag == 115 else data[pos + 1] << 8 | data[pos + 2])
+                key = data[pos:end]
+                value = seen.get(key, _MISS)
+                if value is _MISS:
+                    value = _atoms.get(key, _MISS)
+                    if value is _MISS:
+                        value, end = _atom_at(data, pos)
+                    left -= 256 + 4 * (end - pos - header)
+                    if left < 0:
+                        _over_budget(data, pos, budget)
+                    seen[key] = value
                 append(value)
                 pos = end
             else:
                 decoder = _leaf[tag]
                 if decoder is None:
                     _bad_tag(data, pos)
-                value, pos = decoder(data, pos + 1)
+                value, end = decoder(data, pos + 1)
+                left -= 256 + 2 * (end - pos)  # _COST_OTHER
+                if left < 0:
+                    _over_budget(data, pos, budget)
                 append(value)
+                pos = end
         # The current frame is complete.
         if kind == 1:  # tuple
             value = tuple(items)
             if tagged is not None:
                 first = items[0]
                 if first.__class__ is _Atom and first.startswith("$snakeport_"):
+                    term = value
                     try:
-                        value = tagged(value)
+                        value = tagged(term)
                     except BaseException as exc:
                         raise _HookFailure(exc) from None
+                    left -= _tagged_cost(value, term)
+                    if left < 0:
+                        _over_budget(data, pos, budget)
         elif kind == 2:  # list elements done: now the tail
             if data[pos] == 106:  # NIL_EXT: a proper list
                 pos += 1
@@ -623,11 +855,20 @@ def _py_decode_term(
                     it = iter(items)
                     value = dict(zip(it, it))
                     if 2 * len(value) != len(items):  # keys that collide in Python
-                        value = ErlMap._from_flat(items)
+                        value = None
             except TypeError:  # an unhashable key
+                value = None
+            if value is None:
+                left -= 64 + 36 * len(items)  # _COST_CONTAINER, _COST_ERLMAP_PAIR per pair
+                if left < 0:
+                    _over_budget(data, pos, budget)
                 value = ErlMap._from_flat(items)
         elif kind == 3:  # improper list
-            value = _finish_improper(items, items.pop(), data, pos)
+            tail = items.pop()
+            left -= 64 + 8 * len(items)  # _COST_IMPROPER
+            if left < 0:
+                _over_budget(data, pos, budget)
+            value = _finish_improper(items, tail, data, pos)
         else:  # root
             return items[0], pos
         kind, items, remaining = stack.pop()
@@ -656,31 +897,41 @@ def _as_bytes(data: Buffer, max_size: int | None = None) -> bytes:
     raise TypeError(f"expected bytes, bytearray or memoryview, got: {type(data).__name__}")
 
 
-def _inflate(data: bytes, max_size: int, *, partial: bool = False) -> bytes:
-    """Decompress a COMPRESSED term (``data[1] == 80``) into ``Tag Data`` bytes.
+def _budget(size: int, max_expansion: int, max_memory: int) -> int:
+    """The memory budget of decoding ``size`` input bytes (see "Memory budget")."""
+    budget = max_expansion * size + _BUDGET_FLOOR
+    return budget if budget < max_memory else max_memory
 
-    The declared size is checked against ``max_size`` before inflating, and zlib is never
-    allowed to produce more than the declared size (plus one byte to detect a lie).
-    With ``partial``, a truncated stream yields what could be inflated.
-    """
+
+def _declared_size(data: bytes) -> int:
+    """The uncompressed size a COMPRESSED term (``data[1] == 80``) declares."""
     if len(data) < 6:
         _truncated(data, len(data))
     declared = _u32(data, 2)[0]
-    if declared > max_size:
-        _fail(f"declared uncompressed size {declared} exceeds max_size={max_size}", data, 2)
     if declared == 0:
         _fail("declared uncompressed size is 0", data, 2)
+    return declared
+
+
+def _inflate(data: bytes, max_size: int, budget: int) -> bytes:
+    """Decompress a COMPRESSED term (``data[1] == 80``) into ``Tag Data`` bytes.
+
+    The declared size is checked against ``max_size`` and ``budget`` (it is charged with
+    ``_COST_INFLATE``) before anything is inflated, and zlib is never allowed to produce more
+    than the declared size (plus one byte to detect a lie).
+    """
+    declared = _declared_size(data)
+    if declared > max_size:
+        _fail(f"declared uncompressed size {declared} exceeds max_size={max_size}", data, 2)
+    if declared + _COST_INFLATE > budget:
+        _fail(f"declared uncompressed size {declared} exceeds the memory budget of {budget} bytes", data, 2)
     inflater = zlib.decompressobj()
     try:
         out = inflater.decompress(memoryview(data)[6:], declared + 1)
     except zlib.error as exc:
-        if partial:
-            return b""
         _fail(f"invalid zlib data ({exc})", data, 6)
     except MemoryError:
         _fail(f"no memory to inflate {declared} bytes", data, 6)
-    if partial:
-        return out[:declared]
     if len(out) != declared or not inflater.eof:
         _fail(f"compressed data does not inflate to the declared {declared} bytes", data, 6)
     if inflater.unused_data or inflater.unconsumed_tail:
@@ -709,17 +960,55 @@ def _bad_start(data: bytes) -> NoReturn:
     raise DecodeError("unexpected end of data at byte 1", data=data, offset=1)
 
 
-def _decode_head(data: Buffer, count: int, max_depth: int, max_size: int) -> tuple[Any, ...]:
+#: How many bytes ``decode_head`` inflates first; it inflates 4 times more each time the
+#: elements it wants are not complete yet.
+_HEAD_INFLATE_STEP = 4096
+
+
+def _decode_head(
+    data: Buffer, count: int, max_depth: int, max_size: int, max_expansion: int, max_memory: int
+) -> tuple[Any, ...]:
     if type(count) is not int or count < 0:
         raise ValueError(f"expected count to be a non-negative integer, got: {count!r}")
     data = _as_bytes(data)
     if len(data) < 2 or data[0] != 131:
         raise DecodeError("not an External Term Format frame", data=data, offset=0)
-    pos = 1
+    budget = _budget(len(data), max_expansion, max_memory)
+    if data[1] != 80:
+        return _head_elements(data, 1, count, max_depth, budget)
+    # Compressed: inflate only as far as the elements need (the rest of a frame refused for
+    # its size or content is never inflated), within max_size and half the budget (the
+    # other half is for the elements).
+    declared = _declared_size(data)
+    limit = min(declared, max_size, (budget - _COST_INFLATE) // 2)
+    inflater = zlib.decompressobj()
+    tail: Any = memoryview(data)[6:]
+    out = b""
+    step = _HEAD_INFLATE_STEP
+    done = limit <= 0
+    while True:
+        more = min(step, limit) - len(out)
+        if more > 0 and not done:
+            try:
+                chunk = inflater.decompress(tail, more)
+            except zlib.error:
+                chunk = b""
+                done = True
+            else:
+                tail = inflater.unconsumed_tail
+                done = inflater.eof or (not tail and len(chunk) < more)
+            out += chunk
+        try:
+            return _head_elements(out, 0, count, max_depth, budget - _COST_INFLATE - len(out))
+        except DecodeError:
+            if done or len(out) >= limit:
+                raise
+        step *= 4
+
+
+def _head_elements(data: bytes, pos: int, count: int, max_depth: int, budget: int) -> tuple[Any, ...]:
+    """The first ``count`` elements of the tuple whose tag is at ``pos`` (each within ``budget``)."""
     try:
-        if data[1] == 80:
-            data = _inflate(data, max_size, partial=True)
-            pos = 0
         tag = data[pos]
         if tag == T.SMALL_TUPLE_EXT:
             arity = data[pos + 1]
@@ -733,7 +1022,7 @@ def _decode_head(data: Buffer, count: int, max_depth: int, max_size: int) -> tup
             _fail(f"tuple of {arity} elements has fewer than {count}", data, pos)
         elements = []
         for _ in range(count):
-            value, pos = _decode_term(data, pos, max(max_depth - 1, 0), None)
+            value, pos = _decode_term(data, pos, max(max_depth - 1, 0), None, budget)
             elements.append(value)
     except DecodeError:
         raise
@@ -799,6 +1088,15 @@ def _too_deep(obj: Any, max_depth: int) -> NoReturn:
     )
 
 
+def _changed(obj: Any) -> NoReturn:
+    """Raise the EncodeError of a list or dict that changed size while the C encoder read it.
+
+    (The C encoder copies them before any Python code runs, so this is a guard that only a
+    finalizer run by the garbage collector in the middle of a copy could trip.)
+    """
+    raise EncodeError(f"{type(obj).__name__} changed size while it was encoded", value=obj)
+
+
 def _replace(obj: Any, default: DefaultHook | None) -> Any:
     """Return an encodable stand-in for an object of no directly supported type.
 
@@ -858,7 +1156,8 @@ def _encode_into(
     ``stack`` holds the suspended outer ones with the bytes that close them (``b"j"`` for a
     proper list, ``None`` for a stand-in from :func:`_replace`, which adds no nesting).
     ``depth`` is the number of containers already open around ``term`` (the C encoder hands
-    sub-terms over with it, see :func:`_encode_part`).
+    sub-terms over with it, see :func:`_encode_part`). Lists and dicts are iterated through a
+    copy made when they are reached, so that their header always agrees with their elements.
     """
     app = out.append
     stack: list[tuple[Any, bytes | None]] = []
@@ -904,26 +1203,29 @@ def _encode_into(
                 else:
                     app(_encode_float(obj))
             elif cls is list:
-                n = len(obj)
-                if n:
-                    app(_pack_tag_u32(108, n))
+                if obj:
+                    # A snapshot, counted once: the header and the elements agree even if
+                    # another thread (or a default hook) changes the list meanwhile.
+                    snapshot = obj.copy()
+                    app(_pack_tag_u32(108, len(snapshot)))
                     stack.append((it, close))
                     if len(stack) - stand_ins > max_depth:
                         _too_deep(obj, max_depth)
-                    it = iter(obj)
+                    it = iter(snapshot)
                     close = b"j"
                     break
                 app(b"j")
             elif cls is dict:
-                n = len(obj)
-                app(_pack_tag_u32(116, n))
-                if n:
+                if obj:
+                    snapshot = obj.copy()  # as for lists
+                    app(_pack_tag_u32(116, len(snapshot)))
                     stack.append((it, close))
                     if len(stack) - stand_ins > max_depth:
                         _too_deep(obj, max_depth)
-                    it = _chain(obj.items())
+                    it = _chain(snapshot.items())
                     close = b""
                     break
+                app(b"t\x00\x00\x00\x00")
             elif cls is bool:
                 app(_TRUE if obj else _FALSE)
             elif obj is None:
@@ -998,6 +1300,29 @@ def _encode_part(obj: Any, default: DefaultHook | None, max_depth: int, depth: i
 _check_limit = _limits.positive_int
 
 
+def _check_depth(value: object) -> int:
+    """Validate a decoding ``max_depth`` (1..MAX_DECODE_DEPTH), with the worker's rule."""
+    return _limits.MAX_DEPTH.check(value)
+
+
+def _decode_limits(
+    max_depth: object, max_size: object, max_expansion: object, max_memory: object
+) -> tuple[int, int, int, int]:
+    """Validate the decoding limits; return them with ``max_memory`` resolved.
+
+    Raises:
+        ValueError: A limit is invalid.
+    """
+    _check_depth(max_depth)
+    _check_limit("max_size", max_size)
+    _check_limit("max_expansion", max_expansion)
+    if max_memory is None:
+        max_memory = 2 * max_size + _MEMORY_SLACK  # type: ignore[operator]
+    else:
+        _check_limit("max_memory", max_memory)
+    return max_depth, max_size, max_expansion, max_memory  # type: ignore[return-value]
+
+
 def _check_hook(name: str, value: object) -> None:
     if value is not None and not callable(value):
         raise ValueError(f"expected {name} to be callable or None, got: {value!r}")
@@ -1015,33 +1340,42 @@ class Decoder:
     """A decoder holding validated limits and an optional ``tagged`` hook.
 
     Attributes:
-        max_depth: Maximum container nesting.
+        max_depth: Maximum container nesting (at most :data:`MAX_DECODE_DEPTH`).
         max_size: Maximum input size and decompressed size, in bytes.
+        max_expansion: Memory budget per input byte (see "Memory budget").
+        max_memory: Largest memory budget of one term, in bytes (resolved: never None).
         tagged: Hook for tuples whose first element is an atom starting with ``$snakeport_``.
     """
 
-    __slots__ = ("max_depth", "max_size", "tagged")
+    __slots__ = ("max_depth", "max_size", "max_expansion", "max_memory", "tagged")
 
     def __init__(
         self,
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_size: int = DEFAULT_MAX_SIZE,
+        max_expansion: int = DEFAULT_MAX_EXPANSION,
+        max_memory: int | None = None,
         tagged: TaggedHook | None = None,
     ) -> None:
         """Create a decoder.
 
         Args:
-            max_depth: Maximum container nesting (positive integer).
+            max_depth: Maximum container nesting (an integer in 1..MAX_DECODE_DEPTH).
             max_size: Maximum input and decompressed size in bytes (positive integer).
+            max_expansion: Bytes of memory the decoded values may use per input byte
+                (positive integer; see "Memory budget" in the module docstring).
+            max_memory: Most bytes of memory the decoded values of one term may use
+                (positive integer; default ``2 * max_size + 64 MiB``).
             tagged: Called with each decoded tuple whose first element is an ``Atom``
                 starting with ``$snakeport_``; its return value replaces the tuple.
 
         Raises:
-            ValueError: A limit is not a positive integer, or ``tagged`` is not callable.
+            ValueError: A limit is out of range, or ``tagged`` is not callable.
         """
-        self.max_depth = _check_limit("max_depth", max_depth)
-        self.max_size = _check_limit("max_size", max_size)
+        self.max_depth, self.max_size, self.max_expansion, self.max_memory = _decode_limits(
+            max_depth, max_size, max_expansion, max_memory
+        )
         _check_hook("tagged", tagged)
         self.tagged = tagged
 
@@ -1058,7 +1392,14 @@ class Decoder:
             DecodeError: The bytes are not exactly one valid term within the limits.
             TypeError: ``data`` is not bytes, bytearray or memoryview.
         """
-        return decode(data, tagged=self.tagged, max_depth=self.max_depth, max_size=self.max_size)
+        return decode(
+            data,
+            tagged=self.tagged,
+            max_depth=self.max_depth,
+            max_size=self.max_size,
+            max_expansion=self.max_expansion,
+            max_memory=self.max_memory,
+        )
 
     def decode_head(self, data: Buffer, count: int) -> tuple[Any, ...]:
         """Decode the first ``count`` elements of a top-level tuple (see :func:`decode_head`).
@@ -1074,7 +1415,7 @@ class Decoder:
             DecodeError: They cannot be decoded.
             ValueError: ``count`` is negative.
         """
-        return _decode_head(data, count, self.max_depth, self.max_size)
+        return _decode_head(data, count, self.max_depth, self.max_size, self.max_expansion, self.max_memory)
 
 
 class Encoder:
@@ -1098,7 +1439,8 @@ class Encoder:
         """Create an encoder.
 
         Args:
-            max_depth: Maximum container nesting (positive integer).
+            max_depth: Maximum container nesting (positive integer; the encoder does not
+                recurse, so it has no upper bound).
             default: Called with an object the codec cannot encode; must return an encodable
                 replacement (called again, at most 32 times in a row, while it does not).
             compressed: zlib level 0..9 (``True`` means 6); the compressed form is used only
@@ -1135,6 +1477,8 @@ def decode(
     tagged: TaggedHook | None = None,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_size: int = DEFAULT_MAX_SIZE,
+    max_expansion: int = DEFAULT_MAX_EXPANSION,
+    max_memory: int | None = None,
 ) -> Any:
     """Decode one whole External Term Format term.
 
@@ -1146,22 +1490,34 @@ def decode(
             with ``$snakeport_``; its return value replaces the tuple. When an input of at
             most 64 KiB does not contain that prefix at all, the hook costs nothing (larger
             inputs are not scanned: each tuple's first element is checked).
-        max_depth: Maximum container nesting.
+        max_depth: Maximum container nesting (1..:data:`MAX_DECODE_DEPTH`).
         max_size: Maximum input size and decompressed size, in bytes.
+        max_expansion: Bytes of memory the decoded values may use per input byte (see
+            "Memory budget" in the module docstring).
+        max_memory: Most bytes of memory the decoded values may use, whatever the input
+            size (default ``2 * max_size + 64 MiB``).
 
     Returns:
         The Python value (see the mapping table in the module docstring).
 
     Raises:
         DecodeError: The bytes are not exactly one valid term within the limits (trailing
-            bytes included). Exceptions raised by ``tagged`` propagate unchanged.
+            bytes included; a term needing more memory than its budget is refused before
+            that memory is allocated). Exceptions raised by ``tagged`` propagate unchanged.
         TypeError: ``data`` is not bytes, bytearray or memoryview.
         ValueError: A limit is invalid.
     """
+    # (The defaults are known to be valid: the worker passes them as they are.)
     if max_depth is not DEFAULT_MAX_DEPTH:
-        _check_limit("max_depth", max_depth)
+        _check_depth(max_depth)
     if max_size is not DEFAULT_MAX_SIZE:
         _check_limit("max_size", max_size)
+    if max_expansion is not DEFAULT_MAX_EXPANSION:
+        _check_limit("max_expansion", max_expansion)
+    if max_memory is None:
+        max_memory = _DEFAULT_MAX_MEMORY if max_size is DEFAULT_MAX_SIZE else 2 * max_size + _MEMORY_SLACK
+    else:
+        _check_limit("max_memory", max_memory)
     if data.__class__ is not bytes:
         if data.__class__ is bytearray and _decode_term is not _py_decode_term:
             # The C decoder reads a bytearray in place (a large frame is not copied); the
@@ -1177,9 +1533,13 @@ def decode(
         raise DecodeError(f"input of {size} bytes exceeds max_size={max_size}", data=data, offset=0)
     if size < 2 or data[0] != 131:
         _bad_start(data)  # type: ignore[arg-type]
+    budget = max_expansion * size + _BUDGET_FLOOR
+    if budget > max_memory:
+        budget = max_memory
     pos = 1
     if data[1] == 80:
-        data = _inflate(data, max_size)  # type: ignore[arg-type]
+        data = _inflate(data, max_size, budget)  # type: ignore[arg-type]
+        budget -= len(data) + _COST_INFLATE
         pos = 0
     if tagged is not None:
         if not callable(tagged):
@@ -1189,7 +1549,7 @@ def decode(
         # (Larger inputs are not scanned: the scan costs ~0.3 ms per MiB, far more than the
         # per-tuple check it saves.)
     try:
-        value, pos = _decode_term(data, pos, max_depth, tagged)  # type: ignore[arg-type]
+        value, pos = _decode_term(data, pos, max_depth, tagged, budget)  # type: ignore[arg-type]
     except DecodeError:
         raise
     except _HookFailure as failure:
@@ -1209,18 +1569,25 @@ def decode_head(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_size: int = DEFAULT_MAX_SIZE,
+    max_expansion: int = DEFAULT_MAX_EXPANSION,
+    max_memory: int | None = None,
 ) -> tuple[Any, ...]:
     """Decode only the first ``count`` elements of a top-level tuple.
 
     Meant for frames that are too large, truncated or malformed further on: it reads the
     ``{Op, Id, ...}`` of a request from a prefix of the frame. What follows the decoded
-    elements is not looked at (a compressed frame is inflated as far as its bytes go).
+    elements is not looked at: a compressed frame is inflated only as far as those elements
+    need (4 KiB first, then 4 times more while they are incomplete), never beyond
+    ``max_size`` or half the memory budget, whatever size it declares.
 
     Args:
         data: A frame or a prefix of one, starting with the version byte.
         count: How many leading elements to decode (0 or more).
         max_depth: Maximum container nesting (the tuple counts as 1).
-        max_size: Maximum decompressed size for a compressed frame.
+        max_size: Most bytes inflated from a compressed frame.
+        max_expansion: As for :func:`decode` (the budget of each element: ``data`` is the
+            input size).
+        max_memory: As for :func:`decode`.
 
     Returns:
         A tuple of the first ``count`` elements.
@@ -1230,11 +1597,8 @@ def decode_head(
             can be decoded from the bytes present.
         ValueError: ``count`` is negative or a limit is invalid.
     """
-    if max_depth is not DEFAULT_MAX_DEPTH:
-        _check_limit("max_depth", max_depth)
-    if max_size is not DEFAULT_MAX_SIZE:
-        _check_limit("max_size", max_size)
-    return _decode_head(data, count, max_depth, max_size)
+    max_depth, max_size, max_expansion, max_memory = _decode_limits(max_depth, max_size, max_expansion, max_memory)
+    return _decode_head(data, count, max_depth, max_size, max_expansion, max_memory)
 
 
 def _encode_flat_tuple(
@@ -1319,6 +1683,9 @@ def encode(
         EncodeError: The value (or a part of it) cannot be encoded; ``value`` holds the
             offending object.
         ValueError: An option is invalid.
+
+    Each list and dict is encoded as it was when the encoder reached it: changes made
+    meanwhile by another thread, or by ``default``, are not seen (the frame stays exact).
     """
     if max_depth is not DEFAULT_MAX_DEPTH:
         _check_limit("max_depth", max_depth)
@@ -1366,7 +1733,7 @@ else:
         _cetf._setup(sys.modules[__name__])
 
 #: The term decoder in use: ``_cetf.decode_term`` or ``_py_decode_term`` (same contract).
-_decode_term: Callable[[bytes, int, int, TaggedHook | None], tuple[Any, int]] = _py_decode_term
+_decode_term: Callable[[bytes, int, int, TaggedHook | None, int], tuple[Any, int]] = _py_decode_term
 #: ``_cetf.encode`` when the C encoder is in use, else None.
 _c_encode: Callable[[Any, DefaultHook | None, int], bytes] | None = None
 

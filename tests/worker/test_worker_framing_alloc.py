@@ -1,0 +1,112 @@
+"""The frame splitter allocates a large payload as its bytes arrive (issue 13, item 8).
+
+Before the fix, a 4-byte header declaring 256 MiB made the splitter allocate (and zero)
+256 MiB at once, whatever followed. Allocations are measured with ``tracemalloc``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tracemalloc
+
+import pytest
+
+from snakeport._framing import FrameSplitter
+
+MiB = 1 << 20
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def drain(splitter: FrameSplitter) -> list:
+    events = []
+    while (event := splitter.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("api", ["feed", "get_buffer"])
+def test_a_header_alone_does_not_reserve_the_declared_size(api: str) -> None:
+    splitter = FrameSplitter(max_frame_bytes=256 * MiB)
+    data = struct.pack(">I", 256 * MiB - 1) + os.urandom(300_000)
+    tracemalloc.start()
+    try:
+        if api == "feed":
+            splitter.feed(data)
+            assert drain(splitter) == []
+        else:
+            view = memoryview(data)
+            while view:
+                buf = splitter.get_buffer()
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                del buf
+                splitter.buffer_updated(n)
+                view = view[n:]
+                assert drain(splitter) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert splitter.has_partial_frame
+    assert peak < 2 * MiB  # the first chunk (1 MiB + 64 KiB), not 256 MiB
+
+
+def test_memory_grows_with_the_bytes_received() -> None:
+    splitter = FrameSplitter(max_frame_bytes=256 * MiB, large_chunk=MiB)
+    splitter.feed(struct.pack(">I", 256 * MiB))
+    sizes = []
+    received = 0
+    for _ in range(6):
+        splitter.feed(bytes(MiB))
+        received += MiB
+        assert drain(splitter) == []
+        sizes.append(len(splitter._large))
+        assert received <= len(splitter._large) <= max(MiB, 4 * received)
+    assert sizes == [MiB, 4 * MiB, 4 * MiB, 4 * MiB, 16 * MiB, 16 * MiB]
+
+
+@pytest.mark.parametrize("size", [70_000, MiB, MiB + 64 * 1024, MiB + 64 * 1024 + 1, 5 * MiB + 3])
+@pytest.mark.parametrize("read", [1000, 65_536, 1 << 20, 3 << 20])
+def test_large_frames_come_out_whole_through_the_zero_copy_api(size: int, read: int) -> None:
+    # The payload is the bytearray the reads went into (grown and moved at most once per
+    # 4x), exactly as long as declared; a view kept from get_buffer does not get in the way.
+    splitter = FrameSplitter(max_frame_bytes=16 * MiB)
+    payload = os.urandom(size)
+    stream = memoryview(frame(b"small") + frame(payload) + frame(b"after"))
+    events = []
+    kept = None
+    while stream:
+        buf = splitter.get_buffer()
+        n = min(len(buf), len(stream), read)
+        buf[:n] = stream[:n]
+        splitter.buffer_updated(n)
+        kept = buf  # (held across the next get_buffer: growing must not need a resize)
+        stream = stream[n:]
+        events += drain(splitter)
+    del kept
+    assert [bytes(e) for e in events] == [b"small", payload, b"after"]
+    if size > 256 * 1024:  # (smaller ones may arrive whole in the small-frame buffer: bytes)
+        assert isinstance(events[1], bytearray) and len(events[1]) == size
+
+
+def test_a_payload_within_the_first_chunk_is_one_allocation() -> None:
+    # (The 1 MiB echo: a 1 MiB binary and its request envelope are read into one buffer.)
+    splitter = FrameSplitter(max_frame_bytes=16 * MiB)
+    payload = os.urandom(MiB + 200)
+    splitter.feed(frame(payload)[:100_000])
+    assert drain(splitter) == []
+    first = splitter._large
+    assert first is not None and len(first) == len(payload)
+    splitter.feed(frame(payload)[100_000:])
+    (event,) = drain(splitter)
+    assert event is first and event == payload
+
+
+def test_large_chunk_is_validated() -> None:
+    with pytest.raises(ValueError, match="large_chunk"):
+        FrameSplitter(max_frame_bytes=10, large_chunk=0)
+    with pytest.raises(ValueError, match="at least large_threshold"):
+        FrameSplitter(max_frame_bytes=10, large_threshold=1000, large_chunk=999)
