@@ -18,7 +18,11 @@ defmodule Snakeport.StartTest do
             {[call_timeout: 0],
              "expected :call_timeout to be a positive integer or :infinity, got: 0"},
             {[python_path: "x"],
-             "expected :python_path to be a list of directories (strings), got: \"x\""},
+             "expected :python_path to be a list of directories: absolute paths, paths " <>
+               "relative to the :otp_app's directory, {:priv, dir} or {:priv, app, dir}, " <>
+               "got: \"x\""},
+            {[otp_app: "app"],
+             "expected :otp_app to be an application name (an atom), got: \"app\""},
             {[session_store: [max_sessions: 0]],
              "expected :max_sessions to be a positive integer, got: 0"},
             {[session_store: [strict_mode: :yes]],
@@ -126,7 +130,7 @@ defmodule Snakeport.StartTest do
 
             assert message =~ "the snakeport package is not installed in #{base}"
             assert message =~ "No module named"
-            assert message =~ "-m pip install"
+            assert message =~ "run `mix snakeport.setup`"
           end)
       end
     end
