@@ -224,6 +224,51 @@ defmodule Snakeport.StartTest do
     end
   end
 
+  test "the start returns after every worker's [:snakeport, :worker, :started] event" do
+    # So that a handler attached once the instance is up sees only later workers' events
+    # (tests that kill a worker and wait for its replacement's event rely on it). The
+    # handler is slow, as a logging one may be: when the event came after the worker's
+    # registration, the start returned before it.
+    name = :"start_event_test_#{System.unique_integer([:positive])}"
+    parent = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      Snakeport.Telemetry.attach(
+        id,
+        [:snakeport, :worker, :started],
+        fn _, _, meta, _ ->
+          if meta.instance == name do
+            Process.sleep(50)
+            send(parent, {:started, meta.worker})
+          end
+        end,
+        nil
+      )
+
+    on_exit(fn -> Snakeport.Telemetry.detach(id) end)
+
+    for _round <- 1..3 do
+      pid = start_supervised!({Snakeport, Keyword.merge(base_opts(), name: name, pool_size: 4)})
+      send(self(), :start_returned)
+
+      events =
+        for _ <- 1..5 do
+          receive do
+            {:started, worker} -> worker
+            :start_returned -> :start_returned
+          after
+            5_000 -> flunk("missing events")
+          end
+        end
+
+      assert events |> Enum.take(4) |> Enum.sort() == [0, 1, 2, 3]
+      assert List.last(events) == :start_returned
+      :ok = stop_supervised(name)
+      refute Process.alive?(pid)
+    end
+  end
+
   test "calls before Snakeport is started return :not_started" do
     assert {:error, %Error{reason: :not_started}} = Snakeport.call("operator", "add", [1, 2])
     assert {:error, %Error{reason: :not_started}} = Snakeport.stats()
