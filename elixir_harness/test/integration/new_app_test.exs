@@ -12,6 +12,7 @@ defmodule Snakeport.Integration.NewAppTest do
 
   alias Snakeport.Cmd
 
+  @moduletag :integration
   @moduletag timeout: 900_000
   @harness Path.expand("../..", __DIR__)
 
