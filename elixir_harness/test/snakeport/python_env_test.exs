@@ -174,6 +174,26 @@ defmodule Snakeport.PythonEnvTest do
       assert {env.venv, env.deps, env.installer} == {tmp, {:list, ["pandas"]}, :pip}
     end
 
+    test "the tasks' flags: --venv, --deps (requirements or one file), --installer", %{tmp: tmp} do
+      env! = &Mix.Tasks.Snakeport.Setup.env!/1
+
+      env = env!.(venv: tmp, deps: "torch", deps: "numpy>=2", installer: "pip")
+      assert {env.venv, env.deps, env.installer} == {tmp, {:list, ["torch", "numpy>=2"]}, :pip}
+      assert env!.(deps: "torch").deps == {:list, ["torch"]}
+
+      req = Path.join(tmp, "reqs.txt")
+      File.write!(req, "six\n")
+      assert env!.(deps: req).deps == {:requirements, req}
+
+      assert_raise Mix.Error, ~r/expected :python_deps .* got: "nope.txt \(no such file/, fn ->
+        env!.(deps: "nope.txt")
+      end
+
+      assert_raise Mix.Error, "expected --installer to be auto, uv or pip, got: conda", fn ->
+        env!.(installer: "conda")
+      end
+    end
+
     test "the stamp's fingerprint changes with the interpreter, the deps and the worker", %{
       tmp: tmp
     } do

@@ -95,8 +95,12 @@ defmodule Mix.Tasks.Snakeport.Setup do
 
   defp deps_flag([]), do: nil
 
+  # One value naming a requirements file (or an existing file) is that file.
   defp deps_flag([one]) do
-    if File.regular?(one), do: one, else: [one]
+    if File.regular?(one) or String.ends_with?(one, ".txt") or
+         Path.basename(one) == "pyproject.toml",
+       do: one,
+       else: [one]
   end
 
   defp deps_flag(many), do: many
