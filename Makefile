@@ -1,13 +1,14 @@
 # Snakeport: the two commands are `make demo` and `make test`.
-# Both install what a fresh Debian machine lacks (Erlang/Elixir via apt-get, a virtualenv
-# with the worker), then run. `make bench` runs the benchmarks (not part of `make test`).
+# Both install what a fresh Debian machine lacks (Erlang/Elixir via apt-get, the repository's
+# virtualenv with the worker), then run; mix_sample gets its own virtualenv (the worker and
+# its python_deps) from `mix snakeport.setup`, as a user's app would. `make bench` runs the
+# benchmarks (not part of `make test`).
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.snakeport-installed
-export SNAKEPORT_PYTHON := $(VPY)
 # Keep Mix from asking for Hex (unreachable here); the Mix projects have no Hex deps.
 export MIX_HOME ?= $(CURDIR)/.mix
 export HEX_OFFLINE := 1
@@ -71,14 +72,18 @@ test: setup test-python test-harness test-sample
 test-python: venv
 	$(VPY) -m pytest -q
 
+# The harness tests run the worker of the repository's virtualenv (SNAKEPORT_PYTHON); their
+# integration tests make apps of their own, with their own virtualenvs.
 test-harness: setup
-	cd elixir_harness && MIX_ENV=test mix test
+	cd elixir_harness && SNAKEPORT_PYTHON=$(VPY) MIX_ENV=test mix test
 
+# mix_sample runs in the virtualenv of `mix snakeport.setup` (mix_sample/_build/snakeport/venv:
+# the worker and its python_deps), made or brought up to date first (a no-op when it is).
 test-sample: setup
-	cd mix_sample && MIX_ENV=test mix test
+	cd mix_sample && MIX_ENV=test mix snakeport.setup && MIX_ENV=test mix test
 
 demo: setup
-	cd mix_sample && mix run demo.exs
+	cd mix_sample && mix snakeport.setup && mix run demo.exs
 
 bench: setup
 	$(MAKE) -C bench all

@@ -5,18 +5,33 @@ defmodule Snakeport do
 
   ## Starting
 
-  Put Snakeport in your supervision tree:
+  Declare your Python packages, make the virtualenv, and put Snakeport in your supervision
+  tree:
+
+      # config/config.exs
+      config :snakeport, python_deps: ["scikit-learn>=1.5", "pandas"]
+
+      # mix snakeport.setup  (the worker and the deps, in _build/snakeport/venv)
 
       children = [
-        {Snakeport, python: "/path/to/venv/bin/python", pool_size: 2}
+        {Snakeport, pool_size: 2}
       ]
 
   Options not given default to `config :snakeport, ...`, then to:
 
     * `:name` - the instance name (default `Snakeport`, see *Instances*).
-    * `:python` - the interpreter where the `snakeport` worker package is installed
-      (default: `$SNAKEPORT_PYTHON`, else `"python3"` from `$PATH`).
-    * `:python_path` - extra directories for the worker's `PYTHONPATH` (default `[]`).
+    * `:python` - the interpreter the workers run (`python -m snakeport`), where the
+      `snakeport` worker package is installed. When not given: `config :snakeport,
+      python:`, else `$SNAKEPORT_PYTHON`, else the virtualenv of `mix snakeport.setup`
+      when it exists (`_build/snakeport/venv`, or `config :snakeport, venv:`; in a release,
+      the copy made by `Snakeport.Release.copy_venv/1`), else `"python3"` from `$PATH`.
+    * `:otp_app` - your application: what `{:priv, dir}` and relative `:python_path`
+      entries are resolved against (default `nil`).
+    * `:python_path` - directories put first on the workers' `PYTHONPATH` (default `[]`),
+      each an absolute path, `{:priv, dir}` (`dir` in the `:otp_app`'s `priv/`),
+      `{:priv, app, dir}` (in `app`'s), or a path relative to the `:otp_app`'s directory
+      (`Application.app_dir/1`: the same under Mix and in a release). A directory that does
+      not exist is an `ArgumentError` at start.
     * `:pool_size` - number of workers (default `System.schedulers_online/0`).
     * `:env` - extra environment variables for the workers, `{name, value}` (nil unsets).
     * `:call_timeout` - default timeout of a call in ms (default `60_000`).
@@ -40,7 +55,9 @@ defmodule Snakeport do
   The workers start in parallel and `start_link/1` returns once all of them are ready. A
   worker that cannot start (no interpreter, worker package missing, protocol version
   mismatch, no ready frame in time) makes `start_link/1` fail with a
-  `%Snakeport.Error{reason: :worker_start_failed}` whose message says what to do.
+  `%Snakeport.Error{reason: :worker_start_failed}` whose message says what to do (for a
+  missing or mismatched worker: `mix snakeport.setup`). `mix snakeport.doctor` checks
+  the interpreter, the worker, the C accelerator and the declared deps beforehand.
 
   A worker that dies later is restarted by its supervisor. While it starts again, its
   sessions are lost (their calls answer `:session_lost`, see below), new sessions go to
@@ -51,7 +68,9 @@ defmodule Snakeport do
 
   Several independent instances can run in one VM, each with its own supervisor, workers,
   session store and options (say, one pool on your ML virtualenv and one on another
-  interpreter). Start each under its own `:name`:
+  interpreter). Start each under its own `:name`; the managed virtualenv is the default of
+  every instance without `:python`, and another one can be made for a second instance with
+  `mix snakeport.setup --venv DIR --deps ...` (then `python: "DIR/bin/python"`):
 
       children = [
         {Snakeport, python: "/usr/bin/python3"},

@@ -1,8 +1,14 @@
 import Config
 
-# Static settings of the Snakeport harness. The Python interpreter and the
-# directory holding `sample_model.py` are resolved at boot in config/runtime.exs.
+# The Python side: `mix snakeport.setup` makes a virtualenv (in _build/snakeport/venv) with
+# the Snakeport worker and these packages, and every Snakeport instance started without
+# :python runs there. A later demo uses scikit-learn and pandas for real.
 config :snakeport,
+  python_deps: ["scikit-learn", "pandas"],
+  # The app whose priv/python holds sample_model.py: {:priv, "python"} is resolved against
+  # it (in _build under Mix, in the release's lib/ in a release).
+  otp_app: :mix_sample,
+  python_path: [{:priv, "python"}],
   pool_size: 1,
   call_timeout: 15_000,
   session_store: [

@@ -1,4 +1,4 @@
 # These tests drive the REAL Python worker through the Snakeport harness started by
-# MixSample.Application (config/runtime.exs picks the interpreter: $SNAKEPORT_PYTHON,
-# else ../.venv/bin/python, else python3). No mocks.
+# MixSample.Application, in the virtualenv of `mix snakeport.setup` (config/config.exs:
+# python_deps; `make test-sample` at the repo root runs the setup first). No mocks.
 ExUnit.start()

@@ -44,6 +44,15 @@ defmodule Snakeport.Defaults do
   # Loud warnings above `accumulation_threshold/0` of max_sessions (session_store: [strict_mode]).
   def strict_mode, do: false
 
+  @doc false
+  # ms one command of `mix snakeport.setup` (creating the virtualenv, one install) may run
+  # (config :snakeport, setup_timeout:).
+  def setup_timeout, do: 20 * 60_000
+
+  @doc false
+  # ms one probe of an interpreter (`mix snakeport.doctor`, importing the declared deps) may run.
+  def probe_timeout, do: 120_000
+
   ## Internal limits ---------------------------------------------------------------------------
 
   @doc false

@@ -1,14 +1,16 @@
 defmodule Snakeport.Options do
   @moduledoc false
   # Validation of the options of `Snakeport.start_link/1` (defaults come from
-  # `config :snakeport, ...`, then from Snakeport.Defaults), the preflight check of the
-  # Python interpreter, and the worker's command line and environment.
+  # `config :snakeport, ...`, then from Snakeport.Defaults), the choice of the Python
+  # interpreter, the resolution of :python_path against the app, the preflight check of
+  # the interpreter, and the worker's command line and environment.
 
-  alias Snakeport.{Defaults, Error, Protocol}
+  alias Snakeport.{Defaults, Error, Protocol, PythonEnv}
 
   @keys [
     :python,
     :python_path,
+    :otp_app,
     :pool_size,
     :env,
     :call_timeout,
@@ -20,16 +22,14 @@ defmodule Snakeport.Options do
     :startup_timeout
   ]
 
-  # Where the worker's sources live when this harness is used from the Snakeport repository.
-  @repo_root Path.expand("../../..", __DIR__)
-  @worker_source if File.exists?(Path.join(@repo_root, "setup.cfg")),
-                   do: @repo_root,
-                   else: "snakeport"
+  @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
+                "and your :python_deps, which every instance without :python uses)"
 
   @type config :: %{
           name: atom(),
           python: String.t(),
           python_path: [String.t()],
+          otp_app: atom() | nil,
           pool_size: pos_integer(),
           env: [{String.t(), String.t() | nil}],
           call_timeout: timeout(),
@@ -58,6 +58,7 @@ defmodule Snakeport.Options do
   def validate!(opts) when is_list(opts) do
     {name, opts} = Keyword.pop(opts, :name, Snakeport)
     app = Application.get_all_env(:snakeport) |> Keyword.take(@keys)
+    {python, _source} = python_choice(opts)
 
     store =
       Keyword.merge(
@@ -72,6 +73,7 @@ defmodule Snakeport.Options do
       |> Keyword.validate!(
         python: nil,
         python_path: [],
+        otp_app: nil,
         pool_size: nil,
         env: [],
         call_timeout: Defaults.call_timeout(),
@@ -84,11 +86,13 @@ defmodule Snakeport.Options do
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
+    otp_app = otp_app!(opts[:otp_app])
 
     %{
       name: name!(:name, name),
-      python: python!(opts[:python]),
-      python_path: python_path!(opts[:python_path]),
+      python: python,
+      python_path: python_path!(opts[:python_path], otp_app),
+      otp_app: otp_app,
       pool_size: pos_integer!(:pool_size, opts[:pool_size] || Defaults.pool_size()),
       env: env!(opts[:env]),
       call_timeout: timeout!(:call_timeout, opts[:call_timeout]),
@@ -129,24 +133,97 @@ defmodule Snakeport.Options do
     if Keyword.keyword?(value), do: value, else: invalid!(key, "a keyword list", value)
   end
 
-  defp python!(nil) do
-    case System.get_env("SNAKEPORT_PYTHON") do
-      python when is_binary(python) and python != "" -> python
-      _ -> "python3"
+  @type python_source :: :option | :config | :env | :venv | :default
+
+  @doc false
+  # The interpreter of an instance started with `opts`, and where it comes from, in this
+  # order: the :python start option, `config :snakeport, python:`, $SNAKEPORT_PYTHON, the
+  # managed virtualenv of `mix snakeport.setup` when it exists (Snakeport.PythonEnv), else
+  # "python3" from $PATH.
+  @spec python_choice(keyword()) :: {String.t(), python_source()}
+  def python_choice(opts \\ []) do
+    env = System.get_env("SNAKEPORT_PYTHON")
+
+    cond do
+      opts[:python] != nil -> {python!(opts[:python]), :option}
+      (python = Application.get_env(:snakeport, :python)) != nil -> {python!(python), :config}
+      is_binary(env) and env != "" -> {env, :env}
+      (python = PythonEnv.managed_python()) != nil -> {python, :venv}
+      true -> {"python3", :default}
     end
   end
+
+  @doc false
+  # How python_choice/1's source reads in messages.
+  @spec describe_source(python_source()) :: String.t()
+  def describe_source(:option), do: "the :python option"
+  def describe_source(:config), do: "config :snakeport, python:"
+  def describe_source(:env), do: "$SNAKEPORT_PYTHON"
+  def describe_source(:venv), do: "the managed virtualenv of mix snakeport.setup"
+  def describe_source(:default), do: "python3 on $PATH (no managed virtualenv yet)"
 
   defp python!(python) when is_binary(python) and python != "", do: python
   defp python!(other), do: invalid!(:python, "a non-empty string", other)
 
-  defp python_path!(paths) when is_list(paths) do
-    Enum.map(paths, fn
-      path when is_binary(path) -> Path.expand(path)
-      _ -> invalid!(:python_path, "a list of directories (strings)", paths)
+  defp otp_app!(nil), do: nil
+  defp otp_app!(app) when is_atom(app) and app not in [true, false], do: app
+  defp otp_app!(other), do: invalid!(:otp_app, "an application name (an atom)", other)
+
+  @python_path_expected "a list of directories: absolute paths, paths relative to the " <>
+                          ":otp_app's directory, {:priv, dir} or {:priv, app, dir}"
+
+  # Each entry becomes an absolute path that must be an existing directory: `{:priv, dir}`
+  # is `dir` in the :otp_app's priv directory, `{:priv, app, dir}` in `app`'s, a relative
+  # path is relative to the :otp_app's directory (Application.app_dir/1: the same in a Mix
+  # build and in a release), an absolute path stays as it is.
+  defp python_path!(paths, otp_app) when is_list(paths) do
+    Enum.map(paths, fn entry ->
+      dir =
+        case entry do
+          {:priv, dir} when is_binary(dir) ->
+            Path.join([app_dir!(otp_app, entry), "priv", dir])
+
+          {:priv, app, dir} when is_atom(app) and is_binary(dir) ->
+            Path.join([app_dir!(app, entry), "priv", dir])
+
+          path when is_binary(path) and path != "" ->
+            if Path.type(path) == :absolute,
+              do: path,
+              else: Path.join(app_dir!(otp_app, entry), path)
+
+          _ ->
+            invalid!(:python_path, @python_path_expected, paths)
+        end
+        |> Path.expand()
+
+      if File.dir?(dir) do
+        dir
+      else
+        raise ArgumentError,
+              "expected :python_path entries to be existing directories, got: " <>
+                "#{inspect(entry)}, which is #{dir}: no such directory"
+      end
     end)
   end
 
-  defp python_path!(other), do: invalid!(:python_path, "a list of directories (strings)", other)
+  defp python_path!(other, _otp_app), do: invalid!(:python_path, @python_path_expected, other)
+
+  defp app_dir!(nil, entry) do
+    raise ArgumentError,
+          "expected :otp_app to be set (the application that the :python_path entry " <>
+            "#{inspect(entry)} is relative to), got: nil. Start Snakeport with " <>
+            "otp_app: :my_app (or config :snakeport, otp_app: :my_app), or give an absolute path"
+  end
+
+  defp app_dir!(app, _entry) do
+    case :code.lib_dir(app) do
+      {:error, _} ->
+        invalid!(:otp_app, "an application in the code path (for :python_path)", app)
+
+      dir ->
+        to_string(dir)
+    end
+  end
 
   defp env!(env) when is_list(env) or is_map(env) do
     Enum.map(env, fn
@@ -225,8 +302,8 @@ defmodule Snakeport.Options do
        Error.new(
          :worker_start_failed,
          "cannot start the Python worker: no Python interpreter found at #{inspect(python)}. " <>
-           "Set the :python option (or the SNAKEPORT_PYTHON environment variable) to an " <>
-           "interpreter where the snakeport worker is installed (#{install_hint("<python>")}).",
+           "Either #{@setup_hint}, or set :python (or $SNAKEPORT_PYTHON) to an interpreter " <>
+           "where the snakeport worker is installed.",
          %{python: python}
        )}
     end
@@ -235,13 +312,12 @@ defmodule Snakeport.Options do
   @probe "import sys, snakeport; sys.stdout.write('snakeport-protocol=%d' % snakeport.PROTOCOL_VERSION)"
 
   defp probe(config) do
-    try do
-      System.cmd(config.python, ["-c", @probe], env: system_env(config), stderr_to_stdout: true)
-    rescue
-      e in ErlangError -> {inspect(e.original), :spawn_failed}
-    end
+    Snakeport.Cmd.run(config.python, ["-c", @probe],
+      env: system_env(config),
+      timeout: config.startup_timeout
+    )
     |> case do
-      {out, 0} ->
+      {:ok, 0, out} ->
         case Regex.run(~r/snakeport-protocol=(\d+)/, out) do
           [_, v] ->
             if String.to_integer(v) == Protocol.version() do
@@ -255,15 +331,14 @@ defmodule Snakeport.Options do
              start_failed(config.python, "unexpected probe output: #{String.slice(out, 0, 500)}")}
         end
 
-      {out, status} ->
+      {:ok, status, out} ->
         if out =~ "No module named" and out =~ "snakeport" do
           {:error,
            Error.new(
              :worker_start_failed,
              "cannot start the Python worker: the snakeport package is not installed in " <>
-               "#{config.python} (#{last_line(out)}). Install the worker into that " <>
-               "interpreter: #{install_hint(config.python)}, or set :python / " <>
-               "SNAKEPORT_PYTHON to an interpreter that has it.",
+               "#{config.python} (#{last_line(out)}). Either #{@setup_hint}, or set :python " <>
+               "(or $SNAKEPORT_PYTHON) to an interpreter that has it.",
              %{python: config.python, output: out}
            )}
         else
@@ -273,6 +348,9 @@ defmodule Snakeport.Options do
              "exited with #{inspect(status)}: #{String.slice(out, 0, 2000)}"
            )}
         end
+
+      {:error, message} ->
+        {:error, start_failed(config.python, "failed: #{message}")}
     end
   end
 
@@ -282,8 +360,8 @@ defmodule Snakeport.Options do
       :worker_start_failed,
       "cannot start the Python worker: protocol version mismatch: this harness speaks " <>
         "protocol #{Protocol.version()}, the snakeport package in #{python} speaks protocol " <>
-        "#{inspect(version)}. Install matching versions of the harness and the worker " <>
-        "(#{install_hint(python)}).",
+        "#{inspect(version)}. Install matching versions of the harness and the worker: " <>
+        "#{install_hint(python)}.",
       %{python: python, harness_protocol: Protocol.version(), worker_protocol: version}
     )
   end
@@ -292,7 +370,7 @@ defmodule Snakeport.Options do
     Error.new(
       :worker_start_failed,
       "cannot start the Python worker: `#{python} -c \"import snakeport\"` #{what}. " <>
-        "Check that #{python} runs and that the worker is installed (#{install_hint(python)}).",
+        "Check that #{python} runs and that the worker is installed: #{install_hint(python)}.",
       %{python: python}
     )
   end
@@ -300,8 +378,10 @@ defmodule Snakeport.Options do
   defp last_line(out), do: out |> String.trim() |> String.split("\n") |> List.last()
 
   @doc false
+  # What to do when the worker in `python` is missing or does not match this harness.
   def install_hint(python) do
-    "#{python} -m pip install #{@worker_source}"
+    "#{@setup_hint}; or, for #{python} itself, run `mix snakeport.setup --venv DIR` and " <>
+      "point :python at DIR/bin/python"
   end
 
   ## Environment -----------------------------------------------------------------------------

@@ -198,8 +198,10 @@ defmodule Snakeport.Worker do
 
         {:ok, courier} = Courier.start_link(entry)
         entry = %{entry | courier: courier}
-        :ok = Pool.register(state.names.pool, entry, info)
 
+        # The event before the registration, which is what lets the instance's start return:
+        # the initial workers' events precede it (a handler attached once the instance is
+        # up sees only later workers' events).
         Telemetry.execute(
           [:snakeport, :worker, :started],
           %{system_time: System.system_time()},
@@ -212,6 +214,7 @@ defmodule Snakeport.Worker do
           }
         )
 
+        :ok = Pool.register(state.names.pool, entry, info)
         {:noreply, %{state | entry: entry}}
 
       {:error, %Error{} = error} ->

@@ -18,7 +18,11 @@ defmodule Snakeport.StartTest do
             {[call_timeout: 0],
              "expected :call_timeout to be a positive integer or :infinity, got: 0"},
             {[python_path: "x"],
-             "expected :python_path to be a list of directories (strings), got: \"x\""},
+             "expected :python_path to be a list of directories: absolute paths, paths " <>
+               "relative to the :otp_app's directory, {:priv, dir} or {:priv, app, dir}, " <>
+               "got: \"x\""},
+            {[otp_app: "app"],
+             "expected :otp_app to be an application name (an atom), got: \"app\""},
             {[session_store: [max_sessions: 0]],
              "expected :max_sessions to be a positive integer, got: 0"},
             {[session_store: [strict_mode: :yes]],
@@ -126,7 +130,7 @@ defmodule Snakeport.StartTest do
 
             assert message =~ "the snakeport package is not installed in #{base}"
             assert message =~ "No module named"
-            assert message =~ "-m pip install"
+            assert message =~ "run `mix snakeport.setup`"
           end)
       end
     end
@@ -217,6 +221,51 @@ defmodule Snakeport.StartTest do
         # The failed start left nothing running.
         assert Process.whereis(worker_sup) == nil
       end)
+    end
+  end
+
+  test "the start returns after every worker's [:snakeport, :worker, :started] event" do
+    # So that a handler attached once the instance is up sees only later workers' events
+    # (tests that kill a worker and wait for its replacement's event rely on it). The
+    # handler is slow, as a logging one may be: when the event came after the worker's
+    # registration, the start returned before it.
+    name = :"start_event_test_#{System.unique_integer([:positive])}"
+    parent = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      Snakeport.Telemetry.attach(
+        id,
+        [:snakeport, :worker, :started],
+        fn _, _, meta, _ ->
+          if meta.instance == name do
+            Process.sleep(50)
+            send(parent, {:started, meta.worker})
+          end
+        end,
+        nil
+      )
+
+    on_exit(fn -> Snakeport.Telemetry.detach(id) end)
+
+    for _round <- 1..3 do
+      pid = start_supervised!({Snakeport, Keyword.merge(base_opts(), name: name, pool_size: 4)})
+      send(self(), :start_returned)
+
+      events =
+        for _ <- 1..5 do
+          receive do
+            {:started, worker} -> worker
+            :start_returned -> :start_returned
+          after
+            5_000 -> flunk("missing events")
+          end
+        end
+
+      assert events |> Enum.take(4) |> Enum.sort() == [0, 1, 2, 3]
+      assert List.last(events) == :start_returned
+      :ok = stop_supervised(name)
+      refute Process.alive?(pid)
     end
   end
 

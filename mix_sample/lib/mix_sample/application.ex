@@ -2,9 +2,10 @@ defmodule MixSample.Application do
   @moduledoc """
   Starts two Snakeport instances in this app's supervision tree, as a user's app would.
 
-  The harness options come from `config :snakeport, ...` (config/config.exs and
-  config/runtime.exs): the Python interpreter, the extra `python_path` holding
-  `python/sample_model.py`, the pool size, the call timeout and the session store limits.
+  The harness options come from `config :snakeport, ...` (config/config.exs): the
+  `python_path` holding `priv/python/sample_model.py` (`{:priv, "python"}` of
+  `otp_app: :mix_sample`), the pool size, the call timeout and the session store limits.
+  The interpreter is the virtualenv of `mix snakeport.setup` (with the `python_deps`).
   They apply to both instances:
 
     * `Snakeport`, the default instance (no `:name`): what `Snakeport.call/4` and friends
