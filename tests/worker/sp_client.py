@@ -129,6 +129,22 @@ class Worker:
             # A ping bounds the wait for the next frame.
             self.wait(self.request("ping"))
 
+    def wait_request(self, name: str = "tool_call", timeout: float = 10.0) -> Any:
+        """The first stored or incoming request of the worker (``tool_call``, ``tool_cancel``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for term in self.events:
+                if term[0] == name:
+                    self.events.remove(term)
+                    return term
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {name} within {timeout} s; got {self.events}")
+            self._pump()
+
+    def tool_reply(self, call_id: int, status: str, value: Any) -> None:
+        """Answer a tool call (not a request: the worker sends no reply)."""
+        self.send((A("tool_reply"), call_id, A(status), value))
+
     def ok(self, op: str, *fields: Any) -> Any:
         reply = self.wait(self.request(op, *fields))
         assert reply[2] == "ok", reply

@@ -165,6 +165,21 @@ def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> Non
     reply("method", "l", first[0], "get", [], {}, {})  # evicted
     pruned = w.wait_event("refs_pruned", timeout=10, pred=lambda ev: newest[2] in ev[3][A("ref_ids")])
     reply("method", "l", newest, "get", [], {}, {})  # pruned (ttl)
+    # Python calling Elixir: a tool call answered (tool_call), one cancelled (tool_cancel).
+    requests_seen = []
+    asking = request("call", "s1", "sp_testmod", "tool", ["t"], {}, {})
+    requests_seen.append(w.wait_request())
+    w.tool_reply(requests_seen[-1][1], "ok", 1)
+    w.wait(asking)
+    asking = request("call", "s1", "sp_testmod", "tool", ["t"], {}, {})
+    requests_seen.append(w.wait_request())
+    reply("cancel", asking)
+    w.wait(asking)
+    requests_seen.append(w.wait_request("tool_cancel"))
+    # Expiry: a session kept (idle_ms), then released (expired).
+    reply("expire_session", "s1", 60_000)
+    reply("open_session", "x", {})
+    reply("expire_session", "x", 0)
     # Control requests.
     reply("session_info", "e")
     reply("stats")
@@ -190,7 +205,7 @@ def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> Non
     w.wait(late[1])
     assert w.close() == 0
 
-    outputs = [w.ready, *w.replies.values(), *w.events, pruned]
+    outputs = [w.ready, *w.replies.values(), *w.events, pruned, *requests_seen]
     from_requests = set().union(*(data_atoms(t) for t in sent))
     assert from_requests == USER_ATOMS
     seen = atoms_in(outputs, set()) - from_requests

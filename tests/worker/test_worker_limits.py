@@ -62,10 +62,12 @@ def test_every_entry_point_has_the_same_defaults() -> None:
         limits.MAX_TOMBSTONES.default,
         limits.MAX_DEPTH.default,
         limits.SPIN_US.default,
+        limits.TOOL_TIMEOUT.default,
+        limits.DEFAULT_OVERFLOW,
     )
     table = SessionTable()
-    assert (table.default_max_refs, table.default_ttl_seconds, table.max_tombstones) == (
-        config.default_max_refs, config.default_ttl_seconds, config.max_tombstones)
+    assert (table.default_max_refs, table.default_ttl_seconds, table.max_tombstones, table.default_overflow) == (
+        config.default_max_refs, config.default_ttl_seconds, config.max_tombstones, config.default_overflow)
     dispatcher = Dispatcher(table)
     assert (dispatcher.max_depth, dispatcher.max_frame_bytes, dispatcher.threads) == (
         config.max_depth, config.max_frame_bytes, config.threads)

@@ -268,3 +268,146 @@ def test_the_stand_by_sends_replies_held_behind_a_long_inline_call() -> None:
 def test_threads_is_validated() -> None:
     with pytest.raises(ValueError, match="expected threads to be a positive integer"):
         make(threads=0)
+
+
+# ------------------------------------------------------------ waits for Elixir tools
+
+
+class Frames:
+    """A frame loop for :meth:`Scheduler.start`: jobs come from ``inbox``; a job named in
+    ``waits`` suspends its slot, waits for its event (the tool's answer), then resumes."""
+
+    def __init__(self, threads: int) -> None:
+        self.inbox: queue.Queue = queue.Queue()
+        self.waits: dict[str, threading.Event] = {}
+        self.gates: dict[str, threading.Event] = {}
+        self.before: dict[str, threading.Event] = {}
+        self.log: queue.Queue = queue.Queue()
+        self.threads: dict[str, int] = {}
+        self.sched = Scheduler(
+            threads=threads,
+            execute=self.execute,
+            send=lambda payloads: None,
+            encode=lambda terms, job, payloads: payloads,
+            more_input=lambda: False,
+            takeover_poll=0.05,  # slow: a hand-off must not rely on a takeover
+        )
+
+    def read(self) -> None:
+        me = threading.get_ident()
+        while True:
+            job = self.inbox.get()
+            self.log.put(("read", job, me))
+            if self.sched.place(job) and not self.sched.run_inline(job, me):
+                self.sched.flush_held()
+                return
+
+    def execute(self, job: str) -> list:
+        me = threading.get_ident()
+        self.threads[job] = me
+        self.log.put(("start", job))
+        if job in self.before:
+            assert self.before[job].wait(TIMEOUT)
+        if job in self.waits:
+            self.sched.suspend(me)
+            self.log.put(("waiting", job))
+            assert self.waits[job].wait(TIMEOUT)
+            self.sched.resume(me)
+            self.log.put(("resumed", job))
+        if job in self.gates:
+            assert self.gates[job].wait(TIMEOUT)
+        self.log.put(("end", job))
+        return [job.encode()]
+
+    def until(self, entry: tuple) -> list:
+        seen = []
+        while True:
+            item = self.log.get(timeout=TIMEOUT)
+            seen.append(item)
+            if item[: len(entry)] == entry:
+                return seen
+
+
+def test_a_call_waiting_for_a_tool_lets_the_nested_call_run_with_one_thread() -> None:
+    f = Frames(threads=1)
+    f.waits["outer"] = threading.Event()
+    f.sched.start(f.read)
+    f.inbox.put("outer")
+    f.until(("waiting", "outer"))
+    with f.sched.lock:
+        assert f.sched.running == 0 and f.sched.waiting == 1
+        assert f.sched.reader != f.threads["outer"]  # the role moved at once
+    # The nested call (what the tool sends back) runs although the only slot was taken.
+    f.inbox.put("nested")
+    f.until(("end", "nested"))
+    assert f.threads["nested"] != f.threads["outer"]
+    f.waits["outer"].set()  # the tool answers
+    f.until(("end", "outer"))
+    # Control frames are still read.
+    f.inbox.put("ping")
+    f.until(("end", "ping"))
+    with f.sched.lock:
+        assert f.sched.running == 0 and f.sched.waiting == 0
+
+
+def test_a_resuming_call_takes_the_next_free_slot_before_queued_ones() -> None:
+    f = Frames(threads=1)
+    f.waits["a"] = threading.Event()
+    f.gates["b"] = threading.Event()
+    f.sched.start(f.read)
+    f.inbox.put("a")
+    f.until(("waiting", "a"))
+    f.inbox.put("b")
+    f.until(("start", "b"))  # b holds the slot
+    f.inbox.put("c")
+    f.until(("read", "c"))
+    with f.sched.lock:
+        assert list(f.sched._pending) == ["c"]
+    f.waits["a"].set()  # a's answer: no slot free, a waits for one
+    eventually(lambda: len(f.sched._resuming) == 1, "a waits to resume")
+    f.gates["b"].set()
+    seen = f.until(("end", "c"))
+    order = [item for item in seen if item[0] in ("resumed", "start")]
+    assert order.index(("resumed", "a")) < order.index(("start", "c"))
+
+
+def test_nested_waits_deeper_than_the_loop_threads() -> None:
+    # Three levels, each waiting for a tool whose answer needs the next level: the loop
+    # threads it has are not enough (two), so the scheduler starts more.
+    f = Frames(threads=1)
+    for job in ("l1", "l2", "l3"):
+        f.waits[job] = threading.Event()
+    f.sched.start(f.read)
+    for job in ("l1", "l2", "l3"):
+        f.inbox.put(job)
+        f.until(("waiting", job))
+    f.inbox.put("leaf")
+    f.until(("end", "leaf"))
+    assert len({f.threads[j] for j in ("l1", "l2", "l3", "leaf")}) == 4
+    for job in ("l3", "l2", "l1"):
+        f.waits[job].set()
+        f.until(("end", job))
+    with f.sched.lock:
+        assert f.sched.running == 0 and f.sched.waiting == 0
+
+
+def test_a_suspended_slot_goes_to_a_queued_call_on_the_pool() -> None:
+    f = Frames(threads=1)
+    f.waits["a"] = threading.Event()
+    f.before["a"] = threading.Event()
+    f.sched.start(f.read)
+    # "b" arrives while "a" runs (before it waits): it queues ...
+    f.inbox.put("a")
+    f.until(("start", "a"))
+    f.inbox.put("b")
+    f.until(("read", "b"))
+    with f.sched.lock:
+        assert list(f.sched._pending) == ["b"]
+    # ... and starts as soon as "a" waits, on a thread of the call pool.
+    f.before["a"].set()
+    f.until(("end", "b"))
+    assert f.threads["b"] != f.threads["a"]
+    f.waits["a"].set()
+    f.until(("end", "a"))
+    with f.sched.lock:
+        assert f.sched.running == 0 and not f.sched._pending

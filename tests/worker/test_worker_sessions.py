@@ -30,7 +30,9 @@ def store(table: SessionTable, session, objs) -> StoredResult:
 def new_refs(table: SessionTable, sid, objs) -> list[int]:
     """Open the session (or keep it as it is) and store ``objs`` in it as new refs."""
     table.open_session(sid)
-    stored = store(table, table.checkout(sid), objs)
+    session = table.checkout(sid)
+    stored = store(table, session, objs)
+    table.checkin(session)
     assert stored.new_ref_ids == stored.value
     return stored.value
 

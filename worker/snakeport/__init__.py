@@ -11,6 +11,25 @@ __version__ = "0.1.0"
 #: Version of the wire protocol in docs/PROTOCOL.md; stated in the ready frame.
 PROTOCOL_VERSION = 1
 
-from snakeport.errors import Cancelled  # noqa: E402  (re-exported: user code may catch it)
+from snakeport.errors import Cancelled, NoCallContext, ToolError, ToolTimeout  # noqa: E402
 
-__all__ = ["__version__", "PROTOCOL_VERSION", "Cancelled"]
+__all__ = [
+    "__version__",
+    "PROTOCOL_VERSION",
+    "Cancelled",
+    "ToolError",
+    "ToolTimeout",
+    "NoCallContext",
+    "CallContext",
+    "context",
+]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: imported on first use
+    # The context API pulls in the job machinery; the codec alone (``snakeport.etf``) does
+    # not need it, so it is imported when first asked for.
+    if name in ("context", "CallContext"):
+        from snakeport import _context
+
+        return getattr(_context, name)
+    raise AttributeError(f"module 'snakeport' has no attribute {name!r}")

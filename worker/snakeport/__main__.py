@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_option(limits.THREADS),
         default=limits.THREADS.default,
         metavar="N",
-        help="how many call/method/getattr/setattr run at once: a lone call runs on the "
+        help="how many call/method/getattr/setattr/eval run at once: a lone call runs on the "
         "frame-reading thread, more on a pool of N threads (control requests are always "
-        "answered at once by the frame-reading thread)",
+        "answered at once by the frame-reading thread); a call waiting for an Elixir tool "
+        "does not count until the tool answers",
     )
     parser.add_argument(
         "--default-max-refs",
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="ttl_seconds of a session that does not state one: refs idle for longer are "
         "released by the sweep",
+    )
+    parser.add_argument(
+        "--default-overflow",
+        choices=limits.OVERFLOW_POLICIES,
+        default=limits.DEFAULT_OVERFLOW,
+        help="overflow policy of a session that does not state one: error (a result that "
+        "does not fit fails with max_refs_exceeded) or evict_lru (the least recently used "
+        "refs are released to make room)",
     )
     parser.add_argument(
         "--sweep-interval",
@@ -124,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         "cost of CPU time after each batch of frames",
     )
     parser.add_argument(
+        "--tool-timeout",
+        type=_option(limits.TOOL_TIMEOUT),
+        default=limits.TOOL_TIMEOUT.default,
+        metavar="SECONDS",
+        help="how long the VM gives an Elixir tool called from Python (the harness passes "
+        f"its :tool_timeout); a thread waiting for one gives up {limits.TOOL_GRACE:g} s later",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
@@ -153,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> "Config":  # noqa: F821 - impo
         max_tombstones=args.max_tombstones,
         max_depth=args.max_depth,
         spin_us=args.spin_us,
+        tool_timeout=args.tool_timeout,
+        default_overflow=args.default_overflow,
     )
 
 

@@ -2,12 +2,15 @@
 
 :meth:`Dispatcher.receive` looks the operation up in its table and calls its handler.
 Control operations (``ping``, ``stats``, ``session_info``, ``open_session``,
-``release_ref``, ``release_session``, ``cancel``, ``shutdown``) are answered at once with a
-list of terms to send. The Python operations (``call``, ``method``, ``getattr``,
-``setattr``) are checked, their session and refs resolved, and they come back as a
-:class:`~snakeport._jobs.Job`: the scheduler runs it (inline on the thread that read it, or
-on a call thread) with :meth:`Dispatcher.run_job`, which returns the terms to send (the
-reply, preceded by any ``refs_evicted`` or fill ``warning`` event).
+``release_ref``, ``release_session``, ``expire_session``, ``cancel``, ``shutdown``) are
+answered at once with a list of terms to send. The Python operations (``call``, ``method``,
+``getattr``, ``setattr``, ``eval``) are checked, their session and refs resolved (the
+session counts the job as in flight until :meth:`Dispatcher.run_job` checks it in), and they
+come back as a :class:`~snakeport._jobs.Job`: the scheduler runs it (inline on the thread
+that read it, or on a call thread) with :meth:`Dispatcher.run_job`, which returns the terms
+to send (the reply, preceded by any ``refs_evicted`` or fill ``warning`` event).
+``tool_reply`` (the VM's answer to a tool call of a running job, :mod:`snakeport._tools`) is
+not a request: it is handed to the waiting thread and never answered.
 
 The handlers themselves read no file descriptor, start no thread and run no user code (the
 one exception: a ref that the VM put in a set or a map key is hashed when the arguments are
@@ -28,6 +31,7 @@ from typing import Any, Callable, Union
 from snakeport import _limits as limits
 from snakeport import _protocol as P
 from snakeport import _requests as R
+from snakeport._eval import evaluate
 from snakeport._jobs import CANCELLED, DONE, FAILED, Failure, Job, Jobs, failure_reply, import_module, lookup
 from snakeport._marshal import DATA, marshal
 from snakeport._protocol import OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
@@ -59,6 +63,9 @@ class Dispatcher:
         threads: How many calls run at once, stated in the ready frame and in ``stats``.
         rss: Returns the process's resident set size in bytes, for ``stats`` (the server
             passes one; default: always 0).
+        tools: The worker's Elixir tool calls (:class:`~snakeport._tools.ToolCalls`), which
+            get the ``tool_reply`` frames; ``None``: none (a ``tool_reply`` is then a
+            ``protocol_error`` event).
 
     Raises:
         ValueError: A limit is out of range (the rules of :mod:`snakeport._limits`).
@@ -73,6 +80,7 @@ class Dispatcher:
         max_frame_bytes: int = limits.MAX_FRAME_BYTES.default,
         threads: int = limits.THREADS.default,
         rss: Callable[[], int] = _no_rss,
+        tools: Any = None,
     ) -> None:
         self.table = table
         self.jobs = jobs if jobs is not None else Jobs()
@@ -80,6 +88,8 @@ class Dispatcher:
         self.max_frame_bytes = limits.MAX_FRAME_BYTES.check(max_frame_bytes)
         self.threads = limits.THREADS.check(threads)
         self._rss = rss
+        self.tools = tools
+        self.jobs.tools = tools
         self._run = self.jobs.run
         #: Requests received so far (``stats``).
         self.requests = 0
@@ -91,6 +101,9 @@ class Dispatcher:
             Atom("method"): self._op_method,
             Atom("getattr"): self._op_getattr,
             Atom("setattr"): self._op_setattr,
+            Atom("eval"): self._op_eval,
+            Atom("expire_session"): self._op_expire_session,
+            P.TOOL_REPLY: self._op_tool_reply,
             Atom("open_session"): self._op_open_session,
             Atom("release_ref"): self._op_release_ref,
             Atom("release_session"): self._op_release_session,
@@ -134,6 +147,8 @@ class Dispatcher:
         if handler is None:
             return [error_reply(request_id, "bad_request", f"unknown operation: {R.short(op)}")]
         if ctx is not None and ctx.error is not None:
+            if handler == self._op_tool_reply:  # never answered: its waiter gets the error
+                return self._tool_reply_failed(request_id, ctx.error)
             return [error_reply(request_id, "bad_request", ctx.error)]
         try:
             return handler(term, request_id, ctx)
@@ -153,7 +168,13 @@ class Dispatcher:
             then the reply), or ``[]`` when the job was cancelled while queued (its reply
             was given by the cancel).
         """
-        result = self._run(job)
+        try:
+            return self._finish(job, self._run(job))
+        finally:
+            self.table.checkin(job.session, job.ref_ids)
+
+    def _finish(self, job: Job, result: Any) -> list:
+        """The terms of a job that ran (see :meth:`run_job`)."""
         if job.state != DONE:
             return self._unfinished(job)
         if job.mode != R.REF and type(result) in DATA:
@@ -249,13 +270,17 @@ class Dispatcher:
         handles = ctx.handles if ctx is not None else ()
         session = self._checkout(sid, handles)
         if handles:
-            args = substitute(args)
-            kwargs = substitute(kwargs)
+            try:
+                args = substitute(args)
+                kwargs = substitute(kwargs)
+            except BaseException:
+                self.table.checkin(session)
+                raise
 
         def fn() -> Any:
             return lookup(import_module(module), function)(*args, **kwargs)
 
-        return self.jobs.add(Job(rid, session, fn, mode))
+        return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
     def _op_method(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 8)
@@ -271,13 +296,17 @@ class Dispatcher:
         session = self._checkout(sid, handles)
         obj = target.obj
         if len(handles) > 1:
-            args = substitute(args)
-            kwargs = substitute(kwargs)
+            try:
+                args = substitute(args)
+                kwargs = substitute(kwargs)
+            except BaseException:
+                self.table.checkin(session)
+                raise
 
         def fn() -> Any:
             return lookup(obj, name)(*args, **kwargs)
 
-        return self.jobs.add(Job(rid, session, fn, mode))
+        return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
     def _op_getattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 6)
@@ -288,6 +317,7 @@ class Dispatcher:
         if type(target) is RefHandle:
             session = self._checkout(sid, (target,))
             obj = target.obj
+            ref_ids: Any = (target.ref_id,)
 
             def fn() -> Any:
                 return lookup(obj, name)
@@ -295,13 +325,14 @@ class Dispatcher:
         elif type(target) is tuple and len(target) == 2 and target[0] == P.MODULE and type(target[0]) is Atom:
             module = R.name(target[1], "ModuleName")
             session = self._checkout(sid, ())
+            ref_ids = ()
 
             def fn() -> Any:
                 return lookup(import_module(module), name)
 
         else:
             raise R.bad(f"expected Target to be a ref term or {{module, Name}}, got: {R.short(target)}")
-        return self.jobs.add(Job(rid, session, fn, mode))
+        return self.jobs.add(Job(rid, session, fn, mode, ref_ids))
 
     def _op_setattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 7)
@@ -316,7 +347,11 @@ class Dispatcher:
         session = self._checkout(sid, handles)
         obj = target.obj
         if len(handles) > 1:
-            value = substitute(value)
+            try:
+                value = substitute(value)
+            except BaseException:
+                self.table.checkin(session)
+                raise
         head, _, last = name.rpartition(".")
 
         def fn() -> Any:
@@ -327,10 +362,33 @@ class Dispatcher:
                 raise Failure("attribute_error", exc) from None
             return None
 
-        return self.jobs.add(Job(rid, session, fn, R.VALUE))
+        return self.jobs.add(Job(rid, session, fn, R.VALUE, _ref_ids(handles)))
+
+    def _op_eval(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
+        R.arity(term, 6)
+        sid = R.session_id(term[2])
+        code = R.code(term[3])
+        bindings = R.bindings(term[4])
+        mode = R.mode(term[5])
+        handles = ctx.handles if ctx is not None else ()
+        session = self._checkout(sid, handles)
+        if handles:
+            try:
+                bindings = substitute(bindings)
+            except BaseException:
+                self.table.checkin(session)
+                raise
+
+        def fn() -> Any:
+            return evaluate(code, bindings)
+
+        return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
     def _checkout(self, sid: str | bytes, handles: Any) -> Session:
         """The open session of a Python operation, with its ref terms resolved.
+
+        The session counts a job in flight: the caller must check it in (the job does, in
+        :meth:`run_job`; a handler that fails after this checks it in itself).
 
         Raises:
             RequestError: ``shutting_down``, ``session_not_found`` (never opened or
@@ -366,6 +424,30 @@ class Dispatcher:
         R.arity(term, 3)
         count = self.table.release_session(R.session_id(term[2]))
         return [(REPLY, rid, OK, {P.A_RELEASED: count})]
+
+    def _op_expire_session(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
+        R.arity(term, 4)
+        sid = R.session_id(term[2])
+        idle = R.idle_ms(term[3])
+        expired, amount = self.table.expire_session(sid, idle / 1000)
+        return [(REPLY, rid, OK, P.expire_reply_value(expired, amount))]
+
+    def _op_tool_reply(self, term: tuple, call_id: int, ctx: TagContext | None) -> Outcome:
+        # Never answered (the VM does not wait for an answer, and an error reply with this
+        # id could reach one of the VM's own requests): the waiting thread gets the value or
+        # the error, and a reply nobody waits for is dropped.
+        if len(term) != 4 or type(term[2]) is not Atom or term[2] not in ("ok", "error"):
+            return self._tool_reply_failed(call_id, f"expected {{tool_reply, CallId, ok | error, Value}}, got: {R.short(term)}")
+        if self.tools is None:
+            return [P.protocol_error_event("bad_request", "tool_reply received, but this worker makes no tool calls")]
+        self.tools.deliver(call_id, term[2] == "ok", term[3], ctx.handles if ctx is not None else [])
+        return []
+
+    def _tool_reply_failed(self, call_id: int, message: str) -> list:
+        """A ``tool_reply`` that cannot be used: its waiter gets ``bad_reply``."""
+        if self.tools is not None and self.tools.fail(call_id, "bad_reply", message):
+            return []
+        return [P.protocol_error_event("bad_request", f"unusable tool_reply {call_id}: {message}")]
 
     def _op_session_info(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 3)
@@ -408,4 +490,9 @@ class Dispatcher:
 
 def _as_is(term: Any) -> Any:
     return term
+
+
+def _ref_ids(handles: Any) -> Any:
+    """The ref ids of a request's handles (refreshed when its job ends)."""
+    return [h.ref_id for h in handles] if handles else ()
 

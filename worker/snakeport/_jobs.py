@@ -13,6 +13,16 @@ while running, or a cancel answered ``cancelled => true`` was still held back) o
 ``CANCELLED`` (cancelled while queued; its ``cancelled`` reply was given by the cancel).
 Only the final states leave the in-flight table, so ``in_flight`` counts queued and running
 jobs. Exactly one reply comes of every job.
+
+While a job's code runs, :data:`CURRENT` (a thread-local) names the job and its
+:class:`Jobs`, so that ``snakeport.context()`` (:mod:`snakeport._context`) can reach them.
+
+Waits for Elixir tools (:mod:`snakeport._tools`): a thread of a running job that waits for
+a tool's answer registers a waiter on the job (:meth:`Jobs.enter_wait`). While the job's own
+thread has one registered, a cancel does not raise ``Cancelled`` asynchronously in it (it
+could strike inside the worker's bookkeeping there, e.g. the scheduler's slot accounting):
+it wakes the waiters instead, and :meth:`Jobs.leave_wait` raises ``Cancelled`` in the
+thread once the bookkeeping is done.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from typing import Any, Callable
 from snakeport import _limits as limits
 from snakeport._protocol import encodable_text, error_reply, safe_str, type_name
 from snakeport._sessions import Session
-from snakeport.errors import Cancelled, RequestError
+from snakeport.errors import Cancelled, NoCallContext, RequestError
 
 __all__ = [
     "Job",
@@ -47,6 +57,7 @@ __all__ = [
     "lookup",
     "format_traceback",
     "failure_reply",
+    "CURRENT",
 ]
 
 # Job states (see the module docstring).
@@ -56,6 +67,10 @@ QUEUED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = 0, 1, 2, 3, 4, 5
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 _modules = sys.modules
+
+#: ``CURRENT.job`` is the job whose code the current thread runs (``None`` otherwise), and
+#: ``CURRENT.jobs`` its :class:`Jobs`: set by :meth:`Jobs.run` around the job's code.
+CURRENT = threading.local()
 
 
 class Job:
@@ -73,6 +88,10 @@ class Job:
         cancel_sent: Whether ``Cancelled`` was raised (or is pending) in that thread.
         cancel_deferred: Whether a cancel waits for the thread to leave an import.
         new_refs: Ids of the refs its result added to the session.
+        ref_ids: Ids of the refs the request used (target, arguments), refreshed when it
+            ends (:meth:`~snakeport._sessions.SessionTable.checkin`).
+        waits: The waiters of its threads waiting for Elixir tools (see the module doc);
+            each has ``thread`` (an ident), ``cancelled`` and ``cancel()``.
     """
 
     __slots__ = (
@@ -86,9 +105,13 @@ class Job:
         "cancel_sent",
         "cancel_deferred",
         "new_refs",
+        "ref_ids",
+        "waits",
     )
 
-    def __init__(self, request_id: int, session: Session, fn: Callable[[], Any], mode: int) -> None:
+    def __init__(
+        self, request_id: int, session: Session, fn: Callable[[], Any], mode: int, ref_ids: Any = ()
+    ) -> None:
         self.request_id = request_id
         self.session = session
         self.fn: Callable[[], Any] | None = fn
@@ -99,6 +122,8 @@ class Job:
         self.cancel_sent = False
         self.cancel_deferred = False
         self.new_refs: list[int] = []
+        self.ref_ids = ref_ids
+        self.waits: list[Any] = []
 
     def __repr__(self) -> str:
         return f"Job(id={self.request_id}, state={self.state})"
@@ -260,7 +285,8 @@ class Jobs:
     """The jobs in flight (queued or running): running them, cancelling them.
 
     One lock (:attr:`lock`) guards every job's state and the in-flight table; it is never
-    held while user code runs, and no other lock is taken while it is held.
+    held while user code runs, and no other lock is taken while it is held, except the
+    internal lock of a waiter's ``threading.Event`` (a leaf: set, never waited on, there).
 
     Args:
         interrupt: ``interrupt(thread_ident, exc_or_None)`` raises or clears an
@@ -280,9 +306,12 @@ class Jobs:
         self._interrupt = interrupt
         self._uninterruptible = uninterruptible
         self._retry_interval = retry_interval
-        #: Guards job states and :attr:`_jobs`.
+        #: Guards job states, their waiters and :attr:`_jobs`.
         self.lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
+        #: The Elixir tool calls of the worker (a :class:`~snakeport._tools.ToolCalls`, set
+        #: by the server), for ``snakeport.context()``; ``None`` when there are none.
+        self.tools: Any = None
 
     @property
     def in_flight(self) -> int:
@@ -320,6 +349,7 @@ class Jobs:
         interrupted = False
         started = False
         lock = self.lock
+        current = CURRENT
         while True:
             try:
                 try:
@@ -332,12 +362,15 @@ class Jobs:
                             job.thread = threading.get_ident()
                         fn = job.fn
                         job.fn = None  # the job keeps no argument alive past its request
+                        current.jobs = self
+                        current.job = job
                         result = fn()  # type: ignore[misc]
                         del fn
                 except Cancelled:
                     interrupted = True
                 except BaseException as exc:  # noqa: BLE001 - user code may raise anything
                     job.failure = exc
+                current.job = None
                 with lock:
                     if job.state == RUNNING:
                         # A cancel answered ``cancelled => true`` makes the reply
@@ -395,7 +428,9 @@ class Jobs:
             del self._jobs[job.request_id]
             return True
         if job.state == RUNNING and not job.cancel_sent and not job.cancel_deferred:
-            if self._uninterruptible(job.thread):
+            if job.waits:
+                self._cancel_waits_locked(job)
+            elif self._uninterruptible(job.thread):
                 # Inside an import: interrupting now could leave a module lock held. Retry
                 # from a short-lived thread until the import is over or the job ends.
                 job.cancel_deferred = True
@@ -414,8 +449,61 @@ class Jobs:
             with self.lock:
                 if job.state != RUNNING:
                     return
+                if job.waits:
+                    self._cancel_waits_locked(job)
+                    return
                 if not self._uninterruptible(job.thread):
                     job.cancel_sent = True
                     self._interrupt(job.thread, Cancelled)
                     return
+
+    # ---------------------------------------------------------- tool waits
+
+    def _cancel_waits_locked(self, job: Job) -> None:
+        """Cancel a running job that has threads waiting for Elixir tools (lock held).
+
+        The waiters are woken; ``Cancelled`` is raised asynchronously only when the job's
+        own thread is not one of them (it then runs user code, or the worker's code outside
+        a wait); otherwise :meth:`leave_wait` raises it when that thread's wait is over.
+        """
+        job.cancel_sent = True
+        own = False
+        for wait in job.waits:
+            wait.cancel()
+            own = own or wait.thread == job.thread
+        if not own:
+            self._interrupt(job.thread, Cancelled)
+
+    def enter_wait(self, job: Job, wait: Any) -> None:
+        """Register a waiter of ``job``: from now on a cancel wakes it (see the module doc).
+
+        Args:
+            job: The running job.
+            wait: The waiter (``thread``: the waiting thread's ident; ``cancelled``;
+                ``cancel()``).
+
+        Raises:
+            NoCallContext: The job is not running (it ended, or has not started).
+            Cancelled: The job is being cancelled (nothing was registered).
+        """
+        with self.lock:
+            if job.state != RUNNING:
+                raise NoCallContext(f"the call {job.request_id} is not running any more")
+            if job.cancel_sent or job.cancel_deferred:
+                raise Cancelled()
+            job.waits.append(wait)
+
+    def leave_wait(self, job: Job, wait: Any) -> None:
+        """Unregister a waiter; when a cancel woke it and it is the job's own thread, raise
+        ``Cancelled`` there (asynchronously: at its next bytecode, in the code that called
+        the tool).
+
+        Args:
+            job: The job.
+            wait: A waiter registered with :meth:`enter_wait`.
+        """
+        with self.lock:
+            job.waits.remove(wait)
+            if wait.cancelled and wait.thread == job.thread and job.state == RUNNING:
+                self._interrupt(job.thread, Cancelled)
 

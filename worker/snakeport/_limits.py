@@ -20,7 +20,12 @@ Limit                     default                         accepted values
 :data:`MAX_TOMBSTONES`    100000                          non-negative integer
 :data:`MAX_DEPTH`         512                             integer 1 .. 10000     
 :data:`SPIN_US`           200                             integer 0 .. 1000000
+:data:`TOOL_TIMEOUT`      30                              positive finite number
 ========================  ==============================  =============================
+
+``--default-overflow`` (``error`` or ``evict_lru``, default :data:`DEFAULT_OVERFLOW`) is a
+choice, not a number: the command line and :class:`~snakeport._sessions.SessionTable` check
+it against :data:`OVERFLOW_POLICIES`.
 
 ``MAX_REFS`` and ``TTL_SECONDS`` are both the rule of a session's ``max_refs`` and
 ``ttl_seconds`` (``open_session``) and of the worker's defaults for them
@@ -44,11 +49,18 @@ __all__ = [
     "MAX_TOMBSTONES",
     "MAX_DEPTH",
     "SPIN_US",
+    "TOOL_TIMEOUT",
+    "OVERFLOW_POLICIES",
+    "DEFAULT_OVERFLOW",
     "WATCHDOG_INTERVAL",
     "SHUTDOWN_GRACE",
     "TAKEOVER_POLL",
     "CANCEL_RETRY_INTERVAL",
     "MAX_RECURSION",
+    "TOOL_GRACE",
+    "MAX_TOOL_WAITS",
+    "EVAL_CACHE_SIZE",
+    "EVAL_CACHE_MAX_SOURCE",
 ]
 
 #: Largest payload a ``{packet, 4}`` frame can carry (its length is 32 bits).
@@ -175,6 +187,14 @@ MAX_DEPTH = _int_limit("max_depth", 512, 1, 10_000)
 #: Microseconds the reader polls for the next frame before it blocks (0: never; a second
 #: at most: longer spins only burn CPU).
 SPIN_US = _int_limit("spin_us", 200, 0, 1_000_000)
+#: Seconds the VM gives an Elixir tool (``--tool-timeout``, the harness's ``:tool_timeout``);
+#: a Python thread waiting for a tool's answer gives up :data:`TOOL_GRACE` seconds later.
+TOOL_TIMEOUT = _number_limit("tool_timeout", 30)
+
+#: The overflow policies of a session (``open_session``'s ``overflow``, ``--default-overflow``).
+OVERFLOW_POLICIES = ("error", "evict_lru")
+#: The overflow policy of sessions that do not state one.
+DEFAULT_OVERFLOW = "error"
 
 _POSITIVE_INT = _int_limit("value", 1, 1)
 
@@ -209,3 +229,13 @@ CANCEL_RETRY_INTERVAL = 0.002
 #: Highest recursion limit set for a large ``max_depth`` (results are walked recursively;
 #: C code recursing deeper would overflow a thread's stack).
 MAX_RECURSION = 20_000
+#: Seconds a thread waiting for an Elixir tool's answer waits beyond ``--tool-timeout``
+#: (the VM answers within the timeout; this covers the trip).
+TOOL_GRACE = 5.0
+#: Most threads waiting for Elixir tools at once (each keeps its thread, and a loop thread
+#: may be started for each); one more call to a tool fails with ``ToolError`` at once.
+MAX_TOOL_WAITS = 64
+#: Distinct ``eval`` sources whose compiled code is kept (least recently used dropped).
+EVAL_CACHE_SIZE = 256
+#: Longer ``eval`` sources (characters) are compiled each time, not kept.
+EVAL_CACHE_MAX_SOURCE = 65_536

@@ -5,7 +5,9 @@ Every atom the worker puts in a frame on its own comes from :data:`EMITTED_ATOMS
 :func:`emit`; the atoms it only reads (request fields and options) are named here too, so
 that ``docs/PROTOCOL.md`` has one Python counterpart. The shapes are those of
 ``docs/PROTOCOL.md``: replies ``{reply, Id, ok, Value}`` / ``{reply, Id, error, ErrorMap}``,
-events ``{event, Name, Measurements, Metadata}`` and the ready frame.
+events ``{event, Name, Measurements, Metadata}``, the ready frame, and the worker's own
+requests to the VM (``{tool_call, CallId, RequestId, Session, Name, Kwargs}`` and
+``{tool_cancel, CallId}``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ __all__ = [
     "info_term",
     "ready_term",
     "stats_term",
+    "tool_call_term",
+    "tool_cancel_term",
+    "expire_reply_value",
     "OVERFLOW_POLICIES",
     "REPLY",
     "OK",
@@ -47,6 +52,7 @@ __all__ = [
     "SET_TAG",
     "BYTES_TAG",
     "MODULE",
+    "TOOL_REPLY",
 ]
 
 #: Every atom the worker puts in its output on its own: ready frame, replies, errors, events,
@@ -85,6 +91,10 @@ EMITTED_ATOMS: frozenset[str] = frozenset(
         "ttl_seconds", "tags", "created_at", "last_access", "evict_lru",
         # stats keys
         "sessions", "rss_bytes", "uptime_ms", "in_flight", "requests",
+        # the worker's requests to the VM (Python code calling Elixir tools)
+        "tool_call", "tool_cancel",
+        # expire_session reply keys (plus released)
+        "expired", "idle_ms",
         # values: booleans, None, non-finite floats, reserved tags
         "true", "false", "nil", "infinity", "neg_infinity", "nan", "$snakeport_ref",
         "$snakeport_set",
@@ -128,6 +138,7 @@ A_RESULT = Atom("result")  # Opts key of the Python operations
 A_AUTO = Atom("auto")
 A_REF = Atom("ref")
 A_VALUE = Atom("value")
+TOOL_REPLY = Atom("tool_reply")  # the VM's answer to a tool_call (not a request)
 
 # Keys and values of replies and events (also read as open_session options).
 A_REASON = emit("reason")
@@ -149,6 +160,11 @@ A_WARNING = emit("warning")
 A_MAX_REFS = emit("max_refs")
 A_TTL_SECONDS = emit("ttl_seconds")
 A_TAGS = emit("tags")
+
+TOOL_CALL = emit("tool_call")
+TOOL_CANCEL = emit("tool_cancel")
+A_EXPIRED = emit("expired")
+A_IDLE_MS = emit("idle_ms")
 
 #: Overflow policy atom -> the session table's policy name, and back.
 OVERFLOW_POLICIES: dict[Atom, str] = {emit("error"): "error", emit("evict_lru"): "evict_lru"}
@@ -440,3 +456,46 @@ def stats_term(
         emit("in_flight"): in_flight,
         emit("requests"): requests,
     }
+
+
+def tool_call_term(call_id: int, request_id: int, session_id: str | bytes, name: str, kwargs: dict) -> tuple:
+    """Build the worker's request ``{tool_call, CallId, RequestId, Session, Name, Kwargs}``.
+
+    Args:
+        call_id: The tool call's id (chosen by the worker, unique among its tool calls).
+        request_id: The id of the call whose Python code calls the tool.
+        session_id: That call's session.
+        name: The tool's name.
+        kwargs: The tool's keyword arguments (marshalled: ``str`` keys, data or ref terms).
+
+    Returns:
+        The term.
+    """
+    return (TOOL_CALL, call_id, request_id, session_id, name, kwargs)
+
+
+def tool_cancel_term(call_id: int) -> tuple:
+    """Build ``{tool_cancel, CallId}``: the worker no longer waits for that tool call.
+
+    Args:
+        call_id: The tool call's id.
+
+    Returns:
+        The term.
+    """
+    return (TOOL_CANCEL, call_id)
+
+
+def expire_reply_value(expired: bool, amount: float) -> dict:
+    """Build the ``ok`` value of ``expire_session``.
+
+    Args:
+        expired: Whether the session was released.
+        amount: The refs released (when ``expired``), else the session's idle seconds.
+
+    Returns:
+        ``#{expired => true, released => N}`` or ``#{expired => false, idle_ms => Ms}``.
+    """
+    if expired:
+        return {A_EXPIRED: True, A_RELEASED: int(amount)}
+    return {A_EXPIRED: False, A_IDLE_MS: int(amount * 1000)}

@@ -9,6 +9,7 @@ checker returns the field as the op handlers use it, or raises
 
 from __future__ import annotations
 
+import keyword
 from typing import Any, Callable
 
 from snakeport._protocol import (
@@ -38,6 +39,9 @@ __all__ = [
     "kwargs",
     "mode",
     "session_options",
+    "code",
+    "bindings",
+    "idle_ms",
 ]
 
 #: Result modes (the ``result`` option of the Python operations).
@@ -206,3 +210,51 @@ def session_options(opts: Any, restore: Callable[[Any], Any]) -> dict[str, Any]:
                 raise bad(f"expected overflow to be error or evict_lru, got: {short(value)}")
             kw["overflow"] = policy
     return kw
+
+
+def code(value: Any) -> str:
+    """Check the Python source of ``eval``: a UTF-8 binary.
+
+    Returns:
+        The source.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if type(value) is str:
+        return value
+    raise bad(f"expected Code to be a UTF-8 binary, got: {short(value)}")
+
+
+def bindings(value: Any) -> dict[str, Any]:
+    """Check the ``Bindings`` of ``eval``: a map from variable names to values.
+
+    Returns:
+        A dict with ``str`` keys, each a Python identifier that is not a keyword.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if type(value) is not dict:
+        raise bad(f"expected Bindings to be a map, got: {short(value)}")
+    if not value:
+        return value
+    out = {}
+    for key, item in value.items():
+        t = type(key)
+        name_ = key if t is str else str.__str__(key) if t is Atom else None
+        if name_ is None or not name_.isidentifier() or keyword.iskeyword(name_):
+            raise bad(f"expected Bindings keys to be Python variable names, got: {short(key)}")
+        out[name_] = item
+    return out
+
+
+def idle_ms(value: Any) -> int:
+    """Check the ``IdleMs`` of ``expire_session``: a non-negative integer.
+
+    Raises:
+        RequestError: ``bad_request``.
+    """
+    if type(value) is int and value >= 0:
+        return value
+    raise bad(f"expected IdleMs to be a non-negative integer, got: {short(value)}")

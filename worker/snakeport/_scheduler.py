@@ -11,8 +11,22 @@ Threads it owns:
   whole ``takeover_poll``, it takes the reading role over, so control requests are still
   answered within a few milliseconds during a long call; the reader that lost the role
   finishes its call (and any queued ones) and becomes the stand-by;
-- with ``threads`` > 1, a pool of ``threads`` call threads (``ThreadPoolExecutor``) runs
-  the jobs that cannot run inline.
+- with ``threads`` > 1, a pool of call threads (``ThreadPoolExecutor``) runs the jobs that
+  cannot run inline (at most ``threads`` at once; the pool may hold up to
+  :data:`~snakeport._limits.MAX_TOOL_WAITS` more threads, for jobs that wait for tools);
+- more loop threads, started when a job waits for an Elixir tool (below), which end after
+  :data:`SPARE_IDLE` seconds without work once there are more than two.
+
+Waiting for an Elixir tool (:meth:`Scheduler.suspend`, :meth:`Scheduler.resume`, called by
+:mod:`snakeport._tools` on the job's own thread): the waiting job gives up its slot, so that
+another job (the nested call that the tool makes back into Python, or any queued job) can
+run meanwhile; the freed slot goes to a job that resumes first, then to a queued job (run
+on the pool), else it is free. If the waiting thread holds the reading role, the role moves
+at once to the stand-by, or to a new loop thread when there is none, and a new stand-by is
+started when none is left, so that frames (the tool's answer among them) are always read.
+When the answer arrives the job takes a slot again before it continues, waiting for one
+with priority over queued jobs: ``threads`` bounds the jobs *executing*, not those waiting
+for tools.
 
 Placement of a job (:meth:`Scheduler.place`, called by the reader only): when ``threads``
 jobs are executing, it is queued (arrival order); else it takes a slot and runs inline
@@ -31,15 +45,23 @@ Invariants (all state is guarded by :attr:`Scheduler.lock`):
   ``running == 0`` implies that no job executes and none is queued (the spin policy and
   ``drain`` rely on it), and ``place`` need not look at ``pending``.
 - I4 ``reader`` is the ident of the loop thread holding the reading role. It changes hands
-  only in :meth:`standby`, and only while ``inline_active`` (the reader is executing a job
-  inline: set by the reader in ``place``/``_inline_ended_locked``, cleared when that job
-  ends), so the role moves only away from a thread that is inside :meth:`run_inline`.
+  only in :meth:`standby`, while ``inline_active`` (the reader is executing a job inline:
+  set by the reader in ``place``/``_inline_ended_locked``, cleared when that job ends), and
+  in :meth:`suspend`, called by the reader's inline job itself; so the role moves only away
+  from a thread that is inside :meth:`run_inline`.
 - I5 ``held`` holds encoded replies of inline jobs that ended while their thread still
   held the reading role; they go out with the reader's next batch (:meth:`flush_held`),
   or from the stand-by at its next look, whichever comes first.
 - I6 Once ``draining`` is set (by the reader, in :meth:`drain`, which never returns to
   reading), the reading role never moves again (I4: the reader runs no inline job any
   more), so a thread inside :meth:`run_inline` then never holds the role.
+- I7 ``inline_active`` says that the *reader* executes an inline job: it is cleared when the
+  role moves (:meth:`standby`, :meth:`suspend`), and only the reader clears it when its
+  inline job ends.
+- I8 ``resuming`` not empty implies ``running == threads``: a job waits to resume only when
+  no slot is free, and a freed slot goes to the first one waiting.
+- I9 Only the *active* stand-by (``active_standby``) takes over reading; other loop threads
+  in :meth:`standby` are spares that wait to become the active one, or end.
 
 Locks: :attr:`Scheduler.lock` is the one lock (``_wake``, where the stand-by waits, and
 ``_idle``, where :meth:`drain` waits, are conditions on it). While it is held the scheduler
@@ -51,16 +73,20 @@ never held together with another lock of the worker (see :mod:`snakeport._server
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Any, Callable, NoReturn
 
 from snakeport import _limits as limits
 from snakeport._jobs import Job
 
-__all__ = ["Scheduler", "STANDBY_DEEP_AFTER"]
+__all__ = ["Scheduler", "STANDBY_DEEP_AFTER", "SPARE_IDLE"]
 
 #: After this many looks without an inline call, the stand-by sleeps until woken.
 STANDBY_DEEP_AFTER = 100
+#: Seconds a spare loop thread (one more than the reader and the active stand-by) waits for
+#: work before it ends, when there are more than two loop threads.
+SPARE_IDLE = 10.0
 
 
 def _raise(what: str) -> NoReturn:
@@ -121,9 +147,23 @@ class Scheduler:
         self.held: list = []
         self._pool: Any = None
         if threads > 1:
-            from concurrent.futures import ThreadPoolExecutor  # not imported by 1-thread workers
+            self._pool = self._new_pool()
+        self._read: Callable[[], None] | None = None
+        self._loops = 0  # loop threads alive
+        self._loop_seq = 0  # for thread names
+        self._active_standby = 0  # ident of the stand-by that takes over reading (I9)
+        self._standbys: set[int] = set()  # loop threads inside standby()
+        self._resuming: deque[list] = deque()  # [granted] tickets of jobs waiting for a slot (I8)
+        self._resumed = threading.Condition(self.lock)
+        #: Jobs waiting for an Elixir tool's answer (their slots given up).
+        self.waiting = 0
 
-            self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="snakeport-call")
+    def _new_pool(self) -> Any:
+        from concurrent.futures import ThreadPoolExecutor  # not imported by 1-thread workers
+
+        return ThreadPoolExecutor(
+            max_workers=self._threads + limits.MAX_TOOL_WAITS, thread_name_prefix="snakeport-call"
+        )
 
     # ------------------------------------------------------------ loop threads
 
@@ -134,66 +174,115 @@ class Scheduler:
             read: The reader's work: reads and handles frames while the calling thread
                 holds the reading role, returns when the role was taken over.
         """
-        first = threading.Thread(target=self._loop, args=(read,), name="snakeport-loop-1", daemon=True)
+        self._read = read
         with self.lock:
-            first.start()
-            self.reader = first.ident  # type: ignore[assignment]
-        threading.Thread(target=self._loop, args=(read,), name="snakeport-loop-2", daemon=True).start()
+            self.reader = self._start_loop_locked()
+            self._start_loop_locked()
+
+    def _start_loop_locked(self) -> int:
+        """Start one more loop thread (lock held; it starts once the lock is let go)."""
+        self._loops += 1
+        self._loop_seq += 1
+        thread = threading.Thread(
+            target=self._loop, args=(self._read,), name=f"snakeport-loop-{self._loop_seq}", daemon=True
+        )
+        thread.start()
+        return thread.ident  # type: ignore[return-value]
 
     def _loop(self, read: Callable[[], None]) -> None:
-        """A loop thread: read while holding the reading role, else stand by."""
+        """A loop thread: read while holding the reading role, else stand by (or end)."""
         me = threading.get_ident()
-        with self.lock:  # start() publishes the first reader under this lock
+        with self.lock:  # the starter publishes the reader under this lock
             pass
         try:
             while True:
                 if self.reader == me:
                     read()
-                else:
-                    self.standby(me)
+                elif not self.standby(me):
+                    return
         except BaseException:  # noqa: BLE001 - a broken loop thread cannot be recovered
             self._fatal("the frame loop failed")
 
-    def standby(self, me: int) -> None:
-        """Wait until the reader is stuck in an inline job, then take the reading role.
+    def standby(self, me: int) -> bool:
+        """Wait until the reader is stuck in an inline job (or hands the role over), then
+        take the reading role.
 
         Meanwhile send the replies held back behind inline jobs (I5). Sleeps until woken
-        by :meth:`place` after :data:`STANDBY_DEEP_AFTER` looks without an inline job.
+        by :meth:`place` after :data:`STANDBY_DEEP_AFTER` looks without an inline job. Only
+        the active stand-by does this (I9); another loop thread here is a spare: it waits to
+        become the active stand-by, and ends after :data:`SPARE_IDLE` seconds without work
+        when there are more than two loop threads.
 
         Args:
             me: The calling loop thread's ident.
+
+        Returns:
+            True when the calling thread took the reading role; False when it must end.
         """
+        with self.lock:
+            self._standbys.add(me)
+            try:
+                return self._standby_locked(me)
+            finally:
+                self._standbys.discard(me)
+                if self._active_standby == me:
+                    self._active_standby = 0
+
+    def _standby_locked(self, me: int) -> bool:
+        """The loop of :meth:`standby` (lock held)."""
         seen = -1
         idle = 0
+        spare_since = 0.0
         lock = self.lock
-        with lock:
-            while True:
-                if self.held:  # replies held behind an inline job: send them now
-                    held = self.held
-                    self.held = []
-                    lock.release()
-                    try:
-                        self._send(held)
-                    finally:
-                        lock.acquire()
-                    continue
-                if self._inline_active:
-                    seq = self._inline_seq
-                    if seq == seen:  # the same job has run for a whole poll: take over
-                        self.reader = me
-                        return
-                    seen = seq
-                    idle = 0
-                else:
-                    seen = -1
-                    idle += 1
-                if idle > STANDBY_DEEP_AFTER:
-                    self._standby_deep = True
-                    self._wake.wait()
-                    self._standby_deep = False
-                    idle = 0
-                else:
-                    self._wake.wait(self._takeover_poll)
+        while True:
+            if self.reader == me:  # handed the role by suspend()
+                self._wake.notify_all()  # a spare stand-by takes the active place
+                return True
+            if self._active_standby not in (0, me):
+                # A spare (I9): wait for the active stand-by's place, or end.
+                now = time.monotonic()
+                if not spare_since:
+                    spare_since = now
+                elif now - spare_since >= SPARE_IDLE and self._loops > 2:
+                    self._loops -= 1
+                    return False
+                self._wake.wait(SPARE_IDLE)
+                continue
+            self._active_standby = me
+            spare_since = 0.0
+            if self.held:  # replies held behind an inline job: send them now
+                held = self.held
+                self.held = []
+                lock.release()
+                try:
+                    self._send(held)
+                finally:
+                    lock.acquire()
+                continue
+            if self._inline_active:
+                seq = self._inline_seq
+                if seq == seen:  # the same job has run for a whole poll: take over
+                    self._take_over_locked(me)
+                    return True
+                seen = seq
+                idle = 0
+            else:
+                seen = -1
+                idle += 1
+            if idle > STANDBY_DEEP_AFTER:
+                self._standby_deep = True
+                self._wake.wait()
+                self._standby_deep = False
+                idle = 0
+            else:
+                self._wake.wait(self._takeover_poll)
+
+    def _take_over_locked(self, me: int) -> None:
+        """The active stand-by becomes the reader (lock held); a spare may become active."""
+        self.reader = me
+        self._inline_active = False  # (I7) the new reader executes nothing yet
+        self._active_standby = 0
+        self._wake.notify_all()  # a spare stand-by takes the active place
 
     # -------------------------------------------------------------- placement
 
@@ -212,7 +301,7 @@ class Scheduler:
                 return False
             self.running += 1
             pool = self._pool
-            if pool is None or (self.running == 1 and not self._more_input()):
+            if self._threads == 1 or pool is None or (self.running == 1 and not self._more_input()):
                 self._inline_seq += 1
                 self._inline_active = True
                 if self._standby_deep:
@@ -250,9 +339,10 @@ class Scheduler:
 
     def _inline_ended_locked(self, me: int) -> tuple[Job | None, bool]:
         """Account for an ended inline job (lock held): ``(next job, still reader)``."""
-        self._inline_active = False
-        next_job = self._job_ended_locked()
         still_reader = self.reader == me
+        if still_reader:  # (I7) a thread that lost the role leaves the flag to the reader
+            self._inline_active = False
+        next_job = self._job_ended_locked()
         if next_job is not None and still_reader:
             self._inline_seq += 1
             self._inline_active = True
@@ -273,12 +363,79 @@ class Scheduler:
 
     def _job_ended_locked(self) -> Job | None:
         """Account for an ended job (lock held); return the next queued job to run."""
+        if self._resuming:  # (I8) the slot goes to a job that waited for a tool
+            self._resuming.popleft()[0] = True
+            self._resumed.notify_all()
+            return None
         if self._pending:
             return self._pending.popleft()  # keeps the slot (I2, I3)
         self.running -= 1
         if self._draining:
             self._idle.notify_all()
         return None
+
+    # -------------------------------------------------------- waits for tools
+
+    def suspend(self, me: int) -> None:
+        """Give up the slot of the job running on the calling thread, which is about to
+        wait for an Elixir tool's answer (see the module doc).
+
+        Must be followed by exactly one :meth:`resume` on the same thread. Call it where
+        ``Cancelled`` cannot strike (see :mod:`snakeport._jobs`, tool waits).
+
+        Args:
+            me: The calling thread's ident.
+        """
+        submit: Job | None = None
+        with self.lock:
+            self.waiting += 1
+            if self.reader == me:
+                # Reading must go on (the tool's answer is a frame): hand the role to a
+                # stand-by at once (it sees itself named reader when it wakes), or to a new
+                # loop thread; keep a stand-by in reserve.
+                self._inline_active = False  # (I7)
+                target = self._active_standby or next(iter(self._standbys), 0)
+                if target:
+                    self.reader = target
+                    if self._active_standby == target:
+                        self._active_standby = 0
+                    if len(self._standbys) < 2:
+                        self._start_loop_locked()
+                    self._wake.notify_all()
+                else:
+                    self.reader = self._start_loop_locked()
+                    self._start_loop_locked()
+            if self._resuming:  # (I8)
+                self._resuming.popleft()[0] = True
+                self._resumed.notify_all()
+            elif self._pending:
+                submit = self._pending.popleft()  # keeps the slot (I3); runs on the pool
+                if self._pool is None:
+                    self._pool = self._new_pool()
+            else:
+                self.running -= 1
+                if self._draining:
+                    self._idle.notify_all()
+            pool = self._pool
+        if submit is not None:
+            pool.submit(self._pool_task, submit)
+
+    def resume(self, me: int) -> None:
+        """Take a slot again after :meth:`suspend`, waiting for one if none is free (before
+        any queued job gets it).
+
+        Args:
+            me: The calling thread's ident.
+        """
+        with self.lock:
+            self.waiting -= 1
+            if self.running < self._threads:  # (I8: nobody waits to resume then)
+                self.running += 1
+                return
+            ticket = [False]
+            self._resuming.append(ticket)
+            while not ticket[0]:
+                self._resumed.wait()
 
     # ---------------------------------------------------------------- output
 

@@ -7,23 +7,28 @@ here; each concern lives in its own module:
   encodes terms, :mod:`snakeport._dispatch` handles requests (with :mod:`snakeport._jobs`
   running the calls), :mod:`snakeport._sessions` keeps sessions and refs;
 - :mod:`snakeport._scheduler` places each call (inline on the reader, on a call thread, or
-  queued) and owns the two loop threads that share the reading role and the call pool;
+  queued) and owns the loop threads that share the reading role and the call pool;
+- :mod:`snakeport._tools` carries the calls of Python code to Elixir tools (the worker's
+  own requests to the VM) and their waits;
 - :mod:`snakeport._spin` decides how long the reader polls before it blocks in ``readv``;
 - :mod:`snakeport._writer` writes frames from any thread, batching them into one ``writev``;
 - :mod:`snakeport._process` takes the protocol fds from stdio and ends the process.
 
-Threads: the two loop threads (the reader runs :meth:`Server._read_frames`), the call pool
-(``--threads`` > 1), a sweep thread that prunes refs past their TTL every
+Threads: the loop threads (two, more while calls wait for Elixir tools; the reader runs
+:meth:`Server._read_frames`), the call pool (``--threads`` > 1), a sweep thread that prunes refs past their TTL every
 ``--sweep-interval`` seconds, a watchdog thread that ends the process when the parent dies,
 and a short-lived thread per cancel held back by an import. The main thread only waits.
 
 Locks, each with one name: ``Scheduler.lock`` (scheduling state), ``Jobs.lock`` (job
 states), ``SessionTable.lock`` (sessions and refs), ``FrameWriter._write_lock`` and
-``FrameWriter._queue_lock``. No thread ever holds two of them at once, except the writer's
-pair, always taken in that order (``_write_lock``, then ``_queue_lock``): the scheduler
-calls out (run a job, encode, send, submit) only after letting its lock go, the jobs'
-lock is never held around user code or the table, and the table's lock is held around
-the marshalling walk only, which takes no lock. So no lock order can deadlock.
+``FrameWriter._queue_lock``, ``ToolCalls._lock`` (tool calls in flight). No thread ever
+holds two of them at once, except the writer's pair, always taken in that order
+(``_write_lock``, then ``_queue_lock``), and the internal lock of a tool waiter's
+``threading.Event``, set (never waited on) under the jobs' lock or the tool calls' lock and
+holding nothing else: the scheduler calls out (run a job, encode, send, submit) only after
+letting its lock go, the jobs' lock is never held around user code or the table, and the
+table's lock is held around the marshalling walk only, which takes no lock. So no lock
+order can deadlock.
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ from snakeport import _process as process
 from snakeport import etf
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
-from snakeport._jobs import Job
-from snakeport._protocol import OK, REPLY, error_reply, protocol_error_event, warning_event
+from snakeport._jobs import Job, Jobs
+from snakeport._protocol import OK, REPLY, TOOL_REPLY, error_reply, protocol_error_event, warning_event
 from snakeport._scheduler import Scheduler
 from snakeport._sessions import SessionTable
 from snakeport._spin import SpinPolicy
 from snakeport._tagged import TagContext, encode_default
+from snakeport._tools import ToolCalls
 from snakeport._writer import SEGMENT_BYTES, FrameWriter, segmented_reply
 from snakeport.errors import EncodeError
 
@@ -69,6 +75,8 @@ class _ConfigFields(NamedTuple):
     max_tombstones: int = limits.MAX_TOMBSTONES.default
     max_depth: int = limits.MAX_DEPTH.default
     spin_us: int = limits.SPIN_US.default
+    tool_timeout: float = limits.TOOL_TIMEOUT.default
+    default_overflow: str = limits.DEFAULT_OVERFLOW
 
 
 #: The rule of each Config field, in field order.
@@ -81,6 +89,7 @@ _CONFIG_LIMITS = (
     limits.MAX_TOMBSTONES,
     limits.MAX_DEPTH,
     limits.SPIN_US,
+    limits.TOOL_TIMEOUT,
 )
 
 
@@ -101,6 +110,8 @@ class Config(_ConfigFields):
         max_depth: Deepest term nesting decoded, and marshalled as data.
         spin_us: How long the reader polls for the next frame before it blocks
             (microseconds; 0: never).
+        tool_timeout: Seconds the VM gives an Elixir tool (waits end a little later).
+        default_overflow: ``overflow`` of sessions that do not state one.
 
     Raises:
         ValueError: A setting is out of range.
@@ -112,6 +123,8 @@ class Config(_ConfigFields):
         self = super().__new__(cls, *args, **kwargs)
         for name, limit, value in zip(self._fields, _CONFIG_LIMITS, self):
             limit.check(value, name)
+        if self.default_overflow not in limits.OVERFLOW_POLICIES:
+            raise ValueError(f"expected default_overflow to be error or evict_lru, got: {self.default_overflow!r}")
         return self
 
 
@@ -141,14 +154,8 @@ class Server:
         self.table = SessionTable(
             default_max_refs=config.default_max_refs,
             default_ttl_seconds=config.default_ttl_seconds,
+            default_overflow=config.default_overflow,
             max_tombstones=config.max_tombstones,
-        )
-        self.dispatcher = Dispatcher(
-            self.table,
-            max_depth=config.max_depth,
-            max_frame_bytes=config.max_frame_bytes,
-            threads=config.threads,
-            rss=process.rss_bytes,
         )
         self._splitter = FrameSplitter(max_frame_bytes=config.max_frame_bytes)
         self._sched = Scheduler(
@@ -158,6 +165,25 @@ class Server:
             encode=self._encode,
             more_input=lambda: self._splitter.has_partial_frame,
             fatal=process.fatal,
+        )
+        jobs = Jobs()
+        self.tools = ToolCalls(
+            send=self._send_request,
+            table=self.table,
+            jobs=jobs,
+            suspend=self._sched.suspend,
+            resume=self._sched.resume,
+            timeout=config.tool_timeout,
+            max_depth=config.max_depth,
+        )
+        self.dispatcher = Dispatcher(
+            self.table,
+            jobs=jobs,
+            max_depth=config.max_depth,
+            max_frame_bytes=config.max_frame_bytes,
+            threads=config.threads,
+            rss=process.rss_bytes,
+            tools=self.tools,
         )
         self._spin = SpinPolicy(in_fd, spin_us=config.spin_us) if config.spin_us else None
         self._stop = threading.Event()
@@ -187,6 +213,21 @@ class Server:
         payloads = self._encode(terms, job)
         if payloads:
             self._writer.send(payloads)
+
+    def _send_request(self, terms: list) -> None:
+        """Encode and send the worker's own requests (tool calls), from a job's thread.
+
+        Raises:
+            EncodeError: A term cannot be encoded (nothing is sent).
+        """
+        encode = self._encoder.encode
+        payloads = []
+        for term in terms:
+            payload = encode(term)
+            if len(payload) > _MAX_PACKET:
+                raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
+            payloads.append(payload)
+        self._writer.send(payloads)
 
     def _encode(self, terms: list, job: Job | None = None, payloads: list | None = None) -> list:
         """Encode terms into frame payloads (appended to ``payloads``); see :meth:`send`."""
@@ -307,13 +348,13 @@ class Server:
         """Handle one frame: control replies are appended to ``out``; a job is returned."""
         if type(event) is Oversized:
             self.dispatcher.requests += 1
-            out.append(
-                self._undecodable(
-                    event.head,
-                    "frame_too_large",
-                    f"frame of {event.size} bytes exceeds the limit of {event.limit} bytes",
-                )
+            term = self._undecodable(
+                event.head,
+                "frame_too_large",
+                f"frame of {event.size} bytes exceeds the limit of {event.limit} bytes",
             )
+            if term is not None:
+                out.append(term)
             return None
         if event.__class__ is bytearray and not process.malloc_tuned:  # the first large frame
             process.tune_malloc()
@@ -328,7 +369,9 @@ class Server:
             term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             self.dispatcher.requests += 1
-            out.append(self._undecodable(event, "decode_error", f"invalid frame: {exc}"))
+            term = self._undecodable(event, "decode_error", f"invalid frame: {exc}")
+            if term is not None:
+                out.append(term)
             return None
         result = self.dispatcher.receive(term, ctx)
         if type(result) is list:
@@ -336,8 +379,12 @@ class Server:
             return None
         return result
 
-    def _undecodable(self, data: Any, reason: str, message: str) -> tuple:
-        """Error reply for ``{Op, Id, ...}`` read from a frame's first bytes, else an event."""
+    def _undecodable(self, data: Any, reason: str, message: str) -> tuple | None:
+        """Error reply for ``{Op, Id, ...}`` read from a frame's first bytes, else an event.
+
+        A ``tool_reply`` is never answered: its waiting thread gets the error (``None`` is
+        returned: nothing to send).
+        """
         try:
             # The configured limits; a compressed frame is inflated only as far as {Op, Id.
             head = etf.decode_head(data, 2, max_depth=self._max_depth, max_size=self._max_size)
@@ -346,6 +393,10 @@ class Server:
         if head is not None and len(head) == 2:
             request_id = head[1]
             if type(request_id) is int and request_id >= 0:
+                if head[0] == TOOL_REPLY:
+                    if self.tools.fail(request_id, reason, message):
+                        return None
+                    return protocol_error_event(reason, f"tool_reply {request_id}: {message}")
                 return error_reply(request_id, reason, message)
         return protocol_error_event(reason, message)
 

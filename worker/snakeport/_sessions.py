@@ -8,9 +8,16 @@ remembers why recently dropped refs are gone (``released``, ``evicted``, ``ttl``
 ``session_released``) so that late uses fail with ``ref_released`` instead of
 ``ref_not_found``.
 
-Sessions exist only between ``open_session`` and ``release_session``: nothing here creates a
-session implicitly. A request naming any other session fails with ``session_not_found``
-(with ``cause => session_released`` for the last ``max_tombstones`` released sessions).
+Sessions exist only between ``open_session`` and ``release_session`` (or an
+``expire_session`` that found them idle): nothing here creates a session implicitly. A
+request naming any other session fails with ``session_not_found`` (with
+``cause => session_released`` for the last ``max_tombstones`` released sessions).
+
+A session with a job in flight is in use: :meth:`SessionTable.checkout` counts the job
+(``Session.running``) and :meth:`SessionTable.checkin` ends it, refreshing the refs the job
+used and the session's activity clock (``Session.active_at``). The sweep never prunes the
+refs of a session in use, and :meth:`SessionTable.expire_session` never releases one: the
+TTL clock of a session restarts when its last job ends.
 
 All public methods take one lock (:attr:`SessionTable.lock`), so the frame-reading thread,
 the call threads and the sweep thread may call them concurrently; no other lock is taken
@@ -51,7 +58,7 @@ __all__ = [
 WARN_FILL = 0.8
 
 #: The overflow policies of ``open_session``.
-OVERFLOW_POLICIES = ("error", "evict_lru")
+OVERFLOW_POLICIES = limits.OVERFLOW_POLICIES
 
 #: Tombstone causes (``details.cause`` of ``ref_released``).
 CAUSE_RELEASED = Atom("released")
@@ -165,6 +172,9 @@ class Session:
             object can have that id.
         warned: Whether the fill warning was given since the session last went below
             :data:`WARN_FILL`.
+        running: Jobs checked out and not checked in yet (queued or running calls).
+        active_at: When a job of the session last started or ended, or it was opened
+            (monotonic seconds): its idle time for :meth:`SessionTable.expire_session`.
     """
 
     __slots__ = (
@@ -179,10 +189,12 @@ class Session:
         "released",
         "by_object",
         "warned",
+        "running",
+        "active_at",
     )
 
     def __init__(
-        self, session_id: str | bytes, max_refs: int, ttl_seconds: float, now: float
+        self, session_id: str | bytes, max_refs: int, ttl_seconds: float, now: float, active_at: float = 0.0
     ) -> None:
         self.session_id = session_id
         self.refs: OrderedDict[int, _Entry] = OrderedDict()
@@ -196,6 +208,8 @@ class Session:
         # id(obj) -> ref id of every live ref (the object is alive, so its id is unique).
         self.by_object: dict[int, int] = {}
         self.warned = False
+        self.running = 0
+        self.active_at = active_at
 
     def info(self) -> SessionInfo:
         """Return a :class:`SessionInfo` snapshot (call with the table's lock held)."""
@@ -229,6 +243,8 @@ class SessionTable:
     Args:
         default_max_refs: ``max_refs`` of sessions that do not state one.
         default_ttl_seconds: ``ttl_seconds`` of sessions that do not state one.
+        default_overflow: ``overflow`` of sessions that do not state one (``"error"`` or
+            ``"evict_lru"``).
         max_tombstones: How many dropped ref ids to remember for ``ref_released`` errors,
             and (separately) how many released session ids for ``session_not_found`` errors
             with ``cause => session_released`` (0 disables tombstones).
@@ -244,12 +260,16 @@ class SessionTable:
         *,
         default_max_refs: int = limits.MAX_REFS.default,
         default_ttl_seconds: float = limits.TTL_SECONDS.default,
+        default_overflow: str = limits.DEFAULT_OVERFLOW,
         max_tombstones: int = limits.MAX_TOMBSTONES.default,
         monotonic: Any = time.monotonic,
         wall: Any = time.time,
     ) -> None:
         self.default_max_refs = limits.MAX_REFS.check(default_max_refs, "default_max_refs")
         self.default_ttl_seconds = limits.TTL_SECONDS.check(default_ttl_seconds, "default_ttl_seconds")
+        if default_overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"expected default_overflow to be error or evict_lru, got: {default_overflow!r}")
+        self.default_overflow = default_overflow
         self.max_tombstones = limits.MAX_TOMBSTONES.check(max_tombstones)
         self._monotonic = monotonic
         self._wall = wall
@@ -306,11 +326,15 @@ class SessionTable:
             session = self._sessions.get(session_id)
             now = self._wall()
             if session is None:
-                session = Session(session_id, self.default_max_refs, self.default_ttl_seconds, now)
+                session = Session(
+                    session_id, self.default_max_refs, self.default_ttl_seconds, now, self._monotonic()
+                )
+                session.overflow = self.default_overflow
                 self._sessions[session_id] = session
                 self._released_sessions.pop(session_id, None)
             else:
                 session.last_access = now
+                session.active_at = self._monotonic()
             if max_refs is not _UNSET:
                 session.max_refs = max_refs
             if ttl_seconds is not _UNSET:
@@ -329,21 +353,23 @@ class SessionTable:
         return info, evicted
 
     def checkout(self, session_id: str | bytes, handles: Iterable[RefHandle] = ()) -> Session:
-        """Return an open session and resolve the request's ref terms in it, atomically.
+        """Return an open session and resolve the request's ref terms in it, atomically,
+        counting one job of the session in flight.
 
         Nothing is created: the session must have been opened with :meth:`open_session`.
-        See :meth:`resolve` for the handles.
+        See :meth:`resolve` for the handles. Every successful checkout must be followed by
+        exactly one :meth:`checkin` of the session (when the job ends, or is dropped).
 
         Args:
             session_id: The session of the request.
             handles: The ref terms found in the request.
 
         Returns:
-            The session (its last access refreshed).
+            The session (its last access refreshed, ``running`` incremented).
 
         Raises:
             RequestError: ``session_not_found`` (never opened, or released), or the errors
-                of :meth:`resolve`.
+                of :meth:`resolve` (nothing is counted then).
         """
         with self.lock:
             session = self._sessions.get(session_id)
@@ -351,7 +377,30 @@ class SessionTable:
                 raise self._not_found_locked(session_id)
             self._resolve_locked(session_id, handles)
             session.last_access = self._wall()
+            session.running += 1
+            session.active_at = self._monotonic()
             return session
+
+    def checkin(self, session: Session, ref_ids: Iterable[int] = ()) -> None:
+        """End a job counted by :meth:`checkout`: the session is idle from now on if it was
+        its last job, and the refs the job used count as accessed now.
+
+        Args:
+            session: The session returned by :meth:`checkout`.
+            ref_ids: The refs the job used (its target and arguments); those that are gone
+                are skipped.
+        """
+        with self.lock:
+            session.running -= 1
+            now = self._monotonic()
+            session.active_at = now
+            if ref_ids:
+                refs = session.refs
+                for ref_id in ref_ids:
+                    entry = refs.get(ref_id)
+                    if entry is not None:
+                        refs.move_to_end(ref_id)
+                        entry.last_access = now
 
     def session_info(self, session_id: str | bytes) -> SessionInfo:
         """Describe one session.
@@ -381,21 +430,58 @@ class SessionTable:
             How many refs were released (0 for an unknown session).
         """
         with self.lock:
-            session = self._sessions.pop(session_id, None)
+            session = self._sessions.get(session_id)
             if session is None:
                 return 0
-            session.released = True
-            self._session_tombstone(session_id)
-            refs = session.refs
-            session.refs = OrderedDict()
-            session.by_object = {}
-            owner = self._owner
-            for ref_id in refs:
-                del owner[ref_id]
-                self._tombstone(ref_id, session_id, CAUSE_SESSION_RELEASED)
+            refs = self._release_locked(session)
         count = len(refs)
         del refs  # objects freed here, outside the lock
         return count
+
+    def expire_session(self, session_id: str | bytes, idle_seconds: float) -> tuple[bool, float]:
+        """Release the session if it has been idle for ``idle_seconds``, in one step.
+
+        Idle means: no job of the session in flight, and none started or ended (and no
+        ``open_session`` of it) for ``idle_seconds``. A session in use is never released
+        here, so a TTL expiry cannot remove a session under a running call.
+
+        Args:
+            session_id: The session id.
+            idle_seconds: The idle time required (the session's TTL on the VM side).
+
+        Returns:
+            ``(True, refs_released)`` when it was released (``(True, 0)`` for an unknown
+            session: idempotent), else ``(False, idle)`` with its idle time in seconds so
+            far (``0.0`` while a job is in flight).
+        """
+        with self.lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return True, 0
+            if session.running:
+                return False, 0.0
+            idle = self._monotonic() - session.active_at
+            if idle < idle_seconds:
+                return False, max(idle, 0.0)
+            refs = self._release_locked(session)
+        count = len(refs)
+        del refs  # objects freed here, outside the lock
+        return True, count
+
+    def _release_locked(self, session: Session) -> OrderedDict:
+        """Forget a session (lock held); return its refs, to be freed outside the lock."""
+        session_id = session.session_id
+        del self._sessions[session_id]
+        session.released = True
+        self._session_tombstone(session_id)
+        refs = session.refs
+        session.refs = OrderedDict()
+        session.by_object = {}
+        owner = self._owner
+        for ref_id in refs:
+            del owner[ref_id]
+            self._tombstone(ref_id, session_id, CAUSE_SESSION_RELEASED)
+        return refs
 
     def counts(self) -> tuple[int, int]:
         """Return ``(sessions, refs)`` of the whole worker."""
@@ -623,6 +709,9 @@ class SessionTable:
     def sweep(self) -> list[tuple[str | bytes, list[int]]]:
         """Release refs not accessed within their session's TTL.
 
+        The refs of a session with a job in flight are kept (the session is in use; the
+        refs that job uses count as accessed when it ends, see :meth:`checkin`).
+
         Returns:
             ``(session_id, ref_ids)`` for each session that lost refs.
         """
@@ -632,7 +721,7 @@ class SessionTable:
             now = self._monotonic()
             for session in self._sessions.values():
                 refs = session.refs
-                if not refs:
+                if not refs or session.running:
                     continue
                 cutoff = now - session.ttl_seconds
                 ids: list[int] = []

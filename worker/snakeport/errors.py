@@ -16,6 +16,9 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "RequestError",
+    "ToolError",
+    "ToolTimeout",
+    "NoCallContext",
     "Cancelled",
 ]
 
@@ -66,6 +69,35 @@ class RequestError(SnakeportError):
         self.reason = reason
         self.message = message
         self.details = details or {}
+
+
+class ToolError(SnakeportError):
+    """An Elixir tool called from Python (``CallContext.call_elixir_tool``) failed.
+
+    Attributes:
+        tool: The tool's name.
+        reason: Why, as the harness says it (``"tool_error"``: the tool raised, threw,
+            exited or returned ``{:error, reason}``; ``"tool_not_found"``; ``"timeout"``;
+            ``"caller_exited"``; ``"bad_result"``), or the worker's own reason
+            (``"max_refs_exceeded"``, ``"not_encodable"``, ``"too_many_waits"``, a ref error
+            of the answer, ...).
+        details: Extra data from the harness (a dict), ``{}`` when none.
+    """
+
+    def __init__(self, tool: str, reason: str, message: str, *, details: dict | None = None) -> None:
+        super().__init__(f"Elixir tool {tool!r} failed ({reason}): {message}")
+        self.tool = tool
+        self.reason = reason
+        self.message = message
+        self.details = details or {}
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    """An Elixir tool did not answer in time (the harness's ``:tool_timeout``)."""
+
+
+class NoCallContext(SnakeportError, RuntimeError):
+    """``snakeport.context()`` was used outside a call made by the VM, or after it ended."""
 
 
 class Cancelled(BaseException):

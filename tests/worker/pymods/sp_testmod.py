@@ -124,3 +124,20 @@ def shared_after_barrier(key, parties=2):
     barrier, obj = _SHARED_BARRIERS.setdefault(key, (threading.Barrier(parties), object()))
     barrier.wait(timeout=10)
     return obj
+
+
+def tool(name, **kwargs):
+    """Call the Elixir tool ``name`` from inside a call, return its value."""
+    import snakeport
+
+    return snakeport.context().call_elixir_tool(name, **kwargs)
+
+
+def tool_error(name, **kwargs):
+    """Call a tool; return the ToolError's [type, reason, tool, str] instead of raising it."""
+    import snakeport
+
+    try:
+        return ["ok", snakeport.context().call_elixir_tool(name, **kwargs)]
+    except snakeport.ToolError as exc:
+        return [type(exc).__name__, exc.reason, exc.tool, str(exc)]
