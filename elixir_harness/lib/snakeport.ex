@@ -39,9 +39,16 @@ defmodule Snakeport do
       state its `:ttl_seconds` lives unused, default `3600`), `:default_max_refs` (refs a
       session that does not state its `:max_refs` may hold, default `10_000`), both passed
       to the workers (`--default-ttl-seconds`, `--default-max-refs`) and applied by them;
+      `:default_overflow` (`:error` or `:evict_lru`: what a session that does not state its
+      `:overflow` does when full, default `:error`), all three passed to the workers and
+      applied to every kind of session (auto, `SessionContext`, `SessionStore`);
       `:max_sessions` (default `10_000`), `:cleanup_interval` (ms between TTL sweeps,
       default `60_000`), `:strict_mode` (log loud warnings above 80% of `:max_sessions`,
       default `false`).
+    * `:tools` - Elixir functions that Python code may call during a call, by name:
+      `[name: fun]` (see *Python calling Elixir*); more with `register_tool/3`.
+    * `:tool_timeout` - ms a tool may run before it is killed and Python gets a
+      `snakeport.ToolTimeout` (default `30_000`).
     * `:max_frame_bytes`, `:threads` - passed to the worker (`--max-frame-bytes`,
       `--threads`); `:worker_args` - more worker command-line arguments.
     * `:spin_us` - microseconds a worker polls for the next request before it sleeps
@@ -129,6 +136,40 @@ defmodule Snakeport do
   a context, a shared id) answers `:session_lost` to every call until
   `release_session/2`, so that its owners learn their objects are gone.
 
+  ## Python calling Elixir
+
+  Python code running in a call (or an `eval/3`) may call Elixir functions registered for
+  the instance, synchronously:
+
+      # Elixir
+      {Snakeport, tools: [lookup_price: fn %{"sku" => sku}, _ctx -> MyApp.Prices.get(sku) end]}
+
+      # Python (my_pricing.py), called with Snakeport.call("my_pricing", "total", [skus])
+      import snakeport
+
+      def total(skus):
+          ctx = snakeport.context()
+          return sum(ctx.call_elixir_tool("lookup_price", sku=s) for s in skus)
+
+  A tool is a function of the keyword arguments (a map with string keys) and, with arity 2,
+  a context map (`:instance`, `:session_id`, `:request_id`, `:caller`, `:worker`). It runs
+  in a process of its own under the instance's supervisor, with the call's session as its
+  current session context (so `Snakeport.call/4` inside it runs in the same session; refs
+  of that session may be passed both ways), bounded by `:tool_timeout`. Its return value
+  goes back to Python (`{:ok, value}` gives `value`; `{:error, reason}`, a raise, a throw
+  or an exit raise `snakeport.ToolError` in Python, with `reason` `"tool_error"`; an unknown
+  tool is `"tool_not_found"`; a tool past its timeout is killed and raises
+  `snakeport.ToolTimeout`). If the process that made the call dies meanwhile, the tool is
+  killed and the Python call cancelled.
+
+  Built in: `get_session_state(key=..., default=None)` and `set_session_state(key=...,
+  value=...)`, a key-value state per session kept by the harness and dropped with the
+  session (`Snakeport.SessionStore.get_state/3` and `put_state/4` from Elixir).
+
+  A call waiting for a tool does not count against the worker's `:threads`: the tool may
+  call back into Python (even with `threads: 1`, the default), and the waiting call takes
+  its place again when the answer comes, before any queued call.
+
   ## Call options
 
     * `:kwargs` - keyword arguments, a keyword list or a map (`%{"key" => v}` for names
@@ -146,7 +187,7 @@ defmodule Snakeport do
 
   require Logger
 
-  alias Snakeport.{Client, Error, Options, Ref, SessionContext, Sessions, Stats}
+  alias Snakeport.{Client, Error, Instance, Options, Ref, SessionContext, Sessions, Stats}
 
   @type name :: String.t() | atom()
   @type session :: String.t() | SessionContext.t()
@@ -280,6 +321,78 @@ defmodule Snakeport do
   """
   @spec set_attr!(Ref.t(), name(), term(), keyword()) :: :ok
   def set_attr!(ref, name, value, opts \\ []), do: unwrap!(set_attr(ref, name, value, opts))
+
+  ## eval ------------------------------------------------------------------------------------
+
+  @doc """
+  Runs Python source in a session with `bindings` as its variables and returns the value
+  of its last expression (`nil` when it does not end with one), in one round trip.
+
+      {:ok, 42} = Snakeport.eval("x * y", %{"x" => 6, "y" => 7})
+      {:ok, 2.0} = Snakeport.eval("import math\nmath.sqrt(n)", n: 4)
+
+      {:ok, model} = Snakeport.call("sklearn.linear_model", "LinearRegression", [])
+      {:ok, _} = Snakeport.method(model, "fit", [[[1], [2]], [2, 4]])
+      {:ok, [6.0]} = Snakeport.eval("model.predict(X).tolist()", %{"model" => model, "X" => [[3]]})
+
+  `bindings` is a map (or keyword list) from variable names (strings or atoms: Python
+  identifiers) to values; refs resolve to their objects, so `code` can compose calls on
+  them without a round trip per step. Only the result travels back (as data, or as refs
+  when it is not data, per `:result`); intermediate objects are not stored as refs, and
+  each run starts from a fresh namespace (nothing persists between evals: return what you
+  want to keep). The worker compiles each distinct source once (a bounded cache), so a
+  fixed source with varying bindings is cheap.
+
+  `code` is Python source run with the worker's full rights, exactly like the functions
+  `call/4` runs: never build it from untrusted input (pass data as bindings instead).
+
+  Options: `:session`, `:instance`, `:timeout`, `:result` (as for `call/4`). A syntax
+  error is `{:error, %Snakeport.Error{reason: :python_error, python_type: "builtins.SyntaxError"}}`.
+  """
+  @spec eval(String.t(), map() | keyword(), call_opts()) :: result()
+  def eval(code, bindings \\ %{}, opts \\ []), do: Client.eval(code, bindings, opts)
+
+  @doc """
+  Like `eval/3`, but returns the value or raises `Snakeport.Error`.
+  """
+  @spec eval!(String.t(), map() | keyword(), call_opts()) :: term()
+  def eval!(code, bindings \\ %{}, opts \\ []), do: unwrap!(eval(code, bindings, opts))
+
+  ## Tools ---------------------------------------------------------------------------------
+
+  @doc """
+  Registers (or replaces) the Elixir tool `name` of an instance: a function of arity 1
+  (the kwargs map) or 2 (kwargs, context) that Python code running in a call may call with
+  `snakeport.context().call_elixir_tool(name, **kwargs)` (see *Python calling Elixir*).
+
+  Tools given in the `:tools` start option come back when the instance restarts; tools
+  registered here do not. The built-in names `get_session_state` and `set_session_state`
+  are reserved (`ArgumentError`).
+
+  Options: `:instance`.
+
+      :ok = Snakeport.register_tool(:double, fn %{"x" => x} -> 2 * x end)
+  """
+  @spec register_tool(name(), function(), instance: atom()) :: :ok | {:error, Error.t()}
+  def register_tool(name, fun, opts \\ []) do
+    opts = Keyword.validate!(opts, instance: Snakeport)
+
+    with {:ok, inst} <- Instance.fetch(Options.name!(:instance, opts[:instance])),
+         do: Snakeport.Tools.register(inst, name, fun)
+  end
+
+  @doc """
+  Removes a tool registered with `register_tool/3` or the `:tools` option (idempotent).
+
+  Options: `:instance`.
+  """
+  @spec unregister_tool(name(), instance: atom()) :: :ok | {:error, Error.t()}
+  def unregister_tool(name, opts \\ []) do
+    opts = Keyword.validate!(opts, instance: Snakeport)
+
+    with {:ok, inst} <- Instance.fetch(Options.name!(:instance, opts[:instance])),
+         do: Snakeport.Tools.unregister(inst, name)
+  end
 
   ## Releasing ------------------------------------------------------------------------------
 

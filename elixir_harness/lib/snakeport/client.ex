@@ -25,6 +25,7 @@ defmodule Snakeport.Client do
   @call_keys [:kwargs, :session, :timeout, :result, :instance]
   @attr_keys [:session, :timeout, :result, :instance]
   @set_keys [:session, :timeout, :instance]
+  @eval_keys [:session, :timeout, :result, :instance]
 
   @type parsed :: %{
           kwargs: map(),
@@ -97,6 +98,43 @@ defmodule Snakeport.Client do
       :ok
     end
   end
+
+  @doc false
+  # Snakeport.eval/3: `code` with `bindings` (variable name => value) in the session.
+  @spec eval(String.t(), map() | keyword(), keyword()) :: result()
+  def eval(code, bindings, opts) when is_binary(code) do
+    bindings = bindings!(bindings)
+
+    with {:ok, inst, parsed} <- parse(opts, @eval_keys, nil),
+         {:ok, bindings, ref_session} <- Protocol.to_wire(bindings, inst.name) do
+      request = Protocol.eval(code, bindings, parsed.req_opts)
+      run(inst, %{op: :eval}, parsed, nil, ref_session, request)
+    end
+  end
+
+  def eval(other, _bindings, _opts),
+    do: Options.invalid!(:code, "Python source code (a string)", other)
+
+  # Variable names as strings: binaries, or atoms (not nil/true/false).
+  defp bindings!(bindings) when is_map(bindings) and not is_struct(bindings),
+    do: Map.new(bindings, fn {k, v} -> {binding_name!(k, bindings), v} end)
+
+  defp bindings!(bindings) when is_list(bindings) do
+    if Keyword.keyword?(bindings),
+      do: bindings!(Map.new(bindings)),
+      else: Options.invalid!(:bindings, "a map or keyword list of variable names", bindings)
+  end
+
+  defp bindings!(other),
+    do: Options.invalid!(:bindings, "a map or keyword list of variable names", other)
+
+  defp binding_name!(name, _all) when is_binary(name), do: name
+
+  defp binding_name!(name, _all) when is_atom(name) and name not in [nil, true, false],
+    do: Atom.to_string(name)
+
+  defp binding_name!(_name, all),
+    do: Options.invalid!(:bindings, "a map with string or atom keys", all)
 
   ## Options ---------------------------------------------------------------------------------
 

@@ -33,6 +33,15 @@ defmodule Snakeport.Defaults do
   def ttl_seconds, do: 3600
 
   @doc false
+  # The overflow policy of a session that does not state one (session_store:
+  # [default_overflow]): :error (a result that does not fit fails) or :evict_lru.
+  def overflow, do: :error
+
+  @doc false
+  # ms an Elixir tool called from Python may run (option :tool_timeout).
+  def tool_timeout, do: 30_000
+
+  @doc false
   # Live sessions per instance (session_store: [max_sessions]).
   def max_sessions, do: 10_000
 

@@ -29,7 +29,9 @@ defmodule Snakeport.Error do
   call; it is restarted), `:bad_argument` (a `:session` that is neither a session id nor a
   `%Snakeport.SessionContext{}`), `:instance_mismatch` (a ref or session context of one
   Snakeport instance used in a request to another), `:frame_too_large` (a request above the
-  worker's frame limit, refused before it is sent). `:timeout` is also returned when the
+  worker's frame limit, refused before it is sent), `:session_options_conflict` (a request
+  states session limits - `:max_refs`, `:ttl_seconds`, `:overflow`, `:tags` - that differ
+  from those of the existing session; `details.conflicts` maps each to `{session's, asked}`). `:timeout` is also returned when the
   session store itself does not answer in time (the message names it).
 
   ## Examples

@@ -8,6 +8,8 @@ defmodule Snakeport.Instance do
   # (fetch/1). This process, the first child of the instance's supervisor, writes it when
   # the instance starts (only when it changed: a persistent_term update costs the whole VM
   # a scan) and erases it when the instance stops, after every other child has stopped.
+  # It also owns the table of the instance's Elixir tools (Snakeport.Tools), filled from the
+  # `:tools` start option.
 
   use GenServer
 
@@ -22,8 +24,12 @@ defmodule Snakeport.Instance do
           server: atom(),
           sessions: atom(),
           owners: atom(),
+          state: atom(),
+          tools: atom(),
+          tool_supervisor: atom(),
           worker_supervisor: atom(),
           call_timeout: timeout(),
+          tool_timeout: pos_integer(),
           pool_size: pos_integer()
         }
 
@@ -41,6 +47,9 @@ defmodule Snakeport.Instance do
       server: Module.concat(name, "Sessions.Server"),
       sessions: Module.concat(name, "Sessions"),
       owners: Module.concat(name, "Sessions.Owners"),
+      state: Module.concat(name, "Sessions.State"),
+      tools: Module.concat(name, "Tools"),
+      tool_supervisor: Module.concat(name, "ToolSupervisor"),
       worker_supervisor: Module.concat(name, "WorkerSupervisor")
     }
   end
@@ -103,10 +112,13 @@ defmodule Snakeport.Instance do
     # Trap exits, so that terminate/2 erases the entry when the supervisor stops us.
     Process.flag(:trap_exit, true)
     key = {Snakeport, config.name}
+    names = names(config.name)
+    Snakeport.Tools.new_table(names.tools, config.tools)
 
     value =
-      Map.merge(names(config.name), %{
+      Map.merge(names, %{
         call_timeout: config.call_timeout,
+        tool_timeout: config.tool_timeout,
         pool_size: config.pool_size
       })
 

@@ -19,7 +19,9 @@ defmodule Snakeport.Options do
     :max_frame_bytes,
     :threads,
     :spin_us,
-    :startup_timeout
+    :startup_timeout,
+    :tools,
+    :tool_timeout
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -38,13 +40,16 @@ defmodule Snakeport.Options do
             default_max_refs: pos_integer(),
             max_sessions: pos_integer(),
             cleanup_interval: pos_integer(),
-            strict_mode: boolean()
+            strict_mode: boolean(),
+            default_overflow: :error | :evict_lru
           },
           worker_args: [String.t()],
           max_frame_bytes: pos_integer() | nil,
           threads: pos_integer() | nil,
           spin_us: non_neg_integer() | nil,
-          startup_timeout: pos_integer()
+          startup_timeout: pos_integer(),
+          tools: [{String.t(), function()}],
+          tool_timeout: pos_integer()
         }
 
   @doc false
@@ -82,7 +87,9 @@ defmodule Snakeport.Options do
         max_frame_bytes: nil,
         threads: nil,
         spin_us: nil,
-        startup_timeout: Defaults.startup_timeout()
+        startup_timeout: Defaults.startup_timeout(),
+        tools: [],
+        tool_timeout: Defaults.tool_timeout()
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -101,13 +108,16 @@ defmodule Snakeport.Options do
         default_max_refs: pos_integer!(:default_max_refs, store[:default_max_refs]),
         max_sessions: pos_integer!(:max_sessions, store[:max_sessions]),
         cleanup_interval: pos_integer!(:cleanup_interval, store[:cleanup_interval]),
-        strict_mode: boolean!(:strict_mode, store[:strict_mode])
+        strict_mode: boolean!(:strict_mode, store[:strict_mode]),
+        default_overflow: overflow!(:default_overflow, store[:default_overflow])
       },
       worker_args: strings!(:worker_args, opts[:worker_args]),
       max_frame_bytes: optional_pos_integer!(:max_frame_bytes, opts[:max_frame_bytes]),
       threads: optional_pos_integer!(:threads, opts[:threads]),
       spin_us: spin_us!(opts[:spin_us]),
-      startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout])
+      startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout]),
+      tools: Snakeport.Tools.validate!(opts[:tools]),
+      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout])
     }
   end
 
@@ -120,7 +130,8 @@ defmodule Snakeport.Options do
       default_max_refs: Defaults.max_refs(),
       max_sessions: Defaults.max_sessions(),
       cleanup_interval: Defaults.cleanup_interval(),
-      strict_mode: Defaults.strict_mode()
+      strict_mode: Defaults.strict_mode(),
+      default_overflow: Defaults.overflow()
     ]
   end
 
@@ -264,6 +275,11 @@ defmodule Snakeport.Options do
 
   defp boolean!(_key, value) when is_boolean(value), do: value
   defp boolean!(key, value), do: invalid!(key, "a boolean", value)
+
+  @doc false
+  # A session's overflow policy.
+  def overflow!(_key, policy) when policy in [:error, :evict_lru], do: policy
+  def overflow!(key, other), do: invalid!(key, ":error or :evict_lru", other)
 
   @doc false
   @spec invalid!(atom(), String.t(), term()) :: no_return()
@@ -421,6 +437,8 @@ defmodule Snakeport.Options do
   def worker_flags(config) do
     flag(config.session_store.default_max_refs, "--default-max-refs") ++
       flag(config.session_store.default_ttl, "--default-ttl-seconds") ++
+      ["--default-overflow", Atom.to_string(config.session_store.default_overflow)] ++
+      ["--tool-timeout", seconds(config.tool_timeout)] ++
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
       flag(config.spin_us, "--spin-us") ++ config.worker_args
@@ -428,4 +446,8 @@ defmodule Snakeport.Options do
 
   defp flag(nil, _name), do: []
   defp flag(value, name), do: [name, Integer.to_string(value)]
+
+  # Milliseconds as the worker's seconds ("30", "1.5").
+  defp seconds(ms) when rem(ms, 1000) == 0, do: Integer.to_string(div(ms, 1000))
+  defp seconds(ms), do: :erlang.float_to_binary(ms / 1000, [:compact, decimals: 3])
 end

@@ -37,6 +37,15 @@ defmodule Snakeport.Protocol do
     :cancel,
     :shutdown,
     :module,
+    :eval,
+    :expire_session,
+    # the worker's requests (Python calling Elixir tools) and their answers
+    :tool_call,
+    :tool_cancel,
+    :tool_reply,
+    # expire_session reply keys
+    :expired,
+    :idle_ms,
     # request options and session options
     :result,
     :auto,
@@ -171,6 +180,17 @@ defmodule Snakeport.Protocol do
   def open_session(opts), do: {:open_session, nil, nil, opts}
 
   @doc false
+  # Runs Python source with variables (a map of binary names to wire terms) and answers the
+  # value of its last expression.
+  @spec eval(String.t(), map(), map()) :: request()
+  def eval(code, bindings, opts), do: {:eval, nil, nil, code, bindings, opts}
+
+  @doc false
+  # Releases the session if the worker saw no activity of it for `idle_ms` (and none runs).
+  @spec expire_session(non_neg_integer()) :: request()
+  def expire_session(idle_ms), do: {:expire_session, nil, nil, idle_ms}
+
+  @doc false
   @spec release_ref(tuple()) :: request()
   def release_ref(ref), do: {:release_ref, nil, nil, ref}
 
@@ -272,13 +292,19 @@ defmodule Snakeport.Protocol do
   # accepted too. A frame whose first bytes are not such a header is decoded whole (safely):
   # `{:unexpected, reason, message}` when it is neither a reply nor an event.
   @spec frame_kind(binary()) ::
-          {:reply, non_neg_integer()} | :event | {:unexpected, atom(), String.t()}
+          {:reply, non_neg_integer()}
+          | :event
+          | :tool_call
+          | :tool_cancel
+          | {:unexpected, atom(), String.t()}
   def frame_kind(<<131, 104, 4, 119, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
   def frame_kind(<<131, 104, 4, 118, 0, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
   def frame_kind(<<131, 104, 4, 115, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
   def frame_kind(<<131, 104, 4, 100, 0, 5, "reply", rest::binary>> = f), do: reply_id(rest, f)
   def frame_kind(<<131, 104, 4, 119, 5, "event", _::binary>>), do: :event
   def frame_kind(<<131, 104, 4, 118, 0, 5, "event", _::binary>>), do: :event
+  def frame_kind(<<131, 104, 6, 119, 9, "tool_call", _::binary>>), do: :tool_call
+  def frame_kind(<<131, 104, 2, 119, 11, "tool_cancel", _::binary>>), do: :tool_cancel
   def frame_kind(frame), do: classify(frame)
 
   defp classify(frame) do
@@ -288,6 +314,12 @@ defmodule Snakeport.Protocol do
 
       {:ok, {:event, _, _, _}} ->
         :event
+
+      {:ok, {:tool_call, _, _, _, _, _}} ->
+        :tool_call
+
+      {:ok, {:tool_cancel, _}} ->
+        :tool_cancel
 
       {:ok, other} ->
         {:unexpected, :unexpected_frame, "unexpected frame: #{inspect(other, limit: 10)}"}
@@ -334,6 +366,65 @@ defmodule Snakeport.Protocol do
       :error ->
         {:error, :unsafe_term, "an event could not be decoded safely (unknown atom?)"}
     end
+  end
+
+  @doc false
+  # The worker's request `{tool_call, CallId, RequestId, Session, Name, Kwargs}`: Python code
+  # of request `RequestId` (in `Session`) calls the Elixir tool `Name`. Refs in `Kwargs`
+  # become %Snakeport.Ref{} of `instance` (worker index `worker`).
+  @spec decode_tool_call(binary(), atom(), non_neg_integer()) ::
+          {:ok,
+           %{
+             call_id: pos_integer(),
+             request_id: non_neg_integer(),
+             session: String.t(),
+             name: String.t(),
+             kwargs: map()
+           }}
+          | {:error, atom(), String.t()}
+  def decode_tool_call(frame, instance, worker) do
+    case safe_decode(frame) do
+      {:ok, {:tool_call, call_id, request_id, session, name, kwargs}}
+      when is_integer(call_id) and call_id > 0 and is_integer(request_id) and request_id >= 0 and
+             is_binary(session) and is_binary(name) and is_map(kwargs) ->
+        {:ok,
+         %{
+           call_id: call_id,
+           request_id: request_id,
+           session: session,
+           name: name,
+           kwargs: from_wire(kwargs, frame, instance, worker)
+         }}
+
+      {:ok, other} ->
+        {:error, :malformed_tool_call, "malformed tool_call: #{inspect(other, limit: 10)}"}
+
+      :error ->
+        {:error, :unsafe_term, "a tool_call could not be decoded safely (unknown atom?)"}
+    end
+  end
+
+  @doc false
+  # The worker's `{tool_cancel, CallId}`: it no longer waits for that tool call.
+  @spec decode_tool_cancel(binary()) :: {:ok, pos_integer()} | {:error, atom(), String.t()}
+  def decode_tool_cancel(frame) do
+    case safe_decode(frame) do
+      {:ok, {:tool_cancel, call_id}} when is_integer(call_id) and call_id > 0 -> {:ok, call_id}
+      _ -> {:error, :malformed_tool_cancel, "malformed tool_cancel frame"}
+    end
+  end
+
+  @doc false
+  # The frame answering tool call `call_id`: `{tool_reply, CallId, ok, Value}` (a wire
+  # term) or `{tool_reply, CallId, error, #{reason, message, details}}`. Not a request: the
+  # worker sends no reply to it.
+  @spec tool_reply(pos_integer(), {:ok, term()} | {:error, atom(), String.t(), map()}) :: binary()
+  def tool_reply(call_id, {:ok, value}),
+    do: :erlang.term_to_binary({:tool_reply, call_id, :ok, value})
+
+  def tool_reply(call_id, {:error, reason, message, details}) do
+    error = %{reason: reason, message: message, details: details}
+    :erlang.term_to_binary({:tool_reply, call_id, :error, error})
   end
 
   @doc false
@@ -431,6 +522,20 @@ defmodule Snakeport.Protocol do
   def released_count({:ok, %{released: n}}) when is_integer(n) and n >= 0, do: {:ok, n}
   def released_count({:ok, other}), do: {:error, malformed(:release_session, other)}
   def released_count({:error, _} = error), do: error
+
+  @doc false
+  # The outcome of a decoded `expire_session` reply: `{:expired, refs_released}` or
+  # `{:idle, idle_ms}` (the session was kept: in use, or active within the time asked).
+  @spec expired({:ok, term()} | {:error, Error.t()}) ::
+          {:ok, {:expired, non_neg_integer()} | {:idle, non_neg_integer()}} | {:error, Error.t()}
+  def expired({:ok, %{expired: true, released: n}}) when is_integer(n) and n >= 0,
+    do: {:ok, {:expired, n}}
+
+  def expired({:ok, %{expired: false, idle_ms: ms}}) when is_integer(ms) and ms >= 0,
+    do: {:ok, {:idle, ms}}
+
+  def expired({:ok, other}), do: {:error, malformed(:expire_session, other)}
+  def expired({:error, _} = error), do: error
 
   @doc false
   # Whether a decoded `release_ref` reply released the ref.

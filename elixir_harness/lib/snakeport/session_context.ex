@@ -96,13 +96,28 @@ defmodule Snakeport.SessionContext do
     * `:ttl_seconds` - the session (and each of its refs) is released after this many
       seconds without use (default: the instance's `session_store: [default_ttl: ...]`,
       3600 unless configured).
+    * `:overflow` - what a call whose result would take the session past `:max_refs` does:
+      `:error` (it fails with `:max_refs_exceeded`, nothing is stored) or `:evict_lru` (the
+      least recently used refs are released to make room, reported with a
+      `[:snakeport, :worker, :refs_evicted]` event). Default: the instance's
+      `session_store: [default_overflow: ...]`, `:error` unless configured.
     * `:tags` - a map of metadata for debugging (default: `%{}`), also stored by the worker.
 
   `nil` limits mean "the instance's default": the worker applies it when the session is
   opened, and `Snakeport.session_info/2` reports the value in force. A session's limits are
-  fixed by the process that creates it; later adopters share it as is. A session the worker
-  refuses to open (e.g. tags it cannot decode) is not created: the calls that needed it
-  return the worker's error.
+  fixed by the process that creates it. A later adopter that states a limit (`:max_refs`,
+  `:ttl_seconds`, `:overflow`, non-empty `:tags`) different from the session's gets
+  `{:error, %Snakeport.Error{reason: :session_options_conflict}}` from its calls (and
+  `with_session/2` raises it): leave the option out to share the session as it is. A
+  session the worker refuses to open (e.g. tags it cannot decode) is not created: the calls
+  that needed it return the worker's error.
+
+  ## Sessions of the session store
+
+  `with_session([session_id: id], fun)` also works with a session created by
+  `Snakeport.SessionStore.create_session/2`: the process uses it (its refs, its state) but
+  does not become its owner in the sense above: a store session lives until its TTL passes
+  without use or it is deleted, whoever used it.
   """
 
   alias Snakeport.{Client, Options, Sessions}
@@ -114,6 +129,7 @@ defmodule Snakeport.SessionContext do
     instance: Snakeport,
     max_refs: nil,
     ttl_seconds: nil,
+    overflow: nil,
     tags: %{},
     created_at: nil
   ]
@@ -124,6 +140,7 @@ defmodule Snakeport.SessionContext do
           instance: atom(),
           max_refs: pos_integer() | nil,
           ttl_seconds: pos_integer() | nil,
+          overflow: :error | :evict_lru | nil,
           tags: map(),
           created_at: integer()
         }
@@ -151,6 +168,7 @@ defmodule Snakeport.SessionContext do
         instance: Snakeport,
         max_refs: nil,
         ttl_seconds: nil,
+        overflow: nil,
         tags: %{}
       )
 
@@ -170,6 +188,7 @@ defmodule Snakeport.SessionContext do
       instance: Options.name!(:instance, opts[:instance]),
       max_refs: optional_pos_integer!(:max_refs, opts[:max_refs]),
       ttl_seconds: optional_pos_integer!(:ttl_seconds, opts[:ttl_seconds]),
+      overflow: opts[:overflow] && Options.overflow!(:overflow, opts[:overflow]),
       tags: tags,
       created_at: System.system_time(:millisecond)
     }
@@ -223,6 +242,9 @@ defmodule Snakeport.SessionContext do
   created if it does not exist), then `fun` runs with the session as the current context
   of its instance; the previous context is restored afterwards. The session is released
   when its last owner dies, on `Snakeport.release_session/2`, or after its TTL.
+
+  Raises `Snakeport.Error` (`:session_options_conflict`) when the session exists with
+  other limits than those `opts` state (see the module doc).
   """
   @spec with_session(keyword(), (() -> result)) :: result when result: term()
   def with_session(opts, fun) when is_list(opts) and is_function(fun, 0) do
@@ -230,9 +252,11 @@ defmodule Snakeport.SessionContext do
 
     # Adopt now, so that this process owns the session even before its first call. An
     # error here (e.g. the quota, or an instance that is not running) is reported again by
-    # the calls made inside `fun`.
-    with {:ok, inst, timeout} <- Client.admin([], ctx) do
-      Sessions.checkout(inst, ctx, nil, timeout)
+    # the calls made inside `fun`; options that conflict with the session's are raised now.
+    with {:ok, inst, timeout} <- Client.admin([], ctx),
+         {:error, %Snakeport.Error{reason: :session_options_conflict} = error} <-
+           Sessions.checkout(inst, ctx, nil, timeout) do
+      raise error
     end
 
     previous = put_current(ctx)

@@ -99,7 +99,13 @@ defmodule Snakeport.Sessions do
 
   defp ensure(inst, %SessionContext{session_id: id, instance: name} = ctx, create, timeout)
        when name == inst.name do
-    limits = %{max_refs: ctx.max_refs, ttl_seconds: ctx.ttl_seconds, tags: ctx.tags}
+    limits = %{
+      max_refs: ctx.max_refs,
+      ttl_seconds: ctx.ttl_seconds,
+      tags: ctx.tags,
+      overflow: ctx.overflow
+    }
+
     fast(inst, id, limits, create, timeout)
   end
 
@@ -123,6 +129,7 @@ defmodule Snakeport.Sessions do
         cond do
           not owner?(inst, id, info) -> adopt(inst, id, limits, create, timeout)
           lost -> {:error, lost_error(info)}
+          limits != nil and conflict(info, limits) != :ok -> conflict(info, limits)
           true -> touch(inst, id, last) && {:ok, info}
         end
 
@@ -179,6 +186,50 @@ defmodule Snakeport.Sessions do
   end
 
   @doc false
+  # Whether the limits a later opener states (`limits`: nil, or a map of :max_refs,
+  # :ttl_seconds, :tags, :overflow whose nil values, and empty tags, mean "not stated")
+  # match those of the session `info`: :ok, or {:error, :session_options_conflict}.
+  # A session's limits are set by its creator; a differing request is refused, never
+  # silently ignored.
+  @spec conflict(info(), map() | nil) :: :ok | {:error, Error.t()}
+  def conflict(_info, nil), do: :ok
+
+  def conflict(info, limits) do
+    differing =
+      Enum.flat_map(limits, fn {key, want} ->
+        have = Map.get(info, key)
+
+        if want == nil or (key == :tags and want == %{}) or have == want,
+          do: [],
+          else: [{key, have, want}]
+      end)
+
+    case differing do
+      [] ->
+        :ok
+
+      _ ->
+        what =
+          Enum.map_join(differing, ", ", fn {key, have, want} ->
+            "#{key}: #{inspect(have)} (asked: #{inspect(want)})"
+          end)
+
+        {:error,
+         Error.new(
+           :session_options_conflict,
+           "session #{inspect(info.id)} already exists with #{what}. A session's limits are " <>
+             "set when it is created: leave these options out to use the session as it is, " <>
+             "or release it (Snakeport.release_session/2, SessionStore.delete_session/2) " <>
+             "and create it again with the new ones.",
+           %{
+             session: info.id,
+             conflicts: Map.new(differing, fn {key, have, want} -> {key, {have, want}} end)
+           }
+         )}
+    end
+  end
+
+  @doc false
   # Called when the worker answered a request of session `info` with :session_not_found. The
   # worker only knows opened sessions, so this means the session is not open there: either
   # the harness released it too (the request crossed its release_session: nothing to do,
@@ -192,6 +243,91 @@ defmodule Snakeport.Sessions do
     Server.reopen(inst.server, info.id, info.gen, timeout)
   catch
     :exit, _ -> :not_found
+  end
+
+  @doc false
+  # Creates a store session (Snakeport.SessionStore): see Server.create/6.
+  @spec create(Instance.t(), String.t(), pid() | nil, map(), :create | :get_or_create, timeout()) ::
+          {:ok, info(), boolean()} | {:error, :already_exists | Error.t()}
+  def create(inst, id, keeper, limits, mode, timeout) do
+    Server.create(inst.server, id, keeper, limits, mode, timeout)
+  catch
+    :exit, reason -> {:error, exit_error(inst, reason, timeout)}
+  end
+
+  @doc false
+  # The session row, refreshing its last access (SessionStore.get_session/2): a store
+  # session that is looked up is in use.
+  @spec touch(Instance.t(), String.t()) ::
+          {:ok, info(), boolean(), integer()} | :not_found | {:error, Error.t()}
+  def touch(inst, id) do
+    case :ets.lookup(inst.sessions, id) do
+      [{^id, info, _last, lost, _ttl}] ->
+        now = System.monotonic_time(:millisecond)
+        :ets.update_element(inst.sessions, id, {3, now})
+        {:ok, info, lost, System.system_time(:millisecond)}
+
+      [] ->
+        :not_found
+    end
+  rescue
+    ArgumentError -> {:error, Instance.not_started(inst.name)}
+  end
+
+  @doc false
+  # The value of `key` in the state of session `id` (kept for the session's life).
+  @spec get_state(Instance.t(), String.t(), term()) ::
+          {:ok, term()} | {:error, :not_found | Error.t()}
+  def get_state(inst, id, key) do
+    with {:ok, gen} <- gen_of(inst, id),
+         [{_, ^gen, value}] <- :ets.lookup(inst.state, {id, key}) do
+      {:ok, value}
+    else
+      {:error, _} = error -> error
+      _ -> {:error, :not_found}
+    end
+  rescue
+    ArgumentError -> {:error, Instance.not_started(inst.name)}
+  end
+
+  @doc false
+  # Sets `key` in the state of session `id`. The store drops a session's state when it
+  # drops the row; a write that raced with that is undone here (the row is checked again
+  # after the write), so no state outlives its session.
+  @spec put_state(Instance.t(), String.t(), term(), term()) ::
+          :ok | {:error, :not_found | Error.t()}
+  def put_state(inst, id, key, value) do
+    with {:ok, gen} <- gen_of(inst, id) do
+      :ets.insert(inst.state, {{id, key}, gen, value})
+
+      case gen_of(inst, id) do
+        {:ok, ^gen} ->
+          :ok
+
+        _ ->
+          :ets.delete_object(inst.state, {{id, key}, gen, value})
+          {:error, :not_found}
+      end
+    end
+  rescue
+    ArgumentError -> {:error, Instance.not_started(inst.name)}
+  end
+
+  @doc false
+  # Removes `key` from the state of session `id` (idempotent).
+  @spec delete_state(Instance.t(), String.t(), term()) :: :ok | {:error, Error.t()}
+  def delete_state(inst, id, key) do
+    :ets.delete(inst.state, {id, key})
+    :ok
+  rescue
+    ArgumentError -> {:error, Instance.not_started(inst.name)}
+  end
+
+  defp gen_of(inst, id) do
+    case :ets.lookup(inst.sessions, id) do
+      [{^id, %{gen: gen}, _last, _lost, _ttl}] -> {:ok, gen}
+      [] -> {:error, :not_found}
+    end
   end
 
   @doc false
@@ -288,6 +424,8 @@ defmodule Snakeport.Sessions do
           max_refs: info.max_refs,
           ttl_seconds: info.ttl_seconds,
           tags: info.tags,
+          overflow: info.overflow,
+          kind: info.kind,
           created_at: info.created_at,
           last_access: last_access,
           auto: info.auto,

@@ -8,6 +8,7 @@ defmodule Snakeport.Supervisor do
   #   ├── Snakeport.Instance          the instance's :persistent_term entry (names, config)
   #   ├── Snakeport.Pool              worker registry (ETS), monitors workers, start gate
   #   ├── Snakeport.Sessions.Server   session store (ETS), owners' monitors, TTL sweep
+  #   ├── Snakeport.ToolSupervisor    Task.Supervisor: the Elixir tools Python calls
   #   ├── Snakeport.WorkerSupervisor  (one_for_one)
   #   │   └── Snakeport.Worker 0..pool_size-1, one Port (`python -m snakeport`) each,
   #   │       each linked to its Snakeport.Courier once ready
@@ -58,6 +59,7 @@ defmodule Snakeport.Supervisor do
       {Snakeport.Instance, config},
       {Snakeport.Pool, arg},
       {Snakeport.Sessions.Server, arg},
+      {Task.Supervisor, name: names.tool_supervisor},
       worker_sup,
       %{
         id: :start_gate,

@@ -26,11 +26,17 @@ defmodule Snakeport.Worker do
   #
   # Each ready worker links one Snakeport.Courier, which writes the session store's
   # requests to this port, so that the store itself never writes to a port.
+  #
+  # The worker's own requests (Python code calling an Elixir tool, `{tool_call, ...}`) are
+  # handed to a runner under the instance's Task.Supervisor (Snakeport.Tools), with the pid
+  # of the process that waits for the reply of the Python call in question (the third
+  # element of its `pending` entry); this process only keeps `call id => runner` so that a
+  # `{tool_cancel, CallId}` can stop it.
 
   use GenServer
   require Logger
 
-  alias Snakeport.{Courier, Defaults, Error, Options, Pool, Protocol, Telemetry}
+  alias Snakeport.{Courier, Defaults, Error, Options, Pool, Protocol, Telemetry, Tools}
 
   @type entry :: %{
           instance: atom(),
@@ -66,8 +72,9 @@ defmodule Snakeport.Worker do
       mref = :erlang.monitor(:process, entry.pid, [{:alias, :demonitor}])
 
       try do
-        # Register before writing: the reply cannot overtake its registration.
-        :ets.insert(entry.pending, {id, mref})
+        # Register before writing: the reply cannot overtake its registration. The caller's
+        # pid is there for the tools its call may ask for (Snakeport.Tools).
+        :ets.insert(entry.pending, {id, mref, self()})
         Port.command(entry.port, payload)
         {:ok, {mref, id, entry}}
       rescue
@@ -129,6 +136,16 @@ defmodule Snakeport.Worker do
   end
 
   @doc false
+  # Writes a frame that is not a request (a tool_reply): nobody waits for an answer.
+  @spec send_frame(entry(), iodata()) :: :ok
+  def send_frame(entry, frame) do
+    Port.command(entry.port, frame)
+    :ok
+  rescue
+    ArgumentError -> :ok
+  end
+
+  @doc false
   # Asks the worker to interrupt request `target`; its reply (and the target's) is dropped.
   @spec cancel(entry(), non_neg_integer()) :: :ok
   def cancel(entry, target), do: cast(entry, Protocol.cancel(target))
@@ -169,7 +186,10 @@ defmodule Snakeport.Worker do
           port: port,
           pending: :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true]),
           entry: nil,
-          exit_status: nil
+          exit_status: nil,
+          # tool call id => {runner pid, monitor ref}; monitor ref => call id
+          tools: %{},
+          tool_monitors: %{}
         }
 
         {:ok, state, {:continue, :handshake}}
@@ -327,8 +347,7 @@ defmodule Snakeport.Worker do
   # A frame from Python: a reply goes straight to the process that sent the request, an
   # event becomes telemetry.
   def handle_info({port, {:data, frame}}, %{port: port} = state) do
-    frame(state, frame)
-    {:noreply, state}
+    {:noreply, frame(state, frame)}
   end
 
   # The Python process exited (killed, crashed, or shut down): stop, so that the supervisor
@@ -352,6 +371,13 @@ defmodule Snakeport.Worker do
   def handle_info({:EXIT, courier, reason}, %{entry: %{courier: courier}} = state) do
     Logger.error("Snakeport worker #{state.index}: its courier exited (#{inspect(reason)})")
     {:stop, {:shutdown, {:courier_exited, reason}}, state}
+  end
+
+  # A tool runner ended (it answered, or was killed).
+  def handle_info({:DOWN, mref, :process, _pid, _reason}, state)
+      when is_map_key(state.tool_monitors, mref) do
+    {call_id, monitors} = Map.pop(state.tool_monitors, mref)
+    {:noreply, %{state | tools: Map.delete(state.tools, call_id), tool_monitors: monitors}}
   end
 
   def handle_info(msg, state) do
@@ -394,8 +420,7 @@ defmodule Snakeport.Worker do
   defp drain(%{port: port} = state, deadline) do
     receive do
       {^port, {:data, frame}} ->
-        frame(state, frame)
-        drain(state, deadline)
+        state |> frame(frame) |> drain(deadline)
 
       {^port, {:exit_status, _}} ->
         :ok
@@ -412,17 +437,32 @@ defmodule Snakeport.Worker do
     ArgumentError -> true
   end
 
+  # Handles one frame from the worker; returns the new state.
   defp frame(state, frame) do
     case Protocol.frame_kind(frame) do
-      {:reply, id} -> route(state, id, frame)
-      :event -> event(state, frame)
-      {:unexpected, reason, message} -> protocol_error(state, reason, message)
+      {:reply, id} ->
+        route(state, id, frame)
+        state
+
+      :event ->
+        event(state, frame)
+        state
+
+      :tool_call ->
+        tool_call(state, frame)
+
+      :tool_cancel ->
+        tool_cancel(state, frame)
+
+      {:unexpected, reason, message} ->
+        protocol_error(state, reason, message)
+        state
     end
   end
 
   defp route(state, id, frame) do
     case :ets.take(state.pending, id) do
-      [{^id, reply_to}] -> :erlang.send(reply_to, {reply_to, frame})
+      [{^id, reply_to, _caller}] -> :erlang.send(reply_to, {reply_to, frame})
       # The caller timed out (and cancelled), or nobody waits for this reply (cast/2).
       [] -> dropped(state, id, frame)
     end
@@ -444,6 +484,60 @@ defmodule Snakeport.Worker do
         outcome: outcome,
         error: error
       })
+    end
+  end
+
+  # Python code asks for an Elixir tool: a runner does it (Snakeport.Tools).
+  defp tool_call(state, frame) do
+    entry = state.entry
+
+    case Protocol.decode_tool_call(frame, entry.instance, entry.index) do
+      {:ok, call} ->
+        caller =
+          case :ets.lookup(state.pending, call.request_id) do
+            [{_, _alias, pid}] -> pid
+            [] -> nil
+          end
+
+        case Tools.start(state.names.tool_supervisor, entry, call, caller) do
+          {:ok, pid} ->
+            mref = Process.monitor(pid)
+
+            %{
+              state
+              | tools: Map.put(state.tools, call.call_id, {pid, mref}),
+                tool_monitors: Map.put(state.tool_monitors, mref, call.call_id)
+            }
+
+          {:error, reason} ->
+            message = "the tool could not be started (#{inspect(reason, limit: 10)})"
+            Tools.answer(entry, call.call_id, {:error, :tool_error, message, %{}})
+            state
+        end
+
+      {:error, reason, message} ->
+        protocol_error(state, reason, message)
+        state
+    end
+  end
+
+  # Python stopped waiting for a tool: stop it.
+  defp tool_cancel(state, frame) do
+    case Protocol.decode_tool_cancel(frame) do
+      {:ok, call_id} ->
+        case Map.pop(state.tools, call_id) do
+          {{pid, mref}, tools} ->
+            Process.demonitor(mref, [:flush])
+            Process.exit(pid, :kill)
+            %{state | tools: tools, tool_monitors: Map.delete(state.tool_monitors, mref)}
+
+          {nil, _} ->
+            state
+        end
+
+      {:error, reason, message} ->
+        protocol_error(state, reason, message)
+        state
     end
   end
 

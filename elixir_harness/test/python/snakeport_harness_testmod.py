@@ -67,3 +67,78 @@ class Box:
 
     def add(self, other):
         return Box(self.value + (other.value if isinstance(other, Box) else other))
+
+
+# --- Python calling Elixir tools (snakeport.context()) --------------------------------------
+
+
+def tool(name, **kwargs):
+    """Call the Elixir tool ``name`` from inside a call and return its value."""
+    import snakeport
+
+    return snakeport.context().call_elixir_tool(name, **kwargs)
+
+
+def tool_error(name, **kwargs):
+    """Call a tool; return ``[type, reason, message]`` of its ToolError instead of raising."""
+    import snakeport
+
+    try:
+        return ["ok", snakeport.context().call_elixir_tool(name, **kwargs)]
+    except snakeport.ToolError as exc:
+        return [type(exc).__name__, exc.reason, exc.message]
+
+
+def tool_then(name, seconds, **kwargs):
+    """Call a tool, then sleep (the call stays in flight after the tool answered)."""
+    value = tool(name, **kwargs)
+    time.sleep(seconds)
+    return value
+
+
+def nested(depth):
+    """Recurse through Elixir: ``depth`` levels of Python -> tool -> Python."""
+    if depth <= 0:
+        return [threading_ident()]
+    import snakeport
+
+    return snakeport.context().call_elixir_tool("descend", depth=depth - 1) + [threading_ident()]
+
+
+def threading_ident():
+    import threading
+
+    return threading.get_ident()
+
+
+def context_session():
+    import snakeport
+
+    return snakeport.context().session_id
+
+
+def counter(by):
+    """Session state reached from Python (the seed's get/set_session_state)."""
+    import snakeport
+
+    ctx = snakeport.context()
+    count = ctx.call_elixir_tool("get_session_state", key="count", default=0)
+    ctx.call_elixir_tool("set_session_state", key="count", value=count + by)
+    return count + by
+
+
+class SlowModel:
+    """A real scikit-learn model whose ``fit`` takes ``seconds`` longer."""
+
+    def __init__(self):
+        from sklearn.linear_model import LinearRegression
+
+        self.model = LinearRegression()
+
+    def fit(self, X, y, seconds=0):
+        time.sleep(seconds)
+        self.model.fit(X, y)
+        return self
+
+    def predict(self, X):
+        return self.model.predict(X)

@@ -61,7 +61,8 @@ defmodule Snakeport.StartTest do
                default_max_refs: 10_000,
                max_sessions: 7,
                cleanup_interval: 60_000,
-               strict_mode: true
+               strict_mode: true,
+               default_overflow: :error
              }
 
       assert Snakeport.Options.validate!(pool_size: 1).pool_size == 1
@@ -78,10 +79,22 @@ defmodule Snakeport.StartTest do
 
       assert Snakeport.Options.worker_flags(config) ==
                ["--default-max-refs", "50", "--default-ttl-seconds", "60"] ++
+                 ["--default-overflow", "error", "--tool-timeout", "30"] ++
                  ["--threads", "2", "--spin-us", "0", "--max-depth", "9"]
 
       assert Snakeport.Options.worker_flags(Snakeport.Options.validate!([])) ==
-               ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"]
+               ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"] ++
+                 ["--default-overflow", "error", "--tool-timeout", "30"]
+
+      config =
+        Snakeport.Options.validate!(
+          session_store: [default_overflow: :evict_lru],
+          tool_timeout: 1_500
+        )
+
+      assert ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"] ++
+               ["--default-overflow", "evict_lru", "--tool-timeout", "1.5"] ==
+               Snakeport.Options.worker_flags(config)
     end
 
     test "session context options are validated" do

@@ -34,7 +34,27 @@ defmodule Snakeport.Sessions.Server do
   #   Snakeport.release_session/2); an error becomes [:snakeport, :session, :close_failed].
   # * A request answered `session_not_found` while the row exists gets the session opened
   #   again (reopen, with the limits recorded for it).
-  # * A sweep every `cleanup_interval` releases sessions idle for longer than their TTL.
+  # * Kinds of sessions (`info.kind`): `:auto` (a process's auto-session) and `:owned` (a
+  #   session context, a shared id) are released when their last owner dies; `:store`
+  #   sessions (Snakeport.SessionStore) have no owners in that sense: the processes that use
+  #   them are monitored (so that their calls stay message-free) but their deaths release
+  #   nothing, unless they were made *keepers* (`create_session(id, owner: pid)`): a store
+  #   session with keepers is released when its last keeper dies.
+  # * A later opener's limits (a context's `:max_refs`, ... ; a get-or-create's) must match
+  #   the session's: a difference is the caller's `:session_options_conflict` error
+  #   (Snakeport.Sessions.conflict/3), never silently ignored.
+  # * The TTL sweep (every `cleanup_interval`) never releases a session under a running
+  #   call. A row whose `last_access` (refreshed by callers as they check out) is older than
+  #   its TTL is not dropped here: the session's worker is asked, through its courier, to
+  #   `expire_session` it, which it does only when no call of the session is in flight and
+  #   none started or ended within the TTL (one step in the worker, so no call can start in
+  #   between); else it answers the session's idle time, and the row's `last_access` is set
+  #   back to match (the TTL clock restarts when a call ends, without any write on the call
+  #   path). While the question is out (`expiring`), a reopen of the session waits for the
+  #   answer. A lost row is dropped at once.
+  # * Session state (the `get_session_state`/`set_session_state` tools,
+  #   Snakeport.SessionStore.put_state/4) lives in a public ordered_set
+  #   `{{session_id, key}, gen, value}`, written by callers, dropped here with the session.
   # * Each session is pinned to one worker, the least loaded at creation. This process
   #   monitors the workers it pinned sessions to; when one dies its sessions are marked
   #   lost (their refs died with the Python process). A lost row stays (until its owners
@@ -48,7 +68,7 @@ defmodule Snakeport.Sessions.Server do
   use GenServer
   require Logger
 
-  alias Snakeport.{Client, Courier, Defaults, Error, Pool, Protocol, Telemetry}
+  alias Snakeport.{Client, Courier, Defaults, Error, Pool, Protocol, Sessions, Telemetry}
 
   @threshold Defaults.accumulation_threshold()
 
@@ -62,6 +82,8 @@ defmodule Snakeport.Sessions.Server do
           tags: term(),
           created_at: integer(),
           auto: boolean(),
+          kind: :auto | :owned | :store,
+          overflow: :error | :evict_lru,
           gen: pos_integer()
         }
 
@@ -77,6 +99,13 @@ defmodule Snakeport.Sessions.Server do
   # Replies {:ok, info, lost?} or {:error, :not_found | %Error{}}.
   def adopt(server, id, pid, limits, create, timeout),
     do: GenServer.call(server, {:adopt, id, pid, limits, create}, timeout)
+
+  @doc false
+  # Creates the store session `id` (Snakeport.SessionStore): `mode` is `:create` (an
+  # existing id is {:error, :already_exists}) or `:get_or_create`; `keeper` (a pid or nil)
+  # becomes a keeper. Replies {:ok, info, lost?} or {:error, :already_exists | %Error{}}.
+  def create(server, id, keeper, limits, mode, timeout),
+    do: GenServer.call(server, {:create, id, keeper, limits, mode}, timeout)
 
   @doc false
   # Opens session `id` (of generation `gen`) again in its worker; replies once the worker
@@ -110,6 +139,9 @@ defmodule Snakeport.Sessions.Server do
       ])
     end
 
+    # ordered_set: a session's keys are one range, dropped with one select_delete.
+    :ets.new(names.state, [:named_table, :public, :ordered_set, read_concurrency: true])
+
     store = config.session_store
     schedule_sweep(store.cleanup_interval)
 
@@ -118,10 +150,15 @@ defmodule Snakeport.Sessions.Server do
        instance: names.name,
        table: names.sessions,
        owners_table: names.owners,
+       state_table: names.state,
        pool_table: names.pool_table,
        store: store,
        # session id => %{pid => monitor ref}
        owners: %{},
+       # store session id => MapSet of keeper pids (also in owners)
+       keepers: %{},
+       # session id => %{gen: gen, reopens: [from]}: expire_session asked, not answered
+       expiring: %{},
        # monitor ref => {:owner, session id, pid} | {:worker, worker pid, index}
        monitors: %{},
        # worker pid => {monitor ref, sessions pinned to it}
@@ -129,7 +166,7 @@ defmodule Snakeport.Sessions.Server do
        # session id => the session being opened (see open/6)
        opening: %{},
        # courier tag => {:open, id} | {:reopen, id, index, from}
-       #   | {:release, id, index, reason, froms}
+       #   | {:release, id, index, reason, froms} | {:expire, id, gen, index}
        courier: %{},
        # how many rows are lost (they do not count against max_sessions)
        lost: 0
@@ -138,39 +175,55 @@ defmodule Snakeport.Sessions.Server do
 
   @impl true
   def handle_call({:adopt, id, pid, limits, create}, from, state) do
+    waiter = %{from: from, pid: pid, limits: limits, keeper: false}
+
     case :ets.lookup(state.table, id) do
       [{^id, info, _last, lost, _ttl}] ->
-        :ets.update_element(state.table, id, {3, System.monotonic_time(:millisecond)})
-        {:reply, {:ok, info, lost}, add_owner(state, id, pid)}
+        existing(state, id, info, lost, waiter)
 
       [] ->
         case state.opening do
-          %{^id => opening} ->
+          %{^id => _} ->
             # Being opened: wait with its creator (its limits stand).
-            opening = %{opening | waiters: [{from, pid} | opening.waiters]}
-            {:noreply, %{state | opening: Map.put(state.opening, id, opening)}}
+            {:noreply, wait_opening(state, id, waiter)}
 
           %{} when create == false ->
             {:reply, {:error, :not_found}, state}
 
           %{} ->
-            open(state, id, from, pid, limits, create == :auto)
+            open(state, id, waiter, if(create == :auto, do: :auto, else: :owned))
+        end
+    end
+  end
+
+  def handle_call({:create, id, keeper, limits, mode}, from, state) do
+    waiter = %{from: from, pid: keeper, limits: limits, keeper: keeper != nil}
+
+    case :ets.lookup(state.table, id) do
+      [{^id, _info, _last, _lost, _ttl}] when mode == :create ->
+        {:reply, {:error, :already_exists}, state}
+
+      [{^id, info, _last, lost, _ttl}] ->
+        existing(state, id, info, lost, waiter)
+
+      [] ->
+        case state.opening do
+          %{^id => _} when mode == :create -> {:reply, {:error, :already_exists}, state}
+          %{^id => _} -> {:noreply, wait_opening(state, id, waiter)}
+          %{} -> open(state, id, waiter, :store)
         end
     end
   end
 
   def handle_call({:reopen, id, gen}, from, state) do
-    case :ets.lookup(state.table, id) do
-      [{^id, %{gen: ^gen} = info, _last, false, _ttl}] ->
-        limits = %{max_refs: info.max_refs, ttl_seconds: info.ttl_seconds, tags: info.tags}
+    case state.expiring do
+      # The worker is asked whether the session expired: reopen only if it did not.
+      %{^id => %{gen: ^gen} = expiring} ->
+        expiring = %{expiring | reopens: [from | expiring.reopens]}
+        {:noreply, %{state | expiring: Map.put(state.expiring, id, expiring)}}
 
-        tag =
-          Courier.request(info.worker.courier, Protocol.open_session(session_opts(limits)), id)
-
-        {:noreply, put_courier(state, tag, {:reopen, id, info.index, from})}
-
-      _ ->
-        {:reply, :not_found, state}
+      %{} ->
+        {:noreply, do_reopen(state, id, gen, from)}
     end
   end
 
@@ -237,8 +290,9 @@ defmodule Snakeport.Sessions.Server do
         state = %{state | monitors: monitors}
         :ets.delete(state.owners_table, {id, pid})
         owners = state.owners |> Map.get(id, %{}) |> Map.delete(pid)
+        state = %{state | owners: Map.put(state.owners, id, owners)}
 
-        if map_size(owners) == 0 do
+        if last_owner_gone?(state, id, pid, owners) do
           state =
             case drop(state, id, :owner_down) do
               {{info, false}, state} -> release(state, info, :owner_down, [])
@@ -248,7 +302,7 @@ defmodule Snakeport.Sessions.Server do
           pruned(state, :owner_down, [id])
           {:noreply, state}
         else
-          {:noreply, %{state | owners: Map.put(state.owners, id, owners)}}
+          {:noreply, forget_keeper(state, id, pid)}
         end
 
       {{:worker, wpid, index}, monitors} ->
@@ -264,19 +318,22 @@ defmodule Snakeport.Sessions.Server do
 
     expired =
       :ets.select(state.table, [
-        {{:"$1", :_, :"$2", :_, :"$3"}, [{:<, {:+, :"$2", :"$3"}, now}], [:"$1"]}
+        {{:"$1", :"$2", :"$3", :"$4", :"$5"}, [{:<, {:+, :"$3", :"$5"}, now}],
+         [{{:"$1", :"$2", :"$4"}}]}
       ])
 
-    {released, state} =
-      Enum.reduce(expired, {[], state}, fn id, {acc, state} ->
-        case drop(state, id, :ttl) do
-          {nil, state} -> {acc, state}
-          {{info, false}, state} -> {[id | acc], release(state, info, :ttl, [])}
-          {{_info, true}, state} -> {[id | acc], state}
-        end
+    {dropped, state} =
+      Enum.reduce(expired, {[], state}, fn
+        # Lost: its objects died with its worker; nothing to ask.
+        {id, _info, true}, {acc, state} ->
+          {_, state} = drop(state, id, :ttl)
+          {[id | acc], state}
+
+        {id, info, false}, {acc, state} ->
+          {acc, ask_expire(state, id, info)}
       end)
 
-    if released != [], do: pruned(state, :ttl, Enum.reverse(released))
+    if dropped != [], do: pruned(state, :ttl, Enum.reverse(dropped))
     schedule_sweep(state.store.cleanup_interval)
     {:noreply, state}
   end
@@ -287,7 +344,7 @@ defmodule Snakeport.Sessions.Server do
 
   ## Opening -----------------------------------------------------------------------------------
 
-  defp open(state, id, from, pid, limits, auto) do
+  defp open(state, id, waiter, kind) do
     %{max_sessions: max, strict_mode: strict} = state.store
     # Live sessions, those being opened included: lost rows hold no Python objects and must
     # not keep new ones out.
@@ -310,14 +367,14 @@ defmodule Snakeport.Sessions.Server do
         {:reply, {:error, error}, state}
 
       entry = pick_worker(state) ->
-        request = Protocol.open_session(session_opts(limits))
+        request = Protocol.open_session(session_opts(waiter.limits))
         tag = Courier.request(entry.courier, request, id)
 
         opening = %{
           entry: entry,
-          auto: auto,
+          kind: kind,
           gen: System.unique_integer([:positive, :monotonic]),
-          waiters: [{from, pid}],
+          waiters: [waiter],
           releasers: []
         }
 
@@ -342,7 +399,7 @@ defmodule Snakeport.Sessions.Server do
 
   defp opened(state, id, py) do
     {opening, state} = pop_opening(state, id)
-    %{entry: entry, auto: auto} = opening
+    %{entry: entry, kind: kind} = opening
 
     info = %{
       id: id,
@@ -352,15 +409,25 @@ defmodule Snakeport.Sessions.Server do
       max_refs: py.max_refs,
       ttl_seconds: py.ttl_seconds,
       tags: Map.get(py, :tags),
+      overflow: overflow(Map.get(py, :overflow)),
       created_at: System.system_time(:millisecond),
-      auto: auto,
+      auto: kind == :auto,
+      kind: kind,
       gen: opening.gen
     }
 
     ttl_ms = round(info.ttl_seconds * 1000)
     :ets.insert(state.table, {id, info, System.monotonic_time(:millisecond), false, ttl_ms})
     waiters = Enum.reverse(opening.waiters)
-    state = Enum.reduce(waiters, state, fn {_from, pid}, state -> add_owner(state, id, pid) end)
+
+    {state, replies} =
+      Enum.reduce(waiters, {state, []}, fn waiter, {state, replies} ->
+        case Sessions.conflict(info, waiter.limits) do
+          :ok -> {join(state, id, waiter), [{waiter.from, {:ok, info, false}} | replies]}
+          {:error, error} -> {state, [{waiter.from, {:error, error}} | replies]}
+        end
+      end)
+
     current = live_count(state)
 
     Telemetry.execute([:snakeport, :session, :created], %{current_sessions: current}, %{
@@ -368,13 +435,14 @@ defmodule Snakeport.Sessions.Server do
       session_id: id,
       worker: entry.index,
       tags: info.tags,
-      auto: auto
+      auto: kind == :auto,
+      kind: kind
     })
 
     if current * 100 > state.store.max_sessions * @threshold,
       do: accumulation(state, current, :threshold_warning)
 
-    Enum.each(waiters, fn {from, _pid} -> GenServer.reply(from, {:ok, info, false}) end)
+    replies |> Enum.reverse() |> Enum.each(fn {from, reply} -> GenServer.reply(from, reply) end)
 
     # Snakeport.release_session/2 was called meanwhile: release it now.
     case opening.releasers do
@@ -400,7 +468,7 @@ defmodule Snakeport.Sessions.Server do
     }
 
     open_failed_event(state, id, opening.entry.index, error, false)
-    Enum.each(opening.waiters, fn {from, _pid} -> GenServer.reply(from, {:error, error}) end)
+    Enum.each(opening.waiters, fn waiter -> GenServer.reply(waiter.from, {:error, error}) end)
     Enum.each(opening.releasers, &GenServer.reply(&1, {:ok, 0}))
     state
   end
@@ -415,6 +483,113 @@ defmodule Snakeport.Sessions.Server do
       reopen: reopen,
       error: error
     })
+  end
+
+  defp wait_opening(state, id, waiter) do
+    opening = Map.fetch!(state.opening, id)
+    opening = %{opening | waiters: [waiter | opening.waiters]}
+    %{state | opening: Map.put(state.opening, id, opening)}
+  end
+
+  # A caller found the session's row: it joins (its limits must match).
+  defp existing(state, id, info, lost, waiter) do
+    case Sessions.conflict(info, waiter.limits) do
+      :ok ->
+        :ets.update_element(state.table, id, {3, System.monotonic_time(:millisecond)})
+        {:reply, {:ok, info, lost}, join(state, id, waiter)}
+
+      {:error, _} = error ->
+        {:reply, error, state}
+    end
+  end
+
+  # The waiter's process becomes an owner (monitored), and a keeper when asked.
+  defp join(state, _id, %{pid: nil}), do: state
+
+  defp join(state, id, %{pid: pid, keeper: keeper}) do
+    state = add_owner(state, id, pid)
+
+    if keeper do
+      keepers = state.keepers |> Map.get(id, MapSet.new()) |> MapSet.put(pid)
+      %{state | keepers: Map.put(state.keepers, id, keepers)}
+    else
+      state
+    end
+  end
+
+  defp overflow(policy) when policy in [:error, :evict_lru], do: policy
+  defp overflow(_), do: :error
+
+  defp do_reopen(state, id, gen, from) do
+    case :ets.lookup(state.table, id) do
+      [{^id, %{gen: ^gen} = info, _last, false, _ttl}] ->
+        limits = %{
+          max_refs: info.max_refs,
+          ttl_seconds: info.ttl_seconds,
+          tags: info.tags,
+          overflow: info.overflow
+        }
+
+        tag =
+          Courier.request(info.worker.courier, Protocol.open_session(session_opts(limits)), id)
+
+        put_courier(state, tag, {:reopen, id, info.index, from})
+
+      _ ->
+        GenServer.reply(from, :not_found)
+        state
+    end
+  end
+
+  ## Expiry ---------------------------------------------------------------------------------------
+
+  # The row's TTL passed: ask its worker to release the session if it is idle there too.
+  defp ask_expire(state, id, info) do
+    if Map.has_key?(state.expiring, id) do
+      state
+    else
+      ttl_ms = round(info.ttl_seconds * 1000)
+      tag = Courier.request(info.worker.courier, Protocol.expire_session(ttl_ms), id)
+      state = put_courier(state, tag, {:expire, id, info.gen, info.index})
+      %{state | expiring: Map.put(state.expiring, id, %{gen: info.gen, reopens: []})}
+    end
+  end
+
+  defp expire_answered(state, id, gen, index, result) do
+    {expiring, all} = Map.pop(state.expiring, id, %{gen: gen, reopens: []})
+    state = %{state | expiring: all}
+    current = match?([{^id, %{gen: ^gen}, _, false, _}], :ets.lookup(state.table, id))
+
+    case Protocol.expired(result) do
+      {:ok, {:expired, n}} ->
+        state =
+          if current do
+            {_, state} = drop(state, id, :ttl)
+            pruned(state, :ttl, [id])
+            meta = %{instance: state.instance, session_id: id, worker: index, reason: :ttl}
+            Telemetry.execute([:snakeport, :session, :closed], %{refs: n}, meta)
+            state
+          else
+            state
+          end
+
+        Enum.each(expiring.reopens, &GenServer.reply(&1, :not_found))
+        state
+
+      {:ok, {:idle, idle_ms}} ->
+        # In use, or used within its TTL: its TTL clock restarts from its last activity.
+        if current do
+          last = System.monotonic_time(:millisecond) - idle_ms
+          :ets.update_element(state.table, id, {3, last})
+        end
+
+        Enum.reduce(Enum.reverse(expiring.reopens), state, &do_reopen(&2, id, gen, &1))
+
+      {:error, error} ->
+        # The worker died (its sessions are marked lost) or refused: the next sweep sees.
+        Enum.each(expiring.reopens, &GenServer.reply(&1, {:error, error}))
+        state
+    end
   end
 
   defp pop_opening(state, id) do
@@ -447,6 +622,9 @@ defmodule Snakeport.Sessions.Server do
 
     state
   end
+
+  defp answered(state, {:expire, id, gen, index}, result),
+    do: expire_answered(state, id, gen, index, result)
 
   defp answered(state, {:release, id, index, reason, froms}, result) do
     meta = %{instance: state.instance, session_id: id, worker: index, reason: reason}
@@ -519,6 +697,32 @@ defmodule Snakeport.Sessions.Server do
     :ets.info(entry.pending, :size) || 0
   end
 
+  # Whether the death of `pid` releases session `id`: its last owner died (auto and owned
+  # sessions), or its last keeper (store sessions: other users' deaths release nothing).
+  defp last_owner_gone?(state, id, pid, owners) do
+    case :ets.lookup(state.table, id) do
+      [{^id, %{kind: :store}, _, _, _}] ->
+        case state.keepers do
+          %{^id => keepers} -> MapSet.member?(keepers, pid) and MapSet.size(keepers) == 1
+          %{} -> false
+        end
+
+      _ ->
+        map_size(owners) == 0
+    end
+  end
+
+  defp forget_keeper(state, id, pid) do
+    case state.keepers do
+      %{^id => keepers} ->
+        keepers = MapSet.delete(keepers, pid)
+        %{state | keepers: Map.put(state.keepers, id, keepers)}
+
+      %{} ->
+        state
+    end
+  end
+
   defp add_owner(state, id, pid) do
     owners = Map.get(state.owners, id, %{})
 
@@ -578,7 +782,15 @@ defmodule Snakeport.Sessions.Server do
             Map.delete(acc, mref)
           end)
 
-        state = %{state | owners: all_owners, monitors: monitors}
+        state = %{
+          state
+          | owners: all_owners,
+            monitors: monitors,
+            keepers: Map.delete(state.keepers, id)
+        }
+
+        # The session's state goes with it (callers re-check the row after they write).
+        :ets.select_delete(state.state_table, [{{{id, :_}, :_, :_}, [], [true]}])
 
         state =
           if lost, do: %{state | lost: max(state.lost - 1, 0)}, else: sub_load(state, info.pid)
