@@ -20,7 +20,7 @@ defmodule Snakeport.Telemetry do
   | `[:snakeport, :call, :start]` | `system_time`, `monotonic_time` | `op`, `module`, `function`, `name`, `session_id`, `worker` |
   | `[:snakeport, :call, :stop]` | `duration` (native units), `monotonic_time` | as `:start` |
   | `[:snakeport, :call, :exception]` | `duration`, `monotonic_time` | as `:start`, plus `kind: :error`, `reason` (the `%Snakeport.Error{}`) |
-  | `[:snakeport, :session, :created]` | `current_sessions` | `session_id`, `worker`, `tags`, `auto` |
+  | `[:snakeport, :session, :created]` | `current_sessions` | `session_id`, `worker`, `tags`, `auto`, `kind` (`:auto`, `:owned` or `:store`) |
   | `[:snakeport, :session, :open_failed]` | `%{}` | `session_id`, `worker`, `error` (the worker refused to open the session, or died first), `reopen` |
   | `[:snakeport, :session, :released]` | `remaining_sessions` | `session_id`, `worker`, `reason`, `lost` |
   | `[:snakeport, :session, :closed]` | `refs` (refs the worker released with the session) | `session_id`, `worker`, `reason` |
