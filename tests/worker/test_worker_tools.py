@@ -131,7 +131,7 @@ def test_a_cancel_wakes_the_wait_and_interrupts_the_job() -> None:
     # The wait ended: the tool is cancelled on the VM side, the job is interrupted.
     assert vm.request() == ("tool_cancel", call_id)
     assert out.get(timeout=TIMEOUT) == ("ok", None)
-    assert job.state == INTERRUPTED and job.waits == []
+    assert job.state == INTERRUPTED and not job.waits
     assert [what for what, _ in vm.slots] == ["suspend", "resume"]
 
 

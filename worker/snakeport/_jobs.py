@@ -123,7 +123,7 @@ class Job:
         self.cancel_deferred = False
         self.new_refs: list[int] = []
         self.ref_ids = ref_ids
-        self.waits: list[Any] = []
+        self.waits: Any = ()  # a new list each change (no allocation for jobs that never wait)
 
     def __repr__(self) -> str:
         return f"Job(id={self.request_id}, state={self.state})"
@@ -491,7 +491,7 @@ class Jobs:
                 raise NoCallContext(f"the call {job.request_id} is not running any more")
             if job.cancel_sent or job.cancel_deferred:
                 raise Cancelled()
-            job.waits.append(wait)
+            job.waits = [*job.waits, wait]
 
     def leave_wait(self, job: Job, wait: Any) -> None:
         """Unregister a waiter; when a cancel woke it and it is the job's own thread, raise
@@ -503,7 +503,7 @@ class Jobs:
             wait: A waiter registered with :meth:`enter_wait`.
         """
         with self.lock:
-            job.waits.remove(wait)
+            job.waits = [w for w in job.waits if w is not wait]
             if wait.cancelled and wait.thread == job.thread and job.state == RUNNING:
                 self._interrupt(job.thread, Cancelled)
 

@@ -32,6 +32,11 @@ defmodule Snakeport.SessionStore do
   A process that creates a session and wants it gone when it dies makes itself its owner
   (`create_session(id, owner: self())`) or deletes it in its `terminate/2`.
 
+  Once a store session has expired or been deleted, a call naming its id (`session: id`)
+  creates an ordinary owner-tracked session with that id, as for any unknown id: recreate a
+  store session with `create_session/2` or `get_or_create_session/2` first (the
+  get-or-create pattern of a per-user session does).
+
   Session ids are strings. `get_session/2` returns `{:error, :not_found}` and
   `create_session/2` `{:error, :already_exists}` as plain atoms (the seed API); other
   failures are `{:error, %Snakeport.Error{}}`.
