@@ -8,8 +8,13 @@ started) and compared with an idle worker's (``baseline``). The issue's target: 
 
 from __future__ import annotations
 
+import fcntl
+import struct
 import subprocess
 import sys
+import termios
+import threading
+import time
 import zlib
 from typing import Any
 
@@ -233,6 +238,69 @@ def test_a_zlib_bomb_is_inflated_once_and_only_as_far_as_the_request_id(fresh, b
     payload = streamed(head, bytes(MiB), 256, 8 * MiB)
     reply, peak = attack(fresh, payload)
     assert_refused(reply, words="does not inflate to the declared")
+    assert peak - baseline < 24 * MiB, (peak, baseline)
+
+
+# ---------------------------------------------------------------------------------------
+# Item 4: replies queued behind a blocked write
+# ---------------------------------------------------------------------------------------
+
+
+def input_waiting(w: Worker) -> int:
+    """Bytes in the worker's input pipe that it has not read (FIONREAD on our end)."""
+    return struct.unpack("i", fcntl.ioctl(w.proc.stdin.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def bytes_read(w: Worker) -> int:
+    """Bytes the worker process has read so far (``rchar`` of /proc/PID/io)."""
+    with open(f"/proc/{w.proc.pid}/io") as io:
+        for line in io:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
+
+
+def sent_or_stalled(w: Worker, sender: threading.Thread, timeout: float = 60.0) -> None:
+    """Wait until ``sender`` is done, or the worker stopped reading what it sends (its input
+    pipe holds bytes and it read nothing between two looks 0.1 s apart)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while sender.is_alive():
+        assert time.monotonic() < deadline, "the sender neither finished nor stalled"
+        now = (bytes_read(w), input_waiting(w))
+        if now == last and now[1] > 0:
+            return
+        last = now
+        sender.join(0.1)
+
+
+def test_replies_behind_a_blocked_write_stop_the_reading_not_the_memory(fresh, baseline) -> None:
+    # The issue: while one thread was blocked writing a large reply to a VM that did not
+    # read, the reader kept reading and the writer queued every other reply in memory: a
+    # million pipelined pings grew RSS by 120 MiB. Measured here before the fix: 300,000
+    # pings, +53 MiB (the 8 MiB result included). Now the reader waits once 4 MiB of
+    # replies wait, the pings stay in the pipe, and nothing is lost.
+    w = Worker()
+    fresh.append(w)
+    count = 300_000
+    ping = etf.encode((A("ping"), 7))
+    pong = etf.encode((A("reply"), 7, A("ok"), A("pong")))
+    # The call outlasts the takeover poll: the other loop thread reads meanwhile, and the
+    # call's own thread writes its 8 MiB reply. Its first bytes show that the write has
+    # begun; it stays blocked (the pipe holds 1 MiB) until this test reads on.
+    w.request("call", "s1", "sp_testmod", "slow_bytes", [8 * MiB, 0.05], {}, {})
+    (size,) = struct.unpack(">I", w._read_exact(4))
+    sender = threading.Thread(target=w.send_raw, args=((struct.pack(">I", len(ping)) + ping) * count,))
+    sender.start()
+    sent_or_stalled(w, sender)
+    reply = etf.decode(w._read_exact(size))
+    assert reply[2] == A("ok") and reply[3] == "x" * (8 * MiB)  # (valid UTF-8: a str)
+    for _ in range(count):
+        (n,) = struct.unpack(">I", w._read_exact(4))
+        assert w._read_exact(n) == pong
+    sender.join(60)
+    assert w.ok("ping") == A("pong")
+    peak = peak_rss(w)
     assert peak - baseline < 24 * MiB, (peak, baseline)
 
 

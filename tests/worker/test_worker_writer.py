@@ -14,6 +14,7 @@ import pytest
 
 from snakeport import etf
 from snakeport._protocol import OK, REPLY
+from snakeport._limits import QUEUED_FRAME_COST
 from snakeport._writer import IOV_MAX, SEGMENT_BYTES, FrameWriter, segmented_reply
 
 F_GETPIPE_SZ = 1032
@@ -102,6 +103,41 @@ def test_a_thread_that_finds_the_fd_busy_queues_and_returns(pipe) -> None:
     assert read_frame(r) == b"queued"
     a.join(10)
     assert not a.is_alive()
+
+
+def test_a_sender_that_would_overfill_the_queue_waits_then_writes_after_it(pipe) -> None:
+    # Backpressure (issue 13, item 4): the queue holds at most max_queued bytes (frames
+    # counted with their overhead); a sender that would take it past that waits for the
+    # writing thread and then writes its frames itself, after the queued ones.
+    r, w = pipe
+    writer = FrameWriter(w, max_queued=1000)
+    capacity = fcntl.fcntl(w, F_GETPIPE_SZ)
+    big = b"x" * (2 * capacity)
+    a = threading.Thread(target=writer.send, args=([big],))
+    a.start()
+    deadline = time.monotonic() + 10
+    while buffered(r) < capacity:  # the pipe is full: A is blocked in writev
+        assert time.monotonic() < deadline, "the big frame never filled the pipe"
+        time.sleep(0.001)
+    writer.send([b"q" * 100])  # fits: queued, returns at once
+    assert writer.queued_bytes == 100 + 4 + QUEUED_FRAME_COST
+    waiter = threading.Thread(target=writer.send, args=([b"w" * 800, b"v"],))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive(), "a sender queued past max_queued instead of waiting"
+    assert writer.queued_bytes == 100 + 4 + QUEUED_FRAME_COST  # nothing more queued
+    assert read_frame(r) == big
+    assert [read_frame(r) for _ in range(3)] == [b"q" * 100, b"w" * 800, b"v"]
+    for t in (a, waiter):
+        t.join(10)
+        assert not t.is_alive()
+    assert writer.queued_bytes == 0 and buffered(r) == 0
+
+
+def test_max_queued_is_validated() -> None:
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match="expected max_queued to be a positive integer"):
+            FrameWriter(1, max_queued=bad)
 
 
 def test_frames_of_many_threads_never_interleave(pipe) -> None:

@@ -61,6 +61,8 @@ __all__ = [
     "MAX_TOOL_WAITS",
     "EVAL_CACHE_SIZE",
     "EVAL_CACHE_MAX_SOURCE",
+    "MAX_QUEUED_BYTES",
+    "QUEUED_FRAME_COST",
 ]
 
 #: Largest payload a ``{packet, 4}`` frame can carry (its length is 32 bits).
@@ -239,3 +241,10 @@ MAX_TOOL_WAITS = 64
 EVAL_CACHE_SIZE = 256
 #: Longer ``eval`` sources (characters) are compiled each time, not kept.
 EVAL_CACHE_MAX_SOURCE = 65_536
+#: Most bytes of frames waiting behind a blocked write (``FrameWriter``): a thread that would
+#: queue more waits until the write is over and writes its frames itself, so while the VM
+#: does not read the reader stops reading requests (backpressure) and memory stays bounded.
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+#: What a queued frame costs beyond its bytes (its header and payload objects, list slots),
+#: counted against :data:`MAX_QUEUED_BYTES` so that many tiny replies count too.
+QUEUED_FRAME_COST = 128

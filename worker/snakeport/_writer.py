@@ -6,9 +6,18 @@ and returns at once; the thread that is writing sends everything queued meanwhil
 ``os.writev``. Headers and payloads go out as separate buffers, and a large binary reply is
 given as :func:`segmented_reply` buffers, so large payloads are never copied.
 
+Backpressure: the queue holds at most ``max_queued`` bytes (each frame counted with
+:data:`~snakeport._limits.QUEUED_FRAME_COST` more for its objects). A thread whose frames
+would take it past that waits for the writing thread instead and then writes its frames
+itself (after the queue): when the VM does not read, the reader thread blocks there and
+stops reading requests, call threads stop producing replies, and memory stays bounded
+however many requests are pipelined. The fast path (nobody writing) never looks at it.
+
 Locks: ``_write_lock`` (held by the one thread inside ``os.writev``) and ``_queue_lock``
 (the queue of frames waiting); when both are held, ``_write_lock`` was taken first. No other
-lock is taken while either is held.
+lock is taken while either is held, and no other lock of the worker is held by a thread
+that calls :meth:`FrameWriter.send` (so the wait for ``_write_lock`` cannot deadlock: the
+thread holding it waits only for the VM to read).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import struct
 import threading
 from typing import Any, Callable
 
+from snakeport import _limits as limits
 from snakeport import etf
 
 __all__ = ["FrameWriter", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
@@ -30,6 +40,9 @@ IOV_MAX = 1024
 
 #: Binaries at least this long leave a reply as their own ``writev`` buffer.
 SEGMENT_BYTES = 64 * 1024
+
+#: What a queued frame costs beyond its bytes (see ``max_queued``).
+_FRAME_COST = limits.QUEUED_FRAME_COST
 
 #: ``errno`` values that mean the reading end is gone (the VM halted or closed the port).
 _CLOSED = (errno.EPIPE, errno.ECONNRESET, errno.EBADF)
@@ -74,21 +87,42 @@ class FrameWriter:
         on_closed: Called with the ``OSError`` when the fd's reader is gone (``EPIPE``,
             ``ECONNRESET``) or the fd is invalid (``EBADF``); the worker's ends the process.
             Without it, the error propagates to the sending thread.
+        max_queued: Most bytes queued behind a blocked write before senders wait (a
+            positive integer; default :data:`~snakeport._limits.MAX_QUEUED_BYTES`).
+
+    Raises:
+        ValueError: ``max_queued`` is not a positive integer.
+
+    Invariant: ``queued_bytes`` is the cost of the frames in the queue (0 when it is
+    empty), and a sender adds frames only while the total stays within ``max_queued``.
     """
 
-    def __init__(self, fd: int, *, on_closed: Callable[[OSError], Any] | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        on_closed: Callable[[OSError], Any] | None = None,
+        max_queued: int = limits.MAX_QUEUED_BYTES,
+    ) -> None:
         self._fd = fd
         self._on_closed = on_closed
+        self._max_queued = limits.positive_int("max_queued", max_queued)
         self._write_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[Any] = []
+        self._queued = 0
+
+    @property
+    def queued_bytes(self) -> int:
+        """The cost of the frames waiting behind the write in progress (see the module)."""
+        return self._queued
 
     def send(self, payloads: list[Any]) -> None:
         """Send frames (payloads without headers), in order, as one batch.
 
         Frames sent by one thread arrive in the order sent; frames of different threads
         never interleave inside a frame. Returns once the frames are written, or queued for
-        the thread that is writing.
+        the thread that is writing; waits for that thread when the queue is full.
 
         Args:
             payloads: The encoded terms (``bytes`` or :func:`segmented_reply` buffers).
@@ -103,23 +137,32 @@ class FrameWriter:
                 bufs.extend(tuple.__iter__(payload))
             else:
                 bufs.append(payload)
-        if self._write_lock.acquire(False):
-            # Fast path: nobody is writing; send what others queued, then ours, at once.
-            try:
-                if self._queue:
-                    with self._queue_lock:
-                        bufs[:0] = self._queue
-                        self._queue = []
-                    total = -1
-                self._writev(bufs, total)
-            finally:
-                self._write_lock.release()
-            if self._queue:
+        if not self._write_lock.acquire(False):
+            cost = total + _FRAME_COST * len(payloads)
+            with self._queue_lock:
+                queued = self._queued + cost
+                if queued <= self._max_queued:
+                    self._queue.extend(bufs)
+                    self._queued = queued
+                    bufs = None
+            if bufs is None:
                 self._drain(blocking=False)
-            return
-        with self._queue_lock:
-            self._queue.extend(bufs)
-        self._drain(blocking=False)
+                return
+            # Backpressure: the queue is full; wait for the writing thread, then write.
+            self._write_lock.acquire()
+        # Nobody writes now: send what others queued, then ours, at once.
+        try:
+            if self._queue:
+                with self._queue_lock:
+                    bufs[:0] = self._queue
+                    self._queue = []
+                    self._queued = 0
+                total = -1
+            self._writev(bufs, total)
+        finally:
+            self._write_lock.release()
+        if self._queue:
+            self._drain(blocking=False)
 
     def flush(self) -> None:
         """Wait until every queued frame is written."""
@@ -136,6 +179,7 @@ class FrameWriter:
                         if not bufs:
                             break
                         self._queue = []
+                        self._queued = 0
                     self._writev(bufs)
             finally:
                 self._write_lock.release()

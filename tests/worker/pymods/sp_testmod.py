@@ -141,3 +141,9 @@ def tool_error(name, **kwargs):
         return ["ok", snakeport.context().call_elixir_tool(name, **kwargs)]
     except snakeport.ToolError as exc:
         return [type(exc).__name__, exc.reason, exc.tool, str(exc)]
+
+
+def slow_bytes(n, seconds):
+    """``n`` bytes after ``seconds`` of sleep (long enough for the reading role to move)."""
+    time.sleep(seconds)
+    return b"x" * n
