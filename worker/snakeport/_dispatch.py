@@ -14,7 +14,8 @@ not a request: it is handed to the waiting thread and never answered.
 
 The handlers themselves read no file descriptor, start no thread and run no user code (the
 one exception: a ref that the VM put in a set or a map key is hashed when the arguments are
-built, see :func:`~snakeport._tagged.substitute`): the code of a call runs in
+built, see :func:`~snakeport._tagged.substitute`; :meth:`Dispatcher.receive` answers
+whatever that raises, ``BaseException`` included, with ``bad_request``): the code of a call runs in
 :meth:`~snakeport._jobs.Jobs.run` (:mod:`snakeport._jobs`, the one part that is not
 I/O-free, and the one that starts a thread, to retry a cancel), the reply terms are built by :mod:`snakeport._protocol`, the
 fields checked by :mod:`snakeport._requests`, tagged terms handled by
@@ -154,7 +155,9 @@ class Dispatcher:
             return handler(term, request_id, ctx)
         except RequestError as err:
             return [request_error_reply(request_id, err)]
-        except Exception as exc:  # noqa: BLE001 - e.g. a resolved ref that is not hashable
+        except BaseException as exc:  # noqa: BLE001 - a resolved ref's __hash__ or __eq__ (a
+            # set element or map key) may raise anything, SystemExit included, or the object
+            # may be unhashable: this request fails, the reader thread lives on
             return [error_reply(request_id, "bad_request", f"invalid request: {P.safe_str(exc)}", type_=P.type_name(type(exc)))]
 
     def run_job(self, job: Job) -> list:
@@ -177,12 +180,16 @@ class Dispatcher:
         """The terms of a job that ran (see :meth:`run_job`)."""
         if job.state != DONE:
             return self._unfinished(job)
-        if job.mode != R.REF and type(result) in DATA:
-            return [(REPLY, job.request_id, OK, result)]
         try:
+            # Looking a type up in DATA hashes it: a metaclass's __hash__ or __eq__ is user
+            # code, the one that marshalling can run.
+            if job.mode != R.REF and type(result) in DATA:
+                return [(REPLY, job.request_id, OK, result)]
             stored = marshal(self.table, job.session, result, job.mode, self.max_depth)
         except RequestError as err:
             return [request_error_reply(job.request_id, err)]
+        except BaseException as exc:  # noqa: BLE001 - that user code may raise anything
+            return [failure_reply(job.request_id, exc, "the result could not be read: ")]
         reply = (REPLY, job.request_id, OK, stored.value)
         if not stored.new_ref_ids:
             return [reply]

@@ -37,7 +37,8 @@ import traceback
 from typing import Any, Callable
 
 from snakeport import _limits as limits
-from snakeport._protocol import encodable_text, error_reply, safe_str, type_name
+from snakeport._guard import encodable_text, exact_str, safe_str, type_name
+from snakeport._protocol import error_reply
 from snakeport._sessions import Session
 from snakeport.errors import Cancelled, NoCallContext, RequestError
 
@@ -199,7 +200,7 @@ def import_module(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except BaseException as exc:  # noqa: BLE001 - any failure of the import is import_error
-        if isinstance(exc, Cancelled):
+        if issubclass(type(exc), Cancelled):  # (not isinstance: it would read exc.__class__)
             raise
         raise Failure("import_error", exc) from None
 
@@ -230,31 +231,35 @@ def lookup(obj: Any, path: str) -> Any:
 def format_traceback(exc: BaseException) -> list[str]:
     """Format ``exc`` with its traceback, leaving out the worker's own leading frames.
 
-    Reads source lines (``linecache``) and may run the exception's ``__str__``; never raises.
+    Reads source lines (``linecache``) and runs user code (the exception's ``__str__``, its
+    attributes, ``str`` subclasses it returns); never raises.
 
     Args:
         exc: The exception.
 
     Returns:
-        The lines, as Python prints them.
+        The lines (exact ``str``), as Python prints them.
     """
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        tb = tb.tb_next
     try:
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-    except BaseException:  # noqa: BLE001
-        return [f"{type_name(type(exc))}: <traceback could not be formatted>"]
-    return encodable_text(text).splitlines()
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            tb = tb.tb_next
+        text = exact_str("".join(traceback.format_exception(type(exc), exc, tb)))
+        if text is not None:
+            return encodable_text(text).splitlines()
+    except BaseException:  # noqa: BLE001 - user code may raise anything, SystemExit included
+        pass
+    return [f"{type_name(type(exc))}: <traceback could not be formatted>"]
 
 
-def failure_reply(request_id: int, exc: BaseException) -> tuple:
-    """Build the error reply of a job whose code raised ``exc``.
+def failure_reply(request_id: int, exc: BaseException, prefix: str = "") -> tuple:
+    """Build the error reply of a job whose code raised ``exc``; never raises.
 
     Args:
         request_id: The job's request id.
         exc: A :class:`Failure` (its reason, with the cause's type and traceback), or any
             other exception (``python_error``).
+        prefix: Put before the message (what the worker was doing).
 
     Returns:
         The reply term.
@@ -264,7 +269,7 @@ def failure_reply(request_id: int, exc: BaseException) -> tuple:
         return error_reply(
             request_id,
             exc.reason,
-            exc.message,
+            prefix + exc.message,
             type_=type_name(type(cause)),
             traceback_lines=format_traceback(cause),
             details=exc.details,
@@ -272,7 +277,7 @@ def failure_reply(request_id: int, exc: BaseException) -> tuple:
     return error_reply(
         request_id,
         "python_error",
-        safe_str(exc),
+        prefix + safe_str(exc),
         type_=type_name(type(exc)),
         traceback_lines=format_traceback(exc),
     )

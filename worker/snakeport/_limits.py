@@ -124,7 +124,9 @@ class Limit(NamedTuple):
             ValueError: ``expected <name> to be <what>, got: <value!r>``.
         """
         if not self.ok(value):
-            raise ValueError(f"expected {name or self.name} to be {self.what}, got: {value!r}")
+            from snakeport._guard import short  # (a value from the VM may be huge: cut)
+
+            raise ValueError(f"expected {name or self.name} to be {self.what}, got: {short(value)}")
         return value
 
     def parse(self, text: str) -> Any:

@@ -1,8 +1,12 @@
 """Result marshalling: a call's result becomes the value of its reply (``docs/PROTOCOL.md``,
 *Results*).
 
-I/O-free: no threads, no file descriptors, no user code (it walks only built-in containers,
-by exact type, and reads type names). Plain data travels as data; any other object, and a
+I/O-free: no threads, no file descriptors. It walks only built-in containers, by exact type,
+and reads type names with :func:`~snakeport._guard.type_name` (no user code); the one user
+code it can run is a metaclass's ``__hash__`` or ``__eq__`` when it looks a result's type up
+in :data:`DATA` (hashing each type by identity instead would double the cost of the walk),
+and whatever that raises propagates to the caller, which answers the request with an
+error. Plain data travels as data; any other object, and a
 container nested deeper than ``max_depth`` or cyclic, becomes a ref term
 ``{'$snakeport_ref', Session, RefId, Type}`` (``result => auto``), or fails with
 ``not_encodable`` (``result => value``); ``result => ref`` makes the whole result one ref.
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from snakeport._protocol import REF_TAG, SET_TAG, type_name
+from snakeport._guard import type_name
+from snakeport._protocol import REF_TAG, SET_TAG
 from snakeport._requests import AUTO, REF
 from snakeport._sessions import RefIdOf, Session, SessionTable, StoredResult
 from snakeport.errors import RequestError

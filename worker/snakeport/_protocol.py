@@ -1,5 +1,8 @@
 """The wire vocabulary: the atoms the worker emits and the builders of its reply and event terms.
 
+(``type_name``, ``encodable_text`` and ``safe_str``, which read users' objects for error
+maps and ref terms, live in :mod:`snakeport._guard` and are re-exported here.)
+
 I/O-free: plain Python terms in and out (no threads, no file descriptors, no user code).
 Every atom the worker puts in a frame on its own comes from :data:`EMITTED_ATOMS` through
 :func:`emit`; the atoms it only reads (request fields and options) are named here too, so
@@ -17,6 +20,7 @@ import platform
 from typing import Any
 
 from snakeport import PROTOCOL_VERSION, __version__
+from snakeport._guard import encodable_text, safe_str, short, type_name
 from snakeport._sessions import SessionInfo
 from snakeport.errors import RequestError
 from snakeport.types import Atom
@@ -173,50 +177,6 @@ _OVERFLOW_ATOMS = {name: atom for atom, name in OVERFLOW_POLICIES.items()}
 _INFO_KEYS = tuple(emit(k) for k in SessionInfo._fields)
 
 
-def type_name(tp: type) -> str:
-    """Return ``"module.QualName"`` of a type (the ``Type`` of ref terms and error maps).
-
-    Args:
-        tp: A type.
-
-    Returns:
-        The qualified name, e.g. ``"collections.Counter"``.
-    """
-    return f"{tp.__module__}.{tp.__qualname__}"
-
-
-def encodable_text(text: str) -> str:
-    """Return ``text`` with lone surrogates escaped (``\\udc80``), so that it travels as UTF-8.
-
-    Args:
-        text: Any ``str``.
-
-    Returns:
-        ``text`` itself when it encodes as UTF-8, else its escaped copy.
-    """
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode()
-    return text
-
-
-def safe_str(exc: BaseException) -> str:
-    """Return an exception's message for an error map; never raises.
-
-    Args:
-        exc: The exception (its ``__str__`` may be anyone's code, and may fail).
-
-    Returns:
-        ``str(exc)`` made encodable, or the type's name when that is empty or fails.
-    """
-    try:
-        text = encodable_text(str(exc))
-    except BaseException:  # noqa: BLE001 - a broken __str__ must not break the reply
-        text = ""
-    return text or type(exc).__qualname__
-
-
 # ----------------------------------------------------------------- error terms
 
 
@@ -343,7 +303,7 @@ def fill_warning_event(session_id: str | bytes, refs: int, limit: int) -> tuple:
         The event term.
     """
     return warning_event(
-        f"session {session_id!r} holds {refs} of its {limit} refs",
+        f"session {short(session_id)} holds {refs} of its {limit} refs",
         session=session_id,
         refs=refs,
         max_refs=limit,

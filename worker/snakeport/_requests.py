@@ -12,6 +12,7 @@ from __future__ import annotations
 import keyword
 from typing import Any, Callable
 
+from snakeport._guard import short
 from snakeport._protocol import (
     A_AUTO,
     A_MAX_REFS,
@@ -61,23 +62,6 @@ def bad(message: str) -> RequestError:
     return RequestError("bad_request", message)
 
 
-def short(value: Any, limit: int = 200) -> str:
-    """Return ``repr(value)`` cut to ``limit`` characters, for messages.
-
-    Args:
-        value: A decoded term.
-        limit: Longest text returned (plus ``...``).
-
-    Returns:
-        The text.
-    """
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def arity(term: tuple, n: int) -> None:
     """Check that a request tuple has ``n`` elements.
 
@@ -97,7 +81,7 @@ def session_id(value: Any) -> str | bytes:
     t = type(value)
     if t is str or t is bytes:
         return value
-    raise bad(f"expected the session id to be a binary, got: {value!r}")
+    raise bad(f"expected the session id to be a binary, got: {short(value)}")
 
 
 def name(value: Any, what: str) -> str:
@@ -118,7 +102,7 @@ def name(value: Any, what: str) -> str:
         return value
     if t is Atom:
         return str.__str__(value)
-    raise bad(f"expected {what} to be a binary or an atom, got: {value!r}")
+    raise bad(f"expected {what} to be a binary or an atom, got: {short(value)}")
 
 
 def args(value: Any) -> list:
@@ -129,7 +113,7 @@ def args(value: Any) -> list:
     """
     if type(value) is list:
         return value
-    raise bad(f"expected Args to be a list, got: {value!r}")
+    raise bad(f"expected Args to be a list, got: {short(value)}")
 
 
 def kwargs(value: Any) -> dict:
@@ -142,7 +126,7 @@ def kwargs(value: Any) -> dict:
         RequestError: ``bad_request``.
     """
     if type(value) is not dict:
-        raise bad(f"expected Kwargs to be a map, got: {value!r}")
+        raise bad(f"expected Kwargs to be a map, got: {short(value)}")
     if not value:
         return value
     out = {}
@@ -153,7 +137,7 @@ def kwargs(value: Any) -> dict:
         elif t is Atom:
             out[str.__str__(key)] = item
         else:
-            raise bad(f"expected Kwargs keys to be binaries or atoms, got: {key!r}")
+            raise bad(f"expected Kwargs keys to be binaries or atoms, got: {short(key)}")
     return out
 
 
@@ -167,7 +151,7 @@ def mode(opts: Any) -> int:
         RequestError: ``bad_request``.
     """
     if type(opts) is not dict:
-        raise bad(f"expected Opts to be a map, got: {opts!r}")
+        raise bad(f"expected Opts to be a map, got: {short(opts)}")
     if not opts:
         return AUTO
     found = opts.get(A_RESULT, A_AUTO)
@@ -175,7 +159,7 @@ def mode(opts: Any) -> int:
         value = _MODES.get(found)
         if value is not None:
             return value
-    raise bad(f"expected result to be auto, ref or value, got: {found!r}")
+    raise bad(f"expected result to be auto, ref or value, got: {short(found)}")
 
 
 def session_options(opts: Any, restore: Callable[[Any], Any]) -> dict[str, Any]:

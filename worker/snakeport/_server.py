@@ -46,6 +46,7 @@ from snakeport import _process as process
 from snakeport import etf
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
+from snakeport._guard import guarded, safe_str, type_name
 from snakeport._jobs import Job, Jobs
 from snakeport._protocol import OK, REPLY, TOOL_REPLY, error_reply, protocol_error_event, warning_event
 from snakeport._scheduler import Scheduler
@@ -252,7 +253,8 @@ class Server:
                 if len(payload) > _MAX_PACKET:
                     raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
                 payloads.append(payload)
-            except Exception as exc:  # noqa: BLE001 - EncodeError, RecursionError, ...
+            except BaseException as exc:  # noqa: BLE001 - EncodeError, RecursionError, and
+                # whatever a user object that another thread put in a data result raises
                 replacement = self._unencodable(term, exc)
                 if replacement is not None:
                     if job is not None:
@@ -261,10 +263,10 @@ class Server:
         return payloads
 
     @staticmethod
-    def _unencodable(term: Any, exc: Exception) -> Any:
+    def _unencodable(term: Any, exc: BaseException) -> Any:
         if type(term) is tuple and len(term) == 4 and term[0] == "reply" and type(term[1]) is int:
-            return error_reply(term[1], "not_encodable", f"the result cannot be encoded: {exc}")
-        log.error("dropping an event that cannot be encoded: %s", exc)
+            return error_reply(term[1], "not_encodable", f"the result cannot be encoded: {safe_str(exc)}")
+        log.error("dropping an event that cannot be encoded: %s", safe_str(exc))
         return None
 
     def _execute(self, job: Job) -> list | None:
@@ -272,9 +274,17 @@ class Server:
         ``execute``)."""
         try:
             terms = self.dispatcher.run_job(job)
-        except Exception as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
-            log.exception("request %s failed inside the worker", job.request_id)
-            terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
+        except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
+            # (Formatting the traceback may run user code: guarded like the message.)
+            guarded(log.exception, "request %s failed inside the worker", job.request_id, default=None)
+            terms = [
+                error_reply(
+                    job.request_id,
+                    "python_error",
+                    f"internal worker error: {safe_str(exc)}",
+                    type_=type_name(type(exc)),
+                )
+            ]
         if not terms:
             return None
         return self._encode(terms, job)

@@ -36,6 +36,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple
 
 from snakeport import _limits as limits
+from snakeport._guard import short
 from snakeport._limits import Limit
 from snakeport.errors import RequestError
 from snakeport.types import Atom
@@ -114,7 +115,7 @@ class RefHandle:
         self.obj: Any = None
 
     def __repr__(self) -> str:
-        return f"RefHandle({self.session!r}, {self.ref_id!r}, {self.type_name!r})"
+        return f"RefHandle({short(self.session)}, {short(self.ref_id)}, {short(self.type_name)})"
 
 
 class _Entry:
@@ -319,7 +320,7 @@ class SessionTable:
             _session_option(limits.TTL_SECONDS, ttl_seconds)
         if overflow is not _UNSET and overflow not in OVERFLOW_POLICIES:
             raise RequestError(
-                "bad_request", f"expected overflow to be error or evict_lru, got: {overflow!r}"
+                "bad_request", f"expected overflow to be error or evict_lru, got: {short(overflow)}"
             )
         dropped: list[_Entry] = []
         with self.lock:
@@ -527,12 +528,12 @@ class SessionTable:
                     raise _mismatch(ref_id)
                 raise RequestError(
                     "ref_released",
-                    f"ref {ref_id} was released ({tomb[1]})",
+                    f"ref {short(ref_id)} was released ({tomb[1]})",
                     details={"ref_id": ref_id, "cause": tomb[1]},
                 )
             raise RequestError(
                 "ref_not_found",
-                f"no ref {ref_id} was issued to this session",
+                f"no ref {short(ref_id)} was issued to this session",
                 details={"ref_id": ref_id},
             )
         now = self._monotonic()
@@ -558,7 +559,10 @@ class SessionTable:
         between: every ref in the value is live when this returns.
 
         ``build`` runs under the lock: it must not call the table, and it must not run
-        user code (the marshalling only walks built-in containers and reads type names).
+        user code (the marshalling only walks built-in containers and reads type names;
+        the exception is a metaclass's ``__hash__`` or ``__eq__``, see
+        :mod:`snakeport._marshal`: whatever ``build`` raises propagates, the lock let go
+        and nothing stored).
 
         Args:
             session: The session (as returned by :meth:`checkout`).
@@ -604,7 +608,7 @@ class SessionTable:
             if session.released:
                 raise RequestError(
                     "session_not_found",
-                    f"session {session.session_id!r} was released while the request ran",
+                    f"session {short(session.session_id)} was released while the request ran",
                     details={"session": session.session_id, "cause": CAUSE_SESSION_RELEASED},
                 )
             held = len(refs)
@@ -616,7 +620,7 @@ class SessionTable:
                     also = f" and the result returns {len(pinned)} of those" if pinned else ""
                     raise RequestError(
                         "max_refs_exceeded",
-                        f"session {session.session_id!r} holds {held} of {limit} refs{also};"
+                        f"session {short(session.session_id)} holds {held} of {limit} refs{also};"
                         f" {len(new)} more do not fit",
                         details={"limit": limit, "refs": held},
                     )
@@ -747,12 +751,12 @@ class SessionTable:
         if session_id in self._released_sessions:
             return RequestError(
                 "session_not_found",
-                f"session {session_id!r} was released",
+                f"session {short(session_id)} was released",
                 details={"session": session_id, "cause": CAUSE_SESSION_RELEASED},
             )
         return RequestError(
             "session_not_found",
-            f"no session {session_id!r} (sessions must be opened with open_session)",
+            f"no session {short(session_id)} (sessions must be opened with open_session)",
             details={"session": session_id},
         )
 
@@ -790,6 +794,6 @@ class SessionTable:
 def _mismatch(ref_id: int) -> RequestError:
     return RequestError(
         "session_mismatch",
-        f"ref {ref_id} belongs to another session; refs are only served in their own session",
+        f"ref {short(ref_id)} belongs to another session; refs are only served in their own session",
         details={"ref_id": ref_id},
     )

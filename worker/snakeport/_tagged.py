@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from snakeport._protocol import BYTES_TAG, REF_TAG, SET_TAG, type_name
+from snakeport._guard import type_name
+from snakeport._protocol import BYTES_TAG, REF_TAG, SET_TAG
 from snakeport._sessions import RefHandle
 from snakeport.errors import EncodeError
 from snakeport.types import Atom, ErlMap, ImproperList
@@ -168,8 +169,10 @@ def resolve_tagged(term: Any, hook: Callable[[tuple], Any]) -> Any:
 def substitute(term: Any) -> Any:
     """Replace resolved :class:`RefHandle` objects by their objects, in containers too.
 
-    A handle inside a set or used as a dict key makes the object hashed (``TypeError`` for
-    an unhashable one; the dispatcher answers ``bad_request``).
+    A handle inside a set or used as a dict key makes the object hashed: user code (its
+    ``__hash__`` and ``__eq__``) that may raise anything, ``SystemExit`` included, or
+    ``TypeError`` for an unhashable object; it propagates, and the dispatcher answers the
+    request with ``bad_request``.
 
     Args:
         term: A decoded argument whose handles the session table resolved.
