@@ -5,8 +5,10 @@ defmodule Snakeport.Protocol do
   # the shapes of the ok values (session info, release counts, stats), and the translation
   # between wire terms and Elixir terms (refs, sets, bytes).
   #
-  # Decoding rule: every frame from the worker is decoded with `binary_to_term(_, [:safe])`,
-  # so worker output can never create an atom. Every atom the protocol itself uses is
+  # Decoding rule: every frame from the worker is decoded with `binary_to_term(_, [:safe,
+  # :used])`, so worker output can never create an atom, and a frame is exactly one term:
+  # bytes after it make the frame malformed (binary_to_term alone would ignore them, and a
+  # frame whose header disagrees with its elements would decode to a wrong value). Every atom the protocol itself uses is
   # listed in @atoms below: this module is loaded when the application starts, which puts
   # them in the atom table before the first frame arrives. It must include every atom of
   # docs/PROTOCOL.md "Atoms the worker emits" (test/snakeport/protocol_atoms_test.exs).
@@ -307,27 +309,24 @@ defmodule Snakeport.Protocol do
   def frame_kind(<<131, 104, 2, 119, 11, "tool_cancel", _::binary>>), do: :tool_cancel
   def frame_kind(frame), do: classify(frame)
 
+  # A frame with bytes after its term is still routed by its id or kind: its decoder
+  # (decode_reply/3, decode_event/1, decode_tool_call/3, ...) refuses it, so that its caller
+  # gets an error.
   defp classify(frame) do
     case safe_decode(frame) do
-      {:ok, {:reply, id, _, _}} when is_integer(id) and id >= 0 ->
-        {:reply, id}
-
-      {:ok, {:event, _, _, _}} ->
-        :event
-
-      {:ok, {:tool_call, _, _, _, _, _}} ->
-        :tool_call
-
-      {:ok, {:tool_cancel, _}} ->
-        :tool_cancel
-
-      {:ok, other} ->
-        {:unexpected, :unexpected_frame, "unexpected frame: #{inspect(other, limit: 10)}"}
-
-      :error ->
-        {:unexpected, :unsafe_term, "a frame could not be decoded safely"}
+      {:ok, term} -> kind(term)
+      {:trailing, term, _extra} -> kind(term)
+      :error -> {:unexpected, :unsafe_term, "a frame could not be decoded safely"}
     end
   end
+
+  defp kind({:reply, id, _, _}) when is_integer(id) and id >= 0, do: {:reply, id}
+  defp kind({:event, _, _, _}), do: :event
+  defp kind({:tool_call, _, _, _, _, _}), do: :tool_call
+  defp kind({:tool_cancel, _}), do: :tool_cancel
+
+  defp kind(other),
+    do: {:unexpected, :unexpected_frame, "unexpected frame: #{inspect(other, limit: 10)}"}
 
   # SMALL_INTEGER_EXT, INTEGER_EXT, SMALL_BIG_EXT (non-negative).
   defp reply_id(<<97, id, _::binary>>, _frame), do: {:reply, id}
@@ -346,6 +345,7 @@ defmodule Snakeport.Protocol do
     case safe_decode(frame) do
       {:ok, {:snakeport_ready, version, info}} when is_map(info) -> {:ok, version, info}
       {:ok, term} -> {:error, "is #{inspect(term, limit: 10)}"}
+      {:trailing, term, extra} -> {:error, "is #{trailing(term, extra)}"}
       :error -> {:error, "names atoms this harness does not know, or is not valid ETF"}
     end
   end
@@ -362,6 +362,9 @@ defmodule Snakeport.Protocol do
 
       {:ok, other} ->
         {:error, :malformed_event, "malformed event: #{inspect(other, limit: 10)}"}
+
+      {:trailing, other, extra} ->
+        {:error, :malformed_event, "malformed event: #{trailing(other, extra)}"}
 
       :error ->
         {:error, :unsafe_term, "an event could not be decoded safely (unknown atom?)"}
@@ -399,6 +402,9 @@ defmodule Snakeport.Protocol do
       {:ok, other} ->
         {:error, :malformed_tool_call, "malformed tool_call: #{inspect(other, limit: 10)}"}
 
+      {:trailing, other, extra} ->
+        {:error, :malformed_tool_call, "malformed tool_call: #{trailing(other, extra)}"}
+
       :error ->
         {:error, :unsafe_term, "a tool_call could not be decoded safely (unknown atom?)"}
     end
@@ -428,11 +434,22 @@ defmodule Snakeport.Protocol do
   end
 
   @doc false
-  @spec safe_decode(binary()) :: {:ok, term()} | :error
+  # `{:ok, term}` for a frame that is exactly one term, `{:trailing, term, extra}` when
+  # `extra` bytes follow the term (a malformed frame), `:error` when it is not valid ETF or
+  # names an atom that does not exist in this VM.
+  @spec safe_decode(binary()) :: {:ok, term()} | {:trailing, term(), pos_integer()} | :error
   def safe_decode(frame) do
-    {:ok, :erlang.binary_to_term(frame, [:safe])}
+    case :erlang.binary_to_term(frame, [:safe, :used]) do
+      {term, used} when used == byte_size(frame) -> {:ok, term}
+      {term, used} -> {:trailing, term, byte_size(frame) - used}
+    end
   rescue
     ArgumentError -> :error
+  end
+
+  defp trailing(term, extra) do
+    "#{inspect(term, limit: 10)} followed by #{extra} bytes that are not part of it " <>
+      "(a frame is exactly one term)"
   end
 
   @doc false
@@ -483,6 +500,10 @@ defmodule Snakeport.Protocol do
            :protocol_error,
            "malformed reply from the worker: #{inspect(other, limit: 10)}"
          )}
+
+      {:trailing, other, extra} ->
+        {:error,
+         Error.new(:protocol_error, "malformed reply from the worker: #{trailing(other, extra)}")}
 
       :error ->
         {:error,

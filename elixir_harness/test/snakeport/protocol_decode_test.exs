@@ -35,6 +35,46 @@ defmodule Snakeport.ProtocolDecodeTest do
     end
   end
 
+  test "a frame is exactly one term: trailing bytes make any frame malformed" do
+    # Issue 13, item 6: binary_to_term/2 ignores bytes after the term.
+    for value <- ["abc", 1, 1.5, nil, [1, 2], %{a: 1}, {:"$snakeport_set", [1]}, 1 <<< 70],
+        extra <- [<<106>>, <<97, 1>>, :binary.copy(<<0>>, 100)] do
+      frame = reply(value) <> extra
+      assert {:reply, 7} = Protocol.frame_kind(frame)
+
+      assert {:error, %Snakeport.Error{reason: :protocol_error, message: message}} =
+               Protocol.decode_reply(frame, Snakeport, 0)
+
+      assert message =~ "followed by #{byte_size(extra)} bytes"
+      assert {:ok, _} = Protocol.decode_reply(reply(value), Snakeport, 0)
+    end
+
+    # A reply id the fast path does not read (a big integer): still routed, then refused.
+    frame = :erlang.term_to_binary({:reply, 1 <<< 70, :ok, 1}) <> <<106>>
+    assert Protocol.frame_kind(frame) == {:reply, 1 <<< 70}
+
+    assert {:error, %Snakeport.Error{reason: :protocol_error}} =
+             Protocol.decode_reply(frame, nil, nil)
+
+    assert {:error, %Snakeport.Error{reason: :protocol_error}} = Protocol.reply_outcome(frame)
+
+    event = :erlang.term_to_binary({:event, :warning, %{}, %{message: "x"}})
+    assert {:ok, :warning, %{}, %{message: "x"}} = Protocol.decode_event(event)
+    assert Protocol.frame_kind(event <> <<106>>) == :event
+
+    assert {:error, :malformed_event, "malformed event: " <> _} =
+             Protocol.decode_event(event <> <<106>>)
+
+    ready = :erlang.term_to_binary({:snakeport_ready, 1, %{}})
+    assert {:ok, 1, %{}} = Protocol.decode_ready(ready)
+
+    assert {:error, "is {:snakeport_ready, 1, %{}} followed by 1 bytes" <> _} =
+             Protocol.decode_ready(ready <> <<106>>)
+
+    assert {:unexpected, :unexpected_frame, _} =
+             Protocol.frame_kind(:erlang.term_to_binary({:other}) <> <<106>>)
+  end
+
   test "the fast paths agree with binary_to_term on every encoding of ids and values" do
     for id <- [0, 7, 255, 256, 70_000, 2_147_483_647, 2_147_483_648, 1 <<< 70],
         value <- [
@@ -69,9 +109,12 @@ defmodule Snakeport.ProtocolDecodeTest do
       assert got === value
     end
 
-    # Trailing bytes (ignored by binary_to_term) or a truncated frame: the general path.
+    # Trailing bytes (which binary_to_term/2 alone ignores) or a truncated frame: the
+    # general path, which refuses both.
     frame = :erlang.term_to_binary({:reply, 1, :ok, "abc"}, minor_version: 2)
-    assert {:ok, "abc"} = Protocol.decode_reply(frame <> "x", Snakeport, 0)
+
+    assert {:error, %Snakeport.Error{reason: :protocol_error}} =
+             Protocol.decode_reply(frame <> "x", Snakeport, 0)
 
     assert {:error, %Snakeport.Error{}} =
              Protocol.decode_reply(binary_part(frame, 0, byte_size(frame) - 1), Snakeport, 0)
@@ -88,11 +131,14 @@ defmodule Snakeport.ProtocolDecodeTest do
     assert r == :cancelled
   end
 
-  # What the general path (binary_to_term with [:safe]) makes of a frame, for scalar values.
+  # What the general path (binary_to_term with [:safe], the whole frame one term) makes of
+  # a frame, for scalar values.
   defp reference_decode(frame) do
-    case :erlang.binary_to_term(frame, [:safe]) do
-      {:reply, _, :ok, v} when is_binary(v) or is_number(v) or is_atom(v) -> {:ok, v}
-      {:reply, _, :ok, _} -> :other
+    size = byte_size(frame)
+
+    case :erlang.binary_to_term(frame, [:safe, :used]) do
+      {{:reply, _, :ok, v}, ^size} when is_binary(v) or is_number(v) or is_atom(v) -> {:ok, v}
+      {{:reply, _, :ok, _}, ^size} -> :other
       _ -> :error
     end
   rescue
