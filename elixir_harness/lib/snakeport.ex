@@ -58,6 +58,9 @@ defmodule Snakeport do
       stops polling when another task takes its CPU, and pauses it while other programs
       keep the CPU busy.
     * `:startup_timeout` - ms to wait for a worker's ready frame (default `30_000`).
+    * `:allow` - an allow-list of the Python names the workers may call (`--allow`, see
+      *Security*): `nil` (default: every name), or a list of dotted names (strings or
+      atoms), such as `["math", "json.loads"]`.
 
   The workers start in parallel and `start_link/1` returns once all of them are ready. A
   worker that cannot start (no interpreter, worker package missing, protocol version
@@ -169,6 +172,30 @@ defmodule Snakeport do
   A call waiting for a tool does not count against the worker's `:threads`: the tool may
   call back into Python (even with `threads: 1`, the default), and the waiting call takes
   its place again when the answer comes, before any queued call.
+
+  ## Security
+
+  A worker runs any code its caller names, with the rights of its OS process:
+  `Snakeport.call("os", "system", ["rm -rf ~"])`, `Snakeport.call("builtins", "eval", [code])`,
+  or any attribute, dunder ones included (`method(ref, "__class__")`, `"f.__globals__"`).
+  Sessions are bookkeeping (which refs a process holds, limits, TTLs), not a security
+  boundary: nothing stops one caller from using another's session or refs. So only trusted
+  code should choose the module, function and attribute names a worker sees.
+
+  An app that forwards names chosen by its users starts the instance with an allow-list:
+
+      {Snakeport, allow: ["math", "json.loads", "numpy.linalg"]}
+
+  Then a call or module attribute is allowed when its full name (`"math.sqrt"`) is an entry
+  or lies under one; every other name returns `{:error, %Snakeport.Error{reason:
+  :not_allowed}}` before the worker imports anything. Names with a part that starts with `_`
+  are refused everywhere (dunder attributes are how attribute paths escape), also in
+  `method/4`, `get_attr/3` and `set_attr/4` on refs, which may not reach a module that no
+  entry names (by its own name, `os`, or its path, `os.path`), a frame or a code object.
+  An entry allows all that its module exposes, including functions that take any name or
+  code (`builtins.getattr`, `operator.attrgetter`, `pickle.loads`): name exact functions
+  rather than such modules. The allow-list decides which names can be called; it does not
+  make the worker a sandbox (an allowed function that calls what it is given runs it).
 
   ## Call options
 

@@ -205,7 +205,11 @@ def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> Non
     w.wait(late[1])
     assert w.close() == 0
 
-    outputs = [w.ready, *w.replies.values(), *w.events, pruned, *requests_seen]
+    # A worker with an allow-list refuses a name.
+    allowing = make_worker("--allow", "math")
+    refused = allowing.wait(allowing.request("call", "s1", "os", "getcwd", [], {}, {}))
+
+    outputs = [w.ready, *w.replies.values(), *w.events, pruned, *requests_seen, refused]
     from_requests = set().union(*(data_atoms(t) for t in sent))
     assert from_requests == USER_ATOMS
     seen = atoms_in(outputs, set()) - from_requests

@@ -13,6 +13,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from snakeport import PROTOCOL_VERSION, __version__
 from snakeport import _limits as limits
+from snakeport._allow import parse_entries
 from snakeport._limits import Limit
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -40,6 +41,19 @@ def _option(limit: Limit) -> Callable[[str], Any]:
     return parse
 
 
+def _allow_option(text: str) -> list[str]:
+    """The argparse ``type`` of ``--allow``: the entries of one value."""
+    try:
+        return parse_entries(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _allow_entries(values: list[list[str]] | None) -> tuple[str, ...] | None:
+    """The entries of every ``--allow`` given, or ``None`` when there was none."""
+    return None if values is None else tuple(name for names in values for name in names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the worker's argument parser.
 
@@ -53,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
             "Snakeport worker: run Python calls for an Erlang/Elixir VM that drives this "
             "process as a Port ({packet, 4} frames of External Term Format on stdin/stdout, "
             f"protocol version {PROTOCOL_VERSION}). Logs go to stderr."
+        ),
+        epilog=(
+            "Security: a worker runs any code its caller names: os.system, builtins.eval, "
+            "any attribute including dunder ones (__globals__, __subclasses__), with the "
+            "rights of this process. Sessions are bookkeeping (refs, limits, TTLs), not a "
+            "security boundary between callers. Only let trusted code choose the names a "
+            "worker calls; an app that forwards names chosen by its users should start its "
+            "workers with --allow (names with parts starting with _ are then refused too, "
+            "and a name outside the list is refused before anything is imported)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -141,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"its :tool_timeout); a thread waiting for one gives up {limits.TOOL_GRACE:g} s later",
     )
     parser.add_argument(
+        "--allow",
+        type=_allow_option,
+        action="append",
+        default=argparse.SUPPRESS,  # (absent: no allow-list; not shown as "default: None")
+        metavar="NAMES",
+        help="allow-list: only these dotted names (comma-separated; the option may be "
+        "repeated; '' allows none) and the names under them may be called or read: "
+        "'math' allows math.sqrt, 'json.loads' only itself. With it, names with parts "
+        "starting with _ are refused, a refused name is refused before any import, and "
+        "method/getattr/setattr on refs may not reach a module outside the list, a frame "
+        "or a code object. Without --allow, every name may be called",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
@@ -172,6 +208,7 @@ def config_from_args(args: argparse.Namespace) -> "Config":  # noqa: F821 - impo
         spin_us=args.spin_us,
         tool_timeout=args.tool_timeout,
         default_overflow=args.default_overflow,
+        allow=_allow_entries(getattr(args, "allow", None)),
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Union
 from snakeport import _limits as limits
 from snakeport import _protocol as P
 from snakeport import _requests as R
+from snakeport._allow import AllowList, NotAllowed
 from snakeport._eval import evaluate
 from snakeport._jobs import CANCELLED, DONE, FAILED, Failure, Job, Jobs, failure_reply, import_module, lookup
 from snakeport._marshal import DATA, marshal
@@ -67,6 +68,9 @@ class Dispatcher:
         tools: The worker's Elixir tool calls (:class:`~snakeport._tools.ToolCalls`), which
             get the ``tool_reply`` frames; ``None``: none (a ``tool_reply`` is then a
             ``protocol_error`` event).
+        allow: The allow-list (``--allow``), or ``None`` (every name may be called): names
+            are checked before anything is imported, and the objects reached while the
+            job runs (see :mod:`snakeport._allow`).
 
     Raises:
         ValueError: A limit is out of range (the rules of :mod:`snakeport._limits`).
@@ -82,8 +86,10 @@ class Dispatcher:
         threads: int = limits.THREADS.default,
         rss: Callable[[], int] = _no_rss,
         tools: Any = None,
+        allow: AllowList | None = None,
     ) -> None:
         self.table = table
+        self.allow = allow
         self.jobs = jobs if jobs is not None else Jobs()
         self.max_depth = limits.MAX_DEPTH.check(max_depth)
         self.max_frame_bytes = limits.MAX_FRAME_BYTES.check(max_frame_bytes)
@@ -274,6 +280,9 @@ class Dispatcher:
             args = R.args(term[5])
             kwargs = R.kwargs(term[6])
             mode = R.mode(term[7])
+        allow = self.allow
+        if allow is not None:
+            allow.check_name(module, function)  # before anything is imported
         handles = ctx.handles if ctx is not None else ()
         session = self._checkout(sid, handles)
         if handles:
@@ -284,8 +293,15 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
 
-        def fn() -> Any:
-            return lookup(import_module(module), function)(*args, **kwargs)
+        if allow is None:
+
+            def fn() -> Any:
+                return lookup(import_module(module), function)(*args, **kwargs)
+
+        else:
+
+            def fn() -> Any:
+                return lookup(import_module(module), function, allow, module)(*args, **kwargs)
 
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
@@ -299,9 +315,14 @@ class Dispatcher:
         args = R.args(term[5])
         kwargs = R.kwargs(term[6])
         mode = R.mode(term[7])
+        allow = self.allow
+        if allow is not None:
+            allow.check_path(name, "name")
         handles = ctx.handles if ctx is not None else [target]
         session = self._checkout(sid, handles)
         obj = target.obj
+        if allow is not None:
+            self._check_target(session, obj)
         if len(handles) > 1:
             try:
                 args = substitute(args)
@@ -311,7 +332,7 @@ class Dispatcher:
                 raise
 
         def fn() -> Any:
-            return lookup(obj, name)(*args, **kwargs)
+            return lookup(obj, name, allow)(*args, **kwargs)
 
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
@@ -321,21 +342,28 @@ class Dispatcher:
         target = term[3]
         name = R.name(term[4], "Name")
         mode = R.mode(term[5])
+        allow = self.allow
         if type(target) is RefHandle:
+            if allow is not None:
+                allow.check_path(name, "name")
             session = self._checkout(sid, (target,))
             obj = target.obj
             ref_ids: Any = (target.ref_id,)
+            if allow is not None:
+                self._check_target(session, obj)
 
             def fn() -> Any:
-                return lookup(obj, name)
+                return lookup(obj, name, allow)
 
         elif type(target) is tuple and len(target) == 2 and target[0] == P.MODULE and type(target[0]) is Atom:
             module = R.name(target[1], "ModuleName")
+            if allow is not None:
+                allow.check_name(module, name)  # before anything is imported
             session = self._checkout(sid, ())
             ref_ids = ()
 
             def fn() -> Any:
-                return lookup(import_module(module), name)
+                return lookup(import_module(module), name, allow, module)
 
         else:
             raise R.bad(f"expected Target to be a ref term or {{module, Name}}, got: {R.short(target)}")
@@ -350,9 +378,14 @@ class Dispatcher:
         name = R.name(term[4], "Name")
         value = term[5]
         R.mode(term[6])
+        allow = self.allow
+        if allow is not None:
+            allow.check_path(name, "name")
         handles = ctx.handles if ctx is not None else [target]
         session = self._checkout(sid, handles)
         obj = target.obj
+        if allow is not None:
+            self._check_target(session, obj)
         if len(handles) > 1:
             try:
                 value = substitute(value)
@@ -362,7 +395,7 @@ class Dispatcher:
         head, _, last = name.rpartition(".")
 
         def fn() -> Any:
-            owner = lookup(obj, head) if head else obj
+            owner = lookup(obj, head, allow) if head else obj
             try:
                 setattr(owner, last, value)
             except AttributeError as exc:
@@ -377,6 +410,8 @@ class Dispatcher:
         code = R.code(term[3])
         bindings = R.bindings(term[4])
         mode = R.mode(term[5])
+        if self.allow is not None:
+            raise NotAllowed("eval is not allowed: the worker has an allow-list (--allow), and eval runs any code")
         handles = ctx.handles if ctx is not None else ()
         session = self._checkout(sid, handles)
         if handles:
@@ -390,6 +425,18 @@ class Dispatcher:
             return evaluate(code, bindings)
 
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
+
+    def _check_target(self, session: Session, obj: Any) -> None:
+        """Refuse a ref's object that the allow-list does not allow, checking the session in.
+
+        Raises:
+            NotAllowed: ``obj`` is a module no entry names, a frame or a code object.
+        """
+        try:
+            self.allow.check_object(obj)  # type: ignore[union-attr]
+        except BaseException:
+            self.table.checkin(session)
+            raise
 
     def _checkout(self, sid: str | bytes, handles: Any) -> Session:
         """The open session of a Python operation, with its ref terms resolved.

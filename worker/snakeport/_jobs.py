@@ -37,8 +37,9 @@ import traceback
 from typing import Any, Callable
 
 from snakeport import _limits as limits
+from snakeport._allow import AllowList, NotAllowed
 from snakeport._guard import encodable_text, exact_str, safe_str, type_name
-from snakeport._protocol import error_reply
+from snakeport._protocol import error_reply, request_error_reply
 from snakeport._sessions import Session
 from snakeport.errors import Cancelled, NoCallContext, RequestError
 
@@ -205,20 +206,26 @@ def import_module(module: str) -> Any:
         raise Failure("import_error", exc) from None
 
 
-def lookup(obj: Any, path: str) -> Any:
+def lookup(obj: Any, path: str, allow: AllowList | None = None, root: str | None = None) -> Any:
     """Follow a dotted attribute path (``"Path.cwd"``) from ``obj``.
 
     Args:
         obj: A module or any object.
         path: Attribute names joined with dots.
+        allow: The worker's allow-list, if any: each object reached is checked
+            (:meth:`~snakeport._allow.AllowList.lookup`).
+        root: ``obj``'s dotted name when it is a module imported by name (for ``allow``).
 
     Returns:
         The attribute.
 
     Raises:
         Failure: ``attribute_error``.
+        NotAllowed: ``allow`` refuses an object reached.
     """
     try:
+        if allow is not None:
+            return allow.lookup(obj, path, root)
         if "." not in path:  # the common case: one attribute
             return getattr(obj, path)
         for part in path.split("."):
@@ -257,13 +264,16 @@ def failure_reply(request_id: int, exc: BaseException, prefix: str = "") -> tupl
 
     Args:
         request_id: The job's request id.
-        exc: A :class:`Failure` (its reason, with the cause's type and traceback), or any
-            other exception (``python_error``).
+        exc: A :class:`Failure` (its reason, with the cause's type and traceback), a
+            :class:`~snakeport._allow.NotAllowed` (``not_allowed``), or any other exception
+            (``python_error``).
         prefix: Put before the message (what the worker was doing).
 
     Returns:
         The reply term.
     """
+    if type(exc) is NotAllowed:  # (raised by the allow-list as the code reached an object)
+        return request_error_reply(request_id, exc)
     if type(exc) is Failure:
         cause = exc.cause
         return error_reply(

@@ -79,7 +79,7 @@ EMITTED_ATOMS: frozenset[str] = frozenset(
         # error reasons
         "python_error", "ref_not_found", "ref_released", "session_mismatch", "session_not_found",
         "max_refs_exceeded", "bad_request", "frame_too_large", "decode_error", "not_encodable",
-        "cancelled", "import_error", "attribute_error", "shutting_down",
+        "cancelled", "import_error", "attribute_error", "shutting_down", "not_allowed",
         # error detail keys
         "ref_id", "cause", "limit", "refs", "session",
         # causes (details.cause)

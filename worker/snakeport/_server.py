@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, NoReturn
 from snakeport import _limits as limits
 from snakeport import _process as process
 from snakeport import etf
+from snakeport._allow import AllowList
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
 from snakeport._guard import guarded, safe_str, type_name
@@ -78,6 +79,7 @@ class _ConfigFields(NamedTuple):
     spin_us: int = limits.SPIN_US.default
     tool_timeout: float = limits.TOOL_TIMEOUT.default
     default_overflow: str = limits.DEFAULT_OVERFLOW
+    allow: tuple[str, ...] | None = None
 
 
 #: The rule of each Config field, in field order.
@@ -113,9 +115,11 @@ class Config(_ConfigFields):
             (microseconds; 0: never).
         tool_timeout: Seconds the VM gives an Elixir tool (waits end a little later).
         default_overflow: ``overflow`` of sessions that do not state one.
+        allow: The allow-list's entries (``--allow``), or ``None``: every name may be
+            called (see :mod:`snakeport._allow`).
 
     Raises:
-        ValueError: A setting is out of range.
+        ValueError: A setting is out of range, or an allow-list entry is invalid.
     """
 
     __slots__ = ()
@@ -126,6 +130,8 @@ class Config(_ConfigFields):
             limit.check(value, name)
         if self.default_overflow not in limits.OVERFLOW_POLICIES:
             raise ValueError(f"expected default_overflow to be error or evict_lru, got: {self.default_overflow!r}")
+        if self.allow is not None:
+            AllowList(self.allow)  # checks the entries
         return self
 
 
@@ -185,6 +191,7 @@ class Server:
             threads=config.threads,
             rss=process.rss_bytes,
             tools=self.tools,
+            allow=AllowList(config.allow) if config.allow is not None else None,
         )
         self._spin = SpinPolicy(in_fd, spin_us=config.spin_us) if config.spin_us else None
         self._stop = threading.Event()

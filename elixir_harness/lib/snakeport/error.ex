@@ -16,7 +16,8 @@ defmodule Snakeport.Error do
   `:session_mismatch`, `:session_not_found`, `:max_refs_exceeded`, `:bad_request` (also
   when the worker refuses to open a session, e.g. tags it cannot decode), `:frame_too_large`,
   `:decode_error`, `:not_encodable`, `:cancelled`, `:import_error`, `:attribute_error`,
-  `:shutting_down`.
+  `:shutting_down`, `:not_allowed` (the instance's `:allow` list refuses the name, or an
+  object the request reached: see *Security* in `Snakeport`).
 
   Reasons raised by the harness: `:timeout` (the call took longer than its timeout; the
   worker was asked to cancel it), `:worker_exited` (the worker process died while the request

@@ -21,7 +21,8 @@ defmodule Snakeport.Options do
     :spin_us,
     :startup_timeout,
     :tools,
-    :tool_timeout
+    :tool_timeout,
+    :allow
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -49,7 +50,8 @@ defmodule Snakeport.Options do
           spin_us: non_neg_integer() | nil,
           startup_timeout: pos_integer(),
           tools: [{String.t(), function()}],
-          tool_timeout: pos_integer()
+          tool_timeout: pos_integer(),
+          allow: [String.t()] | nil
         }
 
   @doc false
@@ -89,7 +91,8 @@ defmodule Snakeport.Options do
         spin_us: nil,
         startup_timeout: Defaults.startup_timeout(),
         tools: [],
-        tool_timeout: Defaults.tool_timeout()
+        tool_timeout: Defaults.tool_timeout(),
+        allow: nil
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -117,7 +120,8 @@ defmodule Snakeport.Options do
       spin_us: spin_us!(opts[:spin_us]),
       startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout]),
       tools: Snakeport.Tools.validate!(opts[:tools]),
-      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout])
+      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout]),
+      allow: allow!(opts[:allow])
     }
   end
 
@@ -261,6 +265,36 @@ defmodule Snakeport.Options do
 
   defp optional_pos_integer!(_key, nil), do: nil
   defp optional_pos_integer!(key, value), do: pos_integer!(key, value)
+
+  # The allow-list: nil (every name), or dotted Python names (strings or atoms) whose parts
+  # are identifiers that do not start with _ (the worker checks them again, exactly).
+  @allow_entry ~r/^\p{L}[\p{L}\p{N}_]*(\.\p{L}[\p{L}\p{N}_]*)*$/u
+
+  defp allow!(nil), do: nil
+
+  defp allow!(list) when is_list(list) do
+    names = Enum.map(list, &allow_name/1)
+
+    if Enum.all?(names, &(is_binary(&1) and Regex.match?(@allow_entry, &1))),
+      do: names,
+      else: allow_invalid!(list)
+  end
+
+  defp allow!(other), do: allow_invalid!(other)
+
+  defp allow_name(name) when is_atom(name) and name not in [nil, true, false],
+    do: Atom.to_string(name)
+
+  defp allow_name(name), do: name
+
+  defp allow_invalid!(value) do
+    invalid!(
+      :allow,
+      "nil or a list of dotted Python names whose parts do not start with _ " <>
+        "(\"math\", \"json.loads\")",
+      value
+    )
+  end
 
   # The worker's --spin-us accepts 0..1_000_000 (a second).
   defp spin_us!(nil), do: nil
@@ -441,8 +475,12 @@ defmodule Snakeport.Options do
       ["--tool-timeout", seconds(config.tool_timeout)] ++
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
-      flag(config.spin_us, "--spin-us") ++ config.worker_args
+      flag(config.spin_us, "--spin-us") ++ allow_flag(config.allow) ++ config.worker_args
   end
+
+  # One --allow with every entry (an empty value: an empty list, nothing allowed).
+  defp allow_flag(nil), do: []
+  defp allow_flag(names), do: ["--allow", Enum.join(names, ",")]
 
   defp flag(nil, _name), do: []
   defp flag(value, name), do: [name, Integer.to_string(value)]

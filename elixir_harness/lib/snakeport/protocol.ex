@@ -86,6 +86,7 @@ defmodule Snakeport.Protocol do
     :import_error,
     :attribute_error,
     :shutting_down,
+    :not_allowed,
     # error details
     :cause,
     :released,

@@ -142,3 +142,10 @@ class SlowModel:
 
     def predict(self, X):
         return self.model.predict(X)
+
+
+def imported(name):
+    """Whether the module ``name`` has been imported in this worker."""
+    import sys
+
+    return name in sys.modules

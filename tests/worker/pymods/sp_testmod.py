@@ -147,3 +147,18 @@ def slow_bytes(n, seconds):
     """``n`` bytes after ``seconds`` of sleep (long enough for the reading role to move)."""
     time.sleep(seconds)
     return b"x" * n
+
+
+def imported(name):
+    """Whether the module ``name`` has been imported in this worker."""
+    return name in sys.modules
+
+
+def gen():
+    """A generator (its public ``gi_frame`` leads to any global)."""
+    yield 1
+
+
+def a_module():
+    """A module object (``os``) as a result."""
+    return os
