@@ -38,6 +38,7 @@ import threading
 from typing import Any, Callable
 
 from snakeport import _limits as limits
+from snakeport._guard import short
 from snakeport._marshal import DATA, marshal
 from snakeport._protocol import OK, evicted_event, fill_warning_event, tool_call_term, tool_cancel_term
 from snakeport._requests import AUTO
@@ -263,7 +264,7 @@ class ToolCalls:
 def _error_of(name: str, error: Any) -> ToolError:
     """The :class:`ToolError` of a ``tool_reply`` error map (reason, message, details)."""
     if type(error) is not dict:
-        return ToolError(name, "bad_reply", f"malformed error answer: {error!r}"[:500])
+        return ToolError(name, "bad_reply", f"malformed error answer: {short(error, 500)}")
     reason = _text(error.get("reason"), "tool_error")
     message = _text(error.get("message"), "")
     details = error.get("details")
