@@ -241,6 +241,20 @@ def test_a_zlib_bomb_is_inflated_once_and_only_as_far_as_the_request_id(fresh, b
     assert peak - baseline < 24 * MiB, (peak, baseline)
 
 
+def test_the_error_path_of_a_large_invalid_frame_holds_one_copy_of_it(fresh, baseline) -> None:
+    # Measured here before the fix: the DecodeError (holding a copy of the frame) was still
+    # alive while the error path read the frame's head (a second copy): 3 times the frame
+    # (+96 MiB for 32 MiB; 765 MiB for a 255 MiB frame). Now at most twice.
+    size = 32 * MiB
+    for payload in (
+        ping_with(b"\xff" * size),  # an unknown tag
+        ping_with(b"l" + (100 * MiB).to_bytes(4, "big") + b"j" * size),  # over the budget
+    ):
+        reply, peak = attack(fresh, b"\x83" + payload)
+        assert reply[:3] == (A("reply"), 8, A("error")), reply
+        assert peak - baseline < 2.5 * size, (peak - baseline) / MiB
+
+
 # ---------------------------------------------------------------------------------------
 # Item 4: replies queued behind a blocked write
 # ---------------------------------------------------------------------------------------

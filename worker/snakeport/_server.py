@@ -384,9 +384,14 @@ class Server:
             ctx = TagContext()
         try:
             term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
+            failure = None
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
+            failure = f"invalid frame: {safe_str(exc)}"
+        if failure is not None:
+            # (Outside the except block: the exception, and the copy of a large frame that
+            # a DecodeError may hold, are gone before the error path reads the frame again.)
             self.dispatcher.requests += 1
-            term = self._undecodable(event, "decode_error", f"invalid frame: {exc}")
+            term = self._undecodable(event, "decode_error", failure)
             if term is not None:
                 out.append(term)
             return None
