@@ -192,9 +192,9 @@ defmodule Snakeport do
   are refused everywhere (dunder attributes are how attribute paths escape), also in
   `method/4`, `get_attr/3` and `set_attr/4` on refs, which may not reach a module that no
   entry names (by its own name, `os`, or its path, `os.path`), a frame or a code object.
-  An entry allows all that its module exposes, including functions that take any name or
-  code (`builtins.getattr`, `operator.attrgetter`, `pickle.loads`): name exact functions
-  rather than such modules. The allow-list decides which names can be called; it does not
+  `eval/3` is refused. An entry allows all that its module exposes, including functions
+  that take any name or code (`builtins.getattr`, `operator.attrgetter`, `pickle.loads`):
+  name exact functions rather than such modules. The allow-list decides which names can be called; it does not
   make the worker a sandbox (an allowed function that calls what it is given runs it).
 
   ## Call options
@@ -371,7 +371,8 @@ defmodule Snakeport do
   fixed source with varying bindings is cheap.
 
   `code` is Python source run with the worker's full rights, exactly like the functions
-  `call/4` runs: never build it from untrusted input (pass data as bindings instead).
+  `call/4` runs: never build it from untrusted input (pass data as bindings instead). An
+  instance started with an `:allow` list refuses every `eval` (`:not_allowed`).
 
   Options: `:session`, `:instance`, `:timeout`, `:result` (as for `call/4`). A syntax
   error is `{:error, %Snakeport.Error{reason: :python_error, python_type: "builtins.SyntaxError"}}`.
