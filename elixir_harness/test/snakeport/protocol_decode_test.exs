@@ -73,6 +73,19 @@ defmodule Snakeport.ProtocolDecodeTest do
 
     assert {:unexpected, :unexpected_frame, _} =
              Protocol.frame_kind(:erlang.term_to_binary({:other}) <> <<106>>)
+
+    tool_call = :erlang.term_to_binary({:tool_call, 5, 7, "s", "t", %{}})
+    assert {:ok, %{call_id: 5}} = Protocol.decode_tool_call(tool_call, Snakeport, 0)
+    assert Protocol.frame_kind(tool_call <> <<106>>) == :tool_call
+
+    assert {:error, :malformed_tool_call, "malformed tool_call: " <> _} =
+             Protocol.decode_tool_call(tool_call <> <<106>>, Snakeport, 0)
+
+    tool_cancel = :erlang.term_to_binary({:tool_cancel, 5})
+    assert {:ok, 5} = Protocol.decode_tool_cancel(tool_cancel)
+
+    assert {:error, :malformed_tool_cancel, _} =
+             Protocol.decode_tool_cancel(tool_cancel <> <<106>>)
   end
 
   test "the fast paths agree with binary_to_term on every encoding of ids and values" do

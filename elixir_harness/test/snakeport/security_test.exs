@@ -43,6 +43,11 @@ defmodule Snakeport.SecurityTest do
     end
   end
 
+  test "eval is refused: it runs any source" do
+    assert {:error, %Error{reason: :not_allowed, message: "eval is not allowed" <> _}} =
+             Snakeport.eval("1 + 1", %{}, instance: @instance)
+  end
+
   @tag snakeport: false
   test ":allow is validated and passed to the worker as one --allow" do
     config = fn allow -> Options.validate!(python: python(), allow: allow) end
