@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many released/evicted/pruned ref ids are remembered so that their later "
         "use fails with ref_released rather than ref_not_found, and how many released "
-        "session ids, so that session_not_found says cause => session_released (0: none)",
+        "session ids, so that session_not_found says cause => session_released (0: none); "
+        "memory: 17 bytes per ref and 8 per session, allocated as the tables fill",
     )
     parser.add_argument(
         "--max-depth",
