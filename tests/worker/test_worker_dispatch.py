@@ -282,10 +282,32 @@ def test_session_tombstones_are_bounded() -> None:
     assert Harness(sessions=("z",), max_tombstones=0).ok("release_session", "z") == {A("released"): 0}
 
 
-def test_queued_call_whose_session_is_released_stores_nothing(h) -> None:
+def test_queued_call_whose_session_is_released_is_dropped(h) -> None:
     job = h.outcome("call", "s", "sp_testmod", "boxes", [2], {}, {})
     assert isinstance(job, Job)
-    h.ok("release_session", "s")
+    cancelled, released = h.run("release_session", "s")
+    assert cancelled == (A("reply"), job.request_id, A("error"), cancelled[3])
+    assert cancelled[3][A("reason")] == "cancelled" and released[3] == {A("released"): 0}
+    assert job.fn is None  # the queued job keeps nothing alive
+    assert h.d.run_job(job) == []  # its reply was given
+    assert h.table.counts() == (0, 0) and h.d.in_flight == 0
+
+
+def test_releasing_one_session_leaves_the_jobs_of_others(h) -> None:
+    h.ok("open_session", "t", {})
+    mine = h.outcome("call", "s", "sp_testmod", "boxes", [1], {}, {})
+    other = h.outcome("call", "t", "sp_testmod", "boxes", [1], {}, {})
+    assert len(h.run("release_session", "s")) == 2
+    assert h.d.run_job(mine) == []
+    (reply,) = h.d.run_job(other)
+    assert reply[2] == "ok"
+
+
+def test_call_whose_session_is_released_while_it_stores_stores_nothing(h) -> None:
+    # The cancel of a running call strikes at its next bytecode; one that ends first finds
+    # its session released when it stores its result.
+    job = h.outcome("call", "s", "sp_testmod", "boxes", [2], {}, {})
+    h.table.release_session("s")  # the table only: the job is not cancelled
     (reply,) = h.d.run_job(job)
     err = reply[3]
     assert err[A("reason")] == "session_not_found" and err[A("details")][A("cause")] == "session_released"

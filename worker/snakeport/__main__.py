@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -142,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"its :tool_timeout); a thread waiting for one gives up {limits.TOOL_GRACE:g} s later",
     )
     parser.add_argument(
+        "--vm-pid",
+        type=_option(limits.VM_PID),
+        default=None,
+        metavar="PID",
+        help="OS pid of the VM that starts this worker: at start, the worker exits when that "
+        "process is neither its parent nor an ancestor of its parent (the VM died while the "
+        "worker started). On Linux the kernel kills the worker (SIGKILL) when its parent "
+        "exits in any case",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
@@ -185,14 +196,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Raises:
         SystemExit: For ``--help``, ``--version`` and invalid options (before any frame).
     """
+    parent = os.getppid()  # before anything slow: see die_with_parent
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level,
         format="snakeport[%(process)d] %(levelname)s %(threadName)s: %(message)s",
     )
+    from snakeport import _process
     from snakeport._server import run
 
+    _process.die_with_parent(parent, args.vm_pid)
     run(config_from_args(args))
 
 

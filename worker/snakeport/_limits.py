@@ -49,6 +49,7 @@ __all__ = [
     "MAX_TOMBSTONES",
     "MAX_DEPTH",
     "SPIN_US",
+    "VM_PID",
     "TOOL_TIMEOUT",
     "OVERFLOW_POLICIES",
     "DEFAULT_OVERFLOW",
@@ -197,6 +198,9 @@ TOOL_TIMEOUT = _number_limit("tool_timeout", 30)
 OVERFLOW_POLICIES = ("error", "evict_lru")
 #: The overflow policy of sessions that do not state one.
 DEFAULT_OVERFLOW = "error"
+
+#: The VM's OS pid (``--vm-pid``, no default): checked at start by the worker's process.
+VM_PID = _int_limit("vm_pid", 0, 1, what="a positive integer (an OS pid)")
 
 _POSITIVE_INT = _int_limit("value", 1, 1)
 

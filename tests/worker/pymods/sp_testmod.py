@@ -141,3 +141,13 @@ def tool_error(name, **kwargs):
         return ["ok", snakeport.context().call_elixir_tool(name, **kwargs)]
     except snakeport.ToolError as exc:
         return [type(exc).__name__, exc.reason, exc.tool, str(exc)]
+
+
+def regex_bomb_flagged(path):
+    """Create ``path``, then hold the GIL in C for ages (catastrophic backtracking in ``re``:
+    no bytecode runs, so no other thread of the worker runs either)."""
+    import re
+
+    with open(path, "w") as f:
+        f.write("running")
+    return re.match(r"(a+)+$", "a" * 64 + "b") is not None
