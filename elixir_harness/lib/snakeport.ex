@@ -189,6 +189,8 @@ defmodule Snakeport do
 
   alias Snakeport.{Client, Error, Instance, Options, Ref, SessionContext, Sessions, Stats}
 
+  @stats_timeout Snakeport.Defaults.stats_timeout()
+
   @type name :: String.t() | atom()
   @type session :: String.t() | SessionContext.t()
   @type call_opts :: [
@@ -470,6 +472,7 @@ defmodule Snakeport do
   """
   @spec stats(instance_opts()) :: {:ok, map()} | {:error, Error.t()}
   def stats(opts \\ []) do
+    opts = if is_list(opts), do: Keyword.put_new(opts, :timeout, @stats_timeout), else: opts
     with {:ok, inst, timeout} <- Client.admin(opts, nil), do: Stats.collect(inst, timeout)
   end
 

@@ -427,6 +427,27 @@ def test_cancel_racing_with_completion_never_leaks_an_exception() -> None:
         assert replies[0][2] == "ok" or replies[0][3][A("reason")] == "cancelled"
 
 
+def test_a_late_cancel_after_the_final_state_still_leaves_the_table() -> None:
+    # An earlier cancel's Cancelled may be delivered late: after the job's final state is set
+    # and before it leaves the in-flight table. Simulated by a table whose first lookup
+    # raises it there. Before the fix the job stayed in flight for ever (in_flight 1).
+    class LateCancel(dict):
+        struck = False
+
+        def get(self, key, default=None):
+            if not LateCancel.struck:
+                LateCancel.struck = True
+                raise Cancelled()
+            return super().get(key, default)
+
+    h = Harness()
+    h.d.jobs._jobs = LateCancel()
+    job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
+    (reply,) = h.d.run_job(job)
+    assert LateCancel.struck and reply[2] == "ok"
+    assert h.d.in_flight == 0
+
+
 def test_shutdown_rejects_later_calls(h) -> None:
     assert h.ok("shutdown") == "ok"
     assert h.call_err("identity", [1])[A("reason")] == "shutting_down"

@@ -382,8 +382,11 @@ class Jobs:
                             job.state = FAILED
                         else:
                             job.state = DONE
-                        if self._jobs.get(job.request_id) is job:
-                            del self._jobs[job.request_id]
+                    # Outside the `if`: a Cancelled that struck after the final state was set
+                    # and before this (an earlier cancel's exception, delivered late) brings
+                    # us back here with the state final; the job must still leave the table.
+                    if self._jobs.get(job.request_id) is job:
+                        del self._jobs[job.request_id]
                     if job.cancel_sent:
                         # No new exception can be set now (final state); drop a pending one.
                         self._interrupt(job.thread, None)

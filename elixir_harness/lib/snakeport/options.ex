@@ -21,7 +21,10 @@ defmodule Snakeport.Options do
     :spin_us,
     :startup_timeout,
     :tools,
-    :tool_timeout
+    :tool_timeout,
+    :cancel_grace,
+    :stuck_timeout,
+    :max_restart_backoff
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -49,7 +52,10 @@ defmodule Snakeport.Options do
           spin_us: non_neg_integer() | nil,
           startup_timeout: pos_integer(),
           tools: [{String.t(), function()}],
-          tool_timeout: pos_integer()
+          tool_timeout: pos_integer(),
+          cancel_grace: pos_integer(),
+          stuck_timeout: pos_integer() | :infinity,
+          max_restart_backoff: pos_integer()
         }
 
   @doc false
@@ -89,7 +95,10 @@ defmodule Snakeport.Options do
         spin_us: nil,
         startup_timeout: Defaults.startup_timeout(),
         tools: [],
-        tool_timeout: Defaults.tool_timeout()
+        tool_timeout: Defaults.tool_timeout(),
+        cancel_grace: Defaults.cancel_grace(),
+        stuck_timeout: Defaults.stuck_timeout(),
+        max_restart_backoff: Defaults.max_restart_backoff()
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -117,7 +126,10 @@ defmodule Snakeport.Options do
       spin_us: spin_us!(opts[:spin_us]),
       startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout]),
       tools: Snakeport.Tools.validate!(opts[:tools]),
-      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout])
+      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout]),
+      cancel_grace: pos_integer!(:cancel_grace, opts[:cancel_grace]),
+      stuck_timeout: timeout!(:stuck_timeout, opts[:stuck_timeout]),
+      max_restart_backoff: pos_integer!(:max_restart_backoff, opts[:max_restart_backoff])
     }
   end
 
@@ -432,7 +444,9 @@ defmodule Snakeport.Options do
   @doc false
   # Command-line flags of `python -m snakeport`. The session defaults always come from the
   # instance's config (so that a session opened without limits gets them from the worker);
-  # :worker_args come last, so that they can override any flag.
+  # `--vm-pid` lets the worker check at start that this VM is still its ancestor (see
+  # snakeport._process.die_with_parent); :worker_args come last, so that they can override
+  # any flag.
   @spec worker_flags(config()) :: [String.t()]
   def worker_flags(config) do
     flag(config.session_store.default_max_refs, "--default-max-refs") ++
@@ -441,7 +455,8 @@ defmodule Snakeport.Options do
       ["--tool-timeout", seconds(config.tool_timeout)] ++
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
-      flag(config.spin_us, "--spin-us") ++ config.worker_args
+      flag(config.spin_us, "--spin-us") ++
+      ["--vm-pid", System.pid()] ++ config.worker_args
   end
 
   defp flag(nil, _name), do: []
