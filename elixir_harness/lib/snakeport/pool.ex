@@ -168,7 +168,10 @@ defmodule Snakeport.Pool do
   def handle_call({:register, %{index: index, pid: pid} = entry, info}, _from, state) do
     :ets.insert(state.table, {index, entry, info, nil, nil})
     monitors = Map.put(state.monitors, Process.monitor(pid), {index, pid})
-    starts = Map.update(state.starts, index, %{ready_at: now(), quick: 0}, &%{&1 | ready_at: now()})
+
+    starts =
+      Map.update(state.starts, index, %{ready_at: now(), quick: 0}, &%{&1 | ready_at: now()})
+
     {:reply, :ok, check_start(%{state | monitors: monitors, starts: starts})}
   end
 

@@ -23,13 +23,18 @@ defmodule Snakeport.Stats do
 
       asked =
         for row <- Pool.rows(inst.pool_table) do
-          sent = if row.stuck_since, do: nil, else: Worker.send_request(row.entry, Protocol.stats(), nil)
+          sent =
+            if row.stuck_since,
+              do: nil,
+              else: Worker.send_request(row.entry, Protocol.stats(), nil, [:nosuspend])
+
           {row, sent}
         end
 
       up =
         for {row, sent} <- asked, into: %{} do
-          {row.entry.index, describe(inst, row, sent, deadline, Map.get(per_worker, row.entry.pid, 0))}
+          {row.entry.index,
+           describe(inst, row, sent, deadline, Map.get(per_worker, row.entry.pid, 0))}
         end
 
       pool_size = max(inst.pool_size, map_size(up))

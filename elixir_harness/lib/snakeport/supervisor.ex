@@ -6,7 +6,8 @@ defmodule Snakeport.Supervisor do
   #
   #   Snakeport.Supervisor (rest_for_one)
   #   ├── Snakeport.Instance          the instance's :persistent_term entry (names, config)
-  #   ├── Snakeport.Pool              worker registry (ETS), monitors workers, start gate
+  #   ├── Snakeport.Pool              worker registry (ETS), monitors workers, start gate,
+  #   │                               restart backoff
   #   ├── Snakeport.Sessions.Server   session store (ETS), owners' monitors, TTL sweep
   #   ├── Snakeport.ToolSupervisor    Task.Supervisor: the Elixir tools Python calls
   #   ├── Snakeport.WorkerSupervisor  (one_for_one)

@@ -122,10 +122,12 @@ defmodule Snakeport.Worker do
 
   @doc false
   # Sends one request and registers the caller for its reply (for requests in flight
-  # together: await/2 each handle). The same as request/4 otherwise.
-  @spec send_request(entry(), Protocol.request(), String.t() | nil) ::
+  # together: await/2 each handle). The same as request/4 otherwise; with `opts`
+  # [:nosuspend] it never waits for a busy port (a worker that does not read its stdin):
+  # the request is then not sent ({:error, :busy}).
+  @spec send_request(entry(), Protocol.request(), String.t() | nil, [:nosuspend]) ::
           {:ok, handle()} | {:error, term()}
-  def send_request(%{} = entry, request, session) do
+  def send_request(%{} = entry, request, session, opts \\ []) do
     id = next_id(entry)
     payload = Protocol.encode(request, id, session)
     size = IO.iodata_length(payload)
@@ -135,7 +137,7 @@ defmodule Snakeport.Worker do
     else
       mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
 
-      case write(entry, id, mref, payload) do
+      case write(entry, id, mref, payload, opts) do
         :ok -> {:ok, {mref, id, entry, job?(request)}}
         error -> error
       end
@@ -157,10 +159,17 @@ defmodule Snakeport.Worker do
   # Registers the caller before writing (the reply cannot overtake its registration); the
   # caller's pid is in the row for liveness (a dead caller's request is cancelled) and for
   # the tools its call may ask for (Snakeport.Tools).
-  defp write(entry, id, mref, payload) do
+  defp write(entry, id, mref, payload, opts \\ []) do
     :ets.insert(entry.pending, {id, mref, self()})
-    Port.command(entry.port, payload)
-    :ok
+
+    if Port.command(entry.port, payload, opts) do
+      :ok
+    else
+      # Busy, and told not to wait: not sent.
+      Process.demonitor(mref, [:flush])
+      forget(entry, id)
+      {:error, :busy}
+    end
   rescue
     # The pending table is gone (its owner died) or the port is closed.
     ArgumentError ->
@@ -596,6 +605,8 @@ defmodule Snakeport.Worker do
     end
   end
 
+  # A stuck worker was killed already: nothing to ask it.
+  defp orderly?({:shutdown, {:stuck_killed, _}}), do: false
   defp orderly?(reason), do: reason in [:normal, :shutdown] or match?({:shutdown, _}, reason)
 
   defp close(port) do
