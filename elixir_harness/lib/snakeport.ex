@@ -61,6 +61,14 @@ defmodule Snakeport do
     * `:allow` - an allow-list of the Python names the workers may call (`--allow`, see
       *Security*): `nil` (default: every name), or a list of dotted names (strings or
       atoms), such as `["math", "json.loads"]`.
+    * `:cancel_grace` - ms a request that the harness cancelled (its caller timed out or
+      died) may take to end before its worker is marked *stuck* (default `5_000`). A stuck
+      worker gets no new sessions (see *Liveness*).
+    * `:stuck_timeout` - ms a stuck worker is left to recover before it is killed with
+      SIGKILL and restarted (default `10_000`); `:infinity` never kills.
+    * `:max_restart_backoff` - longest wait in ms before restarting a worker that keeps
+      exiting (default `5_000`): a worker that ran for 10 s or more restarts at once,
+      otherwise after 100 ms, doubled after each further quick exit up to this.
 
   The workers start in parallel and `start_link/1` returns once all of them are ready. A
   worker that cannot start (no interpreter, worker package missing, protocol version
@@ -72,7 +80,24 @@ defmodule Snakeport do
   A worker that dies later is restarted by its supervisor. While it starts again, its
   sessions are lost (their calls answer `:session_lost`, see below), new sessions go to
   the other workers, and when no worker is ready at all a call that needs a new session
-  returns `:no_workers`; calls never wait for a worker to start.
+  returns `:no_workers`; calls never wait for a worker to start. A worker that keeps dying
+  is restarted with a backoff (`:max_restart_backoff`) and never takes the other workers
+  down with it.
+
+  ## Liveness
+
+  A call that times out is cancelled in its worker, and so are the calls of a process that
+  dies while it waits, and the calls running in a session when it is released. Code blocked
+  in C (`time.sleep/1`, a lock, a GIL-holding regex) cannot honour a cancel: when a
+  cancelled request has not ended `:cancel_grace` ms later, its worker is *stuck*
+  (`[:snakeport, :worker, :stuck]` telemetry, a warning in the log, `status: :stuck` in
+  `stats/1`) and gets no new sessions; if it is still stuck `:stuck_timeout` ms later it is
+  killed with SIGKILL and restarted, its calls in flight returning `:worker_exited` and its
+  sessions `:session_lost`, as after a crash. With the defaults a fresh call succeeds
+  within about 15 s of the timeout (plus the new worker's start). No Python process
+  outlives its instance or the VM: stopping an instance kills the workers that do not exit
+  by themselves, and on Linux the kernel kills a worker when the VM dies, even by
+  `kill -9`. The harness README lists every failure mode.
 
   ## Instances
 
@@ -215,6 +240,8 @@ defmodule Snakeport do
   require Logger
 
   alias Snakeport.{Client, Error, Instance, Options, Ref, SessionContext, Sessions, Stats}
+
+  @stats_timeout Snakeport.Defaults.stats_timeout()
 
   @type name :: String.t() | atom()
   @type session :: String.t() | SessionContext.t()
@@ -490,14 +517,25 @@ defmodule Snakeport do
   Returns `{:ok, stats}` where `stats` has `:instance`, the aggregates `:sessions`
   (sessions known to the harness), `:python_sessions`, `:refs` (refs held in Python, all
   workers), `:in_flight`, `:requests`, `:rss_bytes`, `:pool_size`, and `:workers`: one map
-  per worker with `:index`, `:status` (`:up` or `:down`), `:os_pid`, `:harness_sessions`
-  and the worker's own stats (`:sessions`, `:refs`, `:rss_bytes`, `:uptime_ms`, `:threads`,
-  `:in_flight`, `:requests`).
+  per worker with `:index`, `:status`, `:os_pid`, `:harness_sessions`, `:pending`
+  (requests sent to it and not answered yet), `:stuck_ms` (how long it has been stuck, or
+  `nil`) and the worker's own stats (`:sessions`, `:refs`, `:rss_bytes`, `:uptime_ms`,
+  `:threads`, `:in_flight`, `:requests`) with `:stats_age_ms`, their age (`0`: just
+  answered; `nil` with no stats: it never answered).
 
-  Options: `:instance`, `:timeout` (for each worker's answer).
+  `:status` is `:up` (it answered), `:busy` (it did not answer within the timeout: its
+  stats are the last ones it gave), `:stuck` (see *Liveness* in the module doc: it is not
+  asked) or `:down` (not running: starting or restarting).
+
+  Never blocked by a busy worker: the harness's own figures come from its tables, and the
+  workers' own stats are asked of all of them at once and waited for at most `:timeout`
+  (default `500` ms) in all.
+
+  Options: `:instance`, `:timeout`.
   """
   @spec stats(instance_opts()) :: {:ok, map()} | {:error, Error.t()}
   def stats(opts \\ []) do
+    opts = if is_list(opts), do: Keyword.put_new(opts, :timeout, @stats_timeout), else: opts
     with {:ok, inst, timeout} <- Client.admin(opts, nil), do: Stats.collect(inst, timeout)
   end
 

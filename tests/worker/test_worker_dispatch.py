@@ -282,10 +282,32 @@ def test_session_tombstones_are_bounded() -> None:
     assert Harness(sessions=("z",), max_tombstones=0).ok("release_session", "z") == {A("released"): 0}
 
 
-def test_queued_call_whose_session_is_released_stores_nothing(h) -> None:
+def test_queued_call_whose_session_is_released_is_dropped(h) -> None:
     job = h.outcome("call", "s", "sp_testmod", "boxes", [2], {}, {})
     assert isinstance(job, Job)
-    h.ok("release_session", "s")
+    cancelled, released = h.run("release_session", "s")
+    assert cancelled == (A("reply"), job.request_id, A("error"), cancelled[3])
+    assert cancelled[3][A("reason")] == "cancelled" and released[3] == {A("released"): 0}
+    assert job.fn is None  # the queued job keeps nothing alive
+    assert h.d.run_job(job) == []  # its reply was given
+    assert h.table.counts() == (0, 0) and h.d.in_flight == 0
+
+
+def test_releasing_one_session_leaves_the_jobs_of_others(h) -> None:
+    h.ok("open_session", "t", {})
+    mine = h.outcome("call", "s", "sp_testmod", "boxes", [1], {}, {})
+    other = h.outcome("call", "t", "sp_testmod", "boxes", [1], {}, {})
+    assert len(h.run("release_session", "s")) == 2
+    assert h.d.run_job(mine) == []
+    (reply,) = h.d.run_job(other)
+    assert reply[2] == "ok"
+
+
+def test_call_whose_session_is_released_while_it_stores_stores_nothing(h) -> None:
+    # The cancel of a running call strikes at its next bytecode; one that ends first finds
+    # its session released when it stores its result.
+    job = h.outcome("call", "s", "sp_testmod", "boxes", [2], {}, {})
+    h.table.release_session("s")  # the table only: the job is not cancelled
     (reply,) = h.d.run_job(job)
     err = reply[3]
     assert err[A("reason")] == "session_not_found" and err[A("details")][A("cause")] == "session_released"
@@ -403,6 +425,27 @@ def test_cancel_racing_with_completion_never_leaks_an_exception() -> None:
         assert len(replies) == 1 and replies[0][1] == job.request_id
         # Either it finished first (ok) or the cancel won (cancelled); never both.
         assert replies[0][2] == "ok" or replies[0][3][A("reason")] == "cancelled"
+
+
+def test_a_late_cancel_after_the_final_state_still_leaves_the_table() -> None:
+    # An earlier cancel's Cancelled may be delivered late: after the job's final state is set
+    # and before it leaves the in-flight table. Simulated by a table whose first lookup
+    # raises it there. Before the fix the job stayed in flight for ever (in_flight 1).
+    class LateCancel(dict):
+        struck = False
+
+        def get(self, key, default=None):
+            if not LateCancel.struck:
+                LateCancel.struck = True
+                raise Cancelled()
+            return super().get(key, default)
+
+    h = Harness()
+    h.d.jobs._jobs = LateCancel()
+    job = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
+    (reply,) = h.d.run_job(job)
+    assert LateCancel.struck and reply[2] == "ok"
+    assert h.d.in_flight == 0
 
 
 def test_shutdown_rejects_later_calls(h) -> None:

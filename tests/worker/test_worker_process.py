@@ -434,7 +434,9 @@ def test_worker_exits_when_its_parent_dies(tmp_path, level) -> None:
             time.sleep(0.02)
         stderr = stderr_path.read_text()
         if level == "INFO":
-            assert "INFO" in stderr and "parent process" in stderr and "WARNING" not in stderr, stderr
+            assert "WARNING" not in stderr, stderr
+            if not sys.platform.startswith("linux"):  # there the kernel's SIGKILL comes first
+                assert "INFO" in stderr and "parent process" in stderr, stderr
         else:
             assert stderr == ""
     finally:

@@ -476,8 +476,13 @@ class Dispatcher:
 
     def _op_release_session(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 3)
-        count = self.table.release_session(R.session_id(term[2]))
-        return [(REPLY, rid, OK, {P.A_RELEASED: count})]
+        sid = R.session_id(term[2])
+        count = self.table.release_session(sid)
+        # Its queued jobs are dropped (answered `cancelled` now) and its running ones
+        # cancelled (they answer when they end); the release is answered at once.
+        out: list = [cancelled_reply(job_id) for job_id in self.jobs.cancel_session(sid)]
+        out.append((REPLY, rid, OK, {P.A_RELEASED: count}))
+        return out
 
     def _op_expire_session(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 4)

@@ -397,8 +397,11 @@ class Jobs:
                             job.state = FAILED
                         else:
                             job.state = DONE
-                        if self._jobs.get(job.request_id) is job:
-                            del self._jobs[job.request_id]
+                    # Outside the `if`: a Cancelled that struck after the final state was set
+                    # and before this (an earlier cancel's exception, delivered late) brings
+                    # us back here with the state final; the job must still leave the table.
+                    if self._jobs.get(job.request_id) is job:
+                        del self._jobs[job.request_id]
                     if job.cancel_sent:
                         # No new exception can be set now (final state); drop a pending one.
                         self._interrupt(job.thread, None)
@@ -436,10 +439,33 @@ class Jobs:
         with self.lock:
             return [job.request_id for job in list(self._jobs.values()) if self._cancel_locked(job)]
 
+    def cancel_session(self, session_id: str | bytes) -> list[int]:
+        """Cancel every job in flight of one session (for ``release_session``).
+
+        Looks at every job in flight (O(in_flight)); returns at once, without waiting for
+        the running ones to end.
+
+        Args:
+            session_id: The released session's id.
+
+        Returns:
+            The request ids of its jobs that were still queued (the caller sends their
+            ``cancelled`` replies; running ones reply when they end).
+        """
+        with self.lock:
+            if not self._jobs:
+                return []
+            return [
+                job.request_id
+                for job in list(self._jobs.values())
+                if job.session.session_id == session_id and self._cancel_locked(job)
+            ]
+
     def _cancel_locked(self, job: Job) -> bool:
         """Cancel one job (lock held); return True when it was still queued."""
         if job.state == QUEUED:
             job.state = CANCELLED
+            job.fn = None  # a queued job keeps no argument alive until a thread drops it
             del self._jobs[job.request_id]
             return True
         if job.state == RUNNING and not job.cancel_sent and not job.cancel_deferred:

@@ -3,9 +3,9 @@
 What the worker does to and asks of its own process, apart from serving frames: taking the
 protocol fds away from stdio (:func:`claim_stdio`), growing the protocol pipes
 (:func:`grow_pipe`), keeping freed memory for large frames (:func:`tune_malloc`), its
-resident memory for ``stats`` (:func:`rss_bytes`) and ending the process at once
-(:func:`exit_now`, :func:`fatal`: every exit goes through ``os._exit``, so no thread is
-joined).
+resident memory for ``stats`` (:func:`rss_bytes`), dying with its parent
+(:func:`die_with_parent`) and ending the process at once (:func:`exit_now`, :func:`fatal`:
+every exit goes through ``os._exit``, so no thread is joined).
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import fcntl
 import io
 import logging
 import os
+import signal
 import stat
 import sys
 from typing import Any, NoReturn
 
 __all__ = [
     "claim_stdio",
+    "die_with_parent",
+    "parent_of",
     "grow_pipe",
     "tune_malloc",
     "rss_bytes",
@@ -85,6 +88,87 @@ def fatal(what: str) -> NoReturn:
     """
     log.critical("%s; exiting", what, exc_info=True)
     exit_now(1)
+
+
+#: ``prctl`` option: the signal the kernel sends this process when its parent exits (Linux).
+PR_SET_PDEATHSIG = 1
+
+#: How many ancestors :func:`die_with_parent` looks through for the VM (the interpreter may
+#: be started through wrappers that do not ``exec``).
+_MAX_ANCESTORS = 16
+
+
+def parent_of(pid: int) -> int | None:
+    """Return the parent pid of process ``pid`` from ``/proc`` (Linux).
+
+    Args:
+        pid: A process id.
+
+    Returns:
+        Its parent's pid, or ``None`` when it cannot be read (no such process, no ``/proc``).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        return int(stat_line[stat_line.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descends_from(ancestor: int, pid: int) -> bool | None:
+    """Whether ``ancestor`` is ``pid`` or one of its ancestors (``None``: unknown)."""
+    for _ in range(_MAX_ANCESTORS):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        parent = parent_of(pid)
+        if parent is None:
+            return None
+        pid = parent
+    return None
+
+
+def die_with_parent(parent: int, vm_pid: int | None = None) -> bool:
+    """Have the kernel kill this process (SIGKILL) when its parent exits; exit now if it has.
+
+    ``PR_SET_PDEATHSIG`` (Linux): the kernel signals this process when the thread that
+    started it exits, even while this process holds the GIL in C code (where the watchdog
+    thread, which needs the GIL, cannot run). Under an Erlang port the parent is the VM's
+    ``erl_child_setup``, which exits when the VM dies, even by ``kill -9``.
+
+    The parent may have died before the signal was asked for (the parent-pid race): then
+    this process was already handed to another parent (init or a subreaper) and will never
+    get it. So, once the signal is set, the parent must still be ``parent`` (the parent
+    seen before anything slow ran) and, when ``vm_pid`` is given, the VM must be the parent
+    or an ancestor of it; otherwise the process exits now (status 0, logged at INFO).
+
+    Args:
+        parent: The parent pid seen at the start of the process.
+        vm_pid: The OS pid of the VM that started the worker (``--vm-pid``), if known.
+
+    Returns:
+        Whether the kernel will send the signal (False outside Linux or when ``prctl``
+        failed: the watchdog still ends the worker within a second when it can run).
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            armed = False
+    now = os.getppid()
+    gone = now != parent or parent == 1
+    if not gone and vm_pid is not None:
+        gone = _descends_from(vm_pid, parent) is False
+    if gone:
+        log.info("the process that started this worker is gone (parent %d, now %d); exiting", parent, now)
+        exit_now(0)
+    return armed
 
 
 def claim_stdio() -> tuple[int, int]:

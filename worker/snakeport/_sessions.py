@@ -6,7 +6,8 @@ TTL sweep and ``evict_lru`` overflow only look at the front. Ref ids are unique 
 worker; a worker-wide index maps a live ref id to its session, and a bounded tombstone table
 remembers why recently dropped refs are gone (``released``, ``evicted``, ``ttl``,
 ``session_released``) so that late uses fail with ``ref_released`` instead of
-``ref_not_found``.
+``ref_not_found`` (:mod:`snakeport._tombstones`: 17 bytes per dropped ref and 8 per released
+session, no Python object per entry).
 
 Sessions exist only between ``open_session`` and ``release_session`` (or an
 ``expire_session`` that found them idle): nothing here creates a session implicitly. A
@@ -38,6 +39,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from snakeport import _limits as limits
 from snakeport._guard import short
 from snakeport._limits import Limit
+from snakeport._tombstones import RefTombstones, SessionTombstones, session_key
 from snakeport.errors import RequestError
 from snakeport.types import Atom
 
@@ -66,6 +68,10 @@ CAUSE_RELEASED = Atom("released")
 CAUSE_EVICTED = Atom("evicted")
 CAUSE_TTL = Atom("ttl")
 CAUSE_SESSION_RELEASED = Atom("session_released")
+
+#: The causes by their code in the tombstone table, and the codes by cause.
+_CAUSES = (CAUSE_RELEASED, CAUSE_EVICTED, CAUSE_TTL, CAUSE_SESSION_RELEASED)
+_CAUSE_CODES = {cause: code for code, cause in enumerate(_CAUSES)}
 
 _UNSET: Any = object()
 
@@ -279,10 +285,10 @@ class SessionTable:
         self._sessions: dict[str | bytes, Session] = {}
         # ref id -> session holding it (live refs only); ids are unique within the worker.
         self._owner: dict[int, Session] = {}
-        # ref id -> (session id, cause) for recently dropped refs, oldest first.
-        self._tombstones: OrderedDict[int, tuple[str | bytes, Atom]] = OrderedDict()
-        # Ids of recently released sessions (not open again), oldest first.
-        self._released_sessions: OrderedDict[str | bytes, None] = OrderedDict()
+        # The last max_tombstones dropped refs (session key, cause code by ref id).
+        self._tombstones = RefTombstones(self.max_tombstones)
+        # The keys of the last max_tombstones released sessions.
+        self._released_sessions = SessionTombstones(self.max_tombstones)
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------- sessions
@@ -332,7 +338,6 @@ class SessionTable:
                 )
                 session.overflow = self.default_overflow
                 self._sessions[session_id] = session
-                self._released_sessions.pop(session_id, None)
             else:
                 session.last_access = now
                 session.active_at = self._monotonic()
@@ -524,12 +529,13 @@ class SessionTable:
                 continue
             tomb = self._tombstones.get(ref_id)
             if tomb is not None:
-                if tomb[0] != session_id:
+                if tomb[0] != session_key(session_id):
                     raise _mismatch(ref_id)
+                cause = _CAUSES[tomb[1]]
                 raise RequestError(
                     "ref_released",
-                    f"ref {short(ref_id)} was released ({tomb[1]})",
-                    details={"ref_id": ref_id, "cause": tomb[1]},
+                    f"ref {short(ref_id)} was released ({cause})",
+                    details={"ref_id": ref_id, "cause": cause},
                 )
             raise RequestError(
                 "ref_not_found",
@@ -697,7 +703,7 @@ class SessionTable:
             holder = self._owner.get(ref_id)
             if holder is None:
                 tomb = self._tombstones.get(ref_id)
-                if tomb is not None and tomb[0] != session_id:
+                if tomb is not None and tomb[0] != session_key(session_id):
                     raise _mismatch(ref_id)
                 return False
             if holder is not session:
@@ -748,7 +754,7 @@ class SessionTable:
     # ------------------------------------------------------------- internal
 
     def _not_found_locked(self, session_id: str | bytes) -> RequestError:
-        if session_id in self._released_sessions:
+        if session_key(session_id) in self._released_sessions:
             return RequestError(
                 "session_not_found",
                 f"session {short(session_id)} was released",
@@ -761,13 +767,7 @@ class SessionTable:
         )
 
     def _session_tombstone(self, session_id: str | bytes) -> None:
-        if not self.max_tombstones:
-            return
-        released = self._released_sessions
-        released[session_id] = None
-        released.move_to_end(session_id)
-        if len(released) > self.max_tombstones:
-            released.popitem(last=False)
+        self._released_sessions.add(session_key(session_id))
 
     def _drop_lru(self, session: Session, count: int, cause: Atom, dropped: list[_Entry]) -> list[int]:
         ids: list[int] = []
@@ -783,12 +783,8 @@ class SessionTable:
         return ids
 
     def _tombstone(self, ref_id: int, session_id: str | bytes, cause: Atom) -> None:
-        if not self.max_tombstones:
-            return
-        tombs = self._tombstones
-        tombs[ref_id] = (session_id, cause)
-        if len(tombs) > self.max_tombstones:
-            tombs.popitem(last=False)
+        if self.max_tombstones:
+            self._tombstones.add(ref_id, session_key(session_id), _CAUSE_CODES[cause])
 
 
 def _mismatch(ref_id: int) -> RequestError:

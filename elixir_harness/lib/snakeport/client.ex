@@ -387,6 +387,11 @@ defmodule Snakeport.Client do
         {:down, {:shutdown, {:python_exited, status}}} ->
           {"the Python process exited with status #{status}", %{exit_status: status}}
 
+        {:down, {:shutdown, {:stuck_killed, status}}} ->
+          {"the worker was stuck (a request it was asked to cancel did not end within " <>
+             ":cancel_grace, nor in the :stuck_timeout that followed) and was killed",
+           %{exit_status: status, stuck: true}}
+
         {:down, other} ->
           {"the worker stopped (#{inspect(other)})", %{reason: other}}
 

@@ -40,7 +40,7 @@ defmodule Snakeport.Courier do
   # A request of the session store: write it now; its reply comes to this process.
   def handle_info({:request, tag, request, session}, state) do
     case Worker.send_request(state.entry, request, session) do
-      {:ok, {mref, _id, _entry}} ->
+      {:ok, {mref, _id, _entry, _job}} ->
         {:noreply, %{state | pending: Map.put(state.pending, mref, tag)}}
 
       {:error, reason} ->

@@ -59,6 +59,27 @@ defmodule Snakeport.Defaults do
   def setup_timeout, do: 20 * 60_000
 
   @doc false
+  # ms a request may take to end after the harness cancelled it (its caller timed out or
+  # died) before its worker is marked stuck (option :cancel_grace).
+  def cancel_grace, do: 5_000
+
+  @doc false
+  # ms a stuck worker is left to recover before it is killed (SIGKILL) and restarted
+  # (option :stuck_timeout; :infinity never kills).
+  def stuck_timeout, do: 10_000
+
+  @doc false
+  # Longest wait (ms) before restarting a worker that keeps exiting (option
+  # :max_restart_backoff): a worker that was up for less than `restart_reset/0` ms waits
+  # restart_backoff_base/0 ms before its restart, twice as long after each such quick exit,
+  # up to this.
+  def max_restart_backoff, do: 5_000
+
+  @doc false
+  # ms Snakeport.stats/1 waits for the workers' own stats (its :timeout option).
+  def stats_timeout, do: 500
+
+  @doc false
   # ms one probe of an interpreter (`mix snakeport.doctor`, importing the declared deps) may run.
   def probe_timeout, do: 120_000
 
@@ -94,4 +115,23 @@ defmodule Snakeport.Defaults do
   @doc false
   # ms the instance's start waits beyond :startup_timeout for every worker to report.
   def startup_margin, do: 5_000
+
+  @doc false
+  # ms between two liveness checks of a worker: callers that died with requests in flight
+  # (their requests are cancelled), cancels not yet written, cancelled requests overdue.
+  def liveness_interval, do: 100
+
+  @doc false
+  # ms a worker waits for its Python process to exit after killing it (SIGKILL).
+  def kill_wait, do: 1_000
+
+  @doc false
+  # The first backoff (ms) of a worker restarted after a quick exit (capped by
+  # :max_restart_backoff).
+  def restart_backoff_base, do: 100
+
+  @doc false
+  # A worker that was up for this long (ms) before it exited is restarted at once, and its
+  # backoff starts over.
+  def restart_reset, do: 10_000
 end

@@ -22,7 +22,10 @@ defmodule Snakeport.Options do
     :startup_timeout,
     :tools,
     :tool_timeout,
-    :allow
+    :allow,
+    :cancel_grace,
+    :stuck_timeout,
+    :max_restart_backoff
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -51,7 +54,10 @@ defmodule Snakeport.Options do
           startup_timeout: pos_integer(),
           tools: [{String.t(), function()}],
           tool_timeout: pos_integer(),
-          allow: [String.t()] | nil
+          allow: [String.t()] | nil,
+          cancel_grace: pos_integer(),
+          stuck_timeout: pos_integer() | :infinity,
+          max_restart_backoff: pos_integer()
         }
 
   @doc false
@@ -92,7 +98,10 @@ defmodule Snakeport.Options do
         startup_timeout: Defaults.startup_timeout(),
         tools: [],
         tool_timeout: Defaults.tool_timeout(),
-        allow: nil
+        allow: nil,
+        cancel_grace: Defaults.cancel_grace(),
+        stuck_timeout: Defaults.stuck_timeout(),
+        max_restart_backoff: Defaults.max_restart_backoff()
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -121,7 +130,10 @@ defmodule Snakeport.Options do
       startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout]),
       tools: Snakeport.Tools.validate!(opts[:tools]),
       tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout]),
-      allow: allow!(opts[:allow])
+      allow: allow!(opts[:allow]),
+      cancel_grace: pos_integer!(:cancel_grace, opts[:cancel_grace]),
+      stuck_timeout: timeout!(:stuck_timeout, opts[:stuck_timeout]),
+      max_restart_backoff: pos_integer!(:max_restart_backoff, opts[:max_restart_backoff])
     }
   end
 
@@ -466,7 +478,9 @@ defmodule Snakeport.Options do
   @doc false
   # Command-line flags of `python -m snakeport`. The session defaults always come from the
   # instance's config (so that a session opened without limits gets them from the worker);
-  # :worker_args come last, so that they can override any flag.
+  # `--vm-pid` lets the worker check at start that this VM is still its ancestor (see
+  # snakeport._process.die_with_parent); :worker_args come last, so that they can override
+  # any flag.
   @spec worker_flags(config()) :: [String.t()]
   def worker_flags(config) do
     flag(config.session_store.default_max_refs, "--default-max-refs") ++
@@ -475,7 +489,8 @@ defmodule Snakeport.Options do
       ["--tool-timeout", seconds(config.tool_timeout)] ++
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
-      flag(config.spin_us, "--spin-us") ++ allow_flag(config.allow) ++ config.worker_args
+      flag(config.spin_us, "--spin-us") ++ allow_flag(config.allow) ++
+      ["--vm-pid", System.pid()] ++ config.worker_args
   end
 
   # One --allow with every entry (an empty value: an empty list, nothing allowed).

@@ -1,56 +1,51 @@
 defmodule Snakeport.Stats do
   @moduledoc false
-  # Snakeport.stats/1: the session store's counts and every ready worker's own `stats`
-  # (asked of all workers at once, each bounded by the timeout), aggregated.
+  # Snakeport.stats/1, from the harness's own state first: the session store's counts, the
+  # Pool's rows (ready workers, which are stuck, the last stats each worker answered) and
+  # each worker's pending table. The workers' own stats are asked of every worker that is
+  # not stuck, all at once, and waited for until one deadline (the :timeout option,
+  # Defaults.stats_timeout/0 ms by default): a worker that holds the GIL cannot answer, and
+  # is then described with the last stats it gave (`stats_age_ms` says how old) and status
+  # :busy. So stats/1 never waits for a busy worker longer than that.
 
   alias Snakeport.{Client, Defaults, Instance, Pool, Protocol, Sessions, Worker}
   alias Snakeport.Sessions.Server
 
   @store_timeout Defaults.store_timeout()
+  @python_keys [:sessions, :refs, :rss_bytes, :uptime_ms, :threads, :in_flight, :requests]
 
   @doc false
   @spec collect(Instance.t(), timeout()) :: {:ok, map()} | {:error, Snakeport.Error.t()}
   def collect(inst, timeout) do
     with {:ok, total, per_worker} <- counts(inst) do
-      pending =
-        for {entry, info} <- Pool.infos(inst.pool_table) do
-          {entry, info, Worker.send_request(entry, Protocol.stats(), nil)}
+      now = System.monotonic_time(:millisecond)
+      deadline = if timeout == :infinity, do: :infinity, else: now + timeout
+
+      asked =
+        for row <- Pool.rows(inst.pool_table) do
+          sent =
+            if row.stuck_since,
+              do: nil,
+              else: Worker.send_request(row.entry, Protocol.stats(), nil, [:nosuspend])
+
+          {row, sent}
         end
 
       up =
-        for {entry, info, sent} <- pending, into: %{} do
-          base = %{
-            index: entry.index,
-            os_pid: entry.os_pid,
-            status: :up,
-            python: Map.get(info, :python),
-            snakeport: Map.get(info, :snakeport),
-            harness_sessions: Map.get(per_worker, entry.pid, 0)
-          }
-
-          stats =
-            with {:ok, handle} <- sent,
-                 {:ok, stats} <- Protocol.stats_map(Client.await_reply(entry, handle, timeout)) do
-              Map.merge(stats, base)
-            else
-              _ -> Map.merge(base, %{status: :down, sessions: 0, refs: 0})
-            end
-
-          {entry.index, stats}
+        for {row, sent} <- asked, into: %{} do
+          {row.entry.index,
+           describe(inst, row, sent, deadline, Map.get(per_worker, row.entry.pid, 0))}
         end
 
       pool_size = max(inst.pool_size, map_size(up))
 
       workers =
         for index <- 0..(pool_size - 1)//1 do
-          Map.get(up, index, %{
-            index: index,
-            status: :down,
-            os_pid: nil,
-            sessions: 0,
-            refs: 0,
-            harness_sessions: 0
-          })
+          Map.get_lazy(up, index, fn ->
+            %{index: index, status: :down, os_pid: nil, harness_sessions: 0, pending: 0}
+            |> Map.merge(Map.new(@python_keys, &{&1, nil}))
+            |> Map.put(:stats_age_ms, nil)
+          end)
         end
 
       sum = fn key -> workers |> Enum.map(&(Map.get(&1, key) || 0)) |> Enum.sum() end
@@ -69,6 +64,49 @@ defmodule Snakeport.Stats do
        }}
     end
   end
+
+  defp describe(inst, row, sent, deadline, harness_sessions) do
+    entry = row.entry
+
+    base = %{
+      index: entry.index,
+      os_pid: entry.os_pid,
+      python: Map.get(row.info, :python),
+      snakeport: Map.get(row.info, :snakeport),
+      harness_sessions: harness_sessions,
+      # Requests sent and not answered yet, as the harness sees them.
+      pending: :ets.info(entry.pending, :size) || 0
+    }
+
+    fresh =
+      with {:ok, handle} <- sent || :stuck,
+           {:ok, stats} <- Protocol.stats_map(Client.await_reply(entry, handle, left(deadline))) do
+        stats = Map.take(stats, @python_keys)
+        Pool.cache_stats(inst.pool_table, entry, stats)
+        stats
+      else
+        _ -> nil
+      end
+
+    now = System.monotonic_time(:millisecond)
+
+    {status, python, age} =
+      cond do
+        fresh != nil -> {:up, fresh, 0}
+        row.stats != nil -> {:busy, elem(row.stats, 1), now - elem(row.stats, 0)}
+        true -> {:busy, Map.new(@python_keys, &{&1, nil}), nil}
+      end
+
+    status = if row.stuck_since, do: :stuck, else: status
+
+    base
+    |> Map.merge(python)
+    |> Map.merge(%{status: status, stats_age_ms: age})
+    |> Map.put(:stuck_ms, row.stuck_since && now - row.stuck_since)
+  end
+
+  defp left(:infinity), do: :infinity
+  defp left(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
 
   defp counts(inst) do
     Server.counts(inst.server, @store_timeout)

@@ -6,7 +6,8 @@ defmodule Snakeport.Supervisor do
   #
   #   Snakeport.Supervisor (rest_for_one)
   #   ├── Snakeport.Instance          the instance's :persistent_term entry (names, config)
-  #   ├── Snakeport.Pool              worker registry (ETS), monitors workers, start gate
+  #   ├── Snakeport.Pool              worker registry (ETS), monitors workers, start gate,
+  #   │                               restart backoff
   #   ├── Snakeport.Sessions.Server   session store (ETS), owners' monitors, TTL sweep
   #   ├── Snakeport.ToolSupervisor    Task.Supervisor: the Elixir tools Python calls
   #   ├── Snakeport.WorkerSupervisor  (one_for_one)
@@ -21,6 +22,20 @@ defmodule Snakeport.Supervisor do
   # rest_for_one: if the session store restarts, the workers restart too, so that no
   # Python session outlives its record. Shutdown runs in reverse: ports close first, the
   # instance's :persistent_term entry goes last.
+  #
+  # The workers are isolated from each other: one worker that keeps dying (killed over and
+  # over, or crashing at start) must not take its healthy siblings and their sessions down.
+  # A worker's restarts are paced by Snakeport.Pool.restart_delay/3 (backoff: nothing after
+  # a worker that ran for a while, then 100 ms doubling up to :max_restart_backoff after
+  # quick exits), which bounds how often one worker can restart in any window of
+  # @intensity_seconds: at most one immediate restart, one per doubling step (a dozen at
+  # most, for any backoff under ten minutes) and one per :max_restart_backoff. The worker
+  # supervisor's intensity is that bound times the pool size, so worker deaths alone never
+  # exhaust it (which would restart every worker); a failure of the supervision machinery
+  # itself still escalates as usual. The alternative, restarting Python inside a
+  # long-lived worker process, would break the invariant the rest relies on (one worker
+  # process = one Python process: callers' monitors, the store's lost sessions, the
+  # courier's link).
 
   use Supervisor
 
@@ -31,6 +46,13 @@ defmodule Snakeport.Supervisor do
     names = Instance.names(config.name)
     Supervisor.start_link(__MODULE__, {names, config}, name: names.supervisor)
   end
+
+  @intensity_seconds 5
+
+  @doc false
+  # The most restarts one worker can make in @intensity_seconds under the Pool's backoff.
+  def restarts_per_worker(max_backoff),
+    do: 1 + 16 + div(@intensity_seconds * 1000, max(max_backoff, 1)) + 1
 
   @impl true
   def init({names, config}) do
@@ -49,8 +71,8 @@ defmodule Snakeport.Supervisor do
            [
              strategy: :one_for_one,
              name: names.worker_supervisor,
-             max_restarts: max(3, 2 * config.pool_size),
-             max_seconds: 5
+             max_restarts: config.pool_size * restarts_per_worker(config.max_restart_backoff),
+             max_seconds: @intensity_seconds
            ]
          ]}
     }

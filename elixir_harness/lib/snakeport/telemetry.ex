@@ -29,7 +29,9 @@ defmodule Snakeport.Telemetry do
   | `[:snakeport, :session, :accumulation_warning]` | `current_sessions`, `max_sessions`, `utilization` (percent) | `reason` (`:threshold_warning`, `:quota_exceeded`), `strict_mode` |
   | `[:snakeport, :session, :lost]` | `count` | `worker`, `session_ids` |
   | `[:snakeport, :worker, :started]` | `system_time` | `worker`, `os_pid`, `python`, `snakeport` |
-  | `[:snakeport, :worker, :exited]` | `system_time` | `worker`, `os_pid`, `reason` |
+  | `[:snakeport, :worker, :exited]` | `system_time` | `worker`, `os_pid`, `reason` (`{:shutdown, {:stuck_killed, status}}` for a stuck worker that was killed) |
+  | `[:snakeport, :worker, :stuck]` | `system_time`, `overdue` (cancelled requests not ended) | `worker`, `os_pid`, `request_ids` |
+  | `[:snakeport, :worker, :recovered]` | `system_time`, `stuck_ms` | `worker`, `os_pid` |
   | `[:snakeport, :worker, :reply_dropped]` | `%{}` | `worker`, `os_pid`, `request_id`, `outcome` (`:ok` or `:error`), `error` (the `%Snakeport.Error{}`, or `nil`) |
   | `[:snakeport, :worker, :refs_pruned]` | `count` | `session`, `reason: :ttl`, `ref_ids`, `worker`, `os_pid` |
   | `[:snakeport, :worker, :refs_evicted]` | `count` | `session`, `reason: :overflow`, `ref_ids`, `worker`, `os_pid` |
@@ -45,6 +47,11 @@ defmodule Snakeport.Telemetry do
   `:close_failed`. `:reply_dropped` is a reply nobody waits for any more: the late reply
   of a call that timed out, and the replies to the `cancel` sent after a timeout and to the
   `shutdown` sent when a worker stops.
+
+  `:stuck` says that a request the harness cancelled (its caller timed out or died) has not
+  ended within `:cancel_grace`: the worker gets no new sessions until it does
+  (`:recovered`), or until it is killed `:stuck_timeout` later (`:exited`, then `:started`
+  for its replacement).
 
   ## Example
 

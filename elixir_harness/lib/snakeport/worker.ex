@@ -17,12 +17,41 @@ defmodule Snakeport.Worker do
   # id from the frame's first bytes, takes the entry from `pending` and sends the raw frame
   # to the caller's alias; the caller decodes it in its own process.
   #
-  # The alias is the caller's monitor of this process (`{:alias, :demonitor}`, as in
-  # gen_server calls): when this process stops, every caller in flight gets its `:DOWN` at
+  # The alias is the caller's monitor of this process (`{:alias, :reply_demonitor}`: the
+  # reply removes it): when this process stops, every caller in flight gets its `:DOWN` at
   # once, and a caller that timed out deactivates the alias, so that a late reply can never
-  # reach its mailbox. A reply that finds no entry in `pending` (the late reply of a call
-  # that timed out, the replies to `cancel` and `shutdown`) is not lost silently: it
-  # becomes a [:snakeport, :worker, :reply_dropped] event.
+  # reach its mailbox. request/4 creates the monitor and receives the reply in one function,
+  # as gen_server calls do, so that the compiler's receive optimisation applies: the wait
+  # skips every message that was in the caller's mailbox before, however many. A reply that
+  # finds no entry in `pending` (the late reply of a call that timed out, the replies to
+  # `cancel` and `shutdown`) is not lost silently: it becomes a
+  # [:snakeport, :worker, :reply_dropped] event.
+  #
+  # Liveness (no per-call message, monitor or table write is added to the call path for it):
+  #
+  # * A call whose caller times out is cancelled: the caller marks its `pending` row
+  #   `{:cancelled, at}` and tells this process, which takes the row (unless the reply took
+  #   it first), writes `cancel` (without ever blocking on a busy port: retried on the next
+  #   check) and remembers the request in `cancels`. A request that is not a job (stats,
+  #   session_info, ...: nothing to cancel) is just forgotten.
+  # * Every Defaults.liveness_interval/0 ms this process looks at `pending`: a row whose
+  #   caller died is taken and its request cancelled the same way (the caller pid is in the
+  #   row for that, and for Snakeport.Tools).
+  # * A cancelled request whose reply has not come :cancel_grace ms after its cancel (code
+  #   that ignores the cancel: C code such as time.sleep, or code holding the GIL, which
+  #   blocks the worker's reader) marks the worker stuck (Snakeport.Pool.set_stuck/3: no new
+  #   session goes there; [:snakeport, :worker, :stuck]); its reply arriving clears it. A
+  #   worker stuck for :stuck_timeout ms is killed with SIGKILL and stops with
+  #   `{:shutdown, {:stuck_killed, status}}`: its callers get :worker_exited at once, its
+  #   sessions are lost, its supervisor starts a new one.
+  # * Stopping kills the Python process when it does not exit by itself: after `shutdown`
+  #   and Defaults.shutdown_wait/0 ms on an orderly stop, at once otherwise (terminate/2).
+  #   With the kernel's parent-death signal (the worker's `die_with_parent`) nothing
+  #   outlives the VM either.
+  #
+  # Restarts are paced by Snakeport.Pool.restart_delay/3: a worker process that starts
+  # again after a quick exit waits (backoff) in handle_continue/2 before it starts Python,
+  # so that a worker that keeps dying never exhausts its supervisor's restart intensity.
   #
   # Each ready worker links one Snakeport.Courier, which writes the session store's
   # requests to this port, so that the store itself never writes to a port.
@@ -36,7 +65,7 @@ defmodule Snakeport.Worker do
   use GenServer
   require Logger
 
-  alias Snakeport.{Courier, Defaults, Error, Options, Pool, Protocol, Telemetry, Tools}
+  alias Snakeport.{Cmd, Courier, Defaults, Error, Options, Pool, Protocol, Telemetry, Tools}
 
   @type entry :: %{
           instance: atom(),
@@ -50,18 +79,23 @@ defmodule Snakeport.Worker do
           courier: pid() | nil
         }
 
-  @type handle :: {reference(), non_neg_integer(), entry()}
+  @type handle :: {reference(), non_neg_integer(), entry(), boolean()}
 
   @shutdown_wait Defaults.shutdown_wait()
+  @kill_wait Defaults.kill_wait()
+  @interval Defaults.liveness_interval()
 
   ## Caller side ---------------------------------------------------------------------------
 
   @doc false
   # Sends one request (a Snakeport.Protocol builder's result; `session` is its session id,
-  # nil for a request that is not about a session) and registers the caller for its reply.
-  @spec send_request(entry(), Protocol.request(), String.t() | nil) ::
-          {:ok, handle()} | {:error, term()}
-  def send_request(%{} = entry, request, session) do
+  # nil for a request that is not about a session) and waits up to `timeout` for its reply
+  # frame. The monitor (with its reply alias) is created here, in the function that
+  # receives: the receive optimisation then skips the caller's older messages (see above).
+  # On timeout a job (call, method, getattr, setattr, eval) is cancelled.
+  @spec request(entry(), Protocol.request(), String.t() | nil, timeout()) ::
+          {:ok, binary()} | {:error, term()}
+  def request(%{} = entry, request, session, timeout) do
     id = next_id(entry)
     payload = Protocol.encode(request, id, session)
     size = IO.iodata_length(payload)
@@ -69,20 +103,43 @@ defmodule Snakeport.Worker do
     if size > entry.max_frame_bytes do
       {:error, {:frame_too_large, size, entry.max_frame_bytes}}
     else
-      mref = :erlang.monitor(:process, entry.pid, [{:alias, :demonitor}])
+      mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
 
-      try do
-        # Register before writing: the reply cannot overtake its registration. The caller's
-        # pid is there for the tools its call may ask for (Snakeport.Tools).
-        :ets.insert(entry.pending, {id, mref, self()})
-        Port.command(entry.port, payload)
-        {:ok, {mref, id, entry}}
-      rescue
-        # The pending table is gone (its owner died) or the port is closed.
-        ArgumentError ->
-          Process.demonitor(mref, [:flush])
-          forget(entry, id)
-          {:error, if(Process.alive?(entry.pid), do: :port_closed, else: :noproc)}
+      case write(entry, id, mref, payload) do
+        :ok ->
+          receive do
+            {^mref, frame} -> {:ok, frame}
+            {:DOWN, ^mref, _, _, reason} -> {:error, {:down, reason}}
+          after
+            timeout -> timed_out(entry, id, mref, job?(request))
+          end
+
+        error ->
+          error
+      end
+    end
+  end
+
+  @doc false
+  # Sends one request and registers the caller for its reply (for requests in flight
+  # together: await/2 each handle). The same as request/4 otherwise; with `opts`
+  # [:nosuspend] it never waits for a busy port (a worker that does not read its stdin):
+  # the request is then not sent ({:error, :busy}).
+  @spec send_request(entry(), Protocol.request(), String.t() | nil, [:nosuspend]) ::
+          {:ok, handle()} | {:error, term()}
+  def send_request(%{} = entry, request, session, opts \\ []) do
+    id = next_id(entry)
+    payload = Protocol.encode(request, id, session)
+    size = IO.iodata_length(payload)
+
+    if size > entry.max_frame_bytes do
+      {:error, {:frame_too_large, size, entry.max_frame_bytes}}
+    else
+      mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
+
+      case write(entry, id, mref, payload, opts) do
+        :ok -> {:ok, {mref, id, entry, job?(request)}}
+        error -> error
       end
     end
   end
@@ -90,46 +147,60 @@ defmodule Snakeport.Worker do
   @doc false
   # Waits for the reply frame of a request sent with send_request/3.
   @spec await(handle(), timeout()) :: {:ok, binary()} | {:error, term()}
-  def await({mref, id, entry}, timeout) do
+  def await({mref, id, entry, job}, timeout) do
     receive do
-      {^mref, frame} ->
-        Process.demonitor(mref, [:flush])
-        {:ok, frame}
-
-      {:DOWN, ^mref, _, _, reason} ->
-        {:error, {:down, reason}}
+      {^mref, frame} -> {:ok, frame}
+      {:DOWN, ^mref, _, _, reason} -> {:error, {:down, reason}}
     after
-      timeout ->
-        forget(entry, id)
-        # Deactivates the alias: from now on a late reply is dropped by the VM.
-        Process.demonitor(mref, [:flush])
-
-        receive do
-          {^mref, frame} -> {:ok, frame}
-        after
-          0 ->
-            cancel(entry, id)
-            {:error, :timeout}
-        end
+      timeout -> timed_out(entry, id, mref, job)
     end
   end
 
-  @doc false
-  @spec request(entry(), Protocol.request(), String.t() | nil, timeout()) ::
-          {:ok, binary()} | {:error, term()}
-  def request(entry, request, session, timeout) do
-    case send_request(entry, request, session) do
-      {:ok, handle} -> await(handle, timeout)
-      error -> error
+  # Registers the caller before writing (the reply cannot overtake its registration); the
+  # caller's pid is in the row for liveness (a dead caller's request is cancelled) and for
+  # the tools its call may ask for (Snakeport.Tools).
+  defp write(entry, id, mref, payload, opts \\ []) do
+    :ets.insert(entry.pending, {id, mref, self()})
+
+    if Port.command(entry.port, payload, opts) do
+      :ok
+    else
+      # Busy, and told not to wait: not sent.
+      Process.demonitor(mref, [:flush])
+      forget(entry, id)
+      {:error, :busy}
+    end
+  rescue
+    # The pending table is gone (its owner died) or the port is closed.
+    ArgumentError ->
+      Process.demonitor(mref, [:flush])
+      forget(entry, id)
+      {:error, if(Process.alive?(entry.pid), do: :port_closed, else: :noproc)}
+  end
+
+  defp timed_out(entry, id, mref, job) do
+    # Deactivates the alias: from now on a late reply is dropped by the VM.
+    Process.demonitor(mref, [:flush])
+
+    receive do
+      {^mref, frame} -> {:ok, frame}
+    after
+      0 ->
+        if job, do: cancel(entry, id), else: forget(entry, id)
+        {:error, :timeout}
     end
   end
 
+  @jobs [:call, :method, :getattr, :setattr, :eval]
+
+  defp job?(request), do: elem(request, 0) in @jobs
+
   @doc false
-  # Sends a request whose reply nobody waits for (`cancel`, `shutdown`): its reply becomes
-  # a :reply_dropped event.
+  # Sends a request whose reply nobody waits for (`shutdown`): its reply becomes a
+  # :reply_dropped event. Never blocks on a busy port (the request is then not sent).
   @spec cast(entry(), Protocol.request()) :: :ok
   def cast(entry, request) do
-    Port.command(entry.port, Protocol.encode(request, next_id(entry), nil))
+    Port.command(entry.port, Protocol.encode(request, next_id(entry), nil), [:nosuspend])
     :ok
   rescue
     ArgumentError -> :ok
@@ -146,9 +217,22 @@ defmodule Snakeport.Worker do
   end
 
   @doc false
-  # Asks the worker to interrupt request `target`; its reply (and the target's) is dropped.
+  # Cancels request `target` (its waiter is gone: it timed out or exited): its pending row
+  # is marked, and the worker process writes the `cancel`, drops the reply and watches that
+  # it comes (liveness). Nothing happens when the reply came already.
   @spec cancel(entry(), non_neg_integer()) :: :ok
-  def cancel(entry, target), do: cast(entry, Protocol.cancel(target))
+  def cancel(entry, target) do
+    marked =
+      :ets.select_replace(entry.pending, [
+        {{target, :"$1", :"$2"}, [{:is_reference, :"$1"}],
+         [{{target, {{:cancelled, System.monotonic_time(:millisecond)}}, :"$2"}}]}
+      ])
+
+    if marked == 1, do: send(entry.pid, {:cancel, target})
+    :ok
+  rescue
+    ArgumentError -> :ok
+  end
 
   defp next_id(%{counter: counter}), do: :atomics.add_get(counter, 1, 1)
 
@@ -177,30 +261,68 @@ defmodule Snakeport.Worker do
   def init({index, names, config}) do
     Process.flag(:trap_exit, true)
 
-    case open_port(config) do
-      {:ok, port} ->
-        state = %{
-          names: names,
-          index: index,
-          config: config,
-          port: port,
-          pending: :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true]),
-          entry: nil,
-          exit_status: nil,
-          # tool call id => {runner pid, monitor ref}; monitor ref => call id
-          tools: %{},
-          tool_monitors: %{}
-        }
+    state = %{
+      names: names,
+      index: index,
+      config: config,
+      port: nil,
+      pending: :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true]),
+      entry: nil,
+      exit_status: nil,
+      # tool call id => {runner pid, monitor ref}; monitor ref => call id
+      tools: %{},
+      tool_monitors: %{},
+      # request id => monotonic ms of its cancel, until its reply comes (liveness)
+      cancels: %{},
+      # cancels not written yet (the port was busy)
+      unsent: [],
+      # monotonic ms since this worker is stuck, or nil; when it was killed, or nil
+      stuck_since: nil,
+      killed_at: nil
+    }
 
-        {:ok, state, {:continue, :handshake}}
+    case backoff(names.pool, index, config.max_restart_backoff) do
+      0 ->
+        case open_port(config) do
+          {:ok, port} ->
+            {:ok, %{state | port: port}, {:continue, :handshake}}
 
-      {:error, %Error{} = error} ->
-        Logger.error("Snakeport worker #{index}: " <> error.message)
-        {:stop, {:shutdown, error}}
+          {:error, %Error{} = error} ->
+            Logger.error("Snakeport worker #{index}: " <> error.message)
+            {:stop, {:shutdown, error}}
+        end
+
+      delay ->
+        {:ok, state, {:continue, {:backoff, delay}}}
     end
   end
 
+  # How long this (re)start waits before starting Python (Snakeport.Pool paces restarts).
+  defp backoff(pool, index, max_backoff) do
+    Pool.restart_delay(pool, index, max_backoff)
+  catch
+    :exit, _ -> 0
+  end
+
   @impl true
+  # A restart after a quick exit: wait (still stoppable by our supervisor), then start.
+  def handle_continue({:backoff, delay}, state) do
+    receive do
+      {:EXIT, _parent, reason} -> {:stop, reason, state}
+    after
+      delay ->
+        case open_port(state.config) do
+          {:ok, port} ->
+            handle_continue(:handshake, %{state | port: port})
+
+          {:error, %Error{} = error} ->
+            Logger.error("Snakeport worker #{state.index}: " <> error.message)
+            Pool.start_failed(state.names.pool, state.index, error)
+            {:stop, {:shutdown, error}, state}
+        end
+    end
+  end
+
   def handle_continue(:handshake, state) do
     case await_ready(state.port, state.config) do
       {:ok, info} ->
@@ -235,6 +357,7 @@ defmodule Snakeport.Worker do
         )
 
         :ok = Pool.register(state.names.pool, entry, info)
+        schedule_check()
         {:noreply, %{state | entry: entry}}
 
       {:error, %Error{} = error} ->
@@ -352,13 +475,18 @@ defmodule Snakeport.Worker do
 
   # The Python process exited (killed, crashed, or shut down): stop, so that the supervisor
   # starts a new one; callers in flight see our :DOWN at once.
-  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
+  def handle_info({port, {:exit_status, status}}, %{port: port, killed_at: nil} = state) do
     Logger.error(
       "Snakeport worker #{state.index} (OS pid #{state.entry.os_pid}) exited with status " <>
         "#{status}; its sessions are lost, a new worker is being started"
     )
 
     {:stop, {:shutdown, {:python_exited, status}}, %{state | exit_status: status}}
+  end
+
+  # The Python process we killed because it was stuck is gone: stop (restart, sessions lost).
+  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
+    {:stop, {:shutdown, {:stuck_killed, status}}, %{state | exit_status: status}}
   end
 
   # The port closed without an exit status (port driver failure): same as an exit.
@@ -371,6 +499,29 @@ defmodule Snakeport.Worker do
   def handle_info({:EXIT, courier, reason}, %{entry: %{courier: courier}} = state) do
     Logger.error("Snakeport worker #{state.index}: its courier exited (#{inspect(reason)})")
     {:stop, {:shutdown, {:courier_exited, reason}}, state}
+  end
+
+  # A caller timed out on a job: cancel it, unless its reply came meanwhile.
+  def handle_info({:cancel, id}, state) do
+    case :ets.take(state.pending, id) do
+      [{^id, {:cancelled, _}, _caller}] -> {:noreply, cancel_request(state, id)}
+      # The reply came first (and was dropped); or the row is not ours to cancel.
+      _ -> {:noreply, state}
+    end
+  end
+
+  # The periodic liveness check (see the module comment).
+  def handle_info(:check, state) do
+    schedule_check()
+    now = System.monotonic_time(:millisecond)
+    state = state |> reap_dead_callers() |> write_unsent() |> check_stuck(now)
+
+    if state.killed_at != nil and now - state.killed_at >= @kill_wait do
+      # Killed, and no exit status since: stop anyway (terminate/2 kills it again).
+      {:stop, {:shutdown, {:stuck_killed, nil}}, state}
+    else
+      {:noreply, state}
+    end
   end
 
   # A tool runner ended (it answered, or was killed).
@@ -387,24 +538,22 @@ defmodule Snakeport.Worker do
 
   @impl true
   def terminate(reason, %{entry: nil} = state) do
-    # The handshake did not complete: nothing was registered.
+    # The handshake did not complete (or never started): nothing was registered. A Python
+    # process that did not say it was ready may be stuck: it is killed.
     _ = reason
-    close(state.port)
+
+    with port when port != nil <- state.port,
+         {:os_pid, os_pid} <- Port.info(port) && Port.info(port, :os_pid) do
+      if state.exit_status == nil, do: kill_os_process(os_pid)
+      close(port)
+    end
+
     :ok
   end
 
   def terminate(reason, state) do
     Pool.unregister(state.names.pool_table, state.entry)
-
-    # An orderly stop (supervisor shutdown): ask the worker to shut down and give it a
-    # moment to exit by itself, still routing the replies it sends meanwhile. In every case
-    # closing the port closes the worker's stdin, which ends it (and its watchdog ends it
-    # if the VM itself is gone).
-    if state.exit_status == nil and orderly?(reason) do
-      cast(state.entry, Protocol.shutdown())
-      drain(state, System.monotonic_time(:millisecond) + @shutdown_wait)
-    end
-
+    end_python(state, reason)
     close(state.port)
 
     Telemetry.execute([:snakeport, :worker, :exited], %{system_time: System.system_time()}, %{
@@ -417,18 +566,47 @@ defmodule Snakeport.Worker do
     :ok
   end
 
+  # Makes sure that the Python process ends with this process. On an orderly stop
+  # (supervisor shutdown) it is asked to shut down and given a moment to exit by itself,
+  # the replies it sends meanwhile still routed; a process that did not exit (blocked in C
+  # code, holding the GIL: neither the request nor the end of its stdin would reach it) is
+  # killed with SIGKILL, and so is the process at once on any other stop. The waits are
+  # bounded (shutdown_wait + kill_wait, below the supervisor's shutdown timeout).
+  defp end_python(%{exit_status: nil} = state, reason) do
+    state =
+      if orderly?(reason) do
+        cast(state.entry, Protocol.shutdown())
+        drain(state, System.monotonic_time(:millisecond) + @shutdown_wait)
+      else
+        state
+      end
+
+    if state.exit_status == nil do
+      kill_os_process(state.entry.os_pid)
+      drain(state, System.monotonic_time(:millisecond) + @kill_wait)
+    end
+
+    :ok
+  end
+
+  defp end_python(_state, _reason), do: :ok
+
+  # Routes what the port sends until it reports the exit status or `deadline` passes;
+  # returns the state (with the exit status when it came).
   defp drain(%{port: port} = state, deadline) do
     receive do
       {^port, {:data, frame}} ->
         state |> frame(frame) |> drain(deadline)
 
-      {^port, {:exit_status, _}} ->
-        :ok
+      {^port, {:exit_status, status}} ->
+        %{state | exit_status: status}
     after
-      max(deadline - System.monotonic_time(:millisecond), 0) -> :ok
+      max(deadline - System.monotonic_time(:millisecond), 0) -> state
     end
   end
 
+  # A stuck worker was killed already: nothing to ask it.
+  defp orderly?({:shutdown, {:stuck_killed, _}}), do: false
   defp orderly?(reason), do: reason in [:normal, :shutdown] or match?({:shutdown, _}, reason)
 
   defp close(port) do
@@ -442,7 +620,6 @@ defmodule Snakeport.Worker do
     case Protocol.frame_kind(frame) do
       {:reply, id} ->
         route(state, id, frame)
-        state
 
       :event ->
         event(state, frame)
@@ -462,9 +639,20 @@ defmodule Snakeport.Worker do
 
   defp route(state, id, frame) do
     case :ets.take(state.pending, id) do
-      [{^id, reply_to, _caller}] -> :erlang.send(reply_to, {reply_to, frame})
-      # The caller timed out (and cancelled), or nobody waits for this reply (cast/2).
-      [] -> dropped(state, id, frame)
+      [{^id, {:cancelled, _}, _caller}] ->
+        # The caller timed out: its cancel (on its way here) is moot now.
+        dropped(state, id, frame)
+        state
+
+      [{^id, reply_to, _caller}] ->
+        :erlang.send(reply_to, {reply_to, frame})
+        state
+
+      # A request we cancelled (its reply ends our wait for it), or nobody waits for this
+      # reply (cast/2).
+      [] ->
+        dropped(state, id, frame)
+        answered(state, id)
     end
   end
 
@@ -540,6 +728,157 @@ defmodule Snakeport.Worker do
         state
     end
   end
+
+  ## Liveness ----------------------------------------------------------------------------
+
+  defp schedule_check, do: Process.send_after(self(), :check, @interval)
+
+  # Writes `cancel` for request `id` (whose pending row is gone) and waits for its reply.
+  defp cancel_request(state, id) do
+    state = %{state | cancels: Map.put(state.cancels, id, System.monotonic_time(:millisecond))}
+    if write_cancel(state, id), do: state, else: %{state | unsent: [id | state.unsent]}
+  end
+
+  # Never blocks on a busy port (a worker that does not read its stdin): false when the
+  # cancel could not be written now.
+  defp write_cancel(state, id) do
+    frame = Protocol.encode(Protocol.cancel(id), next_id(state.entry), nil)
+    Port.command(state.port, frame, [:nosuspend])
+  rescue
+    ArgumentError -> true
+  end
+
+  # The requests of callers that died are cancelled (their rows taken: nobody waits).
+  defp reap_dead_callers(state) do
+    rows =
+      :ets.select(state.pending, [
+        {{:"$1", :"$2", :"$3"}, [{:is_reference, :"$2"}], [{{:"$1", :"$3"}}]}
+      ])
+
+    Enum.reduce(rows, state, fn {id, caller}, state ->
+      with false <- Process.alive?(caller),
+           [_] <- :ets.take(state.pending, id) do
+        cancel_request(state, id)
+      else
+        _ -> state
+      end
+    end)
+  end
+
+  defp write_unsent(%{unsent: []} = state), do: state
+
+  defp write_unsent(state) do
+    unsent =
+      state.unsent
+      |> Enum.reverse()
+      |> Enum.filter(&(Map.has_key?(state.cancels, &1) and not write_cancel(state, &1)))
+      |> Enum.reverse()
+
+    %{state | unsent: unsent}
+  end
+
+  # A reply to a request we cancelled: it ended.
+  defp answered(%{cancels: cancels} = state, id) when is_map_key(cancels, id) do
+    %{state | cancels: Map.delete(cancels, id)}
+  end
+
+  defp answered(state, _id), do: state
+
+  defp check_stuck(state, now) do
+    grace = state.config.cancel_grace
+    overdue = for {id, at} <- state.cancels, now - at >= grace, do: {id, at}
+
+    cond do
+      state.killed_at != nil ->
+        state
+
+      overdue == [] and state.stuck_since == nil ->
+        state
+
+      overdue == [] ->
+        unstuck(state, now)
+
+      state.stuck_since == nil ->
+        stuck(state, now, overdue)
+
+      state.config.stuck_timeout != :infinity and
+          now - state.stuck_since >= state.config.stuck_timeout ->
+        kill_stuck(state, now, overdue)
+
+      true ->
+        state
+    end
+  end
+
+  defp stuck(state, now, overdue) do
+    Pool.set_stuck(state.names.pool_table, state.index, now)
+    {oldest_id, oldest_at} = Enum.min_by(overdue, &elem(&1, 1))
+
+    restart =
+      case state.config.stuck_timeout do
+        :infinity -> "it is not restarted (option :stuck_timeout is :infinity)"
+        ms -> "it will be killed and restarted in #{ms} ms (option :stuck_timeout)"
+      end
+
+    Logger.warning(
+      "Snakeport worker #{state.index} (OS pid #{state.entry.os_pid}) is stuck: request " <>
+        "#{oldest_id} was cancelled #{now - oldest_at} ms ago and has not ended (C code that " <>
+        "ignores the cancel, or holds the GIL), #{length(overdue)} such request(s); it gets " <>
+        "no new sessions and " <> restart
+    )
+
+    Telemetry.execute(
+      [:snakeport, :worker, :stuck],
+      %{system_time: System.system_time(), overdue: length(overdue)},
+      %{
+        instance: state.entry.instance,
+        worker: state.index,
+        os_pid: state.entry.os_pid,
+        request_ids: Enum.map(overdue, &elem(&1, 0))
+      }
+    )
+
+    %{state | stuck_since: now}
+  end
+
+  defp unstuck(state, now) do
+    Pool.set_stuck(state.names.pool_table, state.index, nil)
+    Logger.info("Snakeport worker #{state.index}: the requests it was stuck on have ended")
+
+    Telemetry.execute(
+      [:snakeport, :worker, :recovered],
+      %{system_time: System.system_time(), stuck_ms: now - state.stuck_since},
+      %{instance: state.entry.instance, worker: state.index, os_pid: state.entry.os_pid}
+    )
+
+    %{state | stuck_since: nil}
+  end
+
+  defp kill_stuck(state, now, overdue) do
+    Logger.error(
+      "Snakeport worker #{state.index} (OS pid #{state.entry.os_pid}) has been stuck for " <>
+        "#{now - state.stuck_since} ms on #{length(overdue)} cancelled request(s): killing " <>
+        "it (SIGKILL); its sessions are lost, a new worker is being started"
+    )
+
+    kill_os_process(state.entry.os_pid)
+    %{state | killed_at: now}
+  end
+
+  # Sends SIGKILL to an OS process (through `sh -c kill`: no BIF does it, and the shell's
+  # kill is there even where /bin/kill is not), with a deadline. Only ever aimed at our own
+  # Python process while its port is open (its exit status not received), so its pid
+  # cannot have been reused yet (barring the moment between its exit and our
+  # {:exit_status, _} message).
+  defp kill_os_process(os_pid) when is_integer(os_pid) do
+    Cmd.run("sh", ["-c", ~s(kill -s KILL "$1"), "sh", Integer.to_string(os_pid)],
+      timeout: @kill_wait
+    )
+
+    :ok
+  end
+
+  defp kill_os_process(_), do: :ok
 
   defp event(state, frame) do
     case Protocol.decode_event(frame) do

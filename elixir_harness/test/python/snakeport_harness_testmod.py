@@ -149,3 +149,15 @@ def imported(name):
     import sys
 
     return name in sys.modules
+
+
+def regex_bomb(flag: str = "") -> bool:
+    """Hold the GIL in C for ages: catastrophic backtracking in ``re`` (no bytecode runs, so
+    no other thread of the worker runs either, its reader included). Creates ``flag`` first,
+    when given, so that a test knows it started."""
+    import re
+
+    if flag:
+        with open(flag, "w") as f:
+            f.write("running")
+    return re.match(r"(a+)+$", "a" * 64 + "b") is not None

@@ -80,11 +80,13 @@ defmodule Snakeport.StartTest do
       assert Snakeport.Options.worker_flags(config) ==
                ["--default-max-refs", "50", "--default-ttl-seconds", "60"] ++
                  ["--default-overflow", "error", "--tool-timeout", "30"] ++
-                 ["--threads", "2", "--spin-us", "0", "--max-depth", "9"]
+                 ["--threads", "2", "--spin-us", "0", "--vm-pid", System.pid()] ++
+                 ["--max-depth", "9"]
 
       assert Snakeport.Options.worker_flags(Snakeport.Options.validate!([])) ==
                ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"] ++
-                 ["--default-overflow", "error", "--tool-timeout", "30"]
+                 ["--default-overflow", "error", "--tool-timeout", "30"] ++
+                 ["--vm-pid", System.pid()]
 
       config =
         Snakeport.Options.validate!(
@@ -93,7 +95,8 @@ defmodule Snakeport.StartTest do
         )
 
       assert ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"] ++
-               ["--default-overflow", "evict_lru", "--tool-timeout", "1.5"] ==
+               ["--default-overflow", "evict_lru", "--tool-timeout", "1.5"] ++
+               ["--vm-pid", System.pid()] ==
                Snakeport.Options.worker_flags(config)
     end
 

@@ -162,3 +162,13 @@ def gen():
 def a_module():
     """A module object (``os``) as a result."""
     return os
+
+
+def regex_bomb_flagged(path):
+    """Create ``path``, then hold the GIL in C for ages (catastrophic backtracking in ``re``:
+    no bytecode runs, so no other thread of the worker runs either)."""
+    import re
+
+    with open(path, "w") as f:
+        f.write("running")
+    return re.match(r"(a+)+$", "a" * 64 + "b") is not None

@@ -55,7 +55,8 @@ defmodule Snakeport.Sessions.Server do
   # * Session state (the `get_session_state`/`set_session_state` tools,
   #   Snakeport.SessionStore.put_state/4) lives in a public ordered_set
   #   `{{session_id, key}, gen, value}`, written by callers, dropped here with the session.
-  # * Each session is pinned to one worker, the least loaded at creation. This process
+  # * Each session is pinned to one worker, the least loaded at creation among those not
+  #   marked stuck (Snakeport.Pool.available/1). This process
   #   monitors the workers it pinned sessions to; when one dies its sessions are marked
   #   lost (their refs died with the Python process). A lost row stays (until its owners
   #   die, its TTL passes or it is released) so that its refs answer :session_lost rather
@@ -679,10 +680,11 @@ defmodule Snakeport.Sessions.Server do
     end
   end
 
-  # The least-loaded live worker: fewest sessions, then fewest requests in flight.
+  # The least-loaded live worker that is not stuck: fewest sessions, then fewest requests
+  # in flight (a restarted worker, with none, is picked first).
   defp pick_worker(state) do
     state.pool_table
-    |> Pool.entries()
+    |> Pool.available()
     |> Enum.filter(&Process.alive?(&1.pid))
     |> Enum.min_by(
       fn entry ->
