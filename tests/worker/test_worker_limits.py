@@ -64,6 +64,7 @@ def test_every_entry_point_has_the_same_defaults() -> None:
         limits.SPIN_US.default,
         limits.TOOL_TIMEOUT.default,
         limits.DEFAULT_OVERFLOW,
+        limits.FORWARD_LEVELS["OFF"],
     )
     table = SessionTable()
     assert (table.default_max_refs, table.default_ttl_seconds, table.max_tombstones, table.default_overflow) == (

@@ -32,10 +32,22 @@ from snakeport import _limits as limits
 from snakeport import _protocol as P
 from snakeport import _requests as R
 from snakeport._eval import evaluate
-from snakeport._jobs import CANCELLED, DONE, FAILED, Failure, Job, Jobs, failure_reply, import_module, lookup
-from snakeport._marshal import DATA, marshal
+from snakeport._jobs import (
+    AWAITING,
+    CANCELLED,
+    DONE,
+    FAILED,
+    Failure,
+    Job,
+    Jobs,
+    failure_reply,
+    import_module,
+    lookup,
+)
+from snakeport._marshal import DATA, marshal, marshal_batch
 from snakeport._protocol import OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
 from snakeport._sessions import RefHandle, Session, SessionTable
+from snakeport._streams import Batch, close_iterator, first_batch, next_batch
 from snakeport._tagged import TagContext, substitute
 from snakeport.errors import RequestError
 from snakeport.types import Atom
@@ -102,6 +114,8 @@ class Dispatcher:
             Atom("getattr"): self._op_getattr,
             Atom("setattr"): self._op_setattr,
             Atom("eval"): self._op_eval,
+            Atom("iter_next"): self._op_iter_next,
+            Atom("iter_close"): self._op_iter_close,
             Atom("expire_session"): self._op_expire_session,
             P.TOOL_REPLY: self._op_tool_reply,
             Atom("open_session"): self._op_open_session,
@@ -168,8 +182,29 @@ class Dispatcher:
             then the reply), or ``[]`` when the job was cancelled while queued (its reply
             was given by the cancel).
         """
+        result = None
         try:
-            return self._finish(job, self._run(job))
+            result = self._run(job)
+            if result is AWAITING:
+                return []  # the event loop answers (finish_awaited), and checks it in then
+            return self._finish(job, result)
+        finally:
+            if result is not AWAITING:
+                self.table.checkin(job.session, job.ref_ids)
+
+    def finish_awaited(self, job: Job, result: Any) -> list:
+        """The terms of a job whose awaitable is done (its final state set), on the loop
+        thread; checks the job's session in.
+
+        Args:
+            job: The job.
+            result: The awaited value (final state ``DONE``), else ``None``.
+
+        Returns:
+            The terms to send, as :meth:`run_job`.
+        """
+        try:
+            return self._finish(job, result)
         finally:
             self.table.checkin(job.session, job.ref_ids)
 
@@ -179,11 +214,36 @@ class Dispatcher:
             return self._unfinished(job)
         if job.mode != R.REF and type(result) in DATA:
             return [(REPLY, job.request_id, OK, result)]
+        if type(result) is Batch:
+            return self._finish_batch(job, result)
         try:
             stored = marshal(self.table, job.session, result, job.mode, self.max_depth)
         except RequestError as err:
             return [request_error_reply(job.request_id, err)]
-        reply = (REPLY, job.request_id, OK, stored.value)
+        return self._reply(job, stored, stored.value)
+
+    def _finish_batch(self, job: Job, batch: Batch) -> list:
+        """The terms of a stream batch: its items, and the iterator's ref on a first batch
+        that is not the last; an exhausted iterator's ref (``iter_next``) is released."""
+        first = batch.first
+        try:
+            stored = marshal_batch(
+                self.table, job.session, batch.items, batch.iterator, job.mode, self.max_depth
+            )
+        except RequestError as err:
+            return [request_error_reply(job.request_id, err)]
+        items, ref = stored.value
+        error = None
+        if batch.error is not None:
+            error = failure_reply(job.request_id, batch.error)[3]
+        if batch.done and not first:
+            self.table.discard(job.session, job.ref_ids)
+        value = P.batch_value(items, batch.done, ref=ref, error=error, first=first)
+        return self._reply(job, stored, value)
+
+    def _reply(self, job: Job, stored: Any, value: Any) -> list:
+        """The reply of a marshalled result, after its ``refs_evicted``/fill events."""
+        reply = (REPLY, job.request_id, OK, value)
         if not stored.new_ref_ids:
             return [reply]
         job.new_refs = stored.new_ref_ids
@@ -248,6 +308,7 @@ class Dispatcher:
         else:
             sid = module = function = args = kwargs = opts = None
         st = sid.__class__
+        batch = None
         if (
             (st is str or st is bytes)
             and module.__class__ is str
@@ -267,6 +328,7 @@ class Dispatcher:
             args = R.args(term[5])
             kwargs = R.kwargs(term[6])
             mode = R.mode(term[7])
+            batch = R.batch(term[7])
         handles = ctx.handles if ctx is not None else ()
         session = self._checkout(sid, handles)
         if handles:
@@ -280,6 +342,8 @@ class Dispatcher:
         def fn() -> Any:
             return lookup(import_module(module), function)(*args, **kwargs)
 
+        if batch is not None:
+            fn = _streaming(fn, batch)
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
     def _op_method(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
@@ -292,6 +356,7 @@ class Dispatcher:
         args = R.args(term[5])
         kwargs = R.kwargs(term[6])
         mode = R.mode(term[7])
+        batch = R.batch(term[7])
         handles = ctx.handles if ctx is not None else [target]
         session = self._checkout(sid, handles)
         obj = target.obj
@@ -306,7 +371,49 @@ class Dispatcher:
         def fn() -> Any:
             return lookup(obj, name)(*args, **kwargs)
 
+        if batch is not None:
+            fn = _streaming(fn, batch)
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
+
+    def _op_iter_next(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
+        R.arity(term, 5)
+        sid = R.session_id(term[2])
+        target = term[3]
+        if type(target) is not RefHandle:
+            raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
+        mode = R.mode(term[4])
+        count, size = R.batch(term[4]) or (R.DEFAULT_BATCH_SIZE, R.DEFAULT_BATCH_BYTES)
+        session = self._checkout(sid, [target])
+        obj = target.obj
+
+        def fn() -> Any:
+            if iter(obj) is not obj:  # an iterable that is not an iterator would restart
+                raise TypeError(f"'{P.type_name(type(obj))}' object is not an iterator")
+            return next_batch(obj, count, size)
+
+        return self.jobs.add(Job(rid, session, fn, mode, (target.ref_id,)))
+
+    def _op_iter_close(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
+        R.arity(term, 4)
+        sid = R.session_id(term[2])
+        target = term[3]
+        if type(target) is not RefHandle:
+            raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
+        session = self._checkout(sid, ())  # a ref that is gone is answered, not an error
+        table = self.table
+
+        def fn() -> Any:
+            try:
+                found, obj = table.take_ref(sid, target)
+            except RequestError as err:
+                failure = Failure(err.reason, err)
+                failure.details = err.details
+                raise failure from None
+            if found:
+                close_iterator(obj)
+            return {P.A_RELEASED: found}
+
+        return self.jobs.add(Job(rid, session, fn, R.VALUE, ()))
 
     def _op_getattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 6)
@@ -490,6 +597,16 @@ class Dispatcher:
 
 def _as_is(term: Any) -> Any:
     return term
+
+
+def _streaming(fn: Callable[[], Any], batch: tuple[int, int]) -> Callable[[], Any]:
+    """The code of a call that starts a stream: the call, then ``iter()`` and a first batch."""
+    count, size = batch
+
+    def stream() -> Any:
+        return first_batch(fn(), count, size)
+
+    return stream
 
 
 def _ref_ids(handles: Any) -> Any:

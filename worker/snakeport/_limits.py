@@ -61,6 +61,10 @@ __all__ = [
     "MAX_TOOL_WAITS",
     "EVAL_CACHE_SIZE",
     "EVAL_CACHE_MAX_SOURCE",
+    "FORWARD_LEVELS",
+    "LOG_RATE",
+    "LOG_BURST",
+    "LOG_LINE_BYTES",
 ]
 
 #: Largest payload a ``{packet, 4}`` frame can carry (its length is 32 bits).
@@ -239,3 +243,14 @@ MAX_TOOL_WAITS = 64
 EVAL_CACHE_SIZE = 256
 #: Longer ``eval`` sources (characters) are compiled each time, not kept.
 EVAL_CACHE_MAX_SOURCE = 65_536
+
+#: ``--forward-logs`` levels (``logging`` level numbers); ``OFF`` (0): nothing is forwarded.
+FORWARD_LEVELS = {"OFF": 0, "DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+#: Lines (or records) of forwarded output per second, all sources together; a line costs one
+#: more per KiB. Beyond it lines are dropped and their count reported.
+LOG_RATE = 1000
+#: Lines of forwarded output allowed at once (the rate limit's bucket).
+LOG_BURST = 2000
+#: Longest forwarded line or record (bytes of a line, characters of a record); the rest is
+#: cut, and the cut counted in the text.
+LOG_LINE_BYTES = 16_384
