@@ -116,14 +116,15 @@ def next_batch(iterator: Iterator, count: int, max_bytes: int) -> Batch:
     chunk = min(count, _FIRST_CHUNK)
     try:
         while True:
-            got = list(islice(iterator, chunk))
-            items += got
-            if len(got) < chunk:
+            start = len(items)
+            # list.extend keeps the items pulled before an exception of the iterator.
+            items.extend(islice(iterator, chunk))
+            if len(items) - start < chunk:
                 return Batch(None, items, True, None)
             left = count - len(items)
             if left <= 0:
                 return Batch(None, items, False, None)
-            used += _chunk_size(got)
+            used += _chunk_size(items[start:])
             if used >= max_bytes:
                 return Batch(None, items, False, None)
             # Pull as many more as the average item size says still fit.

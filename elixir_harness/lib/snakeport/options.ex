@@ -21,7 +21,8 @@ defmodule Snakeport.Options do
     :spin_us,
     :startup_timeout,
     :tools,
-    :tool_timeout
+    :tool_timeout,
+    :python_log_level
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -49,7 +50,8 @@ defmodule Snakeport.Options do
           spin_us: non_neg_integer() | nil,
           startup_timeout: pos_integer(),
           tools: [{String.t(), function()}],
-          tool_timeout: pos_integer()
+          tool_timeout: pos_integer(),
+          python_log_level: :debug | :info | :warning | :error | :critical | :none
         }
 
   @doc false
@@ -89,7 +91,8 @@ defmodule Snakeport.Options do
         spin_us: nil,
         startup_timeout: Defaults.startup_timeout(),
         tools: [],
-        tool_timeout: Defaults.tool_timeout()
+        tool_timeout: Defaults.tool_timeout(),
+        python_log_level: Defaults.python_log_level()
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -117,7 +120,8 @@ defmodule Snakeport.Options do
       spin_us: spin_us!(opts[:spin_us]),
       startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout]),
       tools: Snakeport.Tools.validate!(opts[:tools]),
-      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout])
+      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout]),
+      python_log_level: python_log_level!(opts[:python_log_level])
     }
   end
 
@@ -272,6 +276,18 @@ defmodule Snakeport.Options do
   defp timeout!(_key, :infinity), do: :infinity
   defp timeout!(_key, value) when is_integer(value) and value > 0, do: value
   defp timeout!(key, value), do: invalid!(key, "a positive integer or :infinity", value)
+
+  @python_log_levels [:debug, :info, :warning, :error, :critical, :none]
+
+  defp python_log_level!(level) when level in @python_log_levels, do: level
+
+  defp python_log_level!(other),
+    do:
+      invalid!(
+        :python_log_level,
+        ":debug, :info, :warning, :error, :critical or :none",
+        other
+      )
 
   defp boolean!(_key, value) when is_boolean(value), do: value
   defp boolean!(key, value), do: invalid!(key, "a boolean", value)
@@ -441,8 +457,13 @@ defmodule Snakeport.Options do
       ["--tool-timeout", seconds(config.tool_timeout)] ++
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
-      flag(config.spin_us, "--spin-us") ++ config.worker_args
+      flag(config.spin_us, "--spin-us") ++
+      forward_logs(config.python_log_level) ++ config.worker_args
   end
+
+  # Python's output to Logger (log events) unless :none.
+  defp forward_logs(:none), do: []
+  defp forward_logs(level), do: ["--forward-logs", level |> Atom.to_string() |> String.upcase()]
 
   defp flag(nil, _name), do: []
   defp flag(value, name), do: [name, Integer.to_string(value)]

@@ -36,7 +36,17 @@ defmodule Snakeport.Worker do
   use GenServer
   require Logger
 
-  alias Snakeport.{Courier, Defaults, Error, Options, Pool, Protocol, Telemetry, Tools}
+  alias Snakeport.{
+    Courier,
+    Defaults,
+    Error,
+    Options,
+    Pool,
+    Protocol,
+    PythonLogs,
+    Telemetry,
+    Tools
+  }
 
   @type entry :: %{
           instance: atom(),
@@ -544,6 +554,10 @@ defmodule Snakeport.Worker do
   defp event(state, frame) do
     case Protocol.decode_event(frame) do
       {:ok, name, measurements, metadata} ->
+        # Python's output: Logger first, then the event (a handler of the event may rely
+        # on the line having been logged).
+        if name == :log, do: PythonLogs.log(state.entry, measurements, metadata)
+
         meta =
           Map.merge(metadata, %{
             instance: state.entry.instance,
