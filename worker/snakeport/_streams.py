@@ -35,8 +35,8 @@ _SCALARS = frozenset({int, float, bool, type(None), Atom})
 _TEXTS = frozenset({str, bytes, bytearray})
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
 
-#: Items pulled with one ``islice`` before their size is looked at.
-_FIRST_CHUNK = 16
+#: Items pulled before their size is first looked at (then chunks follow the average size).
+_FIRST_CHUNK = 1
 
 
 class Batch(NamedTuple):

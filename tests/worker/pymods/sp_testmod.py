@@ -291,3 +291,10 @@ def flood_fd(fd, megabytes, line=100):
     for _ in range(megabytes):
         os.write(fd, chunk)
     return megabytes
+
+
+def slow_gen(seconds):
+    """Yields one item, then spins for ``seconds`` before the next."""
+    yield 0
+    spin(seconds)
+    yield 1
