@@ -47,6 +47,13 @@ defmodule Snakeport do
       default `false`).
     * `:tools` - Elixir functions that Python code may call during a call, by name:
       `[name: fun]` (see *Python calling Elixir*); more with `register_tool/3`.
+    * `:python_log_level` - the least level of Python's output forwarded to `Logger`
+      (`:debug`, `:info`, `:warning`, `:error`, `:critical`; default `:info`): `logging`
+      records, warnings, and the lines written to stdout (`:info`) and stderr (`:warning`),
+      by Python, C code or child processes, with metadata `instance`, `worker`, `os_pid`,
+      `python_source`, `python_logger`, `session_id`, `python_request_id`; rate-limited by
+      the worker (1,000 lines a second, the dropped ones counted). `:none` leaves Python's
+      output on the VM's stderr.
     * `:tool_timeout` - ms a tool may run before it is killed and Python gets a
       `snakeport.ToolTimeout` (default `30_000`).
     * `:max_frame_bytes`, `:threads` - passed to the worker (`--max-frame-bytes`,
@@ -169,6 +176,19 @@ defmodule Snakeport do
   A call waiting for a tool does not count against the worker's `:threads`: the tool may
   call back into Python (even with `threads: 1`, the default), and the waiting call takes
   its place again when the answer comes, before any queued call.
+
+  ## async def
+
+  A call whose result is awaitable (a coroutine function, `asyncio.sleep/2`, a method
+  returning a coroutine) is awaited on its worker's asyncio event loop (one per worker, on
+  its own thread, started by the first such call) and answers the awaited value:
+
+      {:ok, 5} = Snakeport.call("asyncio", "sleep", [0.01, 5])
+
+  An awaiting call holds no thread and does not count against `:threads`, so thousands
+  proceed at once in one worker. `:timeout` and cancels cancel the task (`CancelledError`
+  inside it, its `finally` runs). In a coroutine, Elixir tools are called with
+  `await snakeport.context().acall_elixir_tool(...)`.
 
   ## Call options
 
