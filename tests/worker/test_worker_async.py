@@ -90,3 +90,10 @@ def test_shutdown_cancels_awaiting_calls(worker) -> None:
     worker.ok("shutdown")
     assert reason(worker.wait(rid)) == "cancelled"
     assert worker.close() == 0
+
+
+def test_systemexit_in_a_coroutine_fails_its_call_only(worker) -> None:
+    err = worker.error("call", "s1", "sp_testmod", "async_exit", [], {}, {})
+    assert err[A("reason")] == "python_error" and err[A("type")] == "builtins.SystemExit"
+    assert worker.call("sp_testmod", "async_add", [1, 2, 0.01]) == 3
+    assert worker.ok("ping") == "pong"

@@ -4,11 +4,15 @@
 Control operations (``ping``, ``stats``, ``session_info``, ``open_session``,
 ``release_ref``, ``release_session``, ``expire_session``, ``cancel``, ``shutdown``) are
 answered at once with a list of terms to send. The Python operations (``call``, ``method``,
-``getattr``, ``setattr``, ``eval``) are checked, their session and refs resolved (the
-session counts the job as in flight until :meth:`Dispatcher.run_job` checks it in), and they
-come back as a :class:`~snakeport._jobs.Job`: the scheduler runs it (inline on the thread
-that read it, or on a call thread) with :meth:`Dispatcher.run_job`, which returns the terms
-to send (the reply, preceded by any ``refs_evicted`` or fill ``warning`` event).
+``getattr``, ``setattr``, ``eval``, and the stream operations ``iter_next`` and
+``iter_close``) are checked, their session and refs resolved (the session counts the job as
+in flight until :meth:`Dispatcher.run_job` checks it in), and they come back as a
+:class:`~snakeport._jobs.Job`: the scheduler runs it (inline on the thread that read it, or
+on a call thread) with :meth:`Dispatcher.run_job`, which returns the terms to send (the
+reply, preceded by any ``refs_evicted`` or fill ``warning`` event). A ``call`` or ``method``
+with ``batch_size`` starts a stream: its code is followed by ``iter()`` and a first batch
+(:mod:`snakeport._streams`), and its reply is a batch. A job whose code returned an
+awaitable is answered later, from the event loop (:meth:`Dispatcher.finish_awaited`).
 ``tool_reply`` (the VM's answer to a tool call of a running job, :mod:`snakeport._tools`) is
 not a request: it is handed to the waiting thread and never answered.
 

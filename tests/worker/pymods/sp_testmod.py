@@ -298,3 +298,8 @@ def slow_gen(seconds):
     yield 0
     spin(seconds)
     yield 1
+
+
+async def async_exit():
+    """Raises SystemExit in a coroutine (asyncio lets it out of the loop's run)."""
+    raise SystemExit(3)
