@@ -112,7 +112,7 @@ def test_a_stream_done_in_its_first_batch_keeps_no_ref(worker) -> None:
 
 
 def test_iter_close_closes_the_generator_and_releases_it(worker) -> None:
-    ref = worker.call("sp_testmod", "counting", [100, "c"], opts=opts(3))[A("ref")]
+    ref = worker.call("sp_testmod", "held_counting", [100, "c"], opts=opts(3))[A("ref")]
     assert worker.ok("iter_close", "s1", ref) == {A("released"): True}
     assert log(worker, "c") == ["start", "finally"]
     assert worker.ok("session_info", "s1")[A("refs")] == 0
@@ -121,18 +121,19 @@ def test_iter_close_closes_the_generator_and_releases_it(worker) -> None:
 
 
 def test_dropped_generators_are_closed(worker) -> None:
-    # release_session, release_ref and the TTL sweep close the generators they drop.
+    # release_session, release_ref and the TTL sweep close the generators they drop, even
+    # those that something else still holds (held_counting keeps a reference).
     worker.ok("open_session", "r", {})
-    worker.call("sp_testmod", "counting", [100, "sess"], opts=opts(3), session="r")
+    worker.call("sp_testmod", "held_counting", [100, "sess"], opts=opts(3), session="r")
     assert worker.ok("release_session", "r") == {A("released"): 1}
     assert log(worker, "sess")[-1] == "finally"
 
-    ref = worker.call("sp_testmod", "counting", [100, "ref"], opts=opts(3))[A("ref")]
+    ref = worker.call("sp_testmod", "held_counting", [100, "ref"], opts=opts(3))[A("ref")]
     assert worker.ok("release_ref", "s1", ref) == {A("released"): True}
     assert log(worker, "ref")[-1] == "finally"
 
     worker.ok("open_session", "t", {A("ttl_seconds"): 0.2})
-    worker.call("sp_testmod", "counting", [100, "ttl"], opts=opts(3), session="t")
+    worker.call("sp_testmod", "held_counting", [100, "ttl"], opts=opts(3), session="t")
     worker.wait_event("refs_pruned", pred=lambda ev: ev[3][A("session")] == "t")
     assert log(worker, "ttl")[-1] == "finally"
 

@@ -303,3 +303,14 @@ def slow_gen(seconds):
 async def async_exit():
     """Raises SystemExit in a coroutine (asyncio lets it out of the loop's run)."""
     raise SystemExit(3)
+
+
+HELD: list = []
+
+
+def held_counting(n, tag):
+    """A :func:`counting` generator that this module holds too (so that only an explicit
+    close, not its last reference going, runs its ``finally``)."""
+    gen = counting(n, tag)
+    HELD.append(gen)
+    return gen
