@@ -97,3 +97,9 @@ def test_systemexit_in_a_coroutine_fails_its_call_only(worker) -> None:
     assert err[A("reason")] == "python_error" and err[A("type")] == "builtins.SystemExit"
     assert worker.call("sp_testmod", "async_add", [1, 2, 0.01]) == 3
     assert worker.ok("ping") == "pong"
+
+
+def test_an_awaitable_attribute_is_a_value_not_awaited(worker) -> None:
+    # getattr reads; only calls (call, method, eval) await what they return.
+    coro = worker.ok("getattr", "s1", (A("module"), "sp_testmod"), "PENDING_FUTURE", {})
+    assert coro[3] == "_asyncio.Future"

@@ -38,6 +38,7 @@ from snakeport import _requests as R
 from snakeport._eval import evaluate
 from snakeport._jobs import (
     AWAITING,
+    AttributeJob,
     CANCELLED,
     DONE,
     FAILED,
@@ -443,7 +444,7 @@ class Dispatcher:
 
         else:
             raise R.bad(f"expected Target to be a ref term or {{module, Name}}, got: {R.short(target)}")
-        return self.jobs.add(Job(rid, session, fn, mode, ref_ids))
+        return self.jobs.add(AttributeJob(rid, session, fn, mode, ref_ids))
 
     def _op_setattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 7)
@@ -473,7 +474,7 @@ class Dispatcher:
                 raise Failure("attribute_error", exc) from None
             return None
 
-        return self.jobs.add(Job(rid, session, fn, R.VALUE, _ref_ids(handles)))
+        return self.jobs.add(AttributeJob(rid, session, fn, R.VALUE, _ref_ids(handles)))
 
     def _op_eval(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 6)

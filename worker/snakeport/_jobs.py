@@ -51,6 +51,7 @@ from snakeport.errors import Cancelled, NoCallContext, RequestError
 
 __all__ = [
     "Job",
+    "AttributeJob",
     "Jobs",
     "Failure",
     "QUEUED",
@@ -143,8 +144,20 @@ class Job:
         self.ref_ids = ref_ids
         self.waits: Any = ()  # a new list each change (no allocation for jobs that never wait)
 
+    #: Whether an awaitable result is awaited (see the module doc): for calls, methods,
+    #: ``eval`` and streams, which *call* something; not for :class:`AttributeJob`.
+    awaits_result = True
+
     def __repr__(self) -> str:
         return f"Job(id={self.request_id}, state={self.state})"
+
+
+class AttributeJob(Job):
+    """A ``getattr`` or ``setattr`` job: an awaitable attribute is a value like any other
+    (reading ``obj.future`` does not wait for the future)."""
+
+    __slots__ = ()
+    awaits_result = False
 
 
 def async_raise(thread_ident: int, exc: type[BaseException] | None) -> None:
@@ -426,7 +439,7 @@ class Jobs:
             Cancelled: The job was cancelled before it could be handed (the awaitable is
                 closed unstarted).
         """
-        if not is_awaitable(result):
+        if not job.awaits_result or not is_awaitable(result):
             return False
         awaits = self.awaits
         wait = awaits.waiter()

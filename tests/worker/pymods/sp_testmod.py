@@ -314,3 +314,17 @@ def held_counting(n, tag):
     gen = counting(n, tag)
     HELD.append(gen)
     return gen
+
+
+def _pending_future():
+    import asyncio
+
+    return asyncio.Future(loop=asyncio.new_event_loop())
+
+
+def __getattr__(name):
+    if name == "PENDING_FUTURE":  # a future nobody completes (made on first access)
+        future = _pending_future()
+        globals()[name] = future
+        return future
+    raise AttributeError(name)
