@@ -74,7 +74,7 @@ defmodule Snakeport.AsyncTest do
   end
 
   test "a coroutine blocking the loop does not block control requests or other calls" do
-    task = Task.async(fn -> Snakeport.call(@mod, "async_block", [3], instance: @instance) end)
+    task = Task.async(fn -> Snakeport.call(@mod, "async_block", [5], instance: @instance) end)
 
     # Wait until it runs: then stats and a plain call answer while it still blocks the loop.
     eventually(fn -> Snakeport.stats!(instance: @instance).in_flight == 1 end)
