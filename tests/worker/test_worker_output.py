@@ -142,3 +142,4 @@ def test_without_forward_logs_output_goes_to_stderr(worker) -> None:
     assert worker.close() == 0
     assert "plain record" in worker.stderr and "plain print 0" in worker.stderr
     assert not [e for e in worker.events if e[1] == "log"]
+

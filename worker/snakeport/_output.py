@@ -110,7 +110,10 @@ class Output:
                 stream.flush()
             except Exception:  # noqa: BLE001 - nothing to lose
                 pass
-        real_fd = os.dup(2)  # not inheritable: the children's fd 2 is the pipe
+        try:
+            real_fd = os.dup(2)  # not inheritable: the children's fd 2 is the pipe
+        except OSError:  # started without a stderr: the worker's own logs go nowhere
+            real_fd = os.open(os.devnull, os.O_WRONLY)
         self.real_stderr = open(  # noqa: SIM115 - lives as long as the process
             real_fd, "w", encoding="utf-8", errors="backslashreplace", buffering=1
         )
