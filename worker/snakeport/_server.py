@@ -26,7 +26,9 @@ the thread that reads fds 1 and 2 (:mod:`snakeport._output`). The main thread on
 
 Locks, each with one name: ``Scheduler.lock`` (scheduling state), ``Jobs.lock`` (job
 states), ``SessionTable.lock`` (sessions and refs), ``FrameWriter._write_lock`` and
-``FrameWriter._queue_lock``, ``ToolCalls._lock`` (tool calls in flight). No thread ever
+``FrameWriter._queue_lock``, ``ToolCalls._lock`` (tool calls in flight), ``Awaits._lock``
+(the event loop's start, the count of awaiting jobs) and ``RateLimit._lock`` (forwarded
+output), the last two leaves. No thread ever
 holds two of them at once, except the writer's pair, always taken in that order
 (``_write_lock``, then ``_queue_lock``), and the internal lock of a tool waiter's
 ``threading.Event``, set (never waited on) under the jobs' lock or the tool calls' lock and
