@@ -24,7 +24,9 @@ n = %{
   mib16: 8,
   churn: 10_000,
   refs: 10_000,
-  cold: 5
+  cold: 5,
+  stream: 1_000_000,
+  stream_times: 3
 }
 
 # Every Python process gets a bytecode cache (bench/out/pycache), as a `pip install`ed
@@ -96,6 +98,10 @@ one_round = fn round ->
   echo16_floor = twice.(&Floor.echo(port, mib16, &1), 1, n.mib16)
   echo16 = twice.(&Snake.echo(mib16, &1), 1, n.mib16)
 
+  # 7. range(10**6): streamed vs one list result (both consumers see every item).
+  stream = twice.(&Snake.stream_items(n.stream, &1), 1, n.stream_times)
+  stream_list = twice.(&Snake.list_items(n.stream, &1), 1, n.stream_times)
+
   # 4. Ref churn.
   churn = Stats.rate([Snake.churn(n.churn)])
   versions = Snake.versions()
@@ -139,7 +145,9 @@ one_round = fn round ->
       echo16: Stats.rate([echo16]),
       echo16_floor: Stats.rate([echo16_floor]),
       churn: churn,
-      release_ms: release_ms
+      release_ms: release_ms,
+      stream: Stats.rate([stream]),
+      stream_list: Stats.rate([stream_list])
     })
 
   IO.inspect(figures, label: "round #{round}", limit: :infinity)

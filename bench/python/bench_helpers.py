@@ -21,3 +21,8 @@ class Box:
 def make_objects(n):
     """A list of ``n`` fresh objects: ``n`` refs in the caller's session."""
     return [Box(i) for i in range(n)]
+
+
+def numbers(n):
+    """``list(range(n))``: the same items as a stream of ``range(n)``, as one list result."""
+    return list(range(n))

@@ -47,6 +47,13 @@ defmodule Snakeport do
       default `false`).
     * `:tools` - Elixir functions that Python code may call during a call, by name:
       `[name: fun]` (see *Python calling Elixir*); more with `register_tool/3`.
+    * `:python_log_level` - the least level of Python's output forwarded to `Logger`
+      (`:debug`, `:info`, `:warning`, `:error`, `:critical`; default `:info`): `logging`
+      records, warnings, and the lines written to stdout (`:info`) and stderr (`:warning`),
+      by Python, C code or child processes, with metadata `instance`, `worker`, `os_pid`,
+      `python_source`, `python_logger`, `session_id`, `python_request_id`; rate-limited by
+      the worker (1,000 lines a second, the dropped ones counted). `:none` leaves Python's
+      output on the VM's stderr.
     * `:tool_timeout` - ms a tool may run before it is killed and Python gets a
       `snakeport.ToolTimeout` (default `30_000`).
     * `:max_frame_bytes`, `:threads` - passed to the worker (`--max-frame-bytes`,
@@ -222,6 +229,19 @@ defmodule Snakeport do
   name exact functions rather than such modules. The allow-list decides which names can be called; it does not
   make the worker a sandbox (an allowed function that calls what it is given runs it).
 
+  ## async def
+
+  A call whose result is awaitable (a coroutine function, `asyncio.sleep/2`, a method
+  returning a coroutine) is awaited on its worker's asyncio event loop (one per worker, on
+  its own thread, started by the first such call) and answers the awaited value:
+
+      {:ok, 5} = Snakeport.call("asyncio", "sleep", [0.01, 5])
+
+  An awaiting call holds no thread and does not count against `:threads`, so thousands
+  proceed at once in one worker. `:timeout` and cancels cancel the task (`CancelledError`
+  inside it, its `finally` runs). In a coroutine, Elixir tools are called with
+  `await snakeport.context().acall_elixir_tool(...)`.
+
   ## Call options
 
     * `:kwargs` - keyword arguments, a keyword list or a map (`%{"key" => v}` for names
@@ -346,6 +366,76 @@ defmodule Snakeport do
   """
   @spec method!(Ref.t(), name(), list(), call_opts()) :: term()
   def method!(ref, name, args \\ [], opts \\ []), do: unwrap!(method(ref, name, args, opts))
+
+  ## Streams -----------------------------------------------------------------------------
+
+  @doc """
+  A lazy `Stream` of the items of `module.function(*args, **kwargs)`: a Python generator,
+  iterator or iterable, pulled in batches as the stream is consumed.
+
+      Snakeport.stream("itertools", "count") |> Enum.take(3)
+      #=> [0, 1, 2]
+
+      # my_rows.py: def rows(path): ...yield one dict per row...
+      Snakeport.stream("my_rows", "rows", ["big.csv"], batch_size: 500)
+      |> Stream.filter(&(&1["amount"] > 100))
+      |> Enum.count()
+
+  Nothing runs until the stream is consumed; then the function is called in the consuming
+  process's session (as `call/4` would), `iter()` is taken of its result and the iterator
+  stays in the session, in Python, while the stream lasts. Items come in batches of at
+  most `:batch_size` (default `10_000`), each ended early once its items are estimated
+  at `:batch_bytes` (default 1 MiB), so that one batch is one frame of reasonable size;
+  a batch is asked for only when the consumer wants more items, so a generator of
+  10 GB never materialises anywhere. Items are converted like call results (`:result`):
+  data travels as data, other objects become refs in the session.
+
+  When the stream ends early (`Enum.take/2`, `Stream.take_while/2`, an exception in the
+  consumer) the iterator is closed (a generator's `finally` blocks run) and released; so
+  it is when the consuming process dies, and when its session is released. An exhausted
+  iterator is released by the worker itself.
+
+  Errors raise `Snakeport.Error` in the consumer (a call that fails, a `:timeout` of one
+  batch, an exception of the iterator after the items it yielded before it).
+
+  Options: `:kwargs`, `:instance`, `:session`, `:timeout` (of each batch), `:result`
+  (as for `call/4`), `:batch_size`, `:batch_bytes`. An `async def` generator is not a
+  stream (its call fails with `TypeError`).
+  """
+  @spec stream(name(), name(), list(), keyword()) :: Enumerable.t()
+  def stream(module, function, args \\ [], opts \\ []) when is_list(args),
+    do: Snakeport.Streams.new({:call, module, function, args}, opts)
+
+  @doc """
+  Like `stream/4`, for the items of the method `name` of a ref's object:
+  `obj.name(*args, **kwargs)`, in the ref's session.
+
+      {:ok, reader} = Snakeport.call("my_rows", "Reader", ["big.csv"])
+      reader |> Snakeport.stream_method("rows") |> Enum.take(10)
+  """
+  @spec stream_method(Ref.t(), name(), list(), keyword()) :: Enumerable.t()
+  def stream_method(%Ref{} = ref, name, args \\ [], opts \\ []) when is_list(args),
+    do: Snakeport.Streams.new({:method, ref, name, args}, opts)
+
+  @doc """
+  A lazy `Stream` of the items of a ref's object: a generator or iterator returned by a
+  call, or any iterable (then a new iterator over it). See `stream/4` for the batches and
+  the options.
+
+      {:ok, gen} = Snakeport.call("my_rows", "rows", ["big.csv"])
+      gen |> Snakeport.to_stream() |> Enum.take(5)
+
+  The stream takes the iterator over: once it ends or halts, the iterator is closed and
+  released (when `ref` is the iterator itself, `ref` is released with it; an iterable's
+  own ref, say a list's, stays).
+  """
+  @spec to_stream(Ref.t(), keyword()) :: Enumerable.t()
+  def to_stream(%Ref{} = ref, opts \\ []) when is_list(opts),
+    do:
+      Snakeport.Streams.new(
+        {:call, "builtins", "iter", [ref]},
+        Keyword.put_new(opts, :instance, ref.instance)
+      )
 
   @doc """
   Reads the attribute `name` (a dotted path is allowed) of a ref's object, or of a module

@@ -113,7 +113,7 @@ def data_atoms(request: tuple) -> set[str]:
 
 def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> None:
     """A representative run of the real worker: every reply, error, event and the ready frame."""
-    w = make_worker("--sweep-interval", "0.05", "--max-frame-bytes", "100000")
+    w = make_worker("--sweep-interval", "0.05", "--max-frame-bytes", "100000", "--forward-logs", "info")
     sent: list[tuple] = []
 
     def request(op: str, *fields: Any) -> int:
@@ -176,6 +176,17 @@ def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> Non
     reply("cancel", asking)
     w.wait(asking)
     requests_seen.append(w.wait_request("tool_cancel"))
+    # Streams: a first batch with its ref, the next ones, an early close.
+    first = call("s1", "sp_testmod", "counting", [5], opts={A("batch_size"): 2})[3]
+    reply("iter_next", "s1", first[A("ref")], {A("batch_size"): 2})
+    reply("iter_close", "s1", first[A("ref")])
+    # Python's output: logging, warnings, fd 1, fd 2, and lines dropped by the rate limit.
+    call("s1", "sp_testmod", "log_record", [30, "a record"])
+    call("s1", "sp_testmod", "warn", ["a warning"])
+    call("s1", "sp_testmod", "write_fd", [2, "to fd 2\n"])
+    call("s1", "sp_testmod", "print_lines", [5000])
+    logs = [w.wait_event("log", pred=lambda ev, s=s: ev[3][A("source")] == s) for s in
+            ("logging", "warnings", "stderr", "stdout", "snakeport")]
     # Expiry: a session kept (idle_ms), then released (expired).
     reply("expire_session", "s1", 60_000)
     reply("open_session", "x", {})
@@ -209,7 +220,7 @@ def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> Non
     allowing = make_worker("--allow", "math")
     refused = allowing.wait(allowing.request("call", "s1", "os", "getcwd", [], {}, {}))
 
-    outputs = [w.ready, *w.replies.values(), *w.events, pruned, *requests_seen, refused]
+    outputs = [w.ready, *w.replies.values(), *w.events, pruned, *requests_seen, *logs, refused]
     from_requests = set().union(*(data_atoms(t) for t in sent))
     assert from_requests == USER_ATOMS
     seen = atoms_in(outputs, set()) - from_requests

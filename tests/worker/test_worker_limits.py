@@ -65,6 +65,7 @@ def test_every_entry_point_has_the_same_defaults() -> None:
         limits.TOOL_TIMEOUT.default,
         limits.DEFAULT_OVERFLOW,
         None,  # allow: no allow-list
+        limits.FORWARD_LEVELS["OFF"],
     )
     table = SessionTable()
     assert (table.default_max_refs, table.default_ttl_seconds, table.max_tombstones, table.default_overflow) == (

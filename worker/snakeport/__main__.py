@@ -189,11 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
         "exits in any case",
     )
     parser.add_argument(
+        "--forward-logs",
+        type=str.upper,
+        choices=tuple(limits.FORWARD_LEVELS),
+        default="OFF",
+        metavar="LEVEL",
+        help="send Python's output to the VM as log events (protocol: the log event), at "
+        "this level and above: logging records (the root logger gets this level), warnings, "
+        "and the lines written to fds 1 and 2 (print(), C code, child processes; INFO and "
+        "WARNING); rate-limited. OFF (the default): fd 1 goes to stderr, logging is Python's "
+        "own. Levels: " + ", ".join(limits.FORWARD_LEVELS),
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
         default="WARNING",
-        help="stderr log level",
+        help="the worker's own log level (its messages go to stderr, also with --forward-logs)",
     )
     return parser
 
@@ -221,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> "Config":  # noqa: F821 - impo
         tool_timeout=args.tool_timeout,
         default_overflow=args.default_overflow,
         allow=_allow_entries(getattr(args, "allow", None)),
+        forward_logs=limits.FORWARD_LEVELS[args.forward_logs],
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from snakeport._async import CURRENT_JOB
 from snakeport._jobs import CURRENT
 from snakeport.errors import NoCallContext
 
@@ -78,12 +79,39 @@ class CallContext:
             raise NoCallContext("this worker cannot call Elixir tools (no VM connection)")
         return tools.call(self._job, name, kwargs)
 
+    async def acall_elixir_tool(self, name: str, /, **kwargs: Any) -> Any:
+        """Run the Elixir tool ``name`` from a coroutine, without blocking the event loop.
+
+        As :meth:`call_elixir_tool` (same arguments, value and errors), but awaitable: the
+        wait happens on a thread of the event loop's default executor, so the worker's other
+        coroutines run meanwhile. Use it in ``async def`` calls (``call_elixir_tool`` is
+        refused on the event loop's thread, with ``ToolError`` ``blocks_event_loop``).
+
+        Args:
+            name: The tool's name.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            The tool's value.
+        """
+        import asyncio
+        import functools
+
+        tools = self._tools
+        if tools is None:
+            raise NoCallContext("this worker cannot call Elixir tools (no VM connection)")
+        call = functools.partial(tools.call, self._job, name, kwargs)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
     def __repr__(self) -> str:
         return f"CallContext(session_id={self.session_id!r}, request_id={self.request_id!r})"
 
 
 def context() -> CallContext:
     """Return the context of the call running on this thread.
+
+    Inside a coroutine that a call returned (see :mod:`snakeport._async`), it is that call's
+    context (and that of the tasks the coroutine creates).
 
     Returns:
         The :class:`CallContext`.
@@ -93,8 +121,11 @@ def context() -> CallContext:
             module, or in a thread the call started: pass it the context instead).
     """
     job = getattr(CURRENT, "job", None)
-    if job is None:
+    if job is not None:
+        return CallContext(job, CURRENT.jobs.tools)
+    running = CURRENT_JOB.get()
+    if running is None:
         raise NoCallContext(
             "snakeport.context() is only available on the thread that runs a call made by the VM"
         )
-    return CallContext(job, CURRENT.jobs.tools)
+    return CallContext(*running)

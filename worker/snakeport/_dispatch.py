@@ -4,11 +4,15 @@
 Control operations (``ping``, ``stats``, ``session_info``, ``open_session``,
 ``release_ref``, ``release_session``, ``expire_session``, ``cancel``, ``shutdown``) are
 answered at once with a list of terms to send. The Python operations (``call``, ``method``,
-``getattr``, ``setattr``, ``eval``) are checked, their session and refs resolved (the
-session counts the job as in flight until :meth:`Dispatcher.run_job` checks it in), and they
-come back as a :class:`~snakeport._jobs.Job`: the scheduler runs it (inline on the thread
-that read it, or on a call thread) with :meth:`Dispatcher.run_job`, which returns the terms
-to send (the reply, preceded by any ``refs_evicted`` or fill ``warning`` event).
+``getattr``, ``setattr``, ``eval``, and the stream operations ``iter_next`` and
+``iter_close``) are checked, their session and refs resolved (the session counts the job as
+in flight until :meth:`Dispatcher.run_job` checks it in), and they come back as a
+:class:`~snakeport._jobs.Job`: the scheduler runs it (inline on the thread that read it, or
+on a call thread) with :meth:`Dispatcher.run_job`, which returns the terms to send (the
+reply, preceded by any ``refs_evicted`` or fill ``warning`` event). A ``call`` or ``method``
+with ``batch_size`` starts a stream: its code is followed by ``iter()`` and a first batch
+(:mod:`snakeport._streams`), and its reply is a batch. A job whose code returned an
+awaitable is answered later, from the event loop (:meth:`Dispatcher.finish_awaited`).
 ``tool_reply`` (the VM's answer to a tool call of a running job, :mod:`snakeport._tools`) is
 not a request: it is handed to the waiting thread and never answered.
 
@@ -34,10 +38,23 @@ from snakeport import _protocol as P
 from snakeport import _requests as R
 from snakeport._allow import AllowList, NotAllowed
 from snakeport._eval import evaluate
-from snakeport._jobs import CANCELLED, DONE, FAILED, Failure, Job, Jobs, failure_reply, import_module, lookup
-from snakeport._marshal import DATA, marshal
+from snakeport._jobs import (
+    AWAITING,
+    AttributeJob,
+    CANCELLED,
+    DONE,
+    FAILED,
+    Failure,
+    Job,
+    Jobs,
+    failure_reply,
+    import_module,
+    lookup,
+)
+from snakeport._marshal import DATA, marshal, marshal_batch
 from snakeport._protocol import OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
 from snakeport._sessions import RefHandle, Session, SessionTable
+from snakeport._streams import Batch, close_iterator, first_batch, next_batch
 from snakeport._tagged import TagContext, substitute
 from snakeport.errors import RequestError
 from snakeport.types import Atom
@@ -109,6 +126,8 @@ class Dispatcher:
             Atom("getattr"): self._op_getattr,
             Atom("setattr"): self._op_setattr,
             Atom("eval"): self._op_eval,
+            Atom("iter_next"): self._op_iter_next,
+            Atom("iter_close"): self._op_iter_close,
             Atom("expire_session"): self._op_expire_session,
             P.TOOL_REPLY: self._op_tool_reply,
             Atom("open_session"): self._op_open_session,
@@ -177,8 +196,29 @@ class Dispatcher:
             then the reply), or ``[]`` when the job was cancelled while queued (its reply
             was given by the cancel).
         """
+        result = None
         try:
-            return self._finish(job, self._run(job))
+            result = self._run(job)
+            if result is AWAITING:
+                return []  # the event loop answers (finish_awaited), and checks it in then
+            return self._finish(job, result)
+        finally:
+            if result is not AWAITING:
+                self.table.checkin(job.session, job.ref_ids)
+
+    def finish_awaited(self, job: Job, result: Any) -> list:
+        """The terms of a job whose awaitable is done (its final state set), on the loop
+        thread; checks the job's session in.
+
+        Args:
+            job: The job.
+            result: The awaited value (final state ``DONE``), else ``None``.
+
+        Returns:
+            The terms to send, as :meth:`run_job`.
+        """
+        try:
+            return self._finish(job, result)
         finally:
             self.table.checkin(job.session, job.ref_ids)
 
@@ -186,6 +226,8 @@ class Dispatcher:
         """The terms of a job that ran (see :meth:`run_job`)."""
         if job.state != DONE:
             return self._unfinished(job)
+        if type(result) is Batch:  # (our own type: an identity test runs no user code)
+            return self._finish_batch(job, result)
         try:
             # Looking a type up in DATA hashes it: a metaclass's __hash__ or __eq__ is user
             # code, the one that marshalling can run.
@@ -196,7 +238,32 @@ class Dispatcher:
             return [request_error_reply(job.request_id, err)]
         except BaseException as exc:  # noqa: BLE001 - that user code may raise anything
             return [failure_reply(job.request_id, exc, "the result could not be read: ")]
-        reply = (REPLY, job.request_id, OK, stored.value)
+        return self._reply(job, stored, stored.value)
+
+    def _finish_batch(self, job: Job, batch: Batch) -> list:
+        """The terms of a stream batch: its items, and the iterator's ref on a first batch
+        that is not the last; an exhausted iterator's ref (``iter_next``) is released."""
+        first = batch.first
+        try:
+            stored = marshal_batch(
+                self.table, job.session, batch.items, batch.iterator, job.mode, self.max_depth
+            )
+        except RequestError as err:
+            return [request_error_reply(job.request_id, err)]
+        except BaseException as exc:  # noqa: BLE001 - converting items runs user code
+            return [failure_reply(job.request_id, exc, "the result could not be read: ")]
+        items, ref = stored.value
+        error = None
+        if batch.error is not None:
+            error = failure_reply(job.request_id, batch.error)[3]
+        if batch.done and not first:
+            self.table.discard(job.session, job.ref_ids)
+        value = P.batch_value(items, batch.done, ref=ref, error=error, first=first)
+        return self._reply(job, stored, value)
+
+    def _reply(self, job: Job, stored: Any, value: Any) -> list:
+        """The reply of a marshalled result, after its ``refs_evicted``/fill events."""
+        reply = (REPLY, job.request_id, OK, value)
         if not stored.new_ref_ids:
             return [reply]
         job.new_refs = stored.new_ref_ids
@@ -261,6 +328,7 @@ class Dispatcher:
         else:
             sid = module = function = args = kwargs = opts = None
         st = sid.__class__
+        batch = None
         if (
             (st is str or st is bytes)
             and module.__class__ is str
@@ -280,6 +348,7 @@ class Dispatcher:
             args = R.args(term[5])
             kwargs = R.kwargs(term[6])
             mode = R.mode(term[7])
+            batch = R.batch(term[7])
         allow = self.allow
         if allow is not None:
             allow.check_name(module, function)  # before anything is imported
@@ -303,6 +372,8 @@ class Dispatcher:
             def fn() -> Any:
                 return lookup(import_module(module), function, allow, module)(*args, **kwargs)
 
+        if batch is not None:
+            fn = _streaming(fn, batch)
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
     def _op_method(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
@@ -315,6 +386,7 @@ class Dispatcher:
         args = R.args(term[5])
         kwargs = R.kwargs(term[6])
         mode = R.mode(term[7])
+        batch = R.batch(term[7])
         allow = self.allow
         if allow is not None:
             allow.check_path(name, "name")
@@ -334,7 +406,49 @@ class Dispatcher:
         def fn() -> Any:
             return lookup(obj, name, allow)(*args, **kwargs)
 
+        if batch is not None:
+            fn = _streaming(fn, batch)
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
+
+    def _op_iter_next(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
+        R.arity(term, 5)
+        sid = R.session_id(term[2])
+        target = term[3]
+        if type(target) is not RefHandle:
+            raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
+        mode = R.mode(term[4])
+        count, size = R.batch(term[4]) or (R.DEFAULT_BATCH_SIZE, R.DEFAULT_BATCH_BYTES)
+        session = self._checkout(sid, [target])
+        obj = target.obj
+
+        def fn() -> Any:
+            if iter(obj) is not obj:  # an iterable that is not an iterator would restart
+                raise TypeError(f"'{P.type_name(type(obj))}' object is not an iterator")
+            return next_batch(obj, count, size)
+
+        return self.jobs.add(Job(rid, session, fn, mode, (target.ref_id,)))
+
+    def _op_iter_close(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
+        R.arity(term, 4)
+        sid = R.session_id(term[2])
+        target = term[3]
+        if type(target) is not RefHandle:
+            raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
+        session = self._checkout(sid, ())  # a ref that is gone is answered, not an error
+        table = self.table
+
+        def fn() -> Any:
+            try:
+                found, obj = table.take_ref(sid, target)
+            except RequestError as err:
+                failure = Failure(err.reason, err)
+                failure.details = err.details
+                raise failure from None
+            if found:
+                close_iterator(obj)
+            return {P.A_RELEASED: found}
+
+        return self.jobs.add(Job(rid, session, fn, R.VALUE, ()))
 
     def _op_getattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 6)
@@ -367,7 +481,7 @@ class Dispatcher:
 
         else:
             raise R.bad(f"expected Target to be a ref term or {{module, Name}}, got: {R.short(target)}")
-        return self.jobs.add(Job(rid, session, fn, mode, ref_ids))
+        return self.jobs.add(AttributeJob(rid, session, fn, mode, ref_ids))
 
     def _op_setattr(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 7)
@@ -402,7 +516,7 @@ class Dispatcher:
                 raise Failure("attribute_error", exc) from None
             return None
 
-        return self.jobs.add(Job(rid, session, fn, R.VALUE, _ref_ids(handles)))
+        return self.jobs.add(AttributeJob(rid, session, fn, R.VALUE, _ref_ids(handles)))
 
     def _op_eval(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 6)
@@ -549,6 +663,16 @@ class Dispatcher:
 
 def _as_is(term: Any) -> Any:
     return term
+
+
+def _streaming(fn: Callable[[], Any], batch: tuple[int, int]) -> Callable[[], Any]:
+    """The code of a call that starts a stream: the call, then ``iter()`` and a first batch."""
+    count, size = batch
+
+    def stream() -> Any:
+        return first_batch(fn(), count, size)
+
+    return stream
 
 
 def _ref_ids(handles: Any) -> Any:

@@ -17,6 +17,12 @@ jobs. Exactly one reply comes of every job.
 While a job's code runs, :data:`CURRENT` (a thread-local) names the job and its
 :class:`Jobs`, so that ``snakeport.context()`` (:mod:`snakeport._context`) can reach them.
 
+Awaitable results (:mod:`snakeport._async`): when a job's code returns an awaitable (only
+results that are not plain data are looked at), :meth:`Jobs.run` hands it to the event loop
+and returns :data:`AWAITING`: the job stays ``RUNNING`` (its ``thread`` is then the loop
+thread, and a waiter on the job makes a cancel cancel its task) until
+:meth:`Jobs.finish_awaited` sets its final state, on the loop thread.
+
 Waits for Elixir tools (:mod:`snakeport._tools`): a thread of a running job that waits for
 a tool's answer registers a waiter on the job (:meth:`Jobs.enter_wait`). While the job's own
 thread has one registered, a cancel does not raise ``Cancelled`` asynchronously in it (it
@@ -34,10 +40,12 @@ import sys
 import threading
 import time
 import traceback
+from types import CoroutineType
 from typing import Any, Callable
 
 from snakeport import _limits as limits
 from snakeport._allow import AllowList, NotAllowed
+from snakeport._async import is_awaitable
 from snakeport._guard import encodable_text, exact_str, safe_str, type_name
 from snakeport._protocol import error_reply, request_error_reply
 from snakeport._sessions import Session
@@ -45,6 +53,7 @@ from snakeport.errors import Cancelled, NoCallContext, RequestError
 
 __all__ = [
     "Job",
+    "AttributeJob",
     "Jobs",
     "Failure",
     "QUEUED",
@@ -60,6 +69,7 @@ __all__ = [
     "format_traceback",
     "failure_reply",
     "CURRENT",
+    "AWAITING",
 ]
 
 # Job states (see the module docstring).
@@ -69,6 +79,15 @@ QUEUED, RUNNING, DONE, FAILED, INTERRUPTED, CANCELLED = 0, 1, 2, 3, 4, 5
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 _modules = sys.modules
+
+#: What :meth:`Jobs.run` returns for a job whose awaitable went to the event loop.
+AWAITING: Any = object()
+
+#: Results of these exact types are never awaitable (plain data and built-in containers):
+#: the only ones not looked at further.
+_PLAIN = frozenset(
+    {int, float, str, bytes, bytearray, bool, type(None), list, tuple, dict, set, frozenset}
+)
 
 #: ``CURRENT.job`` is the job whose code the current thread runs (``None`` otherwise), and
 #: ``CURRENT.jobs`` its :class:`Jobs`: set by :meth:`Jobs.run` around the job's code.
@@ -127,8 +146,20 @@ class Job:
         self.ref_ids = ref_ids
         self.waits: Any = ()  # a new list each change (no allocation for jobs that never wait)
 
+    #: Whether an awaitable result is awaited (see the module doc): for calls, methods,
+    #: ``eval`` and streams, which *call* something; not for :class:`AttributeJob`.
+    awaits_result = True
+
     def __repr__(self) -> str:
         return f"Job(id={self.request_id}, state={self.state})"
+
+
+class AttributeJob(Job):
+    """A ``getattr`` or ``setattr`` job: an awaitable attribute is a value like any other
+    (reading ``obj.future`` does not wait for the future)."""
+
+    __slots__ = ()
+    awaits_result = False
 
 
 def async_raise(thread_ident: int, exc: type[BaseException] | None) -> None:
@@ -327,6 +358,9 @@ class Jobs:
         #: The Elixir tool calls of the worker (a :class:`~snakeport._tools.ToolCalls`, set
         #: by the server), for ``snakeport.context()``; ``None`` when there are none.
         self.tools: Any = None
+        #: The event loop of awaitable results (a :class:`~snakeport._async.Awaits`, set by
+        #: the server); ``None``: awaitables are results like any other object.
+        self.awaits: Any = None
 
     @property
     def in_flight(self) -> int:
@@ -381,6 +415,12 @@ class Jobs:
                         current.job = job
                         result = fn()  # type: ignore[misc]
                         del fn
+                        # (`in _PLAIN` hashes the type: only for types of plain metaclass, whose
+                        # hash is type's own; a user metaclass's is user code, run later, guarded.)
+                        t = type(result)
+                        if (type(t) is not type or t not in _PLAIN) and self.awaits is not None and self._hand_over(job, result):
+                            current.job = None
+                            return AWAITING
                 except Cancelled:
                     interrupted = True
                 except BaseException as exc:  # noqa: BLE001 - user code may raise anything
@@ -409,6 +449,61 @@ class Jobs:
             except Cancelled:
                 # Raised between the code's end and the final state: try again.
                 interrupted = True
+
+    def _hand_over(self, job: Job, result: Any) -> bool:
+        """Give an awaitable result to the event loop (see the module doc).
+
+        Returns:
+            False when ``result`` is not awaitable (nothing done); True once it is handed.
+
+        Raises:
+            Cancelled: The job was cancelled before it could be handed (the awaitable is
+                closed unstarted).
+        """
+        if not job.awaits_result or not is_awaitable(result):
+            return False
+        awaits = self.awaits
+        wait = awaits.waiter()
+        with self.lock:
+            cancelled = job.cancel_sent or job.cancel_deferred
+            if not cancelled:
+                job.thread = wait.thread
+                job.waits = [*job.waits, wait]
+        if cancelled:
+            if type(result) is CoroutineType:
+                result.close()  # never started: runs no code, and no "never awaited" warning
+            raise Cancelled()
+        awaits.submit(job, wait, result)
+        return True
+
+    def finish_awaited(self, job: Job, wait: Any, result: Any, exc: BaseException | None) -> Any:
+        """Set the final state of a job whose awaitable is done (on the loop thread).
+
+        Args:
+            job: The job.
+            wait: Its waiter (unregistered here).
+            result: The awaited value (when ``exc`` is ``None``).
+            exc: The exception the awaitable ended with (``CancelledError`` when its task
+                was cancelled), or ``None``.
+
+        Returns:
+            ``result`` when the final state is ``DONE``; else ``None`` (``FAILED`` leaves
+            the exception in ``job.failure``; a cancel answered ``cancelled => true`` makes
+            the state ``INTERRUPTED`` whatever the task did).
+        """
+        with self.lock:
+            job.waits = [w for w in job.waits if w is not wait]
+            if job.state == RUNNING:
+                if job.cancel_sent or job.cancel_deferred:
+                    job.state = INTERRUPTED
+                elif exc is not None:
+                    job.failure = exc
+                    job.state = FAILED
+                else:
+                    job.state = DONE
+                if self._jobs.get(job.request_id) is job:
+                    del self._jobs[job.request_id]
+        return result if job.state == DONE else None
 
     def cancel(self, request_id: int) -> tuple[bool, bool]:
         """Cancel a job in flight.

@@ -64,6 +64,10 @@ __all__ = [
     "EVAL_CACHE_MAX_SOURCE",
     "MAX_QUEUED_BYTES",
     "QUEUED_FRAME_COST",
+    "FORWARD_LEVELS",
+    "LOG_RATE",
+    "LOG_BURST",
+    "LOG_LINE_BYTES",
 ]
 
 #: Largest payload a ``{packet, 4}`` frame can carry (its length is 32 bits).
@@ -256,3 +260,14 @@ MAX_QUEUED_BYTES = 4 * 1024 * 1024
 #: What a queued frame costs beyond its bytes (its header and payload objects, list slots),
 #: counted against :data:`MAX_QUEUED_BYTES` so that many tiny replies count too.
 QUEUED_FRAME_COST = 128
+
+#: ``--forward-logs`` levels (``logging`` level numbers); ``OFF`` (0): nothing is forwarded.
+FORWARD_LEVELS = {"OFF": 0, "DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+#: Lines (or records) of forwarded output per second, all sources together; a line costs one
+#: more per KiB. Beyond it lines are dropped and their count reported.
+LOG_RATE = 1000
+#: Lines of forwarded output allowed at once (the rate limit's bucket).
+LOG_BURST = 2000
+#: Longest forwarded line or record (bytes of a line, characters of a record); the rest is
+#: cut, and the cut counted in the text.
+LOG_LINE_BYTES = 16_384

@@ -38,7 +38,7 @@ from snakeport.types import (
     Reference,
 )
 
-__all__ = ["DATA", "marshal"]
+__all__ = ["DATA", "marshal", "marshal_batch"]
 
 #: Types that travel as data, exactly (subclasses such as ``Counter`` become refs).
 DATA: frozenset[type] = frozenset(
@@ -99,6 +99,57 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
         except _NeedsRefs:
             walk = _Walk(session.session_id, True, max_depth)
     return table.store_result(session, lambda ref_id_of: walk.walk(result, ref_id_of))
+
+
+def marshal_batch(
+    table: SessionTable, session: Session, items: list, keep: Any, mode: int, max_depth: int
+) -> StoredResult:
+    """Turn a stream batch into its reply parts, storing the refs it needs in the session.
+
+    The items are marshalled like a result in ``mode``, except that ``result => ref`` makes
+    each item a ref (not the list); ``keep`` (the stream's iterator, when it goes on) is
+    stored as a ref in the same atomic step.
+
+    Args:
+        table: The session table.
+        session: The stream's session.
+        items: The items pulled.
+        keep: The iterator to keep as a ref, or ``None``.
+        mode: :data:`~snakeport._requests.AUTO`, ``REF`` or ``VALUE``.
+        max_depth: Deepest container nesting marshalled as data.
+
+    Returns:
+        The :class:`~snakeport._sessions.StoredResult` whose value is ``(items, ref_term)``
+        (``ref_term`` is ``None`` without ``keep``).
+
+    Raises:
+        RequestError: As :func:`marshal`.
+    """
+    sid = session.session_id
+    if mode == REF:
+
+        def build_refs(ref_id_of: RefIdOf) -> Any:
+            out = [(REF_TAG, sid, ref_id_of(x), type_name(type(x))) for x in items]
+            return out, _ref_term(sid, keep, ref_id_of)
+
+        return table.store_result(session, build_refs)
+    walk = _Walk(sid, mode == AUTO, max_depth)
+    if keep is None:
+        try:
+            return StoredResult((walk.convert(items, 0), None), [], [], None)
+        except _NeedsRefs:
+            walk = _Walk(sid, True, max_depth)
+
+    def build(ref_id_of: RefIdOf) -> Any:
+        return walk.walk(items, ref_id_of), _ref_term(sid, keep, ref_id_of)
+
+    return table.store_result(session, build)
+
+
+def _ref_term(sid: str | bytes, obj: Any, ref_id_of: RefIdOf) -> tuple | None:
+    if obj is None:
+        return None
+    return (REF_TAG, sid, ref_id_of(obj), type_name(type(obj)))
 
 
 #: Types :class:`_Walk` descends into.

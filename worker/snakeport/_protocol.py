@@ -45,6 +45,9 @@ __all__ = [
     "tool_call_term",
     "tool_cancel_term",
     "expire_reply_value",
+    "batch_value",
+    "log_event",
+    "LOG_SOURCES",
     "OVERFLOW_POLICIES",
     "REPLY",
     "OK",
@@ -99,6 +102,11 @@ EMITTED_ATOMS: frozenset[str] = frozenset(
         "tool_call", "tool_cancel",
         # expire_session reply keys (plus released)
         "expired", "idle_ms",
+        # stream batches (the ok value of a call/method with batch_size, and of iter_next)
+        "items", "done", "ref",
+        # Python's output forwarded to the VM (log events): keys, sources
+        "log", "level", "source", "logger", "request_id", "dropped", "logging", "warnings",
+        "stdout", "stderr",
         # values: booleans, None, non-finite floats, reserved tags
         "true", "false", "nil", "infinity", "neg_infinity", "nan", "$snakeport_ref",
         "$snakeport_set",
@@ -143,6 +151,8 @@ A_AUTO = Atom("auto")
 A_REF = Atom("ref")
 A_VALUE = Atom("value")
 TOOL_REPLY = Atom("tool_reply")  # the VM's answer to a tool_call (not a request)
+A_BATCH_SIZE = Atom("batch_size")  # Opts keys of a stream's call/method and of iter_next
+A_BATCH_BYTES = Atom("batch_bytes")
 
 # Keys and values of replies and events (also read as open_session options).
 A_REASON = emit("reason")
@@ -169,6 +179,22 @@ TOOL_CALL = emit("tool_call")
 TOOL_CANCEL = emit("tool_cancel")
 A_EXPIRED = emit("expired")
 A_IDLE_MS = emit("idle_ms")
+A_ITEMS = emit("items")
+A_DONE = emit("done")
+A_REF_KEY = emit("ref")
+A_LOG = emit("log")
+A_LEVEL = emit("level")
+A_SOURCE = emit("source")
+A_LOGGER = emit("logger")
+A_REQUEST_ID = emit("request_id")
+A_DROPPED = emit("dropped")
+
+#: The ``source`` of a log event: Python ``logging`` records, ``warnings``, lines written to
+#: fd 1 or fd 2 (``print()``, C code, child processes), and the worker's own notices about
+#: them (dropped lines).
+LOG_SOURCES: dict[str, Atom] = {
+    name: emit(name) for name in ("logging", "warnings", "stdout", "stderr", "snakeport")
+}
 
 #: Overflow policy atom -> the session table's policy name, and back.
 OVERFLOW_POLICIES: dict[Atom, str] = {emit("error"): "error", emit("evict_lru"): "evict_lru"}
@@ -459,3 +485,60 @@ def expire_reply_value(expired: bool, amount: float) -> dict:
     if expired:
         return {A_EXPIRED: True, A_RELEASED: int(amount)}
     return {A_EXPIRED: False, A_IDLE_MS: int(amount * 1000)}
+
+
+def batch_value(items: Any, done: bool, *, ref: Any = None, error: dict | None = None, first: bool = False) -> dict:
+    """Build the ``ok`` value of a stream batch.
+
+    Args:
+        items: The marshalled items (a list).
+        done: Whether the iterator is exhausted (or failed): no more batches.
+        ref: The iterator's ref term (the first batch of a stream that is not done).
+        error: The error map of the iterator's failure after ``items``, if any.
+        first: Whether this answers the stream's ``call``/``method`` (then ``ref`` is
+            always present: ``nil`` when ``done``).
+
+    Returns:
+        ``#{items => Items, done => Bool}``, plus ``ref`` (first batch) and ``error``.
+    """
+    value = {A_ITEMS: items, A_DONE: done}
+    if first:
+        value[A_REF_KEY] = ref
+    if error is not None:
+        value[ERROR] = error
+    return value
+
+
+def log_event(
+    level: int,
+    source: str,
+    message: str,
+    *,
+    logger: str | None = None,
+    session: str | bytes | None = None,
+    request_id: int | None = None,
+    dropped: int = 0,
+) -> tuple:
+    """Build ``{event, log, Measurements, Metadata}``: Python output for the VM's logger.
+
+    Args:
+        level: Python's level number (``logging.INFO`` is 20, ...).
+        source: One of :data:`LOG_SOURCES`.
+        message: The text (one line, or one record with its traceback).
+        logger: The Python logger's name (``logging`` and ``warnings`` records).
+        session: The session of the call that logged, when known.
+        request_id: The request id of that call, when known.
+        dropped: Lines dropped by the rate limit since the last report (measurement
+            ``dropped``, on the report itself).
+
+    Returns:
+        The event term.
+    """
+    meta: dict = {A_LEVEL: level, A_SOURCE: LOG_SOURCES[source], A_MESSAGE: message}
+    if logger is not None:
+        meta[A_LOGGER] = logger
+    if session is not None:
+        meta[A_SESSION] = session
+    if request_id is not None:
+        meta[A_REQUEST_ID] = request_id
+    return (EVENT, A_LOG, {A_DROPPED: dropped} if dropped else {}, meta)

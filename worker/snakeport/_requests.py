@@ -15,6 +15,8 @@ from typing import Any, Callable
 from snakeport._guard import short
 from snakeport._protocol import (
     A_AUTO,
+    A_BATCH_BYTES,
+    A_BATCH_SIZE,
     A_MAX_REFS,
     A_OVERFLOW,
     A_REF,
@@ -39,6 +41,9 @@ __all__ = [
     "args",
     "kwargs",
     "mode",
+    "batch",
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_BATCH_SIZE",
     "session_options",
     "code",
     "bindings",
@@ -160,6 +165,34 @@ def mode(opts: Any) -> int:
         if value is not None:
             return value
     raise bad(f"expected result to be auto, ref or value, got: {short(found)}")
+
+
+#: ``batch_bytes`` of a stream that does not state it: a batch stops growing once its items
+#: are estimated at this many bytes (see :mod:`snakeport._streams`).
+DEFAULT_BATCH_BYTES = 1 << 20
+#: ``batch_size`` of an ``iter_next`` that does not state it.
+DEFAULT_BATCH_SIZE = 1000
+
+
+def batch(opts: dict) -> tuple[int, int] | None:
+    """The stream options of a checked ``Opts`` map (see :func:`mode`): ``batch_size`` and
+    ``batch_bytes``.
+
+    Returns:
+        ``(batch_size, batch_bytes)`` when ``batch_size`` is given (the call starts a
+        stream), else ``None``.
+
+    Raises:
+        RequestError: ``bad_request`` (not positive integers).
+    """
+    if not opts or A_BATCH_SIZE not in opts:
+        return None
+    count = opts[A_BATCH_SIZE]
+    size = opts.get(A_BATCH_BYTES, DEFAULT_BATCH_BYTES)
+    for key, value in ((A_BATCH_SIZE, count), (A_BATCH_BYTES, size)):
+        if type(value) is not int or value < 1:
+            raise bad(f"expected {key} to be a positive integer, got: {short(value)}")
+    return count, size
 
 
 def session_options(opts: Any, restore: Callable[[Any], Any]) -> dict[str, Any]:

@@ -12,16 +12,23 @@ here; each concern lives in its own module:
   own requests to the VM) and their waits;
 - :mod:`snakeport._spin` decides how long the reader polls before it blocks in ``readv``;
 - :mod:`snakeport._writer` writes frames from any thread, batching them into one ``writev``;
-- :mod:`snakeport._process` takes the protocol fds from stdio and ends the process.
+- :mod:`snakeport._process` takes the protocol fds from stdio and ends the process;
+- :mod:`snakeport._async` runs awaitable results on the worker's event loop;
+- :mod:`snakeport._output` forwards Python's output (``logging``, ``warnings``, fds 1 and
+  2) to the VM as ``log`` events, with ``--forward-logs``.
 
 Threads: the loop threads (two, more while calls wait for Elixir tools; the reader runs
 :meth:`Server._read_frames`), the call pool (``--threads`` > 1), a sweep thread that prunes refs past their TTL every
 ``--sweep-interval`` seconds, a watchdog thread that ends the process when the parent dies,
-and a short-lived thread per cancel held back by an import. The main thread only waits.
+a short-lived thread per cancel held back by an import, the asyncio event loop's thread
+(:mod:`snakeport._async`, from the first awaitable result on) and, with ``--forward-logs``,
+the thread that reads fds 1 and 2 (:mod:`snakeport._output`). The main thread only waits.
 
 Locks, each with one name: ``Scheduler.lock`` (scheduling state), ``Jobs.lock`` (job
 states), ``SessionTable.lock`` (sessions and refs), ``FrameWriter._write_lock`` and
-``FrameWriter._queue_lock``, ``ToolCalls._lock`` (tool calls in flight). No thread ever
+``FrameWriter._queue_lock``, ``ToolCalls._lock`` (tool calls in flight), ``Awaits._lock``
+(the event loop's start, the count of awaiting jobs) and ``RateLimit._lock`` (forwarded
+output), the last two leaves. No thread ever
 holds two of them at once, except the writer's pair, always taken in that order
 (``_write_lock``, then ``_queue_lock``), and the internal lock of a tool waiter's
 ``threading.Event``, set (never waited on) under the jobs' lock or the tool calls' lock and
@@ -45,6 +52,7 @@ from snakeport import _limits as limits
 from snakeport import _process as process
 from snakeport import etf
 from snakeport._allow import AllowList
+from snakeport._async import Awaits
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
 from snakeport._guard import guarded, safe_str, type_name
@@ -80,6 +88,7 @@ class _ConfigFields(NamedTuple):
     tool_timeout: float = limits.TOOL_TIMEOUT.default
     default_overflow: str = limits.DEFAULT_OVERFLOW
     allow: tuple[str, ...] | None = None
+    forward_logs: int = 0
 
 
 #: The rule of each Config field, in field order.
@@ -117,6 +126,8 @@ class Config(_ConfigFields):
         default_overflow: ``overflow`` of sessions that do not state one.
         allow: The allow-list's entries (``--allow``), or ``None``: every name may be
             called (see :mod:`snakeport._allow`).
+        forward_logs: Least level of Python's output sent to the VM as ``log`` events (a
+            ``logging`` level number); 0: none (see :mod:`snakeport._output`).
 
     Raises:
         ValueError: A setting is out of range, or an allow-list entry is invalid.
@@ -132,6 +143,8 @@ class Config(_ConfigFields):
             raise ValueError(f"expected default_overflow to be error or evict_lru, got: {self.default_overflow!r}")
         if self.allow is not None:
             AllowList(self.allow)  # checks the entries
+        if self.forward_logs not in limits.FORWARD_LEVELS.values():
+            raise ValueError(f"expected forward_logs to be a logging level, got: {self.forward_logs!r}")
         return self
 
 
@@ -174,6 +187,9 @@ class Server:
             fatal=process.fatal,
         )
         jobs = Jobs()
+        self.awaits = Awaits(complete=self._complete_awaited, on_start=self._loop_started)
+        jobs.awaits = self.awaits
+        self.awaits.jobs = jobs
         self.tools = ToolCalls(
             send=self._send_request,
             table=self.table,
@@ -296,11 +312,29 @@ class Server:
             return None
         return self._encode(terms, job)
 
+    def _complete_awaited(self, job: Job, result: Any) -> None:
+        """Send the reply of a job whose awaitable is done (on the event loop's thread)."""
+        try:
+            terms = self.dispatcher.finish_awaited(job, result)
+        except Exception as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
+            log.exception("request %s failed inside the worker", job.request_id)
+            terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
+        if terms:
+            self.send(terms, job)
+
+    def _loop_started(self, thread: int) -> None:
+        """The event loop runs on ``thread``: tool calls must not block it."""
+        self.tools.event_loop_thread = thread
+
     # ------------------------------------------------------------------- input
 
     def serve(self) -> NoReturn:
         """Send the ready frame, start the threads and serve frames until EOF or shutdown."""
         self.send([self.dispatcher.ready_term()])
+        if self.config.forward_logs:
+            from snakeport._output import Output
+
+            Output(self.send, level=self.config.forward_logs).install()
         threading.Thread(target=self._sweep_loop, name="snakeport-sweep", daemon=True).start()
         threading.Thread(target=self._watchdog, name="snakeport-watchdog", daemon=True).start()
         # Calls never run on the main thread (as with an executor), which only waits here:
@@ -435,7 +469,9 @@ class Server:
 
     def _on_shutdown(self) -> NoReturn:
         log.info("shutdown requested; cancelling %d calls", self.dispatcher.in_flight)
+        deadline = time.monotonic() + limits.SHUTDOWN_GRACE
         running = self._sched.drain(self.dispatcher.cancel_all(), limits.SHUTDOWN_GRACE)
+        running += self.awaits.drain(max(deadline - time.monotonic(), 0.0))
         if running:
             self.send(
                 [

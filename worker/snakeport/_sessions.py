@@ -25,7 +25,9 @@ the call threads and the sweep thread may call them concurrently; no other lock 
 while it is held. A reply's refs are found and stored in one step under it
 (:meth:`SessionTable.store_result`), so a ref that a reply returns is live when the reply
 is built. Objects dropped from the table are released after the lock is let go, so that a
-slow ``__del__`` never holds it.
+slow ``__del__`` never holds it; a dropped generator (a stream's iterator, say) is closed
+then (:func:`~snakeport._streams.close_iterator`: its ``finally`` blocks run), also when
+something else still holds it.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from types import GeneratorType
 from typing import Any, Callable, Iterable, NamedTuple
 
 from snakeport import _limits as limits
 from snakeport._guard import short
 from snakeport._limits import Limit
 from snakeport._tombstones import RefTombstones, SessionTombstones, session_key
+from snakeport._streams import close_iterator
 from snakeport.errors import RequestError
 from snakeport.types import Atom
 
@@ -355,6 +359,7 @@ class SessionTable:
                 if excess > 0:
                     evicted = self._drop_lru(session, excess, CAUSE_EVICTED, dropped)
             info = session.info()
+        _let_go(dropped)
         del dropped
         return info, evicted
 
@@ -441,6 +446,7 @@ class SessionTable:
                 return 0
             refs = self._release_locked(session)
         count = len(refs)
+        _let_go(refs.values())
         del refs  # objects freed here, outside the lock
         return count
 
@@ -471,6 +477,7 @@ class SessionTable:
                 return False, max(idle, 0.0)
             refs = self._release_locked(session)
         count = len(refs)
+        _let_go(refs.values())
         del refs  # objects freed here, outside the lock
         return True, count
 
@@ -641,6 +648,7 @@ class SessionTable:
                 by_object[id(obj)] = ref_id
             session.last_access = self._wall()
             fill = self._fill_warning_locked(session)
+        _let_go(dropped)
         del dropped
         return StoredResult(value, [ref_id for ref_id, _ in new], evicted, fill)
 
@@ -677,6 +685,7 @@ class SessionTable:
                 del self._owner[ref_id]
                 self._tombstone(ref_id, session.session_id, CAUSE_RELEASED)
         count = len(dropped)
+        _let_go(dropped)
         del dropped
         return count
 
@@ -693,6 +702,26 @@ class SessionTable:
         Raises:
             RequestError: ``session_not_found`` (unknown session) or ``session_mismatch``.
         """
+        found, obj = self.take_ref(session_id, handle)
+        if found and type(obj) is GeneratorType:
+            close_iterator(obj)
+        del obj
+        return found
+
+    def take_ref(self, session_id: str | bytes, handle: RefHandle) -> tuple[bool, Any]:
+        """Release one ref and hand its object to the caller (e.g. to close it), idempotent.
+
+        Args:
+            session_id: The session of the request.
+            handle: The ref term.
+
+        Returns:
+            ``(True, obj)`` when the ref was live and is now released, ``(False, None)`` when
+            it was gone.
+
+        Raises:
+            RequestError: ``session_not_found`` (unknown session) or ``session_mismatch``.
+        """
         with self.lock:
             session = self._sessions.get(session_id)
             if session is None:
@@ -705,7 +734,7 @@ class SessionTable:
                 tomb = self._tombstones.get(ref_id)
                 if tomb is not None and tomb[0] != session_key(session_id):
                     raise _mismatch(ref_id)
-                return False
+                return False, None
             if holder is not session:
                 raise _mismatch(ref_id)
             entry = session.refs.pop(ref_id)
@@ -713,8 +742,7 @@ class SessionTable:
             session.by_object.pop(id(entry.obj), None)
             self._tombstone(ref_id, session_id, CAUSE_RELEASED)
             session.last_access = self._wall()
-        del entry
-        return True
+        return True, entry.obj
 
     def sweep(self) -> list[tuple[str | bytes, list[int]]]:
         """Release refs not accessed within their session's TTL.
@@ -748,6 +776,7 @@ class SessionTable:
                         del self._owner[ref_id]
                         self._tombstone(ref_id, session.session_id, CAUSE_TTL)
                     pruned.append((session.session_id, ids))
+        _let_go(dropped)
         del dropped
         return pruned
 
@@ -785,6 +814,13 @@ class SessionTable:
     def _tombstone(self, ref_id: int, session_id: str | bytes, cause: Atom) -> None:
         if self.max_tombstones:
             self._tombstones.add(ref_id, session_key(session_id), _CAUSE_CODES[cause])
+
+
+def _let_go(entries: Iterable[_Entry]) -> None:
+    """Close the generators among dropped entries (called with the table's lock let go)."""
+    for entry in entries:
+        if type(entry.obj) is GeneratorType:
+            close_iterator(entry.obj)
 
 
 def _mismatch(ref_id: int) -> RequestError:

@@ -122,6 +122,9 @@ class ToolCalls:
         self._lock = threading.Lock()
         self._waits: dict[int, _Wait] = {}
         self._ids = itertools.count(1)
+        #: The event loop's thread (:mod:`snakeport._async`; 0 before it starts): a blocking
+        #: tool call there would stop every task, so it is refused.
+        self.event_loop_thread = 0
 
     @property
     def in_flight(self) -> int:
@@ -150,7 +153,15 @@ class ToolCalls:
         """
         if type(name) is not str or not name:
             raise TypeError(f"expected the tool name to be a non-empty str, got: {name!r}")
-        wait = _Wait(threading.get_ident())
+        me = threading.get_ident()
+        if me == self.event_loop_thread:
+            raise ToolError(
+                name,
+                "blocks_event_loop",
+                "call_elixir_tool would block the event loop (every coroutine of the worker); "
+                "in a coroutine, use: await snakeport.context().acall_elixir_tool(...)",
+            )
+        wait = _Wait(me)
         self._jobs.enter_wait(job, wait)
         # From here to leave_wait, no Cancelled strikes asynchronously in this thread.
         try:

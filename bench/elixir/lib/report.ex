@@ -25,7 +25,9 @@ defmodule Bench.Report do
     {"5. `Snakeport.start_link(pool_size: 1)` → first call reply", :api_start, :cold_floor, "ms",
      nil},
     {"5. Worker RSS idle", :rss_idle, nil, "MB", {:max, 30}},
-    {"5. Worker RSS holding 10k refs", :rss_refs, nil, "MB", nil}
+    {"5. Worker RSS holding 10k refs", :rss_refs, nil, "MB", nil},
+    {"7. `range(10**6)` as a `Snakeport.stream/4` (floor: the same as one list result)", :stream,
+     :stream_list, "items/s", {:ratio_min, 0.5}}
   ]
 
   def write(path, rounds, meta, codec) do

@@ -40,6 +40,26 @@ defmodule Bench.Snake do
     end)
   end
 
+  @doc """
+  `range(n)` streamed (`Snakeport.stream/4`, default batch size) into a consumer that sees
+  every item, `times` times (items).
+  """
+  def stream_items(n, times) do
+    Stats.repeat(times, n, fn ->
+      sum = Snakeport.stream("builtins", "range", [n]) |> Enum.reduce(0, &(&1 + &2))
+      ^sum = div(n * (n - 1), 2)
+    end)
+  end
+
+  @doc "The same items as one list result (`list(range(n))`), through the same consumer."
+  def list_items(n, times) do
+    Stats.repeat(times, n, fn ->
+      {:ok, list} = Snakeport.call("bench_helpers", "numbers", [n])
+      sum = Enum.reduce(list, 0, &(&1 + &2))
+      ^sum = div(n * (n - 1), 2)
+    end)
+  end
+
   @doc "Creates a ref, calls a method on it, releases it; `n` times, in a fresh process."
   def churn(n) do
     task =

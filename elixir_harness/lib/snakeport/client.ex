@@ -39,30 +39,45 @@ defmodule Snakeport.Client do
   ## Operations ------------------------------------------------------------------------------
 
   @doc false
-  @spec call(String.t() | atom(), String.t() | atom(), list(), keyword()) :: result()
-  def call(module, function, args, opts) do
+  # `batch` (stream options, Snakeport.Streams): nil for a plain call, else the map of
+  # batch_size and batch_bytes that makes the worker answer the first batch of the result.
+  @spec call(String.t() | atom(), String.t() | atom(), list(), keyword(), map() | nil) :: result()
+  def call(module, function, args, opts, batch \\ nil) do
     module = Protocol.name(module)
     function = Protocol.name(function)
 
     with {:ok, inst, parsed} <- parse(opts, @call_keys, nil),
          {:ok, {args, kwargs}, ref_session} <- Protocol.to_wire({args, parsed.kwargs}, inst.name) do
-      request = Protocol.call(module, function, args, kwargs, parsed.req_opts)
+      request = Protocol.call(module, function, args, kwargs, req_opts(parsed, batch))
       meta = %{op: :call, module: module, function: function}
       run(inst, meta, parsed, nil, ref_session, request)
     end
   end
 
   @doc false
-  @spec method(Ref.t(), String.t() | atom(), list(), keyword()) :: result()
-  def method(%Ref{} = ref, name, args, opts) do
+  @spec method(Ref.t(), String.t() | atom(), list(), keyword(), map() | nil) :: result()
+  def method(%Ref{} = ref, name, args, opts, batch \\ nil) do
     name = Protocol.name(name)
 
     with {:ok, inst, parsed} <- parse(opts, @call_keys, ref),
          {:ok, {args, kwargs}, _} <- Protocol.to_wire({args, parsed.kwargs}, inst.name) do
-      request = Protocol.method(Protocol.ref(ref), name, args, kwargs, parsed.req_opts)
+      request = Protocol.method(Protocol.ref(ref), name, args, kwargs, req_opts(parsed, batch))
       run(inst, %{op: :method, name: name, type: ref.type}, parsed, ref, nil, request)
     end
   end
+
+  @doc false
+  # The next batch of a stream whose iterator is `ref` (Snakeport.Streams).
+  @spec iter_next(Ref.t(), keyword(), map()) :: result()
+  def iter_next(%Ref{} = ref, opts, batch) do
+    with {:ok, inst, parsed} <- parse(opts, @attr_keys, ref) do
+      request = Protocol.iter_next(Protocol.ref(ref), req_opts(parsed, batch))
+      run(inst, %{op: :iter_next, type: ref.type}, parsed, ref, nil, request)
+    end
+  end
+
+  defp req_opts(parsed, nil), do: parsed.req_opts
+  defp req_opts(parsed, batch), do: Map.merge(parsed.req_opts, batch)
 
   @doc false
   @spec get_attr(Ref.t() | String.t() | atom(), String.t() | atom(), keyword()) :: result()

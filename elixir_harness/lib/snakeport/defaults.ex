@@ -83,6 +83,18 @@ defmodule Snakeport.Defaults do
   # ms one probe of an interpreter (`mix snakeport.doctor`, importing the declared deps) may run.
   def probe_timeout, do: 120_000
 
+  @doc false
+  # Items a stream asks for per batch (Snakeport.stream/4 option :batch_size).
+  def stream_batch_size, do: 10_000
+
+  @doc false
+  # Estimated bytes at which the worker ends a stream's batch early (option :batch_bytes).
+  def stream_batch_bytes, do: 1_048_576
+
+  @doc false
+  # The least level of Python's output forwarded to Logger (option :python_log_level).
+  def python_log_level, do: :info
+
   ## Internal limits ---------------------------------------------------------------------------
 
   @doc false

@@ -25,7 +25,8 @@ defmodule Snakeport.Options do
     :allow,
     :cancel_grace,
     :stuck_timeout,
-    :max_restart_backoff
+    :max_restart_backoff,
+    :python_log_level
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -57,7 +58,8 @@ defmodule Snakeport.Options do
           allow: [String.t()] | nil,
           cancel_grace: pos_integer(),
           stuck_timeout: pos_integer() | :infinity,
-          max_restart_backoff: pos_integer()
+          max_restart_backoff: pos_integer(),
+          python_log_level: :debug | :info | :warning | :error | :critical | :none
         }
 
   @doc false
@@ -101,7 +103,8 @@ defmodule Snakeport.Options do
         allow: nil,
         cancel_grace: Defaults.cancel_grace(),
         stuck_timeout: Defaults.stuck_timeout(),
-        max_restart_backoff: Defaults.max_restart_backoff()
+        max_restart_backoff: Defaults.max_restart_backoff(),
+        python_log_level: Defaults.python_log_level()
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -133,7 +136,8 @@ defmodule Snakeport.Options do
       allow: allow!(opts[:allow]),
       cancel_grace: pos_integer!(:cancel_grace, opts[:cancel_grace]),
       stuck_timeout: timeout!(:stuck_timeout, opts[:stuck_timeout]),
-      max_restart_backoff: pos_integer!(:max_restart_backoff, opts[:max_restart_backoff])
+      max_restart_backoff: pos_integer!(:max_restart_backoff, opts[:max_restart_backoff]),
+      python_log_level: python_log_level!(opts[:python_log_level])
     }
   end
 
@@ -319,6 +323,18 @@ defmodule Snakeport.Options do
   defp timeout!(_key, value) when is_integer(value) and value > 0, do: value
   defp timeout!(key, value), do: invalid!(key, "a positive integer or :infinity", value)
 
+  @python_log_levels [:debug, :info, :warning, :error, :critical, :none]
+
+  defp python_log_level!(level) when level in @python_log_levels, do: level
+
+  defp python_log_level!(other),
+    do:
+      invalid!(
+        :python_log_level,
+        ":debug, :info, :warning, :error, :critical or :none",
+        other
+      )
+
   defp boolean!(_key, value) when is_boolean(value), do: value
   defp boolean!(key, value), do: invalid!(key, "a boolean", value)
 
@@ -490,12 +506,16 @@ defmodule Snakeport.Options do
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
       flag(config.spin_us, "--spin-us") ++ allow_flag(config.allow) ++
-      ["--vm-pid", System.pid()] ++ config.worker_args
+      ["--vm-pid", System.pid()] ++ forward_logs(config.python_log_level) ++ config.worker_args
   end
 
   # One --allow with every entry (an empty value: an empty list, nothing allowed).
   defp allow_flag(nil), do: []
   defp allow_flag(names), do: ["--allow", Enum.join(names, ",")]
+
+  # Python's output to Logger (log events) unless :none.
+  defp forward_logs(:none), do: []
+  defp forward_logs(level), do: ["--forward-logs", level |> Atom.to_string() |> String.upcase()]
 
   defp flag(nil, _name), do: []
   defp flag(value, name), do: [name, Integer.to_string(value)]

@@ -41,6 +41,24 @@ defmodule Snakeport.Protocol do
     :module,
     :eval,
     :expire_session,
+    :iter_next,
+    :iter_close,
+    # stream options and batches
+    :batch_size,
+    :batch_bytes,
+    :items,
+    :done,
+    # log events (Python's output): keys and sources
+    :log,
+    :level,
+    :source,
+    :logger,
+    :request_id,
+    :dropped,
+    :logging,
+    :warnings,
+    :stdout,
+    :stderr,
     # the worker's requests (Python calling Elixir tools) and their answers
     :tool_call,
     :tool_cancel,
@@ -187,6 +205,17 @@ defmodule Snakeport.Protocol do
   # value of its last expression.
   @spec eval(String.t(), map(), map()) :: request()
   def eval(code, bindings, opts), do: {:eval, nil, nil, code, bindings, opts}
+
+  @doc false
+  # The next batch of the stream whose iterator is the wire ref `ref`; `opts` holds
+  # batch_size, batch_bytes and result.
+  @spec iter_next(tuple(), map()) :: request()
+  def iter_next(ref, opts), do: {:iter_next, nil, nil, ref, opts}
+
+  @doc false
+  # Ends a stream early: closes its iterator (a generator's finally runs) and releases it.
+  @spec iter_close(tuple()) :: request()
+  def iter_close(ref), do: {:iter_close, nil, nil, ref}
 
   @doc false
   # Releases the session if the worker saw no activity of it for `idle_ms` (and none runs).
@@ -583,6 +612,24 @@ defmodule Snakeport.Protocol do
 
   def session_info_map(op, {:ok, other}), do: {:error, malformed(op, other)}
   def session_info_map(_op, {:error, _} = error), do: error
+
+  @doc false
+  # A decoded stream batch (the reply of a call/method with batch_size, or of iter_next):
+  # `%{items: list, done: boolean, ref: %Ref{} | nil, error: %Error{} | nil}`.
+  @spec batch({:ok, term()} | {:error, Error.t()}) :: {:ok, map()} | {:error, Error.t()}
+  def batch({:ok, %{items: items, done: done} = value})
+      when is_list(items) and is_boolean(done) do
+    error =
+      case Map.get(value, :error) do
+        %{} = error -> Error.from_wire(error)
+        _ -> nil
+      end
+
+    {:ok, %{items: items, done: done, ref: Map.get(value, :ref), error: error}}
+  end
+
+  def batch({:ok, other}), do: {:error, malformed(:stream, other)}
+  def batch({:error, _} = error), do: error
 
   @doc false
   # The stats map of a decoded `stats` reply.

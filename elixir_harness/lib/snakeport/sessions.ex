@@ -410,6 +410,33 @@ defmodule Snakeport.Sessions do
   end
 
   @doc false
+  # Ends a stream early (Snakeport.Streams): the worker closes the iterator behind `ref` (a
+  # generator's finally runs) and releases it. Without adopting the session; idempotent (a
+  # ref, or a session, that is gone is fine).
+  @spec close_iter(Instance.t(), Ref.t(), timeout()) :: :ok | {:error, Error.t()}
+  def close_iter(inst, %Ref{session_id: sid} = ref, timeout) do
+    case lookup(inst, sid) do
+      {:ok, info, false} ->
+        request = Protocol.iter_close(Protocol.ref(ref))
+
+        case Protocol.released_ref(Client.worker_request(info.worker, request, sid, timeout)) do
+          {:ok, _released} -> :ok
+          {:error, %Error{reason: r}} when r in [:session_not_found, :worker_exited] -> :ok
+          error -> error
+        end
+
+      {:ok, _info, true} ->
+        :ok
+
+      :not_found ->
+        :ok
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  @doc false
   # Snakeport.session_info/2: the store's record and the worker's own description.
   @spec info(Instance.t(), String.t(), timeout()) :: {:ok, map()} | {:error, Error.t()}
   def info(inst, session_id, timeout) do

@@ -37,6 +37,7 @@ defmodule Snakeport.Telemetry do
   | `[:snakeport, :worker, :refs_evicted]` | `count` | `session`, `reason: :overflow`, `ref_ids`, `worker`, `os_pid` |
   | `[:snakeport, :worker, :warning]` | `%{}` | `message`, ..., `worker`, `os_pid` |
   | `[:snakeport, :worker, :protocol_error]` | `%{}` | `reason`, `message`, `worker`, `os_pid` |
+  | `[:snakeport, :worker, :log]` | `%{}`, or `dropped` | `level` (Python's number), `source`, `message`, `logger`, `session`, `request_id` (when known), `worker`, `os_pid`: one line or record of Python's output, emitted after its `Logger` call |
 
   Every `[:snakeport, :call, :start]` is followed by exactly one `:stop` (the call returned
   `{:ok, _}`) or `:exception` (it returned or raised a `%Snakeport.Error{}`).

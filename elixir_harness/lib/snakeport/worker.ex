@@ -65,7 +65,18 @@ defmodule Snakeport.Worker do
   use GenServer
   require Logger
 
-  alias Snakeport.{Cmd, Courier, Defaults, Error, Options, Pool, Protocol, Telemetry, Tools}
+  alias Snakeport.{
+    Cmd,
+    Courier,
+    Defaults,
+    Error,
+    Options,
+    Pool,
+    Protocol,
+    PythonLogs,
+    Telemetry,
+    Tools
+  }
 
   @type entry :: %{
           instance: atom(),
@@ -883,6 +894,10 @@ defmodule Snakeport.Worker do
   defp event(state, frame) do
     case Protocol.decode_event(frame) do
       {:ok, name, measurements, metadata} ->
+        # Python's output: Logger first, then the event (a handler of the event may rely
+        # on the line having been logged).
+        if name == :log, do: PythonLogs.log(state.entry, measurements, metadata)
+
         meta =
           Map.merge(metadata, %{
             instance: state.entry.instance,

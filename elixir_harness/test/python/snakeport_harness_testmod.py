@@ -161,3 +161,193 @@ def regex_bomb(flag: str = "") -> bool:
         with open(flag, "w") as f:
             f.write("running")
     return re.match(r"(a+)+$", "a" * 64 + "b") is not None
+
+
+# --- streams (Snakeport.stream/4) ------------------------------------------------------------
+
+EVENTS: list = []
+
+
+def record(*what):
+    EVENTS.append(list(what))
+
+
+def events():
+    return list(EVENTS)
+
+
+def counting(n, tag="g"):
+    """``range(n)`` as a generator that records its start, its end and its ``finally``."""
+    record(tag, "start")
+    try:
+        for i in range(n):
+            record(tag, "yield", i)
+            yield i
+        record(tag, "exhausted")
+    finally:
+        record(tag, "finally")
+
+
+def failing_after(n):
+    yield from range(n)
+    raise ValueError(f"failed after {n}")
+
+
+def boxes_of(n):
+    for i in range(n):
+        yield Box(i)
+
+
+class Rows:
+    """An object whose method returns a generator, and that is iterable itself."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def rows(self, prefix="row"):
+        for i in range(self.n):
+            yield {"name": f"{prefix}-{i}", "i": i}
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+
+# --- async def (awaitable results) -----------------------------------------------------------
+
+_ACTIVE = {"now": 0, "peak": 0}
+
+
+async def nap(seconds, value=None):
+    """Sleeps on the event loop; counts how many naps are asleep at once."""
+    import asyncio
+
+    _ACTIVE["now"] += 1
+    _ACTIVE["peak"] = max(_ACTIVE["peak"], _ACTIVE["now"])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        _ACTIVE["now"] -= 1
+    return value
+
+
+def nap_peak():
+    peak = _ACTIVE["peak"]
+    _ACTIVE["peak"] = 0
+    return peak
+
+
+async def guarded(tag, seconds):
+    """Sleeps; records its cancellation and its ``finally``."""
+    import asyncio
+
+    record(tag, "start")
+    try:
+        await asyncio.sleep(seconds)
+        return "slept"
+    except asyncio.CancelledError:
+        record(tag, "cancelled")
+        raise
+    finally:
+        record(tag, "finally")
+
+
+async def async_fail(message):
+    raise ValueError(message)
+
+
+async def async_block(seconds):
+    """Blocks the event loop (time.sleep in a coroutine)."""
+    time.sleep(seconds)
+    return "blocked"
+
+
+async def async_tool(name, **kwargs):
+    """An Elixir tool called from a coroutine, without blocking the loop."""
+    import snakeport
+
+    return await snakeport.context().acall_elixir_tool(name, **kwargs)
+
+
+def asyncio_imported():
+    return "asyncio" in sys.modules
+
+
+class Client:
+    """An object whose method returns a coroutine."""
+
+    async def fetch(self, key):
+        import asyncio
+
+        await asyncio.sleep(0.01)
+        return {"key": key}
+
+
+# --- Python's output (Logger) ----------------------------------------------------------------
+
+
+def log(level, message, logger="myapp.model"):
+    import logging
+
+    logging.getLogger(logger).log(level, message)
+    return "logged"
+
+
+def log_exception(message):
+    import logging
+
+    try:
+        raise KeyError("inner")
+    except KeyError:
+        logging.getLogger("myapp.model").exception(message)
+    return "logged"
+
+
+def warn(message):
+    import warnings
+
+    warnings.warn(message, UserWarning, stacklevel=1)
+    return "warned"
+
+
+def say(text):
+    print(text)
+    return text
+
+
+def c_write(fd, text):
+    """Write with libc's write(2), as C code does (no Python file object involved)."""
+    import ctypes
+
+    data = text.encode()
+    return ctypes.CDLL(None).write(fd, data, len(data))
+
+
+def child(text):
+    """A child process writing to its stdout and its stderr."""
+    import subprocess
+
+    subprocess.run(["sh", "-c", f"echo '{text} out'; echo '{text} err' >&2"], check=True)
+    return text
+
+
+def print_many(n, text="spam"):
+    for i in range(n):
+        print(text, i)
+    sys.stdout.flush()
+    return n
+
+
+_BARRIERS: dict = {}
+
+
+async def barrier(key, parties, timeout=30.0):
+    """Returns once ``parties`` coroutines wait here at the same time (or fails after
+    ``timeout``): proof that they were all suspended at once."""
+    import asyncio
+
+    state = _BARRIERS.setdefault(key, {"n": 0, "event": asyncio.Event()})
+    state["n"] += 1
+    if state["n"] >= parties:
+        state["event"].set()
+    await asyncio.wait_for(state["event"].wait(), timeout)
+    return state["n"]

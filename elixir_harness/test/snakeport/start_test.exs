@@ -80,13 +80,23 @@ defmodule Snakeport.StartTest do
       assert Snakeport.Options.worker_flags(config) ==
                ["--default-max-refs", "50", "--default-ttl-seconds", "60"] ++
                  ["--default-overflow", "error", "--tool-timeout", "30"] ++
-                 ["--threads", "2", "--spin-us", "0", "--vm-pid", System.pid()] ++
+                 ["--threads", "2", "--spin-us", "0", "--vm-pid", System.pid(), "--forward-logs", "INFO"] ++
                  ["--max-depth", "9"]
 
       assert Snakeport.Options.worker_flags(Snakeport.Options.validate!([])) ==
                ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"] ++
                  ["--default-overflow", "error", "--tool-timeout", "30"] ++
-                 ["--vm-pid", System.pid()]
+                 ["--vm-pid", System.pid(), "--forward-logs", "INFO"]
+
+      # Python's output to Logger: at the level given, or not at all.
+      assert ["--forward-logs", "ERROR"] ==
+               Snakeport.Options.validate!(python_log_level: :error)
+               |> Snakeport.Options.worker_flags()
+               |> Enum.take(-2)
+
+      refute "--forward-logs" in Snakeport.Options.worker_flags(
+               Snakeport.Options.validate!(python_log_level: :none)
+             )
 
       config =
         Snakeport.Options.validate!(
@@ -96,7 +106,7 @@ defmodule Snakeport.StartTest do
 
       assert ["--default-max-refs", "10000", "--default-ttl-seconds", "3600"] ++
                ["--default-overflow", "evict_lru", "--tool-timeout", "1.5"] ++
-               ["--vm-pid", System.pid()] ==
+               ["--vm-pid", System.pid(), "--forward-logs", "INFO"] ==
                Snakeport.Options.worker_flags(config)
     end
 

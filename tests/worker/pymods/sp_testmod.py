@@ -172,3 +172,190 @@ def regex_bomb_flagged(path):
     with open(path, "w") as f:
         f.write("running")
     return re.match(r"(a+)+$", "a" * 64 + "b") is not None
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+STREAM_LOG: list = []
+
+
+def counting(n, tag="g"):
+    """A generator of ``range(n)`` that records its start, its end and its ``finally``."""
+    STREAM_LOG.append((tag, "start"))
+    try:
+        for i in range(n):
+            yield i
+        STREAM_LOG.append((tag, "exhausted"))
+    finally:
+        STREAM_LOG.append((tag, "finally"))
+
+
+def failing_after(n):
+    """Yields ``0 .. n-1``, then raises."""
+    yield from range(n)
+    raise ValueError(f"failed after {n}")
+
+
+def big_strings(n, size):
+    for _ in range(n):
+        yield "x" * size
+
+
+def stream_log():
+    return list(STREAM_LOG)
+
+
+def clear_stream_log():
+    STREAM_LOG.clear()
+
+
+class Counter:
+    """An object whose method returns a generator."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def items(self):
+        yield from (Box(i) for i in range(self.n))
+
+
+# --- async -----------------------------------------------------------------------------------
+
+ASYNC_LOG: list = []
+
+
+async def async_add(a, b, delay=0.0):
+    import asyncio
+
+    await asyncio.sleep(delay)
+    return a + b
+
+
+async def async_fail(message):
+    raise ValueError(message)
+
+
+async def async_box(value):
+    return Box(value)
+
+
+async def async_guarded(tag, seconds):
+    """Sleeps; records its cancellation and its ``finally``."""
+    import asyncio
+
+    ASYNC_LOG.append((tag, "start"))
+    try:
+        await asyncio.sleep(seconds)
+        return "slept"
+    except asyncio.CancelledError:
+        ASYNC_LOG.append((tag, "cancelled"))
+        raise
+    finally:
+        ASYNC_LOG.append((tag, "finally"))
+
+
+async def async_block(seconds):
+    """Blocks the event loop (time.sleep inside a coroutine)."""
+    time.sleep(seconds)
+    return "blocked"
+
+
+async def async_context():
+    import snakeport
+
+    ctx = snakeport.context()
+    return [ctx.session_id, ctx.request_id]
+
+
+async def async_tool(name):
+    import snakeport
+
+    return await snakeport.context().acall_elixir_tool(name, x=1)
+
+
+async def async_sync_tool(name):
+    import snakeport
+
+    return snakeport.context().call_elixir_tool(name, x=1)
+
+
+def async_log():
+    return list(ASYNC_LOG)
+
+
+def asyncio_imported():
+    return "asyncio" in sys.modules
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def log_record(level, message, logger="sp.test"):
+    import logging
+
+    logging.getLogger(logger).log(level, message)
+    return "logged"
+
+
+def warn(message):
+    import warnings
+
+    warnings.warn(message, UserWarning, stacklevel=1)
+    return "warned"
+
+
+def print_lines(n, text="line"):
+    for i in range(n):
+        print(f"{text} {i}")
+    sys.stdout.flush()
+    return n
+
+
+def write_fd(fd, data):
+    os.write(fd, data.encode() if isinstance(data, str) else data)
+    return len(data)
+
+
+def flood_fd(fd, megabytes, line=100):
+    """Write ``megabytes`` MiB of ``line``-byte lines to ``fd`` (from C: os.write)."""
+    chunk = ((b"x" * (line - 1)) + b"\n") * ((1 << 20) // line)
+    for _ in range(megabytes):
+        os.write(fd, chunk)
+    return megabytes
+
+
+def slow_gen(seconds):
+    """Yields one item, then spins for ``seconds`` before the next."""
+    yield 0
+    spin(seconds)
+    yield 1
+
+
+async def async_exit():
+    """Raises SystemExit in a coroutine (asyncio lets it out of the loop's run)."""
+    raise SystemExit(3)
+
+
+HELD: list = []
+
+
+def held_counting(n, tag):
+    """A :func:`counting` generator that this module holds too (so that only an explicit
+    close, not its last reference going, runs its ``finally``)."""
+    gen = counting(n, tag)
+    HELD.append(gen)
+    return gen
+
+
+def _pending_future():
+    import asyncio
+
+    return asyncio.Future(loop=asyncio.new_event_loop())
+
+
+def __getattr__(name):
+    if name == "PENDING_FUTURE":  # a future nobody completes (made on first access)
+        future = _pending_future()
+        globals()[name] = future
+        return future
+    raise AttributeError(name)
