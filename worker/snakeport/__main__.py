@@ -40,6 +40,14 @@ def _option(limit: Limit) -> Callable[[str], Any]:
     return parse
 
 
+def _module_name(text: str) -> str:
+    """The argparse ``type`` of ``--preload``."""
+    try:
+        return limits.module_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the worker's argument parser.
 
@@ -141,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"its :tool_timeout); a thread waiting for one gives up {limits.TOOL_GRACE:g} s later",
     )
     parser.add_argument(
+        "--preload",
+        action="append",
+        type=_module_name,
+        default=[],
+        metavar="MODULE",
+        help="import MODULE before reporting ready (repeat it for several, imported in order): "
+        "a slow first import (sklearn, torch) is paid at start instead of by the first call; "
+        f"a failing import ends the worker with status {limits.PRELOAD_FAILED}",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
@@ -172,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> "Config":  # noqa: F821 - impo
         spin_us=args.spin_us,
         tool_timeout=args.tool_timeout,
         default_overflow=args.default_overflow,
+        preload=tuple(args.preload),
     )
 
 

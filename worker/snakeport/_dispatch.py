@@ -36,7 +36,8 @@ from snakeport._jobs import CANCELLED, DONE, FAILED, Failure, Job, Jobs, failure
 from snakeport._marshal import DATA, marshal
 from snakeport._protocol import OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
 from snakeport._sessions import RefHandle, Session, SessionTable
-from snakeport._tagged import TagContext, substitute
+from snakeport._blobs import BlobReply
+from snakeport._tagged import TagContext, realize, substitute
 from snakeport.errors import RequestError
 from snakeport.types import Atom
 
@@ -184,6 +185,8 @@ class Dispatcher:
         except RequestError as err:
             return [request_error_reply(job.request_id, err)]
         reply = (REPLY, job.request_id, OK, stored.value)
+        if stored.blobs:
+            reply = BlobReply(reply)
         if not stored.new_ref_ids:
             return [reply]
         job.new_refs = stored.new_ref_ids
@@ -277,8 +280,17 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
 
-        def fn() -> Any:
-            return lookup(import_module(module), function)(*args, **kwargs)
+        if ctx is not None and ctx.deferred:
+            # Arrays, frames, extension values: built on the call's thread, after the
+            # import (a module may register the decoders of its extension values).
+            def fn() -> Any:
+                target = lookup(import_module(module), function)
+                return target(*realize(args), **realize(kwargs))
+
+        else:
+
+            def fn() -> Any:
+                return lookup(import_module(module), function)(*args, **kwargs)
 
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
@@ -303,8 +315,16 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
 
-        def fn() -> Any:
-            return lookup(obj, name)(*args, **kwargs)
+        if ctx is not None and ctx.deferred:
+
+            def fn() -> Any:
+                target = lookup(obj, name)
+                return target(*realize(args), **realize(kwargs))
+
+        else:
+
+            def fn() -> Any:
+                return lookup(obj, name)(*args, **kwargs)
 
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
@@ -353,11 +373,13 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
         head, _, last = name.rpartition(".")
+        deferred = ctx is not None and ctx.deferred
 
         def fn() -> Any:
             owner = lookup(obj, head) if head else obj
+            built = realize(value) if deferred else value
             try:
-                setattr(owner, last, value)
+                setattr(owner, last, built)
             except AttributeError as exc:
                 raise Failure("attribute_error", exc) from None
             return None

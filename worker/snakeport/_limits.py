@@ -35,6 +35,7 @@ it against :data:`OVERFLOW_POLICIES`.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
     "MAX_TOOL_WAITS",
     "EVAL_CACHE_SIZE",
     "EVAL_CACHE_MAX_SOURCE",
+    "module_name",
+    "PRELOAD_FAILED",
 ]
 
 #: Largest payload a ``{packet, 4}`` frame can carry (its length is 32 bits).
@@ -239,3 +242,27 @@ MAX_TOOL_WAITS = 64
 EVAL_CACHE_SIZE = 256
 #: Longer ``eval`` sources (characters) are compiled each time, not kept.
 EVAL_CACHE_MAX_SOURCE = 65_536
+
+
+_MODULE_NAME = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*\Z")
+
+#: Exit status of a worker whose ``--preload`` import failed (before its ready frame).
+PRELOAD_FAILED = 3
+
+
+def module_name(value: Any, name: str = "preload") -> str:
+    """Check a module name (``--preload``): dotted Python identifiers.
+
+    Args:
+        value: The value to check.
+        name: The option's name, for the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: "expected preload to be a module name (dotted identifiers), got: ...".
+    """
+    if type(value) is not str or not _MODULE_NAME.match(value):
+        raise ValueError(f"expected {name} to be a module name (dotted identifiers), got: {value!r}")
+    return value

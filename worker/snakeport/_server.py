@@ -27,8 +27,8 @@ holds two of them at once, except the writer's pair, always taken in that order
 ``threading.Event``, set (never waited on) under the jobs' lock or the tool calls' lock and
 holding nothing else: the scheduler calls out (run a job, encode, send, submit) only after
 letting its lock go, the jobs' lock is never held around user code or the table, and the
-table's lock is held around the marshalling walk only, which takes no lock. So no lock
-order can deadlock.
+table's lock is held only while the marshalling puts ref terms in a converted value, which
+takes no lock and runs no user code. So no lock order can deadlock.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from snakeport import _process as process
 from snakeport import etf
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
+from snakeport._blobs import BlobReply, encode_with_blobs
 from snakeport._jobs import Job, Jobs
 from snakeport._protocol import OK, REPLY, TOOL_REPLY, error_reply, protocol_error_event, warning_event
 from snakeport._scheduler import Scheduler
@@ -53,8 +54,8 @@ from snakeport._sessions import SessionTable
 from snakeport._spin import SpinPolicy
 from snakeport._tagged import TagContext, encode_default
 from snakeport._tools import ToolCalls
-from snakeport._writer import SEGMENT_BYTES, FrameWriter, segmented_reply
-from snakeport.errors import EncodeError
+from snakeport._writer import SEGMENT_BYTES, Borrowed, FrameWriter, segmented_reply
+from snakeport.errors import DecodeError, EncodeError
 
 __all__ = ["Config", "Server", "run"]
 
@@ -77,6 +78,7 @@ class _ConfigFields(NamedTuple):
     spin_us: int = limits.SPIN_US.default
     tool_timeout: float = limits.TOOL_TIMEOUT.default
     default_overflow: str = limits.DEFAULT_OVERFLOW
+    preload: tuple[str, ...] = ()
 
 
 #: The rule of each Config field, in field order.
@@ -112,9 +114,10 @@ class Config(_ConfigFields):
             (microseconds; 0: never).
         tool_timeout: Seconds the VM gives an Elixir tool (waits end a little later).
         default_overflow: ``overflow`` of sessions that do not state one.
+        preload: Modules imported before the ready frame, in order.
 
     Raises:
-        ValueError: A setting is out of range.
+        ValueError: A setting is out of range, or a preload is not a module name.
     """
 
     __slots__ = ()
@@ -125,7 +128,34 @@ class Config(_ConfigFields):
             limit.check(value, name)
         if self.default_overflow not in limits.OVERFLOW_POLICIES:
             raise ValueError(f"expected default_overflow to be error or evict_lru, got: {self.default_overflow!r}")
+        if type(self.preload) is not tuple:
+            raise ValueError(f"expected preload to be a tuple of module names, got: {self.preload!r}")
+        for module in self.preload:
+            limits.module_name(module)
         return self
+
+
+def preload(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` in order (the worker's ``--preload``), before the ready frame.
+
+    A module that fails to import ends the process with status
+    :data:`~snakeport._limits.PRELOAD_FAILED`
+    and its traceback on stderr: the harness then reports that the worker exited before
+    its ready frame.
+
+    Args:
+        modules: Module names.
+    """
+    import importlib
+
+    for module in modules:
+        started = time.monotonic()
+        try:
+            importlib.import_module(module)
+        except BaseException:  # noqa: BLE001 - any failure of a preload ends the worker
+            log.critical("--preload %s failed; exiting", module, exc_info=True)
+            process.exit_now(limits.PRELOAD_FAILED)
+        log.info("preloaded %s in %.0f ms", module, (time.monotonic() - started) * 1000)
 
 
 def _output_closed(exc: OSError) -> NoReturn:
@@ -194,8 +224,11 @@ class Server:
             etf.DEFAULT_MAX_SIZE if config.max_frame_bytes == etf.DEFAULT_MAX_SIZE else config.max_frame_bytes
         )
         # Outgoing terms nest deeper than --max-depth: the reply envelope, a ref term where
-        # the marshalling stopped, and two levels per set ({'$snakeport_set', List}).
-        self._encoder = etf.Encoder(max_depth=2 * config.max_depth + 2, default=encode_default)
+        # the marshalling stopped, two levels per set ({'$snakeport_set', List}), and a few
+        # more inside the terms of converted values (an array's shape in a column of a
+        # DataFrame's data).
+        self._max_out_depth = 2 * config.max_depth + 8
+        self._encoder = etf.Encoder(max_depth=self._max_out_depth, default=encode_default)
 
     # ------------------------------------------------------------------ output
 
@@ -235,6 +268,17 @@ class Server:
         if payloads is None:
             payloads = []
         for term in terms:
+            if term.__class__ is BlobReply:
+                try:
+                    payload = Borrowed(encode_with_blobs(term, self._encode_term, encode_default))
+                    if len(payload) > _MAX_PACKET:
+                        raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
+                    payloads.append(payload)
+                except Exception as exc:  # noqa: BLE001 - EncodeError, RecursionError, ...
+                    payloads.append(encode(self._unencodable(term, exc)))
+                    if job is not None:
+                        self.dispatcher.unsent(job)
+                continue
             if (
                 term.__class__ is tuple
                 and len(term) == 4
@@ -260,9 +304,13 @@ class Server:
                     payloads.append(encode(replacement))
         return payloads
 
+    def _encode_term(self, term: Any, *, default: Any) -> bytes:
+        """``etf.encode`` with the server's depth limit and another ``default`` hook."""
+        return etf.encode(term, default=default, max_depth=self._max_out_depth)
+
     @staticmethod
     def _unencodable(term: Any, exc: Exception) -> Any:
-        if type(term) is tuple and len(term) == 4 and term[0] == "reply" and type(term[1]) is int:
+        if isinstance(term, tuple) and len(term) == 4 and term[0] == "reply" and type(term[1]) is int:
             return error_reply(term[1], "not_encodable", f"the result cannot be encoded: {exc}")
         log.error("dropping an event that cannot be encoded: %s", exc)
         return None
@@ -277,7 +325,14 @@ class Server:
             terms = [error_reply(job.request_id, "python_error", f"internal worker error: {exc!r}")]
         if not terms:
             return None
-        return self._encode(terms, job)
+        payloads = self._encode(terms, job)
+        for payload in payloads:
+            if payload.__class__ is Borrowed:
+                # The frame borrows the buffers of the result's arrays: written now, before
+                # this thread runs anything else (no held reply, no queue left behind).
+                self._writer.send(payloads)
+                return None
+        return payloads
 
     # ------------------------------------------------------------------- input
 
@@ -366,7 +421,11 @@ class Server:
         else:
             ctx = TagContext()
         try:
-            term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
+            term, end = etf.decode_prefix(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
+            if ctx is not None and ctx.blobs:
+                ctx.bind(event, end)  # the bytes after the term are its blobs
+            elif end != len(event):
+                raise DecodeError(f"{len(event) - end} trailing bytes after the term at byte {end}")
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             self.dispatcher.requests += 1
             term = self._undecodable(event, "decode_error", f"invalid frame: {exc}")
@@ -461,5 +520,6 @@ def run(config: Config) -> NoReturn:
     # Results (and arguments holding refs) are walked recursively down to --max-depth
     # (bounded: a C int, and C code recursing that deep would overflow the thread's stack).
     sys.setrecursionlimit(max(sys.getrecursionlimit(), min(2 * config.max_depth + 1000, limits.MAX_RECURSION)))
+    preload(config.preload)
     server = Server(config, in_fd, out_fd)
     server.serve()

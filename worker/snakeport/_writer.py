@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from snakeport import etf
 
-__all__ = ["FrameWriter", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
+__all__ = ["FrameWriter", "Borrowed", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
 
 _pack_header = struct.Struct(">I").pack
 
@@ -41,7 +41,21 @@ class _Segments(tuple):
     __slots__ = ()
 
     def __len__(self) -> int:  # the payload's byte count, as for bytes
-        return sum(map(len, tuple.__iter__(self)))
+        return sum(map(_nbytes, tuple.__iter__(self)))
+
+
+def _nbytes(buf: Any) -> int:
+    return buf.nbytes if buf.__class__ is memoryview else len(buf)
+
+
+class Borrowed(_Segments):
+    """A payload whose buffers belong to user objects (the blobs of large arrays).
+
+    :meth:`FrameWriter.send` returns only once such a payload is written, so that the
+    sending thread cannot run code that changes the arrays before their bytes are out.
+    """
+
+    __slots__ = ()
 
 
 def segmented_reply(term: tuple) -> _Segments | None:
@@ -88,19 +102,23 @@ class FrameWriter:
 
         Frames sent by one thread arrive in the order sent; frames of different threads
         never interleave inside a frame. Returns once the frames are written, or queued for
-        the thread that is writing.
+        the thread that is writing (always once written when one is :class:`Borrowed`).
 
         Args:
-            payloads: The encoded terms (``bytes`` or :func:`segmented_reply` buffers).
+            payloads: The encoded terms (``bytes``, :func:`segmented_reply` buffers or
+                :class:`Borrowed` buffers).
         """
         bufs = []
         total = 0
+        borrowed = False
         for payload in payloads:
             n = len(payload)
             total += n + 4
             bufs.append(_pack_header(n))
-            if payload.__class__ is _Segments:
+            cls = payload.__class__
+            if cls is _Segments or cls is Borrowed:
                 bufs.extend(tuple.__iter__(payload))
+                borrowed = borrowed or cls is Borrowed
             else:
                 bufs.append(payload)
         if self._write_lock.acquire(False):
@@ -119,7 +137,9 @@ class FrameWriter:
             return
         with self._queue_lock:
             self._queue.extend(bufs)
-        self._drain(blocking=False)
+        # Borrowed buffers: wait for the thread that is writing (it writes ours too, or we
+        # do once it is done).
+        self._drain(blocking=borrowed)
 
     def flush(self) -> None:
         """Wait until every queued frame is written."""
@@ -156,8 +176,8 @@ class FrameWriter:
                     return  # all written at once (the common case)
                 i = 0
                 n = len(batch)
-                while i < n and written >= len(batch[i]):
-                    written -= len(batch[i])
+                while i < n and written >= _nbytes(batch[i]):
+                    written -= _nbytes(batch[i])
                     i += 1
                 if i < n and written:
                     rest = memoryview(batch[i])[written:]
