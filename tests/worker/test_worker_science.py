@@ -637,3 +637,27 @@ def test_decimal_and_uuid_round_trip(sci) -> None:
         source = f"{type(value).__module__}.{type(value).__name__}({str(value)!r})"
         term = py(sci, source)
         assert sci.call("sp_science", "same_value", [term, source]) is True
+
+
+# ---------------------------------------------------------------- eval and tool calls
+
+
+def test_arrays_in_eval_bindings_and_results(sci) -> None:
+    data = np.arange(4, dtype="=f8")
+    value = sci.ok("eval", "s1", "x * 2", {"x": array_term(data.tobytes(), "f", 64, (4,))}, {})
+    assert norm(value) == array_term((data * 2).tobytes(), "f", 64, (4,))
+
+
+def test_arrays_in_tool_calls_and_tool_replies(worker) -> None:
+    # A tool called with a large array gets it as a blob of the tool_call frame; an array in
+    # the tool's answer arrives in Python as an ndarray.
+    big = np.arange(20_000, dtype="=f8")
+    rid = worker.request(
+        "call", "s1", "sp_science", "call_tool", ["crunch"], {"data": array_term(big.tobytes(), "f", 64, (20_000,))}, {}
+    )
+    tag, call_id, request_id, session, name, kwargs = worker.wait_request()
+    assert (tag, name) == ("tool_call", "crunch")
+    assert kwargs["data"][:3] == (ARRAY, (A("f"), 64), (20_000,)) and type(kwargs["data"][3]) is BlobBytes
+    assert bytes(kwargs["data"][3]) == big.tobytes()
+    worker.tool_reply(call_id, "ok", array_term(struct.pack("=2q", 7, 8), "s", 64, (2,)))
+    assert worker.wait(rid)[3] == {"type": "ndarray", "dtype": "<i8", "shape": [2], "writeable": False, "owndata": False, "tolist": [7, 8]}

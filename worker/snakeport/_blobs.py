@@ -49,10 +49,12 @@ class Blob:
 
 
 class BlobReply(tuple):
-    """A reply term ``(reply, Id, ok, Value)`` whose value holds :class:`Blob` objects.
+    """A term whose value holds :class:`Blob` objects: a reply ``(reply, Id, ok, Value)``
+    or a ``tool_call`` whose arguments hold large arrays.
 
     Its frame borrows the buffers of the user's arrays: it is written before the thread
-    that built it runs anything else (see ``_server.Server._execute``).
+    that built it runs anything else (``_server.Server._execute``, and the writer's
+    ``send``, which returns only once such a frame is written).
     """
 
     __slots__ = ()

@@ -401,8 +401,10 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
 
+        deferred = ctx is not None and ctx.deferred
+
         def fn() -> Any:
-            return evaluate(code, bindings)
+            return evaluate(code, realize(bindings) if deferred else bindings)
 
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
@@ -462,7 +464,10 @@ class Dispatcher:
             return self._tool_reply_failed(call_id, f"expected {{tool_reply, CallId, ok | error, Value}}, got: {R.short(term)}")
         if self.tools is None:
             return [P.protocol_error_event("bad_request", "tool_reply received, but this worker makes no tool calls")]
-        self.tools.deliver(call_id, term[2] == "ok", term[3], ctx.handles if ctx is not None else [])
+        if ctx is None:
+            self.tools.deliver(call_id, term[2] == "ok", term[3], [])
+        else:
+            self.tools.deliver(call_id, term[2] == "ok", term[3], ctx.handles, ctx.deferred)
         return []
 
     def _tool_reply_failed(self, call_id: int, message: str) -> list:

@@ -188,3 +188,10 @@ def every_value():
         "series": df["a"],
         "index": pd.Index([1, 2]),
     }
+
+
+def call_tool(name, **kwargs):
+    """Call the Elixir tool ``name`` with ``kwargs`` and describe its answer."""
+    import snakeport
+
+    return describe(snakeport.context().call_elixir_tool(name, **kwargs))
