@@ -21,7 +21,8 @@ defmodule Snakeport.Options do
     :spin_us,
     :startup_timeout,
     :tools,
-    :tool_timeout
+    :tool_timeout,
+    :preload
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -49,7 +50,8 @@ defmodule Snakeport.Options do
           spin_us: non_neg_integer() | nil,
           startup_timeout: pos_integer(),
           tools: [{String.t(), function()}],
-          tool_timeout: pos_integer()
+          tool_timeout: pos_integer(),
+          preload: [String.t()]
         }
 
   @doc false
@@ -89,7 +91,8 @@ defmodule Snakeport.Options do
         spin_us: nil,
         startup_timeout: Defaults.startup_timeout(),
         tools: [],
-        tool_timeout: Defaults.tool_timeout()
+        tool_timeout: Defaults.tool_timeout(),
+        preload: []
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -117,7 +120,8 @@ defmodule Snakeport.Options do
       spin_us: spin_us!(opts[:spin_us]),
       startup_timeout: pos_integer!(:startup_timeout, opts[:startup_timeout]),
       tools: Snakeport.Tools.validate!(opts[:tools]),
-      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout])
+      tool_timeout: pos_integer!(:tool_timeout, opts[:tool_timeout]),
+      preload: preload!(opts[:preload])
     }
   end
 
@@ -263,6 +267,35 @@ defmodule Snakeport.Options do
   defp optional_pos_integer!(key, value), do: pos_integer!(key, value)
 
   # The worker's --spin-us accepts 0..1_000_000 (a second).
+  # Module names for the worker's --preload: dotted identifiers, as strings or atoms
+  # (`"sklearn.linear_model"`, `:numpy`).
+  defp preload!(modules) when is_list(modules) do
+    Enum.map(modules, fn module ->
+      name =
+        if is_atom(module) and module not in [nil, true, false],
+          do: Atom.to_string(module),
+          else: module
+
+      if is_binary(name) and name =~ ~r/\A[^\W\d]\w*(\.[^\W\d]\w*)*\z/u do
+        name
+      else
+        invalid!(
+          :preload,
+          "a list of Python module names (such as \"sklearn.linear_model\")",
+          modules
+        )
+      end
+    end)
+  end
+
+  defp preload!(other),
+    do:
+      invalid!(
+        :preload,
+        "a list of Python module names (such as \"sklearn.linear_model\")",
+        other
+      )
+
   defp spin_us!(nil), do: nil
   defp spin_us!(us) when is_integer(us) and us in 0..1_000_000, do: us
 
@@ -441,8 +474,13 @@ defmodule Snakeport.Options do
       ["--tool-timeout", seconds(config.tool_timeout)] ++
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
-      flag(config.spin_us, "--spin-us") ++ config.worker_args
+      flag(config.spin_us, "--spin-us") ++
+      Enum.flat_map(config.preload, &["--preload", &1]) ++ config.worker_args
   end
+
+  @doc false
+  # The worker's exit status when a --preload import failed (before its ready frame).
+  def preload_failed_status, do: 3
 
   defp flag(nil, _name), do: []
   defp flag(value, name), do: [name, Integer.to_string(value)]

@@ -236,7 +236,7 @@ defmodule Snakeport.ProtocolDecodeTest do
     test "refs of another instance are refused, not sent" do
       ref = %Ref{session_id: "s", id: 4, type: "T", instance: Other}
 
-      assert {:ok, {:"$snakeport_ref", "s", 4, "T"}, "s"} = Protocol.to_wire(ref, Other)
+      assert {:ok, {:"$snakeport_ref", "s", 4, "T"}, "s", []} = Protocol.to_wire(ref, Other)
 
       assert {:error, %Snakeport.Error{reason: :instance_mismatch, message: message}} =
                Protocol.to_wire([1, %{k: {ref}}], Snakeport)
