@@ -50,7 +50,7 @@ defmodule Snakeport.Array do
       [[1, 2, 3], [4, 5, 6]]
 
       iex> Snakeport.Array.from_list([true, false], :bool)
-      %Snakeport.Array{type: {:u, 8}, shape: {2}, data: <<1, 0>>, dtype: "|b1"}
+      #Snakeport.Array<{:u, 8} {2} dtype: "|b1" [true, false]>
 
       iex> Snakeport.Array.from_list([1.5, :nan, :infinity], {:f, 32}) |> Snakeport.Array.to_list()
       [1.5, :nan, :infinity]
@@ -319,6 +319,47 @@ defmodule Snakeport.Array do
           n == neg -> :neg_infinity
           true -> :nan
         end
+    end
+  end
+
+  @doc false
+  # The first `n` elements, flat (for Inspect).
+  def head(%__MODULE__{type: type, data: data, dtype: dtype}, n) do
+    size = div(elem(type, 1), 8)
+    take = min(n * size, byte_size(data))
+    unpack(binary_part(data, 0, take), type, dtype in ["|b1", "?", "bool"], [])
+  end
+
+  defimpl Inspect do
+    import Inspect.Algebra
+
+    # Nested values for small arrays, the first elements of large ones; never the bytes.
+    def inspect(%{type: type, shape: shape, dtype: dtype} = array, opts) do
+      count = shape |> Tuple.to_list() |> Enum.reduce(1, &(&1 * &2))
+
+      values =
+        cond do
+          Snakeport.Array.check(array) != :ok or type == {:bf, 16} ->
+            "(#{byte_size(array.data)} bytes)"
+
+          count <= 100 ->
+            to_doc(Snakeport.Array.to_list(array), opts)
+
+          true ->
+            shown = Snakeport.Array.head(array, 10) |> Enum.map(&to_doc(&1, opts))
+            concat(["[" | Enum.intersperse(shown, ", ")] ++ [", ... (#{count} elements)]"])
+        end
+
+      concat([
+        "#Snakeport.Array<",
+        to_doc(type, opts),
+        " ",
+        to_doc(shape, opts),
+        if(dtype, do: " dtype: " <> Kernel.inspect(dtype), else: ""),
+        " ",
+        values,
+        ">"
+      ])
     end
   end
 
