@@ -478,10 +478,18 @@ defmodule Snakeport.Protocol do
     ArgumentError -> :error
   end
 
-  # The term at the start of `frame` and where it ends (blobs may follow it).
+  # The term at the start of `frame` and where it ends: bytes may follow it only when the
+  # term refers to blobs (docs/PROTOCOL.md, "Blobs"); any other trailing bytes make the
+  # frame malformed (binary_to_term/2 alone would ignore them).
   defp safe_decode_prefix(frame) do
     {term, used} = :erlang.binary_to_term(frame, [:safe, :used])
-    {:ok, term, used}
+
+    if used == byte_size(frame) or
+         :binary.match(frame, "$snakeport_blob", scope: {0, used}) != :nomatch do
+      {:ok, term, used}
+    else
+      throw({:malformed, "#{byte_size(frame) - used} bytes after a term that refers to no blob"})
+    end
   rescue
     ArgumentError -> :error
   end

@@ -123,3 +123,18 @@ class ModelHolder:
         from sklearn.linear_model import LinearRegression
 
         self.model = LinearRegression().fit([[0.0], [1.0], [2.0]], [1.0, 3.0, 5.0])
+
+
+def call_tool(name, **kwargs):
+    """Call the Elixir tool ``name`` with ``kwargs`` and describe its answer."""
+    import snakeport
+
+    return describe(snakeport.context().call_elixir_tool(name, **kwargs))
+
+
+def call_tool_raw(name, n):
+    """Call the Elixir tool ``name`` with ``data=`` a float64 array of ``n`` zeros."""
+    import numpy as np
+    import snakeport
+
+    return snakeport.context().call_elixir_tool(name, data=np.zeros(n))

@@ -387,6 +387,25 @@ defmodule Snakeport.ScienceTest do
     end
   end
 
+  describe "arrays and tools" do
+    test "a tool gets Python's large arrays as arrays, and returns arrays Python gets as ndarrays" do
+      big = fn %{"n" => n} -> Array.from_list(Enum.map(1..n, &(&1 * 1.0)), {:f, 64}) end
+      size = fn %{"data" => %Array{data: data, shape: shape}} -> [byte_size(data), shape] end
+      :ok = Snakeport.register_tool(:big, big, instance: @instance)
+      :ok = Snakeport.register_tool(:size, size, instance: @instance)
+
+      assert {:ok,
+              %{"type" => "ndarray", "dtype" => "<f8", "shape" => [20_000], "tolist" => list}} =
+               Snakeport.call(@h, "call_tool", ["big"], kwargs: [n: 20_000], instance: @instance)
+
+      assert hd(list) == 1.0 and List.last(list) == 20_000.0
+
+      # A tuple comes back to Python as a tuple, and the tool's value back to us as data.
+      assert {:ok, [160_000, {20_000}]} =
+               Snakeport.call(@h, "call_tool_raw", ["size", 20_000], instance: @instance)
+    end
+  end
+
   describe "scikit-learn" do
     test "predictions come back as numbers in one call, also from another process of the session" do
       SessionContext.with_session([instance: @instance], fn ->

@@ -99,6 +99,14 @@ defmodule Snakeport.ValuesTest do
       end
     end
 
+    test "bytes after a term that refers to no blob make the frame malformed" do
+      assert {:error, %Snakeport.Error{reason: :protocol_error, message: message}} =
+               Protocol.decode_reply(reply([1, 2], "junk"), Snakeport, 0)
+
+      assert message =~ "4 bytes after a term that refers to no blob"
+      assert {:ok, [1, 2]} = Protocol.decode_reply(reply([1, 2]), Snakeport, 0)
+    end
+
     test "ranges: Python's bounds become Elixir's" do
       for {start, stop, step, range} <- [
             {0, 5, 1, 0..4//1},
