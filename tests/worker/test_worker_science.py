@@ -17,7 +17,6 @@ import uuid
 import zoneinfo
 
 import numpy as np
-import pandas as pd
 import pytest
 from sp_client import A, BlobBytes, Worker, worker_env
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
-import sys
 import threading
 import uuid
 import zoneinfo

@@ -20,7 +20,7 @@ built.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from snakeport._convert import NotData, converter_for
 from snakeport._protocol import REF_TAG, SET_TAG, safe_str, type_name

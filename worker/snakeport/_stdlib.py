@@ -30,7 +30,6 @@ term imports the module (``decimal``, ``uuid``, ``zoneinfo``) on first use.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from snakeport._protocol import (
@@ -329,8 +328,3 @@ def range_from(term: tuple) -> range:
     """
     return range(*_ints(term, 1, 3, "{'$snakeport_range', Start, Stop, Step} with integers"))
 
-
-def modules() -> tuple:
-    """The loaded modules of the types above: ``(datetime, decimal, uuid)`` (``None`` when not loaded)."""
-    get = sys.modules.get
-    return get("datetime"), get("decimal"), get("uuid")

@@ -57,10 +57,6 @@ defmodule Snakeport.Values do
     :"$snakeport_ext"
   ]
 
-  @doc false
-  # The reserved tags (the worker emits all but $snakeport_bytes, which only the VM sends).
-  def tags, do: [:"$snakeport_bytes" | @tags]
-
   ## Elixir -> wire ---------------------------------------------------------------------------
 
   @doc false
