@@ -26,7 +26,11 @@ n = %{
   refs: 10_000,
   cold: 5,
   stream: 1_000_000,
-  stream_times: 3
+  stream_times: 3,
+  array8: 8,
+  list8: 2,
+  predict: 200,
+  predict_lists: 50
 }
 
 # Every Python process gets a bytecode cache (bench/out/pycache), as a `pip install`ed
@@ -44,6 +48,7 @@ port_env = [
 frame = :erlang.term_to_binary({:call, 1234, "auto-1234", "operator", "add", [1, 2], %{}, %{}})
 mib1 = :rand.bytes(1_048_576)
 mib16 = :rand.bytes(16 * 1_048_576)
+{array8, list8} = Bench.Science.data()
 
 load = fn -> File.read!("/proc/loadavg") |> String.split() |> Enum.take(3) |> Enum.join(" ") end
 load_before = load.()
@@ -98,7 +103,15 @@ one_round = fn round ->
   echo16_floor = twice.(&Floor.echo(port, mib16, &1), 1, n.mib16)
   echo16 = twice.(&Snake.echo(mib16, &1), 1, n.mib16)
 
-  # 7. range(10**6): streamed vs one list result (both consumers see every item).
+  # 7. numpy arrays: 8 MiB float64 there and back, as an array and as lists; predict.
+  array8_rt = twice.(&Bench.Science.array_echo(array8, &1), 1, n.array8)
+  list8_rt = twice.(&Bench.Science.list_echo(list8, &1), 1, n.list8)
+  {model, predict_x, predict_rows} = Bench.Science.predict_setup()
+  predict_arrays = twice.(&Bench.Science.predict_arrays(model, predict_x, &1), 10, n.predict)
+
+  predict_lists = twice.(&Bench.Science.predict_lists(model, predict_rows, &1), 5, n.predict_lists)
+
+  # 8. range(10**6): streamed vs one list result (both consumers see every item).
   stream = twice.(&Snake.stream_items(n.stream, &1), 1, n.stream_times)
   stream_list = twice.(&Snake.list_items(n.stream, &1), 1, n.stream_times)
 
@@ -144,6 +157,10 @@ one_round = fn round ->
       echo1_floor: Stats.rate([echo1_floor]),
       echo16: Stats.rate([echo16]),
       echo16_floor: Stats.rate([echo16_floor]),
+      array8: Stats.rate([array8_rt]),
+      list8: Stats.rate([list8_rt]),
+      predict_arrays: Stats.rate([predict_arrays]),
+      predict_lists: Stats.rate([predict_lists]),
       churn: churn,
       release_ms: release_ms,
       stream: Stats.rate([stream]),

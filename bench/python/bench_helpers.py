@@ -26,3 +26,19 @@ def make_objects(n):
 def numbers(n):
     """``list(range(n))``: the same items as a stream of ``range(n)``, as one list result."""
     return list(range(n))
+
+
+def fitted_regression(n_features, n_rows=1000, seed=0):
+    """A ``LinearRegression`` fitted on ``n_rows`` random rows of ``n_features`` features."""
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_rows, n_features))
+    y = x @ np.arange(1, n_features + 1) + 0.5
+    return LinearRegression().fit(x, y)
+
+
+def predict_list(model, rows):
+    """``predict`` the way it was done without arrays: rows as lists, predictions ``.tolist()``."""
+    return model.predict(rows).tolist()

@@ -76,6 +76,10 @@ defmodule Snakeport do
     * `:max_restart_backoff` - longest wait in ms before restarting a worker that keeps
       exiting (default `5_000`): a worker that ran for 10 s or more restarts at once,
       otherwise after 100 ms, doubled after each further quick exit up to this.
+    * `:preload` - Python modules each worker imports before it reports ready (default
+      `[]`), e.g. `["sklearn.linear_model"]`: a slow first import is paid at start
+      (within `:startup_timeout`) instead of by the first call. A module that fails to
+      import fails the start, naming it.
 
   The workers start in parallel and `start_link/1` returns once all of them are ready. A
   worker that cannot start (no interpreter, worker package missing, protocol version
@@ -146,8 +150,11 @@ defmodule Snakeport do
   Every function returns `{:ok, value}` or `{:error, %Snakeport.Error{}}`; the `!` variants
   return the value or raise the error. Python objects that cannot travel as data come back
   as `%Snakeport.Ref{}` held in the caller's session (see `Snakeport.SessionContext` for
-  sessions, their owners and their cleanup). The Elixir <-> Python type mapping is in the
-  README.
+  sessions, their owners and their cleanup). numpy arrays come back as `Snakeport.Array`,
+  numpy scalars as numbers, dates as `Date`/`Time`/`NaiveDateTime`/`DateTime`: numpy is
+  data, pandas is a working object (a ref) unless you ask for its value (`result: :value`
+  gives `Snakeport.DataFrame`, `Snakeport.Series`, `Snakeport.Index`). Your structs travel
+  as `Snakeport.Encoder` says. The full Elixir <-> Python type mapping is in the README.
 
   ## Which session a call runs in
 
@@ -253,8 +260,8 @@ defmodule Snakeport do
       its late reply is dropped. The same bound applies to the session store's answer
       when the call has to adopt (or create) its session first.
     * `:result` - `:auto` (default: data travels as data, other objects become refs),
-      `:ref` (the whole result is one ref), `:value` (fail with `:not_encodable` rather
-      than return refs).
+      `:ref` (the whole result is one ref), `:value` (pandas objects as their structs;
+      fail with `:not_encodable`, naming the Python type, rather than return refs).
   """
 
   require Logger
@@ -477,7 +484,7 @@ defmodule Snakeport do
 
       {:ok, model} = Snakeport.call("sklearn.linear_model", "LinearRegression", [])
       {:ok, _} = Snakeport.method(model, "fit", [[[1], [2]], [2, 4]])
-      {:ok, [6.0]} = Snakeport.eval("model.predict(X).tolist()", %{"model" => model, "X" => [[3]]})
+      {:ok, %Snakeport.Array{}} = Snakeport.eval("model.predict(X) * 2", %{"model" => model, "X" => [[3]]})
 
   `bindings` is a map (or keyword list) from variable names (strings or atoms: Python
   identifiers) to values; refs resolve to their objects, so `code` can compose calls on

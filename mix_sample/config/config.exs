@@ -2,9 +2,12 @@ import Config
 
 # The Python side: `mix snakeport.setup` makes a virtualenv (in _build/snakeport/venv) with
 # the Snakeport worker and these packages, and every Snakeport instance started without
-# :python runs there. A later demo uses scikit-learn and pandas for real.
+# :python runs there. The demo's part 6 uses scikit-learn and pandas for real; :preload has
+# each worker import them before it reports ready (sklearn's first import takes a second or
+# more: paid at start, not by the first call).
 config :snakeport,
   python_deps: ["scikit-learn", "pandas"],
+  preload: ["sklearn.linear_model", "pandas"],
   # The app whose priv/python holds sample_model.py: {:priv, "python"} is resolved against
   # it (in _build under Mix, in the release's lib/ in a release).
   otp_app: :mix_sample,

@@ -15,6 +15,10 @@ defmodule MixSample do
     5. **A second instance** - `MixSample.Threaded` (started with `threads: 4` beside the
        default instance, see `MixSample.Application`): its own workers and sessions, refs
        that remember it, and four calls that run at once there.
+    6. **numpy, pandas and scikit-learn** - the seeds' examples with the real libraries:
+       the DataFrame `mean` example (a working object, a ref; its value with
+       `result: :value`), and a `LinearRegression` fitted by process A whose predictions
+       process B gets as numbers in one call, in a shared session.
 
   Run it with `mix run demo.exs` (see README.md).
   """
@@ -35,6 +39,7 @@ defmodule MixSample do
     releasing(model)
     owner_death(shared)
     second_instance()
+    science()
 
     heading("Done")
     :ok
@@ -231,6 +236,102 @@ defmodule MixSample do
     line("  -> one thread runs them one after the other, four threads at once")
     show("release_session (#{inspect(@threaded)})", release_threaded(model.session_id))
   end
+
+  # ---------------------------------------------------------------------------------
+  # 6. numpy, pandas and scikit-learn (the seeds' examples, with the real libraries)
+  # ---------------------------------------------------------------------------------
+
+  defp science do
+    heading("6. numpy, pandas and scikit-learn: data in one call")
+
+    # The seed's DataFrame example, as written there.
+    mean =
+      SessionContext.with_session(fn ->
+        {:ok, df} = Snakeport.call("pandas", "DataFrame", [[1, 2, 3]])
+        {:ok, mean} = Snakeport.method(df, "mean", [])
+        mean
+      end)
+
+    show("pandas: df.mean()", mean)
+    line("  -> numpy is data, pandas is a working object unless you ask for its value:")
+    {:ok, series} = dataframe_mean()
+    show("  df.mean() with result: :value", series)
+    show("  Snakeport.Series.to_list/1", Snakeport.Series.to_list(series))
+
+    %{predictions: predictions, coef: coef, a: a, b: b, session_id: id} = shared_regression()
+    line("process A fitted a LinearRegression in #{id}; process B predicted with it:")
+    show("  model.predict([[3.0], [4.0]]) (one call)", predictions)
+    show("  model.coef_, model.intercept_", coef)
+    line("  -> an ndarray comes back as a %Snakeport.Array{} (Nx's notation), a numpy.float64")
+    line("     as a float: no ref left in the session, no second round trip (.tolist())")
+    show("  session_info refs (the model only)", session_refs(id))
+    stop_and_wait(a)
+    stop_and_wait(b)
+  end
+
+  @doc """
+  The seed's DataFrame example with its value: `df.mean()` as a `%Snakeport.Series{}`
+  (`result: :value`), in a session released when the block ends.
+  """
+  @spec dataframe_mean() :: {:ok, Snakeport.Series.t()} | {:error, Snakeport.Error.t()}
+  def dataframe_mean do
+    SessionContext.with_session(fn ->
+      {:ok, df} = Snakeport.call("pandas", "DataFrame", [[1, 2, 3]])
+      Snakeport.method(df, "mean", [], result: :value)
+    end)
+  end
+
+  @doc """
+  The seed's LinearRegression in a shared session: process A creates and fits
+  `sklearn.linear_model.LinearRegression` (y = 2x + 1) in session `"sklearn-<unique>"` and
+  sends the ref to process B, which adopts the session and calls `predict` on two rows, an
+  array: the predictions come back as numbers in that one call. Both processes stay alive
+  (owners) until `stop_and_wait/1`.
+
+  Returns `%{predictions: [float], coef: {[float], float}, a: pid, b: pid, session_id: id}`.
+  """
+  @spec shared_regression() :: map()
+  def shared_regression do
+    session_id = "sklearn-#{System.unique_integer([:positive])}"
+    parent = self()
+
+    b =
+      spawn(fn ->
+        receive do
+          {:model, ^session_id, model} ->
+            result =
+              SessionContext.with_session([session_id: session_id], fn ->
+                x = Snakeport.Array.from_list([[3.0], [4.0]], {:f, 64})
+                {:ok, y} = Snakeport.method(model, "predict", [x])
+                {:ok, coef} = Snakeport.get_attr(model, "coef_")
+                {:ok, intercept} = Snakeport.get_attr(model, "intercept_")
+
+                {round6(Snakeport.Array.to_list(y)),
+                 {round6(Snakeport.Array.to_list(coef)), round6(intercept)}}
+              end)
+
+            send(parent, {:b_predicted, self(), result})
+            hold_until_stopped()
+        end
+      end)
+
+    a =
+      spawn(fn ->
+        SessionContext.with_session([session_id: session_id], fn ->
+          {:ok, model} = Snakeport.call("sklearn.linear_model", "LinearRegression", [])
+          {:ok, _} = Snakeport.method(model, "fit", [[[0.0], [1.0], [2.0]], [1.0, 3.0, 5.0]])
+          send(b, {:model, session_id, model})
+        end)
+
+        hold_until_stopped()
+      end)
+
+    {predictions, coef} = receive_or_raise({:b_predicted, b}, "process B never predicted")
+    %{predictions: predictions, coef: coef, a: a, b: b, session_id: session_id}
+  end
+
+  defp round6(list) when is_list(list), do: Enum.map(list, &round6/1)
+  defp round6(x) when is_float(x), do: Float.round(x, 6)
 
   # ms for four processes each sleeping 0.2 s in Python, in `instance`.
   defp sleeps(instance) do

@@ -22,16 +22,12 @@ def general(term):
     return b"".join(out)
 
 
-#: How the codec maps non-finite floats (they travel as atoms).
-NON_FINITE = {math.inf: Atom("infinity"), -math.inf: Atom("neg_infinity")}
-
-
 def decoded(value):
-    """What ``decode(encode(value))`` must give (the mapping of the etf module docstring)."""
-    if type(value) is float and value != value:
-        return Atom("nan")
-    if type(value) is float and value in NON_FINITE:
-        return NON_FINITE[value]
+    """What ``decode(encode(value))`` must give (the mapping of the etf module docstring).
+
+    Non-finite floats travel as the atoms ``infinity``, ``neg_infinity`` and ``nan``, which
+    decode to those floats again.
+    """
     if type(value) is bytes:
         try:
             return value.decode("utf-8")  # a binary that is valid UTF-8 decodes to str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import enum
 import pickle
 from collections import OrderedDict, namedtuple
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from snakeport import _etf_tags as T
 from snakeport.errors import DecodeError, EncodeError
-from snakeport.etf import Decoder, Encoder, decode, decode_head, encode
+from snakeport.etf import Decoder, Encoder, decode, decode_head, decode_prefix, encode
 from snakeport.types import (
     Atom,
     BitBinary,
@@ -188,10 +189,15 @@ def test_subclasses_encode_as_their_base_types(erl: Any) -> None:
     assert decode(data) == [(1, 2), 1, "n", 0.5, {"a": 1}, "b"]
 
 
-def test_special_floats_become_atoms(erl: Any) -> None:
+def test_special_floats_become_atoms_and_back(erl: Any) -> None:
     data = encode([float("inf"), float("-inf"), float("nan")])
     assert erl.equal_expr(data, "[infinity, neg_infinity, nan]")
-    assert decode(data) == [Atom("infinity"), Atom("neg_infinity"), Atom("nan")]
+    inf, neg_inf, nan = decode(data)
+    assert (type(inf), type(neg_inf), type(nan)) == (float, float, float)
+    assert inf == math.inf and neg_inf == -math.inf and nan != nan
+    # The VM's own atoms decode the same way; other atoms stay atoms.
+    vm = decode(erl.term("[infinity, neg_infinity, nan, nanny]"))
+    assert vm[:2] == [math.inf, -math.inf] and vm[2] != vm[2] and vm[3] == Atom("nanny")
 
 
 def test_strings_that_are_not_utf8_encodable() -> None:
@@ -396,3 +402,19 @@ def test_comparisons_with_other_types() -> None:
 
     with pytest.raises(ValueError, match="from the generator"):
         ErlMap(failing_pairs())
+
+
+def test_decode_prefix_stops_at_the_end_of_the_term() -> None:
+    data = encode((Atom("x"), [1, 2], "three"))
+    for buf in (data + b"tail", bytearray(data + b"tail"), memoryview(data + b"tail")):
+        assert decode_prefix(buf) == ((Atom("x"), [1, 2], "three"), len(data))
+    assert decode_prefix(data) == ((Atom("x"), [1, 2], "three"), len(data))
+    with pytest.raises(DecodeError, match="trailing"):
+        decode(data + b"tail")
+    # A compressed term is the whole input: it says nothing about bytes after it.
+    packed = encode(list(range(100)), compressed=6)
+    assert decode_prefix(packed) == (list(range(100)), len(packed))
+    with pytest.raises(DecodeError):
+        decode_prefix(packed + b"tail")
+    with pytest.raises(DecodeError):
+        decode_prefix(data[:-2])

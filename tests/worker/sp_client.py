@@ -17,7 +17,7 @@ from typing import Any
 from snakeport import etf
 from snakeport.types import Atom
 
-__all__ = ["A", "PYMODS", "Worker", "worker_env"]
+__all__ = ["A", "BlobBytes", "PYMODS", "Worker", "worker_env"]
 
 PYMODS = str(Path(__file__).parent / "pymods")
 
@@ -25,6 +25,26 @@ PYMODS = str(Path(__file__).parent / "pymods")
 def A(name: str) -> Atom:  # noqa: N802 - reads like Erlang's atom literal
     """Shorthand for an atom."""
     return Atom(name)
+
+
+class BlobBytes(bytes):
+    """The bytes of a blob: array data that travelled after the frame's term."""
+
+
+def _resolve_blobs(term: Any, tail: memoryview, used: list) -> Any:
+    t = type(term)
+    if t is tuple:
+        if len(term) == 3 and term[0] == "$snakeport_blob" and type(term[0]) is Atom:
+            _, offset, size = term
+            assert offset + size <= len(tail), f"blob {term} beyond the {len(tail)} bytes after the term"
+            used.append((offset, size))
+            return BlobBytes(tail[offset : offset + size])
+        return tuple(_resolve_blobs(x, tail, used) for x in term)
+    if t is list:
+        return [_resolve_blobs(x, tail, used) for x in term]
+    if t is dict:
+        return {k: _resolve_blobs(v, tail, used) for k, v in term.items()}
+    return term
 
 
 def worker_env() -> dict[str, str]:
@@ -43,15 +63,16 @@ class Worker:
     Args:
         *flags: Extra command line options.
         sessions: Sessions to open at start.
+        env: The environment (default: :func:`worker_env`).
     """
 
-    def __init__(self, *flags: str, sessions: tuple[str, ...] = ("s1",)) -> None:
+    def __init__(self, *flags: str, sessions: tuple[str, ...] = ("s1",), env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "snakeport", *flags],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=worker_env(),
+            env=env if env is not None else worker_env(),
             bufsize=0,
         )
         self._next_id = 1
@@ -85,8 +106,17 @@ class Worker:
         return b"".join(chunks)
 
     def recv_frame(self) -> Any:
+        """The next frame's term; blob terms are replaced by their bytes (:class:`BlobBytes`)."""
         (n,) = struct.unpack(">I", self._read_exact(4))
-        return etf.decode(self._read_exact(n))
+        frame = self._read_exact(n)
+        term, end = etf.decode_prefix(frame)
+        if end == len(frame):
+            return term
+        tail = memoryview(frame)[end:]
+        used: list[tuple[int, int]] = []
+        term = _resolve_blobs(term, tail, used)
+        assert used, f"{len(tail)} bytes after a term without blobs"
+        return term
 
     # --- requests
 

@@ -8,12 +8,13 @@ harness).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sp_client import A
+from sp_client import A, BlobBytes
 
 from snakeport import etf
 from snakeport._protocol import EMITTED_ATOMS, error_reply, protocol_error_event, warning_event
@@ -42,10 +43,12 @@ def doc_atoms() -> set[str]:
 
 
 def atoms_in(term: Any, out: set[str], *, values: bool = True) -> set[str]:
-    """Every atom in a decoded term; with ``values``, also ``true``/``false``/``nil``
-    (which decode to bool/None)."""
+    """Every atom in a decoded term; with ``values``, also ``true``/``false``/``nil`` and
+    the non-finite floats' atoms (which decode to bool/None/float)."""
     t = type(term)
-    if t is Atom:
+    if t is BlobBytes:  # {'$snakeport_blob', Offset, Size}, resolved by the client
+        out.add("$snakeport_blob")
+    elif t is Atom:
         out.add(str.__str__(term))
     elif t is bool:
         if values:
@@ -53,6 +56,9 @@ def atoms_in(term: Any, out: set[str], *, values: bool = True) -> set[str]:
     elif term is None:
         if values:
             out.add("nil")
+    elif t is float and not math.isfinite(term):  # the atoms infinity, neg_infinity, nan
+        if values:
+            out.add("nan" if term != term else ("infinity" if term > 0 else "neg_infinity"))
     elif t is tuple or t is list:
         for x in term:
             atoms_in(x, out, values=values)
@@ -137,6 +143,8 @@ def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> Non
     call("s1", "sp_testmod", "identity", [[A("user_atom"), True, False, None, {A("k"): A("v")}]])
     for text in ("inf", "-inf", "nan"):
         call("s1", "builtins", "float", [text])
+    # Converted values: arrays (one a blob), dates, decimals, frames (result => value).
+    call("s1", "sp_science", "every_value", opts={A("result"): A("value")})
     box = call("s1", "sp_testmod", "Box", [1])[3]
     reply("method", "s1", box, "get", [], {}, {})
     reply("getattr", "s1", (A("module"), "math"), "pi", {})

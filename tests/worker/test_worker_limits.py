@@ -66,6 +66,7 @@ def test_every_entry_point_has_the_same_defaults() -> None:
         limits.DEFAULT_OVERFLOW,
         None,  # allow: no allow-list
         limits.FORWARD_LEVELS["OFF"],
+        (),  # preload: nothing
     )
     table = SessionTable()
     assert (table.default_max_refs, table.default_ttl_seconds, table.max_tombstones, table.default_overflow) == (
@@ -98,3 +99,19 @@ def test_every_entry_point_refuses_with_the_same_words(capsys) -> None:
         Dispatcher(table, max_frame_bytes=0)
     with pytest.raises(ValueError, match="^expected max_depth to be an integer from 1 to 10000, got: 0$"):
         etf.decode(etf.encode(1), max_depth=0)
+
+
+def test_preload_names_are_checked_by_the_cli_and_config(capsys) -> None:
+    assert config_from_args(build_parser().parse_args(["--preload", "a.b_c", "--preload", "json"])).preload == (
+        "a.b_c",
+        "json",
+    )
+    for bad in ["1x", "a..b", "a.", "", "os/path", "a b"]:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["--preload", bad])
+        assert exit_info.value.code == 2
+        assert f"expected preload to be a module name (dotted identifiers), got: {bad!r}" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="expected preload to be a module name"):
+            Config(preload=(bad,))
+    with pytest.raises(ValueError, match="expected preload to be a tuple"):
+        Config(preload=["json"])

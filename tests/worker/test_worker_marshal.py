@@ -72,13 +72,58 @@ def test_too_deep_and_cyclic_containers_become_refs(table) -> None:
     assert e.value.reason == "not_encodable"
 
 
-def test_a_walk_that_meets_an_object_late_starts_again_inside_the_table(table) -> None:
-    # Data first, an object at the end: the walk without the table stops there and the
-    # whole result is walked again under the table's lock; the value is the same as if.
-    result = [list(range(5)), {"k": (1, 2)}, Box()]
-    stored = run(table, result)
-    assert stored.value[:2] == result[:2] and stored.value[2][0] == REF_TAG
-    assert len(stored.new_ref_ids) == 1
+def test_the_walk_converts_outside_the_table_and_only_places_refs_inside_it(table) -> None:
+    # Data first, objects later and nested: the conversion (which may run an encoder: user
+    # code) runs without the table's lock; inside it, only the slots get their ref terms and
+    # the containers holding them are rebuilt (the others are the converted ones, as is).
+    import snakeport
+
+    locked_during_encoder = []
+
+    class Celsius:
+        pass
+
+    def encoder(obj):
+        locked_during_encoder.append(table.lock.locked())
+        return 21.5
+
+    snakeport.register_encoder(Celsius, encoder)
+    try:
+        box = Box()
+        plain = [list(range(5)), {"k": (1, 2)}]
+        result = [*plain, {"b": box, "t": (box, [Box(), Celsius()])}, {box: 1}]
+        stored = run(table, result)
+    finally:
+        snakeport.register_encoder(Celsius, None)
+    assert locked_during_encoder == [False]
+    value = stored.value
+    assert value[:2] == plain and value[0] is plain[0]  # data all through: not copied
+    ref = value[2]["b"]
+    assert ref[0] == REF_TAG and value[2]["t"][0] == ref and value[2]["t"][1][0][0] == REF_TAG
+    assert value[2]["t"][1][1] == 21.5
+    assert value[3] == {ref: 1}
+    assert len(stored.new_ref_ids) == 2 and stored.blobs is False
+
+
+def test_a_conversion_that_raises_answers_not_encodable(table) -> None:
+    import snakeport
+
+    class Odd:
+        pass
+
+    def encoder(obj):
+        raise KeyboardInterrupt("no")
+
+    snakeport.register_encoder(Odd, encoder)
+    try:
+        with pytest.raises(RequestError) as e:
+            run(table, [1, Odd()])
+        assert e.value.reason == "not_encodable" and "KeyboardInterrupt: no" in e.value.message
+        assert e.value.details == {"type": f"{__name__}.{Odd.__qualname__}"}
+    finally:
+        snakeport.register_encoder(Odd, None)
+    assert run(table, Odd()).value[0] == REF_TAG
+    assert table.counts() == (1, 1)
 
 
 def test_request_fields_are_checked_with_clear_messages() -> None:

@@ -1,7 +1,9 @@
 """Snakeport: a Python worker that an Erlang/Elixir VM drives as a Port, speaking ETF over stdio.
 
 Start one with ``python -m snakeport`` (or the ``snakeport-worker`` script); see
-``docs/PROTOCOL.md`` for the wire contract.
+``docs/PROTOCOL.md`` for the wire contract. User modules that the worker imports may
+register how their own types travel: :func:`register_encoder`, :func:`register_decoder`
+and :class:`Extension` (see :mod:`snakeport.extensions`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
 
 from snakeport.errors import Cancelled, NoCallContext, ToolError, ToolTimeout  # noqa: E402
+from snakeport.extensions import Extension, register_decoder, register_encoder  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -22,6 +25,9 @@ __all__ = [
     "NoCallContext",
     "CallContext",
     "context",
+    "Extension",
+    "register_encoder",
+    "register_decoder",
 ]
 
 

@@ -50,6 +50,14 @@ def _allow_option(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _module_name(text: str) -> str:
+    """The argparse ``type`` of ``--preload``."""
+    try:
+        return limits.module_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _allow_entries(values: list[list[str]] | None) -> tuple[str, ...] | None:
     """The entries of every ``--allow`` given, or ``None`` when there was none."""
     return None if values is None else tuple(name for names in values for name in names)
@@ -201,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
         "own. Levels: " + ", ".join(limits.FORWARD_LEVELS),
     )
     parser.add_argument(
+        "--preload",
+        action="append",
+        type=_module_name,
+        default=[],
+        metavar="MODULE",
+        help="import MODULE before reporting ready (repeat it for several, imported in order): "
+        "a slow first import (sklearn, torch) is paid at start instead of by the first call; "
+        f"a failing import ends the worker with status {limits.PRELOAD_FAILED}",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LOG_LEVELS,
@@ -234,6 +252,7 @@ def config_from_args(args: argparse.Namespace) -> "Config":  # noqa: F821 - impo
         default_overflow=args.default_overflow,
         allow=_allow_entries(getattr(args, "allow", None)),
         forward_logs=limits.FORWARD_LEVELS[args.forward_logs],
+        preload=tuple(args.preload),
     )
 
 

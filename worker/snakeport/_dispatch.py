@@ -54,8 +54,9 @@ from snakeport._jobs import (
 from snakeport._marshal import DATA, marshal, marshal_batch
 from snakeport._protocol import OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
 from snakeport._sessions import RefHandle, Session, SessionTable
+from snakeport._blobs import BlobReply
 from snakeport._streams import Batch, close_iterator, first_batch, next_batch
-from snakeport._tagged import TagContext, substitute
+from snakeport._tagged import TagContext, realize, substitute
 from snakeport.errors import RequestError
 from snakeport.types import Atom
 
@@ -264,6 +265,8 @@ class Dispatcher:
     def _reply(self, job: Job, stored: Any, value: Any) -> list:
         """The reply of a marshalled result, after its ``refs_evicted``/fill events."""
         reply = (REPLY, job.request_id, OK, value)
+        if stored.blobs:
+            reply = BlobReply(reply)
         if not stored.new_ref_ids:
             return [reply]
         job.new_refs = stored.new_ref_ids
@@ -362,15 +365,21 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
 
-        if allow is None:
+        if allow is None and not (ctx is not None and ctx.deferred):
 
-            def fn() -> Any:
+            def fn() -> Any:  # the common case
                 return lookup(import_module(module), function)(*args, **kwargs)
 
         else:
+            # Arrays, frames, extension values (deferred) are built on the call's thread,
+            # after the import (a module may register the decoders of its extension values).
+            deferred = ctx is not None and ctx.deferred
 
             def fn() -> Any:
-                return lookup(import_module(module), function, allow, module)(*args, **kwargs)
+                target = lookup(import_module(module), function, allow, module)
+                if deferred:
+                    return target(*realize(args), **realize(kwargs))
+                return target(*args, **kwargs)
 
         if batch is not None:
             fn = _streaming(fn, batch)
@@ -403,8 +412,13 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
 
+        deferred = ctx is not None and ctx.deferred
+
         def fn() -> Any:
-            return lookup(obj, name, allow)(*args, **kwargs)
+            target = lookup(obj, name, allow)
+            if deferred:
+                return target(*realize(args), **realize(kwargs))
+            return target(*args, **kwargs)
 
         if batch is not None:
             fn = _streaming(fn, batch)
@@ -507,11 +521,13 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
         head, _, last = name.rpartition(".")
+        deferred = ctx is not None and ctx.deferred
 
         def fn() -> Any:
             owner = lookup(obj, head, allow) if head else obj
+            built = realize(value) if deferred else value
             try:
-                setattr(owner, last, value)
+                setattr(owner, last, built)
             except AttributeError as exc:
                 raise Failure("attribute_error", exc) from None
             return None
@@ -535,8 +551,10 @@ class Dispatcher:
                 self.table.checkin(session)
                 raise
 
+        deferred = ctx is not None and ctx.deferred
+
         def fn() -> Any:
-            return evaluate(code, bindings)
+            return evaluate(code, realize(bindings) if deferred else bindings)
 
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
@@ -613,7 +631,10 @@ class Dispatcher:
             return self._tool_reply_failed(call_id, f"expected {{tool_reply, CallId, ok | error, Value}}, got: {R.short(term)}")
         if self.tools is None:
             return [P.protocol_error_event("bad_request", "tool_reply received, but this worker makes no tool calls")]
-        self.tools.deliver(call_id, term[2] == "ok", term[3], ctx.handles if ctx is not None else [])
+        if ctx is None:
+            self.tools.deliver(call_id, term[2] == "ok", term[3], [])
+        else:
+            self.tools.deliver(call_id, term[2] == "ok", term[3], ctx.handles, ctx.deferred)
         return []
 
     def _tool_reply_failed(self, call_id: int, message: str) -> list:

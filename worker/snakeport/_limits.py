@@ -35,6 +35,7 @@ it against :data:`OVERFLOW_POLICIES`.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -68,6 +69,8 @@ __all__ = [
     "LOG_RATE",
     "LOG_BURST",
     "LOG_LINE_BYTES",
+    "module_name",
+    "PRELOAD_FAILED",
 ]
 
 #: Largest payload a ``{packet, 4}`` frame can carry (its length is 32 bits).
@@ -271,3 +274,27 @@ LOG_BURST = 2000
 #: Longest forwarded line or record (bytes of a line, characters of a record); the rest is
 #: cut, and the cut counted in the text.
 LOG_LINE_BYTES = 16_384
+
+
+_MODULE_NAME = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*\Z")
+
+#: Exit status of a worker whose ``--preload`` import failed (before its ready frame).
+PRELOAD_FAILED = 3
+
+
+def module_name(value: Any, name: str = "preload") -> str:
+    """Check a module name (``--preload``): dotted Python identifiers.
+
+    Args:
+        value: The value to check.
+        name: The option's name, for the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: "expected preload to be a module name (dotted identifiers), got: ...".
+    """
+    if type(value) is not str or not _MODULE_NAME.match(value):
+        raise ValueError(f"expected {name} to be a module name (dotted identifiers), got: {value!r}")
+    return value

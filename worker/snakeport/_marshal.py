@@ -1,26 +1,29 @@
 """Result marshalling: a call's result becomes the value of its reply (``docs/PROTOCOL.md``,
 *Results*).
 
-I/O-free: no threads, no file descriptors. It walks only built-in containers, by exact type,
-and reads type names with :func:`~snakeport._guard.type_name` (no user code); the one user
-code it can run is a metaclass's ``__hash__`` or ``__eq__`` when it looks a result's type up
-in :data:`DATA` (hashing each type by identity instead would double the cost of the walk),
-and whatever that raises propagates to the caller, which answers the request with an
-error. Plain data travels as data; any other object, and a
-container nested deeper than ``max_depth`` or cyclic, becomes a ref term
-``{'$snakeport_ref', Session, RefId, Type}`` (``result => auto``), or fails with
-``not_encodable`` (``result => value``); ``result => ref`` makes the whole result one ref.
-Finding the refs a session already holds and storing the new ones is one atomic step of the
-session table (:meth:`~snakeport._sessions.SessionTable.store_result`), which the walk runs
-inside: a ref the reply returns cannot be evicted, pruned or released before the reply is
+I/O-free: no threads, no file descriptors. Plain data travels as data; objects of known
+types (dates, ``Decimal``, numpy arrays and scalars, pandas objects under ``result =>
+value``, types with a registered encoder: :mod:`snakeport._convert`) are converted to their
+terms; any other object, and a container nested deeper than ``max_depth`` or cyclic,
+becomes a ref term ``{'$snakeport_ref', Session, RefId, Type}`` (``result => auto``), or
+fails with ``not_encodable`` (``result => value``); ``result => ref`` makes the whole result
+one ref.
+
+The conversion reads user objects (numpy and pandas attributes, iteration, encoders): it
+runs outside the session table's lock, and any exception it raises (``BaseException``
+included) fails the result with ``not_encodable``. Finding the refs a session already holds
+and storing the new ones is one atomic step of the session table
+(:meth:`~snakeport._sessions.SessionTable.store_result`), which only puts the ref terms in
+place: a ref the reply returns cannot be evicted, pruned or released before the reply is
 built.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from snakeport._guard import type_name
+from snakeport._convert import NotData, converter_for
+from snakeport._guard import safe_str, type_name
 from snakeport._protocol import REF_TAG, SET_TAG
 from snakeport._requests import AUTO, REF
 from snakeport._sessions import RefIdOf, Session, SessionTable, StoredResult
@@ -66,6 +69,11 @@ _issuperset = DATA.issuperset
 def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_depth: int) -> StoredResult:
     """Turn a result into its reply value, storing the refs it needs in the session.
 
+    The walk runs outside the table's lock (it may read numpy and pandas objects, and run
+    registered encoders); each object that needs a ref gets a :class:`_Slot`, and only the
+    slots are given their refs inside :meth:`~snakeport._sessions.SessionTable.store_result`
+    (the one atomic step), where the containers holding them are rebuilt.
+
     Args:
         table: The session table.
         session: The call's session.
@@ -75,12 +83,14 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
 
     Returns:
         The table's :class:`~snakeport._sessions.StoredResult`: the value, the new ref ids,
-        the evicted ones and the fill warning.
+        the evicted ones and the fill warning (``blobs`` is True when the value holds
+        :class:`~snakeport._blobs.Blob` objects).
 
     Raises:
         RequestError: ``not_encodable`` (``result => value`` and an object that cannot
-            travel as data), or the errors of ``store_result`` (``max_refs_exceeded``,
-            ``session_not_found``).
+            travel as data, or a conversion that raised: the message says what and
+            ``details.type`` names the type), or the errors of ``store_result``
+            (``max_refs_exceeded``, ``session_not_found``).
     """
     if mode == REF:
         sid = session.session_id
@@ -90,15 +100,18 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
 
         return table.store_result(session, build)
     walk = _Walk(session.session_id, mode == AUTO, max_depth)
-    if mode != AUTO or type(result) in _CONTAINERS:
-        # ``result => value`` never needs the table, and most container results are data
-        # all through: walk without the table, and start again inside it at the first
-        # object that needs a ref.
-        try:
-            return StoredResult(walk.convert(result, 0), [], [], None)
-        except _NeedsRefs:
-            walk = _Walk(session.session_id, True, max_depth)
-    return table.store_result(session, lambda ref_id_of: walk.walk(result, ref_id_of))
+    value = _convert(walk, result)
+    if not walk.slots:
+        return StoredResult(value, [], [], None, walk.blobs)
+    slots = walk.slots
+    sid = session.session_id
+
+    def build_refs(ref_id_of: RefIdOf) -> Any:
+        for slot in slots:
+            slot.ref = (REF_TAG, sid, ref_id_of(slot.obj), slot.type_name)
+        return walk.fill(value)
+
+    return table.store_result(session, build_refs)._replace(blobs=walk.blobs)
 
 
 def marshal_batch(
@@ -134,17 +147,33 @@ def marshal_batch(
 
         return table.store_result(session, build_refs)
     walk = _Walk(sid, mode == AUTO, max_depth)
-    if keep is None:
-        try:
-            return StoredResult((walk.convert(items, 0), None), [], [], None)
-        except _NeedsRefs:
-            walk = _Walk(sid, True, max_depth)
+    value = _convert(walk, items)
+    if not walk.slots and keep is None:
+        return StoredResult((value, None), [], [], None, walk.blobs)
+    slots = walk.slots
 
     def build(ref_id_of: RefIdOf) -> Any:
-        return walk.walk(items, ref_id_of), _ref_term(sid, keep, ref_id_of)
+        for slot in slots:
+            slot.ref = (REF_TAG, sid, ref_id_of(slot.obj), slot.type_name)
+        return walk.fill(value), _ref_term(sid, keep, ref_id_of)
 
-    return table.store_result(session, build)
+    return table.store_result(session, build)._replace(blobs=walk.blobs)
 
+
+def _convert(walk: "_Walk", value: Any) -> Any:
+    """``walk.convert(value, 0)``, a conversion that raised (``BaseException`` included:
+    numpy and pandas reads, encoders) failing the result with ``not_encodable``."""
+    try:
+        return walk.convert(value, 0)
+    except RequestError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a numpy/pandas read or an encoder failed
+        name = type_name(type(walk.current)) if walk.current is not _NOTHING else type_name(type(value))
+        raise RequestError(
+            "not_encodable",
+            f"converting a {name} of the result failed: {type_name(type(exc))}: {safe_str(exc)}",
+            details={"type": name},
+        ) from None
 
 def _ref_term(sid: str | bytes, obj: Any, ref_id_of: RefIdOf) -> tuple | None:
     if obj is None:
@@ -155,37 +184,47 @@ def _ref_term(sid: str | bytes, obj: Any, ref_id_of: RefIdOf) -> tuple | None:
 #: Types :class:`_Walk` descends into.
 _CONTAINERS = frozenset({list, tuple, dict, set, frozenset, ErlMap, ImproperList})
 
+_NOTHING = object()
 
-class _NeedsRefs(Exception):
-    """Raised by a walk without the table at the first object that needs a ref."""
+
+class _Slot:
+    """Where a ref goes in a converted value: the object, and its ref term once stored."""
+
+    __slots__ = ("obj", "type_name", "ref")
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self.type_name = type_name(type(obj))
+        self.ref: tuple | None = None
 
 
 class _Walk:
-    """One walk over a result: data stays data, other objects become ref terms.
+    """One walk over a result: data stays data, known types are converted, other objects
+    get a :class:`_Slot` (``result => auto``) or fail (``result => value``).
 
-    Without ``ref_id_of`` (outside the table), the first object that needs a ref raises
-    :class:`_NeedsRefs`; with it (inside :meth:`SessionTable.store_result`), each object gets
-    its ref, once per object however often the result holds it.
+    Attributes:
+        auto: ``result => auto`` (objects become refs; pandas objects too).
+        max_depth: Deepest nesting converted as data.
+        slots: One slot per object that needs a ref, in order of first appearance.
+        blobs: Whether the value holds a :class:`~snakeport._blobs.Blob`.
+        current: The object being converted by a converter (for error messages).
     """
 
-    __slots__ = ("sid", "auto", "max_depth", "seen", "path", "ref_id_of")
+    __slots__ = ("auto", "max_depth", "seen", "path", "slots", "uses", "dirty", "blobs", "current")
 
     def __init__(self, sid: str | bytes, auto: bool, max_depth: int) -> None:
-        self.sid = sid
         self.auto = auto
         self.max_depth = max_depth
-        self.seen: dict[int, tuple] = {}  # id(obj) -> its ref term (one object, one ref)
+        self.seen: dict[int, _Slot] = {}  # id(obj) -> its slot (one object, one ref)
         self.path: set[int] = set()  # ids of the containers being walked (cycles)
-        self.ref_id_of: Callable[[Any], int] | None = None
+        self.slots: list[_Slot] = []
+        self.uses = 0  # slots placed so far (a slot placed twice counts twice)
+        self.dirty: set[int] = set()  # ids of the converted containers that hold slots
+        self.blobs = False
+        self.current: Any = _NOTHING
 
-    def walk(self, result: Any, ref_id_of: RefIdOf) -> Any:
-        """Convert ``result``, giving objects refs with ``ref_id_of`` (the ``build`` of
-        :meth:`~snakeport._sessions.SessionTable.store_result`)."""
-        self.ref_id_of = ref_id_of
-        return self.convert(result, 0)
-
-    def leaf(self, obj: Any, why: str = "") -> tuple:
-        """Return the ref term for ``obj``: its existing ref in the session, or a new one."""
+    def leaf(self, obj: Any, why: str = "") -> Any:
+        """Return the slot of ``obj`` (``result => value``: fail with ``not_encodable``)."""
         if not self.auto:
             name = type_name(type(obj))
             raise RequestError(
@@ -193,18 +232,17 @@ class _Walk:
                 why or f"the result holds a {name}, which cannot travel as data (result => value)",
                 details={"type": name},
             )
-        ref_id_of = self.ref_id_of
-        if ref_id_of is None:
-            raise _NeedsRefs
         key = id(obj)
-        ref = self.seen.get(key)
-        if ref is None:
-            ref = (REF_TAG, self.sid, ref_id_of(obj), type_name(type(obj)))
-            self.seen[key] = ref
-        return ref
+        slot = self.seen.get(key)
+        if slot is None:
+            slot = _Slot(obj)
+            self.seen[key] = slot
+            self.slots.append(slot)
+        self.uses += 1
+        return slot
 
     def convert(self, value: Any, depth: int) -> Any:
-        """Return the term for ``value`` at nesting ``depth``."""
+        """Return the term for ``value`` at nesting ``depth`` (slots where refs go)."""
         t = type(value)
         if t in DATA:
             return value
@@ -215,13 +253,17 @@ class _Walk:
             if depth >= self.max_depth or key in self.path:
                 return self.leaf(value, "the result is nested too deeply or is cyclic")
             self.path.add(key)
+            uses = self.uses
             out = []
             append = out.append
             depth += 1
             for item in value:
                 append(self.convert(item, depth))
             self.path.discard(key)
-            return out if t is list else tuple(out)
+            converted = out if t is list else tuple(out)
+            if self.uses != uses:
+                self.dirty.add(id(converted))
+            return converted
         if t is dict:
             if depth < self.max_depth and _issuperset(map(type, value)) and _issuperset(map(type, value.values())):
                 return value
@@ -229,29 +271,88 @@ class _Walk:
             if depth >= self.max_depth or key in self.path:
                 return self.leaf(value, "the result is nested too deeply or is cyclic")
             self.path.add(key)
+            uses = self.uses
             depth += 1
             pairs = []
             for k, v in value.items():
                 pairs.append((self.convert(k, depth), self.convert(v, depth)))
             self.path.discard(key)
-            try:
-                return dict(pairs)
-            except TypeError:  # a converted key is unhashable (e.g. a frozenset key)
-                return ErlMap(pairs)
+            converted = _map(pairs)
+            if self.uses != uses:
+                self.dirty.add(id(converted))
+            return converted
         if t is ErlMap or t is ImproperList:
             if depth >= self.max_depth:
                 return self.leaf(value, "the result is nested too deeply")
+            uses = self.uses
             depth += 1
             if t is ErlMap:
-                return ErlMap([(self.convert(k, depth), self.convert(v, depth)) for k, v in value.items()])
-            elements = [self.convert(x, depth) for x in value.elements]
-            return ImproperList(elements, self.convert(value.tail, depth))
+                converted = ErlMap([(self.convert(k, depth), self.convert(v, depth)) for k, v in value.items()])
+            else:
+                elements = [self.convert(x, depth) for x in value.elements]
+                converted = ImproperList(elements, self.convert(value.tail, depth))
+            if self.uses != uses:
+                self.dirty.add(id(converted))
+            return converted
         if t is set or t is frozenset:
             if depth >= self.max_depth:
                 return self.leaf(value, "the result is nested too deeply")
+            uses = self.uses
             depth += 1
             out = []
             for item in value:
                 out.append(self.convert(item, depth))
-            return (SET_TAG, out)
-        return self.leaf(value)
+            converted = (SET_TAG, out)
+            if self.uses != uses:
+                self.dirty.add(id(out))
+                self.dirty.add(id(converted))
+            return converted
+        converter = converter_for(t)
+        if converter is None:
+            return self.leaf(value)
+        uses = self.uses
+        outer = self.current
+        self.current = value
+        try:
+            term = converter(value, self, depth)
+        except NotData as exc:
+            self.current = outer
+            return self.leaf(value, exc.why and f"the result holds a {type_name(t)} that cannot travel as data: {exc.why}")
+        self.current = outer
+        if self.uses != uses and type(term) in _CONTAINERS:
+            self.dirty.add(id(term))
+        return term
+
+    def fill(self, term: Any) -> Any:
+        """Return ``term`` with each slot replaced by its ref term (containers rebuilt)."""
+        t = type(term)
+        if t is _Slot:
+            return term.ref
+        if id(term) not in self.dirty:
+            return term
+        # Plain loops, no comprehensions: one Python frame per level (results nest down
+        # to --max-depth, and a set is two levels).
+        fill = self.fill
+        out: list = []
+        append = out.append
+        if t is list or t is tuple:
+            for x in term:
+                append(fill(x))
+            return out if t is list else tuple(out)
+        if t is dict or t is ErlMap:
+            for k, v in term.items():
+                append((fill(k), fill(v)))
+            return _map(out) if t is dict else ErlMap(out)
+        if t is ImproperList:
+            for x in term.elements:
+                append(fill(x))
+            return ImproperList(out, fill(term.tail))
+        return term
+
+
+def _map(pairs: list) -> Any:
+    """A dict of converted pairs, or an ErlMap when a converted key is unhashable."""
+    try:
+        return dict(pairs)
+    except TypeError:  # a converted key is unhashable (e.g. a frozenset key)
+        return ErlMap(pairs)

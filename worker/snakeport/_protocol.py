@@ -57,6 +57,26 @@ __all__ = [
     "READY",
     "REF_TAG",
     "SET_TAG",
+    "ARRAY_TAG",
+    "BLOB_TAG",
+    "DATE_TAG",
+    "TIME_TAG",
+    "DATETIME_TAG",
+    "TIMEDELTA_TAG",
+    "DECIMAL_TAG",
+    "UUID_TAG",
+    "RANGE_TAG",
+    "DATAFRAME_TAG",
+    "SERIES_TAG",
+    "INDEX_TAG",
+    "EXT_TAG",
+    "KIND_S",
+    "KIND_U",
+    "KIND_F",
+    "KIND_C",
+    "DECIMAL_NAN",
+    "DECIMAL_SNAN",
+    "DECIMAL_INF",
     "BYTES_TAG",
     "MODULE",
     "TOOL_REPLY",
@@ -109,7 +129,12 @@ EMITTED_ATOMS: frozenset[str] = frozenset(
         "stdout", "stderr",
         # values: booleans, None, non-finite floats, reserved tags
         "true", "false", "nil", "infinity", "neg_infinity", "nan", "$snakeport_ref",
-        "$snakeport_set",
+        "$snakeport_set", "$snakeport_array", "$snakeport_blob", "$snakeport_date",
+        "$snakeport_time", "$snakeport_datetime", "$snakeport_timedelta", "$snakeport_decimal",
+        "$snakeport_uuid", "$snakeport_range", "$snakeport_dataframe", "$snakeport_series",
+        "$snakeport_index", "$snakeport_ext",
+        # array element kinds (Nx's notation) and the special Decimal coefficients
+        "s", "u", "f", "c", "NaN", "sNaN", "inf",
     }
 )
 
@@ -142,6 +167,28 @@ PONG = emit("pong")
 READY = emit("snakeport_ready")
 REF_TAG = emit("$snakeport_ref")
 SET_TAG = emit("$snakeport_set")
+ARRAY_TAG = emit("$snakeport_array")
+BLOB_TAG = emit("$snakeport_blob")
+DATE_TAG = emit("$snakeport_date")
+TIME_TAG = emit("$snakeport_time")
+DATETIME_TAG = emit("$snakeport_datetime")
+TIMEDELTA_TAG = emit("$snakeport_timedelta")
+DECIMAL_TAG = emit("$snakeport_decimal")
+UUID_TAG = emit("$snakeport_uuid")
+RANGE_TAG = emit("$snakeport_range")
+DATAFRAME_TAG = emit("$snakeport_dataframe")
+SERIES_TAG = emit("$snakeport_series")
+INDEX_TAG = emit("$snakeport_index")
+EXT_TAG = emit("$snakeport_ext")
+#: Array element kinds, Nx's notation: signed and unsigned integers, floats, complex.
+KIND_S = emit("s")
+KIND_U = emit("u")
+KIND_F = emit("f")
+KIND_C = emit("c")
+#: The coefficients of the special Decimal values (as the Elixir ``decimal`` package names them).
+DECIMAL_NAN = emit("NaN")
+DECIMAL_SNAN = emit("sNaN")
+DECIMAL_INF = emit("inf")
 
 # Atoms the worker only reads (VM -> worker): never emitted, so not in EMITTED_ATOMS.
 BYTES_TAG = Atom("$snakeport_bytes")

@@ -34,8 +34,8 @@ holds two of them at once, except the writer's pair, always taken in that order
 ``threading.Event``, set (never waited on) under the jobs' lock or the tool calls' lock and
 holding nothing else: the scheduler calls out (run a job, encode, send, submit) only after
 letting its lock go, the jobs' lock is never held around user code or the table, and the
-table's lock is held around the marshalling walk only, which takes no lock. So no lock
-order can deadlock.
+table's lock is held only while the marshalling puts ref terms in a converted value, which
+takes no lock and runs no user code. So no lock order can deadlock.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from snakeport._async import Awaits
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
 from snakeport._guard import guarded, safe_str, type_name
+from snakeport._blobs import BlobReply, encode_with_blobs
 from snakeport._jobs import Job, Jobs
 from snakeport._protocol import OK, REPLY, TOOL_REPLY, error_reply, protocol_error_event, warning_event
 from snakeport._scheduler import Scheduler
@@ -63,8 +64,8 @@ from snakeport._sessions import SessionTable
 from snakeport._spin import SpinPolicy
 from snakeport._tagged import TagContext, encode_default
 from snakeport._tools import ToolCalls
-from snakeport._writer import SEGMENT_BYTES, FrameWriter, segmented_reply
-from snakeport.errors import EncodeError
+from snakeport._writer import SEGMENT_BYTES, Borrowed, FrameWriter, segmented_reply
+from snakeport.errors import DecodeError, EncodeError
 
 __all__ = ["Config", "Server", "run"]
 
@@ -89,6 +90,7 @@ class _ConfigFields(NamedTuple):
     default_overflow: str = limits.DEFAULT_OVERFLOW
     allow: tuple[str, ...] | None = None
     forward_logs: int = 0
+    preload: tuple[str, ...] = ()
 
 
 #: The rule of each Config field, in field order.
@@ -128,9 +130,11 @@ class Config(_ConfigFields):
             called (see :mod:`snakeport._allow`).
         forward_logs: Least level of Python's output sent to the VM as ``log`` events (a
             ``logging`` level number); 0: none (see :mod:`snakeport._output`).
+        preload: Modules imported before the ready frame, in order.
 
     Raises:
-        ValueError: A setting is out of range, or an allow-list entry is invalid.
+        ValueError: A setting is out of range, an allow-list entry is invalid, or a preload
+            is not a module name.
     """
 
     __slots__ = ()
@@ -145,7 +149,34 @@ class Config(_ConfigFields):
             AllowList(self.allow)  # checks the entries
         if self.forward_logs not in limits.FORWARD_LEVELS.values():
             raise ValueError(f"expected forward_logs to be a logging level, got: {self.forward_logs!r}")
+        if type(self.preload) is not tuple:
+            raise ValueError(f"expected preload to be a tuple of module names, got: {self.preload!r}")
+        for module in self.preload:
+            limits.module_name(module)
         return self
+
+
+def preload(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` in order (the worker's ``--preload``), before the ready frame.
+
+    A module that fails to import ends the process with status
+    :data:`~snakeport._limits.PRELOAD_FAILED`
+    and its traceback on stderr: the harness then reports that the worker exited before
+    its ready frame.
+
+    Args:
+        modules: Module names.
+    """
+    import importlib
+
+    for module in modules:
+        started = time.monotonic()
+        try:
+            importlib.import_module(module)
+        except BaseException:  # noqa: BLE001 - any failure of a preload ends the worker
+            log.critical("--preload %s failed; exiting", module, exc_info=True)
+            process.exit_now(limits.PRELOAD_FAILED)
+        log.info("preloaded %s in %.0f ms", module, (time.monotonic() - started) * 1000)
 
 
 def _output_closed(exc: OSError) -> NoReturn:
@@ -218,8 +249,11 @@ class Server:
             etf.DEFAULT_MAX_SIZE if config.max_frame_bytes == etf.DEFAULT_MAX_SIZE else config.max_frame_bytes
         )
         # Outgoing terms nest deeper than --max-depth: the reply envelope, a ref term where
-        # the marshalling stopped, and two levels per set ({'$snakeport_set', List}).
-        self._encoder = etf.Encoder(max_depth=2 * config.max_depth + 2, default=encode_default)
+        # the marshalling stopped, two levels per set ({'$snakeport_set', List}), and a few
+        # more inside the terms of converted values (an array's shape in a column of a
+        # DataFrame's data).
+        self._max_out_depth = 2 * config.max_depth + 8
+        self._encoder = etf.Encoder(max_depth=self._max_out_depth, default=encode_default)
 
     # ------------------------------------------------------------------ output
 
@@ -247,7 +281,10 @@ class Server:
         encode = self._encoder.encode
         payloads = []
         for term in terms:
-            payload = encode(term)
+            if term.__class__ is BlobReply:  # a tool call with large arrays: written before send returns
+                payload = Borrowed(encode_with_blobs(term, self._encode_term, encode_default))
+            else:
+                payload = encode(term)
             if len(payload) > _MAX_PACKET:
                 raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
             payloads.append(payload)
@@ -259,6 +296,17 @@ class Server:
         if payloads is None:
             payloads = []
         for term in terms:
+            if term.__class__ is BlobReply:
+                try:
+                    payload = Borrowed(encode_with_blobs(term, self._encode_term, encode_default))
+                    if len(payload) > _MAX_PACKET:
+                        raise EncodeError(f"a frame of {len(payload)} bytes exceeds the {{packet, 4}} limit")
+                    payloads.append(payload)
+                except Exception as exc:  # noqa: BLE001 - EncodeError, RecursionError, ...
+                    payloads.append(encode(self._unencodable(term, exc)))
+                    if job is not None:
+                        self.dispatcher.unsent(job)
+                continue
             if (
                 term.__class__ is tuple
                 and len(term) == 4
@@ -285,9 +333,13 @@ class Server:
                     payloads.append(encode(replacement))
         return payloads
 
+    def _encode_term(self, term: Any, *, default: Any) -> bytes:
+        """``etf.encode`` with the server's depth limit and another ``default`` hook."""
+        return etf.encode(term, default=default, max_depth=self._max_out_depth)
+
     @staticmethod
     def _unencodable(term: Any, exc: BaseException) -> Any:
-        if type(term) is tuple and len(term) == 4 and term[0] == "reply" and type(term[1]) is int:
+        if isinstance(term, tuple) and len(term) == 4 and term[0] == "reply" and type(term[1]) is int:
             return error_reply(term[1], "not_encodable", f"the result cannot be encoded: {safe_str(exc)}")
         log.error("dropping an event that cannot be encoded: %s", safe_str(exc))
         return None
@@ -310,7 +362,14 @@ class Server:
             ]
         if not terms:
             return None
-        return self._encode(terms, job)
+        payloads = self._encode(terms, job)
+        for payload in payloads:
+            if payload.__class__ is Borrowed:
+                # The frame borrows the buffers of the result's arrays: written now, before
+                # this thread runs anything else (no held reply, no queue left behind).
+                self._writer.send(payloads)
+                return None
+        return payloads
 
     def _complete_awaited(self, job: Job, result: Any) -> None:
         """Send the reply of a job whose awaitable is done (on the event loop's thread)."""
@@ -417,7 +476,11 @@ class Server:
         else:
             ctx = TagContext()
         try:
-            term = etf.decode(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
+            term, end = etf.decode_prefix(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
+            if ctx is not None and ctx.blobs:
+                ctx.bind(event, end)  # the bytes after the term are its blobs
+            elif end != len(event):
+                raise DecodeError(f"{len(event) - end} trailing bytes after the term at byte {end}")
             failure = None
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             failure = f"invalid frame: {safe_str(exc)}"
@@ -519,5 +582,6 @@ def run(config: Config) -> NoReturn:
     # Results (and arguments holding refs) are walked recursively down to --max-depth
     # (bounded: a C int, and C code recursing that deep would overflow the thread's stack).
     sys.setrecursionlimit(max(sys.getrecursionlimit(), min(2 * config.max_depth + 1000, limits.MAX_RECURSION)))
+    preload(config.preload)
     server = Server(config, in_fd, out_fd)
     server.serve()

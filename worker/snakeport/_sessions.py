@@ -92,12 +92,15 @@ class StoredResult(NamedTuple):
         new_ref_ids: The ids of the refs stored for it (empty when none).
         evicted: The ids of the refs evicted to make room, oldest first.
         fill: ``(refs, max_refs)`` when the session just reached its fill threshold.
+        blobs: Whether the value holds blobs (large array buffers, :mod:`snakeport._blobs`);
+            set by the marshalling.
     """
 
     value: Any
     new_ref_ids: list[int]
     evicted: list[int]
     fill: tuple[int, int] | None
+    blobs: bool = False
 
 
 class RefHandle:
@@ -572,10 +575,7 @@ class SessionTable:
         between: every ref in the value is live when this returns.
 
         ``build`` runs under the lock: it must not call the table, and it must not run
-        user code (the marshalling only walks built-in containers and reads type names;
-        the exception is a metaclass's ``__hash__`` or ``__eq__``, see
-        :mod:`snakeport._marshal`: whatever ``build`` raises propagates, the lock let go
-        and nothing stored).
+        user code (the marshalling only puts ref terms in a value it converted before).
 
         Args:
             session: The session (as returned by :meth:`checkout`).

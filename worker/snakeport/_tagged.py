@@ -1,4 +1,4 @@
-"""The reserved tagged terms of the protocol, both ways: ``$snakeport_ref``, ``_bytes``, ``_set``.
+"""The reserved tagged terms of the protocol, both ways (``docs/PROTOCOL.md``, *Values*).
 
 I/O-free: plain terms in and out (no threads, no file descriptors). The only objects of the
 user it touches are resolved refs: it moves them into the arguments, and hashes those that
@@ -7,11 +7,18 @@ the VM put in a set or a map key (``__hash__`` is the one user code that can run
 Incoming, the server decodes each frame with a fresh :class:`TagContext` as the codec's
 ``tagged`` hook: ref terms become :class:`~snakeport._sessions.RefHandle` objects (the
 session table checks and resolves them when the request's session is known, in
-:meth:`~snakeport._sessions.SessionTable.checkout`), bytes and set terms become ``bytes`` and
-``set``. Once resolved, :func:`substitute` puts the objects in place of the handles in the
+:meth:`~snakeport._sessions.SessionTable.checkout`); bytes, set, date, time, datetime,
+timedelta, decimal, uuid and range terms become their Python values at once
+(:mod:`snakeport._stdlib`); blob terms become :class:`~snakeport._blobs.BlobRef` objects
+that :meth:`TagContext.bind` points at the bytes after the term. Arrays, pandas frames and
+extension values need numpy, pandas or user code: they are checked here and become
+:class:`Deferred` objects, which :func:`realize` builds on the thread that runs the call,
+just before it (numpy and pandas are imported then, not while reading frames). Once refs
+are resolved, :func:`substitute` puts the objects in place of the handles in the
 arguments, and :meth:`TagContext.restore` puts the tagged terms back where a value is kept
 as the VM sent it (session ``tags``). Outgoing, :func:`encode_default` is the codec's
-``default`` hook: an echoed handle is its own ref term again, a set a ``$snakeport_set`` term.
+``default`` hook: an echoed handle is its own ref term again, a set a ``$snakeport_set``
+term.
 """
 
 from __future__ import annotations
@@ -19,16 +26,69 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from snakeport._guard import type_name
-from snakeport._protocol import BYTES_TAG, REF_TAG, SET_TAG
+from snakeport import _stdlib, extensions
+from snakeport._blobs import BlobRef, bind
+from snakeport._jobs import Failure
+from snakeport._protocol import (
+    ARRAY_TAG,
+    BLOB_TAG,
+    BYTES_TAG,
+    DATAFRAME_TAG,
+    DATE_TAG,
+    DATETIME_TAG,
+    DECIMAL_TAG,
+    EXT_TAG,
+    INDEX_TAG,
+    RANGE_TAG,
+    REF_TAG,
+    SERIES_TAG,
+    SET_TAG,
+    TIME_TAG,
+    TIMEDELTA_TAG,
+    UUID_TAG,
+)
 from snakeport._sessions import RefHandle
 from snakeport.errors import EncodeError
 from snakeport.types import Atom, ErlMap, ImproperList
 
-__all__ = ["TagContext", "resolve_tagged", "substitute", "encode_default"]
+__all__ = ["TagContext", "Deferred", "resolve_tagged", "substitute", "realize", "encode_default"]
+
+#: Tags whose terms become Python values at once (the builder gets the whole tuple).
+_IMMEDIATE: dict[Atom, Callable[[tuple], Any]] = {
+    DATE_TAG: _stdlib.date_from,
+    TIME_TAG: _stdlib.time_from,
+    DATETIME_TAG: _stdlib.datetime_from,
+    TIMEDELTA_TAG: _stdlib.timedelta_from,
+    DECIMAL_TAG: _stdlib.decimal_from,
+    UUID_TAG: _stdlib.uuid_from,
+    RANGE_TAG: _stdlib.range_from,
+}
+
+
+class Deferred:
+    """A value the VM sent that is built on the call's thread: an array, a pandas frame or
+    an extension value. :func:`realize` calls ``build(*args)`` once the deferred values
+    inside ``args`` are built.
+
+    Attributes:
+        build: Makes the value.
+        args: Its arguments (checked when the term was decoded).
+        term: The term as received (for :meth:`TagContext.restore`).
+    """
+
+    __slots__ = ("build", "args", "term")
+
+    def __init__(self, build: Callable[..., Any], args: tuple, term: tuple) -> None:
+        self.build = build
+        self.args = args
+        self.term = term
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.term[0]})"
 
 
 class TagContext:
-    """The codec's ``tagged`` hook for one frame: collects refs, converts bytes and sets.
+    """The codec's ``tagged`` hook for one frame: collects refs, converts the other terms.
 
     Call it with each decoded ``('$snakeport_...', ...)`` tuple; it returns the replacement.
     It never raises: a malformed tagged term is remembered in :attr:`error` and the request
@@ -37,16 +97,20 @@ class TagContext:
 
     Attributes:
         handles: The :class:`RefHandle` of every ref term in the frame, in order.
+        deferred: Whether the frame holds :class:`Deferred` values (arrays, frames,
+            extension values): the call must :func:`realize` its arguments.
+        blobs: The :class:`~snakeport._blobs.BlobRef` of every blob term, in order.
         error: Message of the first malformed tagged term, or ``None``.
         originals: ``id(replacement) -> (replacement, tagged tuple)`` of each converted
-            ``$snakeport_bytes`` and ``$snakeport_set`` term (``None`` until one is), for
-            :meth:`restore`.
+            term other than refs (``None`` until one is), for :meth:`restore`.
     """
 
-    __slots__ = ("handles", "error", "originals")
+    __slots__ = ("handles", "deferred", "blobs", "error", "originals")
 
     def __init__(self) -> None:
         self.handles: list[RefHandle] = []
+        self.deferred = False
+        self.blobs: list[BlobRef] = []
         self.error: str | None = None
         self.originals: dict[int, tuple] | None = None
 
@@ -57,7 +121,9 @@ class TagContext:
             term: A tuple whose first element is an atom starting with ``$snakeport_``.
 
         Returns:
-            A :class:`RefHandle`, ``bytes``, a ``set``, or the tuple unchanged.
+            A :class:`RefHandle`, ``bytes``, a ``set``, a date or other standard value, a
+            :class:`Deferred`, a :class:`~snakeport._blobs.BlobRef`, or the tuple
+            unchanged (a tag this protocol does not define).
         """
         tag = term[0]
         n = len(term)
@@ -86,7 +152,60 @@ class TagContext:
                     self._fail(f"a $snakeport_set element is not hashable: {exc}")
             else:
                 self._fail("expected {'$snakeport_set', List}")
+        else:
+            build = _IMMEDIATE.get(tag)
+            try:
+                if build is not None:
+                    return self._converted(build(term), term)
+                if tag == BLOB_TAG:
+                    return self._blob(term)
+                deferred = self._deferred(tag, term)
+                if deferred is not None:
+                    self.deferred = True
+                    return self._converted(deferred, term)
+            except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
+                self._fail(f"invalid {str.__str__(tag)} term: {exc}")
         return term
+
+    def _blob(self, term: tuple) -> BlobRef:
+        if len(term) != 3 or any(type(x) is not int or x < 0 for x in term[1:]):
+            raise ValueError("expected {'$snakeport_blob', Offset, Size} with non-negative integers")
+        ref = BlobRef(term[1], term[2], term)
+        self.blobs.append(ref)
+        return ref
+
+    @staticmethod
+    def _deferred(tag: Atom, term: tuple) -> Deferred | None:
+        if tag == ARRAY_TAG:
+            from snakeport._arrays import array_spec, build_array
+
+            return Deferred(build_array, (array_spec(term),), term)
+        if tag == DATAFRAME_TAG or tag == SERIES_TAG or tag == INDEX_TAG:
+            from snakeport import _frames
+
+            size = 3 if tag == INDEX_TAG else 4
+            if len(term) != size:
+                raise ValueError(f"expected a tuple of {size} elements")
+            if tag == DATAFRAME_TAG:
+                return Deferred(_frames.build_dataframe, term[1:], term)
+            if tag == SERIES_TAG:
+                return Deferred(_frames.build_series, term[1:], term)
+            return Deferred(_frames.build_index, term[1:], term)
+        if tag == EXT_TAG:
+            if len(term) != 3 or type(term[1]) is not str:
+                raise ValueError("expected {'$snakeport_ext', Name, Payload} with a binary name")
+            return Deferred(_decode_extension, term[1:], term)
+        return None
+
+    def bind(self, frame: bytes | bytearray, end: int) -> None:
+        """Point the frame's blob refs at the bytes after its term (sets :attr:`error`).
+
+        Args:
+            frame: The frame.
+            end: Where its term ends.
+        """
+        if self.error is None:
+            self.error = bind(self.blobs, frame, end)
 
     def _fail(self, message: str) -> None:
         if self.error is None:
@@ -100,10 +219,11 @@ class TagContext:
         return value
 
     def restore(self, term: Any) -> Any:
-        """Return ``term`` with converted bytes and sets put back as their tagged tuples.
+        """Return ``term`` with converted values put back as their tagged tuples.
 
         For values kept "as is" (session ``tags``); ref handles need nothing (they encode
-        as their own term, see :func:`encode_default`).
+        as their own term, see :func:`encode_default`). A blob's bytes are put back in its
+        array's term.
 
         Args:
             term: A part of the term decoded with this context.
@@ -114,11 +234,14 @@ class TagContext:
         originals = self.originals
         if not originals:
             return term
+        if term.__class__ is BlobRef:
+            return bytes(term.view) if term.view is not None else term.term
         found = originals.get(id(term))
         if found is not None and found[0] is term:
-            tag, inner = found[1]
-            # A set's list may hold converted terms; a binary is a leaf.
-            return (tag, self.restore(inner)) if tag == SET_TAG else (tag, inner)
+            original = found[1]
+            # Tagged terms may hold converted terms (a set's list, an array's blob); a
+            # bytes term may hold its own value.
+            return tuple([x if x is term else self.restore(x) for x in original])
         t = type(term)
         if t is list:
             return [self.restore(x) for x in term]
@@ -134,6 +257,57 @@ class TagContext:
         if t is ImproperList:
             return ImproperList([self.restore(x) for x in term.elements], self.restore(term.tail))
         return term
+
+
+def _decode_extension(name: str, payload: Any) -> Any:
+    decoder = extensions.decoder_for(name)
+    if decoder is None:
+        error = LookupError(f"no decoder is registered for the extension {name!r} (snakeport.register_decoder)")
+        raise Failure("bad_request", error)
+    return decoder(payload)  # user code: what it raises is the call's python_error
+
+
+def realize(term: Any) -> Any:
+    """Build the :class:`Deferred` values of a decoded argument, innermost first.
+
+    Runs on the thread of the call (numpy and pandas are imported here on first use, and
+    extension decoders run here).
+
+    Args:
+        term: An argument decoded with a :class:`TagContext` whose ``deferred`` is set.
+
+    Returns:
+        The argument with each deferred value built.
+
+    Raises:
+        snakeport._jobs.Failure: ``import_error`` (numpy or pandas is missing) or
+            ``bad_request`` (the value does not fit: a dtype that is not the array's type,
+            columns of unequal lengths); whatever an extension decoder raises propagates.
+    """
+    t = type(term)
+    if t is Deferred:
+        args = [realize(x) for x in term.args]
+        if term.build is _decode_extension:
+            return term.build(*args)
+        try:
+            return term.build(*args)
+        except ImportError as exc:
+            raise Failure("import_error", exc) from None
+        except (ValueError, TypeError, LookupError) as exc:
+            raise Failure("bad_request", exc) from None
+    if t is list:
+        return [realize(x) for x in term]
+    if t is tuple:
+        return tuple([realize(x) for x in term])
+    if t is dict:
+        return {realize(k): realize(v) for k, v in term.items()}
+    if t is set:
+        return {realize(x) for x in term}
+    if t is ErlMap:
+        return ErlMap((realize(k), realize(v)) for k, v in term.items())
+    if t is ImproperList:
+        return ImproperList([realize(x) for x in term.elements], realize(term.tail))
+    return term
 
 
 def resolve_tagged(term: Any, hook: Callable[[tuple], Any]) -> Any:

@@ -38,12 +38,14 @@ import threading
 from typing import Any, Callable
 
 from snakeport import _limits as limits
+from snakeport._blobs import BlobReply
+from snakeport._jobs import Failure
 from snakeport._guard import short
 from snakeport._marshal import DATA, marshal
 from snakeport._protocol import OK, evicted_event, fill_warning_event, tool_call_term, tool_cancel_term
 from snakeport._requests import AUTO
 from snakeport._sessions import SessionTable
-from snakeport._tagged import substitute
+from snakeport._tagged import realize, substitute
 from snakeport.errors import RequestError, ToolError, ToolTimeout
 
 __all__ = ["ToolCalls"]
@@ -181,11 +183,12 @@ class ToolCalls:
         session = job.session
         sid = session.session_id
         try:
+            blobs = False
             if type(kwargs) is dict and all(type(v) in DATA for v in kwargs.values()):
                 value, events = kwargs, []
             else:
                 stored = marshal(self._table, session, kwargs, AUTO, self._max_depth)
-                value, events = stored.value, []
+                value, events, blobs = stored.value, [], stored.blobs
                 if stored.evicted:
                     events.append(evicted_event(sid, stored.evicted))
                 if stored.fill is not None:
@@ -204,7 +207,9 @@ class ToolCalls:
             if own:
                 self._suspend(wait.thread)
             try:
-                events.append(tool_call_term(call_id, job.request_id, sid, name, value))
+                term = tool_call_term(call_id, job.request_id, sid, name, value)
+                # Arrays' buffers travel after the term (written before this thread goes on).
+                events.append(BlobReply(term) if blobs else term)
                 self._send(events)
                 sent = True
                 got = wait.event.wait(self.timeout + self._grace)
@@ -229,7 +234,7 @@ class ToolCalls:
                 "timeout",
                 f"no answer within {self.timeout + self._grace:g} s (the harness's :tool_timeout is {self.timeout:g} s)",
             )
-        ok, answer, handles = wait.reply  # type: ignore[misc]
+        ok, answer, handles, deferred = wait.reply  # type: ignore[misc]
         if not ok:
             return _error_of(name, answer)
         if handles:
@@ -238,11 +243,16 @@ class ToolCalls:
             except RequestError as err:
                 return ToolError(name, err.reason, f"the answer holds an unusable ref: {err.message}", details=err.details)
             answer = substitute(answer)
+        if deferred:
+            try:
+                answer = realize(answer)
+            except Failure as err:
+                return ToolError(name, "bad_reply", f"the answer cannot be built: {err.message}")
         return answer
 
     # ---------------------------------------------------------------- reader
 
-    def deliver(self, call_id: int, ok: bool, value: Any, handles: list) -> bool:
+    def deliver(self, call_id: int, ok: bool, value: Any, handles: list, deferred: bool = False) -> bool:
         """Hand a ``tool_reply`` to its waiting thread.
 
         Args:
@@ -250,6 +260,8 @@ class ToolCalls:
             ok: Whether the answer is ``ok`` (else ``error``, ``value`` its error map).
             value: The decoded value.
             handles: The ref handles of the frame (resolved by the waiting thread).
+            deferred: Whether the value holds deferred values (arrays, frames), built by the
+                waiting thread (:func:`~snakeport._tagged.realize`).
 
         Returns:
             False when no thread waits for that call (it gave up): the answer is dropped.
@@ -258,7 +270,7 @@ class ToolCalls:
             wait = self._waits.get(call_id)
             if wait is None or wait.reply is not None:
                 return False
-            wait.reply = (ok, value, handles)
+            wait.reply = (ok, value, handles, deferred)
             wait.event.set()
         return True
 

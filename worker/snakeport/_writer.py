@@ -31,7 +31,7 @@ from typing import Any, Callable
 from snakeport import _limits as limits
 from snakeport import etf
 
-__all__ = ["FrameWriter", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
+__all__ = ["FrameWriter", "Borrowed", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
 
 _pack_header = struct.Struct(">I").pack
 
@@ -54,7 +54,21 @@ class _Segments(tuple):
     __slots__ = ()
 
     def __len__(self) -> int:  # the payload's byte count, as for bytes
-        return sum(map(len, tuple.__iter__(self)))
+        return sum(map(_nbytes, tuple.__iter__(self)))
+
+
+def _nbytes(buf: Any) -> int:
+    return buf.nbytes if buf.__class__ is memoryview else len(buf)
+
+
+class Borrowed(_Segments):
+    """A payload whose buffers belong to user objects (the blobs of large arrays).
+
+    :meth:`FrameWriter.send` returns only once such a payload is written, so that the
+    sending thread cannot run code that changes the arrays before their bytes are out.
+    """
+
+    __slots__ = ()
 
 
 def segmented_reply(term: tuple) -> _Segments | None:
@@ -122,31 +136,38 @@ class FrameWriter:
 
         Frames sent by one thread arrive in the order sent; frames of different threads
         never interleave inside a frame. Returns once the frames are written, or queued for
-        the thread that is writing; waits for that thread when the queue is full.
+        the thread that is writing; waits for that thread when the queue is full, and
+        always returns once written when one is :class:`Borrowed`.
 
         Args:
-            payloads: The encoded terms (``bytes`` or :func:`segmented_reply` buffers).
+            payloads: The encoded terms (``bytes``, :func:`segmented_reply` buffers or
+                :class:`Borrowed` buffers).
         """
         bufs = []
         total = 0
+        borrowed = False
         for payload in payloads:
             n = len(payload)
             total += n + 4
             bufs.append(_pack_header(n))
-            if payload.__class__ is _Segments:
+            cls = payload.__class__
+            if cls is _Segments or cls is Borrowed:
                 bufs.extend(tuple.__iter__(payload))
+                borrowed = borrowed or cls is Borrowed
             else:
                 bufs.append(payload)
         if not self._write_lock.acquire(False):
             cost = total + _FRAME_COST * len(payloads)
             with self._queue_lock:
                 queued = self._queued + cost
-                if queued <= self._max_queued:
+                if borrowed or queued <= self._max_queued:
                     self._queue.extend(bufs)
                     self._queued = queued
                     bufs = None
             if bufs is None:
-                self._drain(blocking=False)
+                # Borrowed buffers must be written before this returns: wait for the
+                # writing thread (it writes ours too, or we do once it is done).
+                self._drain(blocking=borrowed)
                 return
             # Backpressure: the queue is full; wait for the writing thread, then write.
             self._write_lock.acquire()
@@ -200,8 +221,8 @@ class FrameWriter:
                     return  # all written at once (the common case)
                 i = 0
                 n = len(batch)
-                while i < n and written >= len(batch[i]):
-                    written -= len(batch[i])
+                while i < n and written >= _nbytes(batch[i]):
+                    written -= _nbytes(batch[i])
                     i += 1
                 if i < n and written:
                     rest = memoryview(batch[i])[written:]

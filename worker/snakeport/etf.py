@@ -26,6 +26,8 @@ float (70, old 99)                 ``float``                            ``float`
                                                                         ``neg_infinity``, ``nan``
 ``true`` / ``false``               ``bool``                             ``bool``
 ``nil``                            ``None``                             ``None``
+``infinity``, ``neg_infinity``,    ``float`` ``inf``, ``-inf``, ``nan`` (see float)
+``nan``
 other atom (100, 115, 118, 119)    :class:`~snakeport.types.Atom`       ``Atom`` (118/119; more than 255
                                    (``undefined`` too)                  characters: ``EncodeError``)
 binary (109)                       ``str`` if valid UTF-8, else         ``str`` (UTF-8), ``bytes``,
@@ -167,6 +169,7 @@ __all__ = [
     "Decoder",
     "Encoder",
     "decode",
+    "decode_prefix",
     "decode_head",
     "encode",
 ]
@@ -223,7 +226,16 @@ _FLOAT_TEXT = re.compile(rb"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-
 #: hit needs no bounds check: a truncated slice is never a complete valid key.
 _ATOMS: dict[bytes, Any] = {}
 _ATOM_CACHE_MAX = 4096
-_SPECIAL_ATOMS: dict[str, Any] = {"true": True, "false": False, "nil": None}
+#: Atoms that decode to Python values: booleans, ``None`` and the non-finite floats (the
+#: encoder writes ``inf``, ``-inf`` and ``nan`` as these atoms, so the mapping is symmetric).
+_SPECIAL_ATOMS: dict[str, Any] = {
+    "true": True,
+    "false": False,
+    "nil": None,
+    "infinity": float("inf"),
+    "neg_infinity": float("-inf"),
+    "nan": float("nan"),
+}
 _MISS = object()
 
 # Memory charged per decoded value, in bytes (see "Memory budget" in the module docstring).
@@ -359,10 +371,15 @@ def _atom_at(data: bytes, pos: int) -> tuple[Any, int]:
 
 
 def _atom_name_at(data: bytes, pos: int) -> tuple[Atom, int]:
-    """Decode an atom at ``pos`` as an :class:`Atom` even for ``true``/``false``/``nil``."""
+    """Decode an atom at ``pos`` as an :class:`Atom`, also the special ones (``true``, ``nan``, ...)."""
     value, end = _atom_at(data, pos)
     if value.__class__ is not Atom:
-        value = Atom("nil" if value is None else ("true" if value else "false"))
+        if value is None:
+            value = Atom("nil")
+        elif value.__class__ is bool:
+            value = Atom("true" if value else "false")
+        else:  # a non-finite float
+            value = Atom("nan" if value != value else ("infinity" if value > 0 else "neg_infinity"))
     return value, end
 
 
@@ -1507,6 +1524,69 @@ def decode(
         TypeError: ``data`` is not bytes, bytearray or memoryview.
         ValueError: A limit is invalid.
     """
+    value, pos, data = _decode_prefix(data, tagged, max_depth, max_size, max_expansion, max_memory)
+    if pos != len(data):
+        raise DecodeError(
+            f"{len(data) - pos} trailing bytes after the term at byte {pos}", data=bytes(data), offset=pos
+        )
+    return value
+
+
+def decode_prefix(
+    data: Buffer,
+    *,
+    tagged: TaggedHook | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_expansion: int = DEFAULT_MAX_EXPANSION,
+    max_memory: int | None = None,
+) -> tuple[Any, int]:
+    """Decode the term at the start of ``data``; the bytes after it are not looked at.
+
+    Like :func:`decode` (same arguments, limits and errors), for inputs that carry more
+    than the term: the worker's frames may be followed by the raw bytes of blobs
+    (``docs/PROTOCOL.md``, *Blobs*). A compressed term must be the whole input.
+
+    Args:
+        data: Starts with ``term_to_binary`` output (version byte 131, then the term).
+        tagged: As for :func:`decode`.
+        max_depth: Maximum container nesting.
+        max_size: Maximum input size and decompressed size, in bytes.
+        max_expansion: As for :func:`decode`.
+        max_memory: As for :func:`decode`.
+
+    Returns:
+        ``(value, end)``: the value and the offset in ``data`` just after the term
+        (``len(data)`` when nothing follows it).
+
+    Raises:
+        DecodeError: The term is invalid, or a compressed term is followed by bytes.
+        TypeError: ``data`` is not bytes, bytearray or memoryview.
+        ValueError: A limit is invalid.
+    """
+    value, pos, decoded = _decode_prefix(data, tagged, max_depth, max_size, max_expansion, max_memory)
+    if decoded is not data and len(data) >= 2 and data[1] == 80:  # compressed: the whole input
+        if pos != len(decoded):
+            raise DecodeError(
+                f"{len(decoded) - pos} trailing bytes after the term at byte {pos}", data=None, offset=pos
+            )
+        return value, len(data)
+    return value, pos
+
+
+def _decode_prefix(
+    data: Buffer,
+    tagged: TaggedHook | None,
+    max_depth: int,
+    max_size: int,
+    max_expansion: int,
+    max_memory: int | None,
+) -> tuple[Any, int, Any]:
+    """Decode the term at the start of ``data``: ``(value, end, buffer decoded)``.
+
+    ``end`` is an offset in the buffer decoded, which is ``data`` itself, its copy as bytes,
+    or, for a compressed term, the inflated bytes.
+    """
     # (The defaults are known to be valid: the worker passes them as they are.)
     if max_depth is not DEFAULT_MAX_DEPTH:
         _check_depth(max_depth)
@@ -1556,11 +1636,7 @@ def decode(
         raise failure.exc from None
     except _STRAY as exc:
         raise _convert_stray(exc, bytes(data)) from None  # type: ignore[arg-type]
-    if pos != len(data):
-        raise DecodeError(
-            f"{len(data) - pos} trailing bytes after the term at byte {pos}", data=bytes(data), offset=pos
-        )
-    return value
+    return value, pos, data
 
 
 def decode_head(

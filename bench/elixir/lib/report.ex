@@ -26,7 +26,13 @@ defmodule Bench.Report do
      nil},
     {"5. Worker RSS idle", :rss_idle, nil, "MB", {:max, 30}},
     {"5. Worker RSS holding 10k refs", :rss_refs, nil, "MB", nil},
-    {"7. `range(10**6)` as a `Snakeport.stream/4` (floor: the same as one list result)", :stream,
+    {"7. 8 MiB float64 `%Snakeport.Array{}` Elixir → Python → Elixir (MiB one way per round trip), vs the 16 MiB echo floor",
+     :array8, :echo16_floor, "MiB/s", {:ratio_min, 0.7}},
+    {"7. The same 8 MiB array vs the same values as lists (the `.tolist()` path)", :array8, :list8,
+     "MiB/s", {:ratio_min, 20}},
+    {"7. `predict` on 1,000 rows of a fitted LinearRegression (8 features): arrays vs lists",
+     :predict_arrays, :predict_lists, "calls/s", nil},
+    {"8. `range(10**6)` as a `Snakeport.stream/4` (floor: the same as one list result)", :stream,
      :stream_list, "items/s", {:ratio_min, 0.5}}
   ]
 
@@ -136,7 +142,7 @@ defmodule Bench.Report do
       String.starts_with?(name, "rss") -> "MB"
       String.contains?(name, "p50") or String.contains?(name, "p99") -> "µs"
       String.starts_with?(name, "cold") or name in ["api_start", "release_ms"] -> "ms"
-      String.starts_with?(name, "echo") -> "MiB/s"
+      String.starts_with?(name, "echo") or name in ["array8", "list8"] -> "MiB/s"
       true -> "/s"
     end
   end

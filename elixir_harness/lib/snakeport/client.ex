@@ -47,8 +47,12 @@ defmodule Snakeport.Client do
     function = Protocol.name(function)
 
     with {:ok, inst, parsed} <- parse(opts, @call_keys, nil),
-         {:ok, {args, kwargs}, ref_session} <- Protocol.to_wire({args, parsed.kwargs}, inst.name) do
-      request = Protocol.call(module, function, args, kwargs, req_opts(parsed, batch))
+         {:ok, {args, kwargs}, ref_session, blobs} <-
+           Protocol.to_wire({args, parsed.kwargs}, inst.name) do
+      request =
+        Protocol.call(module, function, args, kwargs, req_opts(parsed, batch))
+        |> Protocol.with_blobs(blobs)
+
       meta = %{op: :call, module: module, function: function}
       run(inst, meta, parsed, nil, ref_session, request)
     end
@@ -60,8 +64,11 @@ defmodule Snakeport.Client do
     name = Protocol.name(name)
 
     with {:ok, inst, parsed} <- parse(opts, @call_keys, ref),
-         {:ok, {args, kwargs}, _} <- Protocol.to_wire({args, parsed.kwargs}, inst.name) do
-      request = Protocol.method(Protocol.ref(ref), name, args, kwargs, req_opts(parsed, batch))
+         {:ok, {args, kwargs}, _, blobs} <- Protocol.to_wire({args, parsed.kwargs}, inst.name) do
+      request =
+        Protocol.method(Protocol.ref(ref), name, args, kwargs, req_opts(parsed, batch))
+        |> Protocol.with_blobs(blobs)
+
       run(inst, %{op: :method, name: name, type: ref.type}, parsed, ref, nil, request)
     end
   end
@@ -106,8 +113,9 @@ defmodule Snakeport.Client do
     name = Protocol.name(name)
 
     with {:ok, inst, parsed} <- parse(opts, @set_keys, ref),
-         {:ok, value, _} <- Protocol.to_wire(value, inst.name),
+         {:ok, value, _, blobs} <- Protocol.to_wire(value, inst.name),
          request = Protocol.setattr(Protocol.ref(ref), name, value, %{}),
+         request = Protocol.with_blobs(request, blobs),
          meta = %{op: :setattr, name: name, type: ref.type},
          {:ok, _} <- run(inst, meta, parsed, ref, nil, request) do
       :ok
@@ -121,8 +129,8 @@ defmodule Snakeport.Client do
     bindings = bindings!(bindings)
 
     with {:ok, inst, parsed} <- parse(opts, @eval_keys, nil),
-         {:ok, bindings, ref_session} <- Protocol.to_wire(bindings, inst.name) do
-      request = Protocol.eval(code, bindings, parsed.req_opts)
+         {:ok, bindings, ref_session, blobs} <- Protocol.to_wire(bindings, inst.name) do
+      request = Protocol.eval(code, bindings, parsed.req_opts) |> Protocol.with_blobs(blobs)
       run(inst, %{op: :eval}, parsed, nil, ref_session, request)
     end
   end

@@ -26,7 +26,8 @@ defmodule Snakeport.Options do
     :cancel_grace,
     :stuck_timeout,
     :max_restart_backoff,
-    :python_log_level
+    :python_log_level,
+    :preload
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -59,7 +60,8 @@ defmodule Snakeport.Options do
           cancel_grace: pos_integer(),
           stuck_timeout: pos_integer() | :infinity,
           max_restart_backoff: pos_integer(),
-          python_log_level: :debug | :info | :warning | :error | :critical | :none
+          python_log_level: :debug | :info | :warning | :error | :critical | :none,
+          preload: [String.t()]
         }
 
   @doc false
@@ -104,7 +106,8 @@ defmodule Snakeport.Options do
         cancel_grace: Defaults.cancel_grace(),
         stuck_timeout: Defaults.stuck_timeout(),
         max_restart_backoff: Defaults.max_restart_backoff(),
-        python_log_level: Defaults.python_log_level()
+        python_log_level: Defaults.python_log_level(),
+        preload: []
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -137,7 +140,8 @@ defmodule Snakeport.Options do
       cancel_grace: pos_integer!(:cancel_grace, opts[:cancel_grace]),
       stuck_timeout: timeout!(:stuck_timeout, opts[:stuck_timeout]),
       max_restart_backoff: pos_integer!(:max_restart_backoff, opts[:max_restart_backoff]),
-      python_log_level: python_log_level!(opts[:python_log_level])
+      python_log_level: python_log_level!(opts[:python_log_level]),
+      preload: preload!(opts[:preload])
     }
   end
 
@@ -313,6 +317,35 @@ defmodule Snakeport.Options do
   end
 
   # The worker's --spin-us accepts 0..1_000_000 (a second).
+  # Module names for the worker's --preload: dotted identifiers, as strings or atoms
+  # (`"sklearn.linear_model"`, `:numpy`).
+  defp preload!(modules) when is_list(modules) do
+    Enum.map(modules, fn module ->
+      name =
+        if is_atom(module) and module not in [nil, true, false],
+          do: Atom.to_string(module),
+          else: module
+
+      if is_binary(name) and name =~ ~r/\A[^\W\d]\w*(\.[^\W\d]\w*)*\z/u do
+        name
+      else
+        invalid!(
+          :preload,
+          "a list of Python module names (such as \"sklearn.linear_model\")",
+          modules
+        )
+      end
+    end)
+  end
+
+  defp preload!(other),
+    do:
+      invalid!(
+        :preload,
+        "a list of Python module names (such as \"sklearn.linear_model\")",
+        other
+      )
+
   defp spin_us!(nil), do: nil
   defp spin_us!(us) when is_integer(us) and us in 0..1_000_000, do: us
 
@@ -506,7 +539,8 @@ defmodule Snakeport.Options do
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
       flag(config.spin_us, "--spin-us") ++ allow_flag(config.allow) ++
-      ["--vm-pid", System.pid()] ++ forward_logs(config.python_log_level) ++ config.worker_args
+      ["--vm-pid", System.pid()] ++ forward_logs(config.python_log_level) ++
+      Enum.flat_map(config.preload, &["--preload", &1]) ++ config.worker_args
   end
 
   # One --allow with every entry (an empty value: an empty list, nothing allowed).
@@ -516,6 +550,10 @@ defmodule Snakeport.Options do
   # Python's output to Logger (log events) unless :none.
   defp forward_logs(:none), do: []
   defp forward_logs(level), do: ["--forward-logs", level |> Atom.to_string() |> String.upcase()]
+
+  @doc false
+  # The worker's exit status when a --preload import failed (before its ready frame).
+  def preload_failed_status, do: 3
 
   defp flag(nil, _name), do: []
   defp flag(value, name), do: [name, Integer.to_string(value)]

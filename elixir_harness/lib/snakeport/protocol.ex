@@ -2,8 +2,9 @@ defmodule Snakeport.Protocol do
   @moduledoc false
   # The wire contract of docs/PROTOCOL.md (version 1), and the only module that knows the
   # shape of a frame: one builder per request and its encoding, reply and event decoding,
-  # the shapes of the ok values (session info, release counts, stats), and the translation
-  # between wire terms and Elixir terms (refs, sets, bytes).
+  # the shapes of the ok values (session info, release counts, stats). The translation
+  # between wire terms and Elixir values (refs, sets, arrays, dates, ...; blobs) is
+  # Snakeport.Values'; to_wire/2 and from_wire/5 here are its entry points.
   #
   # Decoding rule: every frame from the worker is decoded with `binary_to_term(_, [:safe,
   # :used])`, so worker output can never create an atom, and a frame is exactly one term:
@@ -144,7 +145,29 @@ defmodule Snakeport.Protocol do
     false,
     :"$snakeport_ref",
     :"$snakeport_bytes",
-    :"$snakeport_set"
+    :"$snakeport_set",
+    :"$snakeport_array",
+    :"$snakeport_blob",
+    :"$snakeport_date",
+    :"$snakeport_time",
+    :"$snakeport_datetime",
+    :"$snakeport_timedelta",
+    :"$snakeport_decimal",
+    :"$snakeport_uuid",
+    :"$snakeport_range",
+    :"$snakeport_dataframe",
+    :"$snakeport_series",
+    :"$snakeport_index",
+    :"$snakeport_ext",
+    # array element kinds (Nx's notation) and the special Decimal coefficients
+    :s,
+    :u,
+    :f,
+    :c,
+    :bf,
+    :NaN,
+    :sNaN,
+    :inf
   ]
 
   # Requests whose external size is below this are encoded in one term_to_binary/1; larger
@@ -257,10 +280,20 @@ defmodule Snakeport.Protocol do
   def ref(%Ref{session_id: s, id: id, type: type}), do: {:"$snakeport_ref", s, id, type}
 
   @doc false
+  # `request` followed by `blobs` (the data of large arrays, from to_wire/2): the frame is
+  # the request's term, then those bytes (docs/PROTOCOL.md, "Blobs").
+  @spec with_blobs(request(), [binary()]) :: request() | {:blobs, request(), [binary()]}
+  def with_blobs(request, []), do: request
+  def with_blobs(request, blobs), do: {:blobs, request, blobs}
+
+  @doc false
   # Encodes `request` with the request id `id` and, for a request about a session, the
   # session id. Returns a binary for ordinary requests and iodata (sharing the caller's
-  # big binaries) when arguments are large.
-  @spec encode(request(), non_neg_integer(), String.t() | nil) :: iodata()
+  # big binaries) when arguments are large or blobs follow the term.
+  @spec encode(request() | {:blobs, request(), [binary()]}, non_neg_integer(), String.t() | nil) ::
+          iodata()
+  def encode({:blobs, request, blobs}, id, session), do: [encode(request, id, session) | blobs]
+
   def encode(request, id, nil), do: encode_term(:erlang.setelement(2, request, id))
 
   # Descending literal indexes: the compiler copies the tuple once.
@@ -416,8 +449,8 @@ defmodule Snakeport.Protocol do
            }}
           | {:error, atom(), String.t()}
   def decode_tool_call(frame, instance, worker) do
-    case safe_decode(frame) do
-      {:ok, {:tool_call, call_id, request_id, session, name, kwargs}}
+    case safe_decode_prefix(frame) do
+      {:ok, {:tool_call, call_id, request_id, session, name, kwargs}, used}
       when is_integer(call_id) and call_id > 0 and is_integer(request_id) and request_id >= 0 and
              is_binary(session) and is_binary(name) and is_map(kwargs) ->
         {:ok,
@@ -426,10 +459,10 @@ defmodule Snakeport.Protocol do
            request_id: request_id,
            session: session,
            name: name,
-           kwargs: from_wire(kwargs, frame, instance, worker)
+           kwargs: from_wire(kwargs, frame, used, instance, worker)
          }}
 
-      {:ok, other} ->
+      {:ok, other, _used} ->
         {:error, :malformed_tool_call, "malformed tool_call: #{inspect(other, limit: 10)}"}
 
       {:trailing, other, extra} ->
@@ -438,6 +471,8 @@ defmodule Snakeport.Protocol do
       :error ->
         {:error, :unsafe_term, "a tool_call could not be decoded safely (unknown atom?)"}
     end
+  catch
+    {:malformed, message} -> {:error, :malformed_tool_call, message}
   end
 
   @doc false
@@ -454,9 +489,17 @@ defmodule Snakeport.Protocol do
   # The frame answering tool call `call_id`: `{tool_reply, CallId, ok, Value}` (a wire
   # term) or `{tool_reply, CallId, error, #{reason, message, details}}`. Not a request: the
   # worker sends no reply to it.
-  @spec tool_reply(pos_integer(), {:ok, term()} | {:error, atom(), String.t(), map()}) :: binary()
+  @spec tool_reply(
+          pos_integer(),
+          {:ok, term()} | {:ok, term(), [binary()]} | {:error, atom(), String.t(), map()}
+        ) ::
+          iodata()
   def tool_reply(call_id, {:ok, value}),
     do: :erlang.term_to_binary({:tool_reply, call_id, :ok, value})
+
+  # A value holding large arrays: their blobs follow the term.
+  def tool_reply(call_id, {:ok, value, blobs}),
+    do: [:erlang.term_to_binary({:tool_reply, call_id, :ok, value}) | blobs]
 
   def tool_reply(call_id, {:error, reason, message, details}) do
     error = %{reason: reason, message: message, details: details}
@@ -479,7 +522,24 @@ defmodule Snakeport.Protocol do
 
   defp trailing(term, extra) do
     "#{inspect(term, limit: 10)} followed by #{extra} bytes that are not part of it " <>
-      "(a frame is exactly one term)"
+      "(a frame is exactly one term, plus the blobs its term refers to)"
+  end
+
+  # The term at the start of `frame` and where it ends: `{:ok, term, used}`. Bytes may
+  # follow the term only when it refers to blobs (docs/PROTOCOL.md, "Blobs"); any other
+  # trailing bytes make the frame malformed (`{:trailing, term, extra}`: binary_to_term/2
+  # alone would ignore them). `:error` as safe_decode/1.
+  defp safe_decode_prefix(frame) do
+    {term, used} = :erlang.binary_to_term(frame, [:safe, :used])
+
+    if used == byte_size(frame) or
+         :binary.match(frame, "$snakeport_blob", scope: {0, used}) != :nomatch do
+      {:ok, term, used}
+    else
+      {:trailing, term, byte_size(frame) - used}
+    end
+  rescue
+    ArgumentError -> :error
   end
 
   @doc false
@@ -517,14 +577,14 @@ defmodule Snakeport.Protocol do
     do: decode_reply_term(frame, instance, worker)
 
   defp decode_reply_term(frame, instance, worker) do
-    case safe_decode(frame) do
-      {:ok, {:reply, _id, :ok, value}} ->
-        {:ok, from_wire(value, frame, instance, worker)}
+    case safe_decode_prefix(frame) do
+      {:ok, {:reply, _id, :ok, value}, used} ->
+        {:ok, from_wire(value, frame, used, instance, worker)}
 
-      {:ok, {:reply, _id, :error, error}} ->
+      {:ok, {:reply, _id, :error, error}, _used} ->
         {:error, Error.from_wire(error)}
 
-      {:ok, other} ->
+      {:ok, other, _used} ->
         {:error,
          Error.new(
            :protocol_error,
@@ -545,6 +605,9 @@ defmodule Snakeport.Protocol do
              "that the Elixir side does not already know."
          )}
     end
+  catch
+    {:malformed, message} ->
+      {:error, Error.new(:protocol_error, "malformed reply from the worker: " <> message)}
   end
 
   ## Reply shapes ------------------------------------------------------------------------------
@@ -648,145 +711,16 @@ defmodule Snakeport.Protocol do
   ## Wire <-> Elixir -------------------------------------------------------------------------
 
   @doc false
-  # Elixir -> wire: %Ref{} -> ref tuple, MapSet -> set tuple (anywhere in the term), for a
-  # request to `instance`. Returns the wire term and the session of the first ref found
-  # (nil when none), or an :instance_mismatch error for a ref of another instance (its ref
-  # id could name another object there).
-  @spec to_wire(term(), atom()) :: {:ok, term(), String.t() | nil} | {:error, Error.t()}
-  def to_wire(term, instance) do
-    if special?(term) do
-      {:ok, walk_out(term, instance), ref_session(term)}
-    else
-      {:ok, term, nil}
-    end
-  catch
-    {:instance_mismatch, ref} -> {:error, Snakeport.Instance.mismatch_error(ref, instance)}
-  end
-
-  # Allocation-free check whether the term needs translating.
-  defp special?(term) when is_list(term), do: list_special?(term)
-  defp special?(%_{}), do: true
-
-  defp special?(term) when is_map(term),
-    do: :maps.fold(fn k, v, acc -> acc or special?(k) or special?(v) end, false, term)
-
-  defp special?(term) when is_tuple(term), do: tuple_special?(term, tuple_size(term))
-  defp special?(_), do: false
-
-  defp list_special?([h | t]), do: special?(h) or list_special?(t)
-  defp list_special?([]), do: false
-  defp list_special?(improper_tail), do: special?(improper_tail)
-
-  defp tuple_special?(_t, 0), do: false
-  defp tuple_special?(t, i), do: special?(elem(t, i - 1)) or tuple_special?(t, i - 1)
-
-  defp walk_out(%Ref{instance: instance} = ref, instance), do: ref(ref)
-  defp walk_out(%Ref{} = ref, _instance), do: throw({:instance_mismatch, ref})
-
-  defp walk_out(%MapSet{} = set, i), do: {:"$snakeport_set", Enum.map(set, &walk_out(&1, i))}
-
-  # Other structs travel as maps (their :__struct__ key included).
-  defp walk_out(%_{} = struct, i), do: walk_out_map(struct, i)
-
-  defp walk_out(map, i) when is_map(map), do: walk_out_map(map, i)
-  defp walk_out(list, i) when is_list(list), do: walk_out_list(list, i)
-
-  defp walk_out(tuple, i) when is_tuple(tuple),
-    do: tuple |> Tuple.to_list() |> Enum.map(&walk_out(&1, i)) |> List.to_tuple()
-
-  defp walk_out(other, _i), do: other
-
-  # :maps.fold, not Map.new/Enum: the map may be a struct (or carry a :__struct__ key).
-  defp walk_out_map(map, i),
-    do: :maps.fold(fn k, v, acc -> Map.put(acc, walk_out(k, i), walk_out(v, i)) end, %{}, map)
-
-  defp walk_out_list([h | t], i), do: [walk_out(h, i) | walk_out_list(t, i)]
-  defp walk_out_list([], _i), do: []
-  defp walk_out_list(tail, i), do: walk_out(tail, i)
-
-  # The session of the first ref in the term, or nil.
-  defp ref_session(%Ref{session_id: s}), do: s
-  defp ref_session(%MapSet{} = set), do: Enum.find_value(set, &ref_session/1)
-  defp ref_session(%_{} = struct), do: struct |> Map.from_struct() |> ref_session()
-
-  defp ref_session(map) when is_map(map),
-    do:
-      map |> :maps.to_list() |> Enum.find_value(fn {k, v} -> ref_session(k) || ref_session(v) end)
-
-  defp ref_session([h | t]), do: ref_session(h) || ref_session(t)
-  defp ref_session(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> ref_session()
-  defp ref_session(_), do: nil
-
-  # Below this many bytes a reply frame is scanned for the reserved prefix (cheap for small
-  # frames); above it the decoded term is checked instead, whose cost grows with the number
-  # of terms, not with the size of the binaries in it (a 1 MiB binary is one term).
-  @scan_limit 4_096
+  # Elixir -> wire (Snakeport.Values.to_wire/2): the wire term, the session of the first
+  # ref in it, the blobs to send after the term.
+  @spec to_wire(term(), atom()) ::
+          {:ok, term(), String.t() | nil, [binary()]} | {:error, Error.t()}
+  defdelegate to_wire(term, instance), to: Snakeport.Values
 
   @doc false
-  # Wire -> Elixir. `frame` is the raw reply: the walk only runs when the value holds a
-  # reserved tag at all. Refs get `instance` and the worker index `worker`.
-  @spec from_wire(term(), binary(), atom(), non_neg_integer() | nil) :: term()
-  def from_wire(value, _frame, _instance, _worker)
-      when is_binary(value) or is_number(value) or is_atom(value),
-      do: value
-
-  def from_wire(value, frame, instance, worker) do
-    cond do
-      is_binary(frame) and byte_size(frame) < @scan_limit and
-          :binary.match(frame, "$snakeport_") == :nomatch ->
-        value
-
-      is_binary(frame) and byte_size(frame) >= @scan_limit and not tagged?(value) ->
-        value
-
-      true ->
-        walk_in(value, {instance, worker})
-    end
-  end
-
-  # Allocation-free: does the term hold a {:"$snakeport_ref", ...} or {:"$snakeport_set", _}
-  # tuple anywhere? (Over-approximates like the scan: any tuple starting with those atoms.)
-  defp tagged?(term) when is_tuple(term) and tuple_size(term) > 0 do
-    case elem(term, 0) do
-      tag when tag in [:"$snakeport_ref", :"$snakeport_set"] -> true
-      _ -> tuple_tagged?(term, tuple_size(term))
-    end
-  end
-
-  defp tagged?(term) when is_list(term), do: list_tagged?(term)
-
-  defp tagged?(term) when is_map(term),
-    do: :maps.fold(fn k, v, acc -> acc or tagged?(k) or tagged?(v) end, false, term)
-
-  defp tagged?(_), do: false
-
-  defp list_tagged?([h | t]), do: tagged?(h) or list_tagged?(t)
-  defp list_tagged?([]), do: false
-  defp list_tagged?(improper_tail), do: tagged?(improper_tail)
-
-  defp tuple_tagged?(_t, 0), do: false
-  defp tuple_tagged?(t, i), do: tagged?(elem(t, i - 1)) or tuple_tagged?(t, i - 1)
-
-  defp walk_in({:"$snakeport_ref", s, id, type}, {instance, worker})
-       when is_binary(s) and is_integer(id),
-       do: %Ref{session_id: s, id: id, type: type, worker: worker, instance: instance}
-
-  defp walk_in({:"$snakeport_set", list}, w) when is_list(list),
-    do: MapSet.new(list, &walk_in(&1, w))
-
-  defp walk_in(list, w) when is_list(list), do: walk_in_list(list, w)
-
-  defp walk_in(map, w) when is_map(map),
-    do: :maps.fold(fn k, v, acc -> Map.put(acc, walk_in(k, w), walk_in(v, w)) end, %{}, map)
-
-  defp walk_in(tuple, w) when is_tuple(tuple),
-    do: tuple |> Tuple.to_list() |> Enum.map(&walk_in(&1, w)) |> List.to_tuple()
-
-  defp walk_in(other, _w), do: other
-
-  defp walk_in_list([h | t], w), do: [walk_in(h, w) | walk_in_list(t, w)]
-  defp walk_in_list([], _w), do: []
-  defp walk_in_list(tail, w), do: walk_in(tail, w)
+  # Wire -> Elixir (Snakeport.Values.from_wire/5); `used` is where the frame's term ends.
+  @spec from_wire(term(), binary(), non_neg_integer(), atom(), non_neg_integer() | nil) :: term()
+  defdelegate from_wire(value, frame, used, instance, worker), to: Snakeport.Values
 
   @doc false
   # Module and attribute names travel as binaries.

@@ -288,9 +288,12 @@ defmodule Snakeport.Tools do
     frame =
       case result do
         {:ok, value} ->
-          case Protocol.to_wire(value, entry.instance) do
-            {:ok, wire, _} ->
+          case to_wire(value, entry.instance) do
+            {:ok, wire, _, []} ->
               Protocol.tool_reply(call_id, {:ok, wire})
+
+            {:ok, wire, _, blobs} ->
+              Protocol.tool_reply(call_id, {:ok, wire, blobs})
 
             {:error, error} ->
               Protocol.tool_reply(call_id, {:error, :bad_result, error.message, %{}})
@@ -300,10 +303,12 @@ defmodule Snakeport.Tools do
           Protocol.tool_reply(call_id, error)
       end
 
+    size = IO.iodata_length(frame)
+
     frame =
-      if byte_size(frame) > entry.max_frame_bytes do
+      if size > entry.max_frame_bytes do
         message =
-          "the tool's value is #{byte_size(frame)} bytes, above the worker's frame limit of " <>
+          "the tool's value is #{size} bytes, above the worker's frame limit of " <>
             "#{entry.max_frame_bytes} bytes"
 
         Protocol.tool_reply(call_id, {:error, :bad_result, message, %{}})
@@ -312,5 +317,14 @@ defmodule Snakeport.Tools do
       end
 
     Worker.send_frame(entry, frame)
+  end
+
+  # A malformed Snakeport struct in the value (an array whose data does not fit its shape)
+  # is the tool's error, not the runner's crash.
+  defp to_wire(value, instance) do
+    Protocol.to_wire(value, instance)
+  rescue
+    e in ArgumentError ->
+      {:error, %{message: "the tool's value cannot be sent: " <> Exception.message(e)}}
   end
 end

@@ -430,14 +430,7 @@ defmodule Snakeport.Worker do
         end
 
       {^port, {:exit_status, status}} ->
-        {:error,
-         Error.new(
-           :worker_start_failed,
-           "`#{config.python} -m snakeport` exited with status #{status} before its ready " <>
-             "frame (its stderr is above). Check that the worker is installed in that " <>
-             "interpreter: #{Options.install_hint(config.python)}.",
-           %{exit_status: status}
-         )}
+        {:error, exited_before_ready(config, status)}
 
       {:EXIT, ^port, reason} ->
         {:error,
@@ -465,6 +458,25 @@ defmodule Snakeport.Worker do
            %{startup_timeout: config.startup_timeout}
          )}
     end
+  end
+
+  defp exited_before_ready(config, status) do
+    why =
+      if status == Options.preload_failed_status() do
+        "a module of :preload (#{Enum.join(config.preload, ", ")}) failed to import (its " <>
+          "traceback is on stderr, above). Install it in that interpreter (:python_deps and " <>
+          "`mix snakeport.setup`) or remove it from :preload."
+      else
+        "Check that the worker is installed in that interpreter: " <>
+          "#{Options.install_hint(config.python)}."
+      end
+
+    Error.new(
+      :worker_start_failed,
+      "`#{config.python} -m snakeport` exited with status #{status} before its ready frame " <>
+        "(its stderr is above). " <> why,
+      %{exit_status: status}
+    )
   end
 
   defp info_os_pid(port, info) do

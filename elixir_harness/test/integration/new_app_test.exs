@@ -21,7 +21,7 @@ defmodule Snakeport.Integration.NewAppTest do
   {:ok, model} = Snakeport.call("sklearn.linear_model", "LinearRegression", [])
   {:ok, _} = Snakeport.method(model, "fit", [[[1], [2], [3]], [2, 4, 6]])
   {:ok, y} = Snakeport.method(model, "predict", [[[4], [5]]])
-  IO.inspect(Snakeport.method!(y, "round", [6]) |> Snakeport.method!("tolist"), label: "prediction")
+  IO.inspect(y |> Snakeport.Array.to_list() |> Enum.map(&Float.round(&1, 6)), label: "prediction")
   IO.inspect(Snakeport.get_attr!("sys", "prefix"), label: "prefix")
   """
 

@@ -32,10 +32,11 @@ defmodule Snakeport.LifetimesTest do
         refute_received {:event, [:snakeport, :session, :pruned], _, _}
         refute_received {:event, [:snakeport, :worker, :refs_pruned], _, _}
 
-        assert {:ok, %Ref{} = y} =
+        # The prediction is an ndarray: numbers, in the same call.
+        assert {:ok, %Snakeport.Array{} = y} =
                  Snakeport.method(model, "predict", [[[4.0]]], instance: @instance)
 
-        assert {:ok, [p]} = Snakeport.method(y, "tolist", [], instance: @instance)
+        assert [p] = Snakeport.Array.to_list(y)
         assert_in_delta p, 8.0, 1.0e-9
       end)
     end
@@ -107,13 +108,19 @@ defmodule Snakeport.LifetimesTest do
         {:ok, _} =
           Snakeport.method(model, "fit", [[[0.0], [1.0]], [0.0, 1.0]], instance: @instance)
 
+        # result: :ref keeps each prediction in Python (a ref per call, as a value that is
+        # not data would be): the oldest ones are evicted.
         for i <- 1..40 do
           assert {:ok, %Ref{}} =
-                   Snakeport.method(model, "predict", [[[i * 1.0]]], instance: @instance)
+                   Snakeport.method(model, "predict", [[[i * 1.0]]],
+                     instance: @instance,
+                     result: :ref
+                   )
         end
 
         # The model is used on every call, so it is never the least recently used ref.
-        assert {:ok, %Ref{}} = Snakeport.method(model, "predict", [[[0.5]]], instance: @instance)
+        assert {:ok, %Ref{}} =
+                 Snakeport.method(model, "predict", [[[0.5]]], instance: @instance, result: :ref)
         assert {:ok, %{refs: 10}} = Snakeport.session_info(SessionContext.current(@instance))
       end)
     end

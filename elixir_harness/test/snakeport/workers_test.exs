@@ -155,6 +155,8 @@ defmodule Snakeport.WorkersTest do
         Process.exit(worker_pid, :kill)
         assert_receive {:DOWN, ^mref, :process, ^worker_pid, :killed}
         assert_receive {:event, [:snakeport, :worker, :started], _, _}, 10_000
+        # The event comes just before the new worker is registered in the pool.
+        eventually(fn -> match?([%{pid: pid}] when pid != worker_pid, workers(@instance)) end)
 
         send(
           a,
