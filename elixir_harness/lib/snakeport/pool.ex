@@ -30,7 +30,7 @@ defmodule Snakeport.Pool do
 
   use GenServer
 
-  alias Snakeport.{Defaults, Error}
+  alias Snakeport.{Defaults, Error, Telemetry}
 
   @backoff_base Defaults.restart_backoff_base()
   @restart_reset Defaults.restart_reset()
@@ -168,6 +168,22 @@ defmodule Snakeport.Pool do
   def handle_call({:register, %{index: index, pid: pid} = entry, info}, _from, state) do
     :ets.insert(state.table, {index, entry, info, nil, nil})
     monitors = Map.put(state.monitors, Process.monitor(pid), {index, pid})
+
+    # Emitted here, in this order: the worker is available when its :started arrives (a
+    # call made on the event finds it), and the event precedes the end of the instance's
+    # start (check_start/1 below), so a handler attached once the instance is up sees only
+    # later workers' events.
+    Telemetry.execute(
+      [:snakeport, :worker, :started],
+      %{system_time: System.system_time()},
+      %{
+        instance: entry.instance,
+        worker: index,
+        os_pid: entry.os_pid,
+        python: Map.get(info, :python),
+        snakeport: Map.get(info, :snakeport)
+      }
+    )
 
     starts =
       Map.update(state.starts, index, %{ready_at: now(), quick: 0}, &%{&1 | ready_at: now()})

@@ -352,21 +352,8 @@ defmodule Snakeport.Worker do
         {:ok, courier} = Courier.start_link(entry)
         entry = %{entry | courier: courier}
 
-        # The event before the registration, which is what lets the instance's start return:
-        # the initial workers' events precede it (a handler attached once the instance is
-        # up sees only later workers' events).
-        Telemetry.execute(
-          [:snakeport, :worker, :started],
-          %{system_time: System.system_time()},
-          %{
-            instance: entry.instance,
-            worker: entry.index,
-            os_pid: entry.os_pid,
-            python: Map.get(info, :python),
-            snakeport: Map.get(info, :snakeport)
-          }
-        )
-
+        # Pool.register/3 makes the worker available, emits [:snakeport, :worker, :started],
+        # then lets the instance's start return (when this is one of its first workers).
         :ok = Pool.register(state.names.pool, entry, info)
         schedule_check()
         {:noreply, %{state | entry: entry}}

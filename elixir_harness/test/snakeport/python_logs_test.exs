@@ -11,21 +11,25 @@ defmodule Snakeport.PythonLogsTest do
 
   # Runs `fun` (which makes Python write something containing `marker`), then waits until a
   # log event holding `marker` went through Logger (the worker logs, then emits the event).
-  defp logged(marker, fun) do
+  # The log captured while `fun` runs and until a log event containing each of `markers`
+  # (a string or a list: lines from fds 1 and 2 come through separate pipes) has arrived.
+  defp logged(markers, fun) do
     capture_events([[:snakeport, :worker, :log]], @instance)
 
     capture_log(fn ->
       fun.()
-      wait_for(marker)
+      wait_for(List.wrap(markers))
     end)
   end
 
-  defp wait_for(marker) do
+  defp wait_for([]), do: :ok
+
+  defp wait_for(markers) do
     receive do
       {:event, [:snakeport, :worker, :log], _, %{message: message}} ->
-        if String.contains?(message, marker), do: :ok, else: wait_for(marker)
+        wait_for(Enum.reject(markers, &String.contains?(message, &1)))
     after
-      5_000 -> flunk("no log event with #{inspect(marker)}")
+      5_000 -> flunk("no log event with #{inspect(markers)}")
     end
   end
 
@@ -98,7 +102,7 @@ defmodule Snakeport.PythonLogsTest do
     assert_receive {:log, :warning, "[python:stderr] kid err", %{python_source: :stderr}}, 5_000
 
     log =
-      logged("kid again", fn ->
+      logged(["kid again out", "kid again err"], fn ->
         Snakeport.call(@mod, "child", ["kid again"], instance: @instance)
       end)
 

@@ -103,7 +103,7 @@ defmodule Snakeport.ValuesTest do
       assert {:error, %Snakeport.Error{reason: :protocol_error, message: message}} =
                Protocol.decode_reply(reply([1, 2], "junk"), Snakeport, 0)
 
-      assert message =~ "4 bytes after a term that refers to no blob"
+      assert message =~ "followed by 4 bytes that are not part of it"
       assert {:ok, [1, 2]} = Protocol.decode_reply(reply([1, 2]), Snakeport, 0)
     end
 
