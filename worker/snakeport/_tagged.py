@@ -354,6 +354,9 @@ def substitute(term: Any) -> Any:
     Returns:
         The argument with each handle replaced by its object.
     """
+    # The container walk is written out here, in realize() and in TagContext.restore()
+    # rather than shared: a shared walker doubles the Python frames per nesting level, and
+    # arguments nested to the decoder's max_depth must still resolve.
     t = type(term)
     if t is RefHandle:
         return term.obj
