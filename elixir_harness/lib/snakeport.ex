@@ -153,8 +153,9 @@ defmodule Snakeport do
   sessions, their owners and their cleanup). numpy arrays come back as `Snakeport.Array`,
   numpy scalars as numbers, dates as `Date`/`Time`/`NaiveDateTime`/`DateTime`: numpy is
   data, pandas is a working object (a ref) unless you ask for its value (`result: :value`
-  gives `Snakeport.DataFrame`, `Snakeport.Series`, `Snakeport.Index`). Your structs travel
-  as `Snakeport.Encoder` says. The full Elixir <-> Python type mapping is in the README.
+  gives `Snakeport.DataFrame`, `Snakeport.Series`, `Snakeport.Index`; `result: :arrow`
+  gives a table as one Arrow IPC stream, `Snakeport.Arrow`, which Explorer reads). Your
+  structs travel as `Snakeport.Encoder` says. The full Elixir <-> Python type mapping is in the README.
 
   ## Which session a call runs in
 
@@ -261,7 +262,9 @@ defmodule Snakeport do
       when the call has to adopt (or create) its session first.
     * `:result` - `:auto` (default: data travels as data, other objects become refs),
       `:ref` (the whole result is one ref), `:value` (pandas objects as their structs;
-      fail with `:not_encodable`, naming the Python type, rather than return refs).
+      fail with `:not_encodable`, naming the Python type, rather than return refs),
+      `:arrow` (a table as one Arrow IPC stream, `%Snakeport.Arrow{}`; needs pyarrow in
+      the worker's environment).
   """
 
   require Logger
@@ -277,7 +280,7 @@ defmodule Snakeport do
           instance: atom(),
           session: session(),
           timeout: timeout(),
-          result: :auto | :ref | :value
+          result: :auto | :ref | :value | :arrow
         ]
   @type instance_opts :: [instance: atom(), timeout: timeout()]
   @type result :: {:ok, term()} | {:error, Error.t()}

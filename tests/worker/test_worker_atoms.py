@@ -145,6 +145,7 @@ def test_every_atom_the_worker_emits_is_in_the_set(make_worker, tmp_path) -> Non
         call("s1", "builtins", "float", [text])
     # Converted values: arrays (one a blob), dates, decimals, frames (result => value).
     call("s1", "sp_science", "every_value", opts={A("result"): A("value")})
+    call("s1", "sp_science", "eval_", ["pd.DataFrame({'a': [1]})"], opts={A("result"): A("arrow")})
     box = call("s1", "sp_testmod", "Box", [1])[3]
     reply("method", "s1", box, "get", [], {}, {})
     reply("getattr", "s1", (A("module"), "math"), "pi", {})

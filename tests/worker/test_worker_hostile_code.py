@@ -177,5 +177,5 @@ def test_messages_about_huge_values_are_cut(w) -> None:
 
 def test_atoms_are_still_shown_as_atoms(w) -> None:
     err = w.error("call", "s1", "builtins", "len", [], {}, {A("result"): A("nope")})
-    assert err[A("message")] == "expected result to be auto, ref or value, got: Atom('nope')"
+    assert err[A("message")] == "expected result to be auto, ref, value or arrow, got: Atom('nope')"
     assert type(err[A("message")]) is str and not isinstance(err[A("message")], Atom)

@@ -138,7 +138,7 @@ def test_request_fields_are_checked_with_clear_messages() -> None:
         (lambda: R.name(1, "Module"), "expected Module to be a binary or an atom, got: 1"),
         (lambda: R.args("x"), "expected Args to be a list, got: 'x'"),
         (lambda: R.kwargs({1: 2}), "expected Kwargs keys to be binaries or atoms, got: 1"),
-        (lambda: R.mode({Atom("result"): Atom("x")}), "expected result to be auto, ref or value, got: Atom('x')"),
+        (lambda: R.mode({Atom("result"): Atom("x")}), "expected result to be auto, ref, value or arrow, got: Atom('x')"),
         (lambda: R.session_options([], list), "expected SessionOpts to be a map, got: []"),
         (lambda: R.session_options({Atom("overflow"): Atom("drop")}, list), "expected overflow to be error or evict_lru"),
         (lambda: R.arity((Atom("ping"), 1, 2), 2), "expected ping to be a tuple of 2 elements, got 3"),

@@ -232,7 +232,7 @@ class Dispatcher:
         try:
             # Looking a type up in DATA hashes it: a metaclass's __hash__ or __eq__ is user
             # code, the one that marshalling can run.
-            if job.mode != R.REF and type(result) in DATA:
+            if (job.mode == R.AUTO or job.mode == R.VALUE) and type(result) in DATA:
                 return [(REPLY, job.request_id, OK, result)]
             stored = marshal(self.table, job.session, result, job.mode, self.max_depth)
         except RequestError as err:

@@ -102,7 +102,7 @@ class Job:
         session: The request's session.
         fn: Runs the operation and returns its raw result (dropped when it starts, so that
             the job keeps no argument alive past its request).
-        mode: How to marshal the result (auto, ref or value; see :mod:`snakeport._requests`).
+        mode: How to marshal the result (auto, ref, value or arrow; see :mod:`snakeport._requests`).
         state: One of the states of the module docstring.
         thread: ``threading.get_ident()`` of the thread running it.
         failure: The exception it raised (state ``FAILED``), until the reply is built.

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from snakeport import _arrow
+from snakeport._blobs import Blob
 from snakeport._convert import NotData, converter_for
 from snakeport._guard import safe_str, type_name
 from snakeport._protocol import REF_TAG, SET_TAG
-from snakeport._requests import AUTO, REF
+from snakeport._requests import ARROW, AUTO, REF
 from snakeport._sessions import RefIdOf, Session, SessionTable, StoredResult
 from snakeport.errors import RequestError
 from snakeport.types import (
@@ -78,7 +80,8 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
         table: The session table.
         session: The call's session.
         result: What the call returned.
-        mode: :data:`~snakeport._requests.AUTO`, ``REF`` or ``VALUE``.
+        mode: :data:`~snakeport._requests.AUTO`, ``REF``, ``VALUE`` or ``ARROW`` (the
+            result as an Arrow IPC stream, see :mod:`snakeport._arrow`).
         max_depth: Deepest container nesting marshalled as data.
 
     Returns:
@@ -92,6 +95,9 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
             ``details.type`` names the type), or the errors of ``store_result``
             (``max_refs_exceeded``, ``session_not_found``).
     """
+    if mode == ARROW:
+        term = _arrow.result_term(result)
+        return StoredResult(term, [], [], None, type(term[1]) is Blob)
     if mode == REF:
         sid = session.session_id
 
@@ -128,7 +134,8 @@ def marshal_batch(
         session: The stream's session.
         items: The items pulled.
         keep: The iterator to keep as a ref, or ``None``.
-        mode: :data:`~snakeport._requests.AUTO`, ``REF`` or ``VALUE``.
+        mode: :data:`~snakeport._requests.AUTO`, ``REF``, ``VALUE`` or ``ARROW`` (each item
+            a table).
         max_depth: Deepest container nesting marshalled as data.
 
     Returns:
@@ -146,6 +153,13 @@ def marshal_batch(
             return out, _ref_term(sid, keep, ref_id_of)
 
         return table.store_result(session, build_refs)
+    if mode == ARROW:  # each item a table
+        terms = [_arrow.result_term(x) for x in items]
+        blobs = any(type(t[1]) is Blob for t in terms)
+        if keep is None:
+            return StoredResult((terms, None), [], [], None, blobs)
+        stored = table.store_result(session, lambda ref_id_of: (terms, _ref_term(sid, keep, ref_id_of)))
+        return stored._replace(blobs=blobs)
     walk = _Walk(sid, mode == AUTO, max_depth)
     value = _convert(walk, items)
     if not walk.slots and keep is None:

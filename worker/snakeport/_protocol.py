@@ -70,6 +70,7 @@ __all__ = [
     "SERIES_TAG",
     "INDEX_TAG",
     "EXT_TAG",
+    "ARROW_TAG",
     "KIND_S",
     "KIND_U",
     "KIND_F",
@@ -132,7 +133,7 @@ EMITTED_ATOMS: frozenset[str] = frozenset(
         "$snakeport_set", "$snakeport_array", "$snakeport_blob", "$snakeport_date",
         "$snakeport_time", "$snakeport_datetime", "$snakeport_timedelta", "$snakeport_decimal",
         "$snakeport_uuid", "$snakeport_range", "$snakeport_dataframe", "$snakeport_series",
-        "$snakeport_index", "$snakeport_ext",
+        "$snakeport_index", "$snakeport_ext", "$snakeport_arrow",
         # array element kinds (Nx's notation) and the special Decimal coefficients
         "s", "u", "f", "c", "NaN", "sNaN", "inf",
     }
@@ -180,6 +181,7 @@ DATAFRAME_TAG = emit("$snakeport_dataframe")
 SERIES_TAG = emit("$snakeport_series")
 INDEX_TAG = emit("$snakeport_index")
 EXT_TAG = emit("$snakeport_ext")
+ARROW_TAG = emit("$snakeport_arrow")
 #: Array element kinds, Nx's notation: signed and unsigned integers, floats, complex.
 KIND_S = emit("s")
 KIND_U = emit("u")
@@ -197,6 +199,7 @@ A_RESULT = Atom("result")  # Opts key of the Python operations
 A_AUTO = Atom("auto")
 A_REF = Atom("ref")
 A_VALUE = Atom("value")
+A_ARROW = Atom("arrow")
 TOOL_REPLY = Atom("tool_reply")  # the VM's answer to a tool_call (not a request)
 A_BATCH_SIZE = Atom("batch_size")  # Opts keys of a stream's call/method and of iter_next
 A_BATCH_BYTES = Atom("batch_bytes")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from snakeport._guard import short
 from snakeport._protocol import (
+    A_ARROW,
     A_AUTO,
     A_BATCH_BYTES,
     A_BATCH_SIZE,
@@ -33,6 +34,7 @@ __all__ = [
     "AUTO",
     "REF",
     "VALUE",
+    "ARROW",
     "bad",
     "short",
     "arity",
@@ -51,8 +53,8 @@ __all__ = [
 ]
 
 #: Result modes (the ``result`` option of the Python operations).
-AUTO, REF, VALUE = 0, 1, 2
-_MODES = {A_AUTO: AUTO, A_REF: REF, A_VALUE: VALUE}
+AUTO, REF, VALUE, ARROW = 0, 1, 2, 3
+_MODES = {A_AUTO: AUTO, A_REF: REF, A_VALUE: VALUE, A_ARROW: ARROW}
 
 
 def bad(message: str) -> RequestError:
@@ -150,7 +152,7 @@ def mode(opts: Any) -> int:
     """Check the ``Opts`` map of a Python operation and return its result mode.
 
     Returns:
-        :data:`AUTO` (the default), :data:`REF` or :data:`VALUE`.
+        :data:`AUTO` (the default), :data:`REF`, :data:`VALUE` or :data:`ARROW`.
 
     Raises:
         RequestError: ``bad_request``.
@@ -164,7 +166,7 @@ def mode(opts: Any) -> int:
         value = _MODES.get(found)
         if value is not None:
             return value
-    raise bad(f"expected result to be auto, ref or value, got: {short(found)}")
+    raise bad(f"expected result to be auto, ref, value or arrow, got: {short(found)}")
 
 
 #: ``batch_bytes`` of a stream that does not state it: a batch stops growing once its items

@@ -31,6 +31,7 @@ from snakeport._blobs import BlobRef, bind
 from snakeport._jobs import Failure
 from snakeport._protocol import (
     ARRAY_TAG,
+    ARROW_TAG,
     BLOB_TAG,
     BYTES_TAG,
     DATAFRAME_TAG,
@@ -97,8 +98,8 @@ class TagContext:
 
     Attributes:
         handles: The :class:`RefHandle` of every ref term in the frame, in order.
-        deferred: Whether the frame holds :class:`Deferred` values (arrays, frames,
-            extension values): the call must :func:`realize` its arguments.
+        deferred: Whether the frame holds :class:`Deferred` values (arrays, frames, Arrow
+            streams, extension values): the call must :func:`realize` its arguments.
         blobs: The :class:`~snakeport._blobs.BlobRef` of every blob term, in order.
         error: Message of the first malformed tagged term, or ``None``.
         originals: ``id(replacement) -> (replacement, tagged tuple)`` of each converted
@@ -191,6 +192,12 @@ class TagContext:
             if tag == SERIES_TAG:
                 return Deferred(_frames.build_series, term[1:], term)
             return Deferred(_frames.build_index, term[1:], term)
+        if tag == ARROW_TAG:
+            if len(term) != 2 or type(term[1]) not in (bytes, str, BlobRef):
+                raise ValueError("expected {'$snakeport_arrow', Data} with a binary (an Arrow IPC stream)")
+            from snakeport._arrow import build_frame
+
+            return Deferred(build_frame, (term[1],), term)
         if tag == EXT_TAG:
             if len(term) != 3 or type(term[1]) is not str:
                 raise ValueError("expected {'$snakeport_ext', Name, Payload} with a binary name")

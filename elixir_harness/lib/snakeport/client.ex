@@ -250,8 +250,8 @@ defmodule Snakeport.Client do
     do: Options.invalid!(:timeout, "a non-negative integer or :infinity", other)
 
   defp result!(:auto), do: %{}
-  defp result!(mode) when mode in [:ref, :value], do: %{result: mode}
-  defp result!(other), do: Options.invalid!(:result, ":auto, :ref or :value", other)
+  defp result!(mode) when mode in [:ref, :value, :arrow], do: %{result: mode}
+  defp result!(other), do: Options.invalid!(:result, ":auto, :ref, :value or :arrow", other)
 
   ## The exchange ---------------------------------------------------------------------------
 

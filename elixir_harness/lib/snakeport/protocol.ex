@@ -159,6 +159,7 @@ defmodule Snakeport.Protocol do
     :"$snakeport_series",
     :"$snakeport_index",
     :"$snakeport_ext",
+    :"$snakeport_arrow",
     # array element kinds (Nx's notation) and the special Decimal coefficients
     :s,
     :u,

@@ -17,15 +17,17 @@ defmodule Snakeport.Values do
   #   %Snakeport.Series{}      {'$snakeport_series', Name, Index, Data}
   #   %Snakeport.Index{}       {'$snakeport_index', Names, Data}
   #   %Snakeport.Extension{}   {'$snakeport_ext', Name, Payload}
+  #   %Snakeport.Arrow{}       {'$snakeport_arrow', Data} (an Arrow IPC stream)
   #   other structs            Snakeport.Encoder.encode/1 (default: the struct as a map)
   #
-  # Blobs: an array's data of at least @blob_min bytes travels after the frame's term as
+  # Blobs: an array's data (or an Arrow stream) of at least @blob_min bytes travels after the frame's term as
   # {'$snakeport_blob', Offset, Size} (Offset counted from the end of the term), both ways:
   # to_wire/2 returns the binaries to append (never copied: they go to Port.command/2 as
   # iodata), from_wire/4 takes sub-binaries of the reply frame.
 
   alias Snakeport.{
     Array,
+    Arrow,
     DataFrame,
     Decimal,
     Duration,
@@ -54,7 +56,8 @@ defmodule Snakeport.Values do
     :"$snakeport_dataframe",
     :"$snakeport_series",
     :"$snakeport_index",
-    :"$snakeport_ext"
+    :"$snakeport_ext",
+    :"$snakeport_arrow"
   ]
 
   ## Elixir -> wire ---------------------------------------------------------------------------
@@ -124,6 +127,23 @@ defmodule Snakeport.Values do
       {{:"$snakeport_array", type, shape, data, dtype}, acc}
     end
   end
+
+  defp walk_out(%Arrow{data: data}, acc) when is_binary(data) do
+    if byte_size(data) >= @blob_min do
+      {instance, blobs, offset} = acc
+      blob = {:"$snakeport_blob", offset, byte_size(data)}
+      {{:"$snakeport_arrow", blob}, {instance, [data | blobs], offset + byte_size(data)}}
+    else
+      {{:"$snakeport_arrow", data}, acc}
+    end
+  end
+
+  defp walk_out(%Arrow{data: data}, _acc),
+    do:
+      raise(
+        ArgumentError,
+        "expected %Snakeport.Arrow{} data to be a binary, got: #{inspect(data)}"
+      )
 
   defp walk_out(%Date{} = date, acc) do
     %Date{year: y, month: m, day: d} = Date.convert!(date, Calendar.ISO)
@@ -414,6 +434,13 @@ defmodule Snakeport.Values do
 
       _ ->
         malformed(term)
+    end
+  end
+
+  defp walk_in({:"$snakeport_arrow", data} = term, ctx) do
+    case blob(data, ctx) do
+      data when is_binary(data) -> %Arrow{data: data}
+      _ -> malformed(term)
     end
   end
 

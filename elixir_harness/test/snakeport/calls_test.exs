@@ -246,7 +246,7 @@ defmodule Snakeport.CallsTest do
     end
 
     test "bad options raise ArgumentError" do
-      assert_raise ArgumentError, ~r/expected :result to be :auto, :ref or :value/, fn ->
+      assert_raise ArgumentError, ~r/expected :result to be :auto, :ref, :value or :arrow/, fn ->
         Snakeport.call("math", "sqrt", [1], result: :maybe, instance: @instance)
       end
 

@@ -124,6 +124,7 @@ defmodule Snakeport.LifetimesTest do
         # The model is used on every call, so it is never the least recently used ref.
         assert {:ok, %Ref{}} =
                  Snakeport.method(model, "predict", [[[0.5]]], instance: @instance, result: :ref)
+
         assert {:ok, %{refs: 10}} = Snakeport.session_info(SessionContext.current(@instance))
       end)
     end

@@ -14,6 +14,7 @@ defmodule Snakeport.ValuesTest do
   doctest Snakeport.Decimal
   doctest Snakeport.UUID
   doctest Snakeport.Extension
+  doctest Snakeport.Arrow
 
   defp reply(value, tail \\ <<>>), do: :erlang.term_to_binary({:reply, 1, :ok, value}) <> tail
 
