@@ -6,7 +6,7 @@ import Config
 # each worker import them before it reports ready (sklearn's first import takes a second or
 # more: paid at start, not by the first call).
 config :snakeport,
-  python_deps: ["scikit-learn", "pandas"],
+  python_deps: ["scikit-learn", "pandas", "pyarrow"],
   preload: ["sklearn.linear_model", "pandas"],
   # The app whose priv/python holds sample_model.py: {:priv, "python"} is resolved against
   # it (in _build under Mix, in the release's lib/ in a release).

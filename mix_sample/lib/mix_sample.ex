@@ -267,6 +267,27 @@ defmodule MixSample do
     show("  session_info refs (the model only)", session_refs(id))
     stop_and_wait(a)
     stop_and_wait(b)
+
+    {:ok, %{bytes: bytes, sum: sum}} = arrow_round_trip()
+    line("a DataFrame as one Arrow IPC stream (result: :arrow, what Explorer reads):")
+    show("  %Snakeport.Arrow{} bytes, and df['v'].sum() of it sent back", {bytes, sum})
+  end
+
+  @doc """
+  A pandas `DataFrame` as an Arrow IPC stream (`result: :arrow`: the bytes Explorer's
+  `load_ipc_stream!/1` reads), sent back to Python, where it is a `DataFrame` again.
+
+  Returns `{:ok, %{bytes: stream_size, sum: sum_of_column_v}}`.
+  """
+  @spec arrow_round_trip() :: {:ok, map()} | {:error, Snakeport.Error.t()}
+  def arrow_round_trip do
+    columns = %{"v" => Enum.to_list(1..100)}
+
+    with {:ok, %Snakeport.Arrow{data: data} = arrow} <-
+           Snakeport.call("pandas", "DataFrame", [columns], result: :arrow),
+         {:ok, sum} <- Snakeport.eval("int(df['v'].sum())", %{"df" => arrow}) do
+      {:ok, %{bytes: byte_size(data), sum: sum}}
+    end
   end
 
   @doc """

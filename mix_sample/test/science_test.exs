@@ -36,6 +36,11 @@ defmodule MixSample.ScienceTest do
     assert {:ok, :released, _ms} = MixSample.wait_released(id)
   end
 
+  test "a DataFrame as an Arrow IPC stream and back (result: :arrow)" do
+    assert {:ok, %{bytes: bytes, sum: 5050}} = MixSample.arrow_round_trip()
+    assert bytes > 0
+  end
+
   test "a worker imports scikit-learn and pandas before it is ready (:preload in config)" do
     # A fresh instance with the app's config: its first request finds them loaded.
     start_supervised!({Snakeport, name: MixSample.PreloadCheck})
