@@ -631,12 +631,27 @@ defmodule Snakeport do
   workers' own stats are asked of all of them at once and waited for at most `:timeout`
   (default `500` ms) in all.
 
-  Options: `:instance`, `:timeout`.
+  The figures above are this node's (`:node`; `:tags`, the instance's). With other nodes
+  of the cluster running the instance (see *Running on several nodes* in the README),
+  `:cluster` holds the view of all of them: `:nodes`, this node's map and each other
+  node's own (asked at once, with the same `:timeout` and a second for the hop; a node
+  that does not answer is `%{node: node, status: :unreachable, reason: reason}`, the
+  others `status: :up`), and the sums `:pool_size`, `:sessions`, `:python_sessions`,
+  `:refs`, `:in_flight`, `:requests`, `:rss_bytes`. Every worker map names its `:node`.
+
+  Options: `:instance`, `:timeout`, `:cluster` (`false`: this node only, nothing asked of
+  the others; default `true`).
   """
-  @spec stats(instance_opts()) :: {:ok, map()} | {:error, Error.t()}
+  @spec stats(instance: atom(), timeout: timeout(), cluster: boolean()) ::
+          {:ok, map()} | {:error, Error.t()}
   def stats(opts \\ []) do
+    {cluster, opts} = if is_list(opts), do: Keyword.pop(opts, :cluster, true), else: {true, opts}
+
+    if not is_boolean(cluster), do: Options.invalid!(:cluster, "a boolean", cluster)
     opts = if is_list(opts), do: Keyword.put_new(opts, :timeout, @stats_timeout), else: opts
-    with {:ok, inst, timeout} <- Client.admin(opts, nil), do: Stats.collect(inst, timeout)
+
+    with {:ok, inst, timeout} <- Client.admin(opts, nil),
+         do: Stats.stats(inst, timeout, cluster)
   end
 
   @doc """
