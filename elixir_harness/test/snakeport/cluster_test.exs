@@ -219,6 +219,118 @@ defmodule Snakeport.ClusterTest do
     end
   end
 
+  describe "the worker of another node dies (its node stays)" do
+    @tag snakeport: [pool_size: 0]
+    test "calls in flight fail at once, its sessions answer :session_lost, new calls go to its replacement" do
+      capture_events([[:snakeport, :session, :lost]], @instance)
+      b = start_peer(:b, @instance)
+      await_member(@instance, b.node)
+      parent = self()
+
+      {:ok, ref} =
+        Snakeport.call("collections", "Counter", [["k"]], instance: @instance, result: :ref)
+
+      assert ref.node == b.node
+
+      # A call in flight (30 s) in another process when B's Python worker is killed.
+      caller =
+        Task.async(fn ->
+          t = System.monotonic_time(:millisecond)
+          result = nap(30, instance: @instance, timeout: 60_000)
+          send(parent, {:took, ms_since(t)})
+          result
+        end)
+
+      eventually(fn -> in_flight(b) == 1 end)
+
+      {:ok, %{workers: [%{os_pid: os_pid}]}} =
+        on(b, Snakeport, :stats, [[instance: @instance, cluster: false]])
+
+      kill9(os_pid)
+
+      assert {:error, %Error{reason: :worker_exited}} = Task.await(caller, 20_000)
+      assert_receive {:took, took}
+      assert took < 10_000
+
+      # This node's route to the session is marked lost, and says which node it was on.
+      assert_receive {:event, [:snakeport, :session, :lost], %{count: _},
+                      %{node: node, session_ids: ids}}
+                     when node == b.node,
+                     10_000
+
+      assert ref.session_id in ids
+
+      assert {:error, %Error{reason: :session_lost, details: %{node: node}}} =
+               Snakeport.method(ref, "most_common", [], instance: @instance)
+
+      assert node == b.node
+
+      # A call without refs gets a new auto-session, on B's restarted worker (this node has
+      # none; until B's replacement is up, the call answers :no_workers).
+      eventually(
+        fn ->
+          match?(
+            {:ok, %Ref{}},
+            Snakeport.call("builtins", "object", [], instance: @instance, result: :ref)
+          )
+        end,
+        20_000
+      )
+
+      {:ok, again} = Snakeport.call("builtins", "object", [], instance: @instance, result: :ref)
+      assert again.node == b.node
+      assert again.session_id != ref.session_id
+    end
+  end
+
+  describe "a node that does not answer (SIGSTOP)" do
+    @tag snakeport: [pool_size: 1]
+    test "stats/1 lists it as :unreachable within its deadline; calls there end at their timeout" do
+      b = start_peer(:b, @instance)
+      await_member(@instance, b.node)
+
+      {:ok, ref} =
+        Snakeport.call("collections", "Counter", [["k"]],
+          instance: @instance,
+          result: :ref,
+          placement: {:node, b.node}
+        )
+
+      assert ref.node == b.node
+      {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(b.os_pid)])
+      # (Runs before the peer is stopped: on_exit callbacks run last registered first.)
+      on_exit(fn -> System.cmd("kill", ["-CONT", Integer.to_string(b.os_pid)]) end)
+
+      t0 = System.monotonic_time(:millisecond)
+      assert {:ok, stats} = Snakeport.stats(instance: @instance, timeout: 300)
+      assert ms_since(t0) < 5_000
+
+      assert [%{node: node, status: :unreachable}] =
+               Enum.reject(stats.cluster.nodes, &(&1.node == node()))
+
+      assert node == b.node
+      # The sums count the nodes that answered: this one.
+      assert stats.cluster.pool_size == 1
+
+      t1 = System.monotonic_time(:millisecond)
+
+      assert {:error, %Error{reason: :timeout}} =
+               Snakeport.method(ref, "most_common", [], instance: @instance, timeout: 300)
+
+      assert ms_since(t1) < 5_000
+
+      # It runs again: the same ref works, and the cluster view has it back.
+      {_, 0} = System.cmd("kill", ["-CONT", Integer.to_string(b.os_pid)])
+
+      assert {:ok, [{"k", 1}]} =
+               Snakeport.method(ref, "most_common", [], instance: @instance, timeout: 10_000)
+
+      {:ok, stats} = Snakeport.stats(instance: @instance)
+      assert stats.cluster.pool_size == 2
+      assert Enum.all?(stats.cluster.nodes, &(&1.status == :up))
+    end
+  end
+
   defp worker_node_goes(down) do
     b = start_peer(:b, @instance)
     await_member(@instance, b.node)
@@ -319,6 +431,72 @@ defmodule Snakeport.ClusterTest do
         assert {:ok, %Ref{node: node}} = Task.await(task)
         assert node == node()
       end
+    end
+  end
+
+  describe "an instance that stops on a node (the node stays)" do
+    @tag snakeport: [pool_size: 0]
+    test "leaves the pool (its sessions lost here), and joins again when it restarts" do
+      capture_events(
+        [[:snakeport, :cluster, :node_up], [:snakeport, :cluster, :node_down]],
+        @instance
+      )
+
+      b = start_peer(:b, @instance)
+      c = start_peer(:c, @instance)
+      await_member(@instance, b.node)
+      await_member(@instance, c.node)
+
+      where = fn placement ->
+        task =
+          Task.async(fn ->
+            Snakeport.call("builtins", "object", [],
+              instance: @instance,
+              result: :ref,
+              placement: placement
+            )
+          end)
+
+        case Task.await(task) do
+          {:ok, ref} -> ref.node
+          {:error, error} -> error.reason
+        end
+      end
+
+      {:ok, ref} =
+        Snakeport.call("collections", "Counter", [["k"]],
+          instance: @instance,
+          result: :ref,
+          placement: {:node, b.node}
+        )
+
+      assert ref.node == b.node
+
+      stop_instance(b, @instance)
+
+      assert_receive {:event, [:snakeport, :cluster, :node_down], _, %{node: n}}
+                     when n == b.node,
+                     10_000
+
+      eventually(fn ->
+        match?(
+          {:error, %Error{reason: :session_lost}},
+          Snakeport.method(ref, "most_common", [], instance: @instance)
+        )
+      end)
+
+      assert where.({:node, b.node}) == :no_workers
+      assert Enum.uniq(for _ <- 1..3, do: where.(:any)) == [c.node]
+
+      # Started again there: picked up here without a restart of this node's instance.
+      start_instance(b, @instance)
+
+      assert_receive {:event, [:snakeport, :cluster, :node_up], _, %{node: n}}
+                     when n == b.node,
+                     15_000
+
+      await_member(@instance, b.node)
+      assert where.({:node, b.node}) == b.node
     end
   end
 
