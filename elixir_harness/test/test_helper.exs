@@ -49,4 +49,5 @@ unless Node.alive?() do
               "need epmd (#{epmd}) and a resolvable host name"
   end
 end
+
 ExUnit.start(capture_log: true)
