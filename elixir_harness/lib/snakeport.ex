@@ -32,7 +32,15 @@ defmodule Snakeport do
       `{:priv, app, dir}` (in `app`'s), or a path relative to the `:otp_app`'s directory
       (`Application.app_dir/1`: the same under Mix and in a release). A directory that does
       not exist is an `ArgumentError` at start.
-    * `:pool_size` - number of workers (default `System.schedulers_online/0`).
+    * `:pool_size` - number of workers (default `System.schedulers_online/0`). `0` starts
+      an instance without workers of its own, which needs no interpreter: on a node of a
+      cluster (a web node), its calls run on the workers of the other nodes (see
+      *Several nodes*); alone, its calls answer `:no_workers`.
+    * `:placement` - where this node puts a new session in a cluster (default `:local`;
+      see *Several nodes*): `:local`, `:any`, `{:node, node}` or `{:tags, [atom]}`.
+    * `:tags` - atoms describing this node's workers for placement by tag (default `[]`),
+      e.g. `[:gpu]`: sessions placed with `placement: {:tags, [:gpu]}` go to a node whose
+      instance has all of them. (Not the sessions' `:tags` metadata maps.)
     * `:env` - extra environment variables for the workers, `{name, value}` (nil unsets).
     * `:call_timeout` - default timeout of a call in ms (default `60_000`).
     * `:session_store` - keyword list: `:default_ttl` (seconds a session that does not
@@ -265,6 +273,47 @@ defmodule Snakeport do
       fail with `:not_encodable`, naming the Python type, rather than return refs),
       `:arrow` (a table as one Arrow IPC stream, `%Snakeport.Arrow{}`; needs pyarrow in
       the worker's environment).
+    * `:placement` - where the session goes if this call creates it (default: the
+      instance's `:placement`; see *Several nodes*). A process has one auto-session per
+      placement it names. Also accepted by `method/4`, `get_attr/3`, `set_attr/4`,
+      `eval/3` and the stream functions.
+
+  ## Several nodes
+
+  Instances with the same name on the connected nodes of an Erlang cluster form one pool
+  (found through `:pg`; nodes that connect, disconnect, start or stop the instance are
+  picked up as they do, without restarts). A session lives on the node of its worker; a
+  call, and every `%Snakeport.Ref{}` of the session (`:node` says where), works from any
+  node of the cluster: the request is written to the worker's port by a process on that
+  node and the reply goes straight back to the caller. A new session is placed by the
+  `:placement` of the call, `SessionContext` or `SessionStore` session, else of the
+  instance:
+
+    * `:local` (default) - a worker of this node when one is available, else the least
+      loaded other node (a `pool_size: 0` node always places elsewhere);
+    * `:any` - the least loaded node (sessions per available worker, then requests in
+      flight), this one included;
+    * `{:node, node}` (or `node: node`) - that node; `:no_workers` if it has no
+      available worker of the instance;
+    * `{:tags, tags}` (or `tags: tags`) - a node whose instance was started with all of
+      `tags` (this one first, else the least loaded); `:no_workers` if none.
+
+  For example, on a web node started with `{Snakeport, pool_size: 0}`, connected to a
+  node started with `{Snakeport, pool_size: 4, tags: [:gpu]}`:
+
+      {:ok, model} = Snakeport.call("my_models", "load", [], result: :ref,
+                                    placement: {:tags, [:gpu]})
+      model.node     #=> :"gpu1@host"
+      {:ok, y} = Snakeport.method(model, "predict", [[1.0, 2.0]])
+
+  The session's owners are monitored from its node, those of other nodes too: when they
+  all die, or their node goes down or is disconnected (a `nodedown` counts as their
+  death), the session is released in Python there. When the session's node goes down or
+  is disconnected, calls in flight to it return `:worker_exited` at once and its refs
+  answer `:session_lost` (a process's next call without refs gets a new auto-session).
+  In a partition each side acts on what it sees: the sessions of the other side's owners
+  are released, and reconnecting does not bring them back. `stats/1` has the view of the
+  whole cluster; every telemetry event names its `node`.
   """
 
   require Logger
@@ -280,7 +329,8 @@ defmodule Snakeport do
           instance: atom(),
           session: session(),
           timeout: timeout(),
-          result: :auto | :ref | :value | :arrow
+          result: :auto | :ref | :value | :arrow,
+          placement: :local | :any | {:node, node()} | {:tags, [atom()]}
         ]
   @type instance_opts :: [instance: atom(), timeout: timeout()]
   @type result :: {:ok, term()} | {:error, Error.t()}
@@ -631,12 +681,27 @@ defmodule Snakeport do
   workers' own stats are asked of all of them at once and waited for at most `:timeout`
   (default `500` ms) in all.
 
-  Options: `:instance`, `:timeout`.
+  The figures above are this node's (`:node`; `:tags`, the instance's). With other nodes
+  of the cluster running the instance (see *Running on several nodes* in the README),
+  `:cluster` holds the view of all of them: `:nodes`, this node's map and each other
+  node's own (asked at once, with the same `:timeout` and a second for the hop; a node
+  that does not answer is `%{node: node, status: :unreachable, reason: reason}`, the
+  others `status: :up`), and the sums `:pool_size`, `:sessions`, `:python_sessions`,
+  `:refs`, `:in_flight`, `:requests`, `:rss_bytes`. Every worker map names its `:node`.
+
+  Options: `:instance`, `:timeout`, `:cluster` (`false`: this node only, nothing asked of
+  the others; default `true`).
   """
-  @spec stats(instance_opts()) :: {:ok, map()} | {:error, Error.t()}
+  @spec stats(instance: atom(), timeout: timeout(), cluster: boolean()) ::
+          {:ok, map()} | {:error, Error.t()}
   def stats(opts \\ []) do
+    {cluster, opts} = if is_list(opts), do: Keyword.pop(opts, :cluster, true), else: {true, opts}
+
+    if not is_boolean(cluster), do: Options.invalid!(:cluster, "a boolean", cluster)
     opts = if is_list(opts), do: Keyword.put_new(opts, :timeout, @stats_timeout), else: opts
-    with {:ok, inst, timeout} <- Client.admin(opts, nil), do: Stats.collect(inst, timeout)
+
+    with {:ok, inst, timeout} <- Client.admin(opts, nil),
+         do: Stats.stats(inst, timeout, cluster)
   end
 
   @doc """

@@ -32,4 +32,22 @@ case System.cmd(python, ["-c", "import snakeport"], stderr_to_stdout: true) do
 end
 
 Application.put_env(:snakeport_test, :python, python)
+
+# The cluster tests start peer nodes (:peer): this VM must be distributed. Name it here
+# (short names), starting epmd first as `erl -sname` would, unless it runs with a name.
+unless Node.alive?() do
+  epmd = System.find_executable("epmd") || Path.join(:code.root_dir(), "bin/epmd")
+  {_, 0} = System.cmd(epmd, ["-daemon"])
+  name = :"snakeport_test_#{System.unique_integer([:positive])}_#{System.pid()}"
+
+  case :net_kernel.start([name, :shortnames]) do
+    {:ok, _} ->
+      :ok
+
+    {:error, reason} ->
+      raise "cannot make the test VM distributed (#{inspect(reason)}): the cluster tests " <>
+              "need epmd (#{epmd}) and a resolvable host name"
+  end
+end
+
 ExUnit.start(capture_log: true)

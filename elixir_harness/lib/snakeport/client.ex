@@ -22,16 +22,17 @@ defmodule Snakeport.Client do
     Worker
   }
 
-  @call_keys [:kwargs, :session, :timeout, :result, :instance]
-  @attr_keys [:session, :timeout, :result, :instance]
-  @set_keys [:session, :timeout, :instance]
-  @eval_keys [:session, :timeout, :result, :instance]
+  @call_keys [:kwargs, :session, :timeout, :result, :instance, :placement]
+  @attr_keys [:session, :timeout, :result, :instance, :placement]
+  @set_keys [:session, :timeout, :instance, :placement]
+  @eval_keys [:session, :timeout, :result, :instance, :placement]
 
   @type parsed :: %{
           kwargs: map(),
           session: String.t() | SessionContext.t() | nil,
           timeout: timeout(),
-          req_opts: map()
+          req_opts: map(),
+          placement: Snakeport.Cluster.placement() | nil
         }
 
   @type result :: {:ok, term()} | {:error, Error.t()}
@@ -164,21 +165,39 @@ defmodule Snakeport.Client do
   # The instance and the parsed options. `owner` is the ref the operation applies to (nil).
   defp parse([], _allowed, owner) do
     with {:ok, inst} <- Instance.fetch(instance_of(owner)) do
-      {:ok, inst, %{kwargs: %{}, session: nil, timeout: inst.call_timeout, req_opts: %{}}}
+      {:ok, inst,
+       %{kwargs: %{}, session: nil, timeout: inst.call_timeout, req_opts: %{}, placement: nil}}
     end
   end
 
   defp parse(opts, allowed, owner) when is_list(opts) do
-    defaults = [kwargs: %{}, session: nil, timeout: nil, result: :auto, instance: nil]
+    defaults = [
+      kwargs: %{},
+      session: nil,
+      timeout: nil,
+      result: :auto,
+      instance: nil,
+      placement: nil
+    ]
+
     opts = Keyword.validate!(opts, Keyword.take(defaults, allowed))
     session = session!(opts[:session])
     kwargs = kwargs!(Keyword.get(opts, :kwargs, %{}))
     req_opts = result!(Keyword.get(opts, :result, :auto))
+    placement = placement!(opts[:placement])
 
     with {:ok, name} <- resolve(instance!(opts[:instance]), [owner, session]),
          {:ok, inst} <- Instance.fetch(name) do
       timeout = timeout!(opts[:timeout], inst)
-      {:ok, inst, %{kwargs: kwargs, session: session, timeout: timeout, req_opts: req_opts}}
+
+      {:ok, inst,
+       %{
+         kwargs: kwargs,
+         session: session,
+         timeout: timeout,
+         req_opts: req_opts,
+         placement: placement
+       }}
     end
   end
 
@@ -220,6 +239,9 @@ defmodule Snakeport.Client do
   defp instance!(nil), do: nil
   defp instance!(name), do: Options.name!(:instance, name)
 
+  defp placement!(nil), do: nil
+  defp placement!(placement), do: Snakeport.Cluster.placement!(:placement, placement)
+
   defp kwargs!(map) when is_map(map) and not is_struct(map), do: map
 
   defp kwargs!(list) when is_list(list) do
@@ -259,9 +281,10 @@ defmodule Snakeport.Client do
   # nil); `ref_session` the session of the first ref in the arguments (or nil); `request`
   # the Snakeport.Protocol request, which gets its id and session when it is sent.
   defp run(inst, meta, parsed, target, ref_session, request) do
-    ref_session = if target, do: target.session_id, else: ref_session
+    ref_session = if target, do: Ref.session_key(target), else: ref_session
 
-    with {:ok, session} <- Sessions.checkout(inst, parsed.session, ref_session, parsed.timeout),
+    with {:ok, session} <-
+           Sessions.checkout(inst, parsed.session, ref_session, parsed.timeout, parsed.placement),
          :ok <- check_target(target, session) do
       # A call without refs in the process's own auto-session may move to a new one.
       renewable = ref_session == nil
@@ -277,7 +300,14 @@ defmodule Snakeport.Client do
   end
 
   defp run_observed(inst, meta, parsed, session, request, renewable) do
-    meta = Map.merge(meta, %{instance: inst.name, session_id: session.id, worker: session.index})
+    meta =
+      Map.merge(meta, %{
+        instance: inst.name,
+        session_id: session.id,
+        worker: session.index,
+        node: session.node
+      })
+
     start = System.monotonic_time()
 
     Telemetry.execute(
@@ -311,7 +341,7 @@ defmodule Snakeport.Client do
   defp exchange(inst, parsed, session, request, renewable) do
     case Worker.request(session.worker, request, session.id, parsed.timeout) do
       {:ok, frame} ->
-        case Protocol.decode_reply(frame, inst.name, session.index) do
+        case Protocol.decode_reply(frame, inst.name, session.ref_worker) do
           {:error, %Error{reason: :session_not_found}} = error ->
             # The session is not open in the worker: re-open it there if the harness
             # still has it; the error goes to the caller either way.
@@ -324,7 +354,8 @@ defmodule Snakeport.Client do
 
       # The request could not be written: the auto-session's worker is gone, and the store
       # has not marked the session lost yet. Nothing ran: retry once in a new auto-session.
-      {:error, reason} when reason in [:noproc, :port_closed] and renewable ->
+      # ({:down, :noproc}: a worker of another node that was gone before the request.)
+      {:error, reason} when reason in [:noproc, :port_closed, {:down, :noproc}] and renewable ->
         if Sessions.own_auto?(inst.name, session.id) do
           case Sessions.renew_auto(inst, session.id, parsed.timeout) do
             {:ok, renewed} -> exchange(inst, parsed, renewed, request, false)
@@ -401,6 +432,19 @@ defmodule Snakeport.Client do
       "the request is #{size} bytes, above the worker's frame limit of #{limit} bytes " <>
         "(option :max_frame_bytes)",
       %{size: size, limit: limit}
+    )
+  end
+
+  # A worker of another node, whose node went down or was disconnected.
+  def transport_error({:down, :noconnection}, session, _timeout) do
+    node = session && Map.get(session, :node)
+
+    Error.new(
+      :worker_exited,
+      "the connection to the worker's node#{if node, do: " " <> inspect(node), else: ""} was " <>
+        "lost (it went down or was disconnected) while this request was in flight" <>
+        if(session, do: "; session #{inspect(session.id)} is lost", else: ""),
+      %{reason: :noconnection, node: node, worker: session && session.index}
     )
   end
 

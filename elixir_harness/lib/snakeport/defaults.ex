@@ -146,4 +146,24 @@ defmodule Snakeport.Defaults do
   # A worker that was up for this long (ms) before it exited is restarted at once, and its
   # backoff starts over.
   def restart_reset, do: 10_000
+
+  @doc false
+  # The default placement of an instance's new sessions (start option :placement): a
+  # worker of this node first, another node's when this one has none available.
+  def placement, do: :local
+
+  @doc false
+  # ms between two load reports of a node to the other nodes of its instance's cluster
+  # (Snakeport.Cluster); a node that joins gets one at once.
+  def cluster_interval, do: 1_000
+
+  @doc false
+  # ms a cluster-wide question waits for the other nodes at most (where a session id
+  # lives, their stats): a node that does not answer in time is left out.
+  def cluster_timeout, do: 5_000
+
+  @doc false
+  # ms between two looks of a courier at the callers of other nodes it watches: those with
+  # no request in flight any more stop being monitored.
+  def remote_caller_prune, do: 10_000
 end

@@ -28,9 +28,14 @@ defmodule Snakeport.Instance do
           tools: atom(),
           tool_supervisor: atom(),
           worker_supervisor: atom(),
+          cluster: atom(),
+          scope: atom(),
+          cluster_table: atom(),
           call_timeout: timeout(),
           tool_timeout: pos_integer(),
-          pool_size: pos_integer()
+          pool_size: non_neg_integer(),
+          placement: Snakeport.Cluster.placement(),
+          tags: [atom()]
         }
 
   @doc false
@@ -50,7 +55,12 @@ defmodule Snakeport.Instance do
       state: Module.concat(name, "Sessions.State"),
       tools: Module.concat(name, "Tools"),
       tool_supervisor: Module.concat(name, "ToolSupervisor"),
-      worker_supervisor: Module.concat(name, "WorkerSupervisor")
+      worker_supervisor: Module.concat(name, "WorkerSupervisor"),
+      # The same names on every node: the :pg scope of the instance's cluster, the process
+      # that advertises this node's workers in it, the table of the other nodes' reports.
+      cluster: Module.concat(name, "Cluster"),
+      scope: Module.concat(name, "Cluster.Scope"),
+      cluster_table: Module.concat(name, "Cluster")
     }
   end
 
@@ -119,7 +129,9 @@ defmodule Snakeport.Instance do
       Map.merge(names, %{
         call_timeout: config.call_timeout,
         tool_timeout: config.tool_timeout,
-        pool_size: config.pool_size
+        pool_size: config.pool_size,
+        placement: config.placement,
+        tags: config.tags
       })
 
     if :persistent_term.get(key, nil) != value, do: :persistent_term.put(key, value)

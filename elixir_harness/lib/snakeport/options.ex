@@ -27,7 +27,9 @@ defmodule Snakeport.Options do
     :stuck_timeout,
     :max_restart_backoff,
     :python_log_level,
-    :preload
+    :preload,
+    :placement,
+    :tags
   ]
 
   @setup_hint "run `mix snakeport.setup` (it makes the managed virtualenv with the worker " <>
@@ -38,7 +40,7 @@ defmodule Snakeport.Options do
           python: String.t(),
           python_path: [String.t()],
           otp_app: atom() | nil,
-          pool_size: pos_integer(),
+          pool_size: non_neg_integer(),
           env: [{String.t(), String.t() | nil}],
           call_timeout: timeout(),
           session_store: %{
@@ -61,7 +63,9 @@ defmodule Snakeport.Options do
           stuck_timeout: pos_integer() | :infinity,
           max_restart_backoff: pos_integer(),
           python_log_level: :debug | :info | :warning | :error | :critical | :none,
-          preload: [String.t()]
+          preload: [String.t()],
+          placement: Snakeport.Cluster.placement(),
+          tags: [atom()]
         }
 
   @doc false
@@ -107,7 +111,9 @@ defmodule Snakeport.Options do
         stuck_timeout: Defaults.stuck_timeout(),
         max_restart_backoff: Defaults.max_restart_backoff(),
         python_log_level: Defaults.python_log_level(),
-        preload: []
+        preload: [],
+        placement: Defaults.placement(),
+        tags: []
       )
 
     store = Keyword.validate!(opts[:session_store], store_defaults())
@@ -118,7 +124,7 @@ defmodule Snakeport.Options do
       python: python,
       python_path: python_path!(opts[:python_path], otp_app),
       otp_app: otp_app,
-      pool_size: pos_integer!(:pool_size, opts[:pool_size] || Defaults.pool_size()),
+      pool_size: non_neg_integer!(:pool_size, opts[:pool_size] || Defaults.pool_size()),
       env: env!(opts[:env]),
       call_timeout: timeout!(:call_timeout, opts[:call_timeout]),
       session_store: %{
@@ -141,7 +147,9 @@ defmodule Snakeport.Options do
       stuck_timeout: timeout!(:stuck_timeout, opts[:stuck_timeout]),
       max_restart_backoff: pos_integer!(:max_restart_backoff, opts[:max_restart_backoff]),
       python_log_level: python_log_level!(opts[:python_log_level]),
-      preload: preload!(opts[:preload])
+      preload: preload!(opts[:preload]),
+      placement: Snakeport.Cluster.placement!(:placement, opts[:placement]),
+      tags: tags!(opts[:tags])
     }
   end
 
@@ -283,6 +291,19 @@ defmodule Snakeport.Options do
   def pos_integer!(_key, value) when is_integer(value) and value > 0, do: value
   def pos_integer!(key, value), do: invalid!(key, "a positive integer", value)
 
+  @doc false
+  def non_neg_integer!(_key, value) when is_integer(value) and value >= 0, do: value
+  def non_neg_integer!(key, value), do: invalid!(key, "a non-negative integer", value)
+
+  # An instance's tags (placement by tag, Snakeport.Cluster): a list of atoms.
+  defp tags!(tags) when is_list(tags) do
+    if Enum.all?(tags, &(is_atom(&1) and &1 not in [nil, true, false])),
+      do: Enum.uniq(tags),
+      else: invalid!(:tags, "a list of atoms", tags)
+  end
+
+  defp tags!(other), do: invalid!(:tags, "a list of atoms", other)
+
   defp optional_pos_integer!(_key, nil), do: nil
   defp optional_pos_integer!(key, value), do: pos_integer!(key, value)
 
@@ -389,6 +410,10 @@ defmodule Snakeport.Options do
   # `python -c "import snakeport"`, that the worker package is installed and speaks our
   # protocol version. Errors say what to do.
   @spec preflight(config()) :: {:ok, config()} | {:error, Error.t()}
+  # An instance without workers of its own (a node that only calls other nodes' workers)
+  # needs no interpreter.
+  def preflight(%{pool_size: 0} = config), do: {:ok, config}
+
   def preflight(config) do
     with {:ok, exe} <- find_python(config.python),
          config = %{config | python: exe},
@@ -538,8 +563,10 @@ defmodule Snakeport.Options do
       ["--tool-timeout", seconds(config.tool_timeout)] ++
       flag(config.max_frame_bytes, "--max-frame-bytes") ++
       flag(config.threads, "--threads") ++
-      flag(config.spin_us, "--spin-us") ++ allow_flag(config.allow) ++
-      ["--vm-pid", System.pid()] ++ forward_logs(config.python_log_level) ++
+      flag(config.spin_us, "--spin-us") ++
+      allow_flag(config.allow) ++
+      ["--vm-pid", System.pid()] ++
+      forward_logs(config.python_log_level) ++
       Enum.flat_map(config.preload, &["--preload", &1]) ++ config.worker_args
   end
 

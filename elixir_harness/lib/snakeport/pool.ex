@@ -4,7 +4,9 @@ defmodule Snakeport.Pool do
   # ready_info, stuck_since, stats}` read by callers (stats) and by the session store
   # (worker choice), owned by this process. Workers register once their Python process is
   # ready; this process monitors them and drops the row of a worker that dies, even when
-  # it is killed brutally.
+  # it is killed brutally. A registered worker also joins the :workers group of the
+  # instance's :pg scope, where the other nodes of the cluster see it (Snakeport.Cluster);
+  # it leaves when it unregisters, and :pg drops it when it dies.
   #
   # The last two elements are written without this process: `stuck_since` (monotonic ms, or
   # nil) by the worker itself, which marks itself stuck when a request it cancelled does not
@@ -57,11 +59,20 @@ defmodule Snakeport.Pool do
   @doc false
   # Called by a worker on its way down, so that no new session picks it meanwhile.
   @spec unregister(atom(), Snakeport.Worker.entry()) :: :ok
-  def unregister(table, %{index: index, pid: pid}) do
+  def unregister(table, %{index: index, pid: pid} = entry) do
+    leave_cluster(entry)
     :ets.select_delete(table, [{{index, %{pid: pid}, :_, :_, :_}, [], [true]}])
     :ok
   rescue
     ArgumentError -> :ok
+  end
+
+  # The worker leaves the :workers group of its instance's cluster (Snakeport.Cluster), so
+  # that other nodes place no session there (pg drops a dead process by itself).
+  defp leave_cluster(%{instance: instance, pid: pid}) do
+    :pg.leave(Snakeport.Instance.names(instance).scope, :workers, pid)
+  catch
+    _, _ -> :ok
   end
 
   @doc false
@@ -156,6 +167,7 @@ defmodule Snakeport.Pool do
     {:ok,
      %{
        table: names.pool_table,
+       scope: names.scope,
        monitors: %{},
        await: nil,
        failure: nil,
@@ -168,6 +180,8 @@ defmodule Snakeport.Pool do
   def handle_call({:register, %{index: index, pid: pid} = entry, info}, _from, state) do
     :ets.insert(state.table, {index, entry, info, nil, nil})
     monitors = Map.put(state.monitors, Process.monitor(pid), {index, pid})
+    # Other nodes of the instance's cluster may place sessions there from now on.
+    :ok = :pg.join(state.scope, :workers, pid)
 
     # Emitted here, in this order: the worker is available when its :started arrives (a
     # call made on the event finds it), and the event precedes the end of the instance's

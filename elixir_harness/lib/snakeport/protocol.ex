@@ -715,7 +715,8 @@ defmodule Snakeport.Protocol do
   # Elixir -> wire (Snakeport.Values.to_wire/2): the wire term, the session of the first
   # ref in it, the blobs to send after the term.
   @spec to_wire(term(), atom()) ::
-          {:ok, term(), String.t() | nil, [binary()]} | {:error, Error.t()}
+          {:ok, term(), String.t() | {String.t(), node()} | nil, [binary()]}
+          | {:error, Error.t()}
   defdelegate to_wire(term, instance), to: Snakeport.Values
 
   @doc false

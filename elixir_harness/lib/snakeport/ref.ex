@@ -16,11 +16,14 @@ defmodule Snakeport.Ref do
     * `:instance` - the Snakeport instance of that worker (`Snakeport` unless the instance
       was started with `:name`). Calls on a ref go to its instance; a ref used in a
       request to another instance fails with `:instance_mismatch`.
+    * `:node` - the node of that worker (`nil` in a ref built by hand: this node).
 
   A ref is plain data: it can be sent to other processes, which may use it after adopting its
-  session (see `Snakeport.SessionContext`). It stays valid until it is released with
+  session (see `Snakeport.SessionContext`), on this node or on any node of the cluster that
+  runs its instance (see *Running on several nodes* in the README): a call on it goes to
+  its worker on `:node`. It stays valid until it is released with
   `Snakeport.release_ref/2`, its session is released (last owner dead, explicit release,
-  TTL), or the worker evicts or prunes it.
+  TTL), or the worker evicts or prunes it; a ref whose node is gone answers `:session_lost`.
 
   Inspecting a ref never talks to Python (the instance is shown unless it is `Snakeport`):
 
@@ -32,20 +35,30 @@ defmodule Snakeport.Ref do
   """
 
   @enforce_keys [:session_id, :id, :type]
-  defstruct [:session_id, :id, :type, worker: nil, instance: Snakeport]
+  defstruct [:session_id, :id, :type, worker: nil, instance: Snakeport, node: nil]
 
   @type t :: %__MODULE__{
           session_id: String.t(),
           id: pos_integer(),
           type: String.t(),
           worker: non_neg_integer() | nil,
-          instance: atom()
+          instance: atom(),
+          node: node() | nil
         }
+
+  @doc false
+  # How a request names the session of this ref for Snakeport.Sessions.checkout/5: its id,
+  # or {id, node} when it lives on another node.
+  @spec session_key(t()) :: String.t() | {String.t(), node()}
+  def session_key(%__MODULE__{session_id: id, node: node}) when node == nil or node == node(),
+    do: id
+
+  def session_key(%__MODULE__{session_id: id, node: node}), do: {id, node}
 
   defimpl Inspect do
     import Inspect.Algebra
 
-    def inspect(%{session_id: session, id: id, type: type, instance: instance}, opts) do
+    def inspect(%{session_id: session, id: id, type: type, instance: instance} = ref, opts) do
       concat([
         "#Snakeport.Ref<",
         to_string(type),
@@ -54,6 +67,11 @@ defmodule Snakeport.Ref do
         " @ ",
         to_doc(session, opts),
         if(instance == Snakeport, do: "", else: " in " <> Kernel.inspect(instance)),
+        # The node shows when it is not this one.
+        case Map.get(ref, :node) do
+          node when node in [nil, node()] -> ""
+          node -> " on " <> Kernel.inspect(node)
+        end,
         ">"
       ])
     end

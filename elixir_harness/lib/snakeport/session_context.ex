@@ -102,6 +102,10 @@ defmodule Snakeport.SessionContext do
       `[:snakeport, :worker, :refs_evicted]` event). Default: the instance's
       `session_store: [default_overflow: ...]`, `:error` unless configured.
     * `:tags` - a map of metadata for debugging (default: `%{}`), also stored by the worker.
+    * `:placement` - where the session goes when this context creates it, in a cluster of
+      nodes running the instance (default: the instance's `:placement`, `:local` unless
+      configured): `:local`, `:any`, `{:node, node}` or `{:tags, [atom]}` (see *Running on
+      several nodes* in the README). A session that exists stays where it is.
 
   `nil` limits mean "the instance's default": the worker applies it when the session is
   opened, and `Snakeport.session_info/2` reports the value in force. A session's limits are
@@ -131,7 +135,8 @@ defmodule Snakeport.SessionContext do
     ttl_seconds: nil,
     overflow: nil,
     tags: %{},
-    created_at: nil
+    created_at: nil,
+    placement: nil
   ]
 
   @type t :: %__MODULE__{
@@ -142,7 +147,8 @@ defmodule Snakeport.SessionContext do
           ttl_seconds: pos_integer() | nil,
           overflow: :error | :evict_lru | nil,
           tags: map(),
-          created_at: integer()
+          created_at: integer(),
+          placement: Snakeport.Cluster.placement() | nil
         }
 
   # The process's current contexts: %{instance => context}.
@@ -169,12 +175,13 @@ defmodule Snakeport.SessionContext do
         max_refs: nil,
         ttl_seconds: nil,
         overflow: nil,
-        tags: %{}
+        tags: %{},
+        placement: nil
       )
 
     session_id =
       case opts[:session_id] do
-        nil -> "session-" <> Integer.to_string(System.unique_integer([:positive]))
+        nil -> Sessions.new_id("session-")
         id when is_binary(id) and id != "" -> id
         other -> Options.invalid!(:session_id, "a non-empty string", other)
       end
@@ -190,7 +197,8 @@ defmodule Snakeport.SessionContext do
       ttl_seconds: optional_pos_integer!(:ttl_seconds, opts[:ttl_seconds]),
       overflow: opts[:overflow] && Options.overflow!(:overflow, opts[:overflow]),
       tags: tags,
-      created_at: System.system_time(:millisecond)
+      created_at: System.system_time(:millisecond),
+      placement: opts[:placement] && Snakeport.Cluster.placement!(:placement, opts[:placement])
     }
   end
 

@@ -69,6 +69,13 @@ defmodule Snakeport.SessionStore do
     * `:instance` - the Snakeport instance (default `Snakeport`).
     * `:timeout` - ms to wait for the worker to open the session (default: the instance's
       `:call_timeout`).
+    * `:placement` - where a new session goes in a cluster (default: the instance's
+      `:placement`; see `Snakeport.SessionContext`). An id that another node of the
+      cluster has is that node's session: `create_session/2` returns
+      `{:error, :already_exists}`, `get_or_create_session/2` that session.
+
+  In a cluster (see *Running on several nodes* in the README), every function here works
+  from any node: a session of another node is read, changed and deleted there.
 
   `get_or_create_session/2` on an existing session whose limits differ from the ones it
   states returns `{:error, %Snakeport.Error{reason: :session_options_conflict}}`.
@@ -88,7 +95,7 @@ defmodule Snakeport.SessionStore do
       * `:ttl` - seconds it lives unused; `:max_refs`; `:overflow`; `:tags` (as its worker
         acknowledged them).
       * `:created_at`, `:last_access` - Unix ms.
-      * `:worker` - the index of the worker that holds its objects.
+      * `:worker` - the index of the worker that holds its objects; `:node`, its node.
       * `:lost` - `true` when that worker died since (its objects are gone: calls answer
         `:session_lost` until it is deleted).
     """
@@ -105,6 +112,7 @@ defmodule Snakeport.SessionStore do
       created_at: nil,
       last_access: nil,
       worker: nil,
+      node: nil,
       lost: false
     ]
 
@@ -119,6 +127,7 @@ defmodule Snakeport.SessionStore do
             created_at: integer(),
             last_access: integer(),
             worker: non_neg_integer(),
+            node: node(),
             lost: boolean()
           }
   end
@@ -130,7 +139,8 @@ defmodule Snakeport.SessionStore do
           tags: map(),
           owner: pid(),
           instance: atom(),
-          timeout: timeout()
+          timeout: timeout(),
+          placement: Snakeport.Cluster.placement()
         ]
 
   @doc """
@@ -165,7 +175,8 @@ defmodule Snakeport.SessionStore do
         tags: %{},
         owner: nil,
         instance: Snakeport,
-        timeout: nil
+        timeout: nil,
+        placement: nil
       )
 
     limits = %{
@@ -176,9 +187,10 @@ defmodule Snakeport.SessionStore do
     }
 
     owner = owner!(opts[:owner])
+    placement = opts[:placement] && Snakeport.Cluster.placement!(:placement, opts[:placement])
 
     with {:ok, inst, timeout} <- instance(opts) do
-      case Sessions.create(inst, id, owner, limits, mode, timeout) do
+      case Sessions.create(inst, id, owner, limits, mode, timeout, placement) do
         {:ok, info, lost} -> {:ok, session(inst, info, lost, System.system_time(:millisecond))}
         {:error, _} = error -> error
       end
@@ -198,12 +210,14 @@ defmodule Snakeport.SessionStore do
   def get_session(id, opts \\ []) do
     id = id!(id)
 
-    with {:ok, inst, _timeout} <- instance(Keyword.validate!(opts, instance: Snakeport)) do
-      case Sessions.touch(inst, id) do
-        {:ok, info, lost, now} -> {:ok, session(inst, info, lost, now)}
-        :not_found -> {:error, :not_found}
-        {:error, _} = error -> error
-      end
+    with {:ok, inst, timeout} <- instance(Keyword.validate!(opts, instance: Snakeport)) do
+      at_home(inst, id, timeout, :get_session, [id, opts], {:error, :not_found}, fn ->
+        case Sessions.touch(inst, id) do
+          {:ok, info, lost, now} -> {:ok, session(inst, info, lost, now)}
+          :not_found -> {:error, :not_found}
+          {:error, _} = error -> error
+        end
+      end)
     end
   end
 
@@ -234,8 +248,13 @@ defmodule Snakeport.SessionStore do
   @spec get_state(String.t(), term(), instance: atom()) ::
           {:ok, term()} | {:error, :not_found | Error.t()}
   def get_state(id, key, opts \\ []) do
-    with {:ok, inst, _} <- instance(Keyword.validate!(opts, instance: Snakeport)),
-         do: Sessions.get_state(inst, id!(id), key)
+    id = id!(id)
+
+    with {:ok, inst, timeout} <- instance(Keyword.validate!(opts, instance: Snakeport)) do
+      at_home(inst, id, timeout, :get_state, [id, key, opts], {:error, :not_found}, fn ->
+        Sessions.get_state(inst, id, key)
+      end)
+    end
   end
 
   @doc """
@@ -247,8 +266,13 @@ defmodule Snakeport.SessionStore do
   @spec put_state(String.t(), term(), term(), instance: atom()) ::
           :ok | {:error, :not_found | Error.t()}
   def put_state(id, key, value, opts \\ []) do
-    with {:ok, inst, _} <- instance(Keyword.validate!(opts, instance: Snakeport)),
-         do: Sessions.put_state(inst, id!(id), key, value)
+    id = id!(id)
+
+    with {:ok, inst, timeout} <- instance(Keyword.validate!(opts, instance: Snakeport)) do
+      at_home(inst, id, timeout, :put_state, [id, key, value, opts], {:error, :not_found}, fn ->
+        Sessions.put_state(inst, id, key, value)
+      end)
+    end
   end
 
   @doc """
@@ -256,11 +280,26 @@ defmodule Snakeport.SessionStore do
   """
   @spec delete_state(String.t(), term(), instance: atom()) :: :ok | {:error, Error.t()}
   def delete_state(id, key, opts \\ []) do
-    with {:ok, inst, _} <- instance(Keyword.validate!(opts, instance: Snakeport)),
-         do: Sessions.delete_state(inst, id!(id), key)
+    id = id!(id)
+
+    with {:ok, inst, timeout} <- instance(Keyword.validate!(opts, instance: Snakeport)) do
+      at_home(inst, id, timeout, :delete_state, [id, key, opts], :ok, fn ->
+        Sessions.delete_state(inst, id, key)
+      end)
+    end
   end
 
   ## Helpers -------------------------------------------------------------------------------------
+
+  # In a cluster, a session of another node is that node's: the same function runs there
+  # (`gone` when it is down or disconnected); `here` runs for a session of this node, or
+  # one that no node has.
+  defp at_home(inst, id, timeout, fun, args, gone, here) do
+    case Sessions.where(inst, id, timeout) do
+      {:remote, node} -> Sessions.at(node, __MODULE__, fun, args, timeout, gone)
+      _ -> here.()
+    end
+  end
 
   defp instance(opts) do
     name = Options.name!(:instance, opts[:instance])
@@ -279,6 +318,7 @@ defmodule Snakeport.SessionStore do
       created_at: info.created_at,
       last_access: last_access,
       worker: info.index,
+      node: info.node,
       lost: lost
     }
   end

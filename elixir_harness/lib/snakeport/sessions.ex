@@ -30,31 +30,55 @@ defmodule Snakeport.Sessions do
   #   1. the `:session` option, when given;
   #   2. else the process's current SessionContext of that instance;
   #   3. else the session of the refs the request uses (only if that session still exists:
-  #      a released one answers :ref_released instead of being re-created);
-  #   4. else the process's auto-session of that instance; when that was lost (its worker
-  #      died), a new one.
+  #      a released one answers :ref_released instead of being re-created); `ref_session`
+  #      is its id, or `{id, node}` for refs of a session of another node (Ref.session_key/1);
+  #   4. else the process's auto-session of that instance (one per `placement`: a call
+  #      that names one runs where it says); when that was lost (its worker died), a new one.
   #
   # `timeout` bounds the wait for the session store when the session has to be adopted (the
-  # call's own timeout: the store's answer is part of the call).
-  @spec checkout(Instance.t(), String.t() | SessionContext.t() | nil, String.t() | nil, timeout()) ::
-          {:ok, info()} | {:error, Error.t()}
-  def checkout(inst, explicit, ref_session, timeout) do
+  # call's own timeout: the store's answer is part of the call). `placement` (nil: the
+  # instance's) places a session that this request creates (Snakeport.Cluster.place/2).
+  @spec checkout(
+          Instance.t(),
+          String.t() | SessionContext.t() | nil,
+          String.t() | {String.t(), node()} | nil,
+          timeout(),
+          Snakeport.Cluster.placement() | nil
+        ) :: {:ok, info()} | {:error, Error.t()}
+  def checkout(inst, explicit, ref_session, timeout, placement \\ nil) do
     cond do
-      explicit != nil -> ensure(inst, explicit, true, timeout)
-      ctx = SessionContext.current(inst.name) -> ensure(inst, ctx, true, timeout)
-      ref_session != nil -> ensure(inst, ref_session, false, timeout)
-      true -> auto(inst, timeout)
+      explicit != nil ->
+        ensure(inst, explicit, creating(true, placement), timeout)
+
+      ctx = SessionContext.current(inst.name) ->
+        ensure(inst, ctx, creating(true, placement), timeout)
+
+      ref_session != nil ->
+        ensure_ref(inst, ref_session, timeout)
+
+      true ->
+        auto(inst, placement, timeout)
     end
   end
+
+  # How a session that is missing is made: `true` (an explicit id), `:auto`, `false` (the
+  # session of refs: never created), `{:ref, node}` (refs of a session of another node),
+  # `{true | :auto, placement}` (created where `placement` says).
+  defp creating(create, nil), do: create
+  defp creating(create, placement), do: {create, placement}
+
+  defp ensure_ref(inst, {id, node}, timeout), do: ensure(inst, id, {:ref, node}, timeout)
+  defp ensure_ref(inst, id, timeout), do: ensure(inst, id, false, timeout)
 
   # The process's auto-session. A lost one (its worker died and the store marked it lost)
   # is replaced by a new auto-session on a live worker; the lost row is kept for its refs.
   # (A worker that died before the store handled its :DOWN is found by the request itself,
   # which cannot be written: the caller then renews the session with renew_auto/3.)
-  defp auto(inst, timeout) do
-    id = auto_id(inst.name)
+  defp auto(inst, placement, timeout) do
+    key = auto_key(inst.name, placement)
+    id = auto_id(key)
 
-    case ensure(inst, id, :auto, timeout) do
+    case ensure(inst, id, creating(:auto, placement), timeout) do
       {:error, %Error{reason: :session_lost, details: %{session: ^id}}} ->
         renew_auto(inst, id, timeout)
 
@@ -63,38 +87,71 @@ defmodule Snakeport.Sessions do
     end
   end
 
+  # The key of an auto-session in the process's map: the instance, or {instance, placement}.
+  defp auto_key(name, nil), do: name
+  defp auto_key(name, placement), do: {name, placement}
+
   @doc false
-  # Whether `id` is the calling process's auto-session of instance `name`.
+  # Whether `id` is one of the calling process's auto-sessions of instance `name`.
   @spec own_auto?(atom(), String.t()) :: boolean()
-  def own_auto?(name, id), do: match?(%{^name => ^id}, Process.get(@auto_key))
-
-  @doc false
-  # Replaces the process's auto-session `old_id` (lost with its worker) by a new one.
-  @spec renew_auto(Instance.t(), String.t(), timeout()) :: {:ok, info()} | {:error, Error.t()}
-  def renew_auto(inst, old_id, timeout) do
-    name = inst.name
-
+  def own_auto?(name, id) do
     case Process.get(@auto_key) do
-      %{^name => ^old_id} = ids -> Process.put(@auto_key, Map.delete(ids, name))
-      _ -> :ok
+      %{^name => ^id} -> true
+      %{} = ids -> Enum.any?(ids, &match?({{^name, _}, ^id}, &1))
+      nil -> false
     end
-
-    ensure(inst, auto_id(name), :auto, timeout)
   end
 
   @doc false
-  # The process's auto-session id in instance `name` (created on first use).
-  @spec auto_id(atom()) :: String.t()
-  def auto_id(name) do
+  # Replaces the process's auto-session `old_id` (lost with its worker) by a new one, placed
+  # as the old one was.
+  @spec renew_auto(Instance.t(), String.t(), timeout()) :: {:ok, info()} | {:error, Error.t()}
+  def renew_auto(inst, old_id, timeout) do
+    name = inst.name
+    ids = Process.get(@auto_key) || %{}
+
+    key =
+      Enum.find_value(ids, name, fn
+        {{^name, _} = key, ^old_id} -> key
+        {^name, ^old_id} -> name
+        _ -> nil
+      end)
+
+    if Map.get(ids, key) == old_id, do: Process.put(@auto_key, Map.delete(ids, key))
+
+    placement =
+      case key do
+        {_name, placement} -> placement
+        _ -> nil
+      end
+
+    ensure(inst, auto_id(key), creating(:auto, placement), timeout)
+  end
+
+  @doc false
+  # The process's auto-session id under `key` (the instance name, or {name, placement}),
+  # created on first use. Unique in the cluster: a distributed node adds its name.
+  @spec auto_id(atom() | {atom(), term()}) :: String.t()
+  def auto_id(key) do
     case Process.get(@auto_key) do
-      %{^name => id} ->
+      %{^key => id} ->
         id
 
       ids ->
-        id = "auto-" <> Integer.to_string(System.unique_integer([:positive]))
-        Process.put(@auto_key, Map.put(ids || %{}, name, id))
+        id = new_id("auto-")
+        Process.put(@auto_key, Map.put(ids || %{}, key, id))
         id
     end
+  end
+
+  @doc false
+  # A new session id with `prefix`, unique in the cluster: `prefix` and an integer unique
+  # in this VM, then `@` and the node's name on a distributed node (ids chosen on two nodes
+  # never meet in one session).
+  @spec new_id(String.t()) :: String.t()
+  def new_id(prefix) do
+    id = prefix <> Integer.to_string(System.unique_integer([:positive]))
+    if node() == :nonode@nohost, do: id, else: id <> "@" <> Atom.to_string(node())
   end
 
   defp ensure(inst, %SessionContext{session_id: id, instance: name} = ctx, create, timeout)
@@ -106,6 +163,8 @@ defmodule Snakeport.Sessions do
       overflow: ctx.overflow
     }
 
+    # The context's placement, when it has one, is its session's.
+    create = if ctx.placement, do: {true, ctx.placement}, else: create
     fast(inst, id, limits, create, timeout)
   end
 
@@ -163,26 +222,176 @@ defmodule Snakeport.Sessions do
     true
   end
 
-  defp adopt(inst, id, limits, create, timeout) do
+  # A first use of session `id` by this process: adopted where it lives (its home), or
+  # created where its placement says.
+  defp adopt(inst, id, limits, how, timeout) do
+    {create, placement} =
+      case how do
+        {:ref, _node} -> {false, nil}
+        {create, placement} -> {create, placement}
+        create -> {create, nil}
+      end
+
+    case home(inst, id, how, create, placement, timeout) do
+      {:ok, node} when node == node() -> local_adopt(inst, id, limits, create, timeout)
+      {:ok, node} -> remote_adopt(inst, node, id, limits, create, timeout)
+      {:error, %Error{}} = error -> error
+    end
+  end
+
+  # Where session `id` lives or goes: the node of its row here (its home, or the home a
+  # route names), of its refs, else of another node that has it (an explicit id), else
+  # where `placement` puts it.
+  defp home(inst, id, how, create, placement, timeout) do
+    case :ets.lookup(inst.sessions, id) do
+      [{^id, %{node: node}, _, _, _}] ->
+        {:ok, node}
+
+      [] ->
+        case how do
+          {:ref, node} ->
+            {:ok, node}
+
+          false ->
+            {:ok, node()}
+
+          _ when create == true ->
+            case Snakeport.Cluster.locate(inst, id, timeout) do
+              {:ok, node} -> {:ok, node}
+              :not_found -> place(inst, placement)
+            end
+
+          _ ->
+            place(inst, placement)
+        end
+    end
+  end
+
+  # A placement that finds no node at all under the default policies leaves the answer to
+  # this node's store (:no_workers, as on a single node).
+  defp place(inst, placement) do
+    case Snakeport.Cluster.place(inst, placement) do
+      {:ok, node} ->
+        {:ok, node}
+
+      {:error, _} = error ->
+        if (placement || inst.placement) in [:local, :any], do: {:ok, node()}, else: error
+    end
+  end
+
+  defp local_adopt(inst, id, limits, create, timeout) do
     case Server.adopt(inst.server, id, self(), limits, create, timeout) do
       {:ok, info, lost} ->
         remember_owned(inst.name, id, info.gen)
         if lost, do: {:error, lost_error(info)}, else: {:ok, info}
 
+      # A route appeared meanwhile: its home adopts.
+      {:remote, info} ->
+        remote_adopt(inst, info.node, id, limits, create, timeout)
+
       {:error, :not_found} ->
-        {:error,
-         Error.new(
-           :ref_released,
-           "the ref's session #{inspect(id)} was released (its owners died, it was released " <>
-             "explicitly, or its TTL passed); its refs are gone",
-           %{cause: :session_released, session: id}
-         )}
+        {:error, released_error(id)}
 
       {:error, %Error{} = error} ->
         {:error, error}
     end
   catch
     :exit, reason -> {:error, exit_error(inst, reason, timeout)}
+  end
+
+  # Adoption by the store of the session's home `node`, which monitors this process from
+  # there (and creates the session when `create` allows, on one of its own workers); then
+  # this node's store keeps the route.
+  defp remote_adopt(inst, node, id, limits, create, timeout, hops \\ 1) do
+    if node in Node.list() do
+      case GenServer.call({inst.server, node}, {:adopt, id, self(), limits, create}, timeout) do
+        {:ok, info, lost} ->
+          route(inst, node, info, lost, timeout)
+
+        # That node routes to another one (its home): once.
+        {:remote, %{node: home}} when hops > 0 and home != node ->
+          if home == node(),
+            do: local_adopt(inst, id, limits, create, timeout),
+            else: remote_adopt(inst, home, id, limits, create, timeout, hops - 1)
+
+        {:remote, _} ->
+          {:error, node_down_error(inst, id, node, create)}
+
+        {:error, :not_found} ->
+          {:error, released_error(id)}
+
+        {:error, %Error{}} = error ->
+          error
+      end
+    else
+      {:error, node_down_error(inst, id, node, create)}
+    end
+  catch
+    :exit, {:timeout, _} = reason -> {:error, exit_error(inst, reason, timeout)}
+    :exit, _reason -> {:error, node_down_error(inst, id, node, create)}
+  end
+
+  defp route(inst, node, info, lost, timeout) do
+    info = %{
+      info
+      | worker: Snakeport.Cluster.remote_entry(info.worker, node),
+        ref_worker: {info.index, node}
+    }
+
+    case Server.route(inst.server, info, self(), lost, timeout) do
+      :ok ->
+        remember_owned(inst.name, info.id, info.gen)
+        if lost, do: {:error, lost_error(info)}, else: {:ok, info}
+
+      {:error, %Error{}} = error ->
+        error
+    end
+  catch
+    :exit, reason -> {:error, exit_error(inst, reason, timeout)}
+  end
+
+  defp released_error(id) do
+    Error.new(
+      :ref_released,
+      "the ref's session #{inspect(id)} was released (its owners died, it was released " <>
+        "explicitly, or its TTL passed); its refs are gone",
+      %{cause: :session_released, session: id}
+    )
+  end
+
+  # Session `id` lives (or was to be created) on `node`, which is not connected, or does
+  # not run the instance.
+  defp node_down_error(inst, id, node, false) do
+    Error.new(
+      :session_lost,
+      "session #{inspect(id)} lives on node #{inspect(node)}, which is down, disconnected " <>
+        "or not running #{inspect(inst.name)}: its Python objects are gone",
+      %{session: id, node: node}
+    )
+  end
+
+  defp node_down_error(inst, id, node, _create) do
+    Error.new(
+      :no_workers,
+      "session #{inspect(id)} was to be opened on node #{inspect(node)}, which is down, " <>
+        "disconnected or not running #{inspect(inst.name)}",
+      %{session: id, node: node}
+    )
+  end
+
+  @doc false
+  # Whether this node's store holds session `id` of instance `name` as its own (not a
+  # route): asked by the other nodes (Snakeport.Cluster.locate/3).
+  @spec home?(atom(), String.t()) :: boolean()
+  def home?(name, id) do
+    with {:ok, inst} <- Instance.fetch(name),
+         [{^id, %{node: node}, _, _, _}] <- :ets.lookup(inst.sessions, id) do
+      node == node()
+    else
+      _ -> false
+    end
+  rescue
+    ArgumentError -> false
   end
 
   @doc false
@@ -239,6 +448,21 @@ defmodule Snakeport.Sessions do
   # session is opened again in the worker (with empty refs), so that the harness never
   # believes in a session that the worker does not have; the failed request is not retried.
   @spec reopen(Instance.t(), info(), timeout()) :: :ok | :not_found | {:error, Error.t()}
+  def reopen(inst, %{node: node} = info, timeout) when node != node() do
+    # A route: the session's home reopens it; a home that no longer has it (it released
+    # it, and its word has not arrived yet) drops the route now.
+    case Server.reopen({inst.server, node}, info.id, info.gen, timeout) do
+      :not_found ->
+        Server.forget_route(inst.server, info.id, info.gen)
+        :not_found
+
+      other ->
+        other
+    end
+  catch
+    :exit, _ -> :not_found
+  end
+
   def reopen(inst, info, timeout) do
     Server.reopen(inst.server, info.id, info.gen, timeout)
   catch
@@ -246,13 +470,94 @@ defmodule Snakeport.Sessions do
   end
 
   @doc false
-  # Creates a store session (Snakeport.SessionStore): see Server.create/6.
-  @spec create(Instance.t(), String.t(), pid() | nil, map(), :create | :get_or_create, timeout()) ::
-          {:ok, info(), boolean()} | {:error, :already_exists | Error.t()}
-  def create(inst, id, keeper, limits, mode, timeout) do
-    Server.create(inst.server, id, keeper, limits, mode, timeout)
+  # Creates a store session (Snakeport.SessionStore): see Server.create/6. In a cluster, an
+  # id that another node has is that node's (:already_exists, or its session for
+  # :get_or_create); a new one goes where `placement` says, created by that node's store.
+  @spec create(
+          Instance.t(),
+          String.t(),
+          pid() | nil,
+          map(),
+          :create | :get_or_create,
+          timeout(),
+          Snakeport.Cluster.placement() | nil
+        ) :: {:ok, info(), boolean()} | {:error, :already_exists | Error.t()}
+  def create(inst, id, keeper, limits, mode, timeout, placement \\ nil) do
+    node =
+      case where(inst, id, timeout) do
+        {:remote, node} -> {:ok, node}
+        :here -> {:ok, node()}
+        :unknown -> place(inst, placement)
+      end
+
+    case node do
+      {:ok, node} ->
+        server = if node == node(), do: inst.server, else: {inst.server, node}
+
+        case Server.create(server, id, keeper, limits, mode, timeout) do
+          {:remote, %{node: home}} when node == node() ->
+            Server.create({inst.server, home}, id, keeper, limits, mode, timeout)
+
+          other ->
+            other
+        end
+
+      {:error, _} = error ->
+        error
+    end
   catch
+    :exit, {:timeout, _} = reason -> {:error, exit_error(inst, reason, timeout)}
     :exit, reason -> {:error, exit_error(inst, reason, timeout)}
+  end
+
+  @doc false
+  # Where session `id` lives, for the requests that its home answers (SessionStore,
+  # session_info, release_session): :here, {:remote, node} (a route here, or another node
+  # has it, Snakeport.Cluster.locate/3), or :unknown.
+  @spec where(Instance.t(), String.t(), timeout()) :: :here | {:remote, node()} | :unknown
+  def where(inst, id, timeout) do
+    case :ets.lookup(inst.sessions, id) do
+      [{^id, %{node: node}, _, _, _}] when node == node() ->
+        :here
+
+      [{^id, %{node: node}, _, _, _}] ->
+        {:remote, node}
+
+      [] ->
+        case Snakeport.Cluster.locate(inst, id, timeout) do
+          {:ok, node} -> {:remote, node}
+          :not_found -> :unknown
+        end
+    end
+  rescue
+    ArgumentError -> :unknown
+  end
+
+  @doc false
+  # Runs `fun(args)` of the public API on `node`, the home of what it is about, bounded by
+  # `timeout` (plus a margin for the hop). A node that is gone gives `down`.
+  @spec at(node(), module(), atom(), list(), timeout(), term()) :: term()
+  def at(node, module, fun, args, timeout, down) do
+    wait = if timeout == :infinity, do: :infinity, else: timeout + 1_000
+
+    if node in Node.list() do
+      :erpc.call(node, module, fun, args, wait)
+    else
+      down
+    end
+  catch
+    :error, {:erpc, :timeout} ->
+      {:error,
+       Error.new(:timeout, "node #{inspect(node)} did not answer within #{timeout} ms", %{
+         timeout: timeout,
+         node: node
+       })}
+
+    :error, {:erpc, _} ->
+      down
+
+    :exit, {{:nodedown, _}, _} ->
+      down
   end
 
   @doc false
@@ -360,18 +665,43 @@ defmodule Snakeport.Sessions do
       {:error, %Error{}} = error ->
         error
 
+      # A route: its home releases it; the route goes now (the home's word follows).
+      {:remote, info} ->
+        result = release_at(inst, info.node, session_id, timeout)
+        Server.forget_route(inst.server, session_id, info.gen)
+        result
+
       :not_found ->
-        inst.pool_table
-        |> Pool.entries()
-        |> Enum.map(&{&1, Worker.send_request(&1, Protocol.release_session(), session_id)})
-        |> Enum.map(fn {entry, sent} -> released_in(entry, sent, timeout) end)
-        |> Enum.reduce({:ok, 0}, fn
-          {:ok, n}, {:ok, total} -> {:ok, total + n}
-          _, acc -> acc
-        end)
+        case Snakeport.Cluster.locate(inst, session_id, timeout) do
+          {:ok, node} -> release_at(inst, node, session_id, timeout)
+          :not_found -> release_everywhere(inst, session_id, timeout)
+        end
     end
   catch
     :exit, reason -> {:error, exit_error(inst, reason, timeout)}
+  end
+
+  # The session's home releases it; a home that is gone took its objects along.
+  defp release_at(inst, node, session_id, timeout) do
+    case GenServer.call({inst.server, node}, {:release, session_id}, timeout) do
+      {:ok, n} -> {:ok, n}
+      {:error, %Error{}} = error -> error
+      _not_found_or_route -> {:ok, 0}
+    end
+  catch
+    :exit, {:timeout, _} = reason -> {:error, exit_error(inst, reason, timeout)}
+    :exit, _ -> {:ok, 0}
+  end
+
+  defp release_everywhere(inst, session_id, timeout) do
+    inst.pool_table
+    |> Pool.entries()
+    |> Enum.map(&{&1, Worker.send_request(&1, Protocol.release_session(), session_id)})
+    |> Enum.map(fn {entry, sent} -> released_in(entry, sent, timeout) end)
+    |> Enum.reduce({:ok, 0}, fn
+      {:ok, n}, {:ok, total} -> {:ok, total + n}
+      _, acc -> acc
+    end)
   end
 
   defp released_in(entry, {:ok, handle}, timeout) do
@@ -401,13 +731,26 @@ defmodule Snakeport.Sessions do
       {:ok, _info, true} ->
         :ok
 
+      # Not used on this node: the ref's own node releases it.
       :not_found ->
-        :ok
+        remote_ref(ref, fn node ->
+          at(
+            node,
+            Snakeport,
+            :release_ref,
+            [ref, [instance: inst.name, timeout: timeout]],
+            timeout,
+            :ok
+          )
+        end)
 
       {:error, _} = error ->
         error
     end
   end
+
+  defp remote_ref(%Ref{node: node}, fun) when node != nil and node != node(), do: fun.(node)
+  defp remote_ref(_ref, _fun), do: :ok
 
   @doc false
   # Ends a stream early (Snakeport.Streams): the worker closes the iterator behind `ref` (a
@@ -429,11 +772,19 @@ defmodule Snakeport.Sessions do
         :ok
 
       :not_found ->
-        :ok
+        remote_ref(ref, fn node ->
+          at(node, __MODULE__, :close_iter_here, [inst.name, ref, timeout], timeout, :ok)
+        end)
 
       {:error, _} = error ->
         error
     end
+  end
+
+  @doc false
+  # close_iter/3 on the ref's own node (asked by another node).
+  def close_iter_here(name, ref, timeout) do
+    with {:ok, inst} <- Instance.fetch(name), do: close_iter(inst, ref, timeout)
   end
 
   @doc false
@@ -445,6 +796,7 @@ defmodule Snakeport.Sessions do
         base = %{
           session_id: session_id,
           instance: inst.name,
+          node: node(),
           worker: info.index,
           os_pid: info.worker.os_pid,
           owners: owners,
@@ -463,16 +815,31 @@ defmodule Snakeport.Sessions do
           do: {:ok, Map.merge(base, %{refs: 0, python: nil})},
           else: python_info(base, info, timeout)
 
+      # A route: its home describes it.
+      {:remote, %{node: node}} ->
+        info_at(inst, node, session_id, timeout)
+
       :not_found ->
-        {:error,
-         Error.new(
-           :session_not_found,
-           "no session #{inspect(session_id)} (never created, or released)",
-           %{session: session_id}
-         )}
+        case Snakeport.Cluster.locate(inst, session_id, timeout) do
+          {:ok, node} -> info_at(inst, node, session_id, timeout)
+          :not_found -> {:error, not_found_error(session_id)}
+        end
     end
   catch
     :exit, reason -> {:error, exit_error(inst, reason, @store_timeout)}
+  end
+
+  defp info_at(inst, node, session_id, timeout) do
+    args = [session_id, [instance: inst.name, timeout: timeout]]
+    at(node, Snakeport, :session_info, args, timeout, {:error, not_found_error(session_id)})
+  end
+
+  defp not_found_error(session_id) do
+    Error.new(
+      :session_not_found,
+      "no session #{inspect(session_id)} (never created, or released)",
+      %{session: session_id}
+    )
   end
 
   defp python_info(base, info, timeout) do
@@ -531,11 +898,21 @@ defmodule Snakeport.Sessions do
         do: "Its refs are gone; its process's other calls run in a new auto-session.",
         else: "Call Snakeport.release_session/2 to start it afresh."
 
+    {worker, details} =
+      case info do
+        %{node: node} when node != node() ->
+          {"worker (#{info.index} on node #{inspect(node)}) exited or that node went down " <>
+             "or was disconnected", %{node: node}}
+
+        _ ->
+          {"worker (#{info.index}) exited", %{}}
+      end
+
     Error.new(
       :session_lost,
-      "session #{inspect(info.id)} was lost: its worker (#{info.index}) exited, and its " <>
-        "Python objects with it. " <> next,
-      %{session: info.id, worker: info.index}
+      "session #{inspect(info.id)} was lost: its #{worker}, and its Python objects with " <>
+        "it. " <> next,
+      Map.merge(details, %{session: info.id, worker: info.index})
     )
   end
 end

@@ -7,12 +7,84 @@ defmodule Snakeport.Stats do
   # Defaults.stats_timeout/0 ms by default): a worker that holds the GIL cannot answer, and
   # is then described with the last stats it gave (`stats_age_ms` says how old) and status
   # :busy. So stats/1 never waits for a busy worker longer than that.
+  #
+  # The cluster view (cluster/3): the other nodes running the instance (Snakeport.Cluster)
+  # are asked for their own collect/2 at once (:erpc.multicall, the same deadline plus a
+  # margin for the hop), while this node collects its own; a node that does not answer
+  # is listed with `status: :unreachable`.
 
   alias Snakeport.{Client, Defaults, Instance, Pool, Protocol, Sessions, Worker}
   alias Snakeport.Sessions.Server
 
   @store_timeout Defaults.store_timeout()
+  @hop_margin 1_000
   @python_keys [:sessions, :refs, :rss_bytes, :uptime_ms, :threads, :in_flight, :requests]
+
+  @doc false
+  # Snakeport.stats/1: this node's stats, with `:cluster` (every node's) when `cluster`.
+  @spec stats(Instance.t(), timeout(), boolean()) ::
+          {:ok, map()} | {:error, Snakeport.Error.t()}
+  def stats(inst, timeout, cluster) do
+    others = if cluster, do: Snakeport.Cluster.others(inst), else: []
+
+    # The other nodes collect while this one does.
+    asked =
+      if others != [] do
+        wait = if timeout == :infinity, do: :infinity, else: timeout + @hop_margin
+
+        Task.async(fn ->
+          Enum.zip(
+            others,
+            :erpc.multicall(others, __MODULE__, :collect_here, [inst.name, timeout], wait)
+          )
+        end)
+      end
+
+    with {:ok, local} <- collect(inst, timeout) do
+      if cluster do
+        remote = if asked, do: Task.await(asked, :infinity), else: []
+        {:ok, Map.put(local, :cluster, combine([local | Enum.map(remote, &remote_node/1)]))}
+      else
+        {:ok, local}
+      end
+    end
+  end
+
+  @doc false
+  # collect/2 on this node, for another node's stats/3.
+  @spec collect_here(atom(), timeout()) :: {:ok, map()} | {:error, Snakeport.Error.t()}
+  def collect_here(name, timeout) do
+    with {:ok, inst} <- Instance.fetch(name), do: collect(inst, timeout)
+  end
+
+  defp remote_node({node, {:ok, {:ok, stats}}}),
+    do: Map.put(stats, :status, :up) |> Map.put(:node, node)
+
+  defp remote_node({node, other}) do
+    reason =
+      case other do
+        {:ok, {:error, error}} -> error
+        {_class, reason} -> reason
+      end
+
+    %{node: node, status: :unreachable, reason: reason}
+  end
+
+  defp combine(nodes) do
+    up = Enum.filter(nodes, &(Map.get(&1, :status, :up) == :up))
+    sum = fn key -> up |> Enum.map(&(Map.get(&1, key) || 0)) |> Enum.sum() end
+
+    %{
+      nodes: Enum.map(nodes, &Map.put_new(&1, :status, :up)),
+      pool_size: sum.(:pool_size),
+      sessions: sum.(:sessions),
+      python_sessions: sum.(:python_sessions),
+      refs: sum.(:refs),
+      in_flight: sum.(:in_flight),
+      requests: sum.(:requests),
+      rss_bytes: sum.(:rss_bytes)
+    }
+  end
 
   @doc false
   @spec collect(Instance.t(), timeout()) :: {:ok, map()} | {:error, Snakeport.Error.t()}
@@ -42,7 +114,14 @@ defmodule Snakeport.Stats do
       workers =
         for index <- 0..(pool_size - 1)//1 do
           Map.get_lazy(up, index, fn ->
-            %{index: index, status: :down, os_pid: nil, harness_sessions: 0, pending: 0}
+            %{
+              index: index,
+              node: node(),
+              status: :down,
+              os_pid: nil,
+              harness_sessions: 0,
+              pending: 0
+            }
             |> Map.merge(Map.new(@python_keys, &{&1, nil}))
             |> Map.put(:stats_age_ms, nil)
           end)
@@ -53,6 +132,8 @@ defmodule Snakeport.Stats do
       {:ok,
        %{
          instance: inst.name,
+         node: node(),
+         tags: inst.tags,
          pool_size: pool_size,
          sessions: total,
          python_sessions: sum.(:sessions),
@@ -70,6 +151,7 @@ defmodule Snakeport.Stats do
 
     base = %{
       index: entry.index,
+      node: node(),
       os_pid: entry.os_pid,
       python: Map.get(row.info, :python),
       snakeport: Map.get(row.info, :snakeport),

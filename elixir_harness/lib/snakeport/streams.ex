@@ -23,7 +23,7 @@ defmodule Snakeport.Streams do
 
   alias Snakeport.{Client, Defaults, Error, Instance, Options, Protocol, Ref, Sessions}
 
-  @call_keys [:kwargs, :session, :timeout, :result, :instance]
+  @call_keys [:kwargs, :session, :timeout, :result, :instance, :placement]
   @next_keys [:session, :timeout, :result, :instance]
 
   @doc false

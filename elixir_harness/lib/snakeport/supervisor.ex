@@ -6,9 +6,14 @@ defmodule Snakeport.Supervisor do
   #
   #   Snakeport.Supervisor (rest_for_one)
   #   ├── Snakeport.Instance          the instance's :persistent_term entry (names, config)
+  #   ├── Snakeport.Cluster.Scope     the :pg scope of the instance's cluster (same name on
+  #   │                               every node: groups :members and :workers)
   #   ├── Snakeport.Pool              worker registry (ETS), monitors workers, start gate,
-  #   │                               restart backoff
-  #   ├── Snakeport.Sessions.Server   session store (ETS), owners' monitors, TTL sweep
+  #   │                               restart backoff; ready workers join :workers
+  #   ├── Snakeport.Sessions.Server   session store (ETS), owners' monitors, TTL sweep,
+  #   │                               routes to the sessions of other nodes
+  #   ├── Snakeport.Cluster           this node in :members, load reports to and from the
+  #   │                               other nodes (ETS), placement
   #   ├── Snakeport.ToolSupervisor    Task.Supervisor: the Elixir tools Python calls
   #   ├── Snakeport.WorkerSupervisor  (one_for_one)
   #   │   └── Snakeport.Worker 0..pool_size-1, one Port (`python -m snakeport`) each,
@@ -59,7 +64,8 @@ defmodule Snakeport.Supervisor do
     arg = %{names: names, config: config}
 
     workers =
-      for index <- 0..(config.pool_size - 1), do: {Snakeport.Worker, {index, names, config}}
+      for index <- 0..(config.pool_size - 1)//1,
+          do: {Snakeport.Worker, {index, names, config}}
 
     worker_sup = %{
       id: :worker_supervisor,
@@ -79,8 +85,10 @@ defmodule Snakeport.Supervisor do
 
     children = [
       {Snakeport.Instance, config},
+      %{id: :cluster_scope, start: {:pg, :start_link, [names.scope]}},
       {Snakeport.Pool, arg},
       {Snakeport.Sessions.Server, arg},
+      {Snakeport.Cluster, arg},
       {Task.Supervisor, name: names.tool_supervisor},
       worker_sup,
       %{

@@ -14,6 +14,10 @@ defmodule Snakeport.Telemetry do
   The handler table is global to the VM: a handler attached to an event sees it for every
   Snakeport instance. Every event's metadata has `instance`, the name of the instance that
   emitted it (`Snakeport` unless it was started with `:name`); filter on it to observe one.
+  Every event's metadata also has `node`: the node of the worker it is about (a call in a
+  session that lives on another node of the cluster names that node, as does `:lost` for
+  the sessions of a worker of another node), else the node that emitted it. Each node
+  emits its own events (a worker's events on its node).
 
   | Event | Measurements | Metadata (besides `instance`) |
   |---|---|---|
@@ -27,7 +31,9 @@ defmodule Snakeport.Telemetry do
   | `[:snakeport, :session, :close_failed]` | `%{}` | `session_id`, `worker`, `reason`, `error` |
   | `[:snakeport, :session, :pruned]` | `count`, `remaining_sessions` | `reason` (`:ttl`, `:owner_down`, `:explicit`), `session_ids`, `table_name` |
   | `[:snakeport, :session, :accumulation_warning]` | `current_sessions`, `max_sessions`, `utilization` (percent) | `reason` (`:threshold_warning`, `:quota_exceeded`), `strict_mode` |
-  | `[:snakeport, :session, :lost]` | `count` | `worker`, `session_ids` |
+  | `[:snakeport, :session, :lost]` | `count` | `worker`, `session_ids` (also on a node whose processes use sessions of another node's worker that died, or whose node went down or was disconnected: `node` names it) |
+  | `[:snakeport, :cluster, :node_up]` | `system_time` | `node`: another node started the instance, or connected (its workers may now take sessions placed from here) |
+  | `[:snakeport, :cluster, :node_down]` | `system_time` | `node`: that node stopped the instance, went down or was disconnected |
   | `[:snakeport, :worker, :started]` | `system_time` | `worker`, `os_pid`, `python`, `snakeport` |
   | `[:snakeport, :worker, :exited]` | `system_time` | `worker`, `os_pid`, `reason` (`{:shutdown, {:stuck_killed, status}}` for a stuck worker that was killed) |
   | `[:snakeport, :worker, :stuck]` | `system_time`, `overdue` (cancelled requests not ended) | `worker`, `os_pid`, `request_ids` |
@@ -146,6 +152,11 @@ defmodule Snakeport.Telemetry do
   """
   @spec execute(event_name(), map(), map()) :: :ok
   def execute(event_name, measurements, metadata) do
+    # Snakeport's events (they name their instance) name their node too: the node of the
+    # worker or session they are about when it is another one, else this one.
+    metadata =
+      if is_map_key(metadata, :instance), do: Map.put_new(metadata, :node, node()), else: metadata
+
     if telemetry_loaded?() do
       :telemetry.execute(event_name, measurements, metadata)
     end

@@ -69,7 +69,8 @@ defmodule Snakeport.Values do
   # shape); an :instance_mismatch error for a ref of another instance (its ref id could
   # name another object there).
   @spec to_wire(term(), atom()) ::
-          {:ok, term(), String.t() | nil, [binary()]} | {:error, Error.t()}
+          {:ok, term(), String.t() | {String.t(), node()} | nil, [binary()]}
+          | {:error, Error.t()}
   def to_wire(term, instance) do
     if special?(term) do
       {wire, {_i, blobs, _offset}} = walk_out(term, {instance, [], 0})
@@ -256,7 +257,7 @@ defmodule Snakeport.Values do
   defp sign(_step), do: 1
 
   # The session of the first ref in the term, or nil.
-  defp ref_session(%Ref{session_id: s}), do: s
+  defp ref_session(%Ref{} = ref), do: Ref.session_key(ref)
   defp ref_session(%MapSet{} = set), do: Enum.find_value(set, &ref_session/1)
   defp ref_session(%Array{}), do: nil
   defp ref_session(%_{} = struct), do: struct |> Map.from_struct() |> ref_session()
@@ -321,10 +322,22 @@ defmodule Snakeport.Values do
   defp tuple_tagged?(_t, 0), do: false
   defp tuple_tagged?(t, i), do: tagged?(elem(t, i - 1)) or tuple_tagged?(t, i - 1)
 
-  # ctx = {instance, worker, frame, used}
+  # ctx = {instance, worker, frame, used}; `worker` is an index, or {index, node} in a
+  # session of another node (its info's ref_worker, Snakeport.Sessions.Server).
+  defp walk_in({:"$snakeport_ref", s, id, type}, {instance, {worker, node}, _, _})
+       when is_binary(s) and is_integer(id) and id > 0,
+       do: %Ref{session_id: s, id: id, type: type, worker: worker, instance: instance, node: node}
+
   defp walk_in({:"$snakeport_ref", s, id, type}, {instance, worker, _, _})
        when is_binary(s) and is_integer(id) and id > 0,
-       do: %Ref{session_id: s, id: id, type: type, worker: worker, instance: instance}
+       do: %Ref{
+         session_id: s,
+         id: id,
+         type: type,
+         worker: worker,
+         instance: instance,
+         node: node()
+       }
 
   defp walk_in({:"$snakeport_set", list}, ctx) when is_list(list),
     do: MapSet.new(list, &walk_in(&1, ctx))

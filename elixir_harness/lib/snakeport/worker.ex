@@ -56,6 +56,19 @@ defmodule Snakeport.Worker do
   # Each ready worker links one Snakeport.Courier, which writes the session store's
   # requests to this port, so that the store itself never writes to a port.
   #
+  # Other nodes (Snakeport.Cluster): a process of another node whose session lives here
+  # cannot write to this port (Port.command/2 is local), nor read `pending` or the id
+  # counter. Its request/4 monitors this process with an alias, as a local caller does, and
+  # sends `{:forward, alias, caller, request, session}` to this worker's courier, which
+  # writes it with forward/5: the `pending` row holds the remote alias and caller, so the
+  # reply goes from here straight to the caller (never suspending this process on a busy
+  # distribution channel: send_remote/2), tools get the caller, and a worker that dies, or
+  # a node that goes down or disconnects, reaches the caller as its :DOWN (:noconnection)
+  # at once. A remote caller that times out sends `{:cancel_forwarded, alias, job?}` to the
+  # courier (it does not know the request id); one that dies, or whose node goes, is seen
+  # by the courier's monitor of it (the liveness check here skips remote callers: it
+  # cannot ask whether they are alive).
+  #
   # The worker's own requests (Python code calling an Elixir tool, `{tool_call, ...}`) are
   # handed to a runner under the instance's Task.Supervisor (Snakeport.Tools), with the pid
   # of the process that waits for the reply of the Python call in question (the third
@@ -90,7 +103,19 @@ defmodule Snakeport.Worker do
           courier: pid() | nil
         }
 
-  @type handle :: {reference(), non_neg_integer(), entry(), boolean()}
+  # A worker of another node, as a route of the session store names it
+  # (Snakeport.Cluster.remote_entry/2).
+  @type remote :: %{
+          remote: node(),
+          instance: atom(),
+          index: non_neg_integer(),
+          pid: pid(),
+          courier: pid(),
+          os_pid: non_neg_integer() | nil,
+          max_frame_bytes: pos_integer()
+        }
+
+  @type handle :: {reference(), non_neg_integer() | nil, entry() | remote(), boolean()}
 
   @shutdown_wait Defaults.shutdown_wait()
   @kill_wait Defaults.kill_wait()
@@ -104,8 +129,22 @@ defmodule Snakeport.Worker do
   # frame. The monitor (with its reply alias) is created here, in the function that
   # receives: the receive optimisation then skips the caller's older messages (see above).
   # On timeout a job (call, method, getattr, setattr, eval) is cancelled.
-  @spec request(entry(), Protocol.request(), String.t() | nil, timeout()) ::
+  @spec request(entry() | remote(), Protocol.request(), String.t() | nil, timeout()) ::
           {:ok, binary()} | {:error, term()}
+  def request(%{remote: _} = entry, request, session, timeout) do
+    # A worker of another node: its courier writes the request there (see *Other nodes*).
+    mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
+    send(entry.courier, {:forward, mref, self(), request, session})
+
+    receive do
+      {^mref, frame} when is_binary(frame) -> {:ok, frame}
+      {^mref, {:error, reason}} -> {:error, reason}
+      {:DOWN, ^mref, _, _, reason} -> {:error, {:down, reason}}
+    after
+      timeout -> timed_out(entry, nil, mref, job?(request))
+    end
+  end
+
   def request(%{} = entry, request, session, timeout) do
     id = next_id(entry)
     payload = Protocol.encode(request, id, session)
@@ -136,9 +175,17 @@ defmodule Snakeport.Worker do
   # together: await/2 each handle). The same as request/4 otherwise; with `opts`
   # [:nosuspend] it never waits for a busy port (a worker that does not read its stdin):
   # the request is then not sent ({:error, :busy}).
-  @spec send_request(entry(), Protocol.request(), String.t() | nil, [:nosuspend]) ::
+  @spec send_request(entry() | remote(), Protocol.request(), String.t() | nil, [:nosuspend]) ::
           {:ok, handle()} | {:error, term()}
-  def send_request(%{} = entry, request, session, opts \\ []) do
+  def send_request(entry, request, session, opts \\ [])
+
+  def send_request(%{remote: _} = entry, request, session, _opts) do
+    mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
+    send(entry.courier, {:forward, mref, self(), request, session})
+    {:ok, {mref, nil, entry, job?(request)}}
+  end
+
+  def send_request(%{} = entry, request, session, opts) do
     id = next_id(entry)
     payload = Protocol.encode(request, id, session)
     size = IO.iodata_length(payload)
@@ -158,6 +205,16 @@ defmodule Snakeport.Worker do
   @doc false
   # Waits for the reply frame of a request sent with send_request/3.
   @spec await(handle(), timeout()) :: {:ok, binary()} | {:error, term()}
+  def await({mref, nil, %{remote: _} = entry, job}, timeout) do
+    receive do
+      {^mref, frame} when is_binary(frame) -> {:ok, frame}
+      {^mref, {:error, reason}} -> {:error, reason}
+      {:DOWN, ^mref, _, _, reason} -> {:error, {:down, reason}}
+    after
+      timeout -> timed_out(entry, nil, mref, job)
+    end
+  end
+
   def await({mref, id, entry, job}, timeout) do
     receive do
       {^mref, frame} -> {:ok, frame}
@@ -189,6 +246,20 @@ defmodule Snakeport.Worker do
       {:error, if(Process.alive?(entry.pid), do: :port_closed, else: :noproc)}
   end
 
+  defp timed_out(%{remote: _} = entry, nil, mref, job) do
+    Process.demonitor(mref, [:flush])
+
+    receive do
+      {^mref, frame} when is_binary(frame) -> {:ok, frame}
+      {^mref, {:error, reason}} -> {:error, reason}
+    after
+      0 ->
+        # The courier there finds the request by its alias and cancels it.
+        send(entry.courier, {:cancel_forwarded, mref, job})
+        {:error, :timeout}
+    end
+  end
+
   defp timed_out(entry, id, mref, job) do
     # Deactivates the alias: from now on a late reply is dropped by the VM.
     Process.demonitor(mref, [:flush])
@@ -205,6 +276,49 @@ defmodule Snakeport.Worker do
   @jobs [:call, :method, :getattr, :setattr, :eval]
 
   defp job?(request), do: elem(request, 0) in @jobs
+
+  @doc false
+  # Writes the request of a process of another node (`caller`, waiting on `reply_to`, its
+  # alias), on its behalf: run by this worker's courier (Snakeport.Courier). The reply
+  # goes from this worker straight to `reply_to`, as for a local caller.
+  @spec forward(entry(), reference(), pid(), Protocol.request(), String.t() | nil) ::
+          :ok | {:error, term()}
+  def forward(entry, reply_to, caller, request, session) do
+    id = next_id(entry)
+    payload = Protocol.encode(request, id, session)
+    size = IO.iodata_length(payload)
+
+    if size > entry.max_frame_bytes do
+      {:error, {:frame_too_large, size, entry.max_frame_bytes}}
+    else
+      :ets.insert(entry.pending, {id, reply_to, caller})
+      Port.command(entry.port, payload)
+      :ok
+    end
+  rescue
+    ArgumentError -> {:error, :port_closed}
+  end
+
+  @doc false
+  # The requests in flight of the alias `reply_to` (a caller of another node that timed
+  # out), or of the process `caller` (one that died): cancelled (a job) or forgotten.
+  @spec cancel_forwarded(entry(), {:alias, reference(), boolean()} | {:caller, pid()}) :: :ok
+  def cancel_forwarded(entry, {:alias, reply_to, job}) do
+    for id <- :ets.select(entry.pending, [{{:"$1", reply_to, :_}, [], [:"$1"]}]) do
+      if job, do: cancel(entry, id), else: forget(entry, id)
+    end
+
+    :ok
+  rescue
+    ArgumentError -> :ok
+  end
+
+  def cancel_forwarded(entry, {:caller, caller}) do
+    spec = [{{:"$1", :"$2", caller}, [{:is_reference, :"$2"}], [:"$1"]}]
+    Enum.each(:ets.select(entry.pending, spec), &cancel(entry, &1))
+  rescue
+    ArgumentError -> :ok
+  end
 
   @doc false
   # Sends a request whose reply nobody waits for (`shutdown`): its reply becomes a
@@ -247,7 +361,8 @@ defmodule Snakeport.Worker do
 
   defp next_id(%{counter: counter}), do: :atomics.add_get(counter, 1, 1)
 
-  defp forget(entry, id) do
+  @doc false
+  def forget(entry, id) do
     :ets.delete(entry.pending, id)
   rescue
     ArgumentError -> true
@@ -655,7 +770,10 @@ defmodule Snakeport.Worker do
         state
 
       [{^id, reply_to, _caller}] ->
-        :erlang.send(reply_to, {reply_to, frame})
+        if node(reply_to) == node(),
+          do: :erlang.send(reply_to, {reply_to, frame}),
+          else: send_remote(reply_to, {reply_to, frame})
+
         state
 
       # A request we cancelled (its reply ends our wait for it), or nobody waits for this
@@ -663,6 +781,16 @@ defmodule Snakeport.Worker do
       [] ->
         dropped(state, id, frame)
         answered(state, id)
+    end
+  end
+
+  # A reply to a caller of another node: never suspends this process on a busy
+  # distribution channel (its local callers' replies would wait); a process of its own
+  # delivers it then.
+  defp send_remote(reply_to, message) do
+    case :erlang.send(reply_to, message, [:nosuspend]) do
+      :ok -> :ok
+      :nosuspend -> spawn(fn -> send(reply_to, message) end)
     end
   end
 
@@ -766,7 +894,9 @@ defmodule Snakeport.Worker do
       ])
 
     Enum.reduce(rows, state, fn {id, caller}, state ->
-      with false <- Process.alive?(caller),
+      # (A caller of another node is watched by the courier, which forwarded its request.)
+      with true <- node(caller) == node(),
+           false <- Process.alive?(caller),
            [_] <- :ets.take(state.pending, id) do
         cancel_request(state, id)
       else

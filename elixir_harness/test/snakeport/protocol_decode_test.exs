@@ -30,8 +30,14 @@ defmodule Snakeport.ProtocolDecodeTest do
       value = [pad | @wire_ref]
       assert {:ok, [^pad | %Ref{id: 5}]} = Protocol.decode_reply(reply(value), Snakeport, 0)
       value = %{@wire_ref => pad}
-      ref = %Ref{session_id: "s1", id: 5, type: "Box", worker: 0}
+      ref = %Ref{session_id: "s1", id: 5, type: "Box", worker: 0, node: node()}
       assert {:ok, %{ref => pad}} == Protocol.decode_reply(reply(value), Snakeport, 0)
+
+      # Refs name their worker's node: this one, or the one a session's route names.
+      remote = %{ref | worker: 2, node: :b@elsewhere}
+
+      assert {:ok, %{remote => pad}} ==
+               Protocol.decode_reply(reply(value), Snakeport, {2, :b@elsewhere})
     end
   end
 

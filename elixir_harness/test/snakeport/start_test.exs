@@ -14,7 +14,16 @@ defmodule Snakeport.StartTest do
   describe "option validation" do
     test "messages name the option, what was expected and what was given" do
       for {opts, message} <- [
-            {[pool_size: -1], "expected :pool_size to be a positive integer, got: -1"},
+            {[pool_size: -1], "expected :pool_size to be a non-negative integer, got: -1"},
+            {[pool_size: 1.5], "expected :pool_size to be a non-negative integer, got: 1.5"},
+            {[tags: :gpu], "expected :tags to be a list of atoms, got: :gpu"},
+            {[tags: ["gpu"]], ~s(expected :tags to be a list of atoms, got: ["gpu"])},
+            {[placement: :nearest],
+             "expected :placement to be :local, :any, {:node, node} (or node: node) or " <>
+               "{:tags, [atom, ...]} (or tags: [...]), got: :nearest"},
+            {[placement: {:tags, []}],
+             "expected :placement to be :local, :any, {:node, node} (or node: node) or " <>
+               "{:tags, [atom, ...]} (or tags: [...]), got: {:tags, []}"},
             {[call_timeout: 0],
              "expected :call_timeout to be a positive integer or :infinity, got: 0"},
             {[python_path: "x"],

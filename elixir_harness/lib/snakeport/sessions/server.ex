@@ -65,6 +65,21 @@ defmodule Snakeport.Sessions.Server do
   #   must learn that its objects are gone). A lost AUTO-session does not block its
   #   process: the process's next call that does not use its refs gets a new auto-session
   #   (Snakeport.Sessions.renew_auto/3), and only the old refs answer :session_lost.
+  #
+  # Cluster (Snakeport.Cluster): a session lives in the store of the node whose worker
+  # holds it, its *home*, which is its authority as above: it monitors every owner, those
+  # of other nodes too (a remote monitor; a node that goes down or disconnects gives
+  # `:noconnection`, which counts as the owner's death), and releases the session in
+  # Python. When it drops a session that has owners on other nodes, it tells their stores
+  # (`{:remote_dropped, id, gen}`). The store of a node whose processes use a session of
+  # another node keeps a *route*: a row like any other whose `info.node` is the home node
+  # and whose `info.worker` is a remote entry (Cluster.remote_entry/2: the worker's pid and
+  # courier), written by route/5 once the home store accepted the process as an owner; so
+  # that a call finds its session with the same one lookup. A route is never expired or
+  # released here: it goes when the last local owner dies, when the home store says the
+  # session is gone, or with forget_route/4; it is marked lost when its worker dies or its
+  # node goes down or disconnects (this store monitors the remote worker, as it monitors
+  # its own). Routes do not count against `max_sessions` nor in counts/2.
 
   use GenServer
   require Logger
@@ -85,7 +100,9 @@ defmodule Snakeport.Sessions.Server do
           auto: boolean(),
           kind: :auto | :owned | :store,
           overflow: :error | :evict_lru,
-          gen: pos_integer()
+          gen: pos_integer(),
+          node: node(),
+          ref_worker: non_neg_integer() | {non_neg_integer(), node()}
         }
 
   ## Requests (the messages of this process stay in this module) ------------------------------
@@ -123,8 +140,19 @@ defmodule Snakeport.Sessions.Server do
   def describe(server, id, timeout), do: GenServer.call(server, {:describe, id}, timeout)
 
   @doc false
-  # {:ok, sessions, %{worker_pid => sessions}}.
+  # {:ok, sessions, %{worker_pid => sessions}}: sessions homed here.
   def counts(server, timeout), do: GenServer.call(server, :counts, timeout)
+
+  @doc false
+  # Adds the route of a session homed on another node (`info`, as its home store answered
+  # it, with a remote entry), `pid` one of its owners here. Replies :ok, or an error when a
+  # session of this node has that id.
+  def route(server, info, pid, lost, timeout),
+    do: GenServer.call(server, {:route, info, pid, lost}, timeout)
+
+  @doc false
+  # Drops the route of session `id` (of generation `gen`): its home released it.
+  def forget_route(server, id, gen), do: GenServer.cast(server, {:remote_dropped, id, gen})
 
   ## Server ----------------------------------------------------------------------------------
 
@@ -149,6 +177,7 @@ defmodule Snakeport.Sessions.Server do
     {:ok,
      %{
        instance: names.name,
+       server: names.server,
        table: names.sessions,
        owners_table: names.owners,
        state_table: names.state,
@@ -170,7 +199,9 @@ defmodule Snakeport.Sessions.Server do
        #   | {:release, id, index, reason, froms} | {:expire, id, gen, index}
        courier: %{},
        # how many rows are lost (they do not count against max_sessions)
-       lost: 0
+       lost: 0,
+       # how many rows are routes to sessions of other nodes, not lost (nor do they)
+       routes: 0
      }}
   end
 
@@ -179,6 +210,10 @@ defmodule Snakeport.Sessions.Server do
     waiter = %{from: from, pid: pid, limits: limits, keeper: false}
 
     case :ets.lookup(state.table, id) do
+      [{^id, info, _last, _lost, _ttl}] when info.node != node() ->
+        # A route: the caller adopts the session at its home.
+        {:reply, {:remote, info}, state}
+
       [{^id, info, _last, lost, _ttl}] ->
         existing(state, id, info, lost, waiter)
 
@@ -201,6 +236,9 @@ defmodule Snakeport.Sessions.Server do
     waiter = %{from: from, pid: keeper, limits: limits, keeper: keeper != nil}
 
     case :ets.lookup(state.table, id) do
+      [{^id, info, _last, _lost, _ttl}] when info.node != node() ->
+        {:reply, {:remote, info}, state}
+
       [{^id, _info, _last, _lost, _ttl}] when mode == :create ->
         {:reply, {:error, :already_exists}, state}
 
@@ -229,27 +267,21 @@ defmodule Snakeport.Sessions.Server do
   end
 
   def handle_call({:release, id}, from, state) do
-    case drop(state, id, :explicit) do
-      {{info, false}, state} ->
-        pruned(state, :explicit, [id])
-        {:noreply, release(state, info, :explicit, [from])}
+    case :ets.lookup(state.table, id) do
+      [{^id, %{node: node} = info, _, _, _}] when node != node() ->
+        # A route: its home releases it (Snakeport.Sessions.release_session/3).
+        {:reply, {:remote, info}, state}
 
-      {{_info, true}, state} ->
-        pruned(state, :explicit, [id])
-        {:reply, {:ok, 0}, state}
-
-      {nil, %{opening: %{^id => opening}} = state} ->
-        # Released while being opened: released as soon as it is open.
-        opening = %{opening | releasers: [from | opening.releasers]}
-        {:noreply, %{state | opening: Map.put(state.opening, id, opening)}}
-
-      {nil, state} ->
-        {:reply, :not_found, state}
+      _ ->
+        release_here(state, id, from)
     end
   end
 
   def handle_call({:describe, id}, _from, state) do
     case :ets.lookup(state.table, id) do
+      [{^id, %{node: node} = info, _, _, _}] when node != node() ->
+        {:reply, {:remote, info}, state}
+
       [{^id, info, last, lost, _}] ->
         owners = state.owners |> Map.get(id, %{}) |> Map.keys()
 
@@ -265,7 +297,61 @@ defmodule Snakeport.Sessions.Server do
 
   def handle_call(:counts, _from, state) do
     per_worker = Map.new(state.workers, fn {pid, {_mref, count}} -> {pid, count} end)
-    {:reply, {:ok, :ets.info(state.table, :size), per_worker}, state}
+
+    routes =
+      :ets.select_count(state.table, [
+        {{:_, %{node: :"$1"}, :_, :_, :_}, [{:"=/=", :"$1", {:const, node()}}], [true]}
+      ])
+
+    {:reply, {:ok, :ets.info(state.table, :size) - routes, per_worker}, state}
+  end
+
+  def handle_call({:route, %{id: id, gen: gen} = info, pid, lost}, _from, state) do
+    case :ets.lookup(state.table, id) do
+      [{^id, %{gen: ^gen, node: node}, _, _, _}] when node != node() ->
+        {:reply, :ok, add_owner(state, id, pid)}
+
+      [{^id, %{node: node}, _, _, _}] when node == node() ->
+        error =
+          Error.new(
+            :session_options_conflict,
+            "session #{inspect(id)} exists on this node (#{inspect(node)}) and on " <>
+              "#{inspect(info.node)}: session ids must be unique in the cluster",
+            %{session: id, nodes: [node, info.node]}
+          )
+
+        {:reply, {:error, error}, state}
+
+      found ->
+        # A route to an older session with that id goes first.
+        state =
+          case found do
+            [_] -> state |> drop(id, :remote) |> elem(1)
+            [] -> state
+          end
+
+        ttl_ms = round(info.ttl_seconds * 1000)
+        :ets.insert(state.table, {id, info, System.monotonic_time(:millisecond), lost, ttl_ms})
+
+        state =
+          if lost,
+            do: %{state | lost: state.lost + 1},
+            else: %{add_load(state, info.worker) | routes: state.routes + 1}
+
+        {:reply, :ok, add_owner(state, id, pid)}
+    end
+  end
+
+  @impl true
+  # The home of a session we route to released it (or a caller learnt that it is gone).
+  def handle_cast({:remote_dropped, id, gen}, state) do
+    case :ets.lookup(state.table, id) do
+      [{^id, %{gen: ^gen, node: node}, _, _, _}] when node != node() ->
+        {:noreply, state |> drop(id, :remote) |> elem(1)}
+
+      _ ->
+        {:noreply, state}
+    end
   end
 
   @impl true
@@ -293,17 +379,13 @@ defmodule Snakeport.Sessions.Server do
         owners = state.owners |> Map.get(id, %{}) |> Map.delete(pid)
         state = %{state | owners: Map.put(state.owners, id, owners)}
 
-        if last_owner_gone?(state, id, pid, owners) do
-          state =
-            case drop(state, id, :owner_down) do
-              {{info, false}, state} -> release(state, info, :owner_down, [])
-              {_, state} -> state
-            end
-
-          pruned(state, :owner_down, [id])
-          {:noreply, state}
+        if route?(state, id) do
+          # Its home monitors the owner too, and releases the session if it must.
+          if map_size(owners) == 0,
+            do: {:noreply, state |> drop(id, :owner_down) |> elem(1)},
+            else: {:noreply, state}
         else
-          {:noreply, forget_keeper(state, id, pid)}
+          owner_down(state, id, pid, owners)
         end
 
       {{:worker, wpid, index}, monitors} ->
@@ -313,6 +395,10 @@ defmodule Snakeport.Sessions.Server do
         {:noreply, state}
     end
   end
+
+  # Remote rows, sent by the home of a session (drop/3 there): gone.
+  def handle_info({:remote_dropped, id, gen}, state),
+    do: handle_cast({:remote_dropped, id, gen}, state)
 
   def handle_info(:sweep, state) do
     now = System.monotonic_time(:millisecond)
@@ -330,6 +416,11 @@ defmodule Snakeport.Sessions.Server do
           {_, state} = drop(state, id, :ttl)
           {[id | acc], state}
 
+        # A route: its home decides (its worker answers expire_session there).
+        {id, %{node: node}, false}, {acc, state} when node != node() ->
+          :ets.update_element(state.table, id, {3, now})
+          {acc, state}
+
         {id, info, false}, {acc, state} ->
           {acc, ask_expire(state, id, info)}
       end)
@@ -341,7 +432,46 @@ defmodule Snakeport.Sessions.Server do
 
   def handle_info(_msg, state), do: {:noreply, state}
 
+  defp route?(state, id) do
+    match?([{^id, %{node: node}, _, _, _}] when node != node(), :ets.lookup(state.table, id))
+  end
+
+  defp owner_down(state, id, pid, owners) do
+    if last_owner_gone?(state, id, pid, owners) do
+      state =
+        case drop(state, id, :owner_down) do
+          {{info, false}, state} -> release(state, info, :owner_down, [])
+          {_, state} -> state
+        end
+
+      pruned(state, :owner_down, [id])
+      {:noreply, state}
+    else
+      {:noreply, forget_keeper(state, id, pid)}
+    end
+  end
+
   defp schedule_sweep(interval), do: Process.send_after(self(), :sweep, interval)
+
+  defp release_here(state, id, from) do
+    case drop(state, id, :explicit) do
+      {{info, false}, state} ->
+        pruned(state, :explicit, [id])
+        {:noreply, release(state, info, :explicit, [from])}
+
+      {{_info, true}, state} ->
+        pruned(state, :explicit, [id])
+        {:reply, {:ok, 0}, state}
+
+      {nil, %{opening: %{^id => opening}} = state} ->
+        # Released while being opened: released as soon as it is open.
+        opening = %{opening | releasers: [from | opening.releasers]}
+        {:noreply, %{state | opening: Map.put(state.opening, id, opening)}}
+
+      {nil, state} ->
+        {:reply, :not_found, state}
+    end
+  end
 
   ## Opening -----------------------------------------------------------------------------------
 
@@ -414,7 +544,11 @@ defmodule Snakeport.Sessions.Server do
       created_at: System.system_time(:millisecond),
       auto: kind == :auto,
       kind: kind,
-      gen: opening.gen
+      gen: opening.gen,
+      # The session's home (a route's info names another node, see the module comment),
+      # and what the refs of its replies carry as their worker (Snakeport.Values).
+      node: node(),
+      ref_worker: entry.index
     }
 
     ttl_ms = round(info.ttl_seconds * 1000)
@@ -523,7 +657,8 @@ defmodule Snakeport.Sessions.Server do
 
   defp do_reopen(state, id, gen, from) do
     case :ets.lookup(state.table, id) do
-      [{^id, %{gen: ^gen} = info, _last, false, _ttl}] ->
+      # (Not a route: the session's home reopens it, Snakeport.Sessions.reopen/3.)
+      [{^id, %{gen: ^gen} = info, _last, false, _ttl}] when info.node == node() ->
         limits = %{
           max_refs: info.max_refs,
           ttl_seconds: info.ttl_seconds,
@@ -598,7 +733,8 @@ defmodule Snakeport.Sessions.Server do
     {opening, %{state | opening: all}}
   end
 
-  defp live_count(state), do: :ets.info(state.table, :size) - state.lost + map_size(state.opening)
+  defp live_count(state),
+    do: :ets.info(state.table, :size) - state.lost - state.routes + map_size(state.opening)
 
   ## Answers of the couriers --------------------------------------------------------------------
 
@@ -794,26 +930,53 @@ defmodule Snakeport.Sessions.Server do
         # The session's state goes with it (callers re-check the row after they write).
         :ets.select_delete(state.state_table, [{{{id, :_}, :_, :_}, [], [true]}])
 
-        state =
-          if lost, do: %{state | lost: max(state.lost - 1, 0)}, else: sub_load(state, info.pid)
+        home = info.node == node()
 
-        Telemetry.execute(
-          [:snakeport, :session, :released],
-          %{remaining_sessions: :ets.info(state.table, :size)},
-          %{
-            instance: state.instance,
-            session_id: id,
-            worker: info.index,
-            reason: reason,
-            lost: lost
-          }
-        )
+        state =
+          cond do
+            lost -> %{state | lost: max(state.lost - 1, 0)}
+            home -> sub_load(state, info.pid)
+            true -> %{sub_load(state, info.pid) | routes: max(state.routes - 1, 0)}
+          end
+
+        # A route is only this node's way to the session: nothing was released.
+        if home do
+          tell_routes(state, id, info.gen, owners)
+
+          Telemetry.execute(
+            [:snakeport, :session, :released],
+            %{remaining_sessions: :ets.info(state.table, :size)},
+            %{
+              instance: state.instance,
+              session_id: id,
+              worker: info.index,
+              reason: reason,
+              lost: lost
+            }
+          )
+        end
 
         {{info, lost}, state}
 
       [] ->
         {nil, state}
     end
+  end
+
+  # The stores of the other nodes whose processes owned the dropped session forget their
+  # routes to it (never blocking on a connection: a node that is gone has none left).
+  defp tell_routes(state, id, gen, owners) do
+    here = node()
+
+    owners
+    |> Enum.map(fn {pid, _mref} -> node(pid) end)
+    |> Enum.uniq()
+    |> Enum.reject(&(&1 == here))
+    |> Enum.each(fn node ->
+      :erlang.send({state.server, node}, {:remote_dropped, id, gen}, [:noconnect, :nosuspend])
+    end)
+
+    :ok
   end
 
   defp pruned(state, reason, ids) do
@@ -833,10 +996,13 @@ defmodule Snakeport.Sessions.Server do
       Telemetry.execute([:snakeport, :session, :lost], %{count: length(ids)}, %{
         instance: state.instance,
         worker: index,
+        node: node(wpid),
         session_ids: ids
       })
     end
 
-    %{state | workers: workers, lost: state.lost + length(ids)}
+    # Routes to the sessions of a worker of another node (it died, or its node is gone).
+    routes = if node(wpid) == node(), do: state.routes, else: state.routes - length(ids)
+    %{state | workers: workers, lost: state.lost + length(ids), routes: max(routes, 0)}
   end
 end
