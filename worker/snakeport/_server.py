@@ -242,7 +242,13 @@ class Server:
             tools=self.tools,
             allow=AllowList(config.allow) if config.allow is not None else None,
         )
-        self._spin = SpinPolicy(in_fd, spin_us=config.spin_us) if config.spin_us else None
+        # (The request counter lets the policy measure whether spinning pays.)
+        dispatcher = self.dispatcher
+        self._spin = (
+            SpinPolicy(in_fd, spin_us=config.spin_us, requests=lambda: dispatcher.requests)
+            if config.spin_us
+            else None
+        )
         self._stop = threading.Event()
         self._parent = os.getppid()
         # The codec skips its limit checks when given its own default objects.
