@@ -70,8 +70,19 @@ class RawWorker:
 
     def send(self, terms: list) -> None:
         """One write of the frames of ``terms``."""
-        data = b"".join(struct.pack(">I", len(p)) + p for p in (etf.encode(t) for t in terms))
-        self.proc.stdin.write(data)
+        self.send_raw([etf.encode(t) for t in terms])
+
+    def send_raw(self, payloads: list[bytes]) -> None:
+        """One write of frames of the given payloads (valid ETF or not)."""
+        self.proc.stdin.write(b"".join(struct.pack(">I", len(p)) + p for p in payloads))
+
+    def rss(self) -> int:
+        """The worker's resident set size now, in bytes (Linux: VmRSS)."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/PID/status")
 
     def wait(self, rid: int) -> bytes:
         while rid not in self.frames:
@@ -254,6 +265,87 @@ def test_release_session_cancels_a_running_lane_call(pair) -> None:
         w.send([call(12, "operator", "add", [1, 2])])
         assert etf.decode(w.wait(12))[3][A("reason")] == A("session_not_found")
     assert replies(pair[0]) == replies(pair[1])
+
+
+def invalid_call_frames(rid: int) -> list[bytes]:
+    """Frames that start like the lane's call but are not one it may answer (or not valid);
+    ids ``rid`` to ``rid + 11``, the last frame a valid call (``rid + 11``)."""
+    return [
+        etf.encode(call(rid, "operator", "add", [1, 2]))[:-3],  # truncated inside the term
+        etf.encode(call(rid + 1, "operator", "add", [1, 2])) + b"\x00",  # a byte after the term
+        etf.encode(call(rid + 2, "operator", "add", 5)),  # args not a list
+        etf.encode(call(rid + 3, 7, "add", [1, 2])),  # module not a string
+        etf.encode(call(rid + 4, "operator", 7, [1, 2])),  # function not a string
+        etf.encode(call(rid + 5, "operator", "add", [1, 2], session=7)),  # session not a string
+        etf.encode(call(-1, "operator", "add", [1, 2])),  # a negative id
+        etf.encode(call(rid + 6, "operator", "add", [1, 2], kwargs=[1])),  # kwargs not a map
+        etf.encode((A("call"), rid + 7, "s1", "operator", "add", [1, 2], {}, {}, 9)),  # 9-tuple
+        etf.encode((A("call"), rid + 8, "s1", "operator", "add", [1, 2], {})),  # 7-tuple
+        b"\x83h\x08w\x04call",  # the head alone
+        # an ATOM_EXT head, cut after the session
+        b"\x83h\x08d\x00\x04callb" + (rid + 9).to_bytes(4, "big") + b"m\x00\x00\x00\x02s1",
+        etf.encode(call(rid + 11, "operator", "add", [1, 2])),  # and a valid one after them
+    ]
+
+
+def mixed_frames(rid: int) -> list[bytes]:
+    """The lane's own calls, calls it hands back, failures, and invalid frames (ids from
+    ``rid``, below ``rid + 20``)."""
+    return [
+        etf.encode(call(rid + 12, "operator", "truediv", [1, 0])),
+        etf.encode(call(rid + 13, "no_such_module_for_the_lane", "f", [])),
+        etf.encode(call(rid + 14, "operator", "add", [1, 2], session="no-such-session")),
+        etf.encode(call(rid + 15, "builtins", "int", ["5"], {"base": 10})),
+        etf.encode(call(rid + 16, "sp_testmod", "fail", ["soak"])),
+        etf.encode(call(rid + 17, "builtins", "str", ["x" * 50])),
+        etf.encode(call(rid + 18, "operator", "add", [2**80, 1])),
+        *invalid_call_frames(rid),
+    ]
+
+
+def test_invalid_call_frames_get_the_general_paths_replies(pair) -> None:
+    # Hostile input shaped like the lane's request: both workers answer the same bytes (the
+    # lane hands each to the general path, which refuses it), and both serve on.
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send_raw(invalid_call_frames(10))  # one write: the lane sees them one after another
+        w.wait(21)
+        for payload in invalid_call_frames(40):  # and one frame per write
+            w.send_raw([payload])
+        w.wait(51)
+        w.send([call(60, "operator", "add", [1, 2])])
+        assert etf.decode(w.wait(60)) == (A("reply"), 60, A("ok"), 3)
+    assert replies(pair[0]) == replies(pair[1])
+    assert pair[0].others == pair[1].others  # protocol_error events (no id to answer)
+    assert etf.decode(pair[0].frames[12])[3][A("reason")] == A("bad_request")
+    assert pair[0].others, "the undecodable frames were answered with events"
+
+
+def test_a_long_mix_of_valid_and_invalid_lane_frames_keeps_memory_bounded() -> None:
+    # 60k frames: the lane's own calls, failures with tracebacks, unknown modules and
+    # sessions, calls it hands back, and invalid frames, pipelined 400 at a time (each
+    # batch ends with a call whose reply comes after the batch's). The worker's RSS after
+    # the first tenth is the reference: a leak of one object per frame would add megabytes.
+    w = RawWorker(True)
+    try:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        total, batches, marks = 0, 150, []
+        for k in range(batches):
+            frames_ = [f for i in range(20) for f in mixed_frames(100 + 20 * i)]
+            sync = 1_000_000 + k
+            w.send_raw(frames_ + [etf.encode(call(sync, "operator", "add", [1, 2]))])
+            assert etf.decode(w.wait(sync))[3] == 3
+            w.frames.clear()
+            w.others.clear()
+            total += len(frames_) + 1
+            if k + 1 in (batches // 10, batches):
+                marks.append(w.rss())
+        assert total > 60_000
+        assert marks[1] - marks[0] < 2 * 1024 * 1024, marks
+    finally:
+        w.close()
 
 
 # ------------------------------------------------------------------- in process
