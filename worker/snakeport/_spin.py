@@ -206,16 +206,15 @@ class SpinPolicy:
         """
         poll = self._poll
         clock = self._clock
+        now = clock()
+        if now < self.resume:
+            return  # backing off: most recent spins did not pay (or one CPU only)
         if self._requests is not None:
-            now = clock()
-            self._observe(now)
+            self._observe(now)  # (a back-off leaves a gap: the block under way restarts)
             if not self.spinning:
                 return
         if poll(0):
             return
-        now = clock()
-        if now < self.resume:
-            return  # backing off: most recent spins did not pay (or one CPU only)
         if self._cpus() < 2:
             self.resume = now + SPIN_RECHECK  # the peer needs this CPU to write the frame
             return
