@@ -48,7 +48,7 @@ tools:
 ## python3-dev when missing (not needed with SNAKEPORT_PURE_PYTHON=1: pure-Python codec).
 venv: $(STAMP)
 
-$(STAMP): setup.cfg setup.py worker/snakeport/_cetf.c
+$(STAMP): setup.cfg setup.py worker/snakeport/_cetf.c worker/snakeport/_clane.c
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "==> python3 venv support missing: installing python3-venv"; \
 	  $(call apt_install,python3-venv,Python's venv module is,install venv support for $(PYTHON) then rerun.); \
@@ -90,10 +90,13 @@ bench: setup
 
 ## fuzz: FUZZ_SECONDS (default 60) of seeded random inputs against both codec paths (the C
 ## accelerator and the pure-Python codec must agree; decoding must stay within its memory
-## budget). A finding exits 1 and is saved in fuzz-findings/. `make test` runs 2 seconds.
+## budget), then as long against the worker's C lane (a worker with it and one without must
+## write the same frames for the same call-shaped frames, valid or mutated). A finding exits
+## 1 and is saved in fuzz-findings/. `make test` runs 2 seconds of each.
 FUZZ_SECONDS ?= 60
 fuzz: venv
 	$(VPY) tests/codec/fuzz_etf.py --seconds $(FUZZ_SECONDS)
+	$(VPY) tests/worker/fuzz_lane.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .mix elixir_harness/_build mix_sample/_build mix_sample/deps build worker/snakeport/*.so

@@ -211,7 +211,7 @@ case System.argv() do
         Protocol.name("operator")
         Protocol.name("add")
         {:ok, _} = Instance.fetch(Snakeport)
-        {:ok, {args, kwargs}, nil} = Protocol.to_wire({[1, 2], %{}}, Snakeport)
+        {:ok, {args, kwargs}, nil, []} = Protocol.to_wire({[1, 2], %{}}, Snakeport)
         Protocol.call("operator", "add", args, kwargs, %{})
       end),
       time.("Sessions.checkout (2 ETS lookups, SessionContext.current)", n, fn ->

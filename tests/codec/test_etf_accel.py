@@ -82,7 +82,7 @@ def test_the_c_accelerator_looks_its_helpers_up_by_name() -> None:
     import snakeport._cetf as cetf
 
     names = ["Atom", "_LEAF_DECODERS", "_atom_at", "_finish_improper", "ErlMap", "_HookFailure", "_fail",
-             "_truncated", "_bad_tag", "_ATOM_BYTES", "_encode_atom", "_encode_part", "_too_deep", "TAGGED_PREFIX",
+             "_truncated", "_bad_tag", "_ATOM_BYTES", "_encode_atom", "_encode_part", "_too_deep", "TAGGED_PREFIX", "BYTES_TAG",
              "_over_budget", "_tagged_cost", "_changed", "_COSTS"]
     complete = {name: getattr(etf, name) for name in names}
     assert cetf._setup(types.SimpleNamespace(**complete)) is None  # already set up: a no-op

@@ -302,3 +302,89 @@ def test_decode_head_of_broken_compressed_frames() -> None:
         decode_head(b"\x83P\x00\x00\x00\x00" + data[6:], 2)
     with pytest.raises(DecodeError):
         decode_head(b"\x83P\x00\x00", 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Binaries that decode to bytes are charged as bytes (issue 12, side defect)
+# ---------------------------------------------------------------------------------------
+
+
+def _bytes_hook(term: tuple) -> Any:
+    """The worker's rule for ``{'$snakeport_bytes', Binary}`` (``_tagged``): bytes."""
+    if term[0] == etf.BYTES_TAG and len(term) == 2:
+        value = term[1]
+        return value if type(value) is bytes else value.encode()
+    return term
+
+
+def test_a_binary_that_is_not_utf8_is_charged_one_byte_per_byte() -> None:
+    # Random bytes hold lead bytes of 4-byte characters but are not UTF-8: they decode to
+    # bytes (1 byte per byte). Before the fix the pre-check charged them 4 per byte, so a
+    # non-UTF-8 binary above about 144 MiB was refused at the default limits (this is the
+    # same rule with a budget of 2 MiB for 1 MiB).
+    raw = bytes(range(256)) * (MiB // 256)
+    data = encode(raw)
+    result, peak = traced(lambda: decode(data, max_memory=MiB + 1000))
+    assert result == raw
+    assert peak < 2 * MiB + 4096
+    with pytest.raises(DecodeError, match="memory budget"):
+        decode(data, max_memory=MiB + 79)  # 80 + n: the binary's exact charge
+
+
+def test_valid_utf8_is_still_charged_at_its_width() -> None:
+    # The exact check: one 4-byte character in 1 MiB of ASCII is a str of 4 bytes each,
+    # refused before it is made; invalid UTF-8 after it makes the same bytes a bytes.
+    text = "a" * MiB + "\U0001f600"
+    assert isinstance(traced(lambda: decode(encode(text), max_memory=2 * MiB))[0], DecodeError)
+    broken = text.encode() + b"\xff"
+    assert decode(encode(broken), max_memory=2 * MiB) == broken
+    # 2-byte characters (kind 2) fit in 2 per byte.
+    wide = "\u0100" * (MiB // 2)
+    assert decode(encode(wide), max_memory=2 * MiB + 200) == wide
+
+
+def test_a_bytes_term_decodes_to_bytes_without_a_str() -> None:
+    # {'$snakeport_bytes', Binary} with a hook: the binary is bytes at once (no str made
+    # and encoded again), charged 80 + n once (the hook returns that same object).
+    text = "a" * MiB + "\U0001f600"
+    term = (Atom(etf.BYTES_TAG), text)
+    data = encode(term)
+    n = len(text.encode())
+    need = 64 + 2 * 16 + 256 + 4 * len(etf.BYTES_TAG) + 80 + n
+    result, peak = traced(lambda: decode(data, tagged=_bytes_hook, max_memory=need))
+    assert result == text.encode()
+    assert peak < n + MiB // 2  # one copy of the payload (no str of 4 MiB)
+    with pytest.raises(DecodeError, match="memory budget"):
+        decode(data, tagged=_bytes_hook, max_memory=need - 1)
+    # Without a hook the term is data like any other: its binary is a str when valid.
+    assert decode(data) == term
+    # Only the second element of a 2-tuple tagged so: other shapes decode as usual.
+    assert decode(encode((Atom(etf.BYTES_TAG), "x", "y")), tagged=_bytes_hook) == (Atom(etf.BYTES_TAG), "x", "y")
+    assert decode(encode((Atom("$snakeport_other"), "x")), tagged=_bytes_hook) == (Atom("$snakeport_other"), "x")
+
+
+def test_the_codec_bytes_tag_is_the_protocol_one() -> None:
+    from snakeport import _protocol
+
+    assert etf.BYTES_TAG == _protocol.BYTES_TAG
+
+
+@pytest.mark.parametrize("content", ["random", "utf8"])
+def test_bytes_payloads_decode_up_to_the_frame_limit_at_default_limits(content: str) -> None:
+    # The reported case: a bytes payload above about 144 MiB was refused ("needs more than
+    # the memory budget of 603979776"). A payload filling a default-size frame decodes,
+    # valid UTF-8 with 4-byte characters included (it is bytes at once).
+    size = etf.DEFAULT_MAX_SIZE - 64
+    if content == "random":
+        payload = bytes(range(256)) * (size // 256)
+    else:
+        payload = ("a" * (size // 2 - 8) + "\U0001f600" * (size // 8)).encode()[:size]
+        payload = payload[: len(payload.decode("utf-8", "ignore").encode())]
+    data = encode((Atom(etf.BYTES_TAG), payload))
+    assert len(data) <= etf.DEFAULT_MAX_SIZE
+    assert decode(data, tagged=_bytes_hook) == payload
+    del data
+    if content == "random":
+        # A plain binary that is not UTF-8 is bytes too, charged as such.
+        data = encode(payload)
+        assert decode(data) == payload

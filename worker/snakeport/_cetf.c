@@ -66,6 +66,7 @@ static PyObject *EncodeAtom;     /* _encode_atom(atom) -> bytes (fills AtomBytes
 static PyObject *EncodePart;     /* _encode_part(obj, default, max_depth, depth) -> bytes */
 static PyObject *TooDeep;        /* _too_deep(obj, max_depth): raises EncodeError */
 static PyObject *TaggedPrefix;   /* "$snakeport_" */
+static PyObject *BytesTag;       /* "$snakeport_bytes" (etf.BYTES_TAG) */
 static PyObject *OverBudget;     /* _over_budget(data, offset, budget): raises DecodeError */
 static PyObject *TaggedCost;     /* _tagged_cost(value, term) -> int */
 static PyObject *Changed;        /* _changed(obj): raises EncodeError */
@@ -105,16 +106,39 @@ be_double(const unsigned char *p)
     return value;
 }
 
-/* CPython's `kind` (bytes per character) of the str of n bytes of valid UTF-8: 4 when a lead
- * byte of U+10000 and above is present, 2 for U+0100..U+FFFF, else 1 (etf._text_kind). */
+/* What n bytes of a binary decode to (etf._utf8_kind): 0 for bytes (not valid UTF-8), else
+ * the exact kind of the str; validated a chunk at a time (bounded memory); -1 with an error
+ * set on another failure. */
+#define KIND_CHUNK (64 * 1024)
 static int
-text_kind(const unsigned char *p, Py_ssize_t n)
+utf8_kind(const unsigned char *p, Py_ssize_t n)
 {
-    unsigned char high = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        high = p[i] > high ? p[i] : high;
+    int kind = 1;
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        Py_ssize_t len = n - pos < KIND_CHUNK ? n - pos : KIND_CHUNK;
+        Py_ssize_t used = 0;
+        PyObject *text = PyUnicode_DecodeUTF8Stateful((const char *)p + pos, len, NULL,
+                                                      pos + len == n ? NULL : &used);
+        if (text == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            return 0;
+        }
+        if (pos + len == n) {
+            used = len;
+        }
+        int k = (int)PyUnicode_KIND(text);
+        kind = k > kind ? k : kind;
+        Py_DECREF(text);
+        if (used == 0) { /* (cannot happen: a chunk holds more than one sequence) */
+            return 0;
+        }
+        pos += used;
     }
-    return high >= 0xF0 ? 4 : high >= 0xC4 ? 2 : 1;
+    return kind;
 }
 
 /* Call fn(*args) and discard the result; always returns NULL (fn is expected to raise). */
@@ -832,15 +856,38 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 if (n > size - start) {
                     TRUNCATED();
                 }
-                /* Checked before the str is made: up to 4 bytes per character. */
                 long long cost = COST_BINARY + n;
-                if (cost + 3 * (long long)n > budget.left &&
-                    cost + (long long)(text_kind(buf + start, n) - 1) * n > budget.left) {
-                    over_budget(data, pos, budget.total);
-                    goto error;
+                if (tagged != NULL && f->kind == K_TUPLE && f->remaining == 0 &&
+                    s.nvalues - f->base == 1 &&
+                    Py_IS_TYPE(s.values[f->base], AtomType) &&
+                    PyUnicode_Compare(s.values[f->base], BytesTag) == 0) {
+                    /* {'$snakeport_bytes', Binary}: bytes at once, never a str. */
+                    if (cost > budget.left) {
+                        over_budget(data, pos, budget.total);
+                        goto error;
+                    }
+                    value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                    budget.left -= cost;
+                    pos = start + n;
+                    break;
                 }
-                value = PyUnicode_DecodeUTF8((const char *)buf + start, n, NULL);
-                if (value == NULL) {
+                /* Checked before the str is made: up to 4 bytes per character, exactly
+                 * (bytes, or the str's kind) when that worst case does not fit. */
+                int utf8 = 1; /* 0: known not to be UTF-8 */
+                if (cost + 3 * (long long)n > budget.left) {
+                    utf8 = utf8_kind(buf + start, n);
+                    if (utf8 < 0) {
+                        goto error;
+                    }
+                    if (cost + (long long)((utf8 > 1 ? utf8 : 1) - 1) * n > budget.left) {
+                        over_budget(data, pos, budget.total);
+                        goto error;
+                    }
+                }
+                if (utf8 == 0) { /* no failed decode (and its copies of the input) */
+                    value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                }
+                else if ((value = PyUnicode_DecodeUTF8((const char *)buf + start, n, NULL)) == NULL) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
                         goto error;
                     }
@@ -1713,6 +1760,7 @@ static const struct {
     {&EncodePart, "_encode_part", H_CALLABLE},
     {&TooDeep, "_too_deep", H_CALLABLE},
     {&TaggedPrefix, "TAGGED_PREFIX", H_STR},
+    {&BytesTag, "BYTES_TAG", H_STR},
     {&OverBudget, "_over_budget", H_CALLABLE},
     {&TaggedCost, "_tagged_cost", H_CALLABLE},
     {&Changed, "_changed", H_CALLABLE},

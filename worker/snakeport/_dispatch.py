@@ -218,6 +218,20 @@ class Dispatcher:
         Returns:
             The terms to send, as :meth:`run_job`.
         """
+        return self.complete(job, result)
+
+    def complete(self, job: Job, result: Any) -> list:
+        """The terms of a job whose code ran and whose final state is set (the end of
+        :meth:`run_job`; an awaited job, or a job of the C lane, :mod:`snakeport._lane`);
+        checks the job's session in.
+
+        Args:
+            job: The job.
+            result: Its result (final state ``DONE``), else ``None``.
+
+        Returns:
+            The terms to send, as :meth:`run_job`.
+        """
         try:
             return self._finish(job, result)
         finally:

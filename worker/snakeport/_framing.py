@@ -220,6 +220,34 @@ class FrameSplitter:
         else:
             self._w += nbytes
 
+    def buffered(self) -> tuple[bytearray, int, int] | None:
+        """The internal buffer and the range ``[r, w)`` of its bytes not consumed yet, for a
+        reader that takes whole frames in place (the worker's C lane, :mod:`snakeport._lane`);
+        ``None`` while the splitter is inside a large or skipped frame, or holds fed bytes.
+
+        The buffer is valid until the next call that gives bytes to the splitter; the reader
+        tells what it took with :meth:`consume`.
+
+        Returns:
+            ``(buffer, r, w)``, or ``None``.
+        """
+        if self._large is not None or self._skip_remaining or self._pending:
+            return None
+        return self._buf, self._r, self._w
+
+    def consume(self, end: int) -> None:
+        """Mark the bytes up to ``end`` of the :meth:`buffered` range as taken (whole frames).
+
+        Args:
+            end: An offset within the range :meth:`buffered` returned, at a frame boundary.
+
+        Raises:
+            ValueError: ``end`` is outside that range.
+        """
+        if not self._r <= end <= self._w:
+            raise ValueError(f"expected end in [{self._r}, {self._w}], got: {end}")
+        self._r = end
+
     @property
     def has_partial_frame(self) -> bool:
         """Whether bytes of an incomplete frame were received (e.g. truncated at EOF)."""

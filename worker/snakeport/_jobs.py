@@ -426,29 +426,66 @@ class Jobs:
                 except BaseException as exc:  # noqa: BLE001 - user code may raise anything
                     job.failure = exc
                 current.job = None
-                with lock:
-                    if job.state == RUNNING:
-                        # A cancel answered ``cancelled => true`` makes the reply
-                        # ``cancelled``, also when it was still held back (the thread never
-                        # left importlib) when the code ended.
-                        if interrupted or job.cancel_sent or job.cancel_deferred:
-                            job.state = INTERRUPTED
-                        elif job.failure is not None:
-                            job.state = FAILED
-                        else:
-                            job.state = DONE
-                    # Outside the `if`: a Cancelled that struck after the final state was set
-                    # and before this (an earlier cancel's exception, delivered late) brings
-                    # us back here with the state final; the job must still leave the table.
-                    if self._jobs.get(job.request_id) is job:
-                        del self._jobs[job.request_id]
-                    if job.cancel_sent:
-                        # No new exception can be set now (final state); drop a pending one.
-                        self._interrupt(job.thread, None)
-                return result if job.state == DONE else None
+                return self._final(job, result, interrupted)
             except Cancelled:
                 # Raised between the code's end and the final state: try again.
                 interrupted = True
+
+    def end_lane(self, job: Job, result: Any, interrupted: bool) -> Any:
+        """The end of :meth:`run` for a job whose code the C lane ran on this thread and
+        whose result is not plain data (:mod:`snakeport._lane`): an awaitable goes to the
+        event loop, else the final state is set as :meth:`run` sets it.
+
+        Args:
+            job: The job (``RUNNING`` on this thread, named in :data:`CURRENT`).
+            result: What its code returned.
+            interrupted: Whether a ``Cancelled`` struck already (the lane calls again with
+                True when one struck as this method started).
+
+        Returns:
+            :data:`AWAITING`, or as :meth:`run`.
+        """
+        handed = interrupted
+        while True:
+            try:
+                try:
+                    if not handed:
+                        handed = True
+                        if self.awaits is not None and self._hand_over(job, result):
+                            CURRENT.job = None
+                            return AWAITING
+                except Cancelled:
+                    interrupted = True
+                except BaseException as exc:  # noqa: BLE001 - as in run()
+                    job.failure = exc
+                CURRENT.job = None
+                return self._final(job, result, interrupted)
+            except Cancelled:
+                interrupted = True
+
+    def _final(self, job: Job, result: Any, interrupted: bool) -> Any:
+        """Set the final state of a job whose code ran on this thread (see :meth:`run`);
+        return ``result`` when it is ``DONE``, else ``None``."""
+        with self.lock:
+            if job.state == RUNNING:
+                # A cancel answered ``cancelled => true`` makes the reply ``cancelled``,
+                # also when it was still held back (the thread never left importlib) when
+                # the code ended.
+                if interrupted or job.cancel_sent or job.cancel_deferred:
+                    job.state = INTERRUPTED
+                elif job.failure is not None:
+                    job.state = FAILED
+                else:
+                    job.state = DONE
+            # Outside the `if`: a Cancelled that struck after the final state was set and
+            # before this (an earlier cancel's exception, delivered late) brings us back
+            # here with the state final; the job must still leave the table.
+            if self._jobs.get(job.request_id) is job:
+                del self._jobs[job.request_id]
+            if job.cancel_sent:
+                # No new exception can be set now (final state); drop a pending one.
+                self._interrupt(job.thread, None)
+        return result if job.state == DONE else None
 
     def _hand_over(self, job: Job, result: Any) -> bool:
         """Give an awaitable result to the event loop (see the module doc).

@@ -321,21 +321,34 @@ class Scheduler:
             Whether the calling thread still holds the reading role.
         """
         while True:
-            payloads = self._execute(job)
-            with self.lock:
-                if payloads and self.reader == me:  # (I6: never while draining)
-                    self.held.extend(payloads)  # sent with the rest of the read's replies
-                    payloads = None
-                if not payloads:
-                    next_job, still_reader = self._inline_ended_locked(me)
-            if payloads:
-                # No longer the reader: send before the slot is freed.
-                self._send(payloads)
-                with self.lock:
-                    next_job, still_reader = self._inline_ended_locked(me)
+            next_job, still_reader = self.inline_ended(self._execute(job), me)
             if next_job is None:
                 return still_reader
             job = next_job
+
+    def inline_ended(self, payloads: list | None, me: int) -> tuple[Job | None, bool]:
+        """Account for an inline job that ended on the calling thread (:meth:`run_inline`,
+        and the C lane, :mod:`snakeport._lane`): its frames are held when the thread still
+        reads (sent first otherwise), and its slot goes to the next queued job or is freed.
+
+        Args:
+            payloads: The job's encoded frames, or ``None``.
+            me: The calling thread's ident.
+
+        Returns:
+            ``(next job, still reader)``: a queued job this thread must run now (it keeps
+            the slot), and whether the thread still holds the reading role.
+        """
+        with self.lock:
+            if payloads and self.reader == me:  # (I6: never while draining)
+                self.held.extend(payloads)  # sent with the rest of the read's replies
+                payloads = None
+            if not payloads:
+                return self._inline_ended_locked(me)
+        # No longer the reader: send before the slot is freed.
+        self._send(payloads)
+        with self.lock:
+            return self._inline_ended_locked(me)
 
     def _inline_ended_locked(self, me: int) -> tuple[Job | None, bool]:
         """Account for an ended inline job (lock held): ``(next job, still reader)``."""

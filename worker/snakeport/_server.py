@@ -57,7 +57,9 @@ from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
 from snakeport._guard import guarded, safe_str, type_name
 from snakeport._blobs import BlobReply, encode_with_blobs
+from snakeport import _lane
 from snakeport._jobs import Job, Jobs
+from snakeport._lane import LOST
 from snakeport._protocol import OK, REPLY, TOOL_REPLY, error_reply, protocol_error_event, warning_event
 from snakeport._scheduler import Scheduler
 from snakeport._sessions import SessionTable
@@ -240,7 +242,13 @@ class Server:
             tools=self.tools,
             allow=AllowList(config.allow) if config.allow is not None else None,
         )
-        self._spin = SpinPolicy(in_fd, spin_us=config.spin_us) if config.spin_us else None
+        # (The request counter lets the policy measure whether spinning pays.)
+        dispatcher = self.dispatcher
+        self._spin = (
+            SpinPolicy(in_fd, spin_us=config.spin_us, requests=lambda: dispatcher.requests)
+            if config.spin_us
+            else None
+        )
         self._stop = threading.Event()
         self._parent = os.getppid()
         # The codec skips its limit checks when given its own default objects.
@@ -254,6 +262,8 @@ class Server:
         # DataFrame's data).
         self._max_out_depth = 2 * config.max_depth + 8
         self._encoder = etf.Encoder(max_depth=self._max_out_depth, default=encode_default)
+        # The C lane of the common call, when it is built and applies (snakeport._lane).
+        self._lane = _lane.build(self)
 
     # ------------------------------------------------------------------ output
 
@@ -350,16 +360,33 @@ class Server:
         try:
             terms = self.dispatcher.run_job(job)
         except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
-            # (Formatting the traceback may run user code: guarded like the message.)
-            guarded(log.exception, "request %s failed inside the worker", job.request_id, default=None)
-            terms = [
-                error_reply(
-                    job.request_id,
-                    "python_error",
-                    f"internal worker error: {safe_str(exc)}",
-                    type_=type_name(type(exc)),
-                )
-            ]
+            terms = self._internal_error(job, exc)
+        return self._job_payloads(job, terms)
+
+    def finish_lane(self, job: Job, result: Any) -> list | None:
+        """The frames of a job whose code the C lane ran (:mod:`snakeport._lane`) when the
+        lane does not answer it itself: the end of :meth:`_execute`."""
+        try:
+            terms = self.dispatcher.complete(job, result)
+        except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
+            terms = self._internal_error(job, exc)
+        return self._job_payloads(job, terms)
+
+    @staticmethod
+    def _internal_error(job: Job, exc: BaseException) -> list:
+        # (Formatting the traceback may run user code: guarded like the message.)
+        guarded(log.exception, "request %s failed inside the worker", job.request_id, default=None)
+        return [
+            error_reply(
+                job.request_id,
+                "python_error",
+                f"internal worker error: {safe_str(exc)}",
+                type_=type_name(type(exc)),
+            )
+        ]
+
+    def _job_payloads(self, job: Job, terms: list) -> list | None:
+        """A job's terms encoded; a frame that borrows arrays' memory is written now."""
         if not terms:
             return None
         payloads = self._encode(terms, job)
@@ -423,13 +450,27 @@ class Server:
         run_inline = sched.run_inline
         flush_held = sched.flush_held
         spin = self._spin.wait if self._spin is not None else None
+        lane = self._lane
+        receive = self._receive
         while True:
             out: list = []
             while True:
-                event = splitter.next_event()
-                if event is None:
-                    break
-                job = handle(event, out)
+                job = None
+                if lane is not None and (view := splitter.buffered()) is not None and view[2] - view[1] >= 4:
+                    if out:  # control replies go out before a call runs (as below)
+                        self.send(out)
+                        out = []
+                    _, term = lane.run(*view, me)  # (it tells the splitter what it took)
+                    if term is LOST:
+                        flush_held()
+                        return  # another loop thread reads now
+                    if term is not None:  # decoded, and not the lane's
+                        job = receive(term, None, out)
+                if job is None:
+                    event = splitter.next_event()
+                    if event is None:
+                        break
+                    job = handle(event, out)
                 if job is not None and place(job):
                     if out:
                         self.send(out)
@@ -492,6 +533,11 @@ class Server:
             if term is not None:
                 out.append(term)
             return None
+        return self._receive(term, ctx, out)
+
+    def _receive(self, term: Any, ctx: TagContext | None, out: list) -> Job | None:
+        """Handle one decoded request: control replies are appended to ``out``; a job is
+        returned."""
         result = self.dispatcher.receive(term, ctx)
         if type(result) is list:
             out.extend(result)

@@ -2,18 +2,35 @@
 
 A blocked thread on a virtual machine pays tens of microseconds to be woken when its vCPU
 went idle meanwhile; a request that arrives within the spin window skips that, which is
-most of a sequential caller's round trip. The cost is CPU time, mostly time that would be
-idle otherwise: between polls the thread gives its CPU to any other runnable task
-(``sched_yield``), and it stops spinning as soon as a step took longer than
-:data:`YIELD_BUSY` (another task ran on the CPU: the CPU is busy, and a wake-up is cheap
-then). When most spins end that way (a moving average above one half: other programs keep
-the CPU busy), the policy does not spin at all for :data:`SPIN_BACKOFF`, then tries again.
+most of a sequential caller's round trip. The cost is CPU time, and on few CPUs that time
+is taken from the process that writes the next frame; so the policy spins only while
+spinning measurably pays:
+
+- A spin pays when the next frame arrives within the window. It does not when the window
+  runs out (the peer is slower than the window: the CPU time was wasted), or when a step
+  took longer than :data:`YIELD_BUSY` (between polls the thread gives its CPU to any other
+  runnable task with ``sched_yield``; a long step means another task ran: the CPU is busy,
+  and a wake-up is cheap then). When most recent spins did not pay (a moving average above
+  one half), the policy does not spin at all for :data:`SPIN_BACKOFF`, then tries again.
+- On one CPU (the process's affinity allows one: ``taskset -c 0``) a spin can never pay:
+  the peer needs that very CPU to write the frame. The policy then does not spin, and
+  looks at the affinity again every :data:`SPIN_RECHECK`.
+- A spin that finds its frame can still cost more than it saves: on two CPUs the spinning
+  reader takes CPU time from the peer (the BEAM's schedulers), which then writes later.
+  Only the outcome tells, so with a request counter (the server gives its own) the policy
+  measures it: every :data:`TRIAL_EVERY` it runs a trial of :data:`TRIAL_BLOCKS` blocks of
+  :data:`BLOCK_CYCLES` reads each, alternately without and with spinning, and keeps
+  spinning until the next trial only if the wall time per request with spinning was below
+  :data:`PAYS` times the time without. A gap longer than :data:`IDLE_GAP` between two
+  reads (the peer was idle, not slow) restarts the block under way. Before the first trial
+  ends the policy alternates, as in a trial.
+
 The server spins at most once after each batch of frames, and only when no call is
 executing (a call on another thread would compete for the GIL); never while idle. The
 BEAM's schedulers do the same (``+sbwt``).
 
-Both the poll and the yield release the GIL. The clock and the yield are injectable, for
-tests.
+Both the poll and the yield release the GIL. The clock, the yield and the CPU count are
+injectable, for tests.
 """
 
 from __future__ import annotations
@@ -23,16 +40,54 @@ import select
 import time
 from typing import Callable
 
-__all__ = ["SpinPolicy", "YIELD_BUSY", "SPIN_BACKOFF"]
+__all__ = [
+    "SpinPolicy",
+    "YIELD_BUSY",
+    "SPIN_BACKOFF",
+    "SPIN_RECHECK",
+    "TRIAL_EVERY",
+    "TRIAL_BLOCKS",
+    "BLOCK_CYCLES",
+    "PAYS",
+    "IDLE_GAP",
+    "usable_cpus",
+]
 
 #: A spin step (poll + yield) longer than this means another task ran on the CPU (s).
 YIELD_BUSY = 10e-6
 
-#: How long the reader stops spinning when most spins found the CPU busy (seconds).
+#: How long the reader stops spinning when most recent spins did not pay (seconds).
 SPIN_BACKOFF = 0.1
+
+#: How often a reader allowed on one CPU only looks at its affinity again (seconds).
+SPIN_RECHECK = 1.0
+
+#: How often the policy measures whether spinning pays (seconds between trials).
+TRIAL_EVERY = 1.0
+
+#: Blocks of a trial, half without spinning and half with, alternating (even).
+TRIAL_BLOCKS = 8
+
+#: Reads (calls of :meth:`SpinPolicy.wait`) per block of a trial.
+BLOCK_CYCLES = 16
+
+#: Spinning pays when the time per request with it is below this fraction of the time
+#: without it.
+PAYS = 0.9
+
+#: A gap between two reads longer than this means the peer was idle: the block restarts (s).
+IDLE_GAP = 0.02
 
 #: ``sched_yield`` where the OS has it (every POSIX system), else a no-op.
 _sched_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity; ``os.cpu_count()`` without one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class SpinPolicy:
@@ -44,14 +99,43 @@ class SpinPolicy:
             ``--spin-us 0``).
         clock: Monotonic clock in seconds (default ``time.perf_counter``).
         yield_cpu: Gives the CPU to another runnable task (default ``os.sched_yield``).
+        cpus: How many CPUs the process may run on (default :func:`usable_cpus`).
+        requests: The number of requests read so far (a counter that only grows); with it
+            the policy measures whether spinning pays (the trials of the module
+            docstring), without it every spin is tried.
 
     Attributes:
         seconds: The spin window in seconds.
-        busy: Moving average of the spins that ended because the CPU was busy (0..1).
-        resume: ``clock()`` time before which :meth:`wait` does not spin (backing off).
+        unpaid: Moving average of the spins that did not pay (0..1): the window ran out, or
+            the CPU was busy.
+        resume: ``clock()`` time before which :meth:`wait` does not spin (backing off, or
+            one CPU only).
+        spinning: Whether the current block (or the last trial's verdict) spins.
+        verdicts: How many trials ended, and how many of them found that spinning pays.
+
+    Invariant: outside a trial ``spinning`` is the last trial's verdict; in a trial it is
+    False in even blocks and True in odd ones.
     """
 
-    __slots__ = ("seconds", "busy", "resume", "_poll", "_clock", "_yield")
+    __slots__ = (
+        "seconds",
+        "unpaid",
+        "resume",
+        "spinning",
+        "verdicts",
+        "_poll",
+        "_clock",
+        "_yield",
+        "_cpus",
+        "_requests",
+        "_last",
+        "_cycles",
+        "_t0",
+        "_n0",
+        "_block",
+        "_sums",
+        "_next_trial",
+    )
 
     def __init__(
         self,
@@ -60,42 +144,96 @@ class SpinPolicy:
         spin_us: int,
         clock: Callable[[], float] = time.perf_counter,
         yield_cpu: Callable[[], None] = _sched_yield,
+        cpus: Callable[[], int] = usable_cpus,
+        requests: Callable[[], int] | None = None,
     ) -> None:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         self._poll = poller.poll
         self._clock = clock
         self._yield = yield_cpu
+        self._cpus = cpus
         self.seconds = spin_us / 1e6
-        self.busy = 0.0
+        self.unpaid = 0.0
         self.resume = 0.0
+        self._requests = requests
+        self.spinning = requests is None  # (with a counter: the first block of a trial)
+        self.verdicts = [0, 0]
+        self._last = self._t0 = -1e9  # (the first read restarts the block)
+        self._cycles = self._n0 = 0
+        self._block = 0  # the block of the trial under way; TRIAL_BLOCKS: no trial
+        self._sums = [0.0, 0, 0.0, 0]  # seconds and requests without, then with spinning
+        self._next_trial = 0.0
+
+    def _observe(self, now: float) -> None:
+        """Account for the read that ends at ``now``: the trial's blocks and its verdict."""
+        last, self._last = self._last, now
+        if now - last > IDLE_GAP:  # the peer was idle: this block starts afresh
+            self._cycles = 0
+            self._t0 = now
+            self._n0 = self._requests()  # type: ignore[misc]
+            return
+        self._cycles += 1
+        if self._cycles < BLOCK_CYCLES:
+            return
+        n = self._requests()  # type: ignore[misc]
+        if self._block < TRIAL_BLOCKS:  # a block of the trial ended: add it up
+            k = 2 if self.spinning else 0
+            self._sums[k] += now - self._t0
+            self._sums[k + 1] += n - self._n0
+            self._block += 1
+            if self._block < TRIAL_BLOCKS:
+                self.spinning = not self.spinning
+            else:  # the verdict, until the next trial
+                off, n_off, on, n_on = self._sums
+                self.spinning = n_off > 0 and n_on > 0 and on / n_on < PAYS * off / n_off
+                self.verdicts[0] += 1
+                self.verdicts[1] += self.spinning
+                self._next_trial = now + TRIAL_EVERY
+        elif now >= self._next_trial:  # a new trial, from a block without spinning
+            self._block = 0
+            self._sums = [0.0, 0, 0.0, 0]
+            self.spinning = False
+        self._cycles = 0
+        self._t0 = now
+        self._n0 = n
 
     def wait(self) -> None:
         """Return when the fd is readable, the window is over, or the CPU is busy.
 
-        Returns at once when the fd is readable already or the policy backs off.
+        Returns at once when the fd is readable already, the policy backs off, or the
+        process may run on one CPU only.
         """
         poll = self._poll
-        if poll(0):
-            return
         clock = self._clock
         now = clock()
         if now < self.resume:
-            return  # backing off: most recent spins found the CPU busy
+            return  # backing off: most recent spins did not pay (or one CPU only)
+        if self._requests is not None:
+            self._observe(now)  # (a back-off leaves a gap: the block under way restarts)
+            if not self.spinning:
+                return
+        if poll(0):
+            return
+        if self._cpus() < 2:
+            self.resume = now + SPIN_RECHECK  # the peer needs this CPU to write the frame
+            return
         deadline = now + self.seconds
         yield_cpu = self._yield
-        busy = 0.0
+        unpaid = 0.0
         while not poll(0):
             if now > deadline:
+                unpaid = 1.0  # the window ran out: the peer is slower than the window
                 break
             yield_cpu()
             before, now = now, clock()
             if now - before > YIELD_BUSY:
-                busy = 1.0  # another task ran meanwhile: this CPU is not idle, sleep instead
+                unpaid = 1.0  # another task ran meanwhile: this CPU is not idle, sleep instead
                 break
-        # When most spins find the CPU busy (other programs keep it so), a yield costs more
-        # than the wake-up it saves: stop spinning for a while, then try again.
-        average = self.busy = 0.9 * self.busy + 0.1 * busy
+        # When most spins do not pay (other programs keep the CPU busy, or the frames come
+        # slower than the window), a spin costs more than the wake-up it saves: stop
+        # spinning for a while, then try again.
+        average = self.unpaid = 0.9 * self.unpaid + 0.1 * unpaid
         if average > 0.5:
-            self.busy = 0.0
+            self.unpaid = 0.0
             self.resume = now + SPIN_BACKOFF

@@ -110,7 +110,10 @@ int beyond a byte (INTEGER_EXT), float         32
 SMALL_BIG_EXT of n bytes                       32 + 2 n
 binary of n bytes                              80 + n x (1, 2 or 4: the width of the str's
                                                widest character; 1 for bytes), checked
-                                               before the str is made
+                                               before the str is made (exactly, when 4 per
+                                               byte would not fit); the binary of
+                                               ``{'$snakeport_bytes', Binary}`` (with a
+                                               ``tagged`` hook) is bytes: 80 + n
 charlist (STRING_EXT) of n bytes               64 + 8 n
 atom                                           256 + 4 x its text bytes, the first time its
                                                encoding occurs in the term; then nothing (a
@@ -120,7 +123,7 @@ every other term (pid, port, reference,        256 + 2 x its encoded size, once 
 fun, export, LOCAL_EXT, LARGE_BIG, FLOAT_EXT,
 BIT_BINARY)
 what the ``tagged`` hook returns               its ``sys.getsizeof`` (nothing for the tuple
-                                               itself)
+                                               itself or one of its elements)
 =============================================  ===============================================
 
 So ``[]`` costs 80 bytes per input byte and is refused in bulk (a list of a million ``[]``
@@ -138,6 +141,7 @@ import re
 import struct
 import sys
 import zlib
+from codecs import utf_8_decode as _utf8_decode
 from collections.abc import Callable
 from itertools import chain
 from typing import Any, NoReturn
@@ -198,6 +202,9 @@ _MEMORY_SLACK = 64 * 1024 * 1024
 _DEFAULT_MAX_MEMORY = 2 * DEFAULT_MAX_SIZE + _MEMORY_SLACK
 #: Tuples whose first element is an atom with this prefix are handed to ``tagged``.
 TAGGED_PREFIX = "$snakeport_"
+#: With a ``tagged`` hook, the binary of ``{'$snakeport_bytes', Binary}`` decodes to
+#: ``bytes`` at once (never to a str first): the protocol's forced-bytes term.
+BYTES_TAG = TAGGED_PREFIX + "bytes"
 
 Buffer = bytes | bytearray | memoryview
 TaggedHook = Callable[[tuple], Any]
@@ -292,6 +299,39 @@ def _text_kind(data: bytes, start: int, end: int) -> int:
     return 2 if _WIDE2(data, start, end) is not None else 1
 
 
+#: Bytes of a binary validated as UTF-8 at a time by :func:`_utf8_kind` (bounded memory).
+_KIND_CHUNK = 64 * 1024
+
+
+def _utf8_kind(data: Buffer, start: int, end: int) -> int:
+    """What ``data[start:end]`` decodes to: 0 for bytes (not valid UTF-8), else the exact
+    ``kind`` of its str (1, 2 or 4 bytes per character).
+
+    Validates a chunk at a time (at most 256 KiB of str alive), so that the pre-check of a
+    binary too large for 4 bytes per byte costs no more memory than the binary's own charge
+    (both codec paths do this, only then).
+    """
+    kind = 1
+    view = memoryview(data)
+    try:
+        pos = start
+        while pos < end:
+            stop = min(pos + _KIND_CHUNK, end)
+            try:
+                text, used = _utf8_decode(view[pos:stop], "strict", stop == end)
+            except UnicodeDecodeError:
+                return 0
+            if not text.isascii():
+                top = ord(max(text))
+                kind = max(kind, 4 if top > 0xFFFF else 2 if top > 0xFF else 1)
+            pos += used
+            if not used:  # (cannot happen: a chunk holds more than one sequence)
+                return 0
+    finally:
+        view.release()
+    return kind
+
+
 def _over_budget(data: bytes, pos: int, budget: int) -> NoReturn:
     _fail(f"decoding needs more than the memory budget of {budget} bytes", data, pos)
 
@@ -300,8 +340,11 @@ def _tagged_cost(value: Any, term: tuple) -> int:
     """Memory charged for what the ``tagged`` hook returned for ``term``.
 
     Its own size (``sys.getsizeof``: a set or bytes it made; 0 when the hook returned the
-    tuple itself, already charged). Both codec paths call this, so they charge the same.
+    tuple itself or one of its elements, already charged). Both codec paths call this, so they charge the same.
     """
+    for part in term:
+        if value is part:
+            return 0
     return 0 if value is term else sys.getsizeof(value, 0)
 
 
@@ -669,16 +712,36 @@ def _py_decode_term(
                 if end > size:
                     _truncated(data, size)
                 cost = 80 + n  # _COST_BINARY
-                if cost + 3 * n > left and cost + (_text_kind(data, start, end) - 1) * n > left:
-                    _over_budget(data, pos, budget)
-                raw = data[start:end]
-                try:
-                    value = raw.decode()
-                except UnicodeDecodeError:
-                    value = raw
+                if (
+                    tagged is not None
+                    and kind == 1
+                    and not remaining
+                    and len(items) == 1
+                    and items[0].__class__ is _Atom
+                    and items[0] == BYTES_TAG
+                ):  # {'$snakeport_bytes', Binary}: bytes at once, never a str
+                    if cost > left:
+                        _over_budget(data, pos, budget)
+                    value = data[start:end]
                 else:
-                    if len(value) != n:  # not ASCII: 1, 2 or 4 bytes per character
-                        cost += (_text_kind(data, start, end) - 1) * n
+                    # Checked before the str is made: up to 4 bytes per character, exactly
+                    # (bytes, or the str's kind) when that worst case does not fit.
+                    utf8 = -1  # not known yet
+                    if cost + 3 * n > left:
+                        utf8 = _utf8_kind(data, start, end)
+                        if cost + (max(utf8, 1) - 1) * n > left:
+                            _over_budget(data, pos, budget)
+                    raw = data[start:end]
+                    if utf8 == 0:
+                        value = raw  # known not to be UTF-8: no failed decode (and its copies)
+                    else:
+                        try:
+                            value = raw.decode()
+                        except UnicodeDecodeError:
+                            value = raw
+                        else:
+                            if len(value) != n:  # not ASCII: 1, 2 or 4 bytes per character
+                                cost += (_text_kind(data, start, end) - 1) * n
                 left -= cost
                 append(value)
                 pos = end

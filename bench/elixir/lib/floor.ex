@@ -13,6 +13,9 @@ defmodule Bench.Floor do
     Bench.PacketPort.open(python, [@script], env)
   end
 
+  @doc "The OS pid of the floor's Python process."
+  def os_pid(port), do: port |> Port.info(:os_pid) |> elem(1)
+
   def close(port) do
     Port.close(port)
   rescue

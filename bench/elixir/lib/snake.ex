@@ -21,6 +21,20 @@ defmodule Bench.Snake do
 
   def stop, do: Supervisor.stop(Snakeport.Supervisor)
 
+  @doc "The OS pids of the running instance's workers."
+  def worker_pids, do: for(w <- Snakeport.stats!().workers, do: w.os_pid)
+
+  @doc "The worker's default `--spin-us` (read from the worker's `_limits`)."
+  def default_spin_us do
+    python = System.get_env("SNAKEPORT_PYTHON") || Path.expand("../../../.venv/bin/python", __DIR__)
+    code = "from snakeport import _limits; print(_limits.SPIN_US.default)"
+    {out, 0} = System.cmd(python, ["-c", code])
+    out |> String.trim() |> String.to_integer()
+  end
+
+  @doc "The other setting of the worker's polling: off when the default polls, else on (200 µs)."
+  def alternative_spin_us, do: if(default_spin_us() == 0, do: 200, else: 0)
+
   def add, do: {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
 
   def sequential(n), do: Stats.sequential(n, &add/0)

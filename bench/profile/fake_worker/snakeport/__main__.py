@@ -1,5 +1,8 @@
 """Fake worker: ready frame, then ``{reply, Id, ok, 3}`` for every request (no decoding).
 
+``open_session`` gets the smallest session info map the harness accepts (its session id
+copied from the request).
+
 A ``call`` whose last argument is a large binary (``identity`` of a ``bytes``) is answered
 with that binary, sliced out of the request without copying. ``shutdown`` exits.
 """
@@ -13,6 +16,26 @@ THREE = bytes([119, 2]) + b"ok" + bytes([97, 3])
 # ...[{'$snakeport_bytes', Bin}], #{}, #{}}: after the binary come 106, then two empty maps.
 TRAILER = 11
 ID_SIZES = {97: 2, 98: 5}
+
+
+def atom(name):
+    return bytes([119, len(name)]) + name
+
+
+def session_info(data, at):
+    """``ok`` and ``#{session => S, refs => 0, max_refs => 10000, ttl_seconds => 3600}``,
+    ``S`` the binary at ``at`` (the request's session)."""
+    size = int.from_bytes(data[at + 1 : at + 5], "big")
+    session = bytes(data[at : at + 5 + size])
+    return [
+        atom(b"ok"),
+        bytes([116, 0, 0, 0, 4]),
+        atom(b"session"),
+        session,
+        atom(b"refs") + bytes([97, 0]),
+        atom(b"max_refs") + bytes([98]) + (10000).to_bytes(4, "big"),
+        atom(b"ttl_seconds") + bytes([98]) + (3600).to_bytes(4, "big"),
+    ]
 
 
 def frame(*parts):
@@ -41,7 +64,9 @@ def main():
         if op == b"shutdown":
             return
         value = [THREE]
-        if len(data) > 65536:  # identity(bytes): echo the binary
+        if op == b"open_session":
+            value = session_info(data, at + len(id_bytes))
+        elif len(data) > 65536:  # identity(bytes): echo the binary
             for prefix in range(300):
                 size = len(data) - TRAILER - 5 - prefix
                 start = len(data) - TRAILER - size

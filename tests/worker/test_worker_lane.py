@@ -1,0 +1,465 @@
+"""The C lane of the common call (``snakeport._lane``): the same replies as the general path.
+
+Every request here goes to two real workers, one with the lane and one without
+(``SNAKEPORT_NO_LANE=1``), in the same order and in the same batches (one ``write`` of
+several frames, as 64 callers send them, and one frame at a time); the reply frames must be
+the same bytes, id for id. The requests cover what the lane answers itself (scalar results)
+and everything it hands to the general path (containers, objects, errors, awaitables,
+options, unknown sessions, tagged terms, segmented bytes, queued calls). The in-process tests
+check the pieces: the lane is used when it applies, and the accounting it does (sessions,
+jobs, scheduler) ends where the general path's does.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from snakeport import _lane, etf
+from snakeport._jobs import CURRENT, DONE, FAILED, INTERRUPTED, Failure, Jobs
+from snakeport._server import Config, Server
+from snakeport.types import Atom
+from sp_client import A, worker_env
+
+pytestmark = pytest.mark.skipif(not _lane.available(), reason="the C lane is not built here")
+
+if not _lane.available() and os.environ.get("SNAKEPORT_PURE_PYTHON", "") in ("", "0") and os.environ.get(_lane.NO_LANE_ENV, "") in ("", "0"):
+    # Built by `make setup` (like the codec's accelerator): its absence is a defect there.
+    raise ImportError("snakeport._clane is not built (run make setup), or the codec runs in pure Python")
+
+
+class RawWorker:
+    """A worker process whose reply frames are kept as bytes, by request id."""
+
+    def __init__(self, lane: bool, *flags: str) -> None:
+        env = worker_env()
+        if lane:
+            env.pop(_lane.NO_LANE_ENV, None)
+        else:
+            env[_lane.NO_LANE_ENV] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snakeport", *flags],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            bufsize=0,
+        )
+        self.ready = self._frame()
+        self.frames: dict[int, bytes] = {}
+        self.others: list[bytes] = []
+
+    def _read(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = self.proc.stdout.read(n - len(out))
+            if not chunk:
+                raise EOFError(self.proc.stderr.read().decode(errors="replace"))
+            out += chunk
+        return out
+
+    def _frame(self) -> bytes:
+        (n,) = struct.unpack(">I", self._read(4))
+        return self._read(n)
+
+    def send(self, terms: list) -> None:
+        """One write of the frames of ``terms``."""
+        self.send_raw([etf.encode(t) for t in terms])
+
+    def send_raw(self, payloads: list[bytes]) -> None:
+        """One write of frames of the given payloads (valid ETF or not)."""
+        self.proc.stdin.write(b"".join(struct.pack(">I", len(p)) + p for p in payloads))
+
+    def rss(self) -> int:
+        """The worker's resident set size now, in bytes (Linux: VmRSS)."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/PID/status")
+
+    def wait(self, rid: int) -> bytes:
+        while rid not in self.frames:
+            frame = self._frame()
+            term, _ = etf.decode_prefix(frame)
+            if term[0] == "reply":
+                assert term[1] not in self.frames, f"a second reply to {term[1]}"
+                self.frames[term[1]] = frame
+            else:
+                self.others.append(frame)
+        return self.frames[rid]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def pair():
+    workers = [RawWorker(True), RawWorker(False)]
+    yield workers
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+
+
+def call(rid: int, module: str, function: str, args: list, kwargs: Any = None, opts: Any = None, session: Any = "s1") -> tuple:
+    return (A("call"), rid, session, module, function, args, kwargs or {}, opts or {})
+
+
+# The requests of both workers: (module, function, args[, kwargs, opts, session]).
+REQUESTS: list[tuple] = [
+    ("operator", "add", [1, 2]),  # the lane's own: scalars
+    ("operator", "add", [2**70, 1]),
+    ("operator", "mul", [1.5, -2.0]),
+    ("builtins", "float", ["nan"]),
+    ("builtins", "float", ["-inf"]),
+    ("builtins", "str", ["héllo ✓"]),
+    ("builtins", "bytes", [[0, 255, 1]]),
+    ("builtins", "bool", [1]),
+    ("sp_testmod", "identity", [None]),
+    ("builtins", "len", [list(range(100))]),
+    ("os.path", "join", ["a", "b"]),  # a dotted module
+    ("os", "path.join", ["a", "b"]),  # a dotted attribute path
+    ("sp_testmod", "identity", [[1, [2.5, "x"], {"k": (1, 2)}]]),  # containers: marshalled
+    ("builtins", "bytearray", [b"ab"]),
+    ("builtins", "bytes", [70_000]),  # a segmented reply
+    ("sp_testmod", "Box", [7]),  # an object: a ref
+    ("sp_testmod", "boxes", [3]),
+    ("sp_testmod", "identity", [Atom("ok")]),
+    ("operator", "truediv", [1, 0]),  # errors with tracebacks
+    ("sp_testmod", "fail", ["lane"]),
+    ("sys", "exit", [3]),
+    ("no_such_module_for_the_lane", "f", []),
+    ("operator", "no_such_function", []),
+    ("os", "path.no_such", []),
+    ("sp_testmod", "async_add", [1, 2]),  # an awaitable
+    ("sp_testmod", "async_fail", ["awaited"]),
+    ("builtins", "int", ["101"], {"base": 2}),  # kwargs: the general path
+    ("operator", "add", [1, 2], None, {A("result"): A("value")}),  # options
+    ("operator", "add", [1, 2], None, None, "no-such-session"),  # not open
+    ("builtins", "len", [(A("$snakeport_bytes"), b"abc")]),  # a tagged term
+    ("builtins", "len", [(A("$snakeport_set"), [1, 2])]),
+    ("sp_testmod", "gen", []),
+    ("operator", "add", [1, 2]),
+]
+
+
+def running(worker: RawWorker, stats_id: int) -> None:
+    """Return once a call runs on the reader and the stand-by reads (it answers stats)."""
+    deadline = time.monotonic() + 10
+    while True:
+        worker.send([(A("stats"), stats_id)])
+        stats = etf.decode(worker.wait(stats_id))[3]
+        del worker.frames[stats_id]
+        if stats[A("in_flight")] == 1:
+            return
+        assert time.monotonic() < deadline, "the call did not start"
+
+
+def replies(worker: RawWorker) -> dict[int, bytes]:
+    """The reply frames, but open_session's (it holds times)."""
+    return {rid: frame for rid, frame in worker.frames.items() if rid != 1}
+
+
+def run_all(worker: RawWorker, batch: bool) -> dict[int, bytes]:
+    worker.send([(A("open_session"), 1, "s1", {})])
+    worker.wait(1)
+    terms = [call(10 + i, *spec) for i, spec in enumerate(REQUESTS)]
+    if batch:
+        worker.send(terms)
+    else:
+        for term in terms:
+            worker.send([term])
+            worker.wait(term[1])
+    for term in terms:
+        worker.wait(term[1])
+    worker.send([(A("stats"), 2)])
+    worker.wait(2)
+    return {rid: frame for rid, frame in replies(worker).items() if rid != 2}  # (stats: times)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["one write", "one at a time"])
+def test_the_lane_answers_every_request_with_the_general_paths_bytes(pair, batch: bool) -> None:
+    lane, general = (run_all(w, batch) for w in pair)
+    assert sorted(lane) == sorted(general) == [10 + i for i in range(len(REQUESTS))]
+    for rid in general:
+        assert lane[rid] == general[rid], (REQUESTS[rid - 10], etf.decode(lane[rid]), etf.decode(general[rid]))
+    # The replies are what they should be, so that the comparison means something.
+    assert etf.decode(lane[10]) == (A("reply"), 10, A("ok"), 3)
+    assert etf.decode(lane[10 + REQUESTS.index(("sp_testmod", "Box", [7]))])[3][0] == "$snakeport_ref"
+    assert etf.decode(lane[10 + REQUESTS.index(("operator", "truediv", [1, 0]))])[3][A("type")] == "builtins.ZeroDivisionError"
+    assert etf.decode(lane[10 + REQUESTS.index(("sp_testmod", "async_add", [1, 2]))])[3] == 3
+    # The lane did run them: its calls have no Python frame of the worker under them.
+    probe = call(99, "traceback", "format_stack", [])
+    stacks = []
+    for w in pair:
+        w.send([probe])
+        stacks.append("".join(etf.decode(w.wait(99))[3]))
+        del w.frames[99]
+    assert "_jobs.py" not in stacks[0] and "_dispatch.py" not in stacks[0], stacks[0]
+    assert "_jobs.py" in stacks[1] and "_dispatch.py" in stacks[1], stacks[1]
+    # Both workers count the same: requests, sessions, refs (stats, without times and pids).
+    stats = [etf.decode(w.frames[2])[3] for w in pair]
+    for s in stats:
+        for key in ("uptime_ms", "pid", "rss_bytes"):
+            s.pop(A(key))
+    assert stats[0] == stats[1]
+    assert stats[0][A("in_flight")] == 0
+
+
+def test_a_call_queued_behind_a_long_one_runs_its_plain_call_later(pair) -> None:
+    # The first call holds the only slot long enough for the stand-by to take the reading
+    # over; the next ones are placed while it runs: the scheduler queues them, with the
+    # lane's PlainCall as their code (run later by Jobs.run on the general path).
+    results = []
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(10, "sp_testmod", "sleep", [0.5])])
+        running(w, 9)
+        w.send([call(11, "operator", "add", [1, 2]), call(12, "operator", "no_such", []), (A("stats"), 13)])
+        w.send([call(14, "traceback", "format_stack", [])])
+        stats = etf.decode(w.wait(13))[3]
+        stack = "".join(etf.decode(w.wait(14))[3])
+        results.append(([w.wait(rid) for rid in (10, 11, 12)], stats[A("in_flight")], stack))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == results[1][1] == 3  # the long call and the two queued before stats
+    # Queued by the lane: Jobs.run runs its PlainCall (no closure `fn` of _dispatch under it).
+    assert "_jobs.py" in results[0][2] and ", in fn\n" not in results[0][2]
+    assert ", in fn\n" in results[1][2]
+
+
+def test_a_lane_call_is_cancelled_like_any_call(pair) -> None:
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(10, "sp_testmod", "spin", [30.0])])
+        running(w, 11)
+        w.send([(A("cancel"), 12, 10)])
+        assert etf.decode(w.wait(12))[3] == {A("cancelled"): True}
+        assert etf.decode(w.wait(10))[3][A("reason")] == A("cancelled")
+        w.send([call(13, "operator", "add", [1, 2])])  # and the worker goes on
+        assert etf.decode(w.wait(13))[3] == 3
+    assert replies(pair[0]) == replies(pair[1])
+
+
+def test_release_session_cancels_a_running_lane_call(pair) -> None:
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(10, "sp_testmod", "spin", [30.0])])
+        running(w, 9)
+        w.send([(A("release_session"), 11, "s1")])
+        w.wait(11)
+        assert etf.decode(w.wait(10))[3][A("reason")] == A("cancelled")
+        w.send([call(12, "operator", "add", [1, 2])])
+        assert etf.decode(w.wait(12))[3][A("reason")] == A("session_not_found")
+    assert replies(pair[0]) == replies(pair[1])
+
+
+def invalid_call_frames(rid: int) -> list[bytes]:
+    """Frames that start like the lane's call but are not one it may answer (or not valid);
+    ids ``rid`` to ``rid + 11``, the last frame a valid call (``rid + 11``)."""
+    return [
+        etf.encode(call(rid, "operator", "add", [1, 2]))[:-3],  # truncated inside the term
+        etf.encode(call(rid + 1, "operator", "add", [1, 2])) + b"\x00",  # a byte after the term
+        etf.encode(call(rid + 2, "operator", "add", 5)),  # args not a list
+        etf.encode(call(rid + 3, 7, "add", [1, 2])),  # module not a string
+        etf.encode(call(rid + 4, "operator", 7, [1, 2])),  # function not a string
+        etf.encode(call(rid + 5, "operator", "add", [1, 2], session=7)),  # session not a string
+        etf.encode(call(-1, "operator", "add", [1, 2])),  # a negative id
+        etf.encode(call(rid + 6, "operator", "add", [1, 2], kwargs=[1])),  # kwargs not a map
+        etf.encode((A("call"), rid + 7, "s1", "operator", "add", [1, 2], {}, {}, 9)),  # 9-tuple
+        etf.encode((A("call"), rid + 8, "s1", "operator", "add", [1, 2], {})),  # 7-tuple
+        b"\x83h\x08w\x04call",  # the head alone
+        # an ATOM_EXT head, cut after the session
+        b"\x83h\x08d\x00\x04callb" + (rid + 9).to_bytes(4, "big") + b"m\x00\x00\x00\x02s1",
+        etf.encode(call(rid + 11, "operator", "add", [1, 2])),  # and a valid one after them
+    ]
+
+
+def mixed_frames(rid: int) -> list[bytes]:
+    """The lane's own calls, calls it hands back, failures, and invalid frames (ids from
+    ``rid``, below ``rid + 20``)."""
+    return [
+        etf.encode(call(rid + 12, "operator", "truediv", [1, 0])),
+        etf.encode(call(rid + 13, "no_such_module_for_the_lane", "f", [])),
+        etf.encode(call(rid + 14, "operator", "add", [1, 2], session="no-such-session")),
+        etf.encode(call(rid + 15, "builtins", "int", ["5"], {"base": 10})),
+        etf.encode(call(rid + 16, "sp_testmod", "fail", ["soak"])),
+        etf.encode(call(rid + 17, "builtins", "str", ["x" * 50])),
+        etf.encode(call(rid + 18, "operator", "add", [2**80, 1])),
+        *invalid_call_frames(rid),
+    ]
+
+
+def test_invalid_call_frames_get_the_general_paths_replies(pair) -> None:
+    # Hostile input shaped like the lane's request: both workers answer the same bytes (the
+    # lane hands each to the general path, which refuses it), and both serve on.
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send_raw(invalid_call_frames(10))  # one write: the lane sees them one after another
+        w.wait(21)
+        for payload in invalid_call_frames(40):  # and one frame per write
+            w.send_raw([payload])
+        w.wait(51)
+        w.send([call(60, "operator", "add", [1, 2])])
+        assert etf.decode(w.wait(60)) == (A("reply"), 60, A("ok"), 3)
+    assert replies(pair[0]) == replies(pair[1])
+    assert pair[0].others == pair[1].others  # protocol_error events (no id to answer)
+    assert etf.decode(pair[0].frames[12])[3][A("reason")] == A("bad_request")
+    assert pair[0].others, "the undecodable frames were answered with events"
+
+
+def test_a_long_mix_of_valid_and_invalid_lane_frames_keeps_memory_bounded() -> None:
+    # 60k frames: the lane's own calls, failures with tracebacks, unknown modules and
+    # sessions, calls it hands back, and invalid frames, pipelined 400 at a time (each
+    # batch ends with a call whose reply comes after the batch's). The worker's RSS after
+    # the first tenth is the reference: a leak of one object per frame would add megabytes.
+    w = RawWorker(True)
+    try:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        total, batches, marks = 0, 150, []
+        for k in range(batches):
+            frames_ = [f for i in range(20) for f in mixed_frames(100 + 20 * i)]
+            sync = 1_000_000 + k
+            w.send_raw(frames_ + [etf.encode(call(sync, "operator", "add", [1, 2]))])
+            assert etf.decode(w.wait(sync))[3] == 3
+            w.frames.clear()
+            w.others.clear()
+            total += len(frames_) + 1
+            if k + 1 in (batches // 10, batches):
+                marks.append(w.rss())
+        assert total > 60_000
+        assert marks[1] - marks[0] < 2 * 1024 * 1024, marks
+    finally:
+        w.close()
+
+
+# ------------------------------------------------------------------- in process
+
+
+def server(**config: Any) -> tuple[Server, int, int]:
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    srv = Server(Config(**config), in_r, out_w)
+    srv._sched.reader = threading.get_ident()
+    return srv, in_w, out_r
+
+
+def frames(*terms: Any) -> bytes:
+    return b"".join(struct.pack(">I", len(p)) + p for p in (etf.encode(t) for t in terms))
+
+
+def feed(srv: Server, data: bytes) -> Any:
+    """What the read loop does with ``data``: the lane first; returns the lane's term."""
+    buf = srv._splitter.get_buffer()
+    buf[: len(data)] = data
+    del buf
+    srv._splitter.buffer_updated(len(data))
+    view = srv._splitter.buffered()
+    return srv._lane.run(*view, threading.get_ident())
+
+
+def test_the_lane_applies_with_one_thread_and_no_allow_list() -> None:
+    assert server()[0]._lane is not None
+    assert server(threads=2)[0]._lane is None
+    assert server(allow=("operator",))[0]._lane is None
+
+
+def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:
+    srv, _, out_r = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    session = srv.table._sessions["s"]
+    before = (session.last_access, session.active_at)
+    time.sleep(0.01)
+    end, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert term is None and srv._splitter.buffered()[1] == end
+    assert srv.dispatcher.requests == 2 and srv.dispatcher.jobs.in_flight == 0
+    assert session.running == 0 and session.last_access > before[0] and session.active_at > before[1]
+    assert srv._sched.running == 0 and not srv._sched._inline_active and len(srv._sched.held) == 1
+    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 5, A("ok"), 3)
+    assert getattr(CURRENT, "job", None) is None
+
+
+def test_the_lane_hands_back_what_is_not_its_own() -> None:
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    # Not a call: stays in the buffer, untouched.
+    end, term = feed(srv, frames((A("ping"), 2)))
+    assert term is None and end == srv._splitter.buffered()[1] == 0
+    assert srv._splitter.next_event() == etf.encode((A("ping"), 2))
+    # A call in a session that is not open: decoded and handed back, nothing counted.
+    end, term = feed(srv, frames(call(3, "operator", "add", [1, 2], session="nope")))
+    assert term == call(3, "operator", "add", [1, 2], session="nope")
+    assert srv.dispatcher.requests == 1 and srv._splitter.buffered()[1] == end
+    # A call with options: the same.
+    end, term = feed(srv, frames(call(4, "operator", "add", [1, 2], opts={A("result"): A("ref")}, session="s")))
+    assert term[1] == 4 and srv.dispatcher.requests == 1
+    # An incomplete frame: nothing taken.
+    data = frames(call(6, "operator", "add", [1, 2], session="s"))
+    end, term = feed(srv, data[:-1])
+    assert term is None and srv._splitter.buffered()[1] == end
+
+
+def test_plain_call_is_the_general_paths_code() -> None:
+    assert _lane.PlainCall("operator", "add", [1, 2])() == 3
+    assert _lane.PlainCall("os", "path.join", ["a", "b"])() == os.path.join("a", "b")
+    with pytest.raises(Failure) as info:
+        _lane.PlainCall("operator", "no_such", [])()
+    assert info.value.reason == "attribute_error" and isinstance(info.value.cause, AttributeError)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with pytest.raises(Failure) as info:
+        _lane.PlainCall("no_such_module_for_the_lane", "f", [])()
+    assert info.value.reason == "import_error"
+    with pytest.raises(TypeError):
+        _lane.PlainCall("operator", "add", [1, 2])(1)
+    with pytest.raises(TypeError):
+        _lane.PlainCall("operator", "add", (1, 2))  # args must be a list
+
+
+def test_a_module_being_initialised_is_imported_the_general_way(monkeypatch) -> None:
+    # _jobs.import_module waits for a module whose spec says it is initialising (it goes
+    # through importlib); the lane's fast lookup does the same.
+    import types
+
+    module = types.ModuleType("sp_lane_initialising")
+    module.f = lambda: "old"
+    module.__spec__ = types.SimpleNamespace(_initializing=True)
+    monkeypatch.setitem(sys.modules, "sp_lane_initialising", module)
+    seen = []
+
+    def import_module(name):
+        seen.append(name)
+        return types.SimpleNamespace(f=lambda: "imported")
+
+    monkeypatch.setattr("importlib.import_module", import_module)
+    assert _lane.PlainCall("sp_lane_initialising", "f", [])() == "imported"
+    assert seen == ["sp_lane_initialising"]
+    module.__spec__ = types.SimpleNamespace(_initializing=False)
+    assert _lane.PlainCall("sp_lane_initialising", "f", [])() == "old"
+
+
+def test_jobs_end_lane_is_the_end_of_run() -> None:
+    jobs = Jobs()
+    from snakeport._jobs import RUNNING, Job
+
+    for result, failure, interrupted, state in [(object(), None, False, DONE), (1, ValueError(), False, FAILED), (1, None, True, INTERRUPTED)]:
+        job = jobs.add(Job(1, None, None, 0))  # type: ignore[arg-type]
+        job.state = RUNNING
+        job.failure = failure
+        out = jobs.end_lane(job, result, interrupted)
+        assert job.state == state and jobs.in_flight == 0
+        assert out is (result if state == DONE else None)

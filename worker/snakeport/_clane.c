@@ -1,0 +1,1087 @@
+/* snakeport._clane: the optional C lane of the worker's most common request (see _lane.py).
+ *
+ * The lane runs, on the frame-reading thread, the `call`s that the general path would run
+ * inline with nothing to resolve: `{call, Id, Session, Module, Function, Args, #{}, #{}}`
+ * whose frame holds no tagged term, in an open session, on a worker with one thread and no
+ * allow-list. It takes the same steps as the general path (snakeport._dispatch, _jobs,
+ * _sessions, _scheduler), on the same Python objects and under the same locks, in one C
+ * function per frame instead of some thirty Python calls:
+ *
+ *   decode (snakeport._cetf.decode_term, the frame read in place) -> check out the session
+ *   (last access, `running`) -> a Job with a PlainCall as its code, registered in the jobs
+ *   table -> Scheduler.place -> the job RUNNING, named in CURRENT -> import (sys.modules),
+ *   getattr, call -> the final state -> the reply of a scalar result encoded here
+ *   (snakeport._cetf.encode) and the session checked in -> Scheduler.inline_ended.
+ *
+ * Everything else is handed to the general path, at the point where the general path takes
+ * it on: a frame that is not such a call stays in the buffer (or, once decoded, goes back as
+ * the decoded term), an unknown session or a worker shutting down goes back before anything
+ * was counted, and a job whose result is not a scalar, or that failed or was cancelled, is
+ * finished by the general code (_lane.Lane's `finish`: marshalling, error replies); a result
+ * that might be awaitable goes to Jobs.end_lane. A job the scheduler queues runs its
+ * PlainCall on the general path later. So replies and every side effect are those of the
+ * general path (tests compare the bytes).
+ *
+ * Between the call's return and the job's final state no Python code runs on this thread,
+ * so a cancel's asynchronous exception can only strike inside the user's code (where it is
+ * the call's outcome, as in Jobs.run), and a pending one is cleared with the final state.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pythread.h>
+#include <string.h>
+
+/* Objects set once by _setup() (strong references, never released). */
+static PyObject *SysModules;    /* sys.modules */
+static PyObject *ImportModule;  /* _jobs.import_module(name): the general import */
+static PyObject *Lookup;        /* _jobs.lookup(obj, path): a dotted attribute path */
+static PyObject *FailureType;   /* _jobs.Failure(reason, cause) */
+static PyObject *CancelledType; /* errors.Cancelled */
+static PyObject *DecodeTerm;    /* _cetf.decode_term(data, pos, max_depth, tagged, budget) */
+static PyObject *Encode;        /* _cetf.encode(term, default, max_depth) */
+static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, *S_requests,
+    *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
+    *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits;
+
+#define READY() (SysModules != NULL)
+
+/* getattr(obj, name) with a missing attribute as 0 (no exception made), 1 found, -1 error. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define LOOKUP_ATTR PyObject_GetOptionalAttr
+#else
+#define LOOKUP_ATTR _PyObject_LookupAttr
+#endif
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* PlainCall: the code of a lane job                                                      */
+/* ------------------------------------------------------------------------------------- */
+
+/* `lookup(import_module(module), function)(*args)`, the code of the general path's common
+ * call (snakeport._dispatch), as an object: the lane runs it inline, and a job that the
+ * scheduler queues runs it later through Jobs.run like any job's code. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *module;   /* str */
+    PyObject *function; /* str */
+    PyObject *args;     /* list */
+} PlainCall;
+
+static PyTypeObject PlainCallType;
+
+/* The module named `name`: a module in sys.modules that is not being initialised, as
+ * _jobs.import_module's fast path finds it; otherwise _jobs.import_module itself. */
+static PyObject *
+import_fast(PyObject *name)
+{
+    PyObject *mod = PyDict_GetItemWithError(SysModules, name); /* borrowed */
+    if (mod == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (mod != NULL && PyModule_CheckExact(mod)) {
+        Py_INCREF(mod);
+        PyObject *spec = NULL, *init = NULL;
+        int found = LOOKUP_ATTR(mod, S_spec, &spec);
+        if (found > 0 && spec != Py_None) {
+            found = LOOKUP_ATTR(spec, S_initializing, &init);
+        }
+        Py_XDECREF(spec);
+        if (found < 0) {
+            Py_DECREF(mod);
+            return NULL;
+        }
+        int initializing = init == NULL ? 0 : PyObject_IsTrue(init);
+        Py_XDECREF(init);
+        if (initializing == 0) {
+            return mod;
+        }
+        Py_DECREF(mod);
+        if (initializing < 0) {
+            return NULL;
+        }
+    }
+    return PyObject_CallOneArg(ImportModule, name);
+}
+
+/* getattr(mod, function), an AttributeError raised as Failure("attribute_error", exc) from
+ * None (as _jobs.lookup does); a dotted path through _jobs.lookup itself. */
+static PyObject *
+lookup_fast(PyObject *mod, PyObject *function)
+{
+    if (PyUnicode_FindChar(function, '.', 0, PyUnicode_GET_LENGTH(function), 1) != -1) {
+        return PyObject_CallFunctionObjArgs(Lookup, mod, function, NULL);
+    }
+    PyObject *target = PyObject_GetAttr(mod, function);
+    if (target != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return target;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    PyObject *failure = PyObject_CallFunctionObjArgs(FailureType, S_attribute_error, value, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (failure == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyException_SetCause(failure, NULL);   /* `from None` (sets __suppress_context__) */
+    PyException_SetContext(failure, value); /* steals value */
+    PyErr_SetObject((PyObject *)Py_TYPE(failure), failure);
+    Py_DECREF(failure);
+    return NULL;
+}
+
+static PyObject *
+plain_call_invoke(PlainCall *self)
+{
+    PyObject *mod = import_fast(self->module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *target = lookup_fast(mod, self->function);
+    Py_DECREF(mod);
+    if (target == NULL) {
+        return NULL;
+    }
+    /* (The list is the request's own: nothing else can reach it while the call runs.) */
+    PyObject *result = PyObject_Vectorcall(target, PySequence_Fast_ITEMS(self->args),
+                                           PyList_GET_SIZE(self->args), NULL);
+    Py_DECREF(target);
+    return result;
+}
+
+static PyObject *
+plain_call_call(PlainCall *self, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "PlainCall() takes no arguments");
+        return NULL;
+    }
+    return plain_call_invoke(self);
+}
+
+static PyObject *
+plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *module, *function, *call_args;
+    static char *names[] = {"module", "function", "args", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UUO!:PlainCall", names, &module, &function,
+                                     &PyList_Type, &call_args)) {
+        return NULL;
+    }
+    PlainCall *self = (PlainCall *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(module);
+    Py_INCREF(function);
+    Py_INCREF(call_args);
+    self->module = module;
+    self->function = function;
+    self->args = call_args;
+    return (PyObject *)self;
+}
+
+static PlainCall *
+plain_call_make(PyObject *module, PyObject *function, PyObject *args)
+{
+    PlainCall *self = PyObject_GC_New(PlainCall, &PlainCallType);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(module);
+    Py_INCREF(function);
+    Py_INCREF(args);
+    self->module = module;
+    self->function = function;
+    self->args = args;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+static int
+plain_call_traverse(PlainCall *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->args);
+    return 0;
+}
+
+static int
+plain_call_clear(PlainCall *self)
+{
+    Py_CLEAR(self->module);
+    Py_CLEAR(self->function);
+    Py_CLEAR(self->args);
+    return 0;
+}
+
+static void
+plain_call_dealloc(PlainCall *self)
+{
+    PyObject_GC_UnTrack(self);
+    plain_call_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+plain_call_repr(PlainCall *self)
+{
+    return PyUnicode_FromFormat("PlainCall(%R, %R, <%zd args>)", self->module, self->function,
+                                PyList_GET_SIZE(self->args));
+}
+
+static PyTypeObject PlainCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "snakeport._clane.PlainCall",
+    .tp_basicsize = sizeof(PlainCall),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "PlainCall(module, function, args)\n--\n\n"
+              "lookup(import_module(module), function)(*args), called with no arguments.",
+    .tp_new = plain_call_new,
+    .tp_call = (ternaryfunc)plain_call_call,
+    .tp_traverse = (traverseproc)plain_call_traverse,
+    .tp_clear = (inquiry)plain_call_clear,
+    .tp_dealloc = (destructor)plain_call_dealloc,
+    .tp_repr = (reprfunc)plain_call_repr,
+};
+
+/* ------------------------------------------------------------------------------------- */
+/* Lane                                                                                   */
+/* ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dispatcher;      /* _dispatch.Dispatcher: shutting_down, requests */
+    PyObject *sessions;        /* SessionTable._sessions: session id -> Session */
+    PyObject *table_acquire, *table_release; /* SessionTable.lock */
+    PyObject *wall, *monotonic; /* SessionTable's clocks */
+    PyObject *jobs;            /* _jobs.Jobs */
+    PyObject *jobs_table;      /* Jobs._jobs: request id -> Job */
+    PyObject *jobs_acquire, *jobs_release; /* Jobs.lock */
+    PyObject *interrupt;       /* Jobs._interrupt(thread, None): clears a pending Cancelled */
+    PyObject *end_lane;        /* Jobs.end_lane(job, result, interrupted) */
+    PyObject *job_type;        /* _jobs.Job */
+    PyObject *current;         /* _jobs.CURRENT (threading.local) */
+    PyObject *place;           /* Scheduler.place(job) -> inline? */
+    PyObject *inline_ended;    /* Scheduler.inline_ended(payloads, me) -> (next job, reader?) */
+    PyObject *run_inline;      /* Scheduler.run_inline(job, me) -> reader? */
+    PyObject *consume;         /* FrameSplitter.consume(end): a frame taken */
+    PyObject *finish;          /* Server.finish_lane(job, result) -> payloads or None */
+    PyObject *reply, *ok;      /* the atoms of {reply, Id, ok, Value} */
+    PyObject *auto_mode;       /* _requests.AUTO */
+    PyObject *no_refs;         /* () */
+    PyObject *awaiting;        /* _jobs.AWAITING */
+    PyObject *queued, *running, *done, *failed, *interrupted; /* job states (ints) */
+    PyObject *max_depth;       /* decoding depth (int) */
+    PyObject *out_depth;       /* encoding depth (int) */
+    PyObject *encode_default;  /* _tagged.encode_default */
+    PyObject *lost;            /* returned when the reading role moved away */
+    Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
+    Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
+    Py_ssize_t max_packet;     /* largest {packet, 4} payload */
+    Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
+    long n_queued, n_running, n_done, n_failed, n_interrupted;
+} Lane;
+
+/* The fields of Lane that hold objects, in order (for init, traverse and clear). */
+#define LANE_OBJECTS(X)                                                                  \
+    X(dispatcher) X(sessions) X(table_acquire) X(table_release) X(wall) X(monotonic)      \
+    X(jobs) X(jobs_table) X(jobs_acquire) X(jobs_release) X(interrupt) X(end_lane)      \
+    X(job_type) X(current) X(place) X(inline_ended) X(run_inline) X(consume) X(finish)   \
+    X(reply)                                                                             \
+    X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
+    X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost)
+
+static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
+static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
+static const char PREFIX[] = "$snakeport_";
+
+static int
+call_ok(PyObject *fn)
+{
+    PyObject *r = PyObject_CallNoArgs(fn);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The frame `f` of `n` bytes starts like a call request: version, 8-tuple, the atom call. */
+static int
+call_head(const unsigned char *f, Py_ssize_t n)
+{
+    if (n < 3 + (Py_ssize_t)sizeof(CALL_ATOM) || f[0] != 131 || f[1] != 104 || f[2] != 8) {
+        return 0;
+    }
+    return memcmp(f + 3, CALL_ATOM_SMALL, sizeof(CALL_ATOM_SMALL)) == 0 ||
+           memcmp(f + 3, CALL_ATOM, sizeof(CALL_ATOM)) == 0;
+}
+
+static int
+has_prefix(const unsigned char *f, Py_ssize_t n)
+{
+    Py_ssize_t k = sizeof(PREFIX) - 1;
+    for (Py_ssize_t i = 0; i + k <= n; i++) {
+        if (f[i] == '$' && memcmp(f + i, PREFIX, k) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A result the lane encodes itself: an exact scalar that the general path sends as it is
+ * (_marshal.DATA) and encodes in one piece (not a segmented bytes). */
+static int
+scalar_result(Lane *L, PyObject *r)
+{
+    if (r == Py_None || PyBool_Check(r) || PyLong_CheckExact(r) || PyFloat_CheckExact(r) ||
+        PyUnicode_CheckExact(r)) {
+        return 1;
+    }
+    return PyBytes_CheckExact(r) && PyBytes_GET_SIZE(r) < L->segment_bytes;
+}
+
+/* Exact built-in types whose values are never awaitable (_jobs._PLAIN). */
+static int
+plain_result(PyObject *r)
+{
+    return r == Py_None || PyBool_Check(r) || PyLong_CheckExact(r) || PyFloat_CheckExact(r) ||
+           PyUnicode_CheckExact(r) || PyBytes_CheckExact(r) || PyByteArray_CheckExact(r) ||
+           PyList_CheckExact(r) || PyTuple_CheckExact(r) || PyDict_CheckExact(r) ||
+           PyAnySet_CheckExact(r);
+}
+
+static int
+set_attr(PyObject *obj, PyObject *name, PyObject *value)
+{
+    return PyObject_SetAttr(obj, name, value);
+}
+
+/* obj.name + delta (an int attribute). */
+static int
+add_to(PyObject *obj, PyObject *name, long delta)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        return -1;
+    }
+    PyObject *d = PyLong_FromLong(delta);
+    PyObject *sum = d == NULL ? NULL : PyNumber_Add(v, d);
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (sum == NULL) {
+        return -1;
+    }
+    int rc = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+static long
+long_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        return -1;
+    }
+    long x = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return x;
+}
+
+static int
+true_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* The session of `sid`, checked out (SessionTable.checkout without refs): a new reference;
+ * NULL without an error when the session is not open. */
+static PyObject *
+checkout(Lane *L, PyObject *sid)
+{
+    if (call_ok(L->table_acquire) < 0) {
+        return NULL;
+    }
+    PyObject *session = PyDict_GetItemWithError(L->sessions, sid);
+    int rc = 0;
+    if (session != NULL) {
+        Py_INCREF(session);
+        PyObject *now = PyObject_CallNoArgs(L->wall);
+        rc = now == NULL || set_attr(session, S_last_access, now) < 0;
+        Py_XDECREF(now);
+        if (!rc) {
+            rc = add_to(session, S_running, 1) < 0;
+        }
+        if (!rc) {
+            now = PyObject_CallNoArgs(L->monotonic);
+            rc = now == NULL || set_attr(session, S_active_at, now) < 0;
+            Py_XDECREF(now);
+        }
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_ok(L->table_release) < 0) {
+        rc = 1;
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb); /* (the first error wins) */
+        rc = 1;
+    }
+    if (rc) {
+        Py_XDECREF(session);
+        return NULL;
+    }
+    return session;
+}
+
+/* SessionTable.checkin(session) (no refs used). */
+static int
+checkin(Lane *L, PyObject *session)
+{
+    if (call_ok(L->table_acquire) < 0) {
+        return -1;
+    }
+    int rc = add_to(session, S_running, -1);
+    if (rc == 0) {
+        PyObject *now = PyObject_CallNoArgs(L->monotonic);
+        rc = now == NULL ? -1 : set_attr(session, S_active_at, now);
+        Py_XDECREF(now);
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_ok(L->table_release) < 0) {
+        rc = -1;
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Jobs.add(job). */
+static int
+register_job(Lane *L, PyObject *rid, PyObject *job)
+{
+    if (call_ok(L->jobs_acquire) < 0) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(L->jobs_table, rid, job);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_ok(L->jobs_release) < 0) {
+        rc = -1;
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* The start of Jobs.run under its lock: 1 when the job is now RUNNING on this thread, 0
+ * when it was cancelled while queued (its reply was given), -1 on error. */
+static int
+start_job(Lane *L, PyObject *job, PyObject *me)
+{
+    if (call_ok(L->jobs_acquire) < 0) {
+        return -1;
+    }
+    long state = long_attr(job, S_state);
+    int rc = state == L->n_queued ? 1 : 0;
+    if (state == -1 && PyErr_Occurred()) {
+        rc = -1;
+    }
+    if (rc == 1 && (set_attr(job, S_state, L->running) < 0 || set_attr(job, S_thread, me) < 0)) {
+        rc = -1;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_ok(L->jobs_release) < 0) {
+        rc = -1;
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* The end of Jobs.run under its lock: the final state of a job that ran on this thread and
+ * its removal from the table; a pending Cancelled is cleared. Returns the state, -1 on error. */
+static long
+end_job(Lane *L, PyObject *job, PyObject *rid, int interrupted)
+{
+    if (call_ok(L->jobs_acquire) < 0) {
+        return -1;
+    }
+    long state = long_attr(job, S_state);
+    int err = state == -1 && PyErr_Occurred();
+    if (!err && state == L->n_running) {
+        int sent = true_attr(job, S_cancel_sent);
+        int deferred = sent < 0 ? -1 : true_attr(job, S_cancel_deferred);
+        PyObject *failure = deferred < 0 ? NULL : PyObject_GetAttr(job, S_failure);
+        if (failure == NULL) {
+            err = 1;
+        }
+        else {
+            PyObject *final;
+            if (interrupted || sent || deferred) {
+                final = L->interrupted;
+            }
+            else if (failure != Py_None) {
+                final = L->failed;
+            }
+            else {
+                final = L->done;
+            }
+            Py_DECREF(failure);
+            err = set_attr(job, S_state, final) < 0;
+            if (!err) {
+                state = PyLong_AsLong(final);
+            }
+        }
+    }
+    if (!err) {
+        PyObject *found = PyDict_GetItemWithError(L->jobs_table, rid);
+        if (found == job) {
+            err = PyDict_DelItem(L->jobs_table, rid) < 0;
+        }
+        else if (found == NULL && PyErr_Occurred()) {
+            err = 1;
+        }
+    }
+    if (!err) {
+        int sent = true_attr(job, S_cancel_sent);
+        if (sent < 0) {
+            err = 1;
+        }
+        else if (sent) {
+            PyObject *thread = PyObject_GetAttr(job, S_thread);
+            PyObject *r = thread == NULL ? NULL
+                                         : PyObject_CallFunctionObjArgs(L->interrupt, thread, Py_None, NULL);
+            Py_XDECREF(thread);
+            err = r == NULL;
+            Py_XDECREF(r);
+        }
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_ok(L->jobs_release) < 0) {
+        err = 1;
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        err = 1;
+    }
+    return err ? -1 : state;
+}
+
+/* The reply frame of a scalar result, or NULL without an error when the general path must
+ * encode it. */
+static PyObject *
+encode_reply(Lane *L, PyObject *rid, PyObject *result)
+{
+    PyObject *term = PyTuple_Pack(4, L->reply, rid, L->ok, result);
+    if (term == NULL) {
+        return NULL;
+    }
+    PyObject *args[3] = {term, L->encode_default, L->out_depth};
+    PyObject *payload = PyObject_Vectorcall(Encode, args, 3, NULL);
+    Py_DECREF(term);
+    if (payload == NULL || PyBytes_GET_SIZE(payload) > L->max_packet) {
+        Py_XDECREF(payload);
+        PyErr_Clear(); /* the general path encodes it again, and answers what it must */
+        return NULL;
+    }
+    return payload;
+}
+
+/* Run a placed job inline: Jobs.run, then the reply. Returns the payloads to send (a new
+ * list), Py_None when there are none, NULL on a failure of the worker itself. */
+static PyObject *
+run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn, PyObject *me)
+{
+    int started = start_job(L, job, me);
+    if (started < 0) {
+        return NULL;
+    }
+    if (started == 0) { /* cancelled while queued: the general path answers (nothing) */
+        return PyObject_CallFunctionObjArgs(L->finish, job, Py_None, NULL);
+    }
+    if (set_attr(job, S_fn, Py_None) < 0 || set_attr(L->current, S_jobs, L->jobs) < 0 ||
+        set_attr(L->current, S_job, job) < 0) {
+        return NULL;
+    }
+    int interrupted = 0;
+    PyObject *result = plain_call_invoke(fn);
+    if (result == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL) {
+            PyException_SetTraceback(value, tb);
+        }
+        int rc = 0;
+        if (PyErr_GivenExceptionMatches(type, CancelledType)) {
+            interrupted = 1;
+        }
+        else {
+            rc = set_attr(job, S_failure, value);
+        }
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    else if (!plain_result(result)) {
+        /* Maybe awaitable: the rest of Jobs.run in Python (a Cancelled that strikes as it
+         * starts is the call's outcome: tried again as interrupted). */
+        PyObject *outcome = PyObject_CallFunctionObjArgs(L->end_lane, job, result, Py_False, NULL);
+        if (outcome == NULL && PyErr_ExceptionMatches(CancelledType)) {
+            PyErr_Clear();
+            outcome = PyObject_CallFunctionObjArgs(L->end_lane, job, result, Py_True, NULL);
+        }
+        Py_DECREF(result);
+        if (outcome == NULL) {
+            return NULL;
+        }
+        if (outcome == L->awaiting) { /* the event loop answers, and checks the session in */
+            Py_DECREF(outcome);
+            Py_RETURN_NONE;
+        }
+        PyObject *payloads = PyObject_CallFunctionObjArgs(L->finish, job, outcome, NULL);
+        Py_DECREF(outcome);
+        return payloads;
+    }
+    if (set_attr(L->current, S_job, Py_None) < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    long state = end_job(L, job, rid, interrupted);
+    if (state < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    if (state == L->n_done && scalar_result(L, result)) {
+        PyObject *payload = encode_reply(L, rid, result);
+        if (payload != NULL) {
+            Py_DECREF(result);
+            if (checkin(L, session) < 0) {
+                Py_DECREF(payload);
+                return NULL;
+            }
+            PyObject *payloads = PyList_New(1);
+            if (payloads == NULL) {
+                Py_DECREF(payload);
+                return NULL;
+            }
+            PyList_SET_ITEM(payloads, 0, payload);
+            return payloads;
+        }
+        if (PyErr_Occurred()) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    /* Failed, cancelled, not a scalar: the general path's reply (and check-in). */
+    PyObject *value = state == L->n_done && result != NULL ? result : Py_None;
+    PyObject *payloads = PyObject_CallFunctionObjArgs(L->finish, job, value, NULL);
+    Py_XDECREF(result);
+    return payloads;
+}
+
+/* One decoded request: 1 when the lane took it (ran it, or the scheduler queued it), 0 when
+ * it is the general path's (nothing was counted, checked out or registered), -1 on error.
+ * Sets *lost when this thread no longer holds the reading role. */
+static int
+lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
+{
+    if (!PyTuple_CheckExact(term) || PyTuple_GET_SIZE(term) != 8) {
+        return 0;
+    }
+    PyObject *rid = PyTuple_GET_ITEM(term, 1), *sid = PyTuple_GET_ITEM(term, 2);
+    PyObject *module = PyTuple_GET_ITEM(term, 3), *function = PyTuple_GET_ITEM(term, 4);
+    PyObject *args = PyTuple_GET_ITEM(term, 5), *kwargs = PyTuple_GET_ITEM(term, 6);
+    PyObject *opts = PyTuple_GET_ITEM(term, 7);
+    if (!PyLong_CheckExact(rid) || _PyLong_Sign(rid) < 0 ||
+        !(PyUnicode_CheckExact(sid) || PyBytes_CheckExact(sid)) || !PyUnicode_CheckExact(module) ||
+        !PyUnicode_CheckExact(function) || !PyList_CheckExact(args) || !PyDict_CheckExact(kwargs) ||
+        PyDict_GET_SIZE(kwargs) != 0 || !PyDict_CheckExact(opts) || PyDict_GET_SIZE(opts) != 0) {
+        return 0;
+    }
+    int shutting = true_attr(L->dispatcher, S_shutting_down);
+    if (shutting != 0) {
+        return shutting < 0 ? -1 : 0;
+    }
+    PyObject *session = checkout(L, sid);
+    if (session == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    /* From here on the request is the lane's: counted, and its session checked out. */
+    PyObject *job = NULL, *payloads = NULL, *outcome = NULL;
+    PlainCall *fn = NULL;
+    int rc = -1;
+    if (add_to(L->dispatcher, S_requests, 1) < 0) {
+        goto done;
+    }
+    fn = plain_call_make(module, function, args);
+    if (fn == NULL) {
+        goto done;
+    }
+    PyObject *job_args[5] = {rid, session, (PyObject *)fn, L->auto_mode, L->no_refs};
+    job = PyObject_Vectorcall(L->job_type, job_args, 5, NULL);
+    if (job == NULL || register_job(L, rid, job) < 0) {
+        goto done;
+    }
+    PyObject *placed = PyObject_CallOneArg(L->place, job);
+    if (placed == NULL) {
+        goto done;
+    }
+    int inline_now = PyObject_IsTrue(placed);
+    Py_DECREF(placed);
+    if (inline_now <= 0) {
+        rc = inline_now < 0 ? -1 : 1; /* queued: it runs its PlainCall later */
+        goto done;
+    }
+    payloads = run_job(L, job, rid, session, fn, me);
+    if (payloads == NULL) {
+        goto done;
+    }
+    outcome = PyObject_CallFunctionObjArgs(L->inline_ended, payloads, me, NULL);
+    if (outcome == NULL || !PyTuple_Check(outcome) || PyTuple_GET_SIZE(outcome) != 2) {
+        if (outcome != NULL) {
+            PyErr_SetString(PyExc_SystemError, "Scheduler.inline_ended: expected (job, reader)");
+        }
+        goto done;
+    }
+    PyObject *next_job = PyTuple_GET_ITEM(outcome, 0);
+    int reader = PyObject_IsTrue(PyTuple_GET_ITEM(outcome, 1));
+    if (reader >= 0 && next_job != Py_None) { /* a job queued meanwhile: the general loop */
+        PyObject *r = PyObject_CallFunctionObjArgs(L->run_inline, next_job, me, NULL);
+        reader = r == NULL ? -1 : PyObject_IsTrue(r);
+        Py_XDECREF(r);
+    }
+    if (reader < 0) {
+        goto done;
+    }
+    *lost = !reader;
+    rc = 1;
+done:
+    Py_XDECREF(outcome);
+    Py_XDECREF(payloads);
+    Py_XDECREF(job);
+    Py_XDECREF((PyObject *)fn);
+    Py_DECREF(session);
+    return rc;
+}
+
+/* Lane.run(buf, r, w, me) -> (end, term): see _lane.Lane.run. */
+static PyObject *
+lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "run(buf: bytearray, r, w, me)");
+        return NULL;
+    }
+    PyObject *buf = args[0], *me = args[3];
+    Py_ssize_t r = PyLong_AsSsize_t(args[1]), w = PyLong_AsSsize_t(args[2]);
+    if ((r == -1 || w == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (r < 0 || w < r || w > PyByteArray_GET_SIZE(buf)) {
+        PyErr_SetString(PyExc_ValueError, "run: r and w out of range");
+        return NULL;
+    }
+    PyObject *term = Py_None;
+    Py_INCREF(term);
+    while (w - r >= 4) {
+        /* (Fetched each time: nothing resizes the splitter's buffer, but be exact.) */
+        const unsigned char *p = (const unsigned char *)PyByteArray_AS_STRING(buf);
+        Py_ssize_t n = ((Py_ssize_t)p[r] << 24) | (p[r + 1] << 16) | (p[r + 2] << 8) | p[r + 3];
+        if (n > w - r - 4 || n > L->max_frame) {
+            break; /* incomplete, or refused by the general path */
+        }
+        const unsigned char *f = p + r + 4;
+        if (!call_head(f, n) || has_prefix(f, n)) {
+            break;
+        }
+        Py_ssize_t budget = L->expansion * n + L->floor;
+        if (budget > L->max_memory) {
+            budget = L->max_memory;
+        }
+        PyObject *pos = PyLong_FromSsize_t(r + 5);
+        PyObject *budget_obj = pos == NULL ? NULL : PyLong_FromSsize_t(budget);
+        if (budget_obj == NULL) {
+            Py_XDECREF(pos);
+            goto error;
+        }
+        PyObject *dargs[5] = {buf, pos, L->max_depth, Py_None, budget_obj};
+        PyObject *decoded = PyObject_Vectorcall(DecodeTerm, dargs, 5, NULL);
+        Py_DECREF(pos);
+        Py_DECREF(budget_obj);
+        if (decoded == NULL || !PyTuple_CheckExact(decoded) || PyTuple_GET_SIZE(decoded) != 2 ||
+            PyLong_AsSsize_t(PyTuple_GET_ITEM(decoded, 1)) != r + 4 + n) {
+            /* Invalid, or not exactly the frame: the general path decodes it again and
+             * answers as it must. */
+            Py_XDECREF(decoded);
+            PyErr_Clear();
+            break;
+        }
+        PyObject *value = PyTuple_GET_ITEM(decoded, 0);
+        Py_INCREF(value);
+        Py_DECREF(decoded);
+        /* Taken from the splitter before the call runs: a stand-by that takes the reading
+         * role over during a long call reads on from the next frame. */
+        r += 4 + n;
+        PyObject *end = PyLong_FromSsize_t(r);
+        PyObject *taken_r = end == NULL ? NULL : PyObject_CallOneArg(L->consume, end);
+        Py_XDECREF(end);
+        if (taken_r == NULL) {
+            Py_DECREF(value);
+            goto error;
+        }
+        Py_DECREF(taken_r);
+        int lost = 0;
+        int taken = lane_request(L, value, me, &lost);
+        if (taken < 0) {
+            Py_DECREF(value);
+            goto error;
+        }
+        if (taken == 0) { /* decoded, not the lane's: the general path goes on with it */
+            Py_SETREF(term, value);
+            break;
+        }
+        Py_DECREF(value);
+        if (lost) {
+            Py_SETREF(term, Py_NewRef(L->lost));
+            break;
+        }
+    }
+    PyObject *end = PyLong_FromSsize_t(r);
+    if (end == NULL) {
+        goto error;
+    }
+    PyObject *out = PyTuple_Pack(2, end, term);
+    Py_DECREF(end);
+    Py_DECREF(term);
+    return out;
+error:
+    Py_DECREF(term);
+    return NULL;
+}
+
+static int
+lane_init(Lane *self, PyObject *args, PyObject *kwargs)
+{
+    static const char *objects[] = {
+#define NAME(f) #f,
+        LANE_OBJECTS(NAME)
+#undef NAME
+    };
+    static const char *sizes[] = {"expansion", "floor", "max_memory", "segment_bytes",
+                                  "max_packet", "max_frame"};
+    Py_ssize_t *size_slots[] = {&self->expansion, &self->floor, &self->max_memory,
+                                &self->segment_bytes, &self->max_packet, &self->max_frame};
+    Py_ssize_t nobjects = sizeof(objects) / sizeof(objects[0]);
+    Py_ssize_t nsizes = sizeof(sizes) / sizeof(sizes[0]);
+    if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL || PyDict_GET_SIZE(kwargs) != nobjects + nsizes) {
+        PyErr_Format(PyExc_TypeError, "Lane() takes exactly the %zd keyword arguments of _lane.py",
+                     nobjects + nsizes);
+        return -1;
+    }
+    PyObject *values[sizeof(objects) / sizeof(objects[0])];
+    for (Py_ssize_t k = 0; k < nobjects; k++) {
+        values[k] = PyDict_GetItemString(kwargs, objects[k]); /* borrowed */
+        if (values[k] == NULL) {
+            PyErr_Format(PyExc_TypeError, "Lane() missing keyword argument %s", objects[k]);
+            return -1;
+        }
+    }
+    for (Py_ssize_t k = 0; k < nsizes; k++) {
+        PyObject *v = PyDict_GetItemString(kwargs, sizes[k]);
+        *size_slots[k] = v == NULL ? -1 : PyLong_AsSsize_t(v);
+        if (*size_slots[k] < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_TypeError, "Lane(): %s must be a non-negative int", sizes[k]);
+            }
+            return -1;
+        }
+    }
+    Py_ssize_t k = 0;
+#define SET(f)                                                                           \
+    Py_INCREF(values[k]);                                                                \
+    Py_XSETREF(self->f, values[k]);                                                      \
+    k++;
+    LANE_OBJECTS(SET)
+#undef SET
+    if (!PyDict_CheckExact(self->sessions) || !PyDict_CheckExact(self->jobs_table)) {
+        PyErr_SetString(PyExc_TypeError, "Lane: sessions and jobs_table must be dicts");
+        return -1;
+    }
+    long *states[5] = {&self->n_queued, &self->n_running, &self->n_done, &self->n_failed,
+                       &self->n_interrupted};
+    PyObject *objs[5] = {self->queued, self->running, self->done, self->failed, self->interrupted};
+    for (int n = 0; n < 5; n++) {
+        *states[n] = PyLong_AsLong(objs[n]);
+        if (*states[n] == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(self->f);
+    LANE_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+lane_clear(Lane *self)
+{
+#define CLEAR(f) Py_CLEAR(self->f);
+    LANE_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+lane_dealloc(Lane *self)
+{
+    PyObject_GC_UnTrack(self);
+    lane_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (!READY()) {
+        PyErr_SetString(PyExc_RuntimeError, "snakeport._clane: _setup() was not called");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static PyMethodDef lane_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))lane_run, METH_FASTCALL,
+     "run(buf, r, w, me)\n--\n\n"
+     "Handle the lane's frames in buf[r:w]; return (end, term). See snakeport._lane."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "snakeport._clane.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Lane(**objects)\n--\n\nThe C lane of the common call (built by snakeport._lane).",
+    .tp_new = lane_new,
+    .tp_init = (initproc)lane_init,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_methods = lane_methods,
+};
+
+/* ------------------------------------------------------------------------------------- */
+/* Module                                                                                 */
+/* ------------------------------------------------------------------------------------- */
+
+static PyObject *
+clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)");
+        return NULL;
+    }
+    if (READY()) {
+        Py_RETURN_NONE;
+    }
+    if (!PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "_setup: modules must be sys.modules");
+        return NULL;
+    }
+    PyObject **slots[7] = {&SysModules, &ImportModule, &Lookup, &FailureType, &CancelledType,
+                           &DecodeTerm, &Encode};
+    for (int i = 6; i >= 0; i--) { /* SysModules last: it says READY */
+        Py_INCREF(args[i]);
+        *slots[i] = args[i];
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef clane_methods[] = {
+    {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
+     "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)\n--\n\n"
+     "The objects the lane uses (called once by snakeport._lane)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef clane_module = {
+    PyModuleDef_HEAD_INIT,
+    "snakeport._clane",
+    "C lane of the worker's common call (see snakeport._lane); optional.",
+    -1,
+    clane_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__clane(void)
+{
+    const char *names[] = {"__spec__", "_initializing", "attribute_error", "shutting_down",
+                           "requests", "last_access", "running", "active_at", "state",
+                           "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
+                           "job", "jobs", "awaits"};
+    PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
+                          &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
+                          &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
+                          &S_job, &S_jobs, &S_awaits};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
+            return NULL;
+        }
+    }
+    if (PyType_Ready(&PlainCallType) < 0 || PyType_Ready(&LaneType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&clane_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&PlainCallType);
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "PlainCall", (PyObject *)&PlainCallType) < 0 ||
+        PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,143 @@
+"""The C lane: the worker's most common request, run in C on the frame-reading thread.
+
+The request is ``{call, Id, Session, Module, Function, Args, #{}, #{}}`` whose frame holds no
+tagged term (no ref, array, ``$snakeport_bytes``, ...): what ``Snakeport.call/3`` sends for
+plain arguments. The general path handles it with some thirty Python calls (split, decode,
+dispatch, check out, register, place, run, marshal, check in, encode); the lane
+(``snakeport._clane.Lane``, optional like the codec's accelerator) takes the same steps on
+the same objects, under the same locks, in one C function per frame, and answers a scalar
+result (``int``, ``float``, ``str``, ``bytes`` below a segment, ``bool``, ``None``) itself.
+It hands everything else to the general path at the point where that path takes it on, so
+replies and side effects stay those of the general path:
+
+- a frame that is not such a call, or is not valid, stays in the splitter (``run`` stops
+  before it); a decoded call with options or kwargs, in an unknown session or on a worker
+  shutting down comes back decoded, before anything was counted or checked out;
+- a job the scheduler does not run inline (a call still running elsewhere) is queued with a
+  :class:`PlainCall` as its code, which :meth:`~snakeport._jobs.Jobs.run` runs later;
+- a job whose result is not plain data goes to :meth:`~snakeport._jobs.Jobs.end_lane`
+  (awaitables), and one that failed, was cancelled or returned anything but a scalar is
+  answered by :meth:`Server.finish_lane <snakeport._server.Server.finish_lane>` (marshalling,
+  refs, error replies with tracebacks).
+
+What the lane does for a call is what the general path does: the session's last access and
+``running`` count (check-out and check-in under the table's lock), the job in the jobs
+table (so ``cancel``, ``stats``, ``release_session`` and ``shutdown`` see it), the job named
+in :data:`~snakeport._jobs.CURRENT` (``snakeport.context()``, tools, log attribution), the
+scheduler's slot and inline state (so the stand-by takes the reading role over during a long
+call), a cancel's pending exception cleared with the final state.
+
+The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
+both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
+``SNAKEPORT_PURE_PYTHON=1``) turns it off, as the tests do to compare the two paths.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from snakeport import _limits as limits
+from snakeport import etf
+from snakeport._jobs import AWAITING, CURRENT, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, Failure, Job
+from snakeport._jobs import import_module, lookup
+from snakeport._protocol import OK, REPLY
+from snakeport._requests import AUTO
+from snakeport._tagged import encode_default
+from snakeport._writer import SEGMENT_BYTES
+from snakeport.errors import Cancelled
+
+__all__ = ["LOST", "PlainCall", "build", "available"]
+
+#: Set to a non-empty value other than ``0`` to turn the lane off (read when a server starts).
+NO_LANE_ENV = "SNAKEPORT_NO_LANE"
+
+#: What :meth:`Lane.run` returns as its term when this thread lost the reading role.
+LOST: Any = object()
+
+try:
+    from snakeport import _clane
+except ImportError:  # not built: the general path only
+    _clane = None  # type: ignore[assignment]
+
+if _clane is not None and etf._cetf is not None:
+    _clane._setup(sys.modules, import_module, lookup, Failure, Cancelled, etf._cetf.decode_term, etf._cetf.encode)
+    #: ``lookup(import_module(module), function)(*args)`` as an object (the code of lane jobs).
+    PlainCall: Any = _clane.PlainCall
+else:
+    PlainCall = None
+
+
+def available() -> bool:
+    """Whether the lane can run here: built, the codec's C half in use, not turned off."""
+    return (
+        PlainCall is not None
+        and etf._c_encode is not None
+        and os.environ.get(NO_LANE_ENV, "") in ("", "0")
+    )
+
+
+def build(server: Any) -> Any:
+    """The lane of a :class:`~snakeport._server.Server`, or ``None`` when it does not apply.
+
+    Args:
+        server: The server (its dispatcher, session table, jobs, scheduler, limits).
+
+    Returns:
+        A ``snakeport._clane.Lane`` whose ``run(buffer, r, w, me)`` handles the lane's
+        frames at the start of ``buffer[r:w]`` (the splitter's, see
+        :meth:`~snakeport._framing.FrameSplitter.buffered`), telling the splitter each
+        frame it takes (before it runs the call), and returns ``(end, term)``: the offset
+        after the frames it took, and ``None``, a decoded request for the general path, or
+        :data:`LOST` when the calling thread no longer reads (the splitter is then the new
+        reader's); or ``None``.
+    """
+    config = server.config
+    dispatcher = server.dispatcher
+    if not available() or config.threads != 1 or dispatcher.allow is not None:
+        return None
+    table = server.table
+    jobs = dispatcher.jobs
+    sched = server._sched
+    return _clane.Lane(
+        dispatcher=dispatcher,
+        sessions=table._sessions,
+        table_acquire=table.lock.acquire,
+        table_release=table.lock.release,
+        wall=table._wall,
+        monotonic=table._monotonic,
+        jobs=jobs,
+        jobs_table=jobs._jobs,
+        jobs_acquire=jobs.lock.acquire,
+        jobs_release=jobs.lock.release,
+        interrupt=jobs._interrupt,
+        end_lane=jobs.end_lane,
+        job_type=Job,
+        current=CURRENT,
+        place=sched.place,
+        inline_ended=sched.inline_ended,
+        run_inline=sched.run_inline,
+        consume=server._splitter.consume,
+        finish=server.finish_lane,
+        reply=REPLY,
+        ok=OK,
+        auto_mode=AUTO,
+        no_refs=(),
+        awaiting=AWAITING,
+        queued=QUEUED,
+        running=RUNNING,
+        done=DONE,
+        failed=FAILED,
+        interrupted=INTERRUPTED,
+        max_depth=server._max_depth,
+        out_depth=server._max_out_depth,
+        encode_default=encode_default,
+        lost=LOST,
+        expansion=etf.DEFAULT_MAX_EXPANSION,
+        floor=etf._BUDGET_FLOOR,
+        max_memory=2 * config.max_frame_bytes + etf._MEMORY_SLACK,
+        segment_bytes=SEGMENT_BYTES,
+        max_packet=limits.MAX_PACKET,
+        max_frame=config.max_frame_bytes,
+    )
