@@ -56,17 +56,8 @@ add = Raw.call("operator", "add", [1, 2])
 floor_frame = :erlang.term_to_binary({:call, 1234, "auto-1234", "operator", "add", [1, 2], %{}, %{}})
 mib1 = :rand.bytes(1_048_576)
 
-# CPU time (ns) of all threads of an OS process, from /proc/PID/task/*/schedstat.
-cpu_ns = fn os_pid ->
-  Path.wildcard("/proc/#{os_pid}/task/*/schedstat")
-  |> Enum.map(fn f ->
-    case File.read(f) do
-      {:ok, text} -> text |> String.split() |> hd() |> String.to_integer()
-      _ -> 0
-    end
-  end)
-  |> Enum.sum()
-end
+# CPU time (ns) of all threads of an OS process (Bench.Cpu).
+cpu_ns = &Bench.Cpu.ns/1
 
 beam = System.pid()
 

@@ -2,11 +2,8 @@ defmodule Bench.Cluster do
   @moduledoc """
   Helpers of the cluster benchmark (cluster.exs): the distribution floor (a process on
   node B that echoes messages back to node A) and the CPU time of the OS processes
-  involved (the two VMs and B's Python worker), read from `/proc` on this machine.
-
-  A process's CPU time is the sum over its threads of the first field of
-  `/proc/PID/task/TID/schedstat` (nanoseconds on a CPU; exact, unlike the 10 ms ticks of
-  `/proc/PID/stat`).
+  involved (the two VMs and B's Python worker), read from `/proc` on this machine with
+  `Bench.Cpu.ns/1`.
   """
 
   alias Bench.Stats
@@ -29,26 +26,15 @@ defmodule Bench.Cluster do
     end)
   end
 
-  @doc "CPU nanoseconds of all threads of `os_pid` so far (0 when it is gone)."
-  def cpu_ns(os_pid) do
-    Path.wildcard("/proc/#{os_pid}/task/*/schedstat")
-    |> Enum.reduce(0, fn file, acc ->
-      case File.read(file) do
-        {:ok, text} -> acc + (text |> :binary.split(" ") |> hd() |> String.to_integer())
-        _ -> acc
-      end
-    end)
-  end
-
   @doc """
   Runs `fun` (which returns a batch, see `Bench.Stats`) and returns `{batch, cpu}`:
   `cpu` maps each name of `os_pids` (`%{name => os_pid}`) to the CPU µs that process
   spent per call (per unit of the batch) meanwhile.
   """
   def measure(os_pids, fun) do
-    before = Map.new(os_pids, fn {name, pid} -> {name, cpu_ns(pid)} end)
+    before = Map.new(os_pids, fn {name, pid} -> {name, Bench.Cpu.ns(pid)} end)
     {amount, _, _} = batch = fun.()
-    after_ = Map.new(os_pids, fn {name, pid} -> {name, cpu_ns(pid)} end)
+    after_ = Map.new(os_pids, fn {name, pid} -> {name, Bench.Cpu.ns(pid)} end)
 
     {batch,
      Map.new(os_pids, fn {name, _} -> {name, (after_[name] - before[name]) / 1000 / amount} end)}
