@@ -65,6 +65,13 @@ defmodule Snakeport.Courier do
     end
   end
 
+  # A caller of this node found the port busy: its request is written here, so that the
+  # caller waits for its reply with its deadline instead of for the port (Worker.write/5).
+  def handle_info({:write, payload}, state) do
+    Worker.write_handed(state.entry, payload)
+    {:noreply, state}
+  end
+
   # A caller of another node asks for its request to be written here.
   def handle_info({:forward, reply_to, caller, request, session}, state) do
     state = watch(state, caller)

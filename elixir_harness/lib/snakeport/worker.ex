@@ -44,6 +44,9 @@ defmodule Snakeport.Worker do
   #   worker stuck for :stuck_timeout ms is killed with SIGKILL and stops with
   #   `{:shutdown, {:stuck_killed, status}}`: its callers get :worker_exited at once, its
   #   sessions are lost, its supervisor starts a new one.
+  # * A caller never waits for a busy port (a worker whose reader does not run): its request
+  #   goes to the courier, which waits for the port, and the caller waits for the reply with
+  #   its own deadline (write/5).
   # * Stopping kills the Python process when it does not exit by itself: after `shutdown`
   #   and Defaults.shutdown_wait/0 ms on an orderly stop, at once otherwise (terminate/2).
   #   With the kernel's parent-death signal (the worker's `die_with_parent`) nothing
@@ -227,16 +230,31 @@ defmodule Snakeport.Worker do
   # Registers the caller before writing (the reply cannot overtake its registration); the
   # caller's pid is in the row for liveness (a dead caller's request is cancelled) and for
   # the tools its call may ask for (Snakeport.Tools).
+  # A caller never waits for a busy port (a worker whose reader does not run: code holding
+  # the GIL, a stopped process; or a big frame still being written) beyond its deadline:
+  # the request is then handed to the courier, which writes it (blocking) while the caller
+  # waits for the reply with its timeout as usual. With `opts` [:nosuspend] a busy port
+  # means not sent.
   defp write(entry, id, mref, payload, opts \\ []) do
     :ets.insert(entry.pending, {id, mref, self()})
 
-    if Port.command(entry.port, payload, opts) do
-      :ok
-    else
-      # Busy, and told not to wait: not sent.
-      Process.demonitor(mref, [:flush])
-      forget(entry, id)
-      {:error, :busy}
+    cond do
+      Port.command(entry.port, payload, [:nosuspend]) ->
+        :ok
+
+      opts == [] and is_pid(entry.courier) and entry.courier != self() ->
+        send(entry.courier, {:write, payload})
+        :ok
+
+      opts == [] ->
+        true = Port.command(entry.port, payload)
+        :ok
+
+      true ->
+        # Busy, and told not to wait: not sent.
+        Process.demonitor(mref, [:flush])
+        forget(entry, id)
+        {:error, :busy}
     end
   rescue
     # The pending table is gone (its owner died) or the port is closed.
@@ -276,6 +294,20 @@ defmodule Snakeport.Worker do
   @jobs [:call, :method, :getattr, :setattr, :eval]
 
   defp job?(request), do: elem(request, 0) in @jobs
+
+  @doc false
+  # Writes the frame of a caller that found the port busy (write/5): run by the courier, the
+  # one process that may wait for the port. Written even when the caller has timed out
+  # meanwhile: its cancel is on its way, and only a written request's reply ends the wait
+  # for that cancel (an unwritten one would mark the worker stuck).
+  @spec write_handed(entry(), iodata()) :: :ok
+  def write_handed(entry, payload) do
+    Port.command(entry.port, payload)
+    :ok
+  rescue
+    # The port is closed: the caller gets the worker's :DOWN.
+    ArgumentError -> :ok
+  end
 
   @doc false
   # Writes the request of a process of another node (`caller`, waiting on `reply_to`, its

@@ -178,6 +178,61 @@ defmodule Snakeport.LivenessTest do
     end
   end
 
+  describe "row 1b: a port that does not take frames" do
+    defp call_in(session, args, timeout),
+      do:
+        Snakeport.call(@mod, "echo", args, timeout: timeout, session: session, instance: @instance)
+
+    # The worker's reader cannot run (code holding the GIL), so its stdin pipe fills and the
+    # port becomes busy: a caller must still get its answer at its own deadline, not when
+    # the worker is killed (here never: :stuck_timeout is :infinity).
+    @tag snakeport: [cancel_grace: 60_000, stuck_timeout: :infinity]
+    test "callers of a worker that does not read its stdin time out at their deadline" do
+      dir = tmp_dir!()
+      %{os_pid: os_pid} = worker()
+      reap_on_exit(os_pid)
+      flag = Path.join(dir, "running")
+      # The callers' sessions are open before: their calls go straight to the port.
+      for i <- 0..2, do: assert({:ok, 0} = call_in("busy-#{i}", [0], 5_000))
+
+      bomb =
+        Task.async(fn ->
+          Snakeport.call(@mod, "regex_bomb", [flag], session: "bomb", instance: @instance)
+        end)
+
+      eventually(fn -> File.exists?(flag) end)
+      # 8 MiB: more than the pipe (1 MiB at most) holds; the rest waits in the port's queue,
+      # which makes the port busy.
+      big = :binary.copy("x", 8 * 1024 * 1024)
+
+      callers =
+        for {args, i} <- Enum.with_index([[big], [1], [2]]) do
+          Task.async(fn ->
+            {us, result} = :timer.tc(fn -> call_in("busy-#{i}", args, 300) end)
+
+            {div(us, 1000), result}
+          end)
+        end
+
+      # Each answers at its deadline (300 ms, plus slack for a loaded machine), although
+      # the port stays busy.
+      for caller <- callers do
+        assert {:ok, {ms, {:error, %Error{reason: :timeout}}}} = Task.yield(caller, 5_000)
+        assert ms < 2_000, "a caller waited #{ms} ms for a busy port"
+      end
+
+      # (The session store, which writes through the same port, waits for it too.)
+      assert {:error, %Error{reason: :timeout}} = call_in("busy-new", [3], 300)
+
+      # The instance recovers once the worker is gone.
+      capture_events([[:snakeport, :worker, :started]], @instance)
+      kill_os(os_pid)
+      assert {:error, %Error{reason: :worker_exited}} = Task.await(bomb, 10_000)
+      assert_receive {:event, [:snakeport, :worker, :started], _, %{worker: 0}}, 10_000
+      assert {:ok, 3} = fresh_call()
+    end
+  end
+
   describe "row 2: work outlives its caller" do
     @tag snakeport: [pool_size: 1]
     test "10 callers killed during time.sleep(1) do not delay the next call (shared session)" do
