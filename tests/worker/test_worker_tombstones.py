@@ -35,6 +35,29 @@ def test_ref_lookup_ignores_matches_across_two_records() -> None:
     assert t.get(target) == (3, 2)
 
 
+@pytest.mark.parametrize("capacity", [0, 1, 5, 1024, 1500, 5000])
+def test_add_many_equals_add_one_by_one(capacity: int) -> None:
+    # Batches of every shape: empty, within the first slots, across a doubling of the
+    # buffers, wrapping around the ring, bigger than the ring.
+    import random
+
+    rnd = random.Random(capacity)
+    one, many = RefTombstones(capacity), RefTombstones(capacity)
+    next_id = 1
+    for size in [0, 3, 1, 700, 1021, 2, capacity, capacity + 7, 2500, *rnd.choices(range(900), k=12)]:
+        ids = list(range(next_id, next_id + size))
+        next_id += size
+        key, cause = rnd.randrange(1, 2**64), rnd.randrange(256)
+        for ref_id in ids:
+            one.add(ref_id, key, cause)
+        many.add_many(ids, key, cause)
+        assert len(many) == len(one) and many.nbytes() == one.nbytes()
+        assert (many._ids, many._sessions, many._causes) == (one._ids, one._sessions, one._causes)
+    assert many._ring._next == one._ring._next
+    for ref_id in rnd.sample(range(1, next_id), k=min(200, next_id - 1)):
+        assert many.get(ref_id) == one.get(ref_id)
+
+
 def test_capacity_zero_remembers_nothing() -> None:
     t, s = RefTombstones(0), SessionTombstones(0)
     t.add(1, 1, 0)

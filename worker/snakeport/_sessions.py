@@ -496,7 +496,7 @@ class SessionTable:
         owner = self._owner
         for ref_id in refs:
             del owner[ref_id]
-            self._tombstone(ref_id, session_id, CAUSE_SESSION_RELEASED)
+        self._tombstone_many(list(refs), session_id, CAUSE_SESSION_RELEASED)
         return refs
 
     def counts(self) -> tuple[int, int]:
@@ -774,7 +774,7 @@ class SessionTable:
                         dropped.append(entry)
                         session.by_object.pop(id(entry.obj), None)
                         del self._owner[ref_id]
-                        self._tombstone(ref_id, session.session_id, CAUSE_TTL)
+                    self._tombstone_many(ids, session.session_id, CAUSE_TTL)
                     pruned.append((session.session_id, ids))
         _let_go(dropped)
         del dropped
@@ -807,13 +807,17 @@ class SessionTable:
             dropped.append(entry)
             session.by_object.pop(id(entry.obj), None)
             del owner[ref_id]
-            self._tombstone(ref_id, session.session_id, cause)
             ids.append(ref_id)
+        self._tombstone_many(ids, session.session_id, cause)
         return ids
 
     def _tombstone(self, ref_id: int, session_id: str | bytes, cause: Atom) -> None:
         if self.max_tombstones:
             self._tombstones.add(ref_id, session_key(session_id), _CAUSE_CODES[cause])
+
+    def _tombstone_many(self, ref_ids: list[int], session_id: str | bytes, cause: Atom) -> None:
+        if self.max_tombstones:
+            self._tombstones.add_many(ref_ids, session_key(session_id), _CAUSE_CODES[cause])
 
 
 def _let_go(entries: Iterable[_Entry]) -> None:
