@@ -267,6 +267,33 @@ def test_release_session_cancels_a_running_lane_call(pair) -> None:
     assert replies(pair[0]) == replies(pair[1])
 
 
+def test_a_failure_after_check_out_is_answered_and_checks_the_session_in(pair) -> None:
+    # sp_hostile.late makes an exception pending in the calling thread from C (no bytecode)
+    # and returns a list: on the lane it strikes in the worker's own code after the call
+    # (Server.finish_lane, before the session is checked in), on the general path inside
+    # the call. Either way: an error reply of that type, the session checked in (expire
+    # with idle 0 releases it: no call counted as running), the job out of the table, and
+    # the worker serves on.
+    errors = []
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(10, "sp_hostile", "arm_late", [])])
+        assert etf.decode(w.wait(10))[3] is True
+        w.send([call(11, "sp_hostile", "late", [])])
+        reply = etf.decode(w.wait(11))
+        assert reply[2] == "error", reply
+        errors.append(reply[3])
+        w.send([(A("stats"), 12), (A("expire_session"), 13, "s1", 0)])
+        assert etf.decode(w.wait(12))[3][A("in_flight")] == 0
+        assert etf.decode(w.wait(13))[3] == {A("expired"): True, A("released"): 0}
+        w.send([(A("open_session"), 14, "s2", {}), call(15, "operator", "add", [1, 2], session="s2")])
+        assert etf.decode(w.wait(15))[3] == 3
+    lane, general = errors
+    assert lane[A("reason")] == general[A("reason")] == A("python_error")
+    assert lane[A("type")] == general[A("type")] == "sp_hostile.Late"
+
+
 def invalid_call_frames(rid: int) -> list[bytes]:
     """Frames that start like the lane's call but are not one it may answer (or not valid);
     ids ``rid`` to ``rid + 11``, the last frame a valid call (``rid + 11``)."""
@@ -463,3 +490,43 @@ def test_jobs_end_lane_is_the_end_of_run() -> None:
         out = jobs.end_lane(job, result, interrupted)
         assert job.state == state and jobs.in_flight == 0
         assert out is (result if state == DONE else None)
+
+
+def test_a_failure_after_check_out_leaves_no_accounting_behind(monkeypatch) -> None:
+    # The in-process view of test_a_failure_after_check_out_is_answered_...: sp_hostile.late
+    # leaves Late pending in this thread; it strikes in Server.finish_lane, after the check-out.
+    from sp_client import PYMODS
+
+    monkeypatch.syspath_prepend(PYMODS)
+    import sp_hostile
+
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    session = srv.table._sessions["s"]
+    sp_hostile.arm_late()
+    end, term = feed(srv, frames(call(5, "sp_hostile", "late", [], session="s")))
+    assert term is None and srv._splitter.buffered()[1] == end
+    assert session.running == 0 and srv.dispatcher.jobs.in_flight == 0
+    assert srv._sched.running == 0 and not srv._sched._inline_active and len(srv._sched.held) == 1
+    reply = etf.decode_prefix(bytes(srv._sched.held[0]))[0]
+    assert reply[:3] == (A("reply"), 5, A("error")) and reply[3][A("type")] == "sp_hostile.Late"
+    assert reply[3][A("message")].startswith("internal worker error")
+    assert getattr(CURRENT, "job", None) is None
+    # And the lane serves on.
+    srv._sched.held.clear()
+    feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")))
+    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 6, A("ok"), 3)
+
+
+def test_jobs_abandon_ends_a_lane_job_the_worker_failed_to_finish() -> None:
+    from snakeport._jobs import QUEUED, RUNNING, Job
+
+    jobs = Jobs()
+    error = RuntimeError("worker")
+    for state, failure, final in [(QUEUED, None, FAILED), (RUNNING, None, FAILED), (RUNNING, ValueError(), FAILED), (DONE, None, DONE)]:
+        job = jobs.add(Job(1, None, None, 0))  # type: ignore[arg-type]
+        job.state, job.failure = state, failure
+        CURRENT.job = job
+        jobs.abandon(job, error)
+        assert job.state == final and jobs.in_flight == 0 and CURRENT.job is None
+        assert job.failure is (failure or (error if state != DONE else None))

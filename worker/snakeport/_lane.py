@@ -20,6 +20,19 @@ replies and side effects stay those of the general path:
   answered by :meth:`Server.finish_lane <snakeport._server.Server.finish_lane>` (marshalling,
   refs, error replies with tracebacks).
 
+Check-out and check-in: from the session's check-out on (its ``running`` count incremented),
+every path checks it in exactly once: the lane itself (after a scalar reply is encoded, and
+between ``Server.finish_lane``, which makes the general path's terms without checking in, and
+their encoding, the order of ``Server._execute``), the event loop (an awaitable), or
+:meth:`~snakeport._jobs.Jobs.run` (a queued job). When the worker itself fails after the
+check-out and before that (an exception out of its own code: e.g. one that user code left
+pending in the thread, which strikes at the first bytecode after the call), the lane checks
+the session in and :meth:`Server.lane_failed <snakeport._server.Server.lane_failed>` answers
+the request with an internal error, as ``Server._execute`` does, ends the job (out of
+:data:`~snakeport._jobs.CURRENT` and the jobs table) and frees its slot: the worker serves
+on. A failure once the session is checked in and the reply made (in
+``Scheduler.inline_ended``) ends the frame loop, as it does on the general path.
+
 What the lane does for a call is what the general path does: the session's last access and
 ``running`` count (check-out and check-in under the table's lock), the job in the jobs
 table (so ``cancel``, ``stats``, ``release_session`` and ``shutdown`` see it), the job named
@@ -120,6 +133,8 @@ def build(server: Any) -> Any:
         run_inline=sched.run_inline,
         consume=server._splitter.consume,
         finish=server.finish_lane,
+        payloads=server._job_payloads,
+        internal_error=server.lane_failed,
         reply=REPLY,
         ok=OK,
         auto_mode=AUTO,
