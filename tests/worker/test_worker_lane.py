@@ -441,6 +441,26 @@ def test_the_lane_hands_back_what_is_not_its_own() -> None:
     assert term is None and srv._splitter.buffered()[1] == end
 
 
+def test_the_lane_refuses_a_stale_view_of_the_splitter() -> None:
+    # The invariant that makes the lane's view of the splitter safe across a call (_lane.py:
+    # only the reading thread changes the splitter, and the role never comes back to a
+    # thread inside a call) holds; were it broken (another thread took a frame meanwhile),
+    # the lane stops (the frame loop fails) rather than run a frame again.
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    data = frames(call(5, "operator", "add", [1, 2], session="s"), call(6, "operator", "add", [3, 4], session="s"))
+    buf = srv._splitter.get_buffer()
+    buf[: len(data)] = data
+    del buf
+    srv._splitter.buffer_updated(len(data))
+    view = srv._splitter.buffered()
+    assert srv._splitter.next_event() == etf.encode(call(5, "operator", "add", [1, 2], session="s"))
+    with pytest.raises(RuntimeError, match="stale"):
+        srv._lane.run(*view, threading.get_ident())
+    assert srv.dispatcher.requests == 1 and srv.dispatcher.jobs.in_flight == 0 and not srv._sched.held
+    assert srv._splitter.next_event() == etf.encode(call(6, "operator", "add", [3, 4], session="s"))
+
+
 def test_plain_call_is_the_general_paths_code() -> None:
     assert _lane.PlainCall("operator", "add", [1, 2])() == 3
     assert _lane.PlainCall("os", "path.join", ["a", "b"])() == os.path.join("a", "b")

@@ -277,7 +277,7 @@ typedef struct {
     PyObject *place;           /* Scheduler.place(job) -> inline? */
     PyObject *inline_ended;    /* Scheduler.inline_ended(payloads, me) -> (next job, reader?) */
     PyObject *run_inline;      /* Scheduler.run_inline(job, me) -> reader? */
-    PyObject *consume;         /* FrameSplitter.consume(end): a frame taken */
+    PyObject *consume;         /* FrameSplitter.consume(start, end): a frame taken */
     PyObject *finish;          /* Server.finish_lane(job, result) -> terms (no check-in) */
     PyObject *payloads;        /* Server._job_payloads(job, terms) -> payloads or None */
     PyObject *internal_error;  /* Server.lane_failed(rid, job, exc, placed) -> payloads or None */
@@ -900,10 +900,24 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "run: r and w out of range");
         return NULL;
     }
+    /* `buf`, `r` and `w` are held across the calls the lane runs (user code). That is safe
+     * because only the thread holding the reading role does anything with the splitter, and
+     * the role moves only away from a thread inside an inline call (_scheduler's I4: taken
+     * over by the stand-by, or handed over by suspend()) and only to another loop thread
+     * (in Scheduler.standby(), or a new one), never back to a thread still in its call. So,
+     * once a call is over, either Scheduler.inline_ended says this thread still reads, and
+     * no other thread has touched the splitter since it gave this view (its bytes are where
+     * they were), or it says it no longer reads and run() returns LOST without looking at
+     * `buf` again. The buffer is never resized either (FrameSplitter's fixed buffer). A
+     * violation would show as a stale view: consume(start, end) refuses it before the
+     * frame's call runs. */
     PyObject *term = Py_None;
     Py_INCREF(term);
     while (w - r >= 4) {
-        /* (Fetched each time: nothing resizes the splitter's buffer, but be exact.) */
+        if (w > PyByteArray_GET_SIZE(buf)) { /* (the buffer never shrinks: see above) */
+            PyErr_SetString(PyExc_RuntimeError, "run: the splitter's buffer shrank");
+            goto error;
+        }
         const unsigned char *p = (const unsigned char *)PyByteArray_AS_STRING(buf);
         Py_ssize_t n = ((Py_ssize_t)p[r] << 24) | (p[r + 1] << 16) | (p[r + 2] << 8) | p[r + 3];
         if (n > w - r - 4 || n > L->max_frame) {
@@ -940,9 +954,11 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(decoded);
         /* Taken from the splitter before the call runs: a stand-by that takes the reading
          * role over during a long call reads on from the next frame. */
+        PyObject *start = PyLong_FromSsize_t(r);
         r += 4 + n;
-        PyObject *end = PyLong_FromSsize_t(r);
-        PyObject *taken_r = end == NULL ? NULL : PyObject_CallOneArg(L->consume, end);
+        PyObject *end = start == NULL ? NULL : PyLong_FromSsize_t(r);
+        PyObject *taken_r = end == NULL ? NULL : PyObject_CallFunctionObjArgs(L->consume, start, end, NULL);
+        Py_XDECREF(start);
         Py_XDECREF(end);
         if (taken_r == NULL) {
             Py_DECREF(value);

@@ -40,6 +40,21 @@ in :data:`~snakeport._jobs.CURRENT` (``snakeport.context()``, tools, log attribu
 scheduler's slot and inline state (so the stand-by takes the reading role over during a long
 call), a cancel's pending exception cleared with the final state.
 
+The splitter's buffer across user code: :meth:`Lane.run` reads its frames in place, in the
+frame splitter's buffer (:meth:`~snakeport._framing.FrameSplitter.buffered`), and holds that
+buffer and its read and write offsets while the calls it takes run. Invariant that makes it
+safe: only the thread holding the reading role does anything with the splitter, and that
+role moves only away from a thread inside an inline call (the scheduler's I4: the stand-by
+takes it over, or ``Scheduler.suspend`` hands it over, for a tool call) and only to another
+loop thread (waiting in ``Scheduler.standby``, or a new one), never back to a thread still
+inside its call. So
+when a call is over, either ``Scheduler.inline_ended`` says the thread still reads, and no
+other thread has read, taken or moved (``get_buffer`` compacts) the splitter's bytes since
+the lane took its view, or it says the thread no longer reads, and ``run`` returns
+:data:`LOST` at once, without looking at the buffer again. The buffer is never resized. Each
+frame is taken with ``consume(start, end)`` before its call runs, which refuses a stale view
+(``RuntimeError``: the frame loop fails rather than run a frame twice or read moved bytes).
+
 The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
 both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
 ``SNAKEPORT_PURE_PYTHON=1``) turns it off, as the tests do to compare the two paths.
@@ -100,8 +115,9 @@ def build(server: Any) -> Any:
     Returns:
         A ``snakeport._clane.Lane`` whose ``run(buffer, r, w, me)`` handles the lane's
         frames at the start of ``buffer[r:w]`` (the splitter's, see
-        :meth:`~snakeport._framing.FrameSplitter.buffered`), telling the splitter each
-        frame it takes (before it runs the call), and returns ``(end, term)``: the offset
+        :meth:`~snakeport._framing.FrameSplitter.buffered`, held across the calls: see the
+        module doc), telling the splitter each frame it takes (before it runs the call),
+        and returns ``(end, term)``: the offset
         after the frames it took, and ``None``, a decoded request for the general path, or
         :data:`LOST` when the calling thread no longer reads (the splitter is then the new
         reader's); or ``None``.
