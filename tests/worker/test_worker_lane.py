@@ -34,17 +34,31 @@ if not _lane.available() and os.environ.get("SNAKEPORT_PURE_PYTHON", "") in ("",
     raise ImportError("snakeport._clane is not built (run make setup), or the codec runs in pure Python")
 
 
+# `python -c` this, then the packet limit, then the worker's flags: the worker with a lower
+# {packet, 4} limit (_limits.MAX_PACKET, read by the modules that use it as they load), so
+# that a reply can exceed it without 4 GiB of memory.
+_WITH_PACKET_LIMIT = (
+    "import runpy, sys; from snakeport import _limits; "
+    "_limits.MAX_PACKET = int(sys.argv.pop(1)); "
+    "runpy.run_module('snakeport', run_name='__main__', alter_sys=True)"
+)
+
+
 class RawWorker:
     """A worker process whose reply frames are kept as bytes, by request id."""
 
-    def __init__(self, lane: bool, *flags: str) -> None:
+    def __init__(self, lane: bool, *flags: str, max_packet: int | None = None) -> None:
         env = worker_env()
         if lane:
             env.pop(_lane.NO_LANE_ENV, None)
         else:
             env[_lane.NO_LANE_ENV] = "1"
+        if max_packet is None:
+            argv = [sys.executable, "-m", "snakeport", *flags]
+        else:
+            argv = [sys.executable, "-c", _WITH_PACKET_LIMIT, str(max_packet), *flags]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snakeport", *flags],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -292,6 +306,59 @@ def test_a_failure_after_check_out_is_answered_and_checks_the_session_in(pair) -
     lane, general = errors
     assert lane[A("reason")] == general[A("reason")] == A("python_error")
     assert lane[A("type")] == general[A("type")] == "sp_hostile.Late"
+
+
+def test_a_reply_larger_than_a_frame_can_be_is_the_general_paths_not_encodable() -> None:
+    # The lane encodes a scalar result itself; a reply larger than a {packet, 4} frame can
+    # be goes to the general path, which answers not_encodable (the limit is 4 GiB - 1:
+    # lowered here to 4096 bytes, the same code path). Both workers answer the same bytes,
+    # the session is checked in (expire at idle 0 releases it), and both serve on.
+    pair = [RawWorker(True, max_packet=4096), RawWorker(False, max_packet=4096)]
+    try:
+        for w in pair:
+            w.send([(A("open_session"), 1, "s1", {})])
+            w.wait(1)
+            w.send([
+                call(10, "operator", "mul", ["x", 5000]),  # str
+                call(11, "builtins", "bytes", [5000]),  # bytes below a segment
+                call(12, "operator", "pow", [2, 40000]),  # int
+                call(13, "operator", "mul", ["y", 4000]),  # fits: the lane's own reply
+                (A("stats"), 14),
+                (A("expire_session"), 15, "s1", 0),
+            ])
+            for rid in (10, 11, 12, 13):
+                w.wait(rid)
+            assert etf.decode(w.wait(14))[3][A("in_flight")] == 0
+            assert etf.decode(w.wait(15))[3] == {A("expired"): True, A("released"): 0}
+            w.send([(A("open_session"), 16, "s2", {}), call(17, "operator", "add", [1, 2], session="s2")])
+            assert etf.decode(w.wait(17))[3] == 3
+        lane, general = pair
+        for rid in (10, 11, 12, 13, 17):
+            assert lane.frames[rid] == general.frames[rid], (rid, etf.decode(lane.frames[rid]), etf.decode(general.frames[rid]))
+        for rid in (10, 11, 12):
+            error = etf.decode(lane.frames[rid])[3]
+            assert error[A("reason")] == A("not_encodable")
+            assert "exceeds the {packet, 4} limit" in error[A("message")], error
+        assert etf.decode(lane.frames[13])[3] == "y" * 4000
+    finally:
+        for w in pair:
+            w.close()
+
+
+def test_a_reply_larger_than_max_frame_bytes_is_sent_as_any_reply() -> None:
+    # --max-frame-bytes limits the frames the worker reads, not its replies: both paths send
+    # such a reply (the same bytes).
+    pair = [RawWorker(True, "--max-frame-bytes", "256"), RawWorker(False, "--max-frame-bytes", "256")]
+    try:
+        for w in pair:
+            w.send([(A("open_session"), 1, "s1", {})])
+            w.wait(1)
+            w.send([call(10, "operator", "mul", ["x", 5000])])
+            assert etf.decode(w.wait(10))[3] == "x" * 5000
+        assert pair[0].frames[10] == pair[1].frames[10]
+    finally:
+        for w in pair:
+            w.close()
 
 
 def invalid_call_frames(rid: int) -> list[bytes]:

@@ -292,7 +292,7 @@ typedef struct {
     PyObject *lost;            /* returned when the reading role moved away */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
-    Py_ssize_t max_packet;     /* largest {packet, 4} payload */
+    Py_ssize_t max_packet;     /* largest {packet, 4} payload; a larger reply: general path */
     Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
     long n_queued, n_running, n_done, n_failed, n_interrupted;
 } Lane;

@@ -18,7 +18,13 @@ replies and side effects stay those of the general path:
 - a job whose result is not plain data goes to :meth:`~snakeport._jobs.Jobs.end_lane`
   (awaitables), and one that failed, was cancelled or returned anything but a scalar is
   answered by :meth:`Server.finish_lane <snakeport._server.Server.finish_lane>` (marshalling,
-  refs, error replies with tracebacks).
+  refs, error replies with tracebacks);
+- so is a scalar whose reply the lane cannot encode, or whose reply frame would be larger
+  than a ``{packet, 4}`` frame can be (:data:`~snakeport._limits.MAX_PACKET`, 4 GiB - 1):
+  the lane drops its encoding and the general path encodes the reply again and answers
+  ``not_encodable`` ("a frame of N bytes exceeds the {packet, 4} limit"), the session
+  checked in as for any reply. (``--max-frame-bytes`` bounds the frames the worker reads,
+  not its replies: a larger scalar reply is the lane's own.)
 
 Check-out and check-in: from the session's check-out on (its ``running`` count incremented),
 every path checks it in exactly once: the lane itself (after a scalar reply is encoded, and
