@@ -118,6 +118,55 @@ def test_get_buffer_refuses_while_fed_bytes_wait() -> None:
     assert len(s.get_buffer()) > 0
 
 
+def write(splitter: FrameSplitter, data: bytes) -> None:
+    """A read of ``data`` into the splitter (the zero-copy pair)."""
+    buf = splitter.get_buffer()
+    buf[: len(data)] = data
+    del buf
+    splitter.buffer_updated(len(data))
+
+
+def test_buffered_frames_are_taken_in_place_with_consume() -> None:
+    s = small_splitter(buffer_size=64)
+    write(s, frame(b"ab") + frame(b"cde") + frame(b"fg")[:3])
+    buf, r, w = s.buffered()
+    assert (r, w) == (0, 6 + 7 + 3) and bytes(buf[r + 4 : r + 6]) == b"ab"
+    s.consume(r, r + 6)
+    assert s.buffered()[1:] == (6, 16)
+    s.consume(6, 13)
+    assert drain(s) == [] and s.buffered()[1:] == (13, 16)
+    with pytest.raises(ValueError):
+        s.consume(13, 17)  # beyond what was read
+    with pytest.raises(ValueError):
+        s.consume(13, 12)
+    write(s, frame(b"fg")[3:])
+    assert drain(s) == [b"fg"]
+
+
+def test_consume_refuses_a_stale_view() -> None:
+    # A view of the buffer whose start is no longer the splitter's read offset: the bytes
+    # were taken meanwhile (or moved to the front): consume refuses it rather than let the
+    # reader take them again, or take bytes that moved. (The worker's C lane holds such a
+    # view across a call; only the reading thread may change the splitter, see _lane.py.)
+    s = small_splitter(buffer_size=64)
+    write(s, frame(b"ab") + frame(b"cde"))
+    buf, r, w = s.buffered()
+    assert s.next_event() == b"ab"  # another reader took the first frame
+    with pytest.raises(RuntimeError, match="stale"):
+        s.consume(r, r + 6)
+    assert s.next_event() == b"cde"
+    # Compaction: a partial frame near the end of the buffer moves to the front.
+    s = small_splitter(buffer_size=32, large_threshold=12)
+    write(s, frame(b"x" * 18) + frame(b"y" * 10)[:6])
+    s.consume(0, 22)
+    _, r, _ = s.buffered()
+    write(s, frame(b"y" * 10)[6:])  # get_buffer() moved the partial frame to offset 0
+    assert s.buffered()[1] == 0 != r
+    with pytest.raises(RuntimeError, match="stale"):
+        s.consume(r, r + 14)
+    assert drain(s) == [b"y" * 10]
+
+
 @pytest.mark.parametrize(
     "kw",
     [

@@ -34,17 +34,31 @@ if not _lane.available() and os.environ.get("SNAKEPORT_PURE_PYTHON", "") in ("",
     raise ImportError("snakeport._clane is not built (run make setup), or the codec runs in pure Python")
 
 
+# `python -c` this, then the packet limit, then the worker's flags: the worker with a lower
+# {packet, 4} limit (_limits.MAX_PACKET, read by the modules that use it as they load), so
+# that a reply can exceed it without 4 GiB of memory.
+_WITH_PACKET_LIMIT = (
+    "import runpy, sys; from snakeport import _limits; "
+    "_limits.MAX_PACKET = int(sys.argv.pop(1)); "
+    "runpy.run_module('snakeport', run_name='__main__', alter_sys=True)"
+)
+
+
 class RawWorker:
     """A worker process whose reply frames are kept as bytes, by request id."""
 
-    def __init__(self, lane: bool, *flags: str) -> None:
+    def __init__(self, lane: bool, *flags: str, max_packet: int | None = None) -> None:
         env = worker_env()
         if lane:
             env.pop(_lane.NO_LANE_ENV, None)
         else:
             env[_lane.NO_LANE_ENV] = "1"
+        if max_packet is None:
+            argv = [sys.executable, "-m", "snakeport", *flags]
+        else:
+            argv = [sys.executable, "-c", _WITH_PACKET_LIMIT, str(max_packet), *flags]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snakeport", *flags],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -267,6 +281,86 @@ def test_release_session_cancels_a_running_lane_call(pair) -> None:
     assert replies(pair[0]) == replies(pair[1])
 
 
+def test_a_failure_after_check_out_is_answered_and_checks_the_session_in(pair) -> None:
+    # sp_hostile.late makes an exception pending in the calling thread from C (no bytecode)
+    # and returns a list: on the lane it strikes in the worker's own code after the call
+    # (Server.finish_lane, before the session is checked in), on the general path inside
+    # the call. Either way: an error reply of that type, the session checked in (expire
+    # with idle 0 releases it: no call counted as running), the job out of the table, and
+    # the worker serves on.
+    errors = []
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(10, "sp_hostile", "arm_late", [])])
+        assert etf.decode(w.wait(10))[3] is True
+        w.send([call(11, "sp_hostile", "late", [])])
+        reply = etf.decode(w.wait(11))
+        assert reply[2] == "error", reply
+        errors.append(reply[3])
+        w.send([(A("stats"), 12), (A("expire_session"), 13, "s1", 0)])
+        assert etf.decode(w.wait(12))[3][A("in_flight")] == 0
+        assert etf.decode(w.wait(13))[3] == {A("expired"): True, A("released"): 0}
+        w.send([(A("open_session"), 14, "s2", {}), call(15, "operator", "add", [1, 2], session="s2")])
+        assert etf.decode(w.wait(15))[3] == 3
+    lane, general = errors
+    assert lane[A("reason")] == general[A("reason")] == A("python_error")
+    assert lane[A("type")] == general[A("type")] == "sp_hostile.Late"
+
+
+def test_a_reply_larger_than_a_frame_can_be_is_the_general_paths_not_encodable() -> None:
+    # The lane encodes a scalar result itself; a reply larger than a {packet, 4} frame can
+    # be goes to the general path, which answers not_encodable (the limit is 4 GiB - 1:
+    # lowered here to 4096 bytes, the same code path). Both workers answer the same bytes,
+    # the session is checked in (expire at idle 0 releases it), and both serve on.
+    pair = [RawWorker(True, max_packet=4096), RawWorker(False, max_packet=4096)]
+    try:
+        for w in pair:
+            w.send([(A("open_session"), 1, "s1", {})])
+            w.wait(1)
+            w.send([
+                call(10, "operator", "mul", ["x", 5000]),  # str
+                call(11, "builtins", "bytes", [5000]),  # bytes below a segment
+                call(12, "operator", "pow", [2, 40000]),  # int
+                call(13, "operator", "mul", ["y", 4000]),  # fits: the lane's own reply
+                (A("stats"), 14),
+                (A("expire_session"), 15, "s1", 0),
+            ])
+            for rid in (10, 11, 12, 13):
+                w.wait(rid)
+            assert etf.decode(w.wait(14))[3][A("in_flight")] == 0
+            assert etf.decode(w.wait(15))[3] == {A("expired"): True, A("released"): 0}
+            w.send([(A("open_session"), 16, "s2", {}), call(17, "operator", "add", [1, 2], session="s2")])
+            assert etf.decode(w.wait(17))[3] == 3
+        lane, general = pair
+        for rid in (10, 11, 12, 13, 17):
+            assert lane.frames[rid] == general.frames[rid], (rid, etf.decode(lane.frames[rid]), etf.decode(general.frames[rid]))
+        for rid in (10, 11, 12):
+            error = etf.decode(lane.frames[rid])[3]
+            assert error[A("reason")] == A("not_encodable")
+            assert "exceeds the {packet, 4} limit" in error[A("message")], error
+        assert etf.decode(lane.frames[13])[3] == "y" * 4000
+    finally:
+        for w in pair:
+            w.close()
+
+
+def test_a_reply_larger_than_max_frame_bytes_is_sent_as_any_reply() -> None:
+    # --max-frame-bytes limits the frames the worker reads, not its replies: both paths send
+    # such a reply (the same bytes).
+    pair = [RawWorker(True, "--max-frame-bytes", "256"), RawWorker(False, "--max-frame-bytes", "256")]
+    try:
+        for w in pair:
+            w.send([(A("open_session"), 1, "s1", {})])
+            w.wait(1)
+            w.send([call(10, "operator", "mul", ["x", 5000])])
+            assert etf.decode(w.wait(10))[3] == "x" * 5000
+        assert pair[0].frames[10] == pair[1].frames[10]
+    finally:
+        for w in pair:
+            w.close()
+
+
 def invalid_call_frames(rid: int) -> list[bytes]:
     """Frames that start like the lane's call but are not one it may answer (or not valid);
     ids ``rid`` to ``rid + 11``, the last frame a valid call (``rid + 11``)."""
@@ -414,6 +508,26 @@ def test_the_lane_hands_back_what_is_not_its_own() -> None:
     assert term is None and srv._splitter.buffered()[1] == end
 
 
+def test_the_lane_refuses_a_stale_view_of_the_splitter() -> None:
+    # The invariant that makes the lane's view of the splitter safe across a call (_lane.py:
+    # only the reading thread changes the splitter, and the role never comes back to a
+    # thread inside a call) holds; were it broken (another thread took a frame meanwhile),
+    # the lane stops (the frame loop fails) rather than run a frame again.
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    data = frames(call(5, "operator", "add", [1, 2], session="s"), call(6, "operator", "add", [3, 4], session="s"))
+    buf = srv._splitter.get_buffer()
+    buf[: len(data)] = data
+    del buf
+    srv._splitter.buffer_updated(len(data))
+    view = srv._splitter.buffered()
+    assert srv._splitter.next_event() == etf.encode(call(5, "operator", "add", [1, 2], session="s"))
+    with pytest.raises(RuntimeError, match="stale"):
+        srv._lane.run(*view, threading.get_ident())
+    assert srv.dispatcher.requests == 1 and srv.dispatcher.jobs.in_flight == 0 and not srv._sched.held
+    assert srv._splitter.next_event() == etf.encode(call(6, "operator", "add", [3, 4], session="s"))
+
+
 def test_plain_call_is_the_general_paths_code() -> None:
     assert _lane.PlainCall("operator", "add", [1, 2])() == 3
     assert _lane.PlainCall("os", "path.join", ["a", "b"])() == os.path.join("a", "b")
@@ -463,3 +577,43 @@ def test_jobs_end_lane_is_the_end_of_run() -> None:
         out = jobs.end_lane(job, result, interrupted)
         assert job.state == state and jobs.in_flight == 0
         assert out is (result if state == DONE else None)
+
+
+def test_a_failure_after_check_out_leaves_no_accounting_behind(monkeypatch) -> None:
+    # The in-process view of test_a_failure_after_check_out_is_answered_...: sp_hostile.late
+    # leaves Late pending in this thread; it strikes in Server.finish_lane, after the check-out.
+    from sp_client import PYMODS
+
+    monkeypatch.syspath_prepend(PYMODS)
+    import sp_hostile
+
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    session = srv.table._sessions["s"]
+    sp_hostile.arm_late()
+    end, term = feed(srv, frames(call(5, "sp_hostile", "late", [], session="s")))
+    assert term is None and srv._splitter.buffered()[1] == end
+    assert session.running == 0 and srv.dispatcher.jobs.in_flight == 0
+    assert srv._sched.running == 0 and not srv._sched._inline_active and len(srv._sched.held) == 1
+    reply = etf.decode_prefix(bytes(srv._sched.held[0]))[0]
+    assert reply[:3] == (A("reply"), 5, A("error")) and reply[3][A("type")] == "sp_hostile.Late"
+    assert reply[3][A("message")].startswith("internal worker error")
+    assert getattr(CURRENT, "job", None) is None
+    # And the lane serves on.
+    srv._sched.held.clear()
+    feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")))
+    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 6, A("ok"), 3)
+
+
+def test_jobs_abandon_ends_a_lane_job_the_worker_failed_to_finish() -> None:
+    from snakeport._jobs import QUEUED, RUNNING, Job
+
+    jobs = Jobs()
+    error = RuntimeError("worker")
+    for state, failure, final in [(QUEUED, None, FAILED), (RUNNING, None, FAILED), (RUNNING, ValueError(), FAILED), (DONE, None, DONE)]:
+        job = jobs.add(Job(1, None, None, 0))  # type: ignore[arg-type]
+        job.state, job.failure = state, failure
+        CURRENT.job = job
+        jobs.abandon(job, error)
+        assert job.state == final and jobs.in_flight == 0 and CURRENT.job is None
+        assert job.failure is (failure or (error if state != DONE else None))

@@ -17,10 +17,13 @@
  * it on: a frame that is not such a call stays in the buffer (or, once decoded, goes back as
  * the decoded term), an unknown session or a worker shutting down goes back before anything
  * was counted, and a job whose result is not a scalar, or that failed or was cancelled, is
- * finished by the general code (_lane.Lane's `finish`: marshalling, error replies); a result
+ * finished by the general code (Server.finish_lane: marshalling, error replies); a result
  * that might be awaitable goes to Jobs.end_lane. A job the scheduler queues runs its
  * PlainCall on the general path later. So replies and every side effect are those of the
  * general path (tests compare the bytes).
+ *
+ * Once a session is checked out, every path checks it in exactly once (see lane_request),
+ * also when the worker itself fails: recover() then answers with Server.lane_failed.
  *
  * Between the call's return and the job's final state no Python code runs on this thread,
  * so a cancel's asynchronous exception can only strike inside the user's code (where it is
@@ -274,8 +277,10 @@ typedef struct {
     PyObject *place;           /* Scheduler.place(job) -> inline? */
     PyObject *inline_ended;    /* Scheduler.inline_ended(payloads, me) -> (next job, reader?) */
     PyObject *run_inline;      /* Scheduler.run_inline(job, me) -> reader? */
-    PyObject *consume;         /* FrameSplitter.consume(end): a frame taken */
-    PyObject *finish;          /* Server.finish_lane(job, result) -> payloads or None */
+    PyObject *consume;         /* FrameSplitter.consume(start, end): a frame taken */
+    PyObject *finish;          /* Server.finish_lane(job, result) -> terms (no check-in) */
+    PyObject *payloads;        /* Server._job_payloads(job, terms) -> payloads or None */
+    PyObject *internal_error;  /* Server.lane_failed(rid, job, exc, placed) -> payloads or None */
     PyObject *reply, *ok;      /* the atoms of {reply, Id, ok, Value} */
     PyObject *auto_mode;       /* _requests.AUTO */
     PyObject *no_refs;         /* () */
@@ -287,7 +292,7 @@ typedef struct {
     PyObject *lost;            /* returned when the reading role moved away */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
-    Py_ssize_t max_packet;     /* largest {packet, 4} payload */
+    Py_ssize_t max_packet;     /* largest {packet, 4} payload; a larger reply: general path */
     Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
     long n_queued, n_running, n_done, n_failed, n_interrupted;
 } Lane;
@@ -297,7 +302,7 @@ typedef struct {
     X(dispatcher) X(sessions) X(table_acquire) X(table_release) X(wall) X(monotonic)      \
     X(jobs) X(jobs_table) X(jobs_acquire) X(jobs_release) X(interrupt) X(end_lane)      \
     X(job_type) X(current) X(place) X(inline_ended) X(run_inline) X(consume) X(finish)   \
-    X(reply)                                                                             \
+    X(payloads) X(internal_error) X(reply)                                               \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost)
 
@@ -451,26 +456,36 @@ checkout(Lane *L, PyObject *sid)
     return session;
 }
 
-/* SessionTable.checkin(session) (no refs used). */
+/* SessionTable.checkin(session) (no refs used). It may be called with an exception set
+ * (the error exits after check-out): that one is kept, and -1 returned. */
 static int
 checkin(Lane *L, PyObject *session)
 {
-    if (call_ok(L->table_acquire) < 0) {
-        return -1;
-    }
-    int rc = add_to(session, S_running, -1);
+    PyObject *type0, *value0, *tb0;
+    PyErr_Fetch(&type0, &value0, &tb0);
+    int rc = call_ok(L->table_acquire);
     if (rc == 0) {
-        PyObject *now = PyObject_CallNoArgs(L->monotonic);
-        rc = now == NULL ? -1 : set_attr(session, S_active_at, now);
-        Py_XDECREF(now);
+        rc = add_to(session, S_running, -1);
+        if (rc == 0) {
+            PyObject *now = PyObject_CallNoArgs(L->monotonic);
+            rc = now == NULL ? -1 : set_attr(session, S_active_at, now);
+            Py_XDECREF(now);
+        }
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (call_ok(L->table_release) < 0) {
+            rc = -1;
+        }
+        if (type != NULL) {
+            PyErr_Restore(type, value, tb);
+            rc = -1;
+        }
     }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (call_ok(L->table_release) < 0) {
-        rc = -1;
-    }
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb);
+    if (type0 != NULL) { /* (the first error wins) */
+        if (rc < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type0, value0, tb0);
         rc = -1;
     }
     return rc;
@@ -614,17 +629,37 @@ encode_reply(Lane *L, PyObject *rid, PyObject *result)
     return payload;
 }
 
-/* Run a placed job inline: Jobs.run, then the reply. Returns the payloads to send (a new
- * list), Py_None when there are none, NULL on a failure of the worker itself. */
+/* The general path's reply of a lane job that the lane does not answer itself: its terms
+ * (Server.finish_lane), the session checked in here (also when that raised: *checked_in
+ * says it was done), then their frames (Server._job_payloads). The order of _execute:
+ * terms, check-in, frames. Returns the payloads (or Py_None), NULL on error. */
 static PyObject *
-run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn, PyObject *me)
+finish_job(Lane *L, PyObject *job, PyObject *value, PyObject *session, int *checked_in)
+{
+    PyObject *terms = PyObject_CallFunctionObjArgs(L->finish, job, value, NULL);
+    *checked_in = 1;
+    if (checkin(L, session) < 0) {
+        Py_XDECREF(terms);
+        return NULL;
+    }
+    PyObject *payloads = PyObject_CallFunctionObjArgs(L->payloads, job, terms, NULL);
+    Py_DECREF(terms);
+    return payloads;
+}
+
+/* Run a placed job inline: Jobs.run, then the reply. Returns the payloads to send (a new
+ * list), Py_None when there are none, NULL on a failure of the worker itself. Sets
+ * *checked_in once the session's check-in was done (or handed to the event loop). */
+static PyObject *
+run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn, PyObject *me,
+        int *checked_in)
 {
     int started = start_job(L, job, me);
     if (started < 0) {
         return NULL;
     }
     if (started == 0) { /* cancelled while queued: the general path answers (nothing) */
-        return PyObject_CallFunctionObjArgs(L->finish, job, Py_None, NULL);
+        return finish_job(L, job, Py_None, session, checked_in);
     }
     if (set_attr(job, S_fn, Py_None) < 0 || set_attr(L->current, S_jobs, L->jobs) < 0 ||
         set_attr(L->current, S_job, job) < 0) {
@@ -666,10 +701,11 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
             return NULL;
         }
         if (outcome == L->awaiting) { /* the event loop answers, and checks the session in */
+            *checked_in = 1;
             Py_DECREF(outcome);
             Py_RETURN_NONE;
         }
-        PyObject *payloads = PyObject_CallFunctionObjArgs(L->finish, job, outcome, NULL);
+        PyObject *payloads = finish_job(L, job, outcome, session, checked_in);
         Py_DECREF(outcome);
         return payloads;
     }
@@ -686,6 +722,7 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
         PyObject *payload = encode_reply(L, rid, result);
         if (payload != NULL) {
             Py_DECREF(result);
+            *checked_in = 1;
             if (checkin(L, session) < 0) {
                 Py_DECREF(payload);
                 return NULL;
@@ -702,11 +739,41 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
             Py_DECREF(result);
             return NULL;
         }
+        /* Not encodable here, or larger than a {packet, 4} frame: the general path encodes
+         * it again and answers what it must (not_encodable). */
     }
-    /* Failed, cancelled, not a scalar: the general path's reply (and check-in). */
+    /* Failed, cancelled, not a scalar: the general path's reply. */
     PyObject *value = state == L->n_done && result != NULL ? result : Py_None;
-    PyObject *payloads = PyObject_CallFunctionObjArgs(L->finish, job, value, NULL);
+    PyObject *payloads = finish_job(L, job, value, session, checked_in);
     Py_XDECREF(result);
+    return payloads;
+}
+
+/* A failure of the worker itself (the exception set) after the lane checked the session of
+ * request `rid` out: the session is checked in unless it was, and Server.lane_failed answers
+ * the request with an internal error and ends the job (`job` NULL when there is none yet).
+ * Returns what lane_failed returns (the payloads for Scheduler.inline_ended when `placed`),
+ * NULL when that failed too. */
+static PyObject *
+recover(Lane *L, PyObject *rid, PyObject *job, PyObject *session, int checked_in, int placed)
+{
+    if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_SystemError, "snakeport._clane: a failure without an exception");
+    }
+    if (!checked_in) {
+        (void)checkin(L, session); /* (keeps the exception set) */
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyObject *args[4] = {rid, job != NULL ? job : Py_None, value, placed ? Py_True : Py_False};
+    PyObject *payloads = PyObject_Vectorcall(L->internal_error, args, 4, NULL);
+    Py_DECREF(value);
     return payloads;
 }
 
@@ -737,36 +804,47 @@ lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
     if (session == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
-    /* From here on the request is the lane's: counted, and its session checked out. */
+    /* From here on the request is the lane's: counted, and its session checked out. The
+     * session is checked in exactly once on every path: by run_job (here, or by the event
+     * loop an awaitable is handed to), by Jobs.run for a job the scheduler queues, or, when
+     * the worker itself fails before that (the exception set: `failed` below), by
+     * recover(), which answers the request as the general path answers such a failure
+     * (Server._execute: an internal error) and lets the worker serve on. */
     PyObject *job = NULL, *payloads = NULL, *outcome = NULL;
     PlainCall *fn = NULL;
-    int rc = -1;
+    int rc = -1, checked_in = 0, placed = 0;
     if (add_to(L->dispatcher, S_requests, 1) < 0) {
-        goto done;
+        goto failed;
     }
     fn = plain_call_make(module, function, args);
     if (fn == NULL) {
-        goto done;
+        goto failed;
     }
     PyObject *job_args[5] = {rid, session, (PyObject *)fn, L->auto_mode, L->no_refs};
     job = PyObject_Vectorcall(L->job_type, job_args, 5, NULL);
     if (job == NULL || register_job(L, rid, job) < 0) {
+        goto failed;
+    }
+    PyObject *placed_obj = PyObject_CallOneArg(L->place, job);
+    if (placed_obj == NULL) {
+        goto failed;
+    }
+    int inline_now = PyObject_IsTrue(placed_obj);
+    Py_DECREF(placed_obj);
+    if (inline_now < 0) {
+        goto failed;
+    }
+    if (inline_now == 0) { /* queued: it runs its PlainCall later (Jobs.run checks it in) */
+        rc = 1;
         goto done;
     }
-    PyObject *placed = PyObject_CallOneArg(L->place, job);
-    if (placed == NULL) {
-        goto done;
-    }
-    int inline_now = PyObject_IsTrue(placed);
-    Py_DECREF(placed);
-    if (inline_now <= 0) {
-        rc = inline_now < 0 ? -1 : 1; /* queued: it runs its PlainCall later */
-        goto done;
-    }
-    payloads = run_job(L, job, rid, session, fn, me);
+    placed = 1;
+    payloads = run_job(L, job, rid, session, fn, me, &checked_in);
     if (payloads == NULL) {
-        goto done;
+        goto failed;
     }
+ended:
+    /* (The session is checked in: a failure from here on is the loop's.) */
     outcome = PyObject_CallFunctionObjArgs(L->inline_ended, payloads, me, NULL);
     if (outcome == NULL || !PyTuple_Check(outcome) || PyTuple_GET_SIZE(outcome) != 2) {
         if (outcome != NULL) {
@@ -786,6 +864,16 @@ lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
     }
     *lost = !reader;
     rc = 1;
+    goto done;
+failed:
+    payloads = recover(L, rid, job, session, checked_in, placed);
+    checked_in = 1;
+    if (payloads != NULL) {
+        if (placed) {
+            goto ended; /* the slot the job holds is freed as after any inline job */
+        }
+        rc = 1;
+    }
 done:
     Py_XDECREF(outcome);
     Py_XDECREF(payloads);
@@ -812,10 +900,24 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "run: r and w out of range");
         return NULL;
     }
+    /* `buf`, `r` and `w` are held across the calls the lane runs (user code). That is safe
+     * because only the thread holding the reading role does anything with the splitter, and
+     * the role moves only away from a thread inside an inline call (_scheduler's I4: taken
+     * over by the stand-by, or handed over by suspend()) and only to another loop thread
+     * (in Scheduler.standby(), or a new one), never back to a thread still in its call. So,
+     * once a call is over, either Scheduler.inline_ended says this thread still reads, and
+     * no other thread has touched the splitter since it gave this view (its bytes are where
+     * they were), or it says it no longer reads and run() returns LOST without looking at
+     * `buf` again. The buffer is never resized either (FrameSplitter's fixed buffer). A
+     * violation would show as a stale view: consume(start, end) refuses it before the
+     * frame's call runs. */
     PyObject *term = Py_None;
     Py_INCREF(term);
     while (w - r >= 4) {
-        /* (Fetched each time: nothing resizes the splitter's buffer, but be exact.) */
+        if (w > PyByteArray_GET_SIZE(buf)) { /* (the buffer never shrinks: see above) */
+            PyErr_SetString(PyExc_RuntimeError, "run: the splitter's buffer shrank");
+            goto error;
+        }
         const unsigned char *p = (const unsigned char *)PyByteArray_AS_STRING(buf);
         Py_ssize_t n = ((Py_ssize_t)p[r] << 24) | (p[r + 1] << 16) | (p[r + 2] << 8) | p[r + 3];
         if (n > w - r - 4 || n > L->max_frame) {
@@ -852,9 +954,11 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(decoded);
         /* Taken from the splitter before the call runs: a stand-by that takes the reading
          * role over during a long call reads on from the next frame. */
+        PyObject *start = PyLong_FromSsize_t(r);
         r += 4 + n;
-        PyObject *end = PyLong_FromSsize_t(r);
-        PyObject *taken_r = end == NULL ? NULL : PyObject_CallOneArg(L->consume, end);
+        PyObject *end = start == NULL ? NULL : PyLong_FromSsize_t(r);
+        PyObject *taken_r = end == NULL ? NULL : PyObject_CallFunctionObjArgs(L->consume, start, end, NULL);
+        Py_XDECREF(start);
         Py_XDECREF(end);
         if (taken_r == NULL) {
             Py_DECREF(value);

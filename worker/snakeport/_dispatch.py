@@ -222,8 +222,7 @@ class Dispatcher:
 
     def complete(self, job: Job, result: Any) -> list:
         """The terms of a job whose code ran and whose final state is set (the end of
-        :meth:`run_job`; an awaited job, or a job of the C lane, :mod:`snakeport._lane`);
-        checks the job's session in.
+        :meth:`run_job`; an awaited job); checks the job's session in.
 
         Args:
             job: The job.
@@ -236,6 +235,20 @@ class Dispatcher:
             return self._finish(job, result)
         finally:
             self.table.checkin(job.session, job.ref_ids)
+
+    def finish_lane(self, job: Job, result: Any) -> list:
+        """The terms of a job whose code the C lane ran (:mod:`snakeport._lane`) and whose
+        final state is set, as :meth:`complete`, but the session is not checked in: the lane
+        does it, on every path, right after this returns or raises.
+
+        Args:
+            job: The job.
+            result: Its result (final state ``DONE``), else ``None``.
+
+        Returns:
+            The terms to send, as :meth:`run_job`.
+        """
+        return self._finish(job, result)
 
     def _finish(self, job: Job, result: Any) -> list:
         """The terms of a job that ran (see :meth:`run_job`)."""

@@ -225,8 +225,10 @@ class FrameSplitter:
         reader that takes whole frames in place (the worker's C lane, :mod:`snakeport._lane`);
         ``None`` while the splitter is inside a large or skipped frame, or holds fed bytes.
 
-        The buffer is valid until the next call that gives bytes to the splitter; the reader
-        tells what it took with :meth:`consume`.
+        The view stays true while nothing else is done with the splitter: the next call that
+        gives it bytes may move unconsumed bytes to the front (:meth:`get_buffer`), and
+        :meth:`next_event` takes frames. The buffer itself is never resized. The reader
+        tells what it took with :meth:`consume`, which refuses a stale view.
 
         Returns:
             ``(buffer, r, w)``, or ``None``.
@@ -235,17 +237,24 @@ class FrameSplitter:
             return None
         return self._buf, self._r, self._w
 
-    def consume(self, end: int) -> None:
-        """Mark the bytes up to ``end`` of the :meth:`buffered` range as taken (whole frames).
+    def consume(self, start: int, end: int) -> None:
+        """Mark the bytes ``[start, end)`` of the :meth:`buffered` range as taken (whole
+        frames).
 
         Args:
-            end: An offset within the range :meth:`buffered` returned, at a frame boundary.
+            start: Where the caller's view begins: the ``r`` of :meth:`buffered`, or the
+                ``end`` of the caller's last :meth:`consume` since.
+            end: An offset within the range, at a frame boundary.
 
         Raises:
-            ValueError: ``end`` is outside that range.
+            RuntimeError: ``start`` is not the splitter's read offset: the view is stale
+                (bytes were taken or moved since), nothing is taken.
+            ValueError: ``end`` is outside ``[start, w]``.
         """
-        if not self._r <= end <= self._w:
-            raise ValueError(f"expected end in [{self._r}, {self._w}], got: {end}")
+        if start != self._r:
+            raise RuntimeError(f"stale buffered() view: it starts at {start}, the splitter reads at {self._r}")
+        if not start <= end <= self._w:
+            raise ValueError(f"expected end in [{start}, {self._w}], got: {end}")
         self._r = end
 
     @property

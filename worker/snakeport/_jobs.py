@@ -463,6 +463,24 @@ class Jobs:
             except Cancelled:
                 interrupted = True
 
+    def abandon(self, job: Job, exc: BaseException) -> None:
+        """End a job of the C lane that the worker itself failed to finish
+        (:mod:`snakeport._lane`): it leaves :data:`CURRENT` and the table, ``FAILED`` with
+        ``exc`` unless its state is final already (a pending ``Cancelled`` is cleared).
+
+        Args:
+            job: The job (registered by the lane; queued, running on this thread, or ended).
+            exc: What failed.
+        """
+        if getattr(CURRENT, "job", None) is job:
+            CURRENT.job = None
+        with self.lock:
+            if job.state == QUEUED:  # (the lane failed before it started the job)
+                job.state = RUNNING
+            if job.state == RUNNING and job.failure is None:
+                job.failure = exc
+        self._final(job, None, False)
+
     def _final(self, job: Job, result: Any, interrupted: bool) -> Any:
         """Set the final state of a job whose code ran on this thread (see :meth:`run`);
         return ``result`` when it is ``DONE``, else ``None``."""

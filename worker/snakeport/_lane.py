@@ -18,7 +18,26 @@ replies and side effects stay those of the general path:
 - a job whose result is not plain data goes to :meth:`~snakeport._jobs.Jobs.end_lane`
   (awaitables), and one that failed, was cancelled or returned anything but a scalar is
   answered by :meth:`Server.finish_lane <snakeport._server.Server.finish_lane>` (marshalling,
-  refs, error replies with tracebacks).
+  refs, error replies with tracebacks);
+- so is a scalar whose reply the lane cannot encode, or whose reply frame would be larger
+  than a ``{packet, 4}`` frame can be (:data:`~snakeport._limits.MAX_PACKET`, 4 GiB - 1):
+  the lane drops its encoding and the general path encodes the reply again and answers
+  ``not_encodable`` ("a frame of N bytes exceeds the {packet, 4} limit"), the session
+  checked in as for any reply. (``--max-frame-bytes`` bounds the frames the worker reads,
+  not its replies: a larger scalar reply is the lane's own.)
+
+Check-out and check-in: from the session's check-out on (its ``running`` count incremented),
+every path checks it in exactly once: the lane itself (after a scalar reply is encoded, and
+between ``Server.finish_lane``, which makes the general path's terms without checking in, and
+their encoding, the order of ``Server._execute``), the event loop (an awaitable), or
+:meth:`~snakeport._jobs.Jobs.run` (a queued job). When the worker itself fails after the
+check-out and before that (an exception out of its own code: e.g. one that user code left
+pending in the thread, which strikes at the first bytecode after the call), the lane checks
+the session in and :meth:`Server.lane_failed <snakeport._server.Server.lane_failed>` answers
+the request with an internal error, as ``Server._execute`` does, ends the job (out of
+:data:`~snakeport._jobs.CURRENT` and the jobs table) and frees its slot: the worker serves
+on. A failure once the session is checked in and the reply made (in
+``Scheduler.inline_ended``) ends the frame loop, as it does on the general path.
 
 What the lane does for a call is what the general path does: the session's last access and
 ``running`` count (check-out and check-in under the table's lock), the job in the jobs
@@ -26,6 +45,21 @@ table (so ``cancel``, ``stats``, ``release_session`` and ``shutdown`` see it), t
 in :data:`~snakeport._jobs.CURRENT` (``snakeport.context()``, tools, log attribution), the
 scheduler's slot and inline state (so the stand-by takes the reading role over during a long
 call), a cancel's pending exception cleared with the final state.
+
+The splitter's buffer across user code: :meth:`Lane.run` reads its frames in place, in the
+frame splitter's buffer (:meth:`~snakeport._framing.FrameSplitter.buffered`), and holds that
+buffer and its read and write offsets while the calls it takes run. Invariant that makes it
+safe: only the thread holding the reading role does anything with the splitter, and that
+role moves only away from a thread inside an inline call (the scheduler's I4: the stand-by
+takes it over, or ``Scheduler.suspend`` hands it over, for a tool call) and only to another
+loop thread (waiting in ``Scheduler.standby``, or a new one), never back to a thread still
+inside its call. So
+when a call is over, either ``Scheduler.inline_ended`` says the thread still reads, and no
+other thread has read, taken or moved (``get_buffer`` compacts) the splitter's bytes since
+the lane took its view, or it says the thread no longer reads, and ``run`` returns
+:data:`LOST` at once, without looking at the buffer again. The buffer is never resized. Each
+frame is taken with ``consume(start, end)`` before its call runs, which refuses a stale view
+(``RuntimeError``: the frame loop fails rather than run a frame twice or read moved bytes).
 
 The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
 both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
@@ -87,8 +121,9 @@ def build(server: Any) -> Any:
     Returns:
         A ``snakeport._clane.Lane`` whose ``run(buffer, r, w, me)`` handles the lane's
         frames at the start of ``buffer[r:w]`` (the splitter's, see
-        :meth:`~snakeport._framing.FrameSplitter.buffered`), telling the splitter each
-        frame it takes (before it runs the call), and returns ``(end, term)``: the offset
+        :meth:`~snakeport._framing.FrameSplitter.buffered`, held across the calls: see the
+        module doc), telling the splitter each frame it takes (before it runs the call),
+        and returns ``(end, term)``: the offset
         after the frames it took, and ``None``, a decoded request for the general path, or
         :data:`LOST` when the calling thread no longer reads (the splitter is then the new
         reader's); or ``None``.
@@ -120,6 +155,8 @@ def build(server: Any) -> Any:
         run_inline=sched.run_inline,
         consume=server._splitter.consume,
         finish=server.finish_lane,
+        payloads=server._job_payloads,
+        internal_error=server.lane_failed,
         reply=REPLY,
         ok=OK,
         auto_mode=AUTO,

@@ -48,7 +48,11 @@ Invariants (all state is guarded by :attr:`Scheduler.lock`):
   only in :meth:`standby`, while ``inline_active`` (the reader is executing a job inline:
   set by the reader in ``place``/``_inline_ended_locked``, cleared when that job ends), and
   in :meth:`suspend`, called by the reader's inline job itself; so the role moves only away
-  from a thread that is inside :meth:`run_inline`.
+  from a thread that is inside :meth:`run_inline` (or the C lane's inline call), and only to
+  another loop thread (one in :meth:`standby`, or a new one), never back to a thread still
+  inside its call. The frame
+  splitter is the reader's alone: the C lane relies on this to hold a view of its buffer
+  across an inline call (see :mod:`snakeport._lane`).
 - I5 ``held`` holds encoded replies of inline jobs that ended while their thread still
   held the reading role; they go out with the reader's next batch (:meth:`flush_held`),
   or from the stand-by at its next look, whichever comes first.

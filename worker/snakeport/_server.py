@@ -191,6 +191,11 @@ def _output_closed(exc: OSError) -> NoReturn:
     process.exit_now(0)
 
 
+def _log_internal_error(request_id: int, exc: BaseException) -> None:
+    """Log a request that failed inside the worker, with the exception's traceback."""
+    log.error("request %s failed inside the worker", request_id, exc_info=exc)
+
+
 class Server:
     """One worker process: owns the protocol fds, the pieces and the threads.
 
@@ -360,25 +365,51 @@ class Server:
         try:
             terms = self.dispatcher.run_job(job)
         except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
-            terms = self._internal_error(job, exc)
+            terms = self._internal_error(job.request_id, exc)
         return self._job_payloads(job, terms)
 
-    def finish_lane(self, job: Job, result: Any) -> list | None:
-        """The frames of a job whose code the C lane ran (:mod:`snakeport._lane`) when the
-        lane does not answer it itself: the end of :meth:`_execute`."""
+    def finish_lane(self, job: Job, result: Any) -> list:
+        """The terms of a job whose code the C lane ran (:mod:`snakeport._lane`) when the
+        lane does not answer it itself: the end of :meth:`_execute`, in two steps around the
+        session's check-in, which the lane does itself: these terms, then their frames
+        (:meth:`_job_payloads`)."""
         try:
-            terms = self.dispatcher.complete(job, result)
+            return self.dispatcher.finish_lane(job, result)
         except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
-            terms = self._internal_error(job, exc)
-        return self._job_payloads(job, terms)
+            return self._internal_error(job.request_id, exc)
+
+    def lane_failed(self, request_id: int, job: Job | None, exc: BaseException, placed: bool) -> list | None:
+        """Answer a request that the C lane took (its session checked out) and could not
+        finish because the worker itself failed (:mod:`snakeport._lane`), as :meth:`_execute`
+        answers a failure of the general path: an internal error. The lane has checked the
+        session in already; the job leaves :data:`~snakeport._jobs.CURRENT` and the jobs
+        table.
+
+        Args:
+            request_id: The request's id.
+            job: Its job, or ``None`` when the lane failed before making it.
+            exc: The exception.
+            placed: Whether the scheduler placed the job inline: the frames are then returned
+                for ``Scheduler.inline_ended`` (which frees the slot); else they are sent now.
+
+        Returns:
+            The frames when ``placed``, else ``None``.
+        """
+        if job is not None:
+            self.dispatcher.jobs.abandon(job, exc)
+        terms = self._internal_error(request_id, exc)
+        if placed:
+            return self._job_payloads(job, terms)
+        self.send(terms, job)
+        return None
 
     @staticmethod
-    def _internal_error(job: Job, exc: BaseException) -> list:
+    def _internal_error(request_id: int, exc: BaseException) -> list:
         # (Formatting the traceback may run user code: guarded like the message.)
-        guarded(log.exception, "request %s failed inside the worker", job.request_id, default=None)
+        guarded(_log_internal_error, request_id, exc, default=None)
         return [
             error_reply(
-                job.request_id,
+                request_id,
                 "python_error",
                 f"internal worker error: {safe_str(exc)}",
                 type_=type_name(type(exc)),

@@ -8,6 +8,10 @@ the worker must answer with an error and keep serving.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import threading
+
 
 class Exits(str):
     """A ``str`` whose truth value exits (what ``text or default`` asks)."""
@@ -167,3 +171,28 @@ def missing_attribute_exits():
 class AttributeErrorExits(AttributeError):
     def __str__(self):
         return Exits("no such attribute")
+
+
+# An asynchronous exception that strikes after the call returned (in the worker's own code).
+
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+
+
+class Late(BaseException):
+    """Raised in the calling thread at its next bytecode by :data:`late`."""
+
+
+#: Set by :func:`arm_late`: a C callable (no bytecode) that makes :class:`Late` pending in
+#: the thread that armed it and returns ``[1]``. Called by the C lane, the exception
+#: strikes at the first bytecode the worker runs after the call; called from Python (the
+#: general path), at the end of the calling instruction, inside the call.
+late = None
+
+
+def arm_late() -> bool:
+    """Arm :data:`late` for the calling thread (one use)."""
+    global late
+    late = functools.partial(list, map(_set_async_exc, [threading.get_ident()], [Late]))
+    return True
