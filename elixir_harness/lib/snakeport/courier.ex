@@ -68,7 +68,7 @@ defmodule Snakeport.Courier do
   # A caller of this node found the port busy: its request is written here, so that the
   # caller waits for its reply with its deadline instead of for the port (Worker.write/5).
   def handle_info({:write, payload}, state) do
-    Worker.write_handed(state.entry, payload)
+    Worker.send_frame(state.entry, payload)
     {:noreply, state}
   end
 

@@ -296,20 +296,6 @@ defmodule Snakeport.Worker do
   defp job?(request), do: elem(request, 0) in @jobs
 
   @doc false
-  # Writes the frame of a caller that found the port busy (write/5): run by the courier, the
-  # one process that may wait for the port. Written even when the caller has timed out
-  # meanwhile: its cancel is on its way, and only a written request's reply ends the wait
-  # for that cancel (an unwritten one would mark the worker stuck).
-  @spec write_handed(entry(), iodata()) :: :ok
-  def write_handed(entry, payload) do
-    Port.command(entry.port, payload)
-    :ok
-  rescue
-    # The port is closed: the caller gets the worker's :DOWN.
-    ArgumentError -> :ok
-  end
-
-  @doc false
   # Writes the request of a process of another node (`caller`, waiting on `reply_to`, its
   # alias), on its behalf: run by this worker's courier (Snakeport.Courier). The reply
   # goes from this worker straight to `reply_to`, as for a local caller.
@@ -364,7 +350,11 @@ defmodule Snakeport.Worker do
   end
 
   @doc false
-  # Writes a frame that is not a request (a tool_reply): nobody waits for an answer.
+  # Writes a frame, waiting for a busy port; nobody here waits for an answer. For a
+  # tool_reply, and for the frame of a caller that found the port busy (write/5: run by the
+  # courier, the one process that may wait for the port). The latter is written even when
+  # its caller timed out meanwhile: the cancel is on its way, and only a written request's
+  # reply ends the wait for that cancel (an unwritten one would mark the worker stuck).
   @spec send_frame(entry(), iodata()) :: :ok
   def send_frame(entry, frame) do
     Port.command(entry.port, frame)
