@@ -110,3 +110,41 @@ def test_large_chunk_is_validated() -> None:
         FrameSplitter(max_frame_bytes=10, large_chunk=0)
     with pytest.raises(ValueError, match="at least large_threshold"):
         FrameSplitter(max_frame_bytes=10, large_threshold=1000, large_chunk=999)
+
+
+def _grow_variants() -> list:
+    from snakeport import _framing
+
+    variants = [pytest.param(_framing._grow_buffer, id="used")]
+    try:
+        from snakeport import _clane
+    except ImportError:
+        return variants
+    variants.append(pytest.param(_clane.grow, id="c"))
+    return variants
+
+
+@pytest.mark.parametrize("grow", _grow_variants())
+def test_growing_a_payload_buffer_keeps_its_bytes_and_any_view(grow) -> None:
+    # Resized in place (no copy to make) when no view is held; with a view held (the
+    # caller's get_buffer), a new buffer, and the view still reads the old bytes.
+    old = bytearray(b"abc" * 1000)
+    grown = grow(old, 3 * MiB)
+    assert len(grown) == 3 * MiB and grown[:3000] == b"abc" * 1000
+    view = memoryview(grown)
+    again = grow(grown, 5 * MiB)
+    assert again is not grown and len(again) == 5 * MiB and again[:3000] == b"abc" * 1000
+    assert view[:3] == b"abc" and len(grown) == 3 * MiB
+
+
+def test_the_c_helpers_refuse_bad_sizes() -> None:
+    _clane = pytest.importorskip("snakeport._clane")  # (optional: the pure-Python fallback)
+    assert len(_clane.uninitialized(0)) == 0 and type(_clane.uninitialized(10)) is bytearray
+    with pytest.raises(ValueError, match="size"):
+        _clane.uninitialized(-1)
+    with pytest.raises(TypeError):
+        _clane.grow(b"bytes", 10)
+    with pytest.raises(ValueError, match="size"):
+        _clane.grow(bytearray(10), 5)
+    buf = bytearray(b"xy")
+    assert _clane.grow(buf, 4) is buf and buf[:2] == b"xy" and len(buf) == 4

@@ -1138,10 +1138,68 @@ clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* uninitialized(size): a bytearray of size bytes left as the allocator gives them (not
+ * zeroed), for a buffer that reads fill before anything looks at it (snakeport._framing's
+ * large payloads: bytearray(size) would write every byte once more). */
+static PyObject *
+clane_uninitialized(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_Format(PyExc_ValueError, "expected size to be >= 0, got: %zd", size);
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, size);
+}
+
+/* grow(buffer, size): buffer (a bytearray) made size bytes long, the new bytes not set: in
+ * place (realloc: no copy when the allocator can extend the block, as for an mmap-ed one)
+ * when nothing holds a view of it, else a new uninitialized bytearray holding its bytes. */
+static PyObject *
+clane_grow(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "grow(buffer, size) takes a bytearray and a size");
+        return NULL;
+    }
+    PyObject *buffer = args[0];
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t old = PyByteArray_GET_SIZE(buffer);
+    if (size < old) {
+        PyErr_Format(PyExc_ValueError, "expected size to be >= %zd, got: %zd", old, size);
+        return NULL;
+    }
+    if (((PyByteArrayObject *)buffer)->ob_exports == 0) {
+        if (PyByteArray_Resize(buffer, size) < 0) {
+            return NULL;
+        }
+        Py_INCREF(buffer);
+        return buffer;
+    }
+    PyObject *grown = PyByteArray_FromStringAndSize(NULL, size);
+    if (grown != NULL && old > 0) {
+        memcpy(PyByteArray_AS_STRING(grown), PyByteArray_AS_STRING(buffer), (size_t)old);
+    }
+    return grown;
+}
+
 static PyMethodDef clane_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
      "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)\n--\n\n"
      "The objects the lane uses (called once by snakeport._lane)."},
+    {"uninitialized", (PyCFunction)clane_uninitialized, METH_O,
+     "uninitialized(size)\n--\n\n"
+     "A bytearray of size bytes whose contents are not set (for reads to fill)."},
+    {"grow", (PyCFunction)(void (*)(void))clane_grow, METH_FASTCALL,
+     "grow(buffer, size)\n--\n\n"
+     "The bytearray buffer made size bytes long (new bytes not set): itself, resized, when\n"
+     "no view of it is held, else a new bytearray holding its bytes."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -11,8 +11,9 @@ out of :meth:`FrameSplitter.next_event`:
   the memory of a large payload is allocated as its bytes arrive, never all at once from
   its header: first ``large_chunk`` bytes, then 4 times more each time they are filled (a
   payload of at most ``large_chunk`` bytes is one allocation; a larger one is moved at most
-  once per growth, e.g. 2 moves for 16 MiB), so a header alone costs at most
-  ``large_chunk`` bytes whatever length it declares;
+  once per growth, e.g. 2 moves for 16 MiB; with the C lane's module built, the
+  buffer is not zeroed first and grows in place when the allocator can), so a header alone
+  costs at most ``large_chunk`` bytes whatever length it declares;
 - :class:`Oversized`: a frame whose declared length exceeds ``max_frame_bytes``; it carries
   the first ``head_bytes`` of the payload (enough for ``etf.decode_head`` to recover
   ``{Op, Id}``); the rest of that frame is skipped, never buffered;
@@ -33,6 +34,17 @@ from collections import deque
 from typing import NamedTuple, Union
 
 from snakeport import _limits
+
+try:  # large payload buffers not zeroed first (the reads fill them), grown in place
+    from snakeport._clane import grow as _grow_buffer
+    from snakeport._clane import uninitialized as _payload_buffer
+except ImportError:  # the C lane's module is not built
+    _payload_buffer = bytearray
+
+    def _grow_buffer(old: bytearray, size: int) -> bytearray:
+        grown = bytearray(size)
+        grown[: len(old)] = old
+        return grown
 
 __all__ = ["FrameSplitter", "Oversized", "Event", "encode_header", "HEADER_SIZE"]
 
@@ -297,13 +309,14 @@ class FrameSplitter:
     def _grow(self) -> bytearray:
         """Make the full payload buffer 4 times larger (at most the declared size).
 
-        A new buffer and a copy rather than a resize: the caller may still hold a view of the
-        old one (``get_buffer``), which would make a resize fail.
+        With the C lane's module, the buffer is resized in place when nothing holds a view of
+        it (the allocator then often extends it without a copy), and its new bytes are not
+        zeroed (the reads fill them); else, and when the caller still holds a view of it
+        (``get_buffer``), a new buffer and a copy.
         """
         old = self._large
         assert old is not None
-        grown = bytearray(min(self._large_size, 4 * len(old)))
-        grown[: len(old)] = old
+        grown = _grow_buffer(old, min(self._large_size, 4 * len(old)))
         self._large = grown
         return grown
 
@@ -378,7 +391,7 @@ class FrameSplitter:
             return bytes(self._mv[r + HEADER_SIZE : end])
         if size >= self._large_threshold:
             have = avail - HEADER_SIZE
-            large = bytearray(min(size, max(have, self._large_chunk)))
+            large = _payload_buffer(min(size, max(have, self._large_chunk)))
             large[:have] = self._mv[r + HEADER_SIZE : self._w]
             self._r = self._w
             self._large = large
