@@ -209,6 +209,15 @@ defmodule Snakeport.Client do
   # `owner` is the ref or session context the request is about (nil).
   @spec admin(keyword(), Ref.t() | SessionContext.t() | nil) ::
           {:ok, Instance.t(), timeout()} | {:error, Error.t()}
+  # Without options (release_ref/1 per ref, the common case): no validation, the owner's
+  # instance, its call timeout; the same answer as the general clause below.
+  def admin([], owner) do
+    with {:ok, name} <- resolve(nil, [owner]),
+         {:ok, inst} <- Instance.fetch(name) do
+      {:ok, inst, inst.call_timeout}
+    end
+  end
+
   def admin(opts, owner) when is_list(opts) do
     opts = Keyword.validate!(opts, timeout: nil, instance: nil)
 
@@ -226,6 +235,10 @@ defmodule Snakeport.Client do
 
   # The instance named by the :instance option, else by the first owner (a ref or a
   # session context) given; every owner must belong to it.
+  # (One owner of a named instance and no :instance option, as for every request about a
+  # ref or context without options: that instance, without the list walks below.)
+  defp resolve(nil, [%{instance: name}]) when name not in [nil, false], do: {:ok, name}
+
   defp resolve(given, owners) do
     owners = Enum.filter(owners, &match?(%{instance: _}, &1))
     name = given || Enum.find_value(owners, Snakeport, & &1.instance)
