@@ -560,3 +560,42 @@ def test_an_encoder_gives_the_bytes_of_encode_with_its_options(term: Any, max_de
     c, py = on_both(lambda: encoder.encode(term))
     assert_same(c, py)
     assert_same(c, outcome(lambda: etf.encode(term, default=default, max_depth=max_depth, compressed=compressed)))
+
+
+@needs_c
+def test_the_c_fast_path_of_decode_is_taken_only_with_the_default_limits() -> None:
+    # etf.decode hands bytes with the default limits and no hook to _cetf.decode, which does
+    # the steps of etf._decode_prefix in C; any other call gets NotImplemented (the Python path).
+    import snakeport._cetf as cetf
+
+    data = CORPUS[0]
+    defaults = (etf.DEFAULT_MAX_DEPTH, etf.DEFAULT_MAX_SIZE, etf.DEFAULT_MAX_EXPANSION, None)
+    assert strict(cetf.decode(data, None, *defaults), etf.decode(data))
+    for other in [
+        (bytearray(data), None, *defaults),
+        (data, lambda t: t, *defaults),
+        (data, None, 5, *defaults[1:]),
+        (data, None, defaults[0], 2**20, *defaults[2:]),
+        (data, None, *defaults[:2], 8, None),
+        (data, None, *defaults[:3], 2**30),
+        (etf.encode(list(range(300)), compressed=9), None, *defaults),
+        (b"\x83", None, *defaults),
+        (b"\x84j", None, *defaults),
+    ]:
+        assert cetf.decode(*other) is NotImplemented
+    for bad in [(0, 1, 1, 1, 1), (1, 1, 1, 2**40, 1), (1, True, 1, 1, 1), (1, 1, 1, 1)]:
+        with pytest.raises((ValueError, TypeError)):
+            cetf._decode_defaults(*bad)
+
+
+@needs_c
+@pytest.mark.parametrize("count", [1, 21000, 40000])
+def test_the_c_fast_path_charges_the_default_budget_alike(count: int) -> None:
+    # A list of `count` [] (1 byte each, 80 bytes of memory each) with the default limits: the
+    # budget (32 per input byte + 1 MiB) is exceeded from about 22,000; both paths refuse it
+    # at the same byte, with the same message, or accept it; trailing bytes fail alike too.
+    data = b"\x83l" + count.to_bytes(4, "big") + b"j" * (count + 1)
+    c, py = on_both(lambda: etf.decode(data))
+    assert_same(c, py)
+    assert c[0] == ("error" if count == 40000 else "ok")
+    assert_same(*on_both(lambda: etf.decode(data + b"\x00\x01")))

@@ -1,6 +1,6 @@
 /* snakeport._cetf: optional C accelerator of snakeport.etf (like msgpack._cmsgpack).
  *
- * Two functions replace the hot loops of the pure-Python codec, which stays the reference
+ * These functions replace the hot loops of the pure-Python codec, which stays the reference
  * and the fallback:
  *
  *   decode_term(data: bytes | bytearray, pos: int, max_depth: int, tagged, budget: int)
@@ -11,6 +11,11 @@
  *       charged against `budget` exactly as the Python loop charges it (same amounts, same
  *       order, same offsets: the costs come from etf._COSTS), and atoms are deduplicated
  *       per call the same way (a table of the atoms seen, keyed by their encoding);
+ *   decode(data, tagged, max_depth, max_size, max_expansion, max_memory) -> value
+ *       etf.decode's fast path: an uncompressed term given as bytes, with the default
+ *       limits and no hook, decoded whole with decode_term (the budget and the trailing
+ *       bytes checked here, as etf._decode_prefix and etf.decode do); NotImplemented for
+ *       any other call (or before _decode_defaults()), which etf.decode then runs in Python;
  *   encode(term, default, max_depth) -> bytes
  *       the term with its version byte, as etf._encode_into would write it. Like the
  *       Python encoder, it encodes each list and dict as it was when it reached it: before
@@ -71,6 +76,11 @@ static PyObject *OverBudget;     /* _over_budget(data, offset, budget): raises D
 static PyObject *TaggedCost;     /* _tagged_cost(value, term) -> int */
 static PyObject *Changed;        /* _changed(obj): raises EncodeError */
 static PyObject *CostTable;      /* _COSTS: the 10 per-value costs of the budget (see etf.py) */
+
+/* etf.decode's default limits, handed over by _decode_defaults() at etf's import: decode()
+ * takes its fast path only when it gets these very objects (known valid). NULL until then. */
+static PyObject *DefaultDepth, *DefaultSize, *DefaultExpansion;
+static long long DEFAULT_SIZE, DEFAULT_EXPANSION, BUDGET_FLOOR, DEFAULT_MEMORY;
 
 /* Memory costs of decoded values (etf._COSTS; see "Memory budget" in etf.py). */
 static long long COST_SLOT, COST_CONTAINER, COST_NUMBER, COST_BINARY, COST_ATOM, COST_MAP,
@@ -1178,6 +1188,56 @@ done:
 #undef CHARGE
 #undef TRUNCATED
 
+static PyObject *
+cetf_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "decode(data, tagged, max_depth, max_size, max_expansion, max_memory)");
+        return NULL;
+    }
+    if (!READY()) {
+        PyErr_SetString(PyExc_RuntimeError, "snakeport._cetf: _setup() was not called");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    if (DefaultDepth == NULL || !PyBytes_CheckExact(data) || args[1] != Py_None || args[2] != DefaultDepth ||
+        args[3] != DefaultSize || args[4] != DefaultExpansion || args[5] != Py_None) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    if (size < 2 || buf[0] != 131 || buf[1] == 80 || size > DEFAULT_SIZE) {
+        Py_RETURN_NOTIMPLEMENTED; /* (an error, or a compressed term: the general path) */
+    }
+    /* budget = min(max_memory, max_expansion * size + floor), as etf._decode_prefix */
+    long long budget = DEFAULT_EXPANSION * size + BUDGET_FLOOR; /* both < 2**40: no overflow */
+    if (budget > DEFAULT_MEMORY) {
+        budget = DEFAULT_MEMORY;
+    }
+    PyObject *budget_obj = PyLong_FromLongLong(budget);
+    if (budget_obj == NULL) {
+        return NULL;
+    }
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *targs[5] = {data, one, DefaultDepth, Py_None, budget_obj};
+    PyObject *pair = cetf_decode_term(module, targs, 5);
+    Py_DECREF(budget_obj);
+    Py_DECREF(one);
+    if (pair == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyTuple_GET_ITEM(pair, 0);
+    Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
+    Py_INCREF(value);
+    Py_DECREF(pair);
+    if (end != size) { /* the same DecodeError as etf.decode's */
+        Py_DECREF(value);
+        return fail(&(Src){data, 0, buf, size}, end, "%zd trailing bytes after the term", size - end);
+    }
+    return value;
+}
+
 /* ------------------------------------------------------------------------------------- */
 /* Encoding                                                                               */
 /* ------------------------------------------------------------------------------------- */
@@ -1885,6 +1945,40 @@ cetf_setup(PyObject *module, PyObject *etf)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+cetf_decode_defaults(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_decode_defaults(max_depth, max_size, max_expansion, budget_floor, max_memory)");
+        return NULL;
+    }
+    long long values[5];
+    for (Py_ssize_t i = 0; i < 5; i++) {
+        values[i] = PyLong_CheckExact(args[i]) ? PyLong_AsLongLong(args[i]) : -1;
+        if (values[i] <= 0 || values[i] >= ((long long)1 << 40)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "_decode_defaults: expected integers from 1 to 2**40 - 1");
+            return NULL;
+        }
+    }
+    PyObject *old[3] = {DefaultDepth, DefaultSize, DefaultExpansion};
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
+    DefaultDepth = args[0];
+    DefaultSize = args[1];
+    DefaultExpansion = args[2];
+    DEFAULT_SIZE = values[1];
+    DEFAULT_EXPANSION = values[2];
+    BUDGET_FLOOR = values[3];
+    DEFAULT_MEMORY = values[4];
+    for (int i = 0; i < 3; i++) {
+        Py_XDECREF(old[i]);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef cetf_methods[] = {
     {"_setup", (PyCFunction)cetf_setup, METH_O,
      "_setup(etf)\n--\n\n"
@@ -1894,6 +1988,14 @@ static PyMethodDef cetf_methods[] = {
      "decode_term(data, pos, max_depth, tagged, budget)\n--\n\n"
      "Decode the term at pos of data (bytes, or a bytearray read in place); return (value, end).\n"
      "See etf._py_decode_term."},
+    {"_decode_defaults", (PyCFunction)(void (*)(void))cetf_decode_defaults, METH_FASTCALL,
+     "_decode_defaults(max_depth, max_size, max_expansion, budget_floor, max_memory)\n--\n\n"
+     "Hand over etf.decode's default limits (called by etf.py at import): decode() takes its\n"
+     "fast path for exactly these max_depth, max_size and max_expansion objects."},
+    {"decode", (PyCFunction)(void (*)(void))cetf_decode, METH_FASTCALL,
+     "decode(data, tagged, max_depth, max_size, max_expansion, max_memory)\n--\n\n"
+     "etf.decode's fast path (bytes, the default limits, no hook): the value, or NotImplemented\n"
+     "when etf.decode must take its general path."},
     {"encode", (PyCFunction)(void (*)(void))cetf_encode, METH_FASTCALL,
      "encode(term, default, max_depth)\n--\n\n"
      "Return the External Term Format bytes of term, version byte first. See etf.encode."},

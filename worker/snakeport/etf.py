@@ -1587,6 +1587,17 @@ def decode(
         TypeError: ``data`` is not bytes, bytearray or memoryview.
         ValueError: A limit is invalid.
     """
+    if _c_decode is not None:
+        # The C fast path (an uncompressed term given as bytes, the default limits, no
+        # hook: most calls) does the steps of _decode_prefix, the budget included, in C.
+        try:
+            value = _c_decode(data, tagged, max_depth, max_size, max_expansion, max_memory)
+        except DecodeError:
+            raise
+        except _STRAY as exc:
+            raise _convert_stray(exc, data) from None  # type: ignore[arg-type]
+        if value is not NotImplemented:
+            return value
     value, pos, data = _decode_prefix(data, tagged, max_depth, max_size, max_expansion, max_memory)
     if pos != len(data):
         raise DecodeError(
@@ -1870,11 +1881,17 @@ else:
     else:
         # The accelerator looks its helpers up here by name: a rename fails at this import.
         _cetf._setup(sys.modules[__name__])
+        # decode's C fast path: for these limits, the budget is computed in C.
+        _cetf._decode_defaults(
+            DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, DEFAULT_MAX_EXPANSION, _BUDGET_FLOOR, _DEFAULT_MAX_MEMORY
+        )
 
 #: The term decoder in use: ``_cetf.decode_term`` or ``_py_decode_term`` (same contract).
 _decode_term: Callable[[bytes, int, int, TaggedHook | None, int], tuple[Any, int]] = _py_decode_term
 #: ``_cetf.encode`` when the C encoder is in use, else None.
 _c_encode: Callable[[Any, DefaultHook | None, int], bytes] | None = None
+#: ``_cetf.decode`` (``decode``'s fast path) when the C decoder is in use, else None.
+_c_decode: Callable[..., Any] | None = None
 
 
 def _set_accelerated(enabled: bool) -> bool:
@@ -1890,16 +1907,18 @@ def _set_accelerated(enabled: bool) -> bool:
     Raises:
         RuntimeError: ``enabled`` is true but ``snakeport._cetf`` is not available.
     """
-    global _decode_term, _c_encode
+    global _decode_term, _c_encode, _c_decode
     previous = _c_encode is not None
     if enabled:
         if _cetf is None:
             raise RuntimeError("snakeport._cetf is not available (not built, or disabled by SNAKEPORT_PURE_PYTHON)")
         _decode_term = _cetf.decode_term
         _c_encode = _cetf.encode
+        _c_decode = _cetf.decode
     else:
         _decode_term = _py_decode_term
         _c_encode = None
+        _c_decode = None
     return previous
 
 
