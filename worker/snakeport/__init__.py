@@ -14,7 +14,6 @@ __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
 
 from snakeport.errors import Cancelled, NoCallContext, ToolError, ToolTimeout  # noqa: E402
-from snakeport.extensions import Extension, register_decoder, register_encoder  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -32,10 +31,16 @@ __all__ = [
 
 
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562: imported on first use
-    # The context API pulls in the job machinery; the codec alone (``snakeport.etf``) does
-    # not need it, so it is imported when first asked for.
+    # Imported on first use. The context API pulls in the job machinery; the codec alone
+    # (``snakeport.etf``) does not need it.
     if name in ("context", "CallContext"):
         from snakeport import _context
 
         return getattr(_context, name)
+    # The extension API imports the conversion machinery: `import snakeport` alone (the
+    # harness's preflight probe reads PROTOCOL_VERSION at every start) stays cheap.
+    if name in ("Extension", "register_encoder", "register_decoder"):
+        from snakeport import extensions
+
+        return getattr(extensions, name)
     raise AttributeError(f"module 'snakeport' has no attribute {name!r}")
