@@ -149,13 +149,7 @@ defmodule Snakeport.Worker do
   end
 
   def request(%{} = entry, request, session, timeout) do
-    id = next_id(entry)
-    payload = Protocol.encode(request, id, session)
-    size = IO.iodata_length(payload)
-
-    if size > entry.max_frame_bytes do
-      {:error, {:frame_too_large, size, entry.max_frame_bytes}}
-    else
+    with {:ok, id, payload} <- encode_request(entry, request, session) do
       mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
 
       case write(entry, id, mref, payload) do
@@ -189,13 +183,7 @@ defmodule Snakeport.Worker do
   end
 
   def send_request(%{} = entry, request, session, opts) do
-    id = next_id(entry)
-    payload = Protocol.encode(request, id, session)
-    size = IO.iodata_length(payload)
-
-    if size > entry.max_frame_bytes do
-      {:error, {:frame_too_large, size, entry.max_frame_bytes}}
-    else
+    with {:ok, id, payload} <- encode_request(entry, request, session) do
       mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
 
       case write(entry, id, mref, payload, opts) do
@@ -302,13 +290,7 @@ defmodule Snakeport.Worker do
   @spec forward(entry(), reference(), pid(), Protocol.request(), String.t() | nil) ::
           :ok | {:error, term()}
   def forward(entry, reply_to, caller, request, session) do
-    id = next_id(entry)
-    payload = Protocol.encode(request, id, session)
-    size = IO.iodata_length(payload)
-
-    if size > entry.max_frame_bytes do
-      {:error, {:frame_too_large, size, entry.max_frame_bytes}}
-    else
+    with {:ok, id, payload} <- encode_request(entry, request, session) do
       :ets.insert(entry.pending, {id, reply_to, caller})
       Port.command(entry.port, payload)
       :ok
@@ -382,6 +364,17 @@ defmodule Snakeport.Worker do
   end
 
   defp next_id(%{counter: counter}), do: :atomics.add_get(counter, 1, 1)
+
+  # A request's frame with a new id, unless it is larger than the worker reads.
+  defp encode_request(entry, request, session) do
+    id = next_id(entry)
+    payload = Protocol.encode(request, id, session)
+    size = IO.iodata_length(payload)
+
+    if size > entry.max_frame_bytes,
+      do: {:error, {:frame_too_large, size, entry.max_frame_bytes}},
+      else: {:ok, id, payload}
+  end
 
   @doc false
   def forget(entry, id) do
