@@ -452,7 +452,7 @@ defmodule Snakeport.LivenessTest do
       assert {:message_queue_len, 100_000} = Process.info(self(), :message_queue_len)
 
       # The yardstick: a receive that scans pays for every message it passes.
-      assert full_scan - empty_scan >= 200 * 100_000
+      assert full_scan - empty_scan > 100 * 100_000
       # Before: each call's receive scanned the whole mailbox, like the yardstick.
       assert full < 2 * empty + 1_000,
              "200 calls: #{empty} reductions, with the messages #{full}"
