@@ -281,20 +281,22 @@ def test_release_session_cancels_a_running_lane_call(pair) -> None:
     assert replies(pair[0]) == replies(pair[1])
 
 
-def test_a_failure_after_check_out_is_answered_and_checks_the_session_in(pair) -> None:
+@pytest.mark.parametrize("function", ["late", "late_scalar"])
+def test_an_exception_left_pending_by_the_call_is_its_outcome(pair, function: str) -> None:
     # sp_hostile.late makes an exception pending in the calling thread from C (no bytecode)
-    # and returns a list: on the lane it strikes in the worker's own code after the call
-    # (Server.finish_lane, before the session is checked in), on the general path inside
-    # the call. Either way: an error reply of that type, the session checked in (expire
-    # with idle 0 releases it: no call counted as running), the job out of the table, and
-    # the worker serves on.
+    # and returns a list (late_scalar: an int, which the lane would answer itself). On the
+    # general path it strikes inside the call; the lane runs one bytecode right after the
+    # call, so it strikes there too (before: in the worker's own code after the call, and
+    # after a scalar's reply the worker's frame loop ended). Either way: an error reply of
+    # that type, the session checked in (expire with idle 0 releases it: no call counted as
+    # running), the job out of the table, and the worker serves on.
     errors = []
     for w in pair:
         w.send([(A("open_session"), 1, "s1", {})])
         w.wait(1)
         w.send([call(10, "sp_hostile", "arm_late", [])])
         assert etf.decode(w.wait(10))[3] is True
-        w.send([call(11, "sp_hostile", "late", [])])
+        w.send([call(11, "sp_hostile", function, [])])
         reply = etf.decode(w.wait(11))
         assert reply[2] == "error", reply
         errors.append(reply[3])
@@ -579,24 +581,30 @@ def test_jobs_end_lane_is_the_end_of_run() -> None:
         assert out is (result if state == DONE else None)
 
 
-def test_a_failure_after_check_out_leaves_no_accounting_behind(monkeypatch) -> None:
-    # The in-process view of test_a_failure_after_check_out_is_answered_...: sp_hostile.late
-    # leaves Late pending in this thread; it strikes in Server.finish_lane, after the check-out.
-    from sp_client import PYMODS
-
-    monkeypatch.syspath_prepend(PYMODS)
-    import sp_hostile
-
+def test_a_failure_after_check_out_leaves_no_accounting_behind() -> None:
+    # Server.lane_failed's path: the worker's own code fails after the lane checked the
+    # session out. No input makes it fail (an exception the call leaves pending is the
+    # call's outcome: test_an_exception_left_pending_...), so Server.finish_lane, which the
+    # lane calls for a result it does not answer itself, is made to raise once.
     srv, _, _ = server()
+    real_finish, faults = srv.finish_lane, []
+
+    def finish_once(job: Any, result: Any) -> Any:
+        if not faults:
+            faults.append(job)
+            raise RuntimeError("a fault of the worker")
+        return real_finish(job, result)
+
+    srv.finish_lane = finish_once  # type: ignore[method-assign]
+    srv._lane = _lane.build(srv)
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     session = srv.table._sessions["s"]
-    sp_hostile.arm_late()
-    end, term = feed(srv, frames(call(5, "sp_hostile", "late", [], session="s")))
-    assert term is None and srv._splitter.buffered()[1] == end
+    end, term = feed(srv, frames(call(5, "builtins", "list", [[1, 2]], session="s")))
+    assert term is None and srv._splitter.buffered()[1] == end and len(faults) == 1
     assert session.running == 0 and srv.dispatcher.jobs.in_flight == 0
     assert srv._sched.running == 0 and not srv._sched._inline_active and len(srv._sched.held) == 1
     reply = etf.decode_prefix(bytes(srv._sched.held[0]))[0]
-    assert reply[:3] == (A("reply"), 5, A("error")) and reply[3][A("type")] == "sp_hostile.Late"
+    assert reply[:3] == (A("reply"), 5, A("error")) and reply[3][A("type")] == "builtins.RuntimeError"
     assert reply[3][A("message")].startswith("internal worker error")
     assert getattr(CURRENT, "job", None) is None
     # And the lane serves on.

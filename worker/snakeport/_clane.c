@@ -281,6 +281,7 @@ typedef struct {
     PyObject *finish;          /* Server.finish_lane(job, result) -> terms (no check-in) */
     PyObject *payloads;        /* Server._job_payloads(job, terms) -> payloads or None */
     PyObject *internal_error;  /* Server.lane_failed(rid, job, exc, placed) -> payloads or None */
+    PyObject *strike;          /* _lane.strike(): one bytecode, where a pending exception strikes */
     PyObject *reply, *ok;      /* the atoms of {reply, Id, ok, Value} */
     PyObject *auto_mode;       /* _requests.AUTO */
     PyObject *no_refs;         /* () */
@@ -302,7 +303,7 @@ typedef struct {
     X(dispatcher) X(sessions) X(table_acquire) X(table_release) X(wall) X(monotonic)      \
     X(jobs) X(jobs_table) X(jobs_acquire) X(jobs_release) X(interrupt) X(end_lane)      \
     X(job_type) X(current) X(place) X(inline_ended) X(run_inline) X(consume) X(finish)   \
-    X(payloads) X(internal_error) X(reply)                                               \
+    X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost)
 
@@ -667,6 +668,12 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
     }
     int interrupted = 0;
     PyObject *result = plain_call_invoke(fn);
+    /* An exception the call left pending in this thread (PyThreadState_SetAsyncExc, a
+     * signal handler's) strikes at the next bytecode: on the general path inside the call,
+     * here in the one bytecode of strike(), so it is the call's outcome there and here. */
+    if (result != NULL && call_ok(L->strike) < 0) {
+        Py_CLEAR(result);
+    }
     if (result == NULL) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);

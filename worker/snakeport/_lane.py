@@ -31,13 +31,16 @@ every path checks it in exactly once: the lane itself (after a scalar reply is e
 between ``Server.finish_lane``, which makes the general path's terms without checking in, and
 their encoding, the order of ``Server._execute``), the event loop (an awaitable), or
 :meth:`~snakeport._jobs.Jobs.run` (a queued job). When the worker itself fails after the
-check-out and before that (an exception out of its own code: e.g. one that user code left
-pending in the thread, which strikes at the first bytecode after the call), the lane checks
+check-out and before that (an exception out of its own code), the lane checks
 the session in and :meth:`Server.lane_failed <snakeport._server.Server.lane_failed>` answers
 the request with an internal error, as ``Server._execute`` does, ends the job (out of
 :data:`~snakeport._jobs.CURRENT` and the jobs table) and frees its slot: the worker serves
 on. A failure once the session is checked in and the reply made (in
 ``Scheduler.inline_ended``) ends the frame loop, as it does on the general path.
+
+An exception that the call left pending in its thread (``PyThreadState_SetAsyncExc`` from
+C, a signal handler's) is the call's outcome, as on the general path, where it strikes
+inside the call: the lane runs :func:`strike` right after the call.
 
 What the lane does for a call is what the general path does: the session's last access and
 ``running`` count (check-out and check-in under the table's lock), the job in the jobs
@@ -103,6 +106,16 @@ else:
     PlainCall = None
 
 
+def strike() -> None:
+    """Nothing, in one bytecode: the lane calls it right after each call it runs.
+
+    An exception that the call left pending in its thread (``PyThreadState_SetAsyncExc``
+    from C, with no bytecode after it) strikes at the next bytecode the thread runs. On the
+    general path that is inside the call, so it is the call's outcome; the lane runs C after
+    the call, and without this the exception would strike in the worker's own code.
+    """
+
+
 def available() -> bool:
     """Whether the lane can run here: built, the codec's C half in use, not turned off."""
     return (
@@ -157,6 +170,7 @@ def build(server: Any) -> Any:
         finish=server.finish_lane,
         payloads=server._job_payloads,
         internal_error=server.lane_failed,
+        strike=strike,
         reply=REPLY,
         ok=OK,
         auto_mode=AUTO,

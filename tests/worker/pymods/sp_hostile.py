@@ -185,14 +185,18 @@ class Late(BaseException):
 
 
 #: Set by :func:`arm_late`: a C callable (no bytecode) that makes :class:`Late` pending in
-#: the thread that armed it and returns ``[1]``. Called by the C lane, the exception
-#: strikes at the first bytecode the worker runs after the call; called from Python (the
-#: general path), at the end of the calling instruction, inside the call.
+#: the thread that armed it and returns ``[1]``. Called from Python (the general path), the
+#: exception strikes at the end of the calling instruction, inside the call; called by the
+#: C lane, at the first bytecode the worker runs after the call.
 late = None
+
+#: The same, returning the scalar ``1`` (a result the lane would answer itself).
+late_scalar = None
 
 
 def arm_late() -> bool:
-    """Arm :data:`late` for the calling thread (one use)."""
-    global late
+    """Arm :data:`late` and :data:`late_scalar` for the calling thread (one use each)."""
+    global late, late_scalar
     late = functools.partial(list, map(_set_async_exc, [threading.get_ident()], [Late]))
+    late_scalar = functools.partial(sum, map(_set_async_exc, [threading.get_ident()], [Late]))
     return True
