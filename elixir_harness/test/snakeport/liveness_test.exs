@@ -453,8 +453,10 @@ defmodule Snakeport.LivenessTest do
 
       # The yardstick: a receive that scans pays for every message it passes.
       assert full_scan - empty_scan > 100 * 100_000
-      # Before: each call's receive scanned the whole mailbox, like the yardstick.
-      assert full < 2 * empty + 1_000,
+      # Before: each call's receive scanned the whole mailbox, like the yardstick. (The
+      # calls' own cost varies with the machine's load: 55k here, 60-125k with the
+      # messages; a tenth of the scan per call is 2,000,000.)
+      assert full - empty < 200 * 10_000,
              "200 calls: #{empty} reductions, with the messages #{full}"
     end
 
