@@ -93,7 +93,8 @@ defmodule Snakeport do
   worker that cannot start (no interpreter, worker package missing, protocol version
   mismatch, no ready frame in time) makes `start_link/1` fail with a
   `%Snakeport.Error{reason: :worker_start_failed}` whose message says what to do (for a
-  missing or mismatched worker: `mix snakeport.setup`). `mix snakeport.doctor` checks
+  missing or mismatched worker: `mix snakeport.setup`), returned to a caller that does not
+  trap exits as well. `mix snakeport.doctor` checks
   the interpreter, the worker, the C accelerator and the declared deps beforehand.
 
   A worker that dies later is restarted by its supervisor. While it starts again, its
@@ -318,7 +319,17 @@ defmodule Snakeport do
 
   require Logger
 
-  alias Snakeport.{Client, Error, Instance, Options, Ref, SessionContext, Sessions, Stats}
+  alias Snakeport.{
+    Client,
+    Defaults,
+    Error,
+    Instance,
+    Options,
+    Ref,
+    SessionContext,
+    Sessions,
+    Stats
+  }
 
   @stats_timeout Snakeport.Defaults.stats_timeout()
 
@@ -362,8 +373,8 @@ defmodule Snakeport do
   def start_link(opts \\ []) do
     config = Options.validate!(opts)
 
-    with {:ok, config} <- preflight(config) do
-      case Snakeport.Supervisor.start_link(config) do
+    with {:ok, config} <- resolve_python(config) do
+      case start_supervisor(config) do
         {:error, reason} ->
           case find_error(reason) do
             %Error{} = error -> {:error, error}
@@ -376,14 +387,61 @@ defmodule Snakeport do
     end
   end
 
-  defp preflight(config) do
-    case Options.preflight(config) do
+  defp resolve_python(config) do
+    case Options.resolve_python(config) do
       {:ok, config} ->
         {:ok, config}
 
       {:error, error} ->
         Logger.error("[Snakeport] " <> error.message)
         {:error, error}
+    end
+  end
+
+  # The instance's supervisor, linked to the caller. Its start fails when a worker cannot
+  # start (no snakeport package in the interpreter, another protocol version: found out by
+  # the workers, see Snakeport.Worker), and a failed start also sends its exit signal to
+  # the linked caller, which would crash a caller that does not trap exits (a script, an
+  # iex shell) instead of handing it the clear error. So the caller traps exits while the
+  # supervisor starts; the failed supervisor's exit is taken, and any other exit signal
+  # that came meanwhile is signalled again once the caller's flag is restored, with the
+  # effect it would have had. A caller that traps exits already (a supervisor) gets the
+  # exit message as before.
+  defp start_supervisor(config) do
+    if Process.flag(:trap_exit, true) do
+      Snakeport.Supervisor.start_link(config)
+    else
+      result = Snakeport.Supervisor.start_link(config)
+
+      case result do
+        # The name was taken: that process exits :normal, which does not harm the caller.
+        {:error, {:already_started, _}} ->
+          :ok
+
+        # The supervisor exits with the reason of its failed start, right after replying.
+        {:error, reason} ->
+          receive do
+            {:EXIT, _supervisor, ^reason} -> :ok
+          after
+            Defaults.worker_shutdown() -> :ok
+          end
+
+        _ ->
+          :ok
+      end
+
+      Process.flag(:trap_exit, false)
+      resignal_exits()
+      result
+    end
+  end
+
+  defp resignal_exits do
+    receive do
+      {:EXIT, _from, :normal} -> resignal_exits()
+      {:EXIT, _from, reason} -> Process.exit(self(), reason)
+    after
+      0 -> :ok
     end
   end
 

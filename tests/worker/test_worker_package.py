@@ -1,7 +1,8 @@
 """The `snakeport` package's own namespace: every public name, and a cheap `import snakeport`.
 
-The harness runs ``python -c "import snakeport"`` before every start (its preflight probe of
-the interpreter), so importing the package alone must not pull in the worker's machinery.
+The harness runs ``python -c "import snakeport"`` to diagnose an interpreter whose worker
+failed before its ready frame (and ``mix snakeport.doctor`` does), so importing the package
+alone must not pull in the worker's machinery.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def __getattr__(name: str):  # noqa: ANN202 - PEP 562: imported on first use
 
         return getattr(_context, name)
     # The extension API imports the conversion machinery: `import snakeport` alone (the
-    # harness's preflight probe reads PROTOCOL_VERSION at every start) stays cheap.
+    # harness's diagnosis of a worker that failed to start reads PROTOCOL_VERSION) stays cheap.
     if name in ("Extension", "register_encoder", "register_decoder"):
         from snakeport import extensions
 

@@ -129,6 +129,13 @@ defmodule Snakeport.Defaults do
   def startup_margin, do: 5_000
 
   @doc false
+  # The least ms a worker that failed before its ready frame gives its diagnosis of the
+  # interpreter (`python -c "import snakeport"`, Snakeport.Options.diagnose/2), however
+  # little of :startup_timeout is left: less than startup_margin/0, so that the diagnosis
+  # reaches the instance's start.
+  def diagnose_timeout, do: 2_000
+
+  @doc false
   # ms between two liveness checks of a worker: callers that died with requests in flight
   # (their requests are cancelled), cancels not yet written, cancelled requests overdue.
   def liveness_interval, do: 100

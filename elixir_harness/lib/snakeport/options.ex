@@ -2,8 +2,8 @@ defmodule Snakeport.Options do
   @moduledoc false
   # Validation of the options of `Snakeport.start_link/1` (defaults come from
   # `config :snakeport, ...`, then from Snakeport.Defaults), the choice of the Python
-  # interpreter, the resolution of :python_path against the app, the preflight check of
-  # the interpreter, and the worker's command line and environment.
+  # interpreter, the resolution of :python_path against the app, the diagnosis of an
+  # interpreter whose worker did not start, and the worker's command line and environment.
 
   alias Snakeport.{Defaults, Error, Protocol, PythonEnv}
 
@@ -403,22 +403,21 @@ defmodule Snakeport.Options do
     raise ArgumentError, "expected #{inspect(key)} to be #{expected}, got: #{inspect(value)}"
   end
 
-  ## Preflight -----------------------------------------------------------------------------
+  ## Interpreter and diagnosis -----------------------------------------------------------
 
   @doc false
-  # Resolves the interpreter to an absolute path and checks, with one short
-  # `python -c "import snakeport"`, that the worker package is installed and speaks our
-  # protocol version. Errors say what to do.
-  @spec preflight(config()) :: {:ok, config()} | {:error, Error.t()}
+  # Resolves the interpreter to an absolute path (a file check, no process: the start path
+  # runs no Python before the workers). Whether the worker package is installed there and
+  # speaks our protocol is learnt from the workers' ready frames; when a worker fails
+  # before its ready frame, diagnose/2 finds out why.
+  @spec resolve_python(config()) :: {:ok, config()} | {:error, Error.t()}
   # An instance without workers of its own (a node that only calls other nodes' workers)
   # needs no interpreter.
-  def preflight(%{pool_size: 0} = config), do: {:ok, config}
+  def resolve_python(%{pool_size: 0} = config), do: {:ok, config}
 
-  def preflight(config) do
-    with {:ok, exe} <- find_python(config.python),
-         config = %{config | python: exe},
-         :ok <- probe(config) do
-      {:ok, config}
+  def resolve_python(config) do
+    with {:ok, exe} <- find_python(config.python) do
+      {:ok, %{config | python: exe}}
     end
   end
 
@@ -447,11 +446,15 @@ defmodule Snakeport.Options do
 
   @probe "import sys, snakeport; sys.stdout.write('snakeport-protocol=%d' % snakeport.PROTOCOL_VERSION)"
 
-  defp probe(config) do
-    Snakeport.Cmd.run(config.python, ["-c", @probe],
-      env: system_env(config),
-      timeout: config.startup_timeout
-    )
+  @doc false
+  # Why the worker cannot start in `config.python`: run by a worker whose Python process
+  # failed before its ready frame (exited, or wrote something else first). One short
+  # `python -c "import snakeport"` (with the worker's environment, at most `timeout` ms)
+  # checks that the package is installed there and speaks our protocol version; the error
+  # says what to do. :ok when it found nothing wrong (the worker failed for another reason).
+  @spec diagnose(config(), pos_integer()) :: :ok | {:error, Error.t()}
+  def diagnose(config, timeout) do
+    Snakeport.Cmd.run(config.python, ["-c", @probe], env: system_env(config), timeout: timeout)
     |> case do
       {:ok, 0, out} ->
         case Regex.run(~r/snakeport-protocol=(\d+)/, out) do

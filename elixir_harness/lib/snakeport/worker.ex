@@ -522,7 +522,14 @@ defmodule Snakeport.Worker do
        )}
   end
 
+  # The ready frame states the worker's protocol version: a worker that sends one is
+  # installed, and a version other than ours fails here. A worker that fails before it
+  # (no such package, a package too old or too new for its flags or its frame) is
+  # diagnosed then, and only then (Options.diagnose/2), so that no probe of the
+  # interpreter runs on the start path.
   defp await_ready(port, config) do
+    deadline = System.monotonic_time(:millisecond) + config.startup_timeout
+
     receive do
       {^port, {:data, frame}} ->
         case Protocol.decode_ready(frame) do
@@ -537,17 +544,23 @@ defmodule Snakeport.Worker do
           {:error, what} ->
             close(port)
 
-            {:error,
-             Error.new(
-               :worker_start_failed,
-               "protocol error: the first frame of `#{config.python} -m snakeport` should be " <>
-                 "{snakeport_ready, Version, Info} but #{what}. " <>
-                 "Install a worker matching this harness (#{Options.install_hint(config.python)})."
-             )}
+            diagnosed(config, deadline, fn ->
+              Error.new(
+                :worker_start_failed,
+                "protocol error: the first frame of `#{config.python} -m snakeport` should " <>
+                  "be {snakeport_ready, Version, Info} but #{what}. Install a worker " <>
+                  "matching this harness (#{Options.install_hint(config.python)})."
+              )
+            end)
         end
 
       {^port, {:exit_status, status}} ->
-        {:error, exited_before_ready(config, status)}
+        if status == Options.preload_failed_status() do
+          # The worker ran (so it is installed): a module of :preload failed.
+          {:error, exited_before_ready(config, status)}
+        else
+          diagnosed(config, deadline, fn -> exited_before_ready(config, status) end)
+        end
 
       {:EXIT, ^port, reason} ->
         {:error,
@@ -574,6 +587,19 @@ defmodule Snakeport.Worker do
              "run `#{config.python} -m snakeport < /dev/null` by hand.",
            %{startup_timeout: config.startup_timeout}
          )}
+    end
+  end
+
+  # The diagnosis of the interpreter (Options.diagnose/2: no package, another protocol
+  # version) when it finds the cause, else the error `otherwise` makes. The probe gets
+  # what is left of :startup_timeout, at least Defaults.diagnose_timeout/0 ms (well within
+  # the start gate's margin).
+  defp diagnosed(config, deadline, otherwise) do
+    timeout = max(deadline - System.monotonic_time(:millisecond), Defaults.diagnose_timeout())
+
+    case Options.diagnose(config, timeout) do
+      {:error, %Error{} = error} -> {:error, error}
+      :ok -> {:error, otherwise.()}
     end
   end
 

@@ -89,7 +89,16 @@ defmodule Snakeport.StartTest do
       assert Snakeport.Options.worker_flags(config) ==
                ["--default-max-refs", "50", "--default-ttl-seconds", "60"] ++
                  ["--default-overflow", "error", "--tool-timeout", "30"] ++
-                 ["--threads", "2", "--spin-us", "0", "--vm-pid", System.pid(), "--forward-logs", "INFO"] ++
+                 [
+                   "--threads",
+                   "2",
+                   "--spin-us",
+                   "0",
+                   "--vm-pid",
+                   System.pid(),
+                   "--forward-logs",
+                   "INFO"
+                 ] ++
                  ["--max-depth", "9"]
 
       assert Snakeport.Options.worker_flags(Snakeport.Options.validate!([])) ==
@@ -209,6 +218,107 @@ defmodule Snakeport.StartTest do
                  )
 
         assert message =~ "sent no ready frame within 300 ms"
+      end)
+    end
+  end
+
+  describe "the start path runs no probe of the interpreter" do
+    # The package and its protocol version are learnt from the worker's ready frame; the
+    # `python -c "import snakeport"` diagnosis runs only when a worker fails before it.
+    # Each run of the interpreter is logged by a wrapper script.
+    setup do
+      dir = Path.join(System.tmp_dir!(), "snakeport-runs-#{System.unique_integer([:positive])}")
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf!(dir) end)
+      log = Path.join(dir, "runs.log")
+      wrapper = Path.join(dir, "python")
+      File.write!(wrapper, "#!/bin/sh\necho \"$1 $2\" >> #{log}\nexec #{python()} \"$@\"\n")
+      File.chmod!(wrapper, 0o755)
+      %{wrapper: wrapper, log: log}
+    end
+
+    test "a start that succeeds runs only the workers", %{wrapper: wrapper, log: log} do
+      name = :"no_probe_#{System.unique_integer([:positive])}"
+
+      start_supervised!(
+        {Snakeport, Keyword.merge(base_opts(), name: name, python: wrapper, pool_size: 2)}
+      )
+
+      assert {:ok, 3} = Snakeport.call("operator", "add", [1, 2], instance: name)
+      assert File.read!(log) == "-m snakeport\n-m snakeport\n"
+    end
+
+    test "a worker that exits before its ready frame is diagnosed", %{wrapper: wrapper, log: log} do
+      capture_log(fn ->
+        assert {:error, %Error{reason: :worker_start_failed, message: message}} =
+                 Snakeport.start_link(
+                   python: wrapper,
+                   pool_size: 1,
+                   python_path: [Path.join(python_dir(), "fake_v99")]
+                 )
+
+        assert message =~ "protocol version mismatch"
+      end)
+
+      # The worker, then its diagnosis (the worker's supervisor may have restarted it once
+      # more, after its 100 ms backoff, before the failed instance stopped).
+      assert [worker, "-c import sys, snakeport" <> _ | _] = File.read!(log) |> String.split("\n")
+      assert worker == "-m snakeport"
+    end
+
+    test "a worker that fails for another reason keeps its own message" do
+      capture_log(fn ->
+        assert {:error, %Error{reason: :worker_start_failed, message: message}} =
+                 Snakeport.start_link(base_opts() ++ [worker_args: ["--no-such-flag"]])
+
+        assert message =~ "-m snakeport` exited with status 2 before its ready frame"
+      end)
+    end
+  end
+
+  describe "a caller that does not trap exits" do
+    # A failed start of the instance also exits the linked caller (OTP's proc_lib): the
+    # caller gets the error as a return value, not as a crash.
+    test "gets the error of a worker that cannot start, and lives" do
+      capture_log(fn ->
+        assert {:error, %Error{reason: :worker_start_failed, message: message}} =
+                 Snakeport.start_link(
+                   python: python(),
+                   python_path: [Path.join(python_dir(), "fake_silent")],
+                   startup_timeout: 300
+                 )
+
+        assert message =~ "sent no ready frame within 300 ms"
+      end)
+
+      refute Process.flag(:trap_exit, false)
+    end
+
+    test "still dies of another linked process's exit that came while the instance started" do
+      name = :"resignal_#{System.unique_integer([:positive])}"
+      worker_sup = Snakeport.Instance.names(name).worker_supervisor
+
+      capture_log(fn ->
+        caller =
+          spawn(fn ->
+            # Exits with :boom once the instance's workers are starting (they never get ready).
+            spawn_link(fn ->
+              eventually(fn -> Process.whereis(worker_sup) end)
+              exit(:boom)
+            end)
+
+            Snakeport.start_link(
+              name: name,
+              python: python(),
+              python_path: [Path.join(python_dir(), "fake_silent")],
+              startup_timeout: 1_000
+            )
+
+            exit(:survived)
+          end)
+
+        ref = Process.monitor(caller)
+        assert_receive {:DOWN, ^ref, :process, ^caller, :boom}, 10_000
       end)
     end
   end
