@@ -25,6 +25,8 @@ NOT_AT_START = (
     "shutil",  # argparse's help formatter (with bz2, lzma and their shared libraries)
     "bz2",
     "lzma",
+    "ctypes",  # cancels and the parent-death signal use the C lane's module (0.35 MB with libffi)
+    "_ctypes",
 )
 
 
