@@ -27,6 +27,8 @@ NOT_AT_START = (
     "lzma",
     "ctypes",  # cancels and the parent-death signal use the C lane's module (0.35 MB with libffi)
     "_ctypes",
+    "snakeport._eval",  # the eval op's
+    "snakeport._arrow",  # result => arrow's
 )
 
 

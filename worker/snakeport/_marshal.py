@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from snakeport import _arrow
 from snakeport._blobs import Blob
 from snakeport._convert import NotData, converter_for
 from snakeport._guard import safe_str, type_name
@@ -96,7 +95,9 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
             (``max_refs_exceeded``, ``session_not_found``).
     """
     if mode == ARROW:
-        term = _arrow.result_term(result)
+        from snakeport._arrow import result_term  # (pyarrow's results only: imported then)
+
+        term = result_term(result)
         return StoredResult(term, [], [], None, type(term[1]) is Blob)
     if mode == REF:
         sid = session.session_id
@@ -156,7 +157,9 @@ def marshal_batch(
 
         return table.store_result(session, build_refs)
     if mode == ARROW:  # each item a table
-        terms = [_arrow.result_term(x) for x in items]
+        from snakeport._arrow import result_term
+
+        terms = [result_term(x) for x in items]
         blobs = any(type(t[1]) is Blob for t in terms)
         if keep is None:
             return StoredResult((terms, None), [], [], None, blobs)
