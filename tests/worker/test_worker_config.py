@@ -47,3 +47,19 @@ def test_bad_options_exit_2(argv, capsys) -> None:
 def test_config_validates(kw) -> None:
     with pytest.raises(ValueError):
         Config(**kw)
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "0", "wide"])
+def test_help_is_as_wide_as_argparse_makes_it(monkeypatch, columns) -> None:
+    # The worker's formatter reads the terminal's width itself (argparse's imports shutil,
+    # and with it bz2 and lzma, at every add_argument): the same width as argparse's.
+    import argparse
+
+    from snakeport.__main__ import _HelpFormatter
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _HelpFormatter("p")._width == argparse.HelpFormatter("p")._width
+    assert isinstance(build_parser()._get_formatter(), _HelpFormatter)

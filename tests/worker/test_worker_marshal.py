@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from snakeport import _requests as R
-from snakeport._marshal import marshal
+from snakeport._marshal import marshal, marshal_batch
 from snakeport._protocol import REF_TAG, SET_TAG
 from snakeport._sessions import SessionTable
 from snakeport.errors import RequestError
@@ -48,6 +48,45 @@ def test_objects_become_refs_one_per_object(table) -> None:
     again = run(table, [1, box])
     assert again.value == [1, ref] and again.new_ref_ids == []
     assert table.counts() == (1, 2)
+
+
+def test_the_refs_of_one_result_share_their_type_name(table) -> None:
+    # One name string per type and result, not one per ref (10,000 refs of one type made
+    # 10,000 equal strings of 66 bytes each, alive until the reply was encoded).
+    class Other:
+        pass
+
+    value = run(table, [Box(), Box(), Other(), (Box(), Other())]).value
+    assert value[0][3] == f"{__name__}.Box" and value[2][3] == f"{__name__}.{Other.__qualname__}"
+    assert value[0][3] is value[1][3] is value[3][0][3] and value[2][3] is value[3][1][3]
+    batch = marshal_batch(table, table.checkout("s"), [Box(), Box()], None, R.REF, 8).value[0]
+    assert batch[0][3] == f"{__name__}.Box" and batch[0][3] is batch[1][3]
+
+
+def test_marshalling_many_refs_allocates_little_beyond_what_it_stores(table) -> None:
+    # tracemalloc's peak while 10,000 objects become refs, beyond what stays allocated (the
+    # table's entries) and the reply value (a ref term per object): the walk's slots and
+    # the table's list of new refs. 360 bytes a ref with a name string per ref and a
+    # (ref_id, obj) pair per new ref; 232 without (Python 3.11).
+    import gc
+    import tracemalloc
+
+    n = 10_000
+    objs = [Box() for _ in range(n)]
+    session = table.checkout("s")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        stored = marshal(table, session, objs, R.AUTO, 8)
+        peak = tracemalloc.get_traced_memory()[1]
+        assert len(stored.new_ref_ids) == n
+        del stored
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert (peak - kept) / n < 290, f"{(peak - kept) / n:.0f} bytes a ref beyond what is kept"
 
 
 def test_result_modes(table) -> None:

@@ -33,6 +33,10 @@
 #include <Python.h>
 #include <pythread.h>
 #include <string.h>
+#ifdef __linux__
+#include <signal.h>
+#include <sys/prctl.h>
+#endif
 
 /* Objects set once by _setup() (strong references, never released). */
 static PyObject *SysModules;    /* sys.modules */
@@ -1196,6 +1200,44 @@ clane_grow(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return grown;
 }
 
+/* async_raise(thread_ident, exc): PyThreadState_SetAsyncExc(thread_ident, exc), exc None
+ * clearing a pending one; the number of threads changed (0 or 1). What snakeport._jobs did
+ * with ctypes.pythonapi, without importing ctypes (and libffi) into every worker. */
+static PyObject *
+clane_async_raise(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "async_raise(thread_ident, exc) takes 2 arguments");
+        return NULL;
+    }
+    unsigned long ident = PyLong_AsUnsignedLong(args[0]);
+    if (ident == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong(PyThreadState_SetAsyncExc(ident, args[1] == Py_None ? NULL : args[1]));
+}
+
+/* parent_death_signal(signum): prctl(PR_SET_PDEATHSIG, signum) (Linux): whether the kernel
+ * will send signum when the parent exits; False elsewhere or when prctl fails. What
+ * snakeport._process did with ctypes, without importing ctypes at every start. */
+static PyObject *
+clane_parent_death_signal(PyObject *self, PyObject *arg)
+{
+    long signum = PyLong_AsLong(arg);
+    if (signum == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+#ifdef __linux__
+    if (signum < 0 || signum >= NSIG) {
+        PyErr_Format(PyExc_ValueError, "expected signum to be a signal number, got: %ld", signum);
+        return NULL;
+    }
+    return PyBool_FromLong(prctl(PR_SET_PDEATHSIG, (unsigned long)signum, 0, 0, 0) == 0);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyMethodDef clane_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
      "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)\n--\n\n"
@@ -1207,6 +1249,13 @@ static PyMethodDef clane_methods[] = {
      "grow(buffer, size)\n--\n\n"
      "The bytearray buffer made size bytes long (new bytes not set): itself, resized, when\n"
      "no view of it is held, else a new bytearray holding its bytes."},
+    {"async_raise", (PyCFunction)(void (*)(void))clane_async_raise, METH_FASTCALL,
+     "async_raise(thread_ident, exc)\n--\n\n"
+     "PyThreadState_SetAsyncExc: raise exc in that thread at its next bytecode (None clears\n"
+     "a pending one); the number of threads changed."},
+    {"parent_death_signal", (PyCFunction)clane_parent_death_signal, METH_O,
+     "parent_death_signal(signum)\n--\n\n"
+     "prctl(PR_SET_PDEATHSIG, signum) on Linux: whether it was set (False elsewhere)."},
     {NULL, NULL, 0, NULL},
 };
 

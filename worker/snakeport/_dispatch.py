@@ -37,7 +37,6 @@ from snakeport import _limits as limits
 from snakeport import _protocol as P
 from snakeport import _requests as R
 from snakeport._allow import AllowList, NotAllowed
-from snakeport._eval import evaluate
 from snakeport._jobs import (
     AWAITING,
     AttributeJob,
@@ -579,6 +578,7 @@ class Dispatcher:
                 raise
 
         deferred = ctx is not None and ctx.deferred
+        from snakeport._eval import evaluate  # imported by the first eval: most workers never eval
 
         def fn() -> Any:
             return evaluate(code, realize(bindings) if deferred else bindings)

@@ -165,8 +165,11 @@ class FrameSplitter:
         self.head_bytes = head_bytes
         self._cap = buffer_size
         self._large_threshold = large_threshold
-        # Fixed-size buffer: never resized, so memoryviews into it stay valid.
-        self._buf = bytearray(buffer_size)
+        # Fixed-size buffer: never resized, so memoryviews into it stay valid. Not zeroed
+        # (with the C lane's module): only bytes up to _w are ever read, and its pages become
+        # resident only as reads reach them (requests and replies alternating, that is the
+        # first few KiB: _tail starts again at 0 once everything is consumed).
+        self._buf = _payload_buffer(buffer_size)
         self._mv = memoryview(self._buf)
         self._r = 0  # start of unconsumed bytes in _buf
         self._w = 0  # end of valid bytes in _buf

@@ -1,8 +1,8 @@
 """Jobs and cancellation: running a Python operation on a thread, and interrupting it.
 
 Not I/O-free, on purpose: this is where user code runs (imports, attribute lookups, the
-call itself), where ``Cancelled`` is raised in another thread with ctypes
-(``PyThreadState_SetAsyncExc``), and where a short-lived thread retries a cancel held back
+call itself), where ``Cancelled`` is raised in another thread (:func:`async_raise`:
+``PyThreadState_SetAsyncExc``), and where a short-lived thread retries a cancel held back
 by an import. The op handlers (:mod:`snakeport._dispatch`) build each :class:`Job`; the
 scheduler decides on which thread :meth:`Jobs.run` runs it.
 
@@ -33,7 +33,6 @@ thread once the bookkeeping is done.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import os
 import sys
@@ -165,13 +164,27 @@ class AttributeJob(Job):
 def async_raise(thread_ident: int, exc: type[BaseException] | None) -> None:
     """Raise ``exc`` in another Python thread at its next bytecode (``None`` clears it).
 
+    ``PyThreadState_SetAsyncExc``, called by the C lane's module, else through ``ctypes``
+    (imported on the first cancel only: ctypes and libffi cost a worker some 0.35 MB).
+
     Args:
         thread_ident: ``threading.get_ident()`` of the target thread.
         exc: Exception class to raise, or ``None`` to clear a pending one.
     """
+    if _c_async_raise is not None:
+        _c_async_raise(thread_ident, exc)
+        return
+    import ctypes
+
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_ident), ctypes.py_object(exc) if exc is not None else None
     )
+
+
+try:
+    from snakeport._clane import async_raise as _c_async_raise
+except ImportError:  # the C lane's module is not built: ctypes
+    _c_async_raise = None
 
 
 #: Code that must not be interrupted by an asynchronous exception: importlib keeps its

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from snakeport import _arrow
 from snakeport._blobs import Blob
 from snakeport._convert import NotData, converter_for
 from snakeport._guard import safe_str, type_name
@@ -96,7 +95,9 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
             (``max_refs_exceeded``, ``session_not_found``).
     """
     if mode == ARROW:
-        term = _arrow.result_term(result)
+        from snakeport._arrow import result_term  # (pyarrow's results only: imported then)
+
+        term = result_term(result)
         return StoredResult(term, [], [], None, type(term[1]) is Blob)
     if mode == REF:
         sid = session.session_id
@@ -148,13 +149,17 @@ def marshal_batch(
     sid = session.session_id
     if mode == REF:
 
+        names: dict[int, str] = {}
+
         def build_refs(ref_id_of: RefIdOf) -> Any:
-            out = [(REF_TAG, sid, ref_id_of(x), type_name(type(x))) for x in items]
+            out = [(REF_TAG, sid, ref_id_of(x), _type_name(names, type(x))) for x in items]
             return out, _ref_term(sid, keep, ref_id_of)
 
         return table.store_result(session, build_refs)
     if mode == ARROW:  # each item a table
-        terms = [_arrow.result_term(x) for x in items]
+        from snakeport._arrow import result_term
+
+        terms = [result_term(x) for x in items]
         blobs = any(type(t[1]) is Blob for t in terms)
         if keep is None:
             return StoredResult((terms, None), [], [], None, blobs)
@@ -201,14 +206,25 @@ _CONTAINERS = frozenset({list, tuple, dict, set, frozenset, ErlMap, ImproperList
 _NOTHING = object()
 
 
+def _type_name(names: dict[int, str], tp: type) -> str:
+    """``type_name(tp)``, made once per type of a result (``names``: ``id(tp)`` -> name): the
+    ref terms of a result with 10,000 objects of one type share one name string. (Keyed by
+    ``id``, which runs no user code; the result holds its objects, hence their types, for
+    as long as ``names`` is used.)"""
+    name = names.get(id(tp))
+    if name is None:
+        name = names[id(tp)] = type_name(tp)
+    return name
+
+
 class _Slot:
     """Where a ref goes in a converted value: the object, and its ref term once stored."""
 
     __slots__ = ("obj", "type_name", "ref")
 
-    def __init__(self, obj: Any) -> None:
+    def __init__(self, obj: Any, name: str) -> None:
         self.obj = obj
-        self.type_name = type_name(type(obj))
+        self.type_name = name
         self.ref: tuple | None = None
 
 
@@ -224,7 +240,7 @@ class _Walk:
         current: The object being converted by a converter (for error messages).
     """
 
-    __slots__ = ("auto", "max_depth", "seen", "path", "slots", "uses", "dirty", "blobs", "current")
+    __slots__ = ("auto", "max_depth", "seen", "path", "slots", "uses", "dirty", "blobs", "current", "names")
 
     def __init__(self, sid: str | bytes, auto: bool, max_depth: int) -> None:
         self.auto = auto
@@ -236,6 +252,7 @@ class _Walk:
         self.dirty: set[int] = set()  # ids of the converted containers that hold slots
         self.blobs = False
         self.current: Any = _NOTHING
+        self.names: dict[int, str] = {}  # id(type) -> its name (see _type_name)
 
     def leaf(self, obj: Any, why: str = "") -> Any:
         """Return the slot of ``obj`` (``result => value``: fail with ``not_encodable``)."""
@@ -249,7 +266,7 @@ class _Walk:
         key = id(obj)
         slot = self.seen.get(key)
         if slot is None:
-            slot = _Slot(obj)
+            slot = _Slot(obj, _type_name(self.names, type(obj)))
             self.seen[key] = slot
             self.slots.append(slot)
         self.uses += 1

@@ -599,14 +599,17 @@ class SessionTable:
             by_object = session.by_object
             ids = self._ids
             pinned: set[int] = set()
-            new: list[tuple[int, Any]] = []
+            # The new refs as two lists, not a list of pairs: no tuple per ref at the peak.
+            new: list[int] = []
+            new_objs: list[Any] = []
             now = self._monotonic()
 
             def ref_id_of(obj: Any) -> int:
                 ref_id = by_object.get(id(obj))
                 if ref_id is None:
                     ref_id = next(ids)
-                    new.append((ref_id, obj))
+                    new.append(ref_id)
+                    new_objs.append(obj)
                     return ref_id
                 refs.move_to_end(ref_id)  # pinned refs sit at the MRU end
                 refs[ref_id].last_access = now
@@ -642,7 +645,7 @@ class SessionTable:
                 # the front `excess` refs dropped here are never pinned.
                 evicted = self._drop_lru(session, excess, CAUSE_EVICTED, dropped)
             owner = self._owner
-            for ref_id, obj in new:
+            for ref_id, obj in zip(new, new_objs):
                 refs[ref_id] = _Entry(obj, now)
                 owner[ref_id] = session
                 by_object[id(obj)] = ref_id
@@ -650,7 +653,7 @@ class SessionTable:
             fill = self._fill_warning_locked(session)
         _let_go(dropped)
         del dropped
-        return StoredResult(value, [ref_id for ref_id, _ in new], evicted, fill)
+        return StoredResult(value, new, evicted, fill)
 
     def _fill_warning_locked(self, session: Session) -> tuple[int, int] | None:
         """``(refs, max_refs)`` the first time the session is seen at or above
