@@ -185,7 +185,9 @@ class Late(BaseException):
 
 
 #: Set by :func:`arm_late`: a C callable (no bytecode) that makes :class:`Late` pending in
-#: the thread that armed it and returns ``[1]``. Called from Python (the general path), the
+#: the thread that calls it (``iter(get_ident, None)`` asks which, when called: the call
+#: may run on another of the worker's threads than the one that armed it) and returns
+#: ``[1]``. Called from Python (the general path), the
 #: exception strikes at the end of the calling instruction, inside the call; called by the
 #: C lane, at the first bytecode the worker runs after the call.
 late = None
@@ -195,8 +197,8 @@ late_scalar = None
 
 
 def arm_late() -> bool:
-    """Arm :data:`late` and :data:`late_scalar` for the calling thread (one use each)."""
+    """Arm :data:`late` and :data:`late_scalar` (one use each)."""
     global late, late_scalar
-    late = functools.partial(list, map(_set_async_exc, [threading.get_ident()], [Late]))
-    late_scalar = functools.partial(sum, map(_set_async_exc, [threading.get_ident()], [Late]))
+    late = functools.partial(list, map(_set_async_exc, iter(threading.get_ident, None), [Late]))
+    late_scalar = functools.partial(sum, map(_set_async_exc, iter(threading.get_ident, None), [Late]))
     return True
