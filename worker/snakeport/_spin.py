@@ -24,6 +24,13 @@ spinning measurably pays:
   :data:`PAYS` times the time without. A gap longer than :data:`IDLE_GAP` between two
   reads (the peer was idle, not slow) restarts the block under way. Before the first trial
   ends the policy alternates, as in a trial.
+- A trial's short blocks can favour spinning: a reader that spins for one block has taken
+  little CPU time just before and wins the CPU from the peer, while one that spins all the
+  time loses it (e.g. a ref's create, method and release, where the BEAM does more between
+  requests than for plain calls). So spinning must keep paying: while it spins after a
+  verdict, every :data:`SUSTAIN_BLOCKS` blocks the policy compares the wall time per request
+  with the time per request without spinning that the trial measured, and stops spinning
+  until the next trial when it is not below that (``verdicts[2]`` counts these).
 
 The server spins at most once after each batch of frames, and only when no call is
 executing (a call on another thread would compete for the GIL); never while idle. The
@@ -49,6 +56,7 @@ __all__ = [
     "TRIAL_BLOCKS",
     "BLOCK_CYCLES",
     "PAYS",
+    "SUSTAIN_BLOCKS",
     "IDLE_GAP",
     "usable_cpus",
 ]
@@ -74,6 +82,10 @@ BLOCK_CYCLES = 16
 #: Spinning pays when the time per request with it is below this fraction of the time
 #: without it.
 PAYS = 0.9
+
+#: Blocks of sustained spinning (after a verdict that spinning pays) between two checks
+#: that it still pays.
+SUSTAIN_BLOCKS = 4
 
 #: A gap between two reads longer than this means the peer was idle: the block restarts (s).
 IDLE_GAP = 0.02
@@ -111,10 +123,12 @@ class SpinPolicy:
         resume: ``clock()`` time before which :meth:`wait` does not spin (backing off, or
             one CPU only).
         spinning: Whether the current block (or the last trial's verdict) spins.
-        verdicts: How many trials ended, and how many of them found that spinning pays.
+        verdicts: How many trials ended, how many of them found that spinning pays, and how
+            many of those verdicts sustained spinning revoked.
 
-    Invariant: outside a trial ``spinning`` is the last trial's verdict; in a trial it is
-    False in even blocks and True in odd ones.
+    Invariant: outside a trial ``spinning`` is the last trial's verdict, or False once
+    sustained spinning stopped paying (until the next trial); in a trial it is False in
+    even blocks and True in odd ones.
     """
 
     __slots__ = (
@@ -135,6 +149,8 @@ class SpinPolicy:
         "_block",
         "_sums",
         "_next_trial",
+        "_off_cost",
+        "_sustained",
     )
 
     def __init__(
@@ -158,12 +174,14 @@ class SpinPolicy:
         self.resume = 0.0
         self._requests = requests
         self.spinning = requests is None  # (with a counter: the first block of a trial)
-        self.verdicts = [0, 0]
+        self.verdicts = [0, 0, 0]
         self._last = self._t0 = -1e9  # (the first read restarts the block)
         self._cycles = self._n0 = 0
         self._block = 0  # the block of the trial under way; TRIAL_BLOCKS: no trial
         self._sums = [0.0, 0, 0.0, 0]  # seconds and requests without, then with spinning
         self._next_trial = 0.0
+        self._off_cost = 0.0  # seconds per request without spinning, in the last trial
+        self._sustained = [0.0, 0, 0]  # seconds, requests and blocks spun since the verdict
 
     def _observe(self, now: float) -> None:
         """Account for the read that ends at ``now``: the trial's blocks and its verdict."""
@@ -190,10 +208,22 @@ class SpinPolicy:
                 self.verdicts[0] += 1
                 self.verdicts[1] += self.spinning
                 self._next_trial = now + TRIAL_EVERY
+                self._off_cost = off / n_off if n_off > 0 else 0.0
+                self._sustained = [0.0, 0, 0]
         elif now >= self._next_trial:  # a new trial, from a block without spinning
             self._block = 0
             self._sums = [0.0, 0, 0.0, 0]
             self.spinning = False
+        elif self.spinning:  # spinning since a verdict: does it still pay?
+            sustained = self._sustained
+            sustained[0] += now - self._t0
+            sustained[1] += n - self._n0
+            sustained[2] += 1
+            if sustained[2] >= SUSTAIN_BLOCKS:
+                if sustained[1] > 0 and sustained[0] / sustained[1] >= self._off_cost:
+                    self.spinning = False  # not even as fast as without: until the next trial
+                    self.verdicts[2] += 1
+                self._sustained = [0.0, 0, 0]
         self._cycles = 0
         self._t0 = now
         self._n0 = n
