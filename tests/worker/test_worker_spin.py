@@ -259,6 +259,19 @@ def test_a_trial_follows_the_peer(pipe) -> None:
     assert policy.verdicts == [2, 1, 0] and policy.spinning
 
 
+def test_one_slow_block_does_not_decide_a_trial(pipe) -> None:
+    # The worker warming up (first imports) slows the trial's first block, one without
+    # spinning: compared by sums, spinning would seem to pay; by the median block it does not.
+    peer = Peer(off=50e-6, on=48e-6)  # less than the PAYS margin
+    policy = trial_policy(pipe, peer)
+    peer.run(policy, 1)
+    peer.off = 500e-6
+    peer.run(policy, BLOCK_CYCLES)
+    peer.off = 50e-6
+    peer.run(policy, TRIAL_BLOCKS * BLOCK_CYCLES)
+    assert policy.verdicts == [1, 0, 0] and not policy.spinning
+
+
 class TiringPeer(Peer):
     """Spinning pays for the first ``fresh`` reads of a run of spinning reads only (a reader
     that has just slept wins the CPU from the peer; one that spins all the time loses it)."""

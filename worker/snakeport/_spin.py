@@ -21,7 +21,9 @@ spinning measurably pays:
   measures it: every :data:`TRIAL_EVERY` it runs a trial of :data:`TRIAL_BLOCKS` blocks of
   :data:`BLOCK_CYCLES` reads each, alternately without and with spinning, and keeps
   spinning until the next trial only if the wall time per request with spinning was below
-  :data:`PAYS` times the time without. A gap longer than :data:`IDLE_GAP` between two
+  :data:`PAYS` times the time without (the median block of each side: one block slowed by
+  something else, such as a first import while the worker warms up, does not decide the
+  verdict). A gap longer than :data:`IDLE_GAP` between two
   reads (the peer was idle, not slow) restarts the block under way. Before the first trial
   ends the policy alternates, as in a trial.
 - A trial's short blocks can favour spinning: a reader that spins for one block has taken
@@ -102,6 +104,15 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _median(values: list[float]) -> float:
+    """The median of ``values`` (0.0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
 class SpinPolicy:
     """Polls one fd until it is readable or the spin window is over (see the module).
 
@@ -178,7 +189,8 @@ class SpinPolicy:
         self._last = self._t0 = -1e9  # (the first read restarts the block)
         self._cycles = self._n0 = 0
         self._block = 0  # the block of the trial under way; TRIAL_BLOCKS: no trial
-        self._sums = [0.0, 0, 0.0, 0]  # seconds and requests without, then with spinning
+        self._sums: tuple[list[float], list[float]] = ([], [])  # seconds per request of each
+        # block without, then with spinning
         self._next_trial = 0.0
         self._off_cost = 0.0  # seconds per request without spinning, in the last trial
         self._sustained = [0.0, 0, 0]  # seconds, requests and blocks spun since the verdict
@@ -196,23 +208,22 @@ class SpinPolicy:
             return
         n = self._requests()  # type: ignore[misc]
         if self._block < TRIAL_BLOCKS:  # a block of the trial ended: add it up
-            k = 2 if self.spinning else 0
-            self._sums[k] += now - self._t0
-            self._sums[k + 1] += n - self._n0
+            if n > self._n0:  # (a block without requests tells nothing)
+                self._sums[self.spinning].append((now - self._t0) / (n - self._n0))
             self._block += 1
             if self._block < TRIAL_BLOCKS:
                 self.spinning = not self.spinning
             else:  # the verdict, until the next trial
-                off, n_off, on, n_on = self._sums
-                self.spinning = n_off > 0 and n_on > 0 and on / n_on < PAYS * off / n_off
+                off, on = _median(self._sums[0]), _median(self._sums[1])
+                self.spinning = off > 0.0 and on > 0.0 and on < PAYS * off
                 self.verdicts[0] += 1
                 self.verdicts[1] += self.spinning
                 self._next_trial = now + TRIAL_EVERY
-                self._off_cost = off / n_off if n_off > 0 else 0.0
+                self._off_cost = off
                 self._sustained = [0.0, 0, 0]
         elif now >= self._next_trial:  # a new trial, from a block without spinning
             self._block = 0
-            self._sums = [0.0, 0, 0.0, 0]
+            self._sums = ([], [])
             self.spinning = False
         elif self.spinning:  # spinning since a verdict: does it still pay?
             sustained = self._sustained
