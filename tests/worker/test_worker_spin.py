@@ -245,7 +245,7 @@ def test_a_trial_stops_spinning_when_it_does_not_pay(pipe) -> None:
     # Until the next trial: no spinning; then a new trial with the same outcome.
     reads = int(TRIAL_EVERY / peer.off)
     assert not any(peer.run(policy, reads - 10))
-    peer.run(policy, 10 + TRIAL_BLOCKS * BLOCK_CYCLES)
+    peer.run(policy, 10 + BLOCK_CYCLES + TRIAL_BLOCKS * BLOCK_CYCLES)  # (from the next block boundary)
     assert policy.verdicts == [2, 0, 0]
 
 
@@ -255,7 +255,7 @@ def test_a_trial_follows_the_peer(pipe) -> None:
     peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
     assert policy.verdicts == [1, 0, 0]
     peer.on = 10e-6  # the machine changed: the next trial finds that spinning pays
-    peer.run(policy, int(TRIAL_EVERY / peer.off) + TRIAL_BLOCKS * BLOCK_CYCLES)
+    peer.run(policy, int(TRIAL_EVERY / peer.off) + (1 + TRIAL_BLOCKS) * BLOCK_CYCLES)
     assert policy.verdicts == [2, 1, 0] and policy.spinning
 
 

@@ -79,7 +79,7 @@ TRIAL_EVERY = 1.0
 TRIAL_BLOCKS = 8
 
 #: Reads (calls of :meth:`SpinPolicy.wait`) per block of a trial.
-BLOCK_CYCLES = 16
+BLOCK_CYCLES = 64  # (16 measured a reader that had just slept: see SUSTAIN_BLOCKS)
 
 #: Spinning pays when the time per request with it is below this fraction of the time
 #: without it.
