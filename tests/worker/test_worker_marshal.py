@@ -185,3 +185,41 @@ def test_request_fields_are_checked_with_clear_messages() -> None:
         with pytest.raises(RequestError) as e:
             call()
         assert e.value.reason == "bad_request" and e.value.message.startswith(message), e.value.message
+
+
+class Items(list):
+    pass
+
+
+def test_a_lone_object_is_one_ref_as_inside_a_container(table) -> None:
+    box = Box()
+    stored = run(table, box)
+    ref = stored.value
+    assert ref[0] == REF_TAG and ref[1] == "s" and ref[3] == f"{__name__}.Box"
+    assert stored.new_ref_ids == [ref[2]] and stored.evicted == [] and stored.blobs is False
+    # The same object again, alone or in a container: the same ref, nothing new.
+    assert run(table, box).value == ref and run(table, box).new_ref_ids == []
+    assert run(table, [box]).value == [ref]
+    # A list subclass is not walked: one ref too (as at any depth).
+    assert run(table, Items([1])).value[3] == f"{__name__}.Items"
+    assert table.counts() == (1, 2)
+
+
+class _BadHash(type):
+    def __hash__(cls):
+        raise KeyboardInterrupt("hash")
+
+    def __eq__(cls, other):
+        return cls is other
+
+
+class Odd(metaclass=_BadHash):
+    pass
+
+
+def test_a_lone_object_whose_type_cannot_be_hashed_is_not_encodable(table) -> None:
+    with pytest.raises(RequestError) as e:
+        run(table, Odd())
+    assert e.value.reason == "not_encodable" and e.value.details == {"type": f"{__name__}.Odd"}
+    assert "KeyboardInterrupt: hash" in str(e.value)
+    assert table.counts() == (1, 0)

@@ -20,6 +20,7 @@ from snakeport._spin import (
     IDLE_GAP,
     SPIN_BACKOFF,
     SPIN_RECHECK,
+    SUSTAIN_BLOCKS,
     TRIAL_BLOCKS,
     TRIAL_EVERY,
     YIELD_BUSY,
@@ -232,7 +233,7 @@ def test_a_trial_keeps_spinning_when_it_pays(pipe) -> None:
     modes = peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
     # The trial alternates blocks without and with spinning, then keeps the verdict.
     assert modes[BLOCK_CYCLES - 1 : BLOCK_CYCLES + 1] == [False, True]
-    assert policy.verdicts == [1, 1] and policy.spinning
+    assert policy.verdicts == [1, 1, 0] and policy.spinning
     assert all(peer.run(policy, 1000))  # until the next trial, TRIAL_EVERY later
 
 
@@ -240,22 +241,69 @@ def test_a_trial_stops_spinning_when_it_does_not_pay(pipe) -> None:
     peer = Peer(off=50e-6, on=48e-6)  # less than the PAYS margin
     policy = trial_policy(pipe, peer)
     peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
-    assert policy.verdicts == [1, 0] and not policy.spinning
+    assert policy.verdicts == [1, 0, 0] and not policy.spinning
     # Until the next trial: no spinning; then a new trial with the same outcome.
     reads = int(TRIAL_EVERY / peer.off)
     assert not any(peer.run(policy, reads - 10))
-    peer.run(policy, 10 + TRIAL_BLOCKS * BLOCK_CYCLES)
-    assert policy.verdicts == [2, 0]
+    peer.run(policy, 10 + BLOCK_CYCLES + TRIAL_BLOCKS * BLOCK_CYCLES)  # (from the next block boundary)
+    assert policy.verdicts == [2, 0, 0]
 
 
 def test_a_trial_follows_the_peer(pipe) -> None:
     peer = Peer(off=50e-6, on=80e-6)  # spinning slows the peer down (it takes its CPU)
     policy = trial_policy(pipe, peer)
     peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
-    assert policy.verdicts == [1, 0]
+    assert policy.verdicts == [1, 0, 0]
     peer.on = 10e-6  # the machine changed: the next trial finds that spinning pays
-    peer.run(policy, int(TRIAL_EVERY / peer.off) + TRIAL_BLOCKS * BLOCK_CYCLES)
-    assert policy.verdicts == [2, 1] and policy.spinning
+    peer.run(policy, int(TRIAL_EVERY / peer.off) + (1 + TRIAL_BLOCKS) * BLOCK_CYCLES)
+    assert policy.verdicts == [2, 1, 0] and policy.spinning
+
+
+def test_one_slow_block_does_not_decide_a_trial(pipe) -> None:
+    # The worker warming up (first imports) slows the trial's first block, one without
+    # spinning: compared by sums, spinning would seem to pay; by the median block it does not.
+    peer = Peer(off=50e-6, on=48e-6)  # less than the PAYS margin
+    policy = trial_policy(pipe, peer)
+    peer.run(policy, 1)
+    peer.off = 500e-6
+    peer.run(policy, BLOCK_CYCLES)
+    peer.off = 50e-6
+    peer.run(policy, TRIAL_BLOCKS * BLOCK_CYCLES)
+    assert policy.verdicts == [1, 0, 0] and not policy.spinning
+
+
+class TiringPeer(Peer):
+    """Spinning pays for the first ``fresh`` reads of a run of spinning reads only (a reader
+    that has just slept wins the CPU from the peer; one that spins all the time loses it)."""
+
+    def __init__(self, off: float, on: float, tired: float, fresh: int) -> None:
+        super().__init__(off, on)
+        self.tired, self.fresh, self.run_length = tired, fresh, 0
+
+    def run(self, policy: SpinPolicy, reads: int) -> list[bool]:
+        modes = []
+        for _ in range(reads):
+            self.run_length = self.run_length + 1 if policy.spinning else 0
+            if policy.spinning:
+                self.now += self.on if self.run_length <= self.fresh else self.tired
+            else:
+                self.now += self.off
+            self.requests += 1
+            policy.wait()
+            modes.append(policy.spinning)
+        return modes
+
+
+def test_spinning_that_stops_paying_when_sustained_stops_until_the_next_trial(pipe) -> None:
+    peer = TiringPeer(off=50e-6, on=20e-6, tired=90e-6, fresh=BLOCK_CYCLES)
+    policy = trial_policy(pipe, peer)
+    peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
+    assert policy.verdicts == [1, 1, 0] and policy.spinning  # the trial's blocks are short
+    modes = peer.run(policy, SUSTAIN_BLOCKS * BLOCK_CYCLES)
+    assert all(modes[:-1]) and not modes[-1]  # one check after SUSTAIN_BLOCKS blocks
+    assert policy.verdicts == [1, 1, 1]
+    reads = int(TRIAL_EVERY / peer.off)
+    assert not any(peer.run(policy, reads - 10 * BLOCK_CYCLES))  # until the next trial
 
 
 def test_an_idle_gap_restarts_the_block(pipe) -> None:

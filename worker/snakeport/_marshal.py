@@ -107,6 +107,17 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
 
         return table.store_result(session, build)
     walk = _Walk(session.session_id, mode == AUTO, max_depth)
+    if mode == AUTO:
+        # The most common result that is not data, one object that gets a ref (what a
+        # constructor returns): its ref term, as the walk would make it, without the walk.
+        name = _convert(walk, result, _lone_object)
+        if name is not None:
+            sid = session.session_id
+
+            def build_ref(ref_id_of: RefIdOf) -> Any:
+                return (REF_TAG, sid, ref_id_of(result), name)
+
+            return table.store_result(session, build_ref)
     value = _convert(walk, result)
     if not walk.slots:
         return StoredResult(value, [], [], None, walk.blobs)
@@ -118,7 +129,8 @@ def marshal(table: SessionTable, session: Session, result: Any, mode: int, max_d
             slot.ref = (REF_TAG, sid, ref_id_of(slot.obj), slot.type_name)
         return walk.fill(value)
 
-    return table.store_result(session, build_refs)._replace(blobs=walk.blobs)
+    stored = table.store_result(session, build_refs)
+    return stored._replace(blobs=True) if walk.blobs else stored
 
 
 def marshal_batch(
@@ -179,11 +191,12 @@ def marshal_batch(
     return table.store_result(session, build)._replace(blobs=walk.blobs)
 
 
-def _convert(walk: "_Walk", value: Any) -> Any:
-    """``walk.convert(value, 0)``, a conversion that raised (``BaseException`` included:
-    numpy and pandas reads, encoders) failing the result with ``not_encodable``."""
+def _convert(walk: "_Walk", value: Any, step: Any = None) -> Any:
+    """``walk.convert(value, 0)`` (or ``step(value)``), a conversion that raised
+    (``BaseException`` included: numpy and pandas reads, encoders, a metaclass's ``__hash__``)
+    failing the result with ``not_encodable``."""
     try:
-        return walk.convert(value, 0)
+        return walk.convert(value, 0) if step is None else step(value)
     except RequestError:
         raise
     except BaseException as exc:  # noqa: BLE001 - a numpy/pandas read or an encoder failed
@@ -193,6 +206,16 @@ def _convert(walk: "_Walk", value: Any) -> Any:
             f"converting a {name} of the result failed: {type_name(type(exc))}: {safe_str(exc)}",
             details={"type": name},
         ) from None
+
+def _lone_object(value: Any) -> str | None:
+    """The type name of ``value`` when, under ``result => auto``, the whole result is one
+    ref (not data, not a container, no conversion: what :meth:`_Walk.convert` makes a leaf
+    of at depth 0), else ``None``. Hashes the type, as the walk does."""
+    t = type(value)
+    if t in DATA or t in _CONTAINERS or converter_for(t) is not None:
+        return None
+    return type_name(t)
+
 
 def _ref_term(sid: str | bytes, obj: Any, ref_id_of: RefIdOf) -> tuple | None:
     if obj is None:

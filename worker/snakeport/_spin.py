@@ -21,9 +21,18 @@ spinning measurably pays:
   measures it: every :data:`TRIAL_EVERY` it runs a trial of :data:`TRIAL_BLOCKS` blocks of
   :data:`BLOCK_CYCLES` reads each, alternately without and with spinning, and keeps
   spinning until the next trial only if the wall time per request with spinning was below
-  :data:`PAYS` times the time without. A gap longer than :data:`IDLE_GAP` between two
+  :data:`PAYS` times the time without (the median block of each side: one block slowed by
+  something else, such as a first import while the worker warms up, does not decide the
+  verdict). A gap longer than :data:`IDLE_GAP` between two
   reads (the peer was idle, not slow) restarts the block under way. Before the first trial
   ends the policy alternates, as in a trial.
+- A trial's short blocks can favour spinning: a reader that spins for one block has taken
+  little CPU time just before and wins the CPU from the peer, while one that spins all the
+  time loses it (e.g. a ref's create, method and release, where the BEAM does more between
+  requests than for plain calls). So spinning must keep paying: while it spins after a
+  verdict, every :data:`SUSTAIN_BLOCKS` blocks the policy compares the wall time per request
+  with the time per request without spinning that the trial measured, and stops spinning
+  until the next trial when it is not below that (``verdicts[2]`` counts these).
 
 The server spins at most once after each batch of frames, and only when no call is
 executing (a call on another thread would compete for the GIL); never while idle. The
@@ -49,6 +58,7 @@ __all__ = [
     "TRIAL_BLOCKS",
     "BLOCK_CYCLES",
     "PAYS",
+    "SUSTAIN_BLOCKS",
     "IDLE_GAP",
     "usable_cpus",
 ]
@@ -69,11 +79,15 @@ TRIAL_EVERY = 1.0
 TRIAL_BLOCKS = 8
 
 #: Reads (calls of :meth:`SpinPolicy.wait`) per block of a trial.
-BLOCK_CYCLES = 16
+BLOCK_CYCLES = 64  # (16 measured a reader that had just slept: see SUSTAIN_BLOCKS)
 
 #: Spinning pays when the time per request with it is below this fraction of the time
 #: without it.
 PAYS = 0.9
+
+#: Blocks of sustained spinning (after a verdict that spinning pays) between two checks
+#: that it still pays.
+SUSTAIN_BLOCKS = 4
 
 #: A gap between two reads longer than this means the peer was idle: the block restarts (s).
 IDLE_GAP = 0.02
@@ -88,6 +102,15 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _median(values: list[float]) -> float:
+    """The median of ``values`` (0.0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
 class SpinPolicy:
@@ -111,10 +134,12 @@ class SpinPolicy:
         resume: ``clock()`` time before which :meth:`wait` does not spin (backing off, or
             one CPU only).
         spinning: Whether the current block (or the last trial's verdict) spins.
-        verdicts: How many trials ended, and how many of them found that spinning pays.
+        verdicts: How many trials ended, how many of them found that spinning pays, and how
+            many of those verdicts sustained spinning revoked.
 
-    Invariant: outside a trial ``spinning`` is the last trial's verdict; in a trial it is
-    False in even blocks and True in odd ones.
+    Invariant: outside a trial ``spinning`` is the last trial's verdict, or False once
+    sustained spinning stopped paying (until the next trial); in a trial it is False in
+    even blocks and True in odd ones.
     """
 
     __slots__ = (
@@ -135,6 +160,8 @@ class SpinPolicy:
         "_block",
         "_sums",
         "_next_trial",
+        "_off_cost",
+        "_sustained",
     )
 
     def __init__(
@@ -158,12 +185,15 @@ class SpinPolicy:
         self.resume = 0.0
         self._requests = requests
         self.spinning = requests is None  # (with a counter: the first block of a trial)
-        self.verdicts = [0, 0]
+        self.verdicts = [0, 0, 0]
         self._last = self._t0 = -1e9  # (the first read restarts the block)
         self._cycles = self._n0 = 0
         self._block = 0  # the block of the trial under way; TRIAL_BLOCKS: no trial
-        self._sums = [0.0, 0, 0.0, 0]  # seconds and requests without, then with spinning
+        self._sums: tuple[list[float], list[float]] = ([], [])  # seconds per request of each
+        # block without, then with spinning
         self._next_trial = 0.0
+        self._off_cost = 0.0  # seconds per request without spinning, in the last trial
+        self._sustained = [0.0, 0, 0]  # seconds, requests and blocks spun since the verdict
 
     def _observe(self, now: float) -> None:
         """Account for the read that ends at ``now``: the trial's blocks and its verdict."""
@@ -178,22 +208,33 @@ class SpinPolicy:
             return
         n = self._requests()  # type: ignore[misc]
         if self._block < TRIAL_BLOCKS:  # a block of the trial ended: add it up
-            k = 2 if self.spinning else 0
-            self._sums[k] += now - self._t0
-            self._sums[k + 1] += n - self._n0
+            if n > self._n0:  # (a block without requests tells nothing)
+                self._sums[self.spinning].append((now - self._t0) / (n - self._n0))
             self._block += 1
             if self._block < TRIAL_BLOCKS:
                 self.spinning = not self.spinning
             else:  # the verdict, until the next trial
-                off, n_off, on, n_on = self._sums
-                self.spinning = n_off > 0 and n_on > 0 and on / n_on < PAYS * off / n_off
+                off, on = _median(self._sums[0]), _median(self._sums[1])
+                self.spinning = off > 0.0 and on > 0.0 and on < PAYS * off
                 self.verdicts[0] += 1
                 self.verdicts[1] += self.spinning
                 self._next_trial = now + TRIAL_EVERY
+                self._off_cost = off
+                self._sustained = [0.0, 0, 0]
         elif now >= self._next_trial:  # a new trial, from a block without spinning
             self._block = 0
-            self._sums = [0.0, 0, 0.0, 0]
+            self._sums = ([], [])
             self.spinning = False
+        elif self.spinning:  # spinning since a verdict: does it still pay?
+            sustained = self._sustained
+            sustained[0] += now - self._t0
+            sustained[1] += n - self._n0
+            sustained[2] += 1
+            if sustained[2] >= SUSTAIN_BLOCKS:
+                if sustained[1] > 0 and sustained[0] / sustained[1] >= self._off_cost:
+                    self.spinning = False  # not even as fast as without: until the next trial
+                    self.verdicts[2] += 1
+                self._sustained = [0.0, 0, 0]
         self._cycles = 0
         self._t0 = now
         self._n0 = n

@@ -29,6 +29,8 @@ defmodule Bench.Report do
      [{:ratio_min, 0.95}]},
     {"Default polling vs the alternative: 1 MiB echo", :echo1, :echo1_alt, "MiB/s",
      [{:ratio_min, 0.95}]},
+    {"Default polling vs the alternative: ref churn", :churn, :churn_alt, "refs/s",
+     [{:ratio_min, 0.95}]},
     {"4. Ref churn: create + method + release", :churn, nil, "refs/s", []},
     {"4. 10k refs: owner killed → stats refs 0", :release_ms, nil, "ms", [{:max, 50}]},
     {"5. Cold start: Port open → ready frame", :cold_ready, :cold_floor, "ms", []},
