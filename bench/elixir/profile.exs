@@ -4,6 +4,8 @@
 #                                           raw worker, harness + fake worker, full Snakeport
 #   mix run profile.exs harness             CPU µs of each step of Snakeport.call/4, no I/O
 #   mix run profile.exs malloc              1 MiB echo, raw worker with glibc malloc defaults / tuned
+#   mix run profile.exs ab_echo [ROUNDS]    1 MiB echo via the API, polling default vs spin_us: 0,
+#                                           fresh instances, alternating order
 #   mix run profile.exs eprof [c64] [fake]  :eprof of the caller(s) and the worker process
 #   mix run profile.exs pyspy MODE          py-spy record of the worker under load (MODE: seq,
 #                                           c64, echo1 on a raw worker; api_seq through the API);
@@ -173,6 +175,28 @@ case System.argv() do
     for {name, batches} <- Enum.sort(rows) do
       cols = for i <- 0..2, do: batches |> Enum.map(&elem(&1, i)) |> Stats.median() |> round()
       IO.puts("#{name}: #{inspect(cols)}")
+    end
+
+  ["ab_echo" | rest] ->
+    # 1 MiB echo through the public API, the worker's polling default against spin_us: 0,
+    # each on a fresh instance, alternating which goes first (make bench measures the
+    # alternative later in the round, after other figures): MiB/s and CPU µs per MiB.
+    rounds = String.to_integer(List.first(rest) || "3")
+
+    for round <- 1..rounds,
+        spin <- if(rem(round, 2) == 1, do: [:default, 0], else: [0, :default]) do
+      extra = if spin == :default, do: [pool_size: 1], else: [pool_size: 1, spin_us: spin]
+      Snake.start(python, env, extra)
+      wp = Snake.worker_pids()
+      Snake.echo(mib1, 5)
+      {{mib, native, _}, cpu} = Bench.Cpu.measure(wp, fn -> Snake.echo(mib1, 100) end)
+
+      IO.puts(
+        "round #{round}, spin_us #{spin}: #{Float.round(mib / Stats.to_s(native), 1)} MiB/s, " <>
+          "CPU µs per MiB worker #{round(cpu.py / 1000 / mib)} / BEAM #{round(cpu.beam / 1000 / mib)}"
+      )
+
+      Snake.stop()
     end
 
   ["harness" | _] ->
