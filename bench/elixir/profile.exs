@@ -185,15 +185,14 @@ case System.argv() do
 
     for round <- 1..rounds,
         spin <- if(rem(round, 2) == 1, do: [:default, 0], else: [0, :default]) do
-      extra = if spin == :default, do: [pool_size: 1], else: [pool_size: 1, spin_us: spin]
-      Snake.start(python, env, extra)
-      wp = Snake.worker_pids()
+      extra = if spin == :default, do: [], else: [spin_us: spin]
+      Snake.start(python, env, [pool_size: 1] ++ extra)
       Snake.echo(mib1, 5)
-      {{mib, native, _}, cpu} = Bench.Cpu.measure(wp, fn -> Snake.echo(mib1, 100) end)
+      {wall, b, p} = measured.(worker_os_pid.(), fn -> Snake.echo(mib1, 100) end).()
 
       IO.puts(
-        "round #{round}, spin_us #{spin}: #{Float.round(mib / Stats.to_s(native), 1)} MiB/s, " <>
-          "CPU µs per MiB worker #{round(cpu.py / 1000 / mib)} / BEAM #{round(cpu.beam / 1000 / mib)}"
+        "round #{round}, spin_us #{spin}: #{Float.round(1.0e6 / wall, 1)} MiB/s, " <>
+          "CPU µs per MiB worker #{round(p)} / BEAM #{round(b)}"
       )
 
       Snake.stop()
