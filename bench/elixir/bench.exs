@@ -67,7 +67,10 @@ load_before = load.()
 suite_t0 = Stats.now()
 
 # The machine reference, before the rounds (in this regime).
-reference = %{python_loop_ms: Bench.Reference.python_ms(python), erlang_loop_ms: Bench.Reference.erlang_ms()}
+reference = %{
+  python_loop_ms: Bench.Reference.python_ms(python),
+  erlang_loop_ms: Bench.Reference.erlang_ms()
+}
 
 # A warm-up block (untimed), then the measured one with the CPU time of `pids` (Python
 # processes) and of the BEAM: {batch, cpu}.
@@ -149,15 +152,30 @@ one_round = fn round ->
   worker_cpus = wp |> hd() |> Cpu.affinity()
   Snake.stop()
 
-  # The worker's polling default against its alternative (see README.md): the same figures
-  # with a worker started with the other setting.
-  Snake.start(python, env, pool_size: 1, spin_us: Snake.alternative_spin_us())
-  wp_alt = Snake.worker_pids()
-  seq_alt = measure.(wp_alt, &Snake.sequential/1, 1_000, n.seq)
-  c64_alt = measure.(wp_alt, &Snake.concurrent(n.callers, &1), 20, n.per_caller)
-  echo1_alt = measure.(wp_alt, &Snake.echo(mib1, &1), 5, n.mib1)
-  churn_alt = measure.(wp_alt, &Snake.churn/1, div(n.churn, 10), n.churn)
-  Snake.stop()
+  # The worker's polling default against its alternative (see README.md): two fresh
+  # instances side by side, one with each setting, and each figure measured on both back
+  # to back, the default first in odd rounds and the alternative first in even ones, so that
+  # neither side always runs second (on CPUs the other has just woken, after the other's
+  # garbage). Both are called with `instance:`.
+  Snake.start(python, env, pool_size: 1, name: Bench.Default)
+  Snake.start(python, env, pool_size: 1, name: Bench.Alt, spin_us: Snake.alternative_spin_us())
+
+  polling = fn fun, warmup_arg, arg ->
+    sides = [def: Bench.Default, alt: Bench.Alt]
+    sides = if rem(round, 2) == 1, do: sides, else: Enum.reverse(sides)
+
+    Map.new(sides, fn {side, name} ->
+      opts = [instance: name]
+      {side, measure.(Snake.worker_pids(opts), &fun.(&1, opts), warmup_arg, arg)}
+    end)
+  end
+
+  seq_ab = polling.(&Snake.sequential/2, 1_000, n.seq)
+  c64_ab = polling.(&Snake.concurrent(n.callers, &1, &2), 20, n.per_caller)
+  echo1_ab = polling.(&Snake.echo(mib1, &1, &2), 5, n.mib1)
+  churn_ab = polling.(&Snake.churn/2, div(n.churn, 10), n.churn)
+  Snake.stop(Bench.Default)
+  Snake.stop(Bench.Alt)
 
   # 2. 64 callers on the default pool.
   Snake.start(python, env, [])
@@ -173,16 +191,19 @@ one_round = fn round ->
     [
       figures_of.(:seq, seq),
       figures_of.(:seq_floor, seq_floor),
-      figures_of.(:seq_alt, seq_alt),
+      figures_of.(:seq_def, seq_ab.def),
+      figures_of.(:seq_alt, seq_ab.alt),
       figures_of.(:c64, c64),
       figures_of.(:c64_floor, c64_floor),
       figures_of.(:c64_window, c64_window),
-      figures_of.(:c64_alt, c64_alt),
+      figures_of.(:c64_def, c64_ab.def),
+      figures_of.(:c64_alt, c64_ab.alt),
       figures_of.(:pool, pool),
       figures_of.(:pool_floor, pool_floor),
       figures_of.(:echo1, echo1),
       figures_of.(:echo1_floor, echo1_floor),
-      figures_of.(:echo1_alt, echo1_alt),
+      figures_of.(:echo1_def, echo1_ab.def),
+      figures_of.(:echo1_alt, echo1_ab.alt),
       figures_of.(:echo16, echo16),
       figures_of.(:echo16_floor, echo16_floor),
       figures_of.(:array8, array8_rt),
@@ -192,7 +213,8 @@ one_round = fn round ->
       figures_of.(:stream, stream),
       figures_of.(:stream_list, stream_list),
       figures_of.(:churn, churn),
-      figures_of.(:churn_alt, churn_alt)
+      figures_of.(:churn_def, churn_ab.def),
+      figures_of.(:churn_alt, churn_ab.alt)
     ]
     |> Enum.reduce(cold, &Map.merge(&2, &1))
     |> Map.merge(%{

@@ -31,7 +31,9 @@ defmodule Bench.Reference do
 
   @doc "ms of the Erlang loop: a tail-recursive sum of 10^7 integers (best of 5)."
   def erlang_ms do
-    for(_ <- 1..5, do: :timer.tc(fn -> sum(10_000_000, 0) end) |> elem(0)) |> Enum.min() |> Kernel./(1000)
+    for(_ <- 1..5, do: :timer.tc(fn -> sum(10_000_000, 0) end) |> elem(0))
+    |> Enum.min()
+    |> Kernel./(1000)
   end
 
   defp sum(0, acc), do: acc

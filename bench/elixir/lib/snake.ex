@@ -9,20 +9,29 @@ defmodule Bench.Snake do
 
   @helpers Path.expand("../../python", __DIR__)
 
-  @doc "Starts an instance (not linked to the caller); ms from start to the first call's reply."
+  @doc """
+  Starts an instance (not linked to the caller; `extra[:name]` names it, default
+  `Snakeport`); ms from start to the first call's reply.
+  """
   def start(python, env, extra) do
     t0 = Stats.now()
     opts = Keyword.merge([python: python, python_path: [@helpers], env: env], extra)
     {:ok, pid} = Snakeport.start_link(opts)
     Process.unlink(pid)
-    add()
+    add(instance_opts(extra[:name]))
     Stats.to_ms(Stats.now() - t0)
   end
 
-  def stop, do: Supervisor.stop(Snakeport.Supervisor)
+  @doc "Stops the instance `name`."
+  def stop(name \\ Snakeport), do: Supervisor.stop(Module.concat(name, "Supervisor"))
 
-  @doc "The OS pids of the running instance's workers."
-  def worker_pids, do: for(w <- Snakeport.stats!().workers, do: w.os_pid)
+  @doc "The OS pids of the instance's workers (`opts`: `[]` or `[instance: name]`)."
+  def worker_pids(opts \\ []), do: for(w <- Snakeport.stats!(opts).workers, do: w.os_pid)
+
+  # The options that name an instance in calls: none for the default instance, so that the
+  # headline figures measure `Snakeport.call/3` as most code calls it.
+  defp instance_opts(nil), do: []
+  defp instance_opts(name), do: [instance: name]
 
   @doc "The worker's default `--spin-us` (read from the worker's `_limits`)."
   def default_spin_us do
@@ -35,21 +44,21 @@ defmodule Bench.Snake do
   @doc "The other setting of the worker's polling: off when the default polls, else on (200 µs)."
   def alternative_spin_us, do: if(default_spin_us() == 0, do: 200, else: 0)
 
-  def add, do: {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+  def add(opts \\ []), do: {:ok, 3} = Snakeport.call("operator", "add", [1, 2], opts)
 
-  def sequential(n), do: Stats.sequential(n, &add/0)
+  def sequential(n, opts \\ []), do: Stats.sequential(n, fn -> add(opts) end)
 
   @doc "`callers` processes calling operator.add; each has its own (auto) session."
-  def concurrent(callers, per_caller),
-    do: Stats.concurrent(callers, per_caller, fn _ -> add() end, warmup: fn _ -> add() end)
+  def concurrent(callers, per_caller, opts \\ []),
+    do: Stats.concurrent(callers, per_caller, fn _ -> add(opts) end, warmup: fn _ -> add(opts) end)
 
   @doc "Echoes `bin` (as Python bytes) through `bench_helpers.identity` `n` times (MiB)."
-  def echo(bin, n) do
+  def echo(bin, n, opts \\ []) do
     size = byte_size(bin)
     arg = Snakeport.bytes(bin)
 
     Stats.repeat(n, size / 1_048_576, fn ->
-      {:ok, reply} = Snakeport.call("bench_helpers", "identity", [arg])
+      {:ok, reply} = Snakeport.call("bench_helpers", "identity", [arg], opts)
       ^size = byte_size(reply)
     end)
   end
@@ -75,12 +84,12 @@ defmodule Bench.Snake do
   end
 
   @doc "Creates a ref, calls a method on it, releases it; `n` times, in a fresh process."
-  def churn(n) do
+  def churn(n, opts \\ []) do
     task =
       Task.async(fn ->
         Stats.repeat(n, 1, fn ->
           i = :erlang.unique_integer([:positive])
-          {:ok, ref} = Snakeport.call("bench_helpers", "Box", [i])
+          {:ok, ref} = Snakeport.call("bench_helpers", "Box", [i], opts)
           {:ok, ^i} = Snakeport.method(ref, "get")
           :ok = Snakeport.release_ref(ref)
         end)
