@@ -3,6 +3,8 @@
 #   mix run profile.exs decompose [ROUNDS]  wall and CPU µs per request of each layer: floor,
 #                                           raw worker, harness + fake worker, full Snakeport
 #   mix run profile.exs harness             CPU µs of each step of Snakeport.call/4, no I/O
+#   mix run profile.exs c64 [ROUNDS] [fake] BEAM CPU µs per call of 64 callers on one worker,
+#                                           Snakeport against the routed floor, alternating
 #   mix run profile.exs malloc              1 MiB echo, raw worker with glibc malloc defaults / tuned
 #   mix run profile.exs ab_echo [ROUNDS]    1 MiB echo via the API, polling default vs spin_us: 0,
 #                                           fresh instances, alternating order
@@ -149,6 +151,37 @@ case System.argv() do
           Enum.map_join(Enum.zip(cols, [8, 10, 12]), fn {v, w} -> String.pad_leading("#{v}", w) end)
       )
     end
+
+  ["c64" | rest] ->
+    # The 64-caller figure alone (bench.exs's "64 callers, one worker"), in alternating
+    # blocks: the floor's routed callers and Snakeport.call/3 from 64 processes with their
+    # auto-sessions; BEAM CPU µs per call of each block (schedstat: the schedulers' busy
+    # waits included), medians and their ratio. `fake`: the fake worker, so that only the
+    # harness's own costs remain on the Python side.
+    rounds = rest |> Enum.find("7", &(&1 =~ ~r/^\d+$/)) |> String.to_integer()
+    extra = if "fake" in rest, do: [python_path: [fake]], else: []
+    floor = Floor.open(python, port_env)
+    fp = Raw.os_pid(floor)
+    Snake.start(python, env, [pool_size: 1] ++ extra)
+    wp = worker_os_pid.()
+    Floor.callers(floor, 64, 100, floor_frame)
+    Snake.concurrent(64, 100)
+
+    rows =
+      Stats.alternate(rounds,
+        floor: measured.(fp, fn -> Floor.callers(floor, 64, 400, floor_frame) end),
+        snakeport: measured.(wp, fn -> Snake.concurrent(64, 400) end)
+      )
+
+    Snake.stop()
+    Floor.close(floor)
+    [f, s] = for k <- [:floor, :snakeport], do: rows[k] |> Enum.map(&elem(&1, 1)) |> Enum.reverse()
+    {mf, ms} = {Stats.median(f), Stats.median(s)}
+    fmt = fn xs -> Enum.map_join(xs, " ", &:erlang.float_to_binary(&1, decimals: 2)) end
+    IO.puts("BEAM CPU µs per call, 64 callers, blocks in order")
+    IO.puts("  floor     #{fmt.(f)}")
+    IO.puts("  snakeport #{fmt.(s)}")
+    IO.puts("medians: floor #{Float.round(mf, 2)}, snakeport #{Float.round(ms, 2)}, ratio #{Float.round(ms / mf, 2)}x")
 
   ["malloc" | _] ->
     # 1 MiB echo on two raw workers: glibc's defaults, and glibc told to keep freed memory
