@@ -261,7 +261,7 @@ case System.argv() do
         {:ok, {args, kwargs}, nil, []} = Protocol.to_wire({[1, 2], %{}}, Snakeport)
         Protocol.call("operator", "add", args, kwargs, %{})
       end),
-      time.("Sessions.checkout (2 ETS lookups, SessionContext.current)", n, fn ->
+      time.("Sessions.checkout (SessionContext.current; the cached session, or 2 ETS lookups)", n, fn ->
         Sessions.checkout(inst, nil, nil, 5_000)
       end),
       time.("Client.run: meta merge, clocks, 2 Telemetry.execute", n, fn ->
