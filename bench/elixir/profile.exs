@@ -279,12 +279,12 @@ case System.argv() do
       time.("Protocol.encode (id and session, external_size, term_to_binary)", n, fn ->
         Protocol.encode(request, 123, session.id)
       end),
-      time.("Worker: id, monitor alias, ETS insert / take, demonitor", n, fn ->
+      time.("Worker: id, reply alias, ETS insert / take, unalias", n, fn ->
         id = :atomics.add_get(entry.counter, 1, 1)
-        mref = :erlang.monitor(:process, entry.pid, [{:alias, :demonitor}])
+        mref = :erlang.alias([:reply])
         :ets.insert(entry.pending, {id, mref})
         :ets.take(entry.pending, id)
-        Process.demonitor(mref, [:flush])
+        :erlang.unalias(mref)
       end),
       time.("Worker.route: Protocol.frame_kind", n, fn -> Protocol.frame_kind(reply) end),
       time.("Protocol.decode_reply (binary_to_term :safe, binary.match)", n, fn ->
