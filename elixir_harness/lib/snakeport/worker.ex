@@ -702,7 +702,7 @@ defmodule Snakeport.Worker do
   end
 
   # The Python process exited (killed, crashed, or shut down): stop, so that the supervisor
-  # starts a new one; callers in flight see our :DOWN at once.
+  # starts a new one; callers in flight are told at once (terminate/2).
   def handle_info({port, {:exit_status, status}}, %{port: port, killed_at: nil} = state) do
     Logger.error(
       "Snakeport worker #{state.index} (OS pid #{state.entry.os_pid}) exited with status " <>
