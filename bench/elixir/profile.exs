@@ -3,6 +3,8 @@
 #   mix run profile.exs decompose [ROUNDS]  wall and CPU µs per request of each layer: floor,
 #                                           raw worker, harness + fake worker, full Snakeport
 #   mix run profile.exs harness             CPU µs of each step of Snakeport.call/4, no I/O
+#   mix run profile.exs c64 [ROUNDS] [fake] BEAM CPU µs per call of 64 callers on one worker,
+#                                           Snakeport against the routed floor, alternating
 #   mix run profile.exs malloc              1 MiB echo, raw worker with glibc malloc defaults / tuned
 #   mix run profile.exs ab_echo [ROUNDS]    1 MiB echo via the API, polling default vs spin_us: 0,
 #                                           fresh instances, alternating order
@@ -150,6 +152,37 @@ case System.argv() do
       )
     end
 
+  ["c64" | rest] ->
+    # The 64-caller figure alone (bench.exs's "64 callers, one worker"), in alternating
+    # blocks: the floor's routed callers and Snakeport.call/3 from 64 processes with their
+    # auto-sessions; BEAM CPU µs per call of each block (schedstat: the schedulers' busy
+    # waits included), medians and their ratio. `fake`: the fake worker, so that only the
+    # harness's own costs remain on the Python side.
+    rounds = rest |> Enum.find("7", &(&1 =~ ~r/^\d+$/)) |> String.to_integer()
+    extra = if "fake" in rest, do: [python_path: [fake]], else: []
+    floor = Floor.open(python, port_env)
+    fp = Raw.os_pid(floor)
+    Snake.start(python, env, [pool_size: 1] ++ extra)
+    wp = worker_os_pid.()
+    Floor.callers(floor, 64, 100, floor_frame)
+    Snake.concurrent(64, 100)
+
+    rows =
+      Stats.alternate(rounds,
+        floor: measured.(fp, fn -> Floor.callers(floor, 64, 400, floor_frame) end),
+        snakeport: measured.(wp, fn -> Snake.concurrent(64, 400) end)
+      )
+
+    Snake.stop()
+    Floor.close(floor)
+    [f, s] = for k <- [:floor, :snakeport], do: rows[k] |> Enum.map(&elem(&1, 1)) |> Enum.reverse()
+    {mf, ms} = {Stats.median(f), Stats.median(s)}
+    fmt = fn xs -> Enum.map_join(xs, " ", &:erlang.float_to_binary(&1, decimals: 2)) end
+    IO.puts("BEAM CPU µs per call, 64 callers, blocks in order")
+    IO.puts("  floor     #{fmt.(f)}")
+    IO.puts("  snakeport #{fmt.(s)}")
+    IO.puts("medians: floor #{Float.round(mf, 2)}, snakeport #{Float.round(ms, 2)}, ratio #{Float.round(ms / mf, 2)}x")
+
   ["malloc" | _] ->
     # 1 MiB echo on two raw workers: glibc's defaults, and glibc told to keep freed memory
     # (no trimming, no mmap per large block), which removes the page faults of fresh buffers.
@@ -228,7 +261,7 @@ case System.argv() do
         {:ok, {args, kwargs}, nil, []} = Protocol.to_wire({[1, 2], %{}}, Snakeport)
         Protocol.call("operator", "add", args, kwargs, %{})
       end),
-      time.("Sessions.checkout (2 ETS lookups, SessionContext.current)", n, fn ->
+      time.("Sessions.checkout (SessionContext.current; the cached session, or 2 ETS lookups)", n, fn ->
         Sessions.checkout(inst, nil, nil, 5_000)
       end),
       time.("Client.run: meta merge, clocks, 2 Telemetry.execute", n, fn ->
@@ -246,12 +279,12 @@ case System.argv() do
       time.("Protocol.encode (id and session, external_size, term_to_binary)", n, fn ->
         Protocol.encode(request, 123, session.id)
       end),
-      time.("Worker: id, monitor alias, ETS insert / take, demonitor", n, fn ->
+      time.("Worker: id, reply alias, ETS insert / take, unalias", n, fn ->
         id = :atomics.add_get(entry.counter, 1, 1)
-        mref = :erlang.monitor(:process, entry.pid, [{:alias, :demonitor}])
+        mref = :erlang.alias([:reply])
         :ets.insert(entry.pending, {id, mref})
         :ets.take(entry.pending, id)
-        Process.demonitor(mref, [:flush])
+        :erlang.unalias(mref)
       end),
       time.("Worker.route: Protocol.frame_kind", n, fn -> Protocol.frame_kind(reply) end),
       time.("Protocol.decode_reply (binary_to_term :safe, binary.match)", n, fn ->

@@ -122,6 +122,16 @@ defmodule Snakeport.Courier do
     {:noreply, %{state | callers: Map.new(callers), watched: watched}}
   end
 
+  # The worker stopped before it answered (Worker.notify_pending/2; the link ends this
+  # process right after).
+  def handle_info({mref, {:error, reason}}, %{pending: pending} = state)
+      when is_map_key(pending, mref) do
+    Process.demonitor(mref, [:flush])
+    {tag, pending} = Map.pop(pending, mref)
+    send(tag, {tag, {:error, Client.transport_error(reason, nil, nil)}})
+    {:noreply, %{state | pending: pending}}
+  end
+
   # The worker's reply to one of them: decode it for the store.
   def handle_info({mref, frame}, %{pending: pending} = state) when is_map_key(pending, mref) do
     Process.demonitor(mref, [:flush])

@@ -6,8 +6,8 @@ defmodule Snakeport.Instance do
   #
   # Both live in one :persistent_term entry, `{Snakeport, name}`, that a call reads once
   # (fetch/1). This process, the first child of the instance's supervisor, writes it when
-  # the instance starts (only when it changed: a persistent_term update costs the whole VM
-  # a scan) and erases it when the instance stops, after every other child has stopped.
+  # the instance starts (a persistent_term update costs the whole VM a scan: once per start)
+  # and erases it when the instance stops, after every other child has stopped.
   # It also owns the table of the instance's Elixir tools (Snakeport.Tools), filled from the
   # `:tools` start option.
 
@@ -35,7 +35,8 @@ defmodule Snakeport.Instance do
           tool_timeout: pos_integer(),
           pool_size: non_neg_integer(),
           placement: Snakeport.Cluster.placement(),
-          tags: [atom()]
+          tags: [atom()],
+          epoch: :atomics.atomics_ref()
         }
 
   @doc false
@@ -131,10 +132,13 @@ defmodule Snakeport.Instance do
         tool_timeout: config.tool_timeout,
         pool_size: config.pool_size,
         placement: config.placement,
-        tags: config.tags
+        tags: config.tags,
+        # The session table's epoch (Snakeport.Sessions): a new counter per start, so that
+        # no caller's cached session survives its instance.
+        epoch: :atomics.new(1, [])
       })
 
-    if :persistent_term.get(key, nil) != value, do: :persistent_term.put(key, value)
+    :persistent_term.put(key, value)
     {:ok, key}
   end
 

@@ -6,7 +6,9 @@ defmodule Snakeport.Pool do
   # ready; this process monitors them and drops the row of a worker that dies, even when
   # it is killed brutally. A registered worker also joins the :workers group of the
   # instance's :pg scope, where the other nodes of the cluster see it (Snakeport.Cluster);
-  # it leaves when it unregisters, and :pg drops it when it dies.
+  # it leaves when it unregisters, and :pg drops it when it dies. It is also the ETS heir of
+  # each worker's `pending` table: a worker process killed outright (no terminate/2) leaves
+  # it here, and its callers in flight are told at once (Snakeport.Worker.notify_pending/2).
   #
   # The last two elements are written without this process: `stuck_since` (monotonic ms, or
   # nil) by the worker itself, which marks itself stuck when a request it cancelled does not
@@ -240,6 +242,14 @@ defmodule Snakeport.Pool do
     {{index, pid}, monitors} = Map.pop(state.monitors, mref)
     :ets.select_delete(state.table, [{{index, %{pid: pid}, :_, :_, :_}, [], [true]}])
     {:noreply, %{state | monitors: monitors}}
+  end
+
+  # A worker process was killed (no terminate/2): its callers in flight learn it now, as a
+  # :DOWN of the worker would have told them (Snakeport.Worker, *Reply aliases*).
+  def handle_info({:"ETS-TRANSFER", pending, _worker, :snakeport_pending}, state) do
+    Snakeport.Worker.notify_pending(pending, :killed)
+    :ets.delete(pending)
+    {:noreply, state}
   end
 
   defp now, do: System.monotonic_time(:millisecond)

@@ -3,10 +3,13 @@ defmodule Snakeport.Sessions do
   # The caller side of an instance's session store (Snakeport.Sessions.Server is the store,
   # as Registry is to Registry.Partition): everything here runs in the calling process.
   #
-  # A call finds its session with one ETS lookup and, when the process already owns it (the
-  # usual case), sends nothing to the store: the process's last owned session is cached in
-  # its dictionary, and the owners table is read only when the row is not that one. Only a
-  # first use (adoption, creation) asks the store, bounded by the call's own timeout.
+  # A call that uses the same session as the process's previous one (the usual case) reads
+  # no table: the process caches that session's row in its dictionary, valid while the
+  # instance's epoch (one :atomics counter, bumped by the store after every row it adds,
+  # removes or marks lost) has not moved. Otherwise it finds its session with one ETS
+  # lookup and, when the process already owns it, sends nothing to the store (the owners
+  # table is read only when the row is not the cached session's). Only a first use
+  # (adoption, creation) asks the store, bounded by the call's own timeout.
   #
   # Also here: Snakeport.release_session/2, Snakeport.release_ref/2 and
   # Snakeport.session_info/2, which talk to the store and to the session's worker.
@@ -182,14 +185,36 @@ defmodule Snakeport.Sessions do
      )}
   end
 
-  defp fast(inst, id, limits, create, timeout) do
+  # The process's last checked-out session is cached in its dictionary as
+  # {epoch counter, id, epoch, info, touched}: while the instance's epoch (bumped by the
+  # store after every row it adds, removes or marks lost) has not moved, the row is still
+  # there, owned by this process (owner rows go only with the session or the process), not
+  # lost, with the same info (a row's info never changes): no table is read. `touched` is
+  # when this process last wrote the row's last access (at most every touch granularity).
+  defp fast(%{epoch: counter} = inst, id, limits, create, timeout) do
+    epoch = :atomics.get(counter, 1)
+
+    case Process.get(@owned_key) do
+      {^counter, ^id, ^epoch, info, touched} when limits == nil ->
+        touch_cached(inst, id, epoch, info, touched)
+
+      {^counter, ^id, ^epoch, info, touched} ->
+        with :ok <- conflict(info, limits), do: touch_cached(inst, id, epoch, info, touched)
+
+      cached ->
+        slow(inst, id, limits, create, timeout, epoch, cached)
+    end
+  end
+
+  # The epoch is read before the row: a change after the read leaves the cache stale.
+  defp slow(inst, id, limits, create, timeout, epoch, cached) do
     case :ets.lookup(inst.sessions, id) do
       [{^id, info, last, lost, _ttl}] ->
         cond do
-          not owner?(inst, id, info) -> adopt(inst, id, limits, create, timeout)
+          not owner?(inst, id, info, cached) -> adopt(inst, id, limits, create, timeout)
           lost -> {:error, lost_error(info)}
           limits != nil and conflict(info, limits) != :ok -> conflict(info, limits)
-          true -> touch(inst, id, last) && {:ok, info}
+          true -> {:ok, remember(inst, id, epoch, info, touch(inst, id, last))}
         end
 
       [] ->
@@ -199,27 +224,50 @@ defmodule Snakeport.Sessions do
     ArgumentError -> {:error, Instance.not_started(inst.name)}
   end
 
-  # Whether the caller owns the session of this row. The caller's last owned session is
-  # cached in its process dictionary as {instance, id, gen} (`gen` is unique per created
-  # session): owner rows are only added by the process's own adopt, and removed only when
-  # the session is dropped (a new session with that id has a new gen) or the process dies,
-  # so a row with the cached gen is still owned. Otherwise one lookup of the owners table.
-  defp owner?(%{name: name} = inst, id, %{gen: gen}) do
-    case Process.get(@owned_key) do
-      {^name, ^id, ^gen} -> true
-      _ -> :ets.member(inst.owners, {id, self()}) and remember_owned(name, id, gen)
+  # Whether the caller owns the session of this row: it does when its cache holds that
+  # session (`gen` is unique per created session): owner rows are only added by the
+  # process's own adopt, and removed only when the session is dropped (a new session with
+  # that id has a new gen) or the process dies. Otherwise one lookup of the owners table.
+  defp owner?(%{epoch: counter} = inst, id, %{gen: gen}, cached) do
+    case cached do
+      {^counter, ^id, _epoch, %{gen: ^gen}, _touched} -> true
+      _ -> :ets.member(inst.owners, {id, self()})
     end
   end
 
-  defp remember_owned(name, id, gen) do
-    Process.put(@owned_key, {name, id, gen})
-    true
+  # Just adopted: owned, but the epoch of the row is not known (the store wrote it before
+  # it answered): the next checkout reads the row (without the owners table).
+  defp owned(inst, id, info), do: remember(inst, id, nil, info, 0)
+
+  defp remember(%{epoch: counter}, id, epoch, info, touched) do
+    Process.put(@owned_key, {counter, id, epoch, info, touched})
+    info
   end
 
+  # The row's last access, refreshed when it is older than the touch granularity; returns
+  # it.
   defp touch(inst, id, last) do
     now = System.monotonic_time(:millisecond)
-    if now - last >= @touch_granularity, do: :ets.update_element(inst.sessions, id, {3, now})
-    true
+
+    if now - last >= @touch_granularity do
+      :ets.update_element(inst.sessions, id, {3, now})
+      now
+    else
+      last
+    end
+  end
+
+  defp touch_cached(inst, id, epoch, info, touched) do
+    now = System.monotonic_time(:millisecond)
+
+    if now - touched >= @touch_granularity do
+      :ets.update_element(inst.sessions, id, {3, now})
+      remember(inst, id, epoch, info, now)
+    end
+
+    {:ok, info}
+  rescue
+    ArgumentError -> {:error, Instance.not_started(inst.name)}
   end
 
   # A first use of session `id` by this process: adopted where it lives (its home), or
@@ -282,7 +330,7 @@ defmodule Snakeport.Sessions do
   defp local_adopt(inst, id, limits, create, timeout) do
     case Server.adopt(inst.server, id, self(), limits, create, timeout) do
       {:ok, info, lost} ->
-        remember_owned(inst.name, id, info.gen)
+        owned(inst, id, info)
         if lost, do: {:error, lost_error(info)}, else: {:ok, info}
 
       # A route appeared meanwhile: its home adopts.
@@ -340,7 +388,7 @@ defmodule Snakeport.Sessions do
 
     case Server.route(inst.server, info, self(), lost, timeout) do
       :ok ->
-        remember_owned(inst.name, info.id, info.gen)
+        owned(inst, info.id, info)
         if lost, do: {:error, lost_error(info)}, else: {:ok, info}
 
       {:error, %Error{}} = error ->

@@ -17,12 +17,19 @@ defmodule Snakeport.Worker do
   # id from the frame's first bytes, takes the entry from `pending` and sends the raw frame
   # to the caller's alias; the caller decodes it in its own process.
   #
-  # The alias is the caller's monitor of this process (`{:alias, :reply_demonitor}`: the
-  # reply removes it): when this process stops, every caller in flight gets its `:DOWN` at
-  # once, and a caller that timed out deactivates the alias, so that a late reply can never
-  # reach its mailbox. request/4 creates the monitor and receives the reply in one function,
-  # as gen_server calls do, so that the compiler's receive optimisation applies: the wait
-  # skips every message that was in the caller's mailbox before, however many. A reply that
+  # Reply aliases: request/4's alias is a plain one (`alias([:reply])`: the reply
+  # deactivates it), without a monitor of this process: a monitor and its demonitor were
+  # two signals per call for this process (the busiest of the call path) to handle. A
+  # caller that timed out deactivates the alias, so that a late reply can never reach its
+  # mailbox. That this process stopped still reaches every caller in flight at once, as a
+  # `{alias, {:error, {:down, reason}}}` in place of a `:DOWN`: terminate/2 sends it to
+  # every local alias in `pending` (notify_pending/2, after closing the port, so that no
+  # request is written after it); a process killed runs no terminate/2, so `pending` has
+  # the Pool as its heir, which sends the same with reason `:killed`. (send_request/4 keeps
+  # a monitor with its alias, and takes either message.) request/4 creates the alias and
+  # receives the reply in one function, as gen_server calls do, so that the compiler's
+  # receive optimisation applies: the wait skips every message that was in the caller's
+  # mailbox before, however many. A reply that
   # finds no entry in `pending` (the late reply of a call that timed out, the replies to
   # `cancel` and `shutdown`) is not lost silently: it becomes a
   # [:snakeport, :worker, :reply_dropped] event.
@@ -61,7 +68,8 @@ defmodule Snakeport.Worker do
   #
   # Other nodes (Snakeport.Cluster): a process of another node whose session lives here
   # cannot write to this port (Port.command/2 is local), nor read `pending` or the id
-  # counter. Its request/4 monitors this process with an alias, as a local caller does, and
+  # counter. Its request/4 monitors this process with an alias (its node may go away: only
+  # a monitor tells it), and
   # sends `{:forward, alias, caller, request, session}` to this worker's courier, which
   # writes it with forward/5: the `pending` row holds the remote alias and caller, so the
   # reply goes from here straight to the caller (never suspending this process on a busy
@@ -150,13 +158,14 @@ defmodule Snakeport.Worker do
 
   def request(%{} = entry, request, session, timeout) do
     with {:ok, id, payload} <- encode_request(entry, request, session) do
-      mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
+      # A reply alias without a monitor (see *Reply aliases* above).
+      mref = :erlang.alias([:reply])
 
       case write(entry, id, mref, payload) do
         :ok ->
           receive do
-            {^mref, frame} -> {:ok, frame}
-            {:DOWN, ^mref, _, _, reason} -> {:error, {:down, reason}}
+            {^mref, frame} when is_binary(frame) -> {:ok, frame}
+            {^mref, {:error, reason}} -> {:error, reason}
           after
             timeout -> timed_out(entry, id, mref, job?(request))
           end
@@ -208,7 +217,8 @@ defmodule Snakeport.Worker do
 
   def await({mref, id, entry, job}, timeout) do
     receive do
-      {^mref, frame} -> {:ok, frame}
+      {^mref, frame} when is_binary(frame) -> {:ok, frame}
+      {^mref, {:error, reason}} -> {:error, reason}
       {:DOWN, ^mref, _, _, reason} -> {:error, {:down, reason}}
     after
       timeout -> timed_out(entry, id, mref, job)
@@ -240,15 +250,18 @@ defmodule Snakeport.Worker do
 
       true ->
         # Busy, and told not to wait: not sent.
-        Process.demonitor(mref, [:flush])
+        drop_alias(mref)
         forget(entry, id)
+        flush_alias(mref)
         {:error, :busy}
     end
   rescue
     # The pending table is gone (its owner died) or the port is closed.
     ArgumentError ->
-      Process.demonitor(mref, [:flush])
+      drop_alias(mref)
       forget(entry, id)
+      # (A worker that died meanwhile may have told us already: notify_pending/2.)
+      flush_alias(mref)
       {:error, if(Process.alive?(entry.pid), do: :port_closed, else: :noproc)}
   end
 
@@ -268,15 +281,52 @@ defmodule Snakeport.Worker do
 
   defp timed_out(entry, id, mref, job) do
     # Deactivates the alias: from now on a late reply is dropped by the VM.
-    Process.demonitor(mref, [:flush])
+    drop_alias(mref)
 
     receive do
-      {^mref, frame} -> {:ok, frame}
+      {^mref, frame} when is_binary(frame) -> {:ok, frame}
+      {^mref, {:error, reason}} -> {:error, reason}
     after
       0 ->
         if job, do: cancel(entry, id), else: forget(entry, id)
         {:error, :timeout}
     end
+  end
+
+  # Deactivates a reply alias: request/4's plain alias, or send_request/4's monitor (whose
+  # alias goes with it); a :DOWN already queued is flushed.
+  defp drop_alias(mref) do
+    :erlang.unalias(mref)
+    Process.demonitor(mref, [:flush])
+  end
+
+  defp flush_alias(mref) do
+    receive do
+      {^mref, _} -> :ok
+    after
+      0 -> :ok
+    end
+  end
+
+  @doc false
+  # Tells every local caller waiting in `pending` that this worker is gone (`reason`, as a
+  # monitor's :DOWN would): run by the worker as it stops (terminate/2), and by the Pool when
+  # a killed worker left it the table (its heir). Callers of other nodes are told by their
+  # own monitors of the worker.
+  @spec notify_pending(:ets.tid(), term()) :: :ok
+  def notify_pending(pending, reason) do
+    here = node()
+    spec = [{{:"$1", :"$2", :_}, [{:is_reference, :"$2"}], [{{:"$1", :"$2"}}]}]
+
+    for {id, reply_to} <- :ets.select(pending, spec),
+        node(reply_to) == here,
+        [_] <- [:ets.take(pending, id)] do
+      send(reply_to, {reply_to, {:error, {:down, reason}}})
+    end
+
+    :ok
+  rescue
+    ArgumentError -> :ok
   end
 
   @jobs [:call, :method, :getattr, :setattr, :eval]
@@ -407,7 +457,7 @@ defmodule Snakeport.Worker do
       index: index,
       config: config,
       port: nil,
-      pending: :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true]),
+      pending: new_pending(names),
       entry: nil,
       exit_status: nil,
       # tool call id => {runner pid, monitor ref}; monitor ref => call id
@@ -436,6 +486,18 @@ defmodule Snakeport.Worker do
       delay ->
         {:ok, state, {:continue, {:backoff, delay}}}
     end
+  end
+
+  # The table of requests in flight. Its heir is the Pool: a worker killed (no terminate/2)
+  # leaves it there, and the Pool tells its callers (notify_pending/2).
+  defp new_pending(names) do
+    heir =
+      case Process.whereis(names.pool) do
+        nil -> []
+        pool -> [{:heir, pool, :snakeport_pending}]
+      end
+
+    :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true] ++ heir)
   end
 
   # How long this (re)start waits before starting Python (Snakeport.Pool paces restarts).
@@ -640,7 +702,7 @@ defmodule Snakeport.Worker do
   end
 
   # The Python process exited (killed, crashed, or shut down): stop, so that the supervisor
-  # starts a new one; callers in flight see our :DOWN at once.
+  # starts a new one; callers in flight are told at once (terminate/2).
   def handle_info({port, {:exit_status, status}}, %{port: port, killed_at: nil} = state) do
     Logger.error(
       "Snakeport worker #{state.index} (OS pid #{state.entry.os_pid}) exited with status " <>
@@ -721,6 +783,8 @@ defmodule Snakeport.Worker do
     Pool.unregister(state.names.pool_table, state.entry)
     end_python(state, reason)
     close(state.port)
+    # After the close: a request written from now on fails at Port.command/2.
+    notify_pending(state.pending, reason)
 
     Telemetry.execute([:snakeport, :worker, :exited], %{system_time: System.system_time()}, %{
       instance: state.entry.instance,

@@ -137,6 +137,32 @@ defmodule Snakeport.WorkersTest do
       stop(b)
     end
 
+    # The callers' reply aliases carry no monitor of the worker: a worker process killed
+    # (no terminate/2 runs) must still reach its callers in flight at once.
+    @tag snakeport: [pool_size: 1]
+    test "the worker process killed mid-call: its callers get :worker_exited at once" do
+      [%{pid: worker_pid}] = workers(@instance)
+
+      callers =
+        for _ <- 1..3 do
+          Task.async(fn ->
+            Snakeport.call(@mod, "spin", [60], timeout: 60_000, instance: @instance)
+          end)
+        end
+
+      eventually(fn -> worker_stats(0).in_flight == 3 end)
+
+      started = System.monotonic_time(:millisecond)
+      Process.exit(worker_pid, :kill)
+
+      for caller <- callers do
+        assert {:error, %Error{reason: :worker_exited, details: %{reason: :killed}}} =
+                 Task.await(caller, 5_000)
+      end
+
+      assert System.monotonic_time(:millisecond) - started < 2_000
+    end
+
     test "a worker that died before the session store noticed: the next plain call moves to a new auto-session" do
       capture_events([[:snakeport, :worker, :started]], @instance)
 

@@ -55,6 +55,9 @@ defmodule Snakeport.Sessions.Server do
   # * Session state (the `get_session_state`/`set_session_state` tools,
   #   Snakeport.SessionStore.put_state/4) lives in a public ordered_set
   #   `{{session_id, key}, gen, value}`, written by callers, dropped here with the session.
+  # * The instance's epoch (an :atomics counter in Snakeport.Instance) is bumped after every
+  #   row this process adds, removes or marks lost, and when its tables are new or go:
+  #   callers keep their last session's row while it has not moved (Snakeport.Sessions).
   # * Each session is pinned to one worker, the least loaded at creation among those not
   #   marked stuck (Snakeport.Pool.available/1). This process
   #   monitors the workers it pinned sessions to; when one dies its sessions are marked
@@ -171,6 +174,10 @@ defmodule Snakeport.Sessions.Server do
     # ordered_set: a session's keys are one range, dropped with one select_delete.
     :ets.new(names.state, [:named_table, :public, :ordered_set, read_concurrency: true])
 
+    # New tables: no session a caller cached (Snakeport.Sessions) is valid any more.
+    {:ok, %{epoch: epoch}} = Snakeport.Instance.fetch(names.name)
+    changed(epoch)
+
     store = config.session_store
     schedule_sweep(store.cleanup_interval)
 
@@ -179,6 +186,7 @@ defmodule Snakeport.Sessions.Server do
        instance: names.name,
        server: names.server,
        table: names.sessions,
+       epoch: epoch,
        owners_table: names.owners,
        state_table: names.state,
        pool_table: names.pool_table,
@@ -332,6 +340,7 @@ defmodule Snakeport.Sessions.Server do
 
         ttl_ms = round(info.ttl_seconds * 1000)
         :ets.insert(state.table, {id, info, System.monotonic_time(:millisecond), lost, ttl_ms})
+        changed(state.epoch)
 
         state =
           if lost,
@@ -431,6 +440,14 @@ defmodule Snakeport.Sessions.Server do
   end
 
   def handle_info(_msg, state), do: {:noreply, state}
+
+  @impl true
+  # The tables go with this process: no caller goes on with a session it cached (a process
+  # killed does not get here; its successor's init bumps the epoch too).
+  def terminate(_reason, state) do
+    changed(state.epoch)
+    :ok
+  end
 
   defp route?(state, id) do
     match?([{^id, %{node: node}, _, _, _}] when node != node(), :ets.lookup(state.table, id))
@@ -553,6 +570,7 @@ defmodule Snakeport.Sessions.Server do
 
     ttl_ms = round(info.ttl_seconds * 1000)
     :ets.insert(state.table, {id, info, System.monotonic_time(:millisecond), false, ttl_ms})
+    changed(state.epoch)
     waiters = Enum.reverse(opening.waiters)
 
     {state, replies} =
@@ -904,11 +922,17 @@ defmodule Snakeport.Sessions.Server do
     end
   end
 
+  # A row was added, removed or marked lost: callers re-read the rows of the sessions they
+  # cached (Snakeport.Sessions). After the table write, so that a caller that sees the new
+  # epoch finds the new row.
+  defp changed(epoch), do: :atomics.add(epoch, 1, 1)
+
   # Removes a session: its row, its owners' monitors, its worker load. The caller releases
   # it in its worker (release/4) unless it was lost. Returns {{info, lost?} | nil, state}.
   defp drop(state, id, reason) do
     case :ets.take(state.table, id) do
       [{^id, info, _last, lost, _ttl}] ->
+        changed(state.epoch)
         {owners, all_owners} = Map.pop(state.owners, id, %{})
 
         # Demonitor with :flush: a :DOWN already queued for these owners is discarded, so it
@@ -993,6 +1017,8 @@ defmodule Snakeport.Sessions.Server do
     Enum.each(ids, &:ets.update_element(state.table, &1, {4, true}))
 
     if ids != [] do
+      changed(state.epoch)
+
       Telemetry.execute([:snakeport, :session, :lost], %{count: length(ids)}, %{
         instance: state.instance,
         worker: index,
