@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from snakeport import Cancelled
+from snakeport import Cancelled, etf
 from snakeport._dispatch import Dispatcher
 from snakeport._jobs import Job, Jobs
 from snakeport._tagged import TagContext, resolve_tagged
@@ -365,6 +365,16 @@ def test_bad_requests_get_bad_request_replies(h, term) -> None:
     (reply,) = h.d.receive(resolve_tagged(term, ctx), ctx)
     assert reply[:3] == (A("reply"), 1, A("error"))
     assert reply[3][A("reason")] == "bad_request", reply
+
+
+def test_ref_handles_are_charged_their_size_in_the_decode_budget() -> None:
+    # The codec charges a handle a size registered once (etf._FRESH_SIZES), not measured.
+    term = (REF, "s", 7, "T")
+    handle = TagContext()(term)
+    assert etf._tagged_cost(handle, term) == sys.getsizeof(handle) > 0
+    frame = etf.encode((A("call"), 1, [term] * 1000))
+    ctx = TagContext()
+    assert len(etf.decode(frame, tagged=ctx)[2]) == len(ctx.handles) == 1000
 
 
 @pytest.mark.parametrize("term", [[1, 2], (A("ping"),), (A("ping"), -1), (A("ping"), "1"), 42])

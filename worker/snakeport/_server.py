@@ -266,6 +266,8 @@ class Server:
         # more inside the terms of converted values (an array's shape in a column of a
         # DataFrame's data).
         self._max_out_depth = 2 * config.max_depth + 8
+        # The limits of request frames, checked once (not at each frame).
+        self._decode_prefix = etf.Decoder(max_depth=config.max_depth, max_size=config.max_frame_bytes).decode_prefix
         self._encoder = etf.Encoder(max_depth=self._max_out_depth, default=encode_default)
         # The C lane of the common call, when it is built and applies (snakeport._lane).
         self._lane = _lane.build(self)
@@ -543,12 +545,14 @@ class Server:
         # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
         # Large frames (bytearray) are not scanned, here or by the codec (above 64 KiB): the
         # codec then checks each decoded tuple's first element instead.
-        if event.__class__ is bytes and len(event) > 1 and event[1] != 80 and _TAGGED_BYTES not in event:
+        # (find, not `in`: `in` first tries the prefix as an integer, raising and clearing a
+        # TypeError on every frame.)
+        if event.__class__ is bytes and len(event) > 1 and event[1] != 80 and event.find(_TAGGED_BYTES) < 0:
             ctx = None
         else:
             ctx = TagContext()
         try:
-            term, end = etf.decode_prefix(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
+            term, end = self._decode_prefix(event, ctx)
             if ctx is not None and ctx.blobs:
                 ctx.bind(event, end)  # the bytes after the term are its blobs
             elif end != len(event):
@@ -564,7 +568,11 @@ class Server:
             if term is not None:
                 out.append(term)
             return None
-        return self._receive(term, ctx, out)
+        result = self.dispatcher.receive(term, ctx)  # (as _receive does, one call less)
+        if type(result) is list:
+            out.extend(result)
+            return None
+        return result
 
     def _receive(self, term: Any, ctx: TagContext | None, out: list) -> Job | None:
         """Handle one decoded request: control replies are appended to ``out``; a job is
