@@ -148,6 +148,9 @@ def test_refs_in_args_resolve_to_objects(h) -> None:
     # An object the session already holds comes back as its existing ref.
     assert h.call("identity", [[box, {"k": box}]]) == [box, {"k": box}]
     assert h.table.counts()[1] == 1
+    # Atom names, keyword arguments and options (the checked path of the handler).
+    assert h.ok("method", "s", box, A("same"), [], {A("other"): box}, {A("result"): A("value")}) is True
+    assert h.ok("method", "s", box, "get", [], {}, {A("result"): A("ref")})[0] == REF
     kinds = h.call("kinds", [(A("$snakeport_bytes"), "abc"), "abc", (A("$snakeport_set"), [1, 2]), box])
     assert kinds == ["bytes", "str", "set", "Box"]
 
@@ -349,6 +352,17 @@ def test_sweep_events() -> None:
         (A("call"), 1, "s", "m", "f", [], {1: 2}, {}),
         (A("call"), 1, "s", "m", "f", [], {}, []),
         (A("method"), 1, "s", "notaref", "f", [], {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {}),
+        (A("method"), 1, 5, (REF, "s", 1, "x"), "f", [], {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), 5, [], {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", (), {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {1: 2}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {}, []),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {}, {A("result"): A("nope")}),
+        (A("release_ref"), 1, "s"),
+        (A("release_ref"), 1, "s", (REF, "s", 1, "x"), 2),
+        (A("release_ref"), 1, 5, (REF, "s", 1, "x")),
+        (A("release_ref"), 1, "s", "notaref"),
         (A("getattr"), 1, "s", (A("other"), "m"), "x", {}),
         (A("open_session"), 1, "s", {A("overflow"): A("drop")}),
         (A("open_session"), 1, "s", {A("max_refs"): -1}),

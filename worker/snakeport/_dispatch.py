@@ -51,7 +51,7 @@ from snakeport._jobs import (
     lookup,
 )
 from snakeport._marshal import DATA, marshal, marshal_batch
-from snakeport._protocol import OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
+from snakeport._protocol import A_RELEASED, OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
 from snakeport._sessions import RefHandle, Session, SessionTable
 from snakeport._blobs import BlobReply
 from snakeport._streams import Batch, close_iterator, first_batch, next_batch
@@ -64,6 +64,10 @@ __all__ = ["Dispatcher", "Outcome"]
 Term = Any
 #: What :meth:`Dispatcher.receive` returns: terms to send now, or a job to run.
 Outcome = Union[list, Job]
+
+
+#: The types of a valid session id (``R.session_id``), for the handlers' fast paths.
+_SESSION_ID_TYPES = frozenset((str, bytes))
 
 
 def _no_rss() -> int:
@@ -486,7 +490,7 @@ class Dispatcher:
                 raise failure from None
             if found:
                 close_iterator(obj)
-            return {P.A_RELEASED: found}
+            return {A_RELEASED: found}
 
         return self.jobs.add(Job(rid, session, fn, R.VALUE, ()))
 
@@ -625,13 +629,16 @@ class Dispatcher:
         return out
 
     def _op_release_ref(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
-        R.arity(term, 4)
-        sid = R.session_id(term[2])
-        handle = term[3]
-        if type(handle) is not RefHandle:
-            raise R.bad(f"expected Ref to be a ref term, got: {R.short(handle)}")
+        if len(term) == 4 and term[2].__class__ in _SESSION_ID_TYPES and term[3].__class__ is RefHandle:
+            sid, handle = term[2], term[3]  # valid as is: what the checks below would give
+        else:
+            R.arity(term, 4)
+            sid = R.session_id(term[2])
+            handle = term[3]
+            if type(handle) is not RefHandle:
+                raise R.bad(f"expected Ref to be a ref term, got: {R.short(handle)}")
         released = self.table.release_ref(sid, handle)
-        return [(REPLY, rid, OK, {P.A_RELEASED: released})]
+        return [(REPLY, rid, OK, {A_RELEASED: released})]
 
     def _op_release_session(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 3)
@@ -640,7 +647,7 @@ class Dispatcher:
         # Its queued jobs are dropped (answered `cancelled` now) and its running ones
         # cancelled (they answer when they end); the release is answered at once.
         out: list = [cancelled_reply(job_id) for job_id in self.jobs.cancel_session(sid)]
-        out.append((REPLY, rid, OK, {P.A_RELEASED: count}))
+        out.append((REPLY, rid, OK, {A_RELEASED: count}))
         return out
 
     def _op_expire_session(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:

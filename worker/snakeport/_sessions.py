@@ -76,6 +76,7 @@ CAUSE_SESSION_RELEASED = Atom("session_released")
 #: The causes by their code in the tombstone table, and the codes by cause.
 _CAUSES = (CAUSE_RELEASED, CAUSE_EVICTED, CAUSE_TTL, CAUSE_SESSION_RELEASED)
 _CAUSE_CODES = {cause: code for code, cause in enumerate(_CAUSES)}
+_RELEASED = _CAUSE_CODES[CAUSE_RELEASED]
 
 _UNSET: Any = object()
 
@@ -189,6 +190,8 @@ class Session:
         running: Jobs checked out and not checked in yet (queued or running calls).
         active_at: When a job of the session last started or ended, or it was opened
             (monotonic seconds): its idle time for :meth:`SessionTable.expire_session`.
+        key: :func:`~snakeport._tombstones.session_key` of its id (for the tombstones of
+            its refs).
     """
 
     __slots__ = (
@@ -205,6 +208,7 @@ class Session:
         "warned",
         "running",
         "active_at",
+        "key",
     )
 
     def __init__(
@@ -224,6 +228,7 @@ class Session:
         self.warned = False
         self.running = 0
         self.active_at = active_at
+        self.key = session_key(session_id)
 
     def info(self) -> SessionInfo:
         """Return a :class:`SessionInfo` snapshot (call with the table's lock held)."""
@@ -686,14 +691,14 @@ class SessionTable:
                 dropped.append(entry)
                 session.by_object.pop(id(entry.obj), None)
                 del self._owner[ref_id]
-                self._tombstone(ref_id, session.session_id, CAUSE_RELEASED)
+                self._tombstones.add(ref_id, session.key, _RELEASED)
         count = len(dropped)
         _let_go(dropped)
         del dropped
         return count
 
     def release_ref(self, session_id: str | bytes, handle: RefHandle) -> bool:
-        """Release one ref (idempotent).
+        """Release one ref (idempotent); a generator's ``finally`` blocks run (closed).
 
         Args:
             session_id: The session of the request.
@@ -705,11 +710,13 @@ class SessionTable:
         Raises:
             RequestError: ``session_not_found`` (unknown session) or ``session_mismatch``.
         """
-        found, obj = self.take_ref(session_id, handle)
-        if found and type(obj) is GeneratorType:
-            close_iterator(obj)
-        del obj
-        return found
+        with self.lock:
+            entry = self._take_locked(session_id, handle)
+        if entry is None:
+            return False
+        if type(entry.obj) is GeneratorType:
+            close_iterator(entry.obj)
+        return True
 
     def take_ref(self, session_id: str | bytes, handle: RefHandle) -> tuple[bool, Any]:
         """Release one ref and hand its object to the caller (e.g. to close it), idempotent.
@@ -726,26 +733,32 @@ class SessionTable:
             RequestError: ``session_not_found`` (unknown session) or ``session_mismatch``.
         """
         with self.lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                raise self._not_found_locked(session_id)
-            ref_id = handle.ref_id
-            if handle.session != session_id:
+            entry = self._take_locked(session_id, handle)
+        return (False, None) if entry is None else (True, entry.obj)
+
+    def _take_locked(self, session_id: str | bytes, handle: RefHandle) -> _Entry | None:
+        """Drop one ref (lock held): its entry, or ``None`` when it was gone (see
+        :meth:`take_ref`)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise self._not_found_locked(session_id)
+        ref_id = handle.ref_id
+        if handle.session != session_id:
+            raise _mismatch(ref_id)
+        holder = self._owner.get(ref_id)
+        if holder is None:
+            tomb = self._tombstones.get(ref_id)
+            if tomb is not None and tomb[0] != session.key:
                 raise _mismatch(ref_id)
-            holder = self._owner.get(ref_id)
-            if holder is None:
-                tomb = self._tombstones.get(ref_id)
-                if tomb is not None and tomb[0] != session_key(session_id):
-                    raise _mismatch(ref_id)
-                return False, None
-            if holder is not session:
-                raise _mismatch(ref_id)
-            entry = session.refs.pop(ref_id)
-            del self._owner[ref_id]
-            session.by_object.pop(id(entry.obj), None)
-            self._tombstone(ref_id, session_id, CAUSE_RELEASED)
-            session.last_access = self._wall()
-        return True, entry.obj
+            return None
+        if holder is not session:
+            raise _mismatch(ref_id)
+        entry = session.refs.pop(ref_id)
+        del self._owner[ref_id]
+        session.by_object.pop(id(entry.obj), None)
+        self._tombstones.add(ref_id, session.key, _RELEASED)
+        session.last_access = self._wall()
+        return entry
 
     def sweep(self) -> list[tuple[str | bytes, list[int]]]:
         """Release refs not accessed within their session's TTL.
@@ -813,10 +826,6 @@ class SessionTable:
             ids.append(ref_id)
         self._tombstone_many(ids, session.session_id, cause)
         return ids
-
-    def _tombstone(self, ref_id: int, session_id: str | bytes, cause: Atom) -> None:
-        if self.max_tombstones:
-            self._tombstones.add(ref_id, session_key(session_id), _CAUSE_CODES[cause])
 
     def _tombstone_many(self, ref_ids: list[int], session_id: str | bytes, cause: Atom) -> None:
         if self.max_tombstones:

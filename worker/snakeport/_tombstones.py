@@ -34,6 +34,7 @@ from collections.abc import Sequence
 __all__ = ["RefTombstones", "SessionTombstones", "session_key", "RECORD_BYTES"]
 
 _Q = struct.Struct("<Q")
+_pack_q = _Q.pack_into
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 #: Bytes per entry: a ref tombstone, a session tombstone.
@@ -77,7 +78,11 @@ class _Ring:
         self._slots = 0  # slots allocated
 
     def claim(self) -> tuple[int, int]:
-        """The slot for a new entry, and how many slots the buffers must have (to grow)."""
+        """The slot for a new entry, and how many slots the buffers must have (to grow).
+
+        While ``used`` is below the slots allocated, that is the slot ``used`` and nothing
+        grows (:meth:`RefTombstones.add` takes that case itself); once full, the oldest.
+        """
         if self.used < self.capacity:
             slot = self.used
             self.used += 1
@@ -138,16 +143,21 @@ class RefTombstones:
             key: Its session's :func:`session_key`.
             cause: A cause code (0..255), the caller's encoding.
         """
-        if not self._ring.capacity:
-            return
-        slot, slots = self._ring.claim()
-        if len(self._causes) < slots:
-            grow = slots - len(self._causes)
-            self._ids.extend(bytes(8 * grow))
-            self._sessions.extend(bytes(8 * grow))
-            self._causes.extend(bytes(grow))
-        _Q.pack_into(self._ids, 8 * slot, ref_id)
-        _Q.pack_into(self._sessions, 8 * slot, key)
+        ring = self._ring
+        slot = ring.used
+        if slot < ring._slots:  # (the common case of claim(), inline: an allocated slot)
+            ring.used = slot + 1
+        else:
+            if not ring.capacity:
+                return
+            slot, slots = ring.claim()
+            if len(self._causes) < slots:
+                grow = slots - len(self._causes)
+                self._ids.extend(bytes(8 * grow))
+                self._sessions.extend(bytes(8 * grow))
+                self._causes.extend(bytes(grow))
+        _pack_q(self._ids, 8 * slot, ref_id)
+        _pack_q(self._sessions, 8 * slot, key)
         self._causes[slot] = cause
 
     def add_many(self, ref_ids: Sequence[int], key: int, cause: int) -> None:
