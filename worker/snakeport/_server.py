@@ -489,7 +489,9 @@ class Server:
             out: list = []
             while True:
                 job = None
-                if lane is not None and (view := splitter.buffered()) is not None and view[2] - view[1] >= 4:
+                if lane is not None and (view := splitter.buffered()) is not None:
+                    if view[2] - view[1] < 4:
+                        break  # not even a frame header buffered: next_event() would say None
                     if out:  # control replies go out before a call runs (as below)
                         self.send(out)
                         out = []
