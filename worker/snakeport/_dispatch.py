@@ -416,21 +416,43 @@ class Dispatcher:
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
     def _op_method(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
-        R.arity(term, 8)
-        sid = R.session_id(term[2])
-        target = term[3]
-        if type(target) is not RefHandle:
-            raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
-        name = R.name(term[4], "Name")
-        args = R.args(term[5])
-        kwargs = R.kwargs(term[6])
-        mode = R.mode(term[7])
-        batch = R.batch(term[7])
+        if len(term) == 8:
+            _, _, sid, target, name, args, kwargs, opts = term
+        else:
+            sid = target = name = args = kwargs = opts = None
+        batch = None
+        if (
+            sid.__class__ in _SESSION_ID_TYPES
+            and target.__class__ is RefHandle
+            and name.__class__ is str
+            and args.__class__ is list
+            and kwargs.__class__ is dict
+            and not kwargs
+            and opts.__class__ is dict
+            and not opts
+        ):
+            mode = R.AUTO  # the common request, valid as is: what the checks below would give
+        else:
+            R.arity(term, 8)
+            sid = R.session_id(term[2])
+            target = term[3]
+            if type(target) is not RefHandle:
+                raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
+            name = R.name(term[4], "Name")
+            args = R.args(term[5])
+            kwargs = R.kwargs(term[6])
+            mode = R.mode(term[7])
+            batch = R.batch(term[7])
         allow = self.allow
         if allow is not None:
             allow.check_path(name, "name")
-        handles = ctx.handles if ctx is not None else [target]
-        session = self._checkout(sid, handles)
+        if ctx is None:
+            handles: Any = (target,)
+        else:
+            handles = ctx.handles
+        if self.shutting_down:
+            raise _shutting_down()
+        session = self.table.checkout(sid, handles)
         obj = target.obj
         if allow is not None:
             self._check_target(session, obj)
@@ -441,6 +463,9 @@ class Dispatcher:
             except BaseException:
                 self.table.checkin(session)
                 raise
+            ref_ids = _ref_ids(handles)
+        else:
+            ref_ids = (target.ref_id,)  # (the one handle of the frame is the target)
 
         deferred = ctx is not None and ctx.deferred
 
@@ -452,7 +477,7 @@ class Dispatcher:
 
         if batch is not None:
             fn = _streaming(fn, batch)
-        return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
+        return self.jobs.add(Job(rid, session, fn, mode, ref_ids))
 
     def _op_iter_next(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 5)
@@ -612,7 +637,7 @@ class Dispatcher:
                 released: nothing is created), or a ref error.
         """
         if self.shutting_down:
-            raise RequestError("shutting_down", "the worker is shutting down")
+            raise _shutting_down()
         return self.table.checkout(sid, handles)
 
     # ------------------------------------------------------------ control ops
@@ -714,6 +739,10 @@ class Dispatcher:
         R.arity(term, 2)
         self.shutting_down = True
         return [(REPLY, rid, OK, OK)]
+
+
+def _shutting_down() -> RequestError:
+    return RequestError("shutting_down", "the worker is shutting down")
 
 
 def _as_is(term: Any) -> Any:
