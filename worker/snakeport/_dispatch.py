@@ -31,6 +31,7 @@ read by a function the server passes in (``rss``).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Callable, Union
 
 from snakeport import _limits as limits
@@ -467,14 +468,10 @@ class Dispatcher:
         else:
             ref_ids = (target.ref_id,)  # (the one handle of the frame is the target)
 
-        deferred = ctx is not None and ctx.deferred
-
-        def fn() -> Any:
-            target = lookup(obj, name, allow)
-            if deferred:
-                return target(*realize(args), **realize(kwargs))
-            return target(*args, **kwargs)
-
+        # The job's code: a partial, not a closure (no cells for the handler's variables).
+        fn: Callable[[], Any] = partial(
+            _call_method, obj, name, args, kwargs, allow, ctx is not None and ctx.deferred
+        )
         if batch is not None:
             fn = _streaming(fn, batch)
         return self.jobs.add(Job(rid, session, fn, mode, ref_ids))
@@ -739,6 +736,17 @@ class Dispatcher:
         R.arity(term, 2)
         self.shutting_down = True
         return [(REPLY, rid, OK, OK)]
+
+
+def _call_method(
+    obj: Any, name: str, args: list, kwargs: dict, allow: AllowList | None, deferred: bool
+) -> Any:
+    """The code of a ``method`` job: ``obj.<name>(*args, **kwargs)``, the deferred
+    arguments built first (see :func:`~snakeport._tagged.realize`)."""
+    target = lookup(obj, name, allow)
+    if deferred:
+        return target(*realize(args), **realize(kwargs))
+    return target(*args, **kwargs)
 
 
 def _shutting_down() -> RequestError:

@@ -532,7 +532,18 @@ class Server:
 
     def _handle(self, event: Any, out: list) -> Job | None:
         """Handle one frame: control replies are appended to ``out``; a job is returned."""
-        if type(event) is Oversized:
+        cls = event.__class__
+        # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
+        # Large frames (bytearray) are not scanned, here or by the codec (above 64 KiB): the
+        # codec then checks each decoded tuple's first element instead.
+        # (find, not `in`: `in` first tries the prefix as an integer, raising and clearing a
+        # TypeError on every frame.)
+        if cls is bytes:
+            if len(event) > 1 and event[1] != 80 and event.find(_TAGGED_BYTES) < 0:
+                ctx = None
+            else:
+                ctx = TagContext()
+        elif cls is Oversized:
             self.dispatcher.requests += 1
             term = self._undecodable(
                 event.head,
@@ -542,16 +553,9 @@ class Server:
             if term is not None:
                 out.append(term)
             return None
-        if event.__class__ is bytearray and not process.malloc_tuned:  # the first large frame
-            process.tune_malloc()
-        # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
-        # Large frames (bytearray) are not scanned, here or by the codec (above 64 KiB): the
-        # codec then checks each decoded tuple's first element instead.
-        # (find, not `in`: `in` first tries the prefix as an integer, raising and clearing a
-        # TypeError on every frame.)
-        if event.__class__ is bytes and len(event) > 1 and event[1] != 80 and event.find(_TAGGED_BYTES) < 0:
-            ctx = None
-        else:
+        else:  # a large frame (bytearray)
+            if not process.malloc_tuned:  # the first one
+                process.tune_malloc()
             ctx = TagContext()
         try:
             term, end = self._decode_prefix(event, ctx)
@@ -559,22 +563,21 @@ class Server:
                 ctx.bind(event, end)  # the bytes after the term are its blobs
             elif end != len(event):
                 raise DecodeError(f"{len(event) - end} trailing bytes after the term at byte {end}")
-            failure = None
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             failure = f"invalid frame: {safe_str(exc)}"
-        if failure is not None:
-            # (Outside the except block: the exception, and the copy of a large frame that
-            # a DecodeError may hold, are gone before the error path reads the frame again.)
-            self.dispatcher.requests += 1
-            term = self._undecodable(event, "decode_error", failure)
-            if term is not None:
-                out.append(term)
-            return None
-        result = self.dispatcher.receive(term, ctx)  # (as _receive does, one call less)
-        if type(result) is list:
-            out.extend(result)
-            return None
-        return result
+        else:
+            result = self.dispatcher.receive(term, ctx)  # (as _receive does, one call less)
+            if type(result) is list:
+                out.extend(result)
+                return None
+            return result
+        # (Outside the except block: the exception, and the copy of a large frame that a
+        # DecodeError may hold, are gone before the error path reads the frame again.)
+        self.dispatcher.requests += 1
+        term = self._undecodable(event, "decode_error", failure)
+        if term is not None:
+            out.append(term)
+        return None
 
     def _receive(self, term: Any, ctx: TagContext | None, out: list) -> Job | None:
         """Handle one decoded request: control replies are appended to ``out``; a job is

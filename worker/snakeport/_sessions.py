@@ -394,10 +394,12 @@ class SessionTable:
             session = self._sessions.get(session_id)
             if session is None:
                 raise self._not_found_locked(session_id)
-            self._resolve_locked(session_id, handles)
+            now = self._monotonic()
+            if handles:
+                self._resolve_locked(session_id, handles, now)
             session.last_access = self._wall()
             session.running += 1
-            session.active_at = self._monotonic()
+            session.active_at = now
             return session
 
     def checkin(self, session: Session, ref_ids: Iterable[int] = ()) -> None:
@@ -527,11 +529,16 @@ class SessionTable:
                 ``ref_not_found``.
         """
         with self.lock:
-            self._resolve_locked(session_id, handles)
+            session = self._resolve_locked(session_id, handles, self._monotonic())
+            if session is not None:
+                session.last_access = self._wall()
 
-    def _resolve_locked(self, session_id: str | bytes, handles: Iterable[RefHandle]) -> None:
+    def _resolve_locked(self, session_id: str | bytes, handles: Iterable[RefHandle], now: float) -> Session | None:
+        """:meth:`resolve` (lock held), the refs' last access set to ``now``: the session
+        holding the handles (``None`` when there are none); its last access is the
+        caller's to refresh."""
         if not handles:
-            return
+            return None
         owner = self._owner
         for handle in handles:
             ref_id = handle.ref_id
@@ -557,14 +564,15 @@ class SessionTable:
                 f"no ref {short(ref_id)} was issued to this session",
                 details={"ref_id": ref_id},
             )
-        now = self._monotonic()
+        # Every handle is a live ref of one session (checked above): refresh them.
+        refs = session.refs  # type: ignore[union-attr]
         for handle in handles:
-            session = owner[handle.ref_id]
-            entry = session.refs[handle.ref_id]
-            session.refs.move_to_end(handle.ref_id)
+            ref_id = handle.ref_id
+            entry = refs[ref_id]
+            refs.move_to_end(ref_id)
             entry.last_access = now
             handle.obj = entry.obj
-            session.last_access = self._wall()
+        return session
 
     def store_result(self, session: Session, build: Callable[[RefIdOf], Any]) -> StoredResult:
         """Give the objects of one reply their refs, in one atomic step of the table.
