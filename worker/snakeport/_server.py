@@ -489,22 +489,31 @@ class Server:
             out: list = []
             while True:
                 job = None
+                # Bytes buffered after the frame handled in this turn, when known (the lane
+                # looked at the buffer); else -1.
+                left = -1
                 if lane is not None and (view := splitter.buffered()) is not None:
                     if view[2] - view[1] < 4:
                         break  # not even a frame header buffered: next_event() would say None
                     if out:  # control replies go out before a call runs (as below)
                         self.send(out)
                         out = []
-                    _, term = lane.run(*view, me)  # (it tells the splitter what it took)
+                    end, term = lane.run(*view, me)  # (it tells the splitter what it took)
                     if term is LOST:
                         flush_held()
                         return  # another loop thread reads now
                     if term is not None:  # decoded, and not the lane's
                         job = receive(term, None, out)
+                    else:
+                        left = view[2] - end  # from the first frame the lane did not take
                 if job is None:
                     event = splitter.next_event()
                     if event is None:
                         break
+                    if left >= 0 and event.__class__ is bytes:
+                        left -= 4 + len(event)  # the frame at `end`: its header and payload
+                    else:
+                        left = -1
                     job = handle(event, out)
                 if job is not None and place(job):
                     if out:
@@ -513,6 +522,10 @@ class Server:
                     if not run_inline(job, me):
                         flush_held()
                         return  # another loop thread reads now
+                if 0 <= left < 4:
+                    # What buffered() would say next (this thread still reads, so nothing
+                    # else took or moved the splitter's bytes meanwhile; I4 of _scheduler).
+                    break
             if out or sched.held:
                 flush_held(out)
             if dispatcher.shutting_down:
