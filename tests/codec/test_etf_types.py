@@ -445,8 +445,11 @@ def test_decoder_decode_prefix_takes_a_hook_per_input() -> None:
     assert own.decode_prefix(frame, hook) == ((Atom("call"), 1, 2), end)
     assert len(seen) == 2
     assert own.decode_prefix(frame, None)[0][1] == (Atom("$snakeport_x"), 1)
-    # The scan for the prefix: a hook is never called for an input without it.
+    # The scan for the prefix: a hook is never called for an input without it; without the
+    # scan, the value is the same.
     assert Decoder().decode_prefix(encode((1, 2)), lambda t: 1 / 0) == ((1, 2), len(encode((1, 2))))
+    assert Decoder().decode_prefix(encode((1, 2)), lambda t: 1 / 0, scan=False) == ((1, 2), len(encode((1, 2))))
+    assert own.decode_prefix(frame, hook, scan=False) == own.decode_prefix(frame, hook)
 
     def failing(t: tuple) -> Any:
         raise KeyError("from the hook")

@@ -551,9 +551,14 @@ class Server:
         # codec then checks each decoded tuple's first element instead.
         # (find, not `in`: `in` first tries the prefix as an integer, raising and clearing a
         # TypeError on every frame.)
+        scan = True
         if cls is bytes:
-            if len(event) > 1 and event[1] != 80 and event.find(_TAGGED_BYTES) < 0:
-                ctx = None
+            if len(event) > 1 and event[1] != 80:
+                if event.find(_TAGGED_BYTES) < 0:
+                    ctx = None
+                else:
+                    ctx = TagContext()
+                    scan = False  # (found: the codec need not look again)
             else:
                 ctx = TagContext()
         elif cls is Oversized:
@@ -571,7 +576,7 @@ class Server:
                 process.tune_malloc()
             ctx = TagContext()
         try:
-            term, end = self._decode_prefix(event, ctx)
+            term, end = self._decode_prefix(event, ctx, scan=scan)
             if ctx is not None and ctx.blobs:
                 ctx.bind(event, end)  # the bytes after the term are its blobs
             elif end != len(event):

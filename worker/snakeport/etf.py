@@ -1494,7 +1494,7 @@ class Decoder:
             max_memory=self.max_memory,
         )
 
-    def decode_prefix(self, data: Buffer, tagged: Any = _OWN_HOOK) -> tuple[Any, int]:
+    def decode_prefix(self, data: Buffer, tagged: Any = _OWN_HOOK, *, scan: bool = True) -> tuple[Any, int]:
         """Decode the term at the start of ``data`` (see :func:`decode_prefix`).
 
         The common input (``bytes``, not compressed) takes the steps of
@@ -1505,6 +1505,10 @@ class Decoder:
             data: Starts with ``term_to_binary`` output (version byte 131, then the term).
             tagged: The hook of this input (the worker's is new for each frame), ``None``
                 for none; default: the decoder's own.
+            scan: Whether to look for the tag prefix in an input of up to 64 KiB first (to
+                skip the hook's checks when it is absent); ``False`` when the caller has
+                found it there already (the hook is then checked at each tuple, as for a
+                larger input: the same value).
 
         Returns:
             ``(value, end)``: the value and the offset just after the term.
@@ -1533,7 +1537,7 @@ class Decoder:
         budget = self.max_expansion * size + _BUDGET_FLOOR
         if budget > self.max_memory:
             budget = self.max_memory
-        if tagged is not None and size <= _TAG_SCAN_MAX and data.find(_TAGGED_BYTES) < 0:
+        if scan and tagged is not None and size <= _TAG_SCAN_MAX and data.find(_TAGGED_BYTES) < 0:
             tagged = None
         try:
             return _decode_term(data, 1, self.max_depth, tagged, budget)  # type: ignore[no-any-return]
