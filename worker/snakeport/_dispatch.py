@@ -67,6 +67,8 @@ Term = Any
 Outcome = Union[list, Job]
 
 
+_AUTO, _VALUE = R.AUTO, R.VALUE
+
 #: The types of a valid session id (``R.session_id``), for the handlers' fast paths.
 _SESSION_ID_TYPES = frozenset((str, bytes))
 
@@ -263,7 +265,8 @@ class Dispatcher:
         try:
             # Looking a type up in DATA hashes it: a metaclass's __hash__ or __eq__ is user
             # code, the one that marshalling can run.
-            if (job.mode == R.AUTO or job.mode == R.VALUE) and type(result) in DATA:
+            mode = job.mode
+            if (mode == _AUTO or mode == _VALUE) and type(result) in DATA:
                 return [(REPLY, job.request_id, OK, result)]
             stored = marshal(self.table, job.session, result, job.mode, self.max_depth)
         except RequestError as err:

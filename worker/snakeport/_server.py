@@ -368,7 +368,12 @@ class Server:
             terms = self.dispatcher.run_job(job)
         except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
             terms = self._internal_error(job.request_id, exc)
-        return self._job_payloads(job, terms)
+        if not terms:
+            return None
+        payloads = self._encode(terms, job)
+        if len(payloads) == 1 and payloads[0].__class__ is not Borrowed:
+            return payloads  # (the common case of _job_payloads, one call less)
+        return self._job_payloads(job, terms, payloads)
 
     def finish_lane(self, job: Job, result: Any) -> list:
         """The terms of a job whose code the C lane ran (:mod:`snakeport._lane`) when the
@@ -418,11 +423,13 @@ class Server:
             )
         ]
 
-    def _job_payloads(self, job: Job, terms: list) -> list | None:
-        """A job's terms encoded; a frame that borrows arrays' memory is written now."""
+    def _job_payloads(self, job: Job, terms: list, payloads: list | None = None) -> list | None:
+        """A job's terms encoded (``payloads``, when given, are); a frame that borrows
+        arrays' memory is written now."""
         if not terms:
             return None
-        payloads = self._encode(terms, job)
+        if payloads is None:
+            payloads = self._encode(terms, job)
         for payload in payloads:
             if payload.__class__ is Borrowed:
                 # The frame borrows the buffers of the result's arrays: written now, before
