@@ -513,6 +513,8 @@ class Server:
                         job = receive(term, None, out)
                     else:
                         left = view[2] - end  # from the first frame the lane did not take
+                        if left < 4:
+                            break  # it took them all (what next_event() would say: None)
                 if job is None:
                     event = splitter.next_event()
                     if event is None:
