@@ -404,6 +404,62 @@ def test_comparisons_with_other_types() -> None:
         ErlMap(failing_pairs())
 
 
+def test_decoder_decode_prefix_is_decode_prefix_with_its_limits() -> None:
+    # The worker decodes every request so: the common input (bytes, not compressed) takes a
+    # shorter path; every input must give what decode_prefix gives with the same limits.
+    limits = {"max_depth": 3, "max_size": 200, "max_expansion": 4, "max_memory": 100_000}
+    decoder = Decoder(**limits)
+    data = encode((Atom("x"), [1, 2], "three"))
+    packed = encode(list(range(100)), compressed=6)
+    inputs = [
+        data, data + b"tail", bytearray(data + b"tail"), memoryview(data + b"tail"), packed,
+        packed + b"tail", data[:-2], b"", b"\x83", b"\x84" + data[1:], data + bytes(200),
+        encode([[[[1]]]]), encode([0.5] * 40), encode(list(range(30))),
+    ]  # fmt: skip
+    for buf in inputs:
+        try:
+            expected: Any = decode_prefix(buf, **limits)
+        except DecodeError as exc:
+            expected = (DecodeError, str(exc))
+        try:
+            got: Any = decoder.decode_prefix(buf)
+        except DecodeError as exc:
+            got = (DecodeError, str(exc))
+        assert got == expected, bytes(buf)
+    nil_list = b"\x83l" + (10).to_bytes(4, "big") + b"j" * 11  # [[], [], ...]: 64 bytes each
+    with pytest.raises(DecodeError, match="memory budget of 300 bytes"):
+        Decoder(max_expansion=2, max_memory=300).decode_prefix(nil_list + b"tail")
+
+
+def test_decoder_decode_prefix_takes_a_hook_per_input() -> None:
+    frame = encode((Atom("call"), (Atom("$snakeport_x"), 1), (Atom("$snakeport_x"), 2))) + b"blob"
+    end = len(frame) - 4
+    own = Decoder(tagged=lambda t: ("own", t[1]))
+    assert own.decode_prefix(frame) == ((Atom("call"), ("own", 1), ("own", 2)), end)
+    seen: list[tuple] = []
+
+    def hook(t: tuple) -> Any:
+        seen.append(t)
+        return t[1]
+
+    assert own.decode_prefix(frame, hook) == ((Atom("call"), 1, 2), end)
+    assert len(seen) == 2
+    assert own.decode_prefix(frame, None)[0][1] == (Atom("$snakeport_x"), 1)
+    # The scan for the prefix: a hook is never called for an input without it; without the
+    # scan, the value is the same.
+    assert Decoder().decode_prefix(encode((1, 2)), lambda t: 1 / 0) == ((1, 2), len(encode((1, 2))))
+    assert Decoder().decode_prefix(encode((1, 2)), lambda t: 1 / 0, scan=False) == ((1, 2), len(encode((1, 2))))
+    assert own.decode_prefix(frame, hook, scan=False) == own.decode_prefix(frame, hook)
+
+    def failing(t: tuple) -> Any:
+        raise KeyError("from the hook")
+
+    with pytest.raises(KeyError, match="from the hook"):
+        Decoder().decode_prefix(frame, failing)
+    with pytest.raises(ValueError, match="callable"):
+        Decoder().decode_prefix(frame, 42)
+
+
 def test_decode_prefix_stops_at_the_end_of_the_term() -> None:
     data = encode((Atom("x"), [1, 2], "three"))
     for buf in (data + b"tail", bytearray(data + b"tail"), memoryview(data + b"tail")):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from snakeport import Cancelled
+from snakeport import Cancelled, etf
 from snakeport._dispatch import Dispatcher
 from snakeport._jobs import Job, Jobs
 from snakeport._tagged import TagContext, resolve_tagged
@@ -148,6 +148,9 @@ def test_refs_in_args_resolve_to_objects(h) -> None:
     # An object the session already holds comes back as its existing ref.
     assert h.call("identity", [[box, {"k": box}]]) == [box, {"k": box}]
     assert h.table.counts()[1] == 1
+    # Atom names, keyword arguments and options (the checked path of the handler).
+    assert h.ok("method", "s", box, A("same"), [], {A("other"): box}, {A("result"): A("value")}) is True
+    assert h.ok("method", "s", box, "get", [], {}, {A("result"): A("ref")})[0] == REF
     kinds = h.call("kinds", [(A("$snakeport_bytes"), "abc"), "abc", (A("$snakeport_set"), [1, 2]), box])
     assert kinds == ["bytes", "str", "set", "Box"]
 
@@ -349,6 +352,17 @@ def test_sweep_events() -> None:
         (A("call"), 1, "s", "m", "f", [], {1: 2}, {}),
         (A("call"), 1, "s", "m", "f", [], {}, []),
         (A("method"), 1, "s", "notaref", "f", [], {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {}),
+        (A("method"), 1, 5, (REF, "s", 1, "x"), "f", [], {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), 5, [], {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", (), {}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {1: 2}, {}),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {}, []),
+        (A("method"), 1, "s", (REF, "s", 1, "x"), "f", [], {}, {A("result"): A("nope")}),
+        (A("release_ref"), 1, "s"),
+        (A("release_ref"), 1, "s", (REF, "s", 1, "x"), 2),
+        (A("release_ref"), 1, 5, (REF, "s", 1, "x")),
+        (A("release_ref"), 1, "s", "notaref"),
         (A("getattr"), 1, "s", (A("other"), "m"), "x", {}),
         (A("open_session"), 1, "s", {A("overflow"): A("drop")}),
         (A("open_session"), 1, "s", {A("max_refs"): -1}),
@@ -365,6 +379,16 @@ def test_bad_requests_get_bad_request_replies(h, term) -> None:
     (reply,) = h.d.receive(resolve_tagged(term, ctx), ctx)
     assert reply[:3] == (A("reply"), 1, A("error"))
     assert reply[3][A("reason")] == "bad_request", reply
+
+
+def test_ref_handles_are_charged_their_size_in_the_decode_budget() -> None:
+    # The codec charges a handle a size registered once (etf._FRESH_SIZES), not measured.
+    term = (REF, "s", 7, "T")
+    handle = TagContext()(term)
+    assert etf._tagged_cost(handle, term) == sys.getsizeof(handle) > 0
+    frame = etf.encode((A("call"), 1, [term] * 1000))
+    ctx = TagContext()
+    assert len(etf.decode(frame, tagged=ctx)[2]) == len(ctx.handles) == 1000
 
 
 @pytest.mark.parametrize("term", [[1, 2], (A("ping"),), (A("ping"), -1), (A("ping"), "1"), 42])

@@ -13,6 +13,7 @@ jobs, scheduler) ends where the general path's does.
 from __future__ import annotations
 
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -625,3 +626,54 @@ def test_jobs_abandon_ends_a_lane_job_the_worker_failed_to_finish() -> None:
         jobs.abandon(job, error)
         assert job.state == final and jobs.in_flight == 0 and CURRENT.job is None
         assert job.failure is (failure or (error if state != DONE else None))
+
+
+def wait_within(w: RawWorker, rid: int, seconds: float = 10.0) -> bytes:
+    """``w.wait(rid)`` that fails instead of blocking when no reply comes in ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while rid not in w.frames:
+        ready, _, _ = select.select([w.proc.stdout], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, f"no reply to request {rid} within {seconds} s"
+        frame = w._frame()
+        term, _ = etf.decode_prefix(frame)
+        if term[0] == "reply":
+            w.frames[term[1]] = frame
+        else:
+            w.others.append(frame)
+    return w.frames[rid]
+
+
+def test_frames_the_lane_leaves_are_answered_wherever_a_write_ends() -> None:
+    # After a frame the lane leaves (method, ping), the frame loop works out from the lane's
+    # view whether more bytes are buffered (Server._read_frames): a batch of such frames
+    # and lane calls, cut in two writes at every byte, is answered whole each time.
+    w = RawWorker(True)
+    try:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(2, "sp_testmod", "Box", [7])])
+        ref = etf.decode(w.wait(2))[3]
+        rid = 100
+        for cut in range(0, 160):
+            terms = [
+                (A("method"), rid, "s1", ref, "get", [], {}, {}),
+                (A("ping"), rid + 1),
+                call(rid + 2, "operator", "add", [1, 2]),
+                (A("method"), rid + 3, "s1", ref, "get", [], {}, {}),
+            ]
+            payloads = [etf.encode(t) for t in terms]
+            data = b"".join(struct.pack(">I", len(p)) + p for p in payloads)
+            assert cut < len(data)
+            w.proc.stdin.write(data[:cut])
+            end = 0
+            for term, payload in zip(terms, payloads):  # the frames whole in the first write
+                end += 4 + len(payload)
+                if end <= cut:
+                    wait_within(w, term[1])
+            w.proc.stdin.write(data[cut:])
+            for term in terms:
+                wait_within(w, term[1])
+            assert [etf.decode(w.frames[t[1]])[3] for t in terms] == [7, A("pong"), 3, 7]
+            rid += 10
+    finally:
+        w.close()

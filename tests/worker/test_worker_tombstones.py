@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 
 import pytest
 from sp_client import A, Worker
@@ -23,11 +24,12 @@ def test_ref_tombstones_remember_the_last_capacity_drops() -> None:
 
 def test_ref_lookup_ignores_matches_across_two_records() -> None:
     t = RefTombstones(4)
-    # The 8 bytes of 2**32 (little-endian) straddle the records of ids a and b.
+    # The 8 bytes of 2**32 (in the machine's byte order, the records') straddle the
+    # records of ids a and b.
     target = 2**32
-    packed = struct.pack("<Q", target)
-    a = int.from_bytes(b"\x00" * 4 + packed[:4], "little")
-    b = int.from_bytes(packed[4:] + b"\x01" * 4, "little")
+    packed = struct.pack("=Q", target)
+    a = int.from_bytes(b"\x00" * 4 + packed[:4], sys.byteorder)
+    b = int.from_bytes(packed[4:] + b"\x01" * 4, sys.byteorder)
     t.add(a, 1, 0)
     t.add(b, 2, 1)
     assert t.get(target) is None

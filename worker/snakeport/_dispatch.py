@@ -31,6 +31,7 @@ read by a function the server passes in (``rss``).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Callable, Union
 
 from snakeport import _limits as limits
@@ -51,7 +52,7 @@ from snakeport._jobs import (
     lookup,
 )
 from snakeport._marshal import DATA, marshal, marshal_batch
-from snakeport._protocol import OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
+from snakeport._protocol import A_RELEASED, OK, PONG, REPLY, cancelled_reply, error_reply, request_error_reply
 from snakeport._sessions import RefHandle, Session, SessionTable
 from snakeport._blobs import BlobReply
 from snakeport._streams import Batch, close_iterator, first_batch, next_batch
@@ -64,6 +65,12 @@ __all__ = ["Dispatcher", "Outcome"]
 Term = Any
 #: What :meth:`Dispatcher.receive` returns: terms to send now, or a job to run.
 Outcome = Union[list, Job]
+
+
+_AUTO, _VALUE = R.AUTO, R.VALUE
+
+#: The types of a valid session id (``R.session_id``), for the handlers' fast paths.
+_SESSION_ID_TYPES = frozenset((str, bytes))
 
 
 def _no_rss() -> int:
@@ -258,7 +265,8 @@ class Dispatcher:
         try:
             # Looking a type up in DATA hashes it: a metaclass's __hash__ or __eq__ is user
             # code, the one that marshalling can run.
-            if (job.mode == R.AUTO or job.mode == R.VALUE) and type(result) in DATA:
+            mode = job.mode
+            if (mode == _AUTO or mode == _VALUE) and type(result) in DATA:
                 return [(REPLY, job.request_id, OK, result)]
             stored = marshal(self.table, job.session, result, job.mode, self.max_depth)
         except RequestError as err:
@@ -412,21 +420,43 @@ class Dispatcher:
         return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
 
     def _op_method(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
-        R.arity(term, 8)
-        sid = R.session_id(term[2])
-        target = term[3]
-        if type(target) is not RefHandle:
-            raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
-        name = R.name(term[4], "Name")
-        args = R.args(term[5])
-        kwargs = R.kwargs(term[6])
-        mode = R.mode(term[7])
-        batch = R.batch(term[7])
+        if len(term) == 8:
+            _, _, sid, target, name, args, kwargs, opts = term
+        else:
+            sid = target = name = args = kwargs = opts = None
+        batch = None
+        if (
+            sid.__class__ in _SESSION_ID_TYPES
+            and target.__class__ is RefHandle
+            and name.__class__ is str
+            and args.__class__ is list
+            and kwargs.__class__ is dict
+            and not kwargs
+            and opts.__class__ is dict
+            and not opts
+        ):
+            mode = R.AUTO  # the common request, valid as is: what the checks below would give
+        else:
+            R.arity(term, 8)
+            sid = R.session_id(term[2])
+            target = term[3]
+            if type(target) is not RefHandle:
+                raise R.bad(f"expected Ref to be a ref term, got: {R.short(target)}")
+            name = R.name(term[4], "Name")
+            args = R.args(term[5])
+            kwargs = R.kwargs(term[6])
+            mode = R.mode(term[7])
+            batch = R.batch(term[7])
         allow = self.allow
         if allow is not None:
             allow.check_path(name, "name")
-        handles = ctx.handles if ctx is not None else [target]
-        session = self._checkout(sid, handles)
+        if ctx is None:
+            handles: Any = (target,)
+        else:
+            handles = ctx.handles
+        if self.shutting_down:
+            raise _shutting_down()
+        session = self.table.checkout(sid, handles)
         obj = target.obj
         if allow is not None:
             self._check_target(session, obj)
@@ -437,18 +467,17 @@ class Dispatcher:
             except BaseException:
                 self.table.checkin(session)
                 raise
+            ref_ids = _ref_ids(handles)
+        else:
+            ref_ids = (target.ref_id,)  # (the one handle of the frame is the target)
 
-        deferred = ctx is not None and ctx.deferred
-
-        def fn() -> Any:
-            target = lookup(obj, name, allow)
-            if deferred:
-                return target(*realize(args), **realize(kwargs))
-            return target(*args, **kwargs)
-
+        # The job's code: a partial, not a closure (no cells for the handler's variables).
+        fn: Callable[[], Any] = partial(
+            _call_method, obj, name, args, kwargs, allow, ctx is not None and ctx.deferred
+        )
         if batch is not None:
             fn = _streaming(fn, batch)
-        return self.jobs.add(Job(rid, session, fn, mode, _ref_ids(handles)))
+        return self.jobs.add(Job(rid, session, fn, mode, ref_ids))
 
     def _op_iter_next(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 5)
@@ -486,7 +515,7 @@ class Dispatcher:
                 raise failure from None
             if found:
                 close_iterator(obj)
-            return {P.A_RELEASED: found}
+            return {A_RELEASED: found}
 
         return self.jobs.add(Job(rid, session, fn, R.VALUE, ()))
 
@@ -608,7 +637,7 @@ class Dispatcher:
                 released: nothing is created), or a ref error.
         """
         if self.shutting_down:
-            raise RequestError("shutting_down", "the worker is shutting down")
+            raise _shutting_down()
         return self.table.checkout(sid, handles)
 
     # ------------------------------------------------------------ control ops
@@ -625,13 +654,16 @@ class Dispatcher:
         return out
 
     def _op_release_ref(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
-        R.arity(term, 4)
-        sid = R.session_id(term[2])
-        handle = term[3]
-        if type(handle) is not RefHandle:
-            raise R.bad(f"expected Ref to be a ref term, got: {R.short(handle)}")
+        if len(term) == 4 and term[2].__class__ in _SESSION_ID_TYPES and term[3].__class__ is RefHandle:
+            sid, handle = term[2], term[3]  # valid as is: what the checks below would give
+        else:
+            R.arity(term, 4)
+            sid = R.session_id(term[2])
+            handle = term[3]
+            if type(handle) is not RefHandle:
+                raise R.bad(f"expected Ref to be a ref term, got: {R.short(handle)}")
         released = self.table.release_ref(sid, handle)
-        return [(REPLY, rid, OK, {P.A_RELEASED: released})]
+        return [(REPLY, rid, OK, {A_RELEASED: released})]
 
     def _op_release_session(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
         R.arity(term, 3)
@@ -640,7 +672,7 @@ class Dispatcher:
         # Its queued jobs are dropped (answered `cancelled` now) and its running ones
         # cancelled (they answer when they end); the release is answered at once.
         out: list = [cancelled_reply(job_id) for job_id in self.jobs.cancel_session(sid)]
-        out.append((REPLY, rid, OK, {P.A_RELEASED: count}))
+        out.append((REPLY, rid, OK, {A_RELEASED: count}))
         return out
 
     def _op_expire_session(self, term: tuple, rid: int, ctx: TagContext | None) -> Outcome:
@@ -707,6 +739,21 @@ class Dispatcher:
         R.arity(term, 2)
         self.shutting_down = True
         return [(REPLY, rid, OK, OK)]
+
+
+def _call_method(
+    obj: Any, name: str, args: list, kwargs: dict, allow: AllowList | None, deferred: bool
+) -> Any:
+    """The code of a ``method`` job: ``obj.<name>(*args, **kwargs)``, the deferred
+    arguments built first (see :func:`~snakeport._tagged.realize`)."""
+    target = lookup(obj, name, allow)
+    if deferred:
+        return target(*realize(args), **realize(kwargs))
+    return target(*args, **kwargs)
+
+
+def _shutting_down() -> RequestError:
+    return RequestError("shutting_down", "the worker is shutting down")
 
 
 def _as_is(term: Any) -> Any:

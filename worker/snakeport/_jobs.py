@@ -88,6 +88,8 @@ _PLAIN = frozenset(
     {int, float, str, bytes, bytearray, bool, type(None), list, tuple, dict, set, frozenset}
 )
 
+_get_ident = threading.get_ident
+
 #: ``CURRENT.job`` is the job whose code the current thread runs (``None`` otherwise), and
 #: ``CURRENT.jobs`` its :class:`Jobs`: set by :meth:`Jobs.run` around the job's code.
 CURRENT = threading.local()
@@ -421,7 +423,7 @@ class Jobs:
                             if job.state != QUEUED:  # cancelled while queued: already answered
                                 return None
                             job.state = RUNNING
-                            job.thread = threading.get_ident()
+                            job.thread = _get_ident()
                         fn = job.fn
                         job.fn = None  # the job keeps no argument alive past its request
                         current.jobs = self
@@ -511,8 +513,9 @@ class Jobs:
             # Outside the `if`: a Cancelled that struck after the final state was set and
             # before this (an earlier cancel's exception, delivered late) brings us back
             # here with the state final; the job must still leave the table.
-            if self._jobs.get(job.request_id) is job:
-                del self._jobs[job.request_id]
+            jobs, rid = self._jobs, job.request_id
+            if jobs.get(rid) is job:
+                del jobs[rid]
             if job.cancel_sent:
                 # No new exception can be set now (final state); drop a pending one.
                 self._interrupt(job.thread, None)

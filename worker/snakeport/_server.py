@@ -266,6 +266,8 @@ class Server:
         # more inside the terms of converted values (an array's shape in a column of a
         # DataFrame's data).
         self._max_out_depth = 2 * config.max_depth + 8
+        # The limits of request frames, checked once (not at each frame).
+        self._decode_prefix = etf.Decoder(max_depth=config.max_depth, max_size=config.max_frame_bytes).decode_prefix
         self._encoder = etf.Encoder(max_depth=self._max_out_depth, default=encode_default)
         # The C lane of the common call, when it is built and applies (snakeport._lane).
         self._lane = _lane.build(self)
@@ -366,7 +368,12 @@ class Server:
             terms = self.dispatcher.run_job(job)
         except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
             terms = self._internal_error(job.request_id, exc)
-        return self._job_payloads(job, terms)
+        if not terms:
+            return None
+        payloads = self._encode(terms, job)
+        if len(payloads) == 1 and payloads[0].__class__ is not Borrowed:
+            return payloads  # (the common case of _job_payloads, one call less)
+        return self._job_payloads(job, terms, payloads)
 
     def finish_lane(self, job: Job, result: Any) -> list:
         """The terms of a job whose code the C lane ran (:mod:`snakeport._lane`) when the
@@ -416,11 +423,13 @@ class Server:
             )
         ]
 
-    def _job_payloads(self, job: Job, terms: list) -> list | None:
-        """A job's terms encoded; a frame that borrows arrays' memory is written now."""
+    def _job_payloads(self, job: Job, terms: list, payloads: list | None = None) -> list | None:
+        """A job's terms encoded (``payloads``, when given, are); a frame that borrows
+        arrays' memory is written now."""
         if not terms:
             return None
-        payloads = self._encode(terms, job)
+        if payloads is None:
+            payloads = self._encode(terms, job)
         for payload in payloads:
             if payload.__class__ is Borrowed:
                 # The frame borrows the buffers of the result's arrays: written now, before
@@ -487,20 +496,33 @@ class Server:
             out: list = []
             while True:
                 job = None
-                if lane is not None and (view := splitter.buffered()) is not None and view[2] - view[1] >= 4:
+                # Bytes buffered after the frame handled in this turn, when known (the lane
+                # looked at the buffer); else -1.
+                left = -1
+                if lane is not None and (view := splitter.buffered()) is not None:
+                    if view[2] - view[1] < 4:
+                        break  # not even a frame header buffered: next_event() would say None
                     if out:  # control replies go out before a call runs (as below)
                         self.send(out)
                         out = []
-                    _, term = lane.run(*view, me)  # (it tells the splitter what it took)
+                    end, term = lane.run(*view, me)  # (it tells the splitter what it took)
                     if term is LOST:
                         flush_held()
                         return  # another loop thread reads now
                     if term is not None:  # decoded, and not the lane's
                         job = receive(term, None, out)
+                    else:
+                        left = view[2] - end  # from the first frame the lane did not take
+                        if left < 4:
+                            break  # it took them all (what next_event() would say: None)
                 if job is None:
                     event = splitter.next_event()
                     if event is None:
                         break
+                    if left >= 0 and event.__class__ is bytes:
+                        left -= 4 + len(event)  # the frame at `end`: its header and payload
+                    else:
+                        left = -1
                     job = handle(event, out)
                 if job is not None and place(job):
                     if out:
@@ -509,6 +531,10 @@ class Server:
                     if not run_inline(job, me):
                         flush_held()
                         return  # another loop thread reads now
+                if 0 <= left < 4:
+                    # What buffered() would say next (this thread still reads, so nothing
+                    # else took or moved the splitter's bytes meanwhile; I4 of _scheduler).
+                    break
             if out or sched.held:
                 flush_held(out)
             if dispatcher.shutting_down:
@@ -528,7 +554,23 @@ class Server:
 
     def _handle(self, event: Any, out: list) -> Job | None:
         """Handle one frame: control replies are appended to ``out``; a job is returned."""
-        if type(event) is Oversized:
+        cls = event.__class__
+        # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
+        # Large frames (bytearray) are not scanned, here or by the codec (above 64 KiB): the
+        # codec then checks each decoded tuple's first element instead.
+        # (find, not `in`: `in` first tries the prefix as an integer, raising and clearing a
+        # TypeError on every frame.)
+        scan = True
+        if cls is bytes:
+            if len(event) > 1 and event[1] != 80:
+                if event.find(_TAGGED_BYTES) < 0:
+                    ctx = None
+                else:
+                    ctx = TagContext()
+                    scan = False  # (found: the codec need not look again)
+            else:
+                ctx = TagContext()
+        elif cls is Oversized:
             self.dispatcher.requests += 1
             term = self._undecodable(
                 event.head,
@@ -538,33 +580,31 @@ class Server:
             if term is not None:
                 out.append(term)
             return None
-        if event.__class__ is bytearray and not process.malloc_tuned:  # the first large frame
-            process.tune_malloc()
-        # No TagContext when no tagged tuple can be in the frame (not compressed, no prefix).
-        # Large frames (bytearray) are not scanned, here or by the codec (above 64 KiB): the
-        # codec then checks each decoded tuple's first element instead.
-        if event.__class__ is bytes and len(event) > 1 and event[1] != 80 and _TAGGED_BYTES not in event:
-            ctx = None
-        else:
+        else:  # a large frame (bytearray)
+            if not process.malloc_tuned:  # the first one
+                process.tune_malloc()
             ctx = TagContext()
         try:
-            term, end = etf.decode_prefix(event, tagged=ctx, max_depth=self._max_depth, max_size=self._max_size)
+            term, end = self._decode_prefix(event, ctx, scan=scan)
             if ctx is not None and ctx.blobs:
                 ctx.bind(event, end)  # the bytes after the term are its blobs
             elif end != len(event):
                 raise DecodeError(f"{len(event) - end} trailing bytes after the term at byte {end}")
-            failure = None
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             failure = f"invalid frame: {safe_str(exc)}"
-        if failure is not None:
-            # (Outside the except block: the exception, and the copy of a large frame that
-            # a DecodeError may hold, are gone before the error path reads the frame again.)
-            self.dispatcher.requests += 1
-            term = self._undecodable(event, "decode_error", failure)
-            if term is not None:
-                out.append(term)
-            return None
-        return self._receive(term, ctx, out)
+        else:
+            result = self.dispatcher.receive(term, ctx)  # (as _receive does, one call less)
+            if type(result) is list:
+                out.extend(result)
+                return None
+            return result
+        # (Outside the except block: the exception, and the copy of a large frame that a
+        # DecodeError may hold, are gone before the error path reads the frame again.)
+        self.dispatcher.requests += 1
+        term = self._undecodable(event, "decode_error", failure)
+        if term is not None:
+            out.append(term)
+        return None
 
     def _receive(self, term: Any, ctx: TagContext | None, out: list) -> Job | None:
         """Handle one decoded request: control replies are appended to ``out``; a job is

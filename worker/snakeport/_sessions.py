@@ -76,6 +76,7 @@ CAUSE_SESSION_RELEASED = Atom("session_released")
 #: The causes by their code in the tombstone table, and the codes by cause.
 _CAUSES = (CAUSE_RELEASED, CAUSE_EVICTED, CAUSE_TTL, CAUSE_SESSION_RELEASED)
 _CAUSE_CODES = {cause: code for code, cause in enumerate(_CAUSES)}
+_RELEASED = _CAUSE_CODES[CAUSE_RELEASED]
 
 _UNSET: Any = object()
 
@@ -189,6 +190,8 @@ class Session:
         running: Jobs checked out and not checked in yet (queued or running calls).
         active_at: When a job of the session last started or ended, or it was opened
             (monotonic seconds): its idle time for :meth:`SessionTable.expire_session`.
+        key: :func:`~snakeport._tombstones.session_key` of its id (for the tombstones of
+            its refs).
     """
 
     __slots__ = (
@@ -205,6 +208,7 @@ class Session:
         "warned",
         "running",
         "active_at",
+        "key",
     )
 
     def __init__(
@@ -224,6 +228,7 @@ class Session:
         self.warned = False
         self.running = 0
         self.active_at = active_at
+        self.key = session_key(session_id)
 
     def info(self) -> SessionInfo:
         """Return a :class:`SessionInfo` snapshot (call with the table's lock held)."""
@@ -389,10 +394,12 @@ class SessionTable:
             session = self._sessions.get(session_id)
             if session is None:
                 raise self._not_found_locked(session_id)
-            self._resolve_locked(session_id, handles)
+            now = self._monotonic()
+            if handles:
+                self._resolve_locked(session_id, handles, now)
             session.last_access = self._wall()
             session.running += 1
-            session.active_at = self._monotonic()
+            session.active_at = now
             return session
 
     def checkin(self, session: Session, ref_ids: Iterable[int] = ()) -> None:
@@ -522,11 +529,16 @@ class SessionTable:
                 ``ref_not_found``.
         """
         with self.lock:
-            self._resolve_locked(session_id, handles)
+            session = self._resolve_locked(session_id, handles, self._monotonic())
+            if session is not None:
+                session.last_access = self._wall()
 
-    def _resolve_locked(self, session_id: str | bytes, handles: Iterable[RefHandle]) -> None:
+    def _resolve_locked(self, session_id: str | bytes, handles: Iterable[RefHandle], now: float) -> Session | None:
+        """:meth:`resolve` (lock held), the refs' last access set to ``now``: the session
+        holding the handles (``None`` when there are none); its last access is the
+        caller's to refresh."""
         if not handles:
-            return
+            return None
         owner = self._owner
         for handle in handles:
             ref_id = handle.ref_id
@@ -552,14 +564,15 @@ class SessionTable:
                 f"no ref {short(ref_id)} was issued to this session",
                 details={"ref_id": ref_id},
             )
-        now = self._monotonic()
+        # Every handle is a live ref of one session (checked above): refresh them.
+        refs = session.refs  # type: ignore[union-attr]
         for handle in handles:
-            session = owner[handle.ref_id]
-            entry = session.refs[handle.ref_id]
-            session.refs.move_to_end(handle.ref_id)
+            ref_id = handle.ref_id
+            entry = refs[ref_id]
+            refs.move_to_end(ref_id)
             entry.last_access = now
             handle.obj = entry.obj
-            session.last_access = self._wall()
+        return session
 
     def store_result(self, session: Session, build: Callable[[RefIdOf], Any]) -> StoredResult:
         """Give the objects of one reply their refs, in one atomic step of the table.
@@ -686,14 +699,14 @@ class SessionTable:
                 dropped.append(entry)
                 session.by_object.pop(id(entry.obj), None)
                 del self._owner[ref_id]
-                self._tombstone(ref_id, session.session_id, CAUSE_RELEASED)
+                self._tombstones.add(ref_id, session.key, _RELEASED)
         count = len(dropped)
         _let_go(dropped)
         del dropped
         return count
 
     def release_ref(self, session_id: str | bytes, handle: RefHandle) -> bool:
-        """Release one ref (idempotent).
+        """Release one ref (idempotent); a generator's ``finally`` blocks run (closed).
 
         Args:
             session_id: The session of the request.
@@ -705,11 +718,13 @@ class SessionTable:
         Raises:
             RequestError: ``session_not_found`` (unknown session) or ``session_mismatch``.
         """
-        found, obj = self.take_ref(session_id, handle)
-        if found and type(obj) is GeneratorType:
-            close_iterator(obj)
-        del obj
-        return found
+        with self.lock:
+            entry = self._take_locked(session_id, handle)
+        if entry is None:
+            return False
+        if type(entry.obj) is GeneratorType:
+            close_iterator(entry.obj)
+        return True
 
     def take_ref(self, session_id: str | bytes, handle: RefHandle) -> tuple[bool, Any]:
         """Release one ref and hand its object to the caller (e.g. to close it), idempotent.
@@ -726,26 +741,32 @@ class SessionTable:
             RequestError: ``session_not_found`` (unknown session) or ``session_mismatch``.
         """
         with self.lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                raise self._not_found_locked(session_id)
-            ref_id = handle.ref_id
-            if handle.session != session_id:
+            entry = self._take_locked(session_id, handle)
+        return (False, None) if entry is None else (True, entry.obj)
+
+    def _take_locked(self, session_id: str | bytes, handle: RefHandle) -> _Entry | None:
+        """Drop one ref (lock held): its entry, or ``None`` when it was gone (see
+        :meth:`take_ref`)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise self._not_found_locked(session_id)
+        ref_id = handle.ref_id
+        if handle.session != session_id:
+            raise _mismatch(ref_id)
+        holder = self._owner.get(ref_id)
+        if holder is None:
+            tomb = self._tombstones.get(ref_id)
+            if tomb is not None and tomb[0] != session.key:
                 raise _mismatch(ref_id)
-            holder = self._owner.get(ref_id)
-            if holder is None:
-                tomb = self._tombstones.get(ref_id)
-                if tomb is not None and tomb[0] != session_key(session_id):
-                    raise _mismatch(ref_id)
-                return False, None
-            if holder is not session:
-                raise _mismatch(ref_id)
-            entry = session.refs.pop(ref_id)
-            del self._owner[ref_id]
-            session.by_object.pop(id(entry.obj), None)
-            self._tombstone(ref_id, session_id, CAUSE_RELEASED)
-            session.last_access = self._wall()
-        return True, entry.obj
+            return None
+        if holder is not session:
+            raise _mismatch(ref_id)
+        entry = session.refs.pop(ref_id)
+        del self._owner[ref_id]
+        session.by_object.pop(id(entry.obj), None)
+        self._tombstones.add(ref_id, session.key, _RELEASED)
+        session.last_access = self._wall()
+        return entry
 
     def sweep(self) -> list[tuple[str | bytes, list[int]]]:
         """Release refs not accessed within their session's TTL.
@@ -813,10 +834,6 @@ class SessionTable:
             ids.append(ref_id)
         self._tombstone_many(ids, session.session_id, cause)
         return ids
-
-    def _tombstone(self, ref_id: int, session_id: str | bytes, cause: Atom) -> None:
-        if self.max_tombstones:
-            self._tombstones.add(ref_id, session_key(session_id), _CAUSE_CODES[cause])
 
     def _tombstone_many(self, ref_ids: list[int], session_id: str | bytes, cause: Atom) -> None:
         if self.max_tombstones:

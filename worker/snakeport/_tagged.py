@@ -23,10 +23,11 @@ term.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 from snakeport._guard import type_name
-from snakeport import _stdlib, extensions
+from snakeport import _stdlib, etf, extensions
 from snakeport._blobs import BlobRef, bind
 from snakeport._jobs import Failure
 from snakeport._protocol import (
@@ -53,6 +54,10 @@ from snakeport.errors import EncodeError
 from snakeport.types import Atom, ErlMap, ImproperList
 
 __all__ = ["TagContext", "Deferred", "resolve_tagged", "substitute", "realize", "encode_default"]
+
+# The handles TagContext makes are new objects of one size: the codec charges it to the
+# frame's memory budget without looking for the handle among the term's elements.
+etf._FRESH_SIZES[RefHandle] = sys.getsizeof(RefHandle("", 1, None, ()))
 
 #: Tags whose terms become Python values at once (the builder gets the whole tuple).
 _IMMEDIATE: dict[Atom, Callable[[tuple], Any]] = {

@@ -33,7 +33,9 @@ from collections.abc import Sequence
 
 __all__ = ["RefTombstones", "SessionTombstones", "session_key", "RECORD_BYTES"]
 
-_Q = struct.Struct("<Q")
+#: A record of 8 bytes: an unsigned 64-bit integer in the machine's byte order (the
+#: format of the ``memoryview(...).cast("Q")`` views that write them).
+_Q = struct.Struct("=Q")
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 #: Bytes per entry: a ref tombstone, a session tombstone.
@@ -77,7 +79,11 @@ class _Ring:
         self._slots = 0  # slots allocated
 
     def claim(self) -> tuple[int, int]:
-        """The slot for a new entry, and how many slots the buffers must have (to grow)."""
+        """The slot for a new entry, and how many slots the buffers must have (to grow).
+
+        While ``used`` is below the slots allocated, that is the slot ``used`` and nothing
+        grows (:meth:`RefTombstones.add` takes that case itself); once full, the oldest.
+        """
         if self.used < self.capacity:
             slot = self.used
             self.used += 1
@@ -114,13 +120,28 @@ class RefTombstones:
         capacity: How many to remember (0: none).
     """
 
-    __slots__ = ("_ring", "_ids", "_sessions", "_causes")
+    __slots__ = ("_ring", "_ids", "_sessions", "_causes", "_id_view", "_session_view")
 
     def __init__(self, capacity: int) -> None:
         self._ring = _Ring(capacity)
         self._ids = bytearray()
         self._sessions = bytearray()
         self._causes = bytearray()
+        # 64-bit views of the two record buffers (an item written in one C call, without
+        # struct's argument parsing); released while the buffers grow (_grow).
+        self._id_view = memoryview(self._ids).cast("Q")
+        self._session_view = memoryview(self._sessions).cast("Q")
+
+    def _grow(self, slots: int) -> None:
+        """Make the buffers ``slots`` entries long (new slots zeroed)."""
+        grow = slots - len(self._causes)
+        self._id_view.release()
+        self._session_view.release()
+        self._ids.extend(bytes(8 * grow))
+        self._sessions.extend(bytes(8 * grow))
+        self._causes.extend(bytes(grow))
+        self._id_view = memoryview(self._ids).cast("Q")
+        self._session_view = memoryview(self._sessions).cast("Q")
 
     def __len__(self) -> int:
         return self._ring.used
@@ -138,16 +159,18 @@ class RefTombstones:
             key: Its session's :func:`session_key`.
             cause: A cause code (0..255), the caller's encoding.
         """
-        if not self._ring.capacity:
-            return
-        slot, slots = self._ring.claim()
-        if len(self._causes) < slots:
-            grow = slots - len(self._causes)
-            self._ids.extend(bytes(8 * grow))
-            self._sessions.extend(bytes(8 * grow))
-            self._causes.extend(bytes(grow))
-        _Q.pack_into(self._ids, 8 * slot, ref_id)
-        _Q.pack_into(self._sessions, 8 * slot, key)
+        ring = self._ring
+        slot = ring.used
+        if slot < ring._slots:  # (the common case of claim(), inline: an allocated slot)
+            ring.used = slot + 1
+        else:
+            if not ring.capacity:
+                return
+            slot, slots = ring.claim()
+            if len(self._causes) < slots:
+                self._grow(slots)
+        self._id_view[slot] = ref_id
+        self._session_view[slot] = key
         self._causes[slot] = cause
 
     def add_many(self, ref_ids: Sequence[int], key: int, cause: int) -> None:
@@ -168,12 +191,9 @@ class RefTombstones:
         while done < len(ref_ids):
             slot, count, slots = ring.claim_run(len(ref_ids) - done)
             if len(self._causes) < slots:
-                grow = slots - len(self._causes)
-                self._ids.extend(bytes(8 * grow))
-                self._sessions.extend(bytes(8 * grow))
-                self._causes.extend(bytes(grow))
+                self._grow(slots)
             run = ref_ids[done : done + count]
-            self._ids[8 * slot : 8 * (slot + count)] = struct.pack(f"<{count}Q", *run)
+            self._ids[8 * slot : 8 * (slot + count)] = struct.pack(f"={count}Q", *run)
             self._sessions[8 * slot : 8 * (slot + count)] = record * count
             self._causes[slot : slot + count] = code * count
             done += count
@@ -192,7 +212,7 @@ class RefTombstones:
         slot = _find(self._ids, ref_id, self._ring.used)
         if slot < 0:
             return None
-        return _Q.unpack_from(self._sessions, 8 * slot)[0], self._causes[slot]
+        return self._session_view[slot], self._causes[slot]
 
     def nbytes(self) -> int:
         """Bytes of the buffers (allocated slots)."""

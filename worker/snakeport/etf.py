@@ -336,12 +336,21 @@ def _over_budget(data: bytes, pos: int, budget: int) -> NoReturn:
     _fail(f"decoding needs more than the memory budget of {budget} bytes", data, pos)
 
 
+#: Classes whose instances a ``tagged`` hook only ever makes anew, each with its constant
+#: ``sys.getsizeof`` (the worker's ref handles, one per ref term of a request):
+#: :func:`_tagged_cost` charges that size without comparing the value with the tuple's parts.
+_FRESH_SIZES: dict[type, int] = {}
+
+
 def _tagged_cost(value: Any, term: tuple) -> int:
     """Memory charged for what the ``tagged`` hook returned for ``term``.
 
     Its own size (``sys.getsizeof``: a set or bytes it made; 0 when the hook returned the
     tuple itself or one of its elements, already charged). Both codec paths call this, so they charge the same.
     """
+    size = _FRESH_SIZES.get(type(value))
+    if size is not None:
+        return size
     for part in term:
         if value is part:
             return 0
@@ -1416,6 +1425,10 @@ def _check_level(value: object) -> int:
     return value
 
 
+#: ``Decoder.decode_prefix``'s ``tagged`` when not given: the decoder's own hook.
+_OWN_HOOK: Any = object()
+
+
 class Decoder:
     """A decoder holding validated limits and an optional ``tagged`` hook.
 
@@ -1480,6 +1493,60 @@ class Decoder:
             max_expansion=self.max_expansion,
             max_memory=self.max_memory,
         )
+
+    def decode_prefix(self, data: Buffer, tagged: Any = _OWN_HOOK, *, scan: bool = True) -> tuple[Any, int]:
+        """Decode the term at the start of ``data`` (see :func:`decode_prefix`).
+
+        The common input (``bytes``, not compressed) takes the steps of
+        :func:`decode_prefix` with no argument to check: the limits were checked once, by
+        the constructor. The worker decodes each request frame so.
+
+        Args:
+            data: Starts with ``term_to_binary`` output (version byte 131, then the term).
+            tagged: The hook of this input (the worker's is new for each frame), ``None``
+                for none; default: the decoder's own.
+            scan: Whether to look for the tag prefix in an input of up to 64 KiB first (to
+                skip the hook's checks when it is absent); ``False`` when the caller has
+                found it there already (the hook is then checked at each tuple, as for a
+                larger input: the same value).
+
+        Returns:
+            ``(value, end)``: the value and the offset just after the term.
+
+        Raises:
+            DecodeError: The term is invalid, or a compressed term is followed by bytes.
+                Exceptions raised by ``tagged`` propagate unchanged.
+            TypeError: ``data`` is not bytes, bytearray or memoryview.
+            ValueError: ``tagged`` is not callable.
+        """
+        if tagged is _OWN_HOOK:
+            tagged = self.tagged
+        elif tagged is not None and not callable(tagged):
+            _check_hook("tagged", tagged)
+        size = len(data)
+        if data.__class__ is not bytes or size < 2 or size > self.max_size or data[0] != 131 or data[1] == 80:
+            return decode_prefix(
+                data,
+                tagged=tagged,
+                max_depth=self.max_depth,
+                max_size=self.max_size,
+                max_expansion=self.max_expansion,
+                max_memory=self.max_memory,
+            )
+        # (The steps of _decode_prefix for this input.)
+        budget = self.max_expansion * size + _BUDGET_FLOOR
+        if budget > self.max_memory:
+            budget = self.max_memory
+        if scan and tagged is not None and size <= _TAG_SCAN_MAX and data.find(_TAGGED_BYTES) < 0:
+            tagged = None
+        try:
+            return _decode_term(data, 1, self.max_depth, tagged, budget)  # type: ignore[no-any-return]
+        except DecodeError:
+            raise
+        except _HookFailure as failure:
+            raise failure.exc from None
+        except _STRAY as exc:
+            raise _convert_stray(exc, data) from None
 
     def decode_head(self, data: Buffer, count: int) -> tuple[Any, ...]:
         """Decode the first ``count`` elements of a top-level tuple (see :func:`decode_head`).
@@ -1698,7 +1765,9 @@ def _decode_prefix(
     if tagged is not None:
         if not callable(tagged):
             _check_hook("tagged", tagged)
-        if len(data) <= _TAG_SCAN_MAX and _TAGGED_BYTES not in data:
+        # (find, not `in`: `in` first tries the prefix as an integer and raises and clears
+        # a TypeError, some 2,000 instructions per input.)
+        if len(data) <= _TAG_SCAN_MAX and data.find(_TAGGED_BYTES) < 0:
             tagged = None  # no tagged tuple can be present: skip the per-tuple check
         # (Larger inputs are not scanned: the scan costs ~0.3 ms per MiB, far more than the
         # per-tuple check it saves.)
