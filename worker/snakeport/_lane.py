@@ -61,8 +61,18 @@ when a call is over, either ``Scheduler.inline_ended`` says the thread still rea
 other thread has read, taken or moved (``get_buffer`` compacts) the splitter's bytes since
 the lane took its view, or it says the thread no longer reads, and ``run`` returns
 :data:`LOST` at once, without looking at the buffer again. The buffer is never resized. Each
-frame is taken with ``consume(start, end)`` before its call runs, which refuses a stale view
+frame is taken before its call runs, as :meth:`~snakeport._framing.FrameSplitter.consume`
+takes it (the lane does it in C, on the splitter's slots), refusing a stale view
 (``RuntimeError``: the frame loop fails rather than run a frame twice or read moved bytes).
+
+What the lane does in C that Python code does on the general path, so that a change there
+must change it too: the common case of :meth:`Scheduler.place
+<snakeport._scheduler.Scheduler.place>` (no job holds the slot, the stand-by is not asleep)
+and of :meth:`Scheduler.inline_ended <snakeport._scheduler.Scheduler.inline_ended>` (the
+thread still reads, no job is queued or waits to resume, not draining), on the scheduler's
+fields under its lock (their names are checked when the lane is built; every other case
+calls the Python method); ``FrameSplitter.consume``; and ``Job.__init__``, whose effect the
+lane learns when it is built (``Lane.fast_jobs``; it calls ``Job`` when it cannot tell).
 
 The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
 both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
@@ -163,10 +173,13 @@ def build(server: Any) -> Any:
         end_lane=jobs.end_lane,
         job_type=Job,
         current=CURRENT,
+        sched=sched,
+        sched_acquire=sched.lock.acquire,
+        sched_release=sched.lock.release,
         place=sched.place,
         inline_ended=sched.inline_ended,
         run_inline=sched.run_inline,
-        consume=server._splitter.consume,
+        splitter=server._splitter,
         finish=server.finish_lane,
         payloads=server._job_payloads,
         internal_error=server.lane_failed,
