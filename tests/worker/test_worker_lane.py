@@ -550,6 +550,30 @@ def test_the_lane_wakes_a_sleeping_standby_as_place_does() -> None:
     assert not woken and sched._inline_seq == 2 and len(sched.held) == 2
 
 
+@pytest.mark.parametrize("which", ["table", "jobs", "scheduler"])
+def test_the_lane_waits_for_a_lock_another_thread_holds(which: str) -> None:
+    # The lane runs a critical section without taking its lock only when the lock is free
+    # (_clane.c, lock_enter): held by another thread, the lane waits for it.
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    lock = {"table": srv.table.lock, "jobs": srv.dispatcher.jobs.lock, "scheduler": srv._sched.lock}[which]
+    returned = threading.Event()
+
+    def reader() -> None:
+        srv._sched.reader = threading.get_ident()
+        feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+        returned.set()
+
+    thread = threading.Thread(target=reader)
+    with lock:
+        thread.start()
+        assert not returned.wait(0.2)  # waiting for the lock, not returned
+        assert not srv._sched.held
+    thread.join(5)
+    assert returned.is_set() and srv.dispatcher.jobs.in_flight == 0 and srv.table._sessions["s"].running == 0
+    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 5, A("ok"), 3)
+
+
 def test_the_lane_hands_back_what_is_not_its_own() -> None:
     srv, _, _ = server()
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])

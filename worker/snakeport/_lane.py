@@ -43,7 +43,9 @@ C, a signal handler's) is the call's outcome, as on the general path, where it s
 inside the call: the lane runs :func:`strike` right after the call.
 
 What the lane does for a call is what the general path does: the session's last access and
-``running`` count (check-out and check-in under the table's lock), the job in the jobs
+``running`` count (check-out and check-in under the table's lock; the lane's critical
+sections run C only with the GIL held, so it takes a lock only when another thread holds it:
+``lock_enter`` in ``_clane.c`` says why that is the same), the job in the jobs
 table (so ``cancel``, ``stats``, ``release_session`` and ``shutdown`` see it), the job named
 in :data:`~snakeport._jobs.CURRENT` (``snakeport.context()``, tools, log attribution), the
 scheduler's slot and inline state (so the stand-by takes the reading role over during a long
@@ -163,12 +165,14 @@ def build(server: Any) -> Any:
         sessions=table._sessions,
         table_acquire=table.lock.acquire,
         table_release=table.lock.release,
+        table_locked=table.lock.locked,
         wall=table._wall,
         monotonic=table._monotonic,
         jobs=jobs,
         jobs_table=jobs._jobs,
         jobs_acquire=jobs.lock.acquire,
         jobs_release=jobs.lock.release,
+        jobs_locked=jobs.lock.locked,
         interrupt=jobs._interrupt,
         end_lane=jobs.end_lane,
         job_type=Job,
@@ -176,6 +180,7 @@ def build(server: Any) -> Any:
         sched=sched,
         sched_acquire=sched.lock.acquire,
         sched_release=sched.lock.release,
+        sched_locked=sched.lock.locked,
         place=sched.place,
         inline_ended=sched.inline_ended,
         run_inline=sched.run_inline,
