@@ -222,6 +222,10 @@ plain_call_make(PyObject *module, PyObject *function, PyObject *args)
     Py_INCREF(module);
     Py_INCREF(function);
     Py_INCREF(args);
+    /* The function's name interned (an exact str, see lane_request): the attribute lookups
+     * of getattr(module, name) then hit the type's attribute cache and compare the module
+     * dict's key by identity, instead of hashing and comparing a new string each call. */
+    PyUnicode_InternInPlace(&function);
     self->module = module;
     self->function = function;
     self->args = args;
