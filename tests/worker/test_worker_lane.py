@@ -497,6 +497,10 @@ RECORDED: list = []
 
 def record_job() -> None:
     RECORDED.append(CURRENT.job)
+    RECORDED_JOBS.append(CURRENT.jobs)
+
+
+RECORDED_JOBS: list = []
 
 
 def test_the_lane_makes_its_jobs_as_job_init_does(monkeypatch) -> None:
@@ -509,6 +513,7 @@ def test_the_lane_makes_its_jobs_as_job_init_does(monkeypatch) -> None:
     RECORDED.clear()
     feed(srv, frames(call(5, __name__, "record_job", [], session="s"), call(6, __name__, "record_job", [], session="s")))
     assert [job.request_id for job in RECORDED] == [5, 6]
+    assert RECORDED_JOBS[-1] is srv.dispatcher.jobs and getattr(CURRENT, "job", None) is None
     made = Job(5, session, None, AUTO)
     for name in Job.__slots__:
         if name not in ("fn", "state", "thread"):  # (what running it changed)

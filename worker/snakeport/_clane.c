@@ -61,7 +61,7 @@ static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, 
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
     *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
-    *S__resuming, *S__draining;
+    *S__resuming, *S__draining, *S___dict__;
 
 #define READY() (SysModules != NULL)
 
@@ -903,6 +903,16 @@ finish_job(Lane *L, PyObject *job, PyObject *value, PyObject *session, int *chec
     return payloads;
 }
 
+/* CURRENT.name = value. `current` is this thread's dict of CURRENT (a threading.local:
+ * CURRENT.__dict__, taken once per Lane.run, on the thread that runs the calls), in which
+ * threading.local's own setattr puts the value (it has no data descriptor of these names);
+ * NULL: its setattr. */
+static int
+set_current(Lane *L, PyObject *current, PyObject *name, PyObject *value)
+{
+    return current != NULL ? PyDict_SetItem(current, name, value) : set_attr(L->current, name, value);
+}
+
 /* Whether an asynchronous exception may be pending in this thread (then strike() runs: see
  * run_job). PyThreadState_SetAsyncExc stores it in the thread state's async_exc, which the
  * lane reads where it knows the field; elsewhere it always says yes. (Signal handlers, the
@@ -923,6 +933,7 @@ async_pending(void)
  * *checked_in once the session's check-in was done (or handed to the event loop). */
 static PyObject *
 run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn, PyObject *me,
+        PyObject *current,
         int *checked_in)
 {
     int started = start_job(L, job, me);
@@ -932,8 +943,8 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
     if (started == 0) { /* cancelled while queued: the general path answers (nothing) */
         return finish_job(L, job, Py_None, session, checked_in);
     }
-    if (set_attr(job, S_fn, Py_None) < 0 || set_attr(L->current, S_jobs, L->jobs) < 0 ||
-        set_attr(L->current, S_job, job) < 0) {
+    if (set_attr(job, S_fn, Py_None) < 0 || set_current(L, current, S_jobs, L->jobs) < 0 ||
+        set_current(L, current, S_job, job) < 0) {
         return NULL;
     }
     int interrupted = 0;
@@ -986,7 +997,7 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
         Py_DECREF(outcome);
         return payloads;
     }
-    if (set_attr(L->current, S_job, Py_None) < 0) {
+    if (set_current(L, current, S_job, Py_None) < 0) {
         Py_XDECREF(result);
         return NULL;
     }
@@ -1201,7 +1212,7 @@ recover(Lane *L, PyObject *rid, PyObject *job, PyObject *session, int checked_in
  * it is the general path's (nothing was counted, checked out or registered), -1 on error.
  * Sets *lost when this thread no longer holds the reading role. */
 static int
-lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
+lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost)
 {
     if (!PyTuple_CheckExact(term) || PyTuple_GET_SIZE(term) != 8) {
         return 0;
@@ -1254,7 +1265,7 @@ lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
         goto done;
     }
     placed = 1;
-    payloads = run_job(L, job, rid, session, fn, me, &checked_in);
+    payloads = run_job(L, job, rid, session, fn, me, current, &checked_in);
     if (payloads == NULL) {
         goto failed;
     }
@@ -1349,6 +1360,8 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
      * frame's call runs. */
     PyObject *term = Py_None;
     Py_INCREF(term);
+    PyObject *current = NULL; /* CURRENT.__dict__ (this thread's), once a call comes */
+    int current_tried = 0;
     while (w - r >= 4) {
         if (w > PyByteArray_GET_SIZE(buf)) { /* (the buffer never shrinks: see above) */
             PyErr_SetString(PyExc_RuntimeError, "run: the splitter's buffer shrank");
@@ -1396,7 +1409,17 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
         }
         r += 4 + n;
         int lost = 0;
-        int taken = lane_request(L, value, me, &lost);
+        if (current == NULL && !current_tried) {
+            current_tried = 1;
+            current = PyObject_GetAttr(L->current, S___dict__);
+            if (current == NULL || !PyDict_CheckExact(current) ||
+                _PyType_Lookup(Py_TYPE(L->current), S_job) != NULL ||
+                _PyType_Lookup(Py_TYPE(L->current), S_jobs) != NULL) {
+                Py_CLEAR(current);
+                PyErr_Clear(); /* (setattr then) */
+            }
+        }
+        int taken = lane_request(L, value, me, current, &lost);
         if (taken < 0) {
             Py_DECREF(value);
             goto error;
@@ -1418,9 +1441,11 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = PyTuple_Pack(2, end, term);
     Py_DECREF(end);
     Py_DECREF(term);
+    Py_XDECREF(current);
     return out;
 error:
     Py_DECREF(term);
+    Py_XDECREF(current);
     return NULL;
 }
 
@@ -1737,13 +1762,13 @@ PyInit__clane(void)
                            "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
                            "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
                            "_inline_seq", "_inline_active", "_standby_deep", "_pending",
-                           "_resuming", "_draining"};
+                           "_resuming", "_draining", "__dict__"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
                           &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
                           &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
-                          &S__pending, &S__resuming, &S__draining};
+                          &S__pending, &S__resuming, &S__draining, &S___dict__};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
             return NULL;
