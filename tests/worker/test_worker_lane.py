@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 from snakeport import _lane, etf
-from snakeport._jobs import CURRENT, DONE, FAILED, INTERRUPTED, Failure, Jobs
+from snakeport._jobs import CURRENT, DONE, FAILED, INTERRUPTED, Failure, Job, Jobs
+from snakeport._requests import AUTO
 from snakeport._server import Config, Server
 from snakeport.types import Atom
 from sp_client import A, worker_env
@@ -489,6 +490,94 @@ def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:
     assert srv._sched.running == 0 and not srv._sched._inline_active and len(srv._sched.held) == 1
     assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 5, A("ok"), 3)
     assert getattr(CURRENT, "job", None) is None
+
+
+#: The jobs whose code ran :func:`record_job` (a lane call's target in the tests below).
+RECORDED: list = []
+
+
+def record_job() -> None:
+    RECORDED.append(CURRENT.job)
+    RECORDED_JOBS.append(CURRENT.jobs)
+
+
+RECORDED_JOBS: list = []
+
+
+def test_the_lane_makes_its_jobs_as_job_init_does(monkeypatch) -> None:
+    # The lane makes its jobs without running Job.__init__ when it can tell what __init__
+    # does (_clane.c, job_layout); the jobs it makes must be the ones __init__ makes.
+    srv, _, _ = server()
+    assert srv._lane.fast_jobs
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    session = srv.table._sessions["s"]
+    RECORDED.clear()
+    feed(srv, frames(call(5, __name__, "record_job", [], session="s"), call(6, __name__, "record_job", [], session="s")))
+    assert [job.request_id for job in RECORDED] == [5, 6]
+    assert RECORDED_JOBS[-1] is srv.dispatcher.jobs and getattr(CURRENT, "job", None) is None
+    made = Job(5, session, None, AUTO)
+    for name in Job.__slots__:
+        if name not in ("fn", "state", "thread"):  # (what running it changed)
+            assert getattr(RECORDED[0], name) == getattr(made, name), name
+    assert RECORDED[0].state == DONE and RECORDED[0].fn is None and RECORDED[0].thread == threading.get_ident()
+    assert RECORDED[0].new_refs is not RECORDED[1].new_refs  # a list of its own
+    # A Job whose __init__ the lane cannot follow: it calls the type, as the general path.
+
+    class Odd(Job):
+        __slots__ = ("extra",)
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.extra = {}
+
+    monkeypatch.setattr(_lane, "Job", Odd)
+    odd = _lane.build(srv)
+    assert not odd.fast_jobs
+    srv._lane = odd
+    RECORDED.clear()
+    feed(srv, frames(call(7, __name__, "record_job", [], session="s")))
+    assert type(RECORDED[0]) is Odd and RECORDED[0].extra == {} and RECORDED[0].new_refs == []
+
+
+def test_the_lane_wakes_a_sleeping_standby_as_place_does() -> None:
+    # The lane's own place() (its common case in C) leaves a stand-by asleep in its deep
+    # wait to Scheduler.place, which wakes it.
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    sched = srv._sched
+    woken = []
+    sched._standby_deep = True
+    sched._wake.notify_all = lambda: woken.append(True)  # type: ignore[method-assign]
+    feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert woken and sched.running == 0 and not sched._inline_active and len(sched.held) == 1
+    sched._standby_deep = False
+    woken.clear()
+    feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")))
+    assert not woken and sched._inline_seq == 2 and len(sched.held) == 2
+
+
+@pytest.mark.parametrize("which", ["table", "jobs", "scheduler"])
+def test_the_lane_waits_for_a_lock_another_thread_holds(which: str) -> None:
+    # The lane runs a critical section without taking its lock only when the lock is free
+    # (_clane.c, lock_enter): held by another thread, the lane waits for it.
+    srv, _, _ = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    lock = {"table": srv.table.lock, "jobs": srv.dispatcher.jobs.lock, "scheduler": srv._sched.lock}[which]
+    returned = threading.Event()
+
+    def reader() -> None:
+        srv._sched.reader = threading.get_ident()
+        feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+        returned.set()
+
+    thread = threading.Thread(target=reader)
+    with lock:
+        thread.start()
+        assert not returned.wait(0.2)  # waiting for the lock, not returned
+        assert not srv._sched.held
+    thread.join(5)
+    assert returned.is_set() and srv.dispatcher.jobs.in_flight == 0 and srv.table._sessions["s"].running == 0
+    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 5, A("ok"), 3)
 
 
 def test_the_lane_hands_back_what_is_not_its_own() -> None:

@@ -7,11 +7,13 @@
  * _sessions, _scheduler), on the same Python objects and under the same locks, in one C
  * function per frame instead of some thirty Python calls:
  *
- *   decode (snakeport._cetf.decode_term, the frame read in place) -> check out the session
- *   (last access, `running`) -> a Job with a PlainCall as its code, registered in the jobs
- *   table -> Scheduler.place -> the job RUNNING, named in CURRENT -> import (sys.modules),
- *   getattr, call -> the final state -> the reply of a scalar result encoded here
- *   (snakeport._cetf.encode) and the session checked in -> Scheduler.inline_ended.
+ *   decode (snakeport._cetf.decode_term, the frame read in place) -> the frame consumed
+ *   (FrameSplitter.consume, lane_consume) -> check out the session (last access, `running`)
+ *   -> a Job with a PlainCall as its code (made as Job.__init__ makes it: make_job),
+ *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
+ *   RUNNING, named in CURRENT -> import (sys.modules), getattr, call -> the final state ->
+ *   the reply of a scalar result encoded here (snakeport._cetf.encode) and the session
+ *   checked in -> Scheduler.inline_ended (its common case: lane_ended).
  *
  * Everything else is handed to the general path, at the point where the general path takes
  * it on: a frame that is not such a call stays in the buffer (or, once decoded, goes back as
@@ -33,6 +35,14 @@
 #include <Python.h>
 #include <pythread.h>
 #include <string.h>
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h> /* T_OBJECT_EX, READONLY */
+#define SLOT_OBJECT T_OBJECT_EX
+#define SLOT_READONLY READONLY
+#else
+#define SLOT_OBJECT Py_T_OBJECT_EX
+#define SLOT_READONLY Py_READONLY
+#endif
 #ifdef __linux__
 #include <signal.h>
 #include <sys/prctl.h>
@@ -46,9 +56,12 @@ static PyObject *FailureType;   /* _jobs.Failure(reason, cause) */
 static PyObject *CancelledType; /* errors.Cancelled */
 static PyObject *DecodeTerm;    /* _cetf.decode_term(data, pos, max_depth, tagged, budget) */
 static PyObject *Encode;        /* _cetf.encode(term, default, max_depth) */
+static PyObject *One;           /* 1 */
 static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, *S_requests,
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
-    *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits;
+    *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
+    *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
+    *S__resuming, *S__draining, *S___dict__;
 
 #define READY() (SysModules != NULL)
 
@@ -209,6 +222,10 @@ plain_call_make(PyObject *module, PyObject *function, PyObject *args)
     Py_INCREF(module);
     Py_INCREF(function);
     Py_INCREF(args);
+    /* The function's name interned (an exact str, see lane_request): the attribute lookups
+     * of getattr(module, name) then hit the type's attribute cache and compare the module
+     * dict's key by identity, instead of hashing and comparing a new string each call. */
+    PyUnicode_InternInPlace(&function);
     self->module = module;
     self->function = function;
     self->args = args;
@@ -265,23 +282,29 @@ static PyTypeObject PlainCallType = {
 /* Lane                                                                                   */
 /* ------------------------------------------------------------------------------------- */
 
+#define MAX_JOB_SLOTS 32
+#define JOB_ARGS 5 /* Job(request_id, session, fn, mode, ref_ids) */
+enum { JOB_ARG = 0, JOB_CONST = JOB_ARGS, JOB_NEW_LIST, JOB_UNSET };
+
 typedef struct {
     PyObject_HEAD
     PyObject *dispatcher;      /* _dispatch.Dispatcher: shutting_down, requests */
     PyObject *sessions;        /* SessionTable._sessions: session id -> Session */
-    PyObject *table_acquire, *table_release; /* SessionTable.lock */
+    PyObject *table_acquire, *table_release, *table_locked; /* SessionTable.lock */
     PyObject *wall, *monotonic; /* SessionTable's clocks */
     PyObject *jobs;            /* _jobs.Jobs */
     PyObject *jobs_table;      /* Jobs._jobs: request id -> Job */
-    PyObject *jobs_acquire, *jobs_release; /* Jobs.lock */
+    PyObject *jobs_acquire, *jobs_release, *jobs_locked; /* Jobs.lock */
     PyObject *interrupt;       /* Jobs._interrupt(thread, None): clears a pending Cancelled */
     PyObject *end_lane;        /* Jobs.end_lane(job, result, interrupted) */
     PyObject *job_type;        /* _jobs.Job */
     PyObject *current;         /* _jobs.CURRENT (threading.local) */
+    PyObject *sched;           /* the Scheduler: the common cases of place and inline_ended */
+    PyObject *sched_acquire, *sched_release, *sched_locked; /* Scheduler.lock */
     PyObject *place;           /* Scheduler.place(job) -> inline? */
     PyObject *inline_ended;    /* Scheduler.inline_ended(payloads, me) -> (next job, reader?) */
     PyObject *run_inline;      /* Scheduler.run_inline(job, me) -> reader? */
-    PyObject *consume;         /* FrameSplitter.consume(start, end): a frame taken */
+    PyObject *splitter;        /* the FrameSplitter: consume() in C (lane_consume) */
     PyObject *finish;          /* Server.finish_lane(job, result) -> terms (no check-in) */
     PyObject *payloads;        /* Server._job_payloads(job, terms) -> payloads or None */
     PyObject *internal_error;  /* Server.lane_failed(rid, job, exc, placed) -> payloads or None */
@@ -300,13 +323,22 @@ typedef struct {
     Py_ssize_t max_packet;     /* largest {packet, 4} payload; a larger reply: general path */
     Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
     long n_queued, n_running, n_done, n_failed, n_interrupted;
+    int native_clocks; /* wall and monotonic are built-in functions (see lock_enter) */
+    /* How the lane makes a Job without running Job.__init__ (see job_layout): each slot's
+     * offset and what __init__ puts there. */
+    int fast_jobs;
+    int job_nslots;
+    Py_ssize_t job_offset[MAX_JOB_SLOTS];
+    int job_kind[MAX_JOB_SLOTS];         /* JOB_ARG + i (the i-th argument), JOB_CONST, ... */
+    PyObject *job_const[MAX_JOB_SLOTS];  /* JOB_CONST: the value (a strong reference) */
 } Lane;
 
 /* The fields of Lane that hold objects, in order (for init, traverse and clear). */
 #define LANE_OBJECTS(X)                                                                  \
-    X(dispatcher) X(sessions) X(table_acquire) X(table_release) X(wall) X(monotonic)      \
-    X(jobs) X(jobs_table) X(jobs_acquire) X(jobs_release) X(interrupt) X(end_lane)      \
-    X(job_type) X(current) X(place) X(inline_ended) X(run_inline) X(consume) X(finish)   \
+    X(dispatcher) X(sessions) X(table_acquire) X(table_release) X(table_locked) X(wall)   \
+    X(monotonic) X(jobs) X(jobs_table) X(jobs_acquire) X(jobs_release) X(jobs_locked)     \
+    X(interrupt) X(end_lane)                                                             \
+    X(job_type) X(current) X(sched) X(sched_acquire) X(sched_release) X(sched_locked) X(place) X(inline_ended) X(run_inline) X(splitter) X(finish)   \
     X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost)
@@ -324,6 +356,42 @@ call_ok(PyObject *fn)
     }
     Py_DECREF(r);
     return 0;
+}
+
+/* The lane's critical sections (check-out, check-in, a job's registration, start and end,
+ * lane_place, lane_ended) run C only, with the GIL held throughout: they call no Python code
+ * (nothing but built-in functions that keep the GIL: time.time, time.monotonic), allocate
+ * no object that the garbage collector tracks (so no finalizer runs), and replace only
+ * ints, floats, bools and their own objects. So when the lock is free (`locked()` false)
+ * as the section starts, no other thread is inside a section of it (a thread inside one has
+ * set the flag before its first statement) and none can enter before this one ends: it
+ * needs the GIL to. The section then runs without taking the lock, which saves the two
+ * calls of acquire (its argument parsing: ~500 instructions) and release. Otherwise (the
+ * lock held; a free-threaded build, where there is no GIL; `locked` NULL: a section that
+ * may call Python code), it takes the lock. lock_enter returns 1 (taken), 0 (free, not
+ * taken), -1 on error; lock_leave releases it when it was taken. */
+static int
+lock_enter(PyObject *locked, PyObject *acquire)
+{
+#ifndef Py_GIL_DISABLED
+    if (locked != NULL) {
+        PyObject *held = PyObject_CallNoArgs(locked);
+        if (held == NULL) {
+            return -1;
+        }
+        Py_DECREF(held);
+        if (held == Py_False) {
+            return 0;
+        }
+    }
+#endif
+    return call_ok(acquire) < 0 ? -1 : 1;
+}
+
+static int
+lock_leave(int taken, PyObject *release)
+{
+    return taken ? call_ok(release) : 0;
 }
 
 /* The frame `f` of `n` bytes starts like a call request: version, 8-tuple, the atom call. */
@@ -371,17 +439,64 @@ plain_result(PyObject *r)
            PyAnySet_CheckExact(r);
 }
 
+/* Attributes of the worker's objects. Jobs, sessions and the frame splitter keep theirs in
+ * __slots__: when `name` is such a slot of obj's type (a member descriptor of an object,
+ * found as the generic getattr/setattr find it, through the type's attribute cache), the
+ * lane reads and writes it in place, as the descriptor itself would; anything else takes
+ * the generic path. */
+static PyObject **
+slot_of(PyObject *obj, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp->tp_setattro != PyObject_GenericSetAttr || tp->tp_getattro != PyObject_GenericGetAttr) {
+        return NULL;
+    }
+    PyObject *descr = _PyType_Lookup(tp, name); /* borrowed; never raises */
+    if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type) {
+        return NULL;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != SLOT_OBJECT || (member->flags & SLOT_READONLY)) {
+        return NULL;
+    }
+    return (PyObject **)((char *)obj + member->offset);
+}
+
 static int
 set_attr(PyObject *obj, PyObject *name, PyObject *value)
 {
-    return PyObject_SetAttr(obj, name, value);
+    PyObject **slot = slot_of(obj, name);
+    if (slot == NULL) {
+        return PyObject_SetAttr(obj, name, value);
+    }
+    PyObject *old = *slot;
+    Py_INCREF(value);
+    *slot = value;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* getattr(obj, name): a new reference. */
+static PyObject *
+get_attr(PyObject *obj, PyObject *name)
+{
+    PyObject **slot = slot_of(obj, name);
+    if (slot == NULL) {
+        return PyObject_GetAttr(obj, name);
+    }
+    if (*slot == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%.200s' object has no attribute '%U'", Py_TYPE(obj)->tp_name,
+                     name);
+        return NULL;
+    }
+    return Py_NewRef(*slot);
 }
 
 /* obj.name + delta (an int attribute). */
 static int
 add_to(PyObject *obj, PyObject *name, long delta)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(obj, name);
     if (v == NULL) {
         return -1;
     }
@@ -392,7 +507,7 @@ add_to(PyObject *obj, PyObject *name, long delta)
     if (sum == NULL) {
         return -1;
     }
-    int rc = PyObject_SetAttr(obj, name, sum);
+    int rc = set_attr(obj, name, sum);
     Py_DECREF(sum);
     return rc;
 }
@@ -400,7 +515,7 @@ add_to(PyObject *obj, PyObject *name, long delta)
 static long
 long_attr(PyObject *obj, PyObject *name)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(obj, name);
     if (v == NULL) {
         return -1;
     }
@@ -412,7 +527,7 @@ long_attr(PyObject *obj, PyObject *name)
 static int
 true_attr(PyObject *obj, PyObject *name)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = get_attr(obj, name);
     if (v == NULL) {
         return -1;
     }
@@ -421,12 +536,138 @@ true_attr(PyObject *obj, PyObject *name)
     return t;
 }
 
+/* Whether `v` is a value that Job.__init__ may give every job alike (the lane shares it). */
+static int
+shared_value(PyObject *v)
+{
+    return v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) ||
+           (PyTuple_CheckExact(v) && PyTuple_GET_SIZE(v) == 0);
+}
+
+/* Learn what Job.__init__ does, to make jobs without running it (~1.5k instructions a job):
+ * two jobs are made with distinct sentinel arguments, and every slot of the type must hold
+ * one of the arguments, the same shared value (None, a bool, an int, ()) in both, a new
+ * empty list in each, or nothing. Anything else (a __dict__, another __new__, a value that
+ * differs between the two, a mutable one) leaves fast_jobs 0: the lane then calls the type,
+ * as before. So a change to Job's slots or defaults changes nothing here, or turns this off
+ * (test_worker_lane checks it is on). */
+static int
+job_layout(Lane *L)
+{
+    PyTypeObject *tp = (PyTypeObject *)L->job_type;
+    L->fast_jobs = 0;
+    L->job_nslots = 0;
+    if (!PyType_Check(L->job_type) || tp->tp_dictoffset != 0 || tp->tp_new != PyBaseObject_Type.tp_new ||
+        tp->tp_alloc != PyType_GenericAlloc || !PyType_HasFeature(tp, Py_TPFLAGS_HAVE_GC)) {
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tp->tp_mro); k++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(tp->tp_mro, k);
+        for (PyMemberDef *m = base->tp_members; m != NULL && m->name != NULL; m++) {
+            if (m->type != SLOT_OBJECT || (m->flags & SLOT_READONLY)) {
+                continue;
+            }
+            if (L->job_nslots == MAX_JOB_SLOTS) {
+                return 0;
+            }
+            L->job_offset[L->job_nslots++] = m->offset;
+        }
+    }
+    PyObject *sentinels[2][JOB_ARGS] = {{NULL}};
+    PyObject *jobs[2] = {NULL, NULL};
+    int rc = -1;
+    for (int t = 0; t < 2; t++) {
+        for (int i = 0; i < JOB_ARGS; i++) {
+            sentinels[t][i] = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+            if (sentinels[t][i] == NULL) {
+                goto done;
+            }
+        }
+        jobs[t] = PyObject_Vectorcall(L->job_type, sentinels[t], JOB_ARGS, NULL);
+        if (jobs[t] == NULL) { /* (its __init__ uses its arguments: no fast path) */
+            PyErr_Clear();
+            rc = 0;
+            goto done;
+        }
+    }
+    int fast = Py_TYPE(jobs[0]) == tp && Py_TYPE(jobs[1]) == tp;
+    for (int k = 0; fast && k < L->job_nslots; k++) {
+        PyObject *a = *(PyObject **)((char *)jobs[0] + L->job_offset[k]);
+        PyObject *b = *(PyObject **)((char *)jobs[1] + L->job_offset[k]);
+        L->job_kind[k] = -1;
+        if (a == NULL && b == NULL) {
+            L->job_kind[k] = JOB_UNSET;
+        }
+        for (int i = 0; i < JOB_ARGS && L->job_kind[k] < 0; i++) {
+            if (a == sentinels[0][i] && b == sentinels[1][i]) {
+                L->job_kind[k] = JOB_ARG + i;
+            }
+        }
+        if (L->job_kind[k] < 0 && a != NULL && b != NULL) {
+            if (a == b && shared_value(a)) {
+                L->job_kind[k] = JOB_CONST;
+                Py_INCREF(a);
+                Py_XSETREF(L->job_const[k], a);
+            }
+            else if (a != b && PyList_CheckExact(a) && PyList_CheckExact(b) && PyList_GET_SIZE(a) == 0 &&
+                     PyList_GET_SIZE(b) == 0) {
+                L->job_kind[k] = JOB_NEW_LIST;
+            }
+        }
+        fast = L->job_kind[k] >= 0;
+    }
+    L->fast_jobs = fast;
+    rc = 0;
+done:
+    for (int t = 0; t < 2; t++) {
+        Py_XDECREF(jobs[t]);
+        for (int i = 0; i < JOB_ARGS; i++) {
+            Py_XDECREF(sentinels[t][i]);
+        }
+    }
+    return rc;
+}
+
+/* Job(*args) (args: JOB_ARGS objects): a new reference. */
+static PyObject *
+make_job(Lane *L, PyObject **args)
+{
+    if (!L->fast_jobs) {
+        return PyObject_Vectorcall(L->job_type, args, JOB_ARGS, NULL);
+    }
+    PyTypeObject *tp = (PyTypeObject *)L->job_type;
+    PyObject *job = tp->tp_alloc(tp, 0);
+    if (job == NULL) {
+        return NULL;
+    }
+    for (int k = 0; k < L->job_nslots; k++) {
+        PyObject *v;
+        int kind = L->job_kind[k];
+        if (kind == JOB_UNSET) {
+            continue;
+        }
+        if (kind == JOB_NEW_LIST) {
+            v = PyList_New(0);
+            if (v == NULL) {
+                Py_DECREF(job);
+                return NULL;
+            }
+        }
+        else {
+            v = Py_NewRef(kind == JOB_CONST ? L->job_const[k] : args[kind - JOB_ARG]);
+        }
+        *(PyObject **)((char *)job + L->job_offset[k]) = v;
+    }
+    return job;
+}
+
 /* The session of `sid`, checked out (SessionTable.checkout without refs): a new reference;
  * NULL without an error when the session is not open. */
 static PyObject *
 checkout(Lane *L, PyObject *sid)
 {
-    if (call_ok(L->table_acquire) < 0) {
+    int taken = lock_enter(L->native_clocks ? L->table_locked : NULL, L->table_acquire);
+    if (taken < 0) {
         return NULL;
     }
     PyObject *session = PyDict_GetItemWithError(L->sessions, sid);
@@ -447,7 +688,7 @@ checkout(Lane *L, PyObject *sid)
     }
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    if (call_ok(L->table_release) < 0) {
+    if (lock_leave(taken, L->table_release) < 0) {
         rc = 1;
     }
     if (type != NULL) {
@@ -468,7 +709,8 @@ checkin(Lane *L, PyObject *session)
 {
     PyObject *type0, *value0, *tb0;
     PyErr_Fetch(&type0, &value0, &tb0);
-    int rc = call_ok(L->table_acquire);
+    int taken = lock_enter(L->native_clocks ? L->table_locked : NULL, L->table_acquire);
+    int rc = taken < 0 ? -1 : 0;
     if (rc == 0) {
         rc = add_to(session, S_running, -1);
         if (rc == 0) {
@@ -478,7 +720,7 @@ checkin(Lane *L, PyObject *session)
         }
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (call_ok(L->table_release) < 0) {
+        if (lock_leave(taken, L->table_release) < 0) {
             rc = -1;
         }
         if (type != NULL) {
@@ -500,13 +742,14 @@ checkin(Lane *L, PyObject *session)
 static int
 register_job(Lane *L, PyObject *rid, PyObject *job)
 {
-    if (call_ok(L->jobs_acquire) < 0) {
+    int taken = lock_enter(L->jobs_locked, L->jobs_acquire);
+    if (taken < 0) {
         return -1;
     }
-    int rc = PyDict_SetItem(L->jobs_table, rid, job);
+    int rc = PyDict_SetItem(L->jobs_table, rid, job); /* (an int key: no Python code) */
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    if (call_ok(L->jobs_release) < 0) {
+    if (lock_leave(taken, L->jobs_release) < 0) {
         rc = -1;
     }
     if (type != NULL) {
@@ -521,7 +764,8 @@ register_job(Lane *L, PyObject *rid, PyObject *job)
 static int
 start_job(Lane *L, PyObject *job, PyObject *me)
 {
-    if (call_ok(L->jobs_acquire) < 0) {
+    int taken = lock_enter(L->jobs_locked, L->jobs_acquire);
+    if (taken < 0) {
         return -1;
     }
     long state = long_attr(job, S_state);
@@ -534,7 +778,7 @@ start_job(Lane *L, PyObject *job, PyObject *me)
     }
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    if (call_ok(L->jobs_release) < 0) {
+    if (lock_leave(taken, L->jobs_release) < 0) {
         rc = -1;
     }
     if (type != NULL) {
@@ -549,7 +793,14 @@ start_job(Lane *L, PyObject *job, PyObject *me)
 static long
 end_job(Lane *L, PyObject *job, PyObject *rid, int interrupted)
 {
-    if (call_ok(L->jobs_acquire) < 0) {
+    /* (A cancel was sent: the section calls Jobs._interrupt, Python code: the lock is taken.
+     * The flag cannot change between this look and the section unless the lock is taken.) */
+    int sent0 = true_attr(job, S_cancel_sent);
+    if (sent0 < 0) {
+        return -1;
+    }
+    int taken = lock_enter(sent0 ? NULL : L->jobs_locked, L->jobs_acquire);
+    if (taken < 0) {
         return -1;
     }
     long state = long_attr(job, S_state);
@@ -557,7 +808,7 @@ end_job(Lane *L, PyObject *job, PyObject *rid, int interrupted)
     if (!err && state == L->n_running) {
         int sent = true_attr(job, S_cancel_sent);
         int deferred = sent < 0 ? -1 : true_attr(job, S_cancel_deferred);
-        PyObject *failure = deferred < 0 ? NULL : PyObject_GetAttr(job, S_failure);
+        PyObject *failure = deferred < 0 ? NULL : get_attr(job, S_failure);
         if (failure == NULL) {
             err = 1;
         }
@@ -594,7 +845,7 @@ end_job(Lane *L, PyObject *job, PyObject *rid, int interrupted)
             err = 1;
         }
         else if (sent) {
-            PyObject *thread = PyObject_GetAttr(job, S_thread);
+            PyObject *thread = get_attr(job, S_thread);
             PyObject *r = thread == NULL ? NULL
                                          : PyObject_CallFunctionObjArgs(L->interrupt, thread, Py_None, NULL);
             Py_XDECREF(thread);
@@ -604,7 +855,7 @@ end_job(Lane *L, PyObject *job, PyObject *rid, int interrupted)
     }
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    if (call_ok(L->jobs_release) < 0) {
+    if (lock_leave(taken, L->jobs_release) < 0) {
         err = 1;
     }
     if (type != NULL) {
@@ -652,11 +903,37 @@ finish_job(Lane *L, PyObject *job, PyObject *value, PyObject *session, int *chec
     return payloads;
 }
 
+/* CURRENT.name = value. `current` is this thread's dict of CURRENT (a threading.local:
+ * CURRENT.__dict__, taken once per Lane.run, on the thread that runs the calls), in which
+ * threading.local's own setattr puts the value (it has no data descriptor of these names);
+ * NULL: its setattr. */
+static int
+set_current(Lane *L, PyObject *current, PyObject *name, PyObject *value)
+{
+    return current != NULL ? PyDict_SetItem(current, name, value) : set_attr(L->current, name, value);
+}
+
+/* Whether an asynchronous exception may be pending in this thread (then strike() runs: see
+ * run_job). PyThreadState_SetAsyncExc stores it in the thread state's async_exc, which the
+ * lane reads where it knows the field; elsewhere it always says yes. (Signal handlers, the
+ * other source of exceptions between bytecodes, run on the main thread only, which runs no
+ * job.) */
+static int
+async_pending(void)
+{
+#if PY_VERSION_HEX < 0x030D0000 && !defined(Py_LIMITED_API)
+    return PyThreadState_Get()->async_exc != NULL;
+#else
+    return 1;
+#endif
+}
+
 /* Run a placed job inline: Jobs.run, then the reply. Returns the payloads to send (a new
  * list), Py_None when there are none, NULL on a failure of the worker itself. Sets
  * *checked_in once the session's check-in was done (or handed to the event loop). */
 static PyObject *
 run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn, PyObject *me,
+        PyObject *current,
         int *checked_in)
 {
     int started = start_job(L, job, me);
@@ -666,8 +943,8 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
     if (started == 0) { /* cancelled while queued: the general path answers (nothing) */
         return finish_job(L, job, Py_None, session, checked_in);
     }
-    if (set_attr(job, S_fn, Py_None) < 0 || set_attr(L->current, S_jobs, L->jobs) < 0 ||
-        set_attr(L->current, S_job, job) < 0) {
+    if (set_attr(job, S_fn, Py_None) < 0 || set_current(L, current, S_jobs, L->jobs) < 0 ||
+        set_current(L, current, S_job, job) < 0) {
         return NULL;
     }
     int interrupted = 0;
@@ -675,7 +952,7 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
     /* An exception the call left pending in this thread (PyThreadState_SetAsyncExc, a
      * signal handler's) strikes at the next bytecode: on the general path inside the call,
      * here in the one bytecode of strike(), so it is the call's outcome there and here. */
-    if (result != NULL && call_ok(L->strike) < 0) {
+    if (result != NULL && async_pending() && call_ok(L->strike) < 0) {
         Py_CLEAR(result);
     }
     if (result == NULL) {
@@ -720,7 +997,7 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
         Py_DECREF(outcome);
         return payloads;
     }
-    if (set_attr(L->current, S_job, Py_None) < 0) {
+    if (set_current(L, current, S_job, Py_None) < 0) {
         Py_XDECREF(result);
         return NULL;
     }
@@ -760,6 +1037,149 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
     return payloads;
 }
 
+/* Release `lock` (its release method) keeping the exception set, if any; -1 when either
+ * failed. `rc` is the result so far. */
+static int
+release_keeping(PyObject *release, int rc)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_ok(release) < 0) {
+        rc = -1;
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb); /* (the first error wins) */
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Scheduler.place(job) (the reader places a job; see _scheduler.py): its common case here,
+ * on the scheduler's fields under its lock: no job holds the slot (with one thread, I3: none
+ * is queued either) and the stand-by is not asleep: the job takes the slot and runs inline
+ * (running, _inline_seq, _inline_active as place() sets them). Any other case is place()'s
+ * own. Returns 1 (run it inline now), 0 (queued), -1 on error. */
+static int
+lane_place(Lane *L, PyObject *job)
+{
+    int taken = lock_enter(L->sched_locked, L->sched_acquire);
+    if (taken < 0) {
+        return -1;
+    }
+    int fast = 0;
+    long running = long_attr(L->sched, S_running);
+    int rc = running == -1 && PyErr_Occurred() ? -1 : 0;
+    if (rc == 0 && running == 0) {
+        int deep = true_attr(L->sched, S__standby_deep); /* (place() wakes a sleeping stand-by) */
+        if (deep < 0) {
+            rc = -1;
+        }
+        else if (!deep) {
+            fast = 1;
+            rc = set_attr(L->sched, S_running, One) < 0 || add_to(L->sched, S__inline_seq, 1) < 0 ||
+                         set_attr(L->sched, S__inline_active, Py_True) < 0
+                     ? -1
+                     : 0;
+        }
+    }
+    rc = taken ? release_keeping(L->sched_release, rc) : rc;
+    if (rc < 0) {
+        return -1;
+    }
+    if (fast) {
+        return 1;
+    }
+    PyObject *placed = PyObject_CallOneArg(L->place, job);
+    if (placed == NULL) {
+        return -1;
+    }
+    int inline_now = PyObject_IsTrue(placed);
+    Py_DECREF(placed);
+    return inline_now;
+}
+
+/* Scheduler.inline_ended(payloads, me) (the lane's inline job ended): its common case here,
+ * under the scheduler's lock: this thread still reads (so the frames are held, I5), and no
+ * job waits to resume or is queued, and the worker is not draining: the slot is freed
+ * (_inline_active cleared, I7; running decremented) as inline_ended() frees it. Any other
+ * case is inline_ended()'s own, then run_inline() for a queued job it hands this thread.
+ * Returns 1 when this thread still reads, 0 when it no longer does, -1 on error. */
+static int
+lane_ended(Lane *L, PyObject *payloads, PyObject *me)
+{
+    int taken = lock_enter(L->sched_locked, L->sched_acquire);
+    if (taken < 0) {
+        return -1;
+    }
+    int fast = 0, rc = 0;
+    PyObject *reader = get_attr(L->sched, S_reader);
+    int still = reader == NULL ? -1 : PyObject_RichCompareBool(reader, me, Py_EQ);
+    if (still > 0 && payloads != Py_None && !PyList_CheckExact(payloads)) {
+        still = 0; /* (not the lane's own frames: inline_ended() handles them) */
+    }
+    Py_XDECREF(reader);
+    if (still < 0) {
+        rc = -1;
+    }
+    else if (still) {
+        int busy = true_attr(L->sched, S__resuming);
+        if (busy == 0) {
+            busy = true_attr(L->sched, S__pending);
+        }
+        if (busy == 0) {
+            busy = true_attr(L->sched, S__draining);
+        }
+        if (busy < 0) {
+            rc = -1;
+        }
+        else if (!busy) {
+            fast = 1;
+            if (payloads != Py_None && PyList_GET_SIZE(payloads) > 0) {
+                PyObject *held = get_attr(L->sched, S_held);
+                if (held == NULL || !PyList_CheckExact(held)) {
+                    if (held != NULL) {
+                        PyErr_SetString(PyExc_TypeError, "Scheduler.held must be a list");
+                    }
+                    rc = -1;
+                }
+                else {
+                    Py_ssize_t n = PyList_GET_SIZE(held);
+                    rc = PyList_SetSlice(held, n, n, payloads);
+                }
+                Py_XDECREF(held);
+            }
+            if (rc == 0 && (set_attr(L->sched, S__inline_active, Py_False) < 0 ||
+                            add_to(L->sched, S_running, -1) < 0)) {
+                rc = -1;
+            }
+        }
+    }
+    rc = taken ? release_keeping(L->sched_release, rc) : rc;
+    if (rc < 0) {
+        return -1;
+    }
+    if (fast) {
+        return 1;
+    }
+    PyObject *outcome = PyObject_CallFunctionObjArgs(L->inline_ended, payloads, me, NULL);
+    if (outcome == NULL || !PyTuple_Check(outcome) || PyTuple_GET_SIZE(outcome) != 2) {
+        if (outcome != NULL) {
+            PyErr_SetString(PyExc_SystemError, "Scheduler.inline_ended: expected (job, reader)");
+            Py_DECREF(outcome);
+        }
+        return -1;
+    }
+    PyObject *next_job = PyTuple_GET_ITEM(outcome, 0);
+    int still_reader = PyObject_IsTrue(PyTuple_GET_ITEM(outcome, 1));
+    if (still_reader >= 0 && next_job != Py_None) { /* a job queued meanwhile: the general loop */
+        PyObject *r = PyObject_CallFunctionObjArgs(L->run_inline, next_job, me, NULL);
+        still_reader = r == NULL ? -1 : PyObject_IsTrue(r);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(outcome);
+    return still_reader;
+}
+
 /* A failure of the worker itself (the exception set) after the lane checked the session of
  * request `rid` out: the session is checked in unless it was, and Server.lane_failed answers
  * the request with an internal error and ends the job (`job` NULL when there is none yet).
@@ -792,7 +1212,7 @@ recover(Lane *L, PyObject *rid, PyObject *job, PyObject *session, int checked_in
  * it is the general path's (nothing was counted, checked out or registered), -1 on error.
  * Sets *lost when this thread no longer holds the reading role. */
 static int
-lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
+lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost)
 {
     if (!PyTuple_CheckExact(term) || PyTuple_GET_SIZE(term) != 8) {
         return 0;
@@ -821,7 +1241,7 @@ lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
      * the worker itself fails before that (the exception set: `failed` below), by
      * recover(), which answers the request as the general path answers such a failure
      * (Server._execute: an internal error) and lets the worker serve on. */
-    PyObject *job = NULL, *payloads = NULL, *outcome = NULL;
+    PyObject *job = NULL, *payloads = NULL;
     PlainCall *fn = NULL;
     int rc = -1, checked_in = 0, placed = 0;
     if (add_to(L->dispatcher, S_requests, 1) < 0) {
@@ -831,17 +1251,12 @@ lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
     if (fn == NULL) {
         goto failed;
     }
-    PyObject *job_args[5] = {rid, session, (PyObject *)fn, L->auto_mode, L->no_refs};
-    job = PyObject_Vectorcall(L->job_type, job_args, 5, NULL);
+    PyObject *job_args[JOB_ARGS] = {rid, session, (PyObject *)fn, L->auto_mode, L->no_refs};
+    job = make_job(L, job_args);
     if (job == NULL || register_job(L, rid, job) < 0) {
         goto failed;
     }
-    PyObject *placed_obj = PyObject_CallOneArg(L->place, job);
-    if (placed_obj == NULL) {
-        goto failed;
-    }
-    int inline_now = PyObject_IsTrue(placed_obj);
-    Py_DECREF(placed_obj);
+    int inline_now = lane_place(L, job);
     if (inline_now < 0) {
         goto failed;
     }
@@ -850,26 +1265,13 @@ lane_request(Lane *L, PyObject *term, PyObject *me, int *lost)
         goto done;
     }
     placed = 1;
-    payloads = run_job(L, job, rid, session, fn, me, &checked_in);
+    payloads = run_job(L, job, rid, session, fn, me, current, &checked_in);
     if (payloads == NULL) {
         goto failed;
     }
 ended:
     /* (The session is checked in: a failure from here on is the loop's.) */
-    outcome = PyObject_CallFunctionObjArgs(L->inline_ended, payloads, me, NULL);
-    if (outcome == NULL || !PyTuple_Check(outcome) || PyTuple_GET_SIZE(outcome) != 2) {
-        if (outcome != NULL) {
-            PyErr_SetString(PyExc_SystemError, "Scheduler.inline_ended: expected (job, reader)");
-        }
-        goto done;
-    }
-    PyObject *next_job = PyTuple_GET_ITEM(outcome, 0);
-    int reader = PyObject_IsTrue(PyTuple_GET_ITEM(outcome, 1));
-    if (reader >= 0 && next_job != Py_None) { /* a job queued meanwhile: the general loop */
-        PyObject *r = PyObject_CallFunctionObjArgs(L->run_inline, next_job, me, NULL);
-        reader = r == NULL ? -1 : PyObject_IsTrue(r);
-        Py_XDECREF(r);
-    }
+    int reader = lane_ended(L, payloads, me);
     if (reader < 0) {
         goto done;
     }
@@ -886,11 +1288,45 @@ failed:
         rc = 1;
     }
 done:
-    Py_XDECREF(outcome);
     Py_XDECREF(payloads);
     Py_XDECREF(job);
     Py_XDECREF((PyObject *)fn);
     Py_DECREF(session);
+    return rc;
+}
+
+/* FrameSplitter.consume(start, end) (snakeport._framing), on its slots: the bytes [start,
+ * end) of the buffered() view taken; a stale view refused (RuntimeError), nothing taken. */
+static int
+lane_consume(Lane *L, Py_ssize_t start, Py_ssize_t end)
+{
+    PyObject *obj = get_attr(L->splitter, S__r);
+    Py_ssize_t r = obj == NULL ? -1 : PyLong_AsSsize_t(obj);
+    Py_XDECREF(obj);
+    if (r == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (start != r) {
+        PyErr_Format(PyExc_RuntimeError, "stale buffered() view: it starts at %zd, the splitter reads at %zd",
+                     start, r);
+        return -1;
+    }
+    obj = get_attr(L->splitter, S__w);
+    Py_ssize_t w = obj == NULL ? -1 : PyLong_AsSsize_t(obj);
+    Py_XDECREF(obj);
+    if (w == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(start <= end && end <= w)) {
+        PyErr_Format(PyExc_ValueError, "expected end in [%zd, %zd], got: %zd", start, w, end);
+        return -1;
+    }
+    obj = PyLong_FromSsize_t(end);
+    if (obj == NULL) {
+        return -1;
+    }
+    int rc = set_attr(L->splitter, S__r, obj);
+    Py_DECREF(obj);
     return rc;
 }
 
@@ -924,6 +1360,8 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
      * frame's call runs. */
     PyObject *term = Py_None;
     Py_INCREF(term);
+    PyObject *current = NULL; /* CURRENT.__dict__ (this thread's), once a call comes */
+    int current_tried = 0;
     while (w - r >= 4) {
         if (w > PyByteArray_GET_SIZE(buf)) { /* (the buffer never shrinks: see above) */
             PyErr_SetString(PyExc_RuntimeError, "run: the splitter's buffer shrank");
@@ -965,19 +1403,23 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(decoded);
         /* Taken from the splitter before the call runs: a stand-by that takes the reading
          * role over during a long call reads on from the next frame. */
-        PyObject *start = PyLong_FromSsize_t(r);
-        r += 4 + n;
-        PyObject *end = start == NULL ? NULL : PyLong_FromSsize_t(r);
-        PyObject *taken_r = end == NULL ? NULL : PyObject_CallFunctionObjArgs(L->consume, start, end, NULL);
-        Py_XDECREF(start);
-        Py_XDECREF(end);
-        if (taken_r == NULL) {
+        if (lane_consume(L, r, r + 4 + n) < 0) {
             Py_DECREF(value);
             goto error;
         }
-        Py_DECREF(taken_r);
+        r += 4 + n;
         int lost = 0;
-        int taken = lane_request(L, value, me, &lost);
+        if (current == NULL && !current_tried) {
+            current_tried = 1;
+            current = PyObject_GetAttr(L->current, S___dict__);
+            if (current == NULL || !PyDict_CheckExact(current) ||
+                _PyType_Lookup(Py_TYPE(L->current), S_job) != NULL ||
+                _PyType_Lookup(Py_TYPE(L->current), S_jobs) != NULL) {
+                Py_CLEAR(current);
+                PyErr_Clear(); /* (setattr then) */
+            }
+        }
+        int taken = lane_request(L, value, me, current, &lost);
         if (taken < 0) {
             Py_DECREF(value);
             goto error;
@@ -999,9 +1441,11 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = PyTuple_Pack(2, end, term);
     Py_DECREF(end);
     Py_DECREF(term);
+    Py_XDECREF(current);
     return out;
 error:
     Py_DECREF(term);
+    Py_XDECREF(current);
     return NULL;
 }
 
@@ -1062,7 +1506,29 @@ lane_init(Lane *self, PyObject *args, PyObject *kwargs)
             return -1;
         }
     }
-    return 0;
+    self->native_clocks = PyCFunction_Check(self->wall) && PyCFunction_Check(self->monotonic);
+    /* The scheduler's fields that lane_place and lane_ended use (a rename in _scheduler.py
+     * must show here, not as a wrong fast path). */
+    PyObject *fields[] = {S_running, S_reader, S_held, S__threads, S__inline_seq, S__inline_active,
+                          S__standby_deep, S__pending, S__resuming, S__draining};
+    for (size_t k = 0; k < sizeof(fields) / sizeof(fields[0]); k++) {
+        PyObject *v = NULL;
+        int has = LOOKUP_ATTR(self->sched, fields[k], &v);
+        Py_XDECREF(v);
+        if (has <= 0) {
+            if (has == 0) {
+                PyErr_Format(PyExc_TypeError, "Lane: the scheduler has no attribute %R", fields[k]);
+            }
+            return -1;
+        }
+    }
+    if (long_attr(self->sched, S__threads) != 1) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "Lane: the scheduler must have one thread");
+        }
+        return -1;
+    }
+    return job_layout(self);
 }
 
 static int
@@ -1080,6 +1546,10 @@ lane_clear(Lane *self)
 #define CLEAR(f) Py_CLEAR(self->f);
     LANE_OBJECTS(CLEAR)
 #undef CLEAR
+    for (int k = 0; k < MAX_JOB_SLOTS; k++) {
+        Py_CLEAR(self->job_const[k]);
+    }
+    self->fast_jobs = 0;
     return 0;
 }
 
@@ -1108,6 +1578,18 @@ static PyMethodDef lane_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+lane_get_fast_jobs(Lane *self, void *closure)
+{
+    return PyBool_FromLong(self->fast_jobs);
+}
+
+static PyGetSetDef lane_getset[] = {
+    {"fast_jobs", (getter)lane_get_fast_jobs, NULL,
+     "Whether the lane makes its jobs without running Job.__init__ (see job_layout).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "snakeport._clane.Lane",
     .tp_basicsize = sizeof(Lane),
@@ -1119,6 +1601,7 @@ static PyTypeObject LaneType = {
     .tp_clear = (inquiry)lane_clear,
     .tp_dealloc = (destructor)lane_dealloc,
     .tp_methods = lane_methods,
+    .tp_getset = lane_getset,
 };
 
 /* ------------------------------------------------------------------------------------- */
@@ -1277,15 +1760,22 @@ PyInit__clane(void)
     const char *names[] = {"__spec__", "_initializing", "attribute_error", "shutting_down",
                            "requests", "last_access", "running", "active_at", "state",
                            "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
-                           "job", "jobs", "awaits"};
+                           "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
+                           "_inline_seq", "_inline_active", "_standby_deep", "_pending",
+                           "_resuming", "_draining", "__dict__"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
-                          &S_job, &S_jobs, &S_awaits};
+                          &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
+                          &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
+                          &S__pending, &S__resuming, &S__draining, &S___dict__};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
             return NULL;
         }
+    }
+    if (One == NULL && (One = PyLong_FromLong(1)) == NULL) {
+        return NULL;
     }
     if (PyType_Ready(&PlainCallType) < 0 || PyType_Ready(&LaneType) < 0) {
         return NULL;

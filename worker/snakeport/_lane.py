@@ -43,7 +43,9 @@ C, a signal handler's) is the call's outcome, as on the general path, where it s
 inside the call: the lane runs :func:`strike` right after the call.
 
 What the lane does for a call is what the general path does: the session's last access and
-``running`` count (check-out and check-in under the table's lock), the job in the jobs
+``running`` count (check-out and check-in under the table's lock; the lane's critical
+sections run C only with the GIL held, so it takes a lock only when another thread holds it:
+``lock_enter`` in ``_clane.c`` says why that is the same), the job in the jobs
 table (so ``cancel``, ``stats``, ``release_session`` and ``shutdown`` see it), the job named
 in :data:`~snakeport._jobs.CURRENT` (``snakeport.context()``, tools, log attribution), the
 scheduler's slot and inline state (so the stand-by takes the reading role over during a long
@@ -61,8 +63,18 @@ when a call is over, either ``Scheduler.inline_ended`` says the thread still rea
 other thread has read, taken or moved (``get_buffer`` compacts) the splitter's bytes since
 the lane took its view, or it says the thread no longer reads, and ``run`` returns
 :data:`LOST` at once, without looking at the buffer again. The buffer is never resized. Each
-frame is taken with ``consume(start, end)`` before its call runs, which refuses a stale view
+frame is taken before its call runs, as :meth:`~snakeport._framing.FrameSplitter.consume`
+takes it (the lane does it in C, on the splitter's slots), refusing a stale view
 (``RuntimeError``: the frame loop fails rather than run a frame twice or read moved bytes).
+
+What the lane does in C that Python code does on the general path, so that a change there
+must change it too: the common case of :meth:`Scheduler.place
+<snakeport._scheduler.Scheduler.place>` (no job holds the slot, the stand-by is not asleep)
+and of :meth:`Scheduler.inline_ended <snakeport._scheduler.Scheduler.inline_ended>` (the
+thread still reads, no job is queued or waits to resume, not draining), on the scheduler's
+fields under its lock (their names are checked when the lane is built; every other case
+calls the Python method); ``FrameSplitter.consume``; and ``Job.__init__``, whose effect the
+lane learns when it is built (``Lane.fast_jobs``; it calls ``Job`` when it cannot tell).
 
 The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
 both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
@@ -153,20 +165,26 @@ def build(server: Any) -> Any:
         sessions=table._sessions,
         table_acquire=table.lock.acquire,
         table_release=table.lock.release,
+        table_locked=table.lock.locked,
         wall=table._wall,
         monotonic=table._monotonic,
         jobs=jobs,
         jobs_table=jobs._jobs,
         jobs_acquire=jobs.lock.acquire,
         jobs_release=jobs.lock.release,
+        jobs_locked=jobs.lock.locked,
         interrupt=jobs._interrupt,
         end_lane=jobs.end_lane,
         job_type=Job,
         current=CURRENT,
+        sched=sched,
+        sched_acquire=sched.lock.acquire,
+        sched_release=sched.lock.release,
+        sched_locked=sched.lock.locked,
         place=sched.place,
         inline_ended=sched.inline_ended,
         run_inline=sched.run_inline,
-        consume=server._splitter.consume,
+        splitter=server._splitter,
         finish=server.finish_lane,
         payloads=server._job_payloads,
         internal_error=server.lane_failed,

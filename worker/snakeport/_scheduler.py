@@ -67,6 +67,12 @@ Invariants (all state is guarded by :attr:`Scheduler.lock`):
 - I9 Only the *active* stand-by (``active_standby``) takes over reading; other loop threads
   in :meth:`standby` are spares that wait to become the active one, or end.
 
+The C lane (:mod:`snakeport._lane`) does the common case of :meth:`Scheduler.place` and of
+:meth:`Scheduler.inline_ended` itself, on ``running``, ``reader``, ``held``, ``_inline_seq``,
+``_inline_active``, ``_standby_deep``, ``_pending``, ``_resuming`` and ``_draining``, under
+:attr:`Scheduler.lock`: a change to what those mean, or to those two methods, must change
+``lane_place``/``lane_ended`` in ``_clane.c`` too.
+
 Locks: :attr:`Scheduler.lock` is the one lock (``_wake``, where the stand-by waits, and
 ``_idle``, where :meth:`drain` waits, are conditions on it). While it is held the scheduler
 calls nothing but ``more_input`` (a property read of the splitter, which takes no lock):
