@@ -364,17 +364,12 @@ class Dispatcher:
             _, _, sid, module, function, args, kwargs, opts = term
         else:
             sid = module = function = args = kwargs = opts = None
-        st = sid.__class__
         batch = None
         if (
-            (st is str or st is bytes)
+            sid.__class__ in _SESSION_ID_TYPES
             and module.__class__ is str
             and function.__class__ is str
-            and args.__class__ is list
-            and kwargs.__class__ is dict
-            and not kwargs
-            and opts.__class__ is dict
-            and not opts
+            and _plain_tail(args, kwargs, opts)
         ):
             mode = R.AUTO  # the common request, valid as is: what the checks below would give
         else:
@@ -429,11 +424,7 @@ class Dispatcher:
             sid.__class__ in _SESSION_ID_TYPES
             and target.__class__ is RefHandle
             and name.__class__ is str
-            and args.__class__ is list
-            and kwargs.__class__ is dict
-            and not kwargs
-            and opts.__class__ is dict
-            and not opts
+            and _plain_tail(args, kwargs, opts)
         ):
             mode = R.AUTO  # the common request, valid as is: what the checks below would give
         else:
@@ -739,6 +730,19 @@ class Dispatcher:
         R.arity(term, 2)
         self.shutting_down = True
         return [(REPLY, rid, OK, OK)]
+
+
+def _plain_tail(args: Any, kwargs: Any, opts: Any) -> bool:
+    """Whether a ``call``'s or ``method``'s Args, Kwargs and Options are those of the common
+    request (a list, no keyword arguments, no options): what ``R.args``, ``R.kwargs``,
+    ``R.mode`` and ``R.batch`` accept as they are, giving mode ``auto`` and no batch."""
+    return (
+        args.__class__ is list
+        and kwargs.__class__ is dict
+        and not kwargs
+        and opts.__class__ is dict
+        and not opts
+    )
 
 
 def _call_method(
