@@ -202,7 +202,9 @@ class FrameSplitter:
 
         Write up to ``len(buffer)`` bytes into it, then call :meth:`buffer_updated` with the
         count, then drain :meth:`next_event` until it returns ``None`` before asking for
-        another buffer. The buffer is only valid until the next call on the splitter.
+        another buffer. The buffer is only valid until the next call on the splitter, and
+        may be a view that the splitter keeps (the whole buffer, once everything in it was
+        consumed): do not release it.
 
         Returns:
             A non-empty writable memoryview.
@@ -217,6 +219,9 @@ class FrameSplitter:
             if self._large_filled == len(large):
                 large = self._grow()
             return memoryview(large)[self._large_filled :]
+        if self._r == self._w:  # everything consumed (the common case): the whole buffer
+            self._r = self._w = 0
+            return self._mv
         return self._tail()
 
     def buffer_updated(self, nbytes: int) -> None:

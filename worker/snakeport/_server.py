@@ -489,30 +489,35 @@ class Server:
         place = sched.place
         run_inline = sched.run_inline
         flush_held = sched.flush_held
+        sched_acquire = sched.lock.acquire
+        sched_release = sched.lock.release
+        write = self._writer.send
         spin = self._spin.wait if self._spin is not None else None
         lane = self._lane
         receive = self._receive
+        lane_run = lane.run if lane is not None else None
+        out: list = []  # (empty at the top of each turn: sent, then replaced)
         while True:
-            out: list = []
             while True:
                 job = None
                 # Bytes buffered after the frame handled in this turn, when known (the lane
                 # looked at the buffer); else -1.
                 left = -1
                 if lane is not None and (view := splitter.buffered()) is not None:
-                    if view[2] - view[1] < 4:
+                    buf, r, w = view
+                    if w - r < 4:
                         break  # not even a frame header buffered: next_event() would say None
                     if out:  # control replies go out before a call runs (as below)
                         self.send(out)
                         out = []
-                    end, term = lane.run(*view, me)  # (it tells the splitter what it took)
+                    end, term = lane_run(buf, r, w, me)  # (it tells the splitter what it took)
                     if term is LOST:
                         flush_held()
                         return  # another loop thread reads now
                     if term is not None:  # decoded, and not the lane's
                         job = receive(term, None, out)
                     else:
-                        left = view[2] - end  # from the first frame the lane did not take
+                        left = w - end  # from the first frame the lane did not take
                         if left < 4:
                             break  # it took them all (what next_event() would say: None)
                 if job is None:
@@ -535,8 +540,18 @@ class Server:
                     # What buffered() would say next (this thread still reads, so nothing
                     # else took or moved the splitter's bytes meanwhile; I4 of _scheduler).
                     break
-            if out or sched.held:
+            if out:
                 flush_held(out)
+                out = []
+            elif sched.held:
+                # flush_held() without terms, inline: the common case (the lane's replies).
+                sched_acquire()
+                held = sched.held
+                sched.held = []
+                sched_release()
+                if held:
+                    write(held)
+                del held
             if dispatcher.shutting_down:
                 self._on_shutdown()
             if spin is not None and not sched.running:  # (a call on the pool would compete for the GIL)
