@@ -174,3 +174,34 @@ def test_a_closed_reader_calls_on_closed(pipe) -> None:
     assert [e.errno for e in closed] == [errno.EPIPE]
     with pytest.raises(BrokenPipeError):  # without on_closed the error reaches the sender
         FrameWriter(w).send([b"x"])
+
+
+def test_a_writev_that_a_signal_cuts_short_is_finished(pipe) -> None:
+    """The inline ``writev`` of ``send`` hands a partial write to ``_writev``, which writes
+    the rest: a signal that arrives while ``writev`` blocks on a full pipe makes the kernel
+    return the bytes written so far (no EINTR once some were written)."""
+    import signal
+
+    r, w = pipe
+    writer = FrameWriter(w)
+    frames = [bytes([i]) * 200_000 for i in range(3)]  # one writev of ~600 KB: the pipe is 64 KiB
+    signalled = threading.Event()
+    received: list[bytes] = []
+
+    def reader() -> None:
+        assert signalled.wait(20), "SIGALRM never came"
+        received.extend(read_frame(r) for _ in frames)
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: signalled.set())
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)  # writev is blocked on the full pipe by then
+        writer.send(frames)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        thread.join(20)
+    assert signalled.is_set()
+    assert received == frames
+    assert buffered(r) == 0
