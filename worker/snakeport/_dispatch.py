@@ -459,13 +459,8 @@ class Dispatcher:
         allow = self.allow
         if allow is not None:
             allow.check_path(name, "name")
-        if ctx is None:
-            handles: Any = (target,)
-        else:
-            handles = ctx.handles
-        if self.shutting_down:
-            raise _shutting_down()
-        session = self.table.checkout(sid, handles)
+        handles: Any = (target,) if ctx is None else ctx.handles
+        session = self._checkout(sid, handles)
         obj = target.obj
         if allow is not None:
             self._check_target(session, obj)
@@ -646,7 +641,7 @@ class Dispatcher:
                 released: nothing is created), or a ref error.
         """
         if self.shutting_down:
-            raise _shutting_down()
+            raise RequestError("shutting_down", "the worker is shutting down")
         return self.table.checkout(sid, handles)
 
     # ------------------------------------------------------------ control ops
@@ -772,10 +767,6 @@ def _call_method(
     if deferred:
         return target(*realize(args), **realize(kwargs))
     return target(*args, **kwargs)
-
-
-def _shutting_down() -> RequestError:
-    return RequestError("shutting_down", "the worker is shutting down")
 
 
 def _as_is(term: Any) -> Any:

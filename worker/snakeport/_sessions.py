@@ -496,14 +496,14 @@ class SessionTable:
         session_id = session.session_id
         del self._sessions[session_id]
         session.released = True
-        self._session_tombstone(session_id)
+        self._released_sessions.add(session.key)
         refs = session.refs
         session.refs = OrderedDict()
         session.by_object = {}
         owner = self._owner
         for ref_id in refs:
             del owner[ref_id]
-        self._tombstone_many(list(refs), session_id, CAUSE_SESSION_RELEASED)
+        self._tombstone_many(list(refs), session.key, CAUSE_SESSION_RELEASED)
         return refs
 
     def counts(self) -> tuple[int, int]:
@@ -798,7 +798,7 @@ class SessionTable:
                         dropped.append(entry)
                         session.by_object.pop(id(entry.obj), None)
                         del self._owner[ref_id]
-                    self._tombstone_many(ids, session.session_id, CAUSE_TTL)
+                    self._tombstone_many(ids, session.key, CAUSE_TTL)
                     pruned.append((session.session_id, ids))
         _let_go(dropped)
         del dropped
@@ -819,9 +819,6 @@ class SessionTable:
             details={"session": session_id},
         )
 
-    def _session_tombstone(self, session_id: str | bytes) -> None:
-        self._released_sessions.add(session_key(session_id))
-
     def _drop_lru(self, session: Session, count: int, cause: Atom, dropped: list[_Entry]) -> list[int]:
         ids: list[int] = []
         refs = session.refs
@@ -832,12 +829,13 @@ class SessionTable:
             session.by_object.pop(id(entry.obj), None)
             del owner[ref_id]
             ids.append(ref_id)
-        self._tombstone_many(ids, session.session_id, cause)
+        self._tombstone_many(ids, session.key, cause)
         return ids
 
-    def _tombstone_many(self, ref_ids: list[int], session_id: str | bytes, cause: Atom) -> None:
+    def _tombstone_many(self, ref_ids: list[int], key: int, cause: Atom) -> None:
+        """Tombstones for ``ref_ids`` of the session whose :attr:`Session.key` is ``key``."""
         if self.max_tombstones:
-            self._tombstones.add_many(ref_ids, session_key(session_id), _CAUSE_CODES[cause])
+            self._tombstones.add_many(ref_ids, key, _CAUSE_CODES[cause])
 
 
 def _let_go(entries: Iterable[_Entry]) -> None:

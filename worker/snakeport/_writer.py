@@ -26,7 +26,7 @@ import errno
 import os
 import struct
 import threading
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 from snakeport import _limits as limits
 from snakeport import etf
@@ -34,7 +34,6 @@ from snakeport import etf
 __all__ = ["FrameWriter", "Borrowed", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
 
 _pack_header = struct.Struct(">I").pack
-_os_writev = os.writev
 
 #: Most buffers one ``writev`` call takes (Linux ``IOV_MAX``).
 IOV_MAX = 1024
@@ -179,17 +178,8 @@ class FrameWriter:
                     bufs[:0] = self._queue
                     self._queue = []
                     self._queued = 0
-                self._writev(bufs)
-            elif len(bufs) > IOV_MAX:
-                self._writev(bufs, total)
-            else:
-                # The common case, inline (one call less per batch): all written at once.
-                try:
-                    written = _os_writev(self._fd, bufs)
-                except OSError as exc:
-                    self._failed(exc)
-                if written != total:
-                    self._writev(bufs, total, written)
+                total = -1
+            self._writev(bufs, total)
         finally:
             self._write_lock.release()
         if self._queue:
@@ -220,16 +210,13 @@ class FrameWriter:
                     return
             blocking = False
 
-    def _writev(self, bufs: list[Any], total: int = -1, written: int = -1) -> None:
-        """Write every buffer (``total``: their byte count when known, else -1;
-        ``written``: how many of their bytes a first ``writev`` of all of them (at most
-        :data:`IOV_MAX`) wrote already, else -1)."""
+    def _writev(self, bufs: list[Any], total: int = -1) -> None:
+        """Write every buffer (``total``: their byte count when known, else -1)."""
         fd = self._fd
         try:
             while bufs:
                 batch = bufs[:IOV_MAX] if len(bufs) > IOV_MAX else bufs
-                if written < 0:
-                    written = os.writev(fd, batch)
+                written = os.writev(fd, batch)
                 if written == total and batch is bufs:
                     return  # all written at once (the common case)
                 i = 0
@@ -242,12 +229,7 @@ class FrameWriter:
                     bufs = [rest, *bufs[i + 1 :]]
                 else:
                     bufs = bufs[i:]
-                written = -1
         except OSError as exc:
-            self._failed(exc)
-
-    def _failed(self, exc: OSError) -> NoReturn:
-        """A ``writev`` failed: ``on_closed`` when the reader is gone, then re-raise."""
-        if exc.errno in _CLOSED and self._on_closed is not None:
-            self._on_closed(exc)
-        raise exc
+            if exc.errno in _CLOSED and self._on_closed is not None:
+                self._on_closed(exc)
+            raise

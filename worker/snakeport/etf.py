@@ -1534,9 +1534,7 @@ class Decoder:
                 max_memory=self.max_memory,
             )
         # (The steps of _decode_prefix for this input.)
-        budget = self.max_expansion * size + _BUDGET_FLOOR
-        if budget > self.max_memory:
-            budget = self.max_memory
+        budget = _budget(size, self.max_expansion, self.max_memory)
         if scan and tagged is not None and size <= _TAG_SCAN_MAX and data.find(_TAGGED_BYTES) < 0:
             tagged = None
         try:
