@@ -177,9 +177,9 @@ def test_a_closed_reader_calls_on_closed(pipe) -> None:
 
 
 def test_a_writev_that_a_signal_cuts_short_is_finished(pipe) -> None:
-    """The inline ``writev`` of ``send`` hands a partial write to ``_writev``, which writes
-    the rest: a signal that arrives while ``writev`` blocks on a full pipe makes the kernel
-    return the bytes written so far (no EINTR once some were written)."""
+    """A partial ``writev`` is finished by the next ones: a signal that arrives while
+    ``writev`` blocks on a full pipe makes the kernel return the bytes written so far (no
+    EINTR once some were written), and ``_writev`` writes the rest."""
     import signal
 
     r, w = pipe

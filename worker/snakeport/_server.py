@@ -368,12 +368,7 @@ class Server:
             terms = self.dispatcher.run_job(job)
         except BaseException as exc:  # noqa: BLE001 - a worker bug: answer, keep serving
             terms = self._internal_error(job.request_id, exc)
-        if not terms:
-            return None
-        payloads = self._encode(terms, job)
-        if len(payloads) == 1 and payloads[0].__class__ is not Borrowed:
-            return payloads  # (the common case of _job_payloads, one call less)
-        return self._job_payloads(job, terms, payloads)
+        return self._job_payloads(job, terms)
 
     def finish_lane(self, job: Job, result: Any) -> list:
         """The terms of a job whose code the C lane ran (:mod:`snakeport._lane`) when the
@@ -423,13 +418,11 @@ class Server:
             )
         ]
 
-    def _job_payloads(self, job: Job, terms: list, payloads: list | None = None) -> list | None:
-        """A job's terms encoded (``payloads``, when given, are); a frame that borrows
-        arrays' memory is written now."""
+    def _job_payloads(self, job: Job, terms: list) -> list | None:
+        """A job's terms encoded; a frame that borrows arrays' memory is written now."""
         if not terms:
             return None
-        if payloads is None:
-            payloads = self._encode(terms, job)
+        payloads = self._encode(terms, job)
         for payload in payloads:
             if payload.__class__ is Borrowed:
                 # The frame borrows the buffers of the result's arrays: written now, before
@@ -489,9 +482,6 @@ class Server:
         place = sched.place
         run_inline = sched.run_inline
         flush_held = sched.flush_held
-        sched_acquire = sched.lock.acquire
-        sched_release = sched.lock.release
-        write = self._writer.send
         spin = self._spin.wait if self._spin is not None else None
         lane = self._lane
         receive = self._receive
@@ -540,18 +530,9 @@ class Server:
                     # What buffered() would say next (this thread still reads, so nothing
                     # else took or moved the splitter's bytes meanwhile; I4 of _scheduler).
                     break
-            if out:
+            if out or sched.held:
                 flush_held(out)
                 out = []
-            elif sched.held:
-                # flush_held() without terms, inline: the common case (the lane's replies).
-                sched_acquire()
-                held = sched.held
-                sched.held = []
-                sched_release()
-                if held:
-                    write(held)
-                del held
             if dispatcher.shutting_down:
                 self._on_shutdown()
             if spin is not None and not sched.running:  # (a call on the pool would compete for the GIL)
@@ -608,11 +589,7 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - DecodeError, or a codec bug: same answer
             failure = f"invalid frame: {safe_str(exc)}"
         else:
-            result = self.dispatcher.receive(term, ctx)  # (as _receive does, one call less)
-            if type(result) is list:
-                out.extend(result)
-                return None
-            return result
+            return self._receive(term, ctx, out)
         # (Outside the except block: the exception, and the copy of a large frame that a
         # DecodeError may hold, are gone before the error path reads the frame again.)
         self.dispatcher.requests += 1
