@@ -9,10 +9,10 @@ arguments of random types, sessions open or not, kwargs and options sometimes), 
 mutations of them (bytes flipped, lengths forged, bytes inserted, deleted, truncated; the
 ``{packet, 4}`` length always matches the payload). A mutated frame that still decodes to a
 call is sent only if it names one of a few harmless functions (a flipped byte must not
-call ``os.system``). Each batch ends with a call whose reply comes after the batch's; then
-the two workers must have written the same frames, byte for byte (in any order: a reply
-the general path holds until its batch is read may precede one the lane wrote at once;
-the harness routes replies by id), and both must be alive.
+call ``os.system``). Each batch ends with a call, and a second one written after its reply
+(see ``Worker.exchange``); then the two workers must have written the same frames, byte
+for byte (in any order: a reply the general path holds until its batch is read may precede
+one the lane wrote at once; the harness routes replies by id), and both must be alive.
 """
 
 from __future__ import annotations
@@ -84,16 +84,25 @@ class Worker:
         return out
 
     def exchange(self, payloads: list[bytes], sync: int) -> list[bytes]:
-        """Write the frames (and a sync call) at once; return every frame up to its reply."""
-        sync_frame = etf.encode((A("call"), sync, "s1", "operator", "add", [1, 2], {}, {}))
-        self.proc.stdin.write(b"".join(struct.pack(">I", len(p)) + p for p in [*payloads, sync_frame]))  # type: ignore[union-attr]
+        """Write the frames (and a sync call) at once; return every frame until a second sync.
+
+        Replies may come in any order (PROTOCOL.md): a reply the general path holds until
+        the end of the read turn (an error, a job's) may follow the sync call's when the
+        sync was read in the same turn and ran inline. So a second sync call, written after
+        the first one's reply, is read in a later turn: every reply held in earlier turns is
+        out before its reply.
+        """
         out = []
-        while True:
-            frame = self.frame()
-            term, _ = etf.decode_prefix(frame)
-            if term[0] == "reply" and term[1] == sync:
-                return out
-            out.append(frame)
+        for frames, sid in ((payloads, sync), ([], sync + 10**9)):
+            sync_frame = etf.encode((A("call"), sid, "s1", "operator", "add", [1, 2], {}, {}))
+            self.proc.stdin.write(b"".join(struct.pack(">I", len(p)) + p for p in [*frames, sync_frame]))  # type: ignore[union-attr]
+            while True:
+                frame = self.frame()
+                term, _ = etf.decode_prefix(frame)
+                if term[0] == "reply" and term[1] == sid:
+                    break
+                out.append(frame)
+        return out
 
     def close(self) -> None:
         self.proc.kill()
@@ -164,7 +173,12 @@ def safe(payload: bytes) -> bool:
         return True
     if not (type(term) is tuple and len(term) >= 5 and term[0] == Atom("call")):
         return type(term) is not tuple or not term or term[0] not in (Atom("eval"), Atom("setattr"), Atom("getattr"))
-    return type(term[3]) is str and type(term[4]) is str and (term[3], term[4]) in SAFE
+    if not (type(term[3]) is str and type(term[4]) is str and (term[3], term[4]) in SAFE):
+        return False
+    # bytes(n) and sequence * n allocate n: a mutated int (bytes(2147483401), seed 7) made a
+    # 2 GiB allocation that stalled the batch for seconds; sizes stay small.
+    args = term[5] if len(term) > 5 and type(term[5]) is list else []
+    return term[4] not in ("bytes", "mul") or all(type(a) is not int or abs(a) <= 1 << 16 for a in args)
 
 
 def fuzz(seconds: float, seed: int, out_dir: Path = Path("fuzz-findings")) -> int:
