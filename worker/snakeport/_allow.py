@@ -33,10 +33,13 @@ isolate sessions, and objects that allowed code returns can do whatever their me
 from __future__ import annotations
 
 from types import CodeType, FrameType, ModuleType, TracebackType
-from typing import Any, Iterable
 
 from snakeport._guard import exact_str
 from snakeport.errors import RequestError
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 __all__ = ["AllowList", "NotAllowed", "parse_entries", "check_entry"]
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Any, Callable, Union
 
 from snakeport import _limits as limits
 from snakeport import _protocol as P
@@ -60,11 +59,16 @@ from snakeport._tagged import TagContext, realize, substitute
 from snakeport.errors import RequestError
 from snakeport.types import Atom
 
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    Term = Any
+
 __all__ = ["Dispatcher", "Outcome"]
 
-Term = Any
 #: What :meth:`Dispatcher.receive` returns: terms to send now, or a job to run.
-Outcome = Union[list, Job]
+Outcome = list | Job
 
 
 _AUTO, _VALUE = R.AUTO, R.VALUE

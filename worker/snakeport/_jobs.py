@@ -40,7 +40,6 @@ import threading
 import time
 import traceback
 from types import CoroutineType
-from typing import Any, Callable
 
 from snakeport import _limits as limits
 from snakeport._allow import AllowList, NotAllowed
@@ -49,6 +48,10 @@ from snakeport._guard import encodable_text, exact_str, safe_str, type_name
 from snakeport._protocol import error_reply, request_error_reply
 from snakeport._sessions import Session
 from snakeport.errors import Cancelled, NoCallContext, RequestError
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = [
     "Job",

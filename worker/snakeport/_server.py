@@ -46,7 +46,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, NamedTuple, NoReturn
+from collections import namedtuple
 
 from snakeport import _limits as limits
 from snakeport import _process as process
@@ -69,6 +69,10 @@ from snakeport._tools import ToolCalls
 from snakeport._writer import SEGMENT_BYTES, Borrowed, FrameWriter, segmented_reply
 from snakeport.errors import DecodeError, EncodeError
 
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
 __all__ = ["Config", "Server", "run"]
 
 log = logging.getLogger("snakeport")
@@ -79,20 +83,23 @@ _MAX_PACKET = limits.MAX_PACKET
 _TAGGED_BYTES = etf.TAGGED_PREFIX.encode("ascii")
 
 
-class _ConfigFields(NamedTuple):
-    max_frame_bytes: int = limits.MAX_FRAME_BYTES.default
-    threads: int = limits.THREADS.default
-    default_max_refs: int = limits.MAX_REFS.default
-    default_ttl_seconds: float = limits.TTL_SECONDS.default
-    sweep_interval: float = limits.SWEEP_INTERVAL.default
-    max_tombstones: int = limits.MAX_TOMBSTONES.default
-    max_depth: int = limits.MAX_DEPTH.default
-    spin_us: int = limits.SPIN_US.default
-    tool_timeout: float = limits.TOOL_TIMEOUT.default
-    default_overflow: str = limits.DEFAULT_OVERFLOW
-    allow: tuple[str, ...] | None = None
-    forward_logs: int = 0
-    preload: tuple[str, ...] = ()
+#: Config's fields, in order, and their defaults.
+_CONFIG_DEFAULTS = {
+    "max_frame_bytes": limits.MAX_FRAME_BYTES.default,
+    "threads": limits.THREADS.default,
+    "default_max_refs": limits.MAX_REFS.default,
+    "default_ttl_seconds": limits.TTL_SECONDS.default,
+    "sweep_interval": limits.SWEEP_INTERVAL.default,
+    "max_tombstones": limits.MAX_TOMBSTONES.default,
+    "max_depth": limits.MAX_DEPTH.default,
+    "spin_us": limits.SPIN_US.default,
+    "tool_timeout": limits.TOOL_TIMEOUT.default,
+    "default_overflow": limits.DEFAULT_OVERFLOW,
+    "allow": None,
+    "forward_logs": 0,
+    "preload": (),
+}
+_ConfigFields = namedtuple("_ConfigFields", _CONFIG_DEFAULTS, defaults=_CONFIG_DEFAULTS.values())
 
 
 #: The rule of each Config field, in field order.
@@ -112,9 +119,10 @@ _CONFIG_LIMITS = (
 class Config(_ConfigFields):
     """The worker's settings (the CLI options); immutable, validated at construction.
 
-    A NamedTuple rather than a dataclass: ``dataclasses`` (with ``inspect`` and ``ast``)
-    costs ~10 ms of the worker's start. Defaults and rules are those of
-    :mod:`snakeport._limits`.
+    A ``collections.namedtuple`` rather than a dataclass (``dataclasses``, with ``inspect``
+    and ``ast``, costs ~10 ms of the worker's start) or a ``typing.NamedTuple`` (twice the
+    cost of a ``namedtuple`` per class, and ``typing`` itself). Defaults and rules are those
+    of :mod:`snakeport._limits`.
 
     Attributes:
         max_frame_bytes: Largest accepted frame payload.

@@ -144,7 +144,6 @@ import zlib
 from codecs import utf_8_decode as _utf8_decode
 from collections.abc import Callable
 from itertools import chain
-from typing import Any, NoReturn
 
 from . import _etf_tags as T
 from . import _limits
@@ -163,6 +162,10 @@ from .types import (
     Reference,
     _atom_ext,
 )
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -207,8 +210,9 @@ TAGGED_PREFIX = "$snakeport_"
 BYTES_TAG = TAGGED_PREFIX + "bytes"
 
 Buffer = bytes | bytearray | memoryview
-TaggedHook = Callable[[tuple], Any]
-DefaultHook = Callable[[Any], Any]
+if TYPE_CHECKING:
+    TaggedHook = Callable[[tuple], Any]
+    DefaultHook = Callable[[Any], Any]
 
 _TAGGED_BYTES = TAGGED_PREFIX.encode("ascii")
 #: Inputs up to this size are scanned for the tag prefix before decoding (see ``decode``).
