@@ -36,7 +36,6 @@ from functools import partial
 from snakeport import _limits as limits
 from snakeport import _protocol as P
 from snakeport import _requests as R
-from snakeport._allow import AllowList, NotAllowed
 from snakeport._jobs import (
     AWAITING,
     AttributeJob,
@@ -56,12 +55,14 @@ from snakeport._sessions import RefHandle, Session, SessionTable
 from snakeport._blobs import BlobReply
 from snakeport._streams import Batch, close_iterator, first_batch, next_batch
 from snakeport._tagged import TagContext, realize, substitute
-from snakeport.errors import RequestError
+from snakeport.errors import NotAllowed, RequestError
 from snakeport.types import Atom
 
 TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
     from typing import Any, Callable
+
+    from snakeport._allow import AllowList
 
     Term = Any
 

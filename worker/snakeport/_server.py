@@ -51,7 +51,6 @@ from collections import namedtuple
 from snakeport import _limits as limits
 from snakeport import _process as process
 from snakeport import etf
-from snakeport._allow import AllowList
 from snakeport._async import Awaits
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
@@ -72,6 +71,8 @@ from snakeport.errors import DecodeError, EncodeError
 TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
     from typing import Any, NoReturn
+
+    from snakeport._allow import AllowList
 
 __all__ = ["Config", "Server", "run"]
 
@@ -155,8 +156,7 @@ class Config(_ConfigFields):
             limit.check(value, name)
         if self.default_overflow not in limits.OVERFLOW_POLICIES:
             raise ValueError(f"expected default_overflow to be error or evict_lru, got: {self.default_overflow!r}")
-        if self.allow is not None:
-            AllowList(self.allow)  # checks the entries
+        _allow_list(self.allow)  # checks the entries
         if self.forward_logs not in limits.FORWARD_LEVELS.values():
             raise ValueError(f"expected forward_logs to be a logging level, got: {self.forward_logs!r}")
         if type(self.preload) is not tuple:
@@ -164,6 +164,21 @@ class Config(_ConfigFields):
         for module in self.preload:
             limits.module_name(module)
         return self
+
+
+def _allow_list(entries: tuple[str, ...] | None) -> AllowList | None:
+    """The allow-list of ``entries``, or ``None`` without entries.
+
+    :mod:`snakeport._allow` is imported here, by a worker that has an allow-list, only.
+
+    Raises:
+        ValueError: An entry is invalid.
+    """
+    if entries is None:
+        return None
+    from snakeport._allow import AllowList
+
+    return AllowList(entries)
 
 
 def preload(modules: tuple[str, ...]) -> None:
@@ -253,7 +268,7 @@ class Server:
             threads=config.threads,
             rss=process.rss_bytes,
             tools=self.tools,
-            allow=AllowList(config.allow) if config.allow is not None else None,
+            allow=_allow_list(config.allow),
         )
         # (The request counter lets the policy measure whether spinning pays.)
         dispatcher = self.dispatcher
