@@ -40,10 +40,9 @@ TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["converter_for", "NotData"]
-
-if TYPE_CHECKING:
     Converter = Callable[[Any, Any, int], Any]
+
+__all__ = ["converter_for", "NotData"]
 
 #: type -> its converter, or None; cleared when it grows past _CACHE_MAX or an encoder is
 #: registered.

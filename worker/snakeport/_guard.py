@@ -31,10 +31,9 @@ TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
     from typing import Any, Callable, TypeVar
 
-__all__ = ["guarded", "type_name", "safe_str", "encodable_text", "exact_str", "short"]
-
-if TYPE_CHECKING:
     T = TypeVar("T")
+
+__all__ = ["guarded", "type_name", "safe_str", "encodable_text", "exact_str", "short"]
 
 # The C getters of type.__module__ and type.__qualname__: a metaclass cannot override them
 # (a metaclass property named __module__ is user code; these getters are not).

@@ -83,9 +83,9 @@ _RELEASED = _CAUSE_CODES[CAUSE_RELEASED]
 
 _UNSET: Any = object()
 
-#: ``ref_id_of(obj) -> ref_id``, given to the ``build`` function of
-#: :meth:`SessionTable.store_result`.
 if TYPE_CHECKING:
+    #: ``ref_id_of(obj) -> ref_id``, given to the ``build`` function of
+    #: :meth:`SessionTable.store_result`.
     RefIdOf = Callable[[Any], int]
 
 
