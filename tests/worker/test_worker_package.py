@@ -30,6 +30,17 @@ NOT_AT_START = (
     "_ctypes",
     "snakeport._eval",  # the eval op's
     "snakeport._arrow",  # result => arrow's
+    # Start time (issue 8, bench/profile/cold_start.py): annotations import typing only for
+    # type checkers (~3 ms of a start); the allow-list is imported by a worker that has one.
+    "typing",
+    "snakeport._allow",
+)
+
+#: Modules that a worker does not import before its ready frame, for its start time alone
+#: (user code may well import them later).
+NOT_BEFORE_READY = (
+    *NOT_AT_START,
+    "signal",  # _process takes SIGKILL from _signal: signal builds three enums (~0.7 ms)
 )
 
 
@@ -61,3 +72,45 @@ def test_an_idle_worker_imports_only_what_its_start_needs(make_worker) -> None:
     w.ok("stats")
     loaded = [m for m in NOT_AT_START if w.call("sp_testmod", "imported", [m])]
     assert loaded == []
+
+
+def test_the_start_imports_only_what_it_needs() -> None:
+    # -X importtime lists every module imported until the worker exits; with stdin at EOF
+    # it exits right after its ready frame. (No --forward-logs: that makes fd 2 a pipe.)
+    flags = [f for f in HARNESS_FLAGS if f not in ("--forward-logs", "INFO")]
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "snakeport", *flags, "--vm-pid", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"snakeport_ready" in out.stdout[:40]
+    lines = out.stderr.decode().splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert {"snakeport._server", "snakeport._dispatch"} <= imported
+    assert [m for m in NOT_BEFORE_READY if m in imported] == []
+
+
+def test_a_worker_with_an_allow_list_imports_it_and_fails_loudly_when_it_cannot() -> None:
+    # snakeport._allow is imported only by a worker started with --allow: a broken module
+    # ends that worker before its ready frame, with the import error on stderr.
+    run = [sys.executable, "-c", "import sys; sys.modules['snakeport._allow'] = None; import snakeport.__main__ as m; m.main()"]
+    ok = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"snakeport {snakeport.__version__}")
+    broken = subprocess.run([*run, "--allow", "math"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert broken.returncode != 0
+    assert broken.stdout == ""  # no frame
+    assert "ModuleNotFoundError: import of snakeport._allow halted" in broken.stderr, broken.stderr
+
+
+def test_an_allow_list_given_to_config_alone_is_checked() -> None:
+    from snakeport._server import Config
+
+    assert Config(allow=("math", "json.loads")).allow == ("math", "json.loads")
+    try:
+        Config(allow=("_private",))
+    except ValueError as exc:
+        assert "_private" in str(exc), exc
+    else:
+        raise AssertionError("an invalid allow-list entry was accepted")

@@ -8,6 +8,14 @@ and :class:`Extension` (see :mod:`snakeport.extensions`).
 
 from __future__ import annotations
 
+# The worker's start (issue 8): modules imported before the ready frame keep their
+# import-time work small. Their annotations are never evaluated (``from __future__ import
+# annotations``), so they import ``typing`` only for type checkers, under
+# ``TYPE_CHECKING = False; if TYPE_CHECKING:`` (``typing`` itself costs ~3 ms of a start; the
+# name is what type checkers look for); named tuples are ``collections.namedtuple``; regular
+# expressions that few paths use are compiled on first use. ``bench/profile/cold_start.py``
+# measures a start against another checkout.
+
 __version__ = "0.1.0"
 
 #: Version of the wire protocol in docs/PROTOCOL.md; stated in the ready frame.

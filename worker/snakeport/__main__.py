@@ -10,12 +10,14 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Callable, NoReturn, Sequence
 
 from snakeport import PROTOCOL_VERSION, __version__
 from snakeport import _limits as limits
-from snakeport._allow import parse_entries
 from snakeport._limits import Limit
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable, NoReturn, Sequence
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -44,6 +46,8 @@ def _option(limit: Limit) -> Callable[[str], Any]:
 
 def _allow_option(text: str) -> list[str]:
     """The argparse ``type`` of ``--allow``: the entries of one value."""
+    from snakeport._allow import parse_entries  # (only a worker with an allow-list needs it)
+
     try:
         return parse_entries(text)
     except ValueError as exc:

@@ -33,21 +33,17 @@ isolate sessions, and objects that allowed code returns can do whatever their me
 from __future__ import annotations
 
 from types import CodeType, FrameType, ModuleType, TracebackType
-from typing import Any, Iterable
 
 from snakeport._guard import exact_str
-from snakeport.errors import RequestError
+from snakeport.errors import NotAllowed, RequestError
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 __all__ = ["AllowList", "NotAllowed", "parse_entries", "check_entry"]
 
 _module_dict = ModuleType.__dict__["__dict__"].__get__  # a module's own dict, no __getattr__
-
-
-class NotAllowed(RequestError):
-    """A name or a module refused by the allow-list (reason ``not_allowed``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("not_allowed", message)
 
 
 def check_entry(entry: Any) -> str:

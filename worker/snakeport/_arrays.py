@@ -26,12 +26,15 @@ refs.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from snakeport._blobs import BLOB_MIN_BYTES, Blob, BlobRef
 from snakeport._protocol import ARRAY_TAG, KIND_C, KIND_F, KIND_S, KIND_U, TIMEDELTA_TAG
 from snakeport._stdlib import NotData, date_term, datetime_term
 from snakeport.types import Atom
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["array_term", "scalar_term", "ArraySpec", "array_spec", "build_array", "numpy_module"]
 

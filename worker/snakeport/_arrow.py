@@ -21,12 +21,15 @@ it runs pyarrow (C code on the call's thread); it reads no file descriptor.
 
 from __future__ import annotations
 
-from typing import Any
 
 from snakeport._blobs import BLOB_MIN_BYTES, Blob
 from snakeport._guard import safe_str, type_name
 from snakeport._protocol import ARROW_TAG
 from snakeport.errors import RequestError
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["result_term", "build_frame", "pyarrow_module"]
 

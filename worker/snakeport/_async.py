@@ -38,7 +38,10 @@ import functools
 import logging
 import threading
 from types import CoroutineType
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["Awaits", "is_awaitable", "CURRENT_JOB"]
 

@@ -17,9 +17,12 @@ and :func:`bind` points every ref at its bytes once the end of the term is known
 
 from __future__ import annotations
 
-from typing import Any, Callable
 
 from snakeport._protocol import BLOB_TAG
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["Blob", "BlobRef", "BlobReply", "BLOB_MIN_BYTES", "encode_with_blobs", "bind"]
 

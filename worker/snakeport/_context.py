@@ -19,11 +19,14 @@ Example (the module of a call made from Elixir)::
 
 from __future__ import annotations
 
-from typing import Any
 
 from snakeport._async import CURRENT_JOB
 from snakeport._jobs import CURRENT
 from snakeport.errors import NoCallContext
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["CallContext", "context"]
 

@@ -22,7 +22,6 @@ does. Lookups are cached per type.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
 
 from snakeport import extensions
 from snakeport._protocol import EXT_TAG
@@ -37,9 +36,13 @@ from snakeport._stdlib import (
     uuid_term,
 )
 
-__all__ = ["Converter", "converter_for", "NotData"]
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
-Converter = Callable[[Any, Any, int], Any]
+    Converter = Callable[[Any, Any, int], Any]
+
+__all__ = ["converter_for", "NotData"]
 
 #: type -> its converter, or None; cleared when it grows past _CACHE_MAX or an encoder is
 #: registered.

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Any, Callable, Union
 
 from snakeport import _limits as limits
 from snakeport import _protocol as P
 from snakeport import _requests as R
-from snakeport._allow import AllowList, NotAllowed
 from snakeport._jobs import (
     AWAITING,
     AttributeJob,
@@ -57,14 +55,21 @@ from snakeport._sessions import RefHandle, Session, SessionTable
 from snakeport._blobs import BlobReply
 from snakeport._streams import Batch, close_iterator, first_batch, next_batch
 from snakeport._tagged import TagContext, realize, substitute
-from snakeport.errors import RequestError
+from snakeport.errors import NotAllowed, RequestError
 from snakeport.types import Atom
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from snakeport._allow import AllowList
+
+    Term = Any
 
 __all__ = ["Dispatcher", "Outcome"]
 
-Term = Any
 #: What :meth:`Dispatcher.receive` returns: terms to send now, or a job to run.
-Outcome = Union[list, Job]
+Outcome = list | Job
 
 
 _AUTO, _VALUE = R.AUTO, R.VALUE

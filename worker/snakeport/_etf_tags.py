@@ -8,7 +8,10 @@ sketches the layout after the tag byte (sizes in bytes, big-endian unless stated
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Final
+
 
 __all__ = [
     "VERSION",

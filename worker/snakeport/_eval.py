@@ -23,9 +23,12 @@ from __future__ import annotations
 import builtins
 from functools import lru_cache
 from types import CodeType
-from typing import Any
 
 from snakeport import _limits as limits
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["FILENAME", "compile_source", "evaluate", "cache_info"]
 

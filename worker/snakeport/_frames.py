@@ -24,11 +24,14 @@ pandas is never imported here to send a value (the outgoing functions get it fro
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from snakeport._arrays import array_term
 from snakeport._protocol import DATAFRAME_TAG, INDEX_TAG, RANGE_TAG, SERIES_TAG
 from snakeport._stdlib import NotData
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["frame_term", "pandas_module", "build_index", "build_series", "build_dataframe"]
 

@@ -30,8 +30,7 @@ Example::
 from __future__ import annotations
 
 import struct
-from collections import deque
-from typing import NamedTuple, Union
+from collections import deque, namedtuple
 
 from snakeport import _limits
 
@@ -61,22 +60,21 @@ _MAX_PACKET = _limits.MAX_PACKET
 _LARGE_CHUNK = 1024 * 1024 + 64 * 1024
 
 
-class Oversized(NamedTuple):
-    """A frame larger than the limit; its payload is skipped.
+class Oversized(namedtuple("Oversized", "size limit head")):
+    """A frame larger than the limit; its payload is skipped (a named tuple).
 
     Attributes:
-        size: The length the frame's header declared.
-        limit: The configured ``max_frame_bytes``.
-        head: The first bytes of the payload (at most ``head_bytes``), for ``decode_head``.
+        size (int): The length the frame's header declared.
+        limit (int): The configured ``max_frame_bytes``.
+        head (bytes): The first bytes of the payload (at most ``head_bytes``), for
+            ``decode_head``.
     """
 
-    size: int
-    limit: int
-    head: bytes
+    __slots__ = ()
 
 
 #: What :meth:`FrameSplitter.next_event` returns.
-Event = Union[bytes, bytearray, Oversized, None]
+Event = bytes | bytearray | Oversized | None
 
 
 def encode_header(size: int) -> bytes:

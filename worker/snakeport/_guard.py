@@ -24,13 +24,16 @@ Invariant: no function here raises, and each returns an exact ``str``.
 from __future__ import annotations
 
 from itertools import islice
-from typing import Any, Callable, TypeVar
 
 from snakeport.types import Atom, BitBinary, ErlMap, Export, Fun, ImproperList, LocalTerm, Pid, Port, Reference
 
-__all__ = ["guarded", "type_name", "safe_str", "encodable_text", "exact_str", "short"]
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+__all__ = ["guarded", "type_name", "safe_str", "encodable_text", "exact_str", "short"]
 
 # The C getters of type.__module__ and type.__qualname__: a metaclass cannot override them
 # (a metaclass property named __module__ is user code; these getters are not).

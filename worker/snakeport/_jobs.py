@@ -40,15 +40,19 @@ import threading
 import time
 import traceback
 from types import CoroutineType
-from typing import Any, Callable
 
 from snakeport import _limits as limits
-from snakeport._allow import AllowList, NotAllowed
 from snakeport._async import is_awaitable
 from snakeport._guard import encodable_text, exact_str, safe_str, type_name
 from snakeport._protocol import error_reply, request_error_reply
 from snakeport._sessions import Session
-from snakeport.errors import Cancelled, NoCallContext, RequestError
+from snakeport.errors import Cancelled, NoCallContext, NotAllowed, RequestError
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from snakeport._allow import AllowList
 
 __all__ = [
     "Job",
@@ -311,7 +315,7 @@ def failure_reply(request_id: int, exc: BaseException, prefix: str = "") -> tupl
     Args:
         request_id: The job's request id.
         exc: A :class:`Failure` (its reason, with the cause's type and traceback), a
-            :class:`~snakeport._allow.NotAllowed` (``not_allowed``), or any other exception
+            :class:`~snakeport.errors.NotAllowed` (``not_allowed``), or any other exception
             (``python_error``).
         prefix: Put before the message (what the worker was doing).
 

@@ -85,7 +85,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from snakeport import _limits as limits
 from snakeport import etf
@@ -96,6 +95,10 @@ from snakeport._requests import AUTO
 from snakeport._tagged import encode_default
 from snakeport._writer import SEGMENT_BYTES
 from snakeport.errors import Cancelled
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["LOST", "PlainCall", "build", "available"]
 

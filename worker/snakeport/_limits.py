@@ -36,7 +36,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Limit",
@@ -86,24 +90,19 @@ def _is_number(value: Any) -> bool:
     return (t is int or t is float) and math.isfinite(value)
 
 
-class Limit(NamedTuple):
-    """One setting: its name, its default and the values it accepts.
+class Limit(namedtuple("Limit", "name default integer low high what")):
+    """One setting: its name, its default and the values it accepts (a named tuple).
 
     Attributes:
-        name: The keyword (``max_refs``); messages use it unless told another name.
-        default: The default value.
-        integer: Whether only ``int`` is accepted (else ``int`` or finite ``float``).
-        low: Smallest accepted value (an integer limit), or ``0`` exclusive (a number).
-        high: Largest accepted value, or ``None``.
-        what: The accepted values in words, for messages ("a positive integer").
+        name (str): The keyword (``max_refs``); messages use it unless told another name.
+        default (Any): The default value.
+        integer (bool): Whether only ``int`` is accepted (else ``int`` or finite ``float``).
+        low (int): Smallest accepted value (an integer limit), or ``0`` exclusive (a number).
+        high (int | None): Largest accepted value, or ``None``.
+        what (str): The accepted values in words, for messages ("a positive integer").
     """
 
-    name: str
-    default: Any
-    integer: bool
-    low: int
-    high: int | None
-    what: str
+    __slots__ = ()
 
     def ok(self, value: Any) -> bool:
         """Tell whether ``value`` is accepted.
@@ -276,7 +275,9 @@ LOG_BURST = 2000
 LOG_LINE_BYTES = 16_384
 
 
-_MODULE_NAME = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)*\Z")
+#: A dotted name of Python identifiers (compiled by ``re`` on first use, kept in its cache:
+#: only ``--preload`` needs it).
+_MODULE_NAME = r"[^\W\d]\w*(?:\.[^\W\d]\w*)*\Z"
 
 #: Exit status of a worker whose ``--preload`` import failed (before its ready frame).
 PRELOAD_FAILED = 3
@@ -295,6 +296,6 @@ def module_name(value: Any, name: str = "preload") -> str:
     Raises:
         ValueError: "expected preload to be a module name (dotted identifiers), got: ...".
     """
-    if type(value) is not str or not _MODULE_NAME.match(value):
+    if type(value) is not str or not re.match(_MODULE_NAME, value):
         raise ValueError(f"expected {name} to be a module name (dotted identifiers), got: {value!r}")
     return value

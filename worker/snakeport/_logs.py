@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Callable
 
 __all__ = ["RateLimit", "LineBuffer", "clip", "line_cost"]
 

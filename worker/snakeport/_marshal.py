@@ -20,14 +20,12 @@ built.
 
 from __future__ import annotations
 
-from typing import Any
-
 from snakeport._blobs import Blob
 from snakeport._convert import NotData, converter_for
 from snakeport._guard import safe_str, type_name
 from snakeport._protocol import REF_TAG, SET_TAG
 from snakeport._requests import ARROW, AUTO, REF
-from snakeport._sessions import RefIdOf, Session, SessionTable, StoredResult
+from snakeport._sessions import Session, SessionTable, StoredResult
 from snakeport.errors import RequestError
 from snakeport.types import (
     Atom,
@@ -41,6 +39,12 @@ from snakeport.types import (
     Port,
     Reference,
 )
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from snakeport._sessions import RefIdOf
 
 __all__ = ["DATA", "marshal", "marshal_batch"]
 
@@ -64,6 +68,7 @@ DATA: frozenset[type] = frozenset(
         LocalTerm,
     }
 )
+
 _issuperset = DATA.issuperset
 
 

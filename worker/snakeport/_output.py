@@ -32,7 +32,6 @@ import os
 import select
 import sys
 import threading
-from typing import Callable, TextIO
 
 from snakeport import _limits as limits
 from snakeport import _process as process
@@ -40,6 +39,10 @@ from snakeport._async import CURRENT_JOB
 from snakeport._jobs import CURRENT
 from snakeport._logs import LineBuffer, RateLimit, clip, line_cost
 from snakeport._protocol import encodable_text, log_event
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Callable, TextIO
 
 __all__ = ["Output", "ForwardHandler", "IDLE", "MAX_LINE_BYTES"]
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from snakeport import PROTOCOL_VERSION, __version__
 from snakeport._guard import encodable_text, safe_str, short, type_name
 from snakeport._sessions import SessionInfo
 from snakeport.errors import RequestError
 from snakeport.types import Atom
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "EMITTED_ATOMS",

@@ -10,7 +10,6 @@ checker returns the field as the op handlers use it, or raises
 from __future__ import annotations
 
 import keyword
-from typing import Any, Callable
 
 from snakeport._guard import short
 from snakeport._protocol import (
@@ -29,6 +28,10 @@ from snakeport._protocol import (
 )
 from snakeport.errors import RequestError
 from snakeport.types import Atom
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = [
     "AUTO",

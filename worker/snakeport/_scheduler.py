@@ -85,10 +85,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, NoReturn
 
 from snakeport import _limits as limits
 from snakeport._jobs import Job
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable, NoReturn
 
 __all__ = ["Scheduler", "STANDBY_DEEP_AFTER", "SPARE_IDLE"]
 

@@ -46,12 +46,11 @@ import os
 import sys
 import threading
 import time
-from typing import Any, NamedTuple, NoReturn
+from collections import namedtuple
 
 from snakeport import _limits as limits
 from snakeport import _process as process
 from snakeport import etf
-from snakeport._allow import AllowList
 from snakeport._async import Awaits
 from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
@@ -69,6 +68,12 @@ from snakeport._tools import ToolCalls
 from snakeport._writer import SEGMENT_BYTES, Borrowed, FrameWriter, segmented_reply
 from snakeport.errors import DecodeError, EncodeError
 
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    from snakeport._allow import AllowList
+
 __all__ = ["Config", "Server", "run"]
 
 log = logging.getLogger("snakeport")
@@ -79,20 +84,23 @@ _MAX_PACKET = limits.MAX_PACKET
 _TAGGED_BYTES = etf.TAGGED_PREFIX.encode("ascii")
 
 
-class _ConfigFields(NamedTuple):
-    max_frame_bytes: int = limits.MAX_FRAME_BYTES.default
-    threads: int = limits.THREADS.default
-    default_max_refs: int = limits.MAX_REFS.default
-    default_ttl_seconds: float = limits.TTL_SECONDS.default
-    sweep_interval: float = limits.SWEEP_INTERVAL.default
-    max_tombstones: int = limits.MAX_TOMBSTONES.default
-    max_depth: int = limits.MAX_DEPTH.default
-    spin_us: int = limits.SPIN_US.default
-    tool_timeout: float = limits.TOOL_TIMEOUT.default
-    default_overflow: str = limits.DEFAULT_OVERFLOW
-    allow: tuple[str, ...] | None = None
-    forward_logs: int = 0
-    preload: tuple[str, ...] = ()
+#: Config's fields, in order, and their defaults.
+_CONFIG_DEFAULTS = {
+    "max_frame_bytes": limits.MAX_FRAME_BYTES.default,
+    "threads": limits.THREADS.default,
+    "default_max_refs": limits.MAX_REFS.default,
+    "default_ttl_seconds": limits.TTL_SECONDS.default,
+    "sweep_interval": limits.SWEEP_INTERVAL.default,
+    "max_tombstones": limits.MAX_TOMBSTONES.default,
+    "max_depth": limits.MAX_DEPTH.default,
+    "spin_us": limits.SPIN_US.default,
+    "tool_timeout": limits.TOOL_TIMEOUT.default,
+    "default_overflow": limits.DEFAULT_OVERFLOW,
+    "allow": None,
+    "forward_logs": 0,
+    "preload": (),
+}
+_ConfigFields = namedtuple("_ConfigFields", _CONFIG_DEFAULTS, defaults=_CONFIG_DEFAULTS.values())
 
 
 #: The rule of each Config field, in field order.
@@ -112,9 +120,10 @@ _CONFIG_LIMITS = (
 class Config(_ConfigFields):
     """The worker's settings (the CLI options); immutable, validated at construction.
 
-    A NamedTuple rather than a dataclass: ``dataclasses`` (with ``inspect`` and ``ast``)
-    costs ~10 ms of the worker's start. Defaults and rules are those of
-    :mod:`snakeport._limits`.
+    A ``collections.namedtuple`` rather than a dataclass (``dataclasses``, with ``inspect``
+    and ``ast``, costs ~10 ms of the worker's start) or a ``typing.NamedTuple`` (twice the
+    cost of a ``namedtuple`` per class, and ``typing`` itself). Defaults and rules are those
+    of :mod:`snakeport._limits`.
 
     Attributes:
         max_frame_bytes: Largest accepted frame payload.
@@ -147,8 +156,7 @@ class Config(_ConfigFields):
             limit.check(value, name)
         if self.default_overflow not in limits.OVERFLOW_POLICIES:
             raise ValueError(f"expected default_overflow to be error or evict_lru, got: {self.default_overflow!r}")
-        if self.allow is not None:
-            AllowList(self.allow)  # checks the entries
+        _allow_list(self.allow)  # checks the entries
         if self.forward_logs not in limits.FORWARD_LEVELS.values():
             raise ValueError(f"expected forward_logs to be a logging level, got: {self.forward_logs!r}")
         if type(self.preload) is not tuple:
@@ -156,6 +164,21 @@ class Config(_ConfigFields):
         for module in self.preload:
             limits.module_name(module)
         return self
+
+
+def _allow_list(entries: tuple[str, ...] | None) -> AllowList | None:
+    """The allow-list of ``entries``, or ``None`` without entries.
+
+    :mod:`snakeport._allow` is imported here, by a worker that has an allow-list, only.
+
+    Raises:
+        ValueError: An entry is invalid.
+    """
+    if entries is None:
+        return None
+    from snakeport._allow import AllowList
+
+    return AllowList(entries)
 
 
 def preload(modules: tuple[str, ...]) -> None:
@@ -245,7 +268,7 @@ class Server:
             threads=config.threads,
             rss=process.rss_bytes,
             tools=self.tools,
-            allow=AllowList(config.allow) if config.allow is not None else None,
+            allow=_allow_list(config.allow),
         )
         # (The request counter lets the policy measure whether spinning pays.)
         dispatcher = self.dispatcher

@@ -35,9 +35,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from types import GeneratorType
-from typing import Any, Callable, Iterable, NamedTuple
 
 from snakeport import _limits as limits
 from snakeport._guard import short
@@ -46,6 +45,10 @@ from snakeport._tombstones import RefTombstones, SessionTombstones, session_key
 from snakeport._streams import close_iterator
 from snakeport.errors import RequestError
 from snakeport.types import Atom
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
 
 __all__ = [
     "SessionTable",
@@ -80,28 +83,26 @@ _RELEASED = _CAUSE_CODES[CAUSE_RELEASED]
 
 _UNSET: Any = object()
 
-#: ``ref_id_of(obj) -> ref_id``, given to the ``build`` function of
-#: :meth:`SessionTable.store_result`.
-RefIdOf = Callable[[Any], int]
+if TYPE_CHECKING:
+    #: ``ref_id_of(obj) -> ref_id``, given to the ``build`` function of
+    #: :meth:`SessionTable.store_result`.
+    RefIdOf = Callable[[Any], int]
 
 
-class StoredResult(NamedTuple):
-    """What :meth:`SessionTable.store_result` returns.
+class StoredResult(namedtuple("StoredResult", "value new_ref_ids evicted fill blobs", defaults=(False,))):
+    """What :meth:`SessionTable.store_result` returns (a named tuple).
 
     Attributes:
-        value: What ``build`` returned.
-        new_ref_ids: The ids of the refs stored for it (empty when none).
-        evicted: The ids of the refs evicted to make room, oldest first.
-        fill: ``(refs, max_refs)`` when the session just reached its fill threshold.
-        blobs: Whether the value holds blobs (large array buffers, :mod:`snakeport._blobs`);
-            set by the marshalling.
+        value (Any): What ``build`` returned.
+        new_ref_ids (list[int]): The ids of the refs stored for it (empty when none).
+        evicted (list[int]): The ids of the refs evicted to make room, oldest first.
+        fill (tuple[int, int] | None): ``(refs, max_refs)`` when the session just reached
+            its fill threshold.
+        blobs (bool): Whether the value holds blobs (large array buffers,
+            :mod:`snakeport._blobs`); set by the marshalling (default ``False``).
     """
 
-    value: Any
-    new_ref_ids: list[int]
-    evicted: list[int]
-    fill: tuple[int, int] | None
-    blobs: bool = False
+    __slots__ = ()
 
 
 class RefHandle:
@@ -142,28 +143,23 @@ class _Entry:
         self.last_access = last_access
 
 
-class SessionInfo(NamedTuple):
-    """A snapshot of one session (what ``session_info`` reports).
+class SessionInfo(
+    namedtuple("SessionInfo", "session refs max_refs ttl_seconds tags overflow created_at last_access")
+):
+    """A snapshot of one session (what ``session_info`` reports; a named tuple).
 
     Attributes:
-        session: Session id.
-        refs: Number of live refs.
-        max_refs: Ref limit.
-        ttl_seconds: Idle time after which a ref is pruned.
-        tags: The session's tags (any term).
-        overflow: ``"error"`` or ``"evict_lru"``.
-        created_at: Creation time, Unix milliseconds.
-        last_access: Last use, Unix milliseconds.
+        session (str | bytes): Session id.
+        refs (int): Number of live refs.
+        max_refs (int): Ref limit.
+        ttl_seconds (int | float): Idle time after which a ref is pruned.
+        tags (Any): The session's tags (any term).
+        overflow (str): ``"error"`` or ``"evict_lru"``.
+        created_at (int): Creation time, Unix milliseconds.
+        last_access (int): Last use, Unix milliseconds.
     """
 
-    session: str | bytes
-    refs: int
-    max_refs: int
-    ttl_seconds: int | float
-    tags: Any
-    overflow: str
-    created_at: int
-    last_access: int
+    __slots__ = ()
 
 
 class Session:

@@ -47,7 +47,10 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Callable
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Callable
 
 __all__ = [
     "SpinPolicy",

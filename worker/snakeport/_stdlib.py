@@ -30,7 +30,6 @@ term imports the module (``decimal``, ``uuid``, ``zoneinfo``) on first use.
 
 from __future__ import annotations
 
-from typing import Any
 
 from snakeport._protocol import (
     DATE_TAG,
@@ -45,6 +44,10 @@ from snakeport._protocol import (
     UUID_TAG,
 )
 from snakeport.types import Atom
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "NotData",

@@ -15,12 +15,16 @@ a ``str``/``bytes`` counts its length, a scalar 9 bytes, a container its element
 
 from __future__ import annotations
 
+from collections import namedtuple
 from itertools import islice
 from types import GeneratorType
-from typing import Any, Iterator, NamedTuple
 
 from snakeport.errors import Cancelled
 from snakeport.types import Atom
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 __all__ = ["Batch", "first_batch", "next_batch", "estimate", "close_iterator", "ESTIMATE_DEPTH"]
 
@@ -39,23 +43,21 @@ _CONTAINERS = frozenset({list, tuple, set, frozenset})
 _FIRST_CHUNK = 1
 
 
-class Batch(NamedTuple):
-    """One batch pulled from an iterator (what a stream job's code returns).
+class Batch(namedtuple("Batch", "iterator items done error first", defaults=(False,))):
+    """One batch pulled from an iterator (what a stream job's code returns; a named tuple).
 
     Attributes:
-        iterator: The iterator, to be kept as the stream's ref when the batch is the first
-            one and more may follow; ``None`` otherwise.
-        items: The items pulled (raw Python objects, marshalled like a result later).
-        done: Whether the iterator is exhausted, or failed (``error``).
-        error: The exception the iterator raised after ``items``, or ``None``.
-        first: Whether it is the stream's first batch (from :func:`first_batch`).
+        iterator (Any): The iterator, to be kept as the stream's ref when the batch is the
+            first one and more may follow; ``None`` otherwise.
+        items (list): The items pulled (raw Python objects, marshalled like a result later).
+        done (bool): Whether the iterator is exhausted, or failed (``error``).
+        error (BaseException | None): The exception the iterator raised after ``items``, or
+            ``None``.
+        first (bool): Whether it is the stream's first batch (from :func:`first_batch`;
+            default ``False``).
     """
 
-    iterator: Any
-    items: list
-    done: bool
-    error: BaseException | None
-    first: bool = False
+    __slots__ = ()
 
 
 def estimate(obj: Any, depth: int = 0) -> int:

@@ -24,7 +24,6 @@ term.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
 
 from snakeport._guard import type_name
 from snakeport import _stdlib, etf, extensions
@@ -52,6 +51,10 @@ from snakeport._protocol import (
 from snakeport._sessions import RefHandle
 from snakeport.errors import EncodeError
 from snakeport.types import Atom, ErlMap, ImproperList
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["TagContext", "Deferred", "resolve_tagged", "substitute", "realize", "encode_default"]
 

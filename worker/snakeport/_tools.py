@@ -35,7 +35,6 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from typing import Any, Callable
 
 from snakeport import _limits as limits
 from snakeport._blobs import BlobReply
@@ -47,6 +46,10 @@ from snakeport._requests import AUTO
 from snakeport._sessions import SessionTable
 from snakeport._tagged import realize, substitute
 from snakeport.errors import RequestError, ToolError, ToolTimeout
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["ToolCalls"]
 

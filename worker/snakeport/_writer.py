@@ -26,10 +26,13 @@ import errno
 import os
 import struct
 import threading
-from typing import Any, Callable
 
 from snakeport import _limits as limits
 from snakeport import etf
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["FrameWriter", "Borrowed", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
 

@@ -16,6 +16,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "RequestError",
+    "NotAllowed",
     "ToolError",
     "ToolTimeout",
     "NoCallContext",
@@ -69,6 +70,17 @@ class RequestError(SnakeportError):
         self.reason = reason
         self.message = message
         self.details = details or {}
+
+
+class NotAllowed(RequestError):
+    """A name or a module refused by the allow-list (reason ``not_allowed``).
+
+    Here rather than in :mod:`snakeport._allow` (which re-exports it), so that the worker
+    imports the allow-list only when it has one.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("not_allowed", message)
 
 
 class ToolError(SnakeportError):

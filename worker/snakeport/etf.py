@@ -144,7 +144,6 @@ import zlib
 from codecs import utf_8_decode as _utf8_decode
 from collections.abc import Callable
 from itertools import chain
-from typing import Any, NoReturn
 
 from . import _etf_tags as T
 from . import _limits
@@ -163,6 +162,10 @@ from .types import (
     Reference,
     _atom_ext,
 )
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -207,8 +210,9 @@ TAGGED_PREFIX = "$snakeport_"
 BYTES_TAG = TAGGED_PREFIX + "bytes"
 
 Buffer = bytes | bytearray | memoryview
-TaggedHook = Callable[[tuple], Any]
-DefaultHook = Callable[[Any], Any]
+if TYPE_CHECKING:
+    TaggedHook = Callable[[tuple], Any]
+    DefaultHook = Callable[[Any], Any]
 
 _TAGGED_BYTES = TAGGED_PREFIX.encode("ascii")
 #: Inputs up to this size are scanned for the tag prefix before decoding (see ``decode``).
@@ -227,7 +231,9 @@ _pack_tag_i32 = struct.Struct(">Bi").pack
 _pack_tag_f64 = struct.Struct(">Bd").pack
 _pack_big_hdr = struct.Struct(">BIB").pack
 
-_FLOAT_TEXT = re.compile(rb"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+#: The number of a FLOAT_EXT (OTP writes NEW_FLOAT_EXT): compiled by ``re`` on first use and
+#: kept in its cache, not at every worker's start.
+_FLOAT_TEXT = rb"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 
 #: Decoded atoms, keyed by their complete encoding (tag, length and text), so that a cache
 #: hit needs no bounds check: a truncated slice is never a complete valid key.
@@ -464,7 +470,7 @@ def _dec_old_float(data: bytes, pos: int) -> tuple[float, int]:
     if end > len(data):
         _truncated(data, len(data))
     text = data[pos:end].rstrip(b"\x00")
-    if not _FLOAT_TEXT.fullmatch(text):
+    if not re.fullmatch(_FLOAT_TEXT, text):
         _fail("FLOAT_EXT text is not a number", data, pos)
     value = float(text)
     if value - value != 0.0:

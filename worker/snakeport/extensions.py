@@ -36,24 +36,28 @@ call's module before it decodes the call's extension values), or with the harnes
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["Extension", "register_encoder", "register_decoder", "encoder_for", "decoder_for"]
 
 
-class Extension(NamedTuple):
+class Extension(namedtuple("Extension", "name payload")):
     """A value of a type of your own, as the VM sees it: ``%Snakeport.Extension{}``.
 
-    Return one from an encoder (or from any call) to send ``{'$snakeport_ext', Name,
-    Payload}``; the VM's extension values arrive at your decoder as their payload.
+    A named tuple ``(name, payload)``. Return one from an encoder (or from any call) to
+    send ``{'$snakeport_ext', Name, Payload}``; the VM's extension values arrive at your
+    decoder as their payload.
 
     Attributes:
-        name: What the value is (a string such as ``"polars.DataFrame"``).
-        payload: Its data: anything Snakeport can send.
+        name (str): What the value is (a string such as ``"polars.DataFrame"``).
+        payload (Any): Its data: anything Snakeport can send.
     """
 
-    name: str
-    payload: Any
+    __slots__ = ()
 
 
 _lock = threading.Lock()

@@ -24,10 +24,13 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
-from typing import Any, NoReturn
 
 from . import _etf_tags as T
 from .errors import EncodeError
+
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = [
     "Atom",
@@ -167,7 +170,7 @@ class _PairsValues(ValuesView):  # type: ignore[type-arg]
         return (v for _, v in self._mapping.pairs)  # type: ignore[attr-defined]
 
 
-class ErlMap(Mapping[Any, Any]):
+class ErlMap(Mapping):  # type: ignore[type-arg]
     """An Erlang map kept as an ordered, read-only sequence of ``(key, value)`` pairs.
 
     The decoder returns an ``ErlMap`` instead of a ``dict`` when the map has a key Python
