@@ -20,7 +20,7 @@ import pytest
 from snakeport import etf
 from snakeport.errors import DecodeError
 from snakeport.etf import MAX_DECODE_DEPTH, Decoder, Encoder, decode, decode_head, encode
-from snakeport.types import Atom, ErlMap, ImproperList
+from snakeport.types import Atom, BitBinary, ErlMap, ImproperList
 
 MiB = 1 << 20
 
@@ -158,6 +158,34 @@ def test_repeated_atoms_are_one_object_and_charged_once() -> None:
     assert decode(data, max_memory=need) == [Atom("abc")] * 10
     with pytest.raises(DecodeError, match="memory budget"):
         decode(data, max_memory=need - 1)
+
+
+def pairs_map(pairs: list[bytes]) -> bytes:
+    """A MAP_EXT of the given encoded key-value pairs."""
+    return b"\x83t" + len(pairs).to_bytes(4, "big") + b"".join(pairs)
+
+
+#: The costliest terms per input byte (see etf._SAFE_COST_PER_BYTE).
+COSTLIEST = {
+    # 2 x (64 + 16) + 112 + 72 = 344 per pair of 1-byte keys and values.
+    "ErlMap of [] => []": pairs_map([b"jj"] * 1000),
+    # The 4 encodings of '' (272 each the first time) and a LOCAL_EXT of 1 byte (274).
+    "ErlMap with empty atoms and LOCAL_EXT": pairs_map([b"jj"] * 10 + [b"w\x00s\x00", b"d\x00\x00v\x00\x00", b"jy"]),
+    "list of []": nil_list(1000),
+    "improper list of []": b"\x83l" + (1000).to_bytes(4, "big") + b"j" * 1000 + b"a\x01",
+    "distinct atoms": encode([Atom(chr(i)) for i in range(1, 1000)]),
+    "empty containers and binaries": encode([b"", "", {}, (), ("",), {1: []}, BitBinary(b"\x80", 1)] * 100),
+}
+
+
+@pytest.mark.parametrize("name", list(COSTLIEST))
+def test_no_term_costs_more_than_the_safe_bound(name: str) -> None:
+    # The pure-Python loop skips the charges when the budget is at least this bound of the
+    # input (no charge could fail). One byte below it, every charge is made on both paths:
+    # the costliest shapes must still fit (the ErlMap costs 171 per byte).
+    data = COSTLIEST[name]
+    bound = etf._SAFE_COST_PER_BYTE * len(data) + etf._SAFE_COST_BASE
+    assert decode(data, max_expansion=1 << 30, max_memory=bound - 1) == decode(data)
 
 
 def test_text_is_charged_at_its_width_before_it_is_made() -> None:

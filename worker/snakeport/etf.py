@@ -131,7 +131,9 @@ exceeds a 1 MiB frame's 33 MiB), while ordinary data stays within 32 per byte: f
 per byte, integers 8-10, strings 7-16, ``{ok, N}`` tuples 14-16, records as maps about 13,
 one-key maps 25 (the most expensive ordinary shape). A term compressed better than about
 30:1 (its inflated bytes count too) is refused: send it uncompressed. Both codec paths charge the same amounts in the same
-order, so they refuse at the same byte with the same message.
+order, so they refuse at the same byte with the same message (the pure-Python loop does not
+compute the charges when the budget is at least 256 per input byte plus 4 KiB, which no
+term without a ``tagged`` hook can exceed).
 """
 
 from __future__ import annotations
@@ -283,6 +285,16 @@ _COST_OTHER = 256
 #: Compressed terms: the inflated bytes plus this (zlib's state and its 32 KiB window),
 #: charged before inflating.
 _COST_INFLATE = 48 * 1024
+#: Without a ``tagged`` hook (whose values cost their ``sys.getsizeof``), decoding N input
+#: bytes is charged at most ``_SAFE_COST_PER_BYTE * N + _SAFE_COST_BASE``, so a budget at
+#: least that large cannot run out and ``_py_decode_term`` skips computing the charges. The
+#: costliest repeatable shape is an ErlMap of ``[] => []`` pairs beyond the 5th: 2 x (64 +
+#: 16) + 112 + 72 = 344 per 2 bytes (two first ``''`` atoms as such a pair: 728 per 4 bytes).
+#: Only a 1-byte LOCAL_EXT costs more than 256 per byte (274; 538 with a ``[]`` key in such a
+#: map), once per term (it runs to the end): the base covers it. test_etf_budget checks the
+#: bound on these shapes; raising a cost above it means raising the bound.
+_SAFE_COST_PER_BYTE = 256
+_SAFE_COST_BASE = 4096
 _COSTS = (
     _COST_SLOT, _COST_CONTAINER, _COST_NUMBER, _COST_BINARY, _COST_ATOM, _COST_MAP, _COST_MAP_PAIR,
     _COST_ERLMAP_PAIR, _COST_IMPROPER, _COST_OTHER,
@@ -638,6 +650,57 @@ for _tag, _fn in (
 del _tag, _fn
 
 
+def _charged_binary(
+    data: bytes, pos: int, end: int, left: int, budget: int, tuple_head: list[Any] | None
+) -> tuple[Any, int]:
+    """Decode the BINARY_EXT at ``pos`` (its bytes end at ``end``, within ``data``), charged.
+
+    Args:
+        data: The buffer.
+        pos: Offset of the tag byte.
+        end: Offset after the binary's bytes.
+        left: Memory left in the budget; checked before the value is made.
+        budget: The whole budget (for the error message).
+        tuple_head: With a ``tagged`` hook, when the binary is the last element of a tuple:
+            the elements before it (``{'$snakeport_bytes', Binary}`` decodes to bytes).
+
+    Returns:
+        ``(value, charge)``: the str (or bytes, when not UTF-8 or forced) and its charge.
+
+    Raises:
+        DecodeError: ``left`` cannot pay for it.
+    """
+    start = pos + 5
+    n = end - start
+    cost = 80 + n  # _COST_BINARY
+    if (
+        tuple_head is not None
+        and len(tuple_head) == 1
+        and tuple_head[0].__class__ is Atom
+        and tuple_head[0] == BYTES_TAG
+    ):  # {'$snakeport_bytes', Binary}: bytes at once, never a str
+        if cost > left:
+            _over_budget(data, pos, budget)
+        return data[start:end], cost
+    # Checked before the str is made: up to 4 bytes per character, exactly (bytes, or the
+    # str's kind) when that worst case does not fit.
+    utf8 = -1  # not known yet
+    if cost + 3 * n > left:
+        utf8 = _utf8_kind(data, start, end)
+        if cost + (max(utf8, 1) - 1) * n > left:
+            _over_budget(data, pos, budget)
+    raw = data[start:end]
+    if utf8 == 0:
+        return raw, cost  # known not to be UTF-8: no failed decode (and its copies)
+    try:
+        value = raw.decode()
+    except UnicodeDecodeError:
+        return raw, cost
+    if len(value) != n:  # not ASCII: 1, 2 or 4 bytes per character
+        cost += (_text_kind(data, start, end) - 1) * n
+    return value, cost
+
+
 def _finish_improper(items: list[Any], tail: Any, data: bytes, pos: int) -> Any:
     """Build the value of a LIST_EXT whose tail is not NIL_EXT."""
     if tail.__class__ is list:  # [a | [b, c]] is the proper list [a, b, c]
@@ -677,6 +740,13 @@ def _py_decode_term(
     Atoms are looked up first in ``seen``, the atoms of this term by their encoding: a
     repeated atom is the same object and costs nothing more.
 
+    When the budget covers the most that any term of ``data`` could be charged (see
+    ``_SAFE_COST_PER_BYTE``) and there is no hook, no charge can fail: the loop then does
+    not compute them (``checked`` is false) and ``seen`` is the global atom cache (a cached
+    atom is not charged; a repeated atom is the same object unless the cache overflows
+    midway). That is the common case, requests of up to about 4.5 KiB with the default
+    limits; the values and the errors are the same either way.
+
     Args:
         data: The buffer.
         pos: Offset of the term's tag byte.
@@ -692,12 +762,17 @@ def _py_decode_term(
             the caller converts them).
     """
     size = len(data)
+    seen: dict[bytes, Any]
+    if tagged is None and budget >= _SAFE_COST_PER_BYTE * size + _SAFE_COST_BASE:
+        checked = False  # no charge can fail: skip them (see above)
+        seen = _atoms
+    else:
+        checked = True
+        seen = {}
     left = budget
-    seen: dict[bytes, Any] = {}
     stack: list[tuple[int, list[Any], int]] = []
     kind = 0
     items: list[Any] = []
-    append = items.append
     remaining = 1
     while True:
         while remaining:
@@ -705,9 +780,9 @@ def _py_decode_term(
             tag = data[pos]
             if tag == 119:  # SMALL_ATOM_UTF8_EXT
                 end = pos + 2 + data[pos + 1]
-                key = data[pos:end]
-                value = seen.get(key, _MISS)
+                value = seen.get(data[pos:end], _MISS)
                 if value is _MISS:
+                    key = data[pos:end]
                     value = _atoms.get(key, _MISS)
                     if value is _MISS:
                         value, end = _atom_at(data, pos)
@@ -715,50 +790,26 @@ def _py_decode_term(
                     if left < 0:
                         _over_budget(data, pos, budget)
                     seen[key] = value
-                append(value)
+                items.append(value)
                 pos = end
             elif tag == 97:  # SMALL_INTEGER_EXT
-                append(data[pos + 1])
+                items.append(data[pos + 1])
                 pos += 2
             elif tag == 109:  # BINARY_EXT
                 start = pos + 5
-                n = _u32(data, pos + 1)[0]
-                end = start + n
+                end = start + _u32(data, pos + 1)[0]
                 if end > size:
                     _truncated(data, size)
-                cost = 80 + n  # _COST_BINARY
-                if (
-                    tagged is not None
-                    and kind == 1
-                    and not remaining
-                    and len(items) == 1
-                    and items[0].__class__ is _Atom
-                    and items[0] == BYTES_TAG
-                ):  # {'$snakeport_bytes', Binary}: bytes at once, never a str
-                    if cost > left:
-                        _over_budget(data, pos, budget)
-                    value = data[start:end]
+                if not checked:  # (no charge can fail: see above)
+                    try:
+                        items.append(data[start:end].decode())
+                    except UnicodeDecodeError:
+                        items.append(data[start:end])
                 else:
-                    # Checked before the str is made: up to 4 bytes per character, exactly
-                    # (bytes, or the str's kind) when that worst case does not fit.
-                    utf8 = -1  # not known yet
-                    if cost + 3 * n > left:
-                        utf8 = _utf8_kind(data, start, end)
-                        if cost + (max(utf8, 1) - 1) * n > left:
-                            _over_budget(data, pos, budget)
-                    raw = data[start:end]
-                    if utf8 == 0:
-                        value = raw  # known not to be UTF-8: no failed decode (and its copies)
-                    else:
-                        try:
-                            value = raw.decode()
-                        except UnicodeDecodeError:
-                            value = raw
-                        else:
-                            if len(value) != n:  # not ASCII: 1, 2 or 4 bytes per character
-                                cost += (_text_kind(data, start, end) - 1) * n
-                left -= cost
-                append(value)
+                    head = items if tagged is not None and kind == 1 and not remaining else None
+                    value, cost = _charged_binary(data, pos, end, left, budget, head)
+                    left -= cost
+                    items.append(value)
                 pos = end
             elif tag == 104:  # SMALL_TUPLE_EXT
                 count = data[pos + 1]
@@ -767,20 +818,18 @@ def _py_decode_term(
                     stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 2)
-                    left -= 64 + 16 * count  # _COST_CONTAINER, _COST_SLOT
-                    if left < 0:
+                    if checked and (left := left - (64 + 16 * count)) < 0:  # _COST_CONTAINER, _COST_SLOT
                         _over_budget(data, pos - 2, budget)
                     kind = 1
                     items = []
-                    append = items.append
                     remaining = count
                 else:
-                    append(())
+                    items.append(())
             elif tag == 100:  # ATOM_EXT: how OTP 25 and older write atoms
                 end = pos + 3 + (data[pos + 1] << 8 | data[pos + 2])
-                key = data[pos:end]
-                value = seen.get(key, _MISS)
+                value = seen.get(data[pos:end], _MISS)
                 if value is _MISS:
+                    key = data[pos:end]
                     value = _atoms.get(key, _MISS)
                     if value is _MISS:
                         value, end = _atom_at(data, pos)
@@ -788,23 +837,20 @@ def _py_decode_term(
                     if left < 0:
                         _over_budget(data, pos, budget)
                     seen[key] = value
-                append(value)
+                items.append(value)
                 pos = end
             elif tag == 98:  # INTEGER_EXT
-                value = _i32(data, pos + 1)[0]
-                left -= 32  # _COST_NUMBER
-                if left < 0:
+                items.append(_i32(data, pos + 1)[0])
+                if checked and (left := left - 32) < 0:  # _COST_NUMBER
                     _over_budget(data, pos, budget)
-                append(value)
                 pos += 5
             elif tag == 70:  # NEW_FLOAT_EXT
                 value = _f64(data, pos + 1)[0]
                 if value - value != 0.0:
                     _fail("NEW_FLOAT_EXT is not finite", data, pos)
-                left -= 32
-                if left < 0:
+                if checked and (left := left - 32) < 0:
                     _over_budget(data, pos, budget)
-                append(value)
+                items.append(value)
                 pos += 9
             elif tag == 108:  # LIST_EXT
                 count = _u32(data, pos + 1)[0]
@@ -814,18 +860,15 @@ def _py_decode_term(
                 stack.append((kind, items, remaining))
                 if len(stack) > max_depth:
                     _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
-                left -= 64 + 16 * count
-                if left < 0:
+                if checked and (left := left - (64 + 16 * count)) < 0:
                     _over_budget(data, pos - 5, budget)
                 kind = 2
                 items = []
-                append = items.append
                 remaining = count
             elif tag == 106:  # NIL_EXT
-                left -= 64
-                if left < 0:
+                if checked and (left := left - 64) < 0:
                     _over_budget(data, pos, budget)
-                append([])
+                items.append([])
                 pos += 1
             elif tag == 116:  # MAP_EXT
                 count = _u32(data, pos + 1)[0]
@@ -836,19 +879,18 @@ def _py_decode_term(
                     stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
-                    # _COST_MAP, 2 slots per pair, _COST_MAP_PAIR per pair beyond 5
-                    left -= 224 + 32 * count + (112 * (count - 5) if count > 5 else 0)
-                    if left < 0:
-                        _over_budget(data, pos - 5, budget)
+                    if checked:
+                        # _COST_MAP, 2 slots per pair, _COST_MAP_PAIR per pair beyond 5
+                        left -= 224 + 32 * count + (112 * (count - 5) if count > 5 else 0)
+                        if left < 0:
+                            _over_budget(data, pos - 5, budget)
                     kind = 4
                     items = []
-                    append = items.append
                     remaining = 2 * count
                 else:
-                    left -= 64
-                    if left < 0:
+                    if checked and (left := left - 64) < 0:
                         _over_budget(data, pos - 5, budget)
-                    append({})
+                    items.append({})
             elif tag == 105:  # LARGE_TUPLE_EXT
                 count = _u32(data, pos + 1)[0]
                 pos += 5
@@ -858,25 +900,22 @@ def _py_decode_term(
                     stack.append((kind, items, remaining))
                     if len(stack) > max_depth:
                         _fail(f"nesting deeper than max_depth={max_depth}", data, pos - 5)
-                    left -= 64 + 16 * count
-                    if left < 0:
+                    if checked and (left := left - (64 + 16 * count)) < 0:
                         _over_budget(data, pos - 5, budget)
                     kind = 1
                     items = []
-                    append = items.append
                     remaining = count
                 else:
-                    append(())
+                    items.append(())
             elif tag == 107:  # STRING_EXT: how the VM writes lists of small integers
                 start = pos + 3
                 n = _u16(data, pos + 1)[0]
                 end = start + n
                 if end > size:
                     _truncated(data, size)
-                left -= 64 + 8 * n
-                if left < 0:
+                if checked and (left := left - (64 + 8 * n)) < 0:
                     _over_budget(data, pos, budget)
-                append(list(data[start:end]))
+                items.append(list(data[start:end]))
                 pos = end
             elif tag == 110:  # SMALL_BIG_EXT
                 start = pos + 3
@@ -890,17 +929,16 @@ def _py_decode_term(
                     if sign != 1:
                         _fail(f"invalid bignum sign byte {sign}", data, pos + 2)
                     value = -value
-                left -= 32 + 2 * n
-                if left < 0:
+                if checked and (left := left - (32 + 2 * n)) < 0:
                     _over_budget(data, pos, budget)
-                append(value)
+                items.append(value)
                 pos = end
             elif tag == 115 or tag == 118:  # SMALL_ATOM_EXT, ATOM_UTF8_EXT (rare)
                 header = 2 if tag == 115 else 3
                 end = pos + header + (data[pos + 1] if tag == 115 else data[pos + 1] << 8 | data[pos + 2])
-                key = data[pos:end]
-                value = seen.get(key, _MISS)
+                value = seen.get(data[pos:end], _MISS)
                 if value is _MISS:
+                    key = data[pos:end]
                     value = _atoms.get(key, _MISS)
                     if value is _MISS:
                         value, end = _atom_at(data, pos)
@@ -908,17 +946,16 @@ def _py_decode_term(
                     if left < 0:
                         _over_budget(data, pos, budget)
                     seen[key] = value
-                append(value)
+                items.append(value)
                 pos = end
             else:
                 decoder = _leaf[tag]
                 if decoder is None:
                     _bad_tag(data, pos)
                 value, end = decoder(data, pos + 1)
-                left -= 256 + 2 * (end - pos)  # _COST_OTHER
-                if left < 0:
+                if checked and (left := left - (256 + 2 * (end - pos))) < 0:  # _COST_OTHER
                     _over_budget(data, pos, budget)
-                append(value)
+                items.append(value)
                 pos = end
         # The current frame is complete.
         if kind == 1:  # tuple
@@ -967,8 +1004,7 @@ def _py_decode_term(
         else:  # root
             return items[0], pos
         kind, items, remaining = stack.pop()
-        append = items.append
-        append(value)
+        items.append(value)
 
 
 # ---------------------------------------------------------------------------------------
