@@ -13,7 +13,9 @@
  *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
  *   RUNNING, named in CURRENT -> import (sys.modules), getattr, call -> the final state ->
  *   the reply of a scalar result encoded here (snakeport._cetf.encode) and the session
- *   checked in -> Scheduler.inline_ended (its common case: lane_ended).
+ *   checked in -> Scheduler.inline_ended (its common case: lane_ended); once every complete
+ *   frame buffered is taken, the held replies sent (Scheduler.flush_held and
+ *   FrameWriter.send, their common case: lane_flush, lane_send).
  *
  * Everything else is handed to the general path, at the point where the general path takes
  * it on: a frame that is not such a call stays in the buffer (or, once decoded, goes back as
@@ -35,6 +37,8 @@
 #include <Python.h>
 #include <pythread.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/uio.h> /* writev */
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h> /* T_OBJECT_EX, READONLY */
 #define SLOT_OBJECT T_OBJECT_EX
@@ -61,7 +65,7 @@ static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, 
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
     *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
-    *S__resuming, *S__draining, *S___dict__;
+    *S__resuming, *S__draining, *S___dict__, *S__queue;
 
 #define READY() (SysModules != NULL)
 
@@ -318,6 +322,12 @@ typedef struct {
     PyObject *out_depth;       /* encoding depth (int) */
     PyObject *encode_default;  /* _tagged.encode_default */
     PyObject *lost;            /* returned when the reading role moved away */
+    PyObject *writer;          /* the FrameWriter: its _queue (lane_send) */
+    PyObject *write_acquire, *write_release; /* FrameWriter._write_lock */
+    PyObject *send;            /* FrameWriter.send(payloads): the general write */
+    PyObject *write_failed;    /* FrameWriter._failed(exc): a write failed */
+    PyObject *send_queued;     /* FrameWriter._send_queued(): frames queued meanwhile */
+    Py_ssize_t out_fd;         /* FrameWriter._fd */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
     Py_ssize_t max_packet;     /* largest {packet, 4} payload; a larger reply: general path */
@@ -341,7 +351,8 @@ typedef struct {
     X(job_type) X(current) X(sched) X(sched_acquire) X(sched_release) X(sched_locked) X(place) X(inline_ended) X(run_inline) X(splitter) X(finish)   \
     X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
-    X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost)
+    X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
+    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
@@ -1330,6 +1341,200 @@ lane_consume(Lane *L, Py_ssize_t start, Py_ssize_t end)
     return rc;
 }
 
+/* ------------------------------------------------------------------------------------- */
+/* The replies' write: Scheduler.flush_held, then FrameWriter.send                        */
+/* ------------------------------------------------------------------------------------- */
+
+/* Most buffers one writev takes (_writer.IOV_MAX, Linux's IOV_MAX). */
+#define WRITE_IOV_MAX 1024
+/* Frames whose headers and buffers lane_send keeps on the stack (more: PyMem_Malloc). */
+#define STACK_FRAMES 16
+
+/* Every byte of iov[0..cnt) written to fd, as FrameWriter._writev writes them with
+ * os.writev: at most WRITE_IOV_MAX buffers a call, the GIL released for each, a partial write
+ * continued where it stopped (iov is updated), EINTR retried once the signal handlers ran,
+ * unless one raised (os.writev's loop, PEP 475). Returns 0, or -1 with the exception set: the
+ * OSError of errno as os.writev raises it, or the handler's. */
+static int
+write_all(int fd, struct iovec *iov, Py_ssize_t cnt)
+{
+    Py_ssize_t i = 0;
+    while (i < cnt) {
+        int batch = cnt - i > WRITE_IOV_MAX ? WRITE_IOV_MAX : (int)(cnt - i);
+        Py_ssize_t written;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        written = writev(fd, iov + i, batch);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (written < 0) {
+            if (err == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    return -1;
+                }
+                continue;
+            }
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        while (i < cnt && (size_t)written >= iov[i].iov_len) {
+            written -= (Py_ssize_t)iov[i].iov_len;
+            i++;
+        }
+        if (written > 0) { /* the kernel stopped inside iov[i] (a signal, a full pipe) */
+            iov[i].iov_base = (char *)iov[i].iov_base + written;
+            iov[i].iov_len -= (size_t)written;
+        }
+    }
+    return 0;
+}
+
+/* FrameWriter.send(payloads) for a list of bytes, its common case here (see _writer.py): the
+ * writer's _write_lock taken without waiting and no frame queued by another thread: each
+ * frame's header and payload written from here (write_all), FrameWriter._failed told of a
+ * failure, the lock let go, then FrameWriter._send_queued when another thread queued frames
+ * meanwhile, as send() does. Otherwise (the lock held by another thread, frames queued, a
+ * payload too long for a header) FrameWriter.send itself. Returns 0, -1 on error. */
+static int
+lane_send(Lane *L, PyObject *payloads)
+{
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    int general = n > PY_SSIZE_T_MAX / 2 / (Py_ssize_t)sizeof(struct iovec);
+    for (Py_ssize_t k = 0; k < n && !general; k++) {
+        PyObject *p = PyList_GET_ITEM(payloads, k);
+        general = !PyBytes_CheckExact(p) || (unsigned long long)PyBytes_GET_SIZE(p) > 0xFFFFFFFFULL;
+    }
+    if (!general) {
+        PyObject *got = PyObject_CallOneArg(L->write_acquire, Py_False);
+        if (got == NULL) {
+            return -1;
+        }
+        Py_DECREF(got);
+        general = got != Py_True;
+    }
+    if (!general) {
+        /* (Frames queued by another thread go first: send() puts them before ours.) */
+        PyObject *queue = get_attr(L->writer, S__queue);
+        int queued = queue == NULL ? -1 : PyObject_IsTrue(queue);
+        Py_XDECREF(queue);
+        if (queued != 0) {
+            int rc = release_keeping(L->write_release, queued < 0 ? -1 : 0);
+            if (rc < 0) {
+                return -1;
+            }
+            general = 1;
+        }
+    }
+    if (general) {
+        PyObject *r = PyObject_CallOneArg(L->send, payloads);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    /* The write lock is this thread's: headers and buffers, then one write_all. (The list
+     * is this thread's too, taken from the scheduler: nothing can change it meanwhile.) */
+    unsigned char stack_headers[4 * STACK_FRAMES];
+    struct iovec stack_iov[2 * STACK_FRAMES];
+    unsigned char *headers = stack_headers;
+    struct iovec *iov = stack_iov;
+    int rc = 0;
+    if (n > STACK_FRAMES) {
+        headers = PyMem_Malloc((size_t)n * 4);
+        iov = PyMem_Malloc((size_t)n * 2 * sizeof(struct iovec));
+        if (headers == NULL || iov == NULL) {
+            PyErr_NoMemory();
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *p = PyList_GET_ITEM(payloads, k);
+            size_t size = (size_t)PyBytes_GET_SIZE(p);
+            unsigned char *h = headers + 4 * k;
+            h[0] = (unsigned char)(size >> 24);
+            h[1] = (unsigned char)(size >> 16);
+            h[2] = (unsigned char)(size >> 8);
+            h[3] = (unsigned char)size;
+            iov[2 * k].iov_base = h;
+            iov[2 * k].iov_len = 4;
+            iov[2 * k + 1].iov_base = PyBytes_AS_STRING(p);
+            iov[2 * k + 1].iov_len = size;
+        }
+        rc = write_all((int)L->out_fd, iov, 2 * n);
+        if (rc < 0 && PyErr_ExceptionMatches(PyExc_OSError)) {
+            /* (As _writev: the writer is told, then the error goes on; were the report
+             * to raise, its exception would.) */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            PyObject *r = PyObject_CallOneArg(L->write_failed, value);
+            if (r != NULL) {
+                Py_DECREF(r);
+                PyErr_Restore(type, value, tb);
+            }
+            else {
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+            }
+        }
+    }
+    if (headers != stack_headers) {
+        PyMem_Free(headers);
+        PyMem_Free(iov);
+    }
+    rc = release_keeping(L->write_release, rc);
+    if (rc < 0) {
+        return -1;
+    }
+    PyObject *queue = get_attr(L->writer, S__queue);
+    int queued = queue == NULL ? -1 : PyObject_IsTrue(queue);
+    Py_XDECREF(queue);
+    if (queued > 0) { /* frames another thread queued while this one wrote */
+        PyObject *r = PyObject_CallNoArgs(L->send_queued);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    return queued;
+}
+
+/* Scheduler.flush_held() (no terms): the replies the scheduler holds, taken from it under
+ * its lock (a new list in their place) and sent (lane_send). lane_run calls it when it took
+ * every complete frame buffered: the read loop would send them next. Returns 0, -1 on
+ * error (a failed write: as when flush_held raises, the frame loop ends). */
+static int
+lane_flush(Lane *L)
+{
+    PyObject *fresh = PyList_New(0); /* (made outside the section: it may collect garbage) */
+    if (fresh == NULL) {
+        return -1;
+    }
+    int taken = lock_enter(L->sched_locked, L->sched_acquire);
+    if (taken < 0) {
+        Py_DECREF(fresh);
+        return -1;
+    }
+    PyObject *held = get_attr(L->sched, S_held);
+    int rc = held == NULL ? -1 : 0;
+    if (rc == 0 && !PyList_CheckExact(held)) {
+        PyErr_SetString(PyExc_TypeError, "Scheduler.held must be a list");
+        rc = -1;
+    }
+    if (rc == 0 && PyList_GET_SIZE(held) > 0) {
+        rc = set_attr(L->sched, S_held, fresh); /* (this thread keeps its reference) */
+    }
+    else {
+        Py_CLEAR(held);
+    }
+    rc = taken ? release_keeping(L->sched_release, rc) : rc;
+    Py_DECREF(fresh);
+    if (rc == 0 && held != NULL) {
+        rc = lane_send(L, held);
+    }
+    Py_XDECREF(held);
+    return rc;
+}
+
 /* Lane.run(buf, r, w, me) -> (end, term): see _lane.Lane.run. */
 static PyObject *
 lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
@@ -1362,6 +1567,7 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(term);
     PyObject *current = NULL; /* CURRENT.__dict__ (this thread's), once a call comes */
     int current_tried = 0;
+    int drained = 1; /* no complete frame left that the lane does not take */
     while (w - r >= 4) {
         if (w > PyByteArray_GET_SIZE(buf)) { /* (the buffer never shrinks: see above) */
             PyErr_SetString(PyExc_RuntimeError, "run: the splitter's buffer shrank");
@@ -1369,11 +1575,16 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
         }
         const unsigned char *p = (const unsigned char *)PyByteArray_AS_STRING(buf);
         Py_ssize_t n = ((Py_ssize_t)p[r] << 24) | (p[r + 1] << 16) | (p[r + 2] << 8) | p[r + 3];
-        if (n > w - r - 4 || n > L->max_frame) {
-            break; /* incomplete, or refused by the general path */
+        if (n > L->max_frame) {
+            drained = 0;
+            break; /* refused by the general path */
+        }
+        if (n > w - r - 4) {
+            break; /* incomplete */
         }
         const unsigned char *f = p + r + 4;
         if (!call_head(f, n) || has_prefix(f, n)) {
+            drained = 0;
             break;
         }
         Py_ssize_t budget = L->expansion * n + L->floor;
@@ -1396,6 +1607,7 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
              * answers as it must. */
             Py_XDECREF(decoded);
             PyErr_Clear();
+            drained = 0;
             break;
         }
         PyObject *value = PyTuple_GET_ITEM(decoded, 0);
@@ -1434,6 +1646,12 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
     }
+    /* Every complete frame taken: the replies held go out now, as the read loop would
+     * send them next (Scheduler.flush_held; I5 in _scheduler.py). (Not when a request went
+     * back to the general path, or the reading role moved: the loop goes on there.) */
+    if (term == Py_None && drained && lane_flush(L) < 0) {
+        goto error;
+    }
     PyObject *end = PyLong_FromSsize_t(r);
     if (end == NULL) {
         goto error;
@@ -1458,9 +1676,10 @@ lane_init(Lane *self, PyObject *args, PyObject *kwargs)
 #undef NAME
     };
     static const char *sizes[] = {"expansion", "floor", "max_memory", "segment_bytes",
-                                  "max_packet", "max_frame"};
+                                  "max_packet", "max_frame", "out_fd"};
     Py_ssize_t *size_slots[] = {&self->expansion, &self->floor, &self->max_memory,
-                                &self->segment_bytes, &self->max_packet, &self->max_frame};
+                                &self->segment_bytes, &self->max_packet, &self->max_frame,
+                                &self->out_fd};
     Py_ssize_t nobjects = sizeof(objects) / sizeof(objects[0]);
     Py_ssize_t nsizes = sizeof(sizes) / sizeof(sizes[0]);
     if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL || PyDict_GET_SIZE(kwargs) != nobjects + nsizes) {
@@ -1762,13 +1981,13 @@ PyInit__clane(void)
                            "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
                            "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
                            "_inline_seq", "_inline_active", "_standby_deep", "_pending",
-                           "_resuming", "_draining", "__dict__"};
+                           "_resuming", "_draining", "__dict__", "_queue"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
                           &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
                           &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
-                          &S__pending, &S__resuming, &S__draining, &S___dict__};
+                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
             return NULL;

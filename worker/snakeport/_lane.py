@@ -73,8 +73,18 @@ must change it too: the common case of :meth:`Scheduler.place
 and of :meth:`Scheduler.inline_ended <snakeport._scheduler.Scheduler.inline_ended>` (the
 thread still reads, no job is queued or waits to resume, not draining), on the scheduler's
 fields under its lock (their names are checked when the lane is built; every other case
-calls the Python method); ``FrameSplitter.consume``; and ``Job.__init__``, whose effect the
-lane learns when it is built (``Lane.fast_jobs``; it calls ``Job`` when it cannot tell).
+calls the Python method); ``FrameSplitter.consume``; ``Job.__init__``, whose effect the
+lane learns when it is built (``Lane.fast_jobs``; it calls ``Job`` when it cannot tell);
+and, once it took every complete frame buffered (the read loop would send the held replies
+next), :meth:`Scheduler.flush_held <snakeport._scheduler.Scheduler.flush_held>` and the
+common case of :meth:`FrameWriter.send <snakeport._writer.FrameWriter.send>`: frames of
+``bytes`` only, the writer's ``_write_lock`` free and its queue empty; they are written
+with ``writev``, the GIL released, as ``FrameWriter._writev`` writes them (a partial write
+goes on where it stopped, ``EINTR`` is retried once the signal handlers ran), a failure
+goes to ``FrameWriter._failed`` and raises out of ``run`` (the frame loop ends, as when
+``flush_held`` raises), and frames other threads queued meanwhile are sent after (every
+other case calls ``FrameWriter.send``). The lock order holds: the scheduler's lock is let
+go before the writer's is taken.
 
 The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
 both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
@@ -148,7 +158,8 @@ def build(server: Any) -> Any:
         frames at the start of ``buffer[r:w]`` (the splitter's, see
         :meth:`~snakeport._framing.FrameSplitter.buffered`, held across the calls: see the
         module doc), telling the splitter each frame it takes (before it runs the call),
-        and returns ``(end, term)``: the offset
+        sends the replies held when no complete frame is left that it did not take
+        (the module doc), and returns ``(end, term)``: the offset
         after the frames it took, and ``None``, a decoded request for the general path, or
         :data:`LOST` when the calling thread no longer reads (the splitter is then the new
         reader's); or ``None``.
@@ -160,6 +171,7 @@ def build(server: Any) -> Any:
     table = server.table
     jobs = dispatcher.jobs
     sched = server._sched
+    writer = server._writer
     return _clane.Lane(
         dispatcher=dispatcher,
         sessions=table._sessions,
@@ -209,4 +221,11 @@ def build(server: Any) -> Any:
         segment_bytes=SEGMENT_BYTES,
         max_packet=limits.MAX_PACKET,
         max_frame=config.max_frame_bytes,
+        writer=writer,
+        write_acquire=writer._write_lock.acquire,
+        write_release=writer._write_lock.release,
+        send=writer.send,
+        write_failed=writer._failed,
+        send_queued=writer._send_queued,
+        out_fd=writer._fd,
     )

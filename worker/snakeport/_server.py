@@ -500,7 +500,9 @@ class Server:
                     if out:  # control replies go out before a call runs (as below)
                         self.send(out)
                         out = []
-                    end, term = lane_run(buf, r, w, me)  # (it tells the splitter what it took)
+                    # (It tells the splitter what it took, and sends the replies held when it
+                    # took every complete frame: none is held after it then.)
+                    end, term = lane_run(buf, r, w, me)
                     if term is LOST:
                         flush_held()
                         return  # another loop thread reads now
