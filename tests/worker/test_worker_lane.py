@@ -466,7 +466,8 @@ def frames(*terms: Any) -> bytes:
 
 
 def feed(srv: Server, data: bytes) -> Any:
-    """What the read loop does with ``data``: the lane first; returns the lane's term."""
+    """What the read loop does with ``data``: the lane first (without reading more);
+    returns the lane's ``(left, term)``."""
     buf = srv._splitter.get_buffer()
     buf[: len(data)] = data
     del buf
@@ -490,6 +491,12 @@ def written(out_r: int) -> list:
     return terms
 
 
+def unread(srv: Server) -> int:
+    """Bytes the splitter holds that were not consumed."""
+    _, r, w = srv._splitter.buffered()
+    return w - r
+
+
 def test_the_lane_applies_with_one_thread_and_no_allow_list() -> None:
     assert server()[0]._lane is not None
     assert server(threads=2)[0]._lane is None
@@ -502,8 +509,8 @@ def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:
     session = srv.table._sessions["s"]
     before = (session.last_access, session.active_at)
     time.sleep(0.01)
-    end, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
-    assert term is None and srv._splitter.buffered()[1] == end
+    left, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert term is None and unread(srv) == left
     assert srv.dispatcher.requests == 2 and srv.dispatcher.jobs.in_flight == 0
     assert session.running == 0 and session.last_access > before[0] and session.active_at > before[1]
     assert srv._sched.running == 0 and not srv._sched._inline_active and srv._sched.held == []
@@ -604,20 +611,20 @@ def test_the_lane_hands_back_what_is_not_its_own() -> None:
     srv, _, _ = server()
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     # Not a call: stays in the buffer, untouched.
-    end, term = feed(srv, frames((A("ping"), 2)))
-    assert term is None and end == srv._splitter.buffered()[1] == 0
+    left, term = feed(srv, frames((A("ping"), 2)))
+    assert term is None and unread(srv) == left == len(frames((A("ping"), 2))) and srv._splitter.buffered()[1] == 0
     assert srv._splitter.next_event() == etf.encode((A("ping"), 2))
     # A call in a session that is not open: decoded and handed back, nothing counted.
-    end, term = feed(srv, frames(call(3, "operator", "add", [1, 2], session="nope")))
+    left, term = feed(srv, frames(call(3, "operator", "add", [1, 2], session="nope")))
     assert term == call(3, "operator", "add", [1, 2], session="nope")
-    assert srv.dispatcher.requests == 1 and srv._splitter.buffered()[1] == end
+    assert srv.dispatcher.requests == 1 and unread(srv) == left
     # A call with options: the same.
-    end, term = feed(srv, frames(call(4, "operator", "add", [1, 2], opts={A("result"): A("ref")}, session="s")))
+    left, term = feed(srv, frames(call(4, "operator", "add", [1, 2], opts={A("result"): A("ref")}, session="s")))
     assert term[1] == 4 and srv.dispatcher.requests == 1
     # An incomplete frame: nothing taken.
     data = frames(call(6, "operator", "add", [1, 2], session="s"))
-    end, term = feed(srv, data[:-1])
-    assert term is None and srv._splitter.buffered()[1] == end
+    left, term = feed(srv, data[:-1])
+    assert term is None and unread(srv) == left
 
 
 def test_the_lane_refuses_a_stale_view_of_the_splitter() -> None:
@@ -709,8 +716,8 @@ def test_a_failure_after_check_out_leaves_no_accounting_behind() -> None:
     srv._lane = _lane.build(srv)
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     session = srv.table._sessions["s"]
-    end, term = feed(srv, frames(call(5, "builtins", "list", [[1, 2]], session="s")))
-    assert term is None and srv._splitter.buffered()[1] == end and len(faults) == 1
+    left, term = feed(srv, frames(call(5, "builtins", "list", [[1, 2]], session="s")))
+    assert term is None and unread(srv) == left and len(faults) == 1
     assert session.running == 0 and srv.dispatcher.jobs.in_flight == 0
     assert srv._sched.running == 0 and not srv._sched._inline_active and srv._sched.held == []
     [reply] = written(out_r)
@@ -797,14 +804,14 @@ def test_frames_the_lane_leaves_are_answered_wherever_a_write_ends() -> None:
 def test_the_lane_holds_its_replies_while_a_frame_it_leaves_is_buffered() -> None:
     srv, _, out_r = server()
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
-    end, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s"), (A("ping"), 6)))
-    assert term is None and srv._splitter.buffered()[1] == end  # the ping is the loop's
+    left, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s"), (A("ping"), 6)))
+    assert term is None and unread(srv) == left  # the ping is the loop's
     assert written(out_r) == [] and len(srv._sched.held) == 1  # sent with the ping's reply
     # An incomplete frame after it: nothing more to handle now, the reply goes out.
     srv._splitter.next_event()
     srv._sched.held.clear()
     data = frames(call(7, "operator", "add", [1, 2], session="s"))
-    end, term = feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")) + data[:-1])
+    left, term = feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")) + data[:-1])
     assert term is None and written(out_r) == [(A("reply"), 6, A("ok"), 3)] and srv._sched.held == []
 
 
@@ -972,4 +979,105 @@ def test_a_lane_write_to_a_closed_reader_ends_the_worker_as_any_write() -> None:
             w.proc.kill()
             w.proc.wait()
         w.proc.stdin.close()
+        w.proc.stderr.close()
+
+
+# ------------------------------------------------------------------ the lane's read
+#
+# Once it took every frame and sent the replies, the lane does the read loop's next read
+# itself (run's `read`; lane_read in _clane.c) when the loop would do nothing else first.
+
+
+def run_reading(srv: Server, data: bytes) -> Any:
+    """``data`` in the splitter, then ``Lane.run`` as the read loop calls it (reading on)."""
+    buf = srv._splitter.get_buffer()
+    buf[: len(data)] = data
+    del buf
+    srv._splitter.buffer_updated(len(data))
+    return srv._lane.run(*srv._splitter.buffered(), threading.get_ident(), True)
+
+
+def test_the_lane_reads_on_until_the_input_ends() -> None:
+    srv, in_w, out_r = server()
+    waits: list[int] = []
+    srv._spin = type("Spin", (), {"wait": lambda self: waits.append(srv._sched.running)})()
+    srv._lane = _lane.build(srv)  # (with this spin policy)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    os.write(in_w, frames(call(6, "operator", "add", [3, 4], session="s"), call(7, "operator", "add", [5, 6], session="s")))
+    os.close(in_w)  # then the end of the input: the lane returns, for the loop's read to see it
+    assert run_reading(srv, frames(call(5, "operator", "add", [1, 2], session="s"))) == (0, None)
+    assert written(out_r) == [(A("reply"), 5, A("ok"), 3), (A("reply"), 6, A("ok"), 7), (A("reply"), 7, A("ok"), 11)]
+    assert waits == [0, 0]  # the spin policy before each read, no job holding a slot
+    assert srv._splitter.buffered() == (srv._splitter._buf, 0, 0) and srv.dispatcher.requests == 4
+
+
+def test_the_lane_leaves_a_failed_read_to_the_loop() -> None:
+    srv, in_w, _ = server(spin_us=0)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    os.close(srv._in_fd)  # EBADF: the loop's own read logs it and ends the worker
+    assert run_reading(srv, frames(call(5, "operator", "add", [1, 2], session="s"))) == (0, None)
+    with pytest.raises(ValueError, match="not the splitter's buffer"):  # (it reads into that one only)
+        srv._lane.run(bytearray(16), 0, 0, threading.get_ident(), True)
+
+
+#: The server whose shutdown :func:`shut_down` starts (a lane call's target below).
+SHUTTING: list = []
+
+
+def shut_down() -> int:
+    SHUTTING[0].dispatcher.shutting_down = True
+    return 1
+
+
+def test_the_lane_does_not_read_once_the_worker_shuts_down() -> None:
+    srv, in_w, _ = server(spin_us=0)
+    SHUTTING[:] = [srv]
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    pending = frames(call(6, "operator", "add", [1, 2], session="s"))
+    os.write(in_w, pending)  # (not read: the loop's shutdown comes first)
+    assert run_reading(srv, frames(call(5, __name__, "shut_down", [], session="s"))) == (0, None)
+    assert select.select([srv._in_fd], [], [], 0)[0] and os.read(srv._in_fd, 1 << 16) == pending
+
+
+def test_a_signal_that_interrupts_the_lanes_read_is_taken_in_stride() -> None:
+    # The reader waits in the lane's read (lane_read) between sequential calls: EINTR from
+    # a signal sent to that thread is retried, and the worker serves on.
+    import signal
+
+    w = RawWorker(True, "--preload", "sp_signals", "--spin-us", "0")
+    try:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(2, "operator", "add", [1, 2])])
+        w.wait(2)
+        pid = w.proc.pid
+        deadline = time.monotonic() + 10
+        reader = 0
+        while not reader:  # the thread that waits in read(): its call is done
+            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                try:
+                    wchan, _, _ = _task_state(pid, tid)
+                except (OSError, StopIteration):
+                    continue
+                if "pipe_read" in wchan:
+                    reader = tid
+            assert reader or time.monotonic() < deadline, "no thread of the worker waits to read"
+            time.sleep(0.001)
+        for k in range(3):
+            _tgkill(pid, reader, signal.SIGUSR1)
+            while True:  # taken (not pending), and waiting to read again
+                wchan, _, pending = _task_state(pid, reader)
+                if not pending & (1 << (signal.SIGUSR1 - 1)) and "pipe_read" in wchan:
+                    break
+                assert time.monotonic() < deadline, "the reader did not wait again after EINTR"
+                time.sleep(0.001)
+            w.send([call(10 + k, "operator", "add", [k, 1])])
+            assert etf.decode(w.wait(10 + k)) == (A("reply"), 10 + k, A("ok"), k + 1)
+        w.proc.stdin.close()  # the end of the input: the lane's read, then the loop's, see it
+        assert w.proc.wait(10) == 0
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+        w.proc.stdout.close()
         w.proc.stderr.close()

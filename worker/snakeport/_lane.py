@@ -86,6 +86,19 @@ goes to ``FrameWriter._failed`` and raises out of ``run`` (the frame loop ends, 
 other case calls ``FrameWriter.send``). The lock order holds: the scheduler's lock is let
 go before the writer's is taken.
 
+Then, asked to by the read loop (``run``'s ``read``), the lane does that loop's next turn
+too when every byte buffered was consumed (no partial frame to move): the shutdown check
+(shutting down: it returns), the spin policy's ``wait`` when no job holds a slot, and the
+read, which is :meth:`FrameSplitter.get_buffer
+<snakeport._framing.FrameSplitter.get_buffer>`'s common case (every byte consumed: the
+whole buffer from its start, ``_r`` and ``_w`` set to 0), ``readv`` (``read`` in C, the
+GIL released, ``EINTR`` retried once the signal handlers ran) and
+:meth:`~snakeport._framing.FrameSplitter.buffer_updated`, on the splitter's slots; then it
+goes on with the bytes read. The end of the input or a failed read is the loop's: the lane
+returns, and the loop's own read sees it again (a pipe's end stays, as does the error of a
+closed or invalid fd). While it waits in ``read`` this thread runs no job, so the reading
+role stays where it is (the scheduler's I4), as in the loop's own read.
+
 The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
 both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
 ``SNAKEPORT_PURE_PYTHON=1``) turns it off, as the tests do to compare the two paths.
@@ -154,15 +167,17 @@ def build(server: Any) -> Any:
         server: The server (its dispatcher, session table, jobs, scheduler, limits).
 
     Returns:
-        A ``snakeport._clane.Lane`` whose ``run(buffer, r, w, me)`` handles the lane's
-        frames at the start of ``buffer[r:w]`` (the splitter's, see
+        A ``snakeport._clane.Lane`` whose ``run(buffer, r, w, me, read=False)`` handles
+        the lane's frames at the start of ``buffer[r:w]`` (the splitter's, see
         :meth:`~snakeport._framing.FrameSplitter.buffered`, held across the calls: see the
-        module doc), telling the splitter each frame it takes (before it runs the call),
-        sends the replies held when no complete frame is left that it did not take
-        (the module doc), and returns ``(end, term)``: the offset
-        after the frames it took, and ``None``, a decoded request for the general path, or
-        :data:`LOST` when the calling thread no longer reads (the splitter is then the new
-        reader's); or ``None``.
+        module doc), telling the splitter each frame it takes (before it runs the call);
+        sends the replies held when no complete frame is left that it did not take and,
+        with ``read`` true, then reads the next bytes into the splitter's buffer and goes
+        on with them, as long as the read loop would do nothing else first (the module
+        doc); and returns ``(left, term)``: how many bytes are buffered after the frames it
+        took, and ``None``, a decoded request for the general path, or :data:`LOST` when
+        the calling thread no longer reads (the splitter is then the new reader's); or
+        ``None``.
     """
     config = server.config
     dispatcher = server.dispatcher
@@ -228,4 +243,6 @@ def build(server: Any) -> Any:
         write_failed=writer._failed,
         send_queued=writer._send_queued,
         out_fd=writer._fd,
+        spin=server._spin.wait if server._spin is not None else None,
+        in_fd=server._in_fd,
     )
