@@ -27,6 +27,7 @@ from snakeport import _lane, etf
 from snakeport._jobs import CURRENT, DONE, FAILED, INTERRUPTED, Failure, Job, Jobs
 from snakeport._requests import AUTO
 from snakeport._server import Config, Server
+from snakeport._spin import SpinPolicy
 from snakeport.types import Atom
 from sp_client import A, worker_env
 
@@ -997,18 +998,53 @@ def run_reading(srv: Server, data: bytes) -> Any:
     return srv._lane.run(*srv._splitter.buffered(), threading.get_ident(), True)
 
 
+class RecordedSpin(SpinPolicy):
+    """A spin policy that records the scheduler's ``running`` at each :meth:`wait`."""
+
+    __slots__ = ("sched", "waits")
+
+    def wait(self) -> None:
+        self.waits.append(self.sched.running)
+        super().wait()
+
+
+def recorded_spin(srv: Server) -> RecordedSpin:
+    """``srv`` with a :class:`RecordedSpin` policy (and a lane that uses it)."""
+    spin = RecordedSpin(srv._in_fd, spin_us=200, cpus=lambda: 1)  # (one CPU: it never spins)
+    spin.sched, spin.waits = srv._sched, []
+    srv._spin = spin
+    srv._lane = _lane.build(srv)
+    return spin
+
+
 def test_the_lane_reads_on_until_the_input_ends() -> None:
     srv, in_w, out_r = server()
-    waits: list[int] = []
-    srv._spin = type("Spin", (), {"wait": lambda self: waits.append(srv._sched.running)})()
-    srv._lane = _lane.build(srv)  # (with this spin policy)
+    spin = recorded_spin(srv)
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     os.write(in_w, frames(call(6, "operator", "add", [3, 4], session="s"), call(7, "operator", "add", [5, 6], session="s")))
     os.close(in_w)  # then the end of the input: the lane returns, for the loop's read to see it
     assert run_reading(srv, frames(call(5, "operator", "add", [1, 2], session="s"))) == (0, None)
     assert written(out_r) == [(A("reply"), 5, A("ok"), 3), (A("reply"), 6, A("ok"), 7), (A("reply"), 7, A("ok"), 11)]
-    assert waits == [0, 0]  # the spin policy before each read, no job holding a slot
+    assert spin.waits == [0, 0]  # the spin policy before each read, no job holding a slot
     assert srv._splitter.buffered() == (srv._splitter._buf, 0, 0) and srv.dispatcher.requests == 4
+
+
+def test_the_lane_calls_the_spin_policy_unless_it_would_return_at_once() -> None:
+    srv, in_w, out_r = server()
+    spin = recorded_spin(srv)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    spin.resume = time.perf_counter() + 3600  # backing off: wait() would return at once
+    os.write(in_w, frames(call(6, "operator", "add", [3, 4], session="s")))
+    os.close(in_w)
+    run_reading(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert spin.waits == [] and len(written(out_r)) == 2
+    srv2, in_w2, _ = server()
+    spin2 = recorded_spin(srv2)
+    srv2._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    os.close(in_w2)
+    spin2.resume = 0.0  # its clock is past `resume`: wait() decides
+    run_reading(srv2, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert spin2.waits == [0]
 
 
 def test_the_lane_leaves_a_failed_read_to_the_loop() -> None:

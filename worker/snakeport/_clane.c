@@ -67,7 +67,7 @@ static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, 
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
     *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
-    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf;
+    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf, *S_resume;
 
 #define READY() (SysModules != NULL)
 
@@ -331,6 +331,8 @@ typedef struct {
     PyObject *send_queued;     /* FrameWriter._send_queued(): frames queued meanwhile */
     Py_ssize_t out_fd;         /* FrameWriter._fd */
     PyObject *spin;            /* the spin policy's wait(), or None (the read loop's `spin`) */
+    PyObject *spin_policy;     /* the SpinPolicy (its `resume`), or None */
+    PyObject *spin_clock;      /* its clock, or None */
     Py_ssize_t in_fd;          /* the protocol input fd (the read loop's `fd`) */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
@@ -356,7 +358,8 @@ typedef struct {
     X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
-    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)
+    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
+    X(spin_policy) X(spin_clock)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
@@ -1553,6 +1556,36 @@ lane_flush(Lane *L)
  * loop must take over (shutting down; the end of the input or a failed read, which the loop's
  * own read sees again: a pipe's end stays, and so does the error of a closed or invalid fd),
  * -1 on error. */
+/* Whether SpinPolicy.wait() has anything to do: not when its clock is before its `resume`
+ * (backing off, or one CPU only), the first thing wait() looks at, which returns at once
+ * then; this look saves the call (its Python frame) on each read where it would. 1: call
+ * it, 0: not, -1 on error. */
+static int
+spin_waits(Lane *L)
+{
+    if (L->spin_policy == Py_None) {
+        return 1;
+    }
+    PyObject *resume = get_attr(L->spin_policy, S_resume);
+    if (resume == NULL) {
+        return -1;
+    }
+    int waits = 1;
+    if (PyFloat_CheckExact(resume)) {
+        PyObject *now = PyObject_CallNoArgs(L->spin_clock);
+        if (now == NULL) {
+            Py_DECREF(resume);
+            return -1;
+        }
+        if (PyFloat_CheckExact(now)) {
+            waits = !(PyFloat_AS_DOUBLE(now) < PyFloat_AS_DOUBLE(resume));
+        }
+        Py_DECREF(now);
+    }
+    Py_DECREF(resume);
+    return waits;
+}
+
 static int
 lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
 {
@@ -1565,7 +1598,8 @@ lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
         if (running == -1 && PyErr_Occurred()) {
             return -1;
         }
-        if (running == 0 && call_ok(L->spin) < 0) {
+        int waits = running == 0 ? spin_waits(L) : 0;
+        if (waits < 0 || (waits && call_ok(L->spin) < 0)) {
             return -1;
         }
     }
@@ -2080,13 +2114,13 @@ PyInit__clane(void)
                            "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
                            "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
                            "_inline_seq", "_inline_active", "_standby_deep", "_pending",
-                           "_resuming", "_draining", "__dict__", "_queue", "_buf"};
+                           "_resuming", "_draining", "__dict__", "_queue", "_buf", "resume"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
                           &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
                           &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
-                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__buf};
+                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__buf, &S_resume};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
             return NULL;

@@ -88,7 +88,9 @@ go before the writer's is taken.
 
 Then, asked to by the read loop (``run``'s ``read``), the lane does that loop's next turn
 too when every byte buffered was consumed (no partial frame to move): the shutdown check
-(shutting down: it returns), the spin policy's ``wait`` when no job holds a slot, and the
+(shutting down: it returns), the spin policy's ``wait`` when no job holds a slot (not
+called when the policy's clock is before its ``resume``, where ``wait`` returns at once:
+backing off, or one CPU only), and the
 read, which is :meth:`FrameSplitter.get_buffer
 <snakeport._framing.FrameSplitter.get_buffer>`'s common case (every byte consumed: the
 whole buffer from its start, ``_r`` and ``_w`` set to 0), ``readv`` (``read`` in C, the
@@ -187,6 +189,7 @@ def build(server: Any) -> Any:
     jobs = dispatcher.jobs
     sched = server._sched
     writer = server._writer
+    spin = server._spin
     return _clane.Lane(
         dispatcher=dispatcher,
         sessions=table._sessions,
@@ -243,6 +246,8 @@ def build(server: Any) -> Any:
         write_failed=writer._failed,
         send_queued=writer._send_queued,
         out_fd=writer._fd,
-        spin=server._spin.wait if server._spin is not None else None,
+        spin=spin.wait if spin is not None else None,
+        spin_policy=spin,
+        spin_clock=spin._clock if spin is not None else None,
         in_fd=server._in_fd,
     )
