@@ -39,6 +39,7 @@
 #include <pythread.h>
 #include <string.h>
 #include <errno.h>
+#include <limits.h>
 #include <sys/uio.h> /* writev */
 #include <unistd.h>  /* read */
 #if PY_VERSION_HEX < 0x030C0000
@@ -514,6 +515,19 @@ get_attr(PyObject *obj, PyObject *name)
 static int
 add_to(PyObject *obj, PyObject *name, long delta)
 {
+    PyObject **slot = slot_of(obj, name);
+    if (slot != NULL && *slot != NULL && PyLong_CheckExact(*slot)) { /* (the common case) */
+        int overflow;
+        long x = PyLong_AsLongAndOverflow(*slot, &overflow);
+        if (!overflow && x > LONG_MIN + 1 && x < LONG_MAX - 1) {
+            PyObject *sum = PyLong_FromLong(x + delta);
+            if (sum == NULL) {
+                return -1;
+            }
+            Py_SETREF(*slot, sum); /* (an int goes: no Python code runs) */
+            return 0;
+        }
+    }
     PyObject *v = get_attr(obj, name);
     if (v == NULL) {
         return -1;
