@@ -58,7 +58,7 @@ Invariants (all state is guarded by :attr:`Scheduler.lock`):
   the C lane's own copy of it, which the lane runs when it took every complete frame
   buffered), or from the stand-by at its next look, whichever comes first. Whoever sends
   them takes the whole list out under :attr:`lock` (a new list in its place) and sends it
-  after letting the lock go, so each reply goes out once, and those of one reader in order.
+  after letting the lock go, so each reply goes out once.
 - I6 Once ``draining`` is set (by the reader, in :meth:`drain`, which never returns to
   reading), the reading role never moves again (I4: the reader runs no inline job any
   more), so a thread inside :meth:`run_inline` then never holds the role.
