@@ -12,6 +12,7 @@ jobs, scheduler) ends where the general path's does.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import struct
@@ -26,8 +27,12 @@ from snakeport import _lane, etf
 from snakeport._jobs import CURRENT, DONE, FAILED, INTERRUPTED, Failure, Job, Jobs
 from snakeport._requests import AUTO
 from snakeport._server import Config, Server
+from snakeport._spin import SpinPolicy
 from snakeport.types import Atom
 from sp_client import A, worker_env
+
+#: fcntl's F_SETPIPE_SZ and F_GETPIPE_SZ (Linux): a pipe's capacity.
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 
 pytestmark = pytest.mark.skipif(not _lane.available(), reason="the C lane is not built here")
 
@@ -462,13 +467,35 @@ def frames(*terms: Any) -> bytes:
 
 
 def feed(srv: Server, data: bytes) -> Any:
-    """What the read loop does with ``data``: the lane first; returns the lane's term."""
+    """What the read loop does with ``data``: the lane first (without reading more);
+    returns the lane's ``(left, term)``."""
     buf = srv._splitter.get_buffer()
     buf[: len(data)] = data
     del buf
     srv._splitter.buffer_updated(len(data))
     view = srv._splitter.buffered()
     return srv._lane.run(*view, threading.get_ident())
+
+
+def written(out_r: int) -> list:
+    """The terms of the frames the server wrote to its output pipe so far (no wait: the
+    lane writes before ``run`` returns)."""
+    data = b""
+    while select.select([out_r], [], [], 0)[0]:
+        data += os.read(out_r, 1 << 20)
+    terms = []
+    while data:
+        (n,) = struct.unpack(">I", data[:4])
+        assert len(data) >= 4 + n, "a frame cut short"
+        terms.append(etf.decode(data[4 : 4 + n]))
+        data = data[4 + n :]
+    return terms
+
+
+def unread(srv: Server) -> int:
+    """Bytes the splitter holds that were not consumed."""
+    _, r, w = srv._splitter.buffered()
+    return w - r
 
 
 def test_the_lane_applies_with_one_thread_and_no_allow_list() -> None:
@@ -483,12 +510,12 @@ def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:
     session = srv.table._sessions["s"]
     before = (session.last_access, session.active_at)
     time.sleep(0.01)
-    end, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
-    assert term is None and srv._splitter.buffered()[1] == end
+    left, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert term is None and unread(srv) == left
     assert srv.dispatcher.requests == 2 and srv.dispatcher.jobs.in_flight == 0
     assert session.running == 0 and session.last_access > before[0] and session.active_at > before[1]
-    assert srv._sched.running == 0 and not srv._sched._inline_active and len(srv._sched.held) == 1
-    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 5, A("ok"), 3)
+    assert srv._sched.running == 0 and not srv._sched._inline_active and srv._sched.held == []
+    assert written(out_r) == [(A("reply"), 5, A("ok"), 3)]  # (the lane wrote it: nothing else buffered)
     assert getattr(CURRENT, "job", None) is None
 
 
@@ -542,25 +569,26 @@ def test_the_lane_makes_its_jobs_as_job_init_does(monkeypatch) -> None:
 def test_the_lane_wakes_a_sleeping_standby_as_place_does() -> None:
     # The lane's own place() (its common case in C) leaves a stand-by asleep in its deep
     # wait to Scheduler.place, which wakes it.
-    srv, _, _ = server()
+    srv, _, out_r = server()
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     sched = srv._sched
     woken = []
     sched._standby_deep = True
     sched._wake.notify_all = lambda: woken.append(True)  # type: ignore[method-assign]
     feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
-    assert woken and sched.running == 0 and not sched._inline_active and len(sched.held) == 1
+    assert woken and sched.running == 0 and not sched._inline_active
+    assert written(out_r) == [(A("reply"), 5, A("ok"), 3)]
     sched._standby_deep = False
     woken.clear()
     feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")))
-    assert not woken and sched._inline_seq == 2 and len(sched.held) == 2
+    assert not woken and sched._inline_seq == 2 and written(out_r) == [(A("reply"), 6, A("ok"), 3)]
 
 
 @pytest.mark.parametrize("which", ["table", "jobs", "scheduler"])
 def test_the_lane_waits_for_a_lock_another_thread_holds(which: str) -> None:
     # The lane runs a critical section without taking its lock only when the lock is free
     # (_clane.c, lock_enter): held by another thread, the lane waits for it.
-    srv, _, _ = server()
+    srv, _, out_r = server()
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     lock = {"table": srv.table.lock, "jobs": srv.dispatcher.jobs.lock, "scheduler": srv._sched.lock}[which]
     returned = threading.Event()
@@ -574,30 +602,30 @@ def test_the_lane_waits_for_a_lock_another_thread_holds(which: str) -> None:
     with lock:
         thread.start()
         assert not returned.wait(0.2)  # waiting for the lock, not returned
-        assert not srv._sched.held
+        assert not srv._sched.held and written(out_r) == []
     thread.join(5)
     assert returned.is_set() and srv.dispatcher.jobs.in_flight == 0 and srv.table._sessions["s"].running == 0
-    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 5, A("ok"), 3)
+    assert written(out_r) == [(A("reply"), 5, A("ok"), 3)]
 
 
 def test_the_lane_hands_back_what_is_not_its_own() -> None:
     srv, _, _ = server()
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     # Not a call: stays in the buffer, untouched.
-    end, term = feed(srv, frames((A("ping"), 2)))
-    assert term is None and end == srv._splitter.buffered()[1] == 0
+    left, term = feed(srv, frames((A("ping"), 2)))
+    assert term is None and unread(srv) == left == len(frames((A("ping"), 2))) and srv._splitter.buffered()[1] == 0
     assert srv._splitter.next_event() == etf.encode((A("ping"), 2))
     # A call in a session that is not open: decoded and handed back, nothing counted.
-    end, term = feed(srv, frames(call(3, "operator", "add", [1, 2], session="nope")))
+    left, term = feed(srv, frames(call(3, "operator", "add", [1, 2], session="nope")))
     assert term == call(3, "operator", "add", [1, 2], session="nope")
-    assert srv.dispatcher.requests == 1 and srv._splitter.buffered()[1] == end
+    assert srv.dispatcher.requests == 1 and unread(srv) == left
     # A call with options: the same.
-    end, term = feed(srv, frames(call(4, "operator", "add", [1, 2], opts={A("result"): A("ref")}, session="s")))
+    left, term = feed(srv, frames(call(4, "operator", "add", [1, 2], opts={A("result"): A("ref")}, session="s")))
     assert term[1] == 4 and srv.dispatcher.requests == 1
     # An incomplete frame: nothing taken.
     data = frames(call(6, "operator", "add", [1, 2], session="s"))
-    end, term = feed(srv, data[:-1])
-    assert term is None and srv._splitter.buffered()[1] == end
+    left, term = feed(srv, data[:-1])
+    assert term is None and unread(srv) == left
 
 
 def test_the_lane_refuses_a_stale_view_of_the_splitter() -> None:
@@ -676,7 +704,7 @@ def test_a_failure_after_check_out_leaves_no_accounting_behind() -> None:
     # session out. No input makes it fail (an exception the call leaves pending is the
     # call's outcome: test_an_exception_left_pending_...), so Server.finish_lane, which the
     # lane calls for a result it does not answer itself, is made to raise once.
-    srv, _, _ = server()
+    srv, _, out_r = server()
     real_finish, faults = srv.finish_lane, []
 
     def finish_once(job: Any, result: Any) -> Any:
@@ -689,18 +717,17 @@ def test_a_failure_after_check_out_leaves_no_accounting_behind() -> None:
     srv._lane = _lane.build(srv)
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     session = srv.table._sessions["s"]
-    end, term = feed(srv, frames(call(5, "builtins", "list", [[1, 2]], session="s")))
-    assert term is None and srv._splitter.buffered()[1] == end and len(faults) == 1
+    left, term = feed(srv, frames(call(5, "builtins", "list", [[1, 2]], session="s")))
+    assert term is None and unread(srv) == left and len(faults) == 1
     assert session.running == 0 and srv.dispatcher.jobs.in_flight == 0
-    assert srv._sched.running == 0 and not srv._sched._inline_active and len(srv._sched.held) == 1
-    reply = etf.decode_prefix(bytes(srv._sched.held[0]))[0]
+    assert srv._sched.running == 0 and not srv._sched._inline_active and srv._sched.held == []
+    [reply] = written(out_r)
     assert reply[:3] == (A("reply"), 5, A("error")) and reply[3][A("type")] == "builtins.RuntimeError"
     assert reply[3][A("message")].startswith("internal worker error")
     assert getattr(CURRENT, "job", None) is None
     # And the lane serves on.
-    srv._sched.held.clear()
     feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")))
-    assert etf.decode_prefix(bytes(srv._sched.held[0]))[0] == (A("reply"), 6, A("ok"), 3)
+    assert written(out_r) == [(A("reply"), 6, A("ok"), 3)]
 
 
 def test_jobs_abandon_ends_a_lane_job_the_worker_failed_to_finish() -> None:
@@ -766,3 +793,327 @@ def test_frames_the_lane_leaves_are_answered_wherever_a_write_ends() -> None:
             rid += 10
     finally:
         w.close()
+
+
+# ----------------------------------------------------------------- the lane's write
+#
+# When the lane took every complete frame buffered, it sends the replies the scheduler
+# holds itself (lane_flush and lane_send in _clane.c: Scheduler.flush_held, then the common
+# case of FrameWriter.send), as FrameWriter._writev writes them.
+
+
+def test_the_lane_holds_its_replies_while_a_frame_it_leaves_is_buffered() -> None:
+    srv, _, out_r = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    left, term = feed(srv, frames(call(5, "operator", "add", [1, 2], session="s"), (A("ping"), 6)))
+    assert term is None and unread(srv) == left  # the ping is the loop's
+    assert written(out_r) == [] and len(srv._sched.held) == 1  # sent with the ping's reply
+    # An incomplete frame after it: nothing more to handle now, the reply goes out.
+    srv._splitter.next_event()
+    srv._sched.held.clear()
+    data = frames(call(7, "operator", "add", [1, 2], session="s"))
+    left, term = feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")) + data[:-1])
+    assert term is None and written(out_r) == [(A("reply"), 6, A("ok"), 3)] and srv._sched.held == []
+
+
+def test_the_lane_sends_segmented_replies_through_the_writer() -> None:
+    # A frame of several buffers (a large bytes result, _writer.segmented_reply) is
+    # FrameWriter.send's to write.
+    srv, _, out_r = server()
+    fcntl.fcntl(out_r, F_SETPIPE_SZ, 1 << 18)  # (room for the reply: written before feed returns)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    feed(srv, frames(call(5, "builtins", "bytes", [70_000], session="s"), call(6, "operator", "add", [1, 2], session="s")))
+    assert written(out_r) == [(A("reply"), 5, A("ok"), "\x00" * 70_000), (A("reply"), 6, A("ok"), 3)]  # (binaries decode as str)
+
+
+def test_the_lane_leaves_its_replies_to_the_writer_when_another_thread_writes() -> None:
+    srv, _, out_r = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    writer = srv._writer
+    with writer._write_lock:  # (another thread writing: FrameWriter.send queues the frames)
+        feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+        assert srv._sched.held == [] and written(out_r) == [] and writer.queued_bytes > 0
+    writer.flush()
+    assert written(out_r) == [(A("reply"), 5, A("ok"), 3)]
+
+
+def test_frames_other_threads_queued_go_out_before_the_lanes() -> None:
+    srv, _, out_r = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    writer = srv._writer
+    # Frames a thread queued while another wrote, the lock now free (that thread is about to
+    # write them): FrameWriter.send writes them first, with the lane's.
+    writer._queue.extend([struct.pack(">I", 3), etf.encode(1)])
+    writer._queued = 3 + 4
+    feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert written(out_r) == [1, (A("reply"), 5, A("ok"), 3)] and writer.queued_bytes == 0
+
+
+def test_frames_queued_while_the_lane_writes_go_out_after_it() -> None:
+    # Another thread's frames queued while the lane's writev blocks on a full pipe are
+    # written by the lane's thread once it is done (FrameWriter._send_queued, as send()).
+    srv, _, out_r = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    writer = srv._writer
+    size = fcntl.fcntl(out_r, F_GETPIPE_SZ)
+    count = size // 60_000 + 2
+    rids = list(range(10, 10 + count))
+    data = frames(*(call(rid, "operator", "mul", ["x", 60_000], session="s") for rid in rids))
+
+    def read() -> None:
+        srv._sched.reader = threading.get_ident()
+        feed(srv, data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while not writer._write_lock.locked():  # the lane writes (and the pipe is full)
+        assert time.monotonic() < deadline and reader.is_alive(), "the lane did not write"
+        time.sleep(0.001)
+    late = threading.Thread(target=writer.send, args=([etf.encode("late")],))
+    late.start()
+    late.join(10)
+    assert not late.is_alive() and writer.queued_bytes > 0  # queued: it returned at once
+    got: list = []
+    data = b""
+    while len(got) < count + 1:
+        assert select.select([out_r], [], [], 10)[0], f"{len(got)} frames, then nothing"
+        data += os.read(out_r, 1 << 20)
+        while len(data) >= 4 and len(data) >= 4 + struct.unpack(">I", data[:4])[0]:
+            (n,) = struct.unpack(">I", data[:4])
+            got.append(etf.decode(data[4 : 4 + n]))
+            data = data[4 + n :]
+    reader.join(10)
+    assert got == [(A("reply"), rid, A("ok"), "x" * 60_000) for rid in rids] + ["late"]
+    assert writer.queued_bytes == 0 and data == b""
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Send ``signum`` to thread ``tid`` of process ``pid`` (the thread's own system call
+    is interrupted, not any thread's)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.tgkill(pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+def _task_state(pid: int, tid: int) -> tuple[str, str, int]:
+    """A thread's kernel wait channel, its current system call line and its pending signals."""
+    base = f"/proc/{pid}/task/{tid}"
+    with open(f"{base}/status") as f:
+        pending = next(int(line.split()[1], 16) for line in f if line.startswith("SigPnd:"))
+    with open(f"{base}/wchan") as f:
+        wchan = f.read()
+    with open(f"{base}/syscall") as f:
+        syscall = f.read().strip()
+    return wchan, syscall, pending
+
+
+def _blocked_writer(pid: int, other_than: str = "", seconds: float = 10.0) -> tuple[int, str]:
+    """The thread of ``pid`` blocked writing to a pipe (its system call line not
+    ``other_than``): (tid, syscall line)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+            try:
+                wchan, syscall, _ = _task_state(pid, tid)
+            except (OSError, StopIteration):  # the thread ended meanwhile
+                continue
+            if "pipe_write" in wchan and syscall != other_than:
+                return tid, syscall
+        assert time.monotonic() < deadline, "no thread of the worker blocked writing"
+        time.sleep(0.001)
+
+
+def test_the_lanes_write_goes_on_after_a_signal_cuts_it_short() -> None:
+    # The lane's writev (lane_send, write_all) blocked on a full pipe, as
+    # test_worker_writer's test of _writev: a signal makes the kernel return the bytes
+    # written so far (a partial write: the next writev starts where it stopped), then,
+    # nothing written, EINTR (written again). The worker has a handler (its main thread
+    # installs it: sp_signals), so the signal, sent to the writing thread, interrupts it.
+    import signal
+
+    w = RawWorker(True, "--preload", "sp_signals")
+    try:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        size = fcntl.fcntl(w.proc.stdout.fileno(), F_GETPIPE_SZ)
+        rids = list(range(10, 10 + 2 * (size // 60_000) + 4))  # more than two pipes full
+        w.send([call(rid, "operator", "mul", ["x", 60_000]) for rid in rids])  # one write
+        pid = w.proc.pid
+        tid, first = _blocked_writer(pid)
+        _tgkill(pid, tid, signal.SIGUSR1)  # some bytes written: a partial write
+        tid2, second = _blocked_writer(pid, other_than=first)  # writing the rest
+        assert tid2 == tid
+        _tgkill(pid, tid, signal.SIGUSR1)  # nothing written yet: EINTR
+        deadline = time.monotonic() + 10
+        while True:  # the signal taken (not pending) and the same writev blocked again
+            wchan, syscall, pending = _task_state(pid, tid)
+            if not pending & (1 << (signal.SIGUSR1 - 1)) and "pipe_write" in wchan:
+                break
+            assert time.monotonic() < deadline, "the writev did not go on after EINTR"
+            time.sleep(0.001)
+        assert syscall == second
+        for rid in rids:
+            assert etf.decode(w.wait(rid)) == (A("reply"), rid, A("ok"), "x" * 60_000)
+        w.send([call(99, "operator", "add", [1, 2])])
+        assert etf.decode(w.wait(99)) == (A("reply"), 99, A("ok"), 3)
+    finally:
+        w.close()
+
+
+def test_a_lane_write_to_a_closed_reader_ends_the_worker_as_any_write() -> None:
+    # EPIPE on the lane's write: FrameWriter._failed tells on_closed (the worker exits with
+    # status 0, "protocol output closed"), as for a write of FrameWriter.send.
+    w = RawWorker(True, "--log-level", "info")
+    try:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.proc.stdout.close()
+        w.send([call(5, "operator", "add", [1, 2])])
+        assert w.proc.wait(10) == 0
+        err = w.proc.stderr.read().decode(errors="replace")
+        assert "protocol output closed ([Errno 32] Broken pipe)" in err and "frame loop failed" not in err, err
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+        w.proc.stdin.close()
+        w.proc.stderr.close()
+
+
+# ------------------------------------------------------------------ the lane's read
+#
+# Once it took every frame and sent the replies, the lane does the read loop's next read
+# itself (run's `read`; lane_read in _clane.c) when the loop would do nothing else first.
+
+
+def run_reading(srv: Server, data: bytes) -> Any:
+    """``data`` in the splitter, then ``Lane.run`` as the read loop calls it (reading on)."""
+    buf = srv._splitter.get_buffer()
+    buf[: len(data)] = data
+    del buf
+    srv._splitter.buffer_updated(len(data))
+    return srv._lane.run(*srv._splitter.buffered(), threading.get_ident(), True)
+
+
+class RecordedSpin(SpinPolicy):
+    """A spin policy that records the scheduler's ``running`` at each :meth:`wait`."""
+
+    __slots__ = ("sched", "waits")
+
+    def wait(self) -> None:
+        self.waits.append(self.sched.running)
+        super().wait()
+
+
+def recorded_spin(srv: Server) -> RecordedSpin:
+    """``srv`` with a :class:`RecordedSpin` policy (and a lane that uses it)."""
+    spin = RecordedSpin(srv._in_fd, spin_us=200, cpus=lambda: 1)  # (one CPU: it never spins)
+    spin.sched, spin.waits = srv._sched, []
+    srv._spin = spin
+    srv._lane = _lane.build(srv)
+    return spin
+
+
+def test_the_lane_reads_on_until_the_input_ends() -> None:
+    srv, in_w, out_r = server()
+    spin = recorded_spin(srv)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    os.write(in_w, frames(call(6, "operator", "add", [3, 4], session="s"), call(7, "operator", "add", [5, 6], session="s")))
+    os.close(in_w)  # then the end of the input: the lane returns, for the loop's read to see it
+    assert run_reading(srv, frames(call(5, "operator", "add", [1, 2], session="s"))) == (0, None)
+    assert written(out_r) == [(A("reply"), 5, A("ok"), 3), (A("reply"), 6, A("ok"), 7), (A("reply"), 7, A("ok"), 11)]
+    assert spin.waits == [0, 0]  # the spin policy before each read, no job holding a slot
+    assert srv._splitter.buffered() == (srv._splitter._buf, 0, 0) and srv.dispatcher.requests == 4
+
+
+def test_the_lane_calls_the_spin_policy_unless_it_would_return_at_once() -> None:
+    srv, in_w, out_r = server()
+    spin = recorded_spin(srv)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    spin.resume = time.perf_counter() + 3600  # backing off: wait() would return at once
+    os.write(in_w, frames(call(6, "operator", "add", [3, 4], session="s")))
+    os.close(in_w)
+    run_reading(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert spin.waits == [] and len(written(out_r)) == 2
+    srv2, in_w2, _ = server()
+    spin2 = recorded_spin(srv2)
+    srv2._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    os.close(in_w2)
+    spin2.resume = 0.0  # its clock is past `resume`: wait() decides
+    run_reading(srv2, frames(call(5, "operator", "add", [1, 2], session="s")))
+    assert spin2.waits == [0]
+
+
+def test_the_lane_leaves_a_failed_read_to_the_loop() -> None:
+    srv, in_w, _ = server(spin_us=0)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    os.close(srv._in_fd)  # EBADF: the loop's own read logs it and ends the worker
+    assert run_reading(srv, frames(call(5, "operator", "add", [1, 2], session="s"))) == (0, None)
+    with pytest.raises(ValueError, match="not the splitter's buffer"):  # (it reads into that one only)
+        srv._lane.run(bytearray(16), 0, 0, threading.get_ident(), True)
+
+
+#: The server whose shutdown :func:`shut_down` starts (a lane call's target below).
+SHUTTING: list = []
+
+
+def shut_down() -> int:
+    SHUTTING[0].dispatcher.shutting_down = True
+    return 1
+
+
+def test_the_lane_does_not_read_once_the_worker_shuts_down() -> None:
+    srv, in_w, _ = server(spin_us=0)
+    SHUTTING[:] = [srv]
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    pending = frames(call(6, "operator", "add", [1, 2], session="s"))
+    os.write(in_w, pending)  # (not read: the loop's shutdown comes first)
+    assert run_reading(srv, frames(call(5, __name__, "shut_down", [], session="s"))) == (0, None)
+    assert select.select([srv._in_fd], [], [], 0)[0] and os.read(srv._in_fd, 1 << 16) == pending
+
+
+def test_a_signal_that_interrupts_the_lanes_read_is_taken_in_stride() -> None:
+    # The reader waits in the lane's read (lane_read) between sequential calls: EINTR from
+    # a signal sent to that thread is retried, and the worker serves on.
+    import signal
+
+    w = RawWorker(True, "--preload", "sp_signals", "--spin-us", "0")
+    try:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(2, "operator", "add", [1, 2])])
+        w.wait(2)
+        pid = w.proc.pid
+        deadline = time.monotonic() + 10
+        reader = 0
+        while not reader:  # the thread that waits in read(): its call is done
+            for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+                try:
+                    wchan, _, _ = _task_state(pid, tid)
+                except (OSError, StopIteration):
+                    continue
+                if "pipe_read" in wchan:
+                    reader = tid
+            assert reader or time.monotonic() < deadline, "no thread of the worker waits to read"
+            time.sleep(0.001)
+        for k in range(3):
+            _tgkill(pid, reader, signal.SIGUSR1)
+            while True:  # taken (not pending), and waiting to read again
+                wchan, _, pending = _task_state(pid, reader)
+                if not pending & (1 << (signal.SIGUSR1 - 1)) and "pipe_read" in wchan:
+                    break
+                assert time.monotonic() < deadline, "the reader did not wait again after EINTR"
+                time.sleep(0.001)
+            w.send([call(10 + k, "operator", "add", [k, 1])])
+            assert etf.decode(w.wait(10 + k)) == (A("reply"), 10 + k, A("ok"), k + 1)
+        w.proc.stdin.close()  # the end of the input: the lane's read, then the loop's, see it
+        assert w.proc.wait(10) == 0
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+        w.proc.stdout.close()
+        w.proc.stderr.close()

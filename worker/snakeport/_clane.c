@@ -13,7 +13,10 @@
  *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
  *   RUNNING, named in CURRENT -> import (sys.modules), getattr, call -> the final state ->
  *   the reply of a scalar result encoded here (snakeport._cetf.encode) and the session
- *   checked in -> Scheduler.inline_ended (its common case: lane_ended).
+ *   checked in -> Scheduler.inline_ended (its common case: lane_ended); once every complete
+ *   frame buffered is taken, the held replies sent (Scheduler.flush_held and
+ *   FrameWriter.send, their common case: lane_flush, lane_send), then, when the read loop
+ *   asks for it and would do nothing else first, its next read (lane_read), and on.
  *
  * Everything else is handed to the general path, at the point where the general path takes
  * it on: a frame that is not such a call stays in the buffer (or, once decoded, goes back as
@@ -35,6 +38,10 @@
 #include <Python.h>
 #include <pythread.h>
 #include <string.h>
+#include <errno.h>
+#include <limits.h>
+#include <sys/uio.h> /* writev */
+#include <unistd.h>  /* read */
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h> /* T_OBJECT_EX, READONLY */
 #define SLOT_OBJECT T_OBJECT_EX
@@ -61,7 +68,7 @@ static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, 
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
     *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
-    *S__resuming, *S__draining, *S___dict__;
+    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf, *S_resume;
 
 #define READY() (SysModules != NULL)
 
@@ -318,6 +325,16 @@ typedef struct {
     PyObject *out_depth;       /* encoding depth (int) */
     PyObject *encode_default;  /* _tagged.encode_default */
     PyObject *lost;            /* returned when the reading role moved away */
+    PyObject *writer;          /* the FrameWriter: its _queue (lane_send) */
+    PyObject *write_acquire, *write_release; /* FrameWriter._write_lock */
+    PyObject *send;            /* FrameWriter.send(payloads): the general write */
+    PyObject *write_failed;    /* FrameWriter._failed(exc): a write failed */
+    PyObject *send_queued;     /* FrameWriter._send_queued(): frames queued meanwhile */
+    Py_ssize_t out_fd;         /* FrameWriter._fd */
+    PyObject *spin;            /* the spin policy's wait(), or None (the read loop's `spin`) */
+    PyObject *spin_policy;     /* the SpinPolicy (its `resume`), or None */
+    PyObject *spin_clock;      /* its clock, or None */
+    Py_ssize_t in_fd;          /* the protocol input fd (the read loop's `fd`) */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
     Py_ssize_t max_packet;     /* largest {packet, 4} payload; a larger reply: general path */
@@ -341,7 +358,9 @@ typedef struct {
     X(job_type) X(current) X(sched) X(sched_acquire) X(sched_release) X(sched_locked) X(place) X(inline_ended) X(run_inline) X(splitter) X(finish)   \
     X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
-    X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost)
+    X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
+    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
+    X(spin_policy) X(spin_clock)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
@@ -496,6 +515,19 @@ get_attr(PyObject *obj, PyObject *name)
 static int
 add_to(PyObject *obj, PyObject *name, long delta)
 {
+    PyObject **slot = slot_of(obj, name);
+    if (slot != NULL && *slot != NULL && PyLong_CheckExact(*slot)) { /* (the common case) */
+        int overflow;
+        long x = PyLong_AsLongAndOverflow(*slot, &overflow);
+        if (!overflow && x > LONG_MIN + 1 && x < LONG_MAX - 1) {
+            PyObject *sum = PyLong_FromLong(x + delta);
+            if (sum == NULL) {
+                return -1;
+            }
+            Py_SETREF(*slot, sum); /* (an int goes: no Python code runs) */
+            return 0;
+        }
+    }
     PyObject *v = get_attr(obj, name);
     if (v == NULL) {
         return -1;
@@ -1330,15 +1362,317 @@ lane_consume(Lane *L, Py_ssize_t start, Py_ssize_t end)
     return rc;
 }
 
-/* Lane.run(buf, r, w, me) -> (end, term): see _lane.Lane.run. */
+/* ------------------------------------------------------------------------------------- */
+/* The replies' write: Scheduler.flush_held, then FrameWriter.send                        */
+/* ------------------------------------------------------------------------------------- */
+
+/* Most buffers one writev takes (_writer.IOV_MAX, Linux's IOV_MAX). */
+#define WRITE_IOV_MAX 1024
+/* Frames whose headers and buffers lane_send keeps on the stack (more: PyMem_Malloc). */
+#define STACK_FRAMES 16
+
+/* Every byte of iov[0..cnt) written to fd, as FrameWriter._writev writes them with
+ * os.writev: at most WRITE_IOV_MAX buffers a call, the GIL released for each, a partial write
+ * continued where it stopped (iov is updated), EINTR retried once the signal handlers ran,
+ * unless one raised (os.writev's loop, PEP 475). Returns 0, or -1 with the exception set: the
+ * OSError of errno as os.writev raises it, or the handler's. */
+static int
+write_all(int fd, struct iovec *iov, Py_ssize_t cnt)
+{
+    Py_ssize_t i = 0;
+    while (i < cnt) {
+        int batch = cnt - i > WRITE_IOV_MAX ? WRITE_IOV_MAX : (int)(cnt - i);
+        Py_ssize_t written;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        written = writev(fd, iov + i, batch);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (written < 0) {
+            if (err == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    return -1;
+                }
+                continue;
+            }
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        while (i < cnt && (size_t)written >= iov[i].iov_len) {
+            written -= (Py_ssize_t)iov[i].iov_len;
+            i++;
+        }
+        if (written > 0) { /* the kernel stopped inside iov[i] (a signal, a full pipe) */
+            iov[i].iov_base = (char *)iov[i].iov_base + written;
+            iov[i].iov_len -= (size_t)written;
+        }
+    }
+    return 0;
+}
+
+/* FrameWriter.send(payloads) for a list of bytes, its common case here (see _writer.py): the
+ * writer's _write_lock taken without waiting and no frame queued by another thread: each
+ * frame's header and payload written from here (write_all), FrameWriter._failed told of a
+ * failure, the lock let go, then FrameWriter._send_queued when another thread queued frames
+ * meanwhile, as send() does. Otherwise (the lock held by another thread, frames queued, a
+ * payload too long for a header) FrameWriter.send itself. Returns 0, -1 on error. */
+static int
+lane_send(Lane *L, PyObject *payloads)
+{
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    int general = n > PY_SSIZE_T_MAX / 2 / (Py_ssize_t)sizeof(struct iovec);
+    for (Py_ssize_t k = 0; k < n && !general; k++) {
+        PyObject *p = PyList_GET_ITEM(payloads, k);
+        general = !PyBytes_CheckExact(p) || (unsigned long long)PyBytes_GET_SIZE(p) > 0xFFFFFFFFULL;
+    }
+    if (!general) {
+        PyObject *got = PyObject_CallOneArg(L->write_acquire, Py_False);
+        if (got == NULL) {
+            return -1;
+        }
+        Py_DECREF(got);
+        general = got != Py_True;
+    }
+    if (!general) {
+        /* (Frames queued by another thread go first: send() puts them before ours.) */
+        PyObject *queue = get_attr(L->writer, S__queue);
+        int queued = queue == NULL ? -1 : PyObject_IsTrue(queue);
+        Py_XDECREF(queue);
+        if (queued != 0) {
+            int rc = release_keeping(L->write_release, queued < 0 ? -1 : 0);
+            if (rc < 0) {
+                return -1;
+            }
+            general = 1;
+        }
+    }
+    if (general) {
+        PyObject *r = PyObject_CallOneArg(L->send, payloads);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    /* The write lock is this thread's: headers and buffers, then one write_all. (The list
+     * is this thread's too, taken from the scheduler: nothing can change it meanwhile.) */
+    unsigned char stack_headers[4 * STACK_FRAMES];
+    struct iovec stack_iov[2 * STACK_FRAMES];
+    unsigned char *headers = stack_headers;
+    struct iovec *iov = stack_iov;
+    int rc = 0;
+    if (n > STACK_FRAMES) {
+        headers = PyMem_Malloc((size_t)n * 4);
+        iov = PyMem_Malloc((size_t)n * 2 * sizeof(struct iovec));
+        if (headers == NULL || iov == NULL) {
+            PyErr_NoMemory();
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *p = PyList_GET_ITEM(payloads, k);
+            size_t size = (size_t)PyBytes_GET_SIZE(p);
+            unsigned char *h = headers + 4 * k;
+            h[0] = (unsigned char)(size >> 24);
+            h[1] = (unsigned char)(size >> 16);
+            h[2] = (unsigned char)(size >> 8);
+            h[3] = (unsigned char)size;
+            iov[2 * k].iov_base = h;
+            iov[2 * k].iov_len = 4;
+            iov[2 * k + 1].iov_base = PyBytes_AS_STRING(p);
+            iov[2 * k + 1].iov_len = size;
+        }
+        rc = write_all((int)L->out_fd, iov, 2 * n);
+        if (rc < 0 && PyErr_ExceptionMatches(PyExc_OSError)) {
+            /* (As _writev: the writer is told, then the error goes on; were the report
+             * to raise, its exception would.) */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            PyObject *r = PyObject_CallOneArg(L->write_failed, value);
+            if (r != NULL) {
+                Py_DECREF(r);
+                PyErr_Restore(type, value, tb);
+            }
+            else {
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+            }
+        }
+    }
+    if (headers != stack_headers) {
+        PyMem_Free(headers);
+        PyMem_Free(iov);
+    }
+    rc = release_keeping(L->write_release, rc);
+    if (rc < 0) {
+        return -1;
+    }
+    PyObject *queue = get_attr(L->writer, S__queue);
+    int queued = queue == NULL ? -1 : PyObject_IsTrue(queue);
+    Py_XDECREF(queue);
+    if (queued > 0) { /* frames another thread queued while this one wrote */
+        PyObject *r = PyObject_CallNoArgs(L->send_queued);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    return queued;
+}
+
+/* Scheduler.flush_held() (no terms): the replies the scheduler holds, taken from it under
+ * its lock (a new list in their place) and sent (lane_send). lane_run calls it when it took
+ * every complete frame buffered: the read loop would send them next. Returns 0, -1 on
+ * error (a failed write: as when flush_held raises, the frame loop ends). */
+static int
+lane_flush(Lane *L)
+{
+    PyObject *fresh = PyList_New(0); /* (made outside the section: it may collect garbage) */
+    if (fresh == NULL) {
+        return -1;
+    }
+    int taken = lock_enter(L->sched_locked, L->sched_acquire);
+    if (taken < 0) {
+        Py_DECREF(fresh);
+        return -1;
+    }
+    PyObject *held = get_attr(L->sched, S_held);
+    int rc = held == NULL ? -1 : 0;
+    if (rc == 0 && !PyList_CheckExact(held)) {
+        PyErr_SetString(PyExc_TypeError, "Scheduler.held must be a list");
+        rc = -1;
+    }
+    if (rc == 0 && PyList_GET_SIZE(held) > 0) {
+        rc = set_attr(L->sched, S_held, fresh); /* (this thread keeps its reference) */
+    }
+    else {
+        Py_CLEAR(held);
+    }
+    rc = taken ? release_keeping(L->sched_release, rc) : rc;
+    Py_DECREF(fresh);
+    if (rc == 0 && held != NULL) {
+        rc = lane_send(L, held);
+    }
+    Py_XDECREF(held);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* The next read                                                                          */
+/* ------------------------------------------------------------------------------------- */
+
+/* What the read loop (Server._read_frames) does between a read whose frames are all handled
+ * and its next read, when the lane took them all (and sent their replies): the shutdown
+ * check, the spin policy when no job holds a slot, FrameSplitter.get_buffer (every byte
+ * consumed: the whole buffer from its start), os.readv into it (the GIL released, EINTR
+ * retried once the signal handlers ran, as os.readv does) and
+ * FrameSplitter.buffer_updated, on the splitter's slots. `buf` is the splitter's buffer, all
+ * of it consumed (*r == *w). Returns 1 when bytes came (*r, *w: the new view), 0 when the read
+ * loop must take over (shutting down; the end of the input or a failed read, which the loop's
+ * own read sees again: a pipe's end stays, and so does the error of a closed or invalid fd),
+ * -1 on error. */
+/* Whether SpinPolicy.wait() has anything to do: not when its clock is before its `resume`
+ * (backing off, or one CPU only), the first thing wait() looks at, which returns at once
+ * then; this look saves the call (its Python frame) on each read where it would. 1: call
+ * it, 0: not, -1 on error. */
+static int
+spin_waits(Lane *L)
+{
+    if (L->spin_policy == Py_None) {
+        return 1;
+    }
+    PyObject *resume = get_attr(L->spin_policy, S_resume);
+    if (resume == NULL) {
+        return -1;
+    }
+    int waits = 1;
+    if (PyFloat_CheckExact(resume)) {
+        PyObject *now = PyObject_CallNoArgs(L->spin_clock);
+        if (now == NULL) {
+            Py_DECREF(resume);
+            return -1;
+        }
+        if (PyFloat_CheckExact(now)) {
+            waits = !(PyFloat_AS_DOUBLE(now) < PyFloat_AS_DOUBLE(resume));
+        }
+        Py_DECREF(now);
+    }
+    Py_DECREF(resume);
+    return waits;
+}
+
+static int
+lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
+{
+    int shutting = true_attr(L->dispatcher, S_shutting_down);
+    if (shutting != 0) {
+        return shutting < 0 ? -1 : 0;
+    }
+    if (L->spin != Py_None) { /* (a call on another thread would compete for the GIL) */
+        long running = long_attr(L->sched, S_running);
+        if (running == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        int waits = running == 0 ? spin_waits(L) : 0;
+        if (waits < 0 || (waits && call_ok(L->spin) < 0)) {
+            return -1;
+        }
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL || set_attr(L->splitter, S__r, zero) < 0 || set_attr(L->splitter, S__w, zero) < 0) {
+        Py_XDECREF(zero);
+        return -1;
+    }
+    Py_DECREF(zero);
+    *r = *w = 0;
+    char *p = PyByteArray_AS_STRING(buf);
+    Py_ssize_t cap = PyByteArray_GET_SIZE(buf);
+    Py_ssize_t n;
+    int err;
+    do {
+        Py_BEGIN_ALLOW_THREADS
+        n = read((int)L->in_fd, p, (size_t)cap);
+        err = errno;
+        Py_END_ALLOW_THREADS
+    } while (n < 0 && err == EINTR && PyErr_CheckSignals() == 0);
+    if (n < 0 && err == EINTR) {
+        return -1; /* a signal handler raised */
+    }
+    if (n <= 0) {
+        return 0;
+    }
+    PyObject *end = PyLong_FromSsize_t(n);
+    int rc = end == NULL ? -1 : set_attr(L->splitter, S__w, end);
+    Py_XDECREF(end);
+    if (rc < 0) {
+        return -1;
+    }
+    *w = n;
+    return 1;
+}
+
+/* Lane.run(buf, r, w, me[, read]) -> (left, term): see _lane.build. */
 static PyObject *
 lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyByteArray_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "run(buf: bytearray, r, w, me)");
+    if ((nargs != 4 && nargs != 5) || !PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "run(buf: bytearray, r, w, me[, read])");
         return NULL;
     }
     PyObject *buf = args[0], *me = args[3];
+    int reading = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
+    if (reading < 0) {
+        return NULL;
+    }
+    if (reading) { /* (it reads into buf: the splitter's own buffer, and nothing else) */
+        PyObject *own = get_attr(L->splitter, S__buf);
+        Py_XDECREF(own);
+        if (own != buf) {
+            if (own != NULL) {
+                PyErr_SetString(PyExc_ValueError, "run: buf is not the splitter's buffer");
+            }
+            return NULL;
+        }
+    }
     Py_ssize_t r = PyLong_AsSsize_t(args[1]), w = PyLong_AsSsize_t(args[2]);
     if ((r == -1 || w == -1) && PyErr_Occurred()) {
         return NULL;
@@ -1362,84 +1696,114 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(term);
     PyObject *current = NULL; /* CURRENT.__dict__ (this thread's), once a call comes */
     int current_tried = 0;
-    while (w - r >= 4) {
-        if (w > PyByteArray_GET_SIZE(buf)) { /* (the buffer never shrinks: see above) */
-            PyErr_SetString(PyExc_RuntimeError, "run: the splitter's buffer shrank");
-            goto error;
-        }
-        const unsigned char *p = (const unsigned char *)PyByteArray_AS_STRING(buf);
-        Py_ssize_t n = ((Py_ssize_t)p[r] << 24) | (p[r + 1] << 16) | (p[r + 2] << 8) | p[r + 3];
-        if (n > w - r - 4 || n > L->max_frame) {
-            break; /* incomplete, or refused by the general path */
-        }
-        const unsigned char *f = p + r + 4;
-        if (!call_head(f, n) || has_prefix(f, n)) {
-            break;
-        }
-        Py_ssize_t budget = L->expansion * n + L->floor;
-        if (budget > L->max_memory) {
-            budget = L->max_memory;
-        }
-        PyObject *pos = PyLong_FromSsize_t(r + 5);
-        PyObject *budget_obj = pos == NULL ? NULL : PyLong_FromSsize_t(budget);
-        if (budget_obj == NULL) {
-            Py_XDECREF(pos);
-            goto error;
-        }
-        PyObject *dargs[5] = {buf, pos, L->max_depth, Py_None, budget_obj};
-        PyObject *decoded = PyObject_Vectorcall(DecodeTerm, dargs, 5, NULL);
-        Py_DECREF(pos);
-        Py_DECREF(budget_obj);
-        if (decoded == NULL || !PyTuple_CheckExact(decoded) || PyTuple_GET_SIZE(decoded) != 2 ||
-            PyLong_AsSsize_t(PyTuple_GET_ITEM(decoded, 1)) != r + 4 + n) {
-            /* Invalid, or not exactly the frame: the general path decodes it again and
-             * answers as it must. */
-            Py_XDECREF(decoded);
-            PyErr_Clear();
-            break;
-        }
-        PyObject *value = PyTuple_GET_ITEM(decoded, 0);
-        Py_INCREF(value);
-        Py_DECREF(decoded);
-        /* Taken from the splitter before the call runs: a stand-by that takes the reading
-         * role over during a long call reads on from the next frame. */
-        if (lane_consume(L, r, r + 4 + n) < 0) {
+    int drained; /* no complete frame left that the lane does not take */
+    for (;;) {
+        drained = 1;
+        while (w - r >= 4) {
+            if (w > PyByteArray_GET_SIZE(buf)) { /* (the buffer never shrinks: see above) */
+                PyErr_SetString(PyExc_RuntimeError, "run: the splitter's buffer shrank");
+                goto error;
+            }
+            const unsigned char *p = (const unsigned char *)PyByteArray_AS_STRING(buf);
+            Py_ssize_t n = ((Py_ssize_t)p[r] << 24) | (p[r + 1] << 16) | (p[r + 2] << 8) | p[r + 3];
+            if (n > L->max_frame) {
+                drained = 0;
+                break; /* refused by the general path */
+            }
+            if (n > w - r - 4) {
+                break; /* incomplete */
+            }
+            const unsigned char *f = p + r + 4;
+            if (!call_head(f, n) || has_prefix(f, n)) {
+                drained = 0;
+                break;
+            }
+            Py_ssize_t budget = L->expansion * n + L->floor;
+            if (budget > L->max_memory) {
+                budget = L->max_memory;
+            }
+            PyObject *pos = PyLong_FromSsize_t(r + 5);
+            PyObject *budget_obj = pos == NULL ? NULL : PyLong_FromSsize_t(budget);
+            if (budget_obj == NULL) {
+                Py_XDECREF(pos);
+                goto error;
+            }
+            PyObject *dargs[5] = {buf, pos, L->max_depth, Py_None, budget_obj};
+            PyObject *decoded = PyObject_Vectorcall(DecodeTerm, dargs, 5, NULL);
+            Py_DECREF(pos);
+            Py_DECREF(budget_obj);
+            if (decoded == NULL || !PyTuple_CheckExact(decoded) || PyTuple_GET_SIZE(decoded) != 2 ||
+                PyLong_AsSsize_t(PyTuple_GET_ITEM(decoded, 1)) != r + 4 + n) {
+                /* Invalid, or not exactly the frame: the general path decodes it again and
+                 * answers as it must. */
+                Py_XDECREF(decoded);
+                PyErr_Clear();
+                drained = 0;
+                break;
+            }
+            PyObject *value = PyTuple_GET_ITEM(decoded, 0);
+            Py_INCREF(value);
+            Py_DECREF(decoded);
+            /* Taken from the splitter before the call runs: a stand-by that takes the reading
+             * role over during a long call reads on from the next frame. */
+            if (lane_consume(L, r, r + 4 + n) < 0) {
+                Py_DECREF(value);
+                goto error;
+            }
+            r += 4 + n;
+            int lost = 0;
+            if (current == NULL && !current_tried) {
+                current_tried = 1;
+                current = PyObject_GetAttr(L->current, S___dict__);
+                if (current == NULL || !PyDict_CheckExact(current) ||
+                    _PyType_Lookup(Py_TYPE(L->current), S_job) != NULL ||
+                    _PyType_Lookup(Py_TYPE(L->current), S_jobs) != NULL) {
+                    Py_CLEAR(current);
+                    PyErr_Clear(); /* (setattr then) */
+                }
+            }
+            int taken = lane_request(L, value, me, current, &lost);
+            if (taken < 0) {
+                Py_DECREF(value);
+                goto error;
+            }
+            if (taken == 0) { /* decoded, not the lane's: the general path goes on with it */
+                Py_SETREF(term, value);
+                break;
+            }
             Py_DECREF(value);
-            goto error;
-        }
-        r += 4 + n;
-        int lost = 0;
-        if (current == NULL && !current_tried) {
-            current_tried = 1;
-            current = PyObject_GetAttr(L->current, S___dict__);
-            if (current == NULL || !PyDict_CheckExact(current) ||
-                _PyType_Lookup(Py_TYPE(L->current), S_job) != NULL ||
-                _PyType_Lookup(Py_TYPE(L->current), S_jobs) != NULL) {
-                Py_CLEAR(current);
-                PyErr_Clear(); /* (setattr then) */
+            if (lost) {
+                Py_SETREF(term, Py_NewRef(L->lost));
+                break;
             }
         }
-        int taken = lane_request(L, value, me, current, &lost);
-        if (taken < 0) {
-            Py_DECREF(value);
+        if (term != Py_None || !drained) {
+            break; /* a request for the general path, the reading role gone, a frame left */
+        }
+        /* Every complete frame taken: the replies held go out now, as the read loop would
+         * send them next (Scheduler.flush_held; I5 in _scheduler.py). */
+        if (lane_flush(L) < 0) {
             goto error;
         }
-        if (taken == 0) { /* decoded, not the lane's: the general path goes on with it */
-            Py_SETREF(term, value);
+        /* Then, when asked to and every byte was consumed (no partial frame to move), the read
+         * loop's next read. */
+        if (!reading || r != w) {
             break;
         }
-        Py_DECREF(value);
-        if (lost) {
-            Py_SETREF(term, Py_NewRef(L->lost));
+        int got = lane_read(L, buf, &r, &w);
+        if (got < 0) {
+            goto error;
+        }
+        if (got == 0) {
             break;
         }
     }
-    PyObject *end = PyLong_FromSsize_t(r);
-    if (end == NULL) {
+    PyObject *left = PyLong_FromSsize_t(w - r);
+    if (left == NULL) {
         goto error;
     }
-    PyObject *out = PyTuple_Pack(2, end, term);
-    Py_DECREF(end);
+    PyObject *out = PyTuple_Pack(2, left, term);
+    Py_DECREF(left);
     Py_DECREF(term);
     Py_XDECREF(current);
     return out;
@@ -1458,9 +1822,10 @@ lane_init(Lane *self, PyObject *args, PyObject *kwargs)
 #undef NAME
     };
     static const char *sizes[] = {"expansion", "floor", "max_memory", "segment_bytes",
-                                  "max_packet", "max_frame"};
+                                  "max_packet", "max_frame", "out_fd", "in_fd"};
     Py_ssize_t *size_slots[] = {&self->expansion, &self->floor, &self->max_memory,
-                                &self->segment_bytes, &self->max_packet, &self->max_frame};
+                                &self->segment_bytes, &self->max_packet, &self->max_frame,
+                                &self->out_fd, &self->in_fd};
     Py_ssize_t nobjects = sizeof(objects) / sizeof(objects[0]);
     Py_ssize_t nsizes = sizeof(sizes) / sizeof(sizes[0]);
     if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL || PyDict_GET_SIZE(kwargs) != nobjects + nsizes) {
@@ -1573,8 +1938,9 @@ lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 
 static PyMethodDef lane_methods[] = {
     {"run", (PyCFunction)(void (*)(void))lane_run, METH_FASTCALL,
-     "run(buf, r, w, me)\n--\n\n"
-     "Handle the lane's frames in buf[r:w]; return (end, term). See snakeport._lane."},
+     "run(buf, r, w, me, read=False)\n--\n\n"
+     "Handle the lane's frames in buf[r:w] (and read more with read); return (left, term).\n"
+     "See snakeport._lane.build."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1762,13 +2128,13 @@ PyInit__clane(void)
                            "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
                            "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
                            "_inline_seq", "_inline_active", "_standby_deep", "_pending",
-                           "_resuming", "_draining", "__dict__"};
+                           "_resuming", "_draining", "__dict__", "_queue", "_buf", "resume"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
                           &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
                           &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
-                          &S__pending, &S__resuming, &S__draining, &S___dict__};
+                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__buf, &S_resume};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
             return NULL;

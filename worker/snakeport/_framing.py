@@ -202,7 +202,9 @@ class FrameSplitter:
         count, then drain :meth:`next_event` until it returns ``None`` before asking for
         another buffer. The buffer is only valid until the next call on the splitter, and
         may be a view that the splitter keeps (the whole buffer, once everything in it was
-        consumed): do not release it.
+        consumed): do not release it. (The C lane does the common case, everything
+        consumed, and :meth:`buffer_updated` on the slots ``_r`` and ``_w``, reading into
+        ``_buf`` itself: ``lane_read`` in ``_clane.c``.)
 
         Returns:
             A non-empty writable memoryview.

@@ -73,8 +73,33 @@ must change it too: the common case of :meth:`Scheduler.place
 and of :meth:`Scheduler.inline_ended <snakeport._scheduler.Scheduler.inline_ended>` (the
 thread still reads, no job is queued or waits to resume, not draining), on the scheduler's
 fields under its lock (their names are checked when the lane is built; every other case
-calls the Python method); ``FrameSplitter.consume``; and ``Job.__init__``, whose effect the
-lane learns when it is built (``Lane.fast_jobs``; it calls ``Job`` when it cannot tell).
+calls the Python method); ``FrameSplitter.consume``; ``Job.__init__``, whose effect the
+lane learns when it is built (``Lane.fast_jobs``; it calls ``Job`` when it cannot tell);
+and, once it took every complete frame buffered (the read loop would send the held replies
+next), :meth:`Scheduler.flush_held <snakeport._scheduler.Scheduler.flush_held>` and the
+common case of :meth:`FrameWriter.send <snakeport._writer.FrameWriter.send>`: frames of
+``bytes`` only, the writer's ``_write_lock`` free and its queue empty; they are written
+with ``writev``, the GIL released, as ``FrameWriter._writev`` writes them (a partial write
+goes on where it stopped, ``EINTR`` is retried once the signal handlers ran), a failure
+goes to ``FrameWriter._failed`` and raises out of ``run`` (the frame loop ends, as when
+``flush_held`` raises), and frames other threads queued meanwhile are sent after (every
+other case calls ``FrameWriter.send``). The lock order holds: the scheduler's lock is let
+go before the writer's is taken.
+
+Then, asked to by the read loop (``run``'s ``read``), the lane does that loop's next turn
+too when every byte buffered was consumed (no partial frame to move): the shutdown check
+(shutting down: it returns), the spin policy's ``wait`` when no job holds a slot (not
+called when the policy's clock is before its ``resume``, where ``wait`` returns at once:
+backing off, or one CPU only), and the
+read, which is :meth:`FrameSplitter.get_buffer
+<snakeport._framing.FrameSplitter.get_buffer>`'s common case (every byte consumed: the
+whole buffer from its start, ``_r`` and ``_w`` set to 0), ``readv`` (``read`` in C, the
+GIL released, ``EINTR`` retried once the signal handlers ran) and
+:meth:`~snakeport._framing.FrameSplitter.buffer_updated`, on the splitter's slots; then it
+goes on with the bytes read. The end of the input or a failed read is the loop's: the lane
+returns, and the loop's own read sees it again (a pipe's end stays, as does the error of a
+closed or invalid fd). While it waits in ``read`` this thread runs no job, so the reading
+role stays where it is (the scheduler's I4), as in the loop's own read.
 
 The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
 both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
@@ -147,14 +172,17 @@ def build(server: Any) -> Any:
         server: The server (its dispatcher, session table, jobs, scheduler, limits).
 
     Returns:
-        A ``snakeport._clane.Lane`` whose ``run(buffer, r, w, me)`` handles the lane's
-        frames at the start of ``buffer[r:w]`` (the splitter's, see
+        A ``snakeport._clane.Lane`` whose ``run(buffer, r, w, me, read=False)`` handles
+        the lane's frames at the start of ``buffer[r:w]`` (the splitter's, see
         :meth:`~snakeport._framing.FrameSplitter.buffered`, held across the calls: see the
-        module doc), telling the splitter each frame it takes (before it runs the call),
-        and returns ``(end, term)``: the offset
-        after the frames it took, and ``None``, a decoded request for the general path, or
-        :data:`LOST` when the calling thread no longer reads (the splitter is then the new
-        reader's); or ``None``.
+        module doc), telling the splitter each frame it takes (before it runs the call);
+        sends the replies held when no complete frame is left that it did not take and,
+        with ``read`` true, then reads the next bytes into the splitter's buffer and goes
+        on with them, as long as the read loop would do nothing else first (the module
+        doc); and returns ``(left, term)``: how many bytes are buffered after the frames it
+        took, and ``None``, a decoded request for the general path, or :data:`LOST` when
+        the calling thread no longer reads (the splitter is then the new reader's); or
+        ``None``.
     """
     config = server.config
     dispatcher = server.dispatcher
@@ -163,6 +191,8 @@ def build(server: Any) -> Any:
     table = server.table
     jobs = dispatcher.jobs
     sched = server._sched
+    writer = server._writer
+    spin = server._spin
     return _clane.Lane(
         dispatcher=dispatcher,
         sessions=table._sessions,
@@ -212,4 +242,15 @@ def build(server: Any) -> Any:
         segment_bytes=SEGMENT_BYTES,
         max_packet=limits.MAX_PACKET,
         max_frame=config.max_frame_bytes,
+        writer=writer,
+        write_acquire=writer._write_lock.acquire,
+        write_release=writer._write_lock.release,
+        send=writer.send,
+        write_failed=writer._failed,
+        send_queued=writer._send_queued,
+        out_fd=writer._fd,
+        spin=spin.wait if spin is not None else None,
+        spin_policy=spin,
+        spin_clock=spin._clock if spin is not None else None,
+        in_fd=server._in_fd,
     )

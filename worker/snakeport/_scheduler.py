@@ -54,8 +54,11 @@ Invariants (all state is guarded by :attr:`Scheduler.lock`):
   splitter is the reader's alone: the C lane relies on this to hold a view of its buffer
   across an inline call (see :mod:`snakeport._lane`).
 - I5 ``held`` holds encoded replies of inline jobs that ended while their thread still
-  held the reading role; they go out with the reader's next batch (:meth:`flush_held`),
-  or from the stand-by at its next look, whichever comes first.
+  held the reading role; they go out with the reader's next batch (:meth:`flush_held`, or
+  the C lane's own copy of it, which the lane runs when it took every complete frame
+  buffered), or from the stand-by at its next look, whichever comes first. Whoever sends
+  them takes the whole list out under :attr:`lock` (a new list in its place) and sends it
+  after letting the lock go, so each reply goes out once.
 - I6 Once ``draining`` is set (by the reader, in :meth:`drain`, which never returns to
   reading), the reading role never moves again (I4: the reader runs no inline job any
   more), so a thread inside :meth:`run_inline` then never holds the role.
@@ -68,10 +71,11 @@ Invariants (all state is guarded by :attr:`Scheduler.lock`):
   in :meth:`standby` are spares that wait to become the active one, or end.
 
 The C lane (:mod:`snakeport._lane`) does the common case of :meth:`Scheduler.place` and of
-:meth:`Scheduler.inline_ended` itself, on ``running``, ``reader``, ``held``, ``_inline_seq``,
-``_inline_active``, ``_standby_deep``, ``_pending``, ``_resuming`` and ``_draining``, under
-:attr:`Scheduler.lock`: a change to what those mean, or to those two methods, must change
-``lane_place``/``lane_ended`` in ``_clane.c`` too.
+:meth:`Scheduler.inline_ended`, and :meth:`Scheduler.flush_held` without terms, itself, on
+``running``, ``reader``, ``held``, ``_inline_seq``, ``_inline_active``, ``_standby_deep``,
+``_pending``, ``_resuming`` and ``_draining``, under :attr:`Scheduler.lock`: a change to what
+those mean, or to those three methods, must change ``lane_place``/``lane_ended``/
+``lane_flush`` in ``_clane.c`` too.
 
 Locks: :attr:`Scheduler.lock` is the one lock (``_wake``, where the stand-by waits, and
 ``_idle``, where :meth:`drain` waits, are conditions on it). While it is held the scheduler

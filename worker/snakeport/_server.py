@@ -523,16 +523,19 @@ class Server:
                     if out:  # control replies go out before a call runs (as below)
                         self.send(out)
                         out = []
-                    end, term = lane_run(buf, r, w, me)  # (it tells the splitter what it took)
+                    # It tells the splitter what it took and, once it took every complete
+                    # frame, sends the replies held and does this loop's next read itself
+                    # when nothing else is to be done first (see snakeport._lane). `left`:
+                    # the bytes buffered after the frames it took.
+                    left, term = lane_run(buf, r, w, me, True)
                     if term is LOST:
                         flush_held()
                         return  # another loop thread reads now
                     if term is not None:  # decoded, and not the lane's
+                        left = -1
                         job = receive(term, None, out)
-                    else:
-                        left = w - end  # from the first frame the lane did not take
-                        if left < 4:
-                            break  # it took them all (what next_event() would say: None)
+                    elif left < 4:
+                        break  # it took them all (what next_event() would say: None)
                 if job is None:
                     event = splitter.next_event()
                     if event is None:

@@ -143,6 +143,10 @@ class SpinPolicy:
     Invariant: outside a trial ``spinning`` is the last trial's verdict, or False once
     sustained spinning stopped paying (until the next trial); in a trial it is False in
     even blocks and True in odd ones.
+
+    The C lane (:mod:`snakeport._lane`) does not call :meth:`wait` while the clock is
+    before ``resume`` (what :meth:`wait` looks at first, returning at once): a change to
+    that must change ``spin_waits`` in ``_clane.c`` too.
     """
 
     __slots__ = (

@@ -112,7 +112,17 @@ class FrameWriter:
 
     Invariant: ``queued_bytes`` is the cost of the frames in the queue (0 when it is
     empty), and a sender adds frames only while the total stays within ``max_queued``.
+
+    The C lane (:mod:`snakeport._lane`) does the common case of :meth:`send` itself, on
+    ``_fd``, ``_write_lock`` and ``_queue``: frames of ``bytes`` only, ``_write_lock``
+    taken without waiting, the queue empty then; it writes them as :meth:`_writev` does
+    (partial writes and ``EINTR`` alike), reports a failure with :meth:`_failed` and
+    calls :meth:`_send_queued` after letting the lock go, as :meth:`send` does. A change to
+    what those mean must change ``lane_send`` in ``_clane.c`` too.
     """
+
+    # (Slots: the C lane reads _queue in place; see slot_of in _clane.c.)
+    __slots__ = ("_fd", "_on_closed", "_max_queued", "_write_lock", "_queue_lock", "_queue", "_queued")
 
     def __init__(
         self,
@@ -186,7 +196,12 @@ class FrameWriter:
         finally:
             self._write_lock.release()
         if self._queue:
-            self._drain(blocking=False)
+            self._send_queued()
+
+    def _send_queued(self) -> None:
+        """Write the frames other threads queued while this one wrote (unless another
+        thread writes now: it writes them)."""
+        self._drain(blocking=False)
 
     def flush(self) -> None:
         """Wait until every queued frame is written."""
@@ -233,6 +248,11 @@ class FrameWriter:
                 else:
                     bufs = bufs[i:]
         except OSError as exc:
-            if exc.errno in _CLOSED and self._on_closed is not None:
-                self._on_closed(exc)
+            self._failed(exc)
             raise
+
+    def _failed(self, exc: OSError) -> None:
+        """A write failed with ``exc`` (raised after this returns): ``on_closed`` is told
+        when the fd's reader is gone or the fd is invalid."""
+        if exc.errno in _CLOSED and self._on_closed is not None:
+            self._on_closed(exc)
