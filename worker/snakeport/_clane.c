@@ -388,7 +388,7 @@ call_ok(PyObject *fn)
  * calls of acquire (its argument parsing: ~500 instructions) and release. Otherwise (the
  * lock held; a free-threaded build, where there is no GIL; `locked` NULL: a section that
  * may call Python code), it takes the lock. lock_enter returns 1 (taken), 0 (free, not
- * taken), -1 on error; lock_leave releases it when it was taken. */
+ * taken), -1 on error; lock_leave ends the section. */
 static int
 lock_enter(PyObject *locked, PyObject *acquire)
 {
@@ -407,10 +407,24 @@ lock_enter(PyObject *locked, PyObject *acquire)
     return call_ok(acquire) < 0 ? -1 : 1;
 }
 
+/* The end of a section that lock_enter began (`taken`: its result; `release`: the lock's
+ * release method): the lock released when it was taken, an exception set meanwhile kept
+ * (the first error wins). Returns `rc`, the section's result, or -1 when an exception is
+ * set (the section's, or the release's). */
 static int
-lock_leave(int taken, PyObject *release)
+lock_leave(int taken, PyObject *release, int rc)
 {
-    return taken ? call_ok(release) : 0;
+    if (taken) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (call_ok(release) < 0) {
+            rc = -1;
+        }
+        if (type != NULL) {
+            PyErr_Restore(type, value, tb);
+        }
+    }
+    return PyErr_Occurred() ? -1 : rc;
 }
 
 /* The frame `f` of `n` bytes starts like a call request: version, 8-tuple, the atom call. */
@@ -718,16 +732,7 @@ checkout(Lane *L, PyObject *sid)
             Py_XDECREF(now);
         }
     }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (lock_leave(taken, L->table_release) < 0) {
-        rc = 1;
-    }
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb); /* (the first error wins) */
-        rc = 1;
-    }
-    if (rc) {
+    if (lock_leave(taken, L->table_release, rc ? -1 : 0) < 0) {
         Py_XDECREF(session);
         return NULL;
     }
@@ -750,15 +755,7 @@ checkin(Lane *L, PyObject *session)
             rc = now == NULL ? -1 : set_attr(session, S_active_at, now);
             Py_XDECREF(now);
         }
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        if (lock_leave(taken, L->table_release) < 0) {
-            rc = -1;
-        }
-        if (type != NULL) {
-            PyErr_Restore(type, value, tb);
-            rc = -1;
-        }
+        rc = lock_leave(taken, L->table_release, rc);
     }
     if (type0 != NULL) { /* (the first error wins) */
         if (rc < 0) {
@@ -779,16 +776,7 @@ register_job(Lane *L, PyObject *rid, PyObject *job)
         return -1;
     }
     int rc = PyDict_SetItem(L->jobs_table, rid, job); /* (an int key: no Python code) */
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (lock_leave(taken, L->jobs_release) < 0) {
-        rc = -1;
-    }
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb);
-        rc = -1;
-    }
-    return rc;
+    return lock_leave(taken, L->jobs_release, rc);
 }
 
 /* The start of Jobs.run under its lock: 1 when the job is now RUNNING on this thread, 0
@@ -808,16 +796,7 @@ start_job(Lane *L, PyObject *job, PyObject *me)
     if (rc == 1 && (set_attr(job, S_state, L->running) < 0 || set_attr(job, S_thread, me) < 0)) {
         rc = -1;
     }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (lock_leave(taken, L->jobs_release) < 0) {
-        rc = -1;
-    }
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb);
-        rc = -1;
-    }
-    return rc;
+    return lock_leave(taken, L->jobs_release, rc);
 }
 
 /* The end of Jobs.run under its lock: the final state of a job that ran on this thread and
@@ -885,16 +864,7 @@ end_job(Lane *L, PyObject *job, PyObject *rid, int interrupted)
             Py_XDECREF(r);
         }
     }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (lock_leave(taken, L->jobs_release) < 0) {
-        err = 1;
-    }
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb);
-        err = 1;
-    }
-    return err ? -1 : state;
+    return lock_leave(taken, L->jobs_release, err ? -1 : 0) < 0 ? -1 : state;
 }
 
 /* The reply frame of a scalar result, or NULL without an error when the general path must
@@ -1069,23 +1039,6 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
     return payloads;
 }
 
-/* Release `lock` (its release method) keeping the exception set, if any; -1 when either
- * failed. `rc` is the result so far. */
-static int
-release_keeping(PyObject *release, int rc)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (call_ok(release) < 0) {
-        rc = -1;
-    }
-    if (type != NULL) {
-        PyErr_Restore(type, value, tb); /* (the first error wins) */
-        rc = -1;
-    }
-    return rc;
-}
-
 /* Scheduler.place(job) (the reader places a job; see _scheduler.py): its common case here,
  * on the scheduler's fields under its lock: no job holds the slot (with one thread, I3: none
  * is queued either) and the stand-by is not asleep: the job takes the slot and runs inline
@@ -1114,7 +1067,7 @@ lane_place(Lane *L, PyObject *job)
                      : 0;
         }
     }
-    rc = taken ? release_keeping(L->sched_release, rc) : rc;
+    rc = lock_leave(taken, L->sched_release, rc);
     if (rc < 0) {
         return -1;
     }
@@ -1186,7 +1139,7 @@ lane_ended(Lane *L, PyObject *payloads, PyObject *me)
             }
         }
     }
-    rc = taken ? release_keeping(L->sched_release, rc) : rc;
+    rc = lock_leave(taken, L->sched_release, rc);
     if (rc < 0) {
         return -1;
     }
@@ -1440,7 +1393,7 @@ lane_send(Lane *L, PyObject *payloads)
         int queued = queue == NULL ? -1 : PyObject_IsTrue(queue);
         Py_XDECREF(queue);
         if (queued != 0) {
-            int rc = release_keeping(L->write_release, queued < 0 ? -1 : 0);
+            int rc = lock_leave(1, L->write_release, queued < 0 ? -1 : 0);
             if (rc < 0) {
                 return -1;
             }
@@ -1504,7 +1457,7 @@ lane_send(Lane *L, PyObject *payloads)
         PyMem_Free(headers);
         PyMem_Free(iov);
     }
-    rc = release_keeping(L->write_release, rc);
+    rc = lock_leave(1, L->write_release, rc);
     if (rc < 0) {
         return -1;
     }
@@ -1547,7 +1500,7 @@ lane_flush(Lane *L)
     else {
         Py_CLEAR(held);
     }
-    rc = taken ? release_keeping(L->sched_release, rc) : rc;
+    rc = lock_leave(taken, L->sched_release, rc);
     Py_DECREF(fresh);
     if (rc == 0 && held != NULL) {
         rc = lane_send(L, held);
