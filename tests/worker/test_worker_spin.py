@@ -20,6 +20,7 @@ from snakeport._spin import (
     IDLE_GAP,
     SPIN_BACKOFF,
     SPIN_RECHECK,
+    STRIKES,
     SUSTAIN_BLOCKS,
     TRIAL_BLOCKS,
     TRIAL_EVERY,
@@ -299,11 +300,41 @@ def test_spinning_that_stops_paying_when_sustained_stops_until_the_next_trial(pi
     policy = trial_policy(pipe, peer)
     peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
     assert policy.verdicts == [1, 1, 0] and policy.spinning  # the trial's blocks are short
-    modes = peer.run(policy, SUSTAIN_BLOCKS * BLOCK_CYCLES)
-    assert all(modes[:-1]) and not modes[-1]  # one check after SUSTAIN_BLOCKS blocks
+    modes = peer.run(policy, STRIKES * SUSTAIN_BLOCKS * BLOCK_CYCLES)
+    assert all(modes[:-1]) and not modes[-1]  # STRIKES windows of SUSTAIN_BLOCKS blocks each
     assert policy.verdicts == [1, 1, 1]
     reads = int(TRIAL_EVERY / peer.off)
-    assert not any(peer.run(policy, reads - 10 * BLOCK_CYCLES))  # until the next trial
+    spun = STRIKES * SUSTAIN_BLOCKS * BLOCK_CYCLES * peer.tired / peer.off  # (in reads of off)
+    assert not any(peer.run(policy, reads - int(spun) - BLOCK_CYCLES))  # until the next trial
+
+
+def test_a_burst_of_other_work_does_not_revoke_spinning_that_pays(pipe) -> None:
+    # A window of slow blocks (another program took the CPU for a while) meets a trial
+    # whose blocks without spinning were fast: one window is not a verdict.
+    peer = Peer(off=50e-6, on=20e-6)
+    policy = trial_policy(pipe, peer)
+    peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
+    assert policy.verdicts == [1, 1, 0] and policy.spinning
+    peer.on = 90e-6  # the burst: slower than without spinning, for one window
+    assert all(peer.run(policy, (STRIKES - 1) * SUSTAIN_BLOCKS * BLOCK_CYCLES))
+    peer.on = 20e-6
+    assert all(peer.run(policy, 3 * SUSTAIN_BLOCKS * BLOCK_CYCLES))
+    assert policy.verdicts == [1, 1, 0]
+
+
+def test_one_slow_block_does_not_make_a_window_fail(pipe) -> None:
+    # Two very slow blocks across the boundary of two windows: by sums both windows fail;
+    # by their median blocks neither does.
+    peer = Peer(off=50e-6, on=20e-6)
+    policy = trial_policy(pipe, peer)
+    peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
+    assert policy.spinning
+    peer.run(policy, (SUSTAIN_BLOCKS - 1) * BLOCK_CYCLES)
+    peer.on = 500e-6
+    assert all(peer.run(policy, 2 * BLOCK_CYCLES))
+    peer.on = 20e-6
+    assert all(peer.run(policy, 2 * SUSTAIN_BLOCKS * BLOCK_CYCLES))
+    assert policy.verdicts == [1, 1, 0]
 
 
 def test_an_idle_gap_restarts_the_block(pipe) -> None:

@@ -30,9 +30,13 @@ spinning measurably pays:
   little CPU time just before and wins the CPU from the peer, while one that spins all the
   time loses it (e.g. a ref's create, method and release, where the BEAM does more between
   requests than for plain calls). So spinning must keep paying: while it spins after a
-  verdict, every :data:`SUSTAIN_BLOCKS` blocks the policy compares the wall time per request
-  with the time per request without spinning that the trial measured, and stops spinning
-  until the next trial when it is not below that (``verdicts[2]`` counts these).
+  verdict, every :data:`SUSTAIN_BLOCKS` blocks (a window) the policy compares the wall time
+  per request of the window's median block with the time per request without spinning that
+  the trial measured, and stops spinning until the next trial when :data:`STRIKES`
+  consecutive windows were not below it (``verdicts[2]`` counts these). One window is not
+  enough: a trial's four blocks without spinning can be fast by chance, and one window
+  slowed by a burst of other work on the machine then revoked a right verdict for up to
+  :data:`TRIAL_EVERY` (seen with ref churn through the BEAM, 2026-12-03).
 
 The server spins at most once after each batch of frames, and only when no call is
 executing (a call on another thread would compete for the GIL); never while idle. The
@@ -62,6 +66,7 @@ __all__ = [
     "BLOCK_CYCLES",
     "PAYS",
     "SUSTAIN_BLOCKS",
+    "STRIKES",
     "IDLE_GAP",
     "usable_cpus",
 ]
@@ -91,6 +96,9 @@ PAYS = 0.9
 #: Blocks of sustained spinning (after a verdict that spinning pays) between two checks
 #: that it still pays.
 SUSTAIN_BLOCKS = 4
+
+#: Consecutive windows of sustained spinning that did not pay before the policy stops.
+STRIKES = 2
 
 #: A gap between two reads longer than this means the peer was idle: the block restarts (s).
 IDLE_GAP = 0.02
@@ -168,7 +176,8 @@ class SpinPolicy:
         "_sums",
         "_next_trial",
         "_off_cost",
-        "_sustained",
+        "_window",
+        "_strikes",
     )
 
     def __init__(
@@ -200,7 +209,8 @@ class SpinPolicy:
         # block without, then with spinning
         self._next_trial = 0.0
         self._off_cost = 0.0  # seconds per request without spinning, in the last trial
-        self._sustained = [0.0, 0, 0]  # seconds, requests and blocks spun since the verdict
+        self._window: list[float] = []  # seconds per request of each block spun in the window
+        self._strikes = 0  # consecutive windows since the verdict that did not pay
 
     def _observe(self, now: float) -> None:
         """Account for the read that ends at ``now``: the trial's blocks and its verdict."""
@@ -227,21 +237,25 @@ class SpinPolicy:
                 self.verdicts[1] += self.spinning
                 self._next_trial = now + TRIAL_EVERY
                 self._off_cost = off
-                self._sustained = [0.0, 0, 0]
+                self._window = []
+                self._strikes = 0
         elif now >= self._next_trial:  # a new trial, from a block without spinning
             self._block = 0
             self._sums = ([], [])
             self.spinning = False
         elif self.spinning:  # spinning since a verdict: does it still pay?
-            sustained = self._sustained
-            sustained[0] += now - self._t0
-            sustained[1] += n - self._n0
-            sustained[2] += 1
-            if sustained[2] >= SUSTAIN_BLOCKS:
-                if sustained[1] > 0 and sustained[0] / sustained[1] >= self._off_cost:
-                    self.spinning = False  # not even as fast as without: until the next trial
-                    self.verdicts[2] += 1
-                self._sustained = [0.0, 0, 0]
+            window = self._window
+            if n > self._n0:  # (a block without requests tells nothing)
+                window.append((now - self._t0) / (n - self._n0))
+            if len(window) >= SUSTAIN_BLOCKS:
+                if _median(window) < self._off_cost:
+                    self._strikes = 0
+                else:  # not even as fast as without
+                    self._strikes += 1
+                    if self._strikes >= STRIKES:  # not a burst: stop until the next trial
+                        self.spinning = False
+                        self.verdicts[2] += 1
+                self._window = []
         self._cycles = 0
         self._t0 = now
         self._n0 = n
