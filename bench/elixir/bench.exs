@@ -88,6 +88,11 @@ figures_of = fn key, {{amount, _, _} = batch, cpu} ->
   }
 end
 
+# Measured blocks of the same kind as one: amounts, times and CPU added up.
+add_blocks = fn {{a1, e1, l1}, c1}, {{a2, e2, l2}, c2} ->
+  {{a1 + a2, e1 + e2, l1 ++ l2}, %{py: c1.py + c2.py, beam: c1.beam + c2.beam}}
+end
+
 one_round = fn round ->
   IO.puts("round #{round}/#{rounds} (#{regime})")
 
@@ -153,10 +158,14 @@ one_round = fn round ->
   Snake.stop()
 
   # The worker's polling default against its alternative (see README.md): two fresh
-  # instances side by side, one with each setting, and each figure measured on both back
-  # to back, the default first in odd rounds and the alternative first in even ones, so that
-  # neither side always runs second (on CPUs the other has just woken, after the other's
-  # garbage). Both are called with `instance:`.
+  # instances side by side, one with each setting, and each figure measured on both in
+  # three blocks per side and round, in the order A B B A A B (A: the default in odd rounds,
+  # the alternative in even ones), so that neither side always runs second (on CPUs the
+  # other has just woken, after the other's garbage) and a hiccup of the machine lands in
+  # one block of three. Each side's three blocks are added up (amounts, times, CPU). One
+  # block per side made these rows noise at their 0.95x threshold: on one CPU the two
+  # sides are the same worker (the policy never spins there), and single rounds gave
+  # 0.65x-2.0x. Both are called with `instance:`.
   Snake.start(python, env, pool_size: 1, name: Bench.Default)
   Snake.start(python, env, pool_size: 1, name: Bench.Alt, spin_us: Snake.alternative_spin_us())
 
@@ -168,10 +177,15 @@ one_round = fn round ->
     sides = if rem(round, 2) == 1, do: sides, else: Enum.reverse(sides)
     for {_, name} <- sides, do: fun.(warmup_arg, instance: name)
 
-    Map.new(sides, fn {side, name} ->
+    [a, b] = sides
+
+    [a, b, b, a, a, b]
+    |> Enum.map(fn {side, name} ->
       opts = [instance: name]
       {side, Cpu.measure(Snake.worker_pids(opts), fn -> fun.(arg, opts) end)}
     end)
+    |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+    |> Map.new(fn {side, blocks} -> {side, Enum.reduce(blocks, add_blocks)} end)
   end
 
   seq_ab = polling.(&Snake.sequential/2, 1_000, n.seq)
