@@ -228,6 +228,14 @@ def trial_policy(pipe, peer: Peer) -> SpinPolicy:
     )
 
 
+def paying_trial(pipe, peer: Peer) -> SpinPolicy:
+    """A policy after its first trial, which found that spinning pays (``peer`` makes it pay)."""
+    policy = trial_policy(pipe, peer)
+    peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
+    assert policy.verdicts == [1, 1, 0] and policy.spinning
+    return policy
+
+
 def test_a_trial_keeps_spinning_when_it_pays(pipe) -> None:
     peer = Peer(off=50e-6, on=20e-6)  # a wake-up saved per request
     policy = trial_policy(pipe, peer)
@@ -297,9 +305,7 @@ class TiringPeer(Peer):
 
 def test_spinning_that_stops_paying_when_sustained_stops_until_the_next_trial(pipe) -> None:
     peer = TiringPeer(off=50e-6, on=20e-6, tired=90e-6, fresh=BLOCK_CYCLES)
-    policy = trial_policy(pipe, peer)
-    peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
-    assert policy.verdicts == [1, 1, 0] and policy.spinning  # the trial's blocks are short
+    policy = paying_trial(pipe, peer)  # the trial's blocks are short
     modes = peer.run(policy, STRIKES * SUSTAIN_BLOCKS * BLOCK_CYCLES)
     assert all(modes[:-1]) and not modes[-1]  # STRIKES windows of SUSTAIN_BLOCKS blocks each
     assert policy.verdicts == [1, 1, 1]
@@ -308,32 +314,25 @@ def test_spinning_that_stops_paying_when_sustained_stops_until_the_next_trial(pi
     assert not any(peer.run(policy, reads - int(spun) - BLOCK_CYCLES))  # until the next trial
 
 
-def test_a_burst_of_other_work_does_not_revoke_spinning_that_pays(pipe) -> None:
-    # A window of slow blocks (another program took the CPU for a while) meets a trial
-    # whose blocks without spinning were fast: one window is not a verdict.
+@pytest.mark.parametrize(
+    ("lead_blocks", "slow", "slow_blocks"),
+    [
+        # A window of slow blocks (another program took the CPU for a while) meets a trial
+        # whose blocks without spinning were fast: one window is not a verdict.
+        pytest.param(0, 90e-6, (STRIKES - 1) * SUSTAIN_BLOCKS, id="a burst of other work"),
+        # Two very slow blocks across the boundary of two windows: by sums both windows
+        # fail; by their median blocks neither does.
+        pytest.param(SUSTAIN_BLOCKS - 1, 500e-6, 2, id="two slow blocks across windows"),
+    ],
+)
+def test_a_slow_spell_does_not_revoke_spinning_that_pays(pipe, lead_blocks, slow, slow_blocks) -> None:
     peer = Peer(off=50e-6, on=20e-6)
-    policy = trial_policy(pipe, peer)
-    peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
-    assert policy.verdicts == [1, 1, 0] and policy.spinning
-    peer.on = 90e-6  # the burst: slower than without spinning, for one window
-    assert all(peer.run(policy, (STRIKES - 1) * SUSTAIN_BLOCKS * BLOCK_CYCLES))
+    policy = paying_trial(pipe, peer)
+    assert all(peer.run(policy, lead_blocks * BLOCK_CYCLES))
+    peer.on = slow  # slower than without spinning
+    assert all(peer.run(policy, slow_blocks * BLOCK_CYCLES))
     peer.on = 20e-6
     assert all(peer.run(policy, 3 * SUSTAIN_BLOCKS * BLOCK_CYCLES))
-    assert policy.verdicts == [1, 1, 0]
-
-
-def test_one_slow_block_does_not_make_a_window_fail(pipe) -> None:
-    # Two very slow blocks across the boundary of two windows: by sums both windows fail;
-    # by their median blocks neither does.
-    peer = Peer(off=50e-6, on=20e-6)
-    policy = trial_policy(pipe, peer)
-    peer.run(policy, 1 + TRIAL_BLOCKS * BLOCK_CYCLES)
-    assert policy.spinning
-    peer.run(policy, (SUSTAIN_BLOCKS - 1) * BLOCK_CYCLES)
-    peer.on = 500e-6
-    assert all(peer.run(policy, 2 * BLOCK_CYCLES))
-    peer.on = 20e-6
-    assert all(peer.run(policy, 2 * SUSTAIN_BLOCKS * BLOCK_CYCLES))
     assert policy.verdicts == [1, 1, 0]
 
 
