@@ -311,6 +311,62 @@ fnv1a(const unsigned char *p, Py_ssize_t n)
     return h;
 }
 
+/* ------------------------------------------------------------------------------------- */
+/* Short-string cache: the str of a short ASCII binary, direct-mapped, keyed by its bytes.   */
+/* ------------------------------------------------------------------------------------- */
+
+/* Requests repeat their short binaries (the session id, module and function names of every
+ * call): a hit gives the str decoded before, with its hash computed by the dict lookups it
+ * went through, instead of a new str (and its hash) each time. Only ASCII strs are kept (a
+ * hit is charged as a decode is: n bytes, no wider kind), and only their bytes are compared,
+ * so a hit is what a decode would give, the same object. None without a GIL (a slot is not
+ * replaced atomically). */
+#define STR_CACHE_SIZE 64 /* a power of two */
+#define STR_CACHE_MAX 32  /* longest binary kept (bytes) */
+
+#ifndef Py_GIL_DISABLED
+static PyObject *str_cache[STR_CACHE_SIZE]; /* ASCII str (strong references) or NULL */
+#endif
+
+/* The slot of n bytes: their length and three of them, mixed (cheaper than hashing them all;
+ * a collision only costs a decode). */
+static inline size_t
+str_cache_index(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t h = n == 0 ? 0 : (uint32_t)n ^ ((uint32_t)p[0] << 8) ^ ((uint32_t)p[n / 2] << 16) ^ ((uint32_t)p[n - 1] << 24);
+    return (size_t)((h * 2654435761u) >> 16) & (STR_CACHE_SIZE - 1);
+}
+
+/* The slot of the n bytes at p (NULL: not cached, too long or no cache) and, in *hit, the
+ * str it holds when that is the one of these bytes (a new reference), else NULL. */
+static PyObject **
+str_cache_slot(const unsigned char *p, Py_ssize_t n, PyObject **hit)
+{
+    *hit = NULL;
+#ifndef Py_GIL_DISABLED
+    if (n > STR_CACHE_MAX) {
+        return NULL;
+    }
+    PyObject **slot = &str_cache[str_cache_index(p, n)];
+    PyObject *s = *slot;
+    if (s != NULL && PyUnicode_GET_LENGTH(s) == n && memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0) {
+        *hit = Py_NewRef(s);
+    }
+    return slot;
+#else
+    return NULL;
+#endif
+}
+
+/* Keep the str just decoded from a binary in its slot, when it is ASCII. */
+static void
+str_cache_put(PyObject **slot, PyObject *value)
+{
+    if (slot != NULL && PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
+        Py_XSETREF(*slot, Py_NewRef(value)); /* (a str goes: no Python code runs) */
+    }
+}
+
 /* The atoms of one decode_term call, keyed by their encoding in the input (which does not
  * change during the call): a repeated atom is the same object and is charged once, as in
  * etf._py_decode_term's `seen` dict. Open addressing, linear probing, a power-of-two size. */
@@ -894,8 +950,12 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         goto error;
                     }
                 }
+                PyObject **slot = NULL;
                 if (utf8 == 0) { /* no failed decode (and its copies of the input) */
                     value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                }
+                else if ((slot = str_cache_slot(buf + start, n, &value)) != NULL && value != NULL) {
+                    /* (cached: ASCII, charged as decoded) */
                 }
                 else if ((value = PyUnicode_DecodeUTF8((const char *)buf + start, n, NULL)) == NULL) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
@@ -906,6 +966,9 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
                 else if (PyUnicode_GET_LENGTH(value) != n) { /* not ASCII */
                     cost += (long long)(PyUnicode_KIND(value) - 1) * n;
+                }
+                else {
+                    str_cache_put(slot, value);
                 }
                 budget.left -= cost;
                 pos = start + n;
