@@ -543,6 +543,25 @@ def test_the_lane_follows_a_class_changed_after_it_used_a_slot(monkeypatch) -> N
     assert [t[1] for t in written(out_r)] == [5, 6, 7]
 
 
+def test_the_lane_reads_the_session_tables_clocks_whatever_they_are() -> None:
+    # The lane calls built-in clocks (time.time, time.monotonic) directly, any other through
+    # the call protocol (_clane.c, call_noargs): both give the sessions the clocks' times.
+    ticks = iter(range(1000, 2000))
+    for wall, monotonic in ((time.time, time.monotonic), (lambda: 1.5e9, lambda: float(next(ticks)))):
+        srv, _, out_r = server()
+        srv.table._wall, srv.table._monotonic = wall, monotonic
+        srv._lane = _lane.build(srv)
+        srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+        session = srv.table._sessions["s"]
+        before = (wall(), monotonic())
+        feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+        assert written(out_r) == [(A("reply"), 5, A("ok"), 3)] and session.running == 0
+        if wall is time.time:
+            assert session.last_access >= before[0] and session.active_at >= before[1]
+        else:  # (one tick at check-out, one at check-in)
+            assert session.last_access == 1.5e9 and session.active_at == before[1] + 2
+
+
 #: The jobs whose code ran :func:`record_job` (a lane call's target in the tests below).
 RECORDED: list = []
 

@@ -219,8 +219,27 @@ plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+/* `function` (a new reference to an exact str) interned: the attribute lookups of
+ * getattr(module, name) then hit the type's attribute cache and compare the module dict's
+ * key by identity, instead of hashing and comparing a new string each call. The codec gives
+ * a repeated name as the same str (its short-string cache), so the last one's interned
+ * equal is remembered (`memo`: {name, interned}, strong references) instead of looking it
+ * up in the interned strings again. */
+static PyObject *
+intern_name(PyObject *function, PyObject **memo)
+{
+    if (function == memo[0]) {
+        Py_DECREF(function);
+        return Py_NewRef(memo[1]);
+    }
+    Py_XSETREF(memo[0], Py_NewRef(function));
+    PyUnicode_InternInPlace(&function);
+    Py_XSETREF(memo[1], Py_NewRef(function));
+    return function;
+}
+
 static PlainCall *
-plain_call_make(PyObject *module, PyObject *function, PyObject *args)
+plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject **memo)
 {
     PlainCall *self = PyObject_GC_New(PlainCall, &PlainCallType);
     if (self == NULL) {
@@ -229,10 +248,7 @@ plain_call_make(PyObject *module, PyObject *function, PyObject *args)
     Py_INCREF(module);
     Py_INCREF(function);
     Py_INCREF(args);
-    /* The function's name interned (an exact str, see lane_request): the attribute lookups
-     * of getattr(module, name) then hit the type's attribute cache and compare the module
-     * dict's key by identity, instead of hashing and comparing a new string each call. */
-    PyUnicode_InternInPlace(&function);
+    function = intern_name(function, memo);
     self->module = module;
     self->function = function;
     self->args = args;
@@ -326,7 +342,7 @@ typedef struct {
     PyObject *encode_default;  /* _tagged.encode_default */
     PyObject *lost;            /* returned when the reading role moved away */
     PyObject *writer;          /* the FrameWriter: its _queue (lane_send) */
-    PyObject *write_acquire, *write_release; /* FrameWriter._write_lock */
+    PyObject *write_acquire, *write_release, *write_locked; /* FrameWriter._write_lock */
     PyObject *send;            /* FrameWriter.send(payloads): the general write */
     PyObject *write_failed;    /* FrameWriter._failed(exc): a write failed */
     PyObject *send_queued;     /* FrameWriter._send_queued(): frames queued meanwhile */
@@ -343,6 +359,7 @@ typedef struct {
     int native_clocks; /* wall and monotonic are built-in functions (see lock_enter) */
     /* How the lane makes a Job without running Job.__init__ (see job_layout): each slot's
      * offset and what __init__ puts there. */
+    PyObject *names[2];        /* the last function name and its interned equal (intern_name) */
     int fast_jobs;
     int job_nslots;
     Py_ssize_t job_offset[MAX_JOB_SLOTS];
@@ -359,17 +376,35 @@ typedef struct {
     X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
-    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
+    X(write_acquire) X(write_release) X(write_locked) X(send) X(write_failed) X(send_queued) X(spin)      \
     X(spin_policy) X(spin_clock)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
 static const char PREFIX[] = "$snakeport_";
 
+/* fn(), for the functions the lane calls on every request (the locks' locked and release,
+ * the session table's clocks): a built-in function without arguments (METH_NOARGS) is
+ * called as the call protocol would call it, without the protocol (~50 instructions: its
+ * dispatch, the recursion check that no Python code needs, the result check); anything
+ * else through the protocol. */
+static PyObject *
+call_noargs(PyObject *fn)
+{
+    if (PyCFunction_CheckExact(fn) && PyCFunction_GET_FLAGS(fn) == METH_NOARGS) {
+        PyObject *r = PyCFunction_GET_FUNCTION(fn)(PyCFunction_GET_SELF(fn), NULL);
+        if (r == NULL && !PyErr_Occurred()) {
+            PyErr_Format(PyExc_SystemError, "%R returned NULL without setting an exception", fn);
+        }
+        return r;
+    }
+    return PyObject_CallNoArgs(fn);
+}
+
 static int
 call_ok(PyObject *fn)
 {
-    PyObject *r = PyObject_CallNoArgs(fn);
+    PyObject *r = call_noargs(fn);
     if (r == NULL) {
         return -1;
     }
@@ -394,7 +429,7 @@ lock_enter(PyObject *locked, PyObject *acquire)
 {
 #ifndef Py_GIL_DISABLED
     if (locked != NULL) {
-        PyObject *held = PyObject_CallNoArgs(locked);
+        PyObject *held = call_noargs(locked);
         if (held == NULL) {
             return -1;
         }
@@ -425,6 +460,31 @@ lock_leave(int taken, PyObject *release, int rc)
         }
     }
     return PyErr_Occurred() ? -1 : rc;
+}
+
+/* lock.acquire(False), for a lock whose methods `locked` and `acquire` are given: 1 when it
+ * was taken, 0 when another holder has it, -1 on error. When locked() says the lock is free,
+ * acquire() takes it at once (this thread holds the GIL: no other can take it in between)
+ * and has no argument to parse, which acquire(False) does (~600 instructions). */
+static int
+lock_try(PyObject *locked, PyObject *acquire)
+{
+#ifndef Py_GIL_DISABLED
+    PyObject *held = call_noargs(locked);
+    if (held == NULL) {
+        return -1;
+    }
+    Py_DECREF(held);
+    if (held == Py_False) {
+        return call_ok(acquire) < 0 ? -1 : 1;
+    }
+#endif
+    PyObject *got = PyObject_CallOneArg(acquire, Py_False);
+    if (got == NULL) {
+        return -1;
+    }
+    Py_DECREF(got);
+    return got == Py_True;
 }
 
 /* The frame `f` of `n` bytes starts like a call request: version, 8-tuple, the atom call. */
@@ -763,14 +823,14 @@ checkout(Lane *L, PyObject *sid)
     int rc = 0;
     if (session != NULL) {
         Py_INCREF(session);
-        PyObject *now = PyObject_CallNoArgs(L->wall);
+        PyObject *now = call_noargs(L->wall);
         rc = now == NULL || set_attr(session, S_last_access, now) < 0;
         Py_XDECREF(now);
         if (!rc) {
             rc = add_to(session, S_running, 1) < 0;
         }
         if (!rc) {
-            now = PyObject_CallNoArgs(L->monotonic);
+            now = call_noargs(L->monotonic);
             rc = now == NULL || set_attr(session, S_active_at, now) < 0;
             Py_XDECREF(now);
         }
@@ -794,7 +854,7 @@ checkin(Lane *L, PyObject *session)
     if (rc == 0) {
         rc = add_to(session, S_running, -1);
         if (rc == 0) {
-            PyObject *now = PyObject_CallNoArgs(L->monotonic);
+            PyObject *now = call_noargs(L->monotonic);
             rc = now == NULL ? -1 : set_attr(session, S_active_at, now);
             Py_XDECREF(now);
         }
@@ -1275,7 +1335,7 @@ lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost
     if (add_to(L->dispatcher, S_requests, 1) < 0) {
         goto failed;
     }
-    fn = plain_call_make(module, function, args);
+    fn = plain_call_make(module, function, args, L->names);
     if (fn == NULL) {
         goto failed;
     }
@@ -1423,12 +1483,11 @@ lane_send(Lane *L, PyObject *payloads)
         general = !PyBytes_CheckExact(p) || (unsigned long long)PyBytes_GET_SIZE(p) > 0xFFFFFFFFULL;
     }
     if (!general) {
-        PyObject *got = PyObject_CallOneArg(L->write_acquire, Py_False);
-        if (got == NULL) {
+        int got = lock_try(L->write_locked, L->write_acquire);
+        if (got < 0) {
             return -1;
         }
-        Py_DECREF(got);
-        general = got != Py_True;
+        general = !got;
     }
     if (!general) {
         /* (Frames queued by another thread go first: send() puts them before ours.) */
@@ -1582,7 +1641,7 @@ spin_waits(Lane *L)
     }
     int waits = 1;
     if (PyFloat_CheckExact(resume)) {
-        PyObject *now = PyObject_CallNoArgs(L->spin_clock);
+        PyObject *now = call_noargs(L->spin_clock);
         if (now == NULL) {
             Py_DECREF(resume);
             return -1;
@@ -1910,6 +1969,8 @@ lane_clear(Lane *self)
     for (int k = 0; k < MAX_JOB_SLOTS; k++) {
         Py_CLEAR(self->job_const[k]);
     }
+    Py_CLEAR(self->names[0]);
+    Py_CLEAR(self->names[1]);
     self->fast_jobs = 0;
     return 0;
 }
