@@ -569,14 +569,11 @@ slot_entry(PyTypeObject *tp, PyObject *name)
 #endif
 }
 
-static PyObject **
-slot_of(PyObject *obj, PyObject *name)
+/* slot_of's lookup when its cache has no entry (kept out of line: the cached case is short). */
+static Py_NO_INLINE PyObject **
+slot_find(PyObject *obj, PyObject *name, SlotEntry *e)
 {
     PyTypeObject *tp = Py_TYPE(obj);
-    SlotEntry *e = slot_entry(tp, name);
-    if (e != NULL && e->type == tp && e->name == name && e->tag == tp->tp_version_tag && e->tag != 0) {
-        return (PyObject **)((char *)obj + e->offset);
-    }
     if (tp->tp_setattro != PyObject_GenericSetAttr || tp->tp_getattro != PyObject_GenericGetAttr) {
         return NULL;
     }
@@ -596,6 +593,17 @@ slot_of(PyObject *obj, PyObject *name)
         e->offset = member->offset;
     }
     return (PyObject **)((char *)obj + member->offset);
+}
+
+static inline PyObject **
+slot_of(PyObject *obj, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    SlotEntry *e = slot_entry(tp, name);
+    if (e != NULL && e->type == tp && e->name == name && e->tag == tp->tp_version_tag && e->tag != 0) {
+        return (PyObject **)((char *)obj + e->offset);
+    }
+    return slot_find(obj, name, e);
 }
 
 static int
