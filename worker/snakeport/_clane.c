@@ -42,6 +42,8 @@
 #include <limits.h>
 #include <sys/uio.h> /* writev */
 #include <unistd.h>  /* read */
+
+#include "_cetf_api.h" /* the codec's C entry points */
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h> /* T_OBJECT_EX, READONLY */
 #define SLOT_OBJECT T_OBJECT_EX
@@ -61,8 +63,8 @@ static PyObject *ImportModule;  /* _jobs.import_module(name): the general import
 static PyObject *Lookup;        /* _jobs.lookup(obj, path): a dotted attribute path */
 static PyObject *FailureType;   /* _jobs.Failure(reason, cause) */
 static PyObject *CancelledType; /* errors.Cancelled */
-static PyObject *DecodeTerm;    /* _cetf.decode_term(data, pos, max_depth, tagged, budget) */
-static PyObject *Encode;        /* _cetf.encode(term, default, max_depth) */
+static PyObject *CetfCapsule;   /* snakeport._cetf._C_API: keeps Cetf alive */
+static const CetfApi *Cetf;     /* the codec's decode_term and encode, called directly */
 static PyObject *One;           /* 1 */
 static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, *S_requests,
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
@@ -987,8 +989,7 @@ encode_reply(Lane *L, PyObject *rid, PyObject *result)
     if (term == NULL) {
         return NULL;
     }
-    PyObject *args[3] = {term, L->encode_default, L->out_depth};
-    PyObject *payload = PyObject_Vectorcall(Encode, args, 3, NULL);
+    PyObject *payload = Cetf->encode(term, L->encode_default, L->out_depth);
     Py_DECREF(term);
     if (payload == NULL || PyBytes_GET_SIZE(payload) > L->max_packet) {
         Py_XDECREF(payload);
@@ -1785,28 +1786,16 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
             if (budget > L->max_memory) {
                 budget = L->max_memory;
             }
-            PyObject *pos = PyLong_FromSsize_t(r + 5);
-            PyObject *budget_obj = pos == NULL ? NULL : PyLong_FromSsize_t(budget);
-            if (budget_obj == NULL) {
-                Py_XDECREF(pos);
-                goto error;
-            }
-            PyObject *dargs[5] = {buf, pos, L->max_depth, Py_None, budget_obj};
-            PyObject *decoded = PyObject_Vectorcall(DecodeTerm, dargs, 5, NULL);
-            Py_DECREF(pos);
-            Py_DECREF(budget_obj);
-            if (decoded == NULL || !PyTuple_CheckExact(decoded) || PyTuple_GET_SIZE(decoded) != 2 ||
-                PyLong_AsSsize_t(PyTuple_GET_ITEM(decoded, 1)) != r + 4 + n) {
+            Py_ssize_t end = -1;
+            PyObject *value = Cetf->decode_term(buf, r + 5, L->max_depth, NULL, budget, &end);
+            if (value == NULL || end != r + 4 + n) {
                 /* Invalid, or not exactly the frame: the general path decodes it again and
                  * answers as it must. */
-                Py_XDECREF(decoded);
+                Py_XDECREF(value);
                 PyErr_Clear();
                 drained = 0;
                 break;
             }
-            PyObject *value = PyTuple_GET_ITEM(decoded, 0);
-            Py_INCREF(value);
-            Py_DECREF(decoded);
             /* Taken from the splitter before the call runs: a stand-by that takes the reading
              * role over during a long call reads on from the next frame. */
             if (lane_consume(L, r, r + 4 + n) < 0) {
@@ -2042,9 +2031,8 @@ static PyTypeObject LaneType = {
 static PyObject *
 clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api)");
         return NULL;
     }
     if (READY()) {
@@ -2054,9 +2042,12 @@ clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "_setup: modules must be sys.modules");
         return NULL;
     }
-    PyObject **slots[7] = {&SysModules, &ImportModule, &Lookup, &FailureType, &CancelledType,
-                           &DecodeTerm, &Encode};
-    for (int i = 6; i >= 0; i--) { /* SysModules last: it says READY */
+    Cetf = PyCapsule_GetPointer(args[5], SNAKEPORT_CETF_CAPSULE);
+    if (Cetf == NULL) {
+        return NULL;
+    }
+    PyObject **slots[6] = {&SysModules, &ImportModule, &Lookup, &FailureType, &CancelledType, &CetfCapsule};
+    for (int i = 5; i >= 0; i--) { /* SysModules last: it says READY */
         Py_INCREF(args[i]);
         *slots[i] = args[i];
     }
@@ -2154,7 +2145,7 @@ clane_parent_death_signal(PyObject *self, PyObject *arg)
 
 static PyMethodDef clane_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
-     "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)\n--\n\n"
+     "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api)\n--\n\n"
      "The objects the lane uses (called once by snakeport._lane)."},
     {"uninitialized", (PyCFunction)clane_uninitialized, METH_O,
      "uninitialized(size)\n--\n\n"
