@@ -624,3 +624,17 @@ def test_short_ascii_strings_decoded_again_are_the_str_decoded_before() -> None:
         assert etf.decode(etf.encode("")) == ""
     finally:
         etf._set_accelerated(previous)
+
+
+@needs_c
+def test_atoms_encode_alike_whether_the_encoder_remembers_them_or_not() -> None:
+    # The C encoder remembers the bytes of the atoms it encoded last, by identity (_cetf.c,
+    # atom_memo): the same object again, equal atoms that are other objects, and more atoms
+    # than it keeps (their entries replaced) all encode as the Python encoder encodes them.
+    atoms = [Atom(f"a{k}") for k in range(100)]
+    twins = [Atom(f"a{k}") for k in range(100)]
+    for term in ((A_REPLY, 1, A_OK, 3), (A_REPLY, 2, A_OK, 4), atoms, twins, atoms, [atoms[0], twins[0]] * 3):
+        assert_same(*on_both(lambda: etf.encode(term)))
+
+
+A_REPLY, A_OK = Atom("reply"), Atom("ok")

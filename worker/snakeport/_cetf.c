@@ -1496,6 +1496,43 @@ static const unsigned char ATOM_TRUE[] = {SMALL_ATOM_UTF8_EXT, 4, 't', 'r', 'u',
 static const unsigned char ATOM_FALSE[] = {SMALL_ATOM_UTF8_EXT, 5, 'f', 'a', 'l', 's', 'e'};
 static const unsigned char ATOM_NIL[] = {SMALL_ATOM_UTF8_EXT, 3, 'n', 'i', 'l'};
 
+/* The encodings of the atoms encoded last, by identity: an Atom (an immutable str) always
+ * encodes to the same bytes, so a hit needs no lookup in _ATOM_BYTES (a dict lookup of a
+ * str subclass, ~120 instructions; a reply has two atoms). Direct-mapped; the entries hold
+ * references, so an address is not reused while it is in the memo. None without a GIL. */
+#define ATOM_MEMO_SIZE 16 /* a power of two */
+typedef struct {
+    PyObject *atom;  /* Atom (strong reference) or NULL */
+    PyObject *bytes; /* its encoding (strong reference) */
+} AtomBytesEntry;
+
+#ifndef Py_GIL_DISABLED
+static AtomBytesEntry atom_memo[ATOM_MEMO_SIZE];
+#endif
+
+static inline AtomBytesEntry *
+atom_bytes_entry(PyObject *atom)
+{
+#ifndef Py_GIL_DISABLED
+    return &atom_memo[((uintptr_t)atom >> 4) & (ATOM_MEMO_SIZE - 1)];
+#else
+    return NULL;
+#endif
+}
+
+/* Keep atom -> encoded in its entry (when it is not there already). */
+static inline void
+atom_bytes_keep(AtomBytesEntry *e, PyObject *atom, PyObject *encoded)
+{
+    if (e != NULL && e->atom != atom) {
+        PyObject *old_atom = e->atom, *old_bytes = e->bytes;
+        e->atom = Py_NewRef(atom);
+        e->bytes = Py_NewRef(encoded);
+        Py_XDECREF(old_atom); /* (a str and bytes go: no Python code runs) */
+        Py_XDECREF(old_bytes);
+    }
+}
+
 /* Encode obj through etf._encode_part (everything not handled natively). */
 static int
 encode_part(Out *o, PyObject *obj, PyObject *deflt, PyObject *max_depth_obj, Py_ssize_t depth)
@@ -1588,8 +1625,11 @@ encode_term(PyObject *term, PyObject *deflt, PyObject *max_depth_obj)
             }
         }
         else if (cls == AtomType) {
-            PyObject *encoded = PyDict_GetItemWithError(AtomBytes, obj); /* borrowed */
+            AtomBytesEntry *memo = atom_bytes_entry(obj);
+            PyObject *encoded = memo != NULL && memo->atom == obj ? memo->bytes
+                                                                  : PyDict_GetItemWithError(AtomBytes, obj); /* borrowed */
             if (encoded != NULL) {
+                atom_bytes_keep(memo, obj, encoded);
                 if (out_bytes_obj(&o, encoded) < 0) {
                     goto error;
                 }
