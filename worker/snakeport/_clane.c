@@ -7,7 +7,8 @@
  * _sessions, _scheduler), on the same Python objects and under the same locks, in one C
  * function per frame instead of some thirty Python calls:
  *
- *   decode (snakeport._cetf.decode_term, the frame read in place) -> the frame consumed
+ *   decode (snakeport._cetf's decode_term, called in C through its capsule _C_API, the frame
+ *   read in place) -> the frame consumed
  *   (FrameSplitter.consume, lane_consume) -> check out the session (last access, `running`)
  *   -> a Job with a PlainCall as its code (made as Job.__init__ makes it: make_job),
  *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
@@ -359,9 +360,9 @@ typedef struct {
     Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
     long n_queued, n_running, n_done, n_failed, n_interrupted;
     int native_clocks; /* wall and monotonic are built-in functions (see lock_enter) */
+    PyObject *names[2]; /* the last function name and its interned equal (intern_name) */
     /* How the lane makes a Job without running Job.__init__ (see job_layout): each slot's
      * offset and what __init__ puts there. */
-    PyObject *names[2];        /* the last function name and its interned equal (intern_name) */
     int fast_jobs;
     int job_nslots;
     Py_ssize_t job_offset[MAX_JOB_SLOTS];
@@ -467,7 +468,7 @@ lock_leave(int taken, PyObject *release, int rc)
 /* lock.acquire(False), for a lock whose methods `locked` and `acquire` are given: 1 when it
  * was taken, 0 when another holder has it, -1 on error. When locked() says the lock is free,
  * acquire() takes it at once (this thread holds the GIL: no other can take it in between)
- * and has no argument to parse, which acquire(False) does (~600 instructions). */
+ * and has no argument to parse, which acquire(False) does (~300 instructions less). */
 static int
 lock_try(PyObject *locked, PyObject *acquire)
 {
