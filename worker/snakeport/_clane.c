@@ -345,7 +345,7 @@ typedef struct {
     PyObject *encode_default;  /* _tagged.encode_default */
     PyObject *lost;            /* returned when the reading role moved away */
     PyObject *writer;          /* the FrameWriter: its _queue (lane_send) */
-    PyObject *write_acquire, *write_release, *write_locked; /* FrameWriter._write_lock */
+    PyObject *write_acquire, *write_release; /* FrameWriter._write_lock */
     PyObject *send;            /* FrameWriter.send(payloads): the general write */
     PyObject *write_failed;    /* FrameWriter._failed(exc): a write failed */
     PyObject *send_queued;     /* FrameWriter._send_queued(): frames queued meanwhile */
@@ -379,7 +379,7 @@ typedef struct {
     X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
-    X(write_acquire) X(write_release) X(write_locked) X(send) X(write_failed) X(send_queued) X(spin)      \
+    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
     X(spin_policy) X(spin_clock)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
@@ -463,31 +463,6 @@ lock_leave(int taken, PyObject *release, int rc)
         }
     }
     return PyErr_Occurred() ? -1 : rc;
-}
-
-/* lock.acquire(False), for a lock whose methods `locked` and `acquire` are given: 1 when it
- * was taken, 0 when another holder has it, -1 on error. When locked() says the lock is free,
- * acquire() takes it at once (this thread holds the GIL: no other can take it in between)
- * and has no argument to parse, which acquire(False) does (~300 instructions less). */
-static int
-lock_try(PyObject *locked, PyObject *acquire)
-{
-#ifndef Py_GIL_DISABLED
-    PyObject *held = call_noargs(locked);
-    if (held == NULL) {
-        return -1;
-    }
-    Py_DECREF(held);
-    if (held == Py_False) {
-        return call_ok(acquire) < 0 ? -1 : 1;
-    }
-#endif
-    PyObject *got = PyObject_CallOneArg(acquire, Py_False);
-    if (got == NULL) {
-        return -1;
-    }
-    Py_DECREF(got);
-    return got == Py_True;
 }
 
 /* The frame `f` of `n` bytes starts like a call request: version, 8-tuple, the atom call. */
@@ -1493,11 +1468,15 @@ lane_send(Lane *L, PyObject *payloads)
         general = !PyBytes_CheckExact(p) || (unsigned long long)PyBytes_GET_SIZE(p) > 0xFFFFFFFFULL;
     }
     if (!general) {
-        int got = lock_try(L->write_locked, L->write_acquire);
-        if (got < 0) {
+        /* acquire(False), never acquire() after a locked() that said it was free: another
+         * thread blocked in acquire() takes the lock without the GIL, and the reader must
+         * not wait behind its write. */
+        PyObject *got = PyObject_CallOneArg(L->write_acquire, Py_False);
+        if (got == NULL) {
             return -1;
         }
-        general = !got;
+        Py_DECREF(got);
+        general = got != Py_True;
     }
     if (!general) {
         /* (Frames queued by another thread go first: send() puts them before ours.) */

@@ -245,7 +245,6 @@ def build(server: Any) -> Any:
         writer=writer,
         write_acquire=writer._write_lock.acquire,
         write_release=writer._write_lock.release,
-        write_locked=writer._write_lock.locked,
         send=writer.send,
         write_failed=writer._failed,
         send_queued=writer._send_queued,
