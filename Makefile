@@ -48,7 +48,7 @@ tools:
 ## python3-dev when missing (not needed with SNAKEPORT_PURE_PYTHON=1: pure-Python codec).
 venv: $(STAMP)
 
-$(STAMP): setup.cfg setup.py worker/snakeport/_cetf.c worker/snakeport/_clane.c
+$(STAMP): setup.cfg setup.py worker/snakeport/_cetf.c worker/snakeport/_clane.c worker/snakeport/_cetf_api.h
 	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
 	  echo "==> python3 venv support missing: installing python3-venv"; \
 	  $(call apt_install,python3-venv,Python's venv module is,install venv support for $(PYTHON) then rerun.); \

@@ -9,9 +9,12 @@ codec and its general call path.
 
 from setuptools import Extension, setup
 
+#: The C entry points of _cetf that _clane calls (a header both include).
+API = "worker/snakeport/_cetf_api.h"
+
 setup(
     ext_modules=[
-        Extension("snakeport._cetf", ["worker/snakeport/_cetf.c"], optional=True),
-        Extension("snakeport._clane", ["worker/snakeport/_clane.c"], optional=True),
+        Extension("snakeport._cetf", ["worker/snakeport/_cetf.c"], depends=[API], optional=True),
+        Extension("snakeport._clane", ["worker/snakeport/_clane.c"], depends=[API], optional=True),
     ],
 )

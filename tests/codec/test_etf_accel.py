@@ -599,3 +599,42 @@ def test_the_c_fast_path_charges_the_default_budget_alike(count: int) -> None:
     assert_same(c, py)
     assert c[0] == ("error" if count == 40000 else "ok")
     assert_same(*on_both(lambda: etf.decode(data + b"\x00\x01")))
+
+
+@needs_c
+def test_short_ascii_strings_decoded_again_are_the_str_decoded_before() -> None:
+    # The C decoder keeps the str of a short ASCII binary (_cetf.c, the short-string cache):
+    # the same bytes give the same object (its hash already computed), any other bytes
+    # their own str, as the pure-Python decoder gives them.
+    previous = etf._set_accelerated(True)
+    try:
+        first = etf.decode(etf.encode(("auto-1234", "operator", "add")))
+        again = etf.decode(etf.encode(("auto-1234", "operator", "add")))
+        assert all(a is b for a, b in zip(first, again))
+        # Many other short strings (collisions in the 64 slots) then the first again: each
+        # decodes to its own value, whether its slot held it or another one.
+        others = [f"s{k}" for k in range(500)]
+        assert etf.decode(etf.encode(others)) == others
+        assert etf.decode(etf.encode(others)) == others
+        assert etf.decode(etf.encode("auto-1234")) == "auto-1234"
+        # Not kept: non-ASCII text, longer binaries, bytes that are not UTF-8.
+        for value in ("é" * 3, "x" * 33, b"\xff\xfe"):
+            a, b = etf.decode(etf.encode((value, value)))  # (two binaries, two decodes)
+            assert a == b == value and a is not b
+        assert etf.decode(etf.encode("")) == ""
+    finally:
+        etf._set_accelerated(previous)
+
+
+@needs_c
+def test_atoms_encode_alike_whether_the_encoder_remembers_them_or_not() -> None:
+    # The C encoder remembers the bytes of the atoms it encoded last, by identity (_cetf.c,
+    # atom_memo): the same object again, equal atoms that are other objects, and more atoms
+    # than it keeps (their entries replaced) all encode as the Python encoder encodes them.
+    atoms = [Atom(f"a{k}") for k in range(100)]
+    twins = [Atom(f"a{k}") for k in range(100)]
+    for term in ((A_REPLY, 1, A_OK, 3), (A_REPLY, 2, A_OK, 4), atoms, twins, atoms, [atoms[0], twins[0]] * 3):
+        assert_same(*on_both(lambda: etf.encode(term)))
+
+
+A_REPLY, A_OK = Atom("reply"), Atom("ok")

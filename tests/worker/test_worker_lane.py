@@ -27,6 +27,7 @@ from snakeport import _lane, etf
 from snakeport._jobs import CURRENT, DONE, FAILED, INTERRUPTED, Failure, Job, Jobs
 from snakeport._requests import AUTO
 from snakeport._server import Config, Server
+from snakeport._sessions import Session
 from snakeport._spin import SpinPolicy
 from snakeport.types import Atom
 from sp_client import A, worker_env
@@ -517,6 +518,48 @@ def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:
     assert srv._sched.running == 0 and not srv._sched._inline_active and srv._sched.held == []
     assert written(out_r) == [(A("reply"), 5, A("ok"), 3)]  # (the lane wrote it: nothing else buffered)
     assert getattr(CURRENT, "job", None) is None
+
+
+def test_the_lane_follows_a_class_changed_after_it_used_a_slot(monkeypatch) -> None:
+    # The lane remembers where a slot of a type is (_clane.c, slot_of's cache), as long as
+    # the type is not modified: a slot replaced afterwards by a property is the property's.
+    srv, _, out_r = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    session = srv.table._sessions["s"]
+    feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))  # (the slots learnt)
+    seen: list = []
+    member = Session.__dict__["last_access"]
+
+    def stored(self: Session, value: float) -> None:
+        seen.append(value)
+        member.__set__(self, value)
+
+    monkeypatch.setattr(Session, "last_access", property(member.__get__, stored))
+    feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")))
+    assert seen == [session.last_access] and session.running == 0
+    monkeypatch.undo()  # the member descriptor back: the lane's own writes again
+    feed(srv, frames(call(7, "operator", "add", [1, 2], session="s")))
+    assert len(seen) == 1 and session.last_access > seen[0]
+    assert [t[1] for t in written(out_r)] == [5, 6, 7]
+
+
+def test_the_lane_reads_the_session_tables_clocks_whatever_they_are() -> None:
+    # The lane calls built-in clocks (time.time, time.monotonic) directly, any other through
+    # the call protocol (_clane.c, call_noargs): both give the sessions the clocks' times.
+    ticks = iter(range(1000, 2000))
+    for wall, monotonic in ((time.time, time.monotonic), (lambda: 1.5e9, lambda: float(next(ticks)))):
+        srv, _, out_r = server()
+        srv.table._wall, srv.table._monotonic = wall, monotonic
+        srv._lane = _lane.build(srv)
+        srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+        session = srv.table._sessions["s"]
+        before = (wall(), monotonic())
+        feed(srv, frames(call(5, "operator", "add", [1, 2], session="s")))
+        assert written(out_r) == [(A("reply"), 5, A("ok"), 3)] and session.running == 0
+        if wall is time.time:
+            assert session.last_access >= before[0] and session.active_at >= before[1]
+        else:  # (one tick at check-out, one at check-in)
+            assert session.last_access == 1.5e9 and session.active_at == before[1] + 2
 
 
 #: The jobs whose code ran :func:`record_job` (a lane call's target in the tests below).

@@ -22,6 +22,9 @@
  *       any call into Python code (which may let another thread run, or is a default hook
  *       that changes the containers), the lists and dicts still open are copied.
  *
+ * decode_term and encode are also given to C callers without their Python calls: the
+ * capsule _C_API (_cetf_api.h), which snakeport._clane uses on every request.
+ *
  * Both are non-recursive (explicit stacks, bounded by max_depth). Containers and the frequent
  * leaves are handled here; every rare case calls back into etf.py (looked up by name once,
  * by _setup()): the leaf decoders of the other tags, _atom_at on an atom-cache miss (it
@@ -37,6 +40,8 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_cetf_api.h"
 
 /* Tag bytes (OTP "External Term Format"; names as in snakeport._etf_tags). */
 #define NEW_FLOAT_EXT 70
@@ -311,6 +316,62 @@ fnv1a(const unsigned char *p, Py_ssize_t n)
     return h;
 }
 
+/* ------------------------------------------------------------------------------------- */
+/* Short-string cache: the str of a short ASCII binary, direct-mapped, keyed by its bytes.   */
+/* ------------------------------------------------------------------------------------- */
+
+/* Requests repeat their short binaries (the session id, module and function names of every
+ * call): a hit gives the str decoded before, with its hash computed by the dict lookups it
+ * went through, instead of a new str (and its hash) each time. Only ASCII strs are kept (a
+ * hit is charged as a decode is: n bytes, no wider kind), and only their bytes are compared,
+ * so a hit is what a decode would give, the same object. None without a GIL (a slot is not
+ * replaced atomically). */
+#define STR_CACHE_SIZE 64 /* a power of two */
+#define STR_CACHE_MAX 32  /* longest binary kept (bytes) */
+
+#ifndef Py_GIL_DISABLED
+static PyObject *str_cache[STR_CACHE_SIZE]; /* ASCII str (strong references) or NULL */
+#endif
+
+/* The slot of n bytes: their length and three of them, mixed (cheaper than hashing them all;
+ * a collision only costs a decode). */
+static inline size_t
+str_cache_index(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t h = n == 0 ? 0 : (uint32_t)n ^ ((uint32_t)p[0] << 8) ^ ((uint32_t)p[n / 2] << 16) ^ ((uint32_t)p[n - 1] << 24);
+    return (size_t)((h * 2654435761u) >> 16) & (STR_CACHE_SIZE - 1);
+}
+
+/* The slot of the n bytes at p (NULL: not cached, too long or no cache) and, in *hit, the
+ * str it holds when that is the one of these bytes (a new reference), else NULL. */
+static PyObject **
+str_cache_slot(const unsigned char *p, Py_ssize_t n, PyObject **hit)
+{
+    *hit = NULL;
+#ifndef Py_GIL_DISABLED
+    if (n > STR_CACHE_MAX) {
+        return NULL;
+    }
+    PyObject **slot = &str_cache[str_cache_index(p, n)];
+    PyObject *s = *slot;
+    if (s != NULL && PyUnicode_GET_LENGTH(s) == n && memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0) {
+        *hit = Py_NewRef(s);
+    }
+    return slot;
+#else
+    return NULL;
+#endif
+}
+
+/* Keep the str just decoded from a binary in its slot, when it is ASCII. */
+static void
+str_cache_put(PyObject **slot, PyObject *value)
+{
+    if (slot != NULL && PyUnicode_CheckExact(value) && PyUnicode_IS_ASCII(value)) {
+        Py_XSETREF(*slot, Py_NewRef(value)); /* (a str goes: no Python code runs) */
+    }
+}
+
 /* The atoms of one decode_term call, keyed by their encoding in the input (which does not
  * change during the call): a repeated atom is the same object and is charged once, as in
  * etf._py_decode_term's `seen` dict. Open addressing, linear probing, a power-of-two size. */
@@ -402,29 +463,32 @@ seen_add(SeenTable *t, Py_ssize_t off, Py_ssize_t len, uint32_t hash, PyObject *
     return 0;
 }
 
+/* The memory left for a decode_term call and its total (for the error message). */
+typedef struct {
+    long long left;
+    PyObject *total; /* the budget argument (borrowed), or NULL: `limit` is the total */
+    long long limit;
+} Budget;
+
 /* Raise DecodeError("decoding needs more than the memory budget ...") through etf. */
 static PyObject *
-over_budget(Src *src, Py_ssize_t offset, PyObject *budget)
+over_budget(Src *src, Py_ssize_t offset, Budget *budget)
 {
     PyObject *data = src_bytes(src);
     if (data == NULL) {
         return NULL;
     }
     PyObject *off = PyLong_FromSsize_t(offset);
-    if (off == NULL) {
-        return NULL;
+    PyObject *total = budget->total != NULL ? Py_NewRef(budget->total) : PyLong_FromLongLong(budget->limit);
+    if (off != NULL && total != NULL) {
+        PyObject *args[3] = {data, off, total};
+        call_raise(OverBudget, args, 3);
     }
-    PyObject *args[3] = {data, off, budget};
-    call_raise(OverBudget, args, 3);
-    Py_DECREF(off);
+    Py_XDECREF(off);
+    Py_XDECREF(total);
     return NULL;
 }
 
-/* The memory left for a decode_term call and its total (for the error message). */
-typedef struct {
-    long long left;
-    PyObject *total; /* the budget argument (borrowed) */
-} Budget;
 
 /* The atom whose tag (any of the four atom tags) is at *pos; advances *pos. The first
  * occurrence of an encoding in the call is charged and remembered in `seen`. */
@@ -509,7 +573,7 @@ first:
     budget->left -= COST_ATOM + 4 * (long long)(end - p - header);
     if (budget->left < 0) {
         Py_DECREF(value);
-        return over_budget(data, p, budget->total);
+        return over_budget(data, p, budget);
     }
     if (end == p + keylen && seen_add(seen, p, keylen, hash, value) < 0) {
         Py_DECREF(value);
@@ -669,7 +733,7 @@ take_map(DecodeStack *s, Py_ssize_t base, Src *data, Py_ssize_t pos, Budget *bud
 erlmap:
     budget->left -= COST_CONTAINER + COST_ERLMAP_PAIR / 2 * (long long)n;
     if (budget->left < 0) {
-        return over_budget(data, pos, budget->total);
+        return over_budget(data, pos, budget);
     }
     PyObject *flat = take_list(s, base);
     if (flat == NULL) {
@@ -712,7 +776,7 @@ call_tagged(PyObject *tagged, PyObject *tuple)
     do {                                                                                 \
         budget.left -= (COST);                                                           \
         if (budget.left < 0) {                                                           \
-            over_budget(data, (TAGPOS), budget.total);                                   \
+            over_budget(data, (TAGPOS), &budget);                                   \
             goto error;                                                                  \
         }                                                                                \
     } while (0)
@@ -736,37 +800,28 @@ call_tagged(PyObject *tagged, PyObject *tuple)
         f = nf;                                                                          \
     } while (0)
 
+/* decode_term's work (see the module doc), for it and for callers in C (decode, and
+ * snakeport._clane through the capsule _C_API): the term at `pos` of `input` (bytes or a
+ * bytearray) with its end in *end. `max_depth_obj` is the depth limit (an int; also for
+ * the error message); `tagged` NULL without a hook; `budget_obj` the budget as given (for
+ * the error message), or NULL: `budget_limit` then stands for it. */
 static PyObject *
-cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *tagged, long long budget_limit,
+          PyObject *budget_obj, Py_ssize_t *end_out)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "decode_term(data, pos, max_depth, tagged, budget)");
-        return NULL;
-    }
     if (!READY()) {
         PyErr_SetString(PyExc_RuntimeError, "snakeport._cetf: _setup() was not called");
         return NULL;
     }
-    PyObject *input = args[0];
     if (!PyBytes_CheckExact(input) && !PyByteArray_CheckExact(input)) {
         PyErr_SetString(PyExc_TypeError, "decode_term: data must be bytes or bytearray");
         return NULL;
     }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    PyObject *max_depth_obj = args[2];
     Py_ssize_t max_depth;
     if (as_limit(max_depth_obj, &max_depth) < 0) {
         return NULL;
     }
-    PyObject *tagged = args[3] == Py_None ? NULL : args[3];
-    Py_ssize_t budget_limit;
-    if (as_limit(args[4], &budget_limit) < 0) {
-        return NULL;
-    }
-    Budget budget = {(long long)budget_limit, args[4]};
+    Budget budget = {budget_limit, budget_obj, budget_limit};
     Py_ssize_t insize = PyBytes_CheckExact(input) ? PyBytes_GET_SIZE(input) : PyByteArray_GET_SIZE(input);
     if (pos < 0 || pos > insize) {
         PyErr_SetString(PyExc_ValueError, "decode_term: pos out of range");
@@ -873,7 +928,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     PyUnicode_Compare(s.values[f->base], BytesTag) == 0) {
                     /* {'$snakeport_bytes', Binary}: bytes at once, never a str. */
                     if (cost > budget.left) {
-                        over_budget(data, pos, budget.total);
+                        over_budget(data, pos, &budget);
                         goto error;
                     }
                     value = PyBytes_FromStringAndSize((const char *)buf + start, n);
@@ -890,12 +945,16 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         goto error;
                     }
                     if (cost + (long long)((utf8 > 1 ? utf8 : 1) - 1) * n > budget.left) {
-                        over_budget(data, pos, budget.total);
+                        over_budget(data, pos, &budget);
                         goto error;
                     }
                 }
+                PyObject **slot = NULL;
                 if (utf8 == 0) { /* no failed decode (and its copies of the input) */
                     value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                }
+                else if ((slot = str_cache_slot(buf + start, n, &value)) != NULL && value != NULL) {
+                    /* (cached: ASCII, charged as decoded) */
                 }
                 else if ((value = PyUnicode_DecodeUTF8((const char *)buf + start, n, NULL)) == NULL) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
@@ -906,6 +965,9 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
                 else if (PyUnicode_GET_LENGTH(value) != n) { /* not ASCII */
                     cost += (long long)(PyUnicode_KIND(value) - 1) * n;
+                }
+                else {
+                    str_cache_put(slot, value);
                 }
                 budget.left -= cost;
                 pos = start + n;
@@ -1054,7 +1116,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 budget.left -= COST_OTHER + 2 * (long long)(end - pos);
                 if (budget.left < 0) {
                     Py_DECREF(value);
-                    over_budget(data, pos, budget.total);
+                    over_budget(data, pos, &budget);
                     goto error;
                 }
                 pos = end;
@@ -1094,7 +1156,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     budget.left -= c;
                     if (budget.left < 0) {
                         Py_DECREF(value);
-                        over_budget(data, pos, budget.total);
+                        over_budget(data, pos, &budget);
                         goto error;
                     }
                 }
@@ -1120,7 +1182,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             budget.left -= COST_IMPROPER + 8 * (long long)(s.nvalues - f->base);
             if (budget.left < 0) {
                 Py_DECREF(tail);
-                over_budget(data, pos, budget.total);
+                over_budget(data, pos, &budget);
                 goto error;
             }
             PyObject *items = take_list(&s, f->base);
@@ -1152,16 +1214,11 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             break;
         default: { /* the root */
-            value = s.values[0];
+            result = s.values[0];
             s.nvalues = 0;
             free_stack(&s);
             seen_free(&seen);
-            PyObject *end = PyLong_FromSsize_t(pos);
-            if (end != NULL) {
-                result = PyTuple_Pack(2, value, end);
-                Py_DECREF(end);
-            }
-            Py_DECREF(value);
+            *end_out = pos;
             goto done;
         }
         }
@@ -1181,6 +1238,34 @@ done:
     if (src.owned) {
         Py_XDECREF(src.bytes);
     }
+    return result;
+}
+
+/* decode_term(data, pos, max_depth, tagged, budget) -> (value, end): see the module doc. */
+static PyObject *
+cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "decode_term(data, pos, max_depth, tagged, budget)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t budget_limit;
+    if (as_limit(args[4], &budget_limit) < 0) {
+        return NULL;
+    }
+    Py_ssize_t end;
+    PyObject *value = decode_at(args[0], pos, args[2], args[3] == Py_None ? NULL : args[3], budget_limit, args[4], &end);
+    if (value == NULL) {
+        return NULL;
+    }
+    PyObject *end_obj = PyLong_FromSsize_t(end);
+    PyObject *result = end_obj == NULL ? NULL : PyTuple_Pack(2, value, end_obj);
+    Py_XDECREF(end_obj);
+    Py_DECREF(value);
     return result;
 }
 
@@ -1215,22 +1300,11 @@ cetf_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (budget > DEFAULT_MEMORY) {
         budget = DEFAULT_MEMORY;
     }
-    PyObject *budget_obj = PyLong_FromLongLong(budget);
-    if (budget_obj == NULL) {
+    Py_ssize_t end;
+    PyObject *value = decode_at(data, 1, DefaultDepth, NULL, budget, NULL, &end);
+    if (value == NULL) {
         return NULL;
     }
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *targs[5] = {data, one, DefaultDepth, Py_None, budget_obj};
-    PyObject *pair = cetf_decode_term(module, targs, 5);
-    Py_DECREF(budget_obj);
-    Py_DECREF(one);
-    if (pair == NULL) {
-        return NULL;
-    }
-    PyObject *value = PyTuple_GET_ITEM(pair, 0);
-    Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
-    Py_INCREF(value);
-    Py_DECREF(pair);
     if (end != size) { /* the same DecodeError as etf.decode's */
         Py_DECREF(value);
         return fail(&(Src){data, 0, buf, size}, end, "%zd trailing bytes after the term", size - end);
@@ -1422,6 +1496,43 @@ static const unsigned char ATOM_TRUE[] = {SMALL_ATOM_UTF8_EXT, 4, 't', 'r', 'u',
 static const unsigned char ATOM_FALSE[] = {SMALL_ATOM_UTF8_EXT, 5, 'f', 'a', 'l', 's', 'e'};
 static const unsigned char ATOM_NIL[] = {SMALL_ATOM_UTF8_EXT, 3, 'n', 'i', 'l'};
 
+/* The encodings of the atoms encoded last, by identity: an Atom (an immutable str) always
+ * encodes to the same bytes, so a hit needs no lookup in _ATOM_BYTES (a dict lookup of a
+ * str subclass, ~120 instructions; a reply has two atoms). Direct-mapped; the entries hold
+ * references, so an address is not reused while it is in the memo. None without a GIL. */
+#define ATOM_MEMO_SIZE 16 /* a power of two */
+typedef struct {
+    PyObject *atom;  /* Atom (strong reference) or NULL */
+    PyObject *bytes; /* its encoding (strong reference) */
+} AtomBytesEntry;
+
+#ifndef Py_GIL_DISABLED
+static AtomBytesEntry atom_memo[ATOM_MEMO_SIZE];
+#endif
+
+static inline AtomBytesEntry *
+atom_bytes_entry(PyObject *atom)
+{
+#ifndef Py_GIL_DISABLED
+    return &atom_memo[((uintptr_t)atom >> 4) & (ATOM_MEMO_SIZE - 1)];
+#else
+    return NULL;
+#endif
+}
+
+/* Keep atom -> encoded in its entry (when it is not there already). */
+static inline void
+atom_bytes_keep(AtomBytesEntry *e, PyObject *atom, PyObject *encoded)
+{
+    if (e != NULL && e->atom != atom) {
+        PyObject *old_atom = e->atom, *old_bytes = e->bytes;
+        e->atom = Py_NewRef(atom);
+        e->bytes = Py_NewRef(encoded);
+        Py_XDECREF(old_atom); /* (a str and bytes go: no Python code runs) */
+        Py_XDECREF(old_bytes);
+    }
+}
+
 /* Encode obj through etf._encode_part (everything not handled natively). */
 static int
 encode_part(Out *o, PyObject *obj, PyObject *deflt, PyObject *max_depth_obj, Py_ssize_t depth)
@@ -1442,18 +1553,12 @@ encode_part(Out *o, PyObject *obj, PyObject *deflt, PyObject *max_depth_obj, Py_
 }
 
 static PyObject *
-cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+encode_term(PyObject *term, PyObject *deflt, PyObject *max_depth_obj)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "encode(term, default, max_depth)");
-        return NULL;
-    }
     if (!READY()) {
         PyErr_SetString(PyExc_RuntimeError, "snakeport._cetf: _setup() was not called");
         return NULL;
     }
-    PyObject *deflt = args[1];
-    PyObject *max_depth_obj = args[2];
     Py_ssize_t max_depth;
     if (as_limit(max_depth_obj, &max_depth) < 0) {
         return NULL;
@@ -1470,7 +1575,7 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t nframes = 0, frames_cap = 16;
     Py_ssize_t nsnapped = 0; /* frames below this one hold snapshots (or tuples) */
 
-    PyObject *obj = args[0];
+    PyObject *obj = term;
     Py_INCREF(obj);
     for (;;) {
         /* Encode obj (a strong reference, released below unless a frame took it). */
@@ -1520,8 +1625,11 @@ cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         else if (cls == AtomType) {
-            PyObject *encoded = PyDict_GetItemWithError(AtomBytes, obj); /* borrowed */
+            AtomBytesEntry *memo = atom_bytes_entry(obj);
+            PyObject *encoded = memo != NULL && memo->atom == obj ? memo->bytes
+                                                                  : PyDict_GetItemWithError(AtomBytes, obj); /* borrowed */
             if (encoded != NULL) {
+                atom_bytes_keep(memo, obj, encoded);
                 if (out_bytes_obj(&o, encoded) < 0) {
                     goto error;
                 }
@@ -1790,6 +1898,17 @@ error:
     return NULL;
 }
 
+/* encode(term, default, max_depth) -> bytes: see the module doc. */
+static PyObject *
+cetf_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encode(term, default, max_depth)");
+        return NULL;
+    }
+    return encode_term(args[0], args[1], args[2]);
+}
+
 #undef BEFORE_PYTHON
 
 /* ------------------------------------------------------------------------------------- */
@@ -2014,8 +2133,28 @@ static struct PyModuleDef cetf_module = {
     NULL,
 };
 
+/* The direct forms for snakeport._clane (see _cetf_api.h). */
+static PyObject *
+api_decode_term(PyObject *data, Py_ssize_t pos, PyObject *max_depth, PyObject *tagged, long long budget,
+                Py_ssize_t *end)
+{
+    return decode_at(data, pos, max_depth, tagged, budget, NULL, end);
+}
+
+static CetfApi cetf_api = {api_decode_term, encode_term};
+
 PyMODINIT_FUNC
 PyInit__cetf(void)
 {
-    return PyModule_Create(&cetf_module);
+    PyObject *m = PyModule_Create(&cetf_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *api = PyCapsule_New(&cetf_api, SNAKEPORT_CETF_CAPSULE, NULL);
+    if (api == NULL || PyModule_AddObject(m, "_C_API", api) < 0) {
+        Py_XDECREF(api);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -7,7 +7,8 @@
  * _sessions, _scheduler), on the same Python objects and under the same locks, in one C
  * function per frame instead of some thirty Python calls:
  *
- *   decode (snakeport._cetf.decode_term, the frame read in place) -> the frame consumed
+ *   decode (snakeport._cetf's decode_term, called in C through its capsule _C_API, the frame
+ *   read in place) -> the frame consumed
  *   (FrameSplitter.consume, lane_consume) -> check out the session (last access, `running`)
  *   -> a Job with a PlainCall as its code (made as Job.__init__ makes it: make_job),
  *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
@@ -42,6 +43,8 @@
 #include <limits.h>
 #include <sys/uio.h> /* writev */
 #include <unistd.h>  /* read */
+
+#include "_cetf_api.h" /* the codec's C entry points */
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h> /* T_OBJECT_EX, READONLY */
 #define SLOT_OBJECT T_OBJECT_EX
@@ -61,8 +64,8 @@ static PyObject *ImportModule;  /* _jobs.import_module(name): the general import
 static PyObject *Lookup;        /* _jobs.lookup(obj, path): a dotted attribute path */
 static PyObject *FailureType;   /* _jobs.Failure(reason, cause) */
 static PyObject *CancelledType; /* errors.Cancelled */
-static PyObject *DecodeTerm;    /* _cetf.decode_term(data, pos, max_depth, tagged, budget) */
-static PyObject *Encode;        /* _cetf.encode(term, default, max_depth) */
+static PyObject *CetfCapsule;   /* snakeport._cetf._C_API: keeps Cetf alive */
+static const CetfApi *Cetf;     /* the codec's decode_term and encode, called directly */
 static PyObject *One;           /* 1 */
 static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, *S_requests,
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
@@ -219,8 +222,27 @@ plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+/* `function` (a new reference to an exact str) interned: the attribute lookups of
+ * getattr(module, name) then hit the type's attribute cache and compare the module dict's
+ * key by identity, instead of hashing and comparing a new string each call. The codec gives
+ * a repeated name as the same str (its short-string cache), so the last one's interned
+ * equal is remembered (`memo`: {name, interned}, strong references) instead of looking it
+ * up in the interned strings again. */
+static PyObject *
+intern_name(PyObject *function, PyObject **memo)
+{
+    if (function == memo[0]) {
+        Py_DECREF(function);
+        return Py_NewRef(memo[1]);
+    }
+    Py_XSETREF(memo[0], Py_NewRef(function));
+    PyUnicode_InternInPlace(&function);
+    Py_XSETREF(memo[1], Py_NewRef(function));
+    return function;
+}
+
 static PlainCall *
-plain_call_make(PyObject *module, PyObject *function, PyObject *args)
+plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject **memo)
 {
     PlainCall *self = PyObject_GC_New(PlainCall, &PlainCallType);
     if (self == NULL) {
@@ -229,10 +251,7 @@ plain_call_make(PyObject *module, PyObject *function, PyObject *args)
     Py_INCREF(module);
     Py_INCREF(function);
     Py_INCREF(args);
-    /* The function's name interned (an exact str, see lane_request): the attribute lookups
-     * of getattr(module, name) then hit the type's attribute cache and compare the module
-     * dict's key by identity, instead of hashing and comparing a new string each call. */
-    PyUnicode_InternInPlace(&function);
+    function = intern_name(function, memo);
     self->module = module;
     self->function = function;
     self->args = args;
@@ -341,6 +360,7 @@ typedef struct {
     Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
     long n_queued, n_running, n_done, n_failed, n_interrupted;
     int native_clocks; /* wall and monotonic are built-in functions (see lock_enter) */
+    PyObject *names[2]; /* the last function name and its interned equal (intern_name) */
     /* How the lane makes a Job without running Job.__init__ (see job_layout): each slot's
      * offset and what __init__ puts there. */
     int fast_jobs;
@@ -366,10 +386,28 @@ static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* 
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
 static const char PREFIX[] = "$snakeport_";
 
+/* fn(), for the functions the lane calls on every request (the locks' locked and release,
+ * the session table's clocks): a built-in function without arguments (METH_NOARGS) is
+ * called as the call protocol would call it, without the protocol (~50 instructions: its
+ * dispatch, the recursion check that no Python code needs, the result check); anything
+ * else through the protocol. */
+static PyObject *
+call_noargs(PyObject *fn)
+{
+    if (PyCFunction_CheckExact(fn) && PyCFunction_GET_FLAGS(fn) == METH_NOARGS) {
+        PyObject *r = PyCFunction_GET_FUNCTION(fn)(PyCFunction_GET_SELF(fn), NULL);
+        if (r == NULL && !PyErr_Occurred()) {
+            PyErr_Format(PyExc_SystemError, "%R returned NULL without setting an exception", fn);
+        }
+        return r;
+    }
+    return PyObject_CallNoArgs(fn);
+}
+
 static int
 call_ok(PyObject *fn)
 {
-    PyObject *r = PyObject_CallNoArgs(fn);
+    PyObject *r = call_noargs(fn);
     if (r == NULL) {
         return -1;
     }
@@ -394,7 +432,7 @@ lock_enter(PyObject *locked, PyObject *acquire)
 {
 #ifndef Py_GIL_DISABLED
     if (locked != NULL) {
-        PyObject *held = PyObject_CallNoArgs(locked);
+        PyObject *held = call_noargs(locked);
         if (held == NULL) {
             return -1;
         }
@@ -477,8 +515,41 @@ plain_result(PyObject *r)
  * found as the generic getattr/setattr find it, through the type's attribute cache), the
  * lane reads and writes it in place, as the descriptor itself would; anything else takes
  * the generic path. */
-static PyObject **
-slot_of(PyObject *obj, PyObject *name)
+
+/* Where slot_of found a (type, name) slot last: a direct-mapped cache that saves the
+ * lookup (~50 a call, ~40 instructions each) of what does not change while the type does
+ * not. An entry holds while the type's tp_version_tag is the one it was found with:
+ * CPython sets the tag to 0 whenever the type or a base is modified (a class attribute
+ * set, __getattribute__ or __setattr__ assigned, a slot replaced...), and a type gets a
+ * tag never given before, so neither a modified type nor a new one at the same address
+ * matches an entry. Names are the module's interned S_* strings, which live forever. No
+ * cache without a GIL (the entries are not updated atomically). */
+#define SLOT_CACHE_SIZE 256 /* a power of two */
+typedef struct {
+    PyTypeObject *type; /* (no reference: see above) */
+    PyObject *name;
+    unsigned int tag;   /* type->tp_version_tag when found; never 0 */
+    Py_ssize_t offset;
+} SlotEntry;
+
+#ifndef Py_GIL_DISABLED
+static SlotEntry slot_cache[SLOT_CACHE_SIZE];
+#endif
+
+static inline SlotEntry *
+slot_entry(PyTypeObject *tp, PyObject *name)
+{
+#ifndef Py_GIL_DISABLED
+    size_t h = ((uintptr_t)tp >> 4) * 31 + ((uintptr_t)name >> 4);
+    return &slot_cache[h & (SLOT_CACHE_SIZE - 1)];
+#else
+    return NULL;
+#endif
+}
+
+/* slot_of's lookup when its cache has no entry (kept out of line: the cached case is short). */
+static Py_NO_INLINE PyObject **
+slot_find(PyObject *obj, PyObject *name, SlotEntry *e)
 {
     PyTypeObject *tp = Py_TYPE(obj);
     if (tp->tp_setattro != PyObject_GenericSetAttr || tp->tp_getattro != PyObject_GenericGetAttr) {
@@ -492,7 +563,25 @@ slot_of(PyObject *obj, PyObject *name)
     if (member->type != SLOT_OBJECT || (member->flags & SLOT_READONLY)) {
         return NULL;
     }
+    /* (_PyType_Lookup gave the type a tag if it could: 0 means it has none, no entry.) */
+    if (e != NULL && tp->tp_version_tag != 0 && PyType_HasFeature(tp, Py_TPFLAGS_VALID_VERSION_TAG)) {
+        e->type = tp;
+        e->name = name;
+        e->tag = tp->tp_version_tag;
+        e->offset = member->offset;
+    }
     return (PyObject **)((char *)obj + member->offset);
+}
+
+static inline PyObject **
+slot_of(PyObject *obj, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    SlotEntry *e = slot_entry(tp, name);
+    if (e != NULL && e->type == tp && e->name == name && e->tag == tp->tp_version_tag && e->tag != 0) {
+        return (PyObject **)((char *)obj + e->offset);
+    }
+    return slot_find(obj, name, e);
 }
 
 static int
@@ -720,14 +809,14 @@ checkout(Lane *L, PyObject *sid)
     int rc = 0;
     if (session != NULL) {
         Py_INCREF(session);
-        PyObject *now = PyObject_CallNoArgs(L->wall);
+        PyObject *now = call_noargs(L->wall);
         rc = now == NULL || set_attr(session, S_last_access, now) < 0;
         Py_XDECREF(now);
         if (!rc) {
             rc = add_to(session, S_running, 1) < 0;
         }
         if (!rc) {
-            now = PyObject_CallNoArgs(L->monotonic);
+            now = call_noargs(L->monotonic);
             rc = now == NULL || set_attr(session, S_active_at, now) < 0;
             Py_XDECREF(now);
         }
@@ -751,7 +840,7 @@ checkin(Lane *L, PyObject *session)
     if (rc == 0) {
         rc = add_to(session, S_running, -1);
         if (rc == 0) {
-            PyObject *now = PyObject_CallNoArgs(L->monotonic);
+            PyObject *now = call_noargs(L->monotonic);
             rc = now == NULL ? -1 : set_attr(session, S_active_at, now);
             Py_XDECREF(now);
         }
@@ -876,8 +965,7 @@ encode_reply(Lane *L, PyObject *rid, PyObject *result)
     if (term == NULL) {
         return NULL;
     }
-    PyObject *args[3] = {term, L->encode_default, L->out_depth};
-    PyObject *payload = PyObject_Vectorcall(Encode, args, 3, NULL);
+    PyObject *payload = Cetf->encode(term, L->encode_default, L->out_depth);
     Py_DECREF(term);
     if (payload == NULL || PyBytes_GET_SIZE(payload) > L->max_packet) {
         Py_XDECREF(payload);
@@ -1232,7 +1320,7 @@ lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost
     if (add_to(L->dispatcher, S_requests, 1) < 0) {
         goto failed;
     }
-    fn = plain_call_make(module, function, args);
+    fn = plain_call_make(module, function, args, L->names);
     if (fn == NULL) {
         goto failed;
     }
@@ -1380,6 +1468,9 @@ lane_send(Lane *L, PyObject *payloads)
         general = !PyBytes_CheckExact(p) || (unsigned long long)PyBytes_GET_SIZE(p) > 0xFFFFFFFFULL;
     }
     if (!general) {
+        /* acquire(False), never acquire() after a locked() that said it was free: another
+         * thread blocked in acquire() takes the lock without the GIL, and the reader must
+         * not wait behind its write. */
         PyObject *got = PyObject_CallOneArg(L->write_acquire, Py_False);
         if (got == NULL) {
             return -1;
@@ -1539,7 +1630,7 @@ spin_waits(Lane *L)
     }
     int waits = 1;
     if (PyFloat_CheckExact(resume)) {
-        PyObject *now = PyObject_CallNoArgs(L->spin_clock);
+        PyObject *now = call_noargs(L->spin_clock);
         if (now == NULL) {
             Py_DECREF(resume);
             return -1;
@@ -1675,28 +1766,16 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
             if (budget > L->max_memory) {
                 budget = L->max_memory;
             }
-            PyObject *pos = PyLong_FromSsize_t(r + 5);
-            PyObject *budget_obj = pos == NULL ? NULL : PyLong_FromSsize_t(budget);
-            if (budget_obj == NULL) {
-                Py_XDECREF(pos);
-                goto error;
-            }
-            PyObject *dargs[5] = {buf, pos, L->max_depth, Py_None, budget_obj};
-            PyObject *decoded = PyObject_Vectorcall(DecodeTerm, dargs, 5, NULL);
-            Py_DECREF(pos);
-            Py_DECREF(budget_obj);
-            if (decoded == NULL || !PyTuple_CheckExact(decoded) || PyTuple_GET_SIZE(decoded) != 2 ||
-                PyLong_AsSsize_t(PyTuple_GET_ITEM(decoded, 1)) != r + 4 + n) {
+            Py_ssize_t end = -1;
+            PyObject *value = Cetf->decode_term(buf, r + 5, L->max_depth, NULL, budget, &end);
+            if (value == NULL || end != r + 4 + n) {
                 /* Invalid, or not exactly the frame: the general path decodes it again and
                  * answers as it must. */
-                Py_XDECREF(decoded);
+                Py_XDECREF(value);
                 PyErr_Clear();
                 drained = 0;
                 break;
             }
-            PyObject *value = PyTuple_GET_ITEM(decoded, 0);
-            Py_INCREF(value);
-            Py_DECREF(decoded);
             /* Taken from the splitter before the call runs: a stand-by that takes the reading
              * role over during a long call reads on from the next frame. */
             if (lane_consume(L, r, r + 4 + n) < 0) {
@@ -1867,6 +1946,8 @@ lane_clear(Lane *self)
     for (int k = 0; k < MAX_JOB_SLOTS; k++) {
         Py_CLEAR(self->job_const[k]);
     }
+    Py_CLEAR(self->names[0]);
+    Py_CLEAR(self->names[1]);
     self->fast_jobs = 0;
     return 0;
 }
@@ -1930,9 +2011,8 @@ static PyTypeObject LaneType = {
 static PyObject *
 clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api)");
         return NULL;
     }
     if (READY()) {
@@ -1942,9 +2022,12 @@ clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "_setup: modules must be sys.modules");
         return NULL;
     }
-    PyObject **slots[7] = {&SysModules, &ImportModule, &Lookup, &FailureType, &CancelledType,
-                           &DecodeTerm, &Encode};
-    for (int i = 6; i >= 0; i--) { /* SysModules last: it says READY */
+    Cetf = PyCapsule_GetPointer(args[5], SNAKEPORT_CETF_CAPSULE);
+    if (Cetf == NULL) {
+        return NULL;
+    }
+    PyObject **slots[6] = {&SysModules, &ImportModule, &Lookup, &FailureType, &CancelledType, &CetfCapsule};
+    for (int i = 5; i >= 0; i--) { /* SysModules last: it says READY */
         Py_INCREF(args[i]);
         *slots[i] = args[i];
     }
@@ -2042,7 +2125,7 @@ clane_parent_death_signal(PyObject *self, PyObject *arg)
 
 static PyMethodDef clane_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
-     "_setup(modules, import_module, lookup, Failure, Cancelled, decode_term, encode)\n--\n\n"
+     "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api)\n--\n\n"
      "The objects the lane uses (called once by snakeport._lane)."},
     {"uninitialized", (PyCFunction)clane_uninitialized, METH_O,
      "uninitialized(size)\n--\n\n"

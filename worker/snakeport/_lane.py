@@ -139,7 +139,7 @@ except ImportError:  # not built: the general path only
     _clane = None  # type: ignore[assignment]
 
 if _clane is not None and etf._cetf is not None:
-    _clane._setup(sys.modules, import_module, lookup, Failure, Cancelled, etf._cetf.decode_term, etf._cetf.encode)
+    _clane._setup(sys.modules, import_module, lookup, Failure, Cancelled, etf._cetf._C_API)
     #: ``lookup(import_module(module), function)(*args)`` as an object (the code of lane jobs).
     PlainCall: Any = _clane.PlainCall
 else:
