@@ -144,8 +144,9 @@ defmodule Snakeport.Worker do
   @doc false
   # Sends one request (a Snakeport.Protocol builder's result; `session` is its session id,
   # nil for a request that is not about a session) and waits up to `timeout` for its reply
-  # frame. The monitor (with its reply alias) is created here, in the function that
-  # receives: the receive optimisation then skips the caller's older messages (see above).
+  # frame. The reply's tag (a plain reference here; for a worker of another node a monitor
+  # with its alias) is created here, in the function that receives: the receive
+  # optimisation then skips the caller's older messages (see above).
   # On timeout a job (call, method, getattr, setattr, eval) is cancelled.
   @spec request(entry() | remote(), Protocol.request(), String.t() | nil, timeout()) ::
           {:ok, binary()} | {:error, term()}
