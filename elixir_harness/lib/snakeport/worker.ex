@@ -237,8 +237,11 @@ defmodule Snakeport.Worker do
         Process.demonitor(mref, [:flush])
         {:error, reason}
 
+      # The worker stopped: if it was killed, its heir the Pool may be telling us too.
       {:DOWN, ^mref, _, _, reason} ->
-        {:error, {:down, reason}}
+        if claim(entry, id, false),
+          do: {:error, {:down, reason}},
+          else: await_notice(entry, mref, {:error, {:down, reason}})
     after
       timeout -> timed_out(entry, id, mref, mref, job)
     end
@@ -328,9 +331,7 @@ defmodule Snakeport.Worker do
   # The message of a row taken by someone else, who sends it right after the take: the
   # worker process (the reply, or its down notice as it stops), or the Pool (the down
   # notice of a killed worker). A monitor of the worker bounds the wait: what the worker
-  # sent comes before its :DOWN; after it, the Pool's notice is waited for while the Pool
-  # still holds the table (it deletes the table once every notice is sent), at most
-  # @notice_wait ms. Without a message the result is :timeout.
+  # sent comes before its :DOWN. Without a message the result is :timeout.
   defp await_taken(entry, tag, monitor) do
     monitor = monitor || Process.monitor(entry.pid)
 
@@ -340,13 +341,22 @@ defmodule Snakeport.Worker do
         taken_result(reply)
 
       {:DOWN, ^monitor, _, _, _reason} ->
-        wait = if :ets.info(entry.pending, :owner) == :undefined, do: 0, else: @notice_wait
+        await_notice(entry, tag, {:error, :timeout})
+    end
+  end
 
-        receive do
-          {^tag, reply} -> taken_result(reply)
-        after
-          wait -> {:error, :timeout}
-        end
+  # The worker is gone and the caller's row was taken: by the worker before it died (its
+  # message, if it sent one, came before its :DOWN) or by the Pool, which sends the down
+  # notice of a killed worker right after the take and deletes the table once every notice
+  # is sent. So the notice is waited for while the table is there, at most @notice_wait
+  # ms; `otherwise` is the result without one.
+  defp await_notice(entry, tag, otherwise) do
+    wait = if :ets.info(entry.pending, :owner) == :undefined, do: 0, else: @notice_wait
+
+    receive do
+      {^tag, reply} -> taken_result(reply)
+    after
+      wait -> otherwise
     end
   end
 

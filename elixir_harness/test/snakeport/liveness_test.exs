@@ -543,6 +543,21 @@ defmodule Snakeport.LivenessTest do
       send(task.pid, :report)
       assert {{:error, %Error{reason: :timeout}}, {:messages, []}} = Task.await(task, 5_000)
     end
+
+    # Snakeport.Worker.await/2 (stats, the courier, admin requests) also monitors the
+    # worker: its :DOWN usually comes before the Pool's notice for the same request.
+    @tag snakeport: [pool_size: 1]
+    test "send_request/await, the worker process killed: one answer, and the Pool's notice is not left behind" do
+      entry = worker()
+      request = Snakeport.Protocol.call(@mod, "spin", [5], %{}, %{})
+      {:ok, session} = Snakeport.Sessions.checkout(inst(@instance), nil, nil, 5_000)
+      {:ok, handle} = Snakeport.Worker.send_request(entry, request, session.id)
+
+      Process.exit(entry.pid, :kill)
+      assert {:error, {:down, :killed}} = Snakeport.Worker.await(handle, 10_000)
+      eventually(fn -> :ets.info(entry.pending, :owner) == :undefined end)
+      assert {:messages, []} = Process.info(self(), :messages)
+    end
   end
 
   defp reductions(fun) do
