@@ -989,7 +989,7 @@ defmodule Snakeport.Worker do
       {:ok, call} ->
         caller =
           case :ets.lookup(state.pending, call.request_id) do
-            [{_, _alias, pid}] -> pid
+            [{_, _tag, pid}] -> pid
             [] -> nil
           end
 
