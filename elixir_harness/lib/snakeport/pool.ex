@@ -245,7 +245,7 @@ defmodule Snakeport.Pool do
   end
 
   # A worker process was killed (no terminate/2): its callers in flight learn it now, as a
-  # :DOWN of the worker would have told them (Snakeport.Worker, *Reply aliases*).
+  # :DOWN of the worker would have told them (Snakeport.Worker, *Reply tags*).
   def handle_info({:"ETS-TRANSFER", pending, _worker, :snakeport_pending}, state) do
     Snakeport.Worker.notify_pending(pending, :killed)
     :ets.delete(pending)

@@ -11,28 +11,33 @@ defmodule Snakeport.Worker do
   # during it, then stops the worker (its supervisor restarts it).
   #
   # The call path has no hop through this process on the way out: the caller registers
-  # `{request_id, alias}` in this worker's public `pending` ETS table, encodes the request
-  # itself and writes it with `Port.command/2` (any process may command a port). The port
-  # delivers the worker's frames to this process (the port owner), which reads the request
-  # id from the frame's first bytes, takes the entry from `pending` and sends the raw frame
-  # to the caller's alias; the caller decodes it in its own process.
+  # `{request_id, tag, caller}` in this worker's public `pending` ETS table, encodes the
+  # request itself and writes it with `Port.command/2` (any process may command a port).
+  # The port delivers the worker's frames to this process (the port owner), which reads the
+  # request id from the frame's first bytes, takes the row from `pending` and sends
+  # `{tag, frame}` to the caller; the caller decodes it in its own process.
   #
-  # Reply aliases: request/4's alias is a plain one (`alias([:reply])`: the reply
-  # deactivates it), without a monitor of this process: a monitor and its demonitor were
-  # two signals per call for this process (the busiest of the call path) to handle. A
-  # caller that timed out deactivates the alias, so that a late reply can never reach its
-  # mailbox. That this process stopped still reaches every caller in flight at once, as a
-  # `{alias, {:error, {:down, reason}}}` in place of a `:DOWN`: terminate/2 sends it to
-  # every local alias in `pending` (notify_pending/2, after closing the port, so that no
-  # request is written after it); a process killed runs no terminate/2, so `pending` has
-  # the Pool as its heir, which sends the same with reason `:killed`. (send_request/4 keeps
-  # a monitor with its alias, and takes either message.) request/4 creates the alias and
-  # receives the reply in one function, as gen_server calls do, so that the compiler's
-  # receive optimisation applies: the wait skips every message that was in the caller's
-  # mailbox before, however many. A reply that
-  # finds no entry in `pending` (the late reply of a call that timed out, the replies to
-  # `cancel` and `shutdown`) is not lost silently: it becomes a
-  # [:snakeport, :worker, :reply_dropped] event.
+  # Reply tags: request/4's tag is a plain reference (`make_ref/0`), with neither a monitor
+  # of this process nor an alias: a monitor and its demonitor were two signals per call for
+  # this process (the busiest of the call path) to handle, and a message to an alias is a
+  # signal the caller handles apart (its alias looked up, deactivated, freed), which cost
+  # ~1 µs of BEAM CPU per call with 64 callers. Whoever takes a row from `pending` sends
+  # its one message: this process the reply (route/3), or, as it stops, a
+  # `{tag, {:error, {:down, reason}}}` in place of a `:DOWN` to every local caller in
+  # flight (terminate/2: notify_pending/2, after closing the port, so that no request is
+  # written after it); a process killed runs no terminate/2, so `pending` has the Pool as
+  # its heir, which sends the same with reason `:killed`. A caller that stops waiting (it
+  # timed out, or its request could not be written) first claims its row (marks it
+  # cancelled, or takes it): then nobody sends to it, and a late reply is dropped here.
+  # When the row is gone already its message is on its way, and the caller receives it
+  # (await_taken/3), so that no late message is ever left in its mailbox. (send_request/4
+  # keeps a monitor of this process as its tag, and takes either message.) request/4
+  # creates the tag and receives the reply in one function, as gen_server calls do, so
+  # that the compiler's receive optimisation applies: the wait skips every message that
+  # was in the caller's mailbox before, however many. A reply that finds no entry in
+  # `pending` (the late reply of a call that timed out, the replies to `cancel` and
+  # `shutdown`) is not lost silently: it becomes a [:snakeport, :worker, :reply_dropped]
+  # event.
   #
   # Liveness (no per-call message, monitor or table write is added to the call path for it):
   #
@@ -131,14 +136,17 @@ defmodule Snakeport.Worker do
   @shutdown_wait Defaults.shutdown_wait()
   @kill_wait Defaults.kill_wait()
   @interval Defaults.liveness_interval()
+  # How long a caller that lost its row to a killed worker's Pool waits for the notice.
+  @notice_wait Defaults.kill_wait()
 
   ## Caller side ---------------------------------------------------------------------------
 
   @doc false
   # Sends one request (a Snakeport.Protocol builder's result; `session` is its session id,
   # nil for a request that is not about a session) and waits up to `timeout` for its reply
-  # frame. The monitor (with its reply alias) is created here, in the function that
-  # receives: the receive optimisation then skips the caller's older messages (see above).
+  # frame. The reply's tag (a plain reference here; for a worker of another node a monitor
+  # with its alias) is created here, in the function that receives: the receive
+  # optimisation then skips the caller's older messages (see above).
   # On timeout a job (call, method, getattr, setattr, eval) is cancelled.
   @spec request(entry() | remote(), Protocol.request(), String.t() | nil, timeout()) ::
           {:ok, binary()} | {:error, term()}
@@ -158,16 +166,16 @@ defmodule Snakeport.Worker do
 
   def request(%{} = entry, request, session, timeout) do
     with {:ok, id, payload} <- encode_request(entry, request, session) do
-      # A reply alias without a monitor (see *Reply aliases* above).
-      mref = :erlang.alias([:reply])
+      # A plain reference as the reply's tag (see *Reply tags* above).
+      tag = make_ref()
 
-      case write(entry, id, mref, payload) do
+      case write(entry, id, tag, payload) do
         :ok ->
           receive do
-            {^mref, frame} when is_binary(frame) -> {:ok, frame}
-            {^mref, {:error, reason}} -> {:error, reason}
+            {^tag, frame} when is_binary(frame) -> {:ok, frame}
+            {^tag, {:error, reason}} -> {:error, reason}
           after
-            timeout -> timed_out(entry, id, mref, job?(request))
+            timeout -> timed_out(entry, id, tag, nil, job?(request))
           end
 
         error ->
@@ -193,11 +201,15 @@ defmodule Snakeport.Worker do
 
   def send_request(%{} = entry, request, session, opts) do
     with {:ok, id, payload} <- encode_request(entry, request, session) do
-      mref = :erlang.monitor(:process, entry.pid, [{:alias, :reply_demonitor}])
+      mref = Process.monitor(entry.pid)
 
       case write(entry, id, mref, payload, opts) do
-        :ok -> {:ok, {mref, id, entry, job?(request)}}
-        error -> error
+        :ok ->
+          {:ok, {mref, id, entry, job?(request)}}
+
+        error ->
+          Process.demonitor(mref, [:flush])
+          error
       end
     end
   end
@@ -217,11 +229,21 @@ defmodule Snakeport.Worker do
 
   def await({mref, id, entry, job}, timeout) do
     receive do
-      {^mref, frame} when is_binary(frame) -> {:ok, frame}
-      {^mref, {:error, reason}} -> {:error, reason}
-      {:DOWN, ^mref, _, _, reason} -> {:error, {:down, reason}}
+      {^mref, frame} when is_binary(frame) ->
+        Process.demonitor(mref, [:flush])
+        {:ok, frame}
+
+      {^mref, {:error, reason}} ->
+        Process.demonitor(mref, [:flush])
+        {:error, reason}
+
+      # The worker stopped: if it was killed, its heir the Pool may be telling us too.
+      {:DOWN, ^mref, _, _, reason} ->
+        if claim(entry, id, false),
+          do: {:error, {:down, reason}},
+          else: await_notice(entry, mref, {:error, {:down, reason}})
     after
-      timeout -> timed_out(entry, id, mref, job)
+      timeout -> timed_out(entry, id, mref, mref, job)
     end
   end
 
@@ -233,8 +255,8 @@ defmodule Snakeport.Worker do
   # the request is then handed to the courier, which writes it (blocking) while the caller
   # waits for the reply with its timeout as usual. With `opts` [:nosuspend] a busy port
   # means not sent.
-  defp write(entry, id, mref, payload, opts \\ []) do
-    :ets.insert(entry.pending, {id, mref, self()})
+  defp write(entry, id, tag, payload, opts \\ []) do
+    :ets.insert(entry.pending, {id, tag, self()})
 
     cond do
       Port.command(entry.port, payload, [:nosuspend]) ->
@@ -250,19 +272,22 @@ defmodule Snakeport.Worker do
 
       true ->
         # Busy, and told not to wait: not sent.
-        drop_alias(mref)
-        forget(entry, id)
-        flush_alias(mref)
+        withdraw(entry, id, tag)
         {:error, :busy}
     end
   rescue
     # The pending table is gone (its owner died) or the port is closed.
     ArgumentError ->
-      drop_alias(mref)
-      forget(entry, id)
-      # (A worker that died meanwhile may have told us already: notify_pending/2.)
-      flush_alias(mref)
+      # (A worker that stops meanwhile may have taken the row to tell us: notify_pending/2.)
+      withdraw(entry, id, tag)
       {:error, if(Process.alive?(entry.pid), do: :port_closed, else: :noproc)}
+  end
+
+  # The row of a request that was not written goes; a message already on its way for it
+  # (a stopping worker's down notice) is received and dropped.
+  defp withdraw(entry, id, tag) do
+    unless claim(entry, id, false), do: await_taken(entry, tag, nil)
+    :ok
   end
 
   defp timed_out(%{remote: _} = entry, nil, mref, job) do
@@ -279,34 +304,64 @@ defmodule Snakeport.Worker do
     end
   end
 
-  defp timed_out(entry, id, mref, job) do
-    # Deactivates the alias: from now on a late reply is dropped by the VM.
-    drop_alias(mref)
-
-    receive do
-      {^mref, frame} when is_binary(frame) -> {:ok, frame}
-      {^mref, {:error, reason}} -> {:error, reason}
-    after
-      0 ->
-        if job, do: cancel(entry, id), else: forget(entry, id)
-        {:error, :timeout}
+  # A local caller stops waiting: it claims its row (a job is cancelled, anything else
+  # forgotten), so that a reply that comes later is dropped by the worker process. A row
+  # taken already is being answered: that answer is the result (see *Reply tags*).
+  # `monitor` is send_request/4's monitor of the worker (nil for request/4).
+  defp timed_out(entry, id, tag, monitor, job) do
+    if claim(entry, id, job) do
+      if monitor, do: Process.demonitor(monitor, [:flush])
+      {:error, :timeout}
+    else
+      await_taken(entry, tag, monitor)
     end
   end
 
-  # Deactivates a reply alias: request/4's plain alias, or send_request/4's monitor (whose
-  # alias goes with it); a :DOWN already queued is flushed.
-  defp drop_alias(mref) do
-    :erlang.unalias(mref)
-    Process.demonitor(mref, [:flush])
+  # Whether the caller got its row before anyone answered it: marked cancelled (a job, whose
+  # cancel the worker process then writes) or taken. False when the row is gone: taken by
+  # whoever sends its message, or with the table (its owner died).
+  defp claim(entry, id, true = _job), do: mark_cancelled(entry, id)
+
+  defp claim(entry, id, false = _job) do
+    :ets.take(entry.pending, id) != []
+  rescue
+    ArgumentError -> false
   end
 
-  defp flush_alias(mref) do
+  # The message of a row taken by someone else, who sends it right after the take: the
+  # worker process (the reply, or its down notice as it stops), or the Pool (the down
+  # notice of a killed worker). A monitor of the worker bounds the wait: what the worker
+  # sent comes before its :DOWN. Without a message the result is :timeout.
+  defp await_taken(entry, tag, monitor) do
+    monitor = monitor || Process.monitor(entry.pid)
+
     receive do
-      {^mref, _} -> :ok
-    after
-      0 -> :ok
+      {^tag, reply} ->
+        Process.demonitor(monitor, [:flush])
+        taken_result(reply)
+
+      {:DOWN, ^monitor, _, _, _reason} ->
+        await_notice(entry, tag, {:error, :timeout})
     end
   end
+
+  # The worker is gone and the caller's row was taken: by the worker before it died (its
+  # message, if it sent one, came before its :DOWN) or by the Pool, which sends the down
+  # notice of a killed worker right after the take and deletes the table once every notice
+  # is sent. So the notice is waited for while the table is there, at most @notice_wait
+  # ms; `otherwise` is the result without one.
+  defp await_notice(entry, tag, otherwise) do
+    wait = if :ets.info(entry.pending, :owner) == :undefined, do: 0, else: @notice_wait
+
+    receive do
+      {^tag, reply} -> taken_result(reply)
+    after
+      wait -> otherwise
+    end
+  end
+
+  defp taken_result(frame) when is_binary(frame), do: {:ok, frame}
+  defp taken_result({:error, reason}), do: {:error, reason}
 
   @doc false
   # Tells every local caller waiting in `pending` that this worker is gone (`reason`, as a
@@ -316,12 +371,12 @@ defmodule Snakeport.Worker do
   @spec notify_pending(:ets.tid(), term()) :: :ok
   def notify_pending(pending, reason) do
     here = node()
-    spec = [{{:"$1", :"$2", :_}, [{:is_reference, :"$2"}], [{{:"$1", :"$2"}}]}]
+    spec = [{{:"$1", :"$2", :"$3"}, [{:is_reference, :"$2"}], [{{:"$1", :"$2", :"$3"}}]}]
 
-    for {id, reply_to} <- :ets.select(pending, spec),
-        node(reply_to) == here,
+    for {id, tag, caller} <- :ets.select(pending, spec),
+        node(caller) == here,
         [_] <- [:ets.take(pending, id)] do
-      send(reply_to, {reply_to, {:error, {:down, reason}}})
+      send(caller, {tag, {:error, {:down, reason}}})
     end
 
     :ok
@@ -401,6 +456,13 @@ defmodule Snakeport.Worker do
   # it comes (liveness). Nothing happens when the reply came already.
   @spec cancel(entry(), non_neg_integer()) :: :ok
   def cancel(entry, target) do
+    mark_cancelled(entry, target)
+    :ok
+  end
+
+  # Marks the row of request `target` cancelled and tells the worker process; false when
+  # there is no such row (answered already, or the table is gone).
+  defp mark_cancelled(entry, target) do
     marked =
       :ets.select_replace(entry.pending, [
         {{target, :"$1", :"$2"}, [{:is_reference, :"$1"}],
@@ -408,9 +470,9 @@ defmodule Snakeport.Worker do
       ])
 
     if marked == 1, do: send(entry.pid, {:cancel, target})
-    :ok
+    marked == 1
   rescue
-    ArgumentError -> :ok
+    ArgumentError -> false
   end
 
   defp next_id(%{counter: counter}), do: :atomics.add_get(counter, 1, 1)
@@ -874,9 +936,10 @@ defmodule Snakeport.Worker do
         dropped(state, id, frame)
         state
 
-      [{^id, reply_to, _caller}] ->
-        if node(reply_to) == node(),
-          do: :erlang.send(reply_to, {reply_to, frame}),
+      # A local caller gets `{tag, frame}`; a caller of another node at its alias.
+      [{^id, reply_to, caller}] ->
+        if node(caller) == node(),
+          do: :erlang.send(caller, {reply_to, frame}),
           else: send_remote(reply_to, {reply_to, frame})
 
         state
@@ -926,7 +989,7 @@ defmodule Snakeport.Worker do
       {:ok, call} ->
         caller =
           case :ets.lookup(state.pending, call.request_id) do
-            [{_, _alias, pid}] -> pid
+            [{_, _tag, pid}] -> pid
             [] -> nil
           end
 

@@ -473,6 +473,93 @@ defmodule Snakeport.LivenessTest do
     end
   end
 
+  # A caller that times out claims its pending row; when the row is gone already, whoever
+  # took it (the worker process routing the reply, or telling of its stop) is sending its
+  # message, and the caller receives it (Snakeport.Worker, *Reply tags*). The test takes
+  # the row itself, standing in for the worker process at the moment it took it, so that
+  # the caller finds it gone.
+  describe "row 6: a timeout that races its reply" do
+    # Takes the pending row of `caller`'s request once it is written; returns {id, tag}.
+    defp take_row(entry, caller) do
+      eventually(fn -> match?([{_, _, ^caller}], :ets.tab2list(entry.pending)) end)
+      [{id, tag, ^caller}] = :ets.tab2list(entry.pending)
+      [_] = :ets.take(entry.pending, id)
+      {id, tag}
+    end
+
+    defp waiting_for_taken?(pid),
+      do: Process.info(pid, :current_function) == {:current_function, {Snakeport.Worker, :await_taken, 3}}
+
+    # spin(1) with a 300 ms timeout in a new process, which then runs `later` and reports
+    # the call's result and what is left in its mailbox.
+    defp racing_call(later) do
+      Task.async(fn ->
+        result = Snakeport.call(@mod, "spin", [1], timeout: 300, instance: @instance)
+        later.()
+        {result, Process.info(self(), :messages)}
+      end)
+    end
+
+    @tag snakeport: [pool_size: 1]
+    test "the row taken when the caller timed out: the caller gets that message, and nothing is left" do
+      entry = worker()
+
+      # The next call waits for spin(1), whose reply finds no row (dropped) before its own.
+      task =
+        racing_call(fn ->
+          {:ok, 3} = Snakeport.call("operator", "add", [1, 2], instance: @instance)
+        end)
+
+      {id, tag} = take_row(entry, task.pid)
+      eventually(fn -> waiting_for_taken?(task.pid) end)
+
+      send(task.pid, {tag, :erlang.term_to_binary({:reply, id, :ok, 42})})
+      assert {{:ok, 42}, {:messages, []}} = Task.await(task, 15_000)
+    end
+
+    @tag snakeport: [pool_size: 1]
+    test "the row taken by a worker process killed before it answered: :timeout, bounded" do
+      entry = worker()
+      test = self()
+
+      # Reports once the killed worker's table is gone (its heir, the Pool, told its
+      # callers and deleted it) and a new worker is ready.
+      task =
+        racing_call(fn ->
+          send(test, :returned)
+          receive(do: (:report -> :ok))
+        end)
+
+      {_id, _tag} = take_row(entry, task.pid)
+      eventually(fn -> waiting_for_taken?(task.pid) end)
+
+      started = now()
+      Process.exit(entry.pid, :kill)
+      assert_receive :returned, Defaults.kill_wait() + 5_000
+      assert now() - started < Defaults.kill_wait() + 1_000
+      eventually(fn -> :ets.info(entry.pending, :owner) == :undefined end)
+      eventually(fn -> worker() != nil and worker().pid != entry.pid end)
+
+      send(task.pid, :report)
+      assert {{:error, %Error{reason: :timeout}}, {:messages, []}} = Task.await(task, 5_000)
+    end
+
+    # Snakeport.Worker.await/2 (stats, the courier, admin requests) also monitors the
+    # worker: its :DOWN usually comes before the Pool's notice for the same request.
+    @tag snakeport: [pool_size: 1]
+    test "send_request/await, the worker process killed: one answer, and the Pool's notice is not left behind" do
+      entry = worker()
+      request = Snakeport.Protocol.call(@mod, "spin", [5], %{}, %{})
+      {:ok, session} = Snakeport.Sessions.checkout(inst(@instance), nil, nil, 5_000)
+      {:ok, handle} = Snakeport.Worker.send_request(entry, request, session.id)
+
+      Process.exit(entry.pid, :kill)
+      assert {:error, {:down, :killed}} = Snakeport.Worker.await(handle, 10_000)
+      eventually(fn -> :ets.info(entry.pending, :owner) == :undefined end)
+      assert {:messages, []} = Process.info(self(), :messages)
+    end
+  end
+
   defp reductions(fun) do
     {:reductions, before} = Process.info(self(), :reductions)
     fun.()
