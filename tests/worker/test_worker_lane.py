@@ -123,15 +123,21 @@ class RawWorker:
         self.proc.stdout.close()
         self.proc.stderr.close()
 
+    def kill(self) -> None:
+        """A test's teardown: the process killed if it still runs, every pipe closed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            pipe.close()  # (closing a closed pipe does nothing)
+
 
 @pytest.fixture
 def pair():
     workers = [RawWorker(True), RawWorker(False)]
     yield workers
     for w in workers:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
+        w.kill()
 
 
 def call(rid: int, module: str, function: str, args: list, kwargs: Any = None, opts: Any = None, session: Any = "s1") -> tuple:
@@ -1019,11 +1025,7 @@ def test_a_lane_write_to_a_closed_reader_ends_the_worker_as_any_write() -> None:
         err = w.proc.stderr.read().decode(errors="replace")
         assert "protocol output closed ([Errno 32] Broken pipe)" in err and "frame loop failed" not in err, err
     finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
-        w.proc.stdin.close()
-        w.proc.stderr.close()
+        w.kill()
 
 
 # ------------------------------------------------------------------ the lane's read
@@ -1155,8 +1157,4 @@ def test_a_signal_that_interrupts_the_lanes_read_is_taken_in_stride() -> None:
         w.proc.stdin.close()  # the end of the input: the lane's read, then the loop's, see it
         assert w.proc.wait(10) == 0
     finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
-        w.proc.stdout.close()
-        w.proc.stderr.close()
+        w.kill()
