@@ -279,15 +279,14 @@ case System.argv() do
       time.("Protocol.encode (id and session, external_size, term_to_binary)", n, fn ->
         Protocol.encode(request, 123, session.id)
       end),
-      time.("Worker: id, reply alias, ETS insert / take, unalias", n, fn ->
+      time.("Worker: id, reply tag (make_ref), pending row insert / take", n, fn ->
         id = :atomics.add_get(entry.counter, 1, 1)
-        mref = :erlang.alias([:reply])
-        :ets.insert(entry.pending, {id, mref})
+        tag = make_ref()
+        :ets.insert(entry.pending, {id, tag, self()})
         :ets.take(entry.pending, id)
-        :erlang.unalias(mref)
       end),
       time.("Worker.route: Protocol.frame_kind", n, fn -> Protocol.frame_kind(reply) end),
-      time.("Protocol.decode_reply (binary_to_term :safe, binary.match)", n, fn ->
+      time.("Protocol.decode_reply (a small reply: the fast path)", n, fn ->
         Protocol.decode_reply(reply, Snakeport, 0)
       end),
       time.("1 MiB reply: Protocol.decode_reply", 300, fn -> Protocol.decode_reply(reply1, Snakeport, 0) end),
