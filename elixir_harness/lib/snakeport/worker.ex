@@ -319,7 +319,8 @@ defmodule Snakeport.Worker do
 
   # Whether the caller got its row before anyone answered it: marked cancelled (a job, whose
   # cancel the worker process then writes) or taken. False when the row is gone: taken by
-  # whoever sends its message, or with the table (its owner died).
+  # whoever sends its message, or with the table (its owner died). (Also for the rows of a
+  # caller of another node that timed out: cancel_forwarded/2.)
   defp claim(entry, id, true = _job), do: mark_cancelled(entry, id)
 
   defp claim(entry, id, false = _job) do
@@ -409,9 +410,8 @@ defmodule Snakeport.Worker do
   # out), or of the process `caller` (one that died): cancelled (a job) or forgotten.
   @spec cancel_forwarded(entry(), {:alias, reference(), boolean()} | {:caller, pid()}) :: :ok
   def cancel_forwarded(entry, {:alias, reply_to, job}) do
-    for id <- :ets.select(entry.pending, [{{:"$1", reply_to, :_}, [], [:"$1"]}]) do
-      if job, do: cancel(entry, id), else: forget(entry, id)
-    end
+    for id <- :ets.select(entry.pending, [{{:"$1", reply_to, :_}, [], [:"$1"]}]),
+        do: claim(entry, id, job)
 
     :ok
   rescue
@@ -486,13 +486,6 @@ defmodule Snakeport.Worker do
     if size > entry.max_frame_bytes,
       do: {:error, {:frame_too_large, size, entry.max_frame_bytes}},
       else: {:ok, id, payload}
-  end
-
-  @doc false
-  def forget(entry, id) do
-    :ets.delete(entry.pending, id)
-  rescue
-    ArgumentError -> true
   end
 
   ## Server side ---------------------------------------------------------------------------
