@@ -488,7 +488,9 @@ defmodule Snakeport.LivenessTest do
     end
 
     defp waiting_for_taken?(pid),
-      do: Process.info(pid, :current_function) == {:current_function, {Snakeport.Worker, :await_taken, 3}}
+      do:
+        Process.info(pid, :current_function) ==
+          {:current_function, {Snakeport.Worker, :await_taken, 3}}
 
     # spin(1) with a 300 ms timeout in a new process, which then runs `later` and reports
     # the call's result and what is left in its mailbox.
