@@ -614,6 +614,53 @@ def test_cancel_waits_while_the_thread_is_inside_importlib() -> None:
     assert sent == [Cancelled] and job.cancel_sent
 
 
+def test_slow_cancels_gives_each_running_cancelled_job_once_after_the_delay() -> None:
+    """A running job still running ``after`` seconds after its cancel is given once; a job
+    that ended, or one that was only queued, is not."""
+    h = Harness()
+    h.d = Dispatcher(h.table, max_depth=8, jobs=Jobs(interrupt=lambda tid, exc: None))
+    jobs = h.d.jobs
+    running = h.outcome("call", "s", "sp_testmod", "identity", [1], {}, {})
+    running.state, running.thread = 1, threading.get_ident()  # as run_job marks a running job
+    ended = h.outcome("call", "s", "sp_testmod", "identity", [2], {}, {})
+    ended.state, ended.thread = 1, threading.get_ident()
+    queued = h.outcome("call", "s", "sp_testmod", "identity", [3], {}, {})
+    t0 = time.monotonic()
+    for job in (running, ended):
+        assert h.ok("cancel", job.request_id) == {A("cancelled"): True}
+    h.run("cancel", queued.request_id)  # its `cancelled` reply, then the cancel's own
+    assert jobs.slow_cancels(t0 + 1.0, after=2.0) == []  # too early
+    with jobs.lock:
+        ended.state = 2  # DONE, as the thread's end sets it
+    (slow,) = jobs.slow_cancels(t0 + 60.0, after=2.0)
+    assert slow[0] is running and slow[1] >= 58.0
+    assert jobs.slow_cancels(t0 + 120.0, after=2.0) == []  # reported once
+    assert jobs._cancelled == {}  # nothing kept for the ended job either
+
+
+def test_thread_stack_shows_the_innermost_frame_last() -> None:
+    from snakeport._jobs import thread_stack
+
+    entered, release = threading.Event(), threading.Event()
+
+    def parked_here():
+        entered.set()
+        release.wait(10)
+
+    t = threading.Thread(target=parked_here)
+    t.start()
+    try:
+        assert entered.wait(10)
+        stack = thread_stack(t.ident)
+        lines = [line for line in stack.splitlines() if line.startswith("  File ")]
+        assert "in wait" in lines[-1]  # threading.Event.wait, called from parked_here
+        assert any("in parked_here" in line for line in lines)
+    finally:
+        release.set()
+        t.join(10)
+    assert "no Python frame" in thread_stack(t.ident)  # the thread ended
+
+
 def test_in_import_machinery_sees_a_thread_waiting_on_a_module_lock(tmp_path) -> None:
     """The innermost frame decides: a module body is interruptible, a module lock is not."""
     from snakeport._jobs import in_import_machinery

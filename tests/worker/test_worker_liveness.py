@@ -160,3 +160,49 @@ def test_release_session_cancels_its_running_and_queued_calls_at_once(tmp_path) 
         assert w.ok("stats")[A("in_flight")] == 0
     finally:
         w.kill()
+
+
+# ------------------------------------------------------------- a cancel that cannot land
+
+
+def test_a_call_still_running_after_its_cancel_has_its_stack_logged(tmp_path) -> None:
+    # The call blocks in C (os.system of a shell reading a named pipe): Cancelled cannot
+    # reach it. Within a few seconds of the cancel the worker logs (WARNING, on stderr)
+    # where its thread is; the call then ends when the pipe is written, and its reply is
+    # `cancelled`.
+    flag, fifo = str(tmp_path / "running"), str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    w = Worker()
+    try:
+        rid = w.request("call", "s1", "sp_testmod", "read_fifo_flagged", [flag, fifo], {}, {})
+        wait_file(flag)
+        assert w.ok("cancel", rid) == {A("cancelled"): True}
+        report = read_stderr_until(w, "after it was cancelled", timeout=15.0)
+        assert f"request {rid} (session s1) still runs" in report
+        assert "in read_fifo_flagged" in report  # the call's own frame, innermost last
+        with open(fifo, "wb") as f:
+            f.write(b"x")
+        assert w.wait(rid)[3][A("reason")] == "cancelled"
+        assert w.ok("stats")[A("in_flight")] == 0
+    finally:
+        w.kill()
+
+
+def read_stderr_until(w: Worker, needle: str, timeout: float) -> str:
+    """What the running worker wrote on stderr, read until ``needle`` and the lines after it
+    (a bounded poll of the pipe)."""
+    import select
+
+    fd = w.proc.stderr.fileno()
+    text, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            text += chunk
+            found = text.decode(errors="replace")
+            if needle in found and found.endswith("\n") and "read_fifo_flagged" in found:
+                return found
+    raise AssertionError(f"no {needle!r} on stderr within {timeout} s; got:\n{text.decode(errors='replace')}")

@@ -70,6 +70,7 @@ __all__ = [
     "import_module",
     "lookup",
     "format_traceback",
+    "thread_stack",
     "failure_reply",
     "CURRENT",
     "AWAITING",
@@ -343,6 +344,32 @@ def failure_reply(request_id: int, exc: BaseException, prefix: str = "") -> tupl
     )
 
 
+def thread_stack(thread_ident: int, *, limit: int = 30) -> str:
+    """The Python stack of a thread, innermost frame last, as ``traceback`` prints it.
+
+    Reads ``sys._current_frames()``: no user code runs, except a module loader's
+    ``get_source`` when a frame's source line is not cached (guarded: whatever it raises,
+    ``BaseException`` too, gives a placeholder).
+
+    Args:
+        thread_ident: ``threading.get_ident()`` of the thread.
+        limit: At most this many innermost frames.
+
+    Returns:
+        The formatted stack, or a one-line note when the thread has no Python frame (it
+        ended, or runs no Python code) or the stack could not be read.
+    """
+    try:
+        frame = sys._current_frames().get(thread_ident)
+        if frame is None:
+            return "  (no Python frame: the thread ended or runs no Python code)\n"
+        summary = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=limit)
+        summary.reverse()
+        return "".join(summary.format())
+    except BaseException as exc:  # noqa: BLE001 - a loader's get_source is user code
+        return f"  (the stack could not be read: {type_name(type(exc))})\n"
+
+
 # ------------------------------------------------------------------- the jobs
 
 
@@ -374,6 +401,9 @@ class Jobs:
         #: Guards job states, their waiters and :attr:`_jobs`.
         self.lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
+        #: Running jobs that were cancelled and not yet looked at again by
+        #: :meth:`slow_cancels`: request id -> (job, monotonic time of the cancel).
+        self._cancelled: dict[int, tuple[Job, float]] = {}
         #: The Elixir tool calls of the worker (a :class:`~snakeport._tools.ToolCalls`, set
         #: by the server), for ``snakeport.context()``; ``None`` when there are none.
         self.tools: Any = None
@@ -639,6 +669,7 @@ class Jobs:
             del self._jobs[job.request_id]
             return True
         if job.state == RUNNING and not job.cancel_sent and not job.cancel_deferred:
+            self._cancelled[job.request_id] = (job, time.monotonic())
             if job.waits:
                 self._cancel_waits_locked(job)
             elif self._uninterruptible(job.thread):
@@ -652,6 +683,35 @@ class Jobs:
                 job.cancel_sent = True
                 self._interrupt(job.thread, Cancelled)
         return False
+
+    def slow_cancels(
+        self, now: float | None = None, *, after: float = limits.CANCEL_REPORT_AFTER
+    ) -> list[tuple[Job, float]]:
+        """The running jobs whose cancel is at least ``after`` seconds old, each given once.
+
+        Jobs that ended since their cancel are forgotten here; so is each job returned, so
+        that a job stuck for good is reported once. The table holds at most the jobs in
+        flight.
+
+        Args:
+            now: The current ``time.monotonic()`` (default: read it).
+            after: Seconds since the cancel.
+
+        Returns:
+            ``(job, seconds since its cancel)`` of each such job.
+        """
+        if not self._cancelled:
+            return []
+        now = time.monotonic() if now is None else now
+        slow = []
+        with self.lock:
+            for rid, (job, since) in list(self._cancelled.items()):
+                if job.state != RUNNING or self._jobs.get(rid) is not job:
+                    del self._cancelled[rid]
+                elif now - since >= after:
+                    del self._cancelled[rid]
+                    slow.append((job, now - since))
+        return slow
 
     def _deferred_cancel(self, job: Job) -> None:
         """Interrupt ``job`` as soon as its thread has left the import machinery."""

@@ -62,6 +62,7 @@ __all__ = [
     "SHUTDOWN_GRACE",
     "TAKEOVER_POLL",
     "CANCEL_RETRY_INTERVAL",
+    "CANCEL_REPORT_AFTER",
     "MAX_RECURSION",
     "TOOL_GRACE",
     "MAX_TOOL_WAITS",
@@ -242,6 +243,10 @@ SHUTDOWN_GRACE = 2.0
 TAKEOVER_POLL = 0.002
 #: How often a cancel held back by an import is retried (seconds).
 CANCEL_RETRY_INTERVAL = 0.002
+#: Seconds a running job may go on after its cancel before the worker logs (WARNING) where
+#: its thread is: a call stuck in C code, in a blocking system call or in an import that
+#: does not end (the harness marks such a worker stuck after ``:cancel_grace``).
+CANCEL_REPORT_AFTER = 2.0
 #: Highest recursion limit set for a large ``max_depth`` (results are walked recursively;
 #: C code recursing deeper would overflow a thread's stack).
 MAX_RECURSION = 20_000

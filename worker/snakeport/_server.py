@@ -57,7 +57,7 @@ from snakeport._framing import FrameSplitter, Oversized
 from snakeport._guard import guarded, safe_str, type_name
 from snakeport._blobs import BlobReply, encode_with_blobs
 from snakeport import _lane
-from snakeport._jobs import Job, Jobs
+from snakeport._jobs import Job, Jobs, thread_stack
 from snakeport._lane import LOST
 from snakeport._protocol import OK, REPLY, TOOL_REPLY, error_reply, protocol_error_event, warning_event
 from snakeport._scheduler import Scheduler
@@ -701,6 +701,26 @@ class Server:
                 # default log level.
                 log.info("parent process %d is gone; exiting", parent)
                 process.exit_now(0)
+            try:
+                self._report_slow_cancels()
+            except Exception:  # noqa: BLE001 - never let the watchdog die
+                log.exception("looking at cancelled calls failed")
+
+    def _report_slow_cancels(self) -> None:
+        """Log (WARNING) where the thread of each call still running
+        :data:`~snakeport._limits.CANCEL_REPORT_AFTER` seconds after its cancel is: the
+        harness's next step is to mark the worker stuck, then to kill it."""
+        for job, seconds in self.dispatcher.jobs.slow_cancels():
+            why = " (held back: its thread is inside an import)" if job.cancel_deferred else ""
+            log.warning(
+                "request %d (session %s) still runs %.1f s after it was cancelled%s; "
+                "its thread is at (innermost last):\n%s",
+                job.request_id,
+                safe_str(job.session.session_id),
+                seconds,
+                why,
+                thread_stack(job.thread).rstrip("\n"),
+            )
 
 
 def run(config: Config) -> NoReturn:

@@ -1125,7 +1125,10 @@ defmodule Snakeport.Worker do
       "Snakeport worker #{state.index} (OS pid #{state.entry.os_pid}) is stuck: request " <>
         "#{oldest_id} was cancelled #{now - oldest_at} ms ago and has not ended (C code that " <>
         "ignores the cancel, or holds the GIL), #{length(overdue)} such request(s); it gets " <>
-        "no new sessions and " <> restart
+        "no new sessions and " <>
+        restart <>
+        " (unless the GIL is held, the worker logged where the request's thread is on its " <>
+        "stderr, by request id)"
     )
 
     Telemetry.execute(

@@ -57,6 +57,15 @@ def sleep(seconds):
     return "slept"
 
 
+def read_fifo_flagged(flag, fifo):
+    """A call ``Cancelled`` cannot interrupt: one C call (``os.system``) runs a shell that
+    creates ``flag``, then reads a byte from the named pipe ``fifo``. Once ``flag`` exists
+    the thread is inside that C call, until the test writes to ``fifo``."""
+    import shlex
+
+    return os.system(f"touch {shlex.quote(flag)} && head -c 1 {shlex.quote(fifo)} >/dev/null")
+
+
 def spin(seconds=60.0):
     """Busy Python loop (cancellable at any bytecode); swallows Exception on purpose."""
     deadline = time.monotonic() + seconds
