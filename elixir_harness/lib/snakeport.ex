@@ -111,7 +111,7 @@ defmodule Snakeport do
   in C (`time.sleep/1`, a lock, a GIL-holding regex) cannot honour a cancel: when a
   cancelled request has not ended `:cancel_grace` ms later, its worker is *stuck*
   (`[:snakeport, :worker, :stuck]` telemetry, a warning in the log, `status: :stuck` in
-  `stats/1`) and gets no new sessions (2 s after the cancel the worker has logged, on its
+  `stats/1`) and gets no new sessions (1 s after the cancel the worker has logged, on its
   stderr, the Python stack of the call's thread, unless the call holds the GIL); if it is still stuck `:stuck_timeout` ms later it is
   killed with SIGKILL and restarted, its calls in flight returning `:worker_exited` and its
   sessions `:session_lost`, as after a crash. With the defaults a fresh call succeeds

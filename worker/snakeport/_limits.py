@@ -246,7 +246,7 @@ CANCEL_RETRY_INTERVAL = 0.002
 #: Seconds a running job may go on after its cancel before the worker logs (WARNING) where
 #: its thread is: a call stuck in C code, in a blocking system call or in an import that
 #: does not end (the harness marks such a worker stuck after ``:cancel_grace``).
-CANCEL_REPORT_AFTER = 2.0
+CANCEL_REPORT_AFTER = 1.0
 #: Highest recursion limit set for a large ``max_depth`` (results are walked recursively;
 #: C code recursing deeper would overflow a thread's stack).
 MAX_RECURSION = 20_000
