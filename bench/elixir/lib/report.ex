@@ -174,7 +174,9 @@ defmodule Bench.Report do
 
   defp check(rounds, key, floor_key, unit, {:ratio_min, x}) do
     r = ratio(rounds, key, floor_key)
-    {"#{fmt_ratio(r)} (#{fmt(med(rounds, key), unit)} vs #{fmt(med(rounds, floor_key), unit)})", r >= x}
+
+    {"#{fmt_ratio(r)} (#{fmt(med(rounds, key), unit)} vs #{fmt(med(rounds, floor_key), unit)})",
+     r >= x}
   end
 
   defp check(rounds, key, floor_key, _unit, {side, x}) when side in [:py_max, :beam_max] do
@@ -259,9 +261,15 @@ defmodule Bench.Report do
 
   defp unit_of_key(name) do
     cond do
-      String.starts_with?(name, "rss") -> "MB"
-      String.contains?(name, "p50") or String.contains?(name, "p99") -> "µs"
-      String.starts_with?(name, "cold") or name in ["api_start", "release_ms"] -> "ms"
+      String.starts_with?(name, "rss") ->
+        "MB"
+
+      String.contains?(name, "p50") or String.contains?(name, "p99") ->
+        "µs"
+
+      String.starts_with?(name, "cold") or name in ["api_start", "release_ms"] ->
+        "ms"
+
       String.starts_with?(name, "echo") or String.starts_with?(name, "array8") or
           String.starts_with?(name, "list8") ->
         "MiB/s"
