@@ -6,6 +6,13 @@
 #   mix run profile.exs c64 [ROUNDS] [fake] BEAM CPU µs per call of 64 callers on one worker,
 #                                           Snakeport against the routed floor, alternating
 #   mix run profile.exs malloc              1 MiB echo, raw worker with glibc malloc defaults / tuned
+#   mix run profile.exs layers [ROUNDS]     64 callers, BEAM CPU µs per call: the floor, the API,
+#                                           Snakeport.Worker.request/4 called directly, and a copy of
+#                                           its exchange with a receive without `after` (no timer)
+#   mix run profile.exs switches [ROUNDS]   64 callers: context switches per call of the BEAM and of
+#                                           the Python process (voluntary, involuntary), floor and
+#                                           Snakeport, and Snakeport with its worker under
+#                                           SCHED_BATCH (`chrt -b`: no wake-up preemption); rates
 #   mix run profile.exs ab_echo [ROUNDS]    1 MiB echo via the API, polling default vs spin_us: 0,
 #                                           fresh instances, alternating order
 #   mix run profile.exs eprof [c64] [fake]  :eprof of the caller(s) and the worker process
@@ -53,6 +60,23 @@ defmodule Raw do
   def echo(port, bin, n) do
     frame = call("bench_helpers", "identity", [{:"$snakeport_bytes", bin}])
     Stats.repeat(n, byte_size(bin) / 1_048_576, fn -> Floor.roundtrip(port, frame) end)
+  end
+end
+
+defmodule Layers do
+  @moduledoc "`layers`: Snakeport.Worker.request/4's exchange, copied, without the timer."
+
+  # (Harness internals, read-only but for the pending row, which the worker process takes.)
+  def no_timer(%{port: port, pending: pending, counter: counter}, request, session) do
+    id = :atomics.add_get(counter, 1, 1)
+    payload = Snakeport.Protocol.encode(request, id, session)
+    tag = make_ref()
+    :ets.insert(pending, {id, tag, self()})
+    true = Port.command(port, payload, [:nosuspend])
+
+    receive do
+      {^tag, frame} when is_binary(frame) -> {:ok, frame}
+    end
   end
 end
 
@@ -182,6 +206,159 @@ case System.argv() do
     IO.puts("  floor     #{fmt.(f)}")
     IO.puts("  snakeport #{fmt.(s)}")
     IO.puts("medians: floor #{Float.round(mf, 2)}, snakeport #{Float.round(ms, 2)}, ratio #{Float.round(ms / mf, 2)}x")
+
+  ["layers" | rest] ->
+    # The 64-caller figure peeled: the floor's routed callers; Snakeport.call/3; the same
+    # frames through Snakeport.Worker.request/4 called directly (no options, session
+    # checkout or argument walk; each caller in the auto-session its warm-up call made); and
+    # a copy of request/4's exchange whose receive has no `after` (no timer per wait; not
+    # what the harness may do: a wait without a deadline). Alternating blocks, real worker.
+    rounds = rest |> Enum.find("9", &(&1 =~ ~r/^\d+$/)) |> String.to_integer()
+    floor = Floor.open(python, port_env)
+    fp = Raw.os_pid(floor)
+    Snake.start(python, env, pool_size: 1)
+    wp = worker_os_pid.()
+    [entry] = pool_entries.()
+    request = Snakeport.Protocol.call("operator", "add", [1, 2], %{}, %{})
+
+    no_timer = &Layers.no_timer(entry, request, &1)
+
+    direct = fn exchange ->
+      fn callers, per ->
+        Stats.concurrent(
+          callers,
+          per,
+          fn _ ->
+            {:ok, frame} = exchange.(Process.get(:layers_session))
+            {:ok, 3} = Snakeport.Protocol.decode_reply(frame, Snakeport, entry.index)
+          end,
+          warmup: fn _ ->
+            {:ok, 3} = Snakeport.call("operator", "add", [1, 2])
+            # (harness internals, read-only: the session the call checked out)
+            {_, sid, _, _, _} = Process.get(:"$snakeport_owned_session")
+            Process.put(:layers_session, sid)
+          end
+        )
+      end
+    end
+
+    variants = [
+      floor: {fp, fn c, p -> Floor.callers(floor, c, p, floor_frame) end},
+      api: {wp, fn c, p -> Snake.concurrent(c, p) end},
+      "Worker.request": {wp, direct.(&Snakeport.Worker.request(entry, request, &1, 10_000))},
+      "no timer": {wp, direct.(no_timer)}
+    ]
+
+    for {_, {_, f}} <- variants, do: f.(64, 100)
+
+    rows =
+      Stats.alternate(
+        rounds,
+        for({k, {pid, f}} <- variants, do: {k, measured.(pid, fn -> f.(64, 300) end)})
+      )
+
+    Snake.stop()
+    Floor.close(floor)
+    base = rows[:floor] |> Enum.map(&elem(&1, 1)) |> Stats.median()
+    IO.puts("BEAM CPU µs per call, 64 callers, #{rounds} blocks each (in order) and medians")
+
+    for {k, _} <- variants do
+      bs = rows[k] |> Enum.map(&elem(&1, 1)) |> Enum.reverse()
+      m = Stats.median(bs)
+
+      IO.puts(
+        String.pad_trailing("#{k}", 16) <>
+          "#{Float.round(m, 2)} (#{Float.round(m / base, 2)}x)  " <>
+          Enum.map_join(bs, " ", &:erlang.float_to_binary(&1, decimals: 2))
+      )
+    end
+
+  ["switches" | rest] ->
+    # Who wakes whom at 64 callers: per call, the context switches of the BEAM's threads and
+    # of the Python process (from /proc/PID/task/*/status), with the rate and the CPU of
+    # each. Involuntary switches of the BEAM are its schedulers preempted (on one CPU, by the
+    # Python process a request woke). "snakeport batch" is a second instance whose worker
+    # runs under SCHED_BATCH (`chrt -b -a -p 0`), which the kernel never lets preempt on
+    # wake-up; "snakeport" is the default. Alternating blocks of 64 x 300 calls.
+    rounds = rest |> Enum.find("5", &(&1 =~ ~r/^\d+$/)) |> String.to_integer()
+
+    switches = fn os_pid ->
+      Path.wildcard("/proc/#{os_pid}/task/*/status")
+      |> Enum.reduce({0, 0}, fn file, {v, n} ->
+        case File.read(file) do
+          {:ok, text} ->
+            pattern = ~r/^(?:non)?voluntary_ctxt_switches:\s*(\d+)/m
+            [[a], [b]] = Regex.scan(pattern, text, capture: :all_but_first)
+
+            {v + String.to_integer(a), n + String.to_integer(b)}
+
+          _ ->
+            {v, n}
+        end
+      end)
+    end
+
+    floor = Floor.open(python, port_env)
+    fp = Raw.os_pid(floor)
+    Snake.start(python, env, pool_size: 1)
+    Snake.start(python, env, pool_size: 1, name: Batch)
+    wp = hd(Snake.worker_pids())
+    bp = hd(Snake.worker_pids(instance: Batch))
+
+    case System.cmd("chrt", ["-b", "-a", "-p", "0", "#{bp}"], stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      {out, status} -> raise "chrt -b failed (#{status}): #{out}"
+    end
+
+    block = fn py_pid, batch ->
+      fn ->
+        {bv, bn} = switches.(beam)
+        {pv, pn} = switches.(py_pid)
+        {b0, p0} = {cpu_ns.(beam), cpu_ns.(py_pid)}
+        {n, elapsed, _} = batch.()
+        {b1, p1} = {cpu_ns.(beam), cpu_ns.(py_pid)}
+        {bv1, bn1} = switches.(beam)
+        {pv1, pn1} = switches.(py_pid)
+
+        [n / Stats.to_s(elapsed), (b1 - b0) / 1000 / n, (p1 - p0) / 1000 / n] ++
+          Enum.map([bv1 - bv, bn1 - bn, pv1 - pv, pn1 - pn], &(&1 / n))
+      end
+    end
+
+    Floor.callers(floor, 64, 100, floor_frame)
+    Snake.concurrent(64, 100)
+    Snake.concurrent(64, 100, instance: Batch)
+
+    rows =
+      Stats.alternate(rounds,
+        floor: block.(fp, fn -> Floor.callers(floor, 64, 300, floor_frame) end),
+        snakeport: block.(wp, fn -> Snake.concurrent(64, 300) end),
+        "snakeport batch": block.(bp, fn -> Snake.concurrent(64, 300, instance: Batch) end)
+      )
+
+    Snake.stop(Batch)
+    Snake.stop()
+    Floor.close(floor)
+
+    IO.puts("medians of #{rounds} blocks, per call")
+
+    IO.puts(
+      String.pad_trailing("", 16) <>
+        Enum.map_join(
+          ["calls/s", "BEAM µs", "py µs", "BEAM vol", "BEAM invol", "py vol", "py invol"],
+          &String.pad_leading(&1, 11)
+        )
+    )
+
+    for name <- [:floor, :snakeport, :"snakeport batch"] do
+      cols =
+        for i <- 0..6 do
+          v = rows[name] |> Enum.map(&Enum.at(&1, i)) |> Stats.median()
+          if i == 0, do: "#{round(v)}", else: :erlang.float_to_binary(v * 1.0, decimals: 3)
+        end
+
+      IO.puts(String.pad_trailing("#{name}", 16) <> Enum.map_join(cols, &String.pad_leading(&1, 11)))
+    end
 
   ["malloc" | _] ->
     # 1 MiB echo on two raw workers: glibc's defaults, and glibc told to keep freed memory
