@@ -112,9 +112,9 @@ defmodule Snakeport do
   cancelled request has not ended `:cancel_grace` ms later, its worker is *stuck*
   (`[:snakeport, :worker, :stuck]` telemetry, a warning in the log, `status: :stuck` in
   `stats/1`) and gets no new sessions (1 s after the cancel the worker has logged, on its
-  stderr, the Python stack of the call's thread, unless the call holds the GIL); if it is still stuck `:stuck_timeout` ms later it is
-  killed with SIGKILL and restarted, its calls in flight returning `:worker_exited` and its
-  sessions `:session_lost`, as after a crash. With the defaults a fresh call succeeds
+  stderr, the Python stack of the call's thread, unless the call holds the GIL); if it is
+  still stuck `:stuck_timeout` ms later it is killed with SIGKILL and restarted, its calls
+  in flight returning `:worker_exited` and its sessions `:session_lost`, as after a crash. With the defaults a fresh call succeeds
   within about 15 s of the timeout (plus the new worker's start). No Python process
   outlives its instance or the VM: stopping an instance kills the workers that do not exit
   by themselves, and on Linux the kernel kills a worker when the VM dies, even by

@@ -398,7 +398,7 @@ class Jobs:
         self._interrupt = interrupt
         self._uninterruptible = uninterruptible
         self._retry_interval = retry_interval
-        #: Guards job states, their waiters and :attr:`_jobs`.
+        #: Guards job states, their waiters, :attr:`_jobs` and :attr:`_cancelled`.
         self.lock = threading.Lock()
         self._jobs: dict[int, Job] = {}
         #: Running jobs that were cancelled and not yet looked at again by

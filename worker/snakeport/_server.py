@@ -711,7 +711,8 @@ class Server:
         :data:`~snakeport._limits.CANCEL_REPORT_AFTER` seconds after its cancel is: the
         harness's next step is to mark the worker stuck, then to kill it."""
         for job, seconds in self.dispatcher.jobs.slow_cancels():
-            why = " (held back: its thread is inside an import)" if job.cancel_deferred else ""
+            held = job.cancel_deferred and not job.cancel_sent
+            why = " (held back: its thread is inside an import)" if held else ""
             log.warning(
                 "request %d (session %s) still runs %.1f s after it was cancelled%s; "
                 "its thread is at (innermost last):\n%s",
