@@ -210,6 +210,24 @@ class Worker:
             if stream and not stream.closed:
                 stream.close()
 
+    def read_stderr_until(self, *needles: str, timeout: float = 15.0) -> str:
+        """What the running worker wrote on stderr, read (a bounded poll of the pipe) until
+        it holds every one of ``needles`` and ends a line."""
+        import select
+
+        fd = self.proc.stderr.fileno()
+        data, deadline = b"", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+                text = data.decode(errors="replace")
+                if text.endswith("\n") and all(n in text for n in needles):
+                    return text
+        raise AssertionError(f"not all of {needles!r} on stderr within {timeout} s; got:\n{data.decode(errors='replace')}")
+
     def stderr_text(self) -> str:
         try:
             if self.proc.poll() is None:

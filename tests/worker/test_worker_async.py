@@ -68,6 +68,10 @@ def test_a_coroutine_blocking_the_loop_does_not_block_control_requests(worker) -
     assert worker.ok("cancel", rid) == {A("cancelled"): True}
     assert time.monotonic() - started < 2 and rid not in worker.replies
     # The cancel takes effect when the coroutine gives the loop back (here: it ends).
+    # Meanwhile, 1 s after the cancel, the worker logs where the loop's thread is.
+    report = worker.read_stderr_until("after it was cancelled", "async_block")
+    assert f"request {rid} (session s1) still runs" in report
+    assert "(an awaited coroutine: this is the event loop's thread)" in report
     assert reason(worker.wait(rid)) == "cancelled"
 
 

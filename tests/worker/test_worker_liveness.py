@@ -177,7 +177,7 @@ def test_a_call_still_running_after_its_cancel_has_its_stack_logged(tmp_path) ->
         rid = w.request("call", "s1", "sp_testmod", "read_fifo_flagged", [flag, fifo], {}, {})
         wait_file(flag)
         assert w.ok("cancel", rid) == {A("cancelled"): True}
-        report = read_stderr_until(w, "after it was cancelled", timeout=15.0)
+        report = w.read_stderr_until("after it was cancelled", "read_fifo_flagged")
         assert f"request {rid} (session s1) still runs" in report
         assert "in read_fifo_flagged" in report  # the call's own frame, innermost last
         with open(fifo, "wb") as f:
@@ -187,22 +187,3 @@ def test_a_call_still_running_after_its_cancel_has_its_stack_logged(tmp_path) ->
     finally:
         w.kill()
 
-
-def read_stderr_until(w: Worker, needle: str, timeout: float) -> str:
-    """What the running worker wrote on stderr, read until ``needle`` and the lines after it
-    (a bounded poll of the pipe)."""
-    import select
-
-    fd = w.proc.stderr.fileno()
-    text, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            text += chunk
-            found = text.decode(errors="replace")
-            if needle in found and found.endswith("\n") and "read_fifo_flagged" in found:
-                return found
-    raise AssertionError(f"no {needle!r} on stderr within {timeout} s; got:\n{text.decode(errors='replace')}")

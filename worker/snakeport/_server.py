@@ -712,7 +712,12 @@ class Server:
         harness's next step is to mark the worker stuck, then to kill it."""
         for job, seconds in self.dispatcher.jobs.slow_cancels():
             held = job.cancel_deferred and not job.cancel_sent
-            why = " (held back: its thread is inside an import)" if held else ""
+            if held:
+                why = " (held back: its thread is inside an import)"
+            elif job.thread == self.awaits.thread:
+                why = " (an awaited coroutine: this is the event loop's thread)"
+            else:
+                why = ""
             log.warning(
                 "request %d (session %s) still runs %.1f s after it was cancelled%s; "
                 "its thread is at (innermost last):\n%s",
