@@ -114,11 +114,11 @@ defmodule Snakeport do
   `stats/1`) and gets no new sessions (1 s after the cancel the worker has logged, on its
   stderr, the Python stack of the call's thread, unless the call holds the GIL); if it is
   still stuck `:stuck_timeout` ms later it is killed with SIGKILL and restarted, its calls
-  in flight returning `:worker_exited` and its sessions `:session_lost`, as after a crash. With the defaults a fresh call succeeds
-  within about 15 s of the timeout (plus the new worker's start). No Python process
-  outlives its instance or the VM: stopping an instance kills the workers that do not exit
-  by themselves, and on Linux the kernel kills a worker when the VM dies, even by
-  `kill -9`. The harness README lists every failure mode.
+  in flight returning `:worker_exited` and its sessions `:session_lost`, as after a crash.
+  With the defaults a fresh call succeeds within about 15 s of the timeout (plus the new
+  worker's start). No Python process outlives its instance or the VM: stopping an instance
+  kills the workers that do not exit by themselves, and on Linux the kernel kills a worker
+  when the VM dies, even by `kill -9`. The harness README lists every failure mode.
 
   ## Instances
 

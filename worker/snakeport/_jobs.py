@@ -690,8 +690,9 @@ class Jobs:
         """The running jobs whose cancel is at least ``after`` seconds old, each given once.
 
         Jobs that ended since their cancel are forgotten here; so is each job returned, so
-        that a job stuck for good is reported once. The table holds at most the jobs in
-        flight.
+        that a job stuck for good is reported once. The table holds the jobs in flight that
+        were cancelled while running, and, until the next look here (the watchdog's, every
+        0.2 s), those of them that ended since.
 
         Args:
             now: The current ``time.monotonic()`` (default: read it).
