@@ -15,7 +15,16 @@ import pytest
 from snakeport import etf
 from snakeport._protocol import OK, REPLY
 from snakeport._limits import QUEUED_FRAME_COST
-from snakeport._writer import IOV_MAX, SEGMENT_BYTES, FrameWriter, segmented_reply
+from snakeport._clane import page_offset
+from snakeport._writer import (
+    ALIAS_WINDOW,
+    IOV_MAX,
+    SEGMENT_BYTES,
+    Borrowed,
+    FrameWriter,
+    realigned,
+    segmented_reply,
+)
 
 F_GETPIPE_SZ = 1032
 
@@ -70,6 +79,56 @@ def test_a_segmented_reply_is_written_as_the_codec_bytes(pipe) -> None:
     assert read_frame(r) == etf.encode(term)
     assert read_frame(r) == b"next"
     done.join(10)
+
+
+def placed(size: int, offset: int) -> memoryview:
+    """``size`` random bytes whose first byte lies at ``offset`` (mod 4096) in its page."""
+    backing = bytearray(size + 8192)
+    start = (offset - page_offset(backing)) % 4096
+    view = memoryview(backing)[start : start + size]
+    view[:] = os.urandom(size)
+    assert page_offset(view) == offset % 4096
+    return view
+
+
+@pytest.mark.parametrize("behind", [1, 8, 17, ALIAS_WINDOW])
+def test_a_buffer_just_behind_its_place_in_the_pipe_is_copied_where_it_is_not(behind) -> None:
+    # (4K aliasing: the kernel's copy into the pipe runs several times slower there.)
+    pos = 25
+    buf = placed(SEGMENT_BYTES, pos - behind)
+    out = realigned(buf, pos)
+    assert out is not buf
+    assert bytes(out) == bytes(buf)
+    assert (page_offset(out) - pos) % 64 == 0
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 64, 2048, 4096 - ALIAS_WINDOW - 1])
+def test_a_buffer_elsewhere_is_written_where_it_is(ahead) -> None:
+    pos = 4 + 17 + 4
+    buf = placed(SEGMENT_BYTES, pos + ahead)
+    assert realigned(buf, pos) is buf
+
+
+def test_a_realigned_buffer_of_another_format_keeps_its_bytes() -> None:
+    pos = 100
+    raw = placed(SEGMENT_BYTES, pos - 9)
+    doubles = raw.cast("d")  # as an array's blob would be
+    out = realigned(doubles, pos)
+    assert out.format == "B" and out.nbytes == raw.nbytes
+    assert bytes(out) == bytes(raw)
+
+
+def test_a_frame_whose_large_buffer_is_realigned_arrives_intact(pipe) -> None:
+    r, w = pipe
+    envelope = etf.encode((REPLY, 7, OK, b""))[:-4]
+    value = placed(SEGMENT_BYTES * 2, 4 + len(envelope) + 4 - 3)  # 3 bytes behind its place
+    size = value.nbytes.to_bytes(4, "big")
+    sender = threading.Thread(target=FrameWriter(w).send, args=([Borrowed((envelope, size, value)), b"next"],))
+    sender.start()  # larger than the pipe: the reader below lets it finish
+    assert read_frame(r) == envelope + size + bytes(value)
+    assert read_frame(r) == b"next"
+    sender.join(10)
+    assert not sender.is_alive()
 
 
 def test_a_batch_of_more_than_iov_max_buffers_is_written_whole(pipe) -> None:

@@ -2051,6 +2051,20 @@ clane_uninitialized(PyObject *self, PyObject *arg)
     return PyByteArray_FromStringAndSize(NULL, size);
 }
 
+/* page_offset(buffer): where the buffer's first byte lies in its memory page (its address
+ * modulo 4096), for snakeport._writer's choice of where a large buffer is copied from. */
+static PyObject *
+clane_page_offset(PyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uintptr_t address = (uintptr_t)view.buf;
+    PyBuffer_Release(&view);
+    return PyLong_FromSize_t((size_t)(address & 4095));
+}
+
 /* grow(buffer, size): buffer (a bytearray) made size bytes long, the new bytes not set: in
  * place (realloc: no copy when the allocator can extend the block, as for an mmap-ed one)
  * when nothing holds a view of it, else a new uninitialized bytearray holding its bytes. */
@@ -2130,6 +2144,9 @@ static PyMethodDef clane_methods[] = {
     {"uninitialized", (PyCFunction)clane_uninitialized, METH_O,
      "uninitialized(size)\n--\n\n"
      "A bytearray of size bytes whose contents are not set (for reads to fill)."},
+    {"page_offset", (PyCFunction)clane_page_offset, METH_O,
+     "page_offset(buffer)\n--\n\n"
+     "The address of the buffer's first byte modulo 4096 (a C-contiguous buffer)."},
     {"grow", (PyCFunction)(void (*)(void))clane_grow, METH_FASTCALL,
      "grow(buffer, size)\n--\n\n"
      "The bytearray buffer made size bytes long (new bytes not set): itself, resized, when\n"

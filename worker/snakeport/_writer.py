@@ -4,7 +4,9 @@ Every thread that has frames to send (the reader, the stand-by loop thread, call
 the sweep) calls :meth:`FrameWriter.send`. A thread that finds the fd busy queues its frames
 and returns at once; the thread that is writing sends everything queued meanwhile with one
 ``os.writev``. Headers and payloads go out as separate buffers, and a large binary reply is
-given as :func:`segmented_reply` buffers, so large payloads are never copied.
+given as :func:`segmented_reply` buffers, so large payloads are not copied, with one
+exception: where the kernel's copy of a large buffer into the pipe would run several times
+slower (see :func:`realigned`), the buffer is first copied once to a place where it does not.
 
 Backpressure: the queue holds at most ``max_queued`` bytes (each frame counted with
 :data:`~snakeport._limits.QUEUED_FRAME_COST` more for its objects). A thread whose frames
@@ -30,11 +32,17 @@ import threading
 from snakeport import _limits as limits
 from snakeport import etf
 
+try:  # the address of a buffer within its page (C: Python cannot see addresses)
+    from snakeport._clane import page_offset as _page_offset
+    from snakeport._clane import uninitialized as _spare
+except ImportError:  # the C lane's module is not built: buffers are written where they are
+    _page_offset = None
+
 TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["FrameWriter", "Borrowed", "segmented_reply", "SEGMENT_BYTES", "IOV_MAX"]
+__all__ = ["FrameWriter", "Borrowed", "segmented_reply", "realigned", "SEGMENT_BYTES", "IOV_MAX", "ALIAS_WINDOW"]
 
 _pack_header = struct.Struct(">I").pack
 
@@ -43,6 +51,11 @@ IOV_MAX = 1024
 
 #: Binaries at least this long leave a reply as their own ``writev`` buffer.
 SEGMENT_BYTES = 64 * 1024
+
+#: Page size of the pipe's buffers, and the window of :func:`realigned` (bytes): a source
+#: that lies this close behind its destination, modulo a page, is copied elsewhere first.
+_PAGE = 4096
+ALIAS_WINDOW = 48
 
 #: What a queued frame costs beyond its bytes (see ``max_queued``).
 _FRAME_COST = limits.QUEUED_FRAME_COST
@@ -94,6 +107,41 @@ def segmented_reply(term: tuple) -> _Segments | None:
     # An empty binary encodes as BINARY_EXT with length 0: replace the length.
     envelope = etf.encode((term[0], term[1], term[2], b""))
     return _Segments((envelope[:-4], len(value).to_bytes(4, "big"), value))
+
+
+def realigned(buf: Any, pos: int) -> Any:
+    """``buf``, or a copy of it placed where the kernel copies it into the pipe at full speed.
+
+    Writing to a pipe copies the bytes into the pipe's pages. When the source address lies
+    a few bytes *behind* the destination modulo a page (1-48 bytes: the stores of the copy
+    then alias the loads that follow them, "4K aliasing"), that copy runs several times
+    slower: writing 1 MiB took ~500 µs instead of ~115 on the machine of bench/RESULTS.md,
+    and a worker whose echo buffers landed there answered a 1 MiB echo at two thirds of the
+    speed (bench/PROFILE.md, *4K aliasing*). Where the source lands is chance (the
+    allocator's); where it goes in the pipe is ``pos`` within the batch when the pipe is
+    empty, which is the case for a reply to a waiting caller. A buffer in that window is
+    copied once (a ``memmove``, ~50-80 µs per MiB there, against the ~350 µs that the slow
+    copy adds) to a spare buffer placed 0 modulo 64 from the destination; any other is
+    returned as it is.
+
+    Args:
+        buf: A large C-contiguous buffer (``bytes``, a ``memoryview``, ...).
+        pos: Where its first byte goes in the ``writev`` batch (bytes written before it).
+
+    Returns:
+        ``buf``, or a ``memoryview`` of a spare buffer holding the same bytes.
+    """
+    if _page_offset is None or (_page_offset(buf) - pos) % _PAGE < _PAGE - ALIAS_WINDOW:
+        return buf
+    src = memoryview(buf)
+    if src.format != "B" or src.ndim != 1:
+        src = src.cast("B")
+    n = src.nbytes
+    spare = _spare(n + 64)
+    start = (pos - _page_offset(spare)) % 64
+    view = memoryview(spare)[start : start + n]
+    view[:] = src
+    return view
 
 
 class FrameWriter:
@@ -161,14 +209,18 @@ class FrameWriter:
         borrowed = False
         for payload in payloads:
             n = len(payload)
-            total += n + 4
             bufs.append(_pack_header(n))
             cls = payload.__class__
             if cls is _Segments or cls is Borrowed:
-                bufs.extend(tuple.__iter__(payload))
+                pos = total + 4
+                for buf in tuple.__iter__(payload):
+                    size = _nbytes(buf)
+                    bufs.append(realigned(buf, pos) if size >= SEGMENT_BYTES else buf)
+                    pos += size
                 borrowed = borrowed or cls is Borrowed
             else:
                 bufs.append(payload)
+            total += n + 4
         if not self._write_lock.acquire(False):
             cost = total + _FRAME_COST * len(payloads)
             with self._queue_lock:
