@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snakeport._framing import FrameSplitter, Oversized, encode_header
+from snakeport import _framing
+from snakeport._clane import page_offset, uninitialized
+from snakeport._framing import ALIAS_WINDOW, PAGE, FrameSplitter, Oversized, aliases, encode_header
 
 
 def frame(payload: bytes) -> bytes:
@@ -92,6 +94,70 @@ def test_zero_copy_buffer_api_large_frame_is_the_read_buffer() -> None:
     assert len(events) == 2
     assert isinstance(events[0], bytearray) and events[0] == payload
     assert events[1] == b"after"
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "slow"),
+    [
+        (0, 0, False),
+        (0, 1, True),  # the source 1 byte behind
+        (100, 100 + ALIAS_WINDOW, True),
+        (100, 100 + ALIAS_WINDOW + 1, False),
+        (1, 0, False),  # ahead
+        (PAGE - 1, 0, True),  # 1 behind, across the page's end
+        (PAGE - 9, 16, True),  # a reply's payload (25 bytes in) at 16 in its page
+    ],
+)
+def test_aliases_is_a_source_just_behind_its_destination(source, destination, slow) -> None:
+    assert aliases(source, destination) is slow
+
+
+def _large_frame_through(s: FrameSplitter, payload: bytes, first: int) -> list:
+    """Feed ``payload``'s frame: its header and ``first`` bytes, then the rest; the events."""
+    stream = memoryview(frame(payload))
+    events = []
+    for part in (stream[: 4 + first], stream[4 + first :]):
+        while part:
+            target = s.get_buffer()
+            n = min(len(target), len(part))
+            target[:n] = part[:n]
+            s.buffer_updated(n)
+            part = part[n:]
+            events += drain(s)
+    return events
+
+
+@pytest.mark.parametrize("bad_ones", [1, 3])
+def test_a_large_payload_buffer_that_would_alias_with_the_pipe_is_set_aside(monkeypatch, bad_ones) -> None:
+    # The frame's header comes with `have` bytes, so the reads fill the payload buffer from
+    # `have` on with the stream's bytes from offset 4 + have (908 in a pipe page). Real
+    # buffers the allocator placed in and out of the window are handed out in turn: the
+    # splitter takes the first that is out of it, or the third whatever it is.
+    size, have = 100_000, 5_000
+    source = (4 + have) % PAGE
+    bad, good, held = [], [], []
+    while len(bad) < 3 or not good:
+        candidate = uninitialized(size)
+        (bad if aliases(source, page_offset(candidate) + have) else good).append(candidate)
+        held.append(candidate)
+    given = [*bad[:bad_ones], good[0], uninitialized(size)]
+    handed = []
+
+    def allocate(n: int) -> bytearray:
+        assert n == size
+        handed.append(given.pop(0))
+        return handed[-1]
+
+    s = FrameSplitter(max_frame_bytes=1 << 20)
+    monkeypatch.setattr(_framing, "_payload_buffer", allocate)
+    payload = os.urandom(size)
+    events = _large_frame_through(s, payload, have)
+    assert events == [payload]
+    assert events[0] is handed[-1]
+    if bad_ones == 1:
+        assert handed == [bad[0], good[0]]  # the second, out of the window
+    else:
+        assert handed == bad[:3]  # the third, as it is
 
 
 def test_oversized_frame_is_skipped_and_reported_once_with_its_head() -> None:

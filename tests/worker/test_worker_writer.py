@@ -16,8 +16,8 @@ from snakeport import etf
 from snakeport._protocol import OK, REPLY
 from snakeport._limits import QUEUED_FRAME_COST
 from snakeport._clane import page_offset
+from snakeport._framing import ALIAS_WINDOW
 from snakeport._writer import (
-    ALIAS_WINDOW,
     IOV_MAX,
     SEGMENT_BYTES,
     Borrowed,

@@ -13,7 +13,9 @@ out of :meth:`FrameSplitter.next_event`:
   payload of at most ``large_chunk`` bytes is one allocation; a larger one is moved at most
   once per growth, e.g. 2 moves for 16 MiB; with the C lane's module built, the
   buffer is not zeroed first and grows in place when the allocator can), so a header alone
-  costs at most ``large_chunk`` bytes whatever length it declares;
+  costs at most ``large_chunk`` bytes whatever length it declares; a first buffer that the
+  allocator placed where the kernel's copy into it would be slow (:func:`aliases`) is set
+  aside for another;
 - :class:`Oversized`: a frame whose declared length exceeds ``max_frame_bytes``; it carries
   the first ``head_bytes`` of the payload (enough for ``etf.decode_head`` to recover
   ``{Op, Id}``); the rest of that frame is skipped, never buffered;
@@ -36,16 +38,43 @@ from snakeport import _limits
 
 try:  # large payload buffers not zeroed first (the reads fill them), grown in place
     from snakeport._clane import grow as _grow_buffer
+    from snakeport._clane import page_offset
     from snakeport._clane import uninitialized as _payload_buffer
 except ImportError:  # the C lane's module is not built
     _payload_buffer = bytearray
+    page_offset = None
 
     def _grow_buffer(old: bytearray, size: int) -> bytearray:
         grown = bytearray(size)
         grown[: len(old)] = old
         return grown
 
-__all__ = ["FrameSplitter", "Oversized", "Event", "encode_header", "HEADER_SIZE"]
+__all__ = ["FrameSplitter", "Oversized", "Event", "encode_header", "aliases", "HEADER_SIZE", "ALIAS_WINDOW"]
+
+#: Page size of a pipe's buffers, and how close behind its destination (modulo a page, in
+#: bytes) the source of a large copy may lie before :func:`aliases` calls the copy slow.
+PAGE = 4096
+ALIAS_WINDOW = 48
+
+
+def aliases(source: int, destination: int) -> bool:
+    """Whether a large copy between these page offsets runs several times slower.
+
+    The kernel's copy between a pipe's pages and a process's buffer (either way) runs
+    ~4x slower when the source lies 1-14 bytes behind the destination modulo 4096, and
+    ~1.5x when 32-40 bytes: its stores then alias the loads that follow them ("4K
+    aliasing"; bench/profile/pipe_alias.py, bench/PROFILE.md). Both the reader of large
+    frames (:class:`FrameSplitter`) and the writer (``snakeport._writer.realigned``) keep
+    their buffers out of this window.
+
+    Args:
+        source: The source's address (or offset in its pipe page) modulo :data:`PAGE`.
+        destination: The destination's, the same way.
+
+    Returns:
+        True when the source lies 1 to :data:`ALIAS_WINDOW` bytes behind the destination.
+    """
+    return (source - destination) % PAGE >= PAGE - ALIAS_WINDOW
 
 #: Size of the ``{packet, 4}`` length prefix.
 HEADER_SIZE = 4
@@ -315,6 +344,28 @@ class FrameSplitter:
             w = n
         return self._mv[w:]
 
+    def _large_buffer(self, size: int, have: int) -> bytearray:
+        """A buffer for a large payload whose first ``have`` bytes are buffered already.
+
+        The reads will fill it from ``have`` on, with the stream's bytes from ``_w`` on.
+        Reads into ``_buf`` start at its beginning once everything is consumed, and a frame
+        written into an empty pipe starts a pipe page; so, as a rule, stream byte ``_w`` lies
+        at ``_w`` modulo 4096 in its pipe page. A buffer whose place for it would make that
+        copy slow (:func:`aliases`) is set aside and another taken (the allocator places it
+        elsewhere while the first is held); the third is taken whatever it is.
+        """
+        large = _payload_buffer(size)
+        if page_offset is None:
+            return large
+        source = self._w % PAGE
+        if aliases(source, page_offset(large) + have):
+            held = large
+            large = _payload_buffer(size)
+            if aliases(source, page_offset(large) + have):
+                large = _payload_buffer(size)
+            del held
+        return large
+
     def _grow(self) -> bytearray:
         """Make the full payload buffer 4 times larger (at most the declared size).
 
@@ -400,7 +451,7 @@ class FrameSplitter:
             return bytes(self._mv[r + HEADER_SIZE : end])
         if size >= self._large_threshold:
             have = avail - HEADER_SIZE
-            large = _payload_buffer(min(size, max(have, self._large_chunk)))
+            large = self._large_buffer(min(size, max(have, self._large_chunk)), have)
             large[:have] = self._mv[r + HEADER_SIZE : self._w]
             self._r = self._w
             self._large = large

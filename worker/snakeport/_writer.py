@@ -31,6 +31,7 @@ import threading
 
 from snakeport import _limits as limits
 from snakeport import etf
+from snakeport._framing import PAGE, aliases
 
 try:  # the address of a buffer within its page (C: Python cannot see addresses)
     from snakeport._clane import page_offset as _page_offset
@@ -42,7 +43,7 @@ TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["FrameWriter", "Borrowed", "segmented_reply", "realigned", "SEGMENT_BYTES", "IOV_MAX", "ALIAS_WINDOW"]
+__all__ = ["FrameWriter", "Borrowed", "segmented_reply", "realigned", "SEGMENT_BYTES", "IOV_MAX"]
 
 _pack_header = struct.Struct(">I").pack
 
@@ -51,11 +52,6 @@ IOV_MAX = 1024
 
 #: Binaries at least this long leave a reply as their own ``writev`` buffer.
 SEGMENT_BYTES = 64 * 1024
-
-#: Page size of the pipe's buffers, and the window of :func:`realigned` (bytes): a source
-#: that lies this close behind its destination, modulo a page, is copied elsewhere first.
-_PAGE = 4096
-ALIAS_WINDOW = 48
 
 #: What a queued frame costs beyond its bytes (see ``max_queued``).
 _FRAME_COST = limits.QUEUED_FRAME_COST
@@ -113,11 +109,11 @@ def realigned(buf: Any, pos: int) -> Any:
     """``buf``, or a copy of it placed where the kernel copies it into the pipe at full speed.
 
     Writing to a pipe copies the bytes into the pipe's pages. When the source address lies
-    a few bytes *behind* the destination modulo a page (1-48 bytes: the stores of the copy
-    then alias the loads that follow them, "4K aliasing"), that copy runs several times
-    slower: writing 1 MiB took ~500 µs instead of ~115 on the machine of bench/RESULTS.md,
-    and a worker whose echo buffers landed there answered a 1 MiB echo at two thirds of the
-    speed (bench/PROFILE.md, *4K aliasing*). Where the source lands is chance (the
+    a few bytes *behind* the destination modulo a page (``snakeport._framing.aliases``:
+    4K aliasing), that copy runs several times slower: writing 1 MiB took ~500 µs instead
+    of ~115 on the machine of bench/RESULTS.md, and a worker whose echo buffers landed there
+    answered a 1 MiB echo at two thirds of the speed (bench/PROFILE.md, *4K aliasing*).
+    Where the source lands is chance (the
     allocator's); where it goes in the pipe is ``pos`` within the batch when the pipe is
     empty, which is the case for a reply to a waiting caller. A buffer in that window is
     copied once (a ``memmove``, ~50-80 µs per MiB there, against the ~350 µs that the slow
@@ -131,7 +127,7 @@ def realigned(buf: Any, pos: int) -> Any:
     Returns:
         ``buf``, or a ``memoryview`` of a spare buffer holding the same bytes.
     """
-    if _page_offset is None or (_page_offset(buf) - pos) % _PAGE < _PAGE - ALIAS_WINDOW:
+    if _page_offset is None or not aliases(_page_offset(buf), pos % PAGE):
         return buf
     src = memoryview(buf)
     if src.format != "B" or src.ndim != 1:
