@@ -2052,7 +2052,8 @@ clane_uninitialized(PyObject *self, PyObject *arg)
 }
 
 /* page_offset(buffer): where the buffer's first byte lies in its memory page (its address
- * modulo 4096), for snakeport._writer's choice of where a large buffer is copied from. */
+ * modulo 4096): snakeport._writer and snakeport._framing keep large copies between the pipe
+ * and a buffer out of the 4K-aliasing window (_framing.aliases). */
 static PyObject *
 clane_page_offset(PyObject *self, PyObject *arg)
 {

@@ -113,12 +113,11 @@ def realigned(buf: Any, pos: int) -> Any:
     4K aliasing), that copy runs several times slower: writing 1 MiB took ~500 µs instead
     of ~115 on the machine of bench/RESULTS.md, and a worker whose echo buffers landed there
     answered a 1 MiB echo at two thirds of the speed (bench/PROFILE.md, *4K aliasing*).
-    Where the source lands is chance (the
-    allocator's); where it goes in the pipe is ``pos`` within the batch when the pipe is
-    empty, which is the case for a reply to a waiting caller. A buffer in that window is
-    copied once (a ``memmove``, ~50-80 µs per MiB there, against the ~350 µs that the slow
-    copy adds) to a spare buffer placed 0 modulo 64 from the destination; any other is
-    returned as it is.
+    Where the source lies is the allocator's chance; where it goes in the pipe is ``pos``
+    within the batch when the pipe is empty, as it is for a reply to a waiting caller. A
+    buffer in that window is copied once (a ``memmove``, ~50-80 µs per MiB there, against
+    the ~350 µs that the slow copy adds) to a spare buffer placed 0 modulo 64 from its
+    destination; any other is returned as it is.
 
     Args:
         buf: A large C-contiguous buffer (``bytes``, a ``memoryview``, ...).
