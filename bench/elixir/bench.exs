@@ -171,12 +171,16 @@ one_round = fn round ->
   # 0.65x-2.0x. Both are called with `instance:`.
   Snake.start(python, env, pool_size: 1, name: Bench.Default)
   Snake.start(python, env, pool_size: 1, name: Bench.Alt, spin_us: Snake.alternative_spin_us())
+  # The worker's batch waits (it waits for input under SCHED_BATCH while frames come several
+  # per read, on one CPU only) against a worker without them, measured the same way.
+  no_batch = [{"SNAKEPORT_NO_BATCH_WAITS", "1"} | env]
+  Snake.start(python, no_batch, pool_size: 1, name: Bench.NoBatch)
 
   # Both sides warm up before either is measured: the first block of a kind after other
   # work pays for what the VM (or the machine) sets up for it, e.g. the 1 MiB echo after
   # the 64 callers ran 0.5x as fast as the second one, whichever instance went first.
-  polling = fn fun, warmup_arg, arg ->
-    sides = [def: Bench.Default, alt: Bench.Alt]
+  ab = fn fun, warmup_arg, arg, alternative ->
+    sides = [def: Bench.Default, alt: alternative]
     sides = if rem(round, 2) == 1, do: sides, else: Enum.reverse(sides)
     for {_, name} <- sides, do: fun.(warmup_arg, instance: name)
 
@@ -191,12 +195,15 @@ one_round = fn round ->
     |> Map.new(fn {side, blocks} -> {side, Enum.reduce(blocks, add_blocks)} end)
   end
 
-  seq_ab = polling.(&Snake.sequential/2, 1_000, n.seq)
-  c64_ab = polling.(&Snake.concurrent(n.callers, &1, &2), 20, n.per_caller)
-  echo1_ab = polling.(&Snake.echo(mib1, &1, &2), 5, n.mib1)
-  churn_ab = polling.(&Snake.churn/2, div(n.churn, 10), n.churn)
+  seq_ab = ab.(&Snake.sequential/2, 1_000, n.seq, Bench.Alt)
+  c64_ab = ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.per_caller, Bench.Alt)
+  echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.mib1, Bench.Alt)
+  churn_ab = ab.(&Snake.churn/2, div(n.churn, 10), n.churn, Bench.Alt)
+  seq_batch = ab.(&Snake.sequential/2, 1_000, n.seq, Bench.NoBatch)
+  c64_batch = ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.per_caller, Bench.NoBatch)
   Snake.stop(Bench.Default)
   Snake.stop(Bench.Alt)
+  Snake.stop(Bench.NoBatch)
 
   # 2. 64 callers on the default pool.
   Snake.start(python, env, [])
@@ -235,7 +242,11 @@ one_round = fn round ->
       figures_of.(:stream_list, stream_list),
       figures_of.(:churn, churn),
       figures_of.(:churn_def, churn_ab.def),
-      figures_of.(:churn_alt, churn_ab.alt)
+      figures_of.(:churn_alt, churn_ab.alt),
+      figures_of.(:seq_bdef, seq_batch.def),
+      figures_of.(:seq_boff, seq_batch.alt),
+      figures_of.(:c64_bdef, c64_batch.def),
+      figures_of.(:c64_boff, c64_batch.alt)
     ]
     |> Enum.reduce(cold, &Map.merge(&2, &1))
     |> Map.merge(%{

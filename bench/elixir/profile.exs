@@ -11,8 +11,8 @@
 #                                           its exchange with a receive without `after` (no timer)
 #   mix run profile.exs switches [ROUNDS]   64 callers: context switches per call of the BEAM and of
 #                                           the Python process (voluntary, involuntary), floor and
-#                                           Snakeport, and Snakeport with its worker under
-#                                           SCHED_BATCH (`chrt -b`: no wake-up preemption); rates
+#                                           Snakeport (batch waits on one CPU), and Snakeport
+#                                           without batch waits (SNAKEPORT_NO_BATCH_WAITS=1); rates
 #   mix run profile.exs ab_echo [ROUNDS]    1 MiB echo via the API, polling default vs spin_us: 0,
 #                                           fresh instances, alternating order
 #   mix run profile.exs eprof [c64] [fake]  :eprof of the caller(s) and the worker process
@@ -277,9 +277,11 @@ case System.argv() do
     # Who wakes whom at 64 callers: per call, the context switches of the BEAM's threads and
     # of the Python process (from /proc/PID/task/*/status), with the rate and the CPU of
     # each. Involuntary switches of the BEAM are its schedulers preempted (on one CPU, by the
-    # Python process a request woke). "snakeport batch" is a second instance whose worker
-    # runs under SCHED_BATCH (`chrt -b -a -p 0`), which the kernel never lets preempt on
-    # wake-up; "snakeport" is the default. Alternating blocks of 64 x 300 calls.
+    # Python process a request woke). "snakeport" is the default, whose reader waits for
+    # input under SCHED_BATCH (which the kernel never lets preempt on wake-up) while frames
+    # come several per read on one CPU (snakeport._batch); "no batch waits" is a second
+    # instance without that (SNAKEPORT_NO_BATCH_WAITS=1). Alternating blocks of 64 x 300
+    # calls.
     rounds = rest |> Enum.find("5", &(&1 =~ ~r/^\d+$/)) |> String.to_integer()
 
     switches = fn os_pid ->
@@ -301,14 +303,9 @@ case System.argv() do
     floor = Floor.open(python, port_env)
     fp = Raw.os_pid(floor)
     Snake.start(python, env, pool_size: 1)
-    Snake.start(python, env, pool_size: 1, name: Batch)
+    Snake.start(python, [{"SNAKEPORT_NO_BATCH_WAITS", "1"} | env], pool_size: 1, name: NoBatch)
     wp = hd(Snake.worker_pids())
-    bp = hd(Snake.worker_pids(instance: Batch))
-
-    case System.cmd("chrt", ["-b", "-a", "-p", "0", "#{bp}"], stderr_to_stdout: true) do
-      {_, 0} -> :ok
-      {out, status} -> raise "chrt -b failed (#{status}): #{out}"
-    end
+    bp = hd(Snake.worker_pids(instance: NoBatch))
 
     block = fn py_pid, batch ->
       fn ->
@@ -327,16 +324,16 @@ case System.argv() do
 
     Floor.callers(floor, 64, 100, floor_frame)
     Snake.concurrent(64, 100)
-    Snake.concurrent(64, 100, instance: Batch)
+    Snake.concurrent(64, 100, instance: NoBatch)
 
     rows =
       Stats.alternate(rounds,
         floor: block.(fp, fn -> Floor.callers(floor, 64, 300, floor_frame) end),
         snakeport: block.(wp, fn -> Snake.concurrent(64, 300) end),
-        "snakeport batch": block.(bp, fn -> Snake.concurrent(64, 300, instance: Batch) end)
+        "no batch waits": block.(bp, fn -> Snake.concurrent(64, 300, instance: NoBatch) end)
       )
 
-    Snake.stop(Batch)
+    Snake.stop(NoBatch)
     Snake.stop()
     Floor.close(floor)
 
@@ -350,7 +347,7 @@ case System.argv() do
         )
     )
 
-    for name <- [:floor, :snakeport, :"snakeport batch"] do
+    for name <- [:floor, :snakeport, :"no batch waits"] do
       cols =
         for i <- 0..6 do
           v = rows[name] |> Enum.map(&Enum.at(&1, i)) |> Stats.median()

@@ -42,6 +42,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <sys/uio.h> /* writev */
+#include <sched.h>   /* sched_setscheduler (batch waits) */
 #include <unistd.h>  /* read */
 
 #include "_cetf_api.h" /* the codec's C entry points */
@@ -71,7 +72,7 @@ static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, 
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
     *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
-    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf, *S_resume;
+    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf, *S_resume, *S_engaged, *S_reads;
 
 #define READY() (SysModules != NULL)
 
@@ -353,6 +354,8 @@ typedef struct {
     PyObject *spin;            /* the spin policy's wait(), or None (the read loop's `spin`) */
     PyObject *spin_policy;     /* the SpinPolicy (its `resume`), or None */
     PyObject *spin_clock;      /* its clock, or None */
+    PyObject *batch;           /* the BatchWaits (_batch.py), or None: how the read waits */
+    Py_ssize_t batch_review;   /* _batch.REVIEW_READS: reads between two reviews */
     Py_ssize_t in_fd;          /* the protocol input fd (the read loop's `fd`) */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
@@ -380,7 +383,7 @@ typedef struct {
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
     X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
-    X(spin_policy) X(spin_clock)
+    X(spin_policy) X(spin_clock) X(batch)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
@@ -1644,12 +1647,42 @@ spin_waits(Lane *L)
     return waits;
 }
 
+/* What the read loop does with its BatchWaits before a read (see _batch.py), without running
+ * Python code: the read counted in BatchWaits.reads, then whether it waits as a batch task
+ * (BatchWaits.engaged). 1: it does, 0: not, 2: a review is due (the read is left to the read
+ * loop, which asks BatchWaits.review), -1 on error. */
+static int
+batch_waits(Lane *L)
+{
+    if (L->batch == Py_None) {
+        return 0;
+    }
+    long reads = long_attr(L->batch, S_reads);
+    if (reads == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (reads + 1 >= L->batch_review) {
+        return 2;
+    }
+    PyObject *n = PyLong_FromLong(reads + 1);
+    int rc = n == NULL ? -1 : set_attr(L->batch, S_reads, n);
+    Py_XDECREF(n);
+    if (rc < 0) {
+        return -1;
+    }
+    return true_attr(L->batch, S_engaged);
+}
+
 static int
 lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
 {
     int shutting = true_attr(L->dispatcher, S_shutting_down);
     if (shutting != 0) {
         return shutting < 0 ? -1 : 0;
+    }
+    int waits = batch_waits(L);
+    if (waits < 0 || waits == 2) {
+        return waits < 0 ? -1 : 0;
     }
     if (L->spin != Py_None) { /* (a call on another thread would compete for the GIL) */
         long running = long_attr(L->sched, S_running);
@@ -1674,8 +1707,16 @@ lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
     int err;
     do {
         Py_BEGIN_ALLOW_THREADS
+        if (waits) { /* (failures ignored, as _batch.wait_as_batch does) */
+            struct sched_param param = {0};
+            sched_setscheduler(0, SCHED_BATCH, &param);
+        }
         n = read((int)L->in_fd, p, (size_t)cap);
         err = errno;
+        if (waits) {
+            struct sched_param param = {0};
+            sched_setscheduler(0, SCHED_OTHER, &param);
+        }
         Py_END_ALLOW_THREADS
     } while (n < 0 && err == EINTR && PyErr_CheckSignals() == 0);
     if (n < 0 && err == EINTR) {
@@ -1854,10 +1895,10 @@ lane_init(Lane *self, PyObject *args, PyObject *kwargs)
 #undef NAME
     };
     static const char *sizes[] = {"expansion", "floor", "max_memory", "segment_bytes",
-                                  "max_packet", "max_frame", "out_fd", "in_fd"};
+                                  "max_packet", "max_frame", "out_fd", "in_fd", "batch_review"};
     Py_ssize_t *size_slots[] = {&self->expansion, &self->floor, &self->max_memory,
                                 &self->segment_bytes, &self->max_packet, &self->max_frame,
-                                &self->out_fd, &self->in_fd};
+                                &self->out_fd, &self->in_fd, &self->batch_review};
     Py_ssize_t nobjects = sizeof(objects) / sizeof(objects[0]);
     Py_ssize_t nsizes = sizeof(sizes) / sizeof(sizes[0]);
     if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL || PyDict_GET_SIZE(kwargs) != nobjects + nsizes) {
@@ -2182,13 +2223,15 @@ PyInit__clane(void)
                            "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
                            "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
                            "_inline_seq", "_inline_active", "_standby_deep", "_pending",
-                           "_resuming", "_draining", "__dict__", "_queue", "_buf", "resume"};
+                           "_resuming", "_draining", "__dict__", "_queue", "_buf", "resume",
+                           "engaged", "reads"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
                           &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
                           &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
-                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__buf, &S_resume};
+                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__buf, &S_resume,
+                          &S_engaged, &S_reads};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
             return NULL;

@@ -111,6 +111,7 @@ from __future__ import annotations
 import os
 import sys
 
+from snakeport import _batch
 from snakeport import _limits as limits
 from snakeport import etf
 from snakeport._jobs import AWAITING, CURRENT, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, Failure, Job
@@ -252,5 +253,7 @@ def build(server: Any) -> Any:
         spin=spin.wait if spin is not None else None,
         spin_policy=spin,
         spin_clock=spin._clock if spin is not None else None,
+        batch=server._batch,
+        batch_review=_batch.REVIEW_READS,
         in_fd=server._in_fd,
     )

@@ -56,6 +56,7 @@ from snakeport._dispatch import Dispatcher
 from snakeport._framing import FrameSplitter, Oversized
 from snakeport._guard import guarded, safe_str, type_name
 from snakeport._blobs import BlobReply, encode_with_blobs
+from snakeport import _batch
 from snakeport import _lane
 from snakeport._jobs import Job, Jobs, thread_stack
 from snakeport._lane import LOST
@@ -277,6 +278,8 @@ class Server:
             if config.spin_us
             else None
         )
+        # How the reader waits for input (SCHED_BATCH while frames come several per read).
+        self._batch = _batch.BatchWaits(lambda: dispatcher.requests) if _batch.available() else None
         self._stop = threading.Event()
         self._parent = os.getppid()
         # The codec skips its limit checks when given its own default objects.
@@ -509,6 +512,7 @@ class Server:
         lane = self._lane
         receive = self._receive
         lane_run = lane.run if lane is not None else None
+        batch = self._batch
         out: list = []  # (empty at the top of each turn: sent, then replaced)
         while True:
             while True:
@@ -564,11 +568,21 @@ class Server:
             if spin is not None and not sched.running:  # (a call on the pool would compete for the GIL)
                 spin()
             buf = splitter.get_buffer()
+            waits = False
+            if batch is not None:
+                batch.reads += 1
+                if batch.reads >= _batch.REVIEW_READS:
+                    batch.review()
+                if batch.engaged:
+                    waits = True
+                    _batch.wait_as_batch(True)
             try:
                 n = readv(fd, [buf])
             except OSError as exc:
                 log.warning("protocol input failed (%s); exiting", exc)
                 n = 0
+            if waits:
+                _batch.wait_as_batch(False)
             del buf
             if not n:
                 self._on_eof(splitter.has_partial_frame)
