@@ -16,9 +16,10 @@ end answers later (16 callers on 2 vCPUs: ~0.92x). So the policy:
   does everything else under its own policy: it is set right before the read and set back
   right after (two system calls, only while engaged), so no call runs under it and no
   thread the reader starts inherits it;
-- every :data:`REVIEW_READS` reads (counted in :attr:`BatchWaits.reads` by both readers;
-  the C lane leaves the read that makes a review due to the read loop, so that no Python
-  code runs inside its read) the reader asks :meth:`BatchWaits.review`, which looks at
+- every :data:`REVIEW_READS` reads (counted in :attr:`BatchWaits.reads`; the C lane counts
+  its own in C and adds them when it has made that many, then leaves that read to the read
+  loop, so that no Python code runs inside its read) the reader asks
+  :meth:`BatchWaits.review`, which looks at
   the frames per read since its last look (the dispatcher's request counter over the reads):
   it engages from :data:`ENGAGE` and lets go below :data:`RELEASE` (a sequential caller
   makes one frame per read; under ``SCHED_BATCH`` a burst makes many, so the policy stays
@@ -67,8 +68,10 @@ class BatchWaits:
         cpus: How many CPUs the worker may run on (default: its affinity); for tests.
 
     Invariant: ``engaged`` changes only in :meth:`review`, and ``reads`` (the reads since
-    the last review) is reset only there; both are read and ``reads`` counted by the reader
-    before each read, and only the reader calls :meth:`review`.
+    the last review, but for the C lane's last ones, up to :data:`REVIEW_READS`) is reset
+    only there; only the thread that reads touches them (the read loop before each read,
+    the C lane every :data:`REVIEW_READS` reads and after each review), and only the read
+    loop calls :meth:`review`.
     """
 
     __slots__ = ("_requests", "_cpus", "_seen", "engaged", "reads")

@@ -356,6 +356,8 @@ typedef struct {
     PyObject *spin_clock;      /* its clock, or None */
     PyObject *batch;           /* the BatchWaits (_batch.py), or None: how the read waits */
     Py_ssize_t batch_review;   /* _batch.REVIEW_READS: reads between two reviews */
+    long batch_reads;          /* the lane's reads not yet added to BatchWaits.reads */
+    int batch_engaged;         /* BatchWaits.engaged as last read, -1: to be read again */
     Py_ssize_t in_fd;          /* the protocol input fd (the read loop's `fd`) */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
@@ -1648,29 +1650,41 @@ spin_waits(Lane *L)
 }
 
 /* What the read loop does with its BatchWaits before a read (see _batch.py), without running
- * Python code: the read counted in BatchWaits.reads, then whether it waits as a batch task
- * (BatchWaits.engaged). 1: it does, 0: not, 2: a review is due (the read is left to the read
- * loop, which asks BatchWaits.review), -1 on error. */
+ * Python code: the read counted (in the lane, added to BatchWaits.reads when a review is
+ * due), then whether it waits as a batch task (BatchWaits.engaged, as the lane last read
+ * it: again after each review it left to the read loop, and at least every batch_review
+ * reads). 1: it does, 0: not, 2: a review is due (the lane's reads added to
+ * BatchWaits.reads, and the read left to the read loop, which asks BatchWaits.review),
+ * -1 on error. */
 static int
 batch_waits(Lane *L)
 {
     if (L->batch == Py_None) {
         return 0;
     }
+    if (L->batch_engaged < 0) { /* not read since the last review */
+        int engaged = true_attr(L->batch, S_engaged);
+        if (engaged < 0) {
+            return -1;
+        }
+        L->batch_engaged = engaged;
+    }
+    if (++L->batch_reads < L->batch_review) {
+        return L->batch_engaged;
+    }
     long reads = long_attr(L->batch, S_reads);
     if (reads == -1 && PyErr_Occurred()) {
         return -1;
     }
-    if (reads + 1 >= L->batch_review) {
-        return 2;
-    }
-    PyObject *n = PyLong_FromLong(reads + 1);
+    PyObject *n = PyLong_FromLong(reads + L->batch_reads - 1); /* (the read loop counts this one) */
     int rc = n == NULL ? -1 : set_attr(L->batch, S_reads, n);
     Py_XDECREF(n);
     if (rc < 0) {
         return -1;
     }
-    return true_attr(L->batch, S_engaged);
+    L->batch_reads = 0;
+    L->batch_engaged = -1;
+    return 2;
 }
 
 static int
