@@ -16,20 +16,21 @@ end answers later (16 callers on 2 vCPUs: ~0.92x). So the policy:
   does everything else under its own policy: it is set right before the read and set back
   right after (two system calls, only while engaged), so no call runs under it and no
   thread the reader starts inherits it;
-- every :data:`REVIEW_READS` reads (counted in :attr:`BatchWaits.reads`; the C lane counts
-  its own in C and adds them when it has made that many, then leaves that read to the read
-  loop, so that no Python code runs inside its read) the reader asks
-  :meth:`BatchWaits.review`, which looks at
-  the frames per read since its last look (the dispatcher's request counter over the reads):
-  it engages from :data:`ENGAGE` and lets go below :data:`RELEASE` (a sequential caller
-  makes one frame per read; under ``SCHED_BATCH`` a burst makes many, so the policy stays
-  engaged while the burst lasts), and only while the worker may run on one CPU only (its
-  affinity, looked at in each review, as the spin policy does).
+- every :data:`REVIEW_READS` reads the read loop asks :meth:`BatchWaits.review`, which
+  looks at the frames per read since its last look (the dispatcher's request counter over
+  the reads counted in :attr:`BatchWaits.reads`): it engages from :data:`ENGAGE` and lets
+  go below :data:`RELEASE` (a sequential caller makes one frame per read; under
+  ``SCHED_BATCH`` a burst makes many, so the policy stays engaged while the burst lasts),
+  and only while the worker may run on one CPU only (its affinity, looked at in each
+  review, as the spin policy does).
 
-Both readers follow it: the read loop of ``snakeport._server`` and the C lane's own read
-(``lane_read`` in ``_clane.c``, on the same object's ``reads`` and ``engaged``). Only on Linux, and only when the worker
-started under the normal policy (one started under another, e.g. with ``chrt``, keeps it);
-``SNAKEPORT_NO_BATCH_WAITS=1`` turns it off. I/O-free but for :func:`wait_as_batch`.
+Both readers follow it: the read loop of ``snakeport._server``, and the C lane's own read
+(``lane_read`` in ``_clane.c``), which counts its reads in C, adds them to
+:attr:`BatchWaits.reads` when a review is due and leaves that read to the read loop, so
+that no Python code runs inside its read. Only on Linux, and only when the worker started
+under the normal policy (one started under another, e.g. with ``chrt``, keeps it);
+``SNAKEPORT_NO_BATCH_WAITS=1`` turns it off. :class:`BatchWaits` is I/O-free given its two
+callables; :func:`available` and :func:`wait_as_batch` ask the OS.
 """
 
 from __future__ import annotations
