@@ -49,7 +49,7 @@ def test_it_engages_from_engage_frames_per_read_and_lets_go_below_release() -> N
     assert waits.engaged is True
     assert review_after(waits, counter, RELEASE) is True  # (hysteresis: still a burst)
     assert review_after(waits, counter, RELEASE - 0.1) is False
-    assert review_after(waits, counter, RELEASE + 0.5) is False  # engaging needs ENGAGE again
+    assert review_after(waits, counter, (RELEASE + ENGAGE) / 2) is False  # engaging needs ENGAGE again
 
 
 def test_it_never_engages_with_more_than_one_cpu() -> None:

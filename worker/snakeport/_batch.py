@@ -46,10 +46,10 @@ if TYPE_CHECKING:
 __all__ = ["BatchWaits", "REVIEW_READS", "ENGAGE", "RELEASE", "NO_BATCH_WAITS_ENV", "available", "wait_as_batch"]
 
 #: Reads between two looks of the policy.
-REVIEW_READS = 64
+REVIEW_READS = 512
 
 #: Frames per read (over the last look's reads) from which the reader waits as a batch task.
-ENGAGE = 2.5
+ENGAGE = 2.0
 
 #: Frames per read below which it waits as a normal task again.
 RELEASE = 1.5
