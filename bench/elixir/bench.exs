@@ -200,8 +200,8 @@ one_round = fn round ->
 
   # The worker's batch waits (it waits for input under SCHED_BATCH while frames come several
   # per read, on one CPU only) against a worker without them, measured the same way on two
-  # fresh instances (not the default above: its worker's history, the echoes and the
-  # churn, made it 0.85x against a fresh one on 2 vCPUs, where batch waits never engage).
+  # fresh instances, so that both sides have the same history (the default instance above
+  # has echoed and churned; the alternative would not have).
   Snake.start(python, env, pool_size: 1, name: Bench.Default)
   Snake.start(python, [{"SNAKEPORT_NO_BATCH_WAITS", "1"} | env], pool_size: 1, name: Bench.NoBatch)
   seq_batch = ab.(&Snake.sequential/2, 1_000, n.seq, Bench.Default, Bench.NoBatch)
