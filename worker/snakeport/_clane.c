@@ -1721,16 +1721,20 @@ lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
     int err;
     do {
         Py_BEGIN_ALLOW_THREADS
+#ifdef SCHED_BATCH /* (Linux; elsewhere _batch.available() is false: waits is 0) */
         if (waits) { /* (failures ignored, as _batch.wait_as_batch does) */
             struct sched_param param = {0};
             sched_setscheduler(0, SCHED_BATCH, &param);
         }
+#endif
         n = read((int)L->in_fd, p, (size_t)cap);
         err = errno;
+#ifdef SCHED_BATCH
         if (waits) {
             struct sched_param param = {0};
             sched_setscheduler(0, SCHED_OTHER, &param);
         }
+#endif
         Py_END_ALLOW_THREADS
     } while (n < 0 && err == EINTR && PyErr_CheckSignals() == 0);
     if (n < 0 && err == EINTR) {
