@@ -31,13 +31,9 @@ import threading
 
 from snakeport import _limits as limits
 from snakeport import etf
-from snakeport._framing import PAGE, aliases
-
-try:  # the address of a buffer within its page (C: Python cannot see addresses)
-    from snakeport._clane import page_offset as _page_offset
-    from snakeport._clane import uninitialized as _spare
-except ImportError:  # the C lane's module is not built: buffers are written where they are
-    _page_offset = None
+# (page_offset: a buffer's address within its page, from the C lane's module; None without
+# it, and buffers are then written where they are.)
+from snakeport._framing import aliases, page_offset
 
 TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
@@ -126,14 +122,16 @@ def realigned(buf: Any, pos: int) -> Any:
     Returns:
         ``buf``, or a ``memoryview`` of a spare buffer holding the same bytes.
     """
-    if _page_offset is None or not aliases(_page_offset(buf), pos % PAGE):
+    if page_offset is None or not aliases(page_offset(buf), pos):
         return buf
+    from snakeport._clane import uninitialized  # (built: page_offset is its)
+
     src = memoryview(buf)
     if src.format != "B" or src.ndim != 1:
         src = src.cast("B")
     n = src.nbytes
-    spare = _spare(n + 64)
-    start = (pos - _page_offset(spare)) % 64
+    spare = uninitialized(n + 64)
+    start = (pos - page_offset(spare)) % 64
     view = memoryview(spare)[start : start + n]
     view[:] = src
     return view
