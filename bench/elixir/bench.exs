@@ -36,14 +36,25 @@ n = %{
   array8: 8,
   list8: 1,
   predict: 200,
-  predict_lists: 30
+  predict_lists: 30,
+  # The A/B rows (default vs alternative): pairs of blocks per round, and the blocks' counts
+  # (a quarter of the single measurements': 12 pairs take as long as 3 blocks per side).
+  ab_pairs: 12,
+  ab_seq: 2_000,
+  ab_per_caller: 150,
+  ab_mib1: 25,
+  ab_churn: 1_250
 }
 
-# BENCH_QUICK=1: every count divided by 10 (at least 1), to check the suite itself runs.
+# BENCH_QUICK=1: every count but the callers and the A/B pairs divided by 10 (at least 1),
+# to check the suite itself runs.
 n =
   if System.get_env("BENCH_QUICK") in [nil, "", "0"],
     do: n,
-    else: Map.new(n, fn {k, v} -> {k, if(k == :callers, do: v, else: max(1, div(v, 10)))} end)
+    else:
+      Map.new(n, fn {k, v} ->
+        {k, if(k in [:callers, :ab_pairs], do: v, else: max(1, div(v, 10)))}
+      end)
 
 # Every Python process gets a bytecode cache (bench/out/pycache), as a `pip install`ed
 # worker has; this environment may set PYTHONDONTWRITEBYTECODE (and the worker here is an
@@ -162,15 +173,29 @@ one_round = fn round ->
 
   # The worker's polling default against its alternative (see README.md): two fresh
   # instances side by side, one with each setting, and each figure measured on both in
-  # three blocks per side and round, in the order A B B A A B (A: the default in odd rounds,
-  # the alternative in even ones), so that neither side always runs second (on CPUs the
-  # other has just woken, after the other's garbage) and a hiccup of the machine lands in
-  # one block of three. Each side's three blocks are added up (amounts, times, CPU). One
-  # block per side made these rows noise at their 0.95x threshold: on one CPU the two
-  # sides are the same worker (the policy never spins there), and single rounds gave
-  # 0.65x-2.0x. Both are called with `instance:`.
-  Snake.start(python, env, pool_size: 1, name: Bench.Default)
-  Snake.start(python, env, pool_size: 1, name: Bench.Alt, spin_us: Snake.alternative_spin_us())
+  # n.ab_pairs pairs of short blocks per round, A B then B A in turn (A: the default in odd
+  # rounds, the alternative in even ones), so that neither side always runs second (on CPUs
+  # the other has just woken, after the other's garbage). A row's ratio is the median of the
+  # pairs' ratios, pooled over the rounds (report.ex, `:paired_min`): two blocks next to
+  # each other share the machine's state of the moment, and a hiccup of the machine moves
+  # one pair of many. Sums of three long blocks per side and round made these rows noise at
+  # their 0.95x threshold: pinned, where the two sides are the same worker (the policy never
+  # spins there), seven runs in one evening gave 0.92x-1.03x for sequential calls; pairs of
+  # 2,000 sequential calls of two identical pinned workers have a robust SD of ~0.095, so
+  # the median of 60 has a standard error of ~0.015. Each side's blocks are added up for
+  # the rate and CPU columns. Both are called with `instance:`. The two are started in
+  # turn too (the default first in odd rounds): neither is always the older process.
+  start_pair = fn default, alternative ->
+    pair = if rem(round, 2) == 1, do: [default, alternative], else: [alternative, default]
+    Enum.each(pair, & &1.())
+  end
+
+  start_pair.(
+    fn -> Snake.start(python, env, pool_size: 1, name: Bench.Default) end,
+    fn ->
+      Snake.start(python, env, pool_size: 1, name: Bench.Alt, spin_us: Snake.alternative_spin_us())
+    end
+  )
 
   # Both sides warm up before either is measured: the first block of a kind after other
   # work pays for what the VM (or the machine) sets up for it, e.g. the 1 MiB echo after
@@ -180,21 +205,28 @@ one_round = fn round ->
     sides = if rem(round, 2) == 1, do: sides, else: Enum.reverse(sides)
     for {_, name} <- sides, do: fun.(warmup_arg, instance: name)
 
-    [a, b] = sides
-
-    [a, b, b, a, a, b]
-    |> Enum.map(fn {side, name} ->
+    block = fn {side, name} ->
       opts = [instance: name]
       {side, Cpu.measure(Snake.worker_pids(opts), fn -> fun.(arg, opts) end)}
-    end)
-    |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
-    |> Map.new(fn {side, blocks} -> {side, Enum.reduce(blocks, add_blocks)} end)
+    end
+
+    pairs =
+      for i <- 1..n.ab_pairs do
+        order = if rem(i, 2) == 1, do: sides, else: Enum.reverse(sides)
+        order |> Enum.map(block) |> Map.new()
+      end
+
+    rate = fn {batch, _cpu} -> Stats.rate([batch]) end
+
+    sides
+    |> Map.new(fn {side, _} -> {side, pairs |> Enum.map(& &1[side]) |> Enum.reduce(add_blocks)} end)
+    |> Map.put(:pairs, Enum.map(pairs, &(rate.(&1.def) / rate.(&1.alt))))
   end
 
-  seq_ab = ab.(&Snake.sequential/2, 1_000, n.seq, Bench.Default, Bench.Alt)
-  c64_ab = ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.per_caller, Bench.Default, Bench.Alt)
-  echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.mib1, Bench.Default, Bench.Alt)
-  churn_ab = ab.(&Snake.churn/2, div(n.churn, 10), n.churn, Bench.Default, Bench.Alt)
+  seq_ab = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.Alt)
+  c64_ab = ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.ab_per_caller, Bench.Default, Bench.Alt)
+  echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.ab_mib1, Bench.Default, Bench.Alt)
+  churn_ab = ab.(&Snake.churn/2, div(n.churn, 10), n.ab_churn, Bench.Default, Bench.Alt)
   Snake.stop(Bench.Default)
   Snake.stop(Bench.Alt)
 
@@ -202,10 +234,21 @@ one_round = fn round ->
   # per read, on one CPU only) against a worker without them, measured the same way on two
   # fresh instances, so that both sides have the same history (the default instance above
   # has echoed and churned; the alternative would not have).
-  Snake.start(python, env, pool_size: 1, name: Bench.Default)
-  Snake.start(python, [{"SNAKEPORT_NO_BATCH_WAITS", "1"} | env], pool_size: 1, name: Bench.NoBatch)
-  seq_batch = ab.(&Snake.sequential/2, 1_000, n.seq, Bench.Default, Bench.NoBatch)
-  c64_batch = ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.per_caller, Bench.Default, Bench.NoBatch)
+  start_pair.(
+    fn -> Snake.start(python, env, pool_size: 1, name: Bench.Default) end,
+    fn ->
+      Snake.start(python, [{"SNAKEPORT_NO_BATCH_WAITS", "1"} | env],
+        pool_size: 1,
+        name: Bench.NoBatch
+      )
+    end
+  )
+
+  seq_batch = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.NoBatch)
+
+  c64_batch =
+    ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.ab_per_caller, Bench.Default, Bench.NoBatch)
+
   Snake.stop(Bench.Default)
   Snake.stop(Bench.NoBatch)
 
@@ -261,7 +304,14 @@ one_round = fn round ->
       seq_p50_floor: lat_floor.p50_us,
       seq_p99: lat.p99_us,
       seq_p99_floor: lat_floor.p99_us,
-      release_ms: release_ms
+      release_ms: release_ms,
+      # The A/B rows' pair ratios (default ÷ alternative), pooled over the rounds by the report.
+      seq_def_pairs: seq_ab.pairs,
+      c64_def_pairs: c64_ab.pairs,
+      echo1_def_pairs: echo1_ab.pairs,
+      churn_def_pairs: churn_ab.pairs,
+      seq_bdef_pairs: seq_batch.pairs,
+      c64_bdef_pairs: c64_batch.pairs
     })
 
   IO.inspect(Map.take(figures, [:seq, :seq_floor, :c64, :c64_floor, :echo1, :echo1_floor]),
