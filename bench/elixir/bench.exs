@@ -39,7 +39,12 @@ n = %{
   predict_lists: 30,
   # The A/B rows (default vs alternative): pairs of blocks per round, and the blocks' counts
   # (a quarter of the single measurements': 12 pairs take as long as 3 blocks per side).
+  # Sequential calls get 36 pairs: on 2 vCPUs each worker's polling policy spins or not for
+  # ~1 s at a time, so that pairs of two identical workers spread over ~0.75x-1.25x (middle
+  # half) and 60 pairs gave 0.92x once in four runs; 36 pairs of ~80 ms sample three times as
+  # many of those periods.
   ab_pairs: 12,
+  ab_seq_pairs: 36,
   ab_seq: 2_000,
   ab_per_caller: 150,
   ab_mib1: 25,
@@ -53,7 +58,7 @@ n =
     do: n,
     else:
       Map.new(n, fn {k, v} ->
-        {k, if(k in [:callers, :ab_pairs], do: v, else: max(1, div(v, 10)))}
+        {k, if(k in [:callers, :ab_pairs, :ab_seq_pairs], do: v, else: max(1, div(v, 10)))}
       end)
 
 # Every Python process gets a bytecode cache (bench/out/pycache), as a `pip install`ed
@@ -200,7 +205,7 @@ one_round = fn round ->
   # Both sides warm up before either is measured: the first block of a kind after other
   # work pays for what the VM (or the machine) sets up for it, e.g. the 1 MiB echo after
   # the 64 callers ran 0.5x as fast as the second one, whichever instance went first.
-  ab = fn fun, warmup_arg, arg, default, alternative ->
+  ab = fn fun, warmup_arg, arg, default, alternative, pair_count ->
     sides = [def: default, alt: alternative]
     sides = if rem(round, 2) == 1, do: sides, else: Enum.reverse(sides)
     for {_, name} <- sides, do: fun.(warmup_arg, instance: name)
@@ -211,7 +216,7 @@ one_round = fn round ->
     end
 
     pairs =
-      for i <- 1..n.ab_pairs do
+      for i <- 1..pair_count do
         order = if rem(i, 2) == 1, do: sides, else: Enum.reverse(sides)
         order |> Enum.map(block) |> Map.new()
       end
@@ -223,10 +228,20 @@ one_round = fn round ->
     |> Map.put(:pairs, Enum.map(pairs, &(rate.(&1.def) / rate.(&1.alt))))
   end
 
-  seq_ab = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.Alt)
-  c64_ab = ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.ab_per_caller, Bench.Default, Bench.Alt)
-  echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.ab_mib1, Bench.Default, Bench.Alt)
-  churn_ab = ab.(&Snake.churn/2, div(n.churn, 10), n.ab_churn, Bench.Default, Bench.Alt)
+  seq_ab = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.Alt, n.ab_seq_pairs)
+
+  c64_ab =
+    ab.(
+      &Snake.concurrent(n.callers, &1, &2),
+      20,
+      n.ab_per_caller,
+      Bench.Default,
+      Bench.Alt,
+      n.ab_pairs
+    )
+
+  echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.ab_mib1, Bench.Default, Bench.Alt, n.ab_pairs)
+  churn_ab = ab.(&Snake.churn/2, div(n.churn, 10), n.ab_churn, Bench.Default, Bench.Alt, n.ab_pairs)
   Snake.stop(Bench.Default)
   Snake.stop(Bench.Alt)
 
@@ -244,10 +259,18 @@ one_round = fn round ->
     end
   )
 
-  seq_batch = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.NoBatch)
+  seq_batch =
+    ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.NoBatch, n.ab_seq_pairs)
 
   c64_batch =
-    ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.ab_per_caller, Bench.Default, Bench.NoBatch)
+    ab.(
+      &Snake.concurrent(n.callers, &1, &2),
+      20,
+      n.ab_per_caller,
+      Bench.Default,
+      Bench.NoBatch,
+      n.ab_pairs
+    )
 
   Snake.stop(Bench.Default)
   Snake.stop(Bench.NoBatch)
