@@ -38,13 +38,14 @@ n = %{
   predict: 200,
   predict_lists: 30,
   # The A/B rows (default vs alternative): pairs of blocks per round, and the blocks' counts
-  # (a quarter of the single measurements': 12 pairs take as long as 3 blocks per side).
-  # Sequential calls get 36 pairs: on 2 vCPUs each worker's polling policy spins or not for
-  # ~1 s at a time, so that pairs of two identical workers spread over ~0.75x-1.25x (middle
-  # half) and 60 pairs gave 0.92x once in four runs; 36 pairs of ~80 ms sample three times as
-  # many of those periods.
-  ab_pairs: 12,
-  ab_seq_pairs: 36,
+  # (a quarter of the single measurements'). 36 pairs: on 2 vCPUs each worker's polling
+  # policy spins or not for ~1 s at a time (between its trials), so that sequential pairs of
+  # two identical workers spread over ~0.75x-1.25x (middle half) and 60 pairs in all gave
+  # 0.92x once in four runs (and 64 callers 0.95x once in five); 36 pairs per round sample
+  # three times as many of those periods. The ref churn's blocks are longer (~0.2 s) and
+  # its pairs spread less: 12.
+  ab_pairs: 36,
+  ab_churn_pairs: 12,
   ab_seq: 2_000,
   ab_per_caller: 150,
   ab_mib1: 25,
@@ -58,7 +59,7 @@ n =
     do: n,
     else:
       Map.new(n, fn {k, v} ->
-        {k, if(k in [:callers, :ab_pairs, :ab_seq_pairs], do: v, else: max(1, div(v, 10)))}
+        {k, if(k in [:callers, :ab_pairs, :ab_churn_pairs], do: v, else: max(1, div(v, 10)))}
       end)
 
 # Every Python process gets a bytecode cache (bench/out/pycache), as a `pip install`ed
@@ -178,9 +179,9 @@ one_round = fn round ->
 
   # The worker's polling default against its alternative (see README.md): two fresh
   # instances side by side, one with each setting, and each figure measured on both in
-  # n.ab_pairs pairs of short blocks per round, A B then B A in turn (A: the default in odd
-  # rounds, the alternative in even ones), so that neither side always runs second (on CPUs
-  # the other has just woken, after the other's garbage). A row's ratio is the median of the
+  # n.ab_pairs pairs of short blocks per round (n.ab_churn_pairs for the ref churn), A B then
+  # B A in turn (A: the default in odd rounds, the alternative in even ones), so that neither
+  # side always runs second (on CPUs the other has just woken, after the other's garbage). A row's ratio is the median of the
   # pairs' ratios, pooled over the rounds (report.ex, `:paired_min`): two blocks next to
   # each other share the machine's state of the moment, and a hiccup of the machine moves
   # one pair of many. Sums of three long blocks per side and round made these rows noise at
@@ -228,7 +229,7 @@ one_round = fn round ->
     |> Map.put(:pairs, Enum.map(pairs, &(rate.(&1.def) / rate.(&1.alt))))
   end
 
-  seq_ab = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.Alt, n.ab_seq_pairs)
+  seq_ab = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.Alt, n.ab_pairs)
 
   c64_ab =
     ab.(
@@ -241,7 +242,10 @@ one_round = fn round ->
     )
 
   echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.ab_mib1, Bench.Default, Bench.Alt, n.ab_pairs)
-  churn_ab = ab.(&Snake.churn/2, div(n.churn, 10), n.ab_churn, Bench.Default, Bench.Alt, n.ab_pairs)
+
+  churn_ab =
+    ab.(&Snake.churn/2, div(n.churn, 10), n.ab_churn, Bench.Default, Bench.Alt, n.ab_churn_pairs)
+
   Snake.stop(Bench.Default)
   Snake.stop(Bench.Alt)
 
@@ -259,8 +263,7 @@ one_round = fn round ->
     end
   )
 
-  seq_batch =
-    ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.NoBatch, n.ab_seq_pairs)
+  seq_batch = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.NoBatch, n.ab_pairs)
 
   c64_batch =
     ab.(
