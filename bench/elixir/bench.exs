@@ -35,6 +35,7 @@ n = %{
   stream_times: 2,
   array8: 8,
   list8: 1,
+  array_pairs: 6,
   predict: 200,
   predict_lists: 30,
   # The A/B rows (default vs alternative): pairs of blocks per round, and the blocks' counts
@@ -161,8 +162,31 @@ one_round = fn round ->
   churn = measure.(wp, &Snake.churn/1, div(n.churn, 10), n.churn)
 
   # 7. numpy arrays: 8 MiB float64 there and back, as an array and as lists; predict.
-  array8_rt = measure.(wp, &Bench.Science.array_echo(array8, &1), 1, n.array8)
-  list8_rt = measure.(wp, &Bench.Science.list_echo(list8, &1), 1, n.list8)
+  # The array and the lists in n.array_pairs pairs of blocks, array first then lists first in
+  # turn (after a warm-up of each): the lists ratio is the median of the pairs' ratios over
+  # the rounds (report.ex, `:paired_min`). One block of each per round made that ratio
+  # spread over 14.5x-32x between rounds on 2 vCPUs (2026-12-04), the two blocks measured
+  # at different moments of the machine.
+  Bench.Science.array_echo(array8, 1)
+  Bench.Science.list_echo(list8, 1)
+
+  array_list =
+    for i <- 1..n.array_pairs do
+      blocks = [
+        array: fn -> Cpu.measure(wp, fn -> Bench.Science.array_echo(array8, n.array8) end) end,
+        list: fn -> Cpu.measure(wp, fn -> Bench.Science.list_echo(list8, n.list8) end) end
+      ]
+
+      blocks = if rem(i, 2) == 1, do: blocks, else: Enum.reverse(blocks)
+      Map.new(blocks, fn {kind, block} -> {kind, block.()} end)
+    end
+
+  array8_rt = array_list |> Enum.map(& &1.array) |> Enum.reduce(add_blocks)
+  list8_rt = array_list |> Enum.map(& &1.list) |> Enum.reduce(add_blocks)
+
+  array8_pairs =
+    Enum.map(array_list, fn %{array: {a, _}, list: {l, _}} -> Stats.rate([a]) / Stats.rate([l]) end)
+
   {model, predict_x, predict_rows} = Bench.Science.predict_setup()
   predict_arrays = measure.(wp, &Bench.Science.predict_arrays(model, predict_x, &1), 10, n.predict)
 
@@ -337,7 +361,8 @@ one_round = fn round ->
       echo1_def_pairs: echo1_ab.pairs,
       churn_def_pairs: churn_ab.pairs,
       seq_bdef_pairs: seq_batch.pairs,
-      c64_bdef_pairs: c64_batch.pairs
+      c64_bdef_pairs: c64_batch.pairs,
+      array8_pairs: array8_pairs
     })
 
   IO.inspect(Map.take(figures, [:seq, :seq_floor, :c64, :c64_floor, :echo1, :echo1_floor]),
