@@ -35,7 +35,7 @@ n = %{
   stream_times: 2,
   array8: 8,
   list8: 1,
-  array_pairs: 6,
+  array_pairs: 4,
   predict: 200,
   predict_lists: 30,
   # The A/B rows (default vs alternative): pairs of blocks per round, and the blocks' counts
@@ -163,18 +163,20 @@ one_round = fn round ->
 
   # 7. numpy arrays: 8 MiB float64 there and back, as an array and as lists; predict.
   # The array and the lists in n.array_pairs pairs of blocks, array first then lists first in
-  # turn (after a warm-up of each): the lists ratio is the median of the pairs' ratios over
-  # the rounds (report.ex, `:paired_min`). One block of each per round made that ratio
-  # spread over 14.5x-32x between rounds on 2 vCPUs (2026-12-04), the two blocks measured
-  # at different moments of the machine.
-  Bench.Science.array_echo(array8, 1)
-  Bench.Science.list_echo(list8, 1)
-
+  # turn: the lists ratio is the median of the pairs' ratios over the rounds (report.ex,
+  # `:paired_min`). One block of each per round made that ratio spread over 14.5x-32x
+  # between rounds on 2 vCPUs (2026-12-04), the two blocks measured at different moments of
+  # the machine. Each block follows an untimed one of its own kind, the array's as long as
+  # the measured one: right after a lists round trip (its ~9 MB frames and 1M-element
+  # lists), the next ~10 array round trips cost the VM 40-60% more CPU per MiB (2 vCPUs,
+  # 2026-12-04: 540-740 MiB/s against 690-930 after arrays, one warm-up round trip in
+  # between or not), a cost of the lists' churn that a pair would otherwise charge to the
+  # array in every other pair.
   array_list =
     for i <- 1..n.array_pairs do
       blocks = [
-        array: fn -> Cpu.measure(wp, fn -> Bench.Science.array_echo(array8, n.array8) end) end,
-        list: fn -> Cpu.measure(wp, fn -> Bench.Science.list_echo(list8, n.list8) end) end
+        array: fn -> measure.(wp, &Bench.Science.array_echo(array8, &1), n.array8, n.array8) end,
+        list: fn -> measure.(wp, &Bench.Science.list_echo(list8, &1), 1, n.list8) end
       ]
 
       blocks = if rem(i, 2) == 1, do: blocks, else: Enum.reverse(blocks)
