@@ -168,10 +168,10 @@ one_round = fn round ->
   # between rounds on 2 vCPUs (2026-12-04), the two blocks measured at different moments of
   # the machine. Each block follows an untimed one of its own kind, the array's as long as
   # the measured one: right after a lists round trip (its ~9 MB frames and 1M-element
-  # lists), the next ~10 array round trips cost the VM 40-60% more CPU per MiB (2 vCPUs,
-  # 2026-12-04: 540-740 MiB/s against 690-930 after arrays, one warm-up round trip in
-  # between or not), a cost of the lists' churn that a pair would otherwise charge to the
-  # array in every other pair.
+  # lists), the next ~10 array round trips run slower (2 vCPUs, 2026-12-04, medians of 16
+  # blocks: 619 against 818 MiB/s after arrays, the VM's CPU 1,285 against 938 µs per MiB,
+  # one warm-up round trip in between or not), a cost of the lists' churn that the pairs
+  # would otherwise charge to the array in every other pair.
   array_list =
     for i <- 1..n.array_pairs do
       blocks = [
