@@ -255,17 +255,18 @@ one_round = fn round ->
     |> Map.put(:pairs, Enum.map(pairs, &(rate.(&1.def) / rate.(&1.alt))))
   end
 
-  seq_ab = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.Alt, n.ab_pairs)
+  # Sequential calls and 64 callers, the default instance against `alternative`.
+  seq_vs = fn alternative ->
+    ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, alternative, n.ab_pairs)
+  end
 
-  c64_ab =
-    ab.(
-      &Snake.concurrent(n.callers, &1, &2),
-      20,
-      n.ab_per_caller,
-      Bench.Default,
-      Bench.Alt,
-      n.ab_pairs
-    )
+  c64_vs = fn alternative ->
+    c64 = &Snake.concurrent(n.callers, &1, &2)
+    ab.(c64, 20, n.ab_per_caller, Bench.Default, alternative, n.ab_pairs)
+  end
+
+  seq_ab = seq_vs.(Bench.Alt)
+  c64_ab = c64_vs.(Bench.Alt)
 
   echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.ab_mib1, Bench.Default, Bench.Alt, n.ab_pairs)
 
@@ -289,18 +290,8 @@ one_round = fn round ->
     end
   )
 
-  seq_batch = ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, Bench.NoBatch, n.ab_pairs)
-
-  c64_batch =
-    ab.(
-      &Snake.concurrent(n.callers, &1, &2),
-      20,
-      n.ab_per_caller,
-      Bench.Default,
-      Bench.NoBatch,
-      n.ab_pairs
-    )
-
+  seq_batch = seq_vs.(Bench.NoBatch)
+  c64_batch = c64_vs.(Bench.NoBatch)
   Snake.stop(Bench.Default)
   Snake.stop(Bench.NoBatch)
 
