@@ -47,6 +47,10 @@ n = %{
   # its pairs spread less: 12.
   ab_pairs: 36,
   ab_churn_pairs: 12,
+  # ... spread over this many pairs of fresh instances per round (each pair of instances
+  # keeps its own state: on 2 vCPUs the rounds' own medians of two workers that behave the
+  # same spread over 0.9x-1.17x within a run).
+  ab_groups: 3,
   ab_seq: 2_000,
   ab_per_caller: 150,
   ab_mib1: 25,
@@ -60,7 +64,8 @@ n =
     do: n,
     else:
       Map.new(n, fn {k, v} ->
-        {k, if(k in [:callers, :ab_pairs, :ab_churn_pairs], do: v, else: max(1, div(v, 10)))}
+        {k,
+         if(k in [:callers, :ab_pairs, :ab_churn_pairs, :ab_groups], do: v, else: max(1, div(v, 10)))}
       end)
 
 # Every Python process gets a bytecode cache (bench/out/pycache), as a `pip install`ed
@@ -203,97 +208,84 @@ one_round = fn round ->
   worker_cpus = wp |> hd() |> Cpu.affinity()
   Snake.stop()
 
-  # The worker's polling default against its alternative (see README.md): two fresh
-  # instances side by side, one with each setting, and each figure measured on both in
-  # n.ab_pairs pairs of short blocks per round (n.ab_churn_pairs for the ref churn), A B then
-  # B A in turn (A: the default in odd rounds, the alternative in even ones), so that neither
-  # side always runs second (on CPUs the other has just woken, after the other's garbage). A row's ratio is the median of the
-  # pairs' ratios, pooled over the rounds (report.ex, `:paired_min`): two blocks next to
-  # each other share the machine's state of the moment, and a hiccup of the machine moves
-  # one pair of many. Sums of three long blocks per side and round made these rows noise at
-  # their 0.95x threshold: pinned, where the two sides are the same worker (the policy never
-  # spins there), seven runs in one evening gave 0.92x-1.03x for sequential calls; pairs of
-  # 2,000 sequential calls of two identical pinned workers have a robust SD of ~0.095, so
-  # the median of 60 has a standard error of ~0.015. Each side's blocks are added up for
-  # the rate and CPU columns. Both are called with `instance:`. The two are started in
-  # turn too (the default first in odd rounds): neither is always the older process.
-  start_pair = fn default, alternative ->
-    pair = if rem(round, 2) == 1, do: [default, alternative], else: [alternative, default]
-    Enum.each(pair, & &1.())
-  end
+  # The worker's defaults against their alternatives (see README.md): the polling default
+  # against the other `spin_us` setting, and the batch waits against a worker without them.
+  # Each row is measured on n.ab_groups pairs of fresh instances per round, the two of a pair
+  # started in turn (the default first in odd groups of odd rounds, and so on); each pair
+  # warms up on the row's work (the first block of a kind after other work pays for what the
+  # VM or the machine sets up for it), then runs pairs of short blocks, A B then B A in turn
+  # (A: the side started first), so that neither side always runs second, on CPUs the other
+  # has just woken, after the other's garbage. A row's ratio is the median of all its pairs'
+  # ratios over the rounds (report.ex, `:paired_min`): two blocks next to each other share
+  # the machine's state of the moment, and a hiccup of the machine moves one pair of many.
+  # A pair of instances keeps its own state for as long as it lives (where its memory lies;
+  # on 2 vCPUs each worker's polling verdict, which holds for a second between trials), so
+  # the pairs of blocks are spread over several pairs of instances. Each side's blocks are
+  # added up for the rate and CPU columns. Both are called with `instance:`. (bench/README.md
+  # and PROFILE.md: what these rows gave before, measured otherwise.)
+  start_default = fn -> Snake.start(python, env, pool_size: 1, name: Bench.Default) end
 
-  start_pair.(
-    fn -> Snake.start(python, env, pool_size: 1, name: Bench.Default) end,
-    fn ->
-      Snake.start(python, env, pool_size: 1, name: Bench.Alt, spin_us: Snake.alternative_spin_us())
-    end
-  )
+  polling_alt =
+    {Bench.Alt,
+     fn ->
+       Snake.start(python, env, pool_size: 1, name: Bench.Alt, spin_us: Snake.alternative_spin_us())
+     end}
 
-  # Both sides warm up before either is measured: the first block of a kind after other
-  # work pays for what the VM (or the machine) sets up for it, e.g. the 1 MiB echo after
-  # the 64 callers ran 0.5x as fast as the second one, whichever instance went first.
-  ab = fn fun, warmup_arg, arg, default, alternative, pair_count ->
-    sides = [def: default, alt: alternative]
-    sides = if rem(round, 2) == 1, do: sides, else: Enum.reverse(sides)
-    for {_, name} <- sides, do: fun.(warmup_arg, instance: name)
+  no_batch_alt =
+    {Bench.NoBatch,
+     fn ->
+       Snake.start(python, [{"SNAKEPORT_NO_BATCH_WAITS", "1"} | env],
+         pool_size: 1,
+         name: Bench.NoBatch
+       )
+     end}
 
-    block = fn {side, name} ->
-      opts = [instance: name]
-      {side, Cpu.measure(Snake.worker_pids(opts), fn -> fun.(arg, opts) end)}
-    end
+  ab = fn fun, warmup_arg, arg, {alternative, start_alternative}, pair_count ->
+    groups =
+      for g <- 1..n.ab_groups do
+        sides = [def: {Bench.Default, start_default}, alt: {alternative, start_alternative}]
+        sides = if rem(round + g, 2) == 0, do: sides, else: Enum.reverse(sides)
+        Enum.each(sides, fn {_, {_, start}} -> start.() end)
+        for {_, {name, _}} <- sides, do: fun.(warmup_arg, instance: name)
 
-    pairs =
-      for i <- 1..pair_count do
-        order = if rem(i, 2) == 1, do: sides, else: Enum.reverse(sides)
-        order |> Enum.map(block) |> Map.new()
+        block = fn {side, {name, _}} ->
+          opts = [instance: name]
+          {side, Cpu.measure(Snake.worker_pids(opts), fn -> fun.(arg, opts) end)}
+        end
+
+        pairs =
+          for i <- 1..div(pair_count, n.ab_groups) do
+            order = if rem(i, 2) == 1, do: sides, else: Enum.reverse(sides)
+            order |> Enum.map(block) |> Map.new()
+          end
+
+        Enum.each(sides, fn {_, {name, _}} -> Snake.stop(name) end)
+        pairs
       end
 
+    pairs = Enum.concat(groups)
     rate = fn {batch, _cpu} -> Stats.rate([batch]) end
 
-    sides
-    |> Map.new(fn {side, _} -> {side, pairs |> Enum.map(& &1[side]) |> Enum.reduce(add_blocks)} end)
+    [:def, :alt]
+    |> Map.new(fn side -> {side, pairs |> Enum.map(& &1[side]) |> Enum.reduce(add_blocks)} end)
     |> Map.put(:pairs, Enum.map(pairs, &(rate.(&1.def) / rate.(&1.alt))))
   end
 
-  # Sequential calls and 64 callers, the default instance against `alternative`.
+  # Sequential calls and 64 callers, the default against `alternative`.
   seq_vs = fn alternative ->
-    ab.(&Snake.sequential/2, 1_000, n.ab_seq, Bench.Default, alternative, n.ab_pairs)
+    ab.(&Snake.sequential/2, 1_000, n.ab_seq, alternative, n.ab_pairs)
   end
 
   c64_vs = fn alternative ->
-    c64 = &Snake.concurrent(n.callers, &1, &2)
-    ab.(c64, 20, n.ab_per_caller, Bench.Default, alternative, n.ab_pairs)
+    ab.(&Snake.concurrent(n.callers, &1, &2), 20, n.ab_per_caller, alternative, n.ab_pairs)
   end
 
-  seq_ab = seq_vs.(Bench.Alt)
-  c64_ab = c64_vs.(Bench.Alt)
-
-  echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.ab_mib1, Bench.Default, Bench.Alt, n.ab_pairs)
-
-  churn_ab =
-    ab.(&Snake.churn/2, div(n.churn, 10), n.ab_churn, Bench.Default, Bench.Alt, n.ab_churn_pairs)
-
-  Snake.stop(Bench.Default)
-  Snake.stop(Bench.Alt)
-
-  # The worker's batch waits (it waits for input under SCHED_BATCH while frames come several
-  # per read, on one CPU only) against a worker without them, measured the same way on two
-  # fresh instances, so that both sides have the same history (the default instance above
-  # has echoed and churned; the alternative would not have).
-  start_pair.(
-    fn -> Snake.start(python, env, pool_size: 1, name: Bench.Default) end,
-    fn ->
-      Snake.start(python, [{"SNAKEPORT_NO_BATCH_WAITS", "1"} | env],
-        pool_size: 1,
-        name: Bench.NoBatch
-      )
-    end
-  )
-
-  seq_batch = seq_vs.(Bench.NoBatch)
-  c64_batch = c64_vs.(Bench.NoBatch)
-  Snake.stop(Bench.Default)
-  Snake.stop(Bench.NoBatch)
+  seq_ab = seq_vs.(polling_alt)
+  c64_ab = c64_vs.(polling_alt)
+  echo1_ab = ab.(&Snake.echo(mib1, &1, &2), 5, n.ab_mib1, polling_alt, n.ab_pairs)
+  churn_ab = ab.(&Snake.churn/2, div(n.churn, 10), n.ab_churn, polling_alt, n.ab_churn_pairs)
+  seq_batch = seq_vs.(no_batch_alt)
+  c64_batch = c64_vs.(no_batch_alt)
 
   # 2. 64 callers on the default pool.
   Snake.start(python, env, [])
