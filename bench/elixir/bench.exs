@@ -254,7 +254,7 @@ one_round = fn round ->
         end
 
         pairs =
-          for i <- 1..div(pair_count, n.ab_groups) do
+          for i <- 1..max(1, div(pair_count, n.ab_groups)) do
             order = if rem(i, 2) == 1, do: sides, else: Enum.reverse(sides)
             order |> Enum.map(block) |> Map.new()
           end
