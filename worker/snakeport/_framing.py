@@ -352,7 +352,12 @@ class FrameSplitter:
         written into an empty pipe starts a pipe page; so, as a rule, stream byte ``_w`` lies
         at ``_w`` modulo 4096 in its pipe page. A buffer whose place for it would make that
         copy slow (:func:`aliases`) is set aside and another taken (the allocator places it
-        elsewhere while the first is held); the third is taken whatever it is.
+        elsewhere while the first is held); the third is taken whatever it is. So for a
+        moment up to three buffers of ``size`` are live (a header alone: three first chunks,
+        ~3.2 MiB), and one is kept. (Buffers that ``malloc`` maps on their own all start at
+        the same place in their page, where the retries cannot help; from its first large
+        frame on, the worker has ``malloc`` take buffers of this size from its heap:
+        :func:`snakeport._process.tune_malloc`.)
         """
         large = _payload_buffer(size)
         if page_offset is None:
