@@ -135,8 +135,6 @@ def test_large_chunk_is_validated() -> None:
 
 
 def _grow_variants() -> list:
-    from snakeport import _framing
-
     variants = [pytest.param(_framing._grow_buffer, id="used")]
     try:
         from snakeport import _clane
@@ -174,7 +172,6 @@ def test_the_c_helpers_refuse_bad_sizes() -> None:
 
 _RESIDENT = r"""
 import struct
-from snakeport import _framing
 from snakeport._framing import FrameSplitter
 
 def rss():
