@@ -32,8 +32,9 @@ import threading
 from snakeport import _limits as limits
 from snakeport import etf
 # (page_offset: a buffer's address within its page, from the C lane's module; None without
-# it, and buffers are then written where they are.)
-from snakeport._framing import aliases, page_offset
+# it, and buffers are then written where they are. _payload_buffer: the same module's
+# buffers that are not zeroed first, as the splitter's payloads.)
+from snakeport._framing import _payload_buffer, aliases, page_offset
 
 TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
@@ -124,13 +125,11 @@ def realigned(buf: Any, pos: int) -> Any:
     """
     if page_offset is None or not aliases(page_offset(buf), pos):
         return buf
-    from snakeport._clane import uninitialized  # (built: page_offset is its)
-
     src = memoryview(buf)
     if src.format != "B" or src.ndim != 1:
         src = src.cast("B")
     n = src.nbytes
-    spare = uninitialized(n + 64)
+    spare = _payload_buffer(n + 64)
     start = (pos - page_offset(spare)) % 64
     view = memoryview(spare)[start : start + n]
     view[:] = src
