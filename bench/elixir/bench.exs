@@ -116,6 +116,26 @@ add_blocks = fn {{a1, e1, l1}, c1}, {{a2, e2, l2}, c2} ->
   {{a1 + a2, e1 + e2, l1 ++ l2}, %{py: c1.py + c2.py, beam: c1.beam + c2.beam}}
 end
 
+# `count` pairs of two measured blocks, `blocks` = [{kind, fun}, {kind, fun}] (each fun
+# returns {batch, cpu}), in that order in odd pairs and the other way in even ones:
+# `[%{kind => {batch, cpu}}]`.
+pairs_of = fn count, blocks ->
+  for i <- 1..count do
+    order = if rem(i, 2) == 1, do: blocks, else: Enum.reverse(blocks)
+    Map.new(order, fn {kind, block} -> {kind, block.()} end)
+  end
+end
+
+# Pairs as figures: each kind's blocks added up, and `:pairs`, the ratios `top` ÷ `bottom`
+# of the two blocks' rates in each pair.
+sum_pairs = fn pairs, top, bottom ->
+  rate = fn {batch, _cpu} -> Stats.rate([batch]) end
+
+  [top, bottom]
+  |> Map.new(fn kind -> {kind, pairs |> Enum.map(& &1[kind]) |> Enum.reduce(add_blocks)} end)
+  |> Map.put(:pairs, Enum.map(pairs, &(rate.(&1[top]) / rate.(&1[bottom]))))
+end
+
 one_round = fn round ->
   IO.puts("round #{round}/#{rounds} (#{regime})")
 
@@ -178,21 +198,12 @@ one_round = fn round ->
   # one warm-up round trip in between or not), a cost of the lists' churn that the pairs
   # would otherwise charge to the array in every other pair.
   array_list =
-    for i <- 1..n.array_pairs do
-      blocks = [
-        array: fn -> measure.(wp, &Bench.Science.array_echo(array8, &1), n.array8, n.array8) end,
-        list: fn -> measure.(wp, &Bench.Science.list_echo(list8, &1), 1, n.list8) end
-      ]
-
-      blocks = if rem(i, 2) == 1, do: blocks, else: Enum.reverse(blocks)
-      Map.new(blocks, fn {kind, block} -> {kind, block.()} end)
-    end
-
-  array8_rt = array_list |> Enum.map(& &1.array) |> Enum.reduce(add_blocks)
-  list8_rt = array_list |> Enum.map(& &1.list) |> Enum.reduce(add_blocks)
-
-  array8_pairs =
-    Enum.map(array_list, fn %{array: {a, _}, list: {l, _}} -> Stats.rate([a]) / Stats.rate([l]) end)
+    n.array_pairs
+    |> pairs_of.(
+      array: fn -> measure.(wp, &Bench.Science.array_echo(array8, &1), n.array8, n.array8) end,
+      list: fn -> measure.(wp, &Bench.Science.list_echo(list8, &1), 1, n.list8) end
+    )
+    |> sum_pairs.(:array, :list)
 
   {model, predict_x, predict_rows} = Bench.Science.predict_setup()
   predict_arrays = measure.(wp, &Bench.Science.predict_arrays(model, predict_x, &1), 10, n.predict)
@@ -241,34 +252,24 @@ one_round = fn round ->
      end}
 
   ab = fn fun, warmup_arg, arg, {alternative, start_alternative}, pair_count ->
-    groups =
-      for g <- 1..n.ab_groups do
-        sides = [def: {Bench.Default, start_default}, alt: {alternative, start_alternative}]
-        sides = if rem(round + g, 2) == 0, do: sides, else: Enum.reverse(sides)
-        Enum.each(sides, fn {_, {_, start}} -> start.() end)
-        for {_, {name, _}} <- sides, do: fun.(warmup_arg, instance: name)
+    1..n.ab_groups
+    |> Enum.flat_map(fn g ->
+      sides = [def: {Bench.Default, start_default}, alt: {alternative, start_alternative}]
+      sides = if rem(round + g, 2) == 0, do: sides, else: Enum.reverse(sides)
+      Enum.each(sides, fn {_, {_, start}} -> start.() end)
+      for {_, {name, _}} <- sides, do: fun.(warmup_arg, instance: name)
 
-        block = fn {side, {name, _}} ->
+      blocks =
+        for {side, {name, _}} <- sides do
           opts = [instance: name]
-          {side, Cpu.measure(Snake.worker_pids(opts), fn -> fun.(arg, opts) end)}
+          {side, fn -> Cpu.measure(Snake.worker_pids(opts), fn -> fun.(arg, opts) end) end}
         end
 
-        pairs =
-          for i <- 1..max(1, div(pair_count, n.ab_groups)) do
-            order = if rem(i, 2) == 1, do: sides, else: Enum.reverse(sides)
-            order |> Enum.map(block) |> Map.new()
-          end
-
-        Enum.each(sides, fn {_, {name, _}} -> Snake.stop(name) end)
-        pairs
-      end
-
-    pairs = Enum.concat(groups)
-    rate = fn {batch, _cpu} -> Stats.rate([batch]) end
-
-    [:def, :alt]
-    |> Map.new(fn side -> {side, pairs |> Enum.map(& &1[side]) |> Enum.reduce(add_blocks)} end)
-    |> Map.put(:pairs, Enum.map(pairs, &(rate.(&1.def) / rate.(&1.alt))))
+      pairs = pairs_of.(max(1, div(pair_count, n.ab_groups)), blocks)
+      Enum.each(sides, fn {_, {name, _}} -> Snake.stop(name) end)
+      pairs
+    end)
+    |> sum_pairs.(:def, :alt)
   end
 
   # Sequential calls and 64 callers, the default against `alternative`.
@@ -316,8 +317,8 @@ one_round = fn round ->
       figures_of.(:echo1_alt, echo1_ab.alt),
       figures_of.(:echo16, echo16),
       figures_of.(:echo16_floor, echo16_floor),
-      figures_of.(:array8, array8_rt),
-      figures_of.(:list8, list8_rt),
+      figures_of.(:array8, array_list.array),
+      figures_of.(:list8, array_list.list),
       figures_of.(:predict_arrays, predict_arrays),
       figures_of.(:predict_lists, predict_lists),
       figures_of.(:stream, stream),
@@ -347,7 +348,7 @@ one_round = fn round ->
       churn_def_pairs: churn_ab.pairs,
       seq_bdef_pairs: seq_batch.pairs,
       c64_bdef_pairs: c64_batch.pairs,
-      array8_pairs: array8_pairs
+      array8_pairs: array_list.pairs
     })
 
   IO.inspect(Map.take(figures, [:seq, :seq_floor, :c64, :c64_floor, :echo1, :echo1_floor]),
