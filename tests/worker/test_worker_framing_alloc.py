@@ -127,6 +127,35 @@ def test_a_payload_within_the_first_chunk_is_one_allocation() -> None:
     assert event is first and event == payload
 
 
+def test_the_bytes_read_before_a_large_frame_is_known_are_copied_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first read holds the header and the start of a large payload; they move into the
+    # payload buffer with one copy. (A bytearray's slice assignment from a memoryview first
+    # copies the source into a temporary bytearray: 256 KiB more per large frame, copied
+    # twice.) Every buffer taken is placed anywhere (no 4K-aliasing
+    # retry), so the only allocation while the frame starts is its payload buffer.
+    monkeypatch.setattr(_framing, "aliases", lambda source, destination: False)
+    splitter = FrameSplitter(max_frame_bytes=16 * MiB)
+    payload = os.urandom(2 * MiB)
+    head = frame(payload)[: 256 * 1024]
+    buf = splitter.get_buffer()
+    buf[: len(head)] = head
+    del buf
+    splitter.buffer_updated(len(head))
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        assert drain(splitter) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    large = splitter._large
+    assert large is not None and len(large) == _framing._LARGE_CHUNK
+    assert large[: len(head) - 4] == payload[: len(head) - 4]
+    assert peak - before < _framing._LARGE_CHUNK + 16 * 1024, peak - before
+
+
 def test_large_chunk_is_validated() -> None:
     with pytest.raises(ValueError, match="large_chunk"):
         FrameSplitter(max_frame_bytes=10, large_chunk=0)

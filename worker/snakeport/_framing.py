@@ -457,7 +457,10 @@ class FrameSplitter:
         if size >= self._large_threshold:
             have = avail - HEADER_SIZE
             large = self._large_buffer(min(size, max(have, self._large_chunk)), have)
-            large[:have] = self._mv[r + HEADER_SIZE : self._w]
+            # (Through a memoryview: a bytearray's slice assignment from a memoryview
+            # copies the source into a temporary bytearray first, a second copy.)
+            with memoryview(large) as view:
+                view[:have] = self._mv[r + HEADER_SIZE : self._w]
             self._r = self._w
             self._large = large
             self._large_size = size
