@@ -156,6 +156,9 @@ one_round = fn round ->
 
   port = Floor.open(python, port_env)
   fp = [Bench.Floor.os_pid(port)]
+  # The same echo with the worker's 1 MiB pipes (floor_echo.py, FLOOR_PIPE_BYTES): only for
+  # the 1 MiB echo, the reference of what a large-binary echo can reach with those pipes.
+  wide = Floor.open(python, [{~c"FLOOR_PIPE_BYTES", ~c"1048576"} | port_env])
   api_start = Snake.start(python, env, pool_size: 1)
   wp = Snake.worker_pids()
   rss_idle = Snake.rss()
@@ -177,6 +180,8 @@ one_round = fn round ->
 
   # 3. Binary echo.
   echo1_floor = measure.(fp, &Floor.echo(port, mib1, &1), 5, n.mib1)
+  echo1_wide = measure.([Floor.os_pid(wide)], &Floor.echo(wide, mib1, &1), 5, n.mib1)
+  Floor.close(wide)
   echo1 = measure.(wp, &Snake.echo(mib1, &1), 5, n.mib1)
   echo16_floor = measure.(fp, &Floor.echo(port, mib16, &1), 1, n.mib16)
   echo16 = measure.(wp, &Snake.echo(mib16, &1), 1, n.mib16)
@@ -313,6 +318,7 @@ one_round = fn round ->
       figures_of.(:pool_floor, pool_floor),
       figures_of.(:echo1, echo1),
       figures_of.(:echo1_floor, echo1_floor),
+      figures_of.(:echo1_wide, echo1_wide),
       figures_of.(:echo1_def, echo1_ab.def),
       figures_of.(:echo1_alt, echo1_ab.alt),
       figures_of.(:echo16, echo16),

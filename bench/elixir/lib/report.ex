@@ -25,6 +25,11 @@ defmodule Bench.Report do
     {"2. 64 callers, one worker, vs the pipelined floor window", :c64, :c64_window, "calls/s", []},
     {"2. 64 callers, default pool", :pool, :pool_floor, "calls/s", []},
     {"3. 1 MiB binary echo", :echo1, :echo1_floor, "MiB/s", [{:ratio_min, 1.5}]},
+    # The reach of the row above: the floor's echo with the worker's pipes (no decoding, no
+    # threads; floor_echo.py with FLOOR_PIPE_BYTES), and Snakeport against it.
+    {"3. 1 MiB echo of the floor with 1 MiB pipes (first column) vs with its default pipes",
+     :echo1_wide, :echo1_floor, "MiB/s", []},
+    {"3. 1 MiB binary echo vs the floor with 1 MiB pipes", :echo1, :echo1_wide, "MiB/s", []},
     {"3. 16 MiB binary echo", :echo16, :echo16_floor, "MiB/s", []},
     {"Default polling vs the alternative: sequential", :seq_def, :seq_alt, "calls/s",
      [{:paired_min, 0.95}]},
