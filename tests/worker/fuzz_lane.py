@@ -5,7 +5,8 @@ finding; the offending batch is written to ``fuzz-findings/`` under the current 
 
 Two real workers, one with the lane and one without (``SNAKEPORT_NO_LANE=1``), get the same
 batches of frames in the same writes: call requests shaped like the lane's own (plain
-arguments of random types, sessions open or not, kwargs and options sometimes), and
+arguments of random types, sessions open or not, kwargs (binary, atom or other keys) and
+options sometimes), and
 mutations of them (bytes flipped, lengths forged, bytes inserted, deleted, truncated; the
 ``{packet, 4}`` length always matches the payload). A mutated frame that still decodes to a
 call is sent only if it names one of a few harmless functions (a flipped byte must not
@@ -49,6 +50,7 @@ SAFE = {
     ("builtins", "float"),
     ("builtins", "bytes"),
     ("builtins", "sorted"),
+    ("builtins", "dict"),
     ("builtins", "abs"),
     ("builtins", "divmod"),
 }
@@ -140,7 +142,9 @@ def call_frame(rng: random.Random, rid: int) -> bytes:
     module, function = rng.choice(sorted(SAFE))
     args = [random_value(rng) for _ in range(rng.randrange(4))]
     session = rng.choice(["s1", "s1", "s1", "s2", "nope"])
-    kwargs = {} if rng.random() < 0.9 else {"base": rng.choice([2, 10, "x"])}
+    kwargs = {}
+    if rng.random() >= 0.8:  # binary or atom keys (the lane's too), or keys of other types
+        kwargs = {rng.choice(["base", A("base"), "bse", A("x"), 1]): rng.choice([2, 10, "x"]) for _ in range(rng.randrange(1, 3))}
     opts = {} if rng.random() < 0.9 else {A("result"): A(rng.choice(["value", "ref", "auto"]))}
     return etf.encode((A("call"), rid, session, module, function, args, kwargs, opts))
 

@@ -29,7 +29,7 @@ from snakeport._requests import AUTO
 from snakeport._server import Config, Server
 from snakeport._sessions import Session
 from snakeport._spin import SpinPolicy
-from snakeport.types import Atom
+from snakeport.types import Atom, ErlMap
 from sp_client import A, worker_env
 
 #: fcntl's F_SETPIPE_SZ and F_GETPIPE_SZ (Linux): a pipe's capacity.
@@ -172,7 +172,14 @@ REQUESTS: list[tuple] = [
     ("os", "path.no_such", []),
     ("sp_testmod", "async_add", [1, 2]),  # an awaitable
     ("sp_testmod", "async_fail", ["awaited"]),
-    ("builtins", "int", ["101"], {"base": 2}),  # kwargs: the general path
+    ("builtins", "int", ["101"], {"base": 2}),  # kwargs: str keys
+    ("builtins", "int", ["101"], {A("base"): 2}),  # atom keys
+    ("builtins", "int", ["101"], ErlMap([("base", 2), (A("base"), 8)])),  # both: not a dict
+    ("builtins", "dict", [], {"a": 1, A("b"): [2, "x"]}),  # not a scalar: marshalled
+    ("builtins", "int", ["101"], {"bse": 2}),  # an unexpected keyword: TypeError
+    ("builtins", "int", [], {"base": 2}),
+    ("builtins", "int", ["101"], {1: 2}),  # a key neither a binary nor an atom: bad_request
+    ("builtins", "int", ["101"], {"base": 2, 3: 4}),
     ("operator", "add", [1, 2], None, {A("result"): A("value")}),  # options
     ("operator", "add", [1, 2], None, None, "no-such-session"),  # not open
     ("builtins", "len", [(A("$snakeport_bytes"), b"abc")]),  # a tagged term
@@ -227,15 +234,21 @@ def test_the_lane_answers_every_request_with_the_general_paths_bytes(pair, batch
     assert etf.decode(lane[10 + REQUESTS.index(("sp_testmod", "Box", [7]))])[3][0] == "$snakeport_ref"
     assert etf.decode(lane[10 + REQUESTS.index(("operator", "truediv", [1, 0]))])[3][A("type")] == "builtins.ZeroDivisionError"
     assert etf.decode(lane[10 + REQUESTS.index(("sp_testmod", "async_add", [1, 2]))])[3] == 3
-    # The lane did run them: its calls have no Python frame of the worker under them.
-    probe = call(99, "traceback", "format_stack", [])
-    stacks = []
-    for w in pair:
-        w.send([probe])
-        stacks.append("".join(etf.decode(w.wait(99))[3]))
-        del w.frames[99]
-    assert "_jobs.py" not in stacks[0] and "_dispatch.py" not in stacks[0], stacks[0]
-    assert "_jobs.py" in stacks[1] and "_dispatch.py" in stacks[1], stacks[1]
+    assert etf.decode(lane[10 + REQUESTS.index(("builtins", "int", ["101"], {A("base"): 2}))])[3] == 5
+    both = etf.decode(lane[10 + REQUESTS.index(("builtins", "int", ["101"], ErlMap([("base", 2), (A("base"), 8)])))])[3]
+    assert both[A("reason")] == A("bad_request") and "Kwargs to be a map" in both[A("message")], both
+    bad = etf.decode(lane[10 + REQUESTS.index(("builtins", "int", ["101"], {1: 2}))])[3]
+    assert bad[A("reason")] == A("bad_request") and "Kwargs keys" in bad[A("message")], bad
+    # The lane did run them: its calls have no Python frame of the worker under them, with
+    # keyword arguments too.
+    for probe in (call(99, "traceback", "format_stack", []), call(99, "traceback", "format_stack", [], {A("limit"): 50})):
+        stacks = []
+        for w in pair:
+            w.send([probe])
+            stacks.append("".join(etf.decode(w.wait(99))[3]))
+            del w.frames[99]
+        assert "_jobs.py" not in stacks[0] and "_dispatch.py" not in stacks[0], stacks[0]
+        assert "_jobs.py" in stacks[1] and "_dispatch.py" in stacks[1], stacks[1]
     # Both workers count the same: requests, sessions, refs (stats, without times and pids).
     stats = [etf.decode(w.frames[2])[3] for w in pair]
     for s in stats:
@@ -671,6 +684,9 @@ def test_the_lane_hands_back_what_is_not_its_own() -> None:
     # A call with options: the same.
     left, term = feed(srv, frames(call(4, "operator", "add", [1, 2], opts={A("result"): A("ref")}, session="s")))
     assert term[1] == 4 and srv.dispatcher.requests == 1
+    # A call with a Kwargs key that is neither a binary nor an atom: the same.
+    left, term = feed(srv, frames(call(5, "builtins", "int", ["7"], {A("base"): 10, 1: 2}, session="s")))
+    assert term[1] == 5 and term[6] == {A("base"): 10, 1: 2} and srv.dispatcher.requests == 1
     # An incomplete frame: nothing taken.
     data = frames(call(6, "operator", "add", [1, 2], session="s"))
     left, term = feed(srv, data[:-1])
@@ -711,6 +727,17 @@ def test_plain_call_is_the_general_paths_code() -> None:
         _lane.PlainCall("operator", "add", [1, 2])(1)
     with pytest.raises(TypeError):
         _lane.PlainCall("operator", "add", (1, 2))  # args must be a list
+    # Keyword arguments: a dict with str keys (the lane gives atom keys as str).
+    assert _lane.PlainCall("builtins", "int", ["101"], {"base": 2})() == 5
+    assert _lane.PlainCall("builtins", "int", ["101"], kwargs={})() == 101
+    assert _lane.PlainCall("builtins", "dict", [], {"a": 1})() == {"a": 1}
+    assert repr(_lane.PlainCall("builtins", "int", ["101"], {"base": 2})) == "PlainCall('builtins', 'int', <1 args>, <1 kwargs>)"
+    with pytest.raises(TypeError, match="multiple values for argument 'prefix'"):
+        _lane.PlainCall("textwrap", "indent", ["x", ">"], {"prefix": ">"})()
+    with pytest.raises(TypeError, match="kwargs keys to be str"):
+        _lane.PlainCall("builtins", "int", ["101"], {Atom("base"): 2})
+    with pytest.raises(TypeError):
+        _lane.PlainCall("builtins", "int", ["101"], [("base", 2)])  # kwargs must be a dict
 
 
 def test_a_module_being_initialised_is_imported_the_general_way(monkeypatch) -> None:

@@ -1,9 +1,9 @@
 /* snakeport._clane: the optional C lane of the worker's most common request (see _lane.py).
  *
  * The lane runs, on the frame-reading thread, the `call`s that the general path would run
- * inline with nothing to resolve: `{call, Id, Session, Module, Function, Args, #{}, #{}}`
- * whose frame holds no tagged term, in an open session, on a worker with one thread and no
- * allow-list. It takes the same steps as the general path (snakeport._dispatch, _jobs,
+ * inline with nothing to resolve: `{call, Id, Session, Module, Function, Args, Kwargs, #{}}`
+ * whose frame holds no tagged term and whose Kwargs keys are binaries or atoms (str_keyed),
+ * in an open session, on a worker with one thread and no allow-list. It takes the same steps as the general path (snakeport._dispatch, _jobs,
  * _sessions, _scheduler), on the same Python objects and under the same locks, in one C
  * function per frame instead of some thirty Python calls:
  *
@@ -65,6 +65,7 @@ static PyObject *ImportModule;  /* _jobs.import_module(name): the general import
 static PyObject *Lookup;        /* _jobs.lookup(obj, path): a dotted attribute path */
 static PyObject *FailureType;   /* _jobs.Failure(reason, cause) */
 static PyObject *CancelledType; /* errors.Cancelled */
+static PyObject *AtomType;      /* snakeport.types.Atom (a str subclass): a Kwargs key */
 static PyObject *CetfCapsule;   /* snakeport._cetf._C_API: keeps Cetf alive */
 static const CetfApi *Cetf;     /* the codec's decode_term and encode, called directly */
 static PyObject *One;           /* 1 */
@@ -94,14 +95,15 @@ intern(PyObject **slot, const char *text)
 /* PlainCall: the code of a lane job                                                      */
 /* ------------------------------------------------------------------------------------- */
 
-/* `lookup(import_module(module), function)(*args)`, the code of the general path's common
- * call (snakeport._dispatch), as an object: the lane runs it inline, and a job that the
- * scheduler queues runs it later through Jobs.run like any job's code. */
+/* `lookup(import_module(module), function)(*args, **kwargs)`, the code of the general
+ * path's common call (snakeport._dispatch), as an object: the lane runs it inline, and a job
+ * that the scheduler queues runs it later through Jobs.run like any job's code. */
 typedef struct {
     PyObject_HEAD
     PyObject *module;   /* str */
     PyObject *function; /* str */
     PyObject *args;     /* list */
+    PyObject *kwargs;   /* dict with str keys, or NULL: none */
 } PlainCall;
 
 static PyTypeObject PlainCallType;
@@ -184,9 +186,10 @@ plain_call_invoke(PlainCall *self)
     if (target == NULL) {
         return NULL;
     }
-    /* (The list is the request's own: nothing else can reach it while the call runs.) */
-    PyObject *result = PyObject_Vectorcall(target, PySequence_Fast_ITEMS(self->args),
-                                           PyList_GET_SIZE(self->args), NULL);
+    /* (The list is the request's own: nothing else can reach it while the call runs.
+     * PyObject_VectorcallDict calls as `target(*args, **kwargs)` does.) */
+    PyObject *result = PyObject_VectorcallDict(target, PySequence_Fast_ITEMS(self->args),
+                                               PyList_GET_SIZE(self->args), self->kwargs);
     Py_DECREF(target);
     return result;
 }
@@ -201,14 +204,54 @@ plain_call_call(PlainCall *self, PyObject *args, PyObject *kwargs)
     return plain_call_invoke(self);
 }
 
+/* Kwargs whose every key is a str or an atom, with str keys (as _requests.kwargs makes
+ * them: an atom key becomes its exact str, a later equal key replaces an earlier one); NULL
+ * without an exception when a key is neither (the general path's bad_request). */
+static PyObject *
+str_keyed(PyObject *kwargs)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(kwargs, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) && Py_TYPE(key) != (PyTypeObject *)AtomType) {
+            return NULL;
+        }
+    }
+    PyObject *out = PyDict_New();
+    if (out == NULL) {
+        return NULL;
+    }
+    pos = 0;
+    while (PyDict_Next(kwargs, &pos, &key, &value)) {
+        PyObject *name = PyUnicode_FromObject(key); /* an exact str: the key, or a copy */
+        if (name == NULL || PyDict_SetItem(out, name, value) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return out;
+}
+
 static PyObject *
 plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *module, *function, *call_args;
-    static char *names[] = {"module", "function", "args", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UUO!:PlainCall", names, &module, &function,
-                                     &PyList_Type, &call_args)) {
+    PyObject *module, *function, *call_args, *call_kwargs = NULL;
+    static char *names[] = {"module", "function", "args", "kwargs", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UUO!|O!:PlainCall", names, &module, &function,
+                                     &PyList_Type, &call_args, &PyDict_Type, &call_kwargs)) {
         return NULL;
+    }
+    if (call_kwargs != NULL) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(call_kwargs, &pos, &key, &value)) {
+            if (!PyUnicode_CheckExact(key)) {
+                PyErr_Format(PyExc_TypeError, "PlainCall: expected kwargs keys to be str, got: %R", key);
+                return NULL;
+            }
+        }
     }
     PlainCall *self = (PlainCall *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -220,6 +263,7 @@ plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->module = module;
     self->function = function;
     self->args = call_args;
+    self->kwargs = call_kwargs != NULL && PyDict_GET_SIZE(call_kwargs) != 0 ? Py_NewRef(call_kwargs) : NULL;
     return (PyObject *)self;
 }
 
@@ -242,11 +286,13 @@ intern_name(PyObject *function, PyObject **memo)
     return function;
 }
 
+/* `kwargs`: NULL (none), or a dict with str keys (a new reference: stolen). */
 static PlainCall *
-plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject **memo)
+plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject *kwargs, PyObject **memo)
 {
     PlainCall *self = PyObject_GC_New(PlainCall, &PlainCallType);
     if (self == NULL) {
+        Py_XDECREF(kwargs);
         return NULL;
     }
     Py_INCREF(module);
@@ -256,6 +302,7 @@ plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject *
     self->module = module;
     self->function = function;
     self->args = args;
+    self->kwargs = kwargs;
     PyObject_GC_Track(self);
     return self;
 }
@@ -264,6 +311,7 @@ static int
 plain_call_traverse(PlainCall *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
     return 0;
 }
 
@@ -273,6 +321,7 @@ plain_call_clear(PlainCall *self)
     Py_CLEAR(self->module);
     Py_CLEAR(self->function);
     Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
     return 0;
 }
 
@@ -287,6 +336,11 @@ plain_call_dealloc(PlainCall *self)
 static PyObject *
 plain_call_repr(PlainCall *self)
 {
+    if (self->kwargs != NULL) {
+        return PyUnicode_FromFormat("PlainCall(%R, %R, <%zd args>, <%zd kwargs>)", self->module,
+                                    self->function, PyList_GET_SIZE(self->args),
+                                    PyDict_GET_SIZE(self->kwargs));
+    }
     return PyUnicode_FromFormat("PlainCall(%R, %R, <%zd args>)", self->module, self->function,
                                 PyList_GET_SIZE(self->args));
 }
@@ -295,8 +349,9 @@ static PyTypeObject PlainCallType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "snakeport._clane.PlainCall",
     .tp_basicsize = sizeof(PlainCall),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "PlainCall(module, function, args)\n--\n\n"
-              "lookup(import_module(module), function)(*args), called with no arguments.",
+    .tp_doc = "PlainCall(module, function, args, kwargs=None)\n--\n\n"
+              "lookup(import_module(module), function)(*args, **kwargs), called with no "
+              "arguments (kwargs: a dict with str keys).",
     .tp_new = plain_call_new,
     .tp_call = (ternaryfunc)plain_call_call,
     .tp_traverse = (traverseproc)plain_call_traverse,
@@ -1302,15 +1357,25 @@ lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost
     if (!PyLong_CheckExact(rid) || _PyLong_Sign(rid) < 0 ||
         !(PyUnicode_CheckExact(sid) || PyBytes_CheckExact(sid)) || !PyUnicode_CheckExact(module) ||
         !PyUnicode_CheckExact(function) || !PyList_CheckExact(args) || !PyDict_CheckExact(kwargs) ||
-        PyDict_GET_SIZE(kwargs) != 0 || !PyDict_CheckExact(opts) || PyDict_GET_SIZE(opts) != 0) {
+        !PyDict_CheckExact(opts) || PyDict_GET_SIZE(opts) != 0) {
         return 0;
+    }
+    /* Kwargs as _requests.kwargs gives them (str keys), when it would accept them. */
+    PyObject *kw = NULL;
+    if (PyDict_GET_SIZE(kwargs) != 0) {
+        kw = str_keyed(kwargs);
+        if (kw == NULL) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
     }
     int shutting = true_attr(L->dispatcher, S_shutting_down);
     if (shutting != 0) {
+        Py_XDECREF(kw);
         return shutting < 0 ? -1 : 0;
     }
     PyObject *session = checkout(L, sid);
     if (session == NULL) {
+        Py_XDECREF(kw);
         return PyErr_Occurred() ? -1 : 0;
     }
     /* From here on the request is the lane's: counted, and its session checked out. The
@@ -1323,9 +1388,10 @@ lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost
     PlainCall *fn = NULL;
     int rc = -1, checked_in = 0, placed = 0;
     if (add_to(L->dispatcher, S_requests, 1) < 0) {
+        Py_XDECREF(kw);
         goto failed;
     }
-    fn = plain_call_make(module, function, args, L->names);
+    fn = plain_call_make(module, function, args, kw, L->names); /* (takes kw) */
     if (fn == NULL) {
         goto failed;
     }
@@ -2070,8 +2136,8 @@ static PyTypeObject LaneType = {
 static PyObject *
 clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api, Atom)");
         return NULL;
     }
     if (READY()) {
@@ -2085,8 +2151,12 @@ clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (Cetf == NULL) {
         return NULL;
     }
-    PyObject **slots[6] = {&SysModules, &ImportModule, &Lookup, &FailureType, &CancelledType, &CetfCapsule};
-    for (int i = 5; i >= 0; i--) { /* SysModules last: it says READY */
+    if (!PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyUnicode_Type)) {
+        PyErr_SetString(PyExc_TypeError, "_setup: Atom must be snakeport.types.Atom");
+        return NULL;
+    }
+    PyObject **slots[7] = {&SysModules, &ImportModule, &Lookup, &FailureType, &CancelledType, &CetfCapsule, &AtomType};
+    for (int i = 6; i >= 0; i--) { /* SysModules last: it says READY */
         Py_INCREF(args[i]);
         *slots[i] = args[i];
     }
@@ -2199,7 +2269,7 @@ clane_parent_death_signal(PyObject *self, PyObject *arg)
 
 static PyMethodDef clane_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
-     "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api)\n--\n\n"
+     "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api, Atom)\n--\n\n"
      "The objects the lane uses (called once by snakeport._lane)."},
     {"uninitialized", (PyCFunction)clane_uninitialized, METH_O,
      "uninitialized(size)\n--\n\n"
