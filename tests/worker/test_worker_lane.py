@@ -158,7 +158,17 @@ REQUESTS: list[tuple] = [
     ("builtins", "len", [list(range(100))]),
     ("os.path", "join", ["a", "b"]),  # a dotted module
     ("os", "path.join", ["a", "b"]),  # a dotted attribute path
-    ("sp_testmod", "identity", [[1, [2.5, "x"], {"k": (1, 2)}]]),  # containers: marshalled
+    ("sp_testmod", "identity", [[1, [2.5, "x"], {"k": (1, 2)}]]),  # plain data: the lane's
+    ("builtins", "tuple", [[1, "a", None, True, b"b"]]),
+    ("builtins", "dict", [[((1, 2), "pair"), ("k", [])]]),
+    ("builtins", "list", [list(range(10_000))]),
+    ("sp_testmod", "nest", [31]),
+    ("sp_testmod", "nest", [40]),  # deeper than the lane looks: the general path's data
+    ("sp_testmod", "cyclic", []),  # a ref where it recurs
+    ("sp_testmod", "identity", [[1, A("ok")]]),  # an atom inside: the general path's
+    ("sp_testmod", "names", []),  # a str subclass inside: a ref
+    ("builtins", "set", [[1, 2]]),  # a set: a tagged term
+    ("sp_testmod", "mixed", []),  # objects inside: refs
     ("builtins", "bytearray", [b"ab"]),
     ("builtins", "bytes", [70_000]),  # a segmented reply
     ("sp_testmod", "Box", [7]),  # an object: a ref
@@ -256,6 +266,30 @@ def test_the_lane_answers_every_request_with_the_general_paths_bytes(pair, batch
             s.pop(A(key))
     assert stats[0] == stats[1]
     assert stats[0][A("in_flight")] == 0
+
+
+def test_results_nested_down_to_max_depth_get_the_general_paths_bytes() -> None:
+    # The lane encodes a container of plain data itself only while the general path's
+    # marshalling would keep it as it is: nested less deep than --max-depth; a container at
+    # that depth becomes a ref there.
+    workers = [RawWorker(True, "--max-depth", "3"), RawWorker(False, "--max-depth", "3")]
+    try:
+        out = []
+        for w in workers:
+            w.send([(A("open_session"), 1, "s1", {})])
+            w.wait(1)
+            # (One at a time: a call that imports its module, as the first does, can take
+            # long enough for the stand-by to read the next frames, on the general path.)
+            for n in range(6):
+                w.send([call(10 + n, "sp_testmod", "nest", [n])])
+                w.wait(10 + n)
+            out.append(replies(w))
+    finally:
+        for w in workers:
+            w.kill()
+    assert out[0] == out[1]
+    assert etf.decode(out[0][13])[3] == [[[1]]]  # lists at depths 0-2: data
+    assert etf.decode(out[0][14])[3][0][0][0][0] == "$snakeport_ref"  # the list at depth 3: a ref
 
 
 def test_a_call_queued_behind_a_long_one_runs_its_plain_call_later(pair) -> None:
@@ -779,7 +813,7 @@ def test_a_failure_after_check_out_leaves_no_accounting_behind() -> None:
     # Server.lane_failed's path: the worker's own code fails after the lane checked the
     # session out. No input makes it fail (an exception the call leaves pending is the
     # call's outcome: test_an_exception_left_pending_...), so Server.finish_lane, which the
-    # lane calls for a result it does not answer itself, is made to raise once.
+    # lane calls for a result it does not answer itself (a set), is made to raise once.
     srv, _, out_r = server()
     real_finish, faults = srv.finish_lane, []
 
@@ -793,7 +827,7 @@ def test_a_failure_after_check_out_leaves_no_accounting_behind() -> None:
     srv._lane = _lane.build(srv)
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
     session = srv.table._sessions["s"]
-    left, term = feed(srv, frames(call(5, "builtins", "list", [[1, 2]], session="s")))
+    left, term = feed(srv, frames(call(5, "builtins", "set", [[1, 2]], session="s")))
     assert term is None and unread(srv) == left and len(faults) == 1
     assert session.running == 0 and srv.dispatcher.jobs.in_flight == 0
     assert srv._sched.running == 0 and not srv._sched._inline_active and srv._sched.held == []

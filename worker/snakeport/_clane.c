@@ -13,8 +13,8 @@
  *   -> a Job with a PlainCall as its code (made as Job.__init__ makes it: make_job),
  *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
  *   RUNNING, named in CURRENT -> import (sys.modules), getattr, call -> the final state ->
- *   the reply of a scalar result encoded here (snakeport._cetf.encode) and the session
- *   checked in -> Scheduler.inline_ended (its common case: lane_ended); once every complete
+ *   the reply of a scalar or plain-data result encoded here (snakeport._cetf.encode) and the
+ *   session checked in -> Scheduler.inline_ended (its common case: lane_ended); once every complete
  *   frame buffered is taken, the held replies sent (Scheduler.flush_held and
  *   FrameWriter.send, their common case: lane_flush, lane_send), then, when the read loop
  *   asks for it and would do nothing else first, its next read (lane_read), and on.
@@ -22,8 +22,8 @@
  * Everything else is handed to the general path, at the point where the general path takes
  * it on: a frame that is not such a call stays in the buffer (or, once decoded, goes back as
  * the decoded term), an unknown session or a worker shutting down goes back before anything
- * was counted, and a job whose result is not a scalar, or that failed or was cancelled, is
- * finished by the general code (Server.finish_lane: marshalling, error replies); a result
+ * was counted, and a job whose result is neither a scalar nor plain data, or that failed or
+ * was cancelled, is finished by the general code (Server.finish_lane: marshalling, error replies); a result
  * that might be awaitable goes to Jobs.end_lane. A job the scheduler queues runs its
  * PlainCall on the general path later. So replies and every side effect are those of the
  * general path (tests compare the bytes).
@@ -416,6 +416,7 @@ typedef struct {
     Py_ssize_t in_fd;          /* the protocol input fd (the read loop's `fd`) */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
     Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
+    Py_ssize_t result_depth;   /* Dispatcher.max_depth: the deepest container marshalled as data */
     Py_ssize_t max_packet;     /* largest {packet, 4} payload; a larger reply: general path */
     Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
     long n_queued, n_running, n_done, n_failed, n_interrupted;
@@ -558,6 +559,56 @@ scalar_result(Lane *L, PyObject *r)
         return 1;
     }
     return PyBytes_CheckExact(r) && PyBytes_GET_SIZE(r) < L->segment_bytes;
+}
+
+/* Nesting below which data_result looks into containers (deeper ones: the general path). */
+#define DATA_DEPTH 32
+
+/* A value that _marshal._Walk.convert keeps as data at nesting `depth`: an exact None,
+ * bool, int, float, str, bytes or bytearray (of _marshal.DATA, at any depth), or an exact
+ * list, tuple or dict (keys too) of such values, nested less deep than `max_depth` (a
+ * container at max_depth becomes a ref; a cyclic one reaches it). Looks at types only: runs
+ * no Python code, so nothing changes the containers while it looks. */
+static int
+data_value(PyObject *v, Py_ssize_t depth, Py_ssize_t max_depth)
+{
+    if (v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v) ||
+        PyUnicode_CheckExact(v) || PyBytes_CheckExact(v) || PyByteArray_CheckExact(v)) {
+        return 1;
+    }
+    if (depth >= max_depth || depth >= DATA_DEPTH) {
+        return 0;
+    }
+    if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(v);
+        PyObject **items = PySequence_Fast_ITEMS(v);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (!data_value(items[i], depth + 1, max_depth)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (PyDict_CheckExact(v)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(v, &pos, &key, &item)) {
+            if (!data_value(key, depth + 1, max_depth) || !data_value(item, depth + 1, max_depth)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* A container result the lane encodes itself: plain data all through (data_value), which
+ * the general path marshals into an equal value (no ref, no conversion) and encodes whole. */
+static int
+data_result(Lane *L, PyObject *r)
+{
+    return (PyList_CheckExact(r) || PyTuple_CheckExact(r) || PyDict_CheckExact(r)) &&
+           data_value(r, 0, L->result_depth);
 }
 
 /* Exact built-in types whose values are never awaitable (_jobs._PLAIN). */
@@ -1016,8 +1067,8 @@ end_job(Lane *L, PyObject *job, PyObject *rid, int interrupted)
     return lock_leave(taken, L->jobs_release, err ? -1 : 0) < 0 ? -1 : state;
 }
 
-/* The reply frame of a scalar result, or NULL without an error when the general path must
- * encode it. */
+/* The reply frame of a scalar or plain-data result, or NULL without an error when the
+ * general path must encode it. */
 static PyObject *
 encode_reply(Lane *L, PyObject *rid, PyObject *result)
 {
@@ -1156,7 +1207,7 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
         Py_XDECREF(result);
         return NULL;
     }
-    if (state == L->n_done && scalar_result(L, result)) {
+    if (state == L->n_done && (scalar_result(L, result) || data_result(L, result))) {
         PyObject *payload = encode_reply(L, rid, result);
         if (payload != NULL) {
             Py_DECREF(result);
@@ -1180,7 +1231,7 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
         /* Not encodable here, or larger than a {packet, 4} frame: the general path encodes
          * it again and answers what it must (not_encodable). */
     }
-    /* Failed, cancelled, not a scalar: the general path's reply. */
+    /* Failed, cancelled, neither a scalar nor plain data: the general path's reply. */
     PyObject *value = state == L->n_done && result != NULL ? result : Py_None;
     PyObject *payloads = finish_job(L, job, value, session, checked_in);
     Py_XDECREF(result);
@@ -1979,10 +2030,12 @@ lane_init(Lane *self, PyObject *args, PyObject *kwargs)
 #undef NAME
     };
     static const char *sizes[] = {"expansion", "floor", "max_memory", "segment_bytes",
-                                  "max_packet", "max_frame", "out_fd", "in_fd", "batch_review"};
+                                  "max_packet", "max_frame", "out_fd", "in_fd", "batch_review",
+                                  "result_depth"};
     Py_ssize_t *size_slots[] = {&self->expansion, &self->floor, &self->max_memory,
                                 &self->segment_bytes, &self->max_packet, &self->max_frame,
-                                &self->out_fd, &self->in_fd, &self->batch_review};
+                                &self->out_fd, &self->in_fd, &self->batch_review,
+                                &self->result_depth};
     Py_ssize_t nobjects = sizeof(objects) / sizeof(objects[0]);
     Py_ssize_t nsizes = sizeof(sizes) / sizeof(sizes[0]);
     if (PyTuple_GET_SIZE(args) != 0 || kwargs == NULL || PyDict_GET_SIZE(kwargs) != nobjects + nsizes) {

@@ -9,7 +9,10 @@ arguments took a worker ~18 µs of CPU per call on the general path, ~7.5 in the
 dispatch, check out, register, place, run, marshal, check in, encode); the lane
 (``snakeport._clane.Lane``, optional like the codec's accelerator) takes the same steps on
 the same objects, under the same locks, in one C function per frame, and answers a scalar
-result (``int``, ``float``, ``str``, ``bytes`` below a segment, ``bool``, ``None``) itself.
+result (``int``, ``float``, ``str``, ``bytes`` below a segment, ``bool``, ``None``) itself,
+and a ``list``, ``tuple`` or ``dict`` that is plain data all through (exact scalars and
+``bytearray``, in such containers nested less deep than ``--max-depth``: what the general
+path's marshalling keeps as it is; ``data_value`` in ``_clane.c``).
 It hands everything else to the general path at the point where that path takes it on, so
 replies and side effects stay those of the general path:
 
@@ -20,15 +23,15 @@ replies and side effects stay those of the general path:
 - a job the scheduler does not run inline (a call still running elsewhere) is queued with a
   :class:`PlainCall` as its code, which :meth:`~snakeport._jobs.Jobs.run` runs later;
 - a job whose result is not plain data goes to :meth:`~snakeport._jobs.Jobs.end_lane`
-  (awaitables), and one that failed, was cancelled or returned anything but a scalar is
+  (awaitables), and one that failed, was cancelled or returned anything else is
   answered by :meth:`Server.finish_lane <snakeport._server.Server.finish_lane>` (marshalling,
   refs, error replies with tracebacks);
-- so is a scalar whose reply the lane cannot encode, or whose reply frame would be larger
+- so is a result whose reply the lane cannot encode, or whose reply frame would be larger
   than a ``{packet, 4}`` frame can be (:data:`~snakeport._limits.MAX_PACKET`, 4 GiB - 1):
   the lane drops its encoding and the general path encodes the reply again and answers
   ``not_encodable`` ("a frame of N bytes exceeds the {packet, 4} limit"), the session
   checked in as for any reply. (``--max-frame-bytes`` bounds the frames the worker reads,
-  not its replies: a larger scalar reply is the lane's own.)
+  not its replies: a larger reply is the lane's own.)
 
 Check-out and check-in: from the session's check-out on (its ``running`` count incremented),
 every path checks it in exactly once: the lane itself (after a scalar reply is encoded, and
@@ -247,6 +250,7 @@ def build(server: Any) -> Any:
         floor=etf._BUDGET_FLOOR,
         max_memory=2 * config.max_frame_bytes + etf._MEMORY_SLACK,
         segment_bytes=SEGMENT_BYTES,
+        result_depth=dispatcher.max_depth,
         max_packet=limits.MAX_PACKET,
         max_frame=config.max_frame_bytes,
         writer=writer,

@@ -115,6 +115,21 @@ def box_and_surrogate():
     return [Box(1), "bad \udc80 string"]
 
 
+class Name(str):
+    """A str subclass: an object, not data."""
+
+
+def names():
+    return [Name("a"), 1]
+
+
+def cyclic():
+    """A list that holds itself."""
+    value = [1, "x"]
+    value.append(value)
+    return value
+
+
 def nest(n, kind="list", leaf=1):
     """``n`` nested containers (``list`` or ``frozenset``) around ``leaf``."""
     value = leaf
