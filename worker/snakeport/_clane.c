@@ -3,9 +3,10 @@
  * The lane runs, on the frame-reading thread, the `call`s that the general path would run
  * inline with nothing to resolve: `{call, Id, Session, Module, Function, Args, Kwargs, #{}}`
  * whose frame holds no tagged term and whose Kwargs keys are binaries or atoms (str_keyed),
- * in an open session, on a worker with one thread and no allow-list. It takes the same steps as the general path (snakeport._dispatch, _jobs,
- * _sessions, _scheduler), on the same Python objects and under the same locks, in one C
- * function per frame instead of some thirty Python calls:
+ * in an open session, on a worker with one thread and no allow-list. It takes the same
+ * steps as the general path (snakeport._dispatch, _jobs, _sessions, _scheduler), on the
+ * same Python objects and under the same locks, in one C function per frame instead of
+ * some thirty Python calls:
  *
  *   decode (snakeport._cetf's decode_term, called in C through its capsule _C_API, the frame
  *   read in place) -> the frame consumed
@@ -14,8 +15,8 @@
  *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
  *   RUNNING, named in CURRENT -> import (sys.modules), getattr, call -> the final state ->
  *   the reply of a scalar or plain-data result encoded here (snakeport._cetf.encode) and the
- *   session checked in -> Scheduler.inline_ended (its common case: lane_ended); once every complete
- *   frame buffered is taken, the held replies sent (Scheduler.flush_held and
+ *   session checked in -> Scheduler.inline_ended (its common case: lane_ended); once every
+ *   complete frame buffered is taken, the held replies sent (Scheduler.flush_held and
  *   FrameWriter.send, their common case: lane_flush, lane_send), then, when the read loop
  *   asks for it and would do nothing else first, its next read (lane_read), and on.
  *
@@ -23,10 +24,10 @@
  * it on: a frame that is not such a call stays in the buffer (or, once decoded, goes back as
  * the decoded term), an unknown session or a worker shutting down goes back before anything
  * was counted, and a job whose result is neither a scalar nor plain data, or that failed or
- * was cancelled, is finished by the general code (Server.finish_lane: marshalling, error replies); a result
- * that might be awaitable goes to Jobs.end_lane. A job the scheduler queues runs its
- * PlainCall on the general path later. So replies and every side effect are those of the
- * general path (tests compare the bytes).
+ * was cancelled, is finished by the general code (Server.finish_lane: marshalling, error
+ * replies); a result that might be awaitable goes to Jobs.end_lane. A job the scheduler
+ * queues runs its PlainCall on the general path later. So replies and every side effect are
+ * those of the general path (tests compare the bytes).
  *
  * Once a session is checked out, every path checks it in exactly once (see lane_request),
  * also when the worker itself fails: recover() then answers with Server.lane_failed.
@@ -248,7 +249,8 @@ plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyObject *key, *value;
         while (PyDict_Next(call_kwargs, &pos, &key, &value)) {
             if (!PyUnicode_CheckExact(key)) {
-                PyErr_Format(PyExc_TypeError, "PlainCall: expected kwargs keys to be str, got: %R", key);
+                PyErr_Format(PyExc_TypeError, "PlainCall: expected kwargs keys to be str, got: %R",
+                             key);
                 return NULL;
             }
         }
@@ -263,7 +265,8 @@ plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->module = module;
     self->function = function;
     self->args = call_args;
-    self->kwargs = call_kwargs != NULL && PyDict_GET_SIZE(call_kwargs) != 0 ? Py_NewRef(call_kwargs) : NULL;
+    self->kwargs =
+        call_kwargs != NULL && PyDict_GET_SIZE(call_kwargs) != 0 ? Py_NewRef(call_kwargs) : NULL;
     return (PyObject *)self;
 }
 
@@ -288,7 +291,8 @@ intern_name(PyObject *function, PyObject **memo)
 
 /* `kwargs`: NULL (none), or a dict with str keys (a new reference: stolen). */
 static PlainCall *
-plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject *kwargs, PyObject **memo)
+plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject *kwargs,
+                PyObject **memo)
 {
     PlainCall *self = PyObject_GC_New(PlainCall, &PlainCallType);
     if (self == NULL) {
