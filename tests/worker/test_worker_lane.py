@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from snakeport._requests import AUTO
 from snakeport._server import Config, Server
 from snakeport._sessions import Session
 from snakeport._spin import SpinPolicy
+from snakeport._writer import _Segments
 from snakeport.types import Atom, ErlMap
 from sp_client import A, worker_env
 
@@ -145,6 +147,12 @@ def call(rid: int, module: str, function: str, args: list, kwargs: Any = None, o
 
 
 # The requests of both workers: (module, function, args[, kwargs, opts, session]).
+#: Binary and text arguments of frames larger than the splitter's buffer (256 KiB), which
+#: reach the lane as frames of their own (Lane.take), and of a frame it holds (Lane.run).
+BIG = bytes(range(256)) * 1200
+BIG_TEXT = "é✓" * 60_000
+MID = bytes(range(256)) * 400
+
 REQUESTS: list[tuple] = [
     ("operator", "add", [1, 2]),  # the lane's own: scalars
     ("operator", "add", [2**70, 1]),
@@ -192,8 +200,23 @@ REQUESTS: list[tuple] = [
     ("builtins", "int", ["101"], {"base": 2, 3: 4}),
     ("operator", "add", [1, 2], None, {A("result"): A("value")}),  # options
     ("operator", "add", [1, 2], None, None, "no-such-session"),  # not open
-    ("builtins", "len", [(A("$snakeport_bytes"), b"abc")]),  # a tagged term
-    ("builtins", "len", [(A("$snakeport_set"), [1, 2])]),
+    ("builtins", "len", [(A("$snakeport_bytes"), b"abc")]),  # Snakeport.bytes/1: the lane's
+    ("sp_testmod", "identity", [(A("$snakeport_bytes"), b"\xff\x00")]),
+    ("sp_testmod", "kinds", [(A("$snakeport_bytes"), b"")], {"k": [(A("$snakeport_bytes"), b"v")]}),
+    ("builtins", "dict", [[((A("$snakeport_bytes"), b"k"), 1)]]),  # a bytes key
+    ("builtins", "len", [(A("$snakeport_bytes"), 5)]),  # malformed: bad_request
+    ("builtins", "len", [(A("$snakeport_bytes"), b"a", b"b")]),
+    ("builtins", "len", [(A("$snakeport_bytes"), b"a"), (A("$snakeport_set"), [1])]),  # another tag
+    ("sp_testmod", "kinds", ["$snakeport_bytes", "$snakeport_x", (A("$snakeport_bytes"), b"")]),
+    ("builtins", "len", [(A("$snakeport_set"), [1, 2])]),  # a tagged term: the general path's
+    ("sp_testmod", "identity", [(A("$snakeport_bytes"), BIG)]),  # a large frame, segments back
+    ("sp_testmod", "identity", [(A("$snakeport_bytes"), MID)]),  # a frame the buffer holds
+    ("builtins", "len", [BIG_TEXT]),  # a large frame, no tag
+    ("sp_testmod", "kinds", [(A("$snakeport_bytes"), BIG), (A("$snakeport_set"), [1])]),
+    ("builtins", "len", [(A("$snakeport_bytes"), BIG), (A("$snakeport_bytes"), 5)]),
+    ("builtins", "len", [(A("$snakeport_bytes"), BIG)], None, {A("result"): A("value")}),  # options
+    ("builtins", "len", [(A("$snakeport_bytes"), BIG)], None, None, "no-such-session"),
+    ("builtins", "bytes", [(A("$snakeport_bytes"), BIG)], {"bad": 1}),  # a TypeError
     ("sp_testmod", "gen", []),
     ("operator", "add", [1, 2]),
 ]
@@ -249,15 +272,33 @@ def test_the_lane_answers_every_request_with_the_general_paths_bytes(pair, batch
     assert both[A("reason")] == A("bad_request") and "Kwargs to be a map" in both[A("message")], both
     bad = etf.decode(lane[10 + REQUESTS.index(("builtins", "int", ["101"], {1: 2}))])[3]
     assert bad[A("reason")] == A("bad_request") and "Kwargs keys" in bad[A("message")], bad
+    assert etf.decode(lane[10 + REQUESTS.index(("sp_testmod", "identity", [(A("$snakeport_bytes"), b"\xff\x00")]))])[3] == b"\xff\x00"
+    assert etf.decode(lane[10 + REQUESTS.index(("sp_testmod", "identity", [(A("$snakeport_bytes"), BIG)]))])[3] == BIG
+    assert etf.decode(lane[10 + REQUESTS.index(("builtins", "len", [BIG_TEXT]))])[3] == len(BIG_TEXT)
+    malformed = etf.decode(lane[10 + REQUESTS.index(("builtins", "len", [(A("$snakeport_bytes"), 5)]))])[3]
+    assert malformed[A("reason")] == A("bad_request") and "$snakeport_bytes" in malformed[A("message")], malformed
     # The lane did run them: its calls have no Python frame of the worker under them, with
-    # keyword arguments too.
-    for probe in (call(99, "traceback", "format_stack", []), call(99, "traceback", "format_stack", [], {A("limit"): 50})):
+    # keyword arguments, Snakeport.bytes/1 arguments and in large frames too; a call with
+    # another tagged term is the general path's in both.
+    stack = call(99, "traceback", "format_stack", [])
+    probes = [
+        (stack, True),
+        (call(99, "traceback", "format_stack", [], {A("limit"): 50}), True),
+        (call(99, "sp_testmod", "stack_kinds", [(A("$snakeport_bytes"), b"x")]), True),
+        (call(99, "sp_testmod", "stack_kinds", [(A("$snakeport_bytes"), BIG)]), True),
+        (call(99, "sp_testmod", "stack_kinds", [(A("$snakeport_bytes"), MID)]), True),
+        (call(99, "sp_testmod", "stack_kinds", [BIG_TEXT]), True),
+        (call(99, "sp_testmod", "stack_kinds", [(A("$snakeport_set"), [1])]), False),
+        (call(99, "sp_testmod", "stack_kinds", [BIG, (A("$snakeport_set"), [1])]), False),
+    ]
+    for probe, in_lane in probes:
         stacks = []
         for w in pair:
             w.send([probe])
-            stacks.append("".join(etf.decode(w.wait(99))[3]))
+            value = etf.decode(w.wait(99))[3]
+            stacks.append("".join(value) if probe is stack or probe[3] == "traceback" else value[1])
             del w.frames[99]
-        assert "_jobs.py" not in stacks[0] and "_dispatch.py" not in stacks[0], stacks[0]
+        assert ("_jobs.py" not in stacks[0] and "_dispatch.py" not in stacks[0]) == in_lane, (probe[3:5], stacks[0])
         assert "_jobs.py" in stacks[1] and "_dispatch.py" in stacks[1], stacks[1]
     # Both workers count the same: requests, sessions, refs (stats, without times and pids).
     stats = [etf.decode(w.frames[2])[3] for w in pair]
@@ -312,6 +353,27 @@ def test_a_call_queued_behind_a_long_one_runs_its_plain_call_later(pair) -> None
     # Queued by the lane: Jobs.run runs its PlainCall (no closure `fn` of _dispatch under it).
     assert "_jobs.py" in results[0][2] and ", in fn\n" not in results[0][2]
     assert ", in fn\n" in results[1][2]
+
+
+def test_a_large_frames_long_call_leaves_the_reading_to_the_standby(pair) -> None:
+    # A large frame (Lane.take) whose call runs long: the stand-by takes the reading over
+    # (stats answered meanwhile), the frames after it are queued (large ones too, decoded by
+    # the lane with their bytes: handed back decoded), and the reader that ran it returns.
+    results = []
+    for w in pair:
+        w.send([(A("open_session"), 1, "s1", {})])
+        w.wait(1)
+        w.send([call(10, "sp_testmod", "sleep_bytes", [0.5, (A("$snakeport_bytes"), BIG)])])
+        running(w, 9)
+        w.send([call(11, "builtins", "len", [(A("$snakeport_bytes"), BIG)]), call(12, "operator", "add", [1, 2])])
+        results.append([w.wait(rid) for rid in (10, 11, 12)])
+        w.send([call(13, "sp_testmod", "stack_kinds", [(A("$snakeport_bytes"), BIG)])])  # once all ran
+        kinds, stack = etf.decode(w.wait(13))[3]
+        assert kinds == ["bytes"]
+        results[-1].append("_dispatch.py" in stack)
+    assert results[0][:3] == results[1][:3]
+    assert etf.decode(results[0][0])[3] == BIG and etf.decode(results[0][1])[3] == len(BIG)
+    assert results[0][3] is False and results[1][3] is True  # the lane takes large frames again
 
 
 def test_a_lane_call_is_cancelled_like_any_call(pair) -> None:
@@ -571,6 +633,41 @@ def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:
     assert srv._sched.running == 0 and not srv._sched._inline_active and srv._sched.held == []
     assert written(out_r) == [(A("reply"), 5, A("ok"), 3)]  # (the lane wrote it: nothing else buffered)
     assert getattr(CURRENT, "job", None) is None
+
+
+def test_take_handles_a_large_frame_that_is_the_lanes_and_hands_back_the_others(monkeypatch) -> None:
+    srv, _, out_r = server()
+    fcntl.fcntl(srv._writer._fd, fcntl.F_SETPIPE_SZ, 1 << 20)  # (BIG's reply fits: no reader here)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    me = threading.get_ident()
+
+    def take(term: Any) -> Any:
+        return srv._lane.take(bytearray(etf.encode(term)), me)
+
+    # The lane's: the reply held (bytes of a segment or more: segments), sent by the loop.
+    assert take(call(5, "builtins", "bytes", [(A("$snakeport_bytes"), BIG)], session="s")) is None
+    assert srv._sched.held and type(srv._sched.held[0]) is _Segments
+    srv._sched.flush_held()
+    assert written(out_r) == [(A("reply"), 5, A("ok"), BIG)]
+    # Not decoded: not a call, or a tagged term other than $snakeport_bytes (the payload back).
+    for term in ((A("eval"), 6, "s", "len(x)", {"x": BIG}, {}), call(7, "builtins", "len", [BIG, (A("$snakeport_set"), [1])], session="s")):
+        payload = bytearray(etf.encode(term))
+        assert srv._lane.take(payload, me) is payload
+    # Decoded, not the lane's (an unknown session, options): the term, its bytes converted.
+    for term in (call(8, "builtins", "len", [(A("$snakeport_bytes"), BIG)], session="nope"), call(9, "builtins", "len", [(A("$snakeport_bytes"), BIG)], None, {A("result"): A("value")}, session="s")):
+        assert take(term) == term[:5] + ([BIG],) + term[6:]
+    assert srv.dispatcher.requests == 2 and written(out_r) == []  # (open_session and call 5)
+    # The reading role moved away during the call (to the stand-by): LOST, the reply sent.
+    module = types.ModuleType("sp_lane_takeover")
+
+    def takeover(data: bytes) -> int:
+        srv._sched.reader = -1  # as Scheduler.standby() takes the reading over
+        return len(data)
+
+    module.takeover = takeover
+    monkeypatch.setitem(sys.modules, "sp_lane_takeover", module)
+    assert take(call(10, "sp_lane_takeover", "takeover", [(A("$snakeport_bytes"), BIG)], session="s")) is _lane.LOST
+    assert written(out_r) == [(A("reply"), 10, A("ok"), len(BIG))]
 
 
 def test_the_lane_follows_a_class_changed_after_it_used_a_slot(monkeypatch) -> None:

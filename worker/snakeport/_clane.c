@@ -2,8 +2,10 @@
  *
  * The lane runs, on the frame-reading thread, the `call`s that the general path would run
  * inline with nothing to resolve: `{call, Id, Session, Module, Function, Args, Kwargs, #{}}`
- * whose frame holds no tagged term and whose Kwargs keys are binaries or atoms (str_keyed),
- * in an open session, on a worker with one thread and no allow-list. It takes the same
+ * whose frame holds no tagged term but {'$snakeport_bytes', Binary} (tag_scan, bytes_hook)
+ * and whose Kwargs keys are binaries or atoms (str_keyed), in an open session, on a worker
+ * with one thread and no allow-list; in the splitter's buffer (Lane.run) or a large frame of
+ * its own (Lane.take). It takes the same
  * steps as the general path (snakeport._dispatch, _jobs, _sessions, _scheduler), on the
  * same Python objects and under the same locks, in one C function per frame instead of
  * some thirty Python calls:
@@ -14,7 +16,8 @@
  *   -> a Job with a PlainCall as its code (made as Job.__init__ makes it: make_job),
  *   registered in the jobs table -> Scheduler.place (its common case: lane_place) -> the job
  *   RUNNING, named in CURRENT -> import (sys.modules), getattr, call -> the final state ->
- *   the reply of a scalar or plain-data result encoded here (snakeport._cetf.encode) and the
+ *   the reply of a scalar or plain-data result encoded here (snakeport._cetf.encode; a large
+ *   bytes result in segments, segmented_reply) and the
  *   session checked in -> Scheduler.inline_ended (its common case: lane_ended); once every
  *   complete frame buffered is taken, the held replies sent (Scheduler.flush_held and
  *   FrameWriter.send, their common case: lane_flush, lane_send), then, when the read loop
@@ -70,6 +73,9 @@ static PyObject *AtomType;      /* snakeport.types.Atom (a str subclass): a Kwar
 static PyObject *CetfCapsule;   /* snakeport._cetf._C_API: keeps Cetf alive */
 static const CetfApi *Cetf;     /* the codec's decode_term and encode, called directly */
 static PyObject *One;           /* 1 */
+static PyObject *BytesTag;      /* "$snakeport_bytes" */
+static PyObject *BytesHook;     /* bytes_hook, as a function object (the codec's `tagged`) */
+static PyObject *EmptyBytes;    /* b"": the envelope of a segmented reply */
 static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, *S_requests,
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
@@ -414,12 +420,13 @@ typedef struct {
     PyObject *spin_policy;     /* the SpinPolicy (its `resume`), or None */
     PyObject *spin_clock;      /* its clock, or None */
     PyObject *batch;           /* the BatchWaits (_batch.py), or None: how the read waits */
+    PyObject *segments;        /* _writer._Segments: a payload of consecutive buffers */
     Py_ssize_t batch_review;   /* _batch.REVIEW_READS: reads between two reviews */
     long batch_reads;          /* the lane's reads not yet added to BatchWaits.reads */
     int batch_engaged;         /* BatchWaits.engaged as last read, -1: to be read again */
     Py_ssize_t in_fd;          /* the protocol input fd (the read loop's `fd`) */
     Py_ssize_t expansion, floor, max_memory; /* the decode budget: min(expansion * n + floor, max_memory) */
-    Py_ssize_t segment_bytes;  /* bytes results at least this long: the general path (segments) */
+    Py_ssize_t segment_bytes;  /* bytes results at least this long: sent in segments */
     Py_ssize_t result_depth;   /* Dispatcher.max_depth: the deepest container marshalled as data */
     Py_ssize_t max_packet;     /* largest {packet, 4} payload; a larger reply: general path */
     Py_ssize_t max_frame;      /* --max-frame-bytes: larger frames are the splitter's */
@@ -445,7 +452,7 @@ typedef struct {
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
     X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
-    X(spin_policy) X(spin_clock) X(batch)
+    X(spin_policy) X(spin_clock) X(batch) X(segments)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
@@ -541,17 +548,53 @@ call_head(const unsigned char *f, Py_ssize_t n)
            memcmp(f + 3, CALL_ATOM, sizeof(CALL_ATOM)) == 0;
 }
 
+/* What the frame's bytes say of its tagged terms: 0 none (no "$snakeport_" in them, so no
+ * tagged tuple: decoded without a hook), 1 no other text after the prefix than "bytes" (its
+ * tagged tuples, if any, may all be {'$snakeport_bytes', Binary}: decoded with bytes_hook,
+ * which refuses any other), 2 another (a ref, a set, ...: the general path's, not decoded
+ * here). Only the outcome 0 has to be exact; 1 and 2 only save a decode that would fail. */
 static int
-has_prefix(const unsigned char *f, Py_ssize_t n)
+tag_scan(const unsigned char *f, Py_ssize_t n)
 {
-    Py_ssize_t k = sizeof(PREFIX) - 1;
-    for (Py_ssize_t i = 0; i + k <= n; i++) {
-        if (f[i] == '$' && memcmp(f + i, PREFIX, k) == 0) {
-            return 1;
+    static const char BYTES_TEXT[] = "$snakeport_bytes";
+    const Py_ssize_t k = sizeof(PREFIX) - 1, b = sizeof(BYTES_TEXT) - 1;
+    const unsigned char *p = f, *end = f + n;
+    int found = 0;
+    while (end - p >= k && (p = memchr(p, '$', (size_t)(end - p - k + 1))) != NULL) {
+        if (memcmp(p, PREFIX, k) != 0) {
+            p++;
+            continue;
+        }
+        if (end - p < b || memcmp(p, BYTES_TEXT, b) != 0) {
+            return 2;
+        }
+        found = 1;
+        p += b;
+    }
+    return found;
+}
+
+/* The tagged hook of the lane's decode (tag_scan said 1, or a large frame): the tuple
+ * {'$snakeport_bytes', Binary}, whose Binary the codec makes a `bytes` under a hook, is that
+ * `bytes`, as _tagged.TagContext gives it; any other tagged tuple raises, and the frame is
+ * then the general path's (decoded again there, with its TagContext). */
+static PyObject *
+bytes_hook(PyObject *self, PyObject *term)
+{
+    if (PyTuple_CheckExact(term) && PyTuple_GET_SIZE(term) == 2) {
+        PyObject *tag = PyTuple_GET_ITEM(term, 0), *value = PyTuple_GET_ITEM(term, 1);
+        if (Py_IS_TYPE(tag, (PyTypeObject *)AtomType) && PyBytes_CheckExact(value) &&
+            PyUnicode_Compare(tag, BytesTag) == 0) {
+            return Py_NewRef(value);
         }
     }
-    return 0;
+    if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "not a tagged term of the lane");
+    }
+    return NULL;
 }
+
+static PyMethodDef bytes_hook_def = {"bytes_hook", (PyCFunction)bytes_hook, METH_O, NULL};
 
 /* A result the lane encodes itself: an exact scalar that the general path sends as it is
  * (_marshal.DATA) and encodes in one piece (not a segmented bytes). */
@@ -1090,6 +1133,39 @@ encode_reply(Lane *L, PyObject *rid, PyObject *result)
     return payload;
 }
 
+/* The payload of {reply, Id, ok, Bytes} for a bytes result of a segment or more, as
+ * _writer.segmented_reply makes it (a _Segments: the envelope encoded with an empty binary,
+ * without that binary's 4 length bytes; the length; the bytes themselves, never copied into
+ * a frame), which FrameWriter.send writes (lane_send hands it over). NULL, no exception set,
+ * when the frame would be larger than a {packet, 4} frame can be: the general path's. */
+static PyObject *
+segmented_reply(Lane *L, PyObject *rid, PyObject *value)
+{
+    PyObject *envelope = encode_reply(L, rid, EmptyBytes);
+    if (envelope == NULL) {
+        return NULL;
+    }
+    Py_ssize_t head = PyBytes_GET_SIZE(envelope) - 4, size = PyBytes_GET_SIZE(value);
+    if (head < 1 || size > L->max_packet - head - 4) {
+        Py_DECREF(envelope);
+        return NULL;
+    }
+    unsigned char length[4] = {(unsigned char)(size >> 24), (unsigned char)(size >> 16),
+                               (unsigned char)(size >> 8), (unsigned char)size};
+    PyObject *prefix = PyBytes_FromStringAndSize(PyBytes_AS_STRING(envelope), head);
+    Py_DECREF(envelope);
+    PyObject *len = PyBytes_FromStringAndSize((const char *)length, 4);
+    PyObject *parts = prefix != NULL && len != NULL ? PyTuple_Pack(3, prefix, len, value) : NULL;
+    Py_XDECREF(prefix);
+    Py_XDECREF(len);
+    if (parts == NULL) {
+        return NULL;
+    }
+    PyObject *payload = PyObject_CallOneArg(L->segments, parts);
+    Py_DECREF(parts);
+    return payload;
+}
+
 /* The general path's reply of a lane job that the lane does not answer itself: its terms
  * (Server.finish_lane), the session checked in here (also when that raised: *checked_in
  * says it was done), then their frames (Server._job_payloads). The order of _execute:
@@ -1211,8 +1287,10 @@ run_job(Lane *L, PyObject *job, PyObject *rid, PyObject *session, PlainCall *fn,
         Py_XDECREF(result);
         return NULL;
     }
-    if (state == L->n_done && (scalar_result(L, result) || data_result(L, result))) {
-        PyObject *payload = encode_reply(L, rid, result);
+    /* (A bytes result of a segment or more: the segments' payload, as on the general path.) */
+    int segmented = result != NULL && PyBytes_CheckExact(result) && PyBytes_GET_SIZE(result) >= L->segment_bytes;
+    if (state == L->n_done && (segmented || scalar_result(L, result) || data_result(L, result))) {
+        PyObject *payload = segmented ? segmented_reply(L, rid, result) : encode_reply(L, rid, result);
         if (payload != NULL) {
             Py_DECREF(result);
             *checked_in = 1;
@@ -1874,6 +1952,78 @@ lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
     return 1;
 }
 
+/* The request in data[start:start+n] (a frame's payload; `data` a bytes or bytearray),
+ * decoded as the general path decodes it: within the same memory budget and depth, with
+ * `hook` as the codec's tagged hook (NULL: none, when no tagged tuple can be in it;
+ * BytesHook). NULL, no exception set, when it is invalid, not exactly the frame or holds a
+ * tagged term the hook refuses: the general path decodes it again and answers as it must. */
+static PyObject *
+lane_decode(Lane *L, PyObject *data, Py_ssize_t start, Py_ssize_t n, PyObject *hook)
+{
+    Py_ssize_t budget = L->expansion * n + L->floor;
+    if (budget > L->max_memory) {
+        budget = L->max_memory;
+    }
+    Py_ssize_t end = -1;
+    PyObject *value = Cetf->decode_term(data, start + 1, L->max_depth, hook, budget, &end);
+    if (value == NULL || end != start + n) {
+        Py_XDECREF(value);
+        PyErr_Clear();
+        return NULL;
+    }
+    return value;
+}
+
+/* This thread's CURRENT.__dict__, where set_current puts the job (see there), or NULL (no
+ * exception set) when CURRENT's type has data descriptors of those names: set_attr then. */
+static PyObject *
+current_dict(Lane *L)
+{
+    PyObject *current = PyObject_GetAttr(L->current, S___dict__);
+    if (current == NULL || !PyDict_CheckExact(current) ||
+        _PyType_Lookup(Py_TYPE(L->current), S_job) != NULL ||
+        _PyType_Lookup(Py_TYPE(L->current), S_jobs) != NULL) {
+        Py_CLEAR(current);
+        PyErr_Clear();
+    }
+    return current;
+}
+
+/* Lane.take(payload, me) -> None, LOST, a term or payload: see _lane.build. A large frame
+ * (the splitter's own bytearray, read whole) that is a call: decoded with BytesHook (not
+ * scanned first: the decoder looks at each tuple's first element, and a frame of megabytes
+ * scanned byte by byte would cost more than the decode that fails), then handled as
+ * Lane.run handles a frame. */
+static PyObject *
+lane_take(Lane *L, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "take(payload, me): payload a bytearray");
+        return NULL;
+    }
+    PyObject *payload = args[0], *me = args[1];
+    Py_ssize_t n = PyByteArray_GET_SIZE(payload);
+    if (!call_head((const unsigned char *)PyByteArray_AS_STRING(payload), n)) {
+        return Py_NewRef(payload);
+    }
+    PyObject *value = lane_decode(L, payload, 0, n, BytesHook);
+    if (value == NULL) {
+        return Py_NewRef(payload);
+    }
+    PyObject *current = current_dict(L);
+    int lost = 0;
+    int taken = lane_request(L, value, me, current, &lost);
+    Py_XDECREF(current);
+    if (taken <= 0) { /* decoded, not the lane's: the general path goes on with it */
+        if (taken < 0) {
+            Py_CLEAR(value);
+        }
+        return value;
+    }
+    Py_DECREF(value);
+    return Py_NewRef(lost ? L->lost : Py_None);
+}
+
 /* Lane.run(buf, r, w, me[, read]) -> (left, term): see _lane.build. */
 static PyObject *
 lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
@@ -1938,21 +2088,9 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
                 break; /* incomplete */
             }
             const unsigned char *f = p + r + 4;
-            if (!call_head(f, n) || has_prefix(f, n)) {
-                drained = 0;
-                break;
-            }
-            Py_ssize_t budget = L->expansion * n + L->floor;
-            if (budget > L->max_memory) {
-                budget = L->max_memory;
-            }
-            Py_ssize_t end = -1;
-            PyObject *value = Cetf->decode_term(buf, r + 5, L->max_depth, NULL, budget, &end);
-            if (value == NULL || end != r + 4 + n) {
-                /* Invalid, or not exactly the frame: the general path decodes it again and
-                 * answers as it must. */
-                Py_XDECREF(value);
-                PyErr_Clear();
+            int tags = call_head(f, n) ? tag_scan(f, n) : 2;
+            PyObject *value = tags == 2 ? NULL : lane_decode(L, buf, r + 4, n, tags ? BytesHook : NULL);
+            if (value == NULL) {
                 drained = 0;
                 break;
             }
@@ -1966,13 +2104,7 @@ lane_run(Lane *L, PyObject *const *args, Py_ssize_t nargs)
             int lost = 0;
             if (current == NULL && !current_tried) {
                 current_tried = 1;
-                current = PyObject_GetAttr(L->current, S___dict__);
-                if (current == NULL || !PyDict_CheckExact(current) ||
-                    _PyType_Lookup(Py_TYPE(L->current), S_job) != NULL ||
-                    _PyType_Lookup(Py_TYPE(L->current), S_jobs) != NULL) {
-                    Py_CLEAR(current);
-                    PyErr_Clear(); /* (setattr then) */
-                }
+                current = current_dict(L);
             }
             int taken = lane_request(L, value, me, current, &lost);
             if (taken < 0) {
@@ -2157,6 +2289,10 @@ static PyMethodDef lane_methods[] = {
      "run(buf, r, w, me, read=False)\n--\n\n"
      "Handle the lane's frames in buf[r:w] (and read more with read); return (left, term).\n"
      "See snakeport._lane.build."},
+    {"take", (PyCFunction)(void (*)(void))lane_take, METH_FASTCALL,
+     "take(payload, me)\n--\n\n"
+     "Handle a large frame (a bytearray) if it is the lane's: None (taken), LOST, the\n"
+     "decoded term (the general path's), or payload (not decoded). See snakeport._lane.build."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2383,6 +2519,15 @@ PyInit__clane(void)
         }
     }
     if (One == NULL && (One = PyLong_FromLong(1)) == NULL) {
+        return NULL;
+    }
+    if (BytesTag == NULL && intern(&BytesTag, "$snakeport_bytes") < 0) {
+        return NULL;
+    }
+    if (BytesHook == NULL && (BytesHook = PyCFunction_New(&bytes_hook_def, NULL)) == NULL) {
+        return NULL;
+    }
+    if (EmptyBytes == NULL && (EmptyBytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
         return NULL;
     }
     if (PyType_Ready(&PlainCallType) < 0 || PyType_Ready(&LaneType) < 0) {

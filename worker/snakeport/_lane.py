@@ -1,18 +1,30 @@
 """The C lane: the worker's most common request, run in C on the frame-reading thread.
 
 The request is ``{call, Id, Session, Module, Function, Args, Kwargs, #{}}`` whose frame holds
-no tagged term (no ref, array, ``$snakeport_bytes``, ...) and whose ``Kwargs`` keys are
-binaries or atoms: what ``Snakeport.call/4`` sends for plain arguments, with or without
-``kwargs:`` (given to the call with ``str`` keys, as ``_requests.kwargs`` gives them; keyword
-arguments took a worker ~18 µs of CPU per call on the general path, ~7.5 in the lane, pinned,
-2026-12-04). The general path handles it with some thirty Python calls (split, decode,
-dispatch, check out, register, place, run, marshal, check in, encode); the lane
-(``snakeport._clane.Lane``, optional like the codec's accelerator) takes the same steps on
-the same objects, under the same locks, in one C function per frame, and answers a scalar
-result (``int``, ``float``, ``str``, ``bytes`` below a segment, ``bool``, ``None``) itself,
-and a ``list``, ``tuple`` or ``dict`` that is plain data all through (exact scalars and
-``bytearray``, in such containers nested less deep than ``--max-depth``: what the general
-path's marshalling keeps as it is; ``data_value`` in ``_clane.c``).
+no tagged term other than ``{'$snakeport_bytes', Binary}`` (no ref, array, set, ...) and
+whose ``Kwargs`` keys are binaries or atoms: what ``Snakeport.call/4`` sends for plain
+arguments, ``Snakeport.bytes/1`` ones among them, with or without ``kwargs:`` (given to the
+call with ``str`` keys, as ``_requests.kwargs`` gives them; keyword arguments took a worker
+~18 µs of CPU per call on the general path, ~7.5 in the lane, pinned, 2026-12-04; a
+``Snakeport.bytes/1`` argument 16.5 against 7.1). The general path handles it with some
+thirty Python calls (split, decode, dispatch, check out, register, place, run, marshal,
+check in, encode); the lane (``snakeport._clane.Lane``, optional like the codec's
+accelerator) takes the same steps on the same objects, under the same locks, in one C
+function per frame, and answers a scalar result (``int``, ``float``, ``str``, ``bytes``,
+``bool``, ``None``) itself (``bytes`` of a segment or more as
+``_writer.segmented_reply`` gives them: its ``_Segments``, which ``FrameWriter.send``
+writes), and a ``list``, ``tuple`` or ``dict`` that is plain data all through (exact scalars
+and ``bytearray``, in such containers nested less deep than ``--max-depth``: what the
+general path's marshalling keeps as it is; ``data_value`` in ``_clane.c``).
+
+Frames come two ways: those the splitter's buffer holds (:meth:`Lane.run`, below), and a
+large frame that the splitter assembled in a ``bytearray`` of its own (``Lane.take``, called
+by the read loop with that event: the 1 MiB echo of ``Snakeport.bytes/1``). A frame is
+decoded with the general path's limits and, when its bytes hold the text ``$snakeport_``
+(only ``$snakeport_bytes``, or a large frame, which is not scanned), with a tagged hook that
+turns ``{'$snakeport_bytes', Binary}`` into its ``bytes`` as ``_tagged.TagContext`` does and
+refuses any other tagged tuple: such a frame, a malformed ``$snakeport_bytes`` term among
+them, is then decoded again by the general path, which answers it (``bad_request``).
 It hands everything else to the general path at the point where that path takes it on, so
 replies and side effects stay those of the general path:
 
@@ -126,7 +138,7 @@ from snakeport._jobs import import_module, lookup
 from snakeport._protocol import OK, REPLY
 from snakeport._requests import AUTO
 from snakeport._tagged import encode_default
-from snakeport._writer import SEGMENT_BYTES
+from snakeport._writer import SEGMENT_BYTES, _Segments
 from snakeport.errors import Cancelled
 from snakeport.types import Atom
 
@@ -191,8 +203,11 @@ def build(server: Any) -> Any:
         on with them, as long as the read loop would do nothing else first (the module
         doc); and returns ``(left, term)``: how many bytes are buffered after the frames it
         took, and ``None``, a decoded request for the general path, or :data:`LOST` when
-        the calling thread no longer reads (the splitter is then the new reader's); or
-        ``None``.
+        the calling thread no longer reads (the splitter is then the new reader's); and
+        whose ``take(payload, me)`` handles one large frame, the splitter's ``bytearray``
+        event, as ``run`` handles a frame (its replies held, for the read loop to send) and
+        returns ``None`` (taken), :data:`LOST`, a decoded request for the general path, or
+        ``payload`` itself (not decoded: the general path's ``_handle``); or ``None``.
     """
     config = server.config
     dispatcher = server.dispatcher
@@ -264,6 +279,7 @@ def build(server: Any) -> Any:
         spin_policy=spin,
         spin_clock=spin._clock if spin is not None else None,
         batch=server._batch,
+        segments=_Segments,
         batch_review=_batch.REVIEW_READS,
         in_fd=server._in_fd,
     )

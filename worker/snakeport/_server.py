@@ -512,6 +512,7 @@ class Server:
         lane = self._lane
         receive = self._receive
         lane_run = lane.run if lane is not None else None
+        lane_take = lane.take if lane is not None else None
         batch = self._batch
         out: list = []  # (empty at the top of each turn: sent, then replaced)
         while True:
@@ -548,7 +549,24 @@ class Server:
                         left -= 4 + len(event)  # the frame at `end`: its header and payload
                     else:
                         left = -1
-                    job = handle(event, out)
+                    if event.__class__ is bytearray and lane is not None:
+                        # A large frame: the lane's when it is a call it takes (an echo of
+                        # megabytes of Snakeport.bytes/1), else decoded by it or not at all.
+                        if not process.malloc_tuned:  # (as _handle does for the first one)
+                            process.tune_malloc()
+                        if out:  # control replies go out before a call runs (as above)
+                            self.send(out)
+                            out = []
+                        term = lane_take(event, me)
+                        if term is LOST:
+                            flush_held()
+                            return  # another loop thread reads now
+                        if term is event:
+                            job = handle(event, out)
+                        elif term is not None:
+                            job = receive(term, None, out)
+                    else:
+                        job = handle(event, out)
                 if job is not None and place(job):
                     if out:
                         self.send(out)

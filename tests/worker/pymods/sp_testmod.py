@@ -34,6 +34,13 @@ def kinds(*args, **kwargs):
     return [type(a).__name__ for a in args] + sorted(f"{k}={type(v).__name__}" for k, v in kwargs.items())
 
 
+def stack_kinds(*args):
+    """``kinds`` of the arguments, and the stack of the call (which path ran it)."""
+    import traceback
+
+    return kinds(*args), "".join(traceback.format_stack())
+
+
 def boxes(n):
     return [Box(i) for i in range(n)]
 
@@ -55,6 +62,12 @@ def fail(message="boom"):
 def sleep(seconds):
     time.sleep(seconds)
     return "slept"
+
+
+def sleep_bytes(seconds, data):
+    """``data`` back after ``seconds`` (a large frame's call that outlasts the reading)."""
+    time.sleep(seconds)
+    return data
 
 
 def read_fifo_flagged(flag, fifo):
