@@ -5,8 +5,9 @@ finding; the offending batch is written to ``fuzz-findings/`` under the current 
 
 Two real workers, one with the lane and one without (``SNAKEPORT_NO_LANE=1``), get the same
 batches of frames in the same writes: call requests shaped like the lane's own (plain
-arguments of random types, sessions open or not, kwargs (binary, atom or other keys) and
-options sometimes), and
+arguments of random types, ``$snakeport_bytes`` and other tagged tuples, large binaries
+sometimes, sessions open or not, kwargs (binary, atom or other keys) and options
+sometimes), and
 mutations of them (bytes flipped, lengths forged, bytes inserted, deleted, truncated; the
 ``{packet, 4}`` length always matches the payload). A mutated frame that still decodes to a
 call is sent only if it names one of a few harmless functions (a flipped byte must not
@@ -138,9 +139,19 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
     return []
 
 
+def large_value(rng: random.Random) -> Any:
+    """A binary of a frame the splitter's buffer may hold (70 KB) or not (300 KB), as
+    Snakeport.bytes/1 sends it (a bytes reply of that size goes back in segments), or not."""
+    data = rng.randbytes(rng.choice([70_000, 300_000]))
+    return (A("$snakeport_bytes"), data) if rng.random() < 0.7 else data
+
+
 def call_frame(rng: random.Random, rid: int) -> bytes:
     module, function = rng.choice(sorted(SAFE))
     args = [random_value(rng) for _ in range(rng.randrange(4))]
+    if rng.random() < 0.05:  # a large frame: a copy of the binary back, or its length
+        module, function = "builtins", rng.choice(["bytes", "len"])
+        args = [large_value(rng)] + args[:1]
     session = rng.choice(["s1", "s1", "s1", "s2", "nope"])
     kwargs = {}
     if rng.random() >= 0.8:  # binary or atom keys (the lane's too), or keys of other types
