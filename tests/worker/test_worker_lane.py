@@ -309,6 +309,73 @@ def test_the_lane_answers_every_request_with_the_general_paths_bytes(pair, batch
     assert stats[0][A("in_flight")] == 0
 
 
+#: The allow-list of both workers in the next test, and its requests (as REQUESTS'): names
+#: it passes, names check_name refuses before anything runs, and paths it refuses in the
+#: job (a module reached that no entry names).
+ALLOW = "operator,sp_testmod,os.path,logging,builtins.len"
+ALLOW_REQUESTS: list[tuple] = [
+    ("operator", "add", [1, 2]),
+    ("operator", "add", [3, 4]),  # (the names passed before: remembered)
+    ("operator", "_abs", [-1]),  # a private name: refused before the checkout
+    ("math", "sqrt", [4.0]),  # no entry
+    ("builtins", "len", ["abc"]),  # an entry naming the function
+    ("builtins", "abs", [-1]),  # not that one
+    ("builtins", "len", [(A("$snakeport_bytes"), b"abc")], {}),
+    ("builtins", "len", [], {"obj": 1}),  # a TypeError
+    ("os.path", "join", ["a", "b"]),
+    ("os", "path.join", ["a", "b"]),  # os.path reached by the path that names it
+    ("os", "getcwd", []),
+    ("logging", "getLevelName", [10]),
+    ("logging", "os.getcwd", []),  # allowed names, but the module os is reached: refused
+    ("sp_testmod", "Box", [7]),  # a ref
+    ("sp_testmod", "stack_kinds", [1, (A("$snakeport_bytes"), b"x")]),
+    ("math", "sqrt", [9.0], None, None, "no-such-session"),  # refused, whatever the session
+    ("operator", "add", [1, 2], None, None, "no-such-session"),
+]
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["one write", "one at a time"])
+def test_with_an_allow_list_the_lane_answers_as_the_general_path(batch: bool) -> None:
+    pair = [RawWorker(True, "--allow", ALLOW), RawWorker(False, "--allow", ALLOW)]
+    try:
+        for w in pair:
+            w.send([(A("open_session"), 1, "s1", {})])
+            w.wait(1)
+            terms = [call(10 + i, *spec) for i, spec in enumerate(ALLOW_REQUESTS)]
+            if batch:
+                w.send(terms)
+            for term in terms:
+                if not batch:
+                    w.send([term])
+                w.wait(term[1])
+        lane, general = (replies(w) for w in pair)
+        assert sorted(lane) == sorted(general) == [10 + i for i in range(len(ALLOW_REQUESTS))]
+        for rid in general:
+            spec = ALLOW_REQUESTS[rid - 10]
+            if spec[1] == "stack_kinds":
+                continue  # (the stacks differ: compared below)
+            assert lane[rid] == general[rid], (spec, etf.decode(lane[rid]), etf.decode(general[rid]))
+        def answer(spec: tuple) -> tuple:
+            return etf.decode(lane[10 + ALLOW_REQUESTS.index(spec)])[2:]
+
+        assert answer(ALLOW_REQUESTS[0]) == (A("ok"), 3) and answer(("os", "path.join", ["a", "b"])) == (A("ok"), "a/b")
+        assert answer(("logging", "getLevelName", [10])) == (A("ok"), "DEBUG")
+        for refused in (("operator", "_abs", [-1]), ("math", "sqrt", [4.0]), ("builtins", "abs", [-1]), ("os", "getcwd", []), ("logging", "os.getcwd", []), ALLOW_REQUESTS[-2]):
+            status, error = answer(refused)
+            assert status == A("error") and error[A("reason")] == A("not_allowed"), (refused, error)
+        assert answer(ALLOW_REQUESTS[-1])[1][A("reason")] == A("session_not_found")
+        # The lane ran the allowed calls: no Python frame of the worker under them (sent one
+        # at a time; in one write a call may find the reading moved to the stand-by, whose
+        # loop runs it the general way).
+        rid = 10 + next(i for i, spec in enumerate(ALLOW_REQUESTS) if spec[1] == "stack_kinds")
+        in_lane, in_general = (etf.decode(w.frames[rid])[3][1] for w in pair)
+        assert "_dispatch.py" not in in_lane and "_jobs.py" not in in_lane or batch, in_lane
+        assert "_dispatch.py" in in_general, in_general
+    finally:
+        for w in pair:
+            w.kill()
+
+
 def test_results_nested_down_to_max_depth_get_the_general_paths_bytes() -> None:
     # The lane encodes a container of plain data itself only while the general path's
     # marshalling would keep it as it is: nested less deep than --max-depth; a container at
@@ -614,10 +681,10 @@ def unread(srv: Server) -> int:
     return w - r
 
 
-def test_the_lane_applies_with_one_thread_and_no_allow_list() -> None:
+def test_the_lane_applies_with_one_thread() -> None:
     assert server()[0]._lane is not None
     assert server(threads=2)[0]._lane is None
-    assert server(allow=("operator",))[0]._lane is None
+    assert server(allow=("operator",))[0]._lane is not None
 
 
 def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:

@@ -80,7 +80,8 @@ static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, 
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
     *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
-    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf, *S_resume, *S_engaged, *S_reads;
+    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf, *S_resume, *S_engaged, *S_reads,
+    *S_check_name;
 
 #define READY() (SysModules != NULL)
 
@@ -104,13 +105,16 @@ intern(PyObject **slot, const char *text)
 
 /* `lookup(import_module(module), function)(*args, **kwargs)`, the code of the general
  * path's common call (snakeport._dispatch), as an object: the lane runs it inline, and a job
- * that the scheduler queues runs it later through Jobs.run like any job's code. */
+ * that the scheduler queues runs it later through Jobs.run like any job's code. With an
+ * allow-list, `lookup(import_module(module), function, allow, module)`: each object reached
+ * checked by _jobs.lookup itself, as on the general path. */
 typedef struct {
     PyObject_HEAD
     PyObject *module;   /* str */
     PyObject *function; /* str */
     PyObject *args;     /* list */
     PyObject *kwargs;   /* dict with str keys, or NULL: none */
+    PyObject *allow;    /* the worker's AllowList, or NULL: none (every name may be called) */
 } PlainCall;
 
 static PyTypeObject PlainCallType;
@@ -188,7 +192,10 @@ plain_call_invoke(PlainCall *self)
     if (mod == NULL) {
         return NULL;
     }
-    PyObject *target = lookup_fast(mod, self->function);
+    PyObject *target = self->allow == NULL
+                           ? lookup_fast(mod, self->function)
+                           : PyObject_CallFunctionObjArgs(Lookup, mod, self->function, self->allow,
+                                                          self->module, NULL);
     Py_DECREF(mod);
     if (target == NULL) {
         return NULL;
@@ -244,10 +251,11 @@ str_keyed(PyObject *kwargs)
 static PyObject *
 plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *module, *function, *call_args, *call_kwargs = NULL;
-    static char *names[] = {"module", "function", "args", "kwargs", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UUO!|O!:PlainCall", names, &module, &function,
-                                     &PyList_Type, &call_args, &PyDict_Type, &call_kwargs)) {
+    PyObject *module, *function, *call_args, *call_kwargs = NULL, *allow = Py_None;
+    static char *names[] = {"module", "function", "args", "kwargs", "allow", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UUO!|O!O:PlainCall", names, &module,
+                                     &function, &PyList_Type, &call_args, &PyDict_Type,
+                                     &call_kwargs, &allow)) {
         return NULL;
     }
     if (call_kwargs != NULL) {
@@ -273,6 +281,7 @@ plain_call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->args = call_args;
     self->kwargs =
         call_kwargs != NULL && PyDict_GET_SIZE(call_kwargs) != 0 ? Py_NewRef(call_kwargs) : NULL;
+    self->allow = allow != Py_None ? Py_NewRef(allow) : NULL;
     return (PyObject *)self;
 }
 
@@ -295,10 +304,11 @@ intern_name(PyObject *function, PyObject **memo)
     return function;
 }
 
-/* `kwargs`: NULL (none), or a dict with str keys (a new reference: stolen). */
+/* `kwargs`: NULL (none), or a dict with str keys (a new reference: stolen); `allow`: the
+ * AllowList or None. */
 static PlainCall *
 plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject *kwargs,
-                PyObject **memo)
+                PyObject *allow, PyObject **memo)
 {
     PlainCall *self = PyObject_GC_New(PlainCall, &PlainCallType);
     if (self == NULL) {
@@ -313,6 +323,7 @@ plain_call_make(PyObject *module, PyObject *function, PyObject *args, PyObject *
     self->function = function;
     self->args = args;
     self->kwargs = kwargs;
+    self->allow = allow != Py_None ? Py_NewRef(allow) : NULL;
     PyObject_GC_Track(self);
     return self;
 }
@@ -322,6 +333,7 @@ plain_call_traverse(PlainCall *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->args);
     Py_VISIT(self->kwargs);
+    Py_VISIT(self->allow);
     return 0;
 }
 
@@ -332,6 +344,7 @@ plain_call_clear(PlainCall *self)
     Py_CLEAR(self->function);
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->allow);
     return 0;
 }
 
@@ -359,9 +372,9 @@ static PyTypeObject PlainCallType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "snakeport._clane.PlainCall",
     .tp_basicsize = sizeof(PlainCall),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "PlainCall(module, function, args, kwargs=None)\n--\n\n"
-              "lookup(import_module(module), function)(*args, **kwargs), called with no "
-              "arguments (kwargs: a dict with str keys).",
+    .tp_doc = "PlainCall(module, function, args, kwargs=None, allow=None)\n--\n\n"
+              "lookup(import_module(module), function, allow, module)(*args, **kwargs), called "
+              "with no arguments (kwargs: a dict with str keys; allow: an AllowList or None).",
     .tp_new = plain_call_new,
     .tp_call = (ternaryfunc)plain_call_call,
     .tp_traverse = (traverseproc)plain_call_traverse,
@@ -421,6 +434,8 @@ typedef struct {
     PyObject *spin_clock;      /* its clock, or None */
     PyObject *batch;           /* the BatchWaits (_batch.py), or None: how the read waits */
     PyObject *segments;        /* _writer._Segments: a payload of consecutive buffers */
+    PyObject *allow;           /* Dispatcher.allow: the AllowList, or None */
+    PyObject *allowed;         /* {(module, function): True} that allow.check_name passed */
     Py_ssize_t batch_review;   /* _batch.REVIEW_READS: reads between two reviews */
     long batch_reads;          /* the lane's reads not yet added to BatchWaits.reads */
     int batch_engaged;         /* BatchWaits.engaged as last read, -1: to be read again */
@@ -452,7 +467,7 @@ typedef struct {
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
     X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
-    X(spin_policy) X(spin_clock) X(batch) X(segments)
+    X(spin_policy) X(spin_clock) X(batch) X(segments) X(allow) X(allowed)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
@@ -1477,6 +1492,44 @@ recover(Lane *L, PyObject *rid, PyObject *job, PyObject *session, int checked_in
 /* One decoded request: 1 when the lane took it (ran it, or the scheduler queued it), 0 when
  * it is the general path's (nothing was counted, checked out or registered), -1 on error.
  * Sets *lost when this thread no longer holds the reading role. */
+/* Names that the allow-list's check_name (rules 1 and 2 of snakeport._allow: the names
+ * alone, nothing imported) passes are remembered, up to this many pairs (then forgotten
+ * all at once: a caller sending ever new names costs a check each, not memory). */
+#define ALLOWED_NAMES 4096
+
+/* Whether the general path's allow.check_name(module, function) passes (1; or no
+ * allow-list), or not (0, no exception set: the general path checks again and answers the
+ * refusal); -1 with an exception on a failure of the lane itself. */
+static int
+allowed_name(Lane *L, PyObject *module, PyObject *function)
+{
+    if (L->allow == Py_None) {
+        return 1;
+    }
+    PyObject *key = PyTuple_Pack(2, module, function);
+    if (key == NULL) {
+        return -1;
+    }
+    int known = PyDict_Contains(L->allowed, key);
+    if (known != 0) {
+        Py_DECREF(key);
+        return known;
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(L->allow, S_check_name, module, function, NULL);
+    if (r == NULL) {
+        Py_DECREF(key);
+        PyErr_Clear(); /* (NotAllowed, or whatever it raised: the general path's to answer) */
+        return 0;
+    }
+    Py_DECREF(r);
+    if (PyDict_GET_SIZE(L->allowed) >= ALLOWED_NAMES) {
+        PyDict_Clear(L->allowed);
+    }
+    int rc = PyDict_SetItem(L->allowed, key, Py_True);
+    Py_DECREF(key);
+    return rc < 0 ? -1 : 1;
+}
+
 static int
 lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost)
 {
@@ -1492,6 +1545,12 @@ lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost
         !PyUnicode_CheckExact(function) || !PyList_CheckExact(args) || !PyDict_CheckExact(kwargs) ||
         !PyDict_CheckExact(opts) || PyDict_GET_SIZE(opts) != 0) {
         return 0;
+    }
+    /* The allow-list's check of the names, which the general path makes here (before the
+     * session's checkout: a refused name is refused in any session). */
+    int allowed = allowed_name(L, module, function);
+    if (allowed <= 0) {
+        return allowed;
     }
     /* Kwargs as _requests.kwargs gives them (str keys), when it would accept them. */
     PyObject *kw = NULL;
@@ -1524,7 +1583,7 @@ lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost
         Py_XDECREF(kw);
         goto failed;
     }
-    fn = plain_call_make(module, function, args, kw, L->names); /* (takes kw) */
+    fn = plain_call_make(module, function, args, kw, L->allow, L->names); /* (takes kw) */
     if (fn == NULL) {
         goto failed;
     }
@@ -2204,8 +2263,9 @@ lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     k++;
     LANE_OBJECTS(SET)
 #undef SET
-    if (!PyDict_CheckExact(self->sessions) || !PyDict_CheckExact(self->jobs_table)) {
-        PyErr_SetString(PyExc_TypeError, "Lane: sessions and jobs_table must be dicts");
+    if (!PyDict_CheckExact(self->sessions) || !PyDict_CheckExact(self->jobs_table) ||
+        !PyDict_CheckExact(self->allowed)) {
+        PyErr_SetString(PyExc_TypeError, "Lane: sessions, jobs_table and allowed must be dicts");
         return -1;
     }
     long *states[5] = {&self->n_queued, &self->n_running, &self->n_done, &self->n_failed,
@@ -2505,14 +2565,14 @@ PyInit__clane(void)
                            "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
                            "_inline_seq", "_inline_active", "_standby_deep", "_pending",
                            "_resuming", "_draining", "__dict__", "_queue", "_buf", "resume",
-                           "engaged", "reads"};
+                           "engaged", "reads", "check_name"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
                           &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
                           &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
                           &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__buf, &S_resume,
-                          &S_engaged, &S_reads};
+                          &S_engaged, &S_reads, &S_check_name};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {
             return NULL;

@@ -29,9 +29,10 @@ It hands everything else to the general path at the point where that path takes 
 replies and side effects stay those of the general path:
 
 - a frame that is not such a call, or is not valid, stays in the splitter (``run`` stops
-  before it); a decoded call with options, with a ``Kwargs`` key of another type (the
-  general path's ``bad_request``), in an unknown session or on a worker shutting down comes
-  back decoded, before anything was counted or checked out;
+  before it); a decoded call with options, with names that the allow-list refuses (its
+  ``check_name``, whose passes the lane remembers), with a ``Kwargs`` key of another type
+  (the general path's ``bad_request``), in an unknown session or on a worker shutting down
+  comes back decoded, before anything was counted or checked out;
 - a job the scheduler does not run inline (a call still running elsewhere) is queued with a
   :class:`PlainCall` as its code, which :meth:`~snakeport._jobs.Jobs.run` runs later;
 - a job whose result is not plain data goes to :meth:`~snakeport._jobs.Jobs.end_lane`
@@ -120,8 +121,10 @@ returns, and the loop's own read sees it again (a pipe's end stays, as does the 
 closed or invalid fd). While it waits in ``read`` this thread runs no job, so the reading
 role stays where it is (the scheduler's I4), as in the loop's own read.
 
-The lane applies with one call thread (``--threads 1``, the default) and no allow-list, when
-both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
+The lane applies with one call thread (``--threads 1``, the default), with or without an
+allow-list (``--allow``: its :class:`PlainCall` then follows the function's path with
+``_jobs.lookup(..., allow, module)``, each object reached checked as on the general path),
+when both C extensions are built and the codec uses its C half; ``SNAKEPORT_NO_LANE=1`` (or
 ``SNAKEPORT_PURE_PYTHON=1``) turns it off, as the tests do to compare the two paths.
 """
 
@@ -211,7 +214,7 @@ def build(server: Any) -> Any:
     """
     config = server.config
     dispatcher = server.dispatcher
-    if not available() or config.threads != 1 or dispatcher.allow is not None:
+    if not available() or config.threads != 1:
         return None
     table = server.table
     jobs = dispatcher.jobs
@@ -280,6 +283,8 @@ def build(server: Any) -> Any:
         spin_clock=spin._clock if spin is not None else None,
         batch=server._batch,
         segments=_Segments,
+        allow=dispatcher.allow,
+        allowed={},
         batch_review=_batch.REVIEW_READS,
         in_fd=server._in_fd,
     )
