@@ -91,12 +91,15 @@ bench: setup
 ## fuzz: FUZZ_SECONDS (default 60) of seeded random inputs against both codec paths (the C
 ## accelerator and the pure-Python codec must agree; decoding must stay within its memory
 ## budget), then as long against the worker's C lane (a worker with it and one without must
-## write the same frames for the same call-shaped frames, valid or mutated). A finding exits
-## 1 and is saved in fuzz-findings/. `make test` runs 2 seconds of each.
+## write the same frames for the same call-shaped frames, valid or mutated), and as long
+## again with both workers under an allow-list that refuses some of those functions. A
+## finding exits 1 and is saved in fuzz-findings/. `make test` runs 2 seconds of each.
 FUZZ_SECONDS ?= 60
+FUZZ_ALLOW = operator.add,operator.getitem,builtins.len,builtins.sorted,builtins.int,builtins.dict
 fuzz: venv
 	$(VPY) tests/codec/fuzz_etf.py --seconds $(FUZZ_SECONDS)
 	$(VPY) tests/worker/fuzz_lane.py --seconds $(FUZZ_SECONDS)
+	$(VPY) tests/worker/fuzz_lane.py --seconds $(FUZZ_SECONDS) --allow $(FUZZ_ALLOW)
 
 clean:
 	rm -rf $(VENV) .mix elixir_harness/_build mix_sample/_build mix_sample/deps build worker/snakeport/*.so

@@ -1,7 +1,9 @@
 """Differential fuzzing of the C lane: ``make fuzz`` runs it after the codec's fuzzer.
 
-Usage: ``python tests/worker/fuzz_lane.py [--seconds S] [--seed N]`` (exit status 1 on a
-finding; the offending batch is written to ``fuzz-findings/`` under the current directory).
+Usage: ``python tests/worker/fuzz_lane.py [--seconds S] [--seed N] [--allow ENTRIES]`` (exit
+status 1 on a finding; the offending batch is written to ``fuzz-findings/`` under the current
+directory). With ``--allow``, both workers run with that allow-list (``--allow`` of the
+worker), so that some calls are refused by name and the others run under its checks.
 
 Two real workers, one with the lane and one without (``SNAKEPORT_NO_LANE=1``), get the same
 batches of frames in the same writes: call requests shaped like the lane's own (plain
@@ -61,7 +63,7 @@ SYNC = 4_000_000_000  # ids of the batch-ending calls (above any fuzzed id)
 class Worker:
     """A real worker whose output frames are kept in order, as bytes."""
 
-    def __init__(self, lane: bool) -> None:
+    def __init__(self, lane: bool, *flags: str) -> None:
         env = worker_env()
         env["PYTHONHASHSEED"] = "0"  # the same order of sets in both (repr, str, sorted)
         if lane:
@@ -69,7 +71,7 @@ class Worker:
         else:
             env["SNAKEPORT_NO_LANE"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snakeport"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0
+            [sys.executable, "-m", "snakeport", *flags], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0
         )
         self.frame()  # ready
 
@@ -196,10 +198,12 @@ def safe(payload: bytes) -> bool:
     return term[4] not in ("bytes", "mul") or all(type(a) is not int or abs(a) <= 1 << 16 for a in args)
 
 
-def fuzz(seconds: float, seed: int, out_dir: Path = Path("fuzz-findings")) -> int:
-    """Runs the lane and the general path side by side; returns the number of batches."""
+def fuzz(seconds: float, seed: int, out_dir: Path = Path("fuzz-findings"), allow: str | None = None) -> int:
+    """Runs the lane and the general path side by side (with the allow-list ``allow``, if
+    given); returns the number of batches."""
     rng = random.Random(seed)
-    workers = [Worker(True), Worker(False)]
+    flags = ("--allow", allow) if allow else ()
+    workers = [Worker(True, *flags), Worker(False, *flags)]
     try:
         for w in workers:
             w.exchange([etf.encode((A("open_session"), 1, "s1", {}))], SYNC - 1)
@@ -235,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--allow", default=None, help="both workers' allow-list (comma-separated entries)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
-    batches = fuzz(args.seconds, seed)
-    print(f"lane fuzz: seed {seed}, {batches} batches in {args.seconds:g} s, no difference")
+    batches = fuzz(args.seconds, seed, allow=args.allow)
+    with_allow = f", allow-list {args.allow}" if args.allow else ""
+    print(f"lane fuzz: seed {seed}{with_allow}, {batches} batches in {args.seconds:g} s, no difference")
     return 0
 
 
