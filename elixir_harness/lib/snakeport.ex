@@ -729,8 +729,11 @@ defmodule Snakeport do
   per worker with `:index`, `:status`, `:os_pid`, `:harness_sessions`, `:pending`
   (requests sent to it and not answered yet), `:stuck_ms` (how long it has been stuck, or
   `nil`) and the worker's own stats (`:sessions`, `:refs`, `:rss_bytes`, `:uptime_ms`,
-  `:threads`, `:in_flight`, `:requests`) with `:stats_age_ms`, their age (`0`: just
-  answered; `nil` with no stats: it never answered).
+  `:threads`, `:in_flight`, `:requests`, `:fast_path`) with `:stats_age_ms`, their age
+  (`0`: just answered; `nil` with no stats: it never answered). `:fast_path` says whether
+  the worker runs plain calls (a module's function, plain arguments) on its C fast path:
+  `false` with `threads:` above 1, or on a platform where the worker's C extensions are not
+  built; such calls then cost the worker ~2-3x the CPU.
 
   `:status` is `:up` (it answered), `:busy` (it did not answer within the timeout: its
   stats are the last ones it gave), `:stuck` (see *Liveness* in the module doc: it is not

@@ -302,6 +302,7 @@ def test_the_lane_answers_every_request_with_the_general_paths_bytes(pair, batch
         assert "_jobs.py" in stacks[1] and "_dispatch.py" in stacks[1], stacks[1]
     # Both workers count the same: requests, sessions, refs (stats, without times and pids).
     stats = [etf.decode(w.frames[2])[3] for w in pair]
+    assert [s.pop(A("fast_path")) for s in stats] == [True, False]  # (what differs: the lane)
     for s in stats:
         for key in ("uptime_ms", "pid", "rss_bytes"):
             s.pop(A(key))
@@ -682,9 +683,10 @@ def unread(srv: Server) -> int:
 
 
 def test_the_lane_applies_with_one_thread() -> None:
-    assert server()[0]._lane is not None
-    assert server(threads=2)[0]._lane is None
-    assert server(allow=("operator",))[0]._lane is not None
+    # (stats' fast_path says which: Dispatcher.fast_path.)
+    for config, lane in (({}, True), ({"threads": 2}, False), ({"allow": ("operator",)}, True)):
+        srv = server(**config)[0]
+        assert (srv._lane is not None) is lane and srv.dispatcher.fast_path is lane, config
 
 
 def test_the_lane_leaves_the_accounting_where_the_general_path_does() -> None:

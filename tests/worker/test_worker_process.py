@@ -14,7 +14,7 @@ import psutil
 import pytest
 from sp_client import A, worker_env
 
-from snakeport import etf
+from snakeport import _lane, etf
 
 REF = A("$snakeport_ref")
 
@@ -108,6 +108,7 @@ def test_session_isolation_release_and_info(worker) -> None:
     stats = worker.ok("stats")
     assert stats[A("sessions")] == 3 and stats[A("refs")] == 3 and stats[A("pid")] == worker.proc.pid  # s1, a, b
     assert stats[A("rss_bytes")] > 0 and stats[A("uptime_ms")] >= 0 and stats[A("requests")] >= 10
+    assert stats[A("fast_path")] is _lane.available()  # (one thread: the C lane, where built)
     assert worker.ok("release_session", "a") == {A("released"): 3}
     assert reason(worker.error("session_info", "a")) == "session_not_found"
     assert worker.ok("stats")[A("refs")] == 0

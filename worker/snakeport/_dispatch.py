@@ -113,6 +113,7 @@ class Dispatcher:
         "_run",
         "_started",
         "allow",
+        "fast_path",
         "jobs",
         "max_depth",
         "max_frame_bytes",
@@ -149,6 +150,8 @@ class Dispatcher:
         self.requests = 0
         #: Set by ``shutdown``; later Python operations fail with ``shutting_down``.
         self.shutting_down = False
+        #: Whether the server runs plain calls on the C lane (``stats``; set by the server).
+        self.fast_path = False
         self._started = time.monotonic()
         self._handlers: dict[Atom, Callable[[tuple, int, TagContext | None], Outcome]] = {
             Atom("call"): self._op_call,
@@ -727,6 +730,7 @@ class Dispatcher:
             threads=self.threads,
             in_flight=self.jobs.in_flight,
             requests=self.requests,
+            fast_path=self.fast_path,
         )
         return [(REPLY, rid, OK, stats)]
 

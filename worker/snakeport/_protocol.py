@@ -121,7 +121,7 @@ EMITTED_ATOMS: frozenset[str] = frozenset(
         # reply keys of release_ref, release_session and cancel are released and cancelled
         "ttl_seconds", "tags", "created_at", "last_access", "evict_lru",
         # stats keys
-        "sessions", "rss_bytes", "uptime_ms", "in_flight", "requests",
+        "sessions", "rss_bytes", "uptime_ms", "in_flight", "requests", "fast_path",
         # the worker's requests to the VM (Python code calling Elixir tools)
         "tool_call", "tool_cancel",
         # expire_session reply keys (plus released)
@@ -469,7 +469,15 @@ def ready_term(
 
 
 def stats_term(
-    *, sessions: int, refs: int, rss_bytes: int, uptime_ms: int, threads: int, in_flight: int, requests: int
+    *,
+    sessions: int,
+    refs: int,
+    rss_bytes: int,
+    uptime_ms: int,
+    threads: int,
+    in_flight: int,
+    requests: int,
+    fast_path: bool = False,
 ) -> dict:
     """Build the ``Stats`` map of the ``stats`` reply.
 
@@ -481,6 +489,9 @@ def stats_term(
         threads: How many calls run at once.
         in_flight: Calls queued or running.
         requests: Requests received so far.
+        fast_path: Whether plain calls run on the C lane (:mod:`snakeport._lane`): false on
+            a worker with ``--threads`` above 1, without the C extensions, or with
+            ``SNAKEPORT_NO_LANE=1``.
 
     Returns:
         The map.
@@ -494,6 +505,7 @@ def stats_term(
         emit("threads"): threads,
         emit("in_flight"): in_flight,
         emit("requests"): requests,
+        emit("fast_path"): fast_path,
     }
 
 

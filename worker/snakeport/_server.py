@@ -297,6 +297,7 @@ class Server:
         self._encoder = etf.Encoder(max_depth=self._max_out_depth, default=encode_default)
         # The C lane of the common call, when it is built and applies (snakeport._lane).
         self._lane = _lane.build(self)
+        self.dispatcher.fast_path = self._lane is not None
 
     # ------------------------------------------------------------------ output
 

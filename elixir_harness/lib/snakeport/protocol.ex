@@ -136,6 +136,7 @@ defmodule Snakeport.Protocol do
     :uptime_ms,
     :in_flight,
     :requests,
+    :fast_path,
     # values
     :infinity,
     :neg_infinity,

@@ -18,7 +18,16 @@ defmodule Snakeport.Stats do
 
   @store_timeout Defaults.store_timeout()
   @hop_margin 1_000
-  @python_keys [:sessions, :refs, :rss_bytes, :uptime_ms, :threads, :in_flight, :requests]
+  @python_keys [
+    :sessions,
+    :refs,
+    :rss_bytes,
+    :uptime_ms,
+    :threads,
+    :in_flight,
+    :requests,
+    :fast_path
+  ]
 
   @doc false
   # Snakeport.stats/1: this node's stats, with `:cluster` (every node's) when `cluster`.

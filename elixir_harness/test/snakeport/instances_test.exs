@@ -47,6 +47,9 @@ defmodule Snakeport.InstancesTest do
     assert {:ok, %{instance: @b, pool_size: 2, workers: [%{threads: 4} = b0, b1]}} =
              Snakeport.stats(instance: @b)
 
+    # More than one call thread: no C fast path (stats say so).
+    assert %{fast_path: false} = b0
+
     assert a0 not in [b0.os_pid, b1.os_pid]
     assert Process.whereis(Snakeport.Instance.names(@a).supervisor) != nil
     assert Process.whereis(Snakeport.Instance.names(@b).supervisor) != nil
