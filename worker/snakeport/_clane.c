@@ -4,7 +4,8 @@
  * inline with nothing to resolve: `{call, Id, Session, Module, Function, Args, Kwargs, #{}}`
  * whose frame holds no tagged term but {'$snakeport_bytes', Binary} (tag_scan, bytes_hook)
  * and whose Kwargs keys are binaries or atoms (str_keyed), in an open session, on a worker
- * with one thread and no allow-list; in the splitter's buffer (Lane.run) or a large frame of
+ * with one thread (whose allow-list, if any, passes its names: allowed_name); in the
+ * splitter's buffer (Lane.run) or a large frame of
  * its own (Lane.take). It takes the same
  * steps as the general path (snakeport._dispatch, _jobs, _sessions, _scheduler), on the
  * same Python objects and under the same locks, in one C function per frame instead of
@@ -1489,9 +1490,6 @@ recover(Lane *L, PyObject *rid, PyObject *job, PyObject *session, int checked_in
     return payloads;
 }
 
-/* One decoded request: 1 when the lane took it (ran it, or the scheduler queued it), 0 when
- * it is the general path's (nothing was counted, checked out or registered), -1 on error.
- * Sets *lost when this thread no longer holds the reading role. */
 /* Names that the allow-list's check_name (rules 1 and 2 of snakeport._allow: the names
  * alone, nothing imported) passes are remembered, up to this many pairs (then forgotten
  * all at once: a caller sending ever new names costs a check each, not memory). */
@@ -1530,6 +1528,9 @@ allowed_name(Lane *L, PyObject *module, PyObject *function)
     return rc < 0 ? -1 : 1;
 }
 
+/* One decoded request: 1 when the lane took it (ran it, or the scheduler queued it), 0 when
+ * it is the general path's (nothing was counted, checked out or registered), -1 on error.
+ * Sets *lost when this thread no longer holds the reading role. */
 static int
 lane_request(Lane *L, PyObject *term, PyObject *me, PyObject *current, int *lost)
 {
