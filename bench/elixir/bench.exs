@@ -385,6 +385,7 @@ meta = %{
   reference: reference,
   python: versions.python,
   snakeport: versions.snakeport,
+  fast_path: versions.fast_path,
   spin_default: Snake.default_spin_us(),
   spin_alternative: Snake.alternative_spin_us(),
   counts: inspect(n)

@@ -118,6 +118,7 @@ defmodule Bench.Report do
     | Python | #{m.python} (snakeport #{m.snakeport}) |
     | Erlang/OTP | #{System.otp_release()} (ERTS #{:erlang.system_info(:version)}), Elixir #{System.version()} |
     | worker polling | default `spin_us` #{m.spin_default}, alternative #{m.spin_alternative} |
+    | worker C fast path | #{fast_path(Enum.map(runs, &Map.get(&1.meta, :fast_path)))} |
 
     | regime | rounds | suite | schedulers | BEAM CPUs | worker CPUs | load before / after | Python loop (ms) | Erlang loop (ms) |
     |---|---:|---:|---:|---|---|---|---:|---:|
@@ -133,6 +134,21 @@ defmodule Bench.Report do
     "| #{m.regime} | #{m.rounds} | #{m.suite_s} s | #{m.schedulers} | #{m.beam_cpus} | " <>
       "#{m.worker_cpus} | #{m.load_before} / #{m.load_after} | " <>
       "#{Float.round(m.reference.python_loop_ms, 1)} | #{Float.round(m.reference.erlang_loop_ms, 1)} |"
+  end
+
+  # Whether the workers ran plain calls on their C lane (`fast_path` of Snakeport.stats/1),
+  # in every regime: without it every call row measures the general path.
+  defp fast_path(flags) do
+    cond do
+      Enum.all?(flags, &(&1 == true)) ->
+        "on (`stats`: `fast_path: true` in every regime)"
+
+      Enum.all?(flags, &is_nil/1) ->
+        "not recorded"
+
+      true ->
+        "**off in some regime** (`fast_path`: #{inspect(flags)}): the call rows measure the general path"
+    end
   end
 
   defp cpu_model do

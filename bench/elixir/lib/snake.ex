@@ -138,7 +138,7 @@ defmodule Bench.Snake do
 
   def versions do
     [w | _] = Snakeport.stats!().workers
-    %{python: w.python, snakeport: w.snakeport}
+    %{python: w.python, snakeport: w.snakeport, fast_path: w.fast_path}
   end
 
   @doc """
