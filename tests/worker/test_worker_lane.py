@@ -30,7 +30,7 @@ from snakeport._requests import AUTO
 from snakeport._server import Config, Server
 from snakeport._sessions import Session
 from snakeport._spin import SpinPolicy
-from snakeport._writer import _Segments
+from snakeport._writer import SEGMENT_BYTES, _Segments
 from snakeport.types import Atom, ErlMap
 from sp_client import A, worker_env
 
@@ -514,21 +514,22 @@ def test_a_reply_larger_than_a_frame_can_be_is_the_general_paths_not_encodable()
             w.send([
                 call(10, "operator", "mul", ["x", 5000]),  # str
                 call(11, "builtins", "bytes", [5000]),  # bytes below a segment
+                call(9, "builtins", "bytes", [SEGMENT_BYTES]),  # bytes of a segment (segmented)
                 call(12, "operator", "pow", [2, 40000]),  # int
                 call(13, "operator", "mul", ["y", 4000]),  # fits: the lane's own reply
                 (A("stats"), 14),
                 (A("expire_session"), 15, "s1", 0),
             ])
-            for rid in (10, 11, 12, 13):
+            for rid in (9, 10, 11, 12, 13):
                 w.wait(rid)
             assert etf.decode(w.wait(14))[3][A("in_flight")] == 0
             assert etf.decode(w.wait(15))[3] == {A("expired"): True, A("released"): 0}
             w.send([(A("open_session"), 16, "s2", {}), call(17, "operator", "add", [1, 2], session="s2")])
             assert etf.decode(w.wait(17))[3] == 3
         lane, general = pair
-        for rid in (10, 11, 12, 13, 17):
+        for rid in (9, 10, 11, 12, 13, 17):
             assert lane.frames[rid] == general.frames[rid], (rid, etf.decode(lane.frames[rid]), etf.decode(general.frames[rid]))
-        for rid in (10, 11, 12):
+        for rid in (9, 10, 11, 12):
             error = etf.decode(lane.frames[rid])[3]
             assert error[A("reason")] == A("not_encodable")
             assert "exceeds the {packet, 4} limit" in error[A("message")], error

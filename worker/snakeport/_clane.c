@@ -76,7 +76,6 @@ static const CetfApi *Cetf;     /* the codec's decode_term and encode, called di
 static PyObject *One;           /* 1 */
 static PyObject *BytesTag;      /* "$snakeport_bytes" */
 static PyObject *BytesHook;     /* bytes_hook, as a function object (the codec's `tagged`) */
-static PyObject *EmptyBytes;    /* b"": the envelope of a segmented reply */
 static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, *S_requests,
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
@@ -434,7 +433,7 @@ typedef struct {
     PyObject *spin_policy;     /* the SpinPolicy (its `resume`), or None */
     PyObject *spin_clock;      /* its clock, or None */
     PyObject *batch;           /* the BatchWaits (_batch.py), or None: how the read waits */
-    PyObject *segments;        /* _writer._Segments: a payload of consecutive buffers */
+    PyObject *segmented_reply; /* _writer.segmented_reply(term): a large bytes result's payload */
     PyObject *allow;           /* Dispatcher.allow: the AllowList, or None */
     PyObject *allowed;         /* {(module, function): True} that allow.check_name passed */
     Py_ssize_t batch_review;   /* _batch.REVIEW_READS: reads between two reviews */
@@ -468,7 +467,7 @@ typedef struct {
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
     X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
-    X(spin_policy) X(spin_clock) X(batch) X(segments) X(allow) X(allowed)
+    X(spin_policy) X(spin_clock) X(batch) X(segmented_reply) X(allow) X(allowed)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
@@ -1149,36 +1148,31 @@ encode_reply(Lane *L, PyObject *rid, PyObject *result)
     return payload;
 }
 
-/* The payload of {reply, Id, ok, Bytes} for a bytes result of a segment or more, as
- * _writer.segmented_reply makes it (a _Segments: the envelope encoded with an empty binary,
- * without that binary's 4 length bytes; the length; the bytes themselves, never copied into
- * a frame), which FrameWriter.send writes (lane_send hands it over). NULL, no exception set,
+/* The payload of {reply, Id, ok, Bytes} for a bytes result of a segment or more: what the
+ * general path sends, _writer.segmented_reply's _Segments (the bytes never copied into a
+ * frame), which FrameWriter.send writes (lane_send hands it over). NULL, no exception set,
  * when the frame would be larger than a {packet, 4} frame can be: the general path's. */
 static PyObject *
 segmented_reply(Lane *L, PyObject *rid, PyObject *value)
 {
-    PyObject *envelope = encode_reply(L, rid, EmptyBytes);
-    if (envelope == NULL) {
+    PyObject *term = PyTuple_Pack(4, L->reply, rid, L->ok, value);
+    if (term == NULL) {
         return NULL;
     }
-    Py_ssize_t head = PyBytes_GET_SIZE(envelope) - 4, size = PyBytes_GET_SIZE(value);
-    if (head < 1 || size > L->max_packet - head - 4) {
-        Py_DECREF(envelope);
+    PyObject *payload = PyObject_CallOneArg(L->segmented_reply, term);
+    Py_DECREF(term);
+    if (payload == NULL) {
         return NULL;
     }
-    unsigned char length[4] = {(unsigned char)(size >> 24), (unsigned char)(size >> 16),
-                               (unsigned char)(size >> 8), (unsigned char)size};
-    PyObject *prefix = PyBytes_FromStringAndSize(PyBytes_AS_STRING(envelope), head);
-    Py_DECREF(envelope);
-    PyObject *len = PyBytes_FromStringAndSize((const char *)length, 4);
-    PyObject *parts = prefix != NULL && len != NULL ? PyTuple_Pack(3, prefix, len, value) : NULL;
-    Py_XDECREF(prefix);
-    Py_XDECREF(len);
-    if (parts == NULL) {
+    if (payload == Py_None) { /* (not bytes of a segment: the general path's) */
+        Py_DECREF(payload);
         return NULL;
     }
-    PyObject *payload = PyObject_CallOneArg(L->segments, parts);
-    Py_DECREF(parts);
+    Py_ssize_t size = PyObject_Length(payload);
+    if (size < 0 || size > L->max_packet) { /* (an error set, or too large: no exception) */
+        Py_DECREF(payload);
+        return NULL;
+    }
     return payload;
 }
 
@@ -2586,9 +2580,6 @@ PyInit__clane(void)
         return NULL;
     }
     if (BytesHook == NULL && (BytesHook = PyCFunction_New(&bytes_hook_def, NULL)) == NULL) {
-        return NULL;
-    }
-    if (EmptyBytes == NULL && (EmptyBytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
         return NULL;
     }
     if (PyType_Ready(&PlainCallType) < 0 || PyType_Ready(&LaneType) < 0) {

@@ -141,7 +141,7 @@ from snakeport._jobs import import_module, lookup
 from snakeport._protocol import OK, REPLY
 from snakeport._requests import AUTO
 from snakeport._tagged import encode_default
-from snakeport._writer import SEGMENT_BYTES, _Segments
+from snakeport._writer import SEGMENT_BYTES, segmented_reply
 from snakeport.errors import Cancelled
 from snakeport.types import Atom
 
@@ -282,7 +282,7 @@ def build(server: Any) -> Any:
         spin_policy=spin,
         spin_clock=spin._clock if spin is not None else None,
         batch=server._batch,
-        segments=_Segments,
+        segmented_reply=segmented_reply,
         allow=dispatcher.allow,
         allowed={},
         batch_review=_batch.REVIEW_READS,
