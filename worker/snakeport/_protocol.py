@@ -477,7 +477,7 @@ def stats_term(
     threads: int,
     in_flight: int,
     requests: int,
-    fast_path: bool = False,
+    fast_path: bool,
 ) -> dict:
     """Build the ``Stats`` map of the ``stats`` reply.
 
