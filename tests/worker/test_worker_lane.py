@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 from snakeport import _lane, etf
+from snakeport._clane import placeable
+from snakeport._framing import Placed
 from snakeport._jobs import CURRENT, DONE, FAILED, INTERRUPTED, Failure, Job, Jobs
 from snakeport._requests import AUTO
 from snakeport._server import Config, Server
@@ -738,6 +740,44 @@ def test_take_handles_a_large_frame_that_is_the_lanes_and_hands_back_the_others(
     monkeypatch.setitem(sys.modules, "sp_lane_takeover", module)
     assert take(call(10, "sp_lane_takeover", "takeover", [(A("$snakeport_bytes"), BIG)], session="s")) is _lane.LOST
     assert written(out_r) == [(A("reply"), 10, A("ok"), len(BIG))]
+
+
+def test_take_decodes_a_placed_frame_with_its_binary_as_read(monkeypatch) -> None:
+    # A placed frame (the splitter read its binary into its own bytes): the call gets that
+    # bytes object itself; a frame whose placed binary the decode did not take, or whose
+    # bytes are not where it says, is handed back (the general path joins it).
+    srv, _, out_r = server()
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    me = threading.get_ident()
+    seen: list = []
+    module = types.ModuleType("sp_lane_placed")
+    module.keep = lambda data, *rest: seen.append(data) or len(data)
+    monkeypatch.setitem(sys.modules, "sp_lane_placed", module)
+
+    def placed(term: Any) -> Placed:
+        payload = bytearray(etf.encode(term))
+        start, length = placeable(payload, 0, len(payload), 65_536)
+        return Placed(payload[:start] + payload[start + length :], start, bytes(payload[start : start + length]))
+
+    frame = placed(call(5, "sp_lane_placed", "keep", [(A("$snakeport_bytes"), BIG), 1], session="s"))
+    assert srv._lane.take(frame, me) is None
+    assert seen == [BIG] and seen[0] is frame.value  # the bytes as read: not a copy
+    frame = placed(call(6, "sp_lane_placed", "keep", [BIG_TEXT.encode()], session="s"))
+    assert srv._lane.take(frame, me) is None and seen[1] == BIG_TEXT  # a plain binary: its str
+    srv._sched.flush_held()
+    assert written(out_r) == [(A("reply"), 5, A("ok"), len(BIG)), (A("reply"), 6, A("ok"), len(BIG_TEXT))]
+    # Decoded, not the lane's (an unknown session): the term, with the bytes as read.
+    frame = placed(call(7, "builtins", "len", [(A("$snakeport_bytes"), BIG)], session="nope"))
+    assert srv._lane.take(frame, me)[5][0] is frame.value
+    # Handed back: the binary said to lie elsewhere; a frame that decodes without it.
+    moved = Placed(frame.buffer, frame.start - 1, frame.value)
+    assert srv._lane.take(moved, me) is moved
+    whole = bytearray(etf.encode(call(8, "builtins", "len", [b"x"], session="s")))
+    unused = Placed(whole, len(whole), BIG)
+    assert srv._lane.take(unused, me) is unused
+    assert srv.dispatcher.requests == 3 and written(out_r) == []
+    with pytest.raises(TypeError, match="placed payload"):
+        srv._lane.take(Placed(bytes(whole), 0, BIG), me)
 
 
 def test_the_lane_follows_a_class_changed_after_it_used_a_slot(monkeypatch) -> None:

@@ -23,7 +23,11 @@
  *       that changes the containers), the lists and dicts still open are copied.
  *
  * decode_term and encode are also given to C callers without their Python calls: the
- * capsule _C_API (_cetf_api.h), which snakeport._clane uses on every request.
+ * capsule _C_API (_cetf_api.h), which snakeport._clane uses on every request. The capsule
+ * also has decode_placed, decode_term of a frame whose one big binary was read into its own
+ * bytes (_cetf_api.h's Placed, the worker's placed frames): the decoder takes that object
+ * as the binary's value. It is the lane's alone, not part of the codec's Python API, so
+ * the two codecs' behaviour stays the same.
  *
  * Both are non-recursive (explicit stacks, bounded by max_depth). Containers and the frequent
  * leaves are handled here; every rare case calls back into etf.py (looked up by name once,
@@ -804,10 +808,11 @@ call_tagged(PyObject *tagged, PyObject *tuple)
  * snakeport._clane through the capsule _C_API): the term at `pos` of `input` (bytes or a
  * bytearray) with its end in *end. `max_depth_obj` is the depth limit (an int; also for
  * the error message); `tagged` NULL without a hook; `budget_obj` the budget as given (for
- * the error message), or NULL: `budget_limit` then stands for it. */
+ * the error message), or NULL: `budget_limit` then stands for it. `placed`: NULL, or a
+ * binary's data read apart from `input` (see Placed). */
 static PyObject *
 decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *tagged, long long budget_limit,
-          PyObject *budget_obj, Py_ssize_t *end_out)
+          PyObject *budget_obj, Py_ssize_t *end_out, Placed *placed)
 {
     if (!READY()) {
         PyErr_SetString(PyExc_RuntimeError, "snakeport._cetf: _setup() was not called");
@@ -918,7 +923,19 @@ decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *ta
                 }
                 Py_ssize_t n = (Py_ssize_t)be32(buf + pos + 1);
                 Py_ssize_t start = pos + 5;
-                if (n > size - start) {
+                /* The binary's bytes and where the next term starts: in the input, or the
+                 * placed value's when this is the placed binary (its bytes are not in it). */
+                const unsigned char *bin = buf + start;
+                Py_ssize_t next = start + n;
+                PyObject *own = NULL; /* the placed value, when these bytes are its own */
+                if (placed != NULL && start == placed->start && !placed->used &&
+                    n == PyBytes_GET_SIZE(placed->value)) {
+                    placed->used = 1;
+                    own = placed->value;
+                    bin = (const unsigned char *)PyBytes_AS_STRING(own);
+                    next = start;
+                }
+                else if (n > size - start) {
                     TRUNCATED();
                 }
                 long long cost = COST_BINARY + n;
@@ -931,16 +948,16 @@ decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *ta
                         over_budget(data, pos, &budget);
                         goto error;
                     }
-                    value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                    value = own != NULL ? Py_NewRef(own) : PyBytes_FromStringAndSize((const char *)bin, n);
                     budget.left -= cost;
-                    pos = start + n;
+                    pos = next;
                     break;
                 }
                 /* Checked before the str is made: up to 4 bytes per character, exactly
                  * (bytes, or the str's kind) when that worst case does not fit. */
                 int utf8 = 1; /* 0: known not to be UTF-8 */
                 if (cost + 3 * (long long)n > budget.left) {
-                    utf8 = utf8_kind(buf + start, n);
+                    utf8 = utf8_kind(bin, n);
                     if (utf8 < 0) {
                         goto error;
                     }
@@ -951,17 +968,17 @@ decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *ta
                 }
                 PyObject **slot = NULL;
                 if (utf8 == 0) { /* no failed decode (and its copies of the input) */
-                    value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                    value = own != NULL ? Py_NewRef(own) : PyBytes_FromStringAndSize((const char *)bin, n);
                 }
-                else if ((slot = str_cache_slot(buf + start, n, &value)) != NULL && value != NULL) {
+                else if ((slot = str_cache_slot(bin, n, &value)) != NULL && value != NULL) {
                     /* (cached: ASCII, charged as decoded) */
                 }
-                else if ((value = PyUnicode_DecodeUTF8((const char *)buf + start, n, NULL)) == NULL) {
+                else if ((value = PyUnicode_DecodeUTF8((const char *)bin, n, NULL)) == NULL) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
                         goto error;
                     }
                     PyErr_Clear();
-                    value = PyBytes_FromStringAndSize((const char *)buf + start, n);
+                    value = own != NULL ? Py_NewRef(own) : PyBytes_FromStringAndSize((const char *)bin, n);
                 }
                 else if (PyUnicode_GET_LENGTH(value) != n) { /* not ASCII */
                     cost += (long long)(PyUnicode_KIND(value) - 1) * n;
@@ -970,7 +987,7 @@ decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *ta
                     str_cache_put(slot, value);
                 }
                 budget.left -= cost;
-                pos = start + n;
+                pos = next;
                 break;
             }
             case SMALL_TUPLE_EXT:
@@ -1258,7 +1275,7 @@ cetf_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t end;
-    PyObject *value = decode_at(args[0], pos, args[2], args[3] == Py_None ? NULL : args[3], budget_limit, args[4], &end);
+    PyObject *value = decode_at(args[0], pos, args[2], args[3] == Py_None ? NULL : args[3], budget_limit, args[4], &end, NULL);
     if (value == NULL) {
         return NULL;
     }
@@ -1301,7 +1318,7 @@ cetf_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         budget = DEFAULT_MEMORY;
     }
     Py_ssize_t end;
-    PyObject *value = decode_at(data, 1, DefaultDepth, NULL, budget, NULL, &end);
+    PyObject *value = decode_at(data, 1, DefaultDepth, NULL, budget, NULL, &end, NULL);
     if (value == NULL) {
         return NULL;
     }
@@ -2138,10 +2155,17 @@ static PyObject *
 api_decode_term(PyObject *data, Py_ssize_t pos, PyObject *max_depth, PyObject *tagged, long long budget,
                 Py_ssize_t *end)
 {
-    return decode_at(data, pos, max_depth, tagged, budget, NULL, end);
+    return decode_at(data, pos, max_depth, tagged, budget, NULL, end, NULL);
 }
 
-static CetfApi cetf_api = {api_decode_term, encode_term};
+static PyObject *
+api_decode_placed(PyObject *data, Py_ssize_t pos, PyObject *max_depth, PyObject *tagged, long long budget,
+                  Py_ssize_t *end, Placed *placed)
+{
+    return decode_at(data, pos, max_depth, tagged, budget, NULL, end, placed);
+}
+
+static CetfApi cetf_api = {api_decode_term, encode_term, api_decode_placed};
 
 PyMODINIT_FUNC
 PyInit__cetf(void)

@@ -6,7 +6,8 @@
  * and whose Kwargs keys are binaries or atoms (str_keyed), in an open session, on a worker
  * with one thread (whose allow-list, if any, passes its names: allowed_name); in the
  * splitter's buffer (Lane.run) or a large frame of
- * its own (Lane.take). It takes the same
+ * its own (Lane.take; its first big binary read into its own bytes by the splitter when
+ * the frame is a call: placeable, BytesFiller, and Placed in _cetf_api.h). It takes the same
  * steps as the general path (snakeport._dispatch, _jobs, _sessions, _scheduler), on the
  * same Python objects and under the same locks, in one C function per frame instead of
  * some thirty Python calls:
@@ -2010,22 +2011,35 @@ lane_read(Lane *L, PyObject *buf, Py_ssize_t *r, Py_ssize_t *w)
  * decoded as the general path decodes it: within the same memory budget and depth, with
  * `hook` as the codec's tagged hook (NULL: none, when no tagged tuple can be in it;
  * BytesHook). NULL, no exception set, when it is invalid, not exactly the frame or holds a
- * tagged term the hook refuses: the general path decodes it again and answers as it must. */
+ * tagged term the hook refuses: the general path decodes it again and answers as it must.
+ * With `placed` (a placed frame, see _cetf_api.h), `data` holds the frame without the
+ * placed binary's bytes; the budget is the whole frame's, and a decode that did not take
+ * the placed binary fails too. */
 static PyObject *
-lane_decode(Lane *L, PyObject *data, Py_ssize_t start, Py_ssize_t n, PyObject *hook)
+lane_decode_placed(Lane *L, PyObject *data, Py_ssize_t start, Py_ssize_t n, PyObject *hook, Placed *placed)
 {
-    Py_ssize_t budget = L->expansion * n + L->floor;
+    Py_ssize_t whole = n + (placed != NULL ? PyBytes_GET_SIZE(placed->value) : 0);
+    Py_ssize_t budget = L->expansion * whole + L->floor;
     if (budget > L->max_memory) {
         budget = L->max_memory;
     }
     Py_ssize_t end = -1;
-    PyObject *value = Cetf->decode_term(data, start + 1, L->max_depth, hook, budget, &end);
-    if (value == NULL || end != start + n) {
+    PyObject *value = placed == NULL
+                          ? Cetf->decode_term(data, start + 1, L->max_depth, hook, budget, &end)
+                          : Cetf->decode_placed(data, start + 1, L->max_depth, hook, budget, &end, placed);
+    if (value == NULL || end != start + n || (placed != NULL && !placed->used)) {
         Py_XDECREF(value);
         PyErr_Clear();
         return NULL;
     }
     return value;
+}
+
+/* lane_decode_placed without a placed binary. */
+static PyObject *
+lane_decode(Lane *L, PyObject *data, Py_ssize_t start, Py_ssize_t n, PyObject *hook)
+{
+    return lane_decode_placed(L, data, start, n, hook, NULL);
 }
 
 /* This thread's CURRENT.__dict__, where set_current puts the job (see there), or NULL (no
@@ -2044,23 +2058,40 @@ current_dict(Lane *L)
 }
 
 /* Lane.take(payload, me) -> None, LOST, a term or payload: see _lane.build. A large frame
- * (the splitter's own bytearray, read whole) that is a call: decoded with BytesHook (not
+ * (the splitter's own bytearray, read whole, or a placed frame: _framing.Placed, whose
+ * binary the decoder takes as read) that is a call: decoded with BytesHook (not
  * scanned first: the decoder looks at each tuple's first element, and a frame of megabytes
  * scanned byte by byte would cost more than the decode that fails), then handled as
  * Lane.run handles a frame. */
 static PyObject *
 lane_take(Lane *L, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyByteArray_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "take(payload, me): payload a bytearray");
+    /* payload: a bytearray, or a placed frame (buffer, start, value): _framing.Placed */
+    PyObject *payload = nargs == 2 ? args[0] : NULL, *me = nargs == 2 ? args[1] : NULL;
+    PyObject *buffer = payload;
+    Placed placed = {0, NULL, 0};
+    if (payload != NULL && PyTuple_Check(payload) && PyTuple_GET_SIZE(payload) == 3) {
+        buffer = PyTuple_GET_ITEM(payload, 0);
+        placed.start = PyLong_AsSsize_t(PyTuple_GET_ITEM(payload, 1));
+        placed.value = PyTuple_GET_ITEM(payload, 2);
+        if (placed.start == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (!PyBytes_CheckExact(placed.value) || !PyByteArray_CheckExact(buffer) || placed.start < 0 ||
+            placed.start > PyByteArray_GET_SIZE(buffer)) {
+            PyErr_SetString(PyExc_TypeError, "take(payload, me): a placed payload is (bytearray, start, bytes)");
+            return NULL;
+        }
+    }
+    if (buffer == NULL || !PyByteArray_CheckExact(buffer)) {
+        PyErr_SetString(PyExc_TypeError, "take(payload, me): payload a bytearray or a placed frame");
         return NULL;
     }
-    PyObject *payload = args[0], *me = args[1];
-    Py_ssize_t n = PyByteArray_GET_SIZE(payload);
-    if (!call_head((const unsigned char *)PyByteArray_AS_STRING(payload), n)) {
+    Py_ssize_t n = PyByteArray_GET_SIZE(buffer);
+    if (!call_head((const unsigned char *)PyByteArray_AS_STRING(buffer), n)) {
         return Py_NewRef(payload);
     }
-    PyObject *value = lane_decode(L, payload, 0, n, BytesHook);
+    PyObject *value = lane_decode_placed(L, buffer, 0, n, BytesHook, placed.value != NULL ? &placed : NULL);
     if (value == NULL) {
         return Py_NewRef(payload);
     }
@@ -2411,6 +2442,202 @@ clane_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* placeable(buffer, start, end, min_len): where the frame whose payload begins at `start`
+ * (its version byte) has a binary that snakeport._framing may read into its own `bytes`
+ * (a placed frame: no copy of it is made), from the payload's bytes buffer[start:end] read
+ * so far: (offset in the payload of the binary's first byte, its length) for the first
+ * BINARY_EXT of at least min_len bytes, when everything before it is terms of the kinds a
+ * request's head and plain arguments are made of (atoms, numbers, binaries, tuples, lists,
+ * maps), no tagged term but {'$snakeport_bytes', Binary} among them, and the frame is a
+ * `call` (what Lane.take takes; any other frame would only have to be joined again).
+ * None otherwise. The walk is linear: the External Term Format writes a container's
+ * header, then its elements, so a term's bytes are skipped by its tag alone. */
+static PyObject *
+clane_placeable(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyByteArray_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "placeable(buffer, start, end, min_len): buffer a bytearray");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t min_len = PyLong_AsSsize_t(args[3]);
+    if ((start == -1 || end == -1 || min_len == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0 || end < start || end > PyByteArray_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "placeable: start and end out of range");
+        return NULL;
+    }
+    const unsigned char *f = (const unsigned char *)PyByteArray_AS_STRING(args[0]) + start;
+    const Py_ssize_t n = end - start;
+    static const char BYTES_TEXT[] = "$snakeport_bytes";
+    const Py_ssize_t k = sizeof(PREFIX) - 1, b = sizeof(BYTES_TEXT) - 1;
+    if (!call_head(f, n)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t pos = 1;
+    while (pos < n) {
+        Py_ssize_t head, len = 0; /* the tag's header bytes, then `len` bytes of its data */
+        const unsigned char *t = f + pos;
+        switch (t[0]) {
+        case 97: head = 2; break;                     /* SMALL_INTEGER_EXT */
+        case 98: head = 5; break;                     /* INTEGER_EXT */
+        case 70: head = 9; break;                     /* NEW_FLOAT_EXT */
+        case 106: head = 1; break;                    /* NIL_EXT */
+        case 104: head = 2; break;                    /* SMALL_TUPLE_EXT */
+        case 105: case 108: case 116: head = 5; break; /* LARGE_TUPLE, LIST, MAP */
+        case 119: case 115:                           /* SMALL_ATOM_UTF8_EXT, SMALL_ATOM_EXT */
+        case 110:                                     /* SMALL_BIG_EXT */
+            head = t[0] == 110 ? 3 : 2;
+            if (n - pos < 2) {
+                Py_RETURN_NONE;
+            }
+            len = t[1];
+            break;
+        case 118: case 100: case 107:                 /* ATOM_UTF8, ATOM, STRING_EXT */
+            head = 3;
+            if (n - pos < 3) {
+                Py_RETURN_NONE;
+            }
+            len = (t[1] << 8) | t[2];
+            break;
+        case 111: case 109:                           /* LARGE_BIG_EXT, BINARY_EXT */
+            head = t[0] == 111 ? 6 : 5;
+            if (n - pos < 5) {
+                Py_RETURN_NONE;
+            }
+            len = ((Py_ssize_t)t[1] << 24) | (t[2] << 16) | (t[3] << 8) | t[4];
+            if (t[0] == 109 && len >= min_len) {
+                return Py_BuildValue("(nn)", pos + 5, len);
+            }
+            break;
+        default:
+            Py_RETURN_NONE;
+        }
+        if (n - pos < head + len) {
+            Py_RETURN_NONE;
+        }
+        if ((t[0] == 119 || t[0] == 115 || t[0] == 118 || t[0] == 100) && len >= k &&
+            memcmp(t + head, PREFIX, (size_t)k) == 0 &&
+            (len != b || memcmp(t + head, BYTES_TEXT, (size_t)b) != 0)) {
+            Py_RETURN_NONE; /* another tagged term: the general path's */
+        }
+        pos += head + len;
+    }
+    Py_RETURN_NONE;
+}
+
+/* BytesFiller(size): a new `bytes` of size bytes whose contents reads fill, through this
+ * object's writable buffer, before anything else sees it; take() gives it (once no buffer of
+ * it is held). For snakeport._framing's placed frames: a binary read straight into the
+ * `bytes` the decoder then gives as the value, instead of into the frame's buffer and
+ * copied from there. Invariant: the `bytes` is referenced by this object alone until
+ * take(), so writing into it is writing into an object nothing has seen yet (as
+ * PyBytes_FromStringAndSize(NULL, n) then filled is used inside CPython). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *value; /* NULL once taken */
+    Py_ssize_t exports;
+} BytesFiller;
+
+static PyObject *
+filler_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "n:BytesFiller", &size)) {
+        return NULL;
+    }
+    if (size < 1) { /* (0 would be the shared empty bytes) */
+        PyErr_Format(PyExc_ValueError, "expected size to be >= 1, got: %zd", size);
+        return NULL;
+    }
+    BytesFiller *self = (BytesFiller *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->value = PyBytes_FromStringAndSize(NULL, size);
+    if (self->value == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+filler_dealloc(BytesFiller *self)
+{
+    Py_XDECREF(self->value);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+filler_getbuffer(BytesFiller *self, Py_buffer *view, int flags)
+{
+    if (self->value == NULL) {
+        PyErr_SetString(PyExc_BufferError, "BytesFiller: its bytes were taken");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, PyBytes_AS_STRING(self->value),
+                          PyBytes_GET_SIZE(self->value), 0, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+filler_releasebuffer(BytesFiller *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyObject *
+filler_take(BytesFiller *self, PyObject *unused)
+{
+    if (self->exports > 0) {
+        PyErr_SetString(PyExc_BufferError, "BytesFiller.take(): a buffer of it is still held");
+        return NULL;
+    }
+    if (self->value == NULL) {
+        PyErr_SetString(PyExc_BufferError, "BytesFiller.take(): its bytes were taken");
+        return NULL;
+    }
+    PyObject *value = self->value;
+    self->value = NULL;
+    return value;
+}
+
+static Py_ssize_t
+filler_length(BytesFiller *self)
+{
+    return self->value == NULL ? 0 : PyBytes_GET_SIZE(self->value);
+}
+
+static PyBufferProcs filler_as_buffer = {(getbufferproc)filler_getbuffer, (releasebufferproc)filler_releasebuffer};
+
+static PySequenceMethods filler_as_sequence = {.sq_length = (lenfunc)filler_length};
+
+static PyMethodDef filler_methods[] = {
+    {"take", (PyCFunction)filler_take, METH_NOARGS,
+     "take()\n--\n\nThe bytes (once: BufferError after, or while a buffer of it is held)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BytesFillerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "snakeport._clane.BytesFiller",
+    .tp_basicsize = sizeof(BytesFiller),
+    .tp_dealloc = (destructor)filler_dealloc,
+    .tp_as_sequence = &filler_as_sequence,
+    .tp_as_buffer = &filler_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BytesFiller(size)\n--\n\nA new bytes of size bytes, filled through this object's "
+              "writable buffer, then taken (see _clane.c).",
+    .tp_methods = filler_methods,
+    .tp_new = filler_new,
+};
+
 /* uninitialized(size): a bytearray of size bytes left as the allocator gives them (not
  * zeroed), for a buffer that reads fill before anything looks at it (snakeport._framing's
  * large payloads: bytearray(size) would write every byte once more). */
@@ -2519,6 +2746,10 @@ static PyMethodDef clane_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
      "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api, Atom)\n--\n\n"
      "The objects the lane uses (called once by snakeport._lane)."},
+    {"placeable", (PyCFunction)(void (*)(void))clane_placeable, METH_FASTCALL,
+     "placeable(buffer, start, end, min_len)\n--\n\n"
+     "(offset, length) of the binary of a call frame's payload (from buffer[start], read up to\n"
+     "end) that may be read into its own bytes, or None (see _clane.c)."},
     {"uninitialized", (PyCFunction)clane_uninitialized, METH_O,
      "uninitialized(size)\n--\n\n"
      "A bytearray of size bytes whose contents are not set (for reads to fill)."},
@@ -2582,7 +2813,7 @@ PyInit__clane(void)
     if (BytesHook == NULL && (BytesHook = PyCFunction_New(&bytes_hook_def, NULL)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&PlainCallType) < 0 || PyType_Ready(&LaneType) < 0) {
+    if (PyType_Ready(&PlainCallType) < 0 || PyType_Ready(&LaneType) < 0 || PyType_Ready(&BytesFillerType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&clane_module);
@@ -2591,8 +2822,10 @@ PyInit__clane(void)
     }
     Py_INCREF(&PlainCallType);
     Py_INCREF(&LaneType);
+    Py_INCREF(&BytesFillerType);
     if (PyModule_AddObject(m, "PlainCall", (PyObject *)&PlainCallType) < 0 ||
-        PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+        PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0 ||
+        PyModule_AddObject(m, "BytesFiller", (PyObject *)&BytesFillerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -16,6 +16,10 @@ out of :meth:`FrameSplitter.next_event`:
   costs at most ``large_chunk`` bytes whatever length it declares; a first buffer that the
   allocator placed where the kernel's copy into it would be slow (:func:`aliases`) is set
   aside for another;
+- :class:`Placed` (only with ``place_binaries`` set, and the C lane's module built): a
+  large ``call`` frame whose big binary argument was read straight into its own ``bytes``
+  (:class:`Placed` says where it goes back; the worker's decoder takes that ``bytes`` as the
+  value, where the frame's buffer would have been copied into a new one);
 - :class:`Oversized`: a frame whose declared length exceeds ``max_frame_bytes``; it carries
   the first ``head_bytes`` of the payload (enough for ``etf.decode_head`` to recover
   ``{Op, Id}``); the rest of that frame is skipped, never buffered;
@@ -37,19 +41,22 @@ from collections import deque, namedtuple
 from snakeport import _limits
 
 try:  # large payload buffers not zeroed first (the reads fill them), grown in place
+    from snakeport._clane import BytesFiller
     from snakeport._clane import grow as _grow_buffer
-    from snakeport._clane import page_offset
+    from snakeport._clane import page_offset, placeable
     from snakeport._clane import uninitialized as _payload_buffer
 except ImportError:  # the C lane's module is not built
     _payload_buffer = bytearray
     page_offset = None
+    placeable = None
+    BytesFiller = None
 
     def _grow_buffer(old: bytearray, size: int) -> bytearray:
         grown = bytearray(size)
         grown[: len(old)] = old
         return grown
 
-__all__ = ["FrameSplitter", "Oversized", "Event", "encode_header", "aliases", "HEADER_SIZE", "ALIAS_WINDOW"]
+__all__ = ["FrameSplitter", "Oversized", "Placed", "Event", "encode_header", "aliases", "HEADER_SIZE", "ALIAS_WINDOW"]
 
 #: Page size of a pipe's buffers, and how close behind its destination (modulo a page, in
 #: bytes) the source of a large copy may lie before :func:`aliases` calls the copy slow.
@@ -88,6 +95,10 @@ _MAX_PACKET = _limits.MAX_PACKET
 #: First allocation for a large payload: a 1 MiB binary with its request envelope fits.
 _LARGE_CHUNK = 1024 * 1024 + 64 * 1024
 
+#: Bytes of a large frame that ``place_binaries`` waits for in the splitter's buffer before
+#: it looks for a binary to place (the head of a call, up to its first big argument).
+_PLACE_HEAD = 4096
+
 
 class Oversized(namedtuple("Oversized", "size limit head")):
     """A frame larger than the limit; its payload is skipped (a named tuple).
@@ -102,8 +113,36 @@ class Oversized(namedtuple("Oversized", "size limit head")):
     __slots__ = ()
 
 
+class Placed(namedtuple("Placed", "buffer start value")):
+    """A large frame whose binary ``value`` was read into its own ``bytes`` (a named tuple).
+
+    Invariant: the payload is ``buffer[:start] + value + buffer[start:]``; ``buffer[:start]``
+    ends with the ``BINARY_EXT`` header of ``value`` (its tag and length). The worker's C
+    lane decodes it without joining it (``Lane.take``: the decoder gives ``value`` itself for
+    that binary); everything else takes :meth:`joined`.
+
+    Attributes:
+        buffer (bytearray): The payload without the binary's bytes.
+        start (int): Where the binary's bytes belong in the payload.
+        value (bytes): The binary's bytes.
+    """
+
+    __slots__ = ()
+
+    def joined(self) -> bytearray:
+        """The whole payload, as the splitter would have given it without placing."""
+        buffer, start, value = self
+        end = start + len(value)
+        whole = _payload_buffer(len(buffer) + len(value))
+        with memoryview(whole) as view, memoryview(buffer) as source:
+            view[:start] = source[:start]
+            view[start:end] = value
+            view[end:] = source[start:]
+        return whole
+
+
 #: What :meth:`FrameSplitter.next_event` returns.
-Event = bytes | bytearray | Oversized | None
+Event = bytes | bytearray | Placed | Oversized | None
 
 
 def encode_header(size: int) -> bytes:
@@ -136,6 +175,11 @@ class FrameSplitter:
             ``bytearray`` (returned as is, no copy). Must be at most ``buffer_size - 4``.
         large_chunk: First allocation for such a payload (at least ``large_threshold``);
             it grows 4 times each time it is full until it holds the whole payload.
+        place_binaries: Read the first binary of at least ``large_threshold`` bytes of a
+            large ``call`` frame of at most ``large_chunk`` bytes into its own ``bytes``
+            when its bytes are still to come (a :class:`Placed` event; ``placeable`` in
+            ``_clane.c`` says which frames). Ignored without the C lane's module. Also an
+            attribute, which may be set between frames.
 
     Raises:
         ValueError: A limit is not a positive integer or the sizes are inconsistent.
@@ -160,6 +204,10 @@ class FrameSplitter:
         "_skip_head_target",
         "_skip_reported",
         "_pending",
+        "place_binaries",
+        "_filler",
+        "_filler_filled",
+        "_placed_start",
     )
 
     def __init__(
@@ -170,6 +218,7 @@ class FrameSplitter:
         buffer_size: int = 256 * 1024,
         large_threshold: int = 64 * 1024,
         large_chunk: int = _LARGE_CHUNK,
+        place_binaries: bool = False,
     ) -> None:
         _limits.MAX_FRAME_BYTES.check(max_frame_bytes)
         for name, value in (
@@ -210,6 +259,12 @@ class FrameSplitter:
         self._skip_head_target = 0
         self._skip_reported = True
         self._pending: deque[memoryview] = deque()
+        self.place_binaries = place_binaries
+        # A placed frame's binary while it is read (its bytes go there, then the rest of
+        # the frame into _large), how many of its bytes are in, and where it belongs.
+        self._filler: BytesFiller | None = None
+        self._filler_filled = 0
+        self._placed_start = 0
 
     # ----------------------------------------------------------------- input
 
@@ -243,11 +298,8 @@ class FrameSplitter:
         """
         if self._pending:
             raise RuntimeError("drain next_event() after feed() before using get_buffer()")
-        large = self._large
-        if large is not None:
-            if self._large_filled == len(large):
-                large = self._grow()
-            return memoryview(large)[self._large_filled :]
+        if self._large is not None:
+            return self._large_target()
         if self._r == self._w:  # everything consumed (the common case): the whole buffer
             self._r = self._w = 0
             return self._mv
@@ -265,7 +317,11 @@ class FrameSplitter:
         if nbytes < 0:
             raise ValueError(f"expected nbytes to be >= 0, got: {nbytes}")
         if self._large is not None:
-            self._large_filled += nbytes
+            filler = self._filler
+            if filler is not None and self._filler_filled < len(filler):
+                self._filler_filled += nbytes
+            else:
+                self._large_filled += nbytes
         else:
             self._w += nbytes
 
@@ -344,7 +400,18 @@ class FrameSplitter:
             w = n
         return self._mv[w:]
 
-    def _large_buffer(self, size: int, have: int) -> bytearray:
+    def _large_target(self) -> memoryview:
+        """Where the next bytes of the large frame being assembled go."""
+        filler = self._filler
+        if filler is not None and self._filler_filled < len(filler):
+            return memoryview(filler)[self._filler_filled :]
+        large = self._large
+        assert large is not None
+        if self._large_filled == len(large):
+            large = self._grow()
+        return memoryview(large)[self._large_filled :]
+
+    def _large_buffer(self, size: int, have: int, make=None):
         """A buffer for a large payload whose first ``have`` bytes are buffered already.
 
         The reads will fill it from ``have`` on, with the stream's bytes from ``_w`` on.
@@ -357,19 +424,48 @@ class FrameSplitter:
         ~3.2 MiB), and one is kept. (Buffers that ``malloc`` maps on their own all start at
         the same place in their page, where the retries cannot help; from its first large
         frame on, the worker has ``malloc`` take buffers of this size from its heap:
-        :func:`snakeport._process.tune_malloc`.)
+        :func:`snakeport._process.tune_malloc`.) ``make`` makes a buffer of a size: a
+        placed frame's :class:`BytesFiller` is placed the same way (default: a bytearray).
         """
-        large = _payload_buffer(size)
+        if make is None:
+            make = _payload_buffer
+        large = make(size)
         if page_offset is None:
             return large
         source = self._w % PAGE
         if aliases(source, page_offset(large) + have):
             held = large
-            large = _payload_buffer(size)
+            large = make(size)
             if aliases(source, page_offset(large) + have):
-                large = _payload_buffer(size)
+                large = make(size)
             del held
         return large
+
+    def _place(self, payload: int, size: int, have: int) -> bool:
+        """Start a placed frame (see :class:`Placed`) whose payload begins at ``payload``
+        in ``_buf`` and whose first ``have`` bytes are buffered, if it has a binary to place
+        whose bytes are still to come; whether it did."""
+        found = placeable(self._buf, payload, self._w, self._large_threshold)
+        if found is None:
+            return False
+        start, length = found
+        if start + length <= have or start + length > size:  # read already (copied either
+            return False  # way), or longer than the frame (malformed: the decoder says so)
+        large = _payload_buffer(size - length)
+        with memoryview(large) as view:
+            view[:start] = self._mv[payload : payload + start]
+        # (The binary's bytes read so far; the next read goes on from have - start.)
+        filler = self._large_buffer(length, have - start, BytesFiller)
+        with memoryview(filler) as view:
+            view[: have - start] = self._mv[payload + start : self._w]
+        self._r = self._w
+        self._large = large
+        self._large_size = size - length
+        self._large_filled = start
+        self._filler = filler
+        self._filler_filled = have - start
+        self._placed_start = start
+        return True
 
     def _grow(self) -> bytearray:
         """Make the full payload buffer 4 times larger (at most the declared size).
@@ -389,13 +485,7 @@ class FrameSplitter:
         """Move fed bytes into the active buffer (as many as fit)."""
         pending = self._pending
         while pending:
-            if self._large is not None:
-                large = self._large
-                if self._large_filled == len(large):
-                    large = self._grow()
-                target = memoryview(large)[self._large_filled :]
-            else:
-                target = self._tail()
+            target = self._large_target() if self._large is not None else self._tail()
             if not target:  # cannot happen when events are drained in between
                 raise RuntimeError("frame splitter buffer is full")
             chunk = pending[0]
@@ -413,10 +503,14 @@ class FrameSplitter:
         """Advance the state machine over the buffered bytes; return one event or None."""
         large = self._large
         if large is not None:
-            if self._large_filled < self._large_size:
+            filler = self._filler
+            if self._large_filled < self._large_size or (filler is not None and self._filler_filled < len(filler)):
                 return None
             self._large = None
             self._large_filled = 0
+            if filler is not None:
+                self._filler = None
+                return Placed(large, self._placed_start, filler.take())
             return large
 
         if self._skip_remaining:
@@ -456,6 +550,11 @@ class FrameSplitter:
             return bytes(self._mv[r + HEADER_SIZE : end])
         if size >= self._large_threshold:
             have = avail - HEADER_SIZE
+            if self.place_binaries and placeable is not None and size <= self._large_chunk:
+                if have < min(_PLACE_HEAD, self._large_threshold):
+                    return None  # too few bytes to tell: more are read into _buf (they fit)
+                if self._place(r + HEADER_SIZE, size, have):
+                    return None
             large = self._large_buffer(min(size, max(have, self._large_chunk)), have)
             # (Through a memoryview: a bytearray's slice assignment from a memoryview
             # copies the source into a temporary bytearray first, a second copy.)

@@ -53,7 +53,7 @@ from snakeport import _process as process
 from snakeport import etf
 from snakeport._async import Awaits
 from snakeport._dispatch import Dispatcher
-from snakeport._framing import FrameSplitter, Oversized
+from snakeport._framing import FrameSplitter, Oversized, Placed
 from snakeport._guard import guarded, safe_str, type_name
 from snakeport._blobs import BlobReply, encode_with_blobs
 from snakeport import _batch
@@ -298,6 +298,9 @@ class Server:
         # The C lane of the common call, when it is built and applies (snakeport._lane).
         self._lane = _lane.build(self)
         self.dispatcher.fast_path = self._lane is not None
+        # Large call frames' binaries read into their own bytes: Lane.take decodes them
+        # without a copy (a Placed event); only the lane does (_handle joins them again).
+        self._splitter.place_binaries = self._lane is not None
 
     # ------------------------------------------------------------------ output
 
@@ -550,7 +553,7 @@ class Server:
                         left -= 4 + len(event)  # the frame at `end`: its header and payload
                     else:
                         left = -1
-                    if event.__class__ is bytearray and lane is not None:
+                    if (event.__class__ is bytearray or event.__class__ is Placed) and lane is not None:
                         # A large frame: the lane's when it is a call it takes (an echo of
                         # megabytes of Snakeport.bytes/1), else decoded by it or not at all.
                         if not process.malloc_tuned:  # (as _handle does for the first one)
@@ -635,9 +638,11 @@ class Server:
             if term is not None:
                 out.append(term)
             return None
-        else:  # a large frame (bytearray)
+        else:  # a large frame (bytearray, or Placed: joined again)
             if not process.malloc_tuned:  # the first one
                 process.tune_malloc()
+            if cls is Placed:
+                event = event.joined()
             ctx = TagContext()
         try:
             term, end = self._decode_prefix(event, ctx, scan=scan)
