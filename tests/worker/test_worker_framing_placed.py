@@ -79,6 +79,16 @@ def test_other_large_frames_are_assembled_whole(payload: bytes) -> None:
     assert len(events) == 1 and type(events[0]) is bytearray and events[0] == payload
 
 
+def test_a_frame_that_ends_with_its_binary_is_placed_whole() -> None:
+    # (Not a valid call: kwargs and options follow the arguments. The lane's decode fails
+    # and the general path gets the joined frame.)
+    payload = call([(TAG, BIN)])
+    payload = payload[: where(payload, BIN) + len(BIN)]
+    events = split(frame(payload) + frame(b"next"), [70_000, 3])
+    assert type(events[0]) is Placed and events[0].start == len(events[0].buffer)
+    assert events[0].joined() == payload and events[1:] == [b"next"]
+
+
 def test_a_binary_longer_than_its_frame_is_not_placed() -> None:
     payload = bytearray(call([(TAG, BIN)]))
     start = where(payload, BIN)
