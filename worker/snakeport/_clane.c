@@ -473,6 +473,7 @@ typedef struct {
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
 static const unsigned char CALL_ATOM[] = {100, 0, 4, 'c', 'a', 'l', 'l'};    /* ATOM_EXT */
 static const char PREFIX[] = "$snakeport_";
+static const char BYTES_TEXT[] = "$snakeport_bytes"; /* the one tag the lane decodes */
 
 /* fn(), for the functions the lane calls on every request (the locks' locked and release,
  * the session table's clocks): a built-in function without arguments (METH_NOARGS) is
@@ -572,7 +573,6 @@ call_head(const unsigned char *f, Py_ssize_t n)
 static int
 tag_scan(const unsigned char *f, Py_ssize_t n)
 {
-    static const char BYTES_TEXT[] = "$snakeport_bytes";
     const Py_ssize_t k = sizeof(PREFIX) - 1, b = sizeof(BYTES_TEXT) - 1;
     const unsigned char *p = f, *end = f + n;
     int found = 0;
@@ -2470,7 +2470,6 @@ clane_placeable(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     const unsigned char *f = (const unsigned char *)PyByteArray_AS_STRING(args[0]) + start;
     const Py_ssize_t n = end - start;
-    static const char BYTES_TEXT[] = "$snakeport_bytes";
     const Py_ssize_t k = sizeof(PREFIX) - 1, b = sizeof(BYTES_TEXT) - 1;
     if (!call_head(f, n)) {
         Py_RETURN_NONE;

@@ -40,6 +40,10 @@ from collections import deque, namedtuple
 
 from snakeport import _limits
 
+TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
 try:  # large payload buffers not zeroed first (the reads fill them), grown in place
     from snakeport._clane import BytesFiller
     from snakeport._clane import grow as _grow_buffer
@@ -411,7 +415,7 @@ class FrameSplitter:
             large = self._grow()
         return memoryview(large)[self._large_filled :]
 
-    def _large_buffer(self, size: int, have: int, make=None):
+    def _large_buffer(self, size: int, have: int, make: Callable[[int], Any] | None = None) -> Any:
         """A buffer for a large payload whose first ``have`` bytes are buffered already.
 
         The reads will fill it from ``have`` on, with the stream's bytes from ``_w`` on.
