@@ -22,8 +22,8 @@ large frame that the splitter assembled in a ``bytearray`` of its own (``Lane.ta
 by the read loop with that event: the 1 MiB echo of ``Snakeport.bytes/1``). On a worker
 with the lane, the splitter reads the first big binary of a large ``call`` frame straight
 into its own ``bytes`` (a :class:`~snakeport._framing.Placed` event), which the decoder
-gives as the value: the binary is never copied out of the frame (~30 µs less of the
-worker's CPU per MiB, 2026-12-04). A frame is
+gives as the value: the binary is never copied out of the frame (~18-30 µs less of the
+worker's CPU per MiB, pinned, 2026-12-04: bench/PROFILE.md). A frame is
 decoded with the general path's limits and, when its bytes hold the text ``$snakeport_``
 (only ``$snakeport_bytes``, or a large frame, which is not scanned), with a tagged hook that
 turns ``{'$snakeport_bytes', Binary}`` into its ``bytes`` as ``_tagged.TagContext`` does and
