@@ -804,6 +804,14 @@ call_tagged(PyObject *tagged, PyObject *tuple)
         f = nf;                                                                          \
     } while (0)
 
+/* A binary's value as `bytes`: the placed value itself when `own` is set (see Placed),
+ * else a copy of its `n` bytes at `bin`. */
+static inline PyObject *
+binary_bytes(PyObject *own, const unsigned char *bin, Py_ssize_t n)
+{
+    return own != NULL ? Py_NewRef(own) : PyBytes_FromStringAndSize((const char *)bin, n);
+}
+
 /* decode_term's work (see the module doc), for it and for callers in C (decode, and
  * snakeport._clane through the capsule _C_API): the term at `pos` of `input` (bytes or a
  * bytearray) with its end in *end. `max_depth_obj` is the depth limit (an int; also for
@@ -948,7 +956,7 @@ decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *ta
                         over_budget(data, pos, &budget);
                         goto error;
                     }
-                    value = own != NULL ? Py_NewRef(own) : PyBytes_FromStringAndSize((const char *)bin, n);
+                    value = binary_bytes(own, bin, n);
                     budget.left -= cost;
                     pos = next;
                     break;
@@ -968,7 +976,7 @@ decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *ta
                 }
                 PyObject **slot = NULL;
                 if (utf8 == 0) { /* no failed decode (and its copies of the input) */
-                    value = own != NULL ? Py_NewRef(own) : PyBytes_FromStringAndSize((const char *)bin, n);
+                    value = binary_bytes(own, bin, n);
                 }
                 else if ((slot = str_cache_slot(bin, n, &value)) != NULL && value != NULL) {
                     /* (cached: ASCII, charged as decoded) */
@@ -978,7 +986,7 @@ decode_at(PyObject *input, Py_ssize_t pos, PyObject *max_depth_obj, PyObject *ta
                         goto error;
                     }
                     PyErr_Clear();
-                    value = own != NULL ? Py_NewRef(own) : PyBytes_FromStringAndSize((const char *)bin, n);
+                    value = binary_bytes(own, bin, n);
                 }
                 else if (PyUnicode_GET_LENGTH(value) != n) { /* not ASCII */
                     cost += (long long)(PyUnicode_KIND(value) - 1) * n;
