@@ -321,8 +321,7 @@ class FrameSplitter:
         if nbytes < 0:
             raise ValueError(f"expected nbytes to be >= 0, got: {nbytes}")
         if self._large is not None:
-            filler = self._filler
-            if filler is not None and self._filler_filled < len(filler):
+            if self._filling():
                 self._filler_filled += nbytes
             else:
                 self._large_filled += nbytes
@@ -404,11 +403,15 @@ class FrameSplitter:
             w = n
         return self._mv[w:]
 
+    def _filling(self) -> bool:
+        """Whether the next bytes of a placed frame are its binary's (see :meth:`_place`)."""
+        filler = self._filler
+        return filler is not None and self._filler_filled < len(filler)
+
     def _large_target(self) -> memoryview:
         """Where the next bytes of the large frame being assembled go."""
-        filler = self._filler
-        if filler is not None and self._filler_filled < len(filler):
-            return memoryview(filler)[self._filler_filled :]
+        if self._filling():
+            return memoryview(self._filler)[self._filler_filled :]
         large = self._large
         assert large is not None
         if self._large_filled == len(large):
@@ -507,9 +510,9 @@ class FrameSplitter:
         """Advance the state machine over the buffered bytes; return one event or None."""
         large = self._large
         if large is not None:
-            filler = self._filler
-            if self._large_filled < self._large_size or (filler is not None and self._filler_filled < len(filler)):
+            if self._large_filled < self._large_size or self._filling():
                 return None
+            filler = self._filler
             self._large = None
             self._large_filled = 0
             if filler is not None:
