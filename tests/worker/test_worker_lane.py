@@ -1146,6 +1146,25 @@ def test_the_lane_sends_segmented_replies_through_the_writer() -> None:
     assert written(out_r) == [(A("reply"), 5, A("ok"), "\x00" * 70_000), (A("reply"), 6, A("ok"), 3)]  # (binaries decode as str)
 
 
+def test_the_lanes_own_write_lets_go_of_a_spliced_reply_once_it_was_read() -> None:
+    # A large bytes result is spliced into the pipe and kept alive by the writer until the
+    # pipe was read empty (_writer, "Spliced buffers"); when the next reply is the lane's
+    # own write (lane_send), that write lets it go, as FrameWriter's writes do.
+    srv, _, out_r = server()
+    fcntl.fcntl(out_r, F_SETPIPE_SZ, 1 << 18)  # (room for the reply, as above)
+    srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])
+    writer = srv._writer
+    assert writer.splices
+    feed(srv, frames(call(5, "builtins", "bytes", [70_000], session="s")))
+    assert writer._spliced_bytes == 70_000 and writer._spliced[0] == bytes(70_000)
+    feed(srv, frames(call(6, "operator", "add", [1, 2], session="s")))  # the pipe is not read yet
+    assert writer._spliced_bytes == 70_000
+    assert written(out_r) == [(A("reply"), 5, A("ok"), "\x00" * 70_000), (A("reply"), 6, A("ok"), 3)]
+    feed(srv, frames(call(7, "operator", "add", [2, 2], session="s")))
+    assert writer._spliced == [] and writer._spliced_bytes == 0
+    assert written(out_r) == [(A("reply"), 7, A("ok"), 4)]
+
+
 def test_the_lane_leaves_its_replies_to_the_writer_when_another_thread_writes() -> None:
     srv, _, out_r = server()
     srv._handle(etf.encode((A("open_session"), 1, "s", {})), [])

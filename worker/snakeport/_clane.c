@@ -63,6 +63,8 @@
 #ifdef __linux__
 #include <signal.h>
 #include <sys/prctl.h>
+#include <fcntl.h>     /* vmsplice (_GNU_SOURCE: pyconfig.h) */
+#include <sys/ioctl.h> /* FIONREAD */
 #endif
 
 /* Objects set once by _setup() (strong references, never released). */
@@ -81,7 +83,7 @@ static PyObject *S_spec, *S_initializing, *S_attribute_error, *S_shutting_down, 
     *S_last_access, *S_running, *S_active_at, *S_state, *S_thread, *S_fn, *S_failure,
     *S_cancel_sent, *S_cancel_deferred, *S_job, *S_jobs, *S_awaits, *S__r, *S__w, *S_reader,
     *S_held, *S__threads, *S__inline_seq, *S__inline_active, *S__standby_deep, *S__pending,
-    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__buf, *S_resume, *S_engaged, *S_reads,
+    *S__resuming, *S__draining, *S___dict__, *S__queue, *S__spliced, *S__buf, *S_resume, *S_engaged, *S_reads,
     *S_check_name;
 
 #define READY() (SysModules != NULL)
@@ -429,6 +431,7 @@ typedef struct {
     PyObject *send;            /* FrameWriter.send(payloads): the general write */
     PyObject *write_failed;    /* FrameWriter._failed(exc): a write failed */
     PyObject *send_queued;     /* FrameWriter._send_queued(): frames queued meanwhile */
+    PyObject *release_spliced; /* FrameWriter._release_spliced(): when its _spliced holds any */
     Py_ssize_t out_fd;         /* FrameWriter._fd */
     PyObject *spin;            /* the spin policy's wait(), or None (the read loop's `spin`) */
     PyObject *spin_policy;     /* the SpinPolicy (its `resume`), or None */
@@ -467,7 +470,7 @@ typedef struct {
     X(payloads) X(internal_error) X(strike) X(reply)                                     \
     X(ok) X(auto_mode) X(no_refs) X(awaiting) X(queued) X(running) X(done) X(failed)     \
     X(interrupted) X(max_depth) X(out_depth) X(encode_default) X(lost) X(writer)           \
-    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(spin)      \
+    X(write_acquire) X(write_release) X(send) X(write_failed) X(send_queued) X(release_spliced) X(spin) \
     X(spin_policy) X(spin_clock) X(batch) X(segmented_reply) X(allow) X(allowed)
 
 static const unsigned char CALL_ATOM_SMALL[] = {119, 4, 'c', 'a', 'l', 'l'}; /* SMALL_ATOM_UTF8_EXT */
@@ -1750,6 +1753,22 @@ lane_send(Lane *L, PyObject *payloads)
             general = 1;
         }
     }
+    if (!general) {
+        /* Spliced buffers let go once the pipe is empty, as _writev does first (the writer's
+         * invariant: else a large reply would stay alive while only the lane writes). */
+        PyObject *spliced = get_attr(L->writer, S__spliced);
+        int held = spliced == NULL ? -1 : PyObject_IsTrue(spliced);
+        Py_XDECREF(spliced);
+        if (held > 0) {
+            PyObject *r = PyObject_CallNoArgs(L->release_spliced);
+            Py_XDECREF(r);
+            held = r == NULL ? -1 : 0;
+        }
+        if (held < 0) {
+            lock_leave(1, L->write_release, -1);
+            return -1;
+        }
+    }
     if (general) {
         PyObject *r = PyObject_CallOneArg(L->send, payloads);
         Py_XDECREF(r);
@@ -2741,6 +2760,74 @@ clane_parent_death_signal(PyObject *self, PyObject *arg)
 #endif
 }
 
+#ifdef __linux__
+/* splice(fd, data): every byte of data (a bytes) into the pipe fd by reference, not copied:
+ * vmsplice(2) without flags puts data's memory pages themselves in the pipe, and the reader
+ * copies from them. So data's bytes must not change, nor its memory be reused, until the
+ * reader has read them: the caller keeps data alive until then (snakeport._writer: until
+ * unread(fd) is 0). A bytes never changes; its memory is reused only once it is freed. Loops
+ * as write_all does: the GIL released for each vmsplice, a partial one continued, EINTR
+ * retried once the signal handlers ran. True once every byte is in; False, nothing written,
+ * when the first vmsplice is refused (EBADF, EINVAL: fd is not a pipe's writing end, or not
+ * open; ENOSYS, EPERM: not allowed here), for the caller to write data another way (a write
+ * to an fd that is not open then fails as any write); OSError for any other failure. */
+static PyObject *
+clane_splice(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "splice(fd, data) takes an fd and a bytes");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0) {
+        return NULL;
+    }
+    struct iovec iov = {PyBytes_AS_STRING(args[1]), (size_t)PyBytes_GET_SIZE(args[1])};
+    int first = 1;
+    while (iov.iov_len > 0) {
+        Py_ssize_t moved;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        moved = vmsplice(fd, &iov, 1, 0);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (moved < 0) {
+            if (err == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    return NULL;
+                }
+                continue;
+            }
+            if (first && (err == EBADF || err == EINVAL || err == ENOSYS || err == EPERM)) {
+                Py_RETURN_FALSE;
+            }
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        first = 0;
+        iov.iov_base = (char *)iov.iov_base + moved;
+        iov.iov_len -= (size_t)moved;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* unread(fd): how many bytes the pipe fd holds that its reader has not read (FIONREAD;
+ * either end of the pipe). Raises OSError. */
+static PyObject *
+clane_unread(PyObject *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0) {
+        return NULL;
+    }
+    int count = 0;
+    if (ioctl(fd, FIONREAD, &count) < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(count);
+}
+#endif
+
 static PyMethodDef clane_methods[] = {
     {"_setup", (PyCFunction)(void (*)(void))clane_setup, METH_FASTCALL,
      "_setup(modules, import_module, lookup, Failure, Cancelled, cetf_api, Atom)\n--\n\n"
@@ -2766,6 +2853,16 @@ static PyMethodDef clane_methods[] = {
     {"parent_death_signal", (PyCFunction)clane_parent_death_signal, METH_O,
      "parent_death_signal(signum)\n--\n\n"
      "prctl(PR_SET_PDEATHSIG, signum) on Linux: whether it was set (False elsewhere)."},
+#ifdef __linux__
+    {"splice", (PyCFunction)(void (*)(void))clane_splice, METH_FASTCALL,
+     "splice(fd, data)\n--\n\n"
+     "Every byte of data (a bytes) into the pipe fd by reference (vmsplice): data must stay\n"
+     "alive until the reader has read it (see unread). True; False, nothing written, when fd\n"
+     "refuses it (not a pipe). Linux only."},
+    {"unread", (PyCFunction)clane_unread, METH_O,
+     "unread(fd)\n--\n\n"
+     "The bytes the pipe fd holds that its reader has not read (FIONREAD). Linux only."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -2789,14 +2886,14 @@ PyInit__clane(void)
                            "thread", "fn", "failure", "cancel_sent", "cancel_deferred",
                            "job", "jobs", "awaits", "_r", "_w", "reader", "held", "_threads",
                            "_inline_seq", "_inline_active", "_standby_deep", "_pending",
-                           "_resuming", "_draining", "__dict__", "_queue", "_buf", "resume",
+                           "_resuming", "_draining", "__dict__", "_queue", "_spliced", "_buf", "resume",
                            "engaged", "reads", "check_name"};
     PyObject **slots[] = {&S_spec, &S_initializing, &S_attribute_error, &S_shutting_down,
                           &S_requests, &S_last_access, &S_running, &S_active_at, &S_state,
                           &S_thread, &S_fn, &S_failure, &S_cancel_sent, &S_cancel_deferred,
                           &S_job, &S_jobs, &S_awaits, &S__r, &S__w, &S_reader, &S_held,
                           &S__threads, &S__inline_seq, &S__inline_active, &S__standby_deep,
-                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__buf, &S_resume,
+                          &S__pending, &S__resuming, &S__draining, &S___dict__, &S__queue, &S__spliced, &S__buf, &S_resume,
                           &S_engaged, &S_reads, &S_check_name};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*slots[i] == NULL && intern(slots[i], names[i]) < 0) {

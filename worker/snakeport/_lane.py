@@ -284,6 +284,7 @@ def build(server: Any) -> Any:
         send=writer.send,
         write_failed=writer._failed,
         send_queued=writer._send_queued,
+        release_spliced=writer._release_spliced,
         out_fd=writer._fd,
         spin=spin.wait if spin is not None else None,
         spin_policy=spin,

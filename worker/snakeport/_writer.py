@@ -8,6 +8,22 @@ given as :func:`segmented_reply` buffers, so large payloads are not copied, with
 exception: where the kernel's copy of a large buffer into the pipe would run several times
 slower (see :func:`realigned`), the buffer is first copied once to a place where it does not.
 
+Spliced buffers: on Linux, with the C lane's module, into a pipe (the worker's stdout), a
+``bytes`` buffer of at least :data:`SPLICE_BYTES` does not even go through the kernel's copy
+into the pipe: ``_clane.splice`` (``vmsplice``) puts its memory pages in the pipe, and the VM
+reads the bytes from them. No pipe pages are allocated, filled and freed for it; on the
+machine of bench/RESULTS.md the worker's CPU per 1 MiB echo fell from ~209 to ~157 µs and
+the VM's from ~328 to ~261 (bench/PROFILE.md, *Spliced replies*). The price is a rule:
+
+Invariant (spliced buffers): a spliced ``bytes`` stays referenced by ``_spliced`` until the
+pipe was seen empty (``_clane.unread`` 0: the reader has read every byte written before), so
+that its memory is not freed and reused while the reader may still copy from it (a ``bytes``
+never changes). ``_spliced`` is emptied by the next write that finds the pipe empty (any
+write: ``_writev``, and the C lane's ``lane_send`` through :meth:`FrameWriter._release_spliced`),
+and holds at most :data:`SPLICE_HOLD_BYTES`: a buffer that would take it past that is copied
+into the pipe as before. So after a large reply, up to that many bytes stay alive until the
+next reply is written.
+
 Backpressure: the queue holds at most ``max_queued`` bytes (each frame counted with
 :data:`~snakeport._limits.QUEUED_FRAME_COST` more for its objects). A thread whose frames
 would take it past that waits for the writing thread instead and then writes its frames
@@ -26,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 import threading
 
@@ -36,11 +53,25 @@ from snakeport import etf
 # buffers that are not zeroed first, as the splitter's payloads.)
 from snakeport._framing import _payload_buffer, aliases, page_offset
 
+try:  # (Linux, with the C lane's module: see "Spliced buffers" above)
+    from snakeport._clane import splice as _splice, unread as _unread
+except ImportError:
+    _splice = _unread = None
+
 TYPE_CHECKING = False  # (annotations only: see snakeport/__init__.py)
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-__all__ = ["FrameWriter", "Borrowed", "segmented_reply", "realigned", "SEGMENT_BYTES", "IOV_MAX"]
+__all__ = [
+    "FrameWriter",
+    "Borrowed",
+    "segmented_reply",
+    "realigned",
+    "SEGMENT_BYTES",
+    "IOV_MAX",
+    "SPLICE_BYTES",
+    "SPLICE_HOLD_BYTES",
+]
 
 _pack_header = struct.Struct(">I").pack
 
@@ -49,6 +80,12 @@ IOV_MAX = 1024
 
 #: Binaries at least this long leave a reply as their own ``writev`` buffer.
 SEGMENT_BYTES = 64 * 1024
+
+#: ``bytes`` buffers at least this long are spliced into a pipe (see the module doc).
+SPLICE_BYTES = 64 * 1024
+
+#: Most bytes of spliced buffers kept alive for the reader (see the module doc).
+SPLICE_HOLD_BYTES = 8 * 1024 * 1024
 
 #: What a queued frame costs beyond its bytes (see ``max_queued``).
 _FRAME_COST = limits.QUEUED_FRAME_COST
@@ -146,6 +183,9 @@ class FrameWriter:
             Without it, the error propagates to the sending thread.
         max_queued: Most bytes queued behind a blocked write before senders wait (a
             positive integer; default :data:`~snakeport._limits.MAX_QUEUED_BYTES`).
+        splice: Splice large ``bytes`` buffers into the pipe (see the module doc) when
+            ``fd`` is a pipe and this platform can; ``False`` copies every byte, as
+            ``os.writev`` does. (:attr:`splices` tells which.)
 
     Raises:
         ValueError: ``max_queued`` is not a positive integer.
@@ -161,8 +201,19 @@ class FrameWriter:
     what those mean must change ``lane_send`` in ``_clane.c`` too.
     """
 
-    # (Slots: the C lane reads _queue in place; see slot_of in _clane.c.)
-    __slots__ = ("_fd", "_on_closed", "_max_queued", "_write_lock", "_queue_lock", "_queue", "_queued")
+    # (Slots: the C lane reads _queue and _spliced in place; see slot_of in _clane.c.)
+    __slots__ = (
+        "_fd",
+        "_on_closed",
+        "_max_queued",
+        "_write_lock",
+        "_queue_lock",
+        "_queue",
+        "_queued",
+        "_splices",
+        "_spliced",
+        "_spliced_bytes",
+    )
 
     def __init__(
         self,
@@ -170,6 +221,7 @@ class FrameWriter:
         *,
         on_closed: Callable[[OSError], Any] | None = None,
         max_queued: int = limits.MAX_QUEUED_BYTES,
+        splice: bool = True,
     ) -> None:
         self._fd = fd
         self._on_closed = on_closed
@@ -178,6 +230,16 @@ class FrameWriter:
         self._queue_lock = threading.Lock()
         self._queue: list[Any] = []
         self._queued = 0
+        self._splices = bool(splice) and _splice is not None and _is_pipe(fd)
+        # The spliced buffers kept alive for the reader, and their bytes (see the module
+        # doc); both changed only with _write_lock held.
+        self._spliced: list[bytes] = []
+        self._spliced_bytes = 0
+
+    @property
+    def splices(self) -> bool:
+        """Whether large ``bytes`` buffers are spliced into the pipe (see the module doc)."""
+        return self._splices
 
     @property
     def queued_bytes(self) -> int:
@@ -207,7 +269,10 @@ class FrameWriter:
                 pos = total + 4
                 for buf in tuple.__iter__(payload):
                     size = _nbytes(buf)
-                    bufs.append(realigned(buf, pos) if size >= SEGMENT_BYTES else buf)
+                    # (A spliced buffer is not copied into the pipe: nothing to realign.)
+                    if size >= SEGMENT_BYTES and not (self._splices and buf.__class__ is bytes):
+                        buf = realigned(buf, pos)
+                    bufs.append(buf)
                     pos += size
                 borrowed = borrowed or cls is Borrowed
             else:
@@ -273,30 +338,88 @@ class FrameWriter:
             blocking = False
 
     def _writev(self, bufs: list[Any], total: int = -1) -> None:
-        """Write every buffer (``total``: their byte count when known, else -1)."""
-        fd = self._fd
+        """Write every buffer (``total``: their byte count when known, else -1), large
+        ``bytes`` spliced when the writer splices. Called with ``_write_lock`` held."""
         try:
-            while bufs:
-                batch = bufs[:IOV_MAX] if len(bufs) > IOV_MAX else bufs
-                written = os.writev(fd, batch)
-                if written == total and batch is bufs:
-                    return  # all written at once (the common case)
-                i = 0
-                n = len(batch)
-                while i < n and written >= _nbytes(batch[i]):
-                    written -= _nbytes(batch[i])
-                    i += 1
-                if i < n and written:
-                    rest = memoryview(batch[i])[written:]
-                    bufs = [rest, *bufs[i + 1 :]]
-                else:
-                    bufs = bufs[i:]
+            if self._spliced:
+                self._release_spliced()
+            if self._splices and (total < 0 or total >= SPLICE_BYTES):
+                self._write_spliced(bufs)
+            else:
+                self._write_all(bufs, total)
         except OSError as exc:
             self._failed(exc)
             raise
+
+    def _write_spliced(self, bufs: list[Any]) -> None:
+        """Write every buffer in order: each ``bytes`` of at least :data:`SPLICE_BYTES`
+        spliced while ``_spliced`` has room for it (kept there), the runs of other buffers
+        between them with ``writev``."""
+        fd = self._fd
+        run: list[Any] = []
+        for buf in bufs:
+            if (
+                buf.__class__ is bytes
+                and len(buf) >= SPLICE_BYTES
+                and self._spliced_bytes + len(buf) <= SPLICE_HOLD_BYTES
+                and self._splices
+            ):
+                if run:
+                    self._write_all(run)
+                    run = []
+                # (Kept before the first page goes in: a failed splice may have moved some.)
+                self._spliced.append(buf)
+                self._spliced_bytes += len(buf)
+                if _splice(fd, buf):
+                    continue
+                # The fd refused it, nothing written: copy from now on.
+                self._splices = False
+                self._spliced.pop()
+                self._spliced_bytes -= len(buf)
+            run.append(buf)
+        if run:
+            self._write_all(run)
+
+    def _release_spliced(self) -> None:
+        """Let the spliced buffers go once the pipe is empty (the reader has read them).
+        Called with ``_write_lock`` held (the C lane calls it too, from ``lane_send``)."""
+        try:
+            empty = _unread(self._fd) == 0
+        except OSError:
+            return  # (the fd is gone: the write that follows says so)
+        if empty:
+            self._spliced = []
+            self._spliced_bytes = 0
+
+    def _write_all(self, bufs: list[Any], total: int = -1) -> None:
+        """Write every buffer with ``writev`` (``total``: as for :meth:`_writev`)."""
+        fd = self._fd
+        while bufs:
+            batch = bufs[:IOV_MAX] if len(bufs) > IOV_MAX else bufs
+            written = os.writev(fd, batch)
+            if written == total and batch is bufs:
+                return  # all written at once (the common case)
+            i = 0
+            n = len(batch)
+            while i < n and written >= _nbytes(batch[i]):
+                written -= _nbytes(batch[i])
+                i += 1
+            if i < n and written:
+                rest = memoryview(batch[i])[written:]
+                bufs = [rest, *bufs[i + 1 :]]
+            else:
+                bufs = bufs[i:]
 
     def _failed(self, exc: OSError) -> None:
         """A write failed with ``exc`` (raised after this returns): ``on_closed`` is told
         when the fd's reader is gone or the fd is invalid."""
         if exc.errno in _CLOSED and self._on_closed is not None:
             self._on_closed(exc)
+
+
+def _is_pipe(fd: int) -> bool:
+    """Whether ``fd`` is a pipe (or FIFO): what ``vmsplice`` writes to."""
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except (OSError, TypeError, ValueError):
+        return False

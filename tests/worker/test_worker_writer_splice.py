@@ -1,0 +1,224 @@
+"""Spliced buffers of the frame writer (snakeport._writer, "Spliced buffers"; _clane.splice):
+in-process, over real pipes, sockets and threads.
+
+A spliced ``bytes`` goes into the pipe as its own memory pages; the reader copies from them
+later. These tests check that every byte arrives as it was, that the writer keeps the
+buffer alive until the pipe was read empty (else freed memory reused by the next object
+would be what the reader reads), and where it copies instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from snakeport import _clane, etf
+from snakeport._protocol import OK, REPLY
+from snakeport._writer import (
+    SEGMENT_BYTES,
+    SPLICE_BYTES,
+    SPLICE_HOLD_BYTES,
+    Borrowed,
+    FrameWriter,
+    segmented_reply,
+)
+
+F_SETPIPE_SZ = 1031
+
+
+@pytest.fixture
+def pipe():
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        assert chunk, "the pipe closed early"
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> bytes:
+    (n,) = struct.unpack(">I", read_exact(fd, 4))
+    return read_exact(fd, n)
+
+
+def fcntl_setpipe(fd: int, size: int) -> None:
+    fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+
+
+def send_while_reading(writer: FrameWriter, r: int, payloads: list, count: int) -> list[bytes]:
+    """``writer.send(payloads)`` in a thread while this one reads ``count`` frames."""
+    sender = threading.Thread(target=writer.send, args=(payloads,))
+    sender.start()
+    got = [read_frame(r) for _ in range(count)]
+    sender.join(10)
+    assert not sender.is_alive()
+    return got
+
+
+def test_the_platform_splices_into_a_pipe(pipe) -> None:
+    # (The worker's tests run on Linux with the C lane's module: this is the path they test.)
+    assert hasattr(_clane, "splice") and hasattr(_clane, "unread")
+    assert FrameWriter(pipe[1]).splices
+    assert not FrameWriter(pipe[1], splice=False).splices
+
+
+def test_a_socket_or_a_file_is_written_by_copy(tmp_path) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert not FrameWriter(a.fileno()).splices
+        assert _clane.splice(a.fileno(), b"x" * SPLICE_BYTES) is False  # refused, nothing sent
+        writer = FrameWriter(a.fileno())
+        data = os.urandom(SPLICE_BYTES * 2)
+        sender = threading.Thread(target=writer.send, args=([data],))
+        sender.start()
+        got = b""
+        while len(got) < 4 + len(data):
+            got += b.recv(1 << 20)
+        sender.join(10)
+        assert got == struct.pack(">I", len(data)) + data and not writer._spliced
+    with open(tmp_path / "out", "wb") as f:
+        assert not FrameWriter(f.fileno()).splices
+
+
+def test_a_large_bytes_arrives_intact_and_is_kept_until_the_pipe_is_empty(pipe) -> None:
+    r, w = pipe
+    writer = FrameWriter(w)
+    data = os.urandom(3 * SPLICE_BYTES + 123)  # (not a whole number of pages)
+    assert send_while_reading(writer, r, [data, b"small"], 2) == [data, b"small"]
+    assert len(writer._spliced) == 1 and writer._spliced[0] is data
+    assert writer._spliced_bytes == len(data)
+    # The next write finds the pipe empty: the buffer is let go.
+    assert send_while_reading(writer, r, [b"next"], 1) == [b"next"]
+    assert writer._spliced == [] and writer._spliced_bytes == 0
+
+
+def test_a_spliced_buffer_is_not_let_go_while_the_reader_has_not_read_it(pipe) -> None:
+    r, w = pipe
+    fcntl_setpipe(w, 1 << 20)
+    writer = FrameWriter(w)
+    data = os.urandom(SPLICE_BYTES)
+    writer.send([data])  # (fits in the pipe: nobody reads yet)
+    writer.send([b"more"])  # the pipe is not empty: data stays
+    assert writer._spliced == [data]
+    assert read_frame(r) == data and read_frame(r) == b"more"
+
+
+def test_the_reader_gets_the_bytes_sent_even_when_their_memory_would_be_reused(pipe) -> None:
+    # The sender drops its reference as soon as send returns, and new buffers of the same
+    # size are made and overwritten at once: were the writer not to keep the spliced bytes,
+    # malloc would hand their memory to the next buffer (96 KiB: below its mmap threshold,
+    # so from its heap) and the reader would read the overwritten pages.
+    r, w = pipe
+    fcntl_setpipe(w, 1 << 20)
+    writer = FrameWriter(w)
+    size = 96 * 1024
+    sent = []
+    for i in range(8):
+        data = bytes([i]) * size
+        sent.append(hash(data))
+        writer.send([data])
+        del data
+        gc.collect()
+        scratch = [bytearray(b"\xee" * size) for _ in range(3)]
+        del scratch
+    assert [hash(read_frame(r)) for _ in range(8)] == sent
+
+
+def test_small_buffers_and_other_types_are_copied(pipe) -> None:
+    r, w = pipe
+    writer = FrameWriter(w)
+    short = b"s" * (SPLICE_BYTES - 1)
+    view = memoryview(os.urandom(SPLICE_BYTES * 2))
+    array = bytearray(os.urandom(SPLICE_BYTES * 2))
+    got = send_while_reading(writer, r, [short, Borrowed((view,)), Borrowed((array,))], 3)
+    assert got == [short, bytes(view), bytes(array)]
+    assert writer._spliced == []
+
+
+def test_a_segmented_reply_splices_its_binary_not_its_envelope(pipe) -> None:
+    r, w = pipe
+    writer = FrameWriter(w)
+    value = os.urandom(SEGMENT_BYTES * 4)
+    payload = segmented_reply((REPLY, 9, OK, value))
+    assert send_while_reading(writer, r, [payload], 1) == [etf.encode((REPLY, 9, OK, value))]
+    assert writer._spliced == [value]
+
+
+def test_the_spliced_bytes_kept_stay_within_splice_hold_bytes(pipe) -> None:
+    # One batch of three buffers: the first two fit within SPLICE_HOLD_BYTES and are kept;
+    # the third would take it past that and is copied.
+    r, w = pipe
+    writer = FrameWriter(w)
+    part = SPLICE_HOLD_BYTES // 2 - 1
+    frames = [os.urandom(part), os.urandom(part), os.urandom(SPLICE_BYTES)]
+    assert send_while_reading(writer, r, frames, 3) == frames
+    assert writer._spliced == frames[:2] and writer._spliced_bytes == 2 * part
+
+
+def test_a_spliced_write_larger_than_the_pipe_goes_on_across_reads(pipe) -> None:
+    r, w = pipe  # (default capacity: 16 pages)
+    writer = FrameWriter(w)
+    data = os.urandom(40 * 4096 + 17)
+    frames = [b"a", data, b"b", data, b"c"]
+    assert send_while_reading(writer, r, frames, 5) == frames
+    assert len(writer._spliced) == 2
+
+
+def test_a_thread_that_finds_a_splice_in_progress_queues_and_returns(pipe) -> None:
+    r, w = pipe
+    writer = FrameWriter(w)
+    big = os.urandom(64 * 4096)  # four times the pipe's 16 pages: A blocks in vmsplice
+    a = threading.Thread(target=writer.send, args=([big],))
+    a.start()
+    # A holds the write lock while it splices: a bounded poll until it has it.
+    for _ in range(10_000):
+        if writer._write_lock.locked():
+            break
+        threading.Event().wait(0.001)
+    assert writer._write_lock.locked()
+    queuer = threading.Thread(target=writer.send, args=([b"queued"],))
+    queuer.start()
+    queuer.join(10)
+    assert not queuer.is_alive(), "send blocked behind the busy writer instead of queueing"
+    assert read_frame(r) == big and read_frame(r) == b"queued"
+    a.join(10)
+    assert not a.is_alive()
+
+
+def test_spliced_bytes_outlive_the_process_that_wrote_them(pipe) -> None:
+    # A worker may exit right after its last reply (shutdown, a closed input): the pipe
+    # holds references to the spliced pages, so the reader still gets every byte after the
+    # process is gone. A real child process, waited for before anything is read.
+    r, w = pipe
+    fcntl_setpipe(w, 1 << 20)
+    code = (
+        "import os, sys\n"
+        "from snakeport._writer import FrameWriter\n"
+        "w = FrameWriter(int(sys.argv[1]))\n"
+        "assert w.splices\n"
+        "w.send([bytes(range(256)) * 2048, b'end'])\n"
+        "os._exit(0)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code, str(w)], pass_fds=(w,), timeout=60)
+    assert child.returncode == 0
+    assert read_frame(r) == bytes(range(256)) * 2048
+    assert read_frame(r) == b"end"
