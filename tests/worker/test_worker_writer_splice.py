@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from snakeport import _clane, etf
+from snakeport import _clane, _writer, etf
 from snakeport._protocol import OK, REPLY
 from snakeport._writer import (
     SEGMENT_BYTES,
@@ -222,3 +222,27 @@ def test_spliced_bytes_outlive_the_process_that_wrote_them(pipe) -> None:
     assert child.returncode == 0
     assert read_frame(r) == bytes(range(256)) * 2048
     assert read_frame(r) == b"end"
+
+
+def test_a_large_buffer_copied_between_spliced_ones_is_realigned_by_its_place_in_its_run(pipe, monkeypatch) -> None:
+    # A writer that splices copies the other buffers in runs between the spliced ones; each
+    # run starts a pipe page (a spliced page takes no more bytes), so a large copied buffer
+    # is realigned by where it goes in its run, not in the batch.
+    r, w = pipe
+    writer = FrameWriter(w)
+    calls = []
+    real = _writer.realigned
+
+    def recording(buf, pos):
+        calls.append((buf, pos))
+        return real(buf, pos)
+
+    monkeypatch.setattr(_writer, "realigned", recording)
+    spliced = os.urandom(SPLICE_BYTES + 5)
+    envelope = b"e" * 11
+    value = memoryview(os.urandom(SEGMENT_BYTES * 2))
+    got = send_while_reading(writer, r, [spliced, Borrowed((envelope, value))], 2)
+    assert got == [spliced, envelope + bytes(value)]
+    assert writer._spliced == [spliced]
+    # The run after `spliced`: the second frame's header, its envelope, then `value`.
+    assert [(buf is value, pos) for buf, pos in calls] == [(True, 4 + len(envelope))]

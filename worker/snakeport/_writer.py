@@ -81,8 +81,9 @@ IOV_MAX = 1024
 #: Binaries at least this long leave a reply as their own ``writev`` buffer.
 SEGMENT_BYTES = 64 * 1024
 
-#: ``bytes`` buffers at least this long are spliced into a pipe (see the module doc).
-SPLICE_BYTES = 64 * 1024
+#: ``bytes`` buffers at least this long are spliced into a pipe (see the module doc): the
+#: segments' size (a writer that splices realigns what it copies as it writes: no smaller).
+SPLICE_BYTES = SEGMENT_BYTES
 
 #: Most bytes of spliced buffers kept alive for the reader (see the module doc).
 SPLICE_HOLD_BYTES = 8 * 1024 * 1024
@@ -269,8 +270,8 @@ class FrameWriter:
                 pos = total + 4
                 for buf in tuple.__iter__(payload):
                     size = _nbytes(buf)
-                    # (A spliced buffer is not copied into the pipe: nothing to realign.)
-                    if size >= SEGMENT_BYTES and not (self._splices and buf.__class__ is bytes):
+                    # (A writer that splices realigns what it copies where it writes it.)
+                    if size >= SEGMENT_BYTES and not self._splices:
                         buf = realigned(buf, pos)
                     bufs.append(buf)
                     pos += size
@@ -354,9 +355,11 @@ class FrameWriter:
     def _write_spliced(self, bufs: list[Any]) -> None:
         """Write every buffer in order: each ``bytes`` of at least :data:`SPLICE_BYTES`
         spliced while ``_spliced`` has room for it (kept there), the runs of other buffers
-        between them with ``writev``."""
+        between them with ``writev``, their large buffers :func:`realigned` by where they
+        go in their run (a run starts a pipe page: spliced pages take no more bytes)."""
         fd = self._fd
         run: list[Any] = []
+        pos = 0  # the bytes of the run so far
         for buf in bufs:
             if (
                 buf.__class__ is bytes
@@ -367,6 +370,7 @@ class FrameWriter:
                 if run:
                     self._write_all(run)
                     run = []
+                    pos = 0
                 # (Kept before the first page goes in: a failed splice may have moved some.)
                 self._spliced.append(buf)
                 self._spliced_bytes += len(buf)
@@ -376,7 +380,11 @@ class FrameWriter:
                 self._splices = False
                 self._spliced.pop()
                 self._spliced_bytes -= len(buf)
+            size = _nbytes(buf)
+            if size >= SEGMENT_BYTES:
+                buf = realigned(buf, pos)
             run.append(buf)
+            pos += size
         if run:
             self._write_all(run)
 
