@@ -165,13 +165,47 @@ def test_a_segmented_reply_splices_its_binary_not_its_envelope(pipe) -> None:
 
 def test_the_spliced_bytes_kept_stay_within_splice_hold_bytes(pipe) -> None:
     # One batch of three buffers: the first two fit within SPLICE_HOLD_BYTES and are kept;
-    # the third would take it past that and is copied.
+    # the third would take it past that and is copied (too short to splice a part of).
     r, w = pipe
     writer = FrameWriter(w)
     part = SPLICE_HOLD_BYTES // 2 - 1
     frames = [os.urandom(part), os.urandom(part), os.urandom(SPLICE_BYTES)]
     assert send_while_reading(writer, r, frames, 3) == frames
     assert writer._spliced == frames[:2] and writer._spliced_bytes == 2 * part
+
+
+@pytest.mark.parametrize("pipe_size", [64 * 1024, 1 << 20])
+def test_a_buffer_longer_than_the_pipe_is_spliced_but_its_last_pipe_worth(pipe, pipe_size: int) -> None:
+    # A buffer that is not kept (here one of an array, which its owner may change once send
+    # returns) is spliced but for its last pipe's worth of bytes, which is copied after it:
+    # once that copy is written, every spliced page has been read. The reader here reads a
+    # page at a time and stops as soon as send has returned; then the buffer is changed,
+    # and the rest of the frame must still be the bytes sent.
+    r, w = pipe
+    fcntl_setpipe(w, pipe_size)
+    writer = FrameWriter(w)
+    data = bytearray(os.urandom(2 * pipe_size + 777))
+    sent = bytes(data)
+    sender = threading.Thread(target=writer.send, args=([Borrowed((memoryview(data),))],))
+    sender.start()
+    got = bytearray()
+    while sender.is_alive():
+        got += os.read(r, 4096)
+        sender.join(0.001)
+    assert not sender.is_alive() and len(got) < 4 + len(sent)  # (some of it still unread)
+    data[:] = b"\xee" * len(data)  # what its owner may do now
+    got += read_exact(r, 4 + len(sent) - len(got))
+    assert bytes(got) == struct.pack(">I", len(sent)) + sent
+    assert writer._spliced == []  # (nothing kept: the copy after it answers for it)
+
+
+def test_a_bytes_beyond_splice_hold_bytes_is_spliced_but_its_last_pipe_worth(pipe) -> None:
+    r, w = pipe
+    fcntl_setpipe(w, 1 << 20)
+    writer = FrameWriter(w)
+    data = os.urandom(SPLICE_HOLD_BYTES + 3 * 4096 + 5)
+    assert send_while_reading(writer, r, [b"x", data, b"y"], 3) == [b"x", data, b"y"]
+    assert writer._spliced == []
 
 
 def test_a_spliced_write_larger_than_the_pipe_goes_on_across_reads(pipe) -> None:
@@ -240,7 +274,7 @@ def test_a_large_buffer_copied_between_spliced_ones_is_realigned_by_its_place_in
     monkeypatch.setattr(_writer, "realigned", recording)
     spliced = os.urandom(SPLICE_BYTES + 5)
     envelope = b"e" * 11
-    value = memoryview(os.urandom(SEGMENT_BYTES * 2))
+    value = memoryview(os.urandom(SEGMENT_BYTES + 100))  # (too short to splice a part of)
     got = send_while_reading(writer, r, [spliced, Borrowed((envelope, value))], 2)
     assert got == [spliced, envelope + bytes(value)]
     assert writer._spliced == [spliced]

@@ -2761,29 +2761,44 @@ clane_parent_death_signal(PyObject *self, PyObject *arg)
 }
 
 #ifdef __linux__
-/* splice(fd, data): every byte of data (a bytes) into the pipe fd by reference, not copied:
- * vmsplice(2) without flags puts data's memory pages themselves in the pipe, and the reader
- * copies from them. So data's bytes must not change, nor its memory be reused, until the
- * reader has read them: the caller keeps data alive until then (snakeport._writer: until
- * unread(fd) is 0). A bytes never changes; its memory is reused only once it is freed. Loops
- * as write_all does: the GIL released for each vmsplice, a partial one continued, EINTR
- * retried once the signal handlers ran. True once every byte is in; False, nothing written,
- * when the first vmsplice is refused (EBADF, EINVAL: fd is not a pipe's writing end, or not
- * open; ENOSYS, EPERM: not allowed here), for the caller to write data another way (a write
- * to an fd that is not open then fails as any write); OSError for any other failure. */
+/* splice(fd, data, length=-1): the first length bytes of data (any C-contiguous buffer;
+ * -1: all of them) into the pipe fd by reference, not copied: vmsplice(2) without flags
+ * puts data's memory pages themselves in the pipe, and the reader copies from them. So
+ * those bytes must not change, nor their memory be reused, until the reader has read them:
+ * the caller sees to it (snakeport._writer: a bytes kept alive until unread(fd) is 0, or
+ * a pipe's worth of bytes written after them by copy). Loops as write_all does: the GIL
+ * released for each vmsplice, a partial one continued, EINTR retried once the signal
+ * handlers ran. True once every byte is in; False, nothing written, when the first
+ * vmsplice is refused (EBADF, EINVAL: fd is not a pipe's writing end, or not open; ENOSYS,
+ * EPERM: not allowed here), for the caller to write data another way (a write to an fd
+ * that is not open then fails as any write); OSError for any other failure. */
 static PyObject *
 clane_splice(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "splice(fd, data) takes an fd and a bytes");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "splice(fd, data, length=-1) takes 2 or 3 arguments");
         return NULL;
     }
     int fd = PyObject_AsFileDescriptor(args[0]);
     if (fd < 0) {
         return NULL;
     }
-    struct iovec iov = {PyBytes_AS_STRING(args[1]), (size_t)PyBytes_GET_SIZE(args[1])};
+    Py_ssize_t length = -1;
+    if (nargs == 3 && (length = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (length < -1 || length > view.len) {
+        PyErr_Format(PyExc_ValueError, "expected length in [0, %zd] or -1, got: %zd", view.len, length);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    struct iovec iov = {view.buf, (size_t)(length < 0 ? view.len : length)};
     int first = 1;
+    PyObject *result = Py_True;
     while (iov.iov_len > 0) {
         Py_ssize_t moved;
         int err;
@@ -2794,21 +2809,27 @@ clane_splice(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (moved < 0) {
             if (err == EINTR) {
                 if (PyErr_CheckSignals() < 0) {
-                    return NULL;
+                    result = NULL;
+                    break;
                 }
                 continue;
             }
             if (first && (err == EBADF || err == EINVAL || err == ENOSYS || err == EPERM)) {
-                Py_RETURN_FALSE;
+                result = Py_False;
+                break;
             }
             errno = err;
-            return PyErr_SetFromErrno(PyExc_OSError);
+            PyErr_SetFromErrno(PyExc_OSError);
+            result = NULL;
+            break;
         }
         first = 0;
         iov.iov_base = (char *)iov.iov_base + moved;
         iov.iov_len -= (size_t)moved;
     }
-    Py_RETURN_TRUE;
+    PyBuffer_Release(&view);
+    Py_XINCREF(result);
+    return result;
 }
 
 /* unread(fd): how many bytes the pipe fd holds that its reader has not read (FIONREAD;
@@ -2855,10 +2876,10 @@ static PyMethodDef clane_methods[] = {
      "prctl(PR_SET_PDEATHSIG, signum) on Linux: whether it was set (False elsewhere)."},
 #ifdef __linux__
     {"splice", (PyCFunction)(void (*)(void))clane_splice, METH_FASTCALL,
-     "splice(fd, data)\n--\n\n"
-     "Every byte of data (a bytes) into the pipe fd by reference (vmsplice): data must stay\n"
-     "alive until the reader has read it (see unread). True; False, nothing written, when fd\n"
-     "refuses it (not a pipe). Linux only."},
+     "splice(fd, data, length=-1)\n--\n\n"
+     "The first length bytes of data (a C-contiguous buffer; -1: all) into the pipe fd by\n"
+     "reference (vmsplice): they must not change until the reader has read them (see\n"
+     "unread). True; False, nothing written, when fd refuses it (not a pipe). Linux only."},
     {"unread", (PyCFunction)clane_unread, METH_O,
      "unread(fd)\n--\n\n"
      "The bytes the pipe fd holds that its reader has not read (FIONREAD). Linux only."},

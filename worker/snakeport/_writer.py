@@ -9,20 +9,29 @@ exception: where the kernel's copy of a large buffer into the pipe would run sev
 slower (see :func:`realigned`), the buffer is first copied once to a place where it does not.
 
 Spliced buffers: on Linux, with the C lane's module, into a pipe (the worker's stdout), a
-``bytes`` buffer of at least :data:`SPLICE_BYTES` does not even go through the kernel's copy
-into the pipe: ``_clane.splice`` (``vmsplice``) puts its memory pages in the pipe, and the VM
-reads the bytes from them. No pipe pages are allocated, filled and freed for it; on the
-machine of bench/RESULTS.md the worker's CPU per 1 MiB echo fell from ~209 to ~157 µs and
-the VM's from ~328 to ~261 (bench/PROFILE.md, *Spliced replies*). The price is a rule:
+buffer of at least :data:`SPLICE_BYTES` does not go through the kernel's copy into the pipe,
+or most of it does not: ``_clane.splice`` (``vmsplice``) puts its memory pages in the pipe,
+and the VM reads the bytes from them. No pipe pages are allocated, filled and freed for
+them; on the machine of bench/RESULTS.md the worker's CPU per 1 MiB echo fell from ~206 to
+~145 µs and the VM's from ~379 to ~303, and an 8 MiB array's round trip ran 1.27x as fast
+(bench/PROFILE.md, *Spliced replies*). The reader copies from those pages later, so their
+bytes must not change, nor their memory be reused, until it has: two rules see to it.
 
-Invariant (spliced buffers): a spliced ``bytes`` stays referenced by ``_spliced`` until the
-pipe was seen empty (``_clane.unread`` 0: the reader has read every byte written before), so
-that its memory is not freed and reused while the reader may still copy from it (a ``bytes``
+Invariant (kept): a spliced ``bytes`` stays referenced by ``_spliced`` until the pipe was
+seen empty (``_clane.unread`` 0: the reader has read every byte written before), so that
+its memory is not freed and reused while the reader may still copy from it (a ``bytes``
 never changes). ``_spliced`` is emptied by the next write that finds the pipe empty (any
-write: ``_writev``, and the C lane's ``lane_send`` through :meth:`FrameWriter._release_spliced`),
-and holds at most :data:`SPLICE_HOLD_BYTES`: a buffer that would take it past that is copied
-into the pipe as before. So after a large reply, up to that many bytes stay alive until the
-next reply is written.
+write: ``_writev``, and the C lane's ``lane_send`` through
+:meth:`FrameWriter._release_spliced`), and holds at most :data:`SPLICE_HOLD_BYTES`. So after
+a large reply, up to that many bytes stay alive until the next reply is written.
+
+Invariant (a pipe's worth after it): any other buffer (one that ``_spliced`` has no room
+for, or one its owner may change, as an array's: :class:`Borrowed`) is spliced only when it
+is longer than the pipe's capacity by :data:`SPLICE_BYTES` or more, and then all but its last
+capacity's worth of bytes, which are copied into the pipe right after: a copy of that many
+bytes is written only once the pipe holds nothing else, so when it is written no spliced
+page of the buffer is left in the pipe (spliced pages take no more bytes: the copy starts a
+page of its own). Any other buffer is copied, as ``os.writev`` does.
 
 Backpressure: the queue holds at most ``max_queued`` bytes (each frame counted with
 :data:`~snakeport._limits.QUEUED_FRAME_COST` more for its objects). A thread whose frames
@@ -41,6 +50,7 @@ thread holding it waits only for the VM to read).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import struct
@@ -74,6 +84,9 @@ __all__ = [
 ]
 
 _pack_header = struct.Struct(">I").pack
+
+#: ``fcntl``'s command for a pipe's capacity (Linux; absent from older Pythons' module).
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 #: Most buffers one ``writev`` call takes (Linux ``IOV_MAX``).
 IOV_MAX = 1024
@@ -163,15 +176,29 @@ def realigned(buf: Any, pos: int) -> Any:
     """
     if page_offset is None or not aliases(page_offset(buf), pos):
         return buf
-    src = memoryview(buf)
-    if src.format != "B" or src.ndim != 1:
-        src = src.cast("B")
+    src = _byte_view(buf)
     n = src.nbytes
     spare = _payload_buffer(n + 64)
     start = (pos - page_offset(spare)) % 64
     view = memoryview(spare)[start : start + n]
     view[:] = src
     return view
+
+
+def _byte_view(buf: Any) -> memoryview:
+    """A 1-dimensional ``memoryview`` of the bytes of a C-contiguous buffer."""
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _pipe_size(fd: int) -> int:
+    """The capacity of the pipe ``fd`` in bytes (``F_GETPIPE_SZ``), 0 when unknown."""
+    try:
+        return fcntl.fcntl(fd, F_GETPIPE_SZ)
+    except OSError:
+        return 0
 
 
 class FrameWriter:
@@ -360,33 +387,49 @@ class FrameWriter:
         fd = self._fd
         run: list[Any] = []
         pos = 0  # the bytes of the run so far
+        pipe_size = -1  # asked once a buffer needs it
         for buf in bufs:
-            if (
-                buf.__class__ is bytes
-                and len(buf) >= SPLICE_BYTES
-                and self._spliced_bytes + len(buf) <= SPLICE_HOLD_BYTES
-                and self._splices
-            ):
-                if run:
-                    self._write_all(run)
-                    run = []
-                    pos = 0
-                # (Kept before the first page goes in: a failed splice may have moved some.)
-                self._spliced.append(buf)
-                self._spliced_bytes += len(buf)
-                if _splice(fd, buf):
-                    continue
-                # The fd refused it, nothing written: copy from now on.
-                self._splices = False
-                self._spliced.pop()
-                self._spliced_bytes -= len(buf)
             size = _nbytes(buf)
+            if size >= SPLICE_BYTES and self._splices:
+                if buf.__class__ is bytes and self._spliced_bytes + size <= SPLICE_HOLD_BYTES:
+                    if run:
+                        self._write_all(run)
+                        run = []
+                        pos = 0
+                    # (Kept before the first page goes in: a failed splice may have moved some.)
+                    self._spliced.append(buf)
+                    self._spliced_bytes += size
+                    if _splice(fd, buf):
+                        continue
+                    self._refused()
+                    self._spliced.pop()
+                    self._spliced_bytes -= size
+                else:
+                    # All but a pipe's worth spliced, that rest copied after it: once the
+                    # copy is written, no page of the buffer is left in the pipe.
+                    if pipe_size < 0:
+                        pipe_size = _pipe_size(fd)
+                    head = size - pipe_size
+                    if pipe_size and head >= SPLICE_BYTES:
+                        if run:
+                            self._write_all(run)
+                            run = []
+                            pos = 0
+                        if _splice(fd, buf, head):
+                            buf = _byte_view(buf)[head:]
+                            size = pipe_size
+                        else:
+                            self._refused()
             if size >= SEGMENT_BYTES:
                 buf = realigned(buf, pos)
             run.append(buf)
             pos += size
         if run:
             self._write_all(run)
+
+    def _refused(self) -> None:
+        """The fd refused a splice, nothing written: copy from now on."""
+        self._splices = False
 
     def _release_spliced(self) -> None:
         """Let the spliced buffers go once the pipe is empty (the reader has read them).
