@@ -211,9 +211,9 @@ class FrameWriter:
             Without it, the error propagates to the sending thread.
         max_queued: Most bytes queued behind a blocked write before senders wait (a
             positive integer; default :data:`~snakeport._limits.MAX_QUEUED_BYTES`).
-        splice: Splice large ``bytes`` buffers into the pipe (see the module doc) when
-            ``fd`` is a pipe and this platform can; ``False`` copies every byte, as
-            ``os.writev`` does. (:attr:`splices` tells which.)
+        splice: Splice large buffers into the pipe (see the module doc) when ``fd`` is a
+            pipe and this platform can; ``False`` copies every byte, as ``os.writev`` does.
+            (:attr:`splices` tells which.)
 
     Raises:
         ValueError: ``max_queued`` is not a positive integer.
@@ -222,11 +222,13 @@ class FrameWriter:
     empty), and a sender adds frames only while the total stays within ``max_queued``.
 
     The C lane (:mod:`snakeport._lane`) does the common case of :meth:`send` itself, on
-    ``_fd``, ``_write_lock`` and ``_queue``: frames of ``bytes`` only, ``_write_lock``
-    taken without waiting, the queue empty then; it writes them as :meth:`_writev` does
-    (partial writes and ``EINTR`` alike), reports a failure with :meth:`_failed` and
-    calls :meth:`_send_queued` after letting the lock go, as :meth:`send` does. A change to
-    what those mean must change ``lane_send`` in ``_clane.c`` too.
+    ``_fd``, ``_write_lock``, ``_queue`` and ``_spliced``: frames of ``bytes`` only,
+    ``_write_lock`` taken without waiting, the queue empty then; it lets spliced buffers go
+    first as :meth:`_writev` does (:meth:`_release_spliced`), writes its frames by copy as
+    :meth:`_write_all` does (partial writes and ``EINTR`` alike; none is spliced), reports
+    a failure with :meth:`_failed` and calls :meth:`_send_queued` after letting the lock
+    go, as :meth:`send` does. A change to what those mean must change ``lane_send`` in
+    ``_clane.c`` too.
     """
 
     # (Slots: the C lane reads _queue and _spliced in place; see slot_of in _clane.c.)
@@ -266,7 +268,7 @@ class FrameWriter:
 
     @property
     def splices(self) -> bool:
-        """Whether large ``bytes`` buffers are spliced into the pipe (see the module doc)."""
+        """Whether large buffers are spliced into the pipe (see the module doc)."""
         return self._splices
 
     @property
@@ -367,7 +369,7 @@ class FrameWriter:
 
     def _writev(self, bufs: list[Any], total: int = -1) -> None:
         """Write every buffer (``total``: their byte count when known, else -1), large
-        ``bytes`` spliced when the writer splices. Called with ``_write_lock`` held."""
+        ones spliced when the writer splices. Called with ``_write_lock`` held."""
         try:
             if self._spliced:
                 self._release_spliced()
@@ -380,10 +382,12 @@ class FrameWriter:
             raise
 
     def _write_spliced(self, bufs: list[Any]) -> None:
-        """Write every buffer in order: each ``bytes`` of at least :data:`SPLICE_BYTES`
-        spliced while ``_spliced`` has room for it (kept there), the runs of other buffers
-        between them with ``writev``, their large buffers :func:`realigned` by where they
-        go in their run (a run starts a pipe page: spliced pages take no more bytes)."""
+        """Write every buffer in order, spliced where the module doc says: each ``bytes``
+        of at least :data:`SPLICE_BYTES` while ``_spliced`` has room for it (kept there),
+        any other buffer longer than the pipe by that much but for its last pipe's worth;
+        the runs of other buffers (and those last bytes) between them with ``writev``,
+        their large buffers :func:`realigned` by where they go in their run (a run starts
+        a pipe page: spliced pages take no more bytes)."""
         fd = self._fd
         run: list[Any] = []
         pos = 0  # the bytes of the run so far
@@ -401,7 +405,7 @@ class FrameWriter:
                     self._spliced_bytes += size
                     if _splice(fd, buf):
                         continue
-                    self._refused()
+                    self._splices = False  # refused, nothing written: copy from now on
                     self._spliced.pop()
                     self._spliced_bytes -= size
                 else:
@@ -419,17 +423,13 @@ class FrameWriter:
                             buf = _byte_view(buf)[head:]
                             size = pipe_size
                         else:
-                            self._refused()
+                            self._splices = False  # (as above)
             if size >= SEGMENT_BYTES:
                 buf = realigned(buf, pos)
             run.append(buf)
             pos += size
         if run:
             self._write_all(run)
-
-    def _refused(self) -> None:
-        """The fd refused a splice, nothing written: copy from now on."""
-        self._splices = False
 
     def _release_spliced(self) -> None:
         """Let the spliced buffers go once the pipe is empty (the reader has read them).
