@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from snakeport import etf
+from snakeport import _writer, etf
 from snakeport._protocol import OK, REPLY
 from snakeport._limits import QUEUED_FRAME_COST
 from snakeport._clane import page_offset
@@ -118,17 +118,26 @@ def test_a_realigned_buffer_of_another_format_keeps_its_bytes() -> None:
     assert bytes(out) == bytes(raw)
 
 
-def test_a_frame_whose_large_buffer_is_realigned_arrives_intact(pipe) -> None:
+@pytest.mark.parametrize("splice", [True, False])
+def test_a_frame_whose_large_buffer_is_realigned_arrives_intact(pipe, splice: bool, monkeypatch) -> None:
+    # (A writer that splices realigns as it writes, by the buffer's place in its run; one
+    # that does not, in send: the same place here, the first run being the batch.)
     r, w = pipe
     envelope = etf.encode((REPLY, 7, OK, b""))[:-4]
-    value = placed(SEGMENT_BYTES * 2, 4 + len(envelope) + 4 - 3)  # 3 bytes behind its place
+    value = placed(SEGMENT_BYTES + 100, 4 + len(envelope) + 4 - 3)  # 3 bytes behind its place
     size = value.nbytes.to_bytes(4, "big")
-    sender = threading.Thread(target=FrameWriter(w).send, args=([Borrowed((envelope, size, value)), b"next"],))
+    calls = []
+    real = _writer.realigned
+    monkeypatch.setattr(_writer, "realigned", lambda buf, pos: calls.append(pos) or real(buf, pos))
+    writer = FrameWriter(w, splice=splice)
+    assert writer.splices is splice
+    sender = threading.Thread(target=writer.send, args=([Borrowed((envelope, size, value)), b"next"],))
     sender.start()  # larger than the pipe: the reader below lets it finish
     assert read_frame(r) == envelope + size + bytes(value)
     assert read_frame(r) == b"next"
     sender.join(10)
     assert not sender.is_alive()
+    assert calls == [4 + len(envelope) + 4]
 
 
 def test_a_batch_of_more_than_iov_max_buffers_is_written_whole(pipe) -> None:
