@@ -23,6 +23,7 @@ import pytest
 from snakeport import _clane, _writer, etf
 from snakeport._protocol import OK, REPLY
 from snakeport._writer import (
+    NO_SPLICE_ENV,
     SEGMENT_BYTES,
     SPLICE_BYTES,
     SPLICE_HOLD_BYTES,
@@ -79,6 +80,13 @@ def test_the_platform_splices_into_a_pipe(pipe) -> None:
     assert hasattr(_clane, "splice") and hasattr(_clane, "unread")
     assert FrameWriter(pipe[1]).splices
     assert not FrameWriter(pipe[1], splice=False).splices
+
+
+def test_snakeport_no_splice_turns_it_off(pipe, monkeypatch) -> None:
+    monkeypatch.setenv(NO_SPLICE_ENV, "1")
+    assert not FrameWriter(pipe[1]).splices
+    monkeypatch.setenv(NO_SPLICE_ENV, "0")
+    assert FrameWriter(pipe[1]).splices
 
 
 def test_a_socket_or_a_file_is_written_by_copy(tmp_path) -> None:

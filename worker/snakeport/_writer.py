@@ -32,6 +32,7 @@ capacity's worth of bytes, which are copied into the pipe right after: a copy of
 bytes is written only once the pipe holds nothing else, so when it is written no spliced
 page of the buffer is left in the pipe (spliced pages take no more bytes: the copy starts a
 page of its own). Any other buffer is copied, as ``os.writev`` does.
+``SNAKEPORT_NO_SPLICE=1`` (read when a writer is made) turns splicing off.
 
 Backpressure: the queue holds at most ``max_queued`` bytes (each frame counted with
 :data:`~snakeport._limits.QUEUED_FRAME_COST` more for its objects). A thread whose frames
@@ -81,6 +82,7 @@ __all__ = [
     "IOV_MAX",
     "SPLICE_BYTES",
     "SPLICE_HOLD_BYTES",
+    "NO_SPLICE_ENV",
 ]
 
 _pack_header = struct.Struct(">I").pack
@@ -100,6 +102,9 @@ SPLICE_BYTES = SEGMENT_BYTES
 
 #: Most bytes of spliced buffers kept alive for the reader (see the module doc).
 SPLICE_HOLD_BYTES = 8 * 1024 * 1024
+
+#: Set to a non-empty value other than ``0`` to copy every buffer (read when a writer is made).
+NO_SPLICE_ENV = "SNAKEPORT_NO_SPLICE"
 
 #: What a queued frame costs beyond its bytes (see ``max_queued``).
 _FRAME_COST = limits.QUEUED_FRAME_COST
@@ -212,8 +217,8 @@ class FrameWriter:
         max_queued: Most bytes queued behind a blocked write before senders wait (a
             positive integer; default :data:`~snakeport._limits.MAX_QUEUED_BYTES`).
         splice: Splice large buffers into the pipe (see the module doc) when ``fd`` is a
-            pipe and this platform can; ``False`` copies every byte, as ``os.writev`` does.
-            (:attr:`splices` tells which.)
+            pipe, this platform can and :data:`NO_SPLICE_ENV` is not set; ``False`` copies
+            every byte, as ``os.writev`` does. (:attr:`splices` tells which.)
 
     Raises:
         ValueError: ``max_queued`` is not a positive integer.
@@ -260,7 +265,12 @@ class FrameWriter:
         self._queue_lock = threading.Lock()
         self._queue: list[Any] = []
         self._queued = 0
-        self._splices = bool(splice) and _splice is not None and _is_pipe(fd)
+        self._splices = (
+            bool(splice)
+            and _splice is not None
+            and os.environ.get(NO_SPLICE_ENV, "") in ("", "0")
+            and _is_pipe(fd)
+        )
         # The spliced buffers kept alive for the reader, and their bytes (see the module
         # doc); both changed only with _write_lock held.
         self._spliced: list[bytes] = []
