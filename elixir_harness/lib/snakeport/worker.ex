@@ -544,7 +544,11 @@ defmodule Snakeport.Worker do
   end
 
   # The table of requests in flight. Its heir is the Pool: a worker killed (no terminate/2)
-  # leaves it there, and the Pool tells its callers (notify_pending/2).
+  # leaves it there, and the Pool tells its callers (notify_pending/2). Without
+  # write_concurrency: its two writes per call (the caller's insert, this process's take)
+  # then take the table's lock for writing, which cost the BEAM ~4% less CPU per call at 64
+  # callers than the read lock and bucket lock of a write_concurrency table (bench/PROFILE.md,
+  # *Spliced replies*); one worker's table sees at most a few hundred thousand calls a second.
   defp new_pending(names) do
     heir =
       case Process.whereis(names.pool) do
@@ -552,7 +556,7 @@ defmodule Snakeport.Worker do
         pool -> [{:heir, pool, :snakeport_pending}]
       end
 
-    :ets.new(:snakeport_pending, [:set, :public, write_concurrency: true] ++ heir)
+    :ets.new(:snakeport_pending, [:set, :public] ++ heir)
   end
 
   # How long this (re)start waits before starting Python (Snakeport.Pool paces restarts).
