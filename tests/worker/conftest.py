@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from sp_client import Worker
+
+
+@pytest.fixture
+def pipe():
+    """A real pipe ``(read_fd, write_fd)``, both ends closed after the test (if still open)."""
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from pipe_io import read_exact, read_frame
 
 from snakeport import _writer, etf
 from snakeport._protocol import OK, REPLY
@@ -27,32 +28,6 @@ from snakeport._writer import (
 )
 
 F_GETPIPE_SZ = 1032
-
-
-@pytest.fixture
-def pipe():
-    r, w = os.pipe()
-    yield r, w
-    for fd in (r, w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        assert chunk, "the pipe closed early"
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_frame(fd: int) -> bytes:
-    (n,) = struct.unpack(">I", read_exact(fd, 4))
-    return read_exact(fd, n)
 
 
 def buffered(fd: int) -> int:

@@ -19,6 +19,7 @@ import sys
 import threading
 
 import pytest
+from pipe_io import read_exact, read_frame
 
 from snakeport import _clane, _writer, etf
 from snakeport._protocol import OK, REPLY
@@ -33,32 +34,6 @@ from snakeport._writer import (
 )
 
 F_SETPIPE_SZ = 1031
-
-
-@pytest.fixture
-def pipe():
-    r, w = os.pipe()
-    yield r, w
-    for fd in (r, w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        assert chunk, "the pipe closed early"
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_frame(fd: int) -> bytes:
-    (n,) = struct.unpack(">I", read_exact(fd, 4))
-    return read_exact(fd, n)
 
 
 def fcntl_setpipe(fd: int, size: int) -> None:
