@@ -1,10 +1,12 @@
 """Spliced buffers of the frame writer (snakeport._writer, "Spliced buffers"; _clane.splice):
 in-process, over real pipes, sockets and threads.
 
-A spliced ``bytes`` goes into the pipe as its own memory pages; the reader copies from them
-later. These tests check that every byte arrives as it was, that the writer keeps the
-buffer alive until the pipe was read empty (else freed memory reused by the next object
-would be what the reader reads), and where it copies instead.
+A spliced buffer goes into the pipe as its own memory pages; the reader copies from them
+later. These tests check that every byte arrives as it was, the writer's two rules (a
+spliced ``bytes`` kept alive until the pipe was read empty, else freed memory reused by the
+next object would be what the reader reads; any other buffer spliced but for its last
+pipe's worth, copied after it, so that its owner may change it once ``send`` returns), and
+where it copies instead.
 """
 
 from __future__ import annotations
