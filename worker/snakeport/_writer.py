@@ -96,8 +96,8 @@ IOV_MAX = 1024
 #: Binaries at least this long leave a reply as their own ``writev`` buffer.
 SEGMENT_BYTES = 64 * 1024
 
-#: ``bytes`` buffers at least this long are spliced into a pipe (see the module doc): the
-#: segments' size (a writer that splices realigns what it copies as it writes: no smaller).
+#: Buffers at least this long may be spliced into a pipe (see the module doc): the segments'
+#: size (a writer that splices realigns what it copies as it writes: no smaller).
 SPLICE_BYTES = SEGMENT_BYTES
 
 #: Most bytes of spliced buffers kept alive for the reader (see the module doc).
