@@ -97,7 +97,7 @@ IOV_MAX = 1024
 SEGMENT_BYTES = 64 * 1024
 
 #: Buffers at least this long may be spliced into a pipe (see the module doc): the segments'
-#: size (a writer that splices realigns what it copies as it writes: no smaller).
+#: size (writes of less than that go to writev at once: nothing in them to realign or splice).
 SPLICE_BYTES = SEGMENT_BYTES
 
 #: Most bytes of spliced buffers kept alive for the reader (see the module doc).
@@ -198,6 +198,23 @@ def _byte_view(buf: Any) -> memoryview:
     return view
 
 
+def _realigned_all(bufs: list[Any]) -> list[Any]:
+    """``bufs``, or a copy of the list in which each buffer of at least
+    :data:`SEGMENT_BYTES` is :func:`realigned` by its place among them."""
+    out = bufs
+    pos = 0
+    for i, buf in enumerate(bufs):
+        size = _nbytes(buf)
+        if size >= SEGMENT_BYTES:
+            moved = realigned(buf, pos)
+            if moved is not buf:
+                if out is bufs:
+                    out = list(bufs)
+                out[i] = moved
+        pos += size
+    return out
+
+
 def _pipe_size(fd: int) -> int:
     """The capacity of the pipe ``fd`` in bytes (``F_GETPIPE_SZ``), 0 when unknown."""
     try:
@@ -230,9 +247,9 @@ class FrameWriter:
     ``_fd``, ``_write_lock``, ``_queue`` and ``_spliced``: frames of ``bytes`` only,
     ``_write_lock`` taken without waiting, the queue empty then; it lets spliced buffers go
     first as :meth:`_writev` does (:meth:`_release_spliced`), writes its frames by copy as
-    :meth:`_write_all` does (partial writes and ``EINTR`` alike; none is spliced), reports
-    a failure with :meth:`_failed` and calls :meth:`_send_queued` after letting the lock
-    go, as :meth:`send` does. A change to what those mean must change ``lane_send`` in
+    :meth:`_write_all` does (partial writes and ``EINTR`` alike; none is spliced, nor
+    realigned), reports a failure with :meth:`_failed` and calls :meth:`_send_queued`
+    after letting the lock go, as :meth:`send` does. A change to what those mean must change ``lane_send`` in
     ``_clane.c`` too.
     """
 
@@ -306,14 +323,8 @@ class FrameWriter:
             bufs.append(_pack_header(n))
             cls = payload.__class__
             if cls is _Segments or cls is Borrowed:
-                pos = total + 4
-                for buf in tuple.__iter__(payload):
-                    size = _nbytes(buf)
-                    # (A writer that splices realigns what it copies where it writes it.)
-                    if size >= SEGMENT_BYTES and not self._splices:
-                        buf = realigned(buf, pos)
-                    bufs.append(buf)
-                    pos += size
+                # (Realigned, where need be, as they are written: _write_all.)
+                bufs.extend(tuple.__iter__(payload))
                 borrowed = borrowed or cls is Borrowed
             else:
                 bufs.append(payload)
@@ -395,49 +406,43 @@ class FrameWriter:
         """Write every buffer in order, spliced where the module doc says: each ``bytes``
         of at least :data:`SPLICE_BYTES` while ``_spliced`` has room for it (kept there),
         any other buffer longer than the pipe by that much but for its last pipe's worth;
-        the runs of other buffers (and those last bytes) between them with ``writev``,
-        their large buffers :func:`realigned` by where they go in their run (a run starts
-        a pipe page: spliced pages take no more bytes)."""
+        the runs of other buffers (and those last bytes) between them with
+        :meth:`_write_all` (a run starts a pipe page: spliced pages take no more bytes)."""
         fd = self._fd
         run: list[Any] = []
-        pos = 0  # the bytes of the run so far
         pipe_size = -1  # asked once a buffer needs it
         for buf in bufs:
             size = _nbytes(buf)
+            head = 0  # the bytes of buf to splice
+            kept = False
             if size >= SPLICE_BYTES and self._splices:
                 if buf.__class__ is bytes and self._spliced_bytes + size <= SPLICE_HOLD_BYTES:
-                    if run:
-                        self._write_all(run)
-                        run = []
-                        pos = 0
-                    # (Kept before the first page goes in: a failed splice may have moved some.)
-                    self._spliced.append(buf)
-                    self._spliced_bytes += size
-                    if _splice(fd, buf):
-                        continue
-                    self._splices = False  # refused, nothing written: copy from now on
-                    self._spliced.pop()
-                    self._spliced_bytes -= size
+                    head = size
+                    kept = True
                 else:
                     # All but a pipe's worth spliced, that rest copied after it: once the
                     # copy is written, no page of the buffer is left in the pipe.
                     if pipe_size < 0:
                         pipe_size = _pipe_size(fd)
-                    head = size - pipe_size
-                    if pipe_size and head >= SPLICE_BYTES:
-                        if run:
-                            self._write_all(run)
-                            run = []
-                            pos = 0
-                        if _splice(fd, buf, head):
-                            buf = _byte_view(buf)[head:]
-                            size = pipe_size
-                        else:
-                            self._splices = False  # (as above)
-            if size >= SEGMENT_BYTES:
-                buf = realigned(buf, pos)
+                    if pipe_size and size - pipe_size >= SPLICE_BYTES:
+                        head = size - pipe_size
+            if head:
+                if run:
+                    self._write_all(run)
+                    run = []
+                if kept:  # (before the first page goes in: a failed splice may have moved some)
+                    self._spliced.append(buf)
+                    self._spliced_bytes += size
+                if _splice(fd, buf, head):
+                    if kept:
+                        continue
+                    buf = _byte_view(buf)[head:]
+                else:
+                    self._splices = False  # refused, nothing written: copy from now on
+                    if kept:
+                        self._spliced.pop()
+                        self._spliced_bytes -= size
             run.append(buf)
-            pos += size
         if run:
             self._write_all(run)
 
@@ -453,8 +458,12 @@ class FrameWriter:
             self._spliced_bytes = 0
 
     def _write_all(self, bufs: list[Any], total: int = -1) -> None:
-        """Write every buffer with ``writev`` (``total``: as for :meth:`_writev`)."""
+        """Write every buffer with ``writev`` (``total``: as for :meth:`_writev`), each large
+        one :func:`realigned` by where it goes in ``bufs`` (written from the start of a pipe
+        page: an empty pipe's, or one after spliced pages)."""
         fd = self._fd
+        if total < 0 or total >= SEGMENT_BYTES:
+            bufs = _realigned_all(bufs)
         while bufs:
             batch = bufs[:IOV_MAX] if len(bufs) > IOV_MAX else bufs
             written = os.writev(fd, batch)
